@@ -1,0 +1,103 @@
+"""scanstream: stream beamline scan data through Redis, subscribe live, write NeXus files.
+
+Publishing::
+
+    from scanstream import create_session
+    session = create_session("test_session")
+    with session.create_scan("loopscan", {"npoints": 10}) as scan:
+        diode = scan.create_container("timer").create_channel("diode", dtype="float64")
+        scan.prepared()
+        for i in range(10):
+            diode.emit(float(i))
+
+Subscribing (the seed's API)::
+
+    from scanstream import get_session_node, EventType
+    for event_type, node, event_data in get_session_node("test_session").walk_on_new_events(
+        include_filter="scan", from_next=True
+    ):
+        ...
+"""
+
+from .datanodes import ChannelNode, LimaDataView, LimaNode, ScanRefNode, read_image
+from .events import Event, EventData, EventType, StopHandler
+from .exceptions import (
+    DecodingError,
+    EncodingError,
+    EndOfStream,
+    ImageNotSavedError,
+    IndexNoMoreThereError,
+    IndexNotYetThereError,
+    IndexWontBeThereError,
+    InvalidArgumentError,
+    InvalidTransitionError,
+    NodeExistsError,
+    ProtocolVersionError,
+    ScanEndedError,
+    ScanNotFoundError,
+    ScanstreamError,
+    ServerError,
+    SessionNotFoundError,
+)
+from .models import ImageReference, NodeType, SavingMode, ScanEnd, ScanState
+from .nodes import ContainerNode, DataNode, ScanNode, SessionNode, get_session_node
+from .publisher import (
+    ChannelPublisher,
+    ContainerPublisher,
+    LimaPublisher,
+    PublishingSession,
+    ScanPublisher,
+    ScanRefPublisher,
+    create_session,
+)
+from .store import DataStore, Settings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChannelNode",
+    "ChannelPublisher",
+    "ContainerNode",
+    "ContainerPublisher",
+    "DataNode",
+    "DataStore",
+    "DecodingError",
+    "EncodingError",
+    "EndOfStream",
+    "Event",
+    "EventData",
+    "EventType",
+    "ImageNotSavedError",
+    "ImageReference",
+    "IndexNoMoreThereError",
+    "IndexNotYetThereError",
+    "IndexWontBeThereError",
+    "InvalidArgumentError",
+    "InvalidTransitionError",
+    "LimaDataView",
+    "LimaNode",
+    "LimaPublisher",
+    "NodeExistsError",
+    "NodeType",
+    "ProtocolVersionError",
+    "PublishingSession",
+    "SavingMode",
+    "ScanEnd",
+    "ScanEndedError",
+    "ScanNode",
+    "ScanNotFoundError",
+    "ScanPublisher",
+    "ScanRefNode",
+    "ScanRefPublisher",
+    "ScanState",
+    "ScanstreamError",
+    "ServerError",
+    "SessionNode",
+    "SessionNotFoundError",
+    "Settings",
+    "StopHandler",
+    "__version__",
+    "create_session",
+    "get_session_node",
+    "read_image",
+]

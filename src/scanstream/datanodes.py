@@ -1,0 +1,295 @@
+"""Nodes holding data: numeric channels, lima (2D detector) nodes, scan references.
+
+They read any range of points at random: a data entry's stream ID is the index of its
+first point, so the entry holding point ``i`` is one XREVRANGE away.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from typing import Any
+
+import numpy as np
+
+from . import encoding
+from .exceptions import (
+    DecodingError,
+    ImageNotSavedError,
+    IndexNoMoreThereError,
+    IndexNotYetThereError,
+    IndexWontBeThereError,
+    ScanNotFoundError,
+)
+from .models import ImageReference, NodeDescription
+from .nodes import ContainerNode, DataNode, ScanNode, SessionNode
+
+logger = logging.getLogger(__name__)
+
+
+class _StreamNode(ContainerNode):
+    """A node with a data stream: length and random access by point index."""
+
+    codec: Any
+
+    def __init__(self, scan: ScanNode, parent: DataNode, desc: NodeDescription) -> None:
+        super().__init__(scan, parent, desc)
+        self.key = scan.store.keys.scan_data(scan.session_name, scan.number, desc.index)
+        self.description = dict(desc.info)
+
+    def __len__(self) -> int:
+        return self._length()[0]
+
+    def _length(self) -> tuple[int, bool]:
+        """(number of points stored, sealed)."""
+        last = self.store.redis.xrevrange(self.key, count=1)
+        if not last:
+            if not self.store.redis.exists(self.scan.key):
+                raise IndexNoMoreThereError(f"{self.db_name}: the scan expired from Redis")
+            return 0, False
+        entry_id, fields = last[0]
+        if b"end" in fields:
+            return int(fields[b"end"]), True
+        return _first_index(entry_id) + encoding.entry_count(fields), False
+
+    def _check_range(self, start: int, stop: int) -> tuple[int, int]:
+        length, sealed = self._length()
+        if start < 0 or stop < start:
+            raise IndexError(f"{self.db_name}: invalid range [{start}, {stop})")
+        if stop > length:
+            cls = IndexWontBeThereError if sealed else IndexNotYetThereError
+            raise cls(
+                f"{self.db_name}: asked for indices up to {stop - 1}, but "
+                + (f"the channel ended with {length} points" if sealed else f"only {length} points are there yet")
+            )
+        return start, stop
+
+    def _entries(self, start: int, stop: int) -> tuple[int, list[dict[bytes, bytes]]]:
+        """Entries covering points [start, stop): (index of the first entry's first point, entries)."""
+        if stop <= start:
+            return start, []
+        pipe = self.store.redis.pipeline(transaction=False)
+        pipe.xrevrange(self.key, max=f"{start}-1", min="-", count=1)
+        pipe.xrange(self.key, min=f"({start}-1", max=f"{stop - 1}-1")
+        before, after = pipe.execute()
+        entries = [e for e in before + after if b"end" not in e[1]]
+        if not entries or _first_index(entries[0][0]) > start:
+            raise IndexNoMoreThereError(f"{self.db_name}: points from {start} are gone from Redis")
+        expected = base = _first_index(entries[0][0])
+        for entry_id, fields in entries:  # a hole would shift every later index: refuse it
+            if _first_index(entry_id) != expected:
+                raise IndexNoMoreThereError(f"{self.db_name}: points {expected} to {_first_index(entry_id) - 1} are gone")
+            expected += encoding.entry_count(fields)
+        return base, [fields for _, fields in entries]
+
+    def _resolve(self, from_index: int, to_index: int | None) -> tuple[int, int]:
+        """[start, stop) for the BLISS-style inclusive ``get(from_index, to_index)``."""
+        length = len(self) if from_index < 0 or (to_index is not None and to_index < 0) else 0
+        if from_index < 0:
+            from_index += length
+        if to_index is None:
+            stop = from_index + 1
+        elif to_index < 0:
+            stop = length + to_index + 1
+        else:
+            stop = to_index + 1
+        return self._check_range(from_index, stop)
+
+
+class ChannelNode(_StreamNode):
+    """A numeric channel: ``dtype``, ``shape``, ``unit``, ``len()``, ``get()``, indexing."""
+
+    type = "channel"
+
+    def __init__(self, scan: ScanNode, parent: DataNode, desc: NodeDescription) -> None:
+        super().__init__(scan, parent, desc)
+        self.codec = encoding.NumericCodec(desc.info["dtype"], desc.info["shape"], desc.name)
+        self.dtype = self.codec.dtype
+        self.shape = self.codec.shape
+        self.unit: str | None = desc.info.get("unit")
+
+    @property
+    def short_name(self) -> str:
+        """Last part of the full name (``"roby"`` for ``"axis:roby"``)."""
+        return self.name.rsplit(":", 1)[-1]
+
+    def get(self, from_index: int, to_index: int | None = None) -> np.ndarray:
+        """Points ``from_index`` to ``to_index`` *inclusive* (BLISS convention).
+
+        ``to_index=None`` gives the single point ``from_index``; ``to_index=-1`` goes to the
+        last point. Negative ``from_index`` counts from the end.
+
+        Raises
+        ------
+        IndexNotYetThereError, IndexWontBeThereError, IndexNoMoreThereError
+            Not published yet, past the end of an ended channel, expired.
+        """
+        start, stop = self._resolve(from_index, to_index)
+        data = self._read(start, stop)
+        return data[0] if to_index is None else data
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        base, entries = self._entries(start, stop)
+        if not entries:
+            if self.codec.variable:
+                return np.empty(0, dtype=object)
+            return np.empty((0,) + self.shape, dtype=self.dtype)
+        return self.codec.decode(entries)[start - base : stop - base]
+
+    def __getitem__(self, key: int | slice) -> Any:
+        """``node[i]`` (negative allowed) or ``node[a:b:c]``, numpy semantics (slices clamp)."""
+        length = len(self)
+        if isinstance(key, slice):
+            start, stop, step = key.indices(length)
+            if step == 1:
+                return self._read(start, max(start, stop))
+            return self._read(0, length)[key]
+        index = operator.index(key)
+        index = index + length if index < 0 else index
+        return self._read(*self._check_range(index, index + 1))[0]
+
+    def get_as_array(self, from_index: int = 0, to_index: int = -1, fill_value: Any = None) -> np.ndarray:
+        """Like :meth:`get` (whole channel by default), always as a regular numpy array.
+
+        Variable-length 1D points are padded to the longest one with ``fill_value``
+        (default NaN for floats, 0 for integers, False for bool).
+        """
+        data = self.get(from_index, to_index)
+        if not self.codec.variable or data.ndim == 0:
+            return np.asarray(data)
+        return pad_ragged(list(data), self.dtype, fill_value)
+
+
+def pad_ragged(points: list[np.ndarray], dtype: np.dtype[Any], fill_value: Any = None) -> np.ndarray:
+    """Stack 1D arrays of different lengths into a 2D array, padding with ``fill_value``."""
+    if fill_value is None:
+        fill_value = np.nan if dtype.kind in "fc" else (False if dtype.kind == "b" else 0)
+    width = max((len(p) for p in points), default=0)
+    out = np.full((len(points), width), fill_value, dtype=dtype)
+    for i, p in enumerate(points):
+        out[i, : len(p)] = p
+    return out
+
+
+class LimaNode(_StreamNode):
+    """A 2D detector: images stay in files, Redis holds their references."""
+
+    type = "lima"
+
+    def __init__(self, scan: ScanNode, parent: DataNode, desc: NodeDescription) -> None:
+        super().__init__(scan, parent, desc)
+        self.dtype = np.dtype(desc.info["dtype"])
+        self.shape = tuple(desc.info["shape"])
+        self.saving_mode = desc.info.get("saving_mode", "MANUAL")
+        self.codec = encoding.ImageRefCodec(desc.name, saved=self.saving_mode != "NOSAVING")
+
+    def get(self, from_index: int = 0, to_index: int | None = None) -> LimaDataView:
+        """A view on images ``from_index`` to ``to_index`` inclusive (None: up to the last)."""
+        return LimaDataView(self, from_index, to_index)
+
+    def _references(self, start: int, stop: int) -> list[ImageReference]:
+        if not self.codec.saved:
+            raise ImageNotSavedError(f"{self.db_name}: images are not saved (saving mode NOSAVING)")
+        base, entries = self._entries(start, stop)
+        return self.codec.decode(entries)[start - base : stop - base]
+
+
+class LimaDataView:
+    """Images of a lima node between two indices; its length follows acquisition when open-ended."""
+
+    def __init__(self, node: LimaNode, from_index: int, to_index: int | None) -> None:
+        self.node = node
+        self.from_index = from_index
+        self.to_index = to_index
+
+    def __repr__(self) -> str:
+        return f"<LimaDataView {self.node.db_name!r} [{self.from_index}:{self.to_index}] len={len(self)}>"
+
+    def _bounds(self) -> tuple[int, int]:
+        length = len(self.node)
+        start = self.from_index + length if self.from_index < 0 else self.from_index
+        stop = length if self.to_index is None or self.to_index < 0 else min(length, self.to_index + 1)
+        return start, max(start, stop)
+
+    def __len__(self) -> int:
+        start, stop = self._bounds()
+        return stop - start
+
+    def all_image_references(self) -> list[ImageReference]:
+        """References ``(file_path, path_in_file, index_in_file, file_format)`` of the view.
+
+        Raises
+        ------
+        ImageNotSavedError
+            The detector does not save images (NOSAVING).
+        """
+        start, stop = self._bounds()
+        return self.node._references(start, stop)
+
+    def image_reference(self, index: int) -> ImageReference:
+        """Reference of image ``index`` of the view (negative counts from the end)."""
+        start, stop = self._bounds()
+        i = index + (stop - start) if index < 0 else index
+        if not 0 <= i < stop - start:
+            cls = IndexWontBeThereError if self.node._length()[1] else IndexNotYetThereError
+            raise cls(f"{self.node.db_name}: no image {index} in a view of {stop - start} images")
+        return self.node._references(start + i, start + i + 1)[0]
+
+    def get_image(self, index: int) -> np.ndarray:
+        """Read image ``index`` (negative counts from the end) from its detector file."""
+        return read_image(self.image_reference(index))
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.get_image(index)
+
+
+def read_image(ref: ImageReference) -> np.ndarray:
+    """Read one image from the file a reference names (HDF5 only)."""
+    if ref.file_format.upper() not in ("HDF5", "HDF5BS", "H5"):
+        raise DecodingError(f"cannot read images of format {ref.file_format!r} (only HDF5): {ref.file_path}")
+    import h5py
+
+    try:
+        # No file lock: the detector may still be writing this file.
+        with h5py.File(ref.file_path, "r", locking=False) as f:
+            return np.asarray(f[ref.path_in_file][ref.index_in_file])
+    except (OSError, KeyError) as exc:
+        raise DecodingError(f"cannot read image {ref.index_in_file} of {ref.file_path}:{ref.path_in_file}: {exc}") from None
+
+
+class ScanRefNode(_StreamNode):
+    """A channel of references to other scans (the sub-scans of a scan group)."""
+
+    type = "node_ref_channel"
+
+    def __init__(self, scan: ScanNode, parent: DataNode, desc: NodeDescription) -> None:
+        super().__init__(scan, parent, desc)
+        self.codec = encoding.ScanRefCodec(desc.name)
+
+    def get(self, from_index: int = 0, to_index: int | None = -1) -> list[ScanNode]:
+        """The referenced scans, ``from_index`` to ``to_index`` inclusive (-1: the last)."""
+        start, stop = self._resolve(from_index, to_index)
+        base, entries = self._entries(start, stop)
+        return self.resolve(self.codec.decode(entries)[start - base : stop - base])
+
+    def resolve(self, refs: list[tuple[str, int]]) -> list[ScanNode]:
+        """Scan nodes for ``(session, number)`` references (expired ones are skipped)."""
+        out = []
+        for session, number in refs:
+            try:
+                out.append(SessionNode(self.store, session).get_scan(number))
+            except ScanNotFoundError:
+                logger.warning("%s: referenced scan %s:%d is gone", self.db_name, session, number)
+        return out
+
+
+def _first_index(entry_id: bytes) -> int:
+    return int(entry_id.split(b"-", 1)[0])
+
+
+NODE_CLASSES: dict[str, type[ContainerNode]] = {
+    "container": ContainerNode,
+    "channel": ChannelNode,
+    "lima": LimaNode,
+    "node_ref_channel": ScanRefNode,
+}

@@ -1,0 +1,363 @@
+"""Encoding of metadata (JSON) and of data batches (raw little-endian bytes).
+
+Data entries never carry their dtype or shape: those are stored once in the node's
+NEW_NODE entry, and each data entry holds only the points (field ``d``), their count
+(``n``) and, for variable-length 1D channels, the length of each point (``l``).
+Nothing is pickled: any language that reads JSON and raw bytes can read the stream.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import json
+import math
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .exceptions import DecodingError, EncodingError
+from .models import ImageReference
+
+Fields = dict[bytes, bytes]
+
+#: dtype kinds a channel may hold: bool, signed/unsigned integers, floats, complex.
+NUMERIC_KINDS = "biufc"
+
+
+# ----------------------------------------------------------------------------- JSON metadata
+
+
+def json_safe(value: Any, path: str = "scan_info") -> Any:
+    """Return ``value`` converted to plain JSON types, or raise :class:`EncodingError`.
+
+    numpy scalars and arrays become numbers and lists, datetimes become ISO 8601 strings,
+    enums their value, paths strings. NaN and infinities are kept (Python's JSON reads
+    them back). ``path`` names the value in error messages (``scan_info['a']['b']``).
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, np.generic):
+        if value.dtype.kind in NUMERIC_KINDS + "U":
+            item = value.item()
+            if isinstance(item, complex):
+                raise EncodingError(f"{path}: complex value {value!r} cannot be stored in JSON")
+            return item
+        raise EncodingError(f"{path}: numpy value of dtype {value.dtype} cannot be stored")
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biufU":
+            raise EncodingError(f"{path}: numpy array of dtype {value.dtype} cannot be stored")
+        return value.tolist()
+    if isinstance(value, enum.Enum):
+        return json_safe(value.value, path)
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, pathlib.PurePath):
+        return str(value)
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            if isinstance(key, (bool, np.bool_)) or not isinstance(key, (str, int, np.integer)):
+                raise EncodingError(
+                    f"{path}: key {key!r} of type {type(key).__name__} is not allowed; "
+                    "use strings as keys"
+                )
+            out[str(key)] = json_safe(item, f"{path}[{key!r}]")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise EncodingError(f"{path}: bytes that are not UTF-8 text cannot be stored") from None
+    raise EncodingError(
+        f"{path}: value {value!r} of type {type(value).__name__} cannot be stored; "
+        "use numbers, strings, lists, dicts, numpy arrays or datetimes"
+    )
+
+
+def dumps(value: Any, path: str = "scan_info") -> str:
+    """Encode metadata as JSON text (after :func:`json_safe`)."""
+    return json.dumps(json_safe(value, path), separators=(",", ":"))
+
+
+def loads(text: bytes | str | None) -> Any:
+    """Decode JSON text written by :func:`dumps`."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise DecodingError(f"corrupt JSON metadata in Redis: {exc}") from None
+
+
+# ----------------------------------------------------------------------------- data codecs
+
+
+def check_dtype(dtype: npt.DTypeLike, name: str) -> np.dtype[Any]:
+    """Return the numpy dtype for a channel, or raise :class:`EncodingError`."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise EncodingError(f"channel {name!r}: {dtype!r} is not a numpy dtype") from None
+    if dt.kind not in NUMERIC_KINDS or dt.fields is not None or dt.subdtype is not None:
+        raise EncodingError(
+            f"channel {name!r}: dtype {dt} is not supported; channels hold bool, integer, "
+            "float or complex numbers (put text in scan_info or node info)"
+        )
+    return dt.newbyteorder("=") if dt.byteorder not in "=|" else dt
+
+
+def check_shape(shape: Sequence[int] | int, name: str) -> tuple[int, ...]:
+    """Return a channel's point shape as a tuple, or raise :class:`EncodingError`.
+
+    ``()`` is a scalar (0D) channel, ``(n,)`` a spectrum, ``(-1,)`` a 1D channel whose
+    length varies from point to point.
+    """
+    if isinstance(shape, (int, np.integer)):
+        shape = (int(shape),)
+    try:
+        out = tuple(int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise EncodingError(f"channel {name!r}: shape {shape!r} is not a tuple of ints") from None
+    if out == (-1,):
+        return out
+    if any(s < 0 for s in out):
+        raise EncodingError(
+            f"channel {name!r}: shape {out} is invalid; use non-negative sizes, or (-1,) "
+            "for a 1D channel of variable length"
+        )
+    return out
+
+
+class NumericCodec:
+    """Validates, encodes and decodes batches of points of one numeric channel."""
+
+    def __init__(self, dtype: npt.DTypeLike, shape: Sequence[int], name: str = "") -> None:
+        self.name = name
+        self.dtype = check_dtype(dtype, name)
+        self.shape = check_shape(shape, name)
+        self.variable = self.shape == (-1,)
+        # Stored little-endian whatever the machine, so the bytes mean the same everywhere.
+        self.wire_dtype = self.dtype.newbyteorder("<")
+        self.point_size = int(np.prod(self.shape)) if not self.variable else -1
+
+    # -- validation --------------------------------------------------------------------
+    def _cast(self, arr: np.ndarray) -> np.ndarray:
+        # Integers go into any integer channel (the range is checked below); otherwise the
+        # kind must not change (no floats silently truncated into an integer channel).
+        both_int = arr.dtype.kind in "iu" and self.dtype.kind in "iu"
+        if arr.dtype.kind not in NUMERIC_KINDS or not (
+            both_int or np.can_cast(arr.dtype, self.dtype, casting="same_kind")
+        ):
+            raise EncodingError(
+                f"channel {self.name!r}: got values of dtype {arr.dtype}, which cannot be "
+                f"stored as {self.dtype} without changing their kind; convert them first"
+            )
+        if (
+            arr.dtype != self.dtype
+            and arr.dtype.kind in "iu"
+            and self.dtype.kind in "iu"
+            and not np.can_cast(arr.dtype, self.dtype, casting="safe")
+            and arr.size
+        ):
+            info = np.iinfo(self.dtype)
+            if arr.min() < info.min or arr.max() > info.max:
+                raise EncodingError(
+                    f"channel {self.name!r}: values from {arr.min()} to {arr.max()} do not "
+                    f"fit in {self.dtype}"
+                )
+        return np.ascontiguousarray(arr, dtype=self.dtype)
+
+    def batch(self, data: Any) -> np.ndarray | list[np.ndarray]:
+        """Return ``data`` as a batch of points, or raise :class:`EncodingError`.
+
+        Fixed shapes give an array of shape ``(n,) + shape``; ``data`` may be one point
+        (of the point shape) or several. Variable-length channels give a list of 1D arrays;
+        ``data`` may be one 1D array, a 2D array (one point per row) or a list of 1D arrays.
+        """
+        if self.variable:
+            return self._variable_batch(data)
+        try:
+            arr = np.asarray(data)
+        except (ValueError, TypeError) as exc:
+            raise EncodingError(f"channel {self.name!r}: cannot convert data: {exc}") from None
+        if arr.shape == self.shape:
+            arr = arr.reshape((1,) + self.shape)
+        elif arr.ndim != len(self.shape) + 1 or arr.shape[1:] != self.shape:
+            raise EncodingError(
+                f"channel {self.name!r}: got data of shape {arr.shape}; expected one point of "
+                f"shape {self.shape} or a batch of shape (n,) + {self.shape}"
+            )
+        if arr.shape[0] == 0:
+            raise EncodingError(f"channel {self.name!r}: empty batch, nothing to emit")
+        return self._cast(arr)
+
+    def _variable_batch(self, data: Any) -> list[np.ndarray]:
+        if isinstance(data, np.ndarray):
+            if data.ndim == 1 and data.dtype != object:
+                points: list[Any] = [data]
+            elif data.ndim == 2 or data.ndim == 1:
+                points = list(data)
+            else:
+                raise EncodingError(
+                    f"channel {self.name!r}: got an array of shape {data.shape}; a variable-"
+                    "length 1D channel takes one 1D array or a list of them"
+                )
+        elif isinstance(data, (list, tuple)):
+            if data and all(np.ndim(x) == 0 for x in data):
+                points = [data]
+            else:
+                points = list(data)
+        else:
+            raise EncodingError(
+                f"channel {self.name!r}: got {type(data).__name__}; a variable-length 1D "
+                "channel takes one 1D array or a list of them"
+            )
+        if not points:
+            raise EncodingError(f"channel {self.name!r}: empty batch, nothing to emit")
+        out = []
+        for i, point in enumerate(points):
+            arr = np.asarray(point)
+            if arr.ndim != 1:
+                raise EncodingError(
+                    f"channel {self.name!r}: point {i} has shape {arr.shape}; each point of a "
+                    "variable-length 1D channel must be 1D"
+                )
+            out.append(self._cast(arr))
+        return out
+
+    # -- wire format -------------------------------------------------------------------
+    def encode(self, batch: np.ndarray | list[np.ndarray]) -> Fields:
+        """Encode a validated batch as the fields of one stream entry."""
+        if self.variable:
+            assert isinstance(batch, list)
+            lengths = np.array([len(p) for p in batch], dtype="<i8")
+            data = b"".join(p.astype(self.wire_dtype, copy=False).tobytes() for p in batch)
+            return {b"n": b"%d" % len(batch), b"d": data, b"l": lengths.tobytes()}
+        assert isinstance(batch, np.ndarray)
+        return {
+            b"n": b"%d" % batch.shape[0],
+            b"d": batch.astype(self.wire_dtype, copy=False).tobytes(),
+        }
+
+    def decode(self, entries: Sequence[Fields]) -> np.ndarray:
+        """Decode consecutive entries into one batch.
+
+        Fixed shapes give an array of shape ``(n,) + shape``. Variable-length channels give
+        an object array of shape ``(n,)`` whose items are 1D arrays (no padding).
+        """
+        try:
+            if self.variable:
+                return self._decode_variable(entries)
+            raw = bytearray().join(e[b"d"] for e in entries)
+            count = sum(int(e[b"n"]) for e in entries)
+            arr = np.frombuffer(raw, dtype=self.wire_dtype)
+            arr = arr.reshape((count,) + self.shape)
+        except (KeyError, ValueError) as exc:
+            raise DecodingError(
+                f"channel {self.name!r}: corrupt data entry in Redis ({exc}); expected "
+                f"points of {self.dtype} with shape {self.shape}"
+            ) from None
+        return arr if self.wire_dtype == self.dtype else arr.astype(self.dtype)
+
+    def _decode_variable(self, entries: Sequence[Fields]) -> np.ndarray:
+        points = []
+        for e in entries:
+            lengths = np.frombuffer(e[b"l"], dtype="<i8")
+            values = np.frombuffer(bytearray(e[b"d"]), dtype=self.wire_dtype)
+            if int(e[b"n"]) != len(lengths) or lengths.sum() != len(values):
+                raise ValueError("point lengths do not match the data")
+            offsets = np.concatenate(([0], np.cumsum(lengths)))
+            points.extend(values[offsets[i] : offsets[i + 1]] for i in range(len(lengths)))
+        out = np.empty(len(points), dtype=object)
+        for i, p in enumerate(points):
+            out[i] = p if self.wire_dtype == self.dtype else p.astype(self.dtype)
+        return out
+
+
+class ImageRefCodec:
+    """Encodes lima image references (or, with NOSAVING, just image counts)."""
+
+    def __init__(self, name: str = "", saved: bool = True) -> None:
+        self.name = name
+        self.saved = saved
+
+    def batch(self, references: Any) -> list[ImageReference]:
+        """Validate a sequence of references: ImageReference or 4-tuples."""
+        if isinstance(references, ImageReference) or (
+            isinstance(references, tuple) and len(references) == 4 and isinstance(references[0], str)
+        ):
+            references = [references]
+        out = []
+        for i, ref in enumerate(references):
+            try:
+                file_path, path_in_file, index, fmt = ref
+                out.append(ImageReference(str(file_path), str(path_in_file), int(index), str(fmt)))
+            except (TypeError, ValueError):
+                raise EncodingError(
+                    f"lima node {self.name!r}: reference {i} ({ref!r}) is not "
+                    "(file_path, path_in_file, index_in_file, file_format)"
+                ) from None
+            if out[-1].index_in_file < 0:
+                raise EncodingError(f"lima node {self.name!r}: negative index_in_file in {ref!r}")
+        if not out:
+            raise EncodingError(f"lima node {self.name!r}: empty batch, nothing to emit")
+        return out
+
+    def encode(self, batch: list[ImageReference] | int) -> Fields:
+        """Encode references (saved images) or a count (NOSAVING)."""
+        if isinstance(batch, int):
+            return {b"n": b"%d" % batch}
+        return {b"n": b"%d" % len(batch), b"r": json.dumps([list(r) for r in batch]).encode()}
+
+    def decode(self, entries: Sequence[Fields]) -> list[ImageReference]:
+        """Decode entries into references (an empty list for NOSAVING entries)."""
+        out: list[ImageReference] = []
+        try:
+            for e in entries:
+                if b"r" in e:
+                    out.extend(ImageReference(*r) for r in json.loads(e[b"r"]))
+        except (ValueError, TypeError) as exc:
+            raise DecodingError(f"lima node {self.name!r}: corrupt reference entry: {exc}") from None
+        return out
+
+
+class ScanRefCodec:
+    """Encodes references to other scans (scan groups): ``(session, number)`` pairs."""
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+
+    def encode(self, batch: list[tuple[str, int]]) -> Fields:
+        return {b"n": b"%d" % len(batch), b"j": json.dumps(batch).encode()}
+
+    def decode(self, entries: Sequence[Fields]) -> list[tuple[str, int]]:
+        out: list[tuple[str, int]] = []
+        try:
+            for e in entries:
+                out.extend((str(s), int(n)) for s, n in json.loads(e[b"j"]))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise DecodingError(f"scan reference node {self.name!r}: corrupt entry: {exc}") from None
+        return out
+
+
+def entry_count(fields: Fields) -> int:
+    """Number of points in a data entry."""
+    try:
+        return int(fields[b"n"])
+    except (KeyError, ValueError):
+        raise DecodingError(f"data entry without a valid point count: {sorted(fields)}") from None
+
+
+def is_finite_number(value: Any) -> bool:
+    """True for a real number that is not NaN or infinite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

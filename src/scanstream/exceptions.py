@@ -1,0 +1,102 @@
+"""The error tree of scanstream.
+
+Every error raised by scanstream for a domain reason derives from :class:`ScanstreamError`
+and also from the builtin a Python user would naturally catch (``KeyError`` for a missing
+scan, ``ValueError`` for bad input, ``IndexError`` for data out of range...).
+
+Transport errors of redis-py (``redis.exceptions.ConnectionError``, ``TimeoutError``) are
+deliberately *not* wrapped: they propagate unchanged, and retries are configured with a
+redis-py ``Retry`` object.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ScanstreamError(Exception):
+    """Root of every error raised by scanstream for a domain reason."""
+
+
+class ProtocolVersionError(ScanstreamError, RuntimeError):
+    """The database holds scanstream data of another protocol version.
+
+    Raised on connect. Use a scanstream version that matches the data, or another
+    key prefix / database.
+    """
+
+
+class ServerError(ScanstreamError, RuntimeError):
+    """The embedded Redis server could not be found, started or stopped."""
+
+
+class SessionNotFoundError(ScanstreamError, KeyError):
+    """A read asked for a session that has never published a scan."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable.
+        return str(self.args[0]) if self.args else ""
+
+
+class ScanNotFoundError(ScanstreamError, KeyError):
+    """The scan does not exist (never created, or expired after its retention time)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidArgumentError(ScanstreamError, ValueError):
+    """An argument of the API is invalid: a bad name, a negative timeout, a bad setting."""
+
+
+class NodeExistsError(ScanstreamError, ValueError):
+    """A node with that name already exists under the same parent."""
+
+
+class InvalidTransitionError(ScanstreamError, RuntimeError):
+    """A scan state change that the state machine forbids (for example END after END)."""
+
+    def __init__(self, from_state: Any, to_state: Any, detail: str = "") -> None:
+        self.from_state = from_state
+        self.to_state = to_state
+        message = f"cannot go from scan state {from_state.name} to {to_state.name}"
+        if detail:
+            message += f": {detail}"
+        super().__init__(message)
+
+
+class ScanEndedError(ScanstreamError, RuntimeError):
+    """Data was published to a scan that has already ended (or was declared KILLED)."""
+
+
+class EncodingError(ScanstreamError, ValueError):
+    """A value cannot be published: wrong dtype, wrong shape, empty batch, bad metadata."""
+
+
+class DecodingError(ScanstreamError, ValueError):
+    """An entry read from Redis is corrupt or not of the expected format."""
+
+
+class ImageNotSavedError(ScanstreamError, RuntimeError):
+    """Image references were asked of a lima node whose images are not saved (NOSAVING)."""
+
+
+class IndexNotYetThereError(ScanstreamError, IndexError):
+    """The index is past the data published so far, but the channel is still open.
+
+    Wait and ask again, or walk the events to be told when it arrives.
+    """
+
+
+class IndexNoMoreThereError(ScanstreamError, IndexError):
+    """The data existed but is gone from Redis (expired after the retention time).
+
+    Read it from the saved file instead.
+    """
+
+
+class IndexWontBeThereError(ScanstreamError, IndexError):
+    """The index is past the final length of a sealed (ended) channel: it will never exist."""
+
+
+class EndOfStream(ScanstreamError):
+    """Normal termination: a sealed channel has been read to its end."""

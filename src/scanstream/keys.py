@@ -1,0 +1,79 @@
+"""The only module that builds Redis key names.
+
+Layout (``P`` is the configurable prefix, ``S`` a session name, ``N`` a scan number)::
+
+    P:protocol                        STRING  protocol version, checked on connect
+    P:sessions                        HASH    session name -> creation time (discovery without KEYS)
+    P:session:{S}:scans               STREAM  one NEW_SCAN entry per scan of the session
+    P:session:{S}:counter             STRING  INCR counter giving scan numbers
+    P:scan:{S:N}                      HASH    scan identity, state, scan_info (JSON)
+    P:scan:{S:N}:events               STREAM  NEW_NODE / PREPARED / END entries of that scan
+    P:scan:{S:N}:lease                STRING  present while the publisher is alive (PX TTL)
+    P:scan:{S:N}:data:<i>             STREAM  data of node number ``i``; entry ID = first index
+
+All keys of one scan share the hash tag ``{S:N}``, so every multi-key command of a scan stays
+in one cluster slot; no command spans two scans or a scan and its session.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .exceptions import InvalidArgumentError
+
+PROTOCOL_VERSION = "1"
+DEFAULT_PREFIX = "scanstream"
+
+# Session names become part of key names and hash tags: keep them to a safe alphabet.
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
+
+
+def check_session_name(name: object) -> str:
+    """Return ``name`` if it is a valid session name, else raise :class:`InvalidArgumentError`."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise InvalidArgumentError(
+            f"invalid session name {name!r}: use 1 to 128 characters among letters, digits, "
+            "'_', '.' and '-', not starting with '.' or '-'"
+        )
+    return name
+
+
+class Keys:
+    """Key names under one prefix."""
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        if not prefix or any(c in prefix for c in "{} \t\n"):
+            raise InvalidArgumentError(f"invalid key prefix {prefix!r}: no braces or white space")
+        self.prefix = prefix
+
+    @property
+    def protocol(self) -> str:
+        return f"{self.prefix}:protocol"
+
+    @property
+    def sessions(self) -> str:
+        return f"{self.prefix}:sessions"
+
+    def session_scans(self, session: str) -> str:
+        return f"{self.prefix}:session:{{{session}}}:scans"
+
+    def session_counter(self, session: str) -> str:
+        return f"{self.prefix}:session:{{{session}}}:counter"
+
+    def scan(self, session: str, number: int) -> str:
+        return f"{self.prefix}:scan:{{{session}:{number}}}"
+
+    def scan_events(self, session: str, number: int) -> str:
+        return self.scan(session, number) + ":events"
+
+    def scan_lease(self, session: str, number: int) -> str:
+        return self.scan(session, number) + ":lease"
+
+    def scan_data(self, session: str, number: int, node_index: int) -> str:
+        return self.scan(session, number) + f":data:{node_index}"
+
+    def writer_health(self, name: str) -> str:
+        return f"{self.prefix}:writer:{name}:health"
+
+    def writer_saved(self, session: str) -> str:
+        return f"{self.prefix}:session:{{{session}}}:saved"

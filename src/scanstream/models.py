@@ -1,0 +1,129 @@
+"""The shapes exchanged through Redis, defined once.
+
+Everything that goes into a Redis entry and comes back out (scan states, node kinds,
+image references, the description of a node) is defined here, so that the publisher and
+the readers cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+
+class ScanState(enum.IntEnum):
+    """State of a scan. Ordered: a scan only moves forward.
+
+    ``DONE``, ``USER_ABORTED``, ``KILLED`` and ``FAILED`` are final.
+    """
+
+    CREATED = 0
+    PREPARED = 1
+    DONE = 4
+    USER_ABORTED = 5
+    KILLED = 6
+    FAILED = 7
+
+    @property
+    def is_final(self) -> bool:
+        """True for the end states."""
+        return self >= ScanState.DONE
+
+
+FINAL_STATES = (ScanState.DONE, ScanState.USER_ABORTED, ScanState.KILLED, ScanState.FAILED)
+
+
+class NodeType(str, enum.Enum):
+    """Kinds of nodes in the tree. The values are the ``node.type`` strings of the seed API."""
+
+    SESSION = "session"
+    SCAN = "scan"
+    SCAN_GROUP = "scan_group"
+    CONTAINER = "container"
+    CHANNEL = "channel"
+    LIMA = "lima"
+    NODE_REF_CHANNEL = "node_ref_channel"
+
+
+#: Node types that own a data stream.
+DATA_NODE_TYPES = frozenset({"channel", "lima", "node_ref_channel"})
+#: Node types of scans.
+SCAN_NODE_TYPES = frozenset({"scan", "scan_group"})
+
+
+class ImageReference(NamedTuple):
+    """Where one 2D image is stored: a frame of a detector file.
+
+    Attributes
+    ----------
+    file_path : str
+        Path of the detector file (absolute paths are recommended).
+    path_in_file : str
+        Path of the dataset inside the file (HDF5), empty for single-image formats.
+    index_in_file : int
+        Index of the frame along the first axis of that dataset.
+    file_format : str
+        ``"HDF5"`` (readable by scanstream), or another format name (``"EDF"``...) that
+        scanstream transports but cannot read.
+    """
+
+    file_path: str
+    path_in_file: str
+    index_in_file: int
+    file_format: str
+
+
+class SavingMode(str, enum.Enum):
+    """How a lima-like detector saves its images."""
+
+    MANUAL = "MANUAL"
+    NOSAVING = "NOSAVING"
+
+
+@dataclass(frozen=True)
+class NodeDescription:
+    """What a NEW_NODE entry of a scan's event stream says about a node.
+
+    Attributes
+    ----------
+    index : int
+        Number of the node inside its scan (1, 2, ...). The scan itself is 0.
+    parent : int
+        Index of the parent node (0: the scan).
+    type : str
+        One of the :class:`NodeType` values.
+    name : str
+        The node name (for channels, the full name such as ``"axis:roby"``).
+    info : dict
+        Node metadata. Channels: ``dtype``, ``shape`` (``-1`` for a variable length),
+        ``unit``; lima nodes: ``dtype``, ``shape`` (height, width), ``saving_mode``.
+    """
+
+    index: int
+    parent: int
+    type: str
+    name: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScanEnd:
+    """The final state of a scan, carried by END_SCAN.
+
+    Attributes
+    ----------
+    state : ScanState
+        DONE, USER_ABORTED, KILLED or FAILED.
+    error : str or None
+        The error text (exception type and message) when the scan did not end DONE.
+    end_time : float
+        Epoch time of the end.
+    lengths : dict
+        Final number of points (or images) per data node index.
+    """
+
+    state: ScanState
+    error: str | None
+    end_time: float
+    lengths: dict[int, int]

@@ -1,0 +1,739 @@
+"""The publishing API: sessions, scans, their node tree and data.
+
+A scan is published as::
+
+    session = create_session("test_session")
+    with session.create_scan("ascan", scan_info) as scan:      # ends DONE / USER_ABORTED / FAILED
+        timer = scan.create_container("timer")                # a top master
+        diode = timer.create_channel("diode", dtype="float64")
+        scan.prepared()
+        diode.emit(1.5)                                       # one point, or a batch
+
+``emit`` never waits on Redis: points are queued and a background thread per scan sends
+whatever has accumulated as one entry per channel, in one MULTI/EXEC, as soon as the
+previous send is done. Latency stays at one round trip; batching grows by itself with
+the rate.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+import weakref
+from collections.abc import Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from . import encoding
+from .exceptions import (
+    EncodingError,
+    InvalidArgumentError,
+    InvalidTransitionError,
+    NodeExistsError,
+    ScanEndedError,
+)
+from .keys import check_session_name
+from .models import SavingMode, ScanState
+from .scaninfo import check_scan_info, iso_time
+from .store import DataStore, default_store
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+logger = logging.getLogger(__name__)
+
+# Entries above this size are split: keeps single replies small for readers using COUNT.
+_MAX_ENTRY_BYTES = 4 << 20
+# A channel with more points than this waiting to be sent makes emit() send them itself:
+# memory stays bounded when Redis is slower than the acquisition.
+_MAX_PENDING_POINTS = 1 << 20
+
+
+def create_session(
+    name: str, *, redis_url: str | None = None, store: DataStore | None = None
+) -> PublishingSession:
+    """Open a session to publish scans into.
+
+    Parameters
+    ----------
+    name : str
+        Session name (letters, digits, ``_``, ``.``, ``-``).
+    redis_url : str, optional
+        Redis URL; default ``SCANSTREAM_REDIS_URL``, else the embedded server.
+    store : DataStore, optional
+        An existing connection (takes precedence over ``redis_url``).
+
+    Raises
+    ------
+    InvalidArgumentError
+        Invalid session name.
+    ProtocolVersionError
+        The database holds another protocol version.
+    """
+    check_session_name(name)
+    store = store or default_store(redis_url)
+    store.check_protocol(initialize=True)
+    store.redis.hsetnx(store.keys.sessions, name, repr(time.time()))
+    return PublishingSession(name, store)
+
+
+class PublishingSession:
+    """A session: allocates scan numbers and announces scans. Use :func:`create_session`."""
+
+    def __init__(self, name: str, store: DataStore) -> None:
+        self.name = name
+        self.store = store
+        self._scans: weakref.WeakSet[ScanPublisher] = weakref.WeakSet()
+
+    def __repr__(self) -> str:
+        return f"<PublishingSession {self.name!r} on {self.store.url!r}>"
+
+    def __enter__(self) -> PublishingSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """End the scans of this session still running, as FAILED ("session closed")."""
+        for scan in list(self._scans):
+            if not scan.state.is_final and not scan._closing:
+                scan.end(ScanState.FAILED, error="the publishing session was closed")
+
+    def create_scan(
+        self,
+        name: str,
+        scan_info: Mapping[str, Any] | None = None,
+        *,
+        node_type: str = "scan",
+    ) -> ScanPublisher:
+        """Create and announce a new scan numbered ``N`` (its db_name is ``session:N_name``).
+
+        ``scan_info`` gets ``scan_nb``, ``session_name``, ``name``, ``start_time`` (ISO 8601)
+        and ``start_timestamp``; ``title`` defaults to ``name``.
+
+        Raises
+        ------
+        EncodingError
+            ``scan_info`` is malformed (the message names the key).
+        InvalidArgumentError
+            Invalid name or node type.
+        """
+        if not isinstance(name, str) or not name or ":" in name or "\n" in name:
+            raise InvalidArgumentError(f"invalid scan name {name!r}: a non-empty string without ':'")
+        if node_type not in ("scan", "scan_group"):
+            raise InvalidArgumentError(f"node_type must be 'scan' or 'scan_group', got {node_type!r}")
+        info = check_scan_info(scan_info)
+        store, keys = self.store, self.store.keys
+        number = int(store.redis.incr(keys.session_counter(self.name)))
+        now = time.time()
+        info.setdefault("title", name)
+        info.update(
+            scan_nb=number,
+            session_name=self.name,
+            name=name,
+            node_type=node_type,
+            start_time=iso_time(now),
+            start_timestamp=now,
+        )
+        scan = ScanPublisher(self, number, name, node_type, info)
+        lease_ms = int(store.settings.lease_time * 1000)
+        # Scan keys first (one slot, one transaction), then the announcement in the session
+        # stream: a reader never finds a NEW_SCAN whose scan is not there yet.
+        pipe = store.redis.pipeline(transaction=True)
+        pipe.hset(
+            keys.scan(self.name, number),
+            mapping={
+                "session": self.name,
+                "number": number,
+                "name": name,
+                "node_type": node_type,
+                "state": ScanState.CREATED.name,
+                "info": encoding.dumps(info),
+                "start_time": repr(now),
+            },
+        )
+        pipe.xadd(keys.scan_events(self.name, number), {"event": "CREATED", "time": repr(now)})
+        pipe.set(keys.scan_lease(self.name, number), b"1", px=lease_ms)
+        pipe.execute()
+        store.redis.xadd(
+            keys.session_scans(self.name),
+            {"event": "NEW_SCAN", "scan": number, "name": name, "node_type": node_type},
+        )
+        scan._start_background()
+        self._scans.add(scan)
+        return scan
+
+
+class _NodePublisher:
+    """Common part of publishers of nodes: name, index and place in the tree."""
+
+    type = "container"
+
+    def __init__(self, scan: ScanPublisher, index: int, name: str, parent_db_name: str) -> None:
+        self.scan = scan
+        self.index = index
+        self.name = name
+        self.db_name = f"{parent_db_name}:{name}"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.db_name!r}>"
+
+
+class ContainerPublisher(_NodePublisher):
+    """A master or device node; creates children. Use :meth:`ScanPublisher.create_container`."""
+
+    def create_container(self, name: str, info: Mapping[str, Any] | None = None) -> ContainerPublisher:
+        """Create a sub-master/device container under this one."""
+        return self.scan._create_node(ContainerPublisher, self, name, "container", info, ())
+
+    def create_channel(
+        self,
+        name: str,
+        dtype: npt.DTypeLike = "float64",
+        shape: tuple[int, ...] = (),
+        *,
+        unit: str | None = None,
+        info: Mapping[str, Any] | None = None,
+    ) -> ChannelPublisher:
+        """Create a numeric channel.
+
+        Parameters
+        ----------
+        name : str
+            Full channel name, for example ``"axis:roby"`` or ``"diode"``.
+        dtype : numpy dtype
+            bool, integer, float or complex.
+        shape : tuple of int
+            Shape of one point: ``()`` scalar, ``(1024,)`` a spectrum, ``(-1,)`` a 1D
+            point whose length varies.
+        unit : str, optional
+            Physical unit.
+
+        Raises
+        ------
+        EncodingError
+            Unsupported dtype or shape.
+        NodeExistsError
+            A sibling has that name.
+        """
+        codec = encoding.NumericCodec(dtype, shape, name)
+        node_info = dict(info or {})
+        node_info.update(dtype=codec.dtype.str, shape=list(codec.shape), unit=unit)
+        return self.scan._create_node(ChannelPublisher, self, name, "channel", node_info, (codec,))
+
+    def create_lima(
+        self,
+        name: str,
+        dtype: npt.DTypeLike,
+        shape: tuple[int, int],
+        *,
+        saving_mode: str = "MANUAL",
+        info: Mapping[str, Any] | None = None,
+    ) -> LimaPublisher:
+        """Create a 2D detector node whose images are stored in files (references only).
+
+        Parameters
+        ----------
+        dtype, shape
+            dtype and (height, width) of the images.
+        saving_mode : {"MANUAL", "NOSAVING"}
+            With NOSAVING, images are counted but have no file references.
+        info : Mapping, optional
+            Further description (``user_detector_name``, ``saving_format``...).
+        """
+        mode = SavingMode(saving_mode)
+        check_dtype = encoding.check_dtype(dtype, name)
+        frame_shape = encoding.check_shape(shape, name)
+        if len(frame_shape) != 2 or -1 in frame_shape:
+            raise EncodingError(f"lima node {name!r}: shape must be (height, width), got {shape!r}")
+        node_info = dict(info or {})
+        node_info.update(dtype=check_dtype.str, shape=list(frame_shape), saving_mode=mode.value)
+        codec = encoding.ImageRefCodec(name, saved=mode is SavingMode.MANUAL)
+        return self.scan._create_node(LimaPublisher, self, name, "lima", node_info, (codec,))
+
+    def create_scan_ref_channel(
+        self, name: str = "scans", info: Mapping[str, Any] | None = None
+    ) -> ScanRefPublisher:
+        """Create a channel whose values are references to other scans (scan groups)."""
+        codec = encoding.ScanRefCodec(name)
+        return self.scan._create_node(
+            ScanRefPublisher, self, name, "node_ref_channel", dict(info or {}), (codec,)
+        )
+
+
+class _DataPublisher(_NodePublisher):
+    """A node with a data stream: queues batches that the scan's sender thread sends."""
+
+    def __init__(self, scan: ScanPublisher, index: int, name: str, parent_db_name: str, codec: Any) -> None:
+        super().__init__(scan, index, name, parent_db_name)
+        self.codec = codec
+        self.key = scan.store.keys.scan_data(scan.session.name, scan.number, index)
+        self._lock = threading.Lock()
+        self._pending: list[Any] = []
+        self._emitted = 0  # points accepted by emit()
+        self._sent = 0  # points acknowledged by Redis
+
+    def __len__(self) -> int:
+        """Number of points emitted so far (sent or queued)."""
+        return self._emitted
+
+    def _queue(self, batch: Any, npoints: int) -> None:
+        scan = self.scan
+        if scan._closing or scan._send_error is not None:
+            scan._raise_if_cannot_emit()
+        with self._lock:
+            self._pending.append(batch)
+            self._emitted += npoints
+        if not scan._wake.is_set():
+            scan._wake.set()
+        if self._emitted - self._sent > _MAX_PENDING_POINTS:
+            scan.flush()
+
+    def _take(self) -> list[Any]:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        return pending
+
+    def _give_back(self, batches: list[Any]) -> None:
+        with self._lock:
+            self._pending[:0] = batches
+
+    def _encode(self, batches: list[Any]) -> list[tuple[encoding.Fields, int]]:
+        """Encode queued batches as ``(fields, npoints)`` entries."""
+        raise NotImplementedError
+
+
+class ChannelPublisher(_DataPublisher):
+    """A numeric channel. Use :meth:`ContainerPublisher.create_channel`."""
+
+    type = "channel"
+
+    def __init__(self, scan: ScanPublisher, index: int, name: str, parent_db_name: str, codec: Any) -> None:
+        super().__init__(scan, index, name, parent_db_name, codec)
+        self.dtype = codec.dtype
+        self.shape = codec.shape
+        # Python floats/ints into a float channel skip numpy per point: converted per batch.
+        self._fast_types: tuple[type, ...] = (
+            (float, int) if codec.dtype.kind == "f" and codec.shape == () else ()
+        )
+        self._scalars: list[Any] = []
+
+    def emit(self, data: Any) -> None:
+        """Publish one point or a batch of points.
+
+        Does not wait on Redis. ``data`` of the point shape is one point; of shape
+        ``(n,) + shape`` it is ``n`` points.
+
+        Raises
+        ------
+        EncodingError
+            Wrong dtype kind (e.g. floats into an integer channel), wrong shape, values out of
+            range, empty batch. Nothing is queued then; earlier points are unaffected.
+        ScanEndedError
+            The scan has ended.
+        redis.exceptions.ConnectionError
+            A previous send failed (the unsent points stay queued and are sent with the next).
+        """
+        if type(data) in self._fast_types:
+            scan = self.scan
+            if scan._closing or scan._send_error is not None:
+                scan._raise_if_cannot_emit()
+            with self._lock:
+                self._scalars.append(data)
+                self._emitted += 1
+            if not scan._wake.is_set():
+                scan._wake.set()
+            return
+        batch = self.codec.batch(data)
+        self._queue_after_scalars(batch, len(batch))
+
+    def _queue_after_scalars(self, batch: Any, npoints: int) -> None:
+        # Keep point order: scalars queued by the fast path go before this batch.
+        if self._scalars:
+            with self._lock:
+                self._flush_scalars_locked()
+        self._queue(batch, npoints)
+
+    def _flush_scalars_locked(self) -> None:
+        import numpy as np
+
+        if self._scalars:
+            self._pending.append(np.array(self._scalars, dtype=self.dtype))
+            self._scalars = []
+
+    def _take(self) -> list[Any]:
+        with self._lock:
+            self._flush_scalars_locked()
+            pending, self._pending = self._pending, []
+        return pending
+
+    def _encode(self, batches: list[Any]) -> list[tuple[encoding.Fields, int]]:
+        import numpy as np
+
+        codec = self.codec
+        if codec.variable:
+            points = [p for b in batches for p in b]
+            out, chunk, size = [], [], 0
+            for p in points:
+                chunk.append(p)
+                size += p.nbytes
+                if size >= _MAX_ENTRY_BYTES:
+                    out.append((codec.encode(chunk), len(chunk)))
+                    chunk, size = [], 0
+            if chunk:
+                out.append((codec.encode(chunk), len(chunk)))
+            return out
+        data = batches[0] if len(batches) == 1 else np.concatenate(batches)
+        per_point = max(1, data.itemsize * max(1, codec.point_size))
+        step = max(1, _MAX_ENTRY_BYTES // per_point)
+        return [(codec.encode(data[i : i + step]), len(data[i : i + step])) for i in range(0, len(data), step)]
+
+
+class LimaPublisher(_DataPublisher):
+    """A 2D detector node publishing image references. Use ``create_lima``."""
+
+    type = "lima"
+
+    def emit(self, references: Any) -> None:
+        """Publish references to newly saved images.
+
+        Parameters
+        ----------
+        references : sequence
+            :class:`~scanstream.ImageReference` items or ``(file_path, path_in_file,
+            index_in_file, file_format)`` tuples, one per image, in acquisition order.
+
+        Raises
+        ------
+        EncodingError
+            Malformed reference, or the node is in NOSAVING mode (use :meth:`emit_unsaved`).
+        """
+        if not self.codec.saved:
+            raise EncodingError(
+                f"lima node {self.name!r} is in NOSAVING mode: publish image counts with "
+                "emit_unsaved(count)"
+            )
+        batch = self.codec.batch(references)
+        self._queue(batch, len(batch))
+
+    def emit_unsaved(self, count: int) -> None:
+        """Publish that ``count`` more images were acquired without being saved (NOSAVING)."""
+        if self.codec.saved:
+            raise EncodingError(
+                f"lima node {self.name!r} saves its images: publish their references with emit()"
+            )
+        if not isinstance(count, int) or count <= 0:
+            raise EncodingError(f"lima node {self.name!r}: count must be a positive int, got {count!r}")
+        self._queue(count, count)
+
+    def _encode(self, batches: list[Any]) -> list[tuple[encoding.Fields, int]]:
+        if not self.codec.saved:
+            total = sum(batches)
+            return [(self.codec.encode(total), total)]
+        refs = [r for b in batches for r in b]
+        step = 10000
+        return [(self.codec.encode(refs[i : i + step]), len(refs[i : i + step])) for i in range(0, len(refs), step)]
+
+
+class ScanRefPublisher(_DataPublisher):
+    """A channel of references to other scans (the sub-scans of a scan group)."""
+
+    type = "node_ref_channel"
+
+    def emit(self, scans: Any) -> None:
+        """Publish references to scans: ScanPublisher, ScanNode or ``(session, number)``."""
+        items = scans if isinstance(scans, (list, tuple)) and not _is_ref_pair(scans) else [scans]
+        batch = []
+        for item in items:
+            if hasattr(item, "session_name") and hasattr(item, "number"):
+                batch.append((str(item.session_name), int(item.number)))
+            elif _is_ref_pair(item):
+                batch.append((str(item[0]), int(item[1])))
+            else:
+                raise EncodingError(
+                    f"scan reference channel {self.name!r}: {item!r} is not a scan or a "
+                    "(session, number) pair"
+                )
+        if not batch:
+            raise EncodingError(f"scan reference channel {self.name!r}: empty batch")
+        self._queue(batch, len(batch))
+
+    def _encode(self, batches: list[Any]) -> list[tuple[encoding.Fields, int]]:
+        refs = [r for b in batches for r in b]
+        return [(self.codec.encode(refs), len(refs))]
+
+
+def _is_ref_pair(item: Any) -> bool:
+    return isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], int)
+
+
+class ScanPublisher:
+    """A scan being published. Use :meth:`PublishingSession.create_scan`.
+
+    As a context manager it ends as DONE, or USER_ABORTED (KeyboardInterrupt) or FAILED
+    (any other exception, whose text is recorded); the exception is not suppressed.
+    """
+
+    def __init__(
+        self, session: PublishingSession, number: int, name: str, node_type: str, info: dict[str, Any]
+    ) -> None:
+        self.session = session
+        self.store = session.store
+        self.number = number
+        self.name = name
+        self.node_type = node_type
+        self.db_name = f"{session.name}:{number}_{name}"
+        self._info = info
+        self._state = ScanState.CREATED
+        self._nodes: list[_NodePublisher] = []
+        self._data_nodes: list[_DataPublisher] = []
+        self._names: set[tuple[int, str]] = set()
+        self._tree_lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closing = False
+        self._send_error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def session_name(self) -> str:
+        """Name of the session."""
+        return self.session.name
+
+    @property
+    def state(self) -> ScanState:
+        """Current state as known by this publisher."""
+        return self._state
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """A copy of the scan_info as published."""
+        return dict(self._info)
+
+    def __repr__(self) -> str:
+        return f"<ScanPublisher {self.db_name!r} {self._state.name}>"
+
+    def __enter__(self) -> ScanPublisher:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._state.is_final:
+            return
+        if exc_type is None:
+            self.end(ScanState.DONE)
+            return
+        state = ScanState.USER_ABORTED if issubclass(exc_type, KeyboardInterrupt) else ScanState.FAILED
+        error = "".join(traceback.format_exception_only(exc_type, exc)).strip()
+        try:
+            self.end(state, error=error)
+        except Exception:  # the original exception matters more; this one is logged
+            logger.exception("could not end scan %s as %s", self.db_name, state.name)
+
+    # -- tree -------------------------------------------------------------------------
+    def create_container(self, name: str, info: Mapping[str, Any] | None = None) -> ContainerPublisher:
+        """Create a top-master container (channels and sub-masters go under it)."""
+        return self._create_node(ContainerPublisher, None, name, "container", info, ())
+
+    def _create_node(
+        self,
+        cls: type[Any],
+        parent: _NodePublisher | None,
+        name: str,
+        node_type: str,
+        info: Mapping[str, Any] | None,
+        extra: tuple[Any, ...],
+    ) -> Any:
+        if self._state.is_final or self._closing:
+            raise ScanEndedError(f"scan {self.db_name} has ended: no new node {name!r}")
+        if not isinstance(name, str) or not name or "\n" in name or "/" in name:
+            raise InvalidArgumentError(f"invalid node name {name!r}: a non-empty string without '/'")
+        node_info = check_scan_info(info, f"info of node {name!r}")
+        parent_index = parent.index if parent is not None else 0
+        parent_db_name = parent.db_name if parent is not None else self.db_name
+        with self._tree_lock:
+            if (parent_index, name) in self._names:
+                raise NodeExistsError(f"{parent_db_name} already has a child named {name!r}")
+            index = len(self._nodes) + 1
+            node = cls(self, index, name, parent_db_name, *extra)
+            self.store.redis.xadd(
+                self.store.keys.scan_events(self.session.name, self.number),
+                {
+                    "event": "NEW_NODE",
+                    "node": index,
+                    "parent": parent_index,
+                    "type": node_type,
+                    "name": name,
+                    "info": encoding.dumps(node_info),
+                },
+            )
+            self._names.add((parent_index, name))
+            self._nodes.append(node)
+            if isinstance(node, _DataPublisher):
+                self._data_nodes.append(node)
+        return node
+
+    # -- life cycle -------------------------------------------------------------------
+    def prepared(self, info_update: Mapping[str, Any] | None = None) -> None:
+        """Mark the scan PREPARED (all nodes created), optionally updating scan_info.
+
+        Raises
+        ------
+        InvalidTransitionError
+            The scan is not in state CREATED.
+        """
+        if self._state is not ScanState.CREATED:
+            raise InvalidTransitionError(self._state, ScanState.PREPARED)
+        self._info.update(check_scan_info(info_update))
+        keys = self.store.keys
+        info_json = encoding.dumps(self._info)
+        pipe = self.store.redis.pipeline(transaction=True)
+        pipe.hset(keys.scan(self.session.name, self.number), mapping={"state": "PREPARED", "info": info_json})
+        pipe.xadd(
+            keys.scan_events(self.session.name, self.number),
+            {"event": "PREPARED", "time": repr(time.time())},
+        )
+        pipe.execute()
+        self._state = ScanState.PREPARED
+
+    def flush(self) -> None:
+        """Send every queued point now and wait until Redis has them.
+
+        Raises
+        ------
+        redis.exceptions.ConnectionError
+            Redis cannot be reached; the points stay queued.
+        """
+        with self._send_lock:
+            self._send_pending()
+
+    def end(
+        self,
+        state: ScanState | str = ScanState.DONE,
+        *,
+        error: str | None = None,
+        info_update: Mapping[str, Any] | None = None,
+    ) -> None:
+        """End the scan: send every queued point, then seal the data and publish END.
+
+        END and the seals are written in one server-side step after the last data, so
+        readers get every point before END_SCAN and END_SCAN carries the final state.
+
+        Parameters
+        ----------
+        state : ScanState or str
+            DONE, USER_ABORTED, KILLED or FAILED.
+        error : str, optional
+            The error text for states other than DONE.
+        info_update : Mapping, optional
+            scan_info keys to add at the end (``end_time`` is added by scanstream).
+
+        Raises
+        ------
+        InvalidTransitionError
+            The scan had already ended (for example declared KILLED after its lease
+            expired while this process was frozen).
+        """
+        state = ScanState[state] if isinstance(state, str) else ScanState(state)
+        if not state.is_final:
+            raise InvalidArgumentError(f"end state must be DONE, USER_ABORTED, KILLED or FAILED, got {state.name}")
+        if self._state.is_final:
+            raise InvalidTransitionError(self._state, state)
+        update = check_scan_info(info_update)
+        self._closing = True
+        self._stop_background()
+        with self._send_lock:
+            self._send_pending()
+        now = time.time()
+        self._info.update(update)
+        self._info.update(end_time=iso_time(now), end_timestamp=now, state=state.name)
+        if error is not None:
+            self._info["error"] = error
+        outcome, final = self.store.end_scan(
+            self.session.name,
+            self.number,
+            state.name,
+            error or "",
+            now,
+            info_json=encoding.dumps(self._info),
+        )
+        if outcome == "ended":
+            self._state = ScanState[final]
+            raise InvalidTransitionError(
+                ScanState[final], state, "it was ended by another process (lease expired?)"
+            )
+        if outcome == "missing":
+            raise ScanEndedError(f"scan {self.db_name} is gone from Redis (expired or deleted)")
+        self._state = state
+
+    def _raise_if_cannot_emit(self) -> None:
+        if self._closing or self._state.is_final:
+            raise ScanEndedError(f"scan {self.db_name} has ended ({self._state.name}): emit refused")
+        error, self._send_error = self._send_error, None
+        if error is not None:
+            raise error
+
+    # -- background sender ------------------------------------------------------------
+    def _start_background(self) -> None:
+        self._thread = threading.Thread(
+            target=self._background, name=f"scanstream-send-{self.db_name}", daemon=True
+        )
+        self._thread.start()
+
+    def _stop_background(self) -> None:
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _background(self) -> None:
+        """Send queued points as soon as there are some; renew the lease meanwhile."""
+        keys = self.store.keys
+        lease_key = keys.scan_lease(self.session.name, self.number)
+        lease_ms = int(self.store.settings.lease_time * 1000)
+        period = self.store.settings.lease_time / 3
+        next_renewal = time.monotonic() + period
+        while not self._closing:
+            self._wake.wait(max(0.0, next_renewal - time.monotonic()))
+            self._wake.clear()
+            try:
+                if self._closing:
+                    break
+                with self._send_lock:
+                    self._send_pending()
+                if time.monotonic() >= next_renewal:
+                    self.store.redis.set(lease_key, b"1", px=lease_ms)
+                    next_renewal = time.monotonic() + period
+            except Exception as exc:  # reported to the acquisition thread by the next emit
+                logger.warning("scan %s: sending data failed: %s", self.db_name, exc)
+                self._send_error = exc
+                time.sleep(min(0.5, period))
+
+    def _send_pending(self) -> None:
+        """Send all queued batches in one transaction (caller holds the send lock)."""
+        taken = [(node, node._take()) for node in self._data_nodes]
+        taken = [(node, batches) for node, batches in taken if batches]
+        if not taken:
+            return
+        pipe = self.store.redis.pipeline(transaction=True)
+        sent: list[tuple[_DataPublisher, int]] = []
+        try:
+            for node, batches in taken:
+                first = node._sent
+                for fields, npoints in node._encode(batches):
+                    # The entry ID is the index of the entry's first point: any range is
+                    # addressable with XRANGE/XREVRANGE, and a duplicate or a write after the
+                    # seal is refused by Redis (IDs must grow).
+                    pipe.xadd(node.key, fields, id=f"{first}-1")
+                    first += npoints
+                sent.append((node, first))
+            pipe.execute()
+        except BaseException:
+            for node, batches in taken:
+                node._give_back(batches)
+            raise
+        for node, total in sent:
+            node._sent = total

@@ -1,0 +1,377 @@
+"""The walk engine: one XREAD loop over every stream a walk follows.
+
+A session walk reads the session's scan stream; for each scan it follows, it reads that
+scan's event stream; for each data node it yields events of, that node's data stream.
+Nothing else is read: ``include_filter`` and ``exclude_children`` decide which streams are
+subscribed, not only which events are yielded.
+
+Ordering guarantees:
+
+* a node's NEW_NODE comes before its data (its data stream is subscribed only then);
+* END_SCAN comes after every point of the scan: END is written atomically with the
+  seals of all data streams, so on END the walker reads each data stream to its seal
+  before yielding END_SCAN.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from . import encoding
+from .events import Event, EventData, EventType, StopHandler
+from .exceptions import (
+    DecodingError,
+    IndexNoMoreThereError,
+    InvalidArgumentError,
+    ScanNotFoundError,
+)
+from .models import DATA_NODE_TYPES, ScanEnd, ScanState
+from .nodes import DataNode, NodeFilter, ScanNode, SessionNode
+
+logger = logging.getLogger(__name__)
+
+# Longest single blocking read: bounds the reaction time to a stop request.
+_BLOCK_SLICE = 0.1
+# Entries per stream per XREAD: bounds the memory of one batch.
+_READ_COUNT = 1000
+
+
+def _make_filter(spec: NodeFilter, default: bool) -> Callable[[DataNode], bool]:
+    if spec is None:
+        return lambda node: default
+    if isinstance(spec, str):
+        return lambda node: node.type == spec
+    if callable(spec):
+        return spec
+    types = frozenset(spec)
+    return lambda node: node.type in types
+
+
+@dataclass
+class _DataFollow:
+    node: Any  # a data node (ChannelNode, LimaNode, ScanRefNode)
+    scan: _ScanFollow
+    last_id: bytes = b"0-0"
+    next_index: int = 0
+    sealed: bool = False
+
+
+@dataclass
+class _ScanFollow:
+    scan: ScanNode
+    lifecycle_only: bool  # children excluded: only PREPARED / END matter
+    subtree_root: int  # node index whose subtree is walked (0: the whole scan)
+    last_id: bytes = b"0-0"
+    inside: set[int] = field(default_factory=set)  # node indices in the walked subtree
+    closed: set[int] = field(default_factory=set)  # nodes whose children are excluded
+    data: dict[bytes, _DataFollow] = field(default_factory=dict)
+    ended: bool = False
+
+
+class Walker:
+    """Iterator of events below a node. Created by ``DataNode.walk_events`` and friends.
+
+    The start position is fixed when the walker is created, not at the first ``next()``:
+    a scan started right after ``walk_on_new_events()`` returns is seen.
+    """
+
+    def __init__(
+        self,
+        root: DataNode,
+        *,
+        include_filter: NodeFilter = None,
+        exclude_children: NodeFilter = None,
+        first_index: int = 0,
+        from_next: bool = False,
+        wait: bool = True,
+        timeout: float | None = None,
+        stop_handler: StopHandler | None = None,
+        nodes_only: bool = False,
+    ) -> None:
+        if timeout is not None and timeout < 0:
+            raise InvalidArgumentError(f"timeout must be >= 0 or None, got {timeout!r}")
+        self.root = root
+        self.store = root.store
+        self.redis = root.store.redis
+        self._include = _make_filter(include_filter, True)
+        self._exclude = _make_filter(exclude_children, False)
+        self._wait = wait
+        self._timeout = timeout
+        self._stop = stop_handler
+        self._nodes_only = nodes_only
+        self._session_key: bytes | None = None
+        self._session_last = b"0-0"
+        self._scans: dict[bytes, _ScanFollow] = {}
+        self._data: dict[bytes, _DataFollow] = {}
+        self._finished = False
+        self._lease_period = min(1.0, self.store.settings.lease_time / 4)
+        self._next_lease_check = 0.0
+        start = self._start_id(first_index, from_next)
+        if isinstance(root, SessionNode):
+            if not wait:
+                self.store.require_session(root.name)
+            self._session_key = self.store.keys.session_scans(root.name).encode()
+            self._session_last = start
+        else:
+            scan = root if isinstance(root, ScanNode) else getattr(root, "scan", None)
+            if scan is None:
+                raise InvalidArgumentError(f"cannot walk a {type(root).__name__}")
+            subtree = 0 if isinstance(root, ScanNode) else root.index  # type: ignore[attr-defined]
+            follow = self._follow_scan(scan, lifecycle_only=False, subtree_root=subtree)
+            follow.last_id = start
+        self._events = self._run()
+
+    def __iter__(self) -> Iterator[Event]:
+        return self
+
+    def __next__(self) -> Event:
+        return next(self._events)
+
+    def close(self) -> None:
+        """Stop the walk (it can also be stopped by a StopHandler from another thread)."""
+        self._events.close()
+
+    def _start_id(self, first_index: int, from_next: bool) -> bytes:
+        if from_next:
+            key = (
+                self.store.keys.session_scans(self.root.name)
+                if isinstance(self.root, SessionNode)
+                else getattr(self.root, "events_key", None) or self.root.scan.events_key  # type: ignore[attr-defined]
+            )
+            last = self.redis.xrevrange(key, count=1)
+            return last[0][0] if last else b"0-0"
+        if first_index:
+            # XREAD returns entries after the given ID: start just before millisecond
+            # ``first_index`` so that entries stamped exactly then are included.
+            return b"%d-18446744073709551615" % (int(first_index) - 1)
+        return b"0-0"
+
+    # -- subscriptions ----------------------------------------------------------------
+    def _follow_scan(self, scan: ScanNode, *, lifecycle_only: bool, subtree_root: int) -> _ScanFollow:
+        follow = _ScanFollow(scan, lifecycle_only, subtree_root)
+        self._scans[scan.events_key.encode()] = follow
+        return follow
+
+    def _unfollow_scan(self, follow: _ScanFollow) -> None:
+        follow.ended = True
+        self._scans.pop(follow.scan.events_key.encode(), None)
+        for key in follow.data:
+            self._data.pop(key, None)
+
+    def _streams(self) -> dict[bytes, bytes]:
+        streams: dict[bytes, bytes] = {}
+        if self._session_key is not None:
+            streams[self._session_key] = self._session_last
+        for key, follow in self._scans.items():
+            streams[key] = follow.last_id
+        for key, data in self._data.items():
+            streams[key] = data.last_id
+        return streams
+
+    # -- main loop --------------------------------------------------------------------
+    def _run(self) -> Iterator[Event]:
+        last_event = time.monotonic()
+        while not self._finished:
+            if self._stop is not None and self._stop.stopped:
+                return
+            streams = self._streams()
+            if not streams:
+                return
+            block = None
+            if self._wait:
+                block = _BLOCK_SLICE
+                if self._timeout is not None:
+                    block = max(0.0, min(block, self._timeout - (time.monotonic() - last_event)))
+            reply = self.redis.xread(
+                streams, count=_READ_COUNT, block=None if block is None else max(1, int(block * 1000))
+            )
+            events = self._process(reply) if reply else []
+            events += self._check_leases(force=not reply)
+            for event in events:
+                if self._nodes_only and event.type is not EventType.NEW_NODE:
+                    continue
+                yield event
+                last_event = time.monotonic()
+            if events:
+                continue
+            if not reply and not self._wait:
+                return
+            if self._timeout is not None and time.monotonic() - last_event >= self._timeout:
+                return
+
+    def _process(self, reply: list[Any]) -> list[Event]:
+        # Data first, then scan events, then the session: END found in a scan's events is
+        # then handled after the data entries of the same reply, never before.
+        by_kind: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
+        for key, entries in reply:
+            if key in self._data:
+                by_kind[0].append((key, entries))
+            elif key in self._scans:
+                by_kind[1].append((key, entries))
+            else:
+                by_kind[2].append((key, entries))
+        events: list[Event] = []
+        for key, entries in by_kind[0]:
+            follow = self._data.get(key)
+            if follow is not None:
+                self._on_data(follow, entries, events)
+        for key, entries in by_kind[1]:
+            follow_scan = self._scans.get(key)
+            for entry_id, fields in entries:
+                if follow_scan is None or follow_scan.ended:
+                    break
+                follow_scan.last_id = entry_id
+                self._on_scan_event(follow_scan, fields, events)
+        for _, entries in by_kind[2]:
+            for entry_id, fields in entries:
+                self._session_last = entry_id
+                self._on_session_event(fields, events)
+        return events
+
+    def _on_session_event(self, fields: dict[bytes, bytes], events: list[Event]) -> None:
+        if fields.get(b"event") != b"NEW_SCAN":
+            return
+        session = self.root
+        assert isinstance(session, SessionNode)
+        try:
+            scan = session.get_scan(int(fields[b"scan"]))
+        except ScanNotFoundError:
+            logger.info("session %s: scan %s expired, skipped", session.name, fields.get(b"scan"))
+            return
+        if self._include(scan):
+            events.append(Event(EventType.NEW_NODE, scan, EventData()))
+        self._follow_scan(scan, lifecycle_only=self._exclude(scan), subtree_root=0)
+
+    def _on_scan_event(self, follow: _ScanFollow, fields: dict[bytes, bytes], events: list[Event]) -> None:
+        kind = fields.get(b"event")
+        scan = follow.scan
+        if kind == b"NEW_NODE":
+            if not follow.lifecycle_only:
+                self._on_new_node(follow, fields, events)
+        elif kind == b"PREPARED":
+            if follow.subtree_root == 0 and self._include(scan):
+                events.append(Event(EventType.PREPARED_SCAN, scan, EventData(data="PREPARED_SCAN")))
+        elif kind == b"END":
+            self._on_end(follow, _scan_end(scan, fields), events)
+
+    def _on_new_node(self, follow: _ScanFollow, fields: dict[bytes, bytes], events: list[Event]) -> None:
+        node = follow.scan.node_from_entry(fields)
+        index = node.index  # type: ignore[attr-defined]
+        parent = int(fields[b"parent"])
+        if parent in follow.closed:
+            follow.closed.add(index)  # descendants of an excluded node stay hidden
+            return
+        if follow.subtree_root and index != follow.subtree_root and parent not in follow.inside:
+            return
+        follow.inside.add(index)
+        is_root = index == follow.subtree_root
+        included = self._include(node)
+        if included and not is_root:
+            events.append(Event(EventType.NEW_NODE, node, EventData()))
+        if self._exclude(node) and not is_root:
+            follow.closed.add(index)
+        if node.type in DATA_NODE_TYPES and included and not self._nodes_only:
+            key = node.key.encode()  # type: ignore[attr-defined]
+            data = _DataFollow(node, follow)
+            follow.data[key] = data
+            self._data[key] = data
+
+    def _on_data(self, follow: _DataFollow, entries: list[Any], events: list[Event]) -> None:
+        batch = []
+        for entry_id, fields in entries:
+            follow.last_id = entry_id
+            if b"end" in fields:
+                follow.sealed = True
+                self._data.pop(follow.node.key.encode(), None)
+                break
+            first = int(entry_id.split(b"-", 1)[0])
+            if first != follow.next_index:
+                # Never hand out data at a shifted offset: a gap is an error, not a hole.
+                raise IndexNoMoreThereError(
+                    f"{follow.node.db_name}: points {follow.next_index} to {first - 1} are gone from Redis"
+                )
+            follow.next_index = first + encoding.entry_count(fields)
+            batch.append(fields)
+        if batch:
+            events.append(self._data_event(follow, batch))
+
+    def _data_event(self, follow: _DataFollow, batch: list[dict[bytes, bytes]]) -> Event:
+        node = follow.node
+        count = sum(encoding.entry_count(f) for f in batch)
+        first = follow.next_index - count
+        data = node.codec.decode(batch)
+        if node.type == "node_ref_channel":
+            data = node.resolve(data)
+        return Event(EventType.NEW_DATA, node, EventData(first, data, node.description, count))
+
+    def _on_end(self, follow: _ScanFollow, end: ScanEnd, events: list[Event]) -> None:
+        scan = follow.scan
+        for key, data in list(follow.data.items()):
+            if not data.sealed:
+                rest = self.redis.xrange(key, min=b"(" + data.last_id, max=b"+")
+                self._on_data(data, rest, events)
+        scan.end = end
+        if self._include(scan):
+            description = {
+                "state": end.state,
+                "error": end.error,
+                "end_time": end.end_time,
+                "lengths": {
+                    n.db_name: end.lengths.get(n.index, 0)  # type: ignore[attr-defined]
+                    for n in scan.load_nodes()
+                    if n.type in DATA_NODE_TYPES
+                },
+            }
+            events.append(Event(EventType.END_SCAN, scan, EventData(data=end.state, description=description)))
+        self._unfollow_scan(follow)
+        if self._session_key is None:
+            self._finished = True
+
+    # -- crashed publishers -----------------------------------------------------------
+    def _check_leases(self, force: bool) -> list[Event]:
+        """Declare KILLED the followed scans whose publisher's lease expired."""
+        now = time.monotonic()
+        if not self._scans or (not force and now < self._next_lease_check):
+            return []
+        self._next_lease_check = now + self._lease_period
+        follows = list(self._scans.values())
+        pipe = self.redis.pipeline(transaction=False)
+        for follow in follows:
+            pipe.exists(follow.scan.lease_key)
+        events: list[Event] = []
+        for follow, alive in zip(follows, pipe.execute()):
+            if alive:
+                continue
+            try:
+                if follow.scan.state.is_final:
+                    continue  # END is in the scan's event stream: the next read yields it
+            except ScanNotFoundError:
+                if self._session_key is None:
+                    raise IndexNoMoreThereError(f"scan {follow.scan.db_name} expired during the walk") from None
+                logger.warning("scan %s expired during the walk; dropped", follow.scan.db_name)
+                self._unfollow_scan(follow)
+            except redis.exceptions.NoPermissionError:
+                # Read-only user: cannot record KILLED, so end the scan for this walk only.
+                end = ScanEnd(ScanState.KILLED, "the publisher stopped renewing its lease", time.time(), {})
+                self._on_end(follow, end, events)
+        return events
+
+
+def _scan_end(scan: ScanNode, fields: dict[bytes, bytes]) -> ScanEnd:
+    try:
+        error = fields.get(b"error", b"").decode() or None
+        lengths = encoding.loads(fields.get(b"lengths", b"{}")) or {}
+        return ScanEnd(
+            state=ScanState[fields[b"state"].decode()],
+            error=error,
+            end_time=float(fields.get(b"time", b"0")),
+            lengths={int(k): int(v) for k, v in lengths.items()},
+        )
+    except (KeyError, ValueError) as exc:
+        raise DecodingError(f"scan {scan.db_name}: corrupt END entry ({exc})") from None
