@@ -1,0 +1,128 @@
+"""The ``scanstream`` command line. It only parses arguments and calls library functions.
+
+To add a subcommand, write a ``_configure_<name>(parser)`` that adds its arguments and a
+``_run_<name>(args) -> int`` that calls the library and returns the exit code, then add one
+:class:`Command` line to :data:`COMMANDS`. A subcommand that talks to Redis gets its URL from
+:func:`redis_url` (``--redis-url`` > ``$SCANSTREAM_REDIS_URL`` > the user's embedded server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from . import server
+from .exceptions import ScanstreamError
+from .logs import configure_logging
+from .sim import cli as sim_cli
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its name, its one-line help, how to add its arguments, what it runs."""
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def redis_url(args: argparse.Namespace) -> str:
+    """Return the Redis URL a subcommand should use (this may start the embedded server)."""
+    return server.resolve_url(args.redis_url)
+
+
+def _print_mapping(values: Mapping[str, Any]) -> None:
+    """Print ``key: value`` lines, aligned, with booleans as yes/no and None as '-'."""
+    width = max(map(len, values), default=0)
+    for key, value in values.items():
+        text = ("yes" if value else "no") if isinstance(value, bool) else value
+        print(f"{key + ':':<{width + 1}} {'-' if text is None else text}")
+
+
+# --- scanstream server start|stop|status --------------------------------------------------------
+
+
+def _configure_server(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("start", "stop", "status"),
+                        help="start it (prints its URL), stop it, or describe it "
+                             "(exit code 0 if it runs, 1 if not)")
+
+
+def _run_server(args: argparse.Namespace) -> int:
+    if args.redis_url:
+        logger.warning("`scanstream server` manages your embedded server; --redis-url is ignored")
+    if args.action == "start":
+        print(server.ensure_server())
+        return 0
+    if args.action == "stop":
+        print("stopped" if server.stop_server() else "no embedded server was running")
+        return 0
+    status = server.server_status()
+    _print_mapping(status)
+    return 0 if status["running"] else 1
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("server", "start, stop or describe your embedded Redis server",
+            _configure_server, _run_server),
+    Command("scan", sim_cli.SCAN_HELP, sim_cli.configure_scan, sim_cli.run_scan),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``scanstream``, with every subcommand of :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog="scanstream", description="Stream beamline scan data through Redis.")
+    parser.add_argument("--redis-url", metavar="URL", default=None,
+                        help="Redis server (redis://HOST:PORT or unix:///PATH); default: "
+                             "$SCANSTREAM_REDIS_URL, else your embedded server, started if needed")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log more (-v: info, -vv: debug)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
+        command.configure(sub)
+        sub.set_defaults(run=command.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``scanstream`` command line.
+
+    Parameters
+    ----------
+    argv : list of str or None
+        Arguments without the program name; None reads ``sys.argv``.
+
+    Returns
+    -------
+    int
+        The exit code: 0 on success, 1 on a scanstream or connection error (printed on stderr),
+        2 on a usage error, 130 on Ctrl-C; a subcommand may give its own meaning to 1.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help or a usage error: return its code, so main() stays callable
+        return exc.code if isinstance(exc.code, int) else 2
+    configure_logging(args.verbose)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        code: int = args.run(args)
+    except (ScanstreamError, redis.ConnectionError, redis.TimeoutError) as exc:
+        print(f"scanstream: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code

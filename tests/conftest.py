@@ -1,0 +1,161 @@
+"""Shared fixtures (STYLE.md 7.8): one real Redis server per session, flushed before each test.
+
+- ``redis_server_url`` (session): ``--redis-url`` if given, else a private ``EmbeddedServer``
+  on a free 127.0.0.1 port, stopped at the end. Skipped without a server binary, except on CI.
+- ``redis_url`` (function): the same URL, after FLUSHALL. Tests that need Redis request this.
+- ``server_binary`` (session), ``free_tcp_port``: for tests that start servers themselves.
+- ``private_runtime_dir`` (function): the user's shared embedded server redirected to a tmp dir,
+  stopped at the end, so tests never touch the real one.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import redis
+
+from scanstream.exceptions import ServerError
+from scanstream.server import EmbeddedServer, find_server_binary, runtime_dir, stop_server
+
+if TYPE_CHECKING:
+    from scanstream import DataStore, PublishingSession
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--redis-url", default=None, metavar="URL",
+                     help="run the tests against this Redis server (it is FLUSHALLed before each "
+                          "test) instead of a private one started on a free port")
+
+
+def _free_port() -> int:
+    """Return a TCP port of 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _require_server_binary() -> Path:
+    """Skip the test without a server binary; fail instead on CI, where one must be installed."""
+    try:
+        return find_server_binary()
+    except ServerError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must provide a Redis server binary: {exc}")
+        pytest.skip(f"no Redis server binary: {exc}")
+
+
+@pytest.fixture(scope="session")
+def server_binary() -> Path:
+    """Path of the Redis server binary (skips the test without one, fails on CI)."""
+    return _require_server_binary()
+
+
+@pytest.fixture
+def free_tcp_port() -> int:
+    """A port of 127.0.0.1 that was free a moment ago (never 6379, which a local Redis uses)."""
+    return _free_port()
+
+
+@pytest.fixture(scope="session")
+def redis_server_url(request: pytest.FixtureRequest,
+                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of the session's Redis server: ``--redis-url``, else a private embedded server."""
+    url = request.config.getoption("--redis-url")
+    if url:
+        yield url
+        return
+    request.getfixturevalue("server_binary")
+    server = EmbeddedServer(tmp_path_factory.mktemp("redis"), port=_free_port())
+    try:
+        try:
+            server.start(timeout=10)
+        except ServerError:
+            # Another process may have taken the free port in between: one retry on a new one.
+            server = EmbeddedServer(server.directory, port=_free_port())
+            server.start(timeout=10)
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server_url: str) -> str:
+    """URL of the session's Redis server, emptied (FLUSHALL) before the test, not after.
+
+    Flushing before means a test that crashed cannot leak keys into the next one.
+    """
+    client = redis.Redis.from_url(redis_server_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    return redis_server_url
+
+
+@pytest.fixture
+def private_runtime_dir(server_binary: Path, monkeypatch: pytest.MonkeyPatch,
+                        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Point ``XDG_RUNTIME_DIR`` at a tmp dir and yield the runtime dir of the shared server.
+
+    The environment variables choosing a server or binary are removed, and the shared server,
+    if a test started one, is stopped at the end.
+    """
+    xdg = tmp_path_factory.mktemp("xdg")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(xdg))
+    monkeypatch.delenv("SCANSTREAM_REDIS_URL", raising=False)
+    monkeypatch.delenv("SCANSTREAM_REDIS_SERVER", raising=False)
+    directory = runtime_dir()
+    if directory.parent != xdg:  # a too long tmp path falls back to /tmp: never touch that one
+        pytest.skip(f"tmp path too long for a unix socket: {xdg}")
+    try:
+        yield directory
+    finally:
+        stop_server()
+
+
+# ---------------------------------------------------------------- core library fixtures
+
+
+@pytest.fixture
+def store(redis_url: str) -> Iterator[DataStore]:
+    """A connection to the flushed test server, with a short lease (2 s), closed at the end."""
+    from scanstream import DataStore, Settings
+
+    data_store = DataStore(settings=Settings(redis_url=redis_url, lease_time=2.0))
+    try:
+        yield data_store
+    finally:
+        data_store.close()
+
+
+@pytest.fixture
+def session(store: DataStore) -> Iterator[PublishingSession]:
+    """The publishing session ``test_session``; scans a test left running end FAILED."""
+    from scanstream import create_session
+
+    publishing = create_session("test_session", store=store)
+    try:
+        yield publishing
+    finally:
+        publishing.close()
+
+
+@pytest.fixture
+def seed_env(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """``SCANSTREAM_REDIS_URL`` set to the test server, for code that takes no URL argument."""
+    from scanstream import store as store_module
+
+    monkeypatch.setenv("SCANSTREAM_REDIS_URL", redis_url)
+    store_module._default_stores.clear()
+    try:
+        yield redis_url
+    finally:
+        for data_store in store_module._default_stores.values():
+            data_store.close()
+        store_module._default_stores.clear()
