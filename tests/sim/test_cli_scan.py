@@ -1,0 +1,69 @@
+"""``scanstream scan`` (scanstream.sim.cli), run in-process against the test Redis."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from scanstream import DataStore, ScanState, get_session_node
+from scanstream.sim import default_beamline
+from scanstream.sim.cli import add_scan_command, main, parse_scan_arguments
+
+
+def run(redis_url: str, *argv: str) -> int:
+    return main(["--redis-url", redis_url, "--time-scale", "0", *argv])
+
+
+def test_ascan_has_intervals_plus_one_points(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(redis_url, "--session", "cli_session", "ascan", "roby", "0", "1", "10", "0.1", "diode") == 0
+    err = capsys.readouterr().err
+    assert "ascan roby 0 1 10 0.1" in err and "11/11 points" in err and "DONE" in err
+    with DataStore(redis_url) as store:
+        scan = get_session_node("cli_session", store=store).get_scan(1)
+        assert scan.state is ScanState.DONE and scan.info["npoints"] == 11
+        diode = next(n for n in scan.load_nodes() if n.name.endswith(":diode"))
+        assert len(diode) == 11
+        assert set(scan.info["positioners"]["positioners_start"]) == {"robx", "roby", "robz", "robu"}
+
+
+def test_negative_numbers_options_after_arguments_and_saving(redis_url: str, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(redis_url, "d2scan", "roby", "-.1", ".1", "robz", "-.2", ".2", "15", ".1", "sim_ct_gauss",
+               "--quiet") == 0
+    assert "d2scan roby -0.1 0.1 robz -0.2 0.2 15 0.1" in capsys.readouterr().err
+    assert run(redis_url, "--root", str(tmp_path), "loopscan", "3", "0.1", "lima_simulator", "simu1") == 0
+    assert len(list(tmp_path.rglob("lima_simulator_0000.h5"))) == 1
+    assert run(redis_url, "timescan", "0.01", "diode", "--max-duration", "0.05") == 0
+
+
+@pytest.mark.parametrize("argv, code, message", [
+    (["ascan", "rob", "0", "1", "3", "0.1", "diode"], 2, "unknown motor 'rob'; motors: robx, roby, robz, robu"),
+    (["ascan", "roby", "0", "1", "3", "0.1", "diodex"], 2, "unknown counter 'diodex'; counters: diode,"),
+    (["ascan", "roby", "0", "1", "0.1", "diode"], 2, "INTERVALS must be an integer, got '0.1'"),
+    (["ascan", "roby", "0", "1"], 2, "missing INTERVALS COUNT_TIME"),
+    (["ascan", "roby", "0", "1", "3", "0.1"], 2, "no counter given"),
+    (["ascan", "diode", "0", "1", "3", "0.1", "diode"], 2, "(it is a counter)"),
+    (["mesh", "1"], 2, "unknown scan type 'mesh'; known: ct, loopscan"),
+    ([], 2, "no scan type"),
+    (["ascan", "roby", "0", "200", "3", "0.1", "diode"], 1, "move to 200 mm is outside its limits [-100, 100]"),
+])
+def test_bad_arguments_give_clear_errors(redis_url: str, capsys: pytest.CaptureFixture[str], argv: list[str],
+                                         code: int, message: str) -> None:
+    assert run(redis_url, *argv) == code
+    assert message in capsys.readouterr().err
+
+
+def test_list_devices_and_registration(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(redis_url, "--list") == 0
+    out = capsys.readouterr().out
+    assert "roby" in out and "lima_simulator (LimaDetector)" in out
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    add_scan_command(sub)
+    args = parser.parse_args(["scan", "--session", "s", "ascan", "roby", "0", "1", "2", "0.1", "diode"])
+    assert args.type == "ascan" and args.args[0] == "roby" and callable(args.run)
+    motor, start, stop, intervals, count_time, diode = parse_scan_arguments(args.type, args.args,
+                                                                             default_beamline())
+    assert (motor.name, start, stop, intervals, count_time, diode.name) == ("roby", 0.0, 1.0, 2, 0.1, "diode")
