@@ -1,0 +1,164 @@
+"""Unit tests of metadata and data encoding (no Redis)."""
+
+from __future__ import annotations
+
+import datetime
+import math
+
+import numpy as np
+import pytest
+
+from scanstream import EncodingError, ImageReference
+from scanstream.encoding import ImageRefCodec, NumericCodec, dumps, json_safe, loads
+from scanstream.scaninfo import check_scan_info, iso_time
+
+
+@pytest.mark.parametrize(
+    "dtype, values",
+    [
+        ("int8", [-128, 0, 127]),
+        ("uint16", [0, 1, 65535]),
+        ("int64", [-(2**63), 0, 2**63 - 1]),
+        ("float32", [np.float32(1.1), -0.0, np.inf]),
+        ("float64", [math.pi, np.nan, -np.inf]),
+        ("bool", [True, False, True]),
+        ("complex64", [1 + 2j, 0, -1j]),
+    ],
+)
+def test_numeric_round_trip_is_bit_exact(dtype, values):
+    codec = NumericCodec(dtype, ())
+    batch = codec.batch(np.array(values, dtype=dtype))
+    out = codec.decode([codec.encode(batch)])
+    assert out.dtype == np.dtype(dtype)
+    assert out.tobytes() == np.array(values, dtype=dtype).tobytes()
+
+
+def test_big_endian_input_is_stored_little_endian_and_read_back_native():
+    codec = NumericCodec(">f8", (2,))
+    data = np.array([[1.5, 2.5], [3.5, 4.5]], dtype=">f8")
+    fields = codec.encode(codec.batch(data))
+    assert fields[b"d"] == data.astype("<f8").tobytes()
+    np.testing.assert_array_equal(codec.decode([fields]), data)
+
+
+def test_several_entries_decode_as_one_batch():
+    codec = NumericCodec("float64", (3,))
+    a, b = np.arange(6.0).reshape(2, 3), np.arange(3.0) + 10
+    out = codec.decode([codec.encode(codec.batch(a)), codec.encode(codec.batch(b))])
+    np.testing.assert_array_equal(out, np.vstack([a, b]))
+    out[0, 0] = -1  # arrays handed to users are writable
+    assert out[0, 0] == -1
+
+
+def test_variable_length_points():
+    codec = NumericCodec("float32", (-1,))
+    points = [np.arange(3, dtype="f4"), np.arange(0, dtype="f4"), np.arange(5, dtype="f4")]
+    out = codec.decode([codec.encode(codec.batch(points))])
+    assert out.dtype == object and len(out) == 3
+    for got, want in zip(out, points):
+        np.testing.assert_array_equal(got, want)
+        assert got.dtype == np.float32
+    single = codec.batch([1.0, 2.0])  # a flat list of numbers is one point
+    assert len(single) == 1 and list(single[0]) == [1.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    "dtype, shape, data, message",
+    [
+        ("int32", (), 1.5, "float64"),
+        ("float64", (), "abc", "dtype <U3"),
+        ("float64", (3,), np.zeros(4), "shape (4,)"),
+        ("float64", (3,), np.zeros((2, 4)), "shape (2, 4)"),
+        ("float64", (), np.zeros(0), "empty batch"),
+        ("uint8", (), 300, "do not fit in uint8"),
+        ("bool", (), 2, "int64"),
+        ("float32", (-1,), np.zeros((2, 2, 2)), "variable-length"),
+    ],
+)
+def test_bad_points_are_refused_with_a_clear_message(dtype, shape, data, message):
+    codec = NumericCodec(dtype, shape, name="diode")
+    with pytest.raises(EncodingError, match="diode") as info:
+        codec.batch(data)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", ["U8", "O", [("a", "f8")], "datetime64[s]"])
+def test_non_numeric_dtypes_are_refused(dtype):
+    with pytest.raises(EncodingError, match="not supported|not a numpy dtype"):
+        NumericCodec(dtype, ())
+
+
+@pytest.mark.parametrize("shape", [(-1, 3), (-2,), "abc"])
+def test_bad_shapes_are_refused(shape):
+    with pytest.raises(EncodingError, match="shape"):
+        NumericCodec("float64", shape)
+
+
+def test_json_safe_converts_numpy_datetimes_and_keeps_nan():
+    when = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+    info = {
+        "npoints": np.int64(11),
+        "start": np.array([0.0, 1.0]),
+        "when": when,
+        "nan": float("nan"),
+        "nested": {"@NX_class": "NXcollection", 3: (1, 2)},
+    }
+    back = loads(dumps(info))
+    assert back["npoints"] == 11 and isinstance(back["npoints"], int)
+    assert back["start"] == [0.0, 1.0]
+    assert back["when"] == "2026-01-02T03:04:05+00:00"
+    assert math.isnan(back["nan"])
+    assert back["nested"] == {"@NX_class": "NXcollection", "3": [1, 2]}
+
+
+@pytest.mark.parametrize(
+    "info, message",
+    [
+        ({"instrument": {"motor": object()}}, "scan_info['instrument']['motor']"),
+        ({"a": {(1, 2): 3}}, "key (1, 2)"),
+        ({"npoints": -1}, "scan_info['npoints'] must be >= 0"),
+        ({"npoints": 2.5}, "scan_info['npoints'] must be Integral"),
+        ({"title": 5}, "scan_info['title'] must be str"),
+        ({"plots": "curve"}, "scan_info['plots']"),
+        ({"raw": b"\xff\xfe"}, "not UTF-8"),
+        ({"c": 1 + 2j}, "scan_info['c']"),
+    ],
+)
+def test_malformed_scan_info_names_the_key(info, message):
+    with pytest.raises(EncodingError) as exc:
+        check_scan_info(info)
+    assert message in str(exc.value)
+
+
+def test_scan_info_must_be_a_mapping():
+    with pytest.raises(EncodingError, match="must be a dict, got list"):
+        check_scan_info([1, 2])
+    assert json_safe(None) is None
+
+
+def test_iso_time_has_the_utc_offset_of_that_instant(monkeypatch):
+    import time
+
+    monkeypatch.setenv("TZ", "Europe/Paris")
+    time.tzset()
+    try:
+        assert iso_time(1767225600.0).endswith("+01:00")  # 2026-01-01, winter
+        assert iso_time(1782864000.0).endswith("+02:00")  # 2026-07-01, summer
+        monkeypatch.setenv("TZ", "America/New_York")
+        time.tzset()
+        assert iso_time(1767225600.0).startswith("2025-12-31T19:00:00")
+        assert iso_time(1767225600.0).endswith("-05:00")
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_image_references():
+    codec = ImageRefCodec("lima")
+    refs = codec.batch([("/d/f_0000.h5", "/entry_0000/instrument/lima/data", 1, "HDF5")])
+    assert refs == [ImageReference("/d/f_0000.h5", "/entry_0000/instrument/lima/data", 1, "HDF5")]
+    assert codec.decode([codec.encode(refs)]) == refs
+    with pytest.raises(EncodingError, match="reference 0"):
+        codec.batch([("only", "three", 1)])
+    with pytest.raises(EncodingError, match="negative"):
+        codec.batch([("/f", "/d", -1, "HDF5")])

@@ -1,0 +1,89 @@
+"""Bad input and unreachable services give clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from scanstream import (
+    DataStore,
+    EncodingError,
+    ProtocolVersionError,
+    ScanNotFoundError,
+    ScanstreamError,
+    SessionNotFoundError,
+    Settings,
+    create_session,
+    get_session_node,
+)
+
+
+def test_unknown_session_in_a_read_api_names_it_and_lists_the_known_ones(session, store):
+    with session.create_scan("s"):
+        pass
+    node = get_session_node("no_such_session", store=store)
+    for read in (node.children, lambda: list(node.walk_events(wait=False))):
+        with pytest.raises(SessionNotFoundError) as info:
+            read()
+        assert "'no_such_session'" in str(info.value) and "known sessions: test_session" in str(info.value)
+        assert isinstance(info.value, KeyError) and isinstance(info.value, ScanstreamError)
+
+
+def test_a_session_walk_may_start_before_the_session_exists(store):
+    events = list(get_session_node("future_session", store=store).walk_on_new_events(timeout=0.2))
+    assert events == []
+
+
+def test_unknown_scan_number(session, store):
+    with pytest.raises(ScanNotFoundError, match="no scan number 42 in session 'test_session'"):
+        get_session_node(session.name, store=store).get_scan(42)
+
+
+@pytest.mark.parametrize("name", ["", "a:b", "has space", "{tag}", "x" * 200, None, "-leading"])
+def test_invalid_session_names(store, name):
+    with pytest.raises(ValueError, match="invalid session name"):
+        create_session(name, store=store)
+    with pytest.raises(ValueError, match="invalid session name"):
+        get_session_node(name, store=store)
+
+
+def test_malformed_scan_info_is_refused_and_nothing_is_created(session, store):
+    with pytest.raises(EncodingError, match=r"scan_info\['positioners'\]\['roby'\]"):
+        session.create_scan("ascan", {"positioners": {"roby": object()}})
+    with pytest.raises(EncodingError, match=r"info of node 'c'"):
+        session.create_scan("ok").create_container("t").create_channel("c", info={"bad": {1.5: 2}})
+    assert [s.name for s in get_session_node(session.name, store=store).children()] == ["1_ok"]
+
+
+def test_bad_channel_definitions(session):
+    timer = session.create_scan("s").create_container("t")
+    with pytest.raises(EncodingError, match="channel 'c': dtype <U3 is not supported"):
+        timer.create_channel("c", "U3")
+    with pytest.raises(EncodingError, match="shape must be \\(height, width\\)"):
+        timer.create_lima("l", "uint16", (3,))
+    with pytest.raises(ValueError, match="invalid node name"):
+        timer.create_channel("a/b")
+    with pytest.raises(ValueError, match="'MAYBE' is not a valid SavingMode"):
+        timer.create_lima("l", "uint16", (3, 3), saving_mode="MAYBE")
+
+
+def test_redis_unreachable_raises_the_redis_connection_error():
+    with pytest.raises(redis.exceptions.ConnectionError):
+        DataStore(settings=Settings(redis_url="redis://127.0.0.1:1"))
+
+
+def test_protocol_version_mismatch(redis_url, store):
+    store.redis.set(store.keys.protocol, "999")
+    with pytest.raises(ProtocolVersionError, match="protocol version '999'.*speaks '1'"):
+        DataStore(settings=Settings(redis_url=redis_url))
+    other = DataStore(settings=Settings(redis_url=redis_url, prefix="other"))  # another prefix is fine
+    other.close()
+
+
+def test_settings_from_the_environment_are_checked(monkeypatch):
+    monkeypatch.setenv("SCANSTREAM_LEASE_TIME", "soon")
+    with pytest.raises(ValueError, match="SCANSTREAM_LEASE_TIME='soon' is not a number"):
+        Settings.from_env()
+    monkeypatch.setenv("SCANSTREAM_LEASE_TIME", "-1")
+    with pytest.raises(ValueError, match="lease_time must be positive"):
+        Settings.from_env()
