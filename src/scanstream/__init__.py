@@ -31,6 +31,7 @@ from .exceptions import (
     IndexWontBeThereError,
     InvalidArgumentError,
     InvalidTransitionError,
+    NexusLayoutError,
     NodeExistsError,
     ProtocolVersionError,
     ScanEndedError,
@@ -38,6 +39,7 @@ from .exceptions import (
     ScanstreamError,
     ServerError,
     SessionNotFoundError,
+    WriterError,
 )
 from .models import ImageReference, NodeType, SavingMode, ScanEnd, ScanState
 from .nodes import ContainerNode, DataNode, ScanNode, SessionNode, get_session_node
@@ -77,6 +79,7 @@ __all__ = [
     "LimaDataView",
     "LimaNode",
     "LimaPublisher",
+    "NexusLayoutError",
     "NodeExistsError",
     "NodeType",
     "ProtocolVersionError",
@@ -94,6 +97,7 @@ __all__ = [
     "ServerError",
     "SessionNode",
     "SessionNotFoundError",
+    "WriterError",
     "Settings",
     "StopHandler",
     "__version__",

@@ -100,3 +100,11 @@ class IndexWontBeThereError(ScanstreamError, IndexError):
 
 class EndOfStream(ScanstreamError):
     """Normal termination: a sealed channel has been read to its end."""
+
+
+class NexusLayoutError(ScanstreamError, ValueError):
+    """An HDF5 object cannot hold what the writer must put there (other dtype, shape, kind)."""
+
+
+class WriterError(ScanstreamError, RuntimeError):
+    """The writer cannot save a scan (file not writable or locked, disk full, entry taken)."""
