@@ -14,11 +14,13 @@ from typing import Any
 import pytest
 import redis
 
-from scanstream.exceptions import ServerError
+from scanstream.exceptions import InvalidArgumentError, ServerError
 from scanstream.server import (
     EmbeddedServer,
+    default_maxmemory,
     ensure_server,
     find_server_binary,
+    parse_maxmemory,
     resolve_url,
     runtime_dir,
     server_status,
@@ -264,3 +266,58 @@ def test_redis_url_fixture_is_flushed_private_server(redis_url: str) -> None:
         client.set("scanstream-test", "1")
     finally:
         client.close()
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("0", 0), ("100000", 100000), ("1k", 1000), ("1kb", 1024), ("512mb", 512 << 20),
+    ("2GB", 2 << 30), (" 3g ", 3 * 10**9),
+])
+def test_parse_maxmemory(text: str, expected: int) -> None:
+    assert parse_maxmemory(text) == expected
+
+
+@pytest.mark.parametrize("text", ["plenty", "1.5gb", "-1", "2tb", "0%", "101%", ""])
+def test_parse_maxmemory_refuses(text: str) -> None:
+    with pytest.raises(InvalidArgumentError, match="memory limit"):
+        parse_maxmemory(text)
+
+
+def test_default_maxmemory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SCANSTREAM_MAXMEMORY", raising=False)
+    ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert default_maxmemory() == ram // 4
+    monkeypatch.setenv("SCANSTREAM_MAXMEMORY", "50%")
+    assert default_maxmemory() == ram // 2
+    monkeypatch.setenv("SCANSTREAM_MAXMEMORY", "64mb")
+    assert default_maxmemory() == 64 << 20
+    monkeypatch.setenv("SCANSTREAM_MAXMEMORY", "lots")
+    with pytest.raises(InvalidArgumentError, match="SCANSTREAM_MAXMEMORY: memory limit"):
+        default_maxmemory()
+
+
+def test_shared_server_has_memory_limit_and_noeviction(private_runtime_dir: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SCANSTREAM_MAXMEMORY", raising=False)
+    url = ensure_server()
+    with _client(url) as client:
+        assert client.config_get("maxmemory") == {"maxmemory": str(default_maxmemory())}
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        memory = client.info("memory")
+        assert memory["maxmemory"] == default_maxmemory() > 0
+        assert memory["maxmemory_policy"] == "noeviction"
+    status = server_status()
+    assert status["maxmemory_policy"] == "noeviction" and status["maxmemory_human"] != "0B"
+    assert stop_server() is True
+
+    monkeypatch.setenv("SCANSTREAM_MAXMEMORY", "64mb")  # applies when the server starts again
+    with _client(ensure_server()) as client:
+        assert client.info("memory")["maxmemory"] == 64 << 20
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+
+
+def test_shared_server_bad_memory_limit(private_runtime_dir: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCANSTREAM_MAXMEMORY", "lots")
+    with pytest.raises(InvalidArgumentError, match="'lots'"):
+        ensure_server()
+    assert server_status()["running"] is False

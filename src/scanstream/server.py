@@ -5,6 +5,10 @@ starts one embedded server per user, reachable only through a unix socket in a p
 runtime directory, and shares it between that user's processes (DESIGN.md section 3). The
 server keeps nothing on disk (``save ""``, ``appendonly no``) and never evicts keys
 (``maxmemory-policy noeviction``): losing unsaved scan data silently is worse than an error.
+Its memory is limited (``maxmemory``): ``$SCANSTREAM_MAXMEMORY`` (``2gb``, ``512mb``, a byte
+count, ``25%`` of the physical memory, or ``0`` for no limit), by default a quarter of the
+physical memory. Past the limit, writes are refused with an ``OOM`` error; reads and deletions
+still work.
 """
 
 from __future__ import annotations
@@ -29,12 +33,19 @@ from urllib.parse import quote
 
 import redis
 
-from .exceptions import ServerError
+from .exceptions import InvalidArgumentError, ServerError
 
 logger = logging.getLogger(__name__)
 
 ENV_SERVER = "SCANSTREAM_REDIS_SERVER"
 ENV_URL = "SCANSTREAM_REDIS_URL"
+ENV_MAXMEMORY = "SCANSTREAM_MAXMEMORY"
+#: Share of the physical memory the embedded server may use when SCANSTREAM_MAXMEMORY is unset.
+DEFAULT_MAXMEMORY_FRACTION = 0.25
+# Used when the physical memory cannot be read (sysconf missing).
+_FALLBACK_MAXMEMORY = 2 << 30
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3,
+          "gb": 1024**3}
 MIN_VERSION = (6, 2)
 _SOCKET, _PIDFILE, _LOGFILE, _CONFFILE, _LOCKFILE = (
     "redis.sock", "redis.pid", "redis.log", "redis.conf", "server.lock")
@@ -97,6 +108,66 @@ def find_server_binary() -> Path:
         raise ServerError(f"{found} is version {'.'.join(map(str, version))}; scanstream needs "
                           f">= 6.2: {_INSTALL_HINT}")
     return Path(found)
+
+
+def _physical_memory() -> int | None:
+    """Return the physical memory of the machine in bytes, or None if it cannot be read."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def parse_maxmemory(text: str) -> int:
+    """Return the byte count of a memory limit written as Redis does, or as a share of RAM.
+
+    Parameters
+    ----------
+    text : str
+        ``"2gb"``, ``"512mb"``, ``"100000"`` (bytes), ``"1g"`` (Redis units: ``k``/``m``/``g``
+        are powers of 1000, ``kb``/``mb``/``gb`` powers of 1024), ``"25%"`` of the physical
+        memory, or ``"0"`` for no limit.
+
+    Raises
+    ------
+    InvalidArgumentError
+        If the text is none of these, or a percentage is not in (0, 100].
+    """
+    value = text.strip().lower()
+    percent = re.fullmatch(r"(\d+(?:\.\d+)?)\s*%", value)
+    if percent:
+        share = float(percent.group(1))
+        if not 0 < share <= 100:
+            raise InvalidArgumentError(f"memory limit {text!r}: a percentage must be in (0, 100]")
+        ram = _physical_memory() or _FALLBACK_MAXMEMORY
+        return int(ram * share / 100)
+    match = re.fullmatch(r"(\d+)\s*([kmg]?b?)", value)
+    if match is None or match.group(2) not in _UNITS:
+        raise InvalidArgumentError(
+            f"memory limit {text!r} is not valid: use a byte count, a size such as 512mb or 2gb, "
+            "a percentage of the physical memory such as 25%, or 0 for no limit")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+def default_maxmemory() -> int:
+    """Return the memory limit of the shared embedded server, in bytes (0: no limit).
+
+    ``$SCANSTREAM_MAXMEMORY`` when set (see :func:`parse_maxmemory`), else a quarter of the
+    physical memory (2 GiB if it cannot be read).
+
+    Raises
+    ------
+    InvalidArgumentError
+        If ``$SCANSTREAM_MAXMEMORY`` is not a valid memory limit.
+    """
+    text = os.environ.get(ENV_MAXMEMORY, "").strip()
+    if text:
+        try:
+            return parse_maxmemory(text)
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(f"{ENV_MAXMEMORY}: {exc}") from None
+    ram = _physical_memory()
+    return int(ram * DEFAULT_MAXMEMORY_FRACTION) if ram else _FALLBACK_MAXMEMORY
 
 
 def _pid_alive(pid: int) -> bool:
@@ -366,9 +437,10 @@ def _locked(directory: Path, timeout: float) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _shared_server(directory: Path) -> EmbeddedServer:
+def _shared_server(directory: Path, maxmemory: int | None = None) -> EmbeddedServer:
     """Return the EmbeddedServer object for the shared server in ``directory``."""
-    return _DETACHED.get(directory) or EmbeddedServer(directory)
+    return _DETACHED.get(directory) or EmbeddedServer(
+        directory, maxmemory=None if maxmemory is None else str(maxmemory))
 
 
 def ensure_server(timeout: float = 10.0) -> str:
@@ -379,14 +451,20 @@ def ensure_server(timeout: float = 10.0) -> str:
     outlives the process that started it; stop it with :func:`stop_server`. ``timeout`` bounds
     the wait for the lock, then the wait for the server to answer. Returns a ``unix://`` URL.
 
+    A server it starts gets the memory limit of :func:`default_maxmemory` (read when it starts:
+    a running server keeps its limit until it is stopped and started again).
+
     Raises
     ------
     ServerError
         If the runtime directory is unsafe, no binary is found, or the server does not start.
+    InvalidArgumentError
+        If ``$SCANSTREAM_MAXMEMORY`` is not a valid memory limit.
     """
+    maxmemory = default_maxmemory()
     directory = runtime_dir()
     with _locked(directory, timeout):
-        server = _shared_server(directory)
+        server = _shared_server(directory, maxmemory)
         if not server.is_running():
             server.stop()  # only cleans the stale pidfile and socket of a dead server
             server.start(timeout)
@@ -420,12 +498,14 @@ def server_status() -> dict[str, Any]:
     Returns
     -------
     dict
-        ``running`` (bool), ``pid``, ``url``, ``version``, ``used_memory_human``, ``uptime``
-        (seconds) and ``directory``; the server fields are None when it does not run.
+        ``running`` (bool), ``pid``, ``url``, ``version``, ``used_memory_human``,
+        ``maxmemory_human`` (``0B``: no limit), ``maxmemory_policy``, ``uptime`` (seconds) and
+        ``directory``; the server fields are None when it does not run.
     """
     server = _shared_server(runtime_dir())
     status: dict[str, Any] = {"running": False, "pid": None, "url": server.url, "version": None,
-                              "used_memory_human": None, "uptime": None,
+                              "used_memory_human": None, "maxmemory_human": None,
+                              "maxmemory_policy": None, "uptime": None,
                               "directory": str(server.directory)}
     if server.is_running():
         client = redis.Redis.from_url(server.url, socket_timeout=2, socket_connect_timeout=2)
@@ -433,6 +513,8 @@ def server_status() -> dict[str, Any]:
             info = client.info()
         status.update(running=True, pid=server.pid, uptime=info.get("uptime_in_seconds"),
                       used_memory_human=info.get("used_memory_human"),
+                      maxmemory_human=info.get("maxmemory_human"),
+                      maxmemory_policy=info.get("maxmemory_policy"),
                       version=info.get("valkey_version") or info.get("redis_version"))
     return status
 
