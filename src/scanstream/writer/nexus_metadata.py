@@ -43,6 +43,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ..exceptions import NexusLayoutError
+
 __all__ = [
     "NX_COLLECTION",
     "hdf5_name",
@@ -70,14 +72,16 @@ def hdf5_name(name: str) -> str:
 
     Raises
     ------
-    ValueError
+    NexusLayoutError
         For ``""``, ``"."`` and ``".."``, which HDF5 cannot use as a link name.
     """
     if not isinstance(name, str):
-        raise ValueError(f"an HDF5 name must be a str, got {name!r}")
+        raise NexusLayoutError(f"an HDF5 name must be a str, got {name!r}; pass str(name)")
     mapped = name.replace("/", "_")
     if mapped in ("", ".", ".."):
-        raise ValueError(f"{name!r} cannot be used as an HDF5 name")
+        raise NexusLayoutError(
+            f"{name!r} cannot be used as an HDF5 name (empty, '.' or '..'); rename it"
+        )
     return mapped
 
 
@@ -96,7 +100,7 @@ def require_nx_group(parent: h5py.Group, name: str, nx_class: str | None = None)
 
     Raises
     ------
-    ValueError
+    NexusLayoutError
         If ``parent[name]`` exists and is not a group, or is a group of another NeXus class
         than the ``nx_class`` asked for.
     """
@@ -108,17 +112,19 @@ def require_nx_group(parent: h5py.Group, name: str, nx_class: str | None = None)
         group.attrs["NX_class"] = nx_class or NX_COLLECTION
         return group
     if not isinstance(obj, h5py.Group):
-        raise ValueError(
+        raise NexusLayoutError(
             f"{obj.name!r} in {parent.file.filename!r} exists and is not a group"
-            f" (a {type(obj).__name__}); cannot use it as {nx_class or 'a group'}"
+            f" (a {type(obj).__name__}); cannot use it as {nx_class or 'a group'}: delete it"
+            " or write to another entry"
         )
     existing = _attr_str(obj, "NX_class")
     if existing is None:
         if nx_class:
             obj.attrs["NX_class"] = nx_class
     elif nx_class and existing != nx_class:
-        raise ValueError(
-            f"{obj.name!r} in {obj.file.filename!r} is a {existing} group, not {nx_class}"
+        raise NexusLayoutError(
+            f"{obj.name!r} in {obj.file.filename!r} is a {existing} group, not {nx_class}:"
+            " delete it or write to another entry"
         )
     return obj
 
@@ -140,7 +146,10 @@ def write_metadata(group: h5py.Group, mapping: Mapping[str, Any]) -> None:
     strange metadata value must not cost the scan its data.
     """
     if not isinstance(mapping, Mapping):
-        raise ValueError(f"metadata for {group.name!r} must be a mapping, got {mapping!r}")
+        raise NexusLayoutError(
+            f"metadata for {group.name!r} must be a mapping, got {type(mapping).__name__}"
+            f" {mapping!r}; pass a dict"
+        )
     group_attrs: dict[str, Any] = {}
     member_attrs: list[tuple[str, str, Any]] = []
     for key, value in mapping.items():

@@ -1,0 +1,265 @@
+"""Detector images of the NeXus layout: a virtual dataset over the detector's own files.
+
+Pure h5py, no Redis knowledge; :mod:`scanstream.writer.nexus` re-exports the public names.
+Frames stay in the files the detector (Lima) wrote; the master file maps them into one
+virtual dataset per image channel (:func:`require_image_vds`), which grows as frame
+references arrive, plus a plain reference table for tools that do not follow virtual
+datasets.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ..exceptions import NexusLayoutError
+from .nexus_channels import channel_dataset_name, fill_value_for
+from .nexus_metadata import STR_DTYPE
+
+__all__ = [
+    "ImageReference",
+    "is_hdf5_format",
+    "require_image_vds",
+    "stored_path",
+]
+
+logger = logging.getLogger(__name__)
+
+#: ``(file_path, path_in_file, index_in_file, format)`` of one detector frame.
+ImageReference = tuple[str, str, int, str]
+
+
+def is_hdf5_format(file_format: str) -> bool:
+    """True for Lima file formats stored as HDF5 datasets (``HDF5``, ``HDF5GZ``, ``HDF5BS``).
+
+    Compressed variants map into a VDS like plain ones; readers need the filter plugin.
+    """
+    return str(file_format).upper().startswith("HDF5")
+
+
+@dataclass(frozen=True)
+class _Block:
+    """Frames ``[v0, v1)`` of the VDS = frames ``[s0, s0 + v1 - v0)`` of one source dataset."""
+
+    v0: int
+    v1: int
+    file: str  # as stored in the VDS: "." (same file), relative or absolute, '%' escaped
+    dset: str
+    s0: int
+
+    def clip(self, start: int, stop: int) -> _Block | None:
+        a, b = max(self.v0, start), min(self.v1, stop)
+        if a >= b:
+            return None
+        return _Block(a, b, self.file, self.dset, self.s0 + a - self.v0)
+
+    def continues(self, other: _Block) -> bool:
+        """True when ``other`` directly follows this block in both the VDS and the source."""
+        return (other.file, other.dset) == (self.file, self.dset) and other.v0 == self.v1 \
+            and other.s0 == self.s0 + self.v1 - self.v0
+
+
+def _merge(blocks: Iterable[_Block]) -> list[_Block]:
+    merged: list[_Block] = []
+    for block in blocks:
+        if merged and merged[-1].continues(block):
+            last = merged[-1]
+            merged[-1] = _Block(last.v0, block.v1, last.file, last.dset, last.s0)
+        else:
+            merged.append(block)
+    return merged
+
+
+def _vds_escape(name: str) -> str:
+    # HDF5 parses VDS source names as printf-like patterns ("%b" = block number).
+    return name.replace("%", "%%")
+
+
+def stored_path(file_path: str, master_dir: str, master_file: str) -> str:
+    """Path of a detector file as the master file stores it (unescaped).
+
+    Relative to the master's directory when the file is below it (the folder can then be
+    moved or mounted elsewhere), absolute otherwise, ``"."`` for the master file itself.
+    A relative ``file_path`` is taken relative to ``master_dir``.
+    """
+    path = os.path.normpath(os.path.join(master_dir, os.fspath(file_path)))
+    if path == master_file:
+        return "."
+    try:
+        below = os.path.commonpath([path, master_dir]) == master_dir
+    except ValueError:  # different drives (Windows)
+        below = False
+    return os.path.relpath(path, master_dir) if below else path
+
+
+def require_image_vds(
+    group: h5py.Group,
+    name: str,
+    references: Sequence[Sequence[Any]],
+    *,
+    dtype: Any,
+    frame_shape: Sequence[int],
+    file_dir: str | os.PathLike[str] | None = None,
+    first_index: int = 0,
+) -> h5py.Dataset | None:
+    """Map detector frames into the virtual dataset ``group[name]`` (nframes, *frame_shape).
+
+    Call it again as frames arrive, with all references (``first_index=0``) or with the new
+    ones only (``first_index`` = index of the first of them): the mapping already in the file
+    is kept for the frames before ``first_index`` (and after the new ones), so a call costs
+    O(number of mapped blocks + new references), not O(all frames). The virtual dataset is
+    deleted and recreated when its mapping changes (it is metadata only); the same call
+    twice leaves it untouched.
+
+    Parameters
+    ----------
+    group : h5py.Group
+        Usually the entry's ``measurement`` group.
+    name : str
+        Full channel name (mapped with :func:`channel_dataset_name`).
+    references : sequence of (file_path, path_in_file, index_in_file, format)
+        One per frame, in frame order. Consecutive frames of the same source dataset become
+        ONE VirtualSource block (HDF5 slows down above ~1000 sources).
+    dtype, frame_shape :
+        Of one frame, e.g. ``uint16`` and ``(h, w)``.
+    file_dir : path, optional
+        Directory that relative paths are computed against; default the master file's.
+        Detector files below it are stored with relative paths (HDF5 looks them up relative
+        to the master file), others with absolute paths.
+    first_index : int
+        Frame index of ``references[0]``; must be <= the current number of frames.
+
+    Returns
+    -------
+    h5py.Dataset or None
+        The virtual dataset, fill value :func:`fill_value_for` (what readers get for frames
+        whose file is missing or not yet written). None when a reference is not in an HDF5
+        format (EDF, CBF...): then only the table is written (warning logged once).
+
+    Notes
+    -----
+    The sibling dataset ``<name>_references`` (shape (nframes, 4), str, columns in
+    ``@columns``: file, path_in_file, index_in_file, format) lists every frame for tools that
+    do not follow virtual datasets; ``file`` is the stored path (relative to the master
+    file's directory when below it).
+    """
+    dt = np.dtype(dtype)
+    fshape = tuple(int(n) for n in frame_shape)
+    dsname = channel_dataset_name(name)
+    master_file = os.path.abspath(group.file.filename)
+    master_dir = os.path.abspath(os.fspath(file_dir)) if file_dir else os.path.dirname(master_file)
+    first = int(first_index)
+    rows: list[tuple[str, str, int, str]] = []
+    for ref in references:
+        if len(ref) != 4:
+            raise NexusLayoutError(
+                f"image reference {ref!r} of {name!r} is not (file_path, path_in_file,"
+                " index_in_file, format); pass one 4-tuple per frame"
+            )
+        file_path, path_in_file, index, file_format = ref
+        rows.append((stored_path(file_path, master_dir, master_file), str(path_in_file),
+                     int(index), str(file_format)))
+
+    table_is_new = f"{dsname}_references" not in group
+    _write_reference_table(group, f"{dsname}_references", first, rows, long_name=name)
+    bad = sorted({r[3] for r in rows if not is_hdf5_format(r[3])})
+    if bad:
+        if table_is_new:
+            logger.warning("%s/%s: frames in format %s cannot be mapped into a virtual dataset;"
+                           " only the reference table is written", group.name, dsname, bad)
+        return None
+
+    existing = group.get(dsname)
+    old_blocks: list[_Block] = []
+    current = 0
+    if existing is not None:
+        where = f"{existing.name} in {group.file.filename!r}"
+        if not isinstance(existing, h5py.Dataset) or not existing.is_virtual:
+            raise NexusLayoutError(
+                f"{where} exists and is not a virtual dataset; cannot map the frames of"
+                f" {name!r} there: delete it or write the scan to another entry"
+            )
+        if existing.dtype != dt or existing.shape[1:] != fshape:
+            raise NexusLayoutError(
+                f"{where} is {existing.dtype} {existing.shape}; frames of {name!r} are {dt}"
+                f" {fshape}: pass the dtype and frame_shape the dataset was created with"
+            )
+        current = existing.shape[0]
+        old_blocks = _read_blocks(existing)
+    if first < 0 or first > current:
+        raise NexusLayoutError(
+            f"cannot map frames of {name!r} from index {first}: {group.name}/{dsname} has"
+            f" {current} frames and a gap would read as fill values; pass first_index <="
+            f" {current}"
+        )
+    stop = first + len(rows)
+    new_blocks = [
+        _Block(first + i, first + i + 1, _vds_escape(r[0]), _vds_escape(r[1]), r[2])
+        for i, r in enumerate(rows)
+    ]
+    blocks = _merge(
+        [b for b in (blk.clip(0, first) for blk in old_blocks) if b]
+        + new_blocks
+        + [b for b in (blk.clip(stop, 1 << 62) for blk in old_blocks) if b]
+    )
+    nframes = max(current, stop)
+    if existing is not None and nframes == current and blocks == _merge(old_blocks):
+        return existing
+    layout = h5py.VirtualLayout(shape=(nframes,) + fshape, dtype=dt)
+    for blk in blocks:
+        count = blk.v1 - blk.v0
+        source = h5py.VirtualSource(blk.file, blk.dset, shape=(blk.s0 + count,) + fshape,
+                                    dtype=dt)
+        layout[blk.v0:blk.v1] = source[blk.s0:blk.s0 + count]
+    if existing is not None:
+        del group[dsname]
+    vds = group.create_virtual_dataset(dsname, layout, fillvalue=fill_value_for(dt))
+    vds.attrs["long_name"] = name
+    vds.attrs["interpretation"] = "image"
+    logger.debug("%s: %d frames in %d virtual sources", vds.name, nframes, len(blocks))
+    return vds
+
+
+def _read_blocks(vds: h5py.Dataset) -> list[_Block]:
+    """The mapping of an existing virtual dataset, as blocks along axis 0."""
+    blocks = []
+    for vmap in vds.virtual_sources():
+        (v0, *_), (v1, *_) = vmap.vspace.get_select_bounds()
+        (s0, *_), _ = vmap.src_space.get_select_bounds()
+        # Names come back as stored, i.e. still '%'-escaped.
+        blocks.append(_Block(int(v0), int(v1) + 1, vmap.file_name, vmap.dset_name, int(s0)))
+    blocks.sort(key=lambda b: b.v0)
+    return blocks
+
+
+def _write_reference_table(group: h5py.Group, name: str, first: int,
+                           rows: Sequence[tuple[str, str, int, str]], *, long_name: str) -> None:
+    table = group.get(name)
+    if table is None:
+        table = group.create_dataset(name, shape=(0, 4), maxshape=(None, 4), dtype=STR_DTYPE,
+                                     chunks=(256, 4))
+        table.attrs["columns"] = ["file", "path_in_file", "index_in_file", "format"]
+        table.attrs["long_name"] = f"{long_name} image references"
+    elif not isinstance(table, h5py.Dataset) or table.shape[1:] != (4,):
+        raise NexusLayoutError(
+            f"{group.name}/{name} exists and is not an (n, 4) reference table; delete it or"
+            " write the scan to another entry"
+        )
+    if first > table.shape[0]:
+        raise NexusLayoutError(
+            f"cannot write references into {table.name!r} from index {first}: it has"
+            f" {table.shape[0]} rows; pass first_index <= {table.shape[0]}"
+        )
+    if not rows:
+        return
+    stop = first + len(rows)
+    if stop > table.shape[0]:
+        table.resize(stop, axis=0)
+    table[first:stop] = np.array([[f, p, str(i), fmt] for f, p, i, fmt in rows], dtype=object)
+

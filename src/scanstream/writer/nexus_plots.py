@@ -1,0 +1,353 @@
+"""Plots and scan groups of the NeXus layout: NXdata groups, ``@default``, sub-scan links.
+
+Pure h5py, no Redis knowledge; :mod:`scanstream.writer.nexus` re-exports the public names.
+:func:`write_default_plot` turns ``scan_info["plots"]`` into NXdata groups of soft links to
+the measurement datasets and points the ``@default`` chain at the first one, so standard
+viewers open the scan's plot. :func:`link_subscan_entries` links the entries of a scan
+group's sub-scans.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import h5py
+
+from .nexus_images import stored_path
+from .nexus_metadata import NX_COLLECTION, hdf5_name, require_nx_group
+
+__all__ = ["link_subscan_entries", "write_default_plot"]
+
+logger = logging.getLogger(__name__)
+
+@dataclass
+class _Plot:
+    name: str
+    signals: list[str]
+    axes: list[str]  # channel names; empty = plot against the point index
+    scatter: bool = False
+    title: str | None = None
+
+
+def write_default_plot(
+    entry: h5py.Group,
+    plots: Sequence[Mapping[str, Any]] | None,
+    channels: Mapping[str, str],
+    *,
+    scan_info: Mapping[str, Any] | None = None,
+) -> h5py.Group | None:
+    """Create NXdata groups for the scan's plots and point ``@default`` at the first one.
+
+    Never raises: a plot naming an unknown channel is skipped with a warning, and any other
+    problem is logged, because a plot is not worth failing a scan for.
+
+    Parameters
+    ----------
+    entry : h5py.Group
+        The NXentry.
+    plots : list of dict or None
+        ``scan_info["plots"]`` (BLISS format): ``{"kind": "curve-plot", "name"?, "items":
+        [{"kind": "curve", "x", "y"}]}``, ``"scatter-plot"`` with ``{"kind": "scatter", "x",
+        "y", "value"}`` items, ``"image-plot"`` with ``{"kind": "image", "image"}`` items.
+        None: use ``scan_info["plots"]``, and when that is absent too, the fallback (first
+        axis vs first counter; for ``data_dim == 2`` a scatter of the first counter over the
+        first two axes; else the first image, else the first spectrum). An empty list means
+        "no plot" (BLISS convention): nothing is written. A plot list that yields nothing
+        usable also falls back.
+    channels : Mapping[str, str]
+        Channel full name -> dataset path (absolute, or relative to ``entry``). Order
+        matters for the fallback. Datasets that do not exist yet are skipped.
+    scan_info : Mapping, optional
+        For ``plots``, ``data_dim``, ``acquisition_chain`` (which channels are masters),
+        ``_display_extra["plotselect"]`` (the user's selected counters, plotted first as
+        ``plotselect``) and ``title``.
+
+    Returns
+    -------
+    h5py.Group or None
+        The default NXdata group.
+
+    Notes
+    -----
+    Each NXdata group is named after its plot (``plotselect`` for the fallback, ``plot<i>``
+    for an unnamed plot). Its members are *soft links* to the measurement datasets, so they
+    follow a virtual dataset that is recreated as frames arrive. Member names are the channel
+    names with characters outside ``[A-Za-z0-9_]`` replaced by ``'_'`` (``axis:roby`` ->
+    ``axis_roby``: ``':'`` was the separator of the old NeXus ``@axes`` string form); the
+    full name stays in the target's ``@long_name``, which viewers use as the axis label.
+    ``@default`` is set on the entry and on every parent up to the root, so the last scan
+    plotted is the one viewers open.
+    """
+    try:
+        return _write_default_plot(entry, plots, channels, scan_info or {})
+    except Exception:
+        logger.exception("%s: default plot not written", entry.name)
+        return None
+
+
+def _write_default_plot(entry: h5py.Group, plots: Sequence[Mapping[str, Any]] | None,
+                        channels: Mapping[str, str], scan_info: Mapping[str, Any]
+                        ) -> h5py.Group | None:
+    if plots is None:
+        plots = scan_info.get("plots")
+    if plots is not None and len(plots) == 0:
+        logger.debug("%s: scan_info asks for no plot", entry.name)
+        return None
+    datasets: dict[str, h5py.Dataset] = {}
+    for channel, path in channels.items():
+        obj = entry.get(path)
+        if isinstance(obj, h5py.Dataset):
+            datasets[channel] = obj
+        else:
+            logger.warning("%s: channel %r has no dataset at %r; not plotted",
+                           entry.name, channel, path)
+    specs = _plots_from_scan_info(entry, plots or [], datasets)
+    plotselect = (scan_info.get("_display_extra") or {}).get("plotselect")
+    if plotselect:
+        ys = [y for y in plotselect if _known(entry, y, datasets)]
+        if ys:
+            axes = specs[0].axes if specs and not specs[0].scatter else \
+                _fallback_axes(datasets, scan_info)[:1]
+            specs.insert(0, _Plot("plotselect", ys, axes))
+    if not specs:
+        specs = _fallback_plot(datasets, scan_info)
+    if not specs:
+        logger.info("%s: no channel to plot", entry.name)
+        return None
+    default: h5py.Group | None = None
+    used: set[str] = set()
+    for spec in specs:
+        group = _write_nxdata(entry, spec, datasets, used, scan_info.get("title"))
+        if default is None:
+            default = group
+    if default is not None:
+        _set_default_chain(default)
+    return default
+
+
+def _known(entry: h5py.Group, channel: Any, datasets: Mapping[str, h5py.Dataset]) -> bool:
+    if channel in datasets:
+        return True
+    logger.warning("%s: plot names unknown channel %r; item skipped", entry.name, channel)
+    return False
+
+
+def _plots_from_scan_info(entry: h5py.Group, plots: Sequence[Mapping[str, Any]],
+                          datasets: Mapping[str, h5py.Dataset]) -> list[_Plot]:
+    specs: list[_Plot] = []
+    for index, plot in enumerate(plots):
+        if not isinstance(plot, Mapping):
+            continue
+        kind = plot.get("kind")
+        base = str(plot.get("name") or f"plot{index}")
+        items = [it for it in plot.get("items") or () if isinstance(it, Mapping)]
+        if kind in ("curve-plot", "1d-plot"):
+            by_x: dict[str, list[str]] = {}  # insertion ordered: first x is the main one
+            for item in items:
+                x, y = item.get("x"), item.get("y")
+                if y is None or not _known(entry, y, datasets):
+                    continue
+                if x is not None and not _known(entry, x, datasets):
+                    continue
+                by_x.setdefault(x or "", []).append(y)
+            for k, (x, ys) in enumerate(by_x.items()):
+                specs.append(_Plot(base if k == 0 else f"{base}_{k}", ys, [x] if x else [],
+                                   title=plot.get("name")))
+        elif kind == "scatter-plot":
+            for k, item in enumerate(items):
+                names = [item.get("value"), item.get("x"), item.get("y")]
+                if None in names or not all(_known(entry, n, datasets) for n in names):
+                    continue
+                specs.append(_Plot(base if k == 0 else f"{base}_{k}", [names[0]], names[1:],
+                                   scatter=True, title=plot.get("name")))
+        elif kind == "image-plot":
+            for k, item in enumerate(items):
+                image = item.get("image")
+                if image is not None and _known(entry, image, datasets):
+                    specs.append(_Plot(base if k == 0 else f"{base}_{k}", [image], [],
+                                       title=plot.get("name")))
+        else:
+            logger.debug("%s: plot kind %r not written as NXdata", entry.name, kind)
+    return specs
+
+
+def _master_channels(scan_info: Mapping[str, Any]) -> list[str]:
+    names: list[str] = []
+    chain = scan_info.get("acquisition_chain") or {}
+    if isinstance(chain, Mapping):
+        for top in chain.values():
+            master = (top or {}).get("master") or {}
+            names.extend(master.get("scalars") or ())
+    return names
+
+
+def _fallback_axes(datasets: Mapping[str, h5py.Dataset], scan_info: Mapping[str, Any]
+                   ) -> list[str]:
+    scalars = [n for n, d in datasets.items() if d.ndim == 1]
+    axes = [n for n in scalars if n.startswith("axis:")]
+    if not axes:
+        masters = set(_master_channels(scan_info))
+        axes = [n for n in scalars if n in masters and not n.endswith("epoch")]
+    return axes
+
+
+def _fallback_plot(datasets: Mapping[str, h5py.Dataset], scan_info: Mapping[str, Any]
+                   ) -> list[_Plot]:
+    axes = _fallback_axes(datasets, scan_info)
+    masters = set(_master_channels(scan_info)) | set(axes)
+    counters = [n for n, d in datasets.items() if d.ndim == 1 and n not in masters
+                and not n.endswith(("epoch", "elapsed_time"))]
+    if counters:
+        if scan_info.get("data_dim") == 2 and len(axes) >= 2:
+            return [_Plot("plotselect", counters[:1], axes[:2], scatter=True)]
+        return [_Plot("plotselect", counters[:1], axes[:1])]
+    for ndim in (3, 2):  # images, then spectra
+        for n, d in datasets.items():
+            if d.ndim == ndim:
+                return [_Plot("plotselect", [n], [])]
+    return []
+
+
+def _member_name(channel: str, used: set[str]) -> str:
+    base = re.sub(r"[^A-Za-z0-9_]", "_", channel) or "data"
+    name, k = base, 1
+    while name in used:
+        k += 1
+        name = f"{base}_{k}"
+    used.add(name)
+    return name
+
+
+def _write_nxdata(entry: h5py.Group, spec: _Plot, datasets: Mapping[str, h5py.Dataset],
+                  used_groups: set[str], scan_title: Any) -> h5py.Group:
+    gname = hdf5_name(spec.name)
+    existing = entry.get(gname)
+    while gname in used_groups or (
+        existing is not None
+        and not (isinstance(existing, h5py.Group) and existing.attrs.get("NX_class") == "NXdata")
+    ):
+        gname = f"plot_{gname}"
+        existing = entry.get(gname)
+    used_groups.add(gname)
+    group = require_nx_group(entry, gname, "NXdata")
+    members: set[str] = set()
+    links: dict[str, str] = {}
+    signal_names = []
+    for channel in spec.signals:
+        member = _member_name(channel, members)
+        links[member] = datasets[channel].name
+        signal_names.append(member)
+    axis_names = []
+    for channel in spec.axes:
+        member = _member_name(channel, members)
+        links[member] = datasets[channel].name
+        axis_names.append(member)
+    for member in list(group):  # drop members of an earlier call that are no longer plotted
+        if member not in links:
+            del group[member]
+    for member, target in links.items():
+        link = group.get(member, getlink=True)
+        if isinstance(link, h5py.SoftLink) and link.path == target:
+            continue
+        if link is not None:
+            del group[member]
+        group[member] = h5py.SoftLink(target)
+    signal_ndim = datasets[spec.signals[0]].ndim
+    attrs: dict[str, Any] = {"signal": signal_names[0]}
+    if len(signal_names) > 1:
+        attrs["auxiliary_signals"] = signal_names[1:]
+    if spec.scatter:
+        # 1-D signal with one 1-D coordinate per axis, all along the point index: the
+        # convention silx shows as a scatter plot (also right for an aborted mesh).
+        attrs["axes"] = axis_names
+        for name in axis_names:
+            attrs[f"{name}_indices"] = 0
+    else:
+        first = axis_names[:1] or ["."]
+        attrs["axes"] = first + ["."] * (signal_ndim - 1)
+        for name in axis_names[:1]:
+            attrs[f"{name}_indices"] = 0
+    title = spec.title or scan_title
+    if title:
+        attrs["title"] = str(title)
+    for key in list(group.attrs):
+        if key not in attrs and key != "NX_class":
+            del group.attrs[key]
+    for key, value in attrs.items():
+        group.attrs[key] = value
+    return group
+
+
+def _set_default_chain(nxdata: h5py.Group) -> None:
+    """``@default`` on every ancestor of ``nxdata``, naming the child on the way down."""
+    child = nxdata
+    while child.name != "/":
+        parent = child.parent
+        basename = child.name.rsplit("/", 1)[-1]
+        if parent.attrs.get("default") != basename:
+            parent.attrs["default"] = basename
+        child = parent
+
+
+# --------------------------------------------------------------------------- scan groups
+
+
+def link_subscan_entries(
+    group_entry: h5py.Group,
+    subscan_entry_names: Iterable[str | tuple[str | os.PathLike[str], str]],
+) -> h5py.Group:
+    """Link the entries of the sub-scans of a scan group into ``<group_entry>/scans``.
+
+    Parameters
+    ----------
+    group_entry : h5py.Group
+        The NXentry of the scan group (sequence).
+    subscan_entry_names : iterable of str or (file_path, entry_name)
+        An entry name (``"13.1"``) of the same file gives a *soft link* ``scans/13.1`` ->
+        ``/13.1``; a ``(file_path, entry_name)`` pair gives an external link (relative path
+        when the file is below the master file's directory).
+
+    Returns
+    -------
+    h5py.Group
+        The NXcollection ``scans``.
+
+    Notes
+    -----
+    Soft rather than hard links: a sub-scan entry that is not written yet (a restarted
+    writer catching up scans in another order) is linked anyway and resolves as soon as it
+    exists; viewers show the link for what it is, and a recursive walk does not see every
+    sub-scan twice. Entries absent at call time are logged.
+    """
+    scans = require_nx_group(group_entry, "scans", NX_COLLECTION)
+    master_file = os.path.abspath(group_entry.file.filename)
+    master_dir = os.path.dirname(master_file)
+    root = group_entry.file
+    for item in subscan_entry_names:
+        link: h5py.SoftLink | h5py.ExternalLink
+        if isinstance(item, str):
+            member = hdf5_name(item)
+            link = h5py.SoftLink(f"/{member}")
+            if member not in root:
+                logger.info("%s: sub-scan entry %r not in the file yet; linked anyway",
+                            group_entry.name, item)
+        else:
+            file_path, name = item
+            member = hdf5_name(name)
+            link = h5py.ExternalLink(
+                stored_path(os.fspath(file_path), master_dir, master_file), f"/{member}")
+        existing = scans.get(member, getlink=True)
+        if existing is not None:
+            same = type(existing) is type(link) and getattr(existing, "path", None) == link.path \
+                and getattr(existing, "filename", None) == getattr(link, "filename", None)
+            if same:
+                continue
+            del scans[member]
+        scans[member] = link
+    return scans
+
