@@ -249,7 +249,7 @@ def finalize_entry(
     ``"USER_ABORTED"``, ``"KILLED"``, ``"FAILED"``), ``error`` (the error text; removed when
     ``error`` is None, so a stale error from an earlier attempt does not survive),
     ``duration`` (seconds, when ``start_time`` can be parsed), the NXnote ``scan_info``
-    when given, and the root ``file_update_time``.
+    when given, and the root attribute ``@file_update_time``.
 
     Parameters
     ----------
@@ -283,7 +283,14 @@ def finalize_entry(
             logger.debug("%s: no duration (start or end time not ISO 8601)", entry.name)
     if scan_info is not None:
         _write_scan_info_note(entry, scan_info)
-    write_value(entry.file, "file_update_time", iso8601(datetime.datetime.now().timestamp()))
+    root = entry.file
+    # NXroot defines file_update_time as an attribute; a dataset of that name (written by an
+    # earlier version of this layer) would be a non-NeXus field of NXroot.
+    if isinstance(root.get("file_update_time", getlink=True), h5py.HardLink) and isinstance(
+        root.get("file_update_time"), h5py.Dataset
+    ):
+        del root["file_update_time"]
+    root.attrs["file_update_time"] = iso8601(datetime.datetime.now().timestamp())
 
 
 def _require_root_attrs(file: h5py.File) -> None:

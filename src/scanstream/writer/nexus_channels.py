@@ -120,9 +120,9 @@ def require_channel_dataset(
     Notes
     -----
     Chunks: ``rows = clamp(CHUNK_TARGET_BYTES // point_bytes, 1, CHUNK_MAX_ROWS)``, further
-    capped by ``expected_points``; images get one frame per chunk. The fill value (only ever
-    visible as ragged padding: rows are written as soon as the dataset grows) is
-    :func:`fill_value_for`.
+    capped by ``expected_points``; points of ``CHUNK_TARGET_BYTES`` or more (large frames)
+    get one point per chunk. The fill value (only ever visible as ragged padding: rows are
+    written as soon as the dataset grows) is :func:`fill_value_for`.
 
     Raises
     ------

@@ -267,11 +267,12 @@ def _write_nxdata(entry: h5py.Group, spec: _Plot, datasets: Mapping[str, h5py.Da
         attrs["axes"] = axis_names
         for name in axis_names:
             attrs[f"{name}_indices"] = 0
-    else:
-        first = axis_names[:1] or ["."]
-        attrs["axes"] = first + ["."] * (signal_ndim - 1)
-        for name in axis_names[:1]:
-            attrs[f"{name}_indices"] = 0
+    elif axis_names:
+        # '.' marks the dimensions without an axis (NeXus NXdata@axes).
+        attrs["axes"] = axis_names[:1] + ["."] * (signal_ndim - 1)
+        attrs[f"{axis_names[0]}_indices"] = 0
+    # No axis at all: no @axes (it is optional), rather than a list of '.' only, which
+    # viewers read the same way and some validators (punx 0.3) reject.
     title = spec.title or scan_title
     if title:
         attrs["title"] = str(title)
