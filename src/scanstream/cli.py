@@ -17,10 +17,11 @@ from typing import Any
 
 import redis
 
-from . import server
+from . import admin, server
 from .exceptions import ScanstreamError
 from .logs import configure_logging
 from .sim import cli as sim_cli
+from .writer import cli as writer_cli
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +72,55 @@ def _run_server(args: argparse.Namespace) -> int:
     return 0 if status["running"] else 1
 
 
+# --- scanstream ls [SESSION] / delete SESSION ----------------------------------------------------
+
+
+def _configure_ls(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("session", nargs="?", default=None,
+                        help="only this session (default: every session)")
+
+
+def _run_ls(args: argparse.Namespace) -> int:
+    from .store import DataStore
+
+    with DataStore(redis_url(args)) as store:
+        print(admin.format_listing(admin.list_sessions(store, args.session),
+                                   admin.server_memory(store)))
+    return 0
+
+
+def _configure_delete(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("session", help="the session whose scans to delete")
+    parser.add_argument("--older-than", metavar="DURATION", type=admin.parse_duration,
+                        default=None, help="only scans ended longer ago than this "
+                                           "(90s, 15m, 2h, 7d; default: any age)")
+    parser.add_argument("--scan", metavar="N", type=int, nargs="+", dest="numbers",
+                        help="only these scan numbers (default: every stored scan)")
+    parser.add_argument("--force", action="store_true",
+                        help="also delete scans no writer has saved (running ones never are)")
+    parser.add_argument("--dry-run", action="store_true", help="say what would be deleted")
+
+
+def _run_delete(args: argparse.Namespace) -> int:
+    from .store import DataStore
+
+    with DataStore(redis_url(args)) as store:
+        report = admin.delete_scans(store, args.session, older_than=args.older_than,
+                                    numbers=args.numbers, force=args.force, dry_run=args.dry_run)
+    print(admin.format_report(report))
+    # Scans named with --scan that were kept are a failure for scripts; others are expected.
+    return 1 if args.numbers and report.kept else 0
+
+
 COMMANDS: tuple[Command, ...] = (
     Command("server", "start, stop or describe your embedded Redis server",
             _configure_server, _run_server),
     Command("scan", sim_cli.SCAN_HELP, sim_cli.configure_scan, sim_cli.run_scan),
+    Command("writer", writer_cli.WRITER_HELP, writer_cli.configure_writer, writer_cli.run_writer),
+    Command("ls", "list sessions and their stored scans (state, points, memory)",
+            _configure_ls, _run_ls),
+    Command("delete", "delete stored scans of a session: ended and saved ones only, "
+                      "unless --force", _configure_delete, _run_delete),
 )
 
 

@@ -68,6 +68,10 @@ class StopHandler:
         """Ask the walks using this handler to return."""
         self._event.set()
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until :meth:`stop` is called; True if it was, False after ``timeout`` seconds."""
+        return self._event.wait(timeout)
+
     @property
     def stopped(self) -> bool:
         """True once :meth:`stop` was called."""

@@ -1,0 +1,307 @@
+"""Write one scan into its NXentries, from the events of a walk on the scan.
+
+The data path is idempotent by point index: every NEW_DATA event is written at its
+``first_index``, so replaying a scan from the start (a restarted writer) overwrites what is
+already in the file with the same values and never duplicates a point. Metadata that is
+only final at the end (positioners at the end, instrument, default plot, sub-scan links) is
+written at END_SCAN.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+
+from ..events import EventType, StopHandler
+from ..exceptions import WriterError
+from ..nodes import DataNode, ScanNode
+from . import nexus
+from .files import OpenFiles
+
+logger = logging.getLogger(__name__)
+
+#: scan_info keys written as NeXus groups at the end of the scan (besides those listed in
+#: ``scan_info["scan_meta_categories"]``), with their NeXus class.
+METADATA_CLASSES = {"sample": "NXsample", "technique": "NXcollection", "instrument": "NXinstrument"}
+
+
+@dataclass
+class ScanResult:
+    """What a :class:`ScanWriter` wrote.
+
+    Attributes
+    ----------
+    path : Path
+        The HDF5 file.
+    entries : list of str
+        The NXentry names (``"3.1"``, ``"3.2"``...).
+    points : dict
+        Number of points (or frames) written per channel full name.
+    state : str
+        End state of the scan (``DONE``...); empty when the writer stopped before its end.
+    warnings : list of str
+        Metadata that could not be written (the data was).
+    """
+
+    path: Path
+    entries: list[str] = field(default_factory=list)
+    points: dict[str, int] = field(default_factory=dict)
+    state: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """True when the scan's END_SCAN was written."""
+        return bool(self.state)
+
+
+def scan_file_path(scan_info: Mapping[str, Any], session: str, root: Path) -> Path:
+    """The file of a scan: ``scan_info["filename"]`` (relative: below ``root``), else
+    ``<root>/<session>/<session>.h5``.
+
+    Raises
+    ------
+    WriterError
+        ``filename`` is not a non-empty string.
+    """
+    filename = scan_info.get("filename")
+    if filename is None:
+        return root / session / f"{session}.h5"
+    if not isinstance(filename, str) or not filename.strip():
+        raise WriterError(f"scan_info['filename'] must be a file path string, got {filename!r}")
+    path = Path(filename).expanduser()
+    return path if path.is_absolute() else root / path
+
+
+class ScanWriter:
+    """Writes one scan; :meth:`run` walks its events until END_SCAN (or a stop).
+
+    Parameters
+    ----------
+    scan : ScanNode
+        The scan to write.
+    files : OpenFiles
+        The writer's open files (shared with the other scans).
+    root : Path
+        Base directory for scans without ``filename`` and for relative ones.
+    strict_names : bool
+        Entry names ``scan3_1`` (strict NeXus naming) instead of BLISS's ``3.1``.
+    """
+
+    def __init__(self, scan: ScanNode, files: OpenFiles, root: Path, *, strict_names: bool = False) -> None:
+        self.scan = scan
+        self.files = files
+        self.root = root
+        self.strict_names = strict_names
+        self.info: dict[str, Any] = scan.info
+        self.result = ScanResult(scan_file_path(self.info, scan.session_name, root))
+        self._file: h5py.File | None = None
+        self._entries: dict[int, h5py.Group] = {}  # top-master node index -> NXentry
+        self._datasets: dict[int, h5py.Dataset] = {}  # channel node index -> dataset
+        self._entry_of: dict[int, h5py.Group] = {}  # data node index -> NXentry
+        self._data_nodes: dict[int, DataNode] = {}  # data node index -> node, in creation order
+        self._subscans: list[ScanNode] = []
+        self._unsaved_frames: dict[int, int] = {}
+
+    @property
+    def scan_id(self) -> str:
+        """Identity stored in each entry, so a different scan never reuses an entry."""
+        return f"{self.scan.session_name}:{self.scan.number}:{self.info.get('start_timestamp', '')}"
+
+    def run(self, stop_handler: StopHandler | None = None) -> ScanResult:
+        """Write the scan from its first event to END_SCAN; return what was written.
+
+        Returns early, with ``result.complete`` False, when ``stop_handler`` is stopped.
+
+        Raises
+        ------
+        WriterError
+            The file cannot be written, or its entry already holds another scan.
+        ScanstreamError
+            The scan's data cannot be read from Redis (expired, corrupt).
+        """
+        self._file = self.files.acquire(self.result.path)
+        try:
+            for event_type, node, event_data in self.scan.walk_events(stop_handler=stop_handler):
+                if event_type == EventType.NEW_NODE:
+                    self._on_new_node(node)
+                elif event_type == EventType.NEW_DATA:
+                    self._on_new_data(node, event_data.first_index, event_data.data, event_data.block_size)
+                    self.files.mark_dirty(self._file)
+                elif event_type == EventType.END_SCAN and node is self.scan:
+                    self._finalize(event_data.data, event_data.description or {})
+                    break
+        except OSError as exc:
+            raise WriterError(f"cannot write {str(self.result.path)!r}: {exc}") from exc
+        finally:
+            file, self._file = self._file, None
+            self.files.release(file)
+        return self.result
+
+    # -- nodes and data -----------------------------------------------------------------------
+    def _top_master(self, node: DataNode) -> DataNode:
+        while node.parent is not None and node.parent is not self.scan:
+            node = node.parent
+        return node
+
+    def _entry(self, top_master: DataNode) -> h5py.Group:
+        index = top_master.index  # type: ignore[attr-defined]
+        entry = self._entries.get(index)
+        if entry is not None:
+            return entry
+        assert self._file is not None
+        name = nexus.entry_name(self.scan.number, len(self._entries) + 1, strict_names=self.strict_names)
+        existing = self._file.get(name)
+        if existing is not None and existing.attrs.get("scanstream_scan") != self.scan_id:
+            raise WriterError(
+                f"entry {name!r} of {self._file.filename!r} already holds another scan "
+                f"({existing.attrs.get('scanstream_scan', 'not written by scanstream')!r}); it is "
+                f"not overwritten. Scan {self.scan.db_name} stays in Redis: move that file away "
+                "and restart the writer, or give the scans another filename"
+            )
+        entry = nexus.require_entry(
+            self._file, name, title=str(self.info.get("title", self.scan.name)),
+            start_time=self.info.get("start_time") or time.time(), scan_info=self.info,
+        )
+        entry.attrs["scanstream_scan"] = self.scan_id
+        entry.attrs["scanstream_top_master"] = top_master.name
+        self._entries[index] = entry
+        self.result.entries.append(name)
+        return entry
+
+    def _on_new_node(self, node: DataNode) -> None:
+        if node.parent is self.scan:
+            self._entry(node)
+            return
+        if node.type not in ("channel", "lima", "node_ref_channel"):
+            return
+        entry = self._entry(self._top_master(node))
+        self._entry_of[node.index] = entry  # type: ignore[attr-defined]
+        self._data_nodes[node.index] = node  # type: ignore[attr-defined]
+        if node.type == "channel":
+            npoints = self.info.get("npoints")
+            self._datasets[node.index] = nexus.require_channel_dataset(  # type: ignore[attr-defined]
+                entry["measurement"], node.name, node.dtype, node.shape,  # type: ignore[attr-defined]
+                expected_points=npoints if isinstance(npoints, int) and npoints > 0 else None,
+                units=node.unit,  # type: ignore[attr-defined]
+            )
+        self.result.points.setdefault(node.name, 0)
+
+    def _on_new_data(self, node: DataNode, first_index: int, data: Any, count: int) -> None:
+        index = node.index  # type: ignore[attr-defined]
+        if node.type == "channel":
+            end = nexus.write_points(self._datasets[index], first_index, data)
+        elif node.type == "lima":
+            end = first_index + count
+            if node.codec.saved:  # type: ignore[attr-defined]
+                nexus.require_image_vds(
+                    self._entry_of[index]["measurement"], node.name, data,
+                    dtype=node.dtype, frame_shape=node.shape, first_index=first_index,  # type: ignore[attr-defined]
+                )
+            else:
+                self._unsaved_frames[index] = end
+        elif node.type == "node_ref_channel":
+            self._subscans.extend(data)
+            end = first_index + count
+        else:
+            return
+        self.result.points[node.name] = end
+
+    # -- end of scan --------------------------------------------------------------------------
+    def _finalize(self, state: Any, end: Mapping[str, Any]) -> None:
+        info = self.scan.info  # final: updated by prepared() and end()
+        self.info = info
+        if not self._entries:  # a scan without any node still gets its entry
+            self._entries_for_empty_scan()
+        for entry in self._entries.values():
+            nexus.finalize_entry(
+                entry, end_time=end.get("end_time") or time.time(), state=state,
+                error=end.get("error"), scan_info=info,
+            )
+            self._guarded(f"{entry.name}: instrument", self._write_instrument, entry, info)
+            self._guarded(f"{entry.name}: metadata", self._write_metadata, entry, info)
+            self._guarded(f"{entry.name}: default plot", self._write_plot, entry, info)
+        if self._subscans:
+            first = next(iter(self._entries.values()))
+            self._guarded(f"{first.name}: sub-scan links", self._link_subscans, first)
+        self.result.state = getattr(state, "name", str(state))
+
+    def _entries_for_empty_scan(self) -> None:
+        class _NoMaster:  # the entry of a scan that published no node
+            index = -1
+            name = ""
+
+        self._entry(_NoMaster())  # type: ignore[arg-type]
+
+    def _guarded(self, what: str, func: Any, *args: Any) -> None:
+        """Metadata is worth a warning, never the scan's data."""
+        try:
+            func(*args)
+        except Exception as exc:  # noqa: BLE001 - any metadata problem is reported, not raised
+            message = f"{what} not written: {exc}"
+            logger.warning("scan %s: %s", self.scan.db_name, message)
+            self.result.warnings.append(message)
+
+    def _write_instrument(self, entry: h5py.Group, info: Mapping[str, Any]) -> None:
+        instrument = entry["instrument"]
+        positioners = info.get("positioners")
+        if isinstance(positioners, Mapping):
+            nexus.write_scan_info_positioners(instrument, positioners)
+        used: set[str] = set(instrument)
+        for index, node in self._data_nodes.items():
+            if self._entry_of[index] == entry and node.type != "node_ref_channel":
+                self._link_device(instrument, node, used)
+
+    def _link_device(self, instrument: h5py.Group, node: DataNode, used: set[str]) -> None:
+        """``instrument/<device>``: NXpositioner (motors) or NXdetector linking to the data."""
+        prefix, _, short = node.name.rpartition(":")
+        is_motor = prefix == "axis"
+        name = nexus.hdf5_name(prefix if node.type == "lima" and prefix else short)
+        if name in used:
+            name = nexus.hdf5_name(node.name)
+            if name in used:
+                return
+        used.add(name)
+        group = nexus.require_nx_group(instrument, name, "NXpositioner" if is_motor else "NXdetector")
+        measurement = f"{self._entry_of[node.index].name}/measurement/"  # type: ignore[attr-defined]
+        dsname = nexus.channel_dataset_name(node.name)
+        if node.type == "lima" and not node.codec.saved:  # type: ignore[attr-defined]
+            nexus.write_value(group, "saving_mode", "NOSAVING")
+            nexus.write_value(group, "acquired_frames", self._unsaved_frames.get(node.index, 0))  # type: ignore[attr-defined]
+            return
+        if dsname in self._entry_of[node.index]["measurement"]:  # type: ignore[attr-defined]
+            member = "value" if is_motor else "data"
+            if member not in group:
+                group[member] = h5py.SoftLink(measurement + dsname)
+
+    def _write_metadata(self, entry: h5py.Group, info: Mapping[str, Any]) -> None:
+        categories = info.get("scan_meta_categories") or []
+        names = [c for c in categories if isinstance(c, str)] + list(METADATA_CLASSES)
+        for key in dict.fromkeys(names):
+            value = info.get(key)
+            if key == "positioners" or not isinstance(value, Mapping):
+                continue
+            group = nexus.require_nx_group(entry, nexus.hdf5_name(key), METADATA_CLASSES.get(key))
+            nexus.write_metadata(group, value)
+
+    def _write_plot(self, entry: h5py.Group, info: Mapping[str, Any]) -> None:
+        channels = {
+            name: f"measurement/{nexus.channel_dataset_name(name)}"
+            for name in self.result.points
+            if nexus.channel_dataset_name(name) in entry["measurement"]
+        }
+        nexus.write_default_plot(entry, info.get("plots"), channels, scan_info=info)
+
+    def _link_subscans(self, entry: h5py.Group) -> None:
+        links: list[str | tuple[Path, str]] = []
+        for sub in self._subscans:
+            name = nexus.entry_name(sub.number, 1, strict_names=self.strict_names)
+            path = scan_file_path(sub.info, sub.session_name, self.root).resolve()
+            links.append(name if path == self.result.path.resolve() else (path, name))
+        nexus.link_subscan_entries(entry, links)

@@ -1,0 +1,92 @@
+"""Fixtures of the writer service tests: a running WriterService and ways to wait for it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from scanstream import DataStore
+from scanstream.nodes import ScanNode
+from scanstream.writer import WriterService, nexus, saved_scans, scan_file_path, writer_status
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``condition`` every 50 ms until true; fail the test after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def wait_saved(store: DataStore, session: str, numbers: set[int], timeout: float = 20.0) -> None:
+    """Wait until the writer recorded every scan of ``numbers`` of ``session`` as saved."""
+    def done() -> bool:
+        status = writer_status(session, store=store)
+        if status and status["errors"]:
+            pytest.fail(f"the writer reported errors: {status['errors']}")
+        return numbers <= saved_scans(session, store=store)
+
+    wait_for(done, timeout, f"scans {sorted(numbers)} of {session} to be saved")
+
+
+@pytest.fixture
+def writer(store: DataStore, tmp_path: Path) -> Iterator[WriterService]:
+    """A WriterService for ``test_session`` writing under ``tmp_path/data``, owning the session."""
+    service = WriterService(["test_session"], root=tmp_path / "data", store=store, flush_period=0.05)
+    service.start()
+    try:
+        wait_for(lambda: (writer_status("test_session", store=store) or {}).get("writing"), 5,
+                 "the writer to own the session")
+        yield service
+    finally:
+        service.stop()
+
+
+def assert_file_matches_redis(scan: ScanNode, root: Path) -> h5py.File:
+    """Assert that the scan's entries hold exactly what Redis holds, bit for bit.
+
+    Compares every channel (values, dtype, shape, count; ragged 1-D through the lengths
+    dataset) and every saved Lima channel (frames of the virtual dataset against the frames
+    the references name). Returns the file, open for reading, for more checks.
+    """
+    path = scan_file_path(scan.info, scan.session_name, root)
+    file = h5py.File(path, "r", locking=False)  # as read_image opens the detector files
+    top_masters = [n for n in scan.load_nodes() if n.parent is scan]
+    for node in scan.load_nodes():
+        if node.type not in ("channel", "lima"):
+            continue
+        master = node
+        while master.parent is not scan:
+            master = master.parent
+        entry = file[nexus.entry_name(scan.number, top_masters.index(master) + 1)]
+        assert entry.attrs["NX_class"] == "NXentry"
+        dsname = nexus.channel_dataset_name(node.name)
+        if node.type == "lima":
+            if node.saving_mode == "NOSAVING":
+                assert dsname not in entry["measurement"]
+                continue
+            refs = node.get(0).all_image_references()
+            vds = entry["measurement"][dsname]
+            assert vds.shape == (len(refs),) + node.shape, node.name
+            for i in (0, len(refs) // 2, len(refs) - 1):
+                assert np.array_equal(vds[i], node.get(0).get_image(i)), f"{node.name} frame {i}"
+            continue
+        dset = entry["measurement"][dsname]
+        points = node[:]
+        assert dset.dtype == node.dtype, node.name
+        assert dset.shape[0] == len(points), node.name
+        if node.shape == (-1,):
+            lengths = entry["measurement"][dset.attrs["lengths_dataset"]][()]
+            for i, point in enumerate(points):
+                assert lengths[i] == len(point)
+                assert np.array_equal(dset[i, : len(point)], point), f"{node.name} point {i}"
+        else:
+            assert dset.shape[1:] == node.shape, node.name
+            assert np.array_equal(dset[()], points, equal_nan=dset.dtype.kind == "f"), node.name
+    return file

@@ -1,0 +1,182 @@
+"""The writer service against a real server and real files: content, isolation, ownership."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+
+from scanstream import create_session, get_session_node
+from scanstream.sim import SavingConfig
+from scanstream.sim.catalogue import run_catalogue
+from scanstream.writer import WriterService, saved_scans, writer_status
+
+from .conftest import assert_file_matches_redis, wait_for, wait_saved
+
+
+def _all_scans(store, session="test_session"):
+    return get_session_node(session, store=store).children()
+
+
+def test_catalogue_files_equal_redis_bit_for_bit(writer, session, store, tmp_path):
+    run_catalogue(session, SavingConfig(tmp_path / "data", "test_session"))
+    scans = _all_scans(store)
+    assert len(scans) >= 20
+    wait_saved(store, "test_session", {s.number for s in scans}, timeout=30)
+    files = set()
+    for scan in scans:
+        info = scan.info
+        if info.get("save") is False:
+            continue
+        with assert_file_matches_redis(scan, tmp_path / "data") as file:
+            files.add(file.filename)
+            entry = file[f"{scan.number}.1"]
+            assert entry["title"].asstr()[()] == info["title"]
+            assert entry["end_reason"].asstr()[()] == scan.state.name
+            start = entry["start_time"].asstr()[()]
+            assert start == info["start_time"] and start[-6] in "+-"  # ISO 8601 with offset
+            if scan.type == "scan_group":
+                assert set(entry["scans"]) >= {"14.1", "15.1"} or len(entry["scans"]) >= 2
+                for sub in entry["scans"].values():
+                    assert sub.attrs["NX_class"] == "NXentry"
+    assert len(files) == 1
+    with h5py.File(files.pop(), "r") as file:
+        # NX_class on every group; a default plot chain from the root to an NXdata.
+        missing = []
+        file.visititems(lambda name, obj: missing.append(name)
+                        if isinstance(obj, h5py.Group) and "NX_class" not in obj.attrs else None)
+        assert missing == []
+        entry = file[file.attrs["default"]]
+        nxdata = entry[entry.attrs["default"]]
+        assert nxdata.attrs["NX_class"] == "NXdata"
+        assert nxdata.attrs["signal"] in nxdata
+        killed = [s for s in scans if s.state.name == "KILLED"]
+        assert killed and file[f"{killed[0].number}.1/end_reason"].asstr()[()] == "KILLED"
+        aborted = [s for s in scans if s.state.name == "USER_ABORTED"]
+        assert aborted and file[f"{aborted[0].number}.1/end_reason"].asstr()[()] == "USER_ABORTED"
+        two_masters = [s for s in scans if len(s.children()) == 2]
+        assert two_masters and f"{two_masters[0].number}.2" in file
+
+
+def test_aborted_scan_keeps_exactly_the_emitted_points(writer, session, store, tmp_path):
+    with pytest.raises(KeyboardInterrupt), session.create_scan("loop") as scan:
+        channel = scan.create_container("timer").create_channel("timer:t", "float32")
+        channel.emit(np.arange(7, dtype=np.float32))
+        raise KeyboardInterrupt
+    wait_saved(store, "test_session", {scan.number})
+    with h5py.File(tmp_path / "data/test_session/test_session.h5", "r") as file:
+        assert file["1.1/measurement/timer:t"][()].tolist() == list(range(7))
+        assert file["1.1/end_reason"].asstr()[()] == "USER_ABORTED"
+
+
+def test_a_reader_process_sees_the_data_grow_during_the_scan(writer, session, store, tmp_path):
+    path = tmp_path / "data/test_session/test_session.h5"
+    reader = textwrap.dedent(f"""
+        import h5py
+        with h5py.File({str(path)!r}, "r") as f:
+            print(f["1.1/measurement/timer:c"].shape[0])
+    """)
+
+    def points_seen_by_reader() -> int:
+        out = subprocess.run([sys.executable, "-c", reader], capture_output=True, text=True, timeout=20,
+                             check=False)
+        return int(out.stdout) if out.returncode == 0 else -1
+
+    with session.create_scan("loop") as scan:
+        channel = scan.create_container("timer").create_channel("timer:c", "int64")
+        channel.emit(np.arange(100))
+        wait_for(lambda: points_seen_by_reader() == 100, 10, "the reader to see 100 points")
+        channel.emit(np.arange(100, 250))
+        wait_for(lambda: points_seen_by_reader() == 250, 10, "the reader to see 250 points")
+        assert scan.number not in saved_scans("test_session", store=store)  # still running
+    wait_saved(store, "test_session", {scan.number})
+
+
+@pytest.mark.parametrize("filename", ["not/a/dir/under/a/file", " "])
+def test_a_bad_scan_is_reported_and_the_others_are_written(writer, session, store, tmp_path, filename):
+    (tmp_path / "blocker").write_text("a file where a directory should be")
+    bad_name = str(tmp_path / "blocker" / "x.h5") if filename.strip() else filename
+    with session.create_scan("bad", {"filename": bad_name}) as bad:
+        bad.create_container("timer").create_channel("timer:c").emit([1.0, 2.0])
+    with session.create_scan("good") as good:
+        good.create_container("timer").create_channel("timer:c").emit([3.0, 4.0])
+
+    def reported() -> bool:
+        status = writer_status("test_session", store=store) or {}
+        return bool(status.get("errors")) and good.number in saved_scans("test_session", store=store)
+
+    wait_for(reported, 10, "the bad scan to be reported and the good one saved")
+    error = writer_status("test_session", store=store)["errors"][0]
+    assert error["scan"] == f"{bad.number}_bad"
+    assert (str(tmp_path / "blocker") if filename.strip() else "' '") in error["error"]
+    assert bad.number not in saved_scans("test_session", store=store)
+    with h5py.File(tmp_path / "data/test_session/test_session.h5", "r") as file:
+        assert file[f"{good.number}.1/measurement/timer:c"][()].tolist() == [3.0, 4.0]
+
+
+def test_an_entry_of_another_scan_is_never_overwritten(writer, session, store, tmp_path):
+    path = tmp_path / "data/test_session/test_session.h5"
+    path.parent.mkdir(parents=True)
+    with h5py.File(path, "w") as file:
+        file.create_group("1.1").create_dataset("title", data="an older scan")
+    with session.create_scan("s") as scan:
+        scan.create_container("timer").create_channel("timer:c").emit([1.0])
+    wait_for(lambda: (writer_status("test_session", store=store) or {}).get("errors"), 10,
+             "the conflict to be reported")
+    assert "already holds another scan" in writer_status("test_session", store=store)["errors"][0]["error"]
+    with h5py.File(path, "r") as file:
+        assert file["1.1/title"].asstr()[()] == "an older scan"
+        assert "measurement" not in file["1.1"]
+
+
+def test_scans_run_while_no_writer_runs_are_written_when_it_starts(session, store, tmp_path):
+    with session.create_scan("early") as scan:
+        scan.create_container("timer").create_channel("timer:c", "uint16").emit(np.arange(5))
+    with WriterService(["test_session"], root=tmp_path, store=store):
+        wait_saved(store, "test_session", {scan.number})
+    with h5py.File(tmp_path / "test_session/test_session.h5", "r") as file:
+        assert file["1.1/measurement/timer:c"].dtype == np.uint16
+        assert file["1.1/measurement/timer:c"][()].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_one_writer_per_session_the_second_takes_over_when_the_first_stops(session, store, tmp_path):
+    first = WriterService(["test_session"], root=tmp_path / "a", store=store).start()
+    second = WriterService(["test_session"], root=tmp_path / "b", store=store).start()
+    try:
+        wait_for(lambda: (writer_status("test_session", store=store) or {}).get("owner") == first.owner,
+                 5, "the first writer to own the session")
+        with session.create_scan("one") as scan:
+            scan.create_container("timer").create_channel("timer:c").emit([1.0])
+        wait_saved(store, "test_session", {scan.number})
+        assert not second.status("test_session")["writing"]
+        first.stop()
+        wait_for(lambda: (writer_status("test_session", store=store) or {}).get("owner") == second.owner,
+                 5, "the second writer to take over")
+        with session.create_scan("two") as scan2:
+            scan2.create_container("timer").create_channel("timer:c").emit([2.0])
+        wait_saved(store, "test_session", {scan2.number})
+    finally:
+        first.stop()
+        second.stop()
+    assert (tmp_path / "a/test_session/test_session.h5").exists()
+    with h5py.File(tmp_path / "b/test_session/test_session.h5", "r") as file:
+        assert list(file) == ["2.1"]
+
+
+def test_several_sessions_in_one_writer(store, tmp_path):
+    sessions = [create_session(name, store=store) for name in ("alpha", "beta")]
+    with WriterService(["alpha", "beta"], root=tmp_path, store=store):
+        scans = []
+        for k, publishing in enumerate(sessions):
+            with publishing.create_scan("s") as scan:
+                scan.create_container("timer").create_channel("timer:c").emit([float(k)] * 3)
+            scans.append(scan)
+        for publishing, scan in zip(sessions, scans):
+            wait_saved(store, publishing.name, {scan.number})
+    for k, name in enumerate(("alpha", "beta")):
+        with h5py.File(tmp_path / name / f"{name}.h5", "r") as file:
+            assert file["1.1/measurement/timer:c"][()].tolist() == [float(k)] * 3

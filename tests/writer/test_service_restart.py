@@ -1,0 +1,93 @@
+"""The ``scanstream writer`` process: SIGKILL and restart mid-scan, SIGTERM, --status."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from scanstream import get_session_node
+from scanstream.cli import main
+from scanstream.writer import writer_status
+
+from .conftest import assert_file_matches_redis, wait_for, wait_saved
+
+
+@contextmanager
+def writer_process(redis_url: str, root: Path) -> Iterator[subprocess.Popen[str]]:
+    """``scanstream writer test_session`` in its own process; killed at the end if still alive."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scanstream", "--redis-url", redis_url, "writer", "test_session",
+         "--root", str(root)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+
+
+def _owner_pid(store) -> int | None:
+    status = writer_status("test_session", store=store)
+    return status["pid"] if status and status["writing"] else None
+
+
+def _points_in_file(path: Path) -> int:
+    try:
+        with h5py.File(path, "r", locking=False) as file:
+            return file["1.1/measurement/timer:c"].shape[0]
+    except (OSError, KeyError):
+        return 0
+
+
+def test_sigkill_and_restart_mid_scan_gives_an_exact_entry(redis_url, store, session, tmp_path):
+    path = tmp_path / "test_session/test_session.h5"
+    with session.create_scan("loop", {"npoints": 3000}) as scan:
+        timer = scan.create_container("timer")
+        channel = timer.create_channel("timer:c", "float64")
+        spectrum = timer.create_channel("mca:spectrum", "uint32", (16,))
+        with writer_process(redis_url, tmp_path) as first:
+            wait_for(lambda: _owner_pid(store) == first.pid, 15, "the first writer to start")
+            for k in range(10):
+                channel.emit(np.arange(k * 100, (k + 1) * 100, dtype=np.float64))
+                spectrum.emit(np.full((100, 16), k, dtype=np.uint32))
+            scan.flush()
+            wait_for(lambda: _points_in_file(path) >= 1000, 15, "the first writer to write 1000 points")
+            first.kill()  # SIGKILL: no clean-up at all
+            first.wait(timeout=10)
+        # The scan goes on while no writer runs.
+        for k in range(10, 30):
+            channel.emit(np.arange(k * 100, (k + 1) * 100, dtype=np.float64))
+            spectrum.emit(np.full((100, 16), k, dtype=np.uint32))
+    with writer_process(redis_url, tmp_path) as second:
+        wait_saved(store, "test_session", {scan.number}, timeout=30)
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=15) == 0
+        assert writer_status("test_session", store=store) is None  # its health key is removed
+    scan_node = get_session_node("test_session", store=store).get_scan(scan.number)
+    with assert_file_matches_redis(scan_node, tmp_path) as file:
+        data = file["1.1/measurement/timer:c"][()]
+        assert np.array_equal(data, np.arange(3000, dtype=np.float64))
+        assert file["1.1/measurement/mca:spectrum"].shape == (3000, 16)
+        assert file["1.1/end_reason"].asstr()[()] == "DONE"
+
+
+def test_status_command_reports_the_writer_and_its_absence(redis_url, store, tmp_path, capsys):
+    assert main(["--redis-url", redis_url, "writer", "--status", "test_session"]) == 1
+    assert "test_session: no writer" in capsys.readouterr().out
+    with writer_process(redis_url, tmp_path) as proc:
+        wait_for(lambda: _owner_pid(store) == proc.pid, 15, "the writer to start")
+        assert main(["--redis-url", redis_url, "writer", "--status", "test_session"]) == 0
+        out = capsys.readouterr().out
+        assert f"test_session: writing (pid {proc.pid}" in out
+        assert "scans saved 0, failed 0" in out
