@@ -155,7 +155,7 @@ def require_channel_dataset(
             )
         if dset.attrs.get("lengths_dataset") != lengths_name:
             dset.attrs["lengths_dataset"] = lengths_name
-        interpretation = "spectrum"
+        interpretation: str | None = "spectrum"
     else:
         point_bytes = dt.itemsize * int(np.prod(shape, dtype=np.int64))
         rows = _chunk_rows(point_bytes, expected_points)
@@ -271,7 +271,7 @@ def write_points(dset: h5py.Dataset, first_index: int, data: Any) -> int:
             f"data of shape {arr.shape} does not fit {dset.name!r}: points have shape"
             f" {dset.shape[1:]}; pass an array of shape (n,) + {dset.shape[1:]}"
         )
-    end = first + arr.shape[0]
+    end = first + int(arr.shape[0])
     if arr.shape[0] == 0:
         return end
     if end > current:

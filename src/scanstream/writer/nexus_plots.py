@@ -160,9 +160,10 @@ def _plots_from_scan_info(entry: h5py.Group, plots: Sequence[Mapping[str, Any]],
                                    title=plot.get("name")))
         elif kind == "scatter-plot":
             for k, item in enumerate(items):
-                names = [item.get("value"), item.get("x"), item.get("y")]
-                if None in names or not all(_known(entry, n, datasets) for n in names):
+                found = [item.get("value"), item.get("x"), item.get("y")]
+                if None in found or not all(_known(entry, n, datasets) for n in found):
                     continue
+                names = [str(n) for n in found]
                 specs.append(_Plot(base if k == 0 else f"{base}_{k}", [names[0]], names[1:],
                                    scatter=True, title=plot.get("name")))
         elif kind == "image-plot":
