@@ -1,0 +1,137 @@
+"""Shared pieces of the benchmarks: a private server, statistics, result records."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+
+from scanstream import DataStore, Settings
+from scanstream.server import EmbeddedServer, find_server_binary
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def private_server(maxmemory: str | None = None) -> Iterator[str]:
+    """Start a private server on a free loopback port; yield its URL; stop it at the end."""
+    with tempfile.TemporaryDirectory(prefix="scanstream-bench-") as tmp:
+        server = EmbeddedServer(Path(tmp), port=free_port(), maxmemory=maxmemory)
+        server.start(timeout=10)
+        try:
+            yield server.url
+        finally:
+            server.stop()
+
+
+def flush(url: str) -> None:
+    """Empty the benchmark server between runs (it belongs to the benchmark)."""
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+
+
+def open_store(url: str) -> DataStore:
+    """A DataStore on the benchmark server."""
+    return DataStore(settings=Settings(redis_url=url))
+
+
+@dataclass
+class Stat:
+    """Median and 99th percentile of repeated measurements.
+
+    For rates (``higher_is_better``) the p99 is the rate of the slowest 1 % of runs (the first
+    percentile of the rates), so that p99 always names the bad tail.
+    """
+
+    median: float
+    p99: float
+    runs: int
+    unit: str
+
+    @classmethod
+    def of(cls, values: list[float] | np.ndarray, unit: str, higher_is_better: bool | None = None
+           ) -> Stat:
+        arr = np.asarray(values, dtype=float)
+        if arr.size == 0:
+            return cls(float("nan"), float("nan"), 0, unit)
+        if higher_is_better is None:
+            higher_is_better = unit.endswith("/s")
+        tail = 1 if higher_is_better else 99
+        return cls(float(np.median(arr)), float(np.percentile(arr, tail)), int(arr.size), unit)
+
+
+@dataclass
+class Figure:
+    """One benchmark figure with its baseline (both measured in the same run)."""
+
+    name: str
+    value: Stat
+    baseline: Stat | None = None
+    target: str = ""
+    met: bool | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        if self.baseline is None or not self.baseline.median:
+            return None
+        return self.value.median / self.baseline.median
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["ratio"] = self.ratio
+        return out
+
+
+def repeat(run: Callable[[], float], times: int, setup: Callable[[], None] | None = None) -> list[float]:
+    """Call ``run`` ``times`` times (``setup`` before each) and return its results."""
+    out = []
+    for _ in range(times):
+        if setup is not None:
+            setup()
+        out.append(run())
+    return out
+
+
+def machine() -> dict[str, Any]:
+    """Describe the machine, Python and server the figures come from."""
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    binary = find_server_binary()
+    import subprocess
+
+    version = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
+                             check=False).stdout.strip()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "numpy": np.__version__,
+        "redis_py": redis.__version__,
+        "server": version,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }

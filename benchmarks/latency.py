@@ -1,0 +1,165 @@
+"""(2) Live latency: publish -> NEW_DATA delivered to subscribers in other processes.
+
+Every point published carries its publication time (``time.time()``, float64); each
+subscriber process walks the session from ``from_next=True`` and records, for every point it
+receives, ``arrival - publication``. The publisher emits one point per channel per tick
+(a step scan at ``rate_hz``), so batching happens only behind ``emit``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from typing import Any
+
+import numpy as np
+
+from scanstream import EventType, create_session, get_session_node
+
+from .harness import Figure, Stat, flush, open_store
+
+
+def _subscriber(url: str, session: str, ready: Any, results: Any) -> None:
+    """Subscriber process: walk the session until END_SCAN, send latencies back."""
+    store = open_store(url)
+    walker = get_session_node(session, store=store).walk_on_new_events(timeout=60)
+    ready.set()
+    chunks: list[np.ndarray] = []
+    received = 0
+    end_lag = float("nan")
+    for event_type, node, data in walker:
+        if event_type is EventType.NEW_DATA:
+            now = time.time()
+            chunks.append(now - np.asarray(data.data, dtype=float))
+            received += data.block_size
+        elif event_type is EventType.END_SCAN and node.type == "scan":
+            end_lag = time.time() - float(data.description["end_time"])
+            break
+    lat = np.concatenate(chunks) if chunks else np.empty(0)
+    # Latency over the last tenth of the points: equal to the rest when nobody falls behind.
+    tail = lat[-max(1, len(lat) // 10):] if len(lat) else lat
+    results.put({
+        "received": received,
+        "latencies": lat.astype(np.float32),
+        "tail_p99": float(np.percentile(tail, 99)) if len(tail) else float("nan"),
+        "end_lag": end_lag,
+    })
+    store.close()
+
+
+def measure(url: str, nch: int, rate_hz: float, seconds: float, nsub: int) -> dict[str, Any]:
+    """One run: ``nsub`` subscriber processes, ``nch`` channels at ``rate_hz`` for ``seconds``."""
+    flush(url)
+    ctx = mp.get_context("spawn")
+    session_name = f"lat{nch}x{nsub}"
+    store = open_store(url)
+    session = create_session(session_name, store=store)
+    readies = [ctx.Event() for _ in range(nsub)]
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_subscriber, args=(url, session_name, r, results), daemon=True)
+             for r in readies]
+    for p in procs:
+        p.start()
+    try:
+        for r in readies:
+            if not r.wait(30):
+                raise RuntimeError("a subscriber process did not start")
+        npts = int(rate_hz * seconds)
+        with session.create_scan("latency") as scan:
+            top = scan.create_container("timer")
+            channels = [top.create_channel(f"c{i}", dtype="float64") for i in range(nch)]
+            scan.prepared()
+            period = 1.0 / rate_hz
+            start = time.perf_counter()
+            late = 0
+            for i in range(npts):
+                due = start + i * period
+                wait = due - time.perf_counter()
+                if wait > 0:  # no spinning: it would steal a core from the subscribers
+                    time.sleep(wait)
+                if time.perf_counter() - due > period:
+                    late += 1
+                stamp = time.time()
+                for ch in channels:
+                    ch.emit(stamp)
+            achieved = npts / (time.perf_counter() - start)
+        outs = [results.get(timeout=60) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+        store.close()
+    lat = np.concatenate([o["latencies"] for o in outs]) * 1000.0
+    expected = nch * npts
+    return {
+        "channels": nch,
+        "rate_hz": rate_hz,
+        "achieved_rate_hz": achieved,
+        "late_ticks": late,
+        "subscribers": nsub,
+        "seconds": seconds,
+        "median_ms": float(np.median(lat)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "max_ms": float(lat.max()),
+        "tail_p99_ms": max(o["tail_p99"] for o in outs) * 1000.0,
+        "end_lag_ms": max(o["end_lag"] for o in outs) * 1000.0,
+        "all_points_received": all(o["received"] == expected for o in outs),
+        "received": [o["received"] for o in outs],
+        "expected": expected,
+        "_latencies_ms": lat,
+    }
+
+
+def run(url: str, quick: bool) -> list[Figure]:
+    """Measure (2): 100 ch x 1 kHz x 10 s, 4 subscribers (quick: 10 ch x 1 kHz x 1 s, 2 subs)."""
+    if quick:
+        res = measure(url, 10, 1000.0, 1.0, 2)
+    else:
+        res = measure(url, 100, 1000.0, 10.0, 4)
+    lat = res.pop("_latencies_ms")
+    # Baseline: the same subscribers reading the same server, measured as Redis' own round trip
+    # (PING) from this process: the floor under any delivery latency.
+    base = _ping_ms(url, 2000 if quick else 20000)
+    fig = Figure(
+        f"2 live latency {res['channels']} ch x {res['rate_hz']:.0f} Hz, {res['subscribers']} subscribers",
+        Stat.of(lat, "ms", higher_is_better=False),
+        Stat.of(base, "ms", higher_is_better=False),
+        "p99 <= 10 ms, no subscriber behind",
+        extra=res,
+    )
+    fig.met = (fig.value.p99 <= 10.0 and res["all_points_received"]
+               and res["tail_p99_ms"] <= 10.0)
+    return [fig]
+
+
+def _ping_ms(url: str, n: int) -> np.ndarray:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    out = np.empty(n)
+    try:
+        for i in range(n):
+            t0 = time.perf_counter()
+            client.ping()
+            out[i] = (time.perf_counter() - t0) * 1000.0
+    finally:
+        client.close()
+    return out
+
+
+def scale(url: str, quick: bool) -> list[dict[str, Any]]:
+    """(5) Latency against the number of subscribers and of channels (same point rate)."""
+    rows = []
+    secs = 0.5 if quick else 3.0
+    grid = [(10, 1000.0, 1), (10, 1000.0, 2)] if quick else [
+        (100, 1000.0, 1), (100, 1000.0, 2), (100, 1000.0, 4), (100, 1000.0, 8),
+        (10, 1000.0, 4), (1000, 100.0, 4)]
+    for nch, rate, nsub in grid:
+        res = measure(url, nch, rate, secs, nsub)
+        res.pop("_latencies_ms")
+        rows.append({k: res[k] for k in ("channels", "rate_hz", "achieved_rate_hz", "subscribers",
+                                         "median_ms", "p99_ms", "max_ms", "tail_p99_ms",
+                                         "all_points_received")})
+    return rows

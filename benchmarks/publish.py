@@ -1,0 +1,145 @@
+"""(1) Publish throughput, with raw pipelined XADD of the same bytes as the baseline.
+
+- (a) 0D float64, ``nch`` channels, batches of 1000 points per emit;
+- (b) 0D float64, 10 channels, one point per emit call (step scan): the figure is emit calls
+  per second of the acquisition loop, and the end-to-end rate (until ``end()`` returns);
+- (c) 1D spectra of 1024 float32, 10 channels, one spectrum per emit.
+
+Publisher times include ``end()``, which waits until Redis holds every point.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+import redis
+
+from scanstream import create_session
+
+from .harness import Figure, Stat, flush, open_store, repeat
+
+_counter = itertools.count()
+
+
+def _publish(url: str, nch: int, dtype: str, shape: tuple[int, ...], npoints: int,
+             per_emit: int) -> tuple[float, float]:
+    """Publish one scan; return (seconds of the emit loop, seconds until end() returned)."""
+    store = open_store(url)
+    try:
+        session = create_session(f"bench{next(_counter)}", store=store)
+        scan = session.create_scan("bench")
+        top = scan.create_container("timer")
+        channels = [top.create_channel(f"c{i}", dtype=dtype, shape=shape) for i in range(nch)]
+        scan.prepared()
+        if per_emit == 1 and shape == ():
+            values = [float(i) for i in range(npoints)]
+            t0 = time.perf_counter()
+            for v in values:
+                for ch in channels:
+                    ch.emit(v)
+        else:
+            block = np.arange(per_emit * int(np.prod(shape) or 1), dtype=dtype).reshape(
+                (per_emit,) + shape)
+            if per_emit == 1:
+                block = block[0]
+            t0 = time.perf_counter()
+            for _ in range(npoints // per_emit):
+                for ch in channels:
+                    ch.emit(block)
+        t1 = time.perf_counter()
+        scan.end()
+        t2 = time.perf_counter()
+        return t1 - t0, t2 - t0
+    finally:
+        store.close()
+
+
+def _raw_xadd(url: str, nch: int, point_bytes: int, npoints: int, per_entry: int) -> float:
+    """Raw redis-py: pipelined XADD of entries of ``per_entry`` points; return seconds."""
+    client = redis.Redis.from_url(url)
+    try:
+        keys = [f"raw:{{x}}:data:{i}" for i in range(nch)]
+        payload = b"\0" * (point_bytes * per_entry)
+        n = b"%d" % per_entry
+        # One pipeline round per ~1000 commands, or per round of channels if larger.
+        per_round = max(1, 1000 // nch)
+        t0 = time.perf_counter()
+        pipe = client.pipeline(transaction=False)
+        queued = 0
+        for first in range(0, npoints, per_entry):
+            for key in keys:
+                pipe.xadd(key, {b"n": n, b"d": payload}, id=f"{first}-1")
+            queued += 1
+            if queued >= per_round:
+                pipe.execute()
+                queued = 0
+        pipe.execute()
+        return time.perf_counter() - t0
+    finally:
+        client.close()
+
+
+def run(url: str, quick: bool) -> list[Figure]:
+    """Measure (1a), (1b), (1c); return figures."""
+    reps = 3 if quick else 7
+    figures = []
+
+    # (a) 100 channels, 1000-point batches.
+    nch, npts = 100, (20_000 if quick else 100_000)
+    total = nch * npts
+    pub = repeat(lambda: total / _publish(url, nch, "float64", (), npts, 1000)[1], reps,
+                 lambda: flush(url))
+    raw = repeat(lambda: total / _raw_xadd(url, nch, 8, npts, 1000), reps, lambda: flush(url))
+    fig = Figure("1a publish 0D float64, 100 ch, 1000-point batches", Stat.of(pub, "points/s"),
+                 Stat.of(raw, "points/s"), ">= 0.7 x baseline")
+    fig.met = fig.ratio is not None and fig.ratio >= 0.7
+    figures.append(fig)
+
+    # (b) 10 channels, one point per emit call.
+    nch, npts = 10, (5_000 if quick else 50_000)
+    total = nch * npts
+    loop, e2e = [], []
+
+    def one_b() -> float:
+        t_loop, t_end = _publish(url, nch, "float64", (), npts, 1)
+        e2e.append(total / t_end)
+        loop.append(total / t_loop)
+        return 0.0
+
+    repeat(one_b, reps, lambda: flush(url))
+    raw = repeat(lambda: total / _raw_xadd(url, nch, 8, npts, 1), reps, lambda: flush(url))
+    fig = Figure("1b emit 0D float64, 10 ch, 1 point per emit", Stat.of(loop, "emit calls/s"),
+                 Stat.of(raw, "points/s"), ">= 165k emit calls/s",
+                 extra={"end_to_end": Stat.of(e2e, "points/s").__dict__})
+    fig.met = fig.value.median >= 165_000
+    figures.append(fig)
+
+    # (c) 1D spectra 1024 float32, 10 channels, one spectrum per emit.
+    nch, npts = 10, (1_000 if quick else 10_000)
+    total = nch * npts
+    pub = repeat(lambda: total / _publish(url, nch, "float32", (1024,), npts, 1)[1], reps,
+                 lambda: flush(url))
+    raw = repeat(lambda: total / _raw_xadd(url, nch, 4096, npts, 1), reps, lambda: flush(url))
+    fig = Figure("1c publish 1D 1024 float32, 10 ch, 1 spectrum per emit",
+                 Stat.of(pub, "points/s"), Stat.of(raw, "points/s"), ">= 0.7 x baseline")
+    fig.met = fig.ratio is not None and fig.ratio >= 0.7
+    figures.append(fig)
+    return figures
+
+
+def scale_channels(url: str, quick: bool) -> list[dict[str, float]]:
+    """(5) Publish rate of 1000-point batches against the number of channels."""
+    rows = []
+    reps = 2 if quick else 5
+    for nch in (10, 100, 1000):
+        npts = (2_000 if quick else 20_000) if nch == 1000 else (10_000 if quick else 100_000)
+        total = nch * npts
+        pub = repeat(lambda: total / _publish(url, nch, "float64", (), npts, 1000)[1], reps,
+                     lambda: flush(url))
+        raw = repeat(lambda: total / _raw_xadd(url, nch, 8, npts, 1000), reps, lambda: flush(url))
+        p, r = Stat.of(pub, "points/s"), Stat.of(raw, "points/s")
+        rows.append({"channels": nch, "publish_median": p.median, "publish_p99": p.p99,
+                     "raw_median": r.median, "ratio": p.median / r.median})
+    return rows
