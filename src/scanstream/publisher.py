@@ -11,8 +11,9 @@ A scan is published as::
 
 ``emit`` never waits on Redis: points are queued and a background thread per scan sends
 whatever has accumulated as one entry per channel, in one MULTI/EXEC, as soon as the
-previous send is done. Latency stays at one round trip; batching grows by itself with
-the rate.
+previous send is done (and at most every few milliseconds). Latency stays bounded; batching
+grows by itself with the rate. The data publishers and the sender are in
+:mod:`scanstream.data_publishers`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,17 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+import redis
+
 from . import encoding
+from .data_publishers import (
+    ChannelPublisher,
+    LimaPublisher,
+    ScanRefPublisher,
+    _DataPublisher,
+    _NodePublisher,
+    _Sender,
+)
 from .exceptions import (
     EncodingError,
     InvalidArgumentError,
@@ -44,11 +55,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Entries above this size are split: keeps single replies small for readers using COUNT.
-_MAX_ENTRY_BYTES = 4 << 20
-# A channel with more points than this waiting to be sent makes emit() send them itself:
-# memory stays bounded when Redis is slower than the acquisition.
-_MAX_PENDING_POINTS = 1 << 20
+__all__ = [
+    "ChannelPublisher",
+    "ContainerPublisher",
+    "LimaPublisher",
+    "PublishingSession",
+    "ScanPublisher",
+    "ScanRefPublisher",
+    "create_session",
+]
 
 
 def create_session(
@@ -162,24 +177,9 @@ class PublishingSession:
             keys.session_scans(self.name),
             {"event": "NEW_SCAN", "scan": number, "name": name, "node_type": node_type},
         )
-        scan._start_background()
+        scan._sender.start()
         self._scans.add(scan)
         return scan
-
-
-class _NodePublisher:
-    """Common part of publishers of nodes: name, index and place in the tree."""
-
-    type = "container"
-
-    def __init__(self, scan: ScanPublisher, index: int, name: str, parent_db_name: str) -> None:
-        self.scan = scan
-        self.index = index
-        self.name = name
-        self.db_name = f"{parent_db_name}:{name}"
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.db_name!r}>"
 
 
 class ContainerPublisher(_NodePublisher):
@@ -264,212 +264,6 @@ class ContainerPublisher(_NodePublisher):
         )
 
 
-class _DataPublisher(_NodePublisher):
-    """A node with a data stream: queues batches that the scan's sender thread sends."""
-
-    def __init__(self, scan: ScanPublisher, index: int, name: str, parent_db_name: str, codec: Any) -> None:
-        super().__init__(scan, index, name, parent_db_name)
-        self.codec = codec
-        self.key = scan.store.keys.scan_data(scan.session.name, scan.number, index)
-        self._lock = threading.Lock()
-        self._pending: list[Any] = []
-        self._emitted = 0  # points accepted by emit()
-        self._sent = 0  # points acknowledged by Redis
-
-    def __len__(self) -> int:
-        """Number of points emitted so far (sent or queued)."""
-        return self._emitted
-
-    def _queue(self, batch: Any, npoints: int) -> None:
-        scan = self.scan
-        if scan._closing or scan._send_error is not None:
-            scan._raise_if_cannot_emit()
-        with self._lock:
-            self._pending.append(batch)
-            self._emitted += npoints
-        if not scan._wake.is_set():
-            scan._wake.set()
-        if self._emitted - self._sent > _MAX_PENDING_POINTS:
-            scan.flush()
-
-    def _take(self) -> list[Any]:
-        with self._lock:
-            pending, self._pending = self._pending, []
-        return pending
-
-    def _give_back(self, batches: list[Any]) -> None:
-        with self._lock:
-            self._pending[:0] = batches
-
-    def _encode(self, batches: list[Any]) -> list[tuple[encoding.Fields, int]]:
-        """Encode queued batches as ``(fields, npoints)`` entries."""
-        raise NotImplementedError
-
-
-class ChannelPublisher(_DataPublisher):
-    """A numeric channel. Use :meth:`ContainerPublisher.create_channel`."""
-
-    type = "channel"
-
-    def __init__(self, scan: ScanPublisher, index: int, name: str, parent_db_name: str, codec: Any) -> None:
-        super().__init__(scan, index, name, parent_db_name, codec)
-        self.dtype = codec.dtype
-        self.shape = codec.shape
-        # Python floats/ints into a float channel skip numpy per point: converted per batch.
-        self._fast_types: tuple[type, ...] = (
-            (float, int) if codec.dtype.kind == "f" and codec.shape == () else ()
-        )
-        self._scalars: list[Any] = []
-
-    def emit(self, data: Any) -> None:
-        """Publish one point or a batch of points.
-
-        Does not wait on Redis. ``data`` of the point shape is one point; of shape
-        ``(n,) + shape`` it is ``n`` points.
-
-        Raises
-        ------
-        EncodingError
-            Wrong dtype kind (e.g. floats into an integer channel), wrong shape, values out of
-            range, empty batch. Nothing is queued then; earlier points are unaffected.
-        ScanEndedError
-            The scan has ended.
-        redis.exceptions.ConnectionError
-            A previous send failed (the unsent points stay queued and are sent with the next).
-        """
-        if type(data) in self._fast_types:
-            scan = self.scan
-            if scan._closing or scan._send_error is not None:
-                scan._raise_if_cannot_emit()
-            with self._lock:
-                self._scalars.append(data)
-                self._emitted += 1
-            if not scan._wake.is_set():
-                scan._wake.set()
-            return
-        batch = self.codec.batch(data)
-        self._queue_after_scalars(batch, len(batch))
-
-    def _queue_after_scalars(self, batch: Any, npoints: int) -> None:
-        # Keep point order: scalars queued by the fast path go before this batch.
-        if self._scalars:
-            with self._lock:
-                self._flush_scalars_locked()
-        self._queue(batch, npoints)
-
-    def _flush_scalars_locked(self) -> None:
-        import numpy as np
-
-        if self._scalars:
-            self._pending.append(np.array(self._scalars, dtype=self.dtype))
-            self._scalars = []
-
-    def _take(self) -> list[Any]:
-        with self._lock:
-            self._flush_scalars_locked()
-            pending, self._pending = self._pending, []
-        return pending
-
-    def _encode(self, batches: list[Any]) -> list[tuple[encoding.Fields, int]]:
-        import numpy as np
-
-        codec = self.codec
-        if codec.variable:
-            points = [p for b in batches for p in b]
-            out, chunk, size = [], [], 0
-            for p in points:
-                chunk.append(p)
-                size += p.nbytes
-                if size >= _MAX_ENTRY_BYTES:
-                    out.append((codec.encode(chunk), len(chunk)))
-                    chunk, size = [], 0
-            if chunk:
-                out.append((codec.encode(chunk), len(chunk)))
-            return out
-        data = batches[0] if len(batches) == 1 else np.concatenate(batches)
-        per_point = max(1, data.itemsize * max(1, codec.point_size))
-        step = max(1, _MAX_ENTRY_BYTES // per_point)
-        return [(codec.encode(data[i : i + step]), len(data[i : i + step])) for i in range(0, len(data), step)]
-
-
-class LimaPublisher(_DataPublisher):
-    """A 2D detector node publishing image references. Use ``create_lima``."""
-
-    type = "lima"
-
-    def emit(self, references: Any) -> None:
-        """Publish references to newly saved images.
-
-        Parameters
-        ----------
-        references : sequence
-            :class:`~scanstream.ImageReference` items or ``(file_path, path_in_file,
-            index_in_file, file_format)`` tuples, one per image, in acquisition order.
-
-        Raises
-        ------
-        EncodingError
-            Malformed reference, or the node is in NOSAVING mode (use :meth:`emit_unsaved`).
-        """
-        if not self.codec.saved:
-            raise EncodingError(
-                f"lima node {self.name!r} is in NOSAVING mode: publish image counts with "
-                "emit_unsaved(count)"
-            )
-        batch = self.codec.batch(references)
-        self._queue(batch, len(batch))
-
-    def emit_unsaved(self, count: int) -> None:
-        """Publish that ``count`` more images were acquired without being saved (NOSAVING)."""
-        if self.codec.saved:
-            raise EncodingError(
-                f"lima node {self.name!r} saves its images: publish their references with emit()"
-            )
-        if not isinstance(count, int) or count <= 0:
-            raise EncodingError(f"lima node {self.name!r}: count must be a positive int, got {count!r}")
-        self._queue(count, count)
-
-    def _encode(self, batches: list[Any]) -> list[tuple[encoding.Fields, int]]:
-        if not self.codec.saved:
-            total = sum(batches)
-            return [(self.codec.encode(total), total)]
-        refs = [r for b in batches for r in b]
-        step = 10000
-        return [(self.codec.encode(refs[i : i + step]), len(refs[i : i + step])) for i in range(0, len(refs), step)]
-
-
-class ScanRefPublisher(_DataPublisher):
-    """A channel of references to other scans (the sub-scans of a scan group)."""
-
-    type = "node_ref_channel"
-
-    def emit(self, scans: Any) -> None:
-        """Publish references to scans: ScanPublisher, ScanNode or ``(session, number)``."""
-        items = scans if isinstance(scans, (list, tuple)) and not _is_ref_pair(scans) else [scans]
-        batch = []
-        for item in items:
-            if hasattr(item, "session_name") and hasattr(item, "number"):
-                batch.append((str(item.session_name), int(item.number)))
-            elif _is_ref_pair(item):
-                batch.append((str(item[0]), int(item[1])))
-            else:
-                raise EncodingError(
-                    f"scan reference channel {self.name!r}: {item!r} is not a scan or a "
-                    "(session, number) pair"
-                )
-        if not batch:
-            raise EncodingError(f"scan reference channel {self.name!r}: empty batch")
-        self._queue(batch, len(batch))
-
-    def _encode(self, batches: list[Any]) -> list[tuple[encoding.Fields, int]]:
-        refs = [r for b in batches for r in b]
-        return [(self.codec.encode(refs), len(refs))]
-
-
-def _is_ref_pair(item: Any) -> bool:
-    return isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], int)
-
-
 class ScanPublisher:
     """A scan being published. Use :meth:`PublishingSession.create_scan`.
 
@@ -492,11 +286,11 @@ class ScanPublisher:
         self._data_nodes: list[_DataPublisher] = []
         self._names: set[tuple[int, str]] = set()
         self._tree_lock = threading.Lock()
-        self._send_lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = False
+        # Set when the scan failed (Redis full, or unreachable for too long): every emit raises it.
         self._send_error: BaseException | None = None
-        self._thread: threading.Thread | None = None
+        self._sender = _Sender(self)
 
     @property
     def session_name(self) -> str:
@@ -606,10 +400,14 @@ class ScanPublisher:
         Raises
         ------
         redis.exceptions.ConnectionError
-            Redis cannot be reached; the points stay queued.
+            Redis cannot be reached (after redis-py's retries); the points stay queued,
+            unless Redis has been unreachable for ``max_unreachable_time`` (the scan failed).
+        redis.exceptions.OutOfMemoryError
+            Redis is full: the scan has been ended FAILED.
         """
-        with self._send_lock:
-            self._send_pending()
+        if self._send_error is not None:
+            raise self._send_error
+        self._sender.send(raise_errors=True)
 
     def end(
         self,
@@ -637,6 +435,12 @@ class ScanPublisher:
         InvalidTransitionError
             The scan had already ended (for example declared KILLED after its lease
             expired while this process was frozen).
+        redis.exceptions.OutOfMemoryError
+            Ending DONE while Redis is full: the queued points stay queued, call ``end``
+            again once memory is freed. Ending in another state drops the points Redis
+            refuses (their number goes into the error text) and ends the scan anyway.
+        redis.exceptions.ConnectionError
+            Redis cannot be reached (after the retries).
         """
         state = ScanState[state] if isinstance(state, str) else ScanState(state)
         if not state.is_final:
@@ -645,9 +449,17 @@ class ScanPublisher:
             raise InvalidTransitionError(self._state, state)
         update = check_scan_info(info_update)
         self._closing = True
-        self._stop_background()
-        with self._send_lock:
-            self._send_pending()
+        self._sender.stop()
+        if not self._sender.fatal:
+            try:
+                self._sender.send(raise_errors=True)
+            except redis.exceptions.ResponseError as exc:
+                if state is ScanState.DONE:
+                    raise  # the points stay queued: end() again once Redis accepts them
+                # Ending FAILED/ABORTED/KILLED must not depend on a full Redis taking the rest.
+                dropped = sum(node._drop() for node in self._data_nodes)
+                note = f"{dropped} points could not be stored: {exc.__cause__ or exc}"
+                error = f"{error}; {note}" if error else note
         now = time.time()
         self._info.update(update)
         self._info.update(end_time=iso_time(now), end_timestamp=now, state=state.name)
@@ -661,6 +473,10 @@ class ScanPublisher:
             now,
             info_json=encoding.dumps(self._info),
         )
+        if outcome == "ended" and final == state.name and state is not ScanState.KILLED:
+            # Only this publisher ends a scan in a state other than KILLED: this is our own
+            # END, replayed by redis-py after its reply was lost.
+            outcome = "ok"
         if outcome == "ended":
             self._state = ScanState[final]
             raise InvalidTransitionError(
@@ -671,69 +487,7 @@ class ScanPublisher:
         self._state = state
 
     def _raise_if_cannot_emit(self) -> None:
+        if self._send_error is not None:
+            raise self._send_error
         if self._closing or self._state.is_final:
             raise ScanEndedError(f"scan {self.db_name} has ended ({self._state.name}): emit refused")
-        error, self._send_error = self._send_error, None
-        if error is not None:
-            raise error
-
-    # -- background sender ------------------------------------------------------------
-    def _start_background(self) -> None:
-        self._thread = threading.Thread(
-            target=self._background, name=f"scanstream-send-{self.db_name}", daemon=True
-        )
-        self._thread.start()
-
-    def _stop_background(self) -> None:
-        self._wake.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
-
-    def _background(self) -> None:
-        """Send queued points as soon as there are some; renew the lease meanwhile."""
-        keys = self.store.keys
-        lease_key = keys.scan_lease(self.session.name, self.number)
-        lease_ms = int(self.store.settings.lease_time * 1000)
-        period = self.store.settings.lease_time / 3
-        next_renewal = time.monotonic() + period
-        while not self._closing:
-            self._wake.wait(max(0.0, next_renewal - time.monotonic()))
-            self._wake.clear()
-            try:
-                if self._closing:
-                    break
-                with self._send_lock:
-                    self._send_pending()
-                if time.monotonic() >= next_renewal:
-                    self.store.redis.set(lease_key, b"1", px=lease_ms)
-                    next_renewal = time.monotonic() + period
-            except Exception as exc:  # reported to the acquisition thread by the next emit
-                logger.warning("scan %s: sending data failed: %s", self.db_name, exc)
-                self._send_error = exc
-                time.sleep(min(0.5, period))
-
-    def _send_pending(self) -> None:
-        """Send all queued batches in one transaction (caller holds the send lock)."""
-        taken = [(node, node._take()) for node in self._data_nodes]
-        taken = [(node, batches) for node, batches in taken if batches]
-        if not taken:
-            return
-        pipe = self.store.redis.pipeline(transaction=True)
-        sent: list[tuple[_DataPublisher, int]] = []
-        try:
-            for node, batches in taken:
-                first = node._sent
-                for fields, npoints in node._encode(batches):
-                    # The entry ID is the index of the entry's first point: any range is
-                    # addressable with XRANGE/XREVRANGE, and a duplicate or a write after the
-                    # seal is refused by Redis (IDs must grow).
-                    pipe.xadd(node.key, fields, id=f"{first}-1")
-                    first += npoints
-                sent.append((node, first))
-            pipe.execute()
-        except BaseException:
-            for node, batches in taken:
-                node._give_back(batches)
-            raise
-        for node, total in sent:
-            node._sent = total

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from .exceptions import InvalidArgumentError, ProtocolVersionError, SessionNotFoundError
@@ -45,6 +46,15 @@ class Settings:
     retention_time : float
         Seconds an ended scan stays in Redis (``SCANSTREAM_RETENTION_TIME``, default one
         day). 0 keeps it until deleted.
+    max_unreachable_time : float
+        Seconds a publisher keeps queuing points while Redis cannot be reached
+        (``SCANSTREAM_MAX_UNREACHABLE_TIME``, default 30). Past it, the scan fails: ``emit``
+        raises ``redis.exceptions.ConnectionError`` naming the scan, and the queued points
+        are dropped instead of buffered without bound.
+    retry : redis.retry.Retry or None
+        redis-py retry policy of the connection pool, applied to every command on
+        ``ConnectionError`` and ``TimeoutError``. None: :func:`default_retry` (exponential
+        backoff with jitter, 10 ms to 1 s, 6 retries: about 2 s of outage hidden per command).
     """
 
     redis_url: str | None = None
@@ -52,6 +62,7 @@ class Settings:
     lease_time: float = 10.0
     retention_time: float = 86400.0
     retry: Retry | None = field(default=None, compare=False)
+    max_unreachable_time: float = 30.0
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -61,6 +72,7 @@ class Settings:
             "prefix": os.environ.get("SCANSTREAM_PREFIX") or DEFAULT_PREFIX,
             "lease_time": _env_float("SCANSTREAM_LEASE_TIME", 10.0),
             "retention_time": _env_float("SCANSTREAM_RETENTION_TIME", 86400.0),
+            "max_unreachable_time": _env_float("SCANSTREAM_MAX_UNREACHABLE_TIME", 30.0),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
@@ -68,7 +80,26 @@ class Settings:
             raise InvalidArgumentError(f"lease_time must be positive, got {settings.lease_time!r}")
         if settings.retention_time < 0:
             raise InvalidArgumentError(f"retention_time must be >= 0, got {settings.retention_time!r}")
+        if settings.max_unreachable_time <= 0:
+            raise InvalidArgumentError(
+                f"max_unreachable_time must be positive, got {settings.max_unreachable_time!r}"
+            )
         return settings
+
+
+def default_retry() -> Retry:
+    """The redis-py retry policy used when :class:`Settings` gives none.
+
+    Retries network errors only (``ConnectionError``, ``TimeoutError``), never a refusal by
+    the server. A retried write may have been applied before its reply was lost: the
+    publisher makes its writes idempotent (data entry IDs are point indices, and a replayed
+    entry is recognised as a duplicate), and readers ignore replayed lifecycle entries.
+    """
+    return Retry(
+        ExponentialWithJitterBackoff(base=0.01, cap=1.0),
+        retries=6,
+        supported_errors=(redis.exceptions.ConnectionError, redis.exceptions.TimeoutError),
+    )
 
 
 # Ends a scan atomically: seals every data stream with its final length, appends END to the
@@ -94,18 +125,36 @@ for _, entry in ipairs(redis.call('XRANGE', events, '-', '+')) do
   local f = entry[2]
   local kv = {}
   for i = 1, #f, 2 do kv[f[i]] = f[i + 1] end
-  if kv['event'] == 'NEW_NODE' and kv['type'] ~= 'container' then
+  -- A NEW_NODE replayed by a client retry appears twice: seal each stream once.
+  if kv['event'] == 'NEW_NODE' and kv['type'] ~= 'container' and lengths[kv['node']] == nil then
     local key = scan .. ':data:' .. kv['node']
     local total = 0
+    local seal_id = nil
+    local already = false
     local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
     if #last > 0 then
+      local first, seq = string.match(last[1][1], '^(%d+)-(%d+)$')
+      first, seq = tonumber(first), tonumber(seq)
+      local n, sealed = nil, nil
       local lf = last[1][2]
       for i = 1, #lf, 2 do
-        if lf[i] == 'n' then total = tonumber(string.match(last[1][1], '^(%d+)')) + tonumber(lf[i + 1]) end
-        if lf[i] == 'end' then total = tonumber(lf[i + 1]) end
+        if lf[i] == 'n' then n = tonumber(lf[i + 1]) end
+        if lf[i] == 'end' then sealed = tonumber(lf[i + 1]) end
+      end
+      if sealed then
+        total = sealed
+        already = true
+      elseif n and n > 0 then
+        total = first + n
+      else
+        -- A corrupt last entry (no valid count): seal just after it; readers report it.
+        total = first
+        seal_id = first .. '-' .. (seq + 1)
       end
     end
-    redis.call('XADD', key, total .. '-1', 'end', total)
+    if not already then
+      redis.call('XADD', key, seal_id or (total .. '-1'), 'end', total)
+    end
     lengths[kv['node']] = total
     table.insert(data_keys, key)
   end
@@ -125,6 +174,12 @@ if retention > 0 then
 end
 return {'ok', state}
 """
+
+# The same script allowed to run when Redis is full (maxmemory reached, noeviction): ending a
+# scan as FAILED adds only a few small entries, and refusing it would leave the scan running
+# until its lease expires, when ending it as KILLED would be refused too. Script flags
+# need Redis >= 7.0; on older servers the OOM error of the plain script stands.
+_END_SCAN_LUA_ALLOW_OOM = "#!lua flags=allow-oom\n" + _END_SCAN_LUA
 
 
 class DataStore:
@@ -161,10 +216,11 @@ class DataStore:
             socket_connect_timeout=10,
             # Blocking reads are sliced to <= 1 s, so a 30 s timeout only fires on a dead server.
             socket_timeout=30,
-            retry=self.settings.retry,
+            retry=self.settings.retry or default_retry(),
             health_check_interval=30,
         )
         self._end_scan_script = self.redis.register_script(_END_SCAN_LUA)
+        self._end_scan_script_oom = self.redis.register_script(_END_SCAN_LUA_ALLOW_OOM)
         self._protocol_checked = False
         self._finalizer = weakref.finalize(self, self.redis.close)
         self.check_protocol()
@@ -247,7 +303,13 @@ class DataStore:
             "1" if only_if_lease_expired else "0",
             info_json,
         ]
-        outcome, final = self._end_scan_script(keys=keys, args=args)
+        try:
+            outcome, final = self._end_scan_script(keys=keys, args=args)
+        except redis.exceptions.OutOfMemoryError as exc:
+            try:
+                outcome, final = self._end_scan_script_oom(keys=keys, args=args)
+            except redis.exceptions.ResponseError:
+                raise exc from None
         return outcome.decode(), final.decode() if final else ""
 
 
