@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from . import admin, server
+from . import admin, demo, server
 from .exceptions import ScanstreamError
 from .logs import configure_logging
 from .sim import cli as sim_cli
@@ -117,6 +117,7 @@ COMMANDS: tuple[Command, ...] = (
             _configure_server, _run_server),
     Command("scan", sim_cli.SCAN_HELP, sim_cli.configure_scan, sim_cli.run_scan),
     Command("writer", writer_cli.WRITER_HELP, writer_cli.configure_writer, writer_cli.run_writer),
+    Command("demo", demo.DEMO_HELP, demo.configure_demo, demo.run_demo),
     Command("ls", "list sessions and their stored scans (state, points, memory)",
             _configure_ls, _run_ls),
     Command("delete", "delete stored scans of a session: ended and saved ones only, "

@@ -1,0 +1,151 @@
+"""``scanstream demo``: publish the catalogue of example scans and write their NeXus files.
+
+It starts a writer process for the demo session (unless a writer already runs for it), runs
+the catalogue of simulated scans (:mod:`scanstream.sim.catalogue`), waits until the writer
+has saved every scan, and prints where the files are with one line per scan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+
+from .exceptions import ScanstreamError
+from .nodes import get_session_node
+from .publisher import create_session
+from .server import resolve_url
+from .sim import SavingConfig
+from .sim.catalogue import run_catalogue
+from .store import DataStore
+from .writer import saved_scans, scan_file_path, writer_status
+
+DEMO_HELP = "publish the example scans and write their NeXus files (a writer process is started)"
+#: Seconds to wait for the writer to start, and then for the files once the scans have run.
+START_TIMEOUT = 30.0
+SAVE_TIMEOUT = 120.0
+
+
+def configure_demo(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``scanstream demo``."""
+    parser.add_argument("--root", default="scanstream_demo", metavar="DIR",
+                        help="base directory of the data files (default: ./scanstream_demo)")
+    parser.add_argument("--session", default="demo", help="session name (default: demo)")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Run the demo; exit code 0 when every scan was saved."""
+    url = resolve_url(args.redis_url)
+    root = Path(args.root).expanduser().resolve()
+    store = DataStore(url)
+    writer = None
+    try:
+        status = writer_status(args.session, store=store)
+        if status is None:
+            writer = _start_writer(url, args.session, root, store)
+        else:
+            print(f"using the writer already running for session {args.session!r} "
+                  f"(pid {status['pid']} on {status['host']})")
+        # A new dataset per run: the files of earlier runs are never touched.
+        dataset = time.strftime("%Y%m%d_%H%M%S")
+        saving = SavingConfig(root, args.session, sample="demo", dataset=dataset)
+        print(f"running the example scans in session {args.session!r}...", flush=True)
+        session = create_session(args.session, store=store)
+        results = run_catalogue(session, saving, on_result=lambda name, r: print(
+            f"  {r.db_name:<28} {r.state.name:<13} {sum(r.acquired.values()):>5} points", flush=True))
+        first = min(r.number for r in results)  # the run's scans, sub-scans of sequences too
+        numbers = {s.number for s in get_session_node(args.session, store=store).children()
+                   if s.number >= first}
+        missing = _wait_saved(store, args.session, numbers)
+        _summary(store, args.session, sorted(numbers), root)
+        if missing:
+            print(f"NOT saved: scans {sorted(missing)}; see `scanstream writer --status "
+                  f"{args.session}`", file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        if writer is not None:
+            writer.terminate()
+            try:
+                writer.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                writer.kill()
+                writer.wait(timeout=5)
+        store.close()
+
+
+def _start_writer(url: str, session: str, root: Path, store: DataStore) -> subprocess.Popen[bytes]:
+    print(f"starting a writer for session {session!r} (files under {root})", flush=True)
+    log = root / "writer.log"
+    root.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        writer = subprocess.Popen(
+            [sys.executable, "-m", "scanstream", "--redis-url", url, "writer", session,
+             "--root", str(root)], stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + START_TIMEOUT
+    while (writer_status(session, store=store) or {}).get("pid") != writer.pid:
+        if writer.poll() is not None or time.monotonic() > deadline:
+            writer.kill()
+            raise ScanstreamError(f"the writer process did not start; see its log {log}")
+        time.sleep(0.1)
+    return writer
+
+
+def _wait_saved(store: DataStore, session: str, numbers: set[int]) -> set[int]:
+    """Wait until every scan is saved or reported failed; return those not saved."""
+    deadline = time.monotonic() + SAVE_TIMEOUT
+    shown = -1
+    while True:
+        saved = saved_scans(session, store=store) & numbers
+        status = writer_status(session, store=store) or {}
+        failed = {int(e["scan"].split("_", 1)[0]) for e in status.get("errors", [])} & numbers
+        finished = saved | failed >= numbers or time.monotonic() > deadline
+        if len(saved) != shown and (sys.stdout.isatty() or finished):
+            shown = len(saved)
+            end = "\n" if finished else ""
+            print(f"\rwriter: {len(saved)}/{len(numbers)} scans saved", end=end, flush=True)
+        if finished:
+            return numbers - saved
+        time.sleep(0.1)
+
+
+def _summary(store: DataStore, session: str, numbers: list[int], root: Path) -> None:
+    node = get_session_node(session, store=store)
+    files: dict[Path, list[str]] = {}
+    for number in numbers:
+        scan = node.get_scan(number)
+        info = scan.info
+        if info.get("save") is False:
+            files.setdefault(Path("(not saved: saving off)"), []).append(
+                f"{number:>4}  {info.get('title', scan.name)}")
+            continue
+        path = scan_file_path(info, session, root)
+        files.setdefault(path, []).append(_describe_entry(path, number))
+    for path, lines in files.items():
+        print(f"\n{path}")
+        for line in lines:
+            print(f"  {line}")
+
+
+def _describe_entry(path: Path, number: int) -> str:
+    """``"3.1  ascan roby 0 1 10 0.1  DONE  5 channels x 11 points"`` from the file itself."""
+    try:
+        with h5py.File(path, "r", locking=False) as file:
+            names = sorted((n for n in file if n.split(".")[0] == str(number)),
+                           key=lambda n: int(n.split(".")[1]))
+            parts = []
+            for name in names:
+                entry = file[name]
+                lengths = [d.shape[0] for d in entry["measurement"].values()
+                           if isinstance(d, h5py.Dataset) and not d.name.endswith(("_lengths", "_references"))]
+                title = entry["title"].asstr()[()]
+                reason = entry["end_reason"].asstr()[()] if "end_reason" in entry else "?"
+                points = f"{max(lengths)} points" if lengths else "no data"
+                parts.append(f"{name:<5} {title:<36} {reason:<13} {len(lengths)} channels, {points}")
+            return "\n  ".join(parts) if parts else f"{number}: no entry in the file"
+    except (OSError, KeyError) as exc:
+        return f"{number}: cannot read the file: {exc}"

@@ -1,0 +1,77 @@
+"""The example scripts run as a user runs them, against the test server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from scanstream import create_session
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _start(script: str, redis_url: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(EXAMPLES / script), "--redis-url", redis_url, "--session", "ex", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def _wait_listening(proc: subprocess.Popen[str], marker: str) -> None:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 20
+    line = ""
+    while marker not in line:
+        assert time.monotonic() < deadline and proc.poll() is None, f"no {marker!r} line"
+        line = proc.stdout.readline()
+
+
+def _publish(store) -> None:
+    session = create_session("ex", store=store)
+    with session.create_scan("ascan", {"title": "ascan roby 0 1 4 0.1"}) as scan:
+        timer = scan.create_container("timer")
+        roby = timer.create_channel("axis:roby", "float64")
+        spectra = timer.create_channel("mca:det", "int32", (-1,))
+        scan.prepared()
+        for x in np.linspace(0, 1, 5):
+            roby.emit(x)
+        spectra.emit([np.arange(n, dtype=np.int32) for n in (3, 1, 4, 1, 5)])
+
+
+def test_listen_session_prints_each_scan_with_its_counts(redis_url, store):
+    proc = _start("listen_session.py", redis_url, "--timeout", "3")
+    try:
+        _wait_listening(proc, "listening")
+        time.sleep(0.3)  # the walk starts from the next scan: let it reach its first read
+        _publish(store)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    assert "scan started: 1_ascan  ascan roby 0 1 4 0.1" in out
+    assert "scan ended:   1_ascan  DONE" in out
+    assert "axis:roby=5" in out and "mca:det=5" in out
+
+
+def test_external_saving_example_writes_the_scan(redis_url, store, tmp_path):
+    output = tmp_path / "scans.h5"
+    proc = _start("external_saving_example.py", redis_url, "--output", str(output), "--timeout", "3")
+    try:
+        _wait_listening(proc, "saving the scans")
+        time.sleep(0.3)  # the walk starts from the next scan: let it reach its first read
+        _publish(store)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    assert "saved 1_ascan (DONE)" in out
+    with h5py.File(output, "r") as file:
+        assert file["1.1/measurement/axis:roby"][()].tolist() == np.linspace(0, 1, 5).tolist()
+        ragged = file["1.1/measurement/mca:det"]
+        assert [list(p) for p in ragged] == [list(range(n)) for n in (3, 1, 4, 1, 5)]
+        assert file["1.1/end_reason"][()] == b"DONE"
