@@ -70,7 +70,10 @@ class _ScanFollow:
     last_id: bytes = b"0-0"
     inside: set[int] = field(default_factory=set)  # node indices in the walked subtree
     closed: set[int] = field(default_factory=set)  # nodes whose children are excluded
+    seen: set[int] = field(default_factory=set)  # NEW_NODE entries handled (replays skipped)
+    prepared: bool = False
     data: dict[bytes, _DataFollow] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # node db_name -> DecodingError text
     ended: bool = False
 
 
@@ -109,6 +112,10 @@ class Walker:
         self._session_last = b"0-0"
         self._scans: dict[bytes, _ScanFollow] = {}
         self._data: dict[bytes, _DataFollow] = {}
+        self._announced: set[int] = set()  # scan numbers seen in NEW_SCAN (replays skipped)
+        #: Corrupt data met during the walk: node db_name -> the DecodingError. The walk
+        #: stops following such a node and goes on with the others (see _on_data).
+        self.errors: dict[str, DecodingError] = {}
         self._finished = False
         self._lease_period = min(1.0, self.store.settings.lease_time / 4)
         self._next_lease_check = 0.0
@@ -239,8 +246,12 @@ class Walker:
             return
         session = self.root
         assert isinstance(session, SessionNode)
+        number = int(fields[b"scan"])
+        if number in self._announced:
+            return  # a NEW_SCAN written twice by a client retry whose reply was lost
+        self._announced.add(number)
         try:
-            scan = session.get_scan(int(fields[b"scan"]))
+            scan = session.get_scan(number)
         except ScanNotFoundError:
             logger.info("session %s: scan %s expired, skipped", session.name, fields.get(b"scan"))
             return
@@ -255,6 +266,9 @@ class Walker:
             if not follow.lifecycle_only:
                 self._on_new_node(follow, fields, events)
         elif kind == b"PREPARED":
+            if follow.prepared:
+                return  # replayed by a client retry
+            follow.prepared = True
             if follow.subtree_root == 0 and self._include(scan):
                 events.append(Event(EventType.PREPARED_SCAN, scan, EventData(data="PREPARED_SCAN")))
         elif kind == b"END":
@@ -263,6 +277,9 @@ class Walker:
     def _on_new_node(self, follow: _ScanFollow, fields: dict[bytes, bytes], events: list[Event]) -> None:
         node = follow.scan.node_from_entry(fields)
         index = node.index  # type: ignore[attr-defined]
+        if index in follow.seen:
+            return  # a NEW_NODE written twice by a client retry whose reply was lost
+        follow.seen.add(index)
         parent = int(fields[b"parent"])
         if parent in follow.closed:
             follow.closed.add(index)  # descendants of an excluded node stay hidden
@@ -283,32 +300,70 @@ class Walker:
             self._data[key] = data
 
     def _on_data(self, follow: _DataFollow, entries: list[Any], events: list[Event]) -> None:
+        try:
+            self._read_data(follow, entries, events)
+        except DecodingError as exc:
+            # A corrupt entry: its node's data cannot be trusted past it (even the index of
+            # the next point is unknown), but the other nodes are fine. Report it (log,
+            # ``Walker.errors``, END_SCAN's description) and stop reading this node only.
+            node = follow.node
+            logger.error("%s: %s; this node is no longer followed by the walk", node.db_name, exc)
+            self.errors[node.db_name] = exc
+            follow.scan.errors[node.db_name] = str(exc)
+            follow.sealed = True
+            self._data.pop(node.key.encode(), None)
+
+    def _read_data(self, follow: _DataFollow, entries: list[Any], events: list[Event]) -> None:
         batch = []
+        first_of_batch = follow.next_index
         for entry_id, fields in entries:
-            follow.last_id = entry_id
             if b"end" in fields:
+                follow.last_id = entry_id
                 follow.sealed = True
                 self._data.pop(follow.node.key.encode(), None)
                 break
+            try:
+                count = encoding.entry_count(fields)
+            except DecodingError:  # a corrupt header: deliver the points before it first
+                if batch:
+                    self._data_event(follow, batch, first_of_batch, events)
+                raise
             first = int(entry_id.split(b"-", 1)[0])
             if first != follow.next_index:
                 # Never hand out data at a shifted offset: a gap is an error, not a hole.
                 raise IndexNoMoreThereError(
                     f"{follow.node.db_name}: points {follow.next_index} to {first - 1} are gone from Redis"
                 )
-            follow.next_index = first + encoding.entry_count(fields)
+            follow.last_id = entry_id
+            follow.next_index = first + count
             batch.append(fields)
         if batch:
-            events.append(self._data_event(follow, batch))
+            self._data_event(follow, batch, first_of_batch, events)
 
-    def _data_event(self, follow: _DataFollow, batch: list[dict[bytes, bytes]]) -> Event:
+    def _data_event(
+        self, follow: _DataFollow, batch: list[dict[bytes, bytes]], first: int, events: list[Event]
+    ) -> None:
         node = follow.node
-        count = sum(encoding.entry_count(f) for f in batch)
-        first = follow.next_index - count
-        data = node.codec.decode(batch)
+        try:
+            data = node.codec.decode(batch)
+        except DecodingError:
+            # Deliver the entries before the corrupt one, then report it.
+            good = []
+            for fields in batch:
+                try:
+                    node.codec.decode([fields])
+                except DecodingError:
+                    break
+                good.append(fields)
+            if good:
+                count = sum(encoding.entry_count(f) for f in good)
+                follow.next_index = first + count
+                self._data_event(follow, good, first, events)
+            raise
         if node.type == "node_ref_channel":
             data = node.resolve(data)
-        return Event(EventType.NEW_DATA, node, EventData(first, data, node.description, count))
+        count = follow.next_index - first
+        events.append(Event(EventType.NEW_DATA, node, EventData(first, data, node.description, count)))
 
     def _on_end(self, follow: _ScanFollow, end: ScanEnd, events: list[Event]) -> None:
         scan = follow.scan
@@ -328,6 +383,9 @@ class Walker:
                     if n.type in DATA_NODE_TYPES
                 },
             }
+            if follow.errors:
+                # Nodes whose data was corrupt (DecodingError text): not read to their end.
+                description["decoding_errors"] = dict(follow.errors)
             events.append(Event(EventType.END_SCAN, scan, EventData(data=end.state, description=description)))
         self._unfollow_scan(follow)
         if self._session_key is None:

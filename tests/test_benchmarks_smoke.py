@@ -1,0 +1,34 @@
+"""``python -m benchmarks --quick --json PATH`` runs and writes every figure (no timing checks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.timeout(150)
+def test_quick_benchmarks_write_their_figures(server_binary: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    env = dict(os.environ)
+    env.pop("SCANSTREAM_REDIS_URL", None)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--json", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| figure |" in proc.stdout
+    result = json.loads(out.read_text())
+    names = [f["name"] for f in result["figures"]]
+    for prefix in ("1a ", "1b ", "1c ", "2 ", "4 "):
+        assert any(n.startswith(prefix) for n in names), (prefix, names)
+    for figure in result["figures"]:
+        assert figure["value"]["median"] > 0 and figure["value"]["runs"] >= 1
+        assert figure["baseline"] is not None and figure["baseline"]["median"] > 0
+    assert [r["channels"] for r in result["scale_channels"]] == [10, 100, 1000]
+    assert result["scale_latency"] and all(r["all_points_received"] for r in result["scale_latency"])
+    assert result["machine"]["cores"] >= 1

@@ -1,0 +1,266 @@
+"""Connection faults against a real private server: dropped connections, paused or frozen
+server, lost replies, an unreachable server, a full server, corrupt entries.
+
+Every test checks that subscribers get each point exactly once, in order, and that the
+stored data matches what was emitted.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+
+from scanstream import (
+    DataStore,
+    DecodingError,
+    EventType,
+    ScanState,
+    Settings,
+    create_session,
+    get_session_node,
+)
+from scanstream.server import EmbeddedServer
+
+
+@pytest.fixture
+def server(server_binary: Path, tmp_path: Path, free_tcp_port: int) -> Iterator[EmbeddedServer]:
+    """A private server for one test (tests here kill, pause and freeze it)."""
+    srv = EmbeddedServer(tmp_path / "redis", port=free_tcp_port)
+    srv.start(timeout=10)
+    try:
+        yield srv
+    finally:
+        if srv.pid is not None:
+            try:
+                os.kill(srv.pid, signal.SIGCONT)  # a frozen server would not stop on SIGTERM
+            except ProcessLookupError:
+                pass
+        srv.stop()
+
+
+def _store(url: str, **settings: Any) -> DataStore:
+    settings.setdefault("lease_time", 30.0)  # longer than any pause below
+    return DataStore(settings=Settings(redis_url=url, **settings))
+
+
+class _Collector(threading.Thread):
+    """Walks a session in a thread; keeps the points of each channel in arrival order."""
+
+    def __init__(self, url: str, session: str) -> None:
+        super().__init__(daemon=True)
+        self.store = _store(url)
+        self.walker = get_session_node(session, store=self.store).walk_on_new_events(timeout=20)
+        self.points: dict[str, list[np.ndarray]] = {}
+        self.firsts: dict[str, list[int]] = {}
+        self.end: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for event_type, node, data in self.walker:
+                if event_type is EventType.NEW_DATA:
+                    self.points.setdefault(node.name, []).append(np.asarray(data.data))
+                    self.firsts.setdefault(node.name, []).append(data.first_index)
+                elif event_type is EventType.END_SCAN:
+                    self.end = data
+                    return
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+        finally:
+            self.store.close()
+
+    def values(self, name: str) -> np.ndarray:
+        return np.concatenate(self.points.get(name, [np.empty(0)]))
+
+    def finish(self) -> None:
+        self.join(30)
+        assert not self.is_alive(), "the subscriber did not finish"
+        assert self.error is None, self.error
+
+
+def _publish_with_fault(url: str, fault: Any, npoints: int = 3000, nch: int = 4) -> _Collector:
+    """Publish ``npoints`` step points on ``nch`` channels; call ``fault()`` midway."""
+    store = _store(url)
+    try:
+        session = create_session("faults", store=store)
+        collector = _Collector(url, "faults")
+        collector.start()
+        with session.create_scan("s") as scan:
+            top = scan.create_container("timer")
+            channels = [top.create_channel(f"c{i}") for i in range(nch)]
+            scan.prepared()
+            for i in range(npoints):
+                for ch in channels:
+                    ch.emit(float(i))
+                if i == npoints // 2:
+                    fault()
+                if i % 100 == 0:
+                    time.sleep(0.002)
+        collector.finish()
+        expected = np.arange(npoints, dtype=float)
+        for i in range(nch):
+            got = collector.values(f"c{i}")
+            assert np.array_equal(got, expected), f"c{i}: {len(got)} points, not 0..{npoints - 1}"
+            stored = get_session_node("faults", store=store).get_scan(1)
+            node = [n for n in stored.load_nodes() if n.name == f"c{i}"][0]
+            assert np.array_equal(node.get(0, -1), expected)
+        assert collector.end.data == ScanState.DONE
+        return collector
+    finally:
+        store.close()
+
+
+def test_client_kill_publisher_and_subscriber_reconnect(server: EmbeddedServer) -> None:
+    admin = redis.Redis.from_url(server.url, socket_timeout=5)
+
+    def kill() -> None:
+        for _ in range(3):
+            admin.client_kill_filter(_type="normal", skipme=True)
+            time.sleep(0.02)
+
+    try:
+        _publish_with_fault(server.url, kill)
+    finally:
+        admin.close()
+
+
+def test_client_pause_is_waited_out(server: EmbeddedServer) -> None:
+    admin = redis.Redis.from_url(server.url, socket_timeout=5)
+    try:
+        _publish_with_fault(server.url, lambda: admin.client_pause(300, all=True))
+    finally:
+        admin.close()
+
+
+def test_sigstop_sigcont_of_the_server(server: EmbeddedServer) -> None:
+    pid = server.pid
+    assert pid is not None
+
+    def freeze() -> None:
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.5)
+        os.kill(pid, signal.SIGCONT)
+
+    _publish_with_fault(server.url, freeze)
+
+
+def test_replayed_send_is_neither_lost_nor_duplicated(server: EmbeddedServer) -> None:
+    """A transaction replayed after its reply was lost: duplicate IDs count as sent."""
+    store = _store(server.url)
+    try:
+        session = create_session("replay", store=store)
+        scan = session.create_scan("s")
+        channel = scan.create_container("timer").create_channel("c")
+        scan.prepared()
+        channel.emit(np.arange(10.0))
+        batches = channel._take()
+        channel._give_back(batches)
+        scan.flush()
+        # What redis-py's retry does when the reply of EXEC is lost: send it all again.
+        channel._sent = 0
+        channel._give_back(batches)
+        scan.flush()
+        assert channel._sent == 10
+        channel.emit(np.arange(10.0, 15.0))
+        scan.end()
+        node = get_session_node("replay", store=store).get_scan(1).load_nodes()[1]
+        assert np.array_equal(node.get(0, -1), np.arange(15.0))
+        assert store.redis.xlen(node.key) == 3  # two entries and the seal, no duplicate
+    finally:
+        store.close()
+
+
+def test_unreachable_for_too_long_fails_the_scan(server: EmbeddedServer) -> None:
+    store = _store(server.url, max_unreachable_time=0.5)
+    try:
+        session = create_session("gone", store=store)
+        scan = session.create_scan("s")
+        channel = scan.create_container("timer").create_channel("c")
+        scan.prepared()
+        channel.emit(1.0)
+        scan.flush()
+        server.stop()
+        deadline = time.monotonic() + 20
+        with pytest.raises(redis.exceptions.ConnectionError, match="max_unreachable_time") as info:
+            while time.monotonic() < deadline:
+                channel.emit(2.0)
+                time.sleep(0.01)
+        assert "gone:1_s" in str(info.value)
+        assert len(channel) - channel._sent == 0  # the queue was dropped, not kept forever
+    finally:
+        scan._closing = True
+        scan._sender.stop()
+        store.close()
+
+
+def test_full_server_fails_the_scan_and_keeps_earlier_ones(server_binary: Path, tmp_path: Path,
+                                                           free_tcp_port: int) -> None:
+    srv = EmbeddedServer(tmp_path / "full", port=free_tcp_port, maxmemory="8mb")
+    srv.start(timeout=10)
+    store = _store(srv.url)
+    try:
+        session = create_session("full", store=store)
+        with session.create_scan("old") as scan:
+            scan.create_container("timer").create_channel("c").emit(np.arange(1000.0))
+        with pytest.raises(redis.exceptions.OutOfMemoryError, match="full:2_new") as info:
+            with session.create_scan("new") as scan:
+                channel = scan.create_container("timer").create_channel("c", shape=(1000,))
+                scan.prepared()
+                for _ in range(200):  # 16 MB: the limit is hit long before
+                    channel.emit(np.ones((10, 1000)))
+                    scan.flush()
+        assert "maxmemory" in str(info.value)
+        assert scan.state is ScanState.FAILED
+        session_node = get_session_node("full", store=store)
+        failed = session_node.get_scan(2)
+        assert failed.state is ScanState.FAILED and "could not be stored" in failed.info["error"]
+        old = session_node.get_scan(1)
+        assert old.state is ScanState.DONE
+        assert np.array_equal(old.load_nodes()[1].get(0, -1), np.arange(1000.0))
+    finally:
+        store.close()
+        srv.stop()
+
+
+def test_corrupt_entry_is_reported_for_its_node_only(server: EmbeddedServer) -> None:
+    store = _store(server.url)
+    try:
+        session = create_session("corrupt", store=store)
+        with session.create_scan("s") as scan:
+            top = scan.create_container("timer")
+            bad, good = top.create_channel("bad"), top.create_channel("good")
+            scan.prepared()
+            bad.emit(np.arange(5.0))
+            good.emit(np.arange(5.0))
+            scan.flush()
+            # By hand, between two entries of the publisher (its next one is 5-1).
+            store.redis.xadd(bad.key, {b"n": b"three", b"d": b"xx"}, id="5-0")
+            bad.emit(np.arange(5.0, 10.0))
+            good.emit(np.arange(5.0, 10.0))
+        scan_node = get_session_node("corrupt", store=store).get_scan(1)
+        walker = scan_node.walk_events(wait=False)
+        events = list(walker)
+        data = {}
+        for event_type, node, event_data in events:
+            if event_type is EventType.NEW_DATA:
+                data.setdefault(node.name, []).append(event_data.data)
+        assert np.array_equal(np.concatenate(data["good"]), np.arange(10.0))
+        assert np.array_equal(np.concatenate(data["bad"]), np.arange(5.0))  # up to the corrupt entry
+        assert isinstance(walker.errors["corrupt:1_s:timer:bad"], DecodingError)
+        end = [e for e in events if e[0] is EventType.END_SCAN][0]
+        assert "corrupt:1_s:timer:bad" in end[2].description["decoding_errors"]
+        bad_node = [n for n in scan_node.load_nodes() if n.name == "bad"][0]
+        assert np.array_equal(bad_node.get(0, 4), np.arange(5.0))  # before it: readable
+        with pytest.raises(DecodingError, match="point count"):
+            bad_node.get(0, -1)
+    finally:
+        store.close()
