@@ -162,13 +162,15 @@ class WriterService:
     # -- sessions -----------------------------------------------------------------------------
     def _follow_session(self, session: str) -> None:
         while not self._stop.stopped:
-            if session not in self._owned:
-                self._stop.wait(HEARTBEAT_PERIOD)
+            if session not in self._owned:  # the heartbeat thread claims it
+                self._stop.wait(0.05)
                 continue
             try:
                 node = get_session_node(session, store=self.store)
+                scan_types = ("scan", "scan_group")  # scans only: their nodes are the scan writers' job
                 for event_type, scan, _ in node.walk_on_new_events(
-                    include_filter=("scan", "scan_group"), from_next=not self.catch_up, stop_handler=self._stop
+                    include_filter=scan_types, exclude_children=scan_types,
+                    from_next=not self.catch_up, stop_handler=self._stop,
                 ):
                     if event_type == EventType.NEW_NODE and isinstance(scan, ScanNode):
                         self._on_scan(session, scan)
