@@ -180,3 +180,21 @@ def test_several_sessions_in_one_writer(store, tmp_path):
     for k, name in enumerate(("alpha", "beta")):
         with h5py.File(tmp_path / name / f"{name}.h5", "r") as file:
             assert file["1.1/measurement/timer:c"][()].tolist() == [float(k)] * 3
+
+
+def test_connections_killed_mid_scan_lose_nothing(writer, session, store, redis_url, tmp_path):
+    import redis
+
+    killer = redis.Redis.from_url(redis_url)
+    with session.create_scan("loop") as scan:
+        channel = scan.create_container("timer").create_channel("timer:c", "int32")
+        for k in range(20):
+            channel.emit(np.arange(k * 50, (k + 1) * 50, dtype=np.int32))
+            if k % 5 == 4:
+                scan.flush()
+                killer.client_kill_filter(_type="normal", skipme=True)  # every other client
+    killer.close()
+    wait_saved(store, "test_session", {scan.number})
+    scan_node = get_session_node("test_session", store=store).get_scan(scan.number)
+    with assert_file_matches_redis(scan_node, tmp_path / "data") as file:
+        assert file["1.1/measurement/timer:c"][()].tolist() == list(range(1000))

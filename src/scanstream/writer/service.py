@@ -33,7 +33,7 @@ from ..keys import check_session_name
 from ..nodes import ScanNode, get_session_node
 from ..store import DataStore, default_store
 from .files import FLUSH_PERIOD, OpenFiles
-from .scan_writer import ScanWriter
+from .scan_writer import ScanResult, ScanWriter
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ HEALTH_TTL = 5.0
 #: Finished scans caught up at once after a (re)start; running scans always get a thread.
 CATCH_UP_WORKERS = 4
 _MAX_ERRORS = 20
+#: Seconds between attempts while Redis is unreachable (redis-py's own retries came first).
+RETRY_PERIOD = 1.0
 
 # Take or renew the health key of a session unless another live writer owns it.
 _CLAIM = """
@@ -176,10 +178,12 @@ class WriterService:
                         self._on_scan(session, scan)
                 return
             except (redis.ConnectionError, redis.TimeoutError) as exc:
-                logger.warning("session %s: Redis unreachable (%s); retrying in 1 s", session, exc)
+                logger.warning("session %s: Redis unreachable (%s); retrying in %.0f s", session, exc,
+                               RETRY_PERIOD)
             except Exception:
-                logger.exception("session %s: listener failed; restarting it in 1 s", session)
-            self._stop.wait(1.0)
+                logger.exception("session %s: listener failed; restarting it in %.0f s", session,
+                                 RETRY_PERIOD)
+            self._stop.wait(RETRY_PERIOD)
 
     def _on_scan(self, session: str, scan: ScanNode) -> None:
         keys = self.store.keys
@@ -206,12 +210,9 @@ class WriterService:
         slot = self._catch_up_slots if finished else contextlib.nullcontext()
         try:
             with slot:
-                if self._stop.stopped:
-                    return
                 started = time.monotonic()
-                writer = ScanWriter(scan, self.files, self.root, strict_names=self.strict_names)
-                result = writer.run(self._stop)
-            if not result.complete:
+                result = self._write_until_done(scan)
+            if result is None:
                 return
             self.store.redis.sadd(self.store.keys.writer_saved(session), scan.number)
             self._written[session] += 1
@@ -225,6 +226,22 @@ class WriterService:
             self._errors[session].append({"scan": scan.name, "error": message, "time": time.time()})
         finally:
             self._done(session, scan)
+
+    def _write_until_done(self, scan: ScanNode) -> ScanResult | None:
+        """Write the scan; while Redis is unreachable, retry (a replay is idempotent).
+
+        Returns None when the writer stops first.
+        """
+        while not self._stop.stopped:
+            try:
+                writer = ScanWriter(scan, self.files, self.root, strict_names=self.strict_names)
+                result = writer.run(self._stop)
+                return result if result.complete else None
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                logger.warning("scan %s: Redis unreachable (%s); writing it again in %.0f s",
+                               scan.db_name, exc, RETRY_PERIOD)
+                self._stop.wait(RETRY_PERIOD)
+        return None
 
     def _done(self, session: str, scan: ScanNode) -> None:
         with self._lock:
