@@ -8,6 +8,7 @@ import redis
 from scanstream import (
     DataStore,
     EncodingError,
+    InvalidArgumentError,
     ProtocolVersionError,
     ScanNotFoundError,
     ScanstreamError,
@@ -87,3 +88,12 @@ def test_settings_from_the_environment_are_checked(monkeypatch):
     monkeypatch.setenv("SCANSTREAM_LEASE_TIME", "-1")
     with pytest.raises(ValueError, match="lease_time must be positive"):
         Settings.from_env()
+
+
+@pytest.mark.parametrize("name", ["", "a:b", "two\nlines", "bad\ud800", 7])
+def test_invalid_scan_names_are_refused_before_a_number_is_taken(session, store, name):
+    with pytest.raises(InvalidArgumentError, match="invalid scan name"):
+        session.create_scan(name)
+    with session.create_scan("fine") as scan:
+        pass
+    assert scan.number == 1

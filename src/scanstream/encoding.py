@@ -69,7 +69,13 @@ def json_safe(value: Any, path: str = "scan_info") -> Any:
                     f"{path}: key {key!r} of type {type(key).__name__} is not allowed; "
                     "use strings as keys"
                 )
-            out[str(key)] = json_safe(item, f"{path}[{key!r}]")
+            text = str(key)
+            if text in out:
+                raise EncodingError(
+                    f"{path}: keys {key!r} and {text!r} would both be stored as the key {text!r}; "
+                    "keep one of them"
+                )
+            out[text] = json_safe(item, f"{path}[{key!r}]")
         return out
     if isinstance(value, (list, tuple)):
         return [json_safe(item, f"{path}[{i}]") for i, item in enumerate(value)]

@@ -38,6 +38,26 @@ def check_session_name(name: object) -> str:
     return name
 
 
+def check_item_name(name: object, what: str, forbidden: str) -> str:
+    """Return ``name`` if it is a valid scan or node name, else raise :class:`InvalidArgumentError`.
+
+    A valid name is a non-empty string, encodable as UTF-8 (no lone surrogates), without a
+    newline or any character of ``forbidden``. ``what`` ("scan", "node") goes in the message.
+    """
+    bad = not isinstance(name, str) or not name or any(c in name for c in "\n" + forbidden)
+    if not bad:
+        try:
+            name.encode("utf-8")  # type: ignore[union-attr]
+        except UnicodeEncodeError:
+            bad = True
+    if bad:
+        shown = " or ".join(repr(c) for c in forbidden)
+        raise InvalidArgumentError(
+            f"invalid {what} name {name!r}: use a non-empty UTF-8 string without a newline or {shown}"
+        )
+    return name  # type: ignore[return-value]
+
+
 class Keys:
     """Key names under one prefix."""
 

@@ -45,7 +45,7 @@ from .exceptions import (
     NodeExistsError,
     ScanEndedError,
 )
-from .keys import check_session_name
+from .keys import check_item_name, check_session_name
 from .models import SavingMode, ScanState
 from .scaninfo import check_scan_info, iso_time
 from .store import DataStore, default_store
@@ -136,8 +136,7 @@ class PublishingSession:
         InvalidArgumentError
             Invalid name or node type.
         """
-        if not isinstance(name, str) or not name or ":" in name or "\n" in name:
-            raise InvalidArgumentError(f"invalid scan name {name!r}: a non-empty string without ':'")
+        check_item_name(name, "scan", ":")
         if node_type not in ("scan", "scan_group"):
             raise InvalidArgumentError(f"node_type must be 'scan' or 'scan_group', got {node_type!r}")
         info = check_scan_info(scan_info)
@@ -344,8 +343,7 @@ class ScanPublisher:
     ) -> Any:
         if self._state.is_final or self._closing:
             raise ScanEndedError(f"scan {self.db_name} has ended: no new node {name!r}")
-        if not isinstance(name, str) or not name or "\n" in name or "/" in name:
-            raise InvalidArgumentError(f"invalid node name {name!r}: a non-empty string without '/'")
+        check_item_name(name, "node", "/")
         node_info = check_scan_info(info, f"info of node {name!r}")
         parent_index = parent.index if parent is not None else 0
         parent_db_name = parent.db_name if parent is not None else self.db_name
