@@ -95,11 +95,28 @@ def default_retry() -> Retry:
     publisher makes its writes idempotent (data entry IDs are point indices, and a replayed
     entry is recognised as a duplicate), and readers ignore replayed lifecycle entries.
     """
-    return Retry(
+    return _NetworkRetry(
         ExponentialWithJitterBackoff(base=0.01, cap=1.0),
         retries=6,
         supported_errors=(redis.exceptions.ConnectionError, redis.exceptions.TimeoutError),
     )
+
+
+class _NetworkRetry(Retry):
+    """A Retry that never retries a refused authentication.
+
+    redis-py's AuthenticationError is a ConnectionError: retried, a wrong or missing password
+    would take seconds of back-off before the user sees the error.
+    """
+
+    def call_with_retry(self, do: Any, fail: Any, is_retryable: Any = None,
+                        with_failure_count: bool = False) -> Any:
+        def retryable(error: Exception) -> bool:
+            if isinstance(error, redis.exceptions.AuthenticationError):
+                return False
+            return is_retryable(error) if is_retryable else True
+
+        return super().call_with_retry(do, fail, retryable, with_failure_count)
 
 
 # Ends a scan atomically: seals every data stream with its final length, appends END to the
