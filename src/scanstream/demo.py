@@ -16,7 +16,7 @@ from pathlib import Path
 import h5py
 
 from .exceptions import ScanstreamError
-from .nodes import get_session_node
+from .nodes import ScanNode, get_session_node
 from .publisher import create_session
 from .server import resolve_url
 from .sim import SavingConfig
@@ -59,7 +59,7 @@ def run_demo(args: argparse.Namespace) -> int:
             f"  {r.db_name:<28} {r.state.name:<13} {sum(r.acquired.values()):>5} points", flush=True))
         first = min(r.number for r in results)  # the run's scans, sub-scans of sequences too
         numbers = {s.number for s in get_session_node(args.session, store=store).children()
-                   if s.number >= first}
+                   if isinstance(s, ScanNode) and s.number >= first}
         missing = _wait_saved(store, args.session, numbers)
         _summary(store, args.session, sorted(numbers), root)
         if missing:

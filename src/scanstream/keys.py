@@ -45,17 +45,17 @@ def check_item_name(name: object, what: str, forbidden: str) -> str:
     newline or any character of ``forbidden``. ``what`` ("scan", "node") goes in the message.
     """
     bad = not isinstance(name, str) or not name or any(c in name for c in "\n" + forbidden)
-    if not bad:
+    if isinstance(name, str) and not bad:
         try:
-            name.encode("utf-8")  # type: ignore[union-attr]
+            name.encode("utf-8")
         except UnicodeEncodeError:
             bad = True
-    if bad:
+    if bad or not isinstance(name, str):
         shown = " or ".join(repr(c) for c in forbidden)
         raise InvalidArgumentError(
             f"invalid {what} name {name!r}: use a non-empty UTF-8 string without a newline or {shown}"
         )
-    return name  # type: ignore[return-value]
+    return name
 
 
 class Keys:

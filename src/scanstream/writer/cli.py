@@ -62,7 +62,8 @@ def run_writer(args: argparse.Namespace) -> int:
 
 def _print_status(store: DataStore, sessions: list[str]) -> int:
     if not sessions:
-        sessions = sorted(name.decode() for name in store.redis.hkeys(store.keys.sessions))
+        sessions = sorted(n.decode() if isinstance(n, bytes) else n
+                          for n in store.redis.hkeys(store.keys.sessions))
         if not sessions:
             print("no session in this Redis")
             return 1

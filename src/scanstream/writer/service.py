@@ -187,7 +187,7 @@ class WriterService:
 
     def _on_scan(self, session: str, scan: ScanNode) -> None:
         keys = self.store.keys
-        if self.store.redis.sismember(keys.writer_saved(session), scan.number):
+        if self.store.redis.sismember(keys.writer_saved(session), str(scan.number)):
             return
         with self._lock:
             if scan.name in self._running[session]:
