@@ -52,7 +52,7 @@ def run_demo(args: argparse.Namespace) -> int:
                   f"(pid {status['pid']} on {status['host']})")
         # A new dataset per run: the files of earlier runs are never touched.
         dataset = time.strftime("%Y%m%d_%H%M%S")
-        saving = SavingConfig(root, args.session, sample="demo", dataset=dataset)
+        saving = SavingConfig(root, args.session, sample="sample", dataset=dataset)
         print(f"running the example scans in session {args.session!r}...", flush=True)
         session = create_session(args.session, store=store)
         results = run_catalogue(session, saving, on_result=lambda name, r: print(
@@ -79,8 +79,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _start_writer(url: str, session: str, root: Path, store: DataStore) -> subprocess.Popen[bytes]:
-    print(f"starting a writer for session {session!r} (files under {root})", flush=True)
     log = root / "writer.log"
+    print(f"starting a writer for session {session!r} (files under {root}, log in {log})",
+          flush=True)
     root.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         writer = subprocess.Popen(
