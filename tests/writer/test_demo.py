@@ -12,7 +12,7 @@ def test_demo_writes_every_catalogue_scan_and_summarizes_them(redis_url, store, 
     assert main(["--redis-url", redis_url, "demo", "--root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "writer: 20/20 scans saved" in out
-    files = list(tmp_path.rglob("demo_*.h5"))
+    files = list(tmp_path.rglob("sample_*.h5"))
     assert len(files) == 1 and str(files[0]) in out
     with h5py.File(files[0], "r") as file:
         entries = set(file)
