@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ..exceptions import ScanstreamError
+from ..exceptions import InvalidArgumentError, ScanstreamError
 from .chain import Device
 from .devices import DiodeCounter, GaussianCounter, Motor
 from .lima import LimaDetector
@@ -49,7 +49,7 @@ class Beamline:
 
     def _check_free(self, name: str) -> None:
         if name in self.motors or name in self.counters:
-            raise ValueError(f"two devices are named {name!r}")
+            raise InvalidArgumentError(f"two devices are named {name!r}")
 
     def __repr__(self) -> str:
         return f"<Beamline motors={list(self.motors)} counters={list(self.counters)}>"

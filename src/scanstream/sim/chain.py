@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..exceptions import InvalidArgumentError
 from ..models import ScanState
 from ..publisher import ContainerPublisher, PublishingSession, ScanPublisher
 from .control import (
@@ -93,19 +94,19 @@ class TopMaster:
 
     def __post_init__(self) -> None:
         if not isinstance(self.npoints, (int, np.integer)) or self.npoints < 0:
-            raise ValueError(f"top master {self.name!r}: npoints must be an int >= 0, got {self.npoints!r}")
+            raise InvalidArgumentError(f"top master {self.name!r}: npoints must be an int >= 0, got {self.npoints!r}")
         if self.count_time < 0 or self.sleep_time < 0:
-            raise ValueError(f"top master {self.name!r}: count_time and sleep_time must be >= 0")
+            raise InvalidArgumentError(f"top master {self.name!r}: count_time and sleep_time must be >= 0")
         if self.motors:
             pos = np.asarray(self.positions, dtype=np.float64)
             if pos.ndim == 1 and len(self.motors) == 1:
                 pos = pos[:, None]
             if pos.shape != (self.npoints, len(self.motors)):
-                raise ValueError(f"top master {self.name!r}: positions must have shape "
+                raise InvalidArgumentError(f"top master {self.name!r}: positions must have shape "
                                  f"({self.npoints}, {len(self.motors)}), got {pos.shape}")
             self.positions = pos
         elif self.positions is not None:
-            raise ValueError(f"top master {self.name!r}: positions given without motors")
+            raise InvalidArgumentError(f"top master {self.name!r}: positions given without motors")
 
     @property
     def timer_name(self) -> str:
@@ -219,7 +220,7 @@ def run_chain(
     _check_chain(masters)
     motors = _positioner_motors(masters, positioners)
     if max_duration is not None and max_duration < 0:
-        raise ValueError(f"max_duration must be >= 0, got {max_duration!r}")
+        raise InvalidArgumentError(f"max_duration must be >= 0, got {max_duration!r}")
 
     info = build_scan_info(masters, name, motors, saving, scan_info, plots, channel_info)
     scan = session.create_scan(name, info, node_type=node_type)
@@ -283,13 +284,13 @@ def _incomplete(runs: list[_MasterRun]) -> bool:
 def _check_chain(masters: Sequence[TopMaster]) -> None:
     """Refuse a chain that would publish clashing names, and moves beyond motor limits."""
     if not masters:
-        raise ValueError("a scan needs at least one top master")
+        raise InvalidArgumentError("a scan needs at least one top master")
     names: set[str] = set()
     for m in masters:
         for n in [m.name] + [s.name for s in m.motor_channels() + m.timer_channels() + m.counter_channels()] \
                 + [d.fullname for d in m.detectors()]:
             if n in names:
-                raise ValueError(f"name {n!r} is used twice in the chain: each device and top "
+                raise InvalidArgumentError(f"name {n!r} is used twice in the chain: each device and top "
                                  "master may appear once")
             names.add(n)
         for i, motor in enumerate(m.motors):

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ..exceptions import ScanstreamError
+from ..exceptions import InvalidArgumentError, ScanstreamError
 
 __all__ = [
     "ChannelSpec",
@@ -87,9 +87,9 @@ class Motor:
         sign: int = 1,
     ) -> None:
         if sign not in (1, -1):
-            raise ValueError(f"motor {name!r}: sign must be 1 or -1, got {sign!r}")
+            raise InvalidArgumentError(f"motor {name!r}: sign must be 1 or -1, got {sign!r}")
         if low_limit > high_limit:
-            raise ValueError(f"motor {name!r}: low limit {low_limit} > high limit {high_limit}")
+            raise InvalidArgumentError(f"motor {name!r}: low limit {low_limit} > high limit {high_limit}")
         self.name = name
         self.unit = unit
         self.low_limit = float(low_limit)
@@ -219,7 +219,7 @@ class Counter:
 
     def __init__(self, name: str, *, unit: str | None = None, seed: int = 0) -> None:
         if not name or ":" in name:
-            raise ValueError(f"invalid counter name {name!r}: non-empty, without ':'")
+            raise InvalidArgumentError(f"invalid counter name {name!r}: non-empty, without ':'")
         self.name = name
         self.unit = unit
         self.seed = seed
@@ -315,7 +315,7 @@ class GaussianCounter(Counter):
                  height: float = 1000.0, *, background: float = 0.0, noise: float = 0.0,
                  unit: str | None = None, seed: int = 0) -> None:
         if fwhm <= 0:
-            raise ValueError(f"counter {name!r}: fwhm must be positive, got {fwhm!r}")
+            raise InvalidArgumentError(f"counter {name!r}: fwhm must be positive, got {fwhm!r}")
         super().__init__(name, unit=unit, seed=seed)
         self.motor = motor
         self.center = float(center)

@@ -32,6 +32,7 @@ import h5py
 import numpy as np
 import numpy.typing as npt
 
+from ..exceptions import InvalidArgumentError, ScanstreamError
 from ..models import ImageReference, SavingMode
 from .devices import seeded_rng
 
@@ -40,7 +41,7 @@ __all__ = ["LimaAcquisition", "LimaDetector", "LimaFileExistsError"]
 logger = logging.getLogger(__name__)
 
 
-class LimaFileExistsError(FileExistsError):
+class LimaFileExistsError(ScanstreamError, FileExistsError):
     """A frame file to create already exists (Lima's overwrite policy ABORT)."""
 
 
@@ -90,15 +91,15 @@ class LimaDetector:
         seed: int = 0,
     ) -> None:
         if not name or ":" in name or "/" in name:
-            raise ValueError(f"invalid detector name {name!r}: non-empty, without ':' or '/'")
+            raise InvalidArgumentError(f"invalid detector name {name!r}: non-empty, without ':' or '/'")
         if len(shape) != 2 or min(shape) < 1:
-            raise ValueError(f"detector {name!r}: shape must be (height, width) >= 1, got {shape!r}")
+            raise InvalidArgumentError(f"detector {name!r}: shape must be (height, width) >= 1, got {shape!r}")
         if frames_per_file == 0 or frames_per_file < -1:
-            raise ValueError(f"detector {name!r}: frames_per_file must be >= 1 or -1, got {frames_per_file!r}")
+            raise InvalidArgumentError(f"detector {name!r}: frames_per_file must be >= 1 or -1, got {frames_per_file!r}")
         try:
             index_format % 0
         except (TypeError, ValueError):
-            raise ValueError(f"detector {name!r}: bad index_format {index_format!r} (like '%04d')") from None
+            raise InvalidArgumentError(f"detector {name!r}: bad index_format {index_format!r} (like '%04d')") from None
         self.name = name
         self.shape = (int(shape[0]), int(shape[1]))
         self.dtype = np.dtype(dtype)
@@ -181,7 +182,7 @@ class LimaAcquisition:
         fpf = detector.frames_per_file
         if fpf == -1:
             if self.npoints == 0:
-                raise ValueError(f"detector {detector.name!r}: frames_per_file=-1 (one file per scan) "
+                raise InvalidArgumentError(f"detector {detector.name!r}: frames_per_file=-1 (one file per scan) "
                                  "needs a bounded number of points")
             fpf = self.npoints
         self.frames_per_file = fpf
@@ -235,7 +236,7 @@ class LimaAcquisition:
             Where the frame is, once it is on disk; None when not saving.
         """
         if index != self.acquired:
-            raise ValueError(f"detector {self.detector.name!r}: frame {index} out of order "
+            raise InvalidArgumentError(f"detector {self.detector.name!r}: frame {index} out of order "
                              f"(expected {self.acquired})")
         frame = self.detector.image(index)
         self.acquired += 1

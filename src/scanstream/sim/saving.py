@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..exceptions import InvalidArgumentError
+
 __all__ = ["SavingConfig"]
 
 
 def _check_component(what: str, value: str) -> None:
     if not isinstance(value, str) or not value or "/" in value or value in (".", ".."):
-        raise ValueError(f"invalid {what} name {value!r}: a non-empty string without '/'")
+        raise InvalidArgumentError(f"invalid {what} name {value!r}: a non-empty string without '/'")
 
 
 @dataclass(frozen=True)
