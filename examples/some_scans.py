@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-url", default=None,
                         help="Redis URL (default: $SCANSTREAM_REDIS_URL, else the embedded server)")
     parser.add_argument("--root", default=None,
-                        help="base directory of the data; without it saving is off (no filename, "
-                             "Lima frames not written)")
+                        help="base directory of the data; without it scans name no file (a writer "
+                             "puts them under its own --root) and Lima frames are not written")
     parser.add_argument("--sample", default="sample", help="sample name (default: sample)")
     parser.add_argument("--dataset", default="0001", help="dataset name (default: 0001)")
     parser.add_argument("--slow", action="store_true", help="honour count times (real time)")
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         session.close()
     print(f"{len(results)} scans in {time.monotonic() - t0:.1f} s"
-          + (f"; dataset file: {saving.filename}" if saving else "; saving off"))
+          + (f"; dataset file: {saving.filename}" if saving else "; no filename given"))
     return 0
 
 

@@ -233,7 +233,7 @@ def test_build_scan_info_for_a_step_scan() -> None:
         {"kind": "curve", "x": "axis:roby", "y": "simulation_diode_sampling_controller:diode"}]}]
     assert info["positioners"]["positioners_start"] == {"roby": 0.0}
     assert info["instrument"]["@NX_class"] == "NXinstrument"
-    assert info["save"] is False and "filename" not in info
+    assert "save" not in info and "filename" not in info  # no saving configuration: a writer decides
     assert default_plots([TopMaster("timer", 1, 0.1, [Mca("m", 4)])]) is None
 
 

@@ -129,7 +129,9 @@ class CatalogueRun:
         return [dscan(self.session, self.m("robx"), -0.5, 0.5, 4, 0.1, self.c("diode5"), **self.opts())]
 
     def saving_off(self) -> list[ScanResult]:
-        return [loopscan(self.session, 3, 0.1, self.c("diode6"), **self.opts(saving=None))]
+        off = SavingConfig(self.saving.base_directory if self.saving else ".", self.session.name,
+                           enabled=False)
+        return [loopscan(self.session, 3, 0.1, self.c("diode6"), **self.opts(saving=off))]
 
     def lima_nosaving(self) -> list[ScanResult]:
         lima = LimaDetector("lima_simulator", (32, 40), "uint16", saving_mode="NOSAVING", seed=self.seed)
@@ -163,8 +165,8 @@ def run_catalogue(
     session : PublishingSession
         Where to publish.
     saving : SavingConfig, optional
-        Saving configuration (``filename`` and Lima directories); None: saving off
-        (Lima frames are then not written).
+        Saving configuration (``filename`` and Lima directories); None: scans name no file
+        (a writer saves them under its own root) and Lima frames are not written.
     fast : bool
         True (default): count times are published but not waited for, except for the
         stopped timescan, which runs 0.5 s in real time. False: real time.

@@ -146,7 +146,8 @@ def configure_scan(parser: argparse.ArgumentParser) -> None:
                         help="session name (default: $SCANSTREAM_SESSION or test_session)")
     parser.add_argument("--root", default=os.environ.get("SCANSTREAM_DATA_ROOT"),
                         help="base directory of the data (default: $SCANSTREAM_DATA_ROOT); "
-                             "without it saving is off and Lima frames are not written")
+                             "without it scans name no file (a writer puts them under its "
+                             "own --root) and Lima frames are not written")
     parser.add_argument("--sample", default="sample", help="sample name (default: sample)")
     parser.add_argument("--dataset", default="0001", help="dataset name (default: 0001)")
     parser.add_argument("--time-scale", type=float, default=1.0, metavar="X",
@@ -202,7 +203,7 @@ def run_scan(args: argparse.Namespace) -> int:
     def on_start(scan: Any) -> None:
         nonlocal progress
         info = scan.info
-        print(f"Scan {scan.number} {info.get('start_time', '')} {info.get('filename', '(saving off)')} "
+        print(f"Scan {scan.number} {info.get('start_time', '')} {info.get('filename', '(no filename)')} "
               f"{args.session} user = {_user()}\n{info['title']}", file=sys.stderr)
         if not args.quiet:
             progress = ProgressDisplay(int(info.get("npoints") or 0))

@@ -48,7 +48,7 @@ def _group_info(title: str, scan_type: str, count: int | None, saving: SavingCon
     if count is not None:
         info["npoints"] = count
         info["sequence-info"] = {"scan-count": count}
-    info.update(saving.scan_info() if saving is not None else {"save": False})
+    info.update(saving.scan_info() if saving is not None else {})  # as build_scan_info
     info.update(extra or {})
     return info
 

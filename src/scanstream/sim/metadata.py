@@ -173,7 +173,8 @@ def build_scan_info(
         info["sleep_time"] = masters[0].sleep_time
     for channel, keys in (channel_info or {}).items():
         info["channels"].setdefault(channel, {}).update(keys)
-    info.update(saving.scan_info() if saving is not None else {"save": False})
+    # Without a saving configuration a scan names no file: a writer puts it in its own root.
+    info.update(saving.scan_info() if saving is not None else {})
     info.update(extra or {})
     if "plots" not in info:
         chosen = plots if plots is not None else default_plots(masters, int(info.get("data_dim", 1)))
