@@ -17,6 +17,12 @@ Subscribing (the seed's API)::
         include_filter="scan", from_next=True
     ):
         ...
+
+Writing every scan of a session into NeXus files (what ``scanstream writer`` runs)::
+
+    from scanstream import WriterService
+    with WriterService(["test_session"], root="/data") as writer:
+        writer.wait()
 """
 
 from .datanodes import ChannelNode, LimaDataView, LimaNode, ScanRefNode, read_image
@@ -53,6 +59,7 @@ from .publisher import (
     create_session,
 )
 from .store import DataStore, Settings
+from .writer import WriterService, saved_scans, writer_status
 
 __version__ = "0.1.0"
 
@@ -97,11 +104,14 @@ __all__ = [
     "ServerError",
     "SessionNode",
     "SessionNotFoundError",
-    "WriterError",
     "Settings",
     "StopHandler",
+    "WriterError",
+    "WriterService",
     "__version__",
     "create_session",
     "get_session_node",
     "read_image",
+    "saved_scans",
+    "writer_status",
 ]
