@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -117,6 +118,18 @@ def private_runtime_dir(server_binary: Path, monkeypatch: pytest.MonkeyPatch,
         yield directory
     finally:
         stop_server()
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """``scanstream.cli.main()`` configures the 'scanstream' logger: undo it after each test."""
+    logger = logging.getLogger("scanstream")
+    level, handlers = logger.level, list(logger.handlers)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
 
 
 # ---------------------------------------------------------------- core library fixtures

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,18 +30,6 @@ from scanstream.admin import (
 from scanstream.cli import main
 from scanstream.exceptions import InvalidArgumentError
 from scanstream.server import EmbeddedServer
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """main() configures the 'scanstream' logger: undo it so other tests see no difference."""
-    logger = logging.getLogger("scanstream")
-    level, handlers = logger.level, list(logger.handlers)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-        logger.handlers[:] = handlers
 
 
 def _publish(session, name: str, npoints: int, *, end: bool = True, shape=()):

@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
 from scanstream.cli import build_parser, main
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """main() configures the 'scanstream' logger: undo it so other tests see no difference."""
-    logger = logging.getLogger("scanstream")
-    level, handlers = logger.level, list(logger.handlers)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-        logger.handlers[:] = handlers
 
 
 def _fields(text: str) -> dict[str, str]:
