@@ -198,3 +198,18 @@ def test_connections_killed_mid_scan_lose_nothing(writer, session, store, redis_
     scan_node = get_session_node("test_session", store=store).get_scan(scan.number)
     with assert_file_matches_redis(scan_node, tmp_path / "data") as file:
         assert file["1.1/measurement/timer:c"][()].tolist() == list(range(1000))
+
+
+def test_a_file_written_by_another_program_is_not_touched(writer, session, store, tmp_path):
+    path = tmp_path / "other.h5"
+    with h5py.File(path, "w") as other:  # another HDF5 writer, with HDF5's default locking
+        other.create_dataset("mine", data=[1, 2, 3])
+        with session.create_scan("s", {"filename": str(path)}) as scan:
+            scan.create_container("timer").create_channel("timer:c").emit([1.0])
+        wait_for(lambda: (writer_status("test_session", store=store) or {}).get("errors"), 10,
+                 "the locked file to be reported")
+        error = writer_status("test_session", store=store)["errors"][0]["error"]
+        assert "being written by another program" in error and str(path) in error
+    with h5py.File(path, "r") as file:
+        assert list(file) == ["mine"]
+    assert scan.number not in saved_scans("test_session", store=store)

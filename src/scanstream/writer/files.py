@@ -10,6 +10,7 @@ during the scan sees data at most that old.
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import threading
@@ -117,6 +118,31 @@ class OpenFiles:
                         logger.exception("flushing %s failed", path)
 
 
+def _refuse_if_written_elsewhere(path: Path) -> None:
+    """Raise WriterError if another program holds ``path`` open for writing.
+
+    The writer opens files without HDF5 locking (so that viewers never block it), which means
+    HDF5 would not stop it from writing a file that another HDF5 program is writing: both would
+    corrupt it. HDF5 programs that write take an exclusive ``flock``, readers a shared one, so a
+    shared lock that cannot be had means a writer: refuse, rather than write beside it.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # absent (created below) or unreadable (the open below says why)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise WriterError(
+            f"{str(path)!r} is being written by another program (it holds the file's HDF5 "
+            "write lock); close that program, or give the scans another filename"
+        ) from None
+    except OSError:
+        pass  # a file system without flock: nothing to learn
+    finally:
+        os.close(fd)  # closing releases the lock taken
+
+
 def _open(path: Path) -> h5py.File:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,6 +156,7 @@ def _open(path: Path) -> h5py.File:
                 f"cannot create {str(path)!r}: directory {str(path.parent)!r} is not writable; "
                 "fix its permissions or choose another place (scan_info 'filename' or --root)"
             )
+    _refuse_if_written_elsewhere(path)
     try:
         return open_nexus_file(path, "a")
     except OSError as exc:
