@@ -1,0 +1,130 @@
+"""Checks of the soak: files against Redis (bit for bit), Redis against the plan.
+
+The file comparison follows ``tests/writer/conftest.py::assert_file_matches_redis`` (values,
+dtype, shape and count of every channel, ragged 1-D through the lengths dataset, every frame
+of the Lima virtual dataset against the frame its reference names), but returns a list of
+problems instead of asserting, and compares every frame. The data read from Redis is also
+compared with the values :mod:`soak.workload` says were published.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from scanstream import DataStore, get_session_node
+from scanstream.writer import nexus, scan_file_path
+
+from . import workload
+
+
+def _same(a: Any, b: Any) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def check_scan(store: DataStore, session: str, record: dict[str, Any], root: Path,
+               file: h5py.File) -> list[str]:
+    """Problems of one scan (an empty list when its entry equals Redis and the plan)."""
+    problems: list[str] = []
+    number = record["number"]
+    where = f"{session} scan {number}"
+    p = workload.plan(int(session.rsplit("_", 1)[1]), record["index"])
+    scan = get_session_node(session, store=store).get_scan(number)
+    if scan.state.name != record["state"]:
+        problems.append(f"{where}: state {scan.state.name} in Redis, {record['state']} published")
+    if scan_file_path(scan.info, session, root).resolve() != Path(file.filename).resolve():
+        problems.append(f"{where}: scan_info filename points elsewhere")
+    nodes = scan.load_nodes()
+    top_masters = [n for n in nodes if n.parent is scan]
+    expected = p.expected_points()
+    seen = set()
+    for node in nodes:
+        if node.type not in ("channel", "lima"):
+            continue
+        seen.add(node.name)
+        master = node
+        while master.parent is not scan:
+            master = master.parent
+        entry_name = nexus.entry_name(number, top_masters.index(master) + 1)
+        if entry_name not in file:
+            problems.append(f"{where}: no entry {entry_name} in {file.filename}")
+            continue
+        measurement = file[entry_name]["measurement"]
+        dsname = nexus.channel_dataset_name(node.name)
+        if dsname not in measurement:
+            problems.append(f"{where}: no dataset {dsname}")
+            continue
+        dset = measurement[dsname]
+        if node.type == "lima":
+            view = node.get(0)
+            refs = view.all_image_references()
+            if len(refs) != expected.get(node.name):
+                problems.append(f"{where}: {node.name}: {len(refs)} images in Redis, "
+                                f"{expected.get(node.name)} published")
+            if dset.shape != (len(refs),) + tuple(node.shape):
+                problems.append(f"{where}: {node.name}: file shape {dset.shape}, {len(refs)} images")
+                continue
+            det = workload.detector(p)
+            frames = dset[()]
+            for i in range(len(refs)):
+                image = view.get_image(i)
+                if not _same(frames[i], image):
+                    problems.append(f"{where}: {node.name} frame {i}: file differs from Redis")
+                    break
+                if not _same(image, det.image(i)):
+                    problems.append(f"{where}: {node.name} frame {i}: differs from the plan")
+                    break
+            continue
+        points = node[:]
+        if len(points) != expected.get(node.name):
+            problems.append(f"{where}: {node.name}: {len(points)} points in Redis, "
+                            f"{expected.get(node.name)} published")
+        if dset.dtype != node.dtype or dset.shape[0] != len(points):
+            problems.append(f"{where}: {node.name}: file {dset.dtype} {dset.shape}, Redis "
+                            f"{node.dtype} {len(points)} points")
+            continue
+        plan_values = workload.expected_array(p, node.name)
+        if tuple(node.shape) == (-1,):
+            lengths = measurement[dset.attrs["lengths_dataset"]][()]
+            values = dset[()]
+            for i, point in enumerate(points):
+                if lengths[i] != len(point) or not _same(values[i, : len(point)], point):
+                    problems.append(f"{where}: {node.name} point {i}: file differs from Redis")
+                    break
+                if not _same(point, plan_values[i]):
+                    problems.append(f"{where}: {node.name} point {i}: differs from the plan")
+                    break
+            continue
+        if dset.shape[1:] != tuple(node.shape):
+            problems.append(f"{where}: {node.name}: file shape {dset.shape}, point shape {node.shape}")
+            continue
+        if not _same(dset[()], points):
+            problems.append(f"{where}: {node.name}: file differs from Redis")
+        if not _same(points, plan_values):
+            problems.append(f"{where}: {node.name}: Redis differs from the plan")
+    missing = set(expected) - seen
+    if missing:
+        problems.append(f"{where}: nodes {sorted(missing)} missing in Redis")
+    return problems
+
+
+def check_file(store: DataStore, session: str, records: list[dict[str, Any]], root: Path
+               ) -> list[str]:
+    """Problems of every scan of one file (the file must be closed by the writer)."""
+    path = root / records[0]["file"]
+    try:
+        file = h5py.File(path, "r", locking=False)
+    except OSError as exc:
+        return [f"{session}: cannot open {path}: {exc}"]
+    with file:
+        problems = []
+        for record in records:
+            try:
+                problems += check_scan(store, session, record, root, file)
+            except Exception as exc:  # noqa: BLE001 - reported as a problem of this scan
+                problems.append(f"{session} scan {record['number']}: {type(exc).__name__}: {exc}")
+        return problems
