@@ -85,12 +85,14 @@ def main(argv: list[str] | None = None) -> int:
             p = workload.plan(args.session_index, index)
             number, state = publish_scan(session, args.session, p, args.root, args.point_time)
             manifest.write(json.dumps({
-                "session": args.session, "number": number, "index": index, "kind": p.kind,
+                "session": args.session, "session_index": args.session_index, "number": number,
+                "index": index, "kind": p.kind,
                 "state": state, "points": p.expected_points(), "file": p.filename(args.session),
                 "end": time.time()}) + "\n")
             manifest.flush()
             index += 1
-        manifest.write(json.dumps({"session": args.session, "finished": True, "scans": index}) + "\n")
+        manifest.write(json.dumps({"session": args.session, "finished": True, "scans": index})
+                       + "\n")
     store.close()
     return 0
 

@@ -98,7 +98,8 @@ def machine() -> dict[str, Any]:
     import h5py
     import numpy
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_mib": mem, "python": platform.python_version(),
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_mib": mem,
+            "python": platform.python_version(),
             "platform": platform.platform(), "numpy": numpy.__version__, "h5py": h5py.__version__,
             "redis_py": redis.__version__, "server": server,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -250,7 +251,8 @@ class Verifier(threading.Thread):
 
 def read_subscriber(path: Path) -> dict[tuple[str, int], dict[str, Any]]:
     """The records of one subscriber, by (session, scan number): ``scan`` and ``end`` lists."""
-    out: dict[tuple[str, int], dict[str, Any]] = defaultdict(lambda: {"scan": [], "end": [], "fatal": []})
+    out: dict[tuple[str, int], dict[str, Any]] = defaultdict(
+        lambda: {"scan": [], "end": [], "fatal": []})
     with contextlib.suppress(FileNotFoundError), open(path, encoding="utf-8") as f:
         for line in f:
             if not line.endswith("\n"):
@@ -310,7 +312,8 @@ def subscriber_complete(seen: dict[tuple[str, int], dict[str, Any]],
 # -------------------------------------------------------------------- memory verdict
 
 
-def window_median(times: list[float], values: list[int | None], start: float, stop: float) -> float | None:
+def window_median(times: list[float], values: list[int | None], start: float, stop: float
+                  ) -> float | None:
     picked = [v for t, v in zip(times, values, strict=True) if start <= t <= stop and v is not None]
     return statistics.median(picked) if picked else None
 
@@ -376,7 +379,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds of publishing (default 600)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures to this file")
     parser.add_argument("--redis-url", default=None,
-                        help="use this server instead of a private one (sessions get a unique name)")
+                        help="use this server instead of a private one (sessions get a "
+                             "unique name)")
     parser.add_argument("--point-time", type=float, default=0.01,
                         help="sleep between two points of a scan (default 0.01 s)")
     parser.add_argument("--retention", type=float, default=None,
@@ -416,7 +420,8 @@ def _spawn(children: list[Child], logs: Path, name: str, role: str, argv: list[s
     log = logs / f"{name}.log"
     with open(log, "ab") as out:
         # A new session: a Ctrl-C in the terminal reaches the runner only, which stops them.
-        popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                 stderr=subprocess.STDOUT,
                                  env=_child_env(), cwd=PROJECT_ROOT, start_new_session=True)
     child = Child(name, role, popen, log)
     children.append(child)
@@ -556,14 +561,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         subscribers_done()
 
         # -- verdict
-        sub_problems = [p for s in subscribers for p in subscriber_problems(s.name, seen[s.name], records)]
+        sub_problems = [p for s in subscribers
+                        for p in subscriber_problems(s.name, seen[s.name], records)]
         memory = memory_figures(sampler.samples, t0, t_end, args.warmup, args.rss_tolerance_mib,
                                 args.rss_tolerance_pct, args.redis_tolerance_mib,
                                 args.redis_tolerance_pct, exclude=set())
         not_flat = [n for n, m in memory.items() if m["checked"] and not m["flat"]]
         all_records = [r for recs in records.values() for r in recs]
         nscans = len(all_records)
-        points = sum(sum(v for k, v in r["points"].items() if not k.startswith("lima")) for r in all_records)
+        points = sum(sum(v for k, v in r["points"].items() if not k.startswith("lima"))
+                     for r in all_records)
         images = sum(r["points"].get("lima_soak:image", 0) for r in all_records)
         events = {s.name: sum(rec["events"] for v in seen[s.name].values() for rec in v["scan"]
                               if "events" in rec) for s in subscribers}
@@ -575,7 +582,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             kinds[r["kind"]] += 1
         checks = {
             "processes_ok": not [p for p in problems if "exited with" in p or "still running" in p],
-            "files_exact": (not verifier.problems and verifier.scans_checked == nscans and nscans > 0),
+            "files_exact": (not verifier.problems and verifier.scans_checked == nscans
+                            and nscans > 0),
             "writers_no_errors": not any(writer_errors.values()),
             "subscribers_complete": not sub_problems and not any(
                 "subscribers had not" in p for p in problems),

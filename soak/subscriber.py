@@ -37,7 +37,8 @@ def follow_scan(scan: Any, stop: StopHandler) -> dict[str, Any]:
                 errors.append(f"{node.name}: batch at {data.first_index}, expected {have}")
             size = len(data.data) if node.type == "channel" else data.block_size
             if size != data.block_size:
-                errors.append(f"{node.name}: {size} points in a batch of block_size {data.block_size}")
+                errors.append(f"{node.name}: {size} points in a batch of block_size "
+                              f"{data.block_size}")
             points[node.name] = have + data.block_size
         elif event_type == EventType.END_SCAN and node is scan:
             end = data.data.name

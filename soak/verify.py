@@ -32,7 +32,7 @@ def check_scan(store: DataStore, session: str, record: dict[str, Any], root: Pat
     problems: list[str] = []
     number = record["number"]
     where = f"{session} scan {number}"
-    p = workload.plan(int(session.rsplit("_", 1)[1]), record["index"])
+    p = workload.plan(record["session_index"], record["index"])
     scan = get_session_node(session, store=store).get_scan(number)
     if scan.state.name != record["state"]:
         problems.append(f"{where}: state {scan.state.name} in Redis, {record['state']} published")
@@ -66,7 +66,8 @@ def check_scan(store: DataStore, session: str, record: dict[str, Any], root: Pat
                 problems.append(f"{where}: {node.name}: {len(refs)} images in Redis, "
                                 f"{expected.get(node.name)} published")
             if dset.shape != (len(refs),) + tuple(node.shape):
-                problems.append(f"{where}: {node.name}: file shape {dset.shape}, {len(refs)} images")
+                problems.append(f"{where}: {node.name}: file shape {dset.shape}, "
+                                f"{len(refs)} images")
                 continue
             det = workload.detector(p)
             frames = dset[()]
@@ -100,7 +101,8 @@ def check_scan(store: DataStore, session: str, record: dict[str, Any], root: Pat
                     break
             continue
         if dset.shape[1:] != tuple(node.shape):
-            problems.append(f"{where}: {node.name}: file shape {dset.shape}, point shape {node.shape}")
+            problems.append(f"{where}: {node.name}: file shape {dset.shape}, "
+                            f"point shape {node.shape}")
             continue
         if not _same(dset[()], points):
             problems.append(f"{where}: {node.name}: file differs from Redis")

@@ -1,0 +1,117 @@
+"""The soak test (``python -m soak``) in short, and the checks it relies on.
+
+The full soak runs 10 minutes (see docs/reliability.md, "Soak test"); here it runs about 20 s
+in a subprocess and must pass every check. The other tests show that its checks do fail when
+something is wrong: a file that differs from Redis, a subscriber that missed points or an
+END_SCAN, memory that grows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # ``soak`` is a package of the project root, like ``benchmarks``
+    sys.path.insert(0, str(ROOT))
+
+from soak import runner, verify, workload
+from soak.publisher import publish_scan
+
+
+@pytest.mark.timeout(200)
+def test_short_soak_passes_every_check(server_binary: Path, tmp_path: Path) -> None:
+    out = tmp_path / "soak.json"
+    env = dict(os.environ)
+    env.pop("SCANSTREAM_REDIS_URL", None)
+    proc = subprocess.run([sys.executable, "-m", "soak", "--duration", "20", "--json", str(out)],
+                          check=False, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    report = json.loads(out.read_text())
+    assert report["ok"] and report["problems"] == []
+    assert report["checks"] == {"processes_ok": True, "files_exact": True,
+                                "writers_no_errors": True, "subscribers_complete": True,
+                                "memory_flat": True}
+    counts = report["counts"]
+    assert counts["scans"] >= 40 and counts["scans_checked"] == counts["scans"]
+    assert set(counts["scans_by_kind"]) == set(workload.KINDS)
+    assert counts["scans_by_state"].get("USER_ABORTED", 0) >= 1
+    assert counts["lima_images"] > 0 and counts["points_0d_1d"] > 0
+    assert len(counts["subscriber_events"]) == 4 and min(counts["subscriber_events"].values()) > 0
+    processes = set(report["memory_mib"])
+    assert {f"publisher{i}" for i in range(4)} <= processes
+    assert {f"subscriber{i}" for i in range(4)} <= processes
+    assert {"writer0", "writer1", "redis used_memory"} <= processes
+    assert "OK" in proc.stdout
+
+
+def test_plan_is_deterministic_and_mixed() -> None:
+    plans = [workload.plan(k, i) for k in range(4) for i in range(36)]
+    assert {p.kind for p in plans} == set(workload.KINDS)
+    assert any(p.abort_at for p in plans)
+    p = workload.plan(2, 5)
+    for name in p.channels():
+        a, b = workload.expected_array(p, name), workload.expected_array(p, name)
+        assert all(x.tobytes() == y.tobytes() for x, y in zip(a, b, strict=True))
+
+
+def test_file_check_catches_a_value_that_differs(session, store, tmp_path: Path) -> None:
+    from scanstream.writer import WriterService, saved_scans
+
+    name = session.name
+    records = []
+    for index in range(4):  # the 4 kinds (session index 0): step, mca, sampling, lima
+        p = workload.plan(0, index)
+        number, state = publish_scan(session, name, p, tmp_path, 0.0)
+        records.append({"number": number, "session_index": 0, "index": index, "state": state,
+                        "file": p.filename(name)})
+    with WriterService([name], root=tmp_path, store=store, flush_period=0.05):
+        deadline = time.monotonic() + 30
+        while saved_scans(name, store=store) != {r["number"] for r in records}:
+            assert time.monotonic() < deadline, "the writer did not save the scans"
+            time.sleep(0.05)
+    assert verify.check_file(store, name, records, tmp_path) == []
+    with h5py.File(tmp_path / records[0]["file"], "r+") as f:
+        f[f"{records[0]['number']}.1/measurement/diode"][3] += 1.0
+    problems = verify.check_file(store, name, records, tmp_path)
+    assert problems and "diode: file differs from Redis" in problems[0]
+
+
+def test_subscriber_check_catches_missing_points_and_ends() -> None:
+    records = {"s_0": [{"number": 1, "state": "DONE", "points": {"diode": 10}},
+                       {"number": 2, "state": "USER_ABORTED", "points": {"diode": 5}}]}
+    good = {("s_0", 1): {"scan": [{"points": {"diode": 10}, "walk_end": "DONE", "errors": []}],
+                         "end": ["DONE"], "fatal": []},
+            ("s_0", 2): {"scan": [{"points": {"diode": 5}, "walk_end": "USER_ABORTED",
+                                   "errors": []}],
+                         "end": ["USER_ABORTED"], "fatal": []}}
+    assert runner.subscriber_problems("sub", good, records) == []
+    assert runner.subscriber_complete(good, records)
+    bad = json.loads(json.dumps({"|".join(map(str, k)): v for k, v in good.items()}))
+    bad = {(k.split("|")[0], int(k.split("|")[1])): v for k, v in bad.items()}
+    bad[("s_0", 1)]["scan"][0]["points"]["diode"] = 9
+    bad[("s_0", 2)]["end"] = []
+    problems = runner.subscriber_problems("sub", bad, records)
+    assert any("points" in p for p in problems) and any("END_SCAN" in p for p in problems)
+    assert not runner.subscriber_complete(bad, records)
+
+
+def test_memory_verdict_flags_growth() -> None:
+    samples = runner.Samples()
+    for t in range(100):
+        samples.times.append(float(t))
+        samples.rss["flat"].append(50 * runner.MIB + (t % 3) * 100_000)
+        samples.rss["leaky"].append(50 * runner.MIB + t * runner.MIB // 4)
+        samples.redis_used.append(4 * runner.MIB)
+    figures = runner.memory_figures(samples, 0.0, 99.0, warmup=10, tol_mib=8, tol_pct=10,
+                                    redis_tol_mib=8, redis_tol_pct=25, exclude=set())
+    assert figures["flat"]["flat"] and figures["redis used_memory"]["flat"]
+    assert not figures["leaky"]["flat"] and figures["leaky"]["slope_mib_per_h"] > 800
