@@ -5,6 +5,12 @@ opened once, counted by its users, and closed when the last scan writing into it
 (then other programs see a complete, closed file). A background thread flushes every file
 that received data at least every ``flush_period`` seconds, so that a reader opening the file
 during the scan sees data at most that old.
+
+A full disk is checked before each write (:meth:`OpenFiles.check_space`). HDF5 handles a
+full disk badly: after a failed flush, closing the file fails and any later use of it, even
+HDF5's own clean-up at process exit, crashes the process. So the writer refuses to write well
+before the disk is full, and a file is closed only after a successful flush; a file whose
+flush fails is kept open and flushed again until space is freed, then closed.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ logger = logging.getLogger(__name__)
 
 #: Default flush period (s): the design asks for data visible within 250 ms.
 FLUSH_PERIOD = 0.2
+#: Free bytes that must remain on the file's disk after a write: room for HDF5's metadata
+#: and partially filled chunks, so that the file can always be flushed and closed.
+SPACE_MARGIN = 16 << 20
 
 
 class _OpenFile:
@@ -46,6 +55,8 @@ class OpenFiles:
     def __init__(self, flush_period: float = FLUSH_PERIOD) -> None:
         self.flush_period = flush_period
         self._files: dict[Path, _OpenFile] = {}
+        # Files HDF5 failed to close (disk full): kept referenced, closed once possible.
+        self._unclosed: dict[Path, h5py.File] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, name="scanstream-flush", daemon=True)
@@ -62,12 +73,37 @@ class OpenFiles:
         """
         path = path.resolve()
         with self._lock:
+            if path in self._unclosed:
+                raise WriterError(
+                    f"{str(path)!r} could not be flushed (no space left on the device?); "
+                    "scans writing into it wait until space is freed and the writer restarted"
+                )
             entry = self._files.get(path)
             if entry is None:
                 entry = _OpenFile(_open(path))
                 self._files[path] = entry
             entry.users += 1
             return entry.file
+
+    def check_space(self, file: h5py.File, nbytes: int) -> None:
+        """Raise WriterError unless ``nbytes`` more fit on the file's disk with a margin.
+
+        Raises
+        ------
+        WriterError
+            "no space left on device": writing would leave less than :data:`SPACE_MARGIN`.
+        """
+        try:
+            stats = os.statvfs(os.path.dirname(file.filename))
+        except OSError:
+            return
+        free = stats.f_bavail * stats.f_frsize
+        if free < nbytes + SPACE_MARGIN:
+            raise WriterError(
+                f"no space left on device for {file.filename!r}: {free >> 20} MiB free, "
+                f"{(nbytes + SPACE_MARGIN) >> 20} MiB needed (data and a "
+                f"{SPACE_MARGIN >> 20} MiB margin); free some space, the scan stays in Redis"
+            )
 
     def mark_dirty(self, file: h5py.File) -> None:
         """Note that ``file`` received data: the flusher will flush it."""
@@ -83,15 +119,22 @@ class OpenFiles:
             if entry is None:
                 return
             entry.users -= 1
-            try:
-                if entry.users > 0:
-                    entry.file.flush()
-                    entry.dirty = False
-                    return
+            if entry.users <= 0:
                 del self._files[path]
-                entry.file.close()
+            try:
+                entry.file.flush()
+                entry.dirty = False
             except (OSError, RuntimeError) as exc:
+                if entry.users <= 0:
+                    self._unclosed[path] = entry.file  # never close an unflushed file: see above
                 raise WriterError(f"cannot write {str(path)!r}: {exc}") from exc
+            if entry.users <= 0:
+                entry.file.close()
+
+    @property
+    def unclosed(self) -> list[Path]:
+        """Files that could not be closed (disk full); their last data may be missing."""
+        return list(self._unclosed)
 
     def close(self) -> None:
         """Stop the flusher and close every file (flushing it)."""
@@ -99,23 +142,37 @@ class OpenFiles:
         self._flusher.join(timeout=5)
         with self._lock:
             for path, entry in list(self._files.items()):
-                try:
-                    entry.file.close()
-                except (OSError, RuntimeError):
-                    logger.exception("closing %s failed", path)
+                self._unclosed[path] = entry.file
             self._files.clear()
+            self._retry_unclosed()
+            for path in self._unclosed:
+                logger.error("%s could not be flushed (no space left on the device?) and stays "
+                             "unclosed; its last data is missing: the scans concerned are not "
+                             "marked saved", path)
+
+    def _retry_unclosed(self) -> None:
+        """Flush, then close, the files whose flush failed; leave those that still fail."""
+        for path, file in list(self._unclosed.items()):
+            try:
+                file.flush()
+            except (OSError, RuntimeError):
+                continue
+            file.close()
+            del self._unclosed[path]
+            logger.info("%s flushed and closed", path)
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(self.flush_period):
             with self._lock:
+                self._retry_unclosed()
                 entries = [(p, e) for p, e in self._files.items() if e.dirty]
                 for path, entry in entries:
                     entry.dirty = False
                     try:
                         entry.file.flush()
-                    except (OSError, RuntimeError):
+                    except (OSError, RuntimeError) as exc:
                         # The scan writing it reports the error at its next write or its end.
-                        logger.exception("flushing %s failed", path)
+                        logger.warning("flushing %s failed: %s", path, exc)
 
 
 def _refuse_if_written_elsewhere(path: Path) -> None:

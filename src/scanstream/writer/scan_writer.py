@@ -196,6 +196,9 @@ class ScanWriter:
     def _on_new_data(self, node: DataNode, first_index: int, data: Any, count: int) -> None:
         index = node.index  # type: ignore[attr-defined]
         if node.type == "channel":
+            assert self._file is not None
+            nbytes = data.nbytes if data.dtype != object else sum(p.nbytes for p in data)
+            self.files.check_space(self._file, nbytes)
             end = nexus.write_points(self._datasets[index], first_index, data)
         elif node.type == "lima":
             end = first_index + count
