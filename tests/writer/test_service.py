@@ -248,3 +248,49 @@ def test_a_full_disk_fails_that_scan_only(writer, session, store, tmp_path, tiny
     with h5py.File(tmp_path / "data/test_session/test_session.h5", "r") as file:
         assert file[f"{small.number}.1/measurement/timer:c"][()].tolist() == [5.0]
 
+
+
+def test_scan_info_metadata_instrument_and_default_plot(writer, session, store, tmp_path):
+    info = {
+        "title": "ascan roby 0 1 2 0.1",
+        "npoints": 3,
+        "sample": {"@NX_class": "NXsample", "name": "Si wafer", "temperature": 300.0,
+                   "temperature@units": "K"},
+        "technique": {"xrf": {"@NX_class": "NXcollection", "energy": 17.0}},
+        "instrument": {"source": {"@NX_class": "NXsource", "current": 200.0}},
+        "positioners": {"positioners_start": {"roby": 0.0}, "positioners_units": {"roby": "mm"}},
+        "plots": [{"kind": "curve-plot", "items": [{"kind": "curve", "x": "axis:roby",
+                                                     "y": "diode:diode"}]}],
+    }
+    with session.create_scan("ascan", info) as scan:
+        timer = scan.create_container("axis")
+        roby = timer.create_channel("axis:roby", unit="mm")
+        diode = timer.create_channel("diode:diode")
+        scan.prepared()
+        roby.emit([0.0, 0.5, 1.0])
+        diode.emit([1.0, 3.0, 2.0])
+        scan.end(info_update={"positioners": {**info["positioners"], "positioners_end": {"roby": 1.0}}})
+    wait_saved(store, "test_session", {scan.number})
+    with h5py.File(tmp_path / "data/test_session/test_session.h5", "r") as file:
+        entry = file["1.1"]
+        assert entry["sample"].attrs["NX_class"] == "NXsample"
+        assert entry["sample/name"].asstr()[()] == "Si wafer"
+        assert entry["sample/temperature"][()] == 300.0
+        assert entry["sample/temperature"].attrs["units"] == "K"
+        assert entry["technique/xrf/energy"][()] == 17.0
+        assert entry["instrument/source"].attrs["NX_class"] == "NXsource"
+        assert entry["instrument/positioners_start/roby"][()] == 0.0
+        assert entry["instrument/positioners_end/roby"][()] == 1.0
+        assert entry["instrument/roby"].attrs["NX_class"] == "NXpositioner"
+        assert entry["instrument/roby/value"][()].tolist() == [0.0, 0.5, 1.0]
+        assert entry["instrument/diode/data"][()].tolist() == [1.0, 3.0, 2.0]
+        assert entry["measurement/axis:roby"].attrs["units"] == "mm"
+        # The default plot chain: root -> entry -> NXdata, signal against the axis.
+        assert file.attrs["default"] == "1.1"
+        nxdata = entry[entry.attrs["default"]]
+        assert nxdata.attrs["NX_class"] == "NXdata"
+        assert nxdata[nxdata.attrs["signal"]][()].tolist() == [1.0, 3.0, 2.0]
+        axes = nxdata.attrs["axes"]
+        axis = axes if isinstance(axes, str) else axes[0]
+        assert nxdata[axis][()].tolist() == [0.0, 0.5, 1.0]
+        assert entry["end_time"].asstr()[()] > entry["start_time"].asstr()[()]
