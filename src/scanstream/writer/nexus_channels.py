@@ -186,6 +186,7 @@ def _require_growing(
     """
     ragged = point_shape == (0,)
     maxshape = (None, None) if ragged else (None,) + point_shape
+    cache = _chunk_cache_bytes(dtype, chunks)
     obj = group.get(name)
     if obj is None:
         dset = group.create_dataset(
@@ -196,6 +197,7 @@ def _require_growing(
             chunks=chunks,
             fillvalue=fill,
             compression=compression,
+            rdcc_nbytes=cache,
         )
         dset.attrs["long_name"] = long_name
         return dset
@@ -225,6 +227,17 @@ def _require_growing(
             " dataset name); rename one of the channels"
         )
     return obj
+
+
+def _chunk_cache_bytes(dtype: np.dtype, chunks: tuple[int, ...]) -> int:
+    """Chunk cache of a growing dataset: room for the chunk being filled and the one before.
+
+    Points are appended, so older chunks are never needed again; HDF5's default (1 MiB per
+    dataset, kept full of written chunks) made a 100-channel writer grow by ~200 MiB over a
+    30 s scan. Two chunks keep a chunk being filled by small batches in memory until full.
+    Only set when the dataset is created (an existing one, after a restart, keeps the default).
+    """
+    return max(2 * int(np.prod(chunks, dtype=np.int64)) * dtype.itemsize, 64 << 10)
 
 
 def write_points(dset: h5py.Dataset, first_index: int, data: Any) -> int:
