@@ -385,7 +385,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="sleep between two points of a scan (default 0.01 s)")
     parser.add_argument("--retention", type=float, default=None,
                         help="SCANSTREAM retention time of the scans (default: duration/4, "
-                             "between 3 and 30 s)")
+                             "between 10 and 30 s)")
     parser.add_argument("--warmup", type=float, default=None,
                         help="seconds excluded from the memory verdict (default: 15%% of the "
                              "duration, at least retention + 2)")
@@ -400,7 +400,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.duration <= 0:
         parser.error("--duration must be positive")
     if args.retention is None:
-        args.retention = min(30.0, max(3.0, args.duration / 4))
+        args.retention = min(30.0, max(10.0, args.duration / 4))
     if args.warmup is None:
         args.warmup = max(args.retention + 2, 0.15 * args.duration)
     if args.sample_period is None:
@@ -513,7 +513,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sampler = Sampler(pids, store, args.sample_period)
         sampler.start()
         verifier = Verifier(store, sessions, manifests, root,
-                            save_timeout=max(10.0, 0.8 * args.retention))
+                            save_timeout=0.7 * args.retention)
         verifier.start()
 
         # -- publishing: watch for early deaths
@@ -623,6 +623,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             store.close()
         if server is not None:
             server.stop()
+        if not report.get("ok"):  # keep the evidence next to the files and logs
+            with contextlib.suppress(OSError, TypeError, ValueError):
+                (tmp / "report.json").write_text(json.dumps(report, indent=1, default=str))
         if not args.keep and report.get("ok"):
             import shutil
 
