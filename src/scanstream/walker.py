@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,9 @@ from .models import DATA_NODE_TYPES, ScanEnd, ScanState
 from .nodes import DataNode, NodeFilter, ScanNode, SessionNode
 
 logger = logging.getLogger(__name__)
+
+#: How many recent scan numbers a session walk remembers to skip replayed NEW_SCAN entries.
+_ANNOUNCED_KEPT = 1024
 
 # Longest single blocking read: bounds the reaction time to a stop request.
 _BLOCK_SLICE = 0.1
@@ -112,7 +116,10 @@ class Walker:
         self._session_last = b"0-0"
         self._scans: dict[bytes, _ScanFollow] = {}
         self._data: dict[bytes, _DataFollow] = {}
-        self._announced: set[int] = set()  # scan numbers seen in NEW_SCAN (replays skipped)
+        # Scan numbers of the latest NEW_SCAN entries, to skip one written twice by a client
+        # retry (the copy follows the original closely): bounded, a session may run for years.
+        self._announced: set[int] = set()
+        self._announced_order: deque[int] = deque()
         #: Corrupt data met during the walk: node db_name -> the DecodingError. The walk
         #: stops following such a node and goes on with the others (see _on_data).
         self.errors: dict[str, DecodingError] = {}
@@ -250,6 +257,9 @@ class Walker:
         if number in self._announced:
             return  # a NEW_SCAN written twice by a client retry whose reply was lost
         self._announced.add(number)
+        self._announced_order.append(number)
+        if len(self._announced_order) > _ANNOUNCED_KEPT:
+            self._announced.discard(self._announced_order.popleft())
         try:
             scan = session.get_scan(number)
         except ScanNotFoundError:
