@@ -137,7 +137,7 @@ def sustained(url: str, nch: int, rate_hz: float, seconds: float) -> dict[str, A
     flush(url)
     ctx = mp.get_context("spawn")
     session_name = "w3a"
-    per_tick = max(1, int(round(rate_hz * TICK)))
+    per_tick = max(1, round(rate_hz * TICK))
     ticks = int(seconds / TICK)
     with tempfile.TemporaryDirectory(prefix="scanstream-bench-w-") as tmp:
         root = Path(tmp)
@@ -313,7 +313,7 @@ def images(url: str, refs_per_s: float, seconds: float, reps: int) -> dict[str, 
     """(3c) A lima node, ``refs_per_s`` references/s for ``seconds``; frames in one file."""
     flush(url)
     session_name = "w3c"
-    per_tick = max(1, int(round(refs_per_s * TICK)))
+    per_tick = max(1, round(refs_per_s * TICK))
     ticks = int(seconds / TICK)
     nframes = per_tick * ticks
     frame = (4, 4)
