@@ -258,10 +258,12 @@ def _wait_saved(store: Any, session: str, number: int, timeout: float) -> None:
 
 # -- (3b) ---------------------------------------------------------------------------------------
 def end_to_saved(url: str, nch: int, npts: int, shape: tuple[int, ...], reps: int
-                 ) -> tuple[list[float], list[float], list[float]]:
+                 ) -> tuple[list[float], list[float], list[float], float]:
     """(3b) ``reps`` scans of ``npts`` x ``nch`` float64 points of ``shape``, 1000-point (or
     1-spectrum-per-100) batches, published at full speed. Return END -> saved seconds, start
-    -> saved seconds, and the baseline seconds (raw h5py appends)."""
+    -> saved seconds, the baseline seconds (raw h5py appends), and END -> saved of a first
+    scan written by the fresh writer process (not counted: the writer creates the file and
+    imports its NeXus modules then; a writer service lives for many scans)."""
     flush(url)
     session_name = "w3b"
     per_emit = 1000 if shape == () else 100
@@ -274,7 +276,7 @@ def end_to_saved(url: str, nch: int, npts: int, shape: tuple[int, ...], reps: in
         try:
             with writer_process(url, session_name, root):
                 session = create_session(session_name, store=store)
-                for _ in range(reps):
+                for _ in range(reps + 1):
                     t0 = time.perf_counter()
                     scan = session.create_scan("burst", {"npoints": npts})
                     top = scan.create_container("timer")
@@ -292,6 +294,8 @@ def end_to_saved(url: str, nch: int, npts: int, shape: tuple[int, ...], reps: in
                     total.append(t2 - t0)
         finally:
             store.close()
+        first = lat.pop(0)
+        total.pop(0)
         for k in range(reps):
             t0 = time.perf_counter()
             with h5py.File(root / f"raw{k}.h5", "w") as f:
@@ -305,7 +309,7 @@ def end_to_saved(url: str, nch: int, npts: int, shape: tuple[int, ...], reps: in
                         d.resize(n0 + per_emit, axis=0)
                         d[n0:] = block
             base.append(time.perf_counter() - t0)
-    return lat, total, base
+    return lat, total, base, first
 
 
 # -- (3c) ---------------------------------------------------------------------------------------
@@ -412,7 +416,7 @@ def run(url: str, quick: bool) -> list[Figure]:
     fig.met = rss_growth < 10.0
     figures.append(fig)
 
-    reps = 2 if quick else 5
+    reps = 2 if quick else 10
     cases = ([("3b END->saved 10k x 10 ch 0D", 10, 10_000, (), None)] if quick else [
         ("3b END->saved 100k x 10 ch 0D", 10, 100_000, (), 0.040),
         ("3b END->saved 1M x 10 ch 0D", 10, 1_000_000, (), 0.5),
@@ -421,11 +425,12 @@ def run(url: str, quick: bool) -> list[Figure]:
     if quick:
         cases.append(("3b END->saved 1k x 1024 float64 spectra", 1, 1_000, (1024,), None))
     for name, n_ch, npts, shape, target in cases:
-        lat, total, base = end_to_saved(url, n_ch, npts, shape, reps)
+        lat, total, base, first = end_to_saved(url, n_ch, npts, shape, reps)
         fig = Figure(name, Stat.of(np.array(lat) * 1000, "ms", higher_is_better=False),
                      Stat.of(np.array(base) * 1000, "ms", higher_is_better=False),
                      f"<= {target * 1000:.0f} ms" if target else "-",
-                     extra={"start_to_saved_ms": Stat.of(np.array(total) * 1000, "ms",
+                     extra={"first_scan_of_the_writer_ms": first * 1000,
+                            "start_to_saved_ms": Stat.of(np.array(total) * 1000, "ms",
                                                          higher_is_better=False).__dict__,
                             "baseline": "raw h5py appends of the same batches, with close"})
         fig.met = None if target is None else fig.value.p99 <= target * 1000
