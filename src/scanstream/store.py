@@ -11,6 +11,7 @@ from typing import Any
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.connection import Encoder, PythonRespSerializer
 from redis.retry import Retry
 
 from .exceptions import InvalidArgumentError, ProtocolVersionError, SessionNotFoundError
@@ -100,6 +101,13 @@ def default_retry() -> Retry:
         retries=6,
         supported_errors=(redis.exceptions.ConnectionError, redis.exceptions.TimeoutError),
     )
+
+
+# redis-py packs commands with hiredis when it is installed, which copies every large data
+# payload into one string holding the GIL: a publisher loses a quarter of its throughput
+# (docs/performance.md). Its pure-Python packer sends large values as separate buffers; the
+# reply parser stays hiredis'. Stateless, so one instance serves every connection.
+_COMMAND_PACKER = PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode)
 
 
 class _NetworkRetry(Retry):
@@ -235,6 +243,7 @@ class DataStore:
             socket_timeout=30,
             retry=self.settings.retry or default_retry(),
             health_check_interval=30,
+            command_packer=_COMMAND_PACKER,
         )
         self._end_scan_script = self.redis.register_script(_END_SCAN_LUA)
         self._end_scan_script_oom = self.redis.register_script(_END_SCAN_LUA_ALLOW_OOM)
