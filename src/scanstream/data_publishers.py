@@ -24,7 +24,7 @@ import numpy as np
 import redis
 
 from . import encoding
-from .exceptions import EncodingError
+from .exceptions import EncodingError, RedisFullError, RedisUnreachableError
 
 if TYPE_CHECKING:
     from .publisher import ScanPublisher
@@ -148,11 +148,11 @@ class ChannelPublisher(_DataPublisher):
             range, empty batch. Nothing is queued then; earlier points are unaffected.
         ScanEndedError
             The scan has ended.
-        redis.exceptions.ConnectionError
+        RedisUnreachableError
             Redis has been unreachable for longer than ``Settings.max_unreachable_time``:
             the scan has failed and its queued points were dropped. Shorter outages are
             hidden: points stay queued and are sent once Redis is back.
-        redis.exceptions.OutOfMemoryError
+        RedisFullError
             Redis is full (maxmemory reached, no eviction): nothing more is accepted until
             Redis accepts the queued points again (they are kept, none is dropped).
         """
@@ -451,7 +451,7 @@ class _Sender:
         if now - self.unreachable_since <= limit:
             return None
         dropped = sum(node._drop() for node in self.scan._data_nodes)
-        error = redis.exceptions.ConnectionError(
+        error = RedisUnreachableError(
             f"scan {self.scan.db_name} failed: Redis at {self.store.url} unreachable for "
             f"{now - self.unreachable_since:.1f} s, longer than max_unreachable_time = {limit} s "
             f"(SCANSTREAM_MAX_UNREACHABLE_TIME); {dropped} queued points were dropped. Last error: {exc}"
@@ -467,7 +467,7 @@ class _Sender:
         scan = self.scan
         queued = sum(node._emitted - node._sent for node in scan._data_nodes)
         if isinstance(exc, redis.exceptions.OutOfMemoryError) or "OOM" in str(exc):
-            error: BaseException = redis.exceptions.OutOfMemoryError(
+            error: BaseException = RedisFullError(
                 f"scan {scan.db_name}: Redis is full (maxmemory reached, no eviction) and refuses "
                 f"its data; {queued} points are queued, none was dropped. Earlier scans are intact. "
                 f"Free memory (delete saved scans, shorten SCANSTREAM_RETENTION_TIME) or raise "

@@ -6,12 +6,16 @@ scan, ``ValueError`` for bad input, ``IndexError`` for data out of range...).
 
 Transport errors of redis-py (``redis.exceptions.ConnectionError``, ``TimeoutError``) are
 deliberately *not* wrapped: they propagate unchanged, and retries are configured with a
-redis-py ``Retry`` object.
+redis-py ``Retry`` object. Where scanstream itself gives up on Redis (a publisher that could
+not reach it for too long, a full server), it raises :class:`RedisUnreachableError` or
+:class:`RedisFullError`, which are also the corresponding redis-py errors.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import redis
 
 
 class ScanstreamError(Exception):
@@ -108,3 +112,11 @@ class NexusLayoutError(ScanstreamError, ValueError):
 
 class WriterError(ScanstreamError, RuntimeError):
     """The writer cannot save a scan (file not writable or locked, disk full, entry taken)."""
+
+
+class RedisUnreachableError(ScanstreamError, redis.exceptions.ConnectionError):
+    """A publisher could not reach Redis for longer than ``max_unreachable_time``: its scan failed."""
+
+
+class RedisFullError(ScanstreamError, redis.exceptions.OutOfMemoryError):
+    """Redis is full (maxmemory reached, no eviction) and refuses a scan's data."""

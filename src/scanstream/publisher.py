@@ -398,10 +398,11 @@ class ScanPublisher:
         Raises
         ------
         redis.exceptions.ConnectionError
-            Redis cannot be reached (after redis-py's retries); the points stay queued,
-            unless Redis has been unreachable for ``max_unreachable_time`` (the scan failed).
-        redis.exceptions.OutOfMemoryError
-            Redis is full: the scan has been ended FAILED.
+            Redis cannot be reached (after redis-py's retries); the points stay queued.
+        RedisUnreachableError
+            Redis has been unreachable for ``max_unreachable_time``: the scan failed.
+        RedisFullError
+            Redis is full and refuses the points; they stay queued.
         """
         if self._send_error is not None:
             raise self._send_error
