@@ -113,25 +113,33 @@ def repeat(run: Callable[[], float], times: int, setup: Callable[[], None] | Non
 
 
 def machine() -> dict[str, Any]:
-    """Describe the machine, Python and server the figures come from."""
+    """Describe the machine, Python and server the figures come from (benchmarks and soak)."""
+    import subprocess
+
+    import h5py
+
     cpu = platform.processor() or ""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    binary = find_server_binary()
-    import subprocess
-
-    version = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
-                             check=False).stdout.strip()
+    memory_mib = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        memory_mib = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
+    server = None
+    with contextlib.suppress(Exception):  # a description must not fail the run
+        server = subprocess.run([str(find_server_binary()), "--version"], capture_output=True,
+                                text=True, check=False, timeout=10).stdout.strip()
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "memory_mib": memory_mib,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "numpy": np.__version__,
+        "h5py": h5py.__version__,
         "redis_py": redis.__version__,
-        "server": version,
+        "server": server,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

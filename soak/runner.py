@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -43,8 +42,9 @@ from typing import Any
 
 import redis
 
+from benchmarks.harness import machine
 from scanstream import DataStore, Settings, create_session
-from scanstream.server import EmbeddedServer, find_server_binary
+from scanstream.server import EmbeddedServer
 from scanstream.writer import saved_scans, writer_status
 
 from . import verify
@@ -77,32 +77,6 @@ def rss_bytes(pid: int) -> int | None:
     except (OSError, ValueError):
         return None
     return None
-
-
-def machine() -> dict[str, Any]:
-    """The machine the figures come from."""
-    cpu = platform.processor() or ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem = None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
-    server = None
-    with contextlib.suppress(Exception):
-        binary = find_server_binary()
-        server = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
-                                check=False, timeout=10).stdout.strip()
-    import h5py
-    import numpy
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_mib": mem,
-            "python": platform.python_version(),
-            "platform": platform.platform(), "numpy": numpy.__version__, "h5py": h5py.__version__,
-            "redis_py": redis.__version__, "server": server,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 @dataclass
