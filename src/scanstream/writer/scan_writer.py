@@ -42,7 +42,7 @@ class ScanResult:
     entries : list of str
         The NXentry names (``"3.1"``, ``"3.2"``...).
     points : dict
-        Number of points (or frames) written per channel full name.
+        Number of points (or frames) written per data node (its ``db_name``).
     state : str
         End state of the scan (``DONE``...); empty when the writer stopped before its end.
     warnings : list of str
@@ -151,7 +151,10 @@ class ScanWriter:
         return node
 
     def _entry(self, top_master: DataNode) -> h5py.Group:
-        index = top_master.index  # type: ignore[attr-defined]
+        return self._entry_of_master(top_master.index, top_master.name)  # type: ignore[attr-defined]
+
+    def _entry_of_master(self, index: int, master_name: str) -> h5py.Group:
+        """The NXentry of the top master of node index ``index``, created at first need."""
         entry = self._entries.get(index)
         if entry is not None:
             return entry
@@ -170,7 +173,7 @@ class ScanWriter:
             start_time=self.info.get("start_time") or time.time(), scan_info=self.info,
         )
         entry.attrs["scanstream_scan"] = self.scan_id
-        entry.attrs["scanstream_top_master"] = top_master.name
+        entry.attrs["scanstream_top_master"] = master_name
         self._entries[index] = entry
         self.result.entries.append(name)
         return entry
@@ -191,7 +194,7 @@ class ScanWriter:
                 expected_points=npoints if isinstance(npoints, int) and npoints > 0 else None,
                 units=node.unit,  # type: ignore[attr-defined]
             )
-        self.result.points.setdefault(node.name, 0)
+        self.result.points.setdefault(node.db_name, 0)
 
     def _on_new_data(self, node: DataNode, first_index: int, data: Any, count: int) -> None:
         index = node.index  # type: ignore[attr-defined]
@@ -214,14 +217,14 @@ class ScanWriter:
             end = first_index + count
         else:
             return
-        self.result.points[node.name] = end
+        self.result.points[node.db_name] = end
 
     # -- end of scan --------------------------------------------------------------------------
     def _finalize(self, state: Any, end: Mapping[str, Any]) -> None:
         info = self.scan.info  # final: updated by prepared() and end()
         self.info = info
         if not self._entries:  # a scan without any node still gets its entry
-            self._entries_for_empty_scan()
+            self._entry_of_master(-1, "")
         for entry in self._entries.values():
             nexus.finalize_entry(
                 entry, end_time=end.get("end_time") or time.time(), state=state,
@@ -234,13 +237,6 @@ class ScanWriter:
             first = next(iter(self._entries.values()))
             self._guarded(f"{first.name}: sub-scan links", self._link_subscans, first)
         self.result.state = getattr(state, "name", str(state))
-
-    def _entries_for_empty_scan(self) -> None:
-        class _NoMaster:  # the entry of a scan that published no node
-            index = -1
-            name = ""
-
-        self._entry(_NoMaster())  # type: ignore[arg-type]
 
     def _guarded(self, what: str, func: Any, *args: Any) -> None:
         """Metadata is worth a warning, never the scan's data."""
@@ -294,10 +290,11 @@ class ScanWriter:
             nexus.write_metadata(group, value)
 
     def _write_plot(self, entry: h5py.Group, info: Mapping[str, Any]) -> None:
+        measurement = entry["measurement"]
         channels = {
-            name: f"measurement/{nexus.channel_dataset_name(name)}"
-            for name in self.result.points
-            if nexus.channel_dataset_name(name) in entry["measurement"]
+            node.name: f"measurement/{nexus.channel_dataset_name(node.name)}"
+            for index, node in self._data_nodes.items()
+            if self._entry_of[index] == entry and nexus.channel_dataset_name(node.name) in measurement
         }
         nexus.write_default_plot(entry, info.get("plots"), channels, scan_info=info)
 
