@@ -215,7 +215,8 @@ class WriterService:
             if result is None:
                 return
             self.store.redis.sadd(self.store.keys.writer_saved(session), scan.number)
-            self._written[session] += 1
+            with self._lock:  # scan threads of one session finish concurrently
+                self._written[session] += 1
             points = sum(result.points.values())
             logger.info("saved %s (%s): %d points in %s entries %s of %s (%.2f s)",
                         scan.db_name, result.state, points, len(result.entries),
