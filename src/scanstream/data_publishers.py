@@ -211,12 +211,23 @@ class ChannelPublisher(_DataPublisher):
             if chunk:
                 out.append((codec.encode(chunk), len(chunk)))
             return out
-        data = batches[0] if len(batches) == 1 else np.concatenate(batches)
-        per_point = max(1, data.itemsize * max(1, codec.point_size))
-        step = max(1, _MAX_ENTRY_BYTES // per_point)
-        if len(data) <= step:
-            return [(codec.encode(data), len(data))]
-        return [(codec.encode(data[i : i + step]), len(data[i : i + step])) for i in range(0, len(data), step)]
+        # Consecutive batches go into entries of at most _MAX_ENTRY_BYTES (a batch larger than
+        # that is cut), each entry's bytes joined in one copy.
+        step = max(1, _MAX_ENTRY_BYTES // max(1, codec.dtype.itemsize * max(1, codec.point_size)))
+        entries: list[tuple[encoding.Fields, int]] = []
+        group: list[np.ndarray] = []
+        count = 0
+        for batch in batches:
+            for start in range(0, len(batch), step):
+                piece = batch[start : start + step]
+                if group and count + len(piece) > step:
+                    entries.append((codec.encode(group), count))
+                    group, count = [], 0
+                group.append(piece)
+                count += len(piece)
+        if group:
+            entries.append((codec.encode(group), count))
+        return entries
 
 
 class LimaPublisher(_DataPublisher):

@@ -243,17 +243,20 @@ class NumericCodec:
 
     # -- wire format -------------------------------------------------------------------
     def encode(self, batch: np.ndarray | list[np.ndarray]) -> Fields:
-        """Encode a validated batch as the fields of one stream entry."""
+        """Encode validated points as the fields of one stream entry.
+
+        Fixed shapes: one batch (an array of shape ``(n,) + shape``) or a list of consecutive
+        batches. Variable-length channels: a list of 1D points.
+        """
         if self.variable:
             assert isinstance(batch, list)
             lengths = np.array([len(p) for p in batch], dtype="<i8")
             data = b"".join(p.astype(self.wire_dtype, copy=False).tobytes() for p in batch)
             return {b"n": b"%d" % len(batch), b"d": data, b"l": lengths.tobytes()}
-        assert isinstance(batch, np.ndarray)
-        return {
-            b"n": b"%d" % batch.shape[0],
-            b"d": batch.astype(self.wire_dtype, copy=False).tobytes(),
-        }
+        parts = [batch] if isinstance(batch, np.ndarray) else batch
+        # One copy, straight from the batches into the entry (no concatenate, no tobytes).
+        data = b"".join(np.ascontiguousarray(p, dtype=self.wire_dtype) for p in parts)
+        return {b"n": b"%d" % sum(p.shape[0] for p in parts), b"d": data}
 
     def decode(self, entries: Sequence[Fields]) -> np.ndarray:
         """Decode consecutive entries into one batch.
