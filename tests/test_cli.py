@@ -83,3 +83,13 @@ def test_console_script_status(private_runtime_dir: Path,
     assert proc.returncode == 0, err
     fields = _fields(out)
     assert fields["running"] == "yes" and fields["url"] == url
+
+
+def test_common_options_are_accepted_after_the_subcommand() -> None:
+    parser = build_parser()
+    after = parser.parse_args(["writer", "s1", "--redis-url", "redis://h:1/0", "-v"])
+    assert (after.redis_url, after.verbose, after.sessions) == ("redis://h:1/0", 1, ["s1"])
+    before = parser.parse_args(["--redis-url", "redis://h:2/0", "-vv", "writer", "s1"])
+    assert (before.redis_url, before.verbose) == ("redis://h:2/0", 2)
+    neither = parser.parse_args(["writer", "s1"])
+    assert (neither.redis_url, neither.verbose) == (None, 0)

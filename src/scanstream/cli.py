@@ -138,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
         command.configure(sub)
+        # The common options are accepted after the subcommand too
+        # (`scanstream writer SESSION --redis-url URL`); SUPPRESS keeps the global ones when absent.
+        sub.add_argument("--redis-url", metavar="URL", default=argparse.SUPPRESS,
+                         help="as `scanstream --redis-url`")
+        sub.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                         help="as `scanstream -v`")
         sub.set_defaults(run=command.run)
     return parser
 

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
 
 from scanstream import DataStore, ScanState, get_session_node
+from scanstream.cli import build_parser, main
 from scanstream.sim import default_beamline
-from scanstream.sim.cli import add_scan_command, main, parse_scan_arguments
+from scanstream.sim.cli import parse_scan_arguments
 
 
 def run(redis_url: str, *argv: str) -> int:
-    return main(["--redis-url", redis_url, "--time-scale", "0", *argv])
+    return main(["--redis-url", redis_url, "scan", "--time-scale", "0", *argv])
 
 
 def test_ascan_has_intervals_plus_one_points(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -59,10 +59,8 @@ def test_list_devices_and_registration(redis_url: str, capsys: pytest.CaptureFix
     assert run(redis_url, "--list") == 0
     out = capsys.readouterr().out
     assert "roby" in out and "lima_simulator (LimaDetector)" in out
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command")
-    add_scan_command(sub)
-    args = parser.parse_args(["scan", "--session", "s", "ascan", "roby", "0", "1", "2", "0.1", "diode"])
+    args = build_parser().parse_args(["scan", "--session", "s", "ascan", "roby", "0", "1", "2", "0.1",
+                                      "diode"])
     assert args.type == "ascan" and args.args[0] == "roby" and callable(args.run)
     motor, start, stop, intervals, count_time, diode = parse_scan_arguments(args.type, args.args,
                                                                              default_beamline())

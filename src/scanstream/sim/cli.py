@@ -6,11 +6,7 @@ Devices are looked up by name in :func:`~scanstream.sim.beamline.default_beamlin
 progress line (points done / total, rate, elapsed time) goes to stderr, like BLISS's scan
 display. Ctrl-C ends the scan USER_ABORTED with the points acquired (exit code 130).
 
-Register it in :data:`scanstream.cli.COMMANDS` with::
-
-    Command("scan", SCAN_HELP, sim_cli.configure_scan, sim_cli.run_scan)
-
-or run it alone: ``python -m scanstream.sim.cli [--redis-url URL] [options] TYPE ARGS...``.
+It is registered in :data:`scanstream.cli.COMMANDS` (``configure_scan``, ``run_scan``).
 """
 
 from __future__ import annotations
@@ -31,8 +27,8 @@ from .devices import MotorLimitError
 from .saving import SavingConfig
 from .scans import a2scan, amesh, ascan, ct, d2scan, dscan, loopscan, timescan
 
-__all__ = ["SCAN_HELP", "SCAN_TYPES", "ProgressDisplay", "ScanArgumentError", "add_scan_command",
-           "configure_scan", "main", "parse_scan_arguments", "run_scan"]
+__all__ = ["SCAN_HELP", "SCAN_TYPES", "ProgressDisplay", "ScanArgumentError", "configure_scan",
+           "parse_scan_arguments", "run_scan"]
 
 SCAN_HELP = "run a simulated scan (ct, loopscan, timescan, ascan, dscan, a2scan, d2scan, amesh)"
 
@@ -239,24 +235,3 @@ def _user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # no passwd entry nor USER variable (containers)
         return "?"
-
-
-def add_scan_command(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``scan`` to an ``argparse`` subparsers object (``run`` default set to :func:`run_scan`)."""
-    parser: argparse.ArgumentParser = subparsers.add_parser("scan", help=SCAN_HELP, description=SCAN_HELP)
-    configure_scan(parser)
-    parser.set_defaults(run=run_scan)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry point: ``python -m scanstream.sim.cli [--redis-url URL] ...``."""
-    parser = argparse.ArgumentParser(prog="scanstream scan", description=SCAN_HELP)
-    parser.add_argument("--redis-url", default=None, help="Redis URL (default: $SCANSTREAM_REDIS_URL, "
-                                                          "else the embedded server)")
-    configure_scan(parser)
-    return run_scan(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
