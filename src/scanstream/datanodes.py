@@ -250,9 +250,17 @@ def read_image(ref: ImageReference) -> np.ndarray:
     import h5py
 
     try:
-        # No file lock: the detector may still be writing this file.
-        with h5py.File(ref.file_path, "r", locking=False) as f:
-            return np.asarray(f[ref.path_in_file][ref.index_in_file])
+        try:
+            # No file lock: the detector may still be writing this file.
+            file = h5py.File(ref.file_path, "r", locking=False)
+        except OSError as exc:
+            if "locking flag" not in str(exc):
+                raise
+            # This process has the file open already with HDF5's default locking (for
+            # example through a virtual dataset): HDF5 refuses a second, different flag.
+            file = h5py.File(ref.file_path, "r")
+        with file:
+            return np.asarray(file[ref.path_in_file][ref.index_in_file])
     except (OSError, KeyError) as exc:
         raise DecodingError(f"cannot read image {ref.index_in_file} of {ref.file_path}:{ref.path_in_file}: {exc}") from None
 

@@ -56,7 +56,7 @@ def assert_file_matches_redis(scan: ScanNode, root: Path) -> h5py.File:
     the references name). Returns the file, open for reading, for more checks.
     """
     path = scan_file_path(scan.info, scan.session_name, root)
-    file = h5py.File(path, "r", locking=False)  # as read_image opens the detector files
+    file = h5py.File(path, "r")  # viewers' default; read_image copes with the VDS's open files
     top_masters = [n for n in scan.load_nodes() if n.parent is scan]
     for node in scan.load_nodes():
         if node.type not in ("channel", "lima"):
