@@ -103,7 +103,7 @@ def _wait_saved(store: DataStore, session: str, numbers: set[int]) -> set[int]:
     while True:
         saved = saved_scans(session, store=store) & numbers
         status = writer_status(session, store=store) or {}
-        failed = {int(e["scan"].split("_", 1)[0]) for e in status.get("errors", [])} & numbers
+        failed = {e["number"] for e in status.get("errors", [])} & numbers
         finished = saved | failed >= numbers or time.monotonic() > deadline
         if len(saved) != shown and (sys.stdout.isatty() or finished):
             shown = len(saved)

@@ -111,7 +111,7 @@ def test_a_bad_scan_is_reported_and_the_others_are_written(writer, session, stor
 
     wait_for(reported, 10, "the bad scan to be reported and the good one saved")
     error = writer_status("test_session", store=store)["errors"][0]
-    assert error["scan"] == f"{bad.number}_bad"
+    assert (error["scan"], error["number"]) == (f"{bad.number}_bad", bad.number)
     assert (str(tmp_path / "blocker") if filename.strip() else "' '") in error["error"]
     assert bad.number not in saved_scans("test_session", store=store)
     with h5py.File(tmp_path / "data/test_session/test_session.h5", "r") as file:

@@ -224,7 +224,8 @@ class WriterService:
         except Exception as exc:  # noqa: BLE001 - one bad scan must not stop the others
             message = f"{type(exc).__name__}: {exc}"
             logger.error("scan %s NOT saved: %s", scan.db_name, message)
-            self._errors[session].append({"scan": scan.name, "error": message, "time": time.time()})
+            self._errors[session].append(
+                {"scan": scan.name, "number": scan.number, "error": message, "time": time.time()})
         finally:
             self._done(session, scan)
 
@@ -316,7 +317,7 @@ def writer_status(session: str, *, store: DataStore | None = None, redis_url: st
     Keys: ``owner``, ``pid``, ``host``, ``root``, ``started`` and ``heartbeat`` (epoch s),
     ``writing`` (False while waiting for another writer), ``running`` (scans being written),
     ``saved`` and ``failed`` (counts since it started), ``errors`` (the last ones, each with
-    ``scan``, ``error``, ``time``).
+    ``scan`` (name), ``number``, ``error``, ``time``).
     """
     store = store or default_store(redis_url)
     raw = store.redis.hget(store.keys.writer_health(check_session_name(session)), "status")
