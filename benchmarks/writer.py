@@ -97,8 +97,12 @@ def _reader_process(path: str, dataset: str, stop: Any, results: Any) -> None:
 
 
 def _raw_writer_process(path: str, nch: int, per_tick: int, ticks: int, ready: Any) -> None:
-    """Baseline of (3a): raw h5py appends of the same arrays at the same rate, flush 0.2 s."""
-    with h5py.File(path, "w", libver="latest") as f:
+    """Baseline of (3a): raw h5py appends of the same arrays at the same rate, flush 0.2 s.
+
+    Opened as the scanstream writer opens its files (no HDF5 file locking, default format
+    bounds): otherwise no reader could open the file before the writer closes it.
+    """
+    with h5py.File(path, "w", locking=False) as f:
         dsets = [f.create_dataset(f"c{i}", shape=(0,), maxshape=(None,), dtype="float64",
                                   chunks=(2048,)) for i in range(nch)]
         f.flush()
@@ -231,7 +235,7 @@ def _raw_visibility(path: Path, nch: int, per_tick: int, ticks: int) -> np.ndarr
 def _raw_append_rate(path: Path, nch: int, per_tick: int, ticks: int) -> float:
     """Raw h5py: append ``ticks`` blocks of ``per_tick`` points to ``nch`` datasets; points/s."""
     block = np.arange(per_tick, dtype="float64")
-    with h5py.File(path, "w", libver="latest") as f:
+    with h5py.File(path, "w", locking=False) as f:
         dsets = [f.create_dataset(f"c{i}", shape=(0,), maxshape=(None,), dtype="float64",
                                   chunks=(2048,)) for i in range(nch)]
         t0 = time.perf_counter()
