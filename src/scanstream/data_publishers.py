@@ -25,6 +25,7 @@ import redis
 
 from . import encoding
 from .exceptions import EncodingError, RedisFullError, RedisUnreachableError
+from .resp import Scattered
 
 if TYPE_CHECKING:
     from .publisher import ScanPublisher
@@ -41,6 +42,9 @@ _MAX_PENDING_POINTS = 1 << 20
 # entries/s, more than a subscriber can parse; every 4 ms makes 25 k. It bounds the added
 # latency to 4 ms, and a scan slower than that is sent point by point with no added delay.
 _MIN_SEND_INTERVAL = 0.004
+# Batches smaller than this (on average) are joined into one buffer per entry rather than
+# written to the socket one by one: below it a copy is cheaper than a write.
+_MIN_SCATTER_BYTES = 4096
 # Pause between attempts while Redis is unreachable (redis-py's Retry has already backed off).
 _UNREACHABLE_PAUSE = 0.2
 
@@ -212,7 +216,8 @@ class ChannelPublisher(_DataPublisher):
                 out.append((codec.encode(chunk), len(chunk)))
             return out
         # Consecutive batches go into entries of at most _MAX_ENTRY_BYTES (a batch larger than
-        # that is cut), each entry's bytes joined in one copy.
+        # that is cut). An entry's batches are sent from their own memory (Scattered) unless
+        # they are so small that one copy costs less than a socket write per batch.
         step = max(1, _MAX_ENTRY_BYTES // max(1, codec.dtype.itemsize * max(1, codec.point_size)))
         entries: list[tuple[encoding.Fields, int]] = []
         group: list[np.ndarray] = []
@@ -221,13 +226,19 @@ class ChannelPublisher(_DataPublisher):
             for start in range(0, len(batch), step):
                 piece = batch[start : start + step]
                 if group and count + len(piece) > step:
-                    entries.append((codec.encode(group), count))
+                    entries.append((self._entry(group), count))
                     group, count = [], 0
                 group.append(piece)
                 count += len(piece)
         if group:
-            entries.append((codec.encode(group), count))
+            entries.append((self._entry(group), count))
         return entries
+
+    def _entry(self, group: list[np.ndarray]) -> encoding.Fields:
+        npoints, parts = self.codec.wire_parts(group)
+        if sum(p.nbytes for p in parts) < _MIN_SCATTER_BYTES * len(parts):
+            return {b"n": b"%d" % npoints, b"d": b"".join(parts)}
+        return {b"n": b"%d" % npoints, b"d": Scattered(parts)}  # type: ignore[dict-item]
 
 
 class LimaPublisher(_DataPublisher):

@@ -253,10 +253,17 @@ class NumericCodec:
             lengths = np.array([len(p) for p in batch], dtype="<i8")
             data = b"".join(p.astype(self.wire_dtype, copy=False).tobytes() for p in batch)
             return {b"n": b"%d" % len(batch), b"d": data, b"l": lengths.tobytes()}
-        parts = [batch] if isinstance(batch, np.ndarray) else batch
+        npoints, parts = self.wire_parts(batch)
         # One copy, straight from the batches into the entry (no concatenate, no tobytes).
-        data = b"".join(np.ascontiguousarray(p, dtype=self.wire_dtype) for p in parts)
-        return {b"n": b"%d" % sum(p.shape[0] for p in parts), b"d": data}
+        return {b"n": b"%d" % npoints, b"d": b"".join(parts)}
+
+    def wire_parts(self, batch: np.ndarray | list[np.ndarray]) -> tuple[int, list[np.ndarray]]:
+        """Number of points and the contiguous wire-order arrays whose bytes, end to end,
+        are the ``d`` field of :meth:`encode` (fixed shapes; copies only to change byte order).
+        """
+        parts = [batch] if isinstance(batch, np.ndarray) else batch
+        wire = [np.ascontiguousarray(p, dtype=self.wire_dtype) for p in parts]
+        return sum(p.shape[0] for p in parts), wire
 
     def decode(self, entries: Sequence[Fields]) -> np.ndarray:
         """Decode consecutive entries into one batch.

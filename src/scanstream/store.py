@@ -11,11 +11,12 @@ from typing import Any
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.connection import Encoder, PythonRespSerializer
+from redis.connection import Encoder
 from redis.retry import Retry
 
 from .exceptions import InvalidArgumentError, ProtocolVersionError, SessionNotFoundError
 from .keys import DEFAULT_PREFIX, PROTOCOL_VERSION, Keys, check_session_name
+from .resp import ScatterPacker, vectored_connection_class
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +106,10 @@ def default_retry() -> Retry:
 
 # redis-py packs commands with hiredis when it is installed, which copies every large data
 # payload into one string holding the GIL: a publisher loses a quarter of its throughput
-# (docs/performance.md). Its pure-Python packer sends large values as separate buffers; the
-# reply parser stays hiredis'. Stateless, so one instance serves every connection.
-_COMMAND_PACKER = PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode)
+# (docs/performance.md). Its pure-Python packer sends large values as separate buffers, and
+# ours sends the parts of a Scattered value without joining them; the reply parser stays
+# hiredis'. Stateless, so one instance serves every connection.
+_COMMAND_PACKER = ScatterPacker(6000, Encoder("utf-8", "strict", False).encode)
 
 
 class _NetworkRetry(Retry):
@@ -236,6 +238,8 @@ class DataStore:
 
         self.url = resolve_url(self.settings.redis_url)
         self.keys = Keys(self.settings.prefix)
+        vectored = vectored_connection_class(self.url)
+        connection_class = {"connection_class": vectored} if vectored else {}
         self.redis: redis.Redis = redis.Redis.from_url(
             self.url,
             socket_connect_timeout=10,
@@ -244,6 +248,7 @@ class DataStore:
             retry=self.settings.retry or default_retry(),
             health_check_interval=30,
             command_packer=_COMMAND_PACKER,
+            **connection_class,
         )
         self._end_scan_script = self.redis.register_script(_END_SCAN_LUA)
         self._end_scan_script_oom = self.redis.register_script(_END_SCAN_LUA_ALLOW_OOM)
