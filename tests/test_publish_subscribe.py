@@ -318,3 +318,19 @@ def test_walk_yields_nodes_and_children_match(session, store):
     assert [c.name for c in timer.children()] == ["timer:elapsed_time", "lima_simulator"]
     assert timer.children()[0].unit == "s" and timer.children()[0].parent is timer
     assert [n.type for n in session_node.walk(include_filter="lima", wait=False)] == ["lima"]
+
+
+def test_a_large_backlog_comes_in_events_of_bounded_size(session, store, monkeypatch):
+    from scanstream import walker
+
+    monkeypatch.setattr(walker, "_MAX_EVENT_BYTES", 100_000)
+    with session.create_scan("s") as scan:
+        ch = scan.create_container("t").create_channel("c", "float64")
+        for k in range(10):  # one entry of 40 kB per flush
+            ch.emit(np.arange(k * 5000, (k + 1) * 5000, dtype="float64"))
+            scan.flush()
+    scan_node = get_session_node(session.name, store=store).get_scan(scan.number)
+    events = collect(scan_node.walk_events(timeout=5))
+    sizes = [e[2].data.nbytes for e in events if e[0] == EventType.NEW_DATA]
+    assert sizes == [80_000] * 5  # two entries per event: a third would pass the bound
+    np.testing.assert_array_equal(data_of(events, "c"), np.arange(50_000.0))

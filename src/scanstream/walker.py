@@ -44,6 +44,10 @@ _ANNOUNCED_KEPT = 1024
 _BLOCK_SLICE = 0.1
 # Entries per stream per XREAD: bounds the memory of one batch.
 _READ_COUNT = 1000
+# Largest data of one NEW_DATA event (more is delivered in several events). Larger arrays
+# are mapped fresh from the system and handed back when freed (the C allocator's limit is
+# 32 MiB), so each costs page faults on every touch: several times the copy itself.
+_MAX_EVENT_BYTES = 16 << 20
 
 
 def _make_filter(spec: NodeFilter, default: bool) -> Callable[[DataNode], bool]:
@@ -324,7 +328,8 @@ class Walker:
             self._data.pop(node.key.encode(), None)
 
     def _read_data(self, follow: _DataFollow, entries: list[Any], events: list[Event]) -> None:
-        batch = []
+        batch: list[dict[bytes, bytes]] = []
+        batch_bytes = 0
         first_of_batch = follow.next_index
         for entry_id, fields in entries:
             if b"end" in fields:
@@ -344,9 +349,14 @@ class Walker:
                 raise IndexNoMoreThereError(
                     f"{follow.node.db_name}: points {follow.next_index} to {first - 1} are gone from Redis"
                 )
+            size = len(fields.get(b"d", b""))
+            if batch and batch_bytes + size > _MAX_EVENT_BYTES:
+                self._data_event(follow, batch, first_of_batch, events)
+                batch, batch_bytes, first_of_batch = [], 0, first
             follow.last_id = entry_id
             follow.next_index = first + count
             batch.append(fields)
+            batch_bytes += size
         if batch:
             self._data_event(follow, batch, first_of_batch, events)
 
