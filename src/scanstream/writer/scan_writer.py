@@ -23,6 +23,7 @@ from ..exceptions import WriterError
 from ..nodes import DataNode, ScanNode
 from . import nexus
 from .files import OpenFiles
+from .read_ahead import ReadAhead
 
 logger = logging.getLogger(__name__)
 
@@ -128,15 +129,19 @@ class ScanWriter:
         """
         self._file = self.files.acquire(self.result.path)
         try:
-            for event_type, node, event_data in self.scan.walk_events(stop_handler=stop_handler):
-                if event_type == EventType.NEW_NODE:
-                    self._on_new_node(node)
-                elif event_type == EventType.NEW_DATA:
-                    self._on_new_data(node, event_data.first_index, event_data.data, event_data.block_size)
-                    self.files.mark_dirty(self._file)
-                elif event_type == EventType.END_SCAN and node is self.scan:
-                    self._finalize(event_data.data, event_data.description or {})
-                    break
+            # Events are read from Redis while the previous ones are written (read_ahead.py).
+            with ReadAhead(lambda stop: self.scan.walk_events(stop_handler=stop), stop_handler,
+                           name=f"scanstream-read-{self.scan.db_name}") as events:
+                for event_type, node, event_data in events:
+                    if event_type == EventType.NEW_NODE:
+                        self._on_new_node(node)
+                    elif event_type == EventType.NEW_DATA:
+                        self._on_new_data(node, event_data.first_index, event_data.data,
+                                          event_data.block_size)
+                        self.files.mark_dirty(self._file)
+                    elif event_type == EventType.END_SCAN and node is self.scan:
+                        self._finalize(event_data.data, event_data.description or {})
+                        break
         except OSError as exc:
             raise WriterError(f"cannot write {str(self.result.path)!r}: {exc}") from exc
         finally:

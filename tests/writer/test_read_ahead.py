@@ -1,0 +1,69 @@
+"""ReadAhead: events in order, errors passed on, stops of either side end the helper thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from scanstream import StopHandler
+from scanstream.writer.read_ahead import ReadAhead
+
+
+def _endless(stop: StopHandler, seen: list[int]) -> Iterator[int]:
+    """A walk that produces an item every millisecond until its stop handler is stopped."""
+    i = 0
+    while not stop.stopped:
+        seen.append(i)
+        yield i
+        i += 1
+        time.sleep(0.001)
+
+
+@pytest.mark.timeout(10)
+def test_items_come_in_order_and_the_walk_error_after_them() -> None:
+    def walk(stop: StopHandler) -> Iterator[int]:
+        yield from range(100)
+        raise ValueError("corrupt entry")
+
+    got = []
+    with ReadAhead(walk) as events, pytest.raises(ValueError, match="corrupt entry"):
+        for item in events:
+            got.append(item)
+    assert got == list(range(100))
+
+
+@pytest.mark.timeout(10)
+def test_leaving_early_stops_the_walk_and_joins_the_thread() -> None:
+    seen: list[int] = []
+    reader = ReadAhead(lambda stop: _endless(stop, seen))
+    with reader as events:
+        for item in events:
+            if item == 5:
+                break
+    assert not reader._thread.is_alive()
+    # The helper read at most a few items ahead of the consumer before it stopped.
+    assert 5 <= len(seen) <= 5 + 1 + 2 + 2
+
+
+@pytest.mark.timeout(10)
+def test_the_callers_stop_handler_ends_the_iteration() -> None:
+    outer = StopHandler()
+    started = threading.Event()
+
+    def walk(stop: StopHandler) -> Iterator[int]:
+        started.set()
+        stop.wait(30)  # a walk blocked waiting for new events
+        return
+        yield  # a generator
+
+    reader = ReadAhead(walk, outer)
+    threading.Timer(0.2, outer.stop).start()
+    t0 = time.monotonic()
+    with reader as events:
+        assert list(events) == []
+    assert started.is_set()
+    assert time.monotonic() - t0 < 2
+    assert not reader._thread.is_alive()
