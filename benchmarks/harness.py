@@ -8,7 +8,7 @@ import platform
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,14 +102,25 @@ class Figure:
         return out
 
 
-def repeat(run: Callable[[], float], times: int, setup: Callable[[], None] | None = None) -> list[float]:
-    """Call ``run`` ``times`` times (``setup`` before each) and return its results."""
-    out = []
-    for _ in range(times):
-        if setup is not None:
-            setup()
-        out.append(run())
-    return out
+def interleave(runs: Sequence[Callable[[], Any]], times: int,
+               setup: Callable[[], None] | None = None, warmup: bool = True) -> list[list[Any]]:
+    """Call each of ``runs`` ``times`` times, interleaved; return the results of each.
+
+    The order alternates (A B, B A, A B, ...) so that a slow moment of a shared machine, or
+    the state one run leaves behind, weighs on a figure and its baseline alike. With
+    ``warmup``, each is first called once, uncounted (imports, first connections, caches).
+    ``setup`` runs before every call.
+    """
+    results: list[list[Any]] = [[] for _ in runs]
+    order = list(range(len(runs)))
+    for k in range(times + (1 if warmup else 0)):
+        for i in (order if k % 2 == 0 else order[::-1]):
+            if setup is not None:
+                setup()
+            value = runs[i]()
+            if k or not warmup:
+                results[i].append(value)
+    return results
 
 
 def machine() -> dict[str, Any]:

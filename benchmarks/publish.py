@@ -18,7 +18,7 @@ import redis
 
 from scanstream import create_session
 
-from .harness import Figure, Stat, flush, open_store, repeat
+from .harness import Figure, Stat, flush, interleave, open_store
 
 _counter = itertools.count()
 
@@ -89,9 +89,9 @@ def run(url: str, quick: bool) -> list[Figure]:
     # (a) 100 channels, 1000-point batches.
     nch, npts = 100, (20_000 if quick else 100_000)
     total = nch * npts
-    pub = repeat(lambda: total / _publish(url, nch, "float64", (), npts, 1000)[1], reps,
-                 lambda: flush(url))
-    raw = repeat(lambda: total / _raw_xadd(url, nch, 8, npts, 1000), reps, lambda: flush(url))
+    pub, raw = interleave([lambda: total / _publish(url, nch, "float64", (), npts, 1000)[1],
+                           lambda: total / _raw_xadd(url, nch, 8, npts, 1000)], reps,
+                          lambda: flush(url))
     fig = Figure("1a publish 0D float64, 100 ch, 1000-point batches", Stat.of(pub, "points/s"),
                  Stat.of(raw, "points/s"), ">= 0.7 x baseline")
     fig.met = fig.ratio is not None and fig.ratio >= 0.7
@@ -100,16 +100,13 @@ def run(url: str, quick: bool) -> list[Figure]:
     # (b) 10 channels, one point per emit call.
     nch, npts = 10, (5_000 if quick else 50_000)
     total = nch * npts
-    loop, e2e = [], []
-
-    def one_b() -> float:
+    def one_b() -> tuple[float, float]:
         t_loop, t_end = _publish(url, nch, "float64", (), npts, 1)
-        e2e.append(total / t_end)
-        loop.append(total / t_loop)
-        return 0.0
+        return total / t_loop, total / t_end
 
-    repeat(one_b, reps, lambda: flush(url))
-    raw = repeat(lambda: total / _raw_xadd(url, nch, 8, npts, 1), reps, lambda: flush(url))
+    rates, raw = interleave([one_b, lambda: total / _raw_xadd(url, nch, 8, npts, 1)], reps,
+                            lambda: flush(url))
+    loop, e2e = [r[0] for r in rates], [r[1] for r in rates]
     fig = Figure("1b emit 0D float64, 10 ch, 1 point per emit", Stat.of(loop, "emit calls/s"),
                  Stat.of(raw, "points/s"), ">= 165k emit calls/s",
                  extra={"end_to_end": Stat.of(e2e, "points/s").__dict__})
@@ -119,9 +116,9 @@ def run(url: str, quick: bool) -> list[Figure]:
     # (c) 1D spectra 1024 float32, 10 channels, one spectrum per emit.
     nch, npts = 10, (1_000 if quick else 10_000)
     total = nch * npts
-    pub = repeat(lambda: total / _publish(url, nch, "float32", (1024,), npts, 1)[1], reps,
-                 lambda: flush(url))
-    raw = repeat(lambda: total / _raw_xadd(url, nch, 4096, npts, 1), reps, lambda: flush(url))
+    pub, raw = interleave([lambda: total / _publish(url, nch, "float32", (1024,), npts, 1)[1],
+                           lambda: total / _raw_xadd(url, nch, 4096, npts, 1)], reps,
+                          lambda: flush(url))
     fig = Figure("1c publish 1D 1024 float32, 10 ch, 1 spectrum per emit",
                  Stat.of(pub, "points/s"), Stat.of(raw, "points/s"), ">= 0.7 x baseline")
     fig.met = fig.ratio is not None and fig.ratio >= 0.7
@@ -136,9 +133,10 @@ def scale_channels(url: str, quick: bool) -> list[dict[str, float]]:
     for nch in (10, 100, 1000):
         npts = (2_000 if quick else 20_000) if nch == 1000 else (10_000 if quick else 100_000)
         total = nch * npts
-        pub = repeat(lambda: total / _publish(url, nch, "float64", (), npts, 1000)[1], reps,
-                     lambda: flush(url))
-        raw = repeat(lambda: total / _raw_xadd(url, nch, 8, npts, 1000), reps, lambda: flush(url))
+        pub, raw = interleave(
+            [lambda n=nch, p=npts, t=total: t / _publish(url, n, "float64", (), p, 1000)[1],
+             lambda n=nch, p=npts, t=total: t / _raw_xadd(url, n, 8, p, 1000)],
+            reps, lambda: flush(url))
         p, r = Stat.of(pub, "points/s"), Stat.of(raw, "points/s")
         rows.append({"channels": nch, "publish_median": p.median, "publish_p99": p.p99,
                      "raw_median": r.median, "ratio": p.median / r.median})
