@@ -67,3 +67,18 @@ def test_the_callers_stop_handler_ends_the_iteration() -> None:
     assert started.is_set()
     assert time.monotonic() - t0 < 2
     assert not reader._thread.is_alive()
+
+
+@pytest.mark.timeout(20)
+def test_close_is_prompt_while_the_helper_waits_to_hand_over() -> None:
+    for _ in range(8):  # a helper polling every 0.1 s would be slow most of these times
+        seen: list[int] = []
+        reader = ReadAhead(lambda stop, seen=seen: _endless(stop, seen))
+        deadline = time.monotonic() + 5
+        while len(seen) < 3 and time.monotonic() < deadline:  # 2 queued, 1 waiting
+            time.sleep(0.01)
+        time.sleep(0.01)
+        t0 = time.monotonic()
+        reader.close()
+        assert time.monotonic() - t0 < 0.04
+        assert not reader._thread.is_alive()

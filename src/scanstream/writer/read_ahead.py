@@ -93,6 +93,13 @@ class ReadAhead:
     def close(self) -> None:
         """Stop the walk and wait for the helper thread to end."""
         self._walk_stop.stop()
+        # Make room, so that a helper thread waiting to hand over an event sees the stop now
+        # rather than after its next poll (closing is on the path END -> file closed).
+        while self._thread.is_alive():
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                self._thread.join(_POLL / 10)
         self._thread.join()
 
     def __enter__(self) -> ReadAhead:
