@@ -15,7 +15,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis import exceptions as redis_errors
-from redis.connection import Connection, PythonRespSerializer, UnixDomainSocketConnection
+from redis.connection import (
+    AbstractConnection,
+    Connection,
+    PythonRespSerializer,
+    UnixDomainSocketConnection,
+)
 
 
 class Scattered:
@@ -47,7 +52,7 @@ class ScatterPacker(PythonRespSerializer):
 
     def pack(self, *args: Any) -> list[Any]:
         if not any(type(arg) is Scattered for arg in args):
-            return super().pack(*args)  # type: ignore[no-any-return]
+            return super().pack(*args)
         if isinstance(args[0], str):
             args = tuple(args[0].encode().split()) + args[1:]
         output: list[Any] = []
@@ -103,17 +108,14 @@ class _VectoredSend:
     ConnectionError or TimeoutError, which the connection's Retry policy retries.
     """
 
-    _sock: socket.socket | None
-
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        conn: Any = self
-        if not self._sock:
+        conn: Any = self  # a redis-py connection (this class is only mixed into those)
+        if not conn._sock:
             conn.connect_check_health(check_health=False)
         if check_health:
             conn.check_health()
         try:
-            assert self._sock is not None
-            _send_all(self._sock, [command] if isinstance(command, bytes) else command)
+            _send_all(conn._sock, [command] if isinstance(command, bytes) else command)
         except TimeoutError:  # socket.timeout
             conn.disconnect()
             raise redis_errors.TimeoutError("Timeout writing to socket") from None
@@ -134,7 +136,7 @@ class VectoredUnixConnection(_VectoredSend, UnixDomainSocketConnection):
     """Unix socket connection writing commands with ``sendmsg``."""
 
 
-def vectored_connection_class(url: str) -> type[Connection] | None:
+def vectored_connection_class(url: str) -> type[AbstractConnection] | None:
     """The vectored connection class for ``url``; None for TLS (``rediss://``), whose
     sockets have no ``sendmsg`` (redis-py's own class then writes chunk by chunk)."""
     scheme = url.split("://", 1)[0].lower()
