@@ -14,7 +14,7 @@ import numpy as np
 from . import latency, memory, publish
 from .harness import Figure, machine, private_server
 
-SECTIONS = ("publish", "latency", "memory", "scale", "writer")
+SECTIONS = ("publish", "latency", "memory", "writer", "scale")  # in the order they run
 
 
 def _fmt(value: float | None, unit: str = "") -> str:
@@ -61,30 +61,49 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+#: Rough duration of each section in a full run (s), for the progress lines.
+_DURATION = {"publish": 35, "latency": 15, "memory": 10, "writer": 80, "scale": 50}
+
+
+def _progress(message: str) -> None:
+    """Progress on stderr, so that stdout keeps only the tables."""
+    print(f"[benchmarks] {message}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Measure scanstream's data path (publish, live latency, memory, writer, "
+                    "scale) against raw redis-py and h5py baselines run beside it on a private "
+                    "server; print markdown tables (see docs/performance.md).")
     parser.add_argument("--quick", action="store_true", help="small sizes: a few seconds in all")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
-    parser.add_argument("--only", nargs="*", choices=SECTIONS, default=None)
+    parser.add_argument("--only", nargs="*", choices=SECTIONS, default=None,
+                        help="run these sections only (default: all, about 3 minutes)")
     args = parser.parse_args(argv)
-    only = set(args.only or SECTIONS)
+    only = [name for name in SECTIONS if name in set(args.only or SECTIONS)]
     t0 = time.perf_counter()
     figures: list[Figure] = []
     result: dict[str, Any] = {"quick": args.quick, "machine": machine()}
     with private_server() as url:
-        if "publish" in only:
-            figures += publish.run(url, args.quick)
-        if "latency" in only:
-            figures += latency.run(url, args.quick)
-        if "memory" in only:
-            figures += memory.run(url, args.quick)
-        if "writer" in only:
-            from . import writer
+        for name in only:
+            started = time.perf_counter()
+            about = "" if args.quick else f" (about {_DURATION[name]} s)"
+            _progress(f"{name}{about}...")
+            if name == "publish":
+                figures += publish.run(url, args.quick)
+            elif name == "latency":
+                figures += latency.run(url, args.quick)
+            elif name == "memory":
+                figures += memory.run(url, args.quick)
+            elif name == "writer":
+                from . import writer
 
-            figures += writer.run(url, args.quick)
-        if "scale" in only:
-            result["scale_channels"] = publish.scale_channels(url, args.quick)
-            result["scale_latency"] = latency.scale(url, args.quick)
+                figures += writer.run(url, args.quick)
+            elif name == "scale":
+                result["scale_channels"] = publish.scale_channels(url, args.quick)
+                result["scale_latency"] = latency.scale(url, args.quick)
+            _progress(f"{name} done in {time.perf_counter() - started:.0f} s")
     result["figures"] = [f.as_dict() for f in figures]
     result["seconds"] = time.perf_counter() - t0
     print(_table(figures))
