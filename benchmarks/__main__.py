@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ SECTIONS = ("publish", "latency", "memory", "writer", "scale")  # in the order t
 
 
 def _fmt(value: float | None, unit: str = "") -> str:
-    if value is None or value != value:
+    if value is None or math.isnan(value):
         return "-"
     if unit.endswith("/s"):
         return f"{value / 1000:,.0f}k"
