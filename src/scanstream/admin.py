@@ -22,7 +22,7 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -30,7 +30,7 @@ from . import encoding
 from .exceptions import InvalidArgumentError, ScanstreamError
 from .keys import check_session_name
 from .models import ScanState
-from .store import DataStore
+from .store import DataStore, stream_entries
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ class DeletionReport:
 def _scan_numbers(store: DataStore, session: str) -> list[int]:
     """Scan numbers announced in the session's scan stream, in order, without duplicates."""
     numbers: dict[int, None] = {}
-    for _, fields in store.redis.xrange(store.keys.session_scans(session)):
+    for _, fields in stream_entries(store.redis.xrange(store.keys.session_scans(session))):
         if fields.get(b"event", b"NEW_SCAN") == b"NEW_SCAN" and b"scan" in fields:
             try:
                 numbers[int(fields[b"scan"])] = None
@@ -465,7 +465,7 @@ def _delete_one(store: DataStore, session: str, number: int, *, force: bool,
         summary = _summaries(store, session, [number], _saved_numbers(store, session)).get(number)
         if summary is None:
             return Decision(number, False, "no such scan (never created, expired or deleted)")
-        events = store.redis.xrange(keys.scan_events(session, number))
+        events = stream_entries(store.redis.xrange(keys.scan_events(session, number)))
         all_keys = _scan_keys(store, session, number, _data_node_indices(events))
         reason = _check_deletable(summary, force=force, cutoff=cutoff)
         if reason is not None:
@@ -478,7 +478,8 @@ def _delete_one(store: DataStore, session: str, number: int, *, force: bool,
             try:
                 pipe.watch(*base)
                 # Checked again under WATCH: the state, the lease, the node list.
-                fields = pipe.hgetall(base[0])
+                # bytes, never str: the client is created without decode_responses.
+                fields = cast("dict[bytes, bytes]", pipe.hgetall(base[0]))
                 state = fields.get(b"state", b"").decode() if fields else None
                 lease = bool(pipe.exists(base[2]))
                 current = pipe.xlen(base[1])

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import redis
@@ -26,8 +26,11 @@ import redis
 from . import encoding
 from .exceptions import EncodingError, RedisFullError, RedisUnreachableError
 from .resp import Scattered
+from .store import stream_entries
 
 if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT
+
     from .publisher import ScanPublisher
 
 logger = logging.getLogger(__name__)
@@ -430,7 +433,9 @@ class _Sender:
                     # addressable with XRANGE/XREVRANGE, and a duplicate or a write after the
                     # seal is refused by Redis (IDs must grow).
                     entry_id = f"{first}-1"
-                    pipe.xadd(node.key, fields, id=entry_id)
+                    # dict is invariant: our bytes-to-bytes fields do not match redis-py's
+                    # dict[FieldT, EncodableT], although bytes is one of those types.
+                    pipe.xadd(node.key, cast("dict[FieldT, EncodableT]", fields), id=entry_id)
                     written.append((node.key, entry_id, npoints))
                     first += npoints
                 sent.append((node, first))
@@ -450,7 +455,7 @@ class _Sender:
                 continue
             if _is_duplicate_id(result):
                 # redis-py retried a transaction whose reply was lost: it was applied.
-                there = self.store.redis.xrange(key, min=entry_id, max=entry_id)
+                there = stream_entries(self.store.redis.xrange(key, min=entry_id, max=entry_id))
                 if there and there[0][1].get(b"n") == b"%d" % npoints:
                     logger.info("scan %s: entry %s of %s was already stored (replay)",
                                 self.scan.db_name, entry_id, key)

@@ -23,6 +23,7 @@ from .exceptions import (
 )
 from .models import ImageReference, NodeDescription
 from .nodes import ContainerNode, DataNode, ScanNode, SessionNode
+from .store import stream_entries
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class _StreamNode(ContainerNode):
 
     def _length(self) -> tuple[int, bool]:
         """(number of points stored, sealed)."""
-        last = self.store.redis.xrevrange(self.key, count=1)
+        last = stream_entries(self.store.redis.xrevrange(self.key, count=1))
         if not last:
             if not self.store.redis.exists(self.scan.key):
                 raise IndexNoMoreThereError(f"{self.db_name}: the scan expired from Redis")

@@ -14,13 +14,16 @@ import json
 import math
 import pathlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from .exceptions import DecodingError, EncodingError
 from .models import ImageReference
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 Fields = dict[bytes, bytes]
 
@@ -255,7 +258,8 @@ class NumericCodec:
             return {b"n": b"%d" % len(batch), b"d": data, b"l": lengths.tobytes()}
         npoints, parts = self.wire_parts(batch)
         # One copy, straight from the batches into the entry (no concatenate, no tobytes).
-        return {b"n": b"%d" % npoints, b"d": b"".join(parts)}
+        # Arrays are buffers; numpy's stubs declare it only for Python >= 3.12.
+        return {b"n": b"%d" % npoints, b"d": b"".join(cast("list[Buffer]", parts))}
 
     def wire_parts(self, batch: np.ndarray | list[np.ndarray]) -> tuple[int, list[np.ndarray]]:
         """Number of points and the contiguous wire-order arrays whose bytes, end to end,
@@ -286,7 +290,7 @@ class NumericCodec:
         return arr if self.wire_dtype == self.dtype else arr.astype(self.dtype)
 
     def _decode_variable(self, entries: Sequence[Fields]) -> np.ndarray:
-        points = []
+        points: list[np.ndarray] = []
         for e in entries:
             lengths = np.frombuffer(e[b"l"], dtype="<i8")
             values = np.frombuffer(bytearray(e[b"d"]), dtype=self.wire_dtype)

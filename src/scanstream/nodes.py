@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Union, cast
 
 from . import encoding
 from .exceptions import (
@@ -18,7 +18,7 @@ from .exceptions import (
 )
 from .keys import check_session_name
 from .models import FINAL_STATES, NodeDescription, ScanEnd, ScanState
-from .store import DataStore, default_store
+from .store import DataStore, default_store, stream_entries
 
 if TYPE_CHECKING:
     from .events import Event, StopHandler
@@ -192,7 +192,7 @@ class SessionNode(DataNode):
             No scan was ever published in this session.
         """
         self.store.require_session(self.name)
-        entries = self.store.redis.xrange(self.store.keys.session_scans(self.name))
+        entries = stream_entries(self.store.redis.xrange(self.store.keys.session_scans(self.name)))
         numbers = [int(fields[b"scan"]) for _, fields in entries if b"scan" in fields]
         return [scan for scan in self._load_scans(numbers) if scan is not None]
 
@@ -240,7 +240,8 @@ class ScanNode(DataNode):
 
     def _reload(self) -> dict[bytes, bytes]:
         if self._state_of(self._fields) not in FINAL_STATES:
-            fields = self.store.redis.hgetall(self.key)
+            # bytes, never str: the client is created without decode_responses.
+            fields = cast("dict[bytes, bytes]", self.store.redis.hgetall(self.key))
             if not fields:
                 raise ScanNotFoundError(f"scan {self.db_name} is gone from Redis (expired or deleted)")
             self._fields = fields
@@ -287,7 +288,7 @@ class ScanNode(DataNode):
 
     def load_nodes(self) -> list[DataNode]:
         """All nodes of the scan as stored now, parents before children."""
-        for _, fields in self.store.redis.xrange(self.events_key):
+        for _, fields in stream_entries(self.store.redis.xrange(self.events_key)):
             if fields.get(b"event") == b"NEW_NODE":
                 self.node_from_entry(fields)
         return list(self._nodes.values())

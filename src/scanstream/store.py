@@ -7,7 +7,7 @@ import os
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
@@ -209,6 +209,21 @@ return {'ok', state}
 _END_SCAN_LUA_ALLOW_OOM = "#!lua flags=allow-oom\n" + _END_SCAN_LUA
 
 
+#: Entries of a stream as XRANGE and XREVRANGE return them here: ``(ID, fields)`` pairs.
+StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+def stream_entries(reply: object) -> StreamEntries:
+    """An XRANGE or XREVRANGE reply, typed as what it is (no check, no copy).
+
+    redis-py types these replies for every client: IDs and fields may be str (with
+    ``decode_responses``), an entry may be ``(None, None)`` (XCLAIM of a deleted entry) and
+    the reply None. Our client is created without ``decode_responses``, so everything is
+    bytes, and XRANGE/XREVRANGE always reply with a list of complete entries.
+    """
+    return cast(StreamEntries, reply)
+
+
 class DataStore:
     """A connection to the Redis database holding scans.
 
@@ -279,10 +294,11 @@ class DataStore:
         """
         if self._protocol_checked and not initialize:
             return
-        version = self.redis.get(self.keys.protocol)
+        # bytes, never str: the client is created without decode_responses.
+        version = cast("bytes | None", self.redis.get(self.keys.protocol))
         if version is None and initialize:
             self.redis.set(self.keys.protocol, PROTOCOL_VERSION, nx=True)
-            version = self.redis.get(self.keys.protocol)
+            version = cast("bytes | None", self.redis.get(self.keys.protocol))
         if version is not None and version.decode() != PROTOCOL_VERSION:
             raise ProtocolVersionError(
                 f"the database at {self.url} (prefix {self.keys.prefix!r}) holds scanstream "
@@ -293,7 +309,9 @@ class DataStore:
 
     def sessions(self) -> list[str]:
         """Names of the sessions that have published at least one scan."""
-        return sorted(k.decode() for k in self.redis.hkeys(self.keys.sessions))
+        # bytes, never str: the client is created without decode_responses.
+        names = cast("list[bytes]", self.redis.hkeys(self.keys.sessions))
+        return sorted(k.decode() for k in names)
 
     def require_session(self, name: str) -> None:
         """Raise :class:`SessionNotFoundError` if ``name`` never published a scan."""

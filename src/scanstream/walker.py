@@ -18,9 +18,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
@@ -34,6 +34,10 @@ from .exceptions import (
 )
 from .models import DATA_NODE_TYPES, ScanEnd, ScanState
 from .nodes import DataNode, NodeFilter, ScanNode, SessionNode
+from .store import StreamEntries, stream_entries
+
+if TYPE_CHECKING:
+    from redis.typing import KeyT, StreamIdT
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +166,7 @@ class Walker:
                 if isinstance(self.root, SessionNode)
                 else getattr(self.root, "events_key", None) or self.root.scan.events_key  # type: ignore[attr-defined]
             )
-            last = self.redis.xrevrange(key, count=1)
+            last = stream_entries(self.redis.xrevrange(key, count=1))
             return last[0][0] if last else b"0-0"
         if first_index:
             # XREAD returns entries after the given ID: start just before millisecond
@@ -182,8 +186,8 @@ class Walker:
         for key in follow.data:
             self._data.pop(key, None)
 
-    def _streams(self) -> dict[bytes, bytes]:
-        streams: dict[bytes, bytes] = {}
+    def _streams(self) -> dict[KeyT, StreamIdT]:
+        streams: dict[KeyT, StreamIdT] = {}
         if self._session_key is not None:
             streams[self._session_key] = self._session_last
         for key, follow in self._scans.items():
@@ -193,7 +197,7 @@ class Walker:
         return streams
 
     # -- main loop --------------------------------------------------------------------
-    def _run(self) -> Iterator[Event]:
+    def _run(self) -> Generator[Event, None, None]:
         last_event = time.monotonic()
         while not self._finished:
             if self._stop is not None and self._stop.stopped:
@@ -206,9 +210,11 @@ class Walker:
                 block = _BLOCK_SLICE
                 if self._timeout is not None:
                     block = max(0.0, min(block, self._timeout - (time.monotonic() - last_event)))
-            reply = self.redis.xread(
+            # RESP2 (the client's protocol): a list of [key, entries] pairs, [] when nothing
+            # came; all bytes, as the client is created without decode_responses.
+            reply = cast("list[list[Any]]", self.redis.xread(
                 streams, count=_READ_COUNT, block=None if block is None else max(1, int(block * 1000))
-            )
+            ))
             events = self._process(reply) if reply else []
             events += self._check_leases(force=not reply)
             for event in events:
@@ -313,7 +319,7 @@ class Walker:
             follow.data[key] = data
             self._data[key] = data
 
-    def _on_data(self, follow: _DataFollow, entries: list[Any], events: list[Event]) -> None:
+    def _on_data(self, follow: _DataFollow, entries: StreamEntries, events: list[Event]) -> None:
         try:
             self._read_data(follow, entries, events)
         except DecodingError as exc:
@@ -327,7 +333,7 @@ class Walker:
             follow.sealed = True
             self._data.pop(node.key.encode(), None)
 
-    def _read_data(self, follow: _DataFollow, entries: list[Any], events: list[Event]) -> None:
+    def _read_data(self, follow: _DataFollow, entries: StreamEntries, events: list[Event]) -> None:
         batch: list[dict[bytes, bytes]] = []
         batch_bytes = 0
         first_of_batch = follow.next_index
@@ -389,11 +395,11 @@ class Walker:
         scan = follow.scan
         for key, data in list(follow.data.items()):
             if not data.sealed:
-                rest = self.redis.xrange(key, min=b"(" + data.last_id, max=b"+")
+                rest = stream_entries(self.redis.xrange(key, min=b"(" + data.last_id, max=b"+"))
                 self._on_data(data, rest, events)
         scan.end = end
         if self._include(scan):
-            description = {
+            description: dict[str, Any] = {
                 "state": end.state,
                 "error": end.error,
                 "end_time": end.end_time,
