@@ -97,3 +97,14 @@ def test_invalid_scan_names_are_refused_before_a_number_is_taken(session, store,
     with session.create_scan("fine") as scan:
         pass
     assert scan.number == 1
+
+
+@pytest.mark.parametrize("query", ["decode_responses=false", "decode_responses=1", "protocol=3"])
+def test_url_options_that_change_replies_are_refused(redis_url, query):
+    with pytest.raises(InvalidArgumentError, match=query.split("=")[0]):
+        DataStore(f"{redis_url}?{query}")
+
+
+def test_url_options_that_keep_replies_are_accepted(redis_url):
+    with DataStore(f"{redis_url}?protocol=2&socket_timeout=5") as store:
+        assert store.redis.ping()

@@ -112,6 +112,22 @@ def default_retry() -> Retry:
 _COMMAND_PACKER = ScatterPacker(6000, Encoder("utf-8", "strict", False).encode)
 
 
+def _refuse_reply_options(url: str, options: dict[str, Any]) -> None:
+    """Raise InvalidArgumentError if the URL's query string changes the form of replies.
+
+    Every reader here expects RESP2 replies of bytes, the client's defaults. redis-py passes
+    ``?decode_responses=...`` (as a string, so even ``false`` turns decoding on) and
+    ``?protocol=3`` from the URL to the connections, and they would break every read.
+    """
+    decode, protocol = options.get("decode_responses"), options.get("protocol")
+    if decode or protocol not in (None, 2, "2"):
+        option = f"decode_responses={decode!r}" if decode else f"protocol={protocol!r}"
+        raise InvalidArgumentError(
+            f"Redis URL {url!r}: option {option} is not supported (scanstream reads RESP2 "
+            "replies as bytes); remove it from the URL's query string"
+        )
+
+
 class _NetworkRetry(Retry):
     """A Retry that never retries a refused authentication.
 
@@ -265,6 +281,7 @@ class DataStore:
             command_packer=_COMMAND_PACKER,
             **connection_class,
         )
+        _refuse_reply_options(self.url, self.redis.connection_pool.connection_kwargs)
         self._end_scan_script = self.redis.register_script(_END_SCAN_LUA)
         self._end_scan_script_oom = self.redis.register_script(_END_SCAN_LUA_ALLOW_OOM)
         self._protocol_checked = False
