@@ -25,7 +25,6 @@ import redis
 
 from . import encoding
 from .exceptions import EncodingError, RedisFullError, RedisUnreachableError
-from .resp import Scattered
 from .store import stream_entries
 
 if TYPE_CHECKING:
@@ -238,10 +237,8 @@ class ChannelPublisher(_DataPublisher):
         return entries
 
     def _entry(self, group: list[np.ndarray]) -> encoding.Fields:
-        npoints, parts = self.codec.wire_parts(group)
-        if sum(p.nbytes for p in parts) < _MIN_SCATTER_BYTES * len(parts):
-            return {b"n": b"%d" % npoints, b"d": b"".join(parts)}
-        return {b"n": b"%d" % npoints, b"d": Scattered(parts)}  # type: ignore[dict-item]
+        scattered = sum(p.nbytes for p in group) >= _MIN_SCATTER_BYTES * len(group)
+        return self.codec.encode(group, scattered=scattered)
 
 
 class LimaPublisher(_DataPublisher):

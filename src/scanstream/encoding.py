@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from .exceptions import DecodingError, EncodingError
 from .models import ImageReference
+from .resp import Scattered
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -245,29 +246,30 @@ class NumericCodec:
         return out
 
     # -- wire format -------------------------------------------------------------------
-    def encode(self, batch: np.ndarray | list[np.ndarray]) -> Fields:
+    def encode(self, batch: np.ndarray | list[np.ndarray], *, scattered: bool = False) -> Fields:
         """Encode validated points as the fields of one stream entry.
 
         Fixed shapes: one batch (an array of shape ``(n,) + shape``) or a list of consecutive
         batches. Variable-length channels: a list of 1D points.
+
+        With ``scattered`` (fixed shapes), the ``d`` field is a :class:`~scanstream.resp.Scattered`
+        of the batches' own buffers, sent without being joined: the batches must not change
+        until the entry is sent. Otherwise it is one bytes object, joined in one copy.
         """
         if self.variable:
             assert isinstance(batch, list)
             lengths = np.array([len(p) for p in batch], dtype="<i8")
             data = b"".join(p.astype(self.wire_dtype, copy=False).tobytes() for p in batch)
             return {b"n": b"%d" % len(batch), b"d": data, b"l": lengths.tobytes()}
-        npoints, parts = self.wire_parts(batch)
+        batches = [batch] if isinstance(batch, np.ndarray) else batch
+        # Copies only to change the byte order (big-endian machines) or make a slice contiguous.
+        parts = [np.ascontiguousarray(p, dtype=self.wire_dtype) for p in batches]
+        npoints = b"%d" % sum(p.shape[0] for p in parts)
+        if scattered:
+            return {b"n": npoints, b"d": Scattered(parts)}  # type: ignore[dict-item]
         # One copy, straight from the batches into the entry (no concatenate, no tobytes).
         # Arrays are buffers; numpy's stubs declare it only for Python >= 3.12.
-        return {b"n": b"%d" % npoints, b"d": b"".join(cast("list[Buffer]", parts))}
-
-    def wire_parts(self, batch: np.ndarray | list[np.ndarray]) -> tuple[int, list[np.ndarray]]:
-        """Number of points and the contiguous wire-order arrays whose bytes, end to end,
-        are the ``d`` field of :meth:`encode` (fixed shapes; copies only to change byte order).
-        """
-        parts = [batch] if isinstance(batch, np.ndarray) else batch
-        wire = [np.ascontiguousarray(p, dtype=self.wire_dtype) for p in parts]
-        return sum(p.shape[0] for p in parts), wire
+        return {b"n": npoints, b"d": b"".join(cast("list[Buffer]", parts))}
 
     def decode(self, entries: Sequence[Fields]) -> np.ndarray:
         """Decode consecutive entries into one batch.
