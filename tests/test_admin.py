@@ -243,9 +243,13 @@ def test_full_server_recovers_by_deleting_old_scans(server_binary: Path, tmp_pat
             for _ in range(1000):  # at most 80 MB: the limit is hit long before
                 channel.emit(np.ones((10, 1000)))
                 scan.flush()
+        # Used memory hovers at the limit (a refused pipeline's buffers are freed at once, so
+        # the next small write may fit): lower the limit so that end() surely meets a full server.
+        store.redis.config_set("maxmemory", "1mb")
         with pytest.raises(redis.exceptions.ResponseError, match="maxmemory"):
             scan.end()
         assert scan.state is ScanState.PREPARED
+        store.redis.config_set("maxmemory", "24mb")
         # Deleting needs no memory (DEL is allowed past maxmemory).
         report = delete_scans(store, "full", older_than=0)
         assert [d.number for d in report.deleted] == [1] and report.freed > 8_000_000
