@@ -45,7 +45,8 @@ _MAX_PENDING_POINTS = 1 << 20
 # latency to 4 ms, and a scan slower than that is sent point by point with no added delay.
 _MIN_SEND_INTERVAL = 0.004
 # Batches smaller than this (on average) are joined into one buffer per entry rather than
-# written to the socket one by one: below it a copy is cheaper than a write.
+# given to the socket one by one: below it a copy is cheaper. Connections without vectored
+# writes (TLS) always join: one write per batch would cost more than the copy.
 _MIN_SCATTER_BYTES = 4096
 # Pause between attempts while Redis is unreachable (redis-py's Retry has already backed off).
 _UNREACHABLE_PAUSE = 0.2
@@ -237,7 +238,8 @@ class ChannelPublisher(_DataPublisher):
         return entries
 
     def _entry(self, group: list[np.ndarray]) -> encoding.Fields:
-        scattered = sum(p.nbytes for p in group) >= _MIN_SCATTER_BYTES * len(group)
+        scattered = (self.scan.store.scatter_writes
+                     and sum(p.nbytes for p in group) >= _MIN_SCATTER_BYTES * len(group))
         return self.codec.encode(group, scattered=scattered)
 
 

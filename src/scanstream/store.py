@@ -271,6 +271,9 @@ class DataStore:
         self.keys = Keys(self.settings.prefix)
         vectored = vectored_connection_class(self.url)
         connection_class = {"connection_class": vectored} if vectored else {}
+        #: True when the connections write many buffers per system call: publishers then
+        #: send batches without joining them (resp.Scattered); over TLS they join them.
+        self.scatter_writes = vectored is not None
         self.redis: redis.Redis = redis.Redis.from_url(
             self.url,
             socket_connect_timeout=10,
