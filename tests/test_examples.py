@@ -31,6 +31,21 @@ def _wait_listening(proc: subprocess.Popen[str], marker: str) -> None:
         line = proc.stdout.readline()
 
 
+def _run_beside_a_scan(script: str, redis_url: str, store, marker: str, *args: str
+                       ) -> tuple[int, str]:
+    """Start ``script``, wait for its ``marker`` line, publish one scan; return (code, output)."""
+    proc = _start(script, redis_url, *args)
+    try:
+        _wait_listening(proc, marker)
+        time.sleep(0.3)  # the walk starts from the next scan: let it reach its first read
+        _publish(store)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait(timeout=5)
+    return proc.returncode, out
+
+
 def _publish(store) -> None:
     session = create_session("ex", store=store)
     with session.create_scan("ascan", {"title": "ascan roby 0 1 4 0.1"}) as scan:
@@ -44,15 +59,9 @@ def _publish(store) -> None:
 
 
 def test_listen_session_prints_each_scan_with_its_counts(redis_url, store):
-    proc = _start("listen_session.py", redis_url, "--timeout", "3")
-    try:
-        _wait_listening(proc, "listening")
-        time.sleep(0.3)  # the walk starts from the next scan: let it reach its first read
-        _publish(store)
-        out, _ = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, out
+    returncode, out = _run_beside_a_scan("listen_session.py", redis_url, store, "listening",
+                                         "--timeout", "3")
+    assert returncode == 0, out
     assert "scan started: 1_ascan  ascan roby 0 1 4 0.1" in out
     assert "scan ended:   1_ascan  DONE" in out
     assert "axis:roby=5" in out and "mca:det=5" in out
@@ -60,15 +69,10 @@ def test_listen_session_prints_each_scan_with_its_counts(redis_url, store):
 
 def test_external_saving_example_writes_the_scan(redis_url, store, tmp_path):
     output = tmp_path / "scans.h5"
-    proc = _start("external_saving_example.py", redis_url, "--output", str(output), "--timeout", "3")
-    try:
-        _wait_listening(proc, "saving the scans")
-        time.sleep(0.3)  # the walk starts from the next scan: let it reach its first read
-        _publish(store)
-        out, _ = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, out
+    returncode, out = _run_beside_a_scan("external_saving_example.py", redis_url, store,
+                                         "saving the scans", "--output", str(output),
+                                         "--timeout", "3")
+    assert returncode == 0, out
     assert "saved 1_ascan (DONE)" in out
     with h5py.File(output, "r") as file:
         assert file["1.1/measurement/axis:roby"][()].tolist() == np.linspace(0, 1, 5).tolist()
