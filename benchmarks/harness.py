@@ -17,7 +17,7 @@ import numpy as np
 import redis
 
 from scanstream import DataStore, Settings
-from scanstream.server import EmbeddedServer, find_server_binary
+from scanstream._transport.server import EmbeddedServer, find_server_binary
 
 
 def free_port() -> int:

@@ -17,8 +17,8 @@ import argparse
 import threading
 
 from scanstream import EventType, get_session_node
-from scanstream.nodes import ScanNode
-from scanstream.server import resolve_url
+from scanstream._transport.server import resolve_url
+from scanstream.subscribe.nodes import ScanNode
 
 
 def count_points(scan_node: ScanNode, done: threading.Event) -> None:

@@ -44,7 +44,7 @@ import redis
 
 from benchmarks.harness import machine
 from scanstream import DataStore, Settings, create_session
-from scanstream.server import EmbeddedServer
+from scanstream._transport.server import EmbeddedServer
 from scanstream.writer import saved_scans, writer_status
 
 from . import verify

@@ -20,8 +20,13 @@ from typing import TYPE_CHECKING
 import pytest
 import redis
 
+from scanstream._transport.server import (
+    EmbeddedServer,
+    find_server_binary,
+    runtime_dir,
+    stop_server,
+)
 from scanstream.exceptions import ServerError
-from scanstream.server import EmbeddedServer, find_server_binary, runtime_dir, stop_server
 
 if TYPE_CHECKING:
     from scanstream import DataStore, PublishingSession
@@ -162,7 +167,7 @@ def session(store: DataStore) -> Iterator[PublishingSession]:
 @pytest.fixture
 def seed_env(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """``SCANSTREAM_REDIS_URL`` set to the test server, for code that takes no URL argument."""
-    from scanstream import store as store_module
+    from scanstream._transport import connection as store_module
 
     monkeypatch.setenv("SCANSTREAM_REDIS_URL", redis_url)
     store_module._default_stores.clear()

@@ -22,9 +22,9 @@ from scanstream import (
     create_session,
     get_session_node,
 )
-from scanstream import store as store_module
-from scanstream.admin import list_sessions, server_memory
-from scanstream.server import EmbeddedServer, ensure_server
+from scanstream._transport import connection as store_module
+from scanstream._transport.server import EmbeddedServer, ensure_server
+from scanstream.admin.listing import list_sessions, server_memory
 
 PACKAGE_DIR = Path(scanstream.__file__).parent
 

@@ -19,7 +19,8 @@ from scanstream import (
     create_session,
     get_session_node,
 )
-from scanstream.admin import (
+from scanstream._transport.server import EmbeddedServer
+from scanstream.admin.listing import (
     delete_scans,
     format_bytes,
     list_scans,
@@ -29,7 +30,6 @@ from scanstream.admin import (
 )
 from scanstream.cli import main
 from scanstream.exceptions import InvalidArgumentError
-from scanstream.server import EmbeddedServer
 
 
 def _publish(session, name: str, npoints: int, *, end: bool = True, shape=()):

@@ -30,7 +30,7 @@ from scanstream import (
     create_session,
     get_session_node,
 )
-from scanstream.server import EmbeddedServer
+from scanstream._transport.server import EmbeddedServer
 
 
 @pytest.fixture

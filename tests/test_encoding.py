@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from scanstream import EncodingError, ImageReference
-from scanstream.encoding import ImageRefCodec, NumericCodec, dumps, json_safe, loads
-from scanstream.scaninfo import check_scan_info, iso_time
+from scanstream._protocol.codecs import ImageRefCodec, NumericCodec
+from scanstream._protocol.metadata import check_scan_info, dumps, iso_time, json_safe, loads
 
 
 @pytest.mark.parametrize(

@@ -321,7 +321,7 @@ def test_walk_yields_nodes_and_children_match(session, store):
 
 
 def test_a_large_backlog_comes_in_events_of_bounded_size(session, store, monkeypatch):
-    from scanstream import walker
+    from scanstream.subscribe import walker
 
     monkeypatch.setattr(walker, "_MAX_EVENT_BYTES", 100_000)
     with session.create_scan("s") as scan:

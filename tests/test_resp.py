@@ -1,4 +1,4 @@
-"""Scatter packing and vectored writes (scanstream.resp), and entries sent that way read back."""
+"""Scatter packing and vectored writes (scanstream._transport.vectored), and entries sent that way read back."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 from redis.connection import Encoder, PythonRespSerializer
 
 from scanstream import DataStore, Settings, create_session, get_session_node
-from scanstream.resp import (
+from scanstream._transport.server import EmbeddedServer
+from scanstream._transport.vectored import (
     Scattered,
     ScatterPacker,
     VectoredConnection,
@@ -19,7 +20,6 @@ from scanstream.resp import (
     _send_all,
     vectored_connection_class,
 )
-from scanstream.server import EmbeddedServer
 
 _ENCODE = Encoder("utf-8", "strict", False).encode
 

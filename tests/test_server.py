@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 import redis
 
-from scanstream.exceptions import InvalidArgumentError, ServerError
-from scanstream.server import (
+from scanstream._transport.server import (
     EmbeddedServer,
     default_maxmemory,
     ensure_server,
@@ -26,6 +25,7 @@ from scanstream.server import (
     server_status,
     stop_server,
 )
+from scanstream.exceptions import InvalidArgumentError, ServerError
 
 MakeServer = Callable[..., EmbeddedServer]
 
@@ -191,7 +191,7 @@ def test_runtime_dir_private(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
         runtime_dir()
 
 
-_CHILD = ("from scanstream.server import ensure_server; import redis; url = ensure_server(); "
+_CHILD = ("from scanstream._transport.server import ensure_server; import redis; url = ensure_server(); "
           "print(url, redis.Redis.from_url(url).info('server')['process_id'])")
 
 

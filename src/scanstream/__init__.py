@@ -25,8 +25,7 @@ Writing every scan of a session into NeXus files (what ``scanstream writer`` run
         writer.wait()
 """
 
-from .datanodes import ChannelNode, LimaDataView, LimaNode, ScanRefNode, read_image
-from .events import Event, EventData, EventType, StopHandler
+from ._transport.connection import DataStore, Settings
 from .exceptions import (
     DecodingError,
     EncodingError,
@@ -50,8 +49,7 @@ from .exceptions import (
     WriterError,
 )
 from .models import ImageReference, NodeType, SavingMode, ScanEnd, ScanState
-from .nodes import ContainerNode, DataNode, ScanNode, SessionNode, get_session_node
-from .publisher import (
+from .publish.scan import (
     ChannelPublisher,
     ContainerPublisher,
     LimaPublisher,
@@ -60,7 +58,9 @@ from .publisher import (
     ScanRefPublisher,
     create_session,
 )
-from .store import DataStore, Settings
+from .subscribe.data_nodes import ChannelNode, LimaDataView, LimaNode, ScanRefNode, read_image
+from .subscribe.events import Event, EventData, EventType, StopHandler
+from .subscribe.nodes import ContainerNode, DataNode, ScanNode, SessionNode, get_session_node
 from .writer import WriterService, saved_scans, writer_status
 
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""``scanstream scan`` (scanstream.sim.cli), run in-process against the test Redis."""
+"""``scanstream scan`` (scanstream.cli.scan), run in-process against the test Redis."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 
 from scanstream import DataStore, ScanState, get_session_node
 from scanstream.cli import build_parser, main
+from scanstream.cli.scan import parse_scan_arguments
 from scanstream.sim import default_beamline
-from scanstream.sim.cli import parse_scan_arguments
 
 
 def run(redis_url: str, *argv: str) -> int:

@@ -24,7 +24,6 @@ from scanstream import (
     get_session_node,
     read_image,
 )
-from scanstream.nodes import ScanNode
 from scanstream.sim import (
     Counter,
     DiodeCounter,
@@ -48,6 +47,7 @@ from scanstream.sim import (
     timescan,
 )
 from scanstream.sim.catalogue import CATALOGUE, run_catalogue
+from scanstream.subscribe.nodes import ScanNode
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "some_scans.py"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..models import ScanState
-from ..publisher import ScanPublisher
+from ..publish.scan import ScanPublisher
 
 __all__ = ["ScanResult", "notify_scan_created", "scan_created_hook", "time_scale"]
 

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..events import StopHandler
+from ..subscribe.events import StopHandler
 
 #: Events read ahead of the one being written. Each NEW_DATA event holds at most 16 MiB
 #: (walker._MAX_EVENT_BYTES), which bounds the memory held ahead.

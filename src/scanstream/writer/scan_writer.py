@@ -18,11 +18,11 @@ from typing import Any
 
 import h5py
 
-from ..events import EventType, StopHandler
 from ..exceptions import WriterError
-from ..nodes import DataNode, ScanNode
-from . import nexus
+from ..subscribe.events import EventType, StopHandler
+from ..subscribe.nodes import DataNode, ScanNode
 from .files import OpenFiles
+from . import nexus
 from .read_ahead import ReadAhead
 
 logger = logging.getLogger(__name__)

@@ -27,11 +27,11 @@ from typing import Any
 
 import redis
 
-from ..events import EventType, StopHandler
+from .._protocol.keys import check_session_name
+from .._transport.connection import DataStore, default_store
 from ..exceptions import ScanNotFoundError, ScanstreamError
-from ..keys import check_session_name
-from ..nodes import ScanNode, get_session_node
-from ..store import DataStore, default_store
+from ..subscribe.events import EventType, StopHandler
+from ..subscribe.nodes import ScanNode, get_session_node
 from .files import FLUSH_PERIOD, OpenFiles
 from .scan_writer import ScanResult, ScanWriter
 

@@ -11,14 +11,14 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Union, cast
 
-from . import encoding
-from .exceptions import (
+from .._protocol import codecs, metadata
+from .._protocol.keys import check_session_name
+from .._transport.connection import DataStore, default_store, stream_entries
+from ..exceptions import (
     DecodingError,
     ScanNotFoundError,
 )
-from .keys import check_session_name
-from .models import FINAL_STATES, NodeDescription, ScanEnd, ScanState
-from .store import DataStore, default_store, stream_entries
+from ..models import FINAL_STATES, NodeDescription, ScanEnd, ScanState
 
 if TYPE_CHECKING:
     from .events import Event, StopHandler
@@ -254,7 +254,7 @@ class ScanNode(DataNode):
     @property
     def info(self) -> dict[str, Any]:
         """The scan_info (re-read from Redis until the scan has ended)."""
-        info = encoding.loads(self._reload()[b"info"])
+        info = metadata.loads(self._reload()[b"info"])
         return info if isinstance(info, dict) else {}
 
     @property
@@ -301,7 +301,7 @@ class ScanNode(DataNode):
                 parent=int(fields[b"parent"]),
                 type=fields[b"type"].decode(),
                 name=fields[b"name"].decode(),
-                info=encoding.loads(fields[b"info"]) or {},
+                info=metadata.loads(fields[b"info"]) or {},
             )
         except (KeyError, ValueError) as exc:
             raise DecodingError(f"scan {self.db_name}: corrupt NEW_NODE entry ({exc})") from None
@@ -311,7 +311,7 @@ class ScanNode(DataNode):
                 parent = self if desc.parent == 0 else self._nodes.get(desc.parent)
                 if parent is None:
                     raise DecodingError(f"scan {self.db_name}: node {desc.name!r} has an unknown parent")
-                from .datanodes import NODE_CLASSES
+                from .data_nodes import NODE_CLASSES
 
                 cls = NODE_CLASSES.get(desc.type, ContainerNode)
                 node = cls(self, parent, desc)

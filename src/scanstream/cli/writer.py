@@ -11,11 +11,11 @@ import threading
 import time
 from typing import Any
 
+from .._transport.connection import DataStore, default_store
+from .._transport.server import resolve_url
 from ..exceptions import InvalidArgumentError
-from ..logs import configure_logging
-from ..server import resolve_url
-from ..store import DataStore, default_store
-from .service import WriterService, writer_status
+from ..writer.service import WriterService, writer_status
+from .logs import configure_logging
 
 WRITER_HELP = "write every scan of some sessions into HDF5/NeXus files, live (Ctrl-C stops)"
 

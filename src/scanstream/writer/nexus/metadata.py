@@ -43,7 +43,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..exceptions import NexusLayoutError
+from ...exceptions import NexusLayoutError
 
 __all__ = [
     "NX_COLLECTION",

@@ -33,7 +33,7 @@ from urllib.parse import quote
 
 import redis
 
-from .exceptions import InvalidArgumentError, ServerError
+from ..exceptions import InvalidArgumentError, ServerError
 
 logger = logging.getLogger(__name__)
 

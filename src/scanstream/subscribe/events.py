@@ -30,7 +30,7 @@ class EventData(NamedTuple):
         NEW_DATA of a channel: numpy array of shape ``(n,) + shape`` holding all points of the
         batch (for variable-length 1D channels, an object array of ``n`` 1D arrays). Of a
         lima node: list of :class:`~scanstream.ImageReference` (empty with NOSAVING). Of a
-        scan-reference channel: list of :class:`~scanstream.nodes.ScanNode`.
+        scan-reference channel: list of :class:`~scanstream.subscribe.nodes.ScanNode`.
         END_SCAN: the final :class:`~scanstream.ScanState`. Otherwise None.
     description : dict or None
         NEW_DATA: the node description (dtype, shape, unit...). END_SCAN: ``state``,

@@ -21,11 +21,11 @@ from typing import IO, Any
 
 from ..exceptions import ScanstreamError
 from ..models import ScanState
-from .beamline import Beamline, UnknownDeviceError, default_beamline
-from .control import ScanResult
-from .devices import MotorLimitError
-from .saving import SavingConfig
-from .scans import a2scan, amesh, ascan, ct, d2scan, dscan, loopscan, timescan
+from ..sim.beamline import Beamline, UnknownDeviceError, default_beamline
+from ..sim.control import ScanResult
+from ..sim.devices import MotorLimitError
+from ..sim.saving import SavingConfig
+from ..sim.scans import a2scan, amesh, ascan, ct, d2scan, dscan, loopscan, timescan
 
 __all__ = ["SCAN_HELP", "SCAN_TYPES", "ProgressDisplay", "ScanArgumentError", "configure_scan",
            "parse_scan_arguments", "run_scan"]
@@ -184,8 +184,8 @@ def run_scan(args: argparse.Namespace) -> int:
     except (ScanArgumentError, UnknownDeviceError) as exc:
         print(f"scanstream scan: error: {exc}", file=sys.stderr)
         return 2
-    from ..publisher import create_session
-    from ..server import resolve_url
+    from .._transport.server import resolve_url
+    from ..publish.scan import create_session
 
     options: dict[str, Any] = {"sleep": max(0.0, args.time_scale), "positioners": beamline.positioners,
                                "max_duration": args.max_duration}

@@ -18,9 +18,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..exceptions import NexusLayoutError
-from .nexus_channels import channel_dataset_name, fill_value_for
-from .nexus_metadata import STR_DTYPE
+from ...exceptions import NexusLayoutError
+from .channels import channel_dataset_name, fill_value_for
+from .metadata import STR_DTYPE
 
 __all__ = [
     "ImageReference",

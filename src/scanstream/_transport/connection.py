@@ -14,9 +14,9 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.connection import Encoder
 from redis.retry import Retry
 
-from .exceptions import InvalidArgumentError, ProtocolVersionError, SessionNotFoundError
-from .keys import DEFAULT_PREFIX, PROTOCOL_VERSION, Keys, check_session_name
-from .resp import ScatterPacker, vectored_connection_class
+from .._protocol.keys import DEFAULT_PREFIX, PROTOCOL_VERSION, Keys, check_session_name
+from ..exceptions import InvalidArgumentError, ProtocolVersionError, SessionNotFoundError
+from .vectored import ScatterPacker, vectored_connection_class
 
 logger = logging.getLogger(__name__)
 

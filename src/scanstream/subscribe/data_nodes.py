@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from . import encoding
-from .exceptions import (
+from .._protocol import codecs
+from .._transport.connection import stream_entries
+from ..exceptions import (
     DecodingError,
     ImageNotSavedError,
     IndexNoMoreThereError,
@@ -21,9 +22,8 @@ from .exceptions import (
     IndexWontBeThereError,
     ScanNotFoundError,
 )
-from .models import ImageReference, NodeDescription
+from ..models import ImageReference, NodeDescription
 from .nodes import ContainerNode, DataNode, ScanNode, SessionNode
-from .store import stream_entries
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class _StreamNode(ContainerNode):
         entry_id, fields = last[0]
         if b"end" in fields:
             return int(fields[b"end"]), True
-        return _first_index(entry_id) + encoding.entry_count(fields), False
+        return _first_index(entry_id) + codecs.entry_count(fields), False
 
     def _check_range(self, start: int, stop: int) -> tuple[int, int]:
         length, sealed = self._length()
@@ -80,7 +80,7 @@ class _StreamNode(ContainerNode):
         for entry_id, fields in entries:  # a hole would shift every later index: refuse it
             if _first_index(entry_id) != expected:
                 raise IndexNoMoreThereError(f"{self.db_name}: points {expected} to {_first_index(entry_id) - 1} are gone")
-            expected += encoding.entry_count(fields)
+            expected += codecs.entry_count(fields)
         return base, [fields for _, fields in entries]
 
     def _resolve(self, from_index: int, to_index: int | None) -> tuple[int, int]:
@@ -104,7 +104,7 @@ class ChannelNode(_StreamNode):
 
     def __init__(self, scan: ScanNode, parent: DataNode, desc: NodeDescription) -> None:
         super().__init__(scan, parent, desc)
-        self.codec = encoding.NumericCodec(desc.info["dtype"], desc.info["shape"], desc.name)
+        self.codec = codecs.NumericCodec(desc.info["dtype"], desc.info["shape"], desc.name)
         self.dtype = self.codec.dtype
         self.shape = self.codec.shape
         self.unit: str | None = desc.info.get("unit")
@@ -182,7 +182,7 @@ class LimaNode(_StreamNode):
         self.dtype = np.dtype(desc.info["dtype"])
         self.shape = tuple(desc.info["shape"])
         self.saving_mode = desc.info.get("saving_mode", "MANUAL")
-        self.codec = encoding.ImageRefCodec(desc.name, saved=self.saving_mode != "NOSAVING")
+        self.codec = codecs.ImageRefCodec(desc.name, saved=self.saving_mode != "NOSAVING")
 
     def get(self, from_index: int = 0, to_index: int | None = None) -> LimaDataView:
         """A view on images ``from_index`` to ``to_index`` inclusive (None: up to the last)."""
@@ -273,7 +273,7 @@ class ScanRefNode(_StreamNode):
 
     def __init__(self, scan: ScanNode, parent: DataNode, desc: NodeDescription) -> None:
         super().__init__(scan, parent, desc)
-        self.codec = encoding.ScanRefCodec(desc.name)
+        self.codec = codecs.ScanRefCodec(desc.name)
 
     def get(self, from_index: int = 0, to_index: int | None = -1) -> list[ScanNode]:
         """The referenced scans, ``from_index`` to ``to_index`` inclusive (-1: the last)."""

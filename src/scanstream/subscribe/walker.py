@@ -24,17 +24,17 @@ from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
-from . import encoding
-from .events import Event, EventData, EventType, StopHandler
-from .exceptions import (
+from .._protocol import codecs, metadata
+from .._transport.connection import StreamEntries, stream_entries
+from ..exceptions import (
     DecodingError,
     IndexNoMoreThereError,
     InvalidArgumentError,
     ScanNotFoundError,
 )
-from .models import DATA_NODE_TYPES, ScanEnd, ScanState
+from ..models import DATA_NODE_TYPES, ScanEnd, ScanState
+from .events import Event, EventData, EventType, StopHandler
 from .nodes import DataNode, NodeFilter, ScanNode, SessionNode
-from .store import StreamEntries, stream_entries
 
 if TYPE_CHECKING:
     from redis.typing import KeyT, StreamIdT
@@ -344,7 +344,7 @@ class Walker:
                 self._data.pop(follow.node.key.encode(), None)
                 break
             try:
-                count = encoding.entry_count(fields)
+                count = codecs.entry_count(fields)
             except DecodingError:  # a corrupt header: deliver the points before it first
                 if batch:
                     self._data_event(follow, batch, first_of_batch, events)
@@ -382,7 +382,7 @@ class Walker:
                     break
                 good.append(fields)
             if good:
-                count = sum(encoding.entry_count(f) for f in good)
+                count = sum(codecs.entry_count(f) for f in good)
                 follow.next_index = first + count
                 self._data_event(follow, good, first, events)
             raise
@@ -450,7 +450,7 @@ class Walker:
 def _scan_end(scan: ScanNode, fields: dict[bytes, bytes]) -> ScanEnd:
     try:
         error = fields.get(b"error", b"").decode() or None
-        lengths = encoding.loads(fields.get(b"lengths", b"{}")) or {}
+        lengths = metadata.loads(fields.get(b"lengths", b"{}")) or {}
         return ScanEnd(
             state=ScanState[fields[b"state"].decode()],
             error=error,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-from .exceptions import InvalidArgumentError
+from ..exceptions import InvalidArgumentError
 
 PROTOCOL_VERSION = "1"
 DEFAULT_PREFIX = "scanstream"

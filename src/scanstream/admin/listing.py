@@ -6,7 +6,7 @@ what takes memory (:func:`list_sessions`) and freeing it early (:func:`delete_sc
 
 Enumeration never uses KEYS or SCAN: sessions come from the ``sessions`` hash and the scans of a
 session from its scan stream (one NEW_SCAN entry per scan); the data keys of a scan come from
-the NEW_NODE entries of its event stream (see :mod:`scanstream.keys`).
+the NEW_NODE entries of its event stream (see :mod:`scanstream._protocol.keys`).
 
 Deletion is safe by default. A scan is never deleted while it runs (state not final and its
 publisher's lease alive), and not before a writer has saved it (its number is in the set
@@ -26,11 +26,11 @@ from typing import Any, cast
 
 import redis
 
-from . import encoding
-from .exceptions import InvalidArgumentError, ScanstreamError
-from .keys import check_session_name
-from .models import ScanState
-from .store import DataStore, stream_entries
+from .._protocol import codecs
+from .._protocol.keys import check_session_name
+from .._transport.connection import DataStore, stream_entries
+from ..exceptions import InvalidArgumentError, ScanstreamError
+from ..models import ScanState
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def _stream_length(last: list[tuple[bytes, dict[bytes, bytes]]]) -> int:
     entry_id, fields = last[0]
     if b"end" in fields:
         return int(fields[b"end"])
-    return int(entry_id.split(b"-")[0]) + encoding.entry_count(fields)
+    return int(entry_id.split(b"-")[0]) + codecs.entry_count(fields)
 
 
 def _float(value: bytes | None) -> float | None:

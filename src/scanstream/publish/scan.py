@@ -13,7 +13,7 @@ A scan is published as::
 whatever has accumulated as one entry per channel, in one MULTI/EXEC, as soon as the
 previous send is done (and at most every few milliseconds). Latency stays bounded; batching
 grows by itself with the rate. The data publishers and the sender are in
-:mod:`scanstream.data_publishers`.
+:mod:`scanstream.publish.channels`.
 """
 
 from __future__ import annotations
@@ -29,8 +29,19 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from . import encoding
-from .data_publishers import (
+from .._protocol import codecs, metadata
+from .._protocol.keys import check_item_name, check_session_name
+from .._protocol.metadata import check_scan_info, iso_time
+from .._transport.connection import DataStore, default_store
+from ..exceptions import (
+    EncodingError,
+    InvalidArgumentError,
+    InvalidTransitionError,
+    NodeExistsError,
+    ScanEndedError,
+)
+from ..models import SavingMode, ScanState
+from .channels import (
     ChannelPublisher,
     LimaPublisher,
     ScanRefPublisher,
@@ -38,17 +49,6 @@ from .data_publishers import (
     _NodePublisher,
     _Sender,
 )
-from .exceptions import (
-    EncodingError,
-    InvalidArgumentError,
-    InvalidTransitionError,
-    NodeExistsError,
-    ScanEndedError,
-)
-from .keys import check_item_name, check_session_name
-from .models import SavingMode, ScanState
-from .scaninfo import check_scan_info, iso_time
-from .store import DataStore, default_store
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -165,7 +165,7 @@ class PublishingSession:
                 "name": name,
                 "node_type": node_type,
                 "state": ScanState.CREATED.name,
-                "info": encoding.dumps(info),
+                "info": metadata.dumps(info),
                 "start_time": repr(now),
             },
         )
@@ -218,7 +218,7 @@ class ContainerPublisher(_NodePublisher):
         NodeExistsError
             A sibling has that name.
         """
-        codec = encoding.NumericCodec(dtype, shape, name)
+        codec = codecs.NumericCodec(dtype, shape, name)
         node_info = dict(info or {})
         node_info.update(dtype=codec.dtype.str, shape=list(codec.shape), unit=unit)
         return self.scan._create_node(ChannelPublisher, self, name, "channel", node_info, (codec,))
@@ -244,20 +244,20 @@ class ContainerPublisher(_NodePublisher):
             Further description (``user_detector_name``, ``saving_format``...).
         """
         mode = SavingMode(saving_mode)
-        check_dtype = encoding.check_dtype(dtype, name)
-        frame_shape = encoding.check_shape(shape, name)
+        check_dtype = codecs.check_dtype(dtype, name)
+        frame_shape = codecs.check_shape(shape, name)
         if len(frame_shape) != 2 or -1 in frame_shape:
             raise EncodingError(f"lima node {name!r}: shape must be (height, width), got {shape!r}")
         node_info = dict(info or {})
         node_info.update(dtype=check_dtype.str, shape=list(frame_shape), saving_mode=mode.value)
-        codec = encoding.ImageRefCodec(name, saved=mode is SavingMode.MANUAL)
+        codec = codecs.ImageRefCodec(name, saved=mode is SavingMode.MANUAL)
         return self.scan._create_node(LimaPublisher, self, name, "lima", node_info, (codec,))
 
     def create_scan_ref_channel(
         self, name: str = "scans", info: Mapping[str, Any] | None = None
     ) -> ScanRefPublisher:
         """Create a channel whose values are references to other scans (scan groups)."""
-        codec = encoding.ScanRefCodec(name)
+        codec = codecs.ScanRefCodec(name)
         return self.scan._create_node(
             ScanRefPublisher, self, name, "node_ref_channel", dict(info or {}), (codec,)
         )
@@ -360,7 +360,7 @@ class ScanPublisher:
                     "parent": parent_index,
                     "type": node_type,
                     "name": name,
-                    "info": encoding.dumps(node_info),
+                    "info": metadata.dumps(node_info),
                 },
             )
             self._names.add((parent_index, name))
@@ -382,7 +382,7 @@ class ScanPublisher:
             raise InvalidTransitionError(self._state, ScanState.PREPARED)
         self._info.update(check_scan_info(info_update))
         keys = self.store.keys
-        info_json = encoding.dumps(self._info)
+        info_json = metadata.dumps(self._info)
         pipe = self.store.redis.pipeline(transaction=True)
         pipe.hset(keys.scan(self.session.name, self.number), mapping={"state": "PREPARED", "info": info_json})
         pipe.xadd(
@@ -470,7 +470,7 @@ class ScanPublisher:
             state.name,
             error or "",
             now,
-            info_json=encoding.dumps(self._info),
+            info_json=metadata.dumps(self._info),
         )
         if outcome == "ended" and final == state.name and state is not ScanState.KILLED:
             # Only this publisher ends a scan in a state other than KILLED: this is our own

@@ -18,8 +18,8 @@ from typing import Any
 
 import h5py
 
-from .nexus_images import stored_path
-from .nexus_metadata import NX_COLLECTION, hdf5_name, require_nx_group
+from .images import stored_path
+from .metadata import NX_COLLECTION, hdf5_name, require_nx_group
 
 __all__ = ["link_subscan_entries", "write_default_plot"]
 

@@ -16,8 +16,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..exceptions import NexusLayoutError
-from .nexus_metadata import hdf5_name
+from ...exceptions import NexusLayoutError
+from .metadata import hdf5_name
 
 __all__ = [
     "CHUNK_MAX_ROWS",

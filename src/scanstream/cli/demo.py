@@ -15,14 +15,14 @@ from pathlib import Path
 
 import h5py
 
-from .exceptions import ScanstreamError
-from .nodes import ScanNode, get_session_node
-from .publisher import create_session
-from .server import resolve_url
-from .sim import SavingConfig
-from .sim.catalogue import run_catalogue
-from .store import DataStore
-from .writer import saved_scans, scan_file_path, writer_status
+from .._transport.connection import DataStore
+from .._transport.server import resolve_url
+from ..exceptions import ScanstreamError
+from ..publish.scan import create_session
+from ..sim import SavingConfig
+from ..sim.catalogue import run_catalogue
+from ..subscribe.nodes import ScanNode, get_session_node
+from ..writer import saved_scans, scan_file_path, writer_status
 
 DEMO_HELP = "publish the example scans and write their NeXus files (a writer process is started)"
 #: Seconds to wait for the writer to start, and then for the files once the scans have run.

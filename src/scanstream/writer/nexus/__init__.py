@@ -52,8 +52,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..exceptions import NexusLayoutError
-from .nexus_channels import (
+from ...exceptions import NexusLayoutError
+from .channels import (
     CHUNK_MAX_ROWS,
     CHUNK_TARGET_BYTES,
     channel_dataset_name,
@@ -61,8 +61,8 @@ from .nexus_channels import (
     require_channel_dataset,
     write_points,
 )
-from .nexus_images import ImageReference, is_hdf5_format, require_image_vds
-from .nexus_metadata import (
+from .images import ImageReference, is_hdf5_format, require_image_vds
+from .metadata import (
     NX_COLLECTION,
     hdf5_name,
     require_nx_group,
@@ -72,7 +72,7 @@ from .nexus_metadata import (
     write_scan_info_positioners,
     write_value,
 )
-from .nexus_plots import link_subscan_entries, write_default_plot
+from .plots import link_subscan_entries, write_default_plot
 
 __all__ = [
     "CHUNK_MAX_ROWS",

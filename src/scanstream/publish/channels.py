@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import redis
 
-from . import encoding
-from .exceptions import EncodingError, RedisFullError, RedisUnreachableError
-from .store import stream_entries
+from .._protocol import codecs
+from .._transport.connection import stream_entries
+from ..exceptions import EncodingError, RedisFullError, RedisUnreachableError
 
 if TYPE_CHECKING:
     from redis.typing import EncodableT, FieldT
 
-    from .publisher import ScanPublisher
+    from .scan import ScanPublisher
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class _DataPublisher(_NodePublisher):
     def _take_locked_extra(self) -> None:
         """Hook for subclasses with a second queue (caller holds the lock)."""
 
-    def _encode(self, batches: list[Any]) -> list[tuple[encoding.Fields, int]]:
+    def _encode(self, batches: list[Any]) -> list[tuple[codecs.Fields, int]]:
         """Encode queued batches as ``(fields, npoints)`` entries."""
         raise NotImplementedError
 
@@ -204,7 +204,7 @@ class ChannelPublisher(_DataPublisher):
             pending, self._pending = self._pending, []
         return pending
 
-    def _encode(self, batches: list[Any]) -> list[tuple[encoding.Fields, int]]:
+    def _encode(self, batches: list[Any]) -> list[tuple[codecs.Fields, int]]:
         codec = self.codec
         if codec.variable:
             points = [p for b in batches for p in b]
@@ -222,7 +222,7 @@ class ChannelPublisher(_DataPublisher):
         # that is cut). An entry's batches are sent from their own memory (Scattered) unless
         # they are so small that one copy costs less than a socket write per batch.
         step = max(1, _MAX_ENTRY_BYTES // max(1, codec.dtype.itemsize * max(1, codec.point_size)))
-        entries: list[tuple[encoding.Fields, int]] = []
+        entries: list[tuple[codecs.Fields, int]] = []
         group: list[np.ndarray] = []
         count = 0
         for batch in batches:
@@ -237,7 +237,7 @@ class ChannelPublisher(_DataPublisher):
             entries.append((self._entry(group), count))
         return entries
 
-    def _entry(self, group: list[np.ndarray]) -> encoding.Fields:
+    def _entry(self, group: list[np.ndarray]) -> codecs.Fields:
         scattered = (self.scan.store.scatter_writes
                      and sum(p.nbytes for p in group) >= _MIN_SCATTER_BYTES * len(group))
         return self.codec.encode(group, scattered=scattered)
@@ -280,7 +280,7 @@ class LimaPublisher(_DataPublisher):
             raise EncodingError(f"lima node {self.name!r}: count must be a positive int, got {count!r}")
         self._queue(count, count)
 
-    def _encode(self, batches: list[Any]) -> list[tuple[encoding.Fields, int]]:
+    def _encode(self, batches: list[Any]) -> list[tuple[codecs.Fields, int]]:
         if not self.codec.saved:
             total = sum(batches)
             return [(self.codec.encode(total), total)]
@@ -312,7 +312,7 @@ class ScanRefPublisher(_DataPublisher):
             raise EncodingError(f"scan reference channel {self.name!r}: empty batch")
         self._queue(batch, len(batch))
 
-    def _encode(self, batches: list[Any]) -> list[tuple[encoding.Fields, int]]:
+    def _encode(self, batches: list[Any]) -> list[tuple[codecs.Fields, int]]:
         refs = [r for b in batches for r in b]
         return [(self.codec.encode(refs), len(refs))]
 

@@ -1,4 +1,4 @@
-"""Encoding of metadata (JSON) and of data batches (raw little-endian bytes).
+"""Encoding of data batches (raw little-endian bytes) into stream entry fields.
 
 Data entries never carry their dtype or shape: those are stored once in the node's
 NEW_NODE entry, and each data entry holds only the points (field ``d``), their count
@@ -8,20 +8,17 @@ Nothing is pickled: any language that reads JSON and raw bytes can read the stre
 
 from __future__ import annotations
 
-import datetime
-import enum
 import json
 import math
-import pathlib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import numpy.typing as npt
 
-from .exceptions import DecodingError, EncodingError
-from .models import ImageReference
-from .resp import Scattered
+from .._transport.vectored import Scattered
+from ..exceptions import DecodingError, EncodingError
+from ..models import ImageReference
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -30,83 +27,6 @@ Fields = dict[bytes, bytes]
 
 #: dtype kinds a channel may hold: bool, signed/unsigned integers, floats, complex.
 NUMERIC_KINDS = "biufc"
-
-
-# ----------------------------------------------------------------------------- JSON metadata
-
-
-def json_safe(value: Any, path: str = "scan_info") -> Any:
-    """Return ``value`` converted to plain JSON types, or raise :class:`EncodingError`.
-
-    numpy scalars and arrays become numbers and lists, datetimes become ISO 8601 strings,
-    enums their value, paths strings. NaN and infinities are kept (Python's JSON reads
-    them back). ``path`` names the value in error messages (``scan_info['a']['b']``).
-    """
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value)
-    if isinstance(value, np.generic):
-        if value.dtype.kind in NUMERIC_KINDS + "U":
-            item = value.item()
-            if isinstance(item, complex):
-                raise EncodingError(f"{path}: complex value {value!r} cannot be stored in JSON")
-            return item
-        raise EncodingError(f"{path}: numpy value of dtype {value.dtype} cannot be stored")
-    if isinstance(value, np.ndarray):
-        if value.dtype.kind not in "biufU":
-            raise EncodingError(f"{path}: numpy array of dtype {value.dtype} cannot be stored")
-        return value.tolist()
-    if isinstance(value, enum.Enum):
-        return json_safe(value.value, path)
-    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
-        return value.isoformat()
-    if isinstance(value, pathlib.PurePath):
-        return str(value)
-    if isinstance(value, Mapping):
-        out = {}
-        for key, item in value.items():
-            if isinstance(key, (bool, np.bool_)) or not isinstance(key, (str, int, np.integer)):
-                raise EncodingError(
-                    f"{path}: key {key!r} of type {type(key).__name__} is not allowed; "
-                    "use strings as keys"
-                )
-            text = str(key)
-            if text in out:
-                raise EncodingError(
-                    f"{path}: keys {key!r} and {text!r} would both be stored as the key {text!r}; "
-                    "keep one of them"
-                )
-            out[text] = json_safe(item, f"{path}[{key!r}]")
-        return out
-    if isinstance(value, (list, tuple)):
-        return [json_safe(item, f"{path}[{i}]") for i, item in enumerate(value)]
-    if isinstance(value, (bytes, bytearray)):
-        try:
-            return bytes(value).decode("utf-8")
-        except UnicodeDecodeError:
-            raise EncodingError(f"{path}: bytes that are not UTF-8 text cannot be stored") from None
-    raise EncodingError(
-        f"{path}: value {value!r} of type {type(value).__name__} cannot be stored; "
-        "use numbers, strings, lists, dicts, numpy arrays or datetimes"
-    )
-
-
-def dumps(value: Any, path: str = "scan_info") -> str:
-    """Encode metadata as JSON text (after :func:`json_safe`)."""
-    return json.dumps(json_safe(value, path), separators=(",", ":"))
-
-
-def loads(text: bytes | str | None) -> Any:
-    """Decode JSON text written by :func:`dumps`."""
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise DecodingError(f"corrupt JSON metadata in Redis: {exc}") from None
 
 
 # ----------------------------------------------------------------------------- data codecs
@@ -252,7 +172,7 @@ class NumericCodec:
         Fixed shapes: one batch (an array of shape ``(n,) + shape``) or a list of consecutive
         batches. Variable-length channels: a list of 1D points.
 
-        With ``scattered`` (fixed shapes), the ``d`` field is a :class:`~scanstream.resp.Scattered`
+        With ``scattered`` (fixed shapes), the ``d`` field is a :class:`~scanstream._transport.vectored.Scattered`
         of the batches' own buffers, sent without being joined: the batches must not change
         until the entry is sent. Otherwise it is one bytes object, joined in one copy.
         """

@@ -17,11 +17,13 @@ from typing import Any
 
 import redis
 
-from . import admin, demo, server
-from .exceptions import ScanstreamError
+from .._transport import server
+from ..admin import listing as admin
+from ..exceptions import ScanstreamError
+from . import demo
+from . import scan as sim_cli
+from . import writer as writer_cli
 from .logs import configure_logging
-from .sim import cli as sim_cli
-from .writer import cli as writer_cli
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +83,7 @@ def _configure_ls(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_ls(args: argparse.Namespace) -> int:
-    from .store import DataStore
+    from .._transport.connection import DataStore
 
     with DataStore(redis_url(args)) as store:
         print(admin.format_listing(admin.list_sessions(store, args.session),
@@ -102,7 +104,7 @@ def _configure_delete(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_delete(args: argparse.Namespace) -> int:
-    from .store import DataStore
+    from .._transport.connection import DataStore
 
     with DataStore(redis_url(args)) as store:
         report = admin.delete_scans(store, args.session, older_than=args.older_than,

@@ -1,0 +1,226 @@
+"""What the entries of scanstream's streams hold: the one place that names their fields.
+
+Three kinds of streams (key names in :mod:`.keys`):
+
+- the session's scan stream: one ``NEW_SCAN`` entry per scan
+  (``scan``, ``name``, ``node_type``);
+- a scan's event stream: ``CREATED``, then ``NEW_NODE`` per node (``node``, ``parent``,
+  ``type``, ``name``, ``info``), ``PREPARED``, and one ``END`` (``state``, ``error``, ``time``,
+  ``lengths``);
+- a data stream per data node: entries whose ID is ``<index of the first point>-1``, holding
+  ``n`` points (codec fields in :mod:`.codecs`), and at the end one seal entry whose only field
+  ``end`` is the final number of points.
+
+Writers build entries with the ``*_fields`` functions and readers parse them with the
+``parse_*`` functions, so that both sides cannot drift apart. The end-of-scan Lua script
+(:mod:`.scripts`) follows the same rules; ``tests/test_protocol.py`` checks it against them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..exceptions import DecodingError
+from ..models import DATA_NODE_TYPES, FINAL_STATES, NodeDescription, ScanEnd, ScanState
+from . import metadata
+
+#: Entry fields as Redis returns them (bytes, the client never decodes).
+Fields = dict[bytes, bytes]
+
+#: The ``event`` field of each entry kind.
+NEW_SCAN = b"NEW_SCAN"
+CREATED = b"CREATED"
+NEW_NODE = b"NEW_NODE"
+PREPARED = b"PREPARED"
+END = b"END"
+
+#: Names of the final states, as stored in the scan hash and the END entry.
+FINAL_STATE_NAMES = frozenset(state.name for state in FINAL_STATES)
+
+#: Field of a data stream's seal entry (the final number of points).
+SEAL_FIELD = b"end"
+
+
+def has_data_stream(node_type: str | bytes) -> bool:
+    """True when nodes of this type own a data stream (channel, lima, scan reference)."""
+    if isinstance(node_type, bytes):
+        node_type = node_type.decode(errors="replace")
+    return node_type in DATA_NODE_TYPES
+
+
+def is_final_state(name: str | bytes | None) -> bool:
+    """True when a stored state name is one of the final states."""
+    if isinstance(name, bytes):
+        name = name.decode(errors="replace")
+    return name in FINAL_STATE_NAMES
+
+
+# ----------------------------------------------------------------------------- data streams
+
+
+def data_entry_id(first_index: int) -> str:
+    """Stream ID of the data entry whose first point has index ``first_index``."""
+    return f"{first_index}-1"
+
+
+def first_index_of(entry_id: bytes) -> int:
+    """Index of the first point of the data entry with this ID (the inverse of :func:`data_entry_id`)."""
+    return int(entry_id.split(b"-", 1)[0])
+
+
+def after_index_id(index: int) -> bytes:
+    """The largest ID before the entry of point ``index + 1``: XREAD from it starts there."""
+    return b"%d-18446744073709551615" % index
+
+
+@dataclass(frozen=True, slots=True)
+class DataEntry:
+    """One entry of a data stream, parsed: where it starts, how many points, whether it seals.
+
+    Attributes
+    ----------
+    first_index : int
+        Index of the entry's first point (for a seal: the final length).
+    npoints : int
+        Number of points it holds (0 for a seal).
+    fields : dict
+        The raw fields (for the codec).
+    sealed_length : int or None
+        The final number of points when this is the seal entry, else None.
+    """
+
+    first_index: int
+    npoints: int
+    fields: Fields
+    sealed_length: int | None
+
+    @classmethod
+    def from_raw(cls, entry_id: bytes, fields: Fields) -> DataEntry:
+        """Parse an ``(ID, fields)`` pair of XRANGE, XREVRANGE or XREAD.
+
+        Raises
+        ------
+        DecodingError
+            When the ID or the count is not a number.
+        """
+        try:
+            first = first_index_of(entry_id)
+            if SEAL_FIELD in fields:
+                return cls(first, 0, fields, int(fields[SEAL_FIELD]))
+            return cls(first, int(fields[b"n"]), fields, None)
+        except (KeyError, ValueError):
+            raise DecodingError(f"corrupt data entry {entry_id!r}: {sorted(fields)}") from None
+
+    @property
+    def end_index(self) -> int:
+        """Index just after the entry's last point (for a seal: the final length)."""
+        if self.sealed_length is not None:
+            return self.sealed_length
+        return self.first_index + self.npoints
+
+
+def stream_length(last: list[tuple[bytes, Fields]]) -> tuple[int, bool]:
+    """Number of points of a data stream and whether it is sealed, from its last entry.
+
+    ``last`` is the reply of ``XREVRANGE key + - COUNT 1``.
+    """
+    if not last:
+        return 0, False
+    entry = DataEntry.from_raw(*last[0])
+    return entry.end_index, entry.sealed_length is not None
+
+
+# ----------------------------------------------------------------------------- event streams
+
+
+def new_scan_fields(number: int, name: str, node_type: str) -> dict[str, Any]:
+    """Fields of the session stream's NEW_SCAN entry."""
+    return {"event": NEW_SCAN.decode(), "scan": number, "name": name, "node_type": node_type}
+
+
+def parse_new_scan(fields: Fields) -> int | None:
+    """The scan number of a NEW_SCAN entry; None for another kind of entry.
+
+    Raises
+    ------
+    DecodingError
+        When the entry is a NEW_SCAN without a valid number.
+    """
+    if fields.get(b"event", NEW_SCAN) != NEW_SCAN:
+        return None
+    try:
+        return int(fields[b"scan"])
+    except (KeyError, ValueError):
+        raise DecodingError(f"corrupt NEW_SCAN entry: {fields!r}") from None
+
+
+def new_node_fields(desc: NodeDescription) -> dict[str, Any]:
+    """Fields of a scan's NEW_NODE entry."""
+    return {
+        "event": NEW_NODE.decode(),
+        "node": desc.index,
+        "parent": desc.parent,
+        "type": desc.type,
+        "name": desc.name,
+        "info": metadata.dumps(desc.info),
+    }
+
+
+def parse_new_node(fields: Fields, where: str) -> NodeDescription:
+    """The node described by a NEW_NODE entry.
+
+    Raises
+    ------
+    DecodingError
+        When a field is missing or malformed; ``where`` names the scan in the message.
+    """
+    try:
+        info = metadata.loads(fields[b"info"]) or {}
+        if not isinstance(info, dict):
+            raise ValueError(f"info is a {type(info).__name__}, not a dict")
+        return NodeDescription(
+            index=int(fields[b"node"]),
+            parent=int(fields[b"parent"]),
+            type=fields[b"type"].decode(),
+            name=fields[b"name"].decode(),
+            info=info,
+        )
+    except (KeyError, ValueError, DecodingError) as exc:
+        raise DecodingError(f"{where}: corrupt NEW_NODE entry ({exc})") from None
+
+
+def parse_end(fields: Fields, where: str) -> ScanEnd:
+    """The final state carried by a scan's END entry.
+
+    Raises
+    ------
+    DecodingError
+        When a field is missing or malformed; ``where`` names the scan in the message.
+    """
+    try:
+        error = fields.get(b"error", b"").decode() or None
+        lengths = metadata.loads(fields.get(b"lengths", b"{}")) or {}
+        return ScanEnd(
+            state=ScanState[fields[b"state"].decode()],
+            error=error,
+            end_time=float(fields.get(b"time", b"0")),
+            lengths={int(k): int(v) for k, v in lengths.items()},
+        )
+    except (KeyError, ValueError, AttributeError, DecodingError) as exc:
+        raise DecodingError(f"{where}: corrupt END entry ({exc})") from None
+
+
+def data_node_indices(events: list[tuple[bytes, Fields]]) -> list[int]:
+    """Indices of the nodes with a data stream, from a scan's event entries, without duplicates.
+
+    Corrupt NEW_NODE entries are skipped (their node has no stream that could be found).
+    """
+    out: dict[int, None] = {}
+    for _, fields in events:
+        if fields.get(b"event") == NEW_NODE and has_data_stream(fields.get(b"type", b"")):
+            try:
+                out[int(fields[b"node"])] = None
+            except (KeyError, ValueError):
+                continue
+    return list(out)

@@ -1,0 +1,147 @@
+"""Metadata as JSON: the conversion rules, ``scan_info`` checks (BLISS conventions), ISO 8601 times."""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import json
+import numbers
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..exceptions import DecodingError, EncodingError
+
+#: numpy dtype kinds stored as JSON numbers.
+_NUMBER_KINDS = "biufc"
+
+# Known keys and the Python types their values must have. Others are free.
+_KEY_TYPES: dict[str, tuple[type, ...]] = {
+    "title": (str,),
+    "type": (str,),
+    "npoints": (numbers.Integral,),
+    "npoints1": (numbers.Integral,),
+    "npoints2": (numbers.Integral,),
+    "data_dim": (numbers.Integral,),
+    "count_time": (numbers.Real,),
+    "sleep_time": (numbers.Real,),
+    "filename": (str,),
+    "channels": (Mapping,),
+    "acquisition_chain": (Mapping,),
+    "devices": (Mapping,),
+    "plots": (list, tuple),
+    "instrument": (Mapping,),
+    "positioners": (Mapping,),
+    "sample": (Mapping,),
+    "technique": (Mapping,),
+}
+
+
+def json_safe(value: Any, path: str = "scan_info") -> Any:
+    """Return ``value`` converted to plain JSON types, or raise :class:`EncodingError`.
+
+    numpy scalars and arrays become numbers and lists, datetimes become ISO 8601 strings,
+    enums their value, paths strings. NaN and infinities are kept (Python's JSON reads
+    them back). ``path`` names the value in error messages (``scan_info['a']['b']``).
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, np.generic):
+        if value.dtype.kind in _NUMBER_KINDS + "U":
+            item = value.item()
+            if isinstance(item, complex):
+                raise EncodingError(f"{path}: complex value {value!r} cannot be stored in JSON")
+            return item
+        raise EncodingError(f"{path}: numpy value of dtype {value.dtype} cannot be stored")
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biufU":
+            raise EncodingError(f"{path}: numpy array of dtype {value.dtype} cannot be stored")
+        return value.tolist()
+    if isinstance(value, enum.Enum):
+        return json_safe(value.value, path)
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, pathlib.PurePath):
+        return str(value)
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            if isinstance(key, (bool, np.bool_)) or not isinstance(key, (str, int, np.integer)):
+                raise EncodingError(
+                    f"{path}: key {key!r} of type {type(key).__name__} is not allowed; "
+                    "use strings as keys"
+                )
+            text = str(key)
+            if text in out:
+                raise EncodingError(
+                    f"{path}: keys {key!r} and {text!r} would both be stored as the key {text!r}; "
+                    "keep one of them"
+                )
+            out[text] = json_safe(item, f"{path}[{key!r}]")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise EncodingError(f"{path}: bytes that are not UTF-8 text cannot be stored") from None
+    raise EncodingError(
+        f"{path}: value {value!r} of type {type(value).__name__} cannot be stored; "
+        "use numbers, strings, lists, dicts, numpy arrays or datetimes"
+    )
+
+
+def dumps(value: Any, path: str = "scan_info") -> str:
+    """Encode metadata as JSON text (after :func:`json_safe`)."""
+    return json.dumps(json_safe(value, path), separators=(",", ":"))
+
+
+def loads(text: bytes | str | None) -> Any:
+    """Decode JSON text written by :func:`dumps`."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise DecodingError(f"corrupt JSON metadata in Redis: {exc}") from None
+
+
+def iso_time(timestamp: float) -> str:
+    """ISO 8601 local time of ``timestamp`` with the UTC offset that applied at that instant."""
+    return datetime.datetime.fromtimestamp(timestamp).astimezone().isoformat()
+
+
+def check_scan_info(info: Any, path: str = "scan_info") -> dict[str, Any]:
+    """Return ``info`` as a JSON-safe dict, or raise :class:`EncodingError` naming the key.
+
+    Parameters
+    ----------
+    info : Mapping or None
+        The scan metadata. Known keys (``title``, ``npoints``, ``channels``, ``plots``...)
+        must have the types of the BLISS conventions; ``npoints`` must be >= 0.
+    """
+    if info is None:
+        return {}
+    if not isinstance(info, Mapping):
+        raise EncodingError(f"{path} must be a dict, got {type(info).__name__}")
+    for key, types in _KEY_TYPES.items():
+        if key in info and info[key] is not None:
+            value = info[key]
+            if isinstance(value, bool) or not isinstance(value, types):
+                expected = " or ".join(t.__name__ for t in types)
+                raise EncodingError(
+                    f"{path}[{key!r}] must be {expected}, got {value!r} ({type(value).__name__})"
+                )
+    for key in ("npoints", "npoints1", "npoints2"):
+        if key in info and info[key] is not None and info[key] < 0:
+            raise EncodingError(f"{path}[{key!r}] must be >= 0, got {info[key]!r}")
+    safe = json_safe(info, path)
+    assert isinstance(safe, dict)
+    return safe
