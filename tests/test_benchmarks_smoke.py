@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_quick_benchmarks_write_their_figures(server_binary: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"

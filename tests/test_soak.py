@@ -26,6 +26,7 @@ from soak import runner, verify, workload
 from soak.publisher import publish_scan
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(200)
 def test_short_soak_passes_every_check(server_binary: Path, tmp_path: Path) -> None:
     out = tmp_path / "soak.json"

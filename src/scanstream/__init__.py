@@ -20,9 +20,11 @@ Subscribing (the seed's API)::
 
 Writing every scan of a session into NeXus files (what ``scanstream writer`` runs)::
 
-    from scanstream import WriterService
-    with WriterService(["test_session"], root="/data") as writer:
-        writer.wait()
+    from scanstream.writer import WriterService
+    WriterService(["test_session"], root="/data").run()   # until Ctrl-C or SIGTERM
+
+The package root never imports the writer (nor h5py): ``WriterService``, ``saved_scans`` and
+``writer_status`` are still reachable from here, loaded on first use.
 """
 
 from ._transport.connection import DataStore, Settings
@@ -61,9 +63,21 @@ from .publish.scan import (
 from .subscribe.data_nodes import ChannelNode, LimaDataView, LimaNode, ScanRefNode, read_image
 from .subscribe.events import Event, EventData, EventType, StopHandler
 from .subscribe.nodes import ContainerNode, DataNode, ScanNode, SessionNode, get_session_node
-from .writer import WriterService, saved_scans, writer_status
 
 __version__ = "0.1.0"
+
+# The writer is an application on top of this library: loading it here would import h5py and
+# the whole writer with every ``import scanstream``. These names stay reachable, resolved on
+# first use (PEP 562).
+_WRITER_NAMES = frozenset({"WriterService", "saved_scans", "writer_status"})
+
+
+def __getattr__(name: str) -> object:
+    if name in _WRITER_NAMES:
+        from . import writer  # noqa: PLC0415 (deliberately lazy, see above)
+
+        return getattr(writer, name)
+    raise AttributeError(f"module 'scanstream' has no attribute {name!r}")
 
 __all__ = [
     "ChannelNode",
