@@ -18,6 +18,7 @@ in one cluster slot; no command spans two scans or a scan and its session.
 from __future__ import annotations
 
 import re
+from typing import TypeGuard
 
 from ..exceptions import InvalidArgumentError
 
@@ -42,20 +43,29 @@ def check_item_name(name: object, what: str, forbidden: str) -> str:
     """Return ``name`` if it is a valid scan or node name, else raise :class:`InvalidArgumentError`.
 
     A valid name is a non-empty string, encodable as UTF-8 (no lone surrogates), without a
-    newline or any character of ``forbidden``. ``what`` ("scan", "node") goes in the message.
+    newline, a NUL or any character of ``forbidden``, and not ``.`` or ``..`` (the writer makes
+    HDF5 names of them, where those two mean "this group" and "the parent group"). ``what``
+    ("scan", "node") goes in the message.
     """
-    bad = not isinstance(name, str) or not name or any(c in name for c in "\n" + forbidden)
-    if isinstance(name, str) and not bad:
-        try:
-            name.encode("utf-8")
-        except UnicodeEncodeError:
-            bad = True
-    if bad or not isinstance(name, str):
+    if not _is_item_name(name, forbidden):
         shown = " or ".join(repr(c) for c in forbidden)
         raise InvalidArgumentError(
-            f"invalid {what} name {name!r}: use a non-empty UTF-8 string without a newline or {shown}"
+            f"invalid {what} name {name!r}: use a non-empty UTF-8 string, not '.' or '..', "
+            f"without a newline, a NUL or {shown}"
         )
     return name
+
+
+def _is_item_name(name: object, forbidden: str) -> TypeGuard[str]:
+    if not isinstance(name, str) or not name or name in (".", ".."):
+        return False
+    if any(c in name for c in "\n\0" + forbidden):
+        return False
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Keys:

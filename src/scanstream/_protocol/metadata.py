@@ -45,9 +45,18 @@ def json_safe(value: Any, path: str = "scan_info") -> Any:
     numpy scalars and arrays become numbers and lists, datetimes become ISO 8601 strings,
     enums their value, paths strings. NaN and infinities are kept (Python's JSON reads
     them back). ``path`` names the value in error messages (``scan_info['a']['b']``).
+    Refused: values of other types, text that is not UTF-8 (lone surrogates), non-string
+    keys, and containers that contain themselves.
     """
-    if value is None or isinstance(value, (bool, str)):
+    return _json_safe(value, path, set())
+
+
+def _json_safe(value: Any, path: str, active: set[int]) -> Any:
+    """:func:`json_safe`, with ``active`` the ids of the containers being converted."""
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, str):
+        return _utf8_text(value, path)
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):
@@ -64,29 +73,19 @@ def json_safe(value: Any, path: str = "scan_info") -> Any:
             raise EncodingError(f"{path}: numpy array of dtype {value.dtype} cannot be stored")
         return value.tolist()
     if isinstance(value, enum.Enum):
-        return json_safe(value.value, path)
+        return _json_safe(value.value, path, active)
     if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
         return value.isoformat()
     if isinstance(value, pathlib.PurePath):
         return str(value)
-    if isinstance(value, Mapping):
-        out = {}
-        for key, item in value.items():
-            if isinstance(key, (bool, np.bool_)) or not isinstance(key, (str, int, np.integer)):
-                raise EncodingError(
-                    f"{path}: key {key!r} of type {type(key).__name__} is not allowed; "
-                    "use strings as keys"
-                )
-            text = str(key)
-            if text in out:
-                raise EncodingError(
-                    f"{path}: keys {key!r} and {text!r} would both be stored as the key {text!r}; "
-                    "keep one of them"
-                )
-            out[text] = json_safe(item, f"{path}[{key!r}]")
-        return out
-    if isinstance(value, (list, tuple)):
-        return [json_safe(item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, (Mapping, list, tuple)):
+        if id(value) in active:
+            raise EncodingError(f"{path}: the value contains itself; metadata must be a tree")
+        active.add(id(value))
+        try:
+            return _json_container(value, path, active)
+        finally:
+            active.discard(id(value))
     if isinstance(value, (bytes, bytearray)):
         try:
             return bytes(value).decode("utf-8")
@@ -96,6 +95,41 @@ def json_safe(value: Any, path: str = "scan_info") -> Any:
         f"{path}: value {value!r} of type {type(value).__name__} cannot be stored; "
         "use numbers, strings, lists, dicts, numpy arrays or datetimes"
     )
+
+
+def _json_container(
+    value: Mapping[Any, Any] | list[Any] | tuple[Any, ...], path: str, active: set[int]
+) -> Any:
+    """A dict or list of :func:`_json_safe` values."""
+    if not isinstance(value, Mapping):
+        return [_json_safe(item, f"{path}[{i}]", active) for i, item in enumerate(value)]
+    out = {}
+    for key, item in value.items():
+        if isinstance(key, (bool, np.bool_)) or not isinstance(key, (str, int, np.integer)):
+            raise EncodingError(
+                f"{path}: key {key!r} of type {type(key).__name__} is not allowed; "
+                "use strings as keys"
+            )
+        text = _utf8_text(str(key), f"{path} key")
+        if text in out:
+            raise EncodingError(
+                f"{path}: keys {key!r} and {text!r} would both be stored as the key {text!r}; "
+                "keep one of them"
+            )
+        out[text] = _json_safe(item, f"{path}[{key!r}]", active)
+    return out
+
+
+def _utf8_text(text: str, path: str) -> str:
+    """``text``, or :class:`EncodingError` when it cannot be stored as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise EncodingError(
+            f"{path}: text {text!r} is not valid Unicode ({exc.reason} at position {exc.start}); "
+            "store text that encodes as UTF-8"
+        ) from None
+    return text
 
 
 def dumps(value: Any, path: str = "scan_info") -> str:
