@@ -20,9 +20,8 @@ import threading
 import h5py
 import numpy as np
 
-from scanstream import EventType, get_session_node
+from scanstream import EventType, ScanNode, get_session_node
 from scanstream._transport.server import resolve_url
-from scanstream.subscribe.nodes import ScanNode
 
 # One h5py file shared by the scan workers: h5py calls are serialized by this lock.
 FILE_LOCK = threading.Lock()

@@ -16,9 +16,8 @@ from __future__ import annotations
 import argparse
 import threading
 
-from scanstream import EventType, get_session_node
+from scanstream import EventType, ScanNode, get_session_node
 from scanstream._transport.server import resolve_url
-from scanstream.subscribe.nodes import ScanNode
 
 
 def count_points(scan_node: ScanNode, done: threading.Event) -> None:

@@ -89,6 +89,7 @@ def test_end_after_being_declared_killed_is_refused(session, store):
     scan.flush()
     store.redis.delete(store.keys.scan_lease(session.name, scan.number))
     scan_node = get_session_node(session.name, store=store).get_scan(scan.number)
+    scan_node.check_lease()  # what a walk does; reading .state alone never writes
     assert scan_node.state is ScanState.KILLED  # the reader declared it
     with pytest.raises(InvalidTransitionError, match="KILLED to DONE"):
         scan.end()

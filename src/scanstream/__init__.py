@@ -60,9 +60,11 @@ from .publish.scan import (
     ScanRefPublisher,
     create_session,
 )
-from .subscribe.data_nodes import ChannelNode, LimaDataView, LimaNode, ScanRefNode, read_image
+from .subscribe.data_nodes import ChannelNode, LimaDataView, LimaNode, ScanRefNode
 from .subscribe.events import Event, EventData, EventType, StopHandler
-from .subscribe.nodes import ContainerNode, DataNode, ScanNode, SessionNode, get_session_node
+from .subscribe.images import read_image
+from .subscribe.nodes import ContainerNode, DataNode
+from .subscribe.tree import ScanNode, SessionNode, get_session_node
 
 __version__ = "0.1.0"
 

@@ -35,7 +35,11 @@ FINAL_STATES = (ScanState.DONE, ScanState.USER_ABORTED, ScanState.KILLED, ScanSt
 
 
 class NodeType(str, enum.Enum):
-    """Kinds of nodes in the tree. The values are the ``node.type`` strings of the seed API."""
+    """Kinds of nodes in the tree. The values are the ``node.type`` strings of the seed API.
+
+    ``node.type`` itself stays a plain ``str`` (as in the seed API); the members compare equal
+    to it (``node.type == NodeType.CHANNEL``), which is how the code tests it.
+    """
 
     SESSION = "session"
     SCAN = "scan"
@@ -46,10 +50,22 @@ class NodeType(str, enum.Enum):
     NODE_REF_CHANNEL = "node_ref_channel"
 
 
-#: Node types that own a data stream.
-DATA_NODE_TYPES = frozenset({"channel", "lima", "node_ref_channel"})
+#: Node types that own a data stream (test it with ``_protocol.entries.has_data_stream``).
+DATA_NODE_TYPES = frozenset(
+    t.value for t in (NodeType.CHANNEL, NodeType.LIMA, NodeType.NODE_REF_CHANNEL)
+)
 #: Node types of scans.
-SCAN_NODE_TYPES = frozenset({"scan", "scan_group"})
+SCAN_NODE_TYPES = frozenset(t.value for t in (NodeType.SCAN, NodeType.SCAN_GROUP))
+
+
+def is_hdf5_format(file_format: str) -> bool:
+    """True when an image reference's ``file_format`` names an HDF5 file.
+
+    One rule for the readers and the writer: ``H5`` and any name starting with ``HDF5``
+    (``HDF5``, ``HDF5BS``, ``HDF5GZ``...), case-insensitive.
+    """
+    name = file_format.upper()
+    return name == "H5" or name.startswith("HDF5")
 
 
 class ImageReference(NamedTuple):
@@ -64,14 +80,19 @@ class ImageReference(NamedTuple):
     index_in_file : int
         Index of the frame along the first axis of that dataset.
     file_format : str
-        ``"HDF5"`` (readable by scanstream), or another format name (``"EDF"``...) that
-        scanstream transports but cannot read.
+        ``"HDF5"`` (or a variant, see :attr:`is_hdf5`: readable by scanstream), or another
+        format name (``"EDF"``...) that scanstream transports but cannot read.
     """
 
     file_path: str
     path_in_file: str
     index_in_file: int
     file_format: str
+
+    @property
+    def is_hdf5(self) -> bool:
+        """True when the file is HDF5 (see :func:`is_hdf5_format`)."""
+        return is_hdf5_format(self.file_format)
 
 
 class SavingMode(str, enum.Enum):

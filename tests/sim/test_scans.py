@@ -47,7 +47,7 @@ from scanstream.sim import (
     timescan,
 )
 from scanstream.sim.catalogue import CATALOGUE, run_catalogue
-from scanstream.subscribe.nodes import ScanNode
+from scanstream.subscribe.tree import ScanNode
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "some_scans.py"
@@ -433,7 +433,7 @@ def test_killed_publisher_process_ends_killed(redis_url: str, store) -> None:
             proc.stdout.close()
     node = get_session_node("test_session", store=store).get_scan(1)
     deadline = time.monotonic() + 5
-    while node.state is not ScanState.KILLED and time.monotonic() < deadline:
+    while node.check_lease() is not ScanState.KILLED and time.monotonic() < deadline:
         time.sleep(0.05)
     assert node.state is ScanState.KILLED
     # Points still queued in the killed process are lost; those sent are consistent across

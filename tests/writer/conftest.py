@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from scanstream import DataStore
-from scanstream.subscribe.nodes import ScanNode
+from scanstream.subscribe.tree import ScanNode
 from scanstream.writer import WriterService, nexus, saved_scans, scan_file_path, writer_status
 
 

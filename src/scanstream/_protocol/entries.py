@@ -110,7 +110,9 @@ class DataEntry:
                 return cls(first, 0, fields, int(fields[SEAL_FIELD]))
             return cls(first, int(fields[b"n"]), fields, None)
         except (KeyError, ValueError):
-            raise DecodingError(f"corrupt data entry {entry_id!r}: {sorted(fields)}") from None
+            raise DecodingError(
+                f"corrupt data entry {entry_id!r} (no valid ID or point count): {sorted(fields)}"
+            ) from None
 
     @property
     def end_index(self) -> int:
@@ -224,3 +226,9 @@ def data_node_indices(events: list[tuple[bytes, Fields]]) -> list[int]:
             except (KeyError, ValueError):
                 continue
     return list(out)
+
+
+def before_time_id(ms: int) -> bytes:
+    """The largest stream ID before millisecond ``ms``: XREAD from it returns the entries
+    stamped ``ms`` or later (event streams have automatic IDs, ``<epoch ms>-<sequence>``)."""
+    return after_index_id(ms - 1)

@@ -21,7 +21,7 @@ from ..exceptions import ScanstreamError
 from ..publish.scan import create_session
 from ..sim import SavingConfig
 from ..sim.catalogue import run_catalogue
-from ..subscribe.nodes import ScanNode, get_session_node
+from ..subscribe.tree import ScanNode, get_session_node
 from ..writer import saved_scans, scan_file_path, writer_status
 
 DEMO_HELP = "publish the example scans and write their NeXus files (a writer process is started)"

@@ -1,37 +1,52 @@
 """Nodes holding data: numeric channels, lima (2D detector) nodes, scan references.
 
 They read any range of points at random: a data entry's stream ID is the index of its
-first point, so the entry holding point ``i`` is one XREVRANGE away.
+first point (:mod:`scanstream._protocol.entries`), so the entry holding point ``i`` is one
+XREVRANGE away.
 """
 
 from __future__ import annotations
 
 import logging
 import operator
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .._protocol import codecs
+from .._protocol.entries import DataEntry, Fields, data_entry_id, stream_length
 from .._transport.connection import stream_entries
 from ..exceptions import (
-    DecodingError,
     ImageNotSavedError,
     IndexNoMoreThereError,
     IndexNotYetThereError,
     IndexWontBeThereError,
-    ScanNotFoundError,
 )
-from ..models import ImageReference, NodeDescription
-from .nodes import ContainerNode, DataNode, ScanNode, SessionNode
+from ..models import ImageReference, NodeDescription, NodeType, SavingMode
+from .images import read_image
+from .nodes import DataNode, ScanMemberNode
+
+if TYPE_CHECKING:
+    from .tree import ScanNode
 
 logger = logging.getLogger(__name__)
 
 
-class _StreamNode(ContainerNode):
-    """A node with a data stream: length and random access by point index."""
+class StreamNode(ScanMemberNode):
+    """A node with a data stream: length and random access by point index.
 
-    codec: Any
+    Attributes
+    ----------
+    key : str
+        Key of the data stream.
+    description : dict
+        The node metadata of its NEW_NODE entry (dtype, shape, unit...).
+    codec
+        Decodes the stream's entries.
+    """
+
+    codec: codecs.NumericCodec | codecs.ImageRefCodec | codecs.ScanRefCodec
 
     def __init__(self, scan: ScanNode, parent: DataNode, desc: NodeDescription) -> None:
         super().__init__(scan, parent, desc)
@@ -41,17 +56,31 @@ class _StreamNode(ContainerNode):
     def __len__(self) -> int:
         return self._length()[0]
 
+    @property
+    def sealed(self) -> bool:
+        """True once the scan has ended and the stream holds its final length."""
+        return self._length()[1]
+
+    def decode(self, fields: Sequence[Fields]) -> Any:
+        """The points of consecutive entries (their fields), decoded as one batch.
+
+        Raises
+        ------
+        DecodingError
+            A corrupt entry.
+        """
+        return self.codec.decode(fields)
+
+    def event_data(self, decoded: Any) -> Any:
+        """The ``data`` of a NEW_DATA event carrying ``decoded`` (see :meth:`decode`)."""
+        return decoded
+
     def _length(self) -> tuple[int, bool]:
         """(number of points stored, sealed)."""
         last = stream_entries(self.store.redis.xrevrange(self.key, count=1))
-        if not last:
-            if not self.store.redis.exists(self.scan.key):
-                raise IndexNoMoreThereError(f"{self.db_name}: the scan expired from Redis")
-            return 0, False
-        entry_id, fields = last[0]
-        if b"end" in fields:
-            return int(fields[b"end"]), True
-        return _first_index(entry_id) + codecs.entry_count(fields), False
+        if not last and not self.store.redis.exists(self.scan.key):
+            raise IndexNoMoreThereError(f"{self.db_name}: the scan expired from Redis")
+        return stream_length(last)
 
     def _check_range(self, start: int, stop: int) -> tuple[int, int]:
         length, sealed = self._length()
@@ -65,23 +94,24 @@ class _StreamNode(ContainerNode):
             )
         return start, stop
 
-    def _entries(self, start: int, stop: int) -> tuple[int, list[dict[bytes, bytes]]]:
+    def _entries(self, start: int, stop: int) -> tuple[int, list[Fields]]:
         """Entries covering points [start, stop): (index of the first entry's first point, entries)."""
         if stop <= start:
             return start, []
         pipe = self.store.redis.pipeline(transaction=False)
-        pipe.xrevrange(self.key, max=f"{start}-1", min="-", count=1)
-        pipe.xrange(self.key, min=f"({start}-1", max=f"{stop - 1}-1")
+        pipe.xrevrange(self.key, max=data_entry_id(start), min="-", count=1)
+        pipe.xrange(self.key, min="(" + data_entry_id(start), max=data_entry_id(stop - 1))
         before, after = pipe.execute()
-        entries = [e for e in before + after if b"end" not in e[1]]
-        if not entries or _first_index(entries[0][0]) > start:
+        parsed = [DataEntry.from_raw(entry_id, fields) for entry_id, fields in before + after]
+        found = [entry for entry in parsed if entry.sealed_length is None]
+        if not found or found[0].first_index > start:
             raise IndexNoMoreThereError(f"{self.db_name}: points from {start} are gone from Redis")
-        expected = base = _first_index(entries[0][0])
-        for entry_id, fields in entries:  # a hole would shift every later index: refuse it
-            if _first_index(entry_id) != expected:
-                raise IndexNoMoreThereError(f"{self.db_name}: points {expected} to {_first_index(entry_id) - 1} are gone")
-            expected += codecs.entry_count(fields)
-        return base, [fields for _, fields in entries]
+        expected = base = found[0].first_index
+        for entry in found:  # a hole would shift every later index: refuse it
+            if entry.first_index != expected:
+                raise IndexNoMoreThereError(f"{self.db_name}: points {expected} to {entry.first_index - 1} are gone")
+            expected = entry.end_index
+        return base, [entry.fields for entry in found]
 
     def _resolve(self, from_index: int, to_index: int | None) -> tuple[int, int]:
         """[start, stop) for the BLISS-style inclusive ``get(from_index, to_index)``."""
@@ -97,10 +127,11 @@ class _StreamNode(ContainerNode):
         return self._check_range(from_index, stop)
 
 
-class ChannelNode(_StreamNode):
+class ChannelNode(StreamNode):
     """A numeric channel: ``dtype``, ``shape``, ``unit``, ``len()``, ``get()``, indexing."""
 
-    type = "channel"
+    type = NodeType.CHANNEL.value
+    codec: codecs.NumericCodec
 
     def __init__(self, scan: ScanNode, parent: DataNode, desc: NodeDescription) -> None:
         super().__init__(scan, parent, desc)
@@ -129,13 +160,17 @@ class ChannelNode(_StreamNode):
         data = self._read(start, stop)
         return data[0] if to_index is None else data
 
+    def decode(self, fields: Sequence[Fields]) -> np.ndarray:
+        return self.codec.decode(fields)
+
     def _read(self, start: int, stop: int) -> np.ndarray:
         base, entries = self._entries(start, stop)
         if not entries:
             if self.codec.variable:
                 return np.empty(0, dtype=object)
             return np.empty((0,) + self.shape, dtype=self.dtype)
-        return self.codec.decode(entries)[start - base : stop - base]
+        points: np.ndarray = self.decode(entries)[start - base : stop - base]
+        return points
 
     def __getitem__(self, key: int | slice) -> Any:
         """``node[i]`` (negative allowed) or ``node[a:b:c]``, numpy semantics (slices clamp)."""
@@ -172,27 +207,44 @@ def pad_ragged(points: list[np.ndarray], dtype: np.dtype[Any], fill_value: Any =
     return out
 
 
-class LimaNode(_StreamNode):
-    """A 2D detector: images stay in files, Redis holds their references."""
+class LimaNode(StreamNode):
+    """A 2D detector: images stay in files, Redis holds their references.
 
-    type = "lima"
+    ``saving_mode`` is a :class:`~scanstream.SavingMode` value (``"MANUAL"`` or
+    ``"NOSAVING"``); with NOSAVING the events carry no references.
+    """
+
+    type = NodeType.LIMA.value
+    codec: codecs.ImageRefCodec
 
     def __init__(self, scan: ScanNode, parent: DataNode, desc: NodeDescription) -> None:
         super().__init__(scan, parent, desc)
         self.dtype = np.dtype(desc.info["dtype"])
         self.shape = tuple(desc.info["shape"])
-        self.saving_mode = desc.info.get("saving_mode", "MANUAL")
-        self.codec = codecs.ImageRefCodec(desc.name, saved=self.saving_mode != "NOSAVING")
+        self.saving_mode: str = desc.info.get("saving_mode", SavingMode.MANUAL.value)
+        self.codec = codecs.ImageRefCodec(desc.name, saved=self.saving_mode != SavingMode.NOSAVING)
 
     def get(self, from_index: int = 0, to_index: int | None = None) -> LimaDataView:
         """A view on images ``from_index`` to ``to_index`` inclusive (None: up to the last)."""
         return LimaDataView(self, from_index, to_index)
 
-    def _references(self, start: int, stop: int) -> list[ImageReference]:
-        if not self.codec.saved:
+    def decode(self, fields: Sequence[Fields]) -> list[ImageReference]:
+        return self.codec.decode(fields)
+
+    def image_references(self, start: int, stop: int) -> list[ImageReference]:
+        """References of images ``start`` to ``stop`` (exclusive), read from Redis.
+
+        Raises
+        ------
+        ImageNotSavedError
+            The detector does not save images (NOSAVING).
+        IndexNoMoreThereError
+            Some of them expired from Redis.
+        """
+        if self.saving_mode == SavingMode.NOSAVING:
             raise ImageNotSavedError(f"{self.db_name}: images are not saved (saving mode NOSAVING)")
         base, entries = self._entries(start, stop)
-        return self.codec.decode(entries)[start - base : stop - base]
+        return self.decode(entries)[start - base : stop - base]
 
 
 class LimaDataView:
@@ -225,16 +277,16 @@ class LimaDataView:
             The detector does not save images (NOSAVING).
         """
         start, stop = self._bounds()
-        return self.node._references(start, stop)
+        return self.node.image_references(start, stop)
 
     def image_reference(self, index: int) -> ImageReference:
         """Reference of image ``index`` of the view (negative counts from the end)."""
         start, stop = self._bounds()
         i = index + (stop - start) if index < 0 else index
         if not 0 <= i < stop - start:
-            cls = IndexWontBeThereError if self.node._length()[1] else IndexNotYetThereError
+            cls = IndexWontBeThereError if self.node.sealed else IndexNotYetThereError
             raise cls(f"{self.node.db_name}: no image {index} in a view of {stop - start} images")
-        return self.node._references(start + i, start + i + 1)[0]
+        return self.node.image_references(start + i, start + i + 1)[0]
 
     def get_image(self, index: int) -> np.ndarray:
         """Read image ``index`` (negative counts from the end) from its detector file."""
@@ -244,61 +296,29 @@ class LimaDataView:
         return self.get_image(index)
 
 
-def read_image(ref: ImageReference) -> np.ndarray:
-    """Read one image from the file a reference names (HDF5 only)."""
-    if ref.file_format.upper() not in ("HDF5", "HDF5BS", "H5"):
-        raise DecodingError(f"cannot read images of format {ref.file_format!r} (only HDF5): {ref.file_path}")
-    import h5py
-
-    try:
-        try:
-            # No file lock: the detector may still be writing this file.
-            file = h5py.File(ref.file_path, "r", locking=False)
-        except OSError as exc:
-            if "locking flag" not in str(exc):
-                raise
-            # This process has the file open already with HDF5's default locking (for
-            # example through a virtual dataset): HDF5 refuses a second, different flag.
-            file = h5py.File(ref.file_path, "r")
-        with file:
-            return np.asarray(file[ref.path_in_file][ref.index_in_file])
-    except (OSError, KeyError) as exc:
-        raise DecodingError(f"cannot read image {ref.index_in_file} of {ref.file_path}:{ref.path_in_file}: {exc}") from None
-
-
-class ScanRefNode(_StreamNode):
+class ScanRefNode(StreamNode):
     """A channel of references to other scans (the sub-scans of a scan group)."""
 
-    type = "node_ref_channel"
+    type = NodeType.NODE_REF_CHANNEL.value
+    codec: codecs.ScanRefCodec
 
     def __init__(self, scan: ScanNode, parent: DataNode, desc: NodeDescription) -> None:
         super().__init__(scan, parent, desc)
         self.codec = codecs.ScanRefCodec(desc.name)
 
+    def decode(self, fields: Sequence[Fields]) -> list[tuple[str, int]]:
+        return self.codec.decode(fields)
+
+    def event_data(self, decoded: Any) -> list[ScanNode]:
+        """The referenced scans (NEW_DATA carries scan nodes, not references)."""
+        return self.resolve(decoded)
+
     def get(self, from_index: int = 0, to_index: int | None = -1) -> list[ScanNode]:
         """The referenced scans, ``from_index`` to ``to_index`` inclusive (-1: the last)."""
         start, stop = self._resolve(from_index, to_index)
         base, entries = self._entries(start, stop)
-        return self.resolve(self.codec.decode(entries)[start - base : stop - base])
+        return self.resolve(self.decode(entries)[start - base : stop - base])
 
     def resolve(self, refs: list[tuple[str, int]]) -> list[ScanNode]:
         """Scan nodes for ``(session, number)`` references (expired ones are skipped)."""
-        out = []
-        for session, number in refs:
-            try:
-                out.append(SessionNode(self.store, session).get_scan(number))
-            except ScanNotFoundError:
-                logger.warning("%s: referenced scan %s:%d is gone", self.db_name, session, number)
-        return out
-
-
-def _first_index(entry_id: bytes) -> int:
-    return int(entry_id.split(b"-", 1)[0])
-
-
-NODE_CLASSES: dict[str, type[ContainerNode]] = {
-    "container": ContainerNode,
-    "channel": ChannelNode,
-    "lima": LimaNode,
-    "node_ref_channel": ScanRefNode,
-}
+        return self.scan.resolve_scan_refs(refs, self.db_name)

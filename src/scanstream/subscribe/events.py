@@ -30,10 +30,11 @@ class EventData(NamedTuple):
         NEW_DATA of a channel: numpy array of shape ``(n,) + shape`` holding all points of the
         batch (for variable-length 1D channels, an object array of ``n`` 1D arrays). Of a
         lima node: list of :class:`~scanstream.ImageReference` (empty with NOSAVING). Of a
-        scan-reference channel: list of :class:`~scanstream.subscribe.nodes.ScanNode`.
+        scan-reference channel: list of :class:`~scanstream.ScanNode`.
         END_SCAN: the final :class:`~scanstream.ScanState`. Otherwise None.
     description : dict or None
-        NEW_DATA: the node description (dtype, shape, unit...). END_SCAN: ``state``,
+        NEW_DATA: the node description (dtype, shape, unit...), a new dict per event (its
+        values, such as the ``shape`` list, are shared: do not change them). END_SCAN: ``state``,
         ``error`` (text or None), ``end_time`` (epoch), ``lengths`` (final length per
         data node db_name).
     block_size : int

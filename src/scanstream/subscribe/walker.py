@@ -18,13 +18,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 import redis
 
-from .._protocol import codecs, metadata
+from .._protocol import entries
+from .._protocol.entries import DataEntry
 from .._transport.connection import StreamEntries, stream_entries
 from ..exceptions import (
     DecodingError,
@@ -32,12 +33,16 @@ from ..exceptions import (
     InvalidArgumentError,
     ScanNotFoundError,
 )
-from ..models import DATA_NODE_TYPES, ScanEnd, ScanState
+from ..models import NodeType, ScanEnd, ScanState
 from .events import Event, EventData, EventType, StopHandler
-from .nodes import DataNode, NodeFilter, ScanNode, SessionNode
 
 if TYPE_CHECKING:
+    # Type-only: the node modules import this one (nodes -> walker), never the reverse.
     from redis.typing import KeyT, StreamIdT
+
+    from .data_nodes import StreamNode
+    from .nodes import DataNode
+    from .tree import ScanNode, SessionNode
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +59,10 @@ _READ_COUNT = 1000
 _MAX_EVENT_BYTES = 16 << 20
 
 
+#: What ``include_filter`` and ``exclude_children`` accept: a node type, several, or a test.
+NodeFilter = str | Sequence[str] | Callable[["DataNode"], bool] | None
+
+
 def _make_filter(spec: NodeFilter, default: bool) -> Callable[[DataNode], bool]:
     if spec is None:
         return lambda node: default
@@ -65,9 +74,18 @@ def _make_filter(spec: NodeFilter, default: bool) -> Callable[[DataNode], bool]:
     return lambda node: node.type in types
 
 
+# The walker knows the node classes by their ``type`` only (it is below them in the layers).
+def _is_session(node: DataNode) -> TypeGuard[SessionNode]:
+    return node.type == NodeType.SESSION
+
+
+def _has_stream(node: DataNode) -> TypeGuard[StreamNode]:
+    return entries.has_data_stream(node.type)
+
+
 @dataclass
 class _DataFollow:
-    node: Any  # a data node (ChannelNode, LimaNode, ScanRefNode)
+    node: StreamNode
     scan: _ScanFollow
     last_id: bytes = b"0-0"
     next_index: int = 0
@@ -94,6 +112,9 @@ class Walker:
 
     The start position is fixed when the walker is created, not at the first ``next()``:
     a scan started right after ``walk_on_new_events()`` returns is seen.
+
+    ``since_ms`` is the ``first_index`` argument of the walks: an epoch time in
+    milliseconds (0: from the beginning), not a point index.
     """
 
     def __init__(
@@ -102,7 +123,7 @@ class Walker:
         *,
         include_filter: NodeFilter = None,
         exclude_children: NodeFilter = None,
-        first_index: int = 0,
+        since_ms: int = 0,
         from_next: bool = False,
         wait: bool = True,
         timeout: float | None = None,
@@ -120,6 +141,7 @@ class Walker:
         self._timeout = timeout
         self._stop = stop_handler
         self._nodes_only = nodes_only
+        self._session: SessionNode | None = root if _is_session(root) else None
         self._session_key: bytes | None = None
         self._session_last = b"0-0"
         self._scans: dict[bytes, _ScanFollow] = {}
@@ -134,18 +156,17 @@ class Walker:
         self._finished = False
         self._lease_period = min(1.0, self.store.settings.lease_time / 4)
         self._next_lease_check = 0.0
-        start = self._start_id(first_index, from_next)
-        if isinstance(root, SessionNode):
+        if self._session is not None:
             if not wait:
-                self.store.require_session(root.name)
-            self._session_key = self.store.keys.session_scans(root.name).encode()
-            self._session_last = start
+                self.store.require_session(self._session.name)
+            self._session_key = self._session.events_key.encode()
+            self._session_last = self._start_id(self._session.events_key, since_ms, from_next)
         else:
-            scan = root if isinstance(root, ScanNode) else getattr(root, "scan", None)
+            scan = root.scan  # the scan itself for a scan node; None for the base class
             if scan is None:
                 raise InvalidArgumentError(f"cannot walk a {type(root).__name__}")
-            subtree = 0 if isinstance(root, ScanNode) else root.index  # type: ignore[attr-defined]
-            follow = self._follow_scan(scan, lifecycle_only=False, subtree_root=subtree)
+            start = self._start_id(scan.events_key, since_ms, from_next)
+            follow = self._follow_scan(scan, lifecycle_only=False, subtree_root=root.index)
             follow.last_id = start
         self._events = self._run()
 
@@ -159,19 +180,12 @@ class Walker:
         """Stop the walk (it can also be stopped by a StopHandler from another thread)."""
         self._events.close()
 
-    def _start_id(self, first_index: int, from_next: bool) -> bytes:
+    def _start_id(self, events_key: str, since_ms: int, from_next: bool) -> bytes:
         if from_next:
-            key = (
-                self.store.keys.session_scans(self.root.name)
-                if isinstance(self.root, SessionNode)
-                else getattr(self.root, "events_key", None) or self.root.scan.events_key  # type: ignore[attr-defined]
-            )
-            last = stream_entries(self.redis.xrevrange(key, count=1))
+            last = stream_entries(self.redis.xrevrange(events_key, count=1))
             return last[0][0] if last else b"0-0"
-        if first_index:
-            # XREAD returns entries after the given ID: start just before millisecond
-            # ``first_index`` so that entries stamped exactly then are included.
-            return b"%d-18446744073709551615" % (int(first_index) - 1)
+        if since_ms:
+            return entries.before_time_id(int(since_ms))
         return b"0-0"
 
     # -- subscriptions ----------------------------------------------------------------
@@ -196,25 +210,28 @@ class Walker:
             streams[key] = data.last_id
         return streams
 
+    def _read(self, block: float | None) -> list[tuple[bytes, StreamEntries]]:
+        """One XREAD of every followed stream: ``(key, entries)`` per stream that had some."""
+        reply = self.redis.xread(
+            self._streams(), count=_READ_COUNT, block=None if block is None else max(1, int(block * 1000))
+        )
+        # RESP2 (the client's protocol): a list of [key, entries] pairs, [] when nothing came.
+        return [(key, stream_entries(raw)) for key, raw in cast("list[list[Any]]", reply or [])]
+
     # -- main loop --------------------------------------------------------------------
     def _run(self) -> Generator[Event, None, None]:
         last_event = time.monotonic()
         while not self._finished:
             if self._stop is not None and self._stop.stopped:
                 return
-            streams = self._streams()
-            if not streams:
+            if self._session_key is None and not self._scans and not self._data:
                 return
             block = None
             if self._wait:
                 block = _BLOCK_SLICE
                 if self._timeout is not None:
                     block = max(0.0, min(block, self._timeout - (time.monotonic() - last_event)))
-            # RESP2 (the client's protocol): a list of [key, entries] pairs, [] when nothing
-            # came; all bytes, as the client is created without decode_responses.
-            reply = cast("list[list[Any]]", self.redis.xread(
-                streams, count=_READ_COUNT, block=None if block is None else max(1, int(block * 1000))
-            ))
+            reply = self._read(block)
             events = self._process(reply) if reply else []
             events += self._check_leases(force=not reply)
             for event in events:
@@ -229,41 +246,40 @@ class Walker:
             if self._timeout is not None and time.monotonic() - last_event >= self._timeout:
                 return
 
-    def _process(self, reply: list[Any]) -> list[Event]:
+    def _process(self, reply: list[tuple[bytes, StreamEntries]]) -> list[Event]:
         # Data first, then scan events, then the session: END found in a scan's events is
         # then handled after the data entries of the same reply, never before.
         by_kind: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
-        for key, entries in reply:
+        for key, stream in reply:
             if key in self._data:
-                by_kind[0].append((key, entries))
+                by_kind[0].append((key, stream))
             elif key in self._scans:
-                by_kind[1].append((key, entries))
+                by_kind[1].append((key, stream))
             else:
-                by_kind[2].append((key, entries))
+                by_kind[2].append((key, stream))
         events: list[Event] = []
-        for key, entries in by_kind[0]:
+        for key, stream in by_kind[0]:
             follow = self._data.get(key)
             if follow is not None:
-                self._on_data(follow, entries, events)
-        for key, entries in by_kind[1]:
+                self._on_data(follow, stream, events)
+        for key, stream in by_kind[1]:
             follow_scan = self._scans.get(key)
-            for entry_id, fields in entries:
+            for entry_id, fields in stream:
                 if follow_scan is None or follow_scan.ended:
                     break
                 follow_scan.last_id = entry_id
                 self._on_scan_event(follow_scan, fields, events)
-        for _, entries in by_kind[2]:
-            for entry_id, fields in entries:
+        for _, stream in by_kind[2]:
+            for entry_id, fields in stream:
                 self._session_last = entry_id
                 self._on_session_event(fields, events)
         return events
 
-    def _on_session_event(self, fields: dict[bytes, bytes], events: list[Event]) -> None:
-        if fields.get(b"event") != b"NEW_SCAN":
+    def _on_session_event(self, fields: entries.Fields, events: list[Event]) -> None:
+        session = self._session
+        number = entries.parse_new_scan(fields)
+        if session is None or number is None:
             return
-        session = self.root
-        assert isinstance(session, SessionNode)
-        number = int(fields[b"scan"])
         if number in self._announced:
             return  # a NEW_SCAN written twice by a client retry whose reply was lost
         self._announced.add(number)
@@ -273,34 +289,34 @@ class Walker:
         try:
             scan = session.get_scan(number)
         except ScanNotFoundError:
-            logger.info("session %s: scan %s expired, skipped", session.name, fields.get(b"scan"))
+            logger.info("session %s: scan %s expired, skipped", session.name, number)
             return
         if self._include(scan):
             events.append(Event(EventType.NEW_NODE, scan, EventData()))
         self._follow_scan(scan, lifecycle_only=self._exclude(scan), subtree_root=0)
 
-    def _on_scan_event(self, follow: _ScanFollow, fields: dict[bytes, bytes], events: list[Event]) -> None:
+    def _on_scan_event(self, follow: _ScanFollow, fields: entries.Fields, events: list[Event]) -> None:
         kind = fields.get(b"event")
         scan = follow.scan
-        if kind == b"NEW_NODE":
+        if kind == entries.NEW_NODE:
             if not follow.lifecycle_only:
                 self._on_new_node(follow, fields, events)
-        elif kind == b"PREPARED":
+        elif kind == entries.PREPARED:
             if follow.prepared:
                 return  # replayed by a client retry
             follow.prepared = True
             if follow.subtree_root == 0 and self._include(scan):
                 events.append(Event(EventType.PREPARED_SCAN, scan, EventData(data="PREPARED_SCAN")))
-        elif kind == b"END":
-            self._on_end(follow, _scan_end(scan, fields), events)
+        elif kind == entries.END:
+            self._on_end(follow, entries.parse_end(fields, f"scan {scan.db_name}"), events)
 
-    def _on_new_node(self, follow: _ScanFollow, fields: dict[bytes, bytes], events: list[Event]) -> None:
+    def _on_new_node(self, follow: _ScanFollow, fields: entries.Fields, events: list[Event]) -> None:
         node = follow.scan.node_from_entry(fields)
-        index = node.index  # type: ignore[attr-defined]
+        index = node.index
         if index in follow.seen:
             return  # a NEW_NODE written twice by a client retry whose reply was lost
         follow.seen.add(index)
-        parent = int(fields[b"parent"])
+        parent = node.parent.index if node.parent is not None else 0
         if parent in follow.closed:
             follow.closed.add(index)  # descendants of an excluded node stay hidden
             return
@@ -313,15 +329,15 @@ class Walker:
             events.append(Event(EventType.NEW_NODE, node, EventData()))
         if self._exclude(node) and not is_root:
             follow.closed.add(index)
-        if node.type in DATA_NODE_TYPES and included and not self._nodes_only:
-            key = node.key.encode()  # type: ignore[attr-defined]
+        if _has_stream(node) and included and not self._nodes_only:
+            key = node.key.encode()
             data = _DataFollow(node, follow)
             follow.data[key] = data
             self._data[key] = data
 
-    def _on_data(self, follow: _DataFollow, entries: StreamEntries, events: list[Event]) -> None:
+    def _on_data(self, follow: _DataFollow, stream: StreamEntries, events: list[Event]) -> None:
         try:
-            self._read_data(follow, entries, events)
+            self._read_data(follow, stream, events)
         except DecodingError as exc:
             # A corrupt entry: its node's data cannot be trusted past it (even the index of
             # the next point is unknown), but the other nodes are fine. Report it (log,
@@ -333,23 +349,23 @@ class Walker:
             follow.sealed = True
             self._data.pop(node.key.encode(), None)
 
-    def _read_data(self, follow: _DataFollow, entries: StreamEntries, events: list[Event]) -> None:
-        batch: list[dict[bytes, bytes]] = []
+    def _read_data(self, follow: _DataFollow, stream: StreamEntries, events: list[Event]) -> None:
+        batch: list[DataEntry] = []
         batch_bytes = 0
         first_of_batch = follow.next_index
-        for entry_id, fields in entries:
-            if b"end" in fields:
-                follow.last_id = entry_id
-                follow.sealed = True
-                self._data.pop(follow.node.key.encode(), None)
-                break
+        for entry_id, fields in stream:
             try:
-                count = codecs.entry_count(fields)
+                entry = DataEntry.from_raw(entry_id, fields)
             except DecodingError:  # a corrupt header: deliver the points before it first
                 if batch:
                     self._data_event(follow, batch, first_of_batch, events)
                 raise
-            first = int(entry_id.split(b"-", 1)[0])
+            if entry.sealed_length is not None:
+                follow.last_id = entry_id
+                follow.sealed = True
+                self._data.pop(follow.node.key.encode(), None)
+                break
+            first = entry.first_index
             if first != follow.next_index:
                 # Never hand out data at a shifted offset: a gap is an error, not a hole.
                 raise IndexNoMoreThereError(
@@ -360,36 +376,33 @@ class Walker:
                 self._data_event(follow, batch, first_of_batch, events)
                 batch, batch_bytes, first_of_batch = [], 0, first
             follow.last_id = entry_id
-            follow.next_index = first + count
-            batch.append(fields)
+            follow.next_index = entry.end_index
+            batch.append(entry)
             batch_bytes += size
         if batch:
             self._data_event(follow, batch, first_of_batch, events)
 
-    def _data_event(
-        self, follow: _DataFollow, batch: list[dict[bytes, bytes]], first: int, events: list[Event]
-    ) -> None:
+    def _data_event(self, follow: _DataFollow, batch: list[DataEntry], first: int, events: list[Event]) -> None:
         node = follow.node
         try:
-            data = node.codec.decode(batch)
+            data = node.decode([entry.fields for entry in batch])
         except DecodingError:
             # Deliver the entries before the corrupt one, then report it.
             good = []
-            for fields in batch:
+            for entry in batch:
                 try:
-                    node.codec.decode([fields])
+                    node.decode([entry.fields])
                 except DecodingError:
                     break
-                good.append(fields)
+                good.append(entry)
             if good:
-                count = sum(codecs.entry_count(f) for f in good)
-                follow.next_index = first + count
+                follow.next_index = good[-1].end_index
                 self._data_event(follow, good, first, events)
             raise
-        if node.type == "node_ref_channel":
-            data = node.resolve(data)
         count = follow.next_index - first
-        events.append(Event(EventType.NEW_DATA, node, EventData(first, data, node.description, count)))
+        # A copy per event: a consumer that edits its description cannot change the next one's.
+        description = dict(node.description)
+        events.append(Event(EventType.NEW_DATA, node, EventData(first, node.event_data(data), description, count)))
 
     def _on_end(self, follow: _ScanFollow, end: ScanEnd, events: list[Event]) -> None:
         scan = follow.scan
@@ -397,16 +410,16 @@ class Walker:
             if not data.sealed:
                 rest = stream_entries(self.redis.xrange(key, min=b"(" + data.last_id, max=b"+"))
                 self._on_data(data, rest, events)
-        scan.end = end
+        scan.scan_end = end
         if self._include(scan):
             description: dict[str, Any] = {
                 "state": end.state,
                 "error": end.error,
                 "end_time": end.end_time,
                 "lengths": {
-                    n.db_name: end.lengths.get(n.index, 0)  # type: ignore[attr-defined]
+                    n.db_name: end.lengths.get(n.index, 0)
                     for n in scan.load_nodes()
-                    if n.type in DATA_NODE_TYPES
+                    if entries.has_data_stream(n.type)
                 },
             }
             if follow.errors:
@@ -433,7 +446,7 @@ class Walker:
             if alive:
                 continue
             try:
-                if follow.scan.state.is_final:
+                if follow.scan.check_lease().is_final:
                     continue  # END is in the scan's event stream: the next read yields it
             except ScanNotFoundError:
                 if self._session_key is None:
@@ -445,17 +458,3 @@ class Walker:
                 end = ScanEnd(ScanState.KILLED, "the publisher stopped renewing its lease", time.time(), {})
                 self._on_end(follow, end, events)
         return events
-
-
-def _scan_end(scan: ScanNode, fields: dict[bytes, bytes]) -> ScanEnd:
-    try:
-        error = fields.get(b"error", b"").decode() or None
-        lengths = metadata.loads(fields.get(b"lengths", b"{}")) or {}
-        return ScanEnd(
-            state=ScanState[fields[b"state"].decode()],
-            error=error,
-            end_time=float(fields.get(b"time", b"0")),
-            lengths={int(k): int(v) for k, v in lengths.items()},
-        )
-    except (KeyError, ValueError) as exc:
-        raise DecodingError(f"scan {scan.db_name}: corrupt END entry ({exc})") from None

@@ -20,7 +20,8 @@ import h5py
 
 from ..exceptions import WriterError
 from ..subscribe.events import EventType, StopHandler
-from ..subscribe.nodes import DataNode, ScanNode
+from ..subscribe.nodes import DataNode
+from ..subscribe.tree import ScanNode
 from .files import OpenFiles
 from . import nexus
 from .read_ahead import ReadAhead

@@ -31,7 +31,7 @@ from .._protocol.keys import check_session_name
 from .._transport.connection import DataStore, default_store
 from ..exceptions import ScanNotFoundError, ScanstreamError
 from ..subscribe.events import EventType, StopHandler
-from ..subscribe.nodes import ScanNode, get_session_node
+from ..subscribe.tree import ScanNode, get_session_node
 from .files import FLUSH_PERIOD, OpenFiles
 from .scan_writer import ScanResult, ScanWriter
 

@@ -1,0 +1,276 @@
+"""The top of the subscriber's tree: sessions, scans, and the node factory.
+
+``get_session_node(name)`` -> :class:`SessionNode` -> :class:`ScanNode` -> the nodes of the
+scan, built from its NEW_NODE entries by :meth:`ScanNode.node_from_entry` (one object per
+node index). This module is the only one that builds session and scan nodes, including the
+scans a scan-reference channel points to.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from .._protocol import entries, metadata
+from .._protocol.keys import check_session_name
+from .._transport.connection import DataStore, default_store, stream_entries
+from ..exceptions import DecodingError, ScanNotFoundError
+from ..models import FINAL_STATES, NodeType, ScanEnd, ScanState
+from .data_nodes import ChannelNode, LimaNode, ScanRefNode
+from .nodes import ContainerNode, DataNode, ScanMemberNode
+
+logger = logging.getLogger(__name__)
+
+#: The class of each node type of a NEW_NODE entry (unknown types are containers).
+NODE_CLASSES: dict[str, type[ScanMemberNode]] = {
+    cls.type: cls for cls in (ContainerNode, ChannelNode, LimaNode, ScanRefNode)
+}
+
+
+def get_session_node(
+    name: str, *, redis_url: str | None = None, store: DataStore | None = None
+) -> SessionNode:
+    """Return the node of session ``name``, the root to walk its scans.
+
+    The session need not exist yet: a walk waits for its first scan. Reads that need it
+    (``children()``, ``walk(wait=False)``...) raise :class:`SessionNotFoundError`.
+
+    Parameters
+    ----------
+    name : str
+        Session name.
+    redis_url : str, optional
+        Redis URL; default ``SCANSTREAM_REDIS_URL``, else the embedded server.
+    store : DataStore, optional
+        An existing connection (takes precedence over ``redis_url``).
+
+    Raises
+    ------
+    InvalidArgumentError
+        Invalid session name.
+    ProtocolVersionError
+        The database holds another protocol version.
+    """
+    check_session_name(name)
+    return SessionNode(store or default_store(redis_url), name)
+
+
+def _scan_hashes(store: DataStore, keys: list[str]) -> list[entries.Fields]:
+    """HGETALL of each scan hash, in one round trip ({} for a missing one)."""
+    pipe = store.redis.pipeline(transaction=False)
+    for key in keys:
+        pipe.hgetall(key)
+    return list(pipe.execute())
+
+
+class SessionNode(DataNode):
+    """A session: its children are its scans. Use :func:`get_session_node`.
+
+    ``events_key`` is the session's scan stream (one NEW_SCAN entry per scan).
+    """
+
+    type = NodeType.SESSION.value
+
+    def __init__(self, store: DataStore, name: str) -> None:
+        super().__init__(store, name, name, None)
+        self.session_name = name
+        self.events_key = store.keys.session_scans(name)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+    def children(self) -> list[DataNode]:
+        """The scans of the session still stored, in order.
+
+        Raises
+        ------
+        SessionNotFoundError
+            No scan was ever published in this session.
+        """
+        self.store.require_session(self.name)
+        numbers = []
+        for _, fields in stream_entries(self.store.redis.xrange(self.events_key)):
+            number = entries.parse_new_scan(fields)
+            if number is not None:
+                numbers.append(number)
+        return [scan for scan in self._load_scans(numbers) if scan is not None]
+
+    def get_scan(self, number: int) -> ScanNode:
+        """The scan numbered ``number``.
+
+        Raises
+        ------
+        ScanNotFoundError
+            No such scan (never created, or expired).
+        """
+        scan = self._load_scans([number])[0]
+        if scan is None:
+            raise ScanNotFoundError(
+                f"no scan number {number} in session {self.name!r}: never created or expired"
+            )
+        return scan
+
+    def _load_scans(self, numbers: list[int]) -> list[ScanNode | None]:
+        hashes = _scan_hashes(self.store, [self.store.keys.scan(self.name, n) for n in numbers])
+        return [ScanNode(self, fields) if fields else None for fields in hashes]
+
+
+class ScanNode(DataNode):
+    """A scan (``type`` is ``scan`` or ``scan_group``); ``info`` is its scan_info.
+
+    Attributes
+    ----------
+    number : int
+        Number of the scan in its session.
+    scan_end : ScanEnd or None
+        How the scan ended, filled in by a walk that yielded its END_SCAN (``end`` is the
+        same, under its historical name).
+    errors : dict
+        Corrupt data met by walks of this scan: node db_name -> error text.
+    """
+
+    def __init__(self, session: SessionNode, fields: entries.Fields) -> None:
+        self.number = int(fields[b"number"])
+        self.scan_name = fields[b"name"].decode()
+        self.type = fields[b"node_type"].decode()
+        name = f"{self.number}_{self.scan_name}"
+        super().__init__(session.store, name, f"{session.name}:{name}", session)
+        self.session_name = session.name
+        keys = self.store.keys
+        self.key = keys.scan(session.name, self.number)
+        self.events_key = keys.scan_events(session.name, self.number)
+        self.lease_key = keys.scan_lease(session.name, self.number)
+        self._fields = fields
+        self._nodes: dict[int, ScanMemberNode] = {}
+        self._lock = threading.Lock()
+        self.scan_end: ScanEnd | None = None
+
+    @property
+    def end(self) -> ScanEnd | None:
+        """Alias of :attr:`scan_end` (how the scan ended, as seen by a walk), for compatibility."""
+        return self.scan_end
+
+    @property
+    def scan(self) -> ScanNode:
+        """The scan itself (what :attr:`DataNode.scan` is for the nodes below it)."""
+        return self
+
+    def _reload(self) -> entries.Fields:
+        if self._state_of(self._fields) not in FINAL_STATES:
+            fields = _scan_hashes(self.store, [self.key])[0]
+            if not fields:
+                raise ScanNotFoundError(
+                    f"scan {self.db_name} is gone from Redis (expired or deleted)"
+                )
+            self._fields = fields
+        return self._fields
+
+    @staticmethod
+    def _state_of(fields: entries.Fields) -> ScanState:
+        return ScanState[fields[b"state"].decode()]
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The scan_info (re-read from Redis until the scan has ended)."""
+        info = metadata.loads(self._reload()[b"info"])
+        return info if isinstance(info, dict) else {}
+
+    @property
+    def state(self) -> ScanState:
+        """The state stored in Redis (a read only: see :meth:`check_lease` for dead publishers).
+
+        Raises
+        ------
+        ScanNotFoundError
+            The scan expired or was deleted.
+        """
+        return self._state_of(self._reload())
+
+    def check_lease(self) -> ScanState:
+        """The current state, after ending the scan KILLED if its publisher's lease expired.
+
+        A running scan whose publisher stopped renewing its lease (process killed or frozen
+        for longer than ``lease_time``) will never end by itself: this records its end, as
+        walks do for the scans they follow.
+
+        Raises
+        ------
+        redis.exceptions.NoPermissionError
+            The lease expired and the user may not write (a read-only user).
+        ScanNotFoundError
+            The scan expired or was deleted.
+        """
+        state = self.state
+        if not state.is_final and not self.store.redis.exists(self.lease_key):
+            self.declare_killed_if_lease_expired()
+            state = self.state
+        return state
+
+    def declare_killed_if_lease_expired(self) -> bool:
+        """End the scan as KILLED if its publisher's lease has expired. True if it did.
+
+        Needs write access; a read-only user gets ``redis.exceptions.NoPermissionError``.
+        """
+        outcome, _ = self.store.end_scan(
+            self.session_name,
+            self.number,
+            ScanState.KILLED.name,
+            "the publisher stopped renewing its lease (process killed or frozen)",
+            time.time(),
+            only_if_lease_expired=True,
+        )
+        return outcome == "ok"
+
+    def children(self) -> list[DataNode]:
+        """The top-master containers of the scan."""
+        return [n for n in self.load_nodes() if n.parent is self]
+
+    def load_nodes(self) -> list[DataNode]:
+        """All nodes of the scan as stored now, parents before children."""
+        for _, fields in stream_entries(self.store.redis.xrange(self.events_key)):
+            if fields.get(b"event") == entries.NEW_NODE:
+                self.node_from_entry(fields)
+        return list(self._nodes.values())
+
+    def node_from_entry(self, fields: entries.Fields) -> ScanMemberNode:
+        """Return the node described by a NEW_NODE entry (one object per node index).
+
+        Raises
+        ------
+        DecodingError
+            A corrupt entry, or one whose parent is unknown.
+        """
+        desc = entries.parse_new_node(fields, f"scan {self.db_name}")
+        with self._lock:
+            node = self._nodes.get(desc.index)
+            if node is None:
+                parent = self if desc.parent == 0 else self._nodes.get(desc.parent)
+                if parent is None:
+                    raise DecodingError(
+                        f"scan {self.db_name}: node {desc.name!r} has an unknown parent"
+                    )
+                node = NODE_CLASSES.get(desc.type, ContainerNode)(self, parent, desc)
+                self._nodes[desc.index] = node
+        return node
+
+    def resolve_scan_refs(self, refs: list[tuple[str, int]], where: str = "") -> list[ScanNode]:
+        """Scan nodes for ``(session, number)`` references (expired ones are skipped, logged).
+
+        ``where`` names the referring node in the log message (default: this scan).
+        """
+        sessions: dict[str, SessionNode] = {}
+        out = []
+        for session, number in refs:
+            node = sessions.get(session)
+            if node is None:
+                node = sessions[session] = SessionNode(self.store, session)
+            try:
+                out.append(node.get_scan(number))
+            except ScanNotFoundError:
+                logger.warning(
+                    "%s: referenced scan %s:%d is gone", where or self.db_name, session, number
+                )
+        return out
