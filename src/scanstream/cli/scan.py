@@ -73,19 +73,12 @@ def usage(scan_type: str) -> str:
 
 
 def _convert(kind: str, name: str, word: Any, beamline: Beamline) -> Any:
-    """One positional argument: a number, or the motor of ``beamline`` a word names.
+    """One argument: a number (kept if already one), or the device of ``beamline`` it names.
 
-    Words already converted (numbers from the parser) are kept as they are.
-
-    Raises
-    ------
-    ScanArgumentError
-        A number that is not one.
-    UnknownDeviceError
-        Not a motor of ``beamline``.
+    Raises ScanArgumentError for a number that is not one, UnknownDeviceError for a name.
     """
-    if kind == "motor":
-        return beamline.motor(str(word))
+    if kind in ("motor", "counter"):
+        return beamline.motor(str(word)) if kind == "motor" else beamline.counter(str(word))
     if not isinstance(word, str):
         return word
     try:
@@ -134,7 +127,7 @@ def parse_scan_arguments(scan_type: str, words: Sequence[Any], beamline: Beamlin
         args = [_convert(kind, name, word, beamline) for (name, kind), word in zip(spec, words)]
     except ScanArgumentError as exc:
         raise ScanArgumentError(f"{scan_type}: {exc}; usage: {usage(scan_type)}") from None
-    counters = [beamline.counter(str(word)) for word in words[len(spec):]]
+    counters = [_convert("counter", "COUNTER", word, beamline) for word in words[len(spec):]]
     problem = _arity_error(scan_type, words, list(beamline.counters))
     if problem is not None:
         raise ScanArgumentError(f"{scan_type}: {problem}; usage: {usage(scan_type)}")
@@ -153,19 +146,15 @@ def _reference_beamline() -> Beamline:
 def _parse_word(kind: str, name: str) -> Callable[[str], Any]:
     """The ``type=`` of one positional: a number, or a checked device name (kept as a name).
 
-    Errors are raised as ``ArgumentError(None, ...)``: argparse reports them as they are,
-    without the ``argument NAME:`` prefix it adds to a ``ArgumentTypeError``.
+    Errors are ``ArgumentError(None, ...)``, which argparse reports as they are (it would
+    prefix an ``ArgumentTypeError`` with ``argument NAME:``, which the message already says).
     """
     def parse(word: str) -> Any:
-        beamline = _reference_beamline()
         try:
-            if kind == "counter":
-                beamline.counter(word)
-                return word
-            value = _convert(kind, name, word, beamline)
+            value = _convert(kind, name, word, _reference_beamline())
         except (ScanArgumentError, UnknownDeviceError) as exc:
             raise argparse.ArgumentError(None, str(exc)) from None
-        return word if kind == "motor" else value
+        return word if kind in ("motor", "counter") else value
 
     parse.__name__ = kind  # argparse names the type in some messages
     return parse
@@ -214,7 +203,7 @@ class _ScanTypes(_SubParsers):
 
 
 def _add_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
-    """The options of ``scanstream scan``; ``suppress``: no defaults (for the subcommands).
+    """The options of ``scanstream scan``; ``suppress``: without defaults.
 
     Each scan type accepts them too, so that they may follow the scan's arguments; their
     defaults are suppressed there, or they would replace the values given before the type.
@@ -222,7 +211,8 @@ def _add_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     def default(value: Any) -> Any:
         return argparse.SUPPRESS if suppress else value
 
-    parser.add_argument("--session", default=default(os.environ.get("SCANSTREAM_SESSION", "test_session")),
+    session = os.environ.get("SCANSTREAM_SESSION", "test_session")
+    parser.add_argument("--session", default=default(session),
                         help="session name (default: $SCANSTREAM_SESSION or test_session)")
     parser.add_argument("--root", default=default(os.environ.get("SCANSTREAM_DATA_ROOT")),
                         help="base directory of the data (default: $SCANSTREAM_DATA_ROOT); "
@@ -344,8 +334,7 @@ class _ScanDisplay:
         if not self.quiet:
             self.progress = ProgressDisplay(int(info.get("npoints") or 0))
 
-    def point(self, master: str, done: int) -> None:
-        """``on_point`` callback."""
+    def point(self, master: str, done: int) -> None:  # on_point callback
         if self.progress is not None:
             self.progress(master, done)
 
