@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import redis
 
 from scanstream import DataStore, ScanState, get_session_node
 from scanstream.cli import build_parser, main
@@ -65,3 +66,43 @@ def test_list_devices_and_registration(redis_url: str, capsys: pytest.CaptureFix
     motor, start, stop, intervals, count_time, diode = parse_scan_arguments(args.type, args.args,
                                                                              default_beamline())
     assert (motor.name, start, stop, intervals, count_time, diode.name) == ("roby", 0.0, 1.0, 2, 0.1, "diode")
+
+
+def test_each_scan_type_is_a_subcommand_with_help(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(redis_url, "ascan", "--help") == 0
+    out = capsys.readouterr().out
+    assert "usage: scanstream scan ascan [OPTIONS] MOTOR START STOP INTERVALS COUNT_TIME COUNTER" in out
+    assert "Absolute step scan of one motor" in out and "--max-duration" in out
+    assert run(redis_url, "--list") == 0
+    out = capsys.readouterr().out
+    assert "  amesh MOTOR1 START1 STOP1 INTERVALS1 MOTOR2 START2 STOP2 INTERVALS2 COUNT_TIME COUNTER" in out
+
+
+@pytest.mark.parametrize("argv, usage_line", [
+    (["ascan", "roby", "0", "1"], "usage: scanstream scan ascan [OPTIONS] MOTOR START"),
+    (["loopscan", "3", "x", "diode"], "usage: scanstream scan loopscan [OPTIONS] NPOINTS COUNT_TIME"),
+    (["mesh"], "usage: scanstream scan [-h]"),
+    ([], "usage: scanstream scan [-h]"),
+])
+def test_usage_errors_show_the_usage(redis_url: str, capsys: pytest.CaptureFixture[str], argv: list[str],
+                                     usage_line: str) -> None:
+    assert run(redis_url, *argv) == 2
+    assert usage_line in capsys.readouterr().err
+    assert redis.Redis.from_url(redis_url).dbsize() == 0  # refused before anything was published
+
+
+def test_bad_arguments_are_refused_while_parsing() -> None:
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["scan", "ascan", "roby", "0", "1", "2", "0.1"])
+    assert info.value.code == 2
+
+
+def test_options_may_follow_the_scan_arguments(redis_url: str) -> None:
+    # Given before the type and again after the arguments: the later value wins, as argparse does.
+    assert run(redis_url, "--session", "first", "loopscan", "2", "0.1", "diode", "diode2",
+               "--session", "second", "-q") == 0
+    with DataStore(redis_url) as store:
+        scan = get_session_node("second", store=store).get_scan(1)
+        assert scan.state is ScanState.DONE and scan.info["title"] == "loopscan 2 0.1"
+        names = [n.name for n in scan.load_nodes()]
+        assert any(n.endswith(":diode") for n in names) and any(n.endswith(":diode2") for n in names)

@@ -20,6 +20,7 @@ from scanstream import (
     DataStore,
     EventType,
     ImageNotSavedError,
+    InvalidArgumentError,
     ScanState,
     get_session_node,
     read_image,
@@ -43,6 +44,7 @@ from scanstream.sim import (
     loopscan,
     parallel,
     run_chain,
+    scan_result_of,
     sequence,
     timescan,
 )
@@ -369,7 +371,7 @@ def test_ctrl_c_during_a_multi_master_scan(session, store) -> None:
                TopMaster("timer2", 200, 0.01, [DiodeCounter("diode2")])]
     with pytest.raises(KeyboardInterrupt) as info:
         run_chain(session, masters, name="test", sleep=0.2, on_point=on_point)
-        time.sleep(5)  # not reached: the interrupt comes while the scan runs
+        pytest.fail("the scan returned: the interrupt did not reach it")
     result = info.value.scan_result
     assert result.state is ScanState.USER_ABORTED
     assert 5 <= result.acquired["timer2"] < 200 and 1 <= result.acquired["timer1"] < 200
@@ -381,21 +383,29 @@ def test_device_error_fails_the_scan(session, store) -> None:
     with pytest.raises(RuntimeError, match="detector on fire") as info:
         loopscan(session, 5, 0.1, DiodeCounter("diode"), _Interrupting(2, RuntimeError("detector on fire")))
     result = info.value.scan_result
+    assert scan_result_of(info.value) is result
     assert result.state is ScanState.FAILED and result.acquired == {"timer": 2}
     check_announced(store, result)
     assert "detector on fire" in scan_node(store, result).info["error"]
 
 
 def test_stop_and_kill_events(session, store) -> None:
+    # Another thread stops the scan once its first point is published, while the scan waits
+    # out a 30 s sleep_time: the wait must end early and the scan keep exactly that point.
     stop = threading.Event()
-    timer = threading.Timer(0.15, stop.set)
-    timer.start()
+    first_point = threading.Event()
+    stopper = threading.Thread(target=lambda: first_point.wait(10) and stop.set(), daemon=True)
+    stopper.start()
+    t0 = time.monotonic()
     try:
-        r = timescan(session, 0.01, DiodeCounter("diode"), sleep=1.0, stop_event=stop)
+        r = timescan(session, 0.01, DiodeCounter("diode"), sleep_time=30.0, sleep=1.0,
+                     stop_event=stop, on_point=lambda master, done: first_point.set())
     finally:
-        timer.cancel()
-        timer.join(5)
+        first_point.set()
+        stopper.join(5)
+    assert time.monotonic() - t0 < 10
     assert r.state is ScanState.USER_ABORTED and r.npoints >= 1 and r.scan_info["npoints"] == 0
+    assert r.npoints == 1
     check_announced(store, r)
 
     kill = threading.Event()
@@ -519,6 +529,21 @@ def test_bad_arguments_are_refused_before_the_scan(session, store, call, match) 
     with pytest.raises(ValueError, match=match):
         call(session, DiodeCounter("diode"))
     assert get_session_node("test_session", store=store).children() == []
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda s: loopscan(s, True, 0.1, DiodeCounter("d")), "npoints must be an int >= 1, got True"),
+    (lambda s: ct(s, float("nan"), DiodeCounter("d")), "count_time must be a number >= 0"),
+    (lambda s: amesh(s, Motor("a"), 0, 1, 2, Motor("b"), 0, 1, 0, 0.1), "intervals2"),
+    (lambda s: run_chain(s, [TopMaster("timer", 2, 0.1, sleep_time=-1)]), "sleep_time"),
+    (lambda s: run_catalogue(s, names=["ct", "nope"]), "unknown catalogue entries"),
+])
+def test_argument_errors_are_invalid_argument_errors(session, store, call, match) -> None:
+    # One error class for every bad argument of the simulator, raised before publishing.
+    with pytest.raises(InvalidArgumentError, match=match):
+        call(session)
+    assert get_session_node("test_session", store=store).children() == []
+    assert scan_result_of(InvalidArgumentError("no scan")) is None
 
 
 def test_example_script_runs(redis_url: str, tmp_path: Path) -> None:

@@ -1,10 +1,14 @@
 """``scanstream scan``: run one simulated scan from the command line, BLISS style.
 
     scanstream scan --session test_session ascan roby 0 1 10 0.1 diode     # 11 points
+    scanstream scan ascan --help
 
-Devices are looked up by name in :func:`~scanstream.sim.beamline.default_beamline`. A live
-progress line (points done / total, rate, elapsed time) goes to stderr, like BLISS's scan
-display. Ctrl-C ends the scan USER_ABORTED with the points acquired (exit code 130).
+Each scan type is an argparse subcommand built from :data:`SCAN_TYPES`: its positional
+arguments are converted and checked while parsing (numbers, and device names of
+:func:`~scanstream.sim.beamline.default_beamline`), so a bad command line is a usage error
+(exit code 2). A live progress line (points done / total, rate, elapsed time) goes to stderr,
+like BLISS's scan display. Ctrl-C ends the scan USER_ABORTED with the points acquired (exit
+code 130).
 
 It is registered in :data:`scanstream.cli.COMMANDS` (``configure_scan``, ``run_scan``).
 """
@@ -12,17 +16,21 @@ It is registered in :data:`scanstream.cli.COMMANDS` (``configure_scan``, ``run_s
 from __future__ import annotations
 
 import argparse
+import functools
 import getpass
+import inspect
 import os
 import sys
 import time
-from collections.abc import Callable
-from typing import IO, Any
+from collections.abc import Callable, Sequence
+from typing import IO, TYPE_CHECKING, Any
 
+from .._transport.server import resolve_url
 from ..exceptions import ScanstreamError
 from ..models import ScanState
+from ..publish.scan import ScanPublisher, create_session
 from ..sim.beamline import Beamline, UnknownDeviceError, default_beamline
-from ..sim.control import ScanResult
+from ..sim.control import ScanResult, scan_result_of
 from ..sim.devices import MotorLimitError
 from ..sim.saving import SavingConfig
 from ..sim.scans import a2scan, amesh, ascan, ct, d2scan, dscan, loopscan, timescan
@@ -32,7 +40,8 @@ __all__ = ["SCAN_HELP", "SCAN_TYPES", "ProgressDisplay", "ScanArgumentError", "c
 
 SCAN_HELP = "run a simulated scan (ct, loopscan, timescan, ascan, dscan, a2scan, d2scan, amesh)"
 
-#: Positional arguments of each scan type, before the counters: (name, kind).
+#: Positional arguments of each scan type, before the counters: (name, kind), kind being
+#: ``int``, ``float`` or ``motor``.
 SCAN_TYPES: dict[str, list[tuple[str, str]]] = {
     "ct": [("COUNT_TIME", "float")],
     "loopscan": [("NPOINTS", "int"), ("COUNT_TIME", "float")],
@@ -48,51 +57,223 @@ SCAN_TYPES: dict[str, list[tuple[str, str]]] = {
 SCAN_TYPES["dscan"] = SCAN_TYPES["ascan"]
 SCAN_TYPES["d2scan"] = SCAN_TYPES["a2scan"]
 
-_FUNCTIONS: dict[str, Callable[..., ScanResult]] = {"ct": ct, "loopscan": loopscan, "timescan": timescan, "ascan": ascan, "dscan": dscan,
-              "a2scan": a2scan, "d2scan": d2scan, "amesh": amesh}
+_FUNCTIONS: dict[str, Callable[..., ScanResult]] = {
+    "ct": ct, "loopscan": loopscan, "timescan": timescan, "ascan": ascan, "dscan": dscan,
+    "a2scan": a2scan, "d2scan": d2scan, "amesh": amesh}
 
 
 class ScanArgumentError(ScanstreamError, ValueError):
-    """Wrong scan arguments on the command line; the message shows the usage."""
+    """Wrong scan arguments; the message shows the usage."""
 
 
 def usage(scan_type: str) -> str:
     """``ascan MOTOR START STOP INTERVALS COUNT_TIME COUNTER [COUNTER...]``."""
-    return " ".join([scan_type] + [name for name, _ in SCAN_TYPES[scan_type]] + ["COUNTER", "[COUNTER...]"])
+    return " ".join([scan_type] + [name for name, _ in SCAN_TYPES[scan_type]]
+                    + ["COUNTER", "[COUNTER...]"])
 
 
-def parse_scan_arguments(scan_type: str, words: list[str], beamline: Beamline) -> list[Any]:
-    """Turn command-line words into the positional arguments of a scan function.
+def _convert(kind: str, name: str, word: Any, beamline: Beamline) -> Any:
+    """One argument: a number (kept if already one), or the device of ``beamline`` it names.
+
+    Raises ScanArgumentError for a number that is not one, UnknownDeviceError for a name.
+    """
+    if kind in ("motor", "counter"):
+        return beamline.motor(str(word)) if kind == "motor" else beamline.counter(str(word))
+    if not isinstance(word, str):
+        return word
+    try:
+        return int(word) if kind == "int" else float(word)
+    except ValueError:
+        what = "an integer" if kind == "int" else "a number"
+        raise ScanArgumentError(f"{name} must be {what}, got {word!r}") from None
+
+
+def _arity_error(scan_type: str, words: Sequence[Any], counters: Sequence[str]) -> str | None:
+    """What is missing from the positional arguments of a scan, or None."""
+    spec = SCAN_TYPES[scan_type]
+    if len(words) < len(spec):
+        missing = " ".join(name for name, _ in spec[len(words):])
+        return f"missing {missing} (got {len(words)} argument(s))"
+    if len(words) == len(spec):
+        return f"no counter given; counters: {', '.join(counters)}"
+    return None
+
+
+def parse_scan_arguments(scan_type: str, words: Sequence[Any], beamline: Beamline) -> list[Any]:
+    """Turn the words of a command line into the positional arguments of a scan function.
+
+    Parameters
+    ----------
+    scan_type : str
+        A key of :data:`SCAN_TYPES`.
+    words : sequence
+        The scan's arguments in BLISS order: strings, or the parsed ``args.args``
+        (numbers converted, device names checked).
+    beamline : Beamline
+        Where motors and counters are looked up.
 
     Raises
     ------
     ScanArgumentError
-        Unknown scan type, missing or extra arguments, a number that is not one.
+        Unknown scan type, missing arguments or counters, a number that is not one.
     UnknownDeviceError
         A motor or counter name the beamline does not have (the message lists them).
     """
     if scan_type not in SCAN_TYPES:
         raise ScanArgumentError(f"unknown scan type {scan_type!r}; known: {', '.join(SCAN_TYPES)}")
     spec = SCAN_TYPES[scan_type]
-    if len(words) < len(spec):
-        missing = [name for name, _ in spec[len(words):]]
-        raise ScanArgumentError(f"{scan_type}: missing {' '.join(missing)} (got {len(words)} "
-                                f"argument(s)); usage: {usage(scan_type)}")
-    args: list[Any] = []
-    for (name, kind), word in zip(spec, words):
-        if kind == "motor":
-            args.append(beamline.motor(word))
-            continue
+    # The order of the checks is the parser's: each word in turn, then what is missing.
+    try:
+        args = [_convert(kind, name, word, beamline) for (name, kind), word in zip(spec, words)]
+    except ScanArgumentError as exc:
+        raise ScanArgumentError(f"{scan_type}: {exc}; usage: {usage(scan_type)}") from None
+    counters = [_convert("counter", "COUNTER", word, beamline) for word in words[len(spec):]]
+    problem = _arity_error(scan_type, words, list(beamline.counters))
+    if problem is not None:
+        raise ScanArgumentError(f"{scan_type}: {problem}; usage: {usage(scan_type)}")
+    return args + counters
+
+
+# --- the parser --------------------------------------------------------------------------------
+
+
+@functools.cache
+def _reference_beamline() -> Beamline:
+    """The device names the parser accepts (noise seeds do not change names)."""
+    return default_beamline()
+
+
+def _parse_word(kind: str, name: str) -> Callable[[str], Any]:
+    """The ``type=`` of one positional: a number, or a checked device name (kept as a name).
+
+    Errors are ``ArgumentError(None, ...)``, which argparse reports as they are (it would
+    prefix an ``ArgumentTypeError`` with ``argument NAME:``, which the message already says).
+    """
+    def parse(word: str) -> Any:
         try:
-            args.append(int(word) if kind == "int" else float(word))
-        except ValueError:
-            raise ScanArgumentError(f"{scan_type}: {name} must be {'an integer' if kind == 'int' else 'a number'}, "
-                                    f"got {word!r}; usage: {usage(scan_type)}") from None
-    if len(words) == len(spec):
-        raise ScanArgumentError(f"{scan_type}: no counter given; usage: {usage(scan_type)}; "
-                                f"counters: {', '.join(beamline.counters)}")
-    args += [beamline.counter(word) for word in words[len(spec):]]
-    return args
+            value = _convert(kind, name, word, _reference_beamline())
+        except (ScanArgumentError, UnknownDeviceError) as exc:
+            raise argparse.ArgumentError(None, str(exc)) from None
+        return word if kind in ("motor", "counter") else value
+
+    parse.__name__ = kind  # argparse names the type in some messages
+    return parse
+
+
+class _ScanArgument(argparse.Action):
+    """Appends the value(s) of one positional to ``args.args``: the scan's arguments in order."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        given = values if isinstance(values, list) else [] if values is None else [values]
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), *given])
+
+
+if TYPE_CHECKING:
+    _SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+else:
+    _SubParsers = argparse._SubParsersAction
+
+
+class _ScanTypes(_SubParsers):
+    """The scan-type subcommands, with scanstream's messages for an unknown or short one.
+
+    argparse would refuse an unknown subcommand before calling the action, quoting every
+    choice; without ``choices`` it reaches :meth:`__call__`, which names the known types.
+    Missing arguments are checked here too, after the subcommand has parsed its own, so
+    the error shows that subcommand's usage (argparse's own check cannot say "no counter").
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.choices = None  # type: ignore[assignment]  # typeshed: always the parser map
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        scan_type = values[0]
+        sub = self._name_parser_map.get(scan_type)
+        if sub is None:
+            raise argparse.ArgumentError(
+                None, f"unknown scan type {scan_type!r}; known: {', '.join(SCAN_TYPES)}")
+        super().__call__(parser, namespace, values, option_string)
+        problem = _arity_error(scan_type, namespace.args or [],
+                               list(_reference_beamline().counters))
+        if problem is not None and not namespace.list:
+            sub.error(problem)
+
+
+def _add_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """The options of ``scanstream scan``; ``suppress``: without defaults.
+
+    Each scan type accepts them too, so that they may follow the scan's arguments; their
+    defaults are suppressed there, or they would replace the values given before the type.
+    """
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    session = os.environ.get("SCANSTREAM_SESSION", "test_session")
+    parser.add_argument("--session", default=default(session),
+                        help="session name (default: $SCANSTREAM_SESSION or test_session)")
+    parser.add_argument("--root", default=default(os.environ.get("SCANSTREAM_DATA_ROOT")),
+                        help="base directory of the data (default: $SCANSTREAM_DATA_ROOT); "
+                             "without it scans name no file (a writer puts them under its "
+                             "own --root) and Lima frames are not written")
+    parser.add_argument("--sample", default=default("sample"), help="sample name (default: sample)")
+    parser.add_argument("--dataset", default=default("0001"), help="dataset name (default: 0001)")
+    parser.add_argument("--time-scale", type=float, default=default(1.0), metavar="X",
+                        help="multiply count times by X (default 1: real time; 0: no waiting)")
+    parser.add_argument("--max-duration", type=float, default=default(None), metavar="S",
+                        help="stop the scan after S seconds (USER_ABORTED), e.g. for timescan")
+    parser.add_argument("--npoints", type=int, default=default(0),
+                        help="timescan: number of points (0: until stopped)")
+    parser.add_argument("--seed", type=int, default=default(0), help="seed of the simulated noise")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default(False),
+                        help="no progress display")
+    parser.add_argument("--list", action="store_true", default=default(False),
+                        help="list the simulated devices and scan types, and exit")
+    if suppress:  # `scanstream` adds these to the `scan` parser itself
+        parser.add_argument("--redis-url", metavar="URL", default=argparse.SUPPRESS,
+                            help="as `scanstream --redis-url`")
+        parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                            help="as `scanstream -v`")
+
+
+_KIND_HELP = {"int": "an integer", "float": "a number", "motor": "a motor name (see --list)"}
+
+
+def _summary(scan_type: str) -> str:
+    """The first line of the scan function's docstring, without reST markup."""
+    return (inspect.getdoc(_FUNCTIONS[scan_type]) or "").splitlines()[0].replace("``", "")
+
+
+def configure_scan(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``scanstream scan`` and one subcommand per scan type to ``parser``.
+
+    The parsed namespace has ``type`` (None when absent) and ``args``: the scan's arguments
+    in BLISS order, numbers converted and device names checked (see
+    :func:`parse_scan_arguments`).
+    """
+    _add_options(parser, suppress=False)
+    parser.set_defaults(args=[], scan_parser=parser)
+    types = parser.add_subparsers(dest="type", metavar="TYPE", action=_ScanTypes,
+                                  title="scan types", help="BLISS argument order")
+    for scan_type, spec in SCAN_TYPES.items():
+        summary = _summary(scan_type)
+        sub = types.add_parser(scan_type, help=summary, description=summary,
+                               usage=f"%(prog)s [OPTIONS] {usage(scan_type)[len(scan_type) + 1:]}")
+        # nargs="?": a missing argument is reported by _ScanTypes, in the scanstream words.
+        # Negative numbers ("-.1") stay arguments, as no option here looks like a number.
+        for name, kind in spec:
+            sub.add_argument("args", nargs="?", type=_parse_word(kind, name), action=_ScanArgument,
+                             metavar=name, help=_KIND_HELP[kind])
+        sub.add_argument("args", nargs="*", type=_parse_word("counter", "COUNTER"),
+                         action=_ScanArgument, metavar="COUNTER",
+                         help="counters and detectors to read (see --list)")
+        _add_options(sub, suppress=True)
+        sub.set_defaults(scan_parser=sub)
+
+
+# --- running a scan ----------------------------------------------------------------------------
 
 
 class ProgressDisplay:
@@ -136,29 +317,58 @@ class ProgressDisplay:
         self.stream.flush()
 
 
-def configure_scan(parser: argparse.ArgumentParser) -> None:
-    """Add the arguments of ``scanstream scan`` to ``parser``."""
-    parser.add_argument("--session", default=os.environ.get("SCANSTREAM_SESSION", "test_session"),
-                        help="session name (default: $SCANSTREAM_SESSION or test_session)")
-    parser.add_argument("--root", default=os.environ.get("SCANSTREAM_DATA_ROOT"),
-                        help="base directory of the data (default: $SCANSTREAM_DATA_ROOT); "
-                             "without it scans name no file (a writer puts them under its "
-                             "own --root) and Lima frames are not written")
-    parser.add_argument("--sample", default="sample", help="sample name (default: sample)")
-    parser.add_argument("--dataset", default="0001", help="dataset name (default: 0001)")
-    parser.add_argument("--time-scale", type=float, default=1.0, metavar="X",
-                        help="multiply count times by X (default 1: real time; 0: no waiting)")
-    parser.add_argument("--max-duration", type=float, default=None, metavar="S",
-                        help="stop the scan after S seconds (USER_ABORTED), e.g. for timescan")
-    parser.add_argument("--npoints", type=int, default=0, help="timescan: number of points (0: until stopped)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the simulated noise")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress display")
-    parser.add_argument("--list", action="store_true", help="list the simulated devices and exit")
-    parser.add_argument("type", nargs="?", metavar="TYPE", help=", ".join(SCAN_TYPES))
-    # nargs="*" and not REMAINDER: options may also follow the scan arguments. Negative
-    # numbers ("-.1") stay arguments, as no option of this parser looks like a number.
-    parser.add_argument("args", nargs="*", metavar="ARGS",
-                        help="BLISS order, e.g. ascan MOTOR START STOP INTERVALS COUNT_TIME COUNTER...")
+class _ScanDisplay:
+    """What ``scanstream scan`` shows on stderr: the BLISS-like header, then the progress."""
+
+    def __init__(self, session: str, quiet: bool) -> None:
+        self.session = session
+        self.quiet = quiet
+        self.progress: ProgressDisplay | None = None
+
+    def start(self, scan: ScanPublisher) -> None:
+        """``on_start`` callback: the header, as BLISS prints it."""
+        info = scan.info
+        print(f"Scan {scan.number} {info.get('start_time', '')} "
+              f"{info.get('filename', '(no filename)')} {self.session} user = {_user()}\n"
+              f"{info['title']}", file=sys.stderr)
+        if not self.quiet:
+            self.progress = ProgressDisplay(int(info.get("npoints") or 0))
+
+    def point(self, master: str, done: int) -> None:  # on_point callback
+        if self.progress is not None:
+            self.progress(master, done)
+
+    def close(self, result: ScanResult | None) -> None:
+        if self.progress is not None:
+            self.progress.close(result)
+
+
+def _print_listing(beamline: Beamline) -> None:
+    """``--list``: the devices, then each scan type with its arguments."""
+    for kind, devices in beamline.describe().items():
+        print(f"{kind}: " + ", ".join(f"{name} ({what})" for name, what in devices.items()))
+    print("scans:")
+    for scan_type in SCAN_TYPES:
+        print(f"  {usage(scan_type)}")
+
+
+def _usage_error(parser: argparse.ArgumentParser, message: str) -> int:
+    """Report a usage error as argparse does, but return its exit code instead of exiting."""
+    parser.print_usage(sys.stderr)
+    print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _scan_options(args: argparse.Namespace, beamline: Beamline) -> dict[str, Any]:
+    """The keyword options of the scan function, from the command line."""
+    options: dict[str, Any] = {"sleep": max(0.0, args.time_scale),
+                               "positioners": beamline.positioners,
+                               "max_duration": args.max_duration}
+    if args.root:
+        options["saving"] = SavingConfig(args.root, args.session, args.sample, args.dataset)
+    if args.type == "timescan":
+        options["npoints"] = args.npoints
+    return options
 
 
 def run_scan(args: argparse.Namespace) -> int:
@@ -168,62 +378,37 @@ def run_scan(args: argparse.Namespace) -> int:
     -------
     int
         0 DONE (or stopped by ``--max-duration``); 1 a scan that ended otherwise, or a
-        device or limit error; 2 bad arguments;
+        device or limit error; 2 bad arguments (most are refused while parsing);
         130 Ctrl-C (the scan ends USER_ABORTED).
     """
     beamline = default_beamline(args.seed)
     if args.list:
-        for kind, devices in beamline.describe().items():
-            print(f"{kind}: " + ", ".join(f"{name} ({what})" for name, what in devices.items()))
+        _print_listing(beamline)
         return 0
     if not args.type:
-        print(f"scanstream scan: error: no scan type; known: {', '.join(SCAN_TYPES)}", file=sys.stderr)
-        return 2
+        return _usage_error(args.scan_parser, f"no scan type; known: {', '.join(SCAN_TYPES)}")
     try:
-        positional = parse_scan_arguments(args.type, list(args.args), beamline)
+        positional = parse_scan_arguments(args.type, args.args, beamline)
     except (ScanArgumentError, UnknownDeviceError) as exc:
-        print(f"scanstream scan: error: {exc}", file=sys.stderr)
-        return 2
-    from .._transport.server import resolve_url
-    from ..publish.scan import create_session
-
-    options: dict[str, Any] = {"sleep": max(0.0, args.time_scale), "positioners": beamline.positioners,
-                               "max_duration": args.max_duration}
-    if args.root:
-        options["saving"] = SavingConfig(args.root, args.session, args.sample, args.dataset)
-    if args.type == "timescan":
-        options["npoints"] = args.npoints
+        return _usage_error(args.scan_parser, str(exc))
     session = create_session(args.session, redis_url=resolve_url(getattr(args, "redis_url", None)))
-    progress: ProgressDisplay | None = None
-
-    def on_start(scan: Any) -> None:
-        nonlocal progress
-        info = scan.info
-        print(f"Scan {scan.number} {info.get('start_time', '')} {info.get('filename', '(no filename)')} "
-              f"{args.session} user = {_user()}\n{info['title']}", file=sys.stderr)
-        if not args.quiet:
-            progress = ProgressDisplay(int(info.get("npoints") or 0))
-
-    def on_point(master: str, done: int) -> None:
-        if progress is not None:
-            progress(master, done)
-
+    display = _ScanDisplay(args.session, args.quiet)
     result: ScanResult | None = None
     try:
-        result = _FUNCTIONS[args.type](session, *positional, on_start=on_start, on_point=on_point, **options)
+        result = _FUNCTIONS[args.type](session, *positional, on_start=display.start,
+                                       on_point=display.point, **_scan_options(args, beamline))
     except KeyboardInterrupt as exc:
-        result = getattr(exc, "scan_result", None)
+        result = scan_result_of(exc)
         return 130
     except MotorLimitError as exc:
         print(f"scanstream scan: error: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - a device error: reported, the scan ended FAILED
-        result = getattr(exc, "scan_result", None)
+        result = scan_result_of(exc)
         print(f"scanstream scan: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     finally:
-        if progress is not None:
-            progress.close(result)
+        display.close(result)
         session.close()
     print(f"{result.db_name} {result.state.name} {result.npoints} points", file=sys.stderr)
     stopped_as_asked = args.max_duration is not None and result.state is ScanState.USER_ABORTED

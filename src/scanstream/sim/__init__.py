@@ -13,8 +13,8 @@ Example::
 """
 
 from .beamline import Beamline, default_beamline
-from .chain import Device, TopMaster, run_chain
-from .control import ScanResult, time_scale
+from .chain import run_chain
+from .control import ScanResult, scan_result_of, time_scale
 from .devices import (
     ChannelSpec,
     ConstantCounter,
@@ -27,6 +27,7 @@ from .devices import (
 )
 from .groups import GroupResult, group, parallel, sequence
 from .lima import LimaAcquisition, LimaDetector, LimaFileExistsError
+from .masters import Device, TopMaster
 from .saving import SavingConfig
 from .scans import a2scan, amesh, anscan, ascan, ct, d2scan, dnscan, dscan, loopscan, timescan
 from .spectra import Mca, SamplingCounter
@@ -64,6 +65,7 @@ __all__ = [
     "loopscan",
     "parallel",
     "run_chain",
+    "scan_result_of",
     "sequence",
     "time_scale",
     "timescan",

@@ -6,9 +6,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..exceptions import InvalidArgumentError, ScanstreamError
-from .chain import Device
 from .devices import DiodeCounter, GaussianCounter, Motor
 from .lima import LimaDetector
+from .masters import Device
 from .spectra import Mca, SamplingCounter
 
 __all__ = ["Beamline", "UnknownDeviceError", "default_beamline"]
@@ -33,7 +33,7 @@ class Beamline:
 
     Raises
     ------
-    ValueError
+    InvalidArgumentError
         Two devices share a name.
     """
 

@@ -27,108 +27,29 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from ..exceptions import InvalidArgumentError
 from ..models import ScanState
 from ..publish.scan import ContainerPublisher, PublishingSession, ScanPublisher
+from .checks import check_duration
 from .control import (
     Control,
     ScanResult,
+    attach_scan_result,
     notify_scan_created,
-    scan_created_hook,
     sigint_deferred,
     time_scale,
 )
-from .devices import ChannelSpec, Counter, Motor, PointContext
+from .devices import Counter, Motor, PointContext
 from .lima import LimaAcquisition, LimaDetector
+from .masters import TopMaster, check_chain
 from .metadata import build_scan_info, positioners_end
 from .saving import SavingConfig
 
-__all__ = ["Device", "ScanResult", "TopMaster", "notify_scan_created", "run_chain", "scan_created_hook", "time_scale"]
+__all__ = ["run_chain"]
 
 logger = logging.getLogger(__name__)
 
-Device = Counter | LimaDetector
-
 # How long a stopped master thread may take to notice it (it stops between points).
 _JOIN_TIMEOUT = 30.0
-
-
-@dataclass
-class TopMaster:
-    """One top master of an acquisition chain.
-
-    Parameters
-    ----------
-    name : str
-        Container name and ``acquisition_chain`` key (``axis`` for step scans, ``timer``...).
-    npoints : int
-        Number of points; 0 runs until stopped.
-    count_time : float
-        Integration time of each point (seconds, before the time scale).
-    counters : sequence of Counter or LimaDetector
-        Devices read at each point.
-    motors : sequence of Motor
-        Motors moved at each point (their channels ``axis:<name>`` belong to this master).
-    positions : array-like, optional
-        ``(npoints, len(motors))`` user positions; required when there are motors.
-    sleep_time : float
-        Extra wait after each point (seconds, before the time scale).
-    timer : str
-        Name of the timer sub-master under a master with motors.
-    terminator : bool
-        False: this master is stopped when every terminator master has finished (BLISS
-        ``terminator=False``), keeping the points it has acquired.
-    """
-
-    name: str = "timer"
-    npoints: int = 1
-    count_time: float = 0.1
-    counters: Sequence[Device] = ()
-    motors: Sequence[Motor] = ()
-    positions: Any = None
-    sleep_time: float = 0.0
-    timer: str = "timer"
-    terminator: bool = True
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.npoints, (int, np.integer)) or self.npoints < 0:
-            raise InvalidArgumentError(f"top master {self.name!r}: npoints must be an int >= 0, got {self.npoints!r}")
-        if self.count_time < 0 or self.sleep_time < 0:
-            raise InvalidArgumentError(f"top master {self.name!r}: count_time and sleep_time must be >= 0")
-        if self.motors:
-            pos = np.asarray(self.positions, dtype=np.float64)
-            if pos.ndim == 1 and len(self.motors) == 1:
-                pos = pos[:, None]
-            if pos.shape != (self.npoints, len(self.motors)):
-                raise InvalidArgumentError(f"top master {self.name!r}: positions must have shape "
-                                 f"({self.npoints}, {len(self.motors)}), got {pos.shape}")
-            self.positions = pos
-        elif self.positions is not None:
-            raise InvalidArgumentError(f"top master {self.name!r}: positions given without motors")
-
-    @property
-    def timer_name(self) -> str:
-        """Prefix of the timer channels (``timer:elapsed_time``...)."""
-        return self.timer if self.motors else self.name
-
-    def timer_channels(self) -> list[ChannelSpec]:
-        """The software timer's channels."""
-        return [ChannelSpec(f"{self.timer_name}:elapsed_time", "float64", (), "s"),
-                ChannelSpec(f"{self.timer_name}:epoch", "float64", (), "s")]
-
-    def motor_channels(self) -> list[ChannelSpec]:
-        """The motor channels (``axis:<name>``)."""
-        return [ChannelSpec(m.fullname, "float64", (), m.unit) for m in self.motors]
-
-    def counter_channels(self) -> list[ChannelSpec]:
-        """Channels of the counters (not of Lima detectors)."""
-        return [spec for c in self.counters if isinstance(c, Counter) for spec in c.channels()]
-
-    def detectors(self) -> list[LimaDetector]:
-        """The Lima detectors of this master."""
-        return [c for c in self.counters if isinstance(c, LimaDetector)]
 
 
 @dataclass
@@ -142,6 +63,7 @@ class _MasterRun:
     lima: list[tuple[LimaAcquisition, Any]]
     acquired: int = 0
     error: BaseException | None = None
+
 
 
 def run_chain(
@@ -208,19 +130,21 @@ def run_chain(
 
     Raises
     ------
-    ValueError
-        Bad chain (no master, duplicate names), or a motor limit (:class:`MotorLimitError`),
-        raised before the scan is created.
+    InvalidArgumentError
+        Bad chain (no master, duplicate names) or option, raised before the scan is created.
+    MotorLimitError
+        A position beyond a motor limit, raised before the scan is created.
     KeyboardInterrupt
-        Re-raised after the scan ended USER_ABORTED; ``exc.scan_result`` is the result.
+        Re-raised after the scan ended USER_ABORTED, carrying its :class:`ScanResult` as
+        ``exc.scan_result`` (read it with :func:`~scanstream.sim.control.scan_result_of`).
     Exception
-        Any device error, re-raised after the scan ended FAILED (``exc.scan_result`` set).
+        Any device error, re-raised after the scan ended FAILED, with ``exc.scan_result``.
     """
     scale = time_scale(sleep)
-    _check_chain(masters)
+    check_chain(masters)
     motors = _positioner_motors(masters, positioners)
-    if max_duration is not None and max_duration < 0:
-        raise InvalidArgumentError(f"max_duration must be >= 0, got {max_duration!r}")
+    if max_duration is not None:
+        check_duration("max_duration", max_duration)
 
     info = build_scan_info(masters, name, motors, saving, scan_info, plots, channel_info)
     scan = session.create_scan(name, info, node_type=node_type)
@@ -229,72 +153,80 @@ def run_chain(
         on_start(scan)
     ctl = Control(stop_event, kill_event, max_duration, scale, on_point)
     runs: list[_MasterRun] = []
-    files: list[str] = []
+    outcome = _Outcome()
+    try:
+        directory = saving.scan_directory(scan.number) if saving is not None else None
+        runs.extend(_create_nodes(scan, m, directory) for m in masters)
+        scan.prepared()
+        _run_masters(runs, ctl, time.time())
+    except KeyboardInterrupt as exc:
+        outcome = _Outcome(ScanState.USER_ABORTED, "KeyboardInterrupt", exc)
+    except BaseException as exc:  # noqa: BLE001 - recorded in the scan, then re-raised
+        outcome = _Outcome(ScanState.FAILED, f"{type(exc).__name__}: {exc}", exc)
+    else:
+        outcome = _stopped(runs, ctl)
+    finally:
+        files = _close_detectors(scan, runs)
+        # end() replaces top-level keys: give the start positions again with the end ones.
+        _end(scan, outcome, {**info["positioners"], **positioners_end(motors)})
+    result = ScanResult(scan.number, scan.name, scan.db_name, session.name, scan.state,
+                        outcome.error, {r.master.name: r.acquired for r in runs}, scan.info,
+                        files, scan)
+    if outcome.raised is not None:
+        attach_scan_result(outcome.raised, result)
+        raise outcome.raised
+    return result
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """How a scan ends: its final state, the error text, and the exception to re-raise."""
+
     state: ScanState = ScanState.DONE
     error: str | None = None
     raised: BaseException | None = None
+
+
+def _stopped(runs: list[_MasterRun], ctl: Control) -> _Outcome:
+    """The outcome of masters that returned normally: done, or stopped on request."""
+    # A stop request that came after the last point does not make a complete scan aborted.
+    reason = ctl.reason() if _incomplete(runs) else None
+    if reason == "kill":
+        return _Outcome(ScanState.KILLED, "killed (kill_event set)")
+    if reason == "stop":
+        return _Outcome(ScanState.USER_ABORTED, "stopped (stop_event set)")
+    if reason == "max_duration":
+        return _Outcome(ScanState.USER_ABORTED, f"stopped after max_duration={ctl.max_duration:g} s")
+    return _Outcome()
+
+
+def _close_detectors(scan: ScanPublisher, runs: list[_MasterRun]) -> list[str]:
+    """Close every Lima acquisition (each one even if another fails); the files written."""
+    files: list[str] = []
+    for run in runs:
+        for acq, _ in run.lima:
+            try:
+                files.extend(acq.close())
+            except Exception:
+                logger.exception("scan %s: closing the files of %s failed", scan.db_name,
+                                 acq.detector.name)
+    return files
+
+
+def _end(scan: ScanPublisher, outcome: _Outcome, positioners: dict[str, Any]) -> None:
+    """End the scan; a failure to end it is logged when another exception is on its way."""
     try:
-        directory = saving.scan_directory(scan.number) if saving is not None else None
-        runs = [_create_nodes(scan, m, directory) for m in masters]
-        scan.prepared()
-        t0 = time.time()
-        _run_masters(runs, ctl, t0)
-    except KeyboardInterrupt as exc:
-        state, error, raised = ScanState.USER_ABORTED, "KeyboardInterrupt", exc
-    except BaseException as exc:  # noqa: BLE001 - recorded in the scan, then re-raised
-        state, error, raised = ScanState.FAILED, f"{type(exc).__name__}: {exc}", exc
-    else:
-        # A stop request that came after the last point does not make a complete scan aborted.
-        reason = ctl.reason() if _incomplete(runs) else None
-        if reason == "kill":
-            state, error = ScanState.KILLED, "killed (kill_event set)"
-        elif reason == "stop":
-            state, error = ScanState.USER_ABORTED, "stopped (stop_event set)"
-        elif reason == "max_duration":
-            state, error = ScanState.USER_ABORTED, f"stopped after max_duration={ctl.max_duration:g} s"
-    finally:
-        for run in runs:
-            for acq, _ in run.lima:
-                try:
-                    files.extend(acq.close())
-                except Exception:
-                    logger.exception("scan %s: closing the files of %s failed", scan.db_name, acq.detector.name)
-        # end() replaces top-level keys: give the start positions again with the end ones.
-        final_positioners = {**info["positioners"], **positioners_end(motors)}
-        try:
-            scan.end(state, error=error, info_update={"positioners": final_positioners})
-        except Exception:
-            if raised is None:
-                raise
-            logger.exception("scan %s: could not end it as %s", scan.db_name, state.name)
-    result = ScanResult(scan.number, scan.name, scan.db_name, session.name, scan.state, error,
-                        {r.master.name: r.acquired for r in runs}, scan.info, files, scan)
-    if raised is not None:
-        raised.scan_result = result  # type: ignore[attr-defined]
-        raise raised
-    return result
+        scan.end(outcome.state, error=outcome.error, info_update={"positioners": positioners})
+    except Exception:
+        if outcome.raised is None:
+            raise
+        logger.exception("scan %s: could not end it as %s", scan.db_name, outcome.state.name)
 
 
 def _incomplete(runs: list[_MasterRun]) -> bool:
     """True when a terminator master (any master, if none is) stopped before its last point."""
     deciding = [r for r in runs if r.master.terminator] or runs
     return any(r.master.npoints == 0 or r.acquired < r.master.npoints for r in deciding)
-
-
-def _check_chain(masters: Sequence[TopMaster]) -> None:
-    """Refuse a chain that would publish clashing names, and moves beyond motor limits."""
-    if not masters:
-        raise InvalidArgumentError("a scan needs at least one top master")
-    names: set[str] = set()
-    for m in masters:
-        for n in [m.name] + [s.name for s in m.motor_channels() + m.timer_channels() + m.counter_channels()] \
-                + [d.fullname for d in m.detectors()]:
-            if n in names:
-                raise InvalidArgumentError(f"name {n!r} is used twice in the chain: each device and top "
-                                 "master may appear once")
-            names.add(n)
-        for i, motor in enumerate(m.motors):
-            motor.check_limits(m.positions[:, i])
 
 
 def _positioner_motors(masters: Sequence[TopMaster], positioners: Sequence[Motor] | None) -> list[Motor]:

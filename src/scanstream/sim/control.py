@@ -1,7 +1,13 @@
 """Run-time helpers of the simulator's scan engine: results, time scale, stop control.
 
 Kept apart from :mod:`scanstream.sim.chain` so that the engine module holds only the
-chain description and the acquisition loop.
+acquisition loop.
+
+A scan that ends because of an exception (Ctrl-C, a device error) re-raises it after the
+scan has ended; the exception then carries the scan's :class:`ScanResult` as its
+``scan_result`` attribute. That attribute is the contract (:class:`CarriesScanResult`): the
+engine sets it with :func:`attach_scan_result` and callers read it with
+:func:`scan_result_of`, which also accepts exceptions that carry none.
 """
 
 from __future__ import annotations
@@ -12,12 +18,21 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, cast
 
+from ..exceptions import InvalidArgumentError
 from ..models import ScanState
 from ..publish.scan import ScanPublisher
 
-__all__ = ["ScanResult", "notify_scan_created", "scan_created_hook", "time_scale"]
+__all__ = [
+    "CarriesScanResult",
+    "ScanResult",
+    "attach_scan_result",
+    "notify_scan_created",
+    "scan_created_hook",
+    "scan_result_of",
+    "time_scale",
+]
 
 # Longest uninterrupted sleep: bounds the reaction time to a stop or kill request.
 _WAIT_SLICE = 0.02
@@ -65,12 +80,33 @@ class ScanResult:
         return next(iter(self.acquired.values()), 0)
 
 
+class CarriesScanResult(Protocol):
+    """An exception re-raised by a scan after it ended: ``scan_result`` is what the scan did."""
+
+    scan_result: ScanResult
+
+
+def attach_scan_result(exc: BaseException, result: ScanResult) -> None:
+    """Give ``exc``, about to be re-raised by a scan, the result of that scan."""
+    cast(CarriesScanResult, exc).scan_result = result
+
+
+def scan_result_of(exc: BaseException) -> ScanResult | None:
+    """The :class:`ScanResult` carried by an exception a scan re-raised, or None.
+
+    None for an exception raised before any scan was created (a bad argument, a motor limit)
+    or by code other than a scan.
+    """
+    result = getattr(exc, "scan_result", None)
+    return result if isinstance(result, ScanResult) else None
+
+
 def time_scale(sleep: bool | float) -> float:
     """Factor applied to count and sleep times: True 1.0, False 0.0, or a number >= 0."""
     if isinstance(sleep, bool):
         return 1.0 if sleep else 0.0
     if not isinstance(sleep, (int, float)) or sleep < 0:
-        raise ValueError(f"sleep must be True, False or a time scale >= 0, got {sleep!r}")
+        raise InvalidArgumentError(f"sleep must be True, False or a time scale >= 0, got {sleep!r}")
     return float(sleep)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..publish.scan import PublishingSession, ScanPublisher
-from .chain import ScanResult, notify_scan_created, scan_created_hook
+from .control import ScanResult, notify_scan_created, scan_created_hook
 from .saving import SavingConfig
 
 __all__ = ["GroupResult", "group", "parallel", "sequence"]
@@ -28,7 +28,7 @@ Step = Callable[[], Any]
 
 @dataclass
 class GroupResult(ScanResult):
-    """A :class:`~scanstream.sim.chain.ScanResult` of a group, with its sub-scans' results."""
+    """A :class:`~scanstream.sim.control.ScanResult` of a group, with its sub-scans' results."""
 
     scans: list[Any] = field(default_factory=list)
 

@@ -159,7 +159,7 @@ class LimaDetector:
 
         Raises
         ------
-        ValueError
+        InvalidArgumentError
             ``frames_per_file=-1`` in an unbounded scan.
         LimaFileExistsError
             The first file to write exists already.

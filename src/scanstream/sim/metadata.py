@@ -9,14 +9,12 @@ Keys produced: ``title``, ``type``, ``npoints``, ``count_time``, ``acquisition_c
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .devices import Counter, Motor
+from .masters import TopMaster
+from .saving import SavingConfig
 from .spectra import Mca
-
-if TYPE_CHECKING:
-    from .chain import TopMaster
-    from .saving import SavingConfig
 
 __all__ = ["build_scan_info", "default_plots", "format_title", "positioners_end", "positioners_start"]
 

@@ -45,7 +45,7 @@ class SavingConfig:
 
     Raises
     ------
-    ValueError
+    InvalidArgumentError
         A name is empty or holds a ``/``.
     """
 

@@ -8,7 +8,8 @@ Every scan accepts the keyword options of :func:`~scanstream.sim.chain.run_chain
 (``saving``, ``sleep``, ``stop_event``, ``kill_event``, ``max_duration``, ``scan_info``,
 ``positioners``, ``on_start``, ``on_point``...). By default nothing sleeps: ``count_time`` is
 published but only waited for with ``sleep=True`` (or a time scale such as ``sleep=0.1``).
-All return a :class:`~scanstream.sim.chain.ScanResult`.
+All return a :class:`~scanstream.sim.control.ScanResult`; bad arguments raise
+:class:`~scanstream.exceptions.InvalidArgumentError` before anything is published.
 """
 
 from __future__ import annotations
@@ -18,24 +19,16 @@ from typing import Any
 
 import numpy as np
 
+from ..exceptions import InvalidArgumentError
 from ..publish.scan import PublishingSession
-from .chain import Device, ScanResult, TopMaster, run_chain
+from .chain import run_chain
+from .checks import check_count, check_duration
+from .control import ScanResult
 from .devices import Motor
+from .masters import Device, TopMaster
 from .metadata import format_title
 
 __all__ = ["a2scan", "amesh", "anscan", "ascan", "ct", "d2scan", "dnscan", "dscan", "loopscan", "timescan"]
-
-
-def _check_intervals(intervals: Any) -> int:
-    if isinstance(intervals, bool) or not isinstance(intervals, (int, np.integer)) or intervals < 1:
-        raise ValueError(f"intervals must be an int >= 1, got {intervals!r}")
-    return int(intervals)
-
-
-def _check_time(count_time: Any) -> float:
-    if isinstance(count_time, bool) or not isinstance(count_time, (int, float)) or count_time < 0:
-        raise ValueError(f"count_time must be a number >= 0, got {count_time!r}")
-    return float(count_time)
 
 
 def ct(session: PublishingSession, count_time: float = 1.0, *counters: Device, **options: Any) -> ScanResult:
@@ -52,7 +45,7 @@ def ct(session: PublishingSession, count_time: float = 1.0, *counters: Device, *
     **options
         Options of :func:`~scanstream.sim.chain.run_chain`.
     """
-    count_time = _check_time(count_time)
+    count_time = check_duration("count_time", count_time)
     info = {"title": format_title("ct", count_time), "type": "ct", "npoints": 1}
     return _run(session, "ct", [TopMaster("timer", 1, count_time, counters)], info, options)
 
@@ -74,14 +67,13 @@ def loopscan(session: PublishingSession, npoints: int, count_time: float, *count
     **options
         Options of :func:`~scanstream.sim.chain.run_chain`.
     """
-    if isinstance(npoints, bool) or not isinstance(npoints, (int, np.integer)) or npoints < 1:
-        raise ValueError(f"npoints must be an int >= 1, got {npoints!r}")
-    count_time = _check_time(count_time)
-    info = {"title": format_title("loopscan", int(npoints), count_time), "type": "loopscan",
-            "npoints": int(npoints)}
+    npoints = check_count("npoints", npoints, 1)
+    count_time = check_duration("count_time", count_time)
+    info = {"title": format_title("loopscan", npoints, count_time), "type": "loopscan",
+            "npoints": npoints}
     if sleep_time:
         info["sleep_time"] = sleep_time
-    master = TopMaster("timer", int(npoints), count_time, counters, sleep_time=sleep_time)
+    master = TopMaster("timer", npoints, count_time, counters, sleep_time=sleep_time)
     return _run(session, "loopscan", [master], info, options)
 
 
@@ -105,14 +97,13 @@ def timescan(session: PublishingSession, count_time: float, *counters: Device, n
     **options
         Options of :func:`~scanstream.sim.chain.run_chain`.
     """
-    count_time = _check_time(count_time)
-    if isinstance(npoints, bool) or not isinstance(npoints, (int, np.integer)) or npoints < 0:
-        raise ValueError(f"npoints must be an int >= 0, got {npoints!r}")
+    count_time = check_duration("count_time", count_time)
+    npoints = check_count("npoints", npoints, 0)
     info: dict[str, Any] = {"title": format_title("timescan", count_time), "type": "timescan",
-                            "npoints": int(npoints)}
+                            "npoints": npoints}
     if sleep_time:
         info["sleep_time"] = sleep_time
-    master = TopMaster("timer", int(npoints), count_time, counters, sleep_time=sleep_time)
+    master = TopMaster("timer", npoints, count_time, counters, sleep_time=sleep_time)
     return _run(session, "timescan", [master], info, options)
 
 
@@ -131,8 +122,8 @@ def anscan(session: PublishingSession, ranges: Sequence[tuple[Motor, float, floa
     scan_type : str, optional
         ``type`` and title word; default ``ascan``/``a2scan``/``anscan``.
     """
-    intervals = _check_intervals(intervals)
-    count_time = _check_time(count_time)
+    intervals = check_count("intervals", intervals, 1)
+    count_time = check_duration("count_time", count_time)
     scan_type = scan_type or {1: "ascan", 2: "a2scan"}.get(len(ranges), "anscan")
     return _step_scan(session, scan_type, ranges, ranges, intervals, count_time, counters, options)
 
@@ -164,8 +155,8 @@ def dnscan(session: PublishingSession, ranges: Sequence[tuple[Motor, float, floa
     ``start``/``stop`` are relative to the current positions; ``scan_info["start"]`` and
     ``["stop"]`` hold the absolute positions, the title the relative ones (BLISS).
     """
-    intervals = _check_intervals(intervals)
-    count_time = _check_time(count_time)
+    intervals = check_count("intervals", intervals, 1)
+    count_time = check_duration("count_time", count_time)
     scan_type = scan_type or {1: "dscan", 2: "d2scan"}.get(len(ranges), "dnscan")
     origins = [m.position for m, _, _ in ranges]
     absolute = [(m, o + s, o + e) for (m, s, e), o in zip(ranges, origins)]
@@ -203,8 +194,9 @@ def amesh(session: PublishingSession, motor1: Motor, start1: float, stop1: float
     backnforth : bool
         Scan every other line of the fast axis backwards.
     """
-    n1, n2 = _check_intervals(intervals1) + 1, _check_intervals(intervals2) + 1
-    count_time = _check_time(count_time)
+    n1 = check_count("intervals1", intervals1, 1) + 1
+    n2 = check_count("intervals2", intervals2, 1) + 1
+    count_time = check_duration("count_time", count_time)
     p1, p2 = np.linspace(start1, stop1, n1), np.linspace(start2, stop2, n2)
     fast = np.concatenate([p1[::-1] if backnforth and j % 2 else p1 for j in range(n2)])
     positions = np.column_stack([fast, np.repeat(p2, n1)])
@@ -227,10 +219,10 @@ def _step_scan(session: PublishingSession, scan_type: str, given: Sequence[tuple
                absolute: Sequence[tuple[Motor, float, float]], intervals: int, count_time: float,
                counters: Sequence[Device], options: dict[str, Any]) -> ScanResult:
     if not given:
-        raise ValueError(f"{scan_type}: at least one motor is needed")
+        raise InvalidArgumentError(f"{scan_type}: at least one motor is needed")
     motors = [m for m, _, _ in absolute]
     if len({m.name for m in motors}) != len(motors):
-        raise ValueError(f"{scan_type}: a motor is given twice: {[m.name for m in motors]}")
+        raise InvalidArgumentError(f"{scan_type}: a motor is given twice: {[m.name for m in motors]}")
     positions = np.column_stack([np.linspace(s, e, intervals + 1) for _, s, e in absolute])
     words = [w for m, s, e in given for w in (m, s, e)]
     info = {"title": format_title(scan_type, *words, intervals, count_time), "type": scan_type,

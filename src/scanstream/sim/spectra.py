@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ..exceptions import InvalidArgumentError
+from .checks import check_count
 from .devices import ChannelSpec, Counter, PointContext, seeded_rng
 
 __all__ = ["Mca", "Peak", "SamplingCounter"]
@@ -46,8 +48,10 @@ class SamplingCounter(Counter):
     def __init__(self, name: str, samples: SampleCount = 10, mean: float = 100.0,
                  noise: float = 0.1, *, unit: str | None = None, seed: int = 0) -> None:
         super().__init__(name, unit=unit, seed=seed)
-        if not callable(samples) and (not isinstance(samples, int) or samples < 1):
-            raise ValueError(f"counter {name!r}: samples must be an int >= 1 or a function, got {samples!r}")
+        if not callable(samples) and (isinstance(samples, bool) or not isinstance(samples, int)
+                                      or samples < 1):
+            raise InvalidArgumentError(f"counter {name!r}: samples must be an int >= 1 or a "
+                                       f"function, got {samples!r}")
         self.samples = samples
         self.mean = float(mean)
         self.noise = float(noise)
@@ -60,9 +64,7 @@ class SamplingCounter(Counter):
     def sample_count(self, index: int) -> int:
         """Number of samples of point ``index``."""
         n = self.samples(index) if callable(self.samples) else self.samples
-        if not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"counter {self.name!r}: sample count at point {index} must be an int >= 1, got {n!r}")
-        return int(n)
+        return check_count(f"sample count at point {index}", n, 1, f"counter {self.name!r}")
 
     def channels(self) -> list[ChannelSpec]:
         shape = (-1,) if self.variable else (int(self.samples),)  # type: ignore[arg-type]
@@ -105,9 +107,7 @@ class Mca(Counter):
                  peaks: Sequence[tuple[float, float, float]] | None = None,
                  background: float = 2.0, *, seed: int = 0) -> None:
         super().__init__(name, unit="counts", seed=seed)
-        if channels < 1:
-            raise ValueError(f"mca {name!r}: channels must be >= 1, got {channels!r}")
-        self.nbins = int(channels)
+        self.nbins = check_count("channels", channels, 1, f"mca {name!r}")
         if peaks is None:
             peaks = [(0.2 * channels, channels / 100 + 2, 5e3), (0.45 * channels, channels / 80 + 2, 2e4),
                      (0.7 * channels, channels / 60 + 2, 1e4)]
