@@ -185,7 +185,7 @@ def run_scan(args: argparse.Namespace) -> int:
         print(f"scanstream scan: error: {exc}", file=sys.stderr)
         return 2
     from .._transport.server import resolve_url
-    from ..publish.scan import create_session
+    from ..publish import create_session
 
     options: dict[str, Any] = {"sleep": max(0.0, args.time_scale), "positioners": beamline.positioners,
                                "max_duration": args.max_duration}

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..publish.scan import PublishingSession
+from ..publish import PublishingSession
 from .beamline import Beamline, default_beamline
 from .chain import TopMaster, run_chain
 from .control import ScanResult

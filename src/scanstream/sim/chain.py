@@ -31,7 +31,7 @@ import numpy as np
 
 from ..exceptions import InvalidArgumentError
 from ..models import ScanState
-from ..publish.scan import ContainerPublisher, PublishingSession, ScanPublisher
+from ..publish import ContainerPublisher, PublishingSession, ScanPublisher
 from .control import (
     Control,
     ScanResult,

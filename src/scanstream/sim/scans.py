@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..publish.scan import PublishingSession
+from ..publish import PublishingSession
 from .chain import Device, ScanResult, TopMaster, run_chain
 from .devices import Motor
 from .metadata import format_title
