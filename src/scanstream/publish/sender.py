@@ -205,7 +205,7 @@ class Sender:
         except _TRANSIENT as exc:
             self._unreachable(exc)
             return False
-        except Exception as exc:  # noqa: BLE001 - reported to the emitting thread
+        except Exception as exc:  # reported to the emitting thread
             self._refused(exc)
             return False
         return True
@@ -234,7 +234,7 @@ class Sender:
                 if raise_errors:
                     raise (fatal or exc) from None
                 return False
-            except Exception as exc:  # noqa: BLE001 - reported to the emitting thread
+            except Exception as exc:  # reported to the emitting thread
                 error = self._refused(exc)
                 if raise_errors:
                     raise error from None
