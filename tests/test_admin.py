@@ -169,7 +169,7 @@ def test_delete_rules(store: DataStore, long_lease_store: DataStore) -> None:
     assert list_scans(store, "test_session").scans == []
     # The session stays known, and numbering goes on (a writer's saved set stays right).
     assert _publish(session, "next", 1)[0].number == 5
-    gone._closing = True  # its background thread must not renew the deleted lease
+    gone._sender.stop()  # its background thread must not renew the deleted lease
 
 
 def test_delete_older_than_and_numbers(store: DataStore, session) -> None:

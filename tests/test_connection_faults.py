@@ -164,14 +164,14 @@ def test_replayed_send_is_neither_lost_nor_duplicated(server: EmbeddedServer) ->
         channel = scan.create_container("timer").create_channel("c")
         scan.prepared()
         channel.emit(np.arange(10.0))
-        batches = channel._take()
-        channel._give_back(batches)
+        batches = channel._queue.take()
+        channel._queue.give_back(batches)
         scan.flush()
         # What redis-py's retry does when the reply of EXEC is lost: send it all again.
-        channel._sent = 0
-        channel._give_back(batches)
+        channel._queue.sent = 0
+        channel._queue.give_back(batches)
         scan.flush()
-        assert channel._sent == 10
+        assert channel._queue.sent == 10
         channel.emit(np.arange(10.0, 15.0))
         scan.end()
         node = get_session_node("replay", store=store).get_scan(1).load_nodes()[1]
@@ -197,9 +197,8 @@ def test_unreachable_for_too_long_fails_the_scan(server: EmbeddedServer) -> None
                 channel.emit(2.0)
                 time.sleep(0.01)
         assert "gone:1_s" in str(info.value)
-        assert len(channel) - channel._sent == 0  # the queue was dropped, not kept forever
+        assert len(channel) - channel._queue.sent == 0  # the queue was dropped, not kept forever
     finally:
-        scan._closing = True
         scan._sender.stop()
         store.close()
 

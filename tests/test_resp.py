@@ -130,11 +130,13 @@ def test_scattered_entries_read_back_exactly_over_a_unix_socket(server_binary: P
 
 
 def test_entries_are_joined_when_the_connection_cannot_write_vectors(store: DataStore) -> None:
-    scan = create_session("join", store=store).create_scan("s")
-    channel = scan.create_container("t").create_channel("c", "float64")
+    session = create_session("join", store=store)
     batches = [np.arange(1000.0), np.arange(1000.0, 2000.0)]
-    assert isinstance(channel._entry(batches)[b"d"], Scattered)
+    with session.create_scan("s") as scan:
+        channel = scan.create_container("t").create_channel("c", "float64")
+        assert isinstance(channel._queue.entry(batches)[b"d"], Scattered)
     store.scatter_writes = False  # as over TLS: redis-py's own connection class
-    assert channel._entry(batches)[b"d"] == np.arange(2000.0).tobytes()
-    scan.end()
+    with session.create_scan("s") as scan:
+        channel = scan.create_container("t").create_channel("c", "float64")
+        assert channel._queue.entry(batches)[b"d"] == np.arange(2000.0).tobytes()
     _publish_and_read_back(store)

@@ -51,7 +51,7 @@ from .exceptions import (
     WriterError,
 )
 from .models import ImageReference, NodeType, SavingMode, ScanEnd, ScanState
-from .publish.scan import (
+from .publish import (
     ChannelPublisher,
     ContainerPublisher,
     LimaPublisher,

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 import numpy as np
 import numpy.typing as npt
 
-from .._transport.vectored import Scattered
 from ..exceptions import DecodingError, EncodingError
 from ..models import ImageReference
 
@@ -24,6 +24,25 @@ if TYPE_CHECKING:
     from typing_extensions import Buffer
 
 Fields = dict[bytes, bytes]
+
+
+@dataclass(frozen=True)
+class ScatteredFields:
+    """A numeric entry whose data field ``d`` is left as consecutive buffers, never joined.
+
+    ``fields`` holds the other fields (the count ``n``), ``parts`` the arrays whose bytes, one
+    after the other, are ``d``. What to do with them is the transport's business: send them as
+    they are (:class:`scanstream._transport.vectored.Scattered`) or join them. The arrays must
+    not change until the entry is sent.
+    """
+
+    fields: Fields
+    parts: list[npt.NDArray[Any]]
+
+    def joined(self) -> Fields:
+        """The same entry with ``d`` joined into one bytes object (one copy)."""
+        # Arrays are buffers; numpy's stubs declare it only for Python >= 3.12.
+        return {**self.fields, b"d": b"".join(cast("list[Buffer]", self.parts))}
 
 #: dtype kinds a channel may hold: bool, signed/unsigned integers, floats, complex.
 NUMERIC_KINDS = "biufc"
@@ -166,15 +185,28 @@ class NumericCodec:
         return out
 
     # -- wire format -------------------------------------------------------------------
-    def encode(self, batch: np.ndarray | list[np.ndarray], *, scattered: bool = False) -> Fields:
+    @overload
+    def encode(
+        self, batch: np.ndarray | list[np.ndarray], *, scattered: Literal[False] = False
+    ) -> Fields: ...
+
+    @overload
+    def encode(
+        self, batch: np.ndarray | list[np.ndarray], *, scattered: Literal[True]
+    ) -> ScatteredFields | Fields: ...
+
+    def encode(
+        self, batch: np.ndarray | list[np.ndarray], *, scattered: bool = False
+    ) -> ScatteredFields | Fields:
         """Encode validated points as the fields of one stream entry.
 
         Fixed shapes: one batch (an array of shape ``(n,) + shape``) or a list of consecutive
         batches. Variable-length channels: a list of 1D points.
 
-        With ``scattered`` (fixed shapes), the ``d`` field is a :class:`~scanstream._transport.vectored.Scattered`
-        of the batches' own buffers, sent without being joined: the batches must not change
-        until the entry is sent. Otherwise it is one bytes object, joined in one copy.
+        With ``scattered`` (fixed shapes), a :class:`ScatteredFields` whose data is the
+        batches' own buffers, not joined: the batches must not change until the entry is
+        sent. Otherwise (and always for variable-length channels) the fields, with ``d``
+        joined into one bytes object in one copy.
         """
         if self.variable:
             assert isinstance(batch, list)
@@ -184,12 +216,9 @@ class NumericCodec:
         batches = [batch] if isinstance(batch, np.ndarray) else batch
         # Copies only to change the byte order (big-endian machines) or make a slice contiguous.
         parts = [np.ascontiguousarray(p, dtype=self.wire_dtype) for p in batches]
-        npoints = b"%d" % sum(p.shape[0] for p in parts)
-        if scattered:
-            return {b"n": npoints, b"d": Scattered(parts)}  # type: ignore[dict-item]
-        # One copy, straight from the batches into the entry (no concatenate, no tobytes).
-        # Arrays are buffers; numpy's stubs declare it only for Python >= 3.12.
-        return {b"n": npoints, b"d": b"".join(cast("list[Buffer]", parts))}
+        entry = ScatteredFields({b"n": b"%d" % sum(p.shape[0] for p in parts)}, parts)
+        # Joined: one copy, straight from the batches into the entry (no concatenate, no tobytes).
+        return entry if scattered else entry.joined()
 
     def decode(self, entries: Sequence[Fields]) -> np.ndarray:
         """Decode consecutive entries into one batch.

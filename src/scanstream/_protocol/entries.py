@@ -19,11 +19,14 @@ Writers build entries with the ``*_fields`` functions and readers parse them wit
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..exceptions import DecodingError
 from ..models import DATA_NODE_TYPES, FINAL_STATES, NodeDescription, ScanEnd, ScanState
 from . import metadata
+
+if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT
 
 #: Entry fields as Redis returns them (bytes, the client never decodes).
 Fields = dict[bytes, bytes]
@@ -136,7 +139,7 @@ def stream_length(last: list[tuple[bytes, Fields]]) -> tuple[int, bool]:
 # ----------------------------------------------------------------------------- event streams
 
 
-def new_scan_fields(number: int, name: str, node_type: str) -> dict[str, Any]:
+def new_scan_fields(number: int, name: str, node_type: str) -> dict[FieldT, EncodableT]:
     """Fields of the session stream's NEW_SCAN entry."""
     return {"event": NEW_SCAN.decode(), "scan": number, "name": name, "node_type": node_type}
 
@@ -157,7 +160,7 @@ def parse_new_scan(fields: Fields) -> int | None:
         raise DecodingError(f"corrupt NEW_SCAN entry: {fields!r}") from None
 
 
-def new_node_fields(desc: NodeDescription) -> dict[str, Any]:
+def new_node_fields(desc: NodeDescription) -> dict[FieldT, EncodableT]:
     """Fields of a scan's NEW_NODE entry."""
     return {
         "event": NEW_NODE.decode(),
@@ -232,3 +235,31 @@ def before_time_id(ms: int) -> bytes:
     """The largest stream ID before millisecond ``ms``: XREAD from it returns the entries
     stamped ``ms`` or later (event streams have automatic IDs, ``<epoch ms>-<sequence>``)."""
     return after_index_id(ms - 1)
+
+
+# ----------------------------------------------------------------------------- scan hash, state entries
+
+
+def scan_hash_fields(
+    session: str, number: int, name: str, node_type: str, info_json: str, start_time: float
+) -> dict[FieldT, EncodableT]:
+    """Fields of a new scan's hash (in state CREATED)."""
+    return {
+        "session": session,
+        "number": number,
+        "name": name,
+        "node_type": node_type,
+        "state": ScanState.CREATED.name,
+        "info": info_json,
+        "start_time": repr(start_time),
+    }
+
+
+def prepared_hash_fields(info_json: str) -> dict[FieldT, EncodableT]:
+    """Fields of the scan hash that change when the scan is PREPARED."""
+    return {"state": ScanState.PREPARED.name, "info": info_json}
+
+
+def state_entry_fields(event: bytes, now: float) -> dict[FieldT, EncodableT]:
+    """Fields of a scan's CREATED or PREPARED entry."""
+    return {"event": event.decode(), "time": repr(now)}

@@ -18,7 +18,7 @@ import h5py
 from .._transport.connection import DataStore
 from .._transport.server import resolve_url
 from ..exceptions import ScanstreamError
-from ..publish.scan import create_session
+from ..publish import create_session
 from ..sim import SavingConfig
 from ..sim.catalogue import run_catalogue
 from ..subscribe.tree import ScanNode, get_session_node

@@ -28,7 +28,7 @@ from typing import IO, TYPE_CHECKING, Any
 from .._transport.server import resolve_url
 from ..exceptions import ScanstreamError
 from ..models import ScanState
-from ..publish.scan import ScanPublisher, create_session
+from ..publish import ScanPublisher, create_session
 from ..sim.beamline import Beamline, UnknownDeviceError, default_beamline
 from ..sim.control import ScanResult, scan_result_of
 from ..sim.devices import MotorLimitError

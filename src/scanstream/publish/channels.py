@@ -1,57 +1,209 @@
-"""Publishers of data nodes (channels, lima, scan references) and the scan's background sender.
+"""Publishers of data nodes (channels, lima, scan references): they validate and queue.
 
-``emit`` only validates and queues. One sender thread per scan sends what has accumulated on
-every channel as one entry per channel, all in one MULTI/EXEC, as soon as the previous send
-is done but not more often than every ``_MIN_SEND_INTERVAL``: a slow step scan gets one round
-trip of latency, a fast one gets bigger entries instead of more of them (readers pay per
-entry, not per point). See docs/performance.md.
-
-Faults (docs/performance.md, "Connection faults"): network errors are retried by redis-py's
-``Retry`` of the connection pool; a send that still fails keeps its points queued and is tried
-again, until Redis has been unreachable for ``Settings.max_unreachable_time``, when the scan
-fails. A replayed transaction whose reply was lost is recognised by its entry IDs (the index
-of the entry's first point): a duplicate ID holding the same entry counts as sent.
+``emit`` validates its argument with the node's codec and puts the batch in the node's
+queue; the scan's :class:`~scanstream.publish.sender.Sender` takes it from there. The queues
+(one class per kind of node) hold the points not yet acknowledged by Redis and know how their
+batches become entries (:class:`~scanstream.publish.sender.DataQueue`).
 """
 
 from __future__ import annotations
 
-import logging
 import threading
-import time
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
-import redis
 
 from .._protocol import codecs
-from .._transport.connection import stream_entries
-from ..exceptions import EncodingError, RedisFullError, RedisUnreachableError
+from .._transport.vectored import Scattered
+from ..exceptions import EncodingError, ScanEndedError
 
 if TYPE_CHECKING:
-    from redis.typing import EncodableT, FieldT
-
     from .scan import ScanPublisher
+    from .sender import Sender
 
-logger = logging.getLogger(__name__)
+__all__ = ["ChannelPublisher", "LimaPublisher", "ScanRefPublisher"]
 
 # Entries above this size are split: keeps single replies small for readers using COUNT.
 _MAX_ENTRY_BYTES = 4 << 20
 # A channel with more points than this waiting to be sent makes emit() send them itself:
 # memory stays bounded when Redis is slower than the acquisition.
 _MAX_PENDING_POINTS = 1 << 20
-# Shortest time between two background sends. Readers pay about 10 us of pure-Python reply
-# parsing per entry: at 100 channels x 1 kHz, sending every millisecond would make 100 k
-# entries/s, more than a subscriber can parse; every 4 ms makes 25 k. It bounds the added
-# latency to 4 ms, and a scan slower than that is sent point by point with no added delay.
-_MIN_SEND_INTERVAL = 0.004
 # Batches smaller than this (on average) are joined into one buffer per entry rather than
 # given to the socket one by one: below it a copy is cheaper. Connections without vectored
 # writes (TLS) always join: one write per batch would cost more than the copy.
 _MIN_SCATTER_BYTES = 4096
-# Pause between attempts while Redis is unreachable (redis-py's Retry has already backed off).
-_UNREACHABLE_PAUSE = 0.2
+# Image references per entry (about 100 bytes of JSON each).
+_REFS_PER_ENTRY = 10000
 
-_TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+#: An entry's fields as the sender writes them: bytes, or a Scattered data field.
+EntryFields = Mapping[bytes, "bytes | Scattered"]
+
+
+# ----------------------------------------------------------------------------- queues
+
+
+class _PointQueue:
+    """Points accepted by emit and not yet acknowledged by Redis (a :class:`DataQueue`).
+
+    ``refuse`` is called (and raises) when the sender refuses points: the scan is ending, or
+    Redis is full or has been unreachable for too long.
+    """
+
+    def __init__(self, key: str, codec: Any, sender: Sender, refuse: Callable[[], NoReturn]) -> None:
+        self.key = key
+        self.codec = codec
+        self.sent = 0  # points acknowledged by Redis (advanced by the sender)
+        self.emitted = 0  # points accepted by put()
+        self._lock = threading.Lock()
+        self._pending: list[Any] = []
+        self._sender = sender
+        self._wake = sender.wake
+        self._refuse = refuse
+
+    def put(self, batch: Any, npoints: int) -> None:
+        """Queue a validated batch of ``npoints`` points."""
+        if self._sender.refusing:
+            self._refuse()
+        with self._lock:
+            self._move_extra()
+            self._pending.append(batch)
+            self.emitted += npoints
+        if not self._wake.is_set():
+            self._wake.set()
+        if self.emitted - self.sent > _MAX_PENDING_POINTS:
+            self._sender.send_from_emit()
+
+    def take(self) -> list[Any]:
+        with self._lock:
+            self._move_extra()
+            pending, self._pending = self._pending, []
+        return pending
+
+    def give_back(self, batches: list[Any]) -> None:
+        with self._lock:
+            self._pending[:0] = batches
+
+    def drop(self) -> int:
+        with self._lock:
+            dropped = self.emitted - self.sent
+            self._pending = []
+            self._drop_extra()
+            self.emitted = self.sent
+        return dropped
+
+    def _move_extra(self) -> None:
+        """Hook for queues with a second container: move it to the end of ``_pending`` (lock held)."""
+
+    def _drop_extra(self) -> None:
+        """Hook for queues with a second container: empty it (lock held)."""
+
+    def encode(self, batches: list[Any]) -> list[tuple[EntryFields, int]]:
+        """Encode taken batches as ``(fields, npoints)`` entries."""
+        raise NotImplementedError
+
+
+class _NumericQueue(_PointQueue):
+    """A channel's queue: batches, plus single points stacked into one array per send."""
+
+    def __init__(self, key: str, codec: codecs.NumericCodec, sender: Sender,
+                 refuse: Callable[[], NoReturn], scatter: bool) -> None:
+        super().__init__(key, codec, sender, refuse)
+        self.codec: codecs.NumericCodec = codec
+        self.scatter = scatter
+        # Single points that needed no validation (step scans): one array per send.
+        self._singles: list[Any] = []
+
+    def put_single(self, point: Any) -> None:
+        """Queue one point already of the channel's dtype and shape: the step-scan path.
+
+        The same as :meth:`put`, with its steps written out: one call per point saved.
+        """
+        if self._sender.refusing:
+            self._refuse()
+        with self._lock:
+            self._singles.append(point)
+            self.emitted += 1
+        if not self._wake.is_set():
+            self._wake.set()
+        if self.emitted - self.sent > _MAX_PENDING_POINTS:
+            self._sender.send_from_emit()
+
+    def _move_extra(self) -> None:
+        # Keeps point order: single points queued before a batch go before it.
+        if self._singles:
+            self._pending.append(np.array(self._singles, dtype=self.codec.dtype))
+            self._singles = []
+
+    def _drop_extra(self) -> None:
+        self._singles = []
+
+    def encode(self, batches: list[Any]) -> list[tuple[EntryFields, int]]:
+        codec = self.codec
+        out: list[tuple[EntryFields, int]] = []
+        if codec.variable:
+            chunk: list[np.ndarray] = []
+            size = 0
+            for p in (p for b in batches for p in b):
+                chunk.append(p)
+                size += p.nbytes
+                if size >= _MAX_ENTRY_BYTES:
+                    out.append((codec.encode(chunk), len(chunk)))
+                    chunk, size = [], 0
+            if chunk:
+                out.append((codec.encode(chunk), len(chunk)))
+            return out
+        # Consecutive batches go into entries of at most _MAX_ENTRY_BYTES (a batch larger than
+        # that is cut). An entry's batches are sent from their own memory (Scattered) unless
+        # they are so small that one copy costs less than a socket write per batch.
+        step = max(1, _MAX_ENTRY_BYTES // max(1, codec.dtype.itemsize * max(1, codec.point_size)))
+        group: list[np.ndarray] = []
+        count = 0
+        for batch in batches:
+            for start in range(0, len(batch), step):
+                piece = batch[start : start + step]
+                if group and count + len(piece) > step:
+                    out.append((self.entry(group), count))
+                    group, count = [], 0
+                group.append(piece)
+                count += len(piece)
+        if group:
+            out.append((self.entry(group), count))
+        return out
+
+    def entry(self, group: list[np.ndarray]) -> EntryFields:
+        """The fields of one entry holding the consecutive batches of ``group``."""
+        if not self.scatter or sum(p.nbytes for p in group) < _MIN_SCATTER_BYTES * len(group):
+            return self.codec.encode(group)
+        encoded = self.codec.encode(group, scattered=True)
+        if isinstance(encoded, codecs.ScatteredFields):
+            return {**encoded.fields, b"d": Scattered(encoded.parts)}
+        return encoded
+
+
+class _ImageRefQueue(_PointQueue):
+    """A lima node's queue: lists of references, or image counts (NOSAVING)."""
+
+    def encode(self, batches: list[Any]) -> list[tuple[EntryFields, int]]:
+        if not self.codec.saved:
+            total = sum(batches)
+            return [(self.codec.encode(total), total)]
+        refs = [r for b in batches for r in b]
+        return [
+            (self.codec.encode(refs[i : i + _REFS_PER_ENTRY]), len(refs[i : i + _REFS_PER_ENTRY]))
+            for i in range(0, len(refs), _REFS_PER_ENTRY)
+        ]
+
+
+class _ScanRefQueue(_PointQueue):
+    """A scan reference channel's queue: lists of ``(session, number)`` pairs."""
+
+    def encode(self, batches: list[Any]) -> list[tuple[EntryFields, int]]:
+        refs = [r for b in batches for r in b]
+        return [(self.codec.encode(refs), len(refs))]
+
+
+# ----------------------------------------------------------------------------- publishers
 
 
 class _NodePublisher:
@@ -70,76 +222,56 @@ class _NodePublisher:
 
 
 class _DataPublisher(_NodePublisher):
-    """A node with a data stream: queues batches that the scan's sender thread sends."""
+    """A node with a data stream: validates what is emitted and queues it for the sender."""
 
-    def __init__(self, scan: ScanPublisher, index: int, name: str, parent_db_name: str, codec: Any) -> None:
+    _queue: _PointQueue
+
+    def __init__(self, scan: ScanPublisher, index: int, name: str, parent_db_name: str,
+                 codec: Any, sender: Sender) -> None:
         super().__init__(scan, index, name, parent_db_name)
         self.codec = codec
-        self.key = scan.store.keys.scan_data(scan.session.name, scan.number, index)
-        self._lock = threading.Lock()
-        self._pending: list[Any] = []
-        self._emitted = 0  # points accepted by emit()
-        self._sent = 0  # points acknowledged by Redis
+        self.key = scan.store.keys.scan_data(scan.session_name, scan.number, index)
+        self._sender = sender
+        self._queue = self._make_queue()
+        sender.add(self._queue)
+
+    def _make_queue(self) -> _PointQueue:
+        raise NotImplementedError
 
     def __len__(self) -> int:
         """Number of points emitted so far (sent or queued)."""
-        return self._emitted
+        return self._queue.emitted
 
-    def _queue(self, batch: Any, npoints: int) -> None:
-        scan = self.scan
-        if scan._closing or scan._send_error is not None:
-            scan._raise_if_cannot_emit()
-        with self._lock:
-            self._pending.append(batch)
-            self._emitted += npoints
-        if not scan._wake.is_set():
-            scan._wake.set()
-        if self._emitted - self._sent > _MAX_PENDING_POINTS:
-            scan._sender.send_from_emit()
-
-    def _take(self) -> list[Any]:
-        with self._lock:
-            pending, self._pending = self._pending, []
-        return pending
-
-    def _give_back(self, batches: list[Any]) -> None:
-        with self._lock:
-            self._pending[:0] = batches
-
-    def _drop(self) -> int:
-        """Forget the queued points (the scan failed); return how many there were."""
-        with self._lock:
-            self._take_locked_extra()
-            dropped = self._emitted - self._sent
-            self._pending = []
-            self._emitted = self._sent
-        return dropped
-
-    def _take_locked_extra(self) -> None:
-        """Hook for subclasses with a second queue (caller holds the lock)."""
-
-    def _encode(self, batches: list[Any]) -> list[tuple[codecs.Fields, int]]:
-        """Encode queued batches as ``(fields, npoints)`` entries."""
-        raise NotImplementedError
+    def _refuse(self) -> NoReturn:
+        """Raise why points are refused: the sender's error, or the end of the scan."""
+        error = self._sender.error
+        if error is not None:
+            raise error
+        raise ScanEndedError(f"scan {self.scan.db_name} has ended ({self.scan.state.name}): emit refused")
 
 
 class ChannelPublisher(_DataPublisher):
     """A numeric channel. Use :meth:`ContainerPublisher.create_channel`."""
 
     type = "channel"
+    codec: codecs.NumericCodec
+    _queue: _NumericQueue
 
-    def __init__(self, scan: ScanPublisher, index: int, name: str, parent_db_name: str, codec: Any) -> None:
-        super().__init__(scan, index, name, parent_db_name, codec)
+    def __init__(self, scan: ScanPublisher, index: int, name: str, parent_db_name: str,
+                 codec: codecs.NumericCodec, sender: Sender) -> None:
+        super().__init__(scan, index, name, parent_db_name, codec, sender)
         self.dtype = codec.dtype
         self.shape = codec.shape
         # Python floats/ints into a float channel skip numpy per point: converted per batch.
         self._fast_types: tuple[type, ...] = (
             (float, int) if codec.dtype.kind == "f" and codec.shape == () else ()
         )
-        # Single points that need no validation beyond an exact type/dtype/shape match are
-        # collected here and stacked into one array per send (step scans).
-        self._singles: list[Any] = []
+        # Single arrays of exactly the point's dtype and shape need no validation either.
         self._fast_array = not codec.variable and codec.shape != ()
+
+    def _make_queue(self) -> _PointQueue:
+        return _NumericQueue(self.key, self.codec, self._sender, self._refuse,
+                             scatter=self.scan.store.scatter_writes)
 
     def emit(self, data: Any) -> None:
         """Publish one point or a batch of points.
@@ -164,89 +296,31 @@ class ChannelPublisher(_DataPublisher):
             Redis accepts the queued points again (they are kept, none is dropped).
         """
         kind = type(data)
-        if kind in self._fast_types or (
+        if kind in self._fast_types:
+            self._queue.put_single(data)
+            return
+        if (
             self._fast_array
             and kind is np.ndarray
             and data.shape == self.shape
             and data.dtype == self.dtype
         ):
-            scan = self.scan
-            if scan._closing or scan._send_error is not None:
-                scan._raise_if_cannot_emit()
-            with self._lock:
-                self._singles.append(data if kind is not np.ndarray else data.copy())
-                self._emitted += 1
-            if not scan._wake.is_set():
-                scan._wake.set()
-            if self._emitted - self._sent > _MAX_PENDING_POINTS:
-                scan._sender.send_from_emit()
+            self._queue.put_single(data.copy())
             return
         batch = self.codec.batch(data)
         if isinstance(data, np.ndarray) and np.may_share_memory(batch, data):
             batch = batch.copy()  # already of the right dtype: not copied yet
-        self._queue_after_singles(batch, len(batch))
-
-    def _queue_after_singles(self, batch: Any, npoints: int) -> None:
-        # Keep point order: single points queued by the fast path go before this batch.
-        if self._singles:
-            with self._lock:
-                self._take_locked_extra()
-        self._queue(batch, npoints)
-
-    def _take_locked_extra(self) -> None:
-        if self._singles:
-            self._pending.append(np.array(self._singles, dtype=self.dtype))
-            self._singles = []
-
-    def _take(self) -> list[Any]:
-        with self._lock:
-            self._take_locked_extra()
-            pending, self._pending = self._pending, []
-        return pending
-
-    def _encode(self, batches: list[Any]) -> list[tuple[codecs.Fields, int]]:
-        codec = self.codec
-        if codec.variable:
-            points = [p for b in batches for p in b]
-            out, chunk, size = [], [], 0
-            for p in points:
-                chunk.append(p)
-                size += p.nbytes
-                if size >= _MAX_ENTRY_BYTES:
-                    out.append((codec.encode(chunk), len(chunk)))
-                    chunk, size = [], 0
-            if chunk:
-                out.append((codec.encode(chunk), len(chunk)))
-            return out
-        # Consecutive batches go into entries of at most _MAX_ENTRY_BYTES (a batch larger than
-        # that is cut). An entry's batches are sent from their own memory (Scattered) unless
-        # they are so small that one copy costs less than a socket write per batch.
-        step = max(1, _MAX_ENTRY_BYTES // max(1, codec.dtype.itemsize * max(1, codec.point_size)))
-        entries: list[tuple[codecs.Fields, int]] = []
-        group: list[np.ndarray] = []
-        count = 0
-        for batch in batches:
-            for start in range(0, len(batch), step):
-                piece = batch[start : start + step]
-                if group and count + len(piece) > step:
-                    entries.append((self._entry(group), count))
-                    group, count = [], 0
-                group.append(piece)
-                count += len(piece)
-        if group:
-            entries.append((self._entry(group), count))
-        return entries
-
-    def _entry(self, group: list[np.ndarray]) -> codecs.Fields:
-        scattered = (self.scan.store.scatter_writes
-                     and sum(p.nbytes for p in group) >= _MIN_SCATTER_BYTES * len(group))
-        return self.codec.encode(group, scattered=scattered)
+        self._queue.put(batch, len(batch))
 
 
 class LimaPublisher(_DataPublisher):
     """A 2D detector node publishing image references. Use ``create_lima``."""
 
     type = "lima"
+    codec: codecs.ImageRefCodec
+
+    def _make_queue(self) -> _PointQueue:
+        return _ImageRefQueue(self.key, self.codec, self._sender, self._refuse)
 
     def emit(self, references: Any) -> None:
         """Publish references to newly saved images.
@@ -268,7 +342,7 @@ class LimaPublisher(_DataPublisher):
                 "emit_unsaved(count)"
             )
         batch = self.codec.batch(references)
-        self._queue(batch, len(batch))
+        self._queue.put(batch, len(batch))
 
     def emit_unsaved(self, count: int) -> None:
         """Publish that ``count`` more images were acquired without being saved (NOSAVING)."""
@@ -278,21 +352,17 @@ class LimaPublisher(_DataPublisher):
             )
         if not isinstance(count, int) or count <= 0:
             raise EncodingError(f"lima node {self.name!r}: count must be a positive int, got {count!r}")
-        self._queue(count, count)
-
-    def _encode(self, batches: list[Any]) -> list[tuple[codecs.Fields, int]]:
-        if not self.codec.saved:
-            total = sum(batches)
-            return [(self.codec.encode(total), total)]
-        refs = [r for b in batches for r in b]
-        step = 10000
-        return [(self.codec.encode(refs[i : i + step]), len(refs[i : i + step])) for i in range(0, len(refs), step)]
+        self._queue.put(count, count)
 
 
 class ScanRefPublisher(_DataPublisher):
     """A channel of references to other scans (the sub-scans of a scan group)."""
 
     type = "node_ref_channel"
+    codec: codecs.ScanRefCodec
+
+    def _make_queue(self) -> _PointQueue:
+        return _ScanRefQueue(self.key, self.codec, self._sender, self._refuse)
 
     def emit(self, scans: Any) -> None:
         """Publish references to scans: ScanPublisher, ScanNode or ``(session, number)``."""
@@ -310,204 +380,8 @@ class ScanRefPublisher(_DataPublisher):
                 )
         if not batch:
             raise EncodingError(f"scan reference channel {self.name!r}: empty batch")
-        self._queue(batch, len(batch))
-
-    def _encode(self, batches: list[Any]) -> list[tuple[codecs.Fields, int]]:
-        refs = [r for b in batches for r in b]
-        return [(self.codec.encode(refs), len(refs))]
+        self._queue.put(batch, len(batch))
 
 
 def _is_ref_pair(item: Any) -> bool:
     return isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], int)
-
-
-def _is_duplicate_id(error: BaseException) -> bool:
-    """True for XADD's refusal of an ID not above the stream's last one."""
-    return isinstance(error, redis.exceptions.ResponseError) and "equal or smaller" in str(error)
-
-
-class _Sender:
-    """The background sender of one scan: sends queued points, renews the lease, handles faults."""
-
-    def __init__(self, scan: ScanPublisher) -> None:
-        self.scan = scan
-        self.store = scan.store
-        self.lock = threading.Lock()  # one send at a time (background thread, flush, end)
-        self.thread: threading.Thread | None = None
-        self.unreachable_since: float | None = None
-        self.fatal = False  # unreachable for too long: the scan failed, nothing more is sent
-
-    # -- thread -------------------------------------------------------------------------
-    def start(self) -> None:
-        self.thread = threading.Thread(
-            target=self._run, name=f"scanstream-send-{self.scan.db_name}", daemon=True
-        )
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.scan._wake.set()
-        if self.thread is not None and self.thread is not threading.current_thread():
-            self.thread.join()
-
-    def _run(self) -> None:
-        """Send queued points as soon as there are some; renew the lease meanwhile."""
-        scan = self.scan
-        keys = self.store.keys
-        lease_key = keys.scan_lease(scan.session.name, scan.number)
-        lease_ms = int(self.store.settings.lease_time * 1000)
-        period = self.store.settings.lease_time / 3
-        next_renewal = time.monotonic() + period
-        last_send = 0.0
-        wake = scan._wake
-        while not scan._closing and not self.fatal:
-            wake.wait(max(0.0, next_renewal - time.monotonic()))
-            # Coalesce: points emitted within _MIN_SEND_INTERVAL of the last send go together.
-            delay = last_send + _MIN_SEND_INTERVAL - time.monotonic()
-            if delay > 0 and not scan._closing:
-                time.sleep(delay)
-            wake.clear()
-            if scan._closing:
-                break
-            last_send = time.monotonic()
-            ok = self.send(raise_errors=False)
-            if ok and time.monotonic() >= next_renewal:
-                try:
-                    self.store.redis.set(lease_key, b"1", px=lease_ms)
-                    next_renewal = time.monotonic() + period
-                except _TRANSIENT as exc:
-                    self._unreachable(exc)
-                    ok = False
-                except Exception as exc:  # noqa: BLE001 - reported to the emitting thread
-                    self._refused(exc)
-                    ok = False
-            if not ok:
-                wake.set()  # points are still queued: try again after a pause
-                time.sleep(_UNREACHABLE_PAUSE)
-
-    # -- sending ------------------------------------------------------------------------
-    def send_from_emit(self) -> None:
-        """Too many points queued: send now from the emitting thread (back pressure)."""
-        if not self.send(raise_errors=False):
-            self.scan._raise_if_cannot_emit()
-
-    def send(self, *, raise_errors: bool) -> bool:
-        """Send all queued points. True if done; False (or raise) if Redis refused or failed.
-
-        A network error (after redis-py's retries) keeps the points queued; once Redis has
-        been unreachable for ``max_unreachable_time`` the scan fails. A refusal by Redis (it
-        is full) keeps them queued too, and makes every emit raise until a send succeeds.
-        """
-        with self.lock:
-            try:
-                self._send_pending()
-            except _TRANSIENT as exc:
-                fatal = self._unreachable(exc)
-                if raise_errors:
-                    raise (fatal or exc) from None
-                return False
-            except Exception as exc:  # noqa: BLE001 - reported to the emitting thread
-                error = self._refused(exc)
-                if raise_errors:
-                    raise error from None
-                return False
-        self.unreachable_since = None
-        if not self.fatal:
-            self.scan._send_error = None
-        return True
-
-    def _send_pending(self) -> None:
-        """Send all queued batches in one transaction (caller holds the send lock)."""
-        taken = [(node, node._take()) for node in self.scan._data_nodes]
-        taken = [(node, batches) for node, batches in taken if batches]
-        if not taken:
-            return
-        pipe = self.store.redis.pipeline(transaction=True)
-        sent: list[tuple[_DataPublisher, int]] = []
-        written: list[tuple[str, str, int]] = []
-        try:
-            for node, batches in taken:
-                first = node._sent
-                for fields, npoints in node._encode(batches):
-                    # The entry ID is the index of the entry's first point: any range is
-                    # addressable with XRANGE/XREVRANGE, and a duplicate or a write after the
-                    # seal is refused by Redis (IDs must grow).
-                    entry_id = f"{first}-1"
-                    # dict is invariant: our bytes-to-bytes fields do not match redis-py's
-                    # dict[FieldT, EncodableT], although bytes is one of those types.
-                    pipe.xadd(node.key, cast("dict[FieldT, EncodableT]", fields), id=entry_id)
-                    written.append((node.key, entry_id, npoints))
-                    first += npoints
-                sent.append((node, first))
-            results = pipe.execute(raise_on_error=False)
-            self._check_results(written, results)
-        except BaseException:
-            for node, batches in taken:
-                node._give_back(batches)
-            raise
-        for node, total in sent:
-            node._sent = total
-
-    def _check_results(self, written: list[tuple[str, str, int]], results: list[Any]) -> None:
-        """Accept replayed entries (duplicate IDs holding the same entry); raise other errors."""
-        for (key, entry_id, npoints), result in zip(written, results):
-            if not isinstance(result, Exception):
-                continue
-            if _is_duplicate_id(result):
-                # redis-py retried a transaction whose reply was lost: it was applied.
-                there = stream_entries(self.store.redis.xrange(key, min=entry_id, max=entry_id))
-                if there and there[0][1].get(b"n") == b"%d" % npoints:
-                    logger.info("scan %s: entry %s of %s was already stored (replay)",
-                                self.scan.db_name, entry_id, key)
-                    continue
-                raise redis.exceptions.ResponseError(
-                    f"scan {self.scan.db_name}: {key} already holds another entry at {entry_id}: "
-                    "was the scan published by two processes?"
-                )
-            raise result
-
-    # -- faults -------------------------------------------------------------------------
-    def _unreachable(self, exc: BaseException) -> BaseException | None:
-        """Record a network failure; fail the scan past max_unreachable_time (return the error)."""
-        now = time.monotonic()
-        if self.unreachable_since is None:
-            self.unreachable_since = now
-            logger.warning("scan %s: Redis unreachable (%s); points stay queued",
-                           self.scan.db_name, exc)
-        limit = self.store.settings.max_unreachable_time
-        if now - self.unreachable_since <= limit:
-            return None
-        dropped = sum(node._drop() for node in self.scan._data_nodes)
-        error = RedisUnreachableError(
-            f"scan {self.scan.db_name} failed: Redis at {self.store.url} unreachable for "
-            f"{now - self.unreachable_since:.1f} s, longer than max_unreachable_time = {limit} s "
-            f"(SCANSTREAM_MAX_UNREACHABLE_TIME); {dropped} queued points were dropped. Last error: {exc}"
-        )
-        error.__cause__ = exc
-        logger.error("%s", error)
-        self.fatal = True
-        self.scan._send_error = error
-        return error
-
-    def _refused(self, exc: BaseException) -> BaseException:
-        """Redis refused the data: keep it queued, make emit raise a clear error until a send works."""
-        scan = self.scan
-        queued = sum(node._emitted - node._sent for node in scan._data_nodes)
-        if isinstance(exc, redis.exceptions.OutOfMemoryError) or "OOM" in str(exc):
-            error: BaseException = RedisFullError(
-                f"scan {scan.db_name}: Redis is full (maxmemory reached, no eviction) and refuses "
-                f"its data; {queued} points are queued, none was dropped. Earlier scans are intact. "
-                f"Free memory (delete saved scans, shorten SCANSTREAM_RETENTION_TIME) or raise "
-                f"maxmemory; ending the scan FAILED or USER_ABORTED drops the queued points. "
-                f"Redis said: {exc}"
-            )
-        elif isinstance(exc, redis.exceptions.RedisError):
-            error = type(exc)(f"scan {scan.db_name}: Redis refused its data ({queued} points "
-                              f"queued): {exc}")
-        else:
-            error = exc
-        if error is not exc:
-            error.__cause__ = exc
-        if scan._send_error is None:
-            logger.error("%s", error)
-        scan._send_error = error
-        return error

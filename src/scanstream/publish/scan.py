@@ -1,4 +1,4 @@
-"""The publishing API: sessions, scans, their node tree and data.
+"""Scans being published: their node tree, PREPARED, and the end.
 
 A scan is published as::
 
@@ -12,8 +12,8 @@ A scan is published as::
 ``emit`` never waits on Redis: points are queued and a background thread per scan sends
 whatever has accumulated as one entry per channel, in one MULTI/EXEC, as soon as the
 previous send is done (and at most every few milliseconds). Latency stays bounded; batching
-grows by itself with the rate. The data publishers and the sender are in
-:mod:`scanstream.publish.channels`.
+grows by itself with the rate. Sessions are in :mod:`.session`, the data publishers in
+:mod:`.channels`, the sender in :mod:`.sender`.
 """
 
 from __future__ import annotations
@@ -22,17 +22,21 @@ import logging
 import threading
 import time
 import traceback
-import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 
 from .._protocol import codecs, metadata
-from .._protocol.keys import check_item_name, check_session_name
+from .._protocol.entries import (
+    PREPARED,
+    new_node_fields,
+    prepared_hash_fields,
+    state_entry_fields,
+)
+from .._protocol.keys import check_item_name
 from .._protocol.metadata import check_scan_info, iso_time
-from .._transport.connection import DataStore, default_store
 from ..exceptions import (
     EncodingError,
     InvalidArgumentError,
@@ -40,153 +44,90 @@ from ..exceptions import (
     NodeExistsError,
     ScanEndedError,
 )
-from ..models import SavingMode, ScanState
-from .channels import (
-    ChannelPublisher,
-    LimaPublisher,
-    ScanRefPublisher,
-    _DataPublisher,
-    _NodePublisher,
-    _Sender,
-)
+from ..models import NodeDescription, SavingMode, ScanState
+from .channels import ChannelPublisher, LimaPublisher, ScanRefPublisher, _NodePublisher
+from .sender import Sender
 
 if TYPE_CHECKING:
     import numpy.typing as npt
 
+    from .session import PublishingSession
+
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "ChannelPublisher",
-    "ContainerPublisher",
-    "LimaPublisher",
-    "PublishingSession",
-    "ScanPublisher",
-    "ScanRefPublisher",
-    "create_session",
-]
+__all__ = ["ContainerPublisher", "ScanPublisher"]
+
+_Node = TypeVar("_Node", bound=_NodePublisher)
 
 
-def create_session(
-    name: str, *, redis_url: str | None = None, store: DataStore | None = None
-) -> PublishingSession:
-    """Open a session to publish scans into.
+class _NodeTree:
+    """The nodes of one scan: numbered in creation order, names unique under a parent.
 
-    Parameters
-    ----------
-    name : str
-        Session name (letters, digits, ``_``, ``.``, ``-``).
-    redis_url : str, optional
-        Redis URL; default ``SCANSTREAM_REDIS_URL``, else the embedded server.
-    store : DataStore, optional
-        An existing connection (takes precedence over ``redis_url``).
-
-    Raises
-    ------
-    InvalidArgumentError
-        Invalid session name.
-    ProtocolVersionError
-        The database holds another protocol version.
+    Each node is announced by a NEW_NODE entry before it is handed out, so that a reader
+    knows every node before its first data.
     """
-    check_session_name(name)
-    store = store or default_store(redis_url)
-    store.check_protocol(initialize=True)
-    store.redis.hsetnx(store.keys.sessions, name, repr(time.time()))
-    return PublishingSession(name, store)
 
+    def __init__(self, scan: ScanPublisher, sender: Sender) -> None:
+        self.scan = scan
+        self.sender = sender
+        self.events_key = scan.store.keys.scan_events(scan.session_name, scan.number)
+        self._lock = threading.Lock()
+        self._names: set[tuple[int, str]] = set()
+        self._count = 0
 
-class PublishingSession:
-    """A session: allocates scan numbers and announces scans. Use :func:`create_session`."""
-
-    def __init__(self, name: str, store: DataStore) -> None:
-        self.name = name
-        self.store = store
-        self._scans: weakref.WeakSet[ScanPublisher] = weakref.WeakSet()
-
-    def __repr__(self) -> str:
-        return f"<PublishingSession {self.name!r} on {self.store.url!r}>"
-
-    def __enter__(self) -> PublishingSession:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """End the scans of this session still running, as FAILED ("session closed")."""
-        for scan in list(self._scans):
-            if not scan.state.is_final and not scan._closing:
-                scan.end(ScanState.FAILED, error="the publishing session was closed")
-
-    def create_scan(
+    def add(
         self,
+        parent: ContainerPublisher | None,
         name: str,
-        scan_info: Mapping[str, Any] | None = None,
-        *,
-        node_type: str = "scan",
-    ) -> ScanPublisher:
-        """Create and announce a new scan numbered ``N`` (its db_name is ``session:N_name``).
-
-        ``scan_info`` gets ``scan_nb``, ``session_name``, ``name``, ``start_time`` (ISO 8601)
-        and ``start_timestamp``; ``title`` defaults to ``name``.
+        node_type: str,
+        info: Mapping[str, Any] | None,
+        make: Callable[..., _Node],
+        *args: Any,
+    ) -> _Node:
+        """Announce a node and return ``make(scan, index, name, parent_db_name, *args)``.
 
         Raises
         ------
-        EncodingError
-            ``scan_info`` is malformed (the message names the key).
+        ScanEndedError
+            The scan has ended (or is ending).
         InvalidArgumentError
-            Invalid name or node type.
+            Invalid name.
+        EncodingError
+            ``info`` is malformed.
+        NodeExistsError
+            The parent has a child of that name.
         """
-        check_item_name(name, "scan", ":")
-        if node_type not in ("scan", "scan_group"):
-            raise InvalidArgumentError(f"node_type must be 'scan' or 'scan_group', got {node_type!r}")
-        info = check_scan_info(scan_info)
-        store, keys = self.store, self.store.keys
-        number = int(store.redis.incr(keys.session_counter(self.name)))
-        now = time.time()
-        info.setdefault("title", name)
-        info.update(
-            scan_nb=number,
-            session_name=self.name,
-            name=name,
-            node_type=node_type,
-            start_time=iso_time(now),
-            start_timestamp=now,
-        )
-        scan = ScanPublisher(self, number, name, node_type, info)
-        lease_ms = int(store.settings.lease_time * 1000)
-        # Scan keys first (one slot, one transaction), then the announcement in the session
-        # stream: a reader never finds a NEW_SCAN whose scan is not there yet.
-        pipe = store.redis.pipeline(transaction=True)
-        pipe.hset(
-            keys.scan(self.name, number),
-            mapping={
-                "session": self.name,
-                "number": number,
-                "name": name,
-                "node_type": node_type,
-                "state": ScanState.CREATED.name,
-                "info": metadata.dumps(info),
-                "start_time": repr(now),
-            },
-        )
-        pipe.xadd(keys.scan_events(self.name, number), {"event": "CREATED", "time": repr(now)})
-        pipe.set(keys.scan_lease(self.name, number), b"1", px=lease_ms)
-        pipe.execute()
-        store.redis.xadd(
-            keys.session_scans(self.name),
-            {"event": "NEW_SCAN", "scan": number, "name": name, "node_type": node_type},
-        )
-        scan._sender.start()
-        self._scans.add(scan)
-        return scan
+        scan = self.scan
+        if scan.state.is_final or self.sender.stopped:
+            raise ScanEndedError(f"scan {scan.db_name} has ended: no new node {name!r}")
+        check_item_name(name, "node", "/")
+        node_info = check_scan_info(info, f"info of node {name!r}")
+        parent_index = parent.index if parent is not None else 0
+        parent_db_name = parent.db_name if parent is not None else scan.db_name
+        with self._lock:
+            if (parent_index, name) in self._names:
+                raise NodeExistsError(f"{parent_db_name} already has a child named {name!r}")
+            index = self._count + 1
+            desc = NodeDescription(index, parent_index, node_type, name, node_info)
+            scan.store.redis.xadd(self.events_key, new_node_fields(desc))
+            self._names.add((parent_index, name))
+            self._count = index
+            # Made once announced: a data node's queue joins the sender only then.
+            return make(scan, index, name, parent_db_name, *args)
 
 
 class ContainerPublisher(_NodePublisher):
     """A master or device node; creates children. Use :meth:`ScanPublisher.create_container`."""
 
+    def __init__(
+        self, scan: ScanPublisher, index: int, name: str, parent_db_name: str, tree: _NodeTree
+    ) -> None:
+        super().__init__(scan, index, name, parent_db_name)
+        self._tree = tree
+
     def create_container(self, name: str, info: Mapping[str, Any] | None = None) -> ContainerPublisher:
         """Create a sub-master/device container under this one."""
-        return self.scan._create_node(ContainerPublisher, self, name, "container", info, ())
+        return self._tree.add(self, name, "container", info, ContainerPublisher, self._tree)
 
     def create_channel(
         self,
@@ -221,7 +162,7 @@ class ContainerPublisher(_NodePublisher):
         codec = codecs.NumericCodec(dtype, shape, name)
         node_info = dict(info or {})
         node_info.update(dtype=codec.dtype.str, shape=list(codec.shape), unit=unit)
-        return self.scan._create_node(ChannelPublisher, self, name, "channel", node_info, (codec,))
+        return self._tree.add(self, name, "channel", node_info, ChannelPublisher, codec, self._tree.sender)
 
     def create_lima(
         self,
@@ -251,15 +192,15 @@ class ContainerPublisher(_NodePublisher):
         node_info = dict(info or {})
         node_info.update(dtype=check_dtype.str, shape=list(frame_shape), saving_mode=mode.value)
         codec = codecs.ImageRefCodec(name, saved=mode is SavingMode.MANUAL)
-        return self.scan._create_node(LimaPublisher, self, name, "lima", node_info, (codec,))
+        return self._tree.add(self, name, "lima", node_info, LimaPublisher, codec, self._tree.sender)
 
     def create_scan_ref_channel(
         self, name: str = "scans", info: Mapping[str, Any] | None = None
     ) -> ScanRefPublisher:
         """Create a channel whose values are references to other scans (scan groups)."""
         codec = codecs.ScanRefCodec(name)
-        return self.scan._create_node(
-            ScanRefPublisher, self, name, "node_ref_channel", dict(info or {}), (codec,)
+        return self._tree.add(
+            self, name, "node_ref_channel", info, ScanRefPublisher, codec, self._tree.sender
         )
 
 
@@ -281,15 +222,10 @@ class ScanPublisher:
         self.db_name = f"{session.name}:{number}_{name}"
         self._info = info
         self._state = ScanState.CREATED
-        self._nodes: list[_NodePublisher] = []
-        self._data_nodes: list[_DataPublisher] = []
-        self._names: set[tuple[int, str]] = set()
-        self._tree_lock = threading.Lock()
-        self._wake = threading.Event()
-        self._closing = False
-        # Set when the scan failed (Redis full, or unreachable for too long): every emit raises it.
-        self._send_error: BaseException | None = None
-        self._sender = _Sender(self)
+        lease_key = self.store.keys.scan_lease(session.name, number)
+        self._sender = Sender(self.store, lease_key, self.db_name)
+        self._tree = _NodeTree(self, self._sender)
+        self._sender.start()
 
     @property
     def session_name(self) -> str:
@@ -300,6 +236,11 @@ class ScanPublisher:
     def state(self) -> ScanState:
         """Current state as known by this publisher."""
         return self._state
+
+    @property
+    def ending(self) -> bool:
+        """True from the first call of :meth:`end`: emits and new nodes are refused."""
+        return self._sender.stopped
 
     @property
     def info(self) -> dict[str, Any]:
@@ -330,44 +271,7 @@ class ScanPublisher:
     # -- tree -------------------------------------------------------------------------
     def create_container(self, name: str, info: Mapping[str, Any] | None = None) -> ContainerPublisher:
         """Create a top-master container (channels and sub-masters go under it)."""
-        return self._create_node(ContainerPublisher, None, name, "container", info, ())
-
-    def _create_node(
-        self,
-        cls: type[Any],
-        parent: _NodePublisher | None,
-        name: str,
-        node_type: str,
-        info: Mapping[str, Any] | None,
-        extra: tuple[Any, ...],
-    ) -> Any:
-        if self._state.is_final or self._closing:
-            raise ScanEndedError(f"scan {self.db_name} has ended: no new node {name!r}")
-        check_item_name(name, "node", "/")
-        node_info = check_scan_info(info, f"info of node {name!r}")
-        parent_index = parent.index if parent is not None else 0
-        parent_db_name = parent.db_name if parent is not None else self.db_name
-        with self._tree_lock:
-            if (parent_index, name) in self._names:
-                raise NodeExistsError(f"{parent_db_name} already has a child named {name!r}")
-            index = len(self._nodes) + 1
-            node = cls(self, index, name, parent_db_name, *extra)
-            self.store.redis.xadd(
-                self.store.keys.scan_events(self.session.name, self.number),
-                {
-                    "event": "NEW_NODE",
-                    "node": index,
-                    "parent": parent_index,
-                    "type": node_type,
-                    "name": name,
-                    "info": metadata.dumps(node_info),
-                },
-            )
-            self._names.add((parent_index, name))
-            self._nodes.append(node)
-            if isinstance(node, _DataPublisher):
-                self._data_nodes.append(node)
-        return node
+        return self._tree.add(None, name, "container", info, ContainerPublisher, self._tree)
 
     # -- life cycle -------------------------------------------------------------------
     def prepared(self, info_update: Mapping[str, Any] | None = None) -> None:
@@ -382,13 +286,11 @@ class ScanPublisher:
             raise InvalidTransitionError(self._state, ScanState.PREPARED)
         self._info.update(check_scan_info(info_update))
         keys = self.store.keys
-        info_json = metadata.dumps(self._info)
         pipe = self.store.redis.pipeline(transaction=True)
-        pipe.hset(keys.scan(self.session.name, self.number), mapping={"state": "PREPARED", "info": info_json})
-        pipe.xadd(
-            keys.scan_events(self.session.name, self.number),
-            {"event": "PREPARED", "time": repr(time.time())},
-        )
+        pipe.hset(keys.scan(self.session_name, self.number),
+                  mapping=prepared_hash_fields(metadata.dumps(self._info)))
+        pipe.xadd(keys.scan_events(self.session_name, self.number),
+                  state_entry_fields(PREPARED, time.time()))
         pipe.execute()
         self._state = ScanState.PREPARED
 
@@ -404,8 +306,8 @@ class ScanPublisher:
         RedisFullError
             Redis is full and refuses the points; they stay queued.
         """
-        if self._send_error is not None:
-            raise self._send_error
+        if self._sender.error is not None:
+            raise self._sender.error
         self._sender.send(raise_errors=True)
 
     def end(
@@ -441,37 +343,49 @@ class ScanPublisher:
         redis.exceptions.ConnectionError
             Redis cannot be reached (after the retries).
         """
-        state = ScanState[state] if isinstance(state, str) else ScanState(state)
-        if not state.is_final:
-            raise InvalidArgumentError(f"end state must be DONE, USER_ABORTED, KILLED or FAILED, got {state.name}")
-        if self._state.is_final:
-            raise InvalidTransitionError(self._state, state)
-        update = check_scan_info(info_update)
-        self._closing = True
+        state, update = self._check_end(state, info_update)
         self._sender.stop()
-        if not self._sender.fatal:
-            try:
-                self._sender.send(raise_errors=True)
-            except redis.exceptions.ResponseError as exc:
-                if state is ScanState.DONE:
-                    raise  # the points stay queued: end() again once Redis accepts them
-                # Ending FAILED/ABORTED/KILLED must not depend on a full Redis taking the rest.
-                dropped = sum(node._drop() for node in self._data_nodes)
-                note = f"{dropped} points could not be stored: {exc.__cause__ or exc}"
-                error = f"{error}; {note}" if error else note
+        error = self._send_the_rest(state, error)
         now = time.time()
         self._info.update(update)
         self._info.update(end_time=iso_time(now), end_timestamp=now, state=state.name)
         if error is not None:
             self._info["error"] = error
-        outcome, final = self.store.end_scan(
-            self.session.name,
-            self.number,
-            state.name,
-            error or "",
-            now,
-            info_json=metadata.dumps(self._info),
-        )
+        session, info = self.session_name, metadata.dumps(self._info)
+        outcome, final = self.store.end_scan(session, self.number, state.name, error or "", now, info_json=info)
+        self._state = self._end_outcome(state, outcome, final)
+
+    def _check_end(
+        self, state: ScanState | str, info_update: Mapping[str, Any] | None
+    ) -> tuple[ScanState, dict[str, Any]]:
+        """The end state and the scan_info update, validated (nothing changed yet)."""
+        state = ScanState[state] if isinstance(state, str) else ScanState(state)
+        if not state.is_final:
+            raise InvalidArgumentError(f"end state must be DONE, USER_ABORTED, KILLED or FAILED, got {state.name}")
+        if self._state.is_final:
+            raise InvalidTransitionError(self._state, state)
+        return state, check_scan_info(info_update)
+
+    def _send_the_rest(self, state: ScanState, error: str | None) -> str | None:
+        """Send the queued points; return the error text, with what was dropped if anything.
+
+        Ending DONE must keep every point: a refusal propagates and the points stay queued
+        (end again once Redis accepts them). Ending FAILED, USER_ABORTED or KILLED must not
+        depend on a full Redis taking the rest: what it refuses is dropped and counted.
+        """
+        if self._sender.fatal:  # already dropped, and said so by the error emit raised
+            return error
+        try:
+            self._sender.send(raise_errors=True)
+        except redis.exceptions.ResponseError as exc:
+            if state is ScanState.DONE:
+                raise
+            note = f"{self._sender.drop()} points could not be stored: {exc.__cause__ or exc}"
+            return f"{error}; {note}" if error else note
+        return error
+
+    def _end_outcome(self, state: ScanState, outcome: str, final: str) -> ScanState:
+        """The state after the end-of-scan script said ``outcome``; raise if it was not ours."""
         if outcome == "ended" and final == state.name and state is not ScanState.KILLED:
             # Only this publisher ends a scan in a state other than KILLED: this is our own
             # END, replayed by redis-py after its reply was lost.
@@ -483,10 +397,4 @@ class ScanPublisher:
             )
         if outcome == "missing":
             raise ScanEndedError(f"scan {self.db_name} is gone from Redis (expired or deleted)")
-        self._state = state
-
-    def _raise_if_cannot_emit(self) -> None:
-        if self._send_error is not None:
-            raise self._send_error
-        if self._closing or self._state.is_final:
-            raise ScanEndedError(f"scan {self.db_name} has ended ({self._state.name}): emit refused")
+        return state

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..exceptions import InvalidArgumentError
-from ..publish.scan import PublishingSession
+from ..publish import PublishingSession
 from .beamline import Beamline, default_beamline
 from .chain import run_chain
 from .control import ScanResult

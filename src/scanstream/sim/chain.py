@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..models import ScanState
-from ..publish.scan import ContainerPublisher, PublishingSession, ScanPublisher
+from ..publish import ContainerPublisher, PublishingSession, ScanPublisher
 from .checks import check_duration
 from .control import (
     Control,

@@ -22,7 +22,7 @@ from typing import Any, Protocol, cast
 
 from ..exceptions import InvalidArgumentError
 from ..models import ScanState
-from ..publish.scan import ScanPublisher
+from ..publish import ScanPublisher
 
 __all__ = [
     "CarriesScanResult",

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..publish.scan import PublishingSession, ScanPublisher
+from ..publish import PublishingSession, ScanPublisher
 from .control import ScanResult, notify_scan_created, scan_created_hook
 from .saving import SavingConfig
 

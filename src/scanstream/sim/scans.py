@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..exceptions import InvalidArgumentError
-from ..publish.scan import PublishingSession
+from ..publish import PublishingSession
 from .chain import run_chain
 from .checks import check_count, check_duration
 from .control import ScanResult

@@ -1,0 +1,354 @@
+"""The background sender of a scan: batching, the lease, and what to do when Redis fails.
+
+``emit`` only queues. One sender per scan sends what has accumulated on every data node as one
+entry per node, all in one MULTI/EXEC, as soon as the previous send is done but not more often
+than every ``_MIN_SEND_INTERVAL``: a slow step scan gets one round trip of latency, a fast one
+gets bigger entries instead of more of them (readers pay per entry, not per point). See
+docs/performance.md.
+
+The sender sees the data nodes only through :class:`DataQueue`: it takes their queued batches,
+has them encoded, gives them back when a send fails and drops them when the scan fails. It
+knows nothing of scans or node trees.
+
+Faults (docs/performance.md, "Connection faults"): network errors are retried by redis-py's
+``Retry`` of the connection pool; a send that still fails keeps its points queued and is tried
+again, until Redis has been unreachable for ``Settings.max_unreachable_time``, when the scan
+fails. A replayed transaction whose reply was lost is recognised by its entry IDs (the index
+of the entry's first point): a duplicate ID holding the same entry counts as sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+import redis
+from redis.backoff import AbstractBackoff, ExponentialBackoff
+
+from .._protocol.entries import DataEntry, data_entry_id
+from .._transport.connection import stream_entries
+from .._transport.errors import is_duplicate_id, is_out_of_memory, restate
+from ..exceptions import DecodingError, RedisFullError, RedisUnreachableError
+
+if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT
+
+    from .._transport.connection import DataStore
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DataQueue", "Sender"]
+
+# Shortest time between two background sends. Readers pay about 10 us of pure-Python reply
+# parsing per entry: at 100 channels x 1 kHz, sending every millisecond would make 100 k
+# entries/s, more than a subscriber can parse; every 4 ms makes 25 k. It bounds the added
+# latency to 4 ms, and a scan slower than that is sent point by point with no added delay.
+_MIN_SEND_INTERVAL = 0.004
+# Pauses between attempts while a send fails (redis-py's Retry has already backed off within
+# each attempt): 40 ms doubling up to 0.2 s. Stateless, so one instance serves every sender.
+_FAILED_SEND_BACKOFF = ExponentialBackoff(cap=0.2, base=0.02)
+
+_TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+class DataQueue(Protocol):
+    """What the sender needs of a data node: its stream key and its queue of points.
+
+    ``emitted`` counts the points accepted so far, ``sent`` those Redis acknowledged; the
+    sender advances ``sent`` after each successful send. The data entry of the points from
+    ``sent`` on gets the ID ``data_entry_id(sent)``.
+    """
+
+    sent: int
+
+    @property
+    def key(self) -> str:
+        """The node's data stream."""
+
+    @property
+    def emitted(self) -> int:
+        """Points accepted so far."""
+
+    def take(self) -> list[Any]:
+        """Remove and return the queued batches (in order)."""
+
+    def give_back(self, batches: list[Any]) -> None:
+        """Put batches taken by :meth:`take` back in front of the queue (a send failed)."""
+
+    def drop(self) -> int:
+        """Forget the queued points (the scan failed); return how many there were."""
+
+    def encode(self, batches: list[Any]) -> list[tuple[Mapping[bytes, Any], int]]:
+        """Encode taken batches as ``(fields, npoints)`` entries, in order."""
+
+
+class Sender:
+    """Sends the queued points of a scan's data nodes; renews the scan's lease meanwhile.
+
+    Parameters
+    ----------
+    store : DataStore
+        The connection (and its settings: lease time, max_unreachable_time).
+    lease_key : str
+        The key renewed every third of ``lease_time`` while the sender runs.
+    name : str
+        What the errors and log messages name (the scan's db_name).
+    backoff : redis.backoff.AbstractBackoff, optional
+        Pauses of the background thread between failed sends (``compute(failures)``);
+        :meth:`stop` interrupts them. Default: 40 ms doubling up to 0.2 s.
+
+    Attributes
+    ----------
+    wake : threading.Event
+        Set by the queues when they get points: the background thread sends them.
+    error : BaseException or None
+        Why points cannot be accepted now (Redis full, or unreachable for too long); None
+        once a send succeeds again (except after a fatal error).
+    refusing : bool
+        True when emits must be refused: the sender was stopped, or ``error`` is set. One
+        attribute, so that the emit path tests one thing.
+    fatal : bool
+        Redis was unreachable for longer than ``max_unreachable_time``: the queues were
+        dropped and nothing more is sent.
+    """
+
+    def __init__(
+        self, store: DataStore, lease_key: str, name: str, backoff: AbstractBackoff | None = None
+    ) -> None:
+        self.store = store
+        self.lease_key = lease_key
+        self.name = name
+        self.wake = threading.Event()
+        self.error: BaseException | None = None
+        self.refusing = False
+        self.stopped = False
+        self.fatal = False
+        self._queues: list[DataQueue] = []
+        self._send_lock = threading.Lock()  # one send at a time (background thread, flush, end)
+        self._stop = threading.Event()  # interrupts every pause of the background thread
+        self._thread: threading.Thread | None = None
+        self._backoff = backoff or _FAILED_SEND_BACKOFF
+        self._unreachable_since: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<Sender {self.name!r}{' stopped' if self.stopped else ''}>"
+
+    def add(self, queue: DataQueue) -> None:
+        """Send the points of ``queue`` too (a new data node)."""
+        self._queues.append(queue)
+
+    @property
+    def queued(self) -> int:
+        """Points accepted and not yet acknowledged by Redis, over all queues."""
+        return sum(q.emitted - q.sent for q in self._queues)
+
+    def drop(self) -> int:
+        """Forget every queued point; return how many there were."""
+        return sum(q.drop() for q in self._queues)
+
+    # -- thread -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the background thread."""
+        self._thread = threading.Thread(
+            target=self._run, name=f"scanstream-send-{self.name}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Refuse further points and stop the background thread (it finishes its send first).
+
+        What is still queued stays queued: :meth:`send` sends it.
+        """
+        self.stopped = self.refusing = True
+        self._stop.set()
+        self.wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _run(self) -> None:
+        """Send queued points as soon as there are some; renew the lease meanwhile."""
+        settings = self.store.settings
+        lease_ms = int(settings.lease_time * 1000)
+        period = settings.lease_time / 3
+        next_renewal = time.monotonic() + period
+        last_send = 0.0
+        failures = 0
+        wake, stop = self.wake, self._stop
+        while not stop.is_set() and not self.fatal:
+            wake.wait(max(0.0, next_renewal - time.monotonic()))
+            # Coalesce: points emitted within _MIN_SEND_INTERVAL of the last send go together.
+            delay = last_send + _MIN_SEND_INTERVAL - time.monotonic()
+            if delay > 0 and stop.wait(delay):
+                break
+            wake.clear()
+            if stop.is_set():
+                break
+            last_send = time.monotonic()
+            ok = self.send(raise_errors=False)
+            if ok and time.monotonic() >= next_renewal:
+                ok = self._renew_lease(lease_ms)
+                if ok:
+                    next_renewal = time.monotonic() + period
+            if ok:
+                failures = 0
+                continue
+            wake.set()  # points are still queued: try again after a pause
+            failures += 1
+            stop.wait(self._backoff.compute(failures))
+
+    def _renew_lease(self, lease_ms: int) -> bool:
+        try:
+            self.store.redis.set(self.lease_key, b"1", px=lease_ms)
+        except _TRANSIENT as exc:
+            self._unreachable(exc)
+            return False
+        except Exception as exc:  # reported to the emitting thread
+            self._refused(exc)
+            return False
+        return True
+
+    # -- sending ------------------------------------------------------------------------
+    def send_from_emit(self) -> None:
+        """Too many points queued: send now from the emitting thread (back pressure).
+
+        Raises the sender's error when the send fails for a reason that refuses emits.
+        """
+        if not self.send(raise_errors=False) and self.error is not None:
+            raise self.error
+
+    def send(self, *, raise_errors: bool) -> bool:
+        """Send all queued points. True if done; False (or raise) if Redis refused or failed.
+
+        A network error (after redis-py's retries) keeps the points queued; once Redis has
+        been unreachable for ``max_unreachable_time`` the scan fails. A refusal by Redis (it
+        is full) keeps them queued too, and makes every emit raise until a send succeeds.
+        """
+        with self._send_lock:
+            try:
+                self._send_pending()
+            except _TRANSIENT as exc:
+                fatal = self._unreachable(exc)
+                if raise_errors:
+                    raise (fatal or exc) from None
+                return False
+            except Exception as exc:  # reported to the emitting thread
+                error = self._refused(exc)
+                if raise_errors:
+                    raise error from None
+                return False
+        self._unreachable_since = None
+        if not self.fatal and self.error is not None:
+            self.error = None
+            self.refusing = self.stopped
+        return True
+
+    def _send_pending(self) -> None:
+        """Send all queued batches in one transaction (caller holds the send lock)."""
+        taken = [(q, batches) for q in self._queues if (batches := q.take())]
+        if not taken:
+            return
+        pipe = self.store.redis.pipeline(transaction=True)
+        sent: list[tuple[DataQueue, int]] = []
+        written: list[tuple[str, str, int]] = []
+        try:
+            for queue, batches in taken:
+                first = queue.sent
+                for fields, npoints in queue.encode(batches):
+                    # The entry ID is the index of the entry's first point: any range is
+                    # addressable with XRANGE/XREVRANGE, and a duplicate or a write after the
+                    # seal is refused by Redis (IDs must grow).
+                    entry_id = data_entry_id(first)
+                    # Our fields hold bytes and Scattered values, which the connection's
+                    # packer writes; redis-py's annotation does not know the latter.
+                    pipe.xadd(queue.key, cast("dict[FieldT, EncodableT]", fields), id=entry_id)
+                    written.append((queue.key, entry_id, npoints))
+                    first += npoints
+                sent.append((queue, first))
+            results = pipe.execute(raise_on_error=False)
+            self._check_results(written, results)
+        except BaseException:
+            for queue, batches in taken:
+                queue.give_back(batches)
+            raise
+        for queue, total in sent:
+            queue.sent = total
+
+    def _check_results(self, written: list[tuple[str, str, int]], results: list[Any]) -> None:
+        """Accept replayed entries (duplicate IDs holding the same entry); raise other errors."""
+        for (key, entry_id, npoints), result in zip(written, results):
+            if not isinstance(result, Exception):
+                continue
+            if is_duplicate_id(result):
+                # redis-py retried a transaction whose reply was lost: it was applied.
+                if self._holds(key, entry_id, npoints):
+                    logger.info("scan %s: entry %s of %s was already stored (replay)",
+                                self.name, entry_id, key)
+                    continue
+                raise redis.exceptions.ResponseError(
+                    f"scan {self.name}: {key} already holds another entry at {entry_id}: "
+                    "was the scan published by two processes?"
+                )
+            raise result
+
+    def _holds(self, key: str, entry_id: str, npoints: int) -> bool:
+        """True when the stream has, at ``entry_id``, a data entry of ``npoints`` points."""
+        there = stream_entries(self.store.redis.xrange(key, min=entry_id, max=entry_id))
+        if not there:
+            return False
+        try:
+            entry = DataEntry.from_raw(*there[0])
+        except DecodingError:
+            return False
+        return entry.sealed_length is None and entry.npoints == npoints
+
+    # -- faults -------------------------------------------------------------------------
+    def _unreachable(self, exc: BaseException) -> BaseException | None:
+        """Record a network failure; fail the scan past max_unreachable_time (return the error)."""
+        now = time.monotonic()
+        if self._unreachable_since is None:
+            self._unreachable_since = now
+            logger.warning("scan %s: Redis unreachable (%s); points stay queued", self.name, exc)
+        limit = self.store.settings.max_unreachable_time
+        if now - self._unreachable_since <= limit:
+            return None
+        dropped = self.drop()
+        error = RedisUnreachableError(
+            f"scan {self.name} failed: Redis at {self.store.url} unreachable for "
+            f"{now - self._unreachable_since:.1f} s, longer than max_unreachable_time = {limit} s "
+            f"(SCANSTREAM_MAX_UNREACHABLE_TIME); {dropped} queued points were dropped. Last error: {exc}"
+        )
+        error.__cause__ = exc
+        logger.error("%s", error)
+        self.fatal = True
+        self._set_error(error)
+        return error
+
+    def _refused(self, exc: BaseException) -> BaseException:
+        """Redis refused the data: keep it queued, make emit raise a clear error until a send works."""
+        queued = self.queued
+        error: BaseException
+        if is_out_of_memory(exc):
+            error = RedisFullError(
+                f"scan {self.name}: Redis is full (maxmemory reached, no eviction) and refuses "
+                f"its data; {queued} points are queued, none was dropped. Earlier scans are intact. "
+                f"Free memory (delete saved scans, shorten SCANSTREAM_RETENTION_TIME) or raise "
+                f"maxmemory; ending the scan FAILED or USER_ABORTED drops the queued points. "
+                f"Redis said: {exc}"
+            )
+            error.__cause__ = exc
+        elif isinstance(exc, redis.exceptions.RedisError):
+            error = restate(exc, f"scan {self.name}: Redis refused its data ({queued} points "
+                                 f"queued): {exc}")
+        else:
+            error = exc
+        if self.error is None:
+            logger.error("%s", error)
+        self._set_error(error)
+        return error
+
+    def _set_error(self, error: BaseException) -> None:
+        self.error = error
+        self.refusing = True
