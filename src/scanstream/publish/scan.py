@@ -32,6 +32,7 @@ import redis
 from .._protocol import codecs, metadata
 from .._protocol.keys import check_item_name, check_session_name
 from .._protocol.metadata import check_scan_info, iso_time
+from .._protocol.scripts import end_scan
 from .._transport.connection import DataStore, default_store
 from ..exceptions import (
     EncodingError,
@@ -464,12 +465,13 @@ class ScanPublisher:
         self._info.update(end_time=iso_time(now), end_timestamp=now, state=state.name)
         if error is not None:
             self._info["error"] = error
-        outcome, final = self.store.end_scan(
-            self.session.name,
+        outcome, final = end_scan(
+            self.store.redis, self.store.keys, self.session.name,
             self.number,
             state.name,
             error or "",
             now,
+            retention_time=self.store.settings.retention_time,
             info_json=metadata.dumps(self._info),
         )
         if outcome == "ended" and final == state.name and state is not ScanState.KILLED:

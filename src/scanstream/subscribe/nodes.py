@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Union, cast
 
 from .._protocol import codecs, metadata
 from .._protocol.keys import check_session_name
+from .._protocol.scripts import end_scan
 from .._transport.connection import DataStore, default_store, stream_entries
 from ..exceptions import (
     DecodingError,
@@ -271,13 +272,13 @@ class ScanNode(DataNode):
 
         Needs write access; a read-only user gets ``redis.exceptions.NoPermissionError``.
         """
-        outcome, _ = self.store.end_scan(
-            self.session_name,
+        outcome, _ = end_scan(
+            self.store.redis, self.store.keys, self.session_name,
             self.number,
             ScanState.KILLED.name,
             "the publisher stopped renewing its lease (process killed or frozen)",
             _now(),
-            only_if_lease_expired=True,
+            retention_time=self.store.settings.retention_time, only_if_lease_expired=True,
         )
         return outcome == "ok"
 
