@@ -37,7 +37,10 @@ def _tcp_listeners(pid: int) -> list[tuple[str, int]]:
     """(address, port) of the TCP sockets in LISTEN state that process ``pid`` holds."""
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
-        target = os.readlink(fd)
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:  # closed since the listing: not a listener
+            continue
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
     out = []

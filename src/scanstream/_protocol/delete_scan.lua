@@ -48,9 +48,10 @@ for _, entry in ipairs(redis.call('XRANGE', events, '-', '+')) do
   local kv = {}
   for i = 1, #f, 2 do kv[f[i]] = f[i + 1] end
   -- A NEW_NODE replayed by a client retry appears twice: name its stream once.
-  if kv['event'] == 'NEW_NODE' and DATA_NODE_TYPES[kv['type']] and kv['node'] and not seen[kv['node']] then
-    seen[kv['node']] = true
-    table.insert(doomed, scan .. ':data:' .. kv['node'])
+  local node = kv['node']
+  if kv['event'] == 'NEW_NODE' and DATA_NODE_TYPES[kv['type']] and node and not seen[node] then
+    seen[node] = true
+    table.insert(doomed, scan .. ':data:' .. node)
   end
 end
 -- In slices: unpack() of thousands of values would exceed Lua's C stack.

@@ -6,18 +6,18 @@ The domain's server-side steps (ending a scan, deleting one) are in
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
 import weakref
-import dataclasses
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 import redis
+from redis._parsers import Encoder
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.connection import Encoder
 from redis.retry import Retry
 
 from .._protocol.keys import DEFAULT_PREFIX, PROTOCOL_VERSION, Keys, check_session_name
@@ -117,8 +117,9 @@ def default_retry() -> Retry:
 # payload into one string holding the GIL: a publisher loses a quarter of its throughput
 # (docs/performance.md). Its pure-Python packer sends large values as separate buffers, and
 # ours sends the parts of a Scattered value without joining them; the reply parser stays
-# hiredis'. Stateless, so one instance serves every connection.
-_COMMAND_PACKER = ScatterPacker(6000, Encoder("utf-8", "strict", False).encode)
+# hiredis'. Stateless, so one instance serves every connection. (redis-py's Encoder is untyped:
+# called through Any, so that mypy's strict and default modes both accept it.)
+_COMMAND_PACKER = ScatterPacker(6000, cast(Any, Encoder)("utf-8", "strict", False).encode)
 
 
 def _refuse_reply_options(url: str, options: dict[str, Any]) -> None:
@@ -144,8 +145,8 @@ class _NetworkRetry(Retry):
     would take seconds of back-off before the user sees the error.
 
     ``call_with_retry`` passes its arguments through unchanged: its signature changed across
-    redis-py versions (``is_retryable`` and ``with_failure_count`` were added in 6.x and
-    7.x), and naming them here broke every command on the versions without them. The policy
+    redis-py versions (``is_retryable`` came in 7.0, ``with_failure_count`` in 7.2), and
+    naming them here broke every command on the versions without them. The policy
     goes into ``fail``, the callback every version calls with the error (and, when asked, the
     failure count) before deciding to retry: raising there ends the loop with that error.
     """
@@ -157,7 +158,7 @@ class _NetworkRetry(Retry):
             if isinstance(error, redis.exceptions.AuthenticationError):
                 raise error
 
-        return cast(T, super().call_with_retry(do, fail_unless_refused, *args, **kwargs))
+        return super().call_with_retry(do, fail_unless_refused, *args, **kwargs)
 
 
 #: Entries of a stream as XRANGE and XREVRANGE return them here: ``(ID, fields)`` pairs.
@@ -331,5 +332,5 @@ def default_store(url: str | None = None, prefix: str | None = None) -> DataStor
 
 
 def clear_default_stores() -> None:
-    """Close and forget every store :func:`default_store` handed out (see :meth:`StoreCache.clear`)."""
+    """Close and forget every store :func:`default_store` handed out (:meth:`StoreCache.clear`)."""
     DEFAULT_STORES.clear()

@@ -126,7 +126,8 @@ def delete_scans(
     """
     check_session_name(session)
     if older_than is not None and (not isinstance(older_than, (int, float)) or older_than < 0):
-        raise InvalidArgumentError(f"older_than must be a number of seconds >= 0, got {older_than!r}")
+        raise InvalidArgumentError(
+            f"older_than must be a number of seconds >= 0, got {older_than!r}")
     if numbers is not None:
         for n in numbers:
             if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
@@ -167,8 +168,8 @@ def _decision(number: int, outcome: DeleteOutcome, summary: ScanSummary, now: fl
     if kind == "running":
         return Decision(number, False, f"running ({state}, publisher alive)", summary)
     if kind == "recent":
-        return Decision(number, False, f"too recent ({state} {format_age(now - float(detail))} ago)",
-                        summary)
+        age = format_age(now - float(detail))
+        return Decision(number, False, f"too recent ({state} {age} ago)", summary)
     if kind == "unsaved":
         return Decision(number, False, "not saved by a writer (use --force to delete it anyway)",
                         summary)
