@@ -78,14 +78,27 @@ def test_end_scan_seals_what_python_calls_data_streams(client: redis.Redis) -> N
     indices = _make_scan(client, keys, "PREPARED", lease=True)
     expected = {
         index: entries.stream_length(_last(client, keys.scan_data(SESSION, NUMBER, index)))[0]
-        for node_type, index in indices.items() if entries.has_data_stream(node_type)}
+        for node_type, index in indices.items()
+        if entries.has_data_stream(node_type)
+    }
     assert sorted(expected) == [indices["channel"], indices["lima"], indices["node_ref_channel"]]
 
-    outcome = scripts.end_scan(client, keys, SESSION, NUMBER, "DONE", "", 12.5,
-                               retention_time=0, only_if_lease_expired=True)
+    outcome = scripts.end_scan(
+        client,
+        keys,
+        SESSION,
+        NUMBER,
+        "DONE",
+        "",
+        12.5,
+        retention_time=0,
+        only_if_lease_expired=True,
+    )
     assert outcome == ("alive", "PREPARED")
-    assert scripts.end_scan(client, keys, SESSION, NUMBER, "DONE", "", 12.5,
-                            retention_time=60) == ("ok", "DONE")
+    assert scripts.end_scan(client, keys, SESSION, NUMBER, "DONE", "", 12.5, retention_time=60) == (
+        "ok",
+        "DONE",
+    )
     for node_type, index in indices.items():
         last = _last(client, keys.scan_data(SESSION, NUMBER, index))
         length, sealed = entries.stream_length(last)
@@ -105,8 +118,9 @@ def test_end_scan_seals_what_python_calls_data_streams(client: redis.Redis) -> N
 def test_end_scan_final_states_are_the_python_ones(client: redis.Redis, state: str) -> None:
     keys = Keys()
     _make_scan(client, keys, state, lease=False)
-    outcome, final = scripts.end_scan(client, keys, SESSION, NUMBER, "FAILED", "boom", 1.0,
-                                      retention_time=0)
+    outcome, final = scripts.end_scan(
+        client, keys, SESSION, NUMBER, "FAILED", "boom", 1.0, retention_time=0
+    )
     if entries.is_final_state(state):
         assert (outcome, final) == ("ended", state)
     else:
@@ -116,8 +130,7 @@ def test_end_scan_final_states_are_the_python_ones(client: redis.Redis, state: s
 
 @pytest.mark.parametrize("state", [s.name for s in ScanState])
 @pytest.mark.parametrize("lease", [False, True])
-def test_delete_scan_follows_the_python_rules(client: redis.Redis, state: str,
-                                              lease: bool) -> None:
+def test_delete_scan_follows_the_python_rules(client: redis.Redis, state: str, lease: bool) -> None:
     keys = Keys()
     indices = _make_scan(client, keys, state, lease=lease)
     final = entries.is_final_state(state)
@@ -129,14 +142,23 @@ def test_delete_scan_follows_the_python_rules(client: redis.Redis, state: str,
     assert outcome == ("deletable", state, "ended" if final else "gone")
     assert client.exists(keys.scan(SESSION, NUMBER))
     assert scripts.delete_scan(client, keys, SESSION, NUMBER, dry_run=False, **options) == (
-        "deleted", state, "ended" if final else "gone")
+        "deleted",
+        state,
+        "ended" if final else "gone",
+    )
     for node_type, index in indices.items():
         left = client.exists(keys.scan_data(SESSION, NUMBER, index))
         assert left == (0 if entries.has_data_stream(node_type) else 1), node_type
-    assert not client.exists(keys.scan(SESSION, NUMBER), keys.scan_events(SESSION, NUMBER),
-                             keys.scan_lease(SESSION, NUMBER))
+    assert not client.exists(
+        keys.scan(SESSION, NUMBER),
+        keys.scan_events(SESSION, NUMBER),
+        keys.scan_lease(SESSION, NUMBER),
+    )
     assert scripts.delete_scan(client, keys, SESSION, NUMBER, dry_run=False, **options) == (
-        "missing", "", "")
+        "missing",
+        "",
+        "",
+    )
 
 
 def test_delete_scan_checks_age_and_saved(client: redis.Redis) -> None:
@@ -144,15 +166,19 @@ def test_delete_scan_checks_age_and_saved(client: redis.Redis) -> None:
     _make_scan(client, keys, "DONE", lease=False)
     client.hset(keys.scan(SESSION, NUMBER), mapping={"start_time": "100.5", "end_time": "200.25"})
     common = {"dry_run": True}
-    assert scripts.delete_scan(client, keys, SESSION, NUMBER, cutoff=150.0, saved=True,
-                               force=False, **common) == ("recent", "ended", "200.25")
+    assert scripts.delete_scan(
+        client, keys, SESSION, NUMBER, cutoff=150.0, saved=True, force=False, **common
+    ) == ("recent", "ended", "200.25")
     client.hdel(keys.scan(SESSION, NUMBER), "end_time")
-    assert scripts.delete_scan(client, keys, SESSION, NUMBER, cutoff=50.0, saved=True,
-                               force=False, **common) == ("recent", "started", "100.5")
-    assert scripts.delete_scan(client, keys, SESSION, NUMBER, cutoff=150.0, saved=False,
-                               force=False, **common) == ("unsaved", "DONE", "")
-    assert scripts.delete_scan(client, keys, SESSION, NUMBER, cutoff=150.0, saved=False,
-                               force=True, **common) == ("deletable", "DONE", "ended")
+    assert scripts.delete_scan(
+        client, keys, SESSION, NUMBER, cutoff=50.0, saved=True, force=False, **common
+    ) == ("recent", "started", "100.5")
+    assert scripts.delete_scan(
+        client, keys, SESSION, NUMBER, cutoff=150.0, saved=False, force=False, **common
+    ) == ("unsaved", "DONE", "")
+    assert scripts.delete_scan(
+        client, keys, SESSION, NUMBER, cutoff=150.0, saved=False, force=True, **common
+    ) == ("deletable", "DONE", "ended")
 
 
 def test_delete_scan_with_thousands_of_streams(client: redis.Redis) -> None:
@@ -164,8 +190,9 @@ def test_delete_scan_with_thousands_of_streams(client: redis.Redis) -> None:
         pipe.xadd(keys.scan_events(SESSION, NUMBER), entries.new_node_fields(desc))
         pipe.xadd(keys.scan_data(SESSION, NUMBER, index), {"n": 1, "d": b"x"}, id="0-1")
     pipe.execute()
-    outcome = scripts.delete_scan(client, keys, SESSION, NUMBER, cutoff=None, saved=True,
-                                  force=False, dry_run=False)
+    outcome = scripts.delete_scan(
+        client, keys, SESSION, NUMBER, cutoff=None, saved=True, force=False, dry_run=False
+    )
     assert outcome.outcome == "deleted"
     assert client.dbsize() == 0
 
@@ -175,6 +202,7 @@ def test_scripts_survive_a_flushed_script_cache(redis_url: str) -> None:
         keys = store.keys
         _make_scan(store.redis, keys, "PREPARED", lease=False)
         store.redis.script_flush()
-        assert scripts.end_scan(store.redis, keys, SESSION, NUMBER, "DONE", "", 1.0,
-                                retention_time=0) == ("ok", "DONE")
+        assert scripts.end_scan(
+            store.redis, keys, SESSION, NUMBER, "DONE", "", 1.0, retention_time=0
+        ) == ("ok", "DONE")
         assert store.redis.script_exists(scripts._END_SCAN.sha) == [True]

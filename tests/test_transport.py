@@ -24,12 +24,22 @@ from scanstream._transport.connection import (
 
 
 def test_url_overrides_only_the_settings_url(redis_url: str) -> None:
-    settings = Settings(redis_url="redis://127.0.0.1:1", prefix="mine", lease_time=2.0,
-                        retention_time=60.0, max_unreachable_time=5.0)
+    settings = Settings(
+        redis_url="redis://127.0.0.1:1",
+        prefix="mine",
+        lease_time=2.0,
+        retention_time=60.0,
+        max_unreachable_time=5.0,
+    )
     with DataStore(redis_url, settings) as store:
         assert store.url == redis_url and store.settings.redis_url == redis_url
-        assert store.settings == Settings(redis_url=redis_url, prefix="mine", lease_time=2.0,
-                                          retention_time=60.0, max_unreachable_time=5.0)
+        assert store.settings == Settings(
+            redis_url=redis_url,
+            prefix="mine",
+            lease_time=2.0,
+            retention_time=60.0,
+            max_unreachable_time=5.0,
+        )
         assert store.keys.prefix == "mine"
         # The settings are the ones used: the lease and the retention of a real scan.
         session = create_session("settings", store=store)
@@ -104,8 +114,9 @@ def test_retry_passes_the_arguments_of_this_redis_py_through() -> None:
         assert calls.attempts == 1
     if "with_failure_count" in parameters:
         calls = _Calls(redis.exceptions.ConnectionError("gone"), failures=2)
-        assert default_retry().call_with_retry(calls.do, calls.fail,
-                                               with_failure_count=True) == "ok"
+        assert (
+            default_retry().call_with_retry(calls.do, calls.fail, with_failure_count=True) == "ok"
+        )
         assert [args[1] for args in calls.failed] == [1, 2]
         calls = _Calls(redis.exceptions.AuthenticationError("no"))
         with pytest.raises(redis.exceptions.AuthenticationError):
@@ -115,8 +126,10 @@ def test_retry_passes_the_arguments_of_this_redis_py_through() -> None:
 
 def test_every_command_goes_through_the_retry_policy(redis_url: str) -> None:
     """The policy is the pool's: a command on a killed connection is retried and succeeds."""
-    with DataStore(settings=Settings(redis_url=redis_url)) as store, \
-            redis.Redis.from_url(redis_url, socket_timeout=5) as admin:
+    with (
+        DataStore(settings=Settings(redis_url=redis_url)) as store,
+        redis.Redis.from_url(redis_url, socket_timeout=5) as admin,
+    ):
         store.redis.set("k", "v")
         admin.client_kill_filter(_type="normal", skipme=True)
         assert store.redis.get("k") == b"v"

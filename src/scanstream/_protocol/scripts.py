@@ -66,8 +66,11 @@ _DELETE_SCAN = LuaScript(script_text("delete_scan.lua"))
 
 def _scan_keys(keys: Keys, session: str, number: int) -> list[str]:
     """KEYS of both scripts: the scan hash, its event stream, its lease."""
-    return [keys.scan(session, number), keys.scan_events(session, number),
-            keys.scan_lease(session, number)]
+    return [
+        keys.scan(session, number),
+        keys.scan_events(session, number),
+        keys.scan_lease(session, number),
+    ]
 
 
 def end_scan(
@@ -118,8 +121,14 @@ def end_scan(
         Redis is full and older than 7.0 (it cannot run the script past maxmemory).
     """
     script_keys = _scan_keys(keys, session, number)
-    args = [state, error, repr(end_time), repr(retention_time),
-            "1" if only_if_lease_expired else "0", info_json]
+    args = [
+        state,
+        error,
+        repr(end_time),
+        repr(retention_time),
+        "1" if only_if_lease_expired else "0",
+        info_json,
+    ]
     try:
         outcome, final = _END_SCAN(client, script_keys, args)
     except redis.exceptions.OutOfMemoryError as exc:
@@ -169,8 +178,12 @@ def delete_scan(
     ``saved`` is read by the caller: the saved set is a session key, in another cluster slot
     than the scan's keys, and it only grows, so a stale False only keeps a scan.
     """
-    args = ["" if cutoff is None else repr(cutoff), "1" if saved else "0", "1" if force else "0",
-            "1" if dry_run else "0"]
+    args = [
+        "" if cutoff is None else repr(cutoff),
+        "1" if saved else "0",
+        "1" if force else "0",
+        "1" if dry_run else "0",
+    ]
     reply = _DELETE_SCAN(client, _scan_keys(keys, session, number), args)
     outcome, state, detail = (part.decode(errors="replace") for part in reply)
     return DeleteOutcome(outcome, state, detail)

@@ -127,7 +127,8 @@ def delete_scans(
     check_session_name(session)
     if older_than is not None and (not isinstance(older_than, (int, float)) or older_than < 0):
         raise InvalidArgumentError(
-            f"older_than must be a number of seconds >= 0, got {older_than!r}")
+            f"older_than must be a number of seconds >= 0, got {older_than!r}"
+        )
     if numbers is not None:
         for n in numbers:
             if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
@@ -146,15 +147,28 @@ def delete_scans(
             if numbers is not None:  # asked for by number: say why nothing was done
                 report.kept.append(Decision(number, False, _MISSING))
             continue  # announced in the session's stream but expired or deleted since
-        outcome = delete_scan(store.redis, store.keys, session, number, cutoff=cutoff,
-                              saved=number in saved, force=force, dry_run=dry_run)
+        outcome = delete_scan(
+            store.redis,
+            store.keys,
+            session,
+            number,
+            cutoff=cutoff,
+            saved=number in saved,
+            force=force,
+            dry_run=dry_run,
+        )
         decision = _decision(number, outcome, summary, now)
         if decision.scan is None and numbers is None:
             continue  # expired or deleted by another process since it was read
         (report.deleted if decision.deleted else report.kept).append(decision)
         if decision.deleted:
-            logger.info("%s scan %s:%d (%s)", "would delete" if dry_run else "deleted",
-                        session, number, decision.reason)
+            logger.info(
+                "%s scan %s:%d (%s)",
+                "would delete" if dry_run else "deleted",
+                session,
+                number,
+                decision.reason,
+            )
     return report
 
 
@@ -171,6 +185,7 @@ def _decision(number: int, outcome: DeleteOutcome, summary: ScanSummary, now: fl
         age = format_age(now - float(detail))
         return Decision(number, False, f"too recent ({state} {age} ago)", summary)
     if kind == "unsaved":
-        return Decision(number, False, "not saved by a writer (use --force to delete it anyway)",
-                        summary)
+        return Decision(
+            number, False, "not saved by a writer (use --force to delete it anyway)", summary
+        )
     return Decision(number, False, _MISSING)
