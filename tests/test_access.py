@@ -22,9 +22,9 @@ from scanstream import (
     create_session,
     get_session_node,
 )
-from scanstream._transport import connection as store_module
+from scanstream._transport.connection import clear_default_stores
 from scanstream._transport.server import EmbeddedServer, ensure_server
-from scanstream.admin.listing import list_sessions, server_memory
+from scanstream.admin import list_sessions, server_memory
 
 PACKAGE_DIR = Path(scanstream.__file__).parent
 
@@ -37,7 +37,10 @@ def _tcp_listeners(pid: int) -> list[tuple[str, int]]:
     """(address, port) of the TCP sockets in LISTEN state that process ``pid`` holds."""
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
-        target = os.readlink(fd)
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:  # closed since the listing: not a listener
+            continue
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
     out = []
@@ -70,13 +73,11 @@ def password_server(server_binary: Path, tmp_path: Path, free_tcp_port: int
 @pytest.fixture
 def clean_default_stores() -> Iterator[None]:
     """Close the process-wide stores that create_session(redis_url=...) opens."""
-    store_module._default_stores.clear()
+    clear_default_stores()
     try:
         yield
     finally:
-        for data_store in store_module._default_stores.values():
-            data_store.close()
-        store_module._default_stores.clear()
+        clear_default_stores()
 
 
 # ----------------------------------------------------------------------------- embedded server

@@ -20,15 +20,15 @@ from scanstream import (
     get_session_node,
 )
 from scanstream._transport.server import EmbeddedServer
-from scanstream.admin.listing import (
+from scanstream.admin import (
     delete_scans,
-    format_bytes,
     list_scans,
     list_sessions,
     parse_duration,
     server_memory,
 )
 from scanstream.cli import main
+from scanstream.cli.admin import format_bytes
 from scanstream.exceptions import InvalidArgumentError
 
 
@@ -226,10 +226,11 @@ def test_delete_command(store: DataStore, session, redis_url: str,
     assert "no session named 'missing'" in capsys.readouterr().err
 
 
-def test_full_server_recovers_by_deleting_old_scans(server_binary: Path, tmp_path: Path) -> None:
+def test_full_server_recovers_by_deleting_old_scans(any_server_binary: Path,
+                                                    tmp_path: Path) -> None:
     """noeviction: past maxmemory writes fail loudly (nothing is dropped); deleting old scans
     frees memory, after which the scan that hit the limit can send its queued points and end."""
-    server = EmbeddedServer(tmp_path / "full", maxmemory="24mb")
+    server = EmbeddedServer(tmp_path / "full", maxmemory="24mb", binary=any_server_binary)
     server.start(timeout=10)
     store = DataStore(settings=Settings(redis_url=server.url, lease_time=60.0))
     try:
@@ -261,6 +262,43 @@ def test_full_server_recovers_by_deleting_old_scans(server_binary: Path, tmp_pat
         assert len(stored) == len(channel) > 0
         assert np.array_equal(stored.get_as_array(), np.ones((len(channel), 1000)))
         session.create_scan("accepted").end()
+    finally:
+        store.close()
+        server.stop()
+
+
+def test_delete_command_frees_a_full_server(any_server_binary: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """`scanstream delete` is the documented way out of a full server: it must work past
+    maxmemory on every server, Redis 7.0 included, which refuses MULTI/EXEC there even for DEL."""
+    server = EmbeddedServer(tmp_path / "full", binary=any_server_binary)
+    server.start(timeout=10)
+    store = DataStore(settings=Settings(redis_url=server.url, lease_time=60.0))
+    try:
+        session = create_session("full", store=store)
+        _publish(session, "old", 500, shape=(1000,))  # 4 MB
+        _publish(session, "unsaved", 10)
+        running, _ = _publish(session, "running", 3, end=False)
+        _mark_saved(store, "full", 1, 3)
+        store.redis.config_set("maxmemory", "1mb")
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            store.redis.set("probe", "x")  # the server is full: it refuses writes
+        url = ["--redis-url", server.url]
+        assert main([*url, "delete", "full", "--dry-run"]) == 0
+        assert capsys.readouterr().out.startswith("would delete full:1_old: ended DONE, saved\n")
+        assert len(_scan_keys_left(store, "full", 1)) == 3  # hash, events, data
+        assert main([*url, "delete", "full"]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert out[:3] == [
+            "deleted full:1_old: ended DONE, saved",
+            "kept full:2_unsaved: not saved by a writer (use --force to delete it anyway)",
+            "kept full:3_running: running (PREPARED, publisher alive)"]
+        assert _scan_keys_left(store, "full", 1) == []
+        assert len(_scan_keys_left(store, "full", 2)) == 3
+        assert out[3].startswith("1 scan(s) deleted, 2 kept, ") and out[3].endswith("MiB freed")
+        store.redis.config_set("maxmemory", "0")
+        running.end()
+        assert [d.number for d in delete_scans(store, "full", force=True).deleted] == [2, 3]
     finally:
         store.close()
         server.stop()

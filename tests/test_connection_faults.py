@@ -203,9 +203,11 @@ def test_unreachable_for_too_long_fails_the_scan(server: EmbeddedServer) -> None
         store.close()
 
 
-def test_full_server_fails_the_scan_and_keeps_earlier_ones(server_binary: Path, tmp_path: Path,
+def test_full_server_fails_the_scan_and_keeps_earlier_ones(any_server_binary: Path,
+                                                           tmp_path: Path,
                                                            free_tcp_port: int) -> None:
-    srv = EmbeddedServer(tmp_path / "full", port=free_tcp_port, maxmemory="8mb")
+    srv = EmbeddedServer(tmp_path / "full", port=free_tcp_port, maxmemory="8mb",
+                         binary=any_server_binary)
     srv.start(timeout=10)
     store = _store(srv.url)
     try:

@@ -20,6 +20,7 @@ from scanstream._transport.server import (
     ensure_server,
     find_server_binary,
     parse_maxmemory,
+    pid_alive,
     resolve_url,
     runtime_dir,
     server_status,
@@ -321,3 +322,18 @@ def test_shared_server_bad_memory_limit(private_runtime_dir: Path,
     with pytest.raises(InvalidArgumentError, match="'lots'"):
         ensure_server()
     assert server_status()["running"] is False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_pid_alive_counts_a_zombie_as_dead() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        # Wait for its exit without reaping it: it stays a zombie until child.wait().
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+        os.kill(child.pid, 0)  # the PID still exists...
+        assert not pid_alive(child.pid)  # ...but the process is gone
+    finally:
+        child.wait(timeout=5)
+    assert not pid_alive(child.pid)
+    assert pid_alive(os.getpid())
+    assert pid_alive(1)  # init, which may belong to another user

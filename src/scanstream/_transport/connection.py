@@ -1,24 +1,33 @@
-"""Connection to Redis: URL resolution, protocol version check, server-side scripts."""
+"""Connection to Redis: settings, the retry policy, the connection pool, the protocol check.
+
+The domain's server-side steps (ending a scan, deleting one) are in
+:mod:`scanstream._protocol.scripts`; this module only connects.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import redis
+from redis._parsers import Encoder
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.connection import Encoder
 from redis.retry import Retry
 
 from .._protocol.keys import DEFAULT_PREFIX, PROTOCOL_VERSION, Keys, check_session_name
 from ..exceptions import InvalidArgumentError, ProtocolVersionError, SessionNotFoundError
+from .server import resolve_url
 from .vectored import ScatterPacker, vectored_connection_class
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def _env_float(name: str, default: float) -> float:
@@ -108,8 +117,9 @@ def default_retry() -> Retry:
 # payload into one string holding the GIL: a publisher loses a quarter of its throughput
 # (docs/performance.md). Its pure-Python packer sends large values as separate buffers, and
 # ours sends the parts of a Scattered value without joining them; the reply parser stays
-# hiredis'. Stateless, so one instance serves every connection.
-_COMMAND_PACKER = ScatterPacker(6000, Encoder("utf-8", "strict", False).encode)
+# hiredis'. Stateless, so one instance serves every connection. (redis-py's Encoder is untyped:
+# called through Any, so that mypy's strict and default modes both accept it.)
+_COMMAND_PACKER = ScatterPacker(6000, cast(Any, Encoder)("utf-8", "strict", False).encode)
 
 
 def _refuse_reply_options(url: str, options: dict[str, Any]) -> None:
@@ -133,96 +143,22 @@ class _NetworkRetry(Retry):
 
     redis-py's AuthenticationError is a ConnectionError: retried, a wrong or missing password
     would take seconds of back-off before the user sees the error.
+
+    ``call_with_retry`` passes its arguments through unchanged: its signature changed across
+    redis-py versions (``is_retryable`` came in 7.0, ``with_failure_count`` in 7.2), and
+    naming them here broke every command on the versions without them. The policy
+    goes into ``fail``, the callback every version calls with the error (and, when asked, the
+    failure count) before deciding to retry: raising there ends the loop with that error.
     """
 
-    def call_with_retry(self, do: Any, fail: Any, is_retryable: Any = None,
-                        with_failure_count: bool = False) -> Any:
-        def retryable(error: Exception) -> bool:
+    def call_with_retry(self, do: Callable[[], T], fail: Callable[..., Any],
+                        *args: Any, **kwargs: Any) -> T:
+        def fail_unless_refused(error: Exception, *rest: Any) -> None:
+            fail(error, *rest)  # redis-py's own clean-up (it disconnects)
             if isinstance(error, redis.exceptions.AuthenticationError):
-                return False
-            return is_retryable(error) if is_retryable else True
+                raise error
 
-        return super().call_with_retry(do, fail, retryable, with_failure_count)
-
-
-# Ends a scan atomically: seals every data stream with its final length, appends END to the
-# scan's event stream, records the state, drops the lease and applies the retention time.
-# Run server-side so that a reader declaring a scan KILLED (lease expired) and a late
-# publisher calling end() cannot both succeed, and so that END is never visible before the
-# seals. The data stream keys are derived from the NEW_NODE entries; they share the scan's
-# hash tag, hence its cluster slot.
-# KEYS: scan hash, events stream, lease. ARGV: state, error, time, retention (s),
-# only_if_lease_expired (0/1), info JSON or "".
-_END_SCAN_LUA = """
-local scan, events, lease = KEYS[1], KEYS[2], KEYS[3]
-local state, err, now, retention = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-if redis.call('EXISTS', scan) == 0 then return {'missing', ''} end
-local current = redis.call('HGET', scan, 'state')
-if current == 'DONE' or current == 'USER_ABORTED' or current == 'KILLED' or current == 'FAILED' then
-  return {'ended', current}
-end
-if ARGV[5] == '1' and redis.call('EXISTS', lease) == 1 then return {'alive', current} end
-local lengths = {}
-local data_keys = {}
-for _, entry in ipairs(redis.call('XRANGE', events, '-', '+')) do
-  local f = entry[2]
-  local kv = {}
-  for i = 1, #f, 2 do kv[f[i]] = f[i + 1] end
-  -- A NEW_NODE replayed by a client retry appears twice: seal each stream once.
-  if kv['event'] == 'NEW_NODE' and kv['type'] ~= 'container' and lengths[kv['node']] == nil then
-    local key = scan .. ':data:' .. kv['node']
-    local total = 0
-    local seal_id = nil
-    local already = false
-    local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
-    if #last > 0 then
-      local first, seq = string.match(last[1][1], '^(%d+)-(%d+)$')
-      first, seq = tonumber(first), tonumber(seq)
-      local n, sealed = nil, nil
-      local lf = last[1][2]
-      for i = 1, #lf, 2 do
-        if lf[i] == 'n' then n = tonumber(lf[i + 1]) end
-        if lf[i] == 'end' then sealed = tonumber(lf[i + 1]) end
-      end
-      if sealed then
-        total = sealed
-        already = true
-      elseif n and n > 0 then
-        total = first + n
-      else
-        -- A corrupt last entry (no valid count): seal just after it; readers report it.
-        total = first
-        seal_id = first .. '-' .. (seq + 1)
-      end
-    end
-    if not already then
-      redis.call('XADD', key, seal_id or (total .. '-1'), 'end', total)
-    end
-    lengths[kv['node']] = total
-    table.insert(data_keys, key)
-  end
-end
-local lengths_json = cjson.encode(lengths)
-if next(lengths) == nil then lengths_json = '{}' end
-redis.call('XADD', events, '*', 'event', 'END', 'state', state, 'error', err, 'time', now,
-           'lengths', lengths_json)
-redis.call('HSET', scan, 'state', state, 'error', err, 'end_time', now)
-if ARGV[6] ~= '' then redis.call('HSET', scan, 'info', ARGV[6]) end
-redis.call('DEL', lease)
-if retention > 0 then
-  local ms = math.floor(retention * 1000)
-  redis.call('PEXPIRE', scan, ms)
-  redis.call('PEXPIRE', events, ms)
-  for _, key in ipairs(data_keys) do redis.call('PEXPIRE', key, ms) end
-end
-return {'ok', state}
-"""
-
-# The same script allowed to run when Redis is full (maxmemory reached, noeviction): ending a
-# scan as FAILED adds only a few small entries, and refusing it would leave the scan running
-# until its lease expires, when ending it as KILLED would be refused too. Script flags
-# need Redis >= 7.0; on older servers the OOM error of the plain script stands.
-_END_SCAN_LUA_ALLOW_OOM = "#!lua flags=allow-oom\n" + _END_SCAN_LUA
+        return super().call_with_retry(do, fail_unless_refused, *args, **kwargs)
 
 
 #: Entries of a stream as XRANGE and XREVRANGE return them here: ``(ID, fields)`` pairs.
@@ -248,10 +184,12 @@ class DataStore:
     Parameters
     ----------
     url : str, optional
-        Redis URL. Default: ``SCANSTREAM_REDIS_URL``, else the user's embedded server,
-        started on demand.
+        Redis URL. It overrides ``settings.redis_url`` (only that field). Default:
+        ``settings.redis_url``, else ``SCANSTREAM_REDIS_URL``, else the user's embedded
+        server, started on demand.
     settings : Settings, optional
-        Prefix, lease and retention times. Default: :meth:`Settings.from_env`.
+        Prefix, lease, retention and retry settings, used as given (the environment is not
+        read for them). Default: :meth:`Settings.from_env`.
 
     Raises
     ------
@@ -262,11 +200,13 @@ class DataStore:
     """
 
     def __init__(self, url: str | None = None, settings: Settings | None = None) -> None:
-        self.settings = settings or Settings.from_env(redis_url=url)
-        if url is not None and self.settings.redis_url != url:
-            self.settings = Settings.from_env(redis_url=url)
-        from .server import resolve_url  # the server module starts the embedded server
-
+        # ``url`` overrides ``settings.redis_url`` and nothing else: the other settings are
+        # kept as given (they used to be replaced by the environment's).
+        if settings is None:
+            settings = Settings.from_env(redis_url=url)
+        elif url is not None:
+            settings = dataclasses.replace(settings, redis_url=url)
+        self.settings = settings
         self.url = resolve_url(self.settings.redis_url)
         self.keys = Keys(self.settings.prefix)
         vectored = vectored_connection_class(self.url)
@@ -285,8 +225,6 @@ class DataStore:
             **connection_class,
         )
         _refuse_reply_options(self.url, self.redis.connection_pool.connection_kwargs)
-        self._end_scan_script = self.redis.register_script(_END_SCAN_LUA)
-        self._end_scan_script_oom = self.redis.register_script(_END_SCAN_LUA_ALLOW_OOM)
         self._protocol_checked = False
         self._finalizer = weakref.finalize(self, self.redis.close)
         self.check_protocol()
@@ -343,54 +281,56 @@ class DataStore:
                 f"known sessions: {known}"
             )
 
-    def end_scan(
-        self,
-        session: str,
-        number: int,
-        state: str,
-        error: str,
-        end_time: float,
-        *,
-        only_if_lease_expired: bool = False,
-        info_json: str = "",
-    ) -> tuple[str, str]:
-        """Run the end-of-scan script. Returns ``(outcome, state)``.
 
-        ``outcome`` is ``ok`` (ended now), ``ended`` (already ended; ``state`` is the final
-        state), ``alive`` (lease still held) or ``missing`` (no such scan).
+class StoreCache:
+    """Shared :class:`DataStore` objects, one per ``(url, prefix)``, created on first use.
+
+    The entry points that take a ``redis_url`` and no ``store`` (``create_session``,
+    ``get_session_node``, ``WriterService``...) share the stores of :data:`DEFAULT_STORES`,
+    so that a process opens one connection pool per server and not one per call.
+    """
+
+    def __init__(self) -> None:
+        self._stores: dict[tuple[str | None, str | None], DataStore] = {}
+        self._lock = threading.Lock()
+
+    def get(self, url: str | None = None, prefix: str | None = None) -> DataStore:
+        """The store of ``url`` and ``prefix`` (None: from the environment), created if needed."""
+        with self._lock:
+            store = self._stores.get((url, prefix))
+            if store is None:
+                store = DataStore(settings=Settings.from_env(redis_url=url, prefix=prefix))
+                self._stores[(url, prefix)] = store
+            return store
+
+    def clear(self) -> None:
+        """Close every cached store and forget them: the next :meth:`get` connects anew.
+
+        For a process that changes its ``SCANSTREAM_*`` environment, and for tests. Objects
+        still holding a cleared store (a session, a node) must not be used afterwards.
         """
-        keys = [
-            self.keys.scan(session, number),
-            self.keys.scan_events(session, number),
-            self.keys.scan_lease(session, number),
-        ]
-        args = [
-            state,
-            error,
-            repr(end_time),
-            repr(self.settings.retention_time),
-            "1" if only_if_lease_expired else "0",
-            info_json,
-        ]
-        try:
-            outcome, final = self._end_scan_script(keys=keys, args=args)
-        except redis.exceptions.OutOfMemoryError as exc:
-            try:
-                outcome, final = self._end_scan_script_oom(keys=keys, args=args)
-            except redis.exceptions.ResponseError:
-                raise exc from None
-        return outcome.decode(), final.decode() if final else ""
+        with self._lock:
+            stores = list(self._stores.values())
+            self._stores.clear()
+        for store in stores:
+            store.close()
+
+    def __len__(self) -> int:
+        return len(self._stores)
 
 
-_default_stores: dict[tuple[str | None, str | None], DataStore] = {}
-_default_lock = threading.Lock()
+#: The process-wide cache behind :func:`default_store`.
+DEFAULT_STORES = StoreCache()
 
 
 def default_store(url: str | None = None, prefix: str | None = None) -> DataStore:
-    """Return a process-wide shared :class:`DataStore` for ``url`` (created on first use)."""
-    with _default_lock:
-        store = _default_stores.get((url, prefix))
-        if store is None:
-            store = DataStore(settings=Settings.from_env(redis_url=url, prefix=prefix))
-            _default_stores[(url, prefix)] = store
-        return store
+    """Return the process-wide shared :class:`DataStore` for ``url`` (created on first use).
+
+    See :class:`StoreCache`; :func:`clear_default_stores` closes and forgets them.
+    """
+    return DEFAULT_STORES.get(url, prefix)
+
+
+def clear_default_stores() -> None:
+    """Close and forget every store :func:`default_store` handed out (:meth:`StoreCache.clear`)."""
+    DEFAULT_STORES.clear()

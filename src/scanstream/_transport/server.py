@@ -170,8 +170,11 @@ def default_maxmemory() -> int:
     return int(ram * DEFAULT_MAXMEMORY_FRACTION) if ram else _FALLBACK_MAXMEMORY
 
 
-def _pid_alive(pid: int) -> bool:
-    """Tell whether a process exists and is not a zombie."""
+def pid_alive(pid: int) -> bool:
+    """Tell whether a process of this host exists and is not a zombie.
+
+    A process of another user counts as alive (``kill(pid, 0)`` is refused, not failed).
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -217,11 +220,14 @@ class EmbeddedServer:
         ``requirepass`` of the server; it is written to a 0600 config file, never on a command line.
     maxmemory : str or None
         Redis ``maxmemory`` (for example ``"2gb"``). Keys are never evicted: writes beyond it fail.
+    binary : pathlib.Path or str or None
+        The server executable. None (default): :func:`find_server_binary`.
     """
 
     def __init__(self, directory: Path, *, port: int | None = None, password: str | None = None,
-                 maxmemory: str | None = None) -> None:
+                 maxmemory: str | None = None, binary: Path | str | None = None) -> None:
         self.directory = Path(directory).absolute()
+        self.binary = None if binary is None else Path(binary)
         self.port = port
         self.password = password
         self.maxmemory = maxmemory
@@ -265,7 +271,7 @@ class EmbeddedServer:
         """True if the pidfile's process is alive and is the one answering on our address."""
         pid = self.pid
         # Comparing PIDs guards against a recycled PID and against another server on our port.
-        return pid is not None and _pid_alive(pid) and self.ping() == pid
+        return pid is not None and pid_alive(pid) and self.ping() == pid
 
     def _config(self) -> str:
         """Return the text of the server's config file."""
@@ -297,7 +303,7 @@ class EmbeddedServer:
         if self.port is None and len(str(self.socket_path)) >= _MAX_SOCKET_PATH:
             raise ServerError(f"unix socket path too long (>= {_MAX_SOCKET_PATH}): "
                               f"{self.socket_path}")
-        binary = find_server_binary()
+        binary = self.binary or find_server_binary()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.pidfile.unlink(missing_ok=True)
         conf = self.directory / _CONFFILE
@@ -358,7 +364,7 @@ class EmbeddedServer:
     def _wait_gone(self, pid: int, timeout: float) -> bool:
         """Wait until the process is gone, reaping it if it is our child."""
         deadline = time.monotonic() + timeout
-        while (self._process.poll() is None) if self._process else _pid_alive(pid):
+        while (self._process.poll() is None) if self._process else pid_alive(pid):
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.01)

@@ -18,8 +18,8 @@ from typing import Any
 import redis
 
 from .._transport import server
-from ..admin import listing as admin
 from ..exceptions import ScanstreamError
+from . import admin as admin_cli
 from . import demo
 from . import scan as sim_cli
 from . import writer as writer_cli
@@ -74,56 +74,14 @@ def _run_server(args: argparse.Namespace) -> int:
     return 0 if status["running"] else 1
 
 
-# --- scanstream ls [SESSION] / delete SESSION ----------------------------------------------------
-
-
-def _configure_ls(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("session", nargs="?", default=None,
-                        help="only this session (default: every session)")
-
-
-def _run_ls(args: argparse.Namespace) -> int:
-    from .._transport.connection import DataStore
-
-    with DataStore(redis_url(args)) as store:
-        print(admin.format_listing(admin.list_sessions(store, args.session),
-                                   admin.server_memory(store)))
-    return 0
-
-
-def _configure_delete(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("session", help="the session whose scans to delete")
-    parser.add_argument("--older-than", metavar="DURATION", type=admin.parse_duration,
-                        default=None, help="only scans ended longer ago than this "
-                                           "(90s, 15m, 2h, 7d; default: any age)")
-    parser.add_argument("--scan", metavar="N", type=int, nargs="+", dest="numbers",
-                        help="only these scan numbers (default: every stored scan)")
-    parser.add_argument("--force", action="store_true",
-                        help="also delete scans no writer has saved (running ones never are)")
-    parser.add_argument("--dry-run", action="store_true", help="say what would be deleted")
-
-
-def _run_delete(args: argparse.Namespace) -> int:
-    from .._transport.connection import DataStore
-
-    with DataStore(redis_url(args)) as store:
-        report = admin.delete_scans(store, args.session, older_than=args.older_than,
-                                    numbers=args.numbers, force=args.force, dry_run=args.dry_run)
-    print(admin.format_report(report))
-    # Scans named with --scan that were kept are a failure for scripts; others are expected.
-    return 1 if args.numbers and report.kept else 0
-
-
 COMMANDS: tuple[Command, ...] = (
     Command("server", "start, stop or describe your embedded Redis server",
             _configure_server, _run_server),
     Command("scan", sim_cli.SCAN_HELP, sim_cli.configure_scan, sim_cli.run_scan),
     Command("writer", writer_cli.WRITER_HELP, writer_cli.configure_writer, writer_cli.run_writer),
     Command("demo", demo.DEMO_HELP, demo.configure_demo, demo.run_demo),
-    Command("ls", "list sessions and their stored scans (state, points, memory)",
-            _configure_ls, _run_ls),
-    Command("delete", "delete stored scans of a session: ended and saved ones only, "
-                      "unless --force", _configure_delete, _run_delete),
+    Command("ls", admin_cli.LS_HELP, admin_cli.configure_ls, admin_cli.run_ls),
+    Command("delete", admin_cli.DELETE_HELP, admin_cli.configure_delete, admin_cli.run_delete),
 )
 
 

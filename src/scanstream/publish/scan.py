@@ -37,6 +37,7 @@ from .._protocol.entries import (
 )
 from .._protocol.keys import check_item_name
 from .._protocol.metadata import check_scan_info, iso_time
+from .._protocol.scripts import end_scan
 from ..exceptions import (
     EncodingError,
     InvalidArgumentError,
@@ -352,7 +353,17 @@ class ScanPublisher:
         if error is not None:
             self._info["error"] = error
         session, info = self.session_name, metadata.dumps(self._info)
-        outcome, final = self.store.end_scan(session, self.number, state.name, error or "", now, info_json=info)
+        outcome, final = end_scan(
+            self.store.redis,
+            self.store.keys,
+            session,
+            self.number,
+            state.name,
+            error or "",
+            now,
+            retention_time=self.store.settings.retention_time,
+            info_json=info,
+        )
         self._state = self._end_outcome(state, outcome, final)
 
     def _check_end(

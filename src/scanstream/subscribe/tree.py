@@ -15,6 +15,7 @@ from typing import Any
 
 from .._protocol import entries, metadata
 from .._protocol.keys import check_session_name
+from .._protocol.scripts import end_scan
 from .._transport.connection import DataStore, default_store, stream_entries
 from ..exceptions import DecodingError, ScanNotFoundError
 from ..models import FINAL_STATES, NodeType, ScanEnd, ScanState
@@ -214,12 +215,15 @@ class ScanNode(DataNode):
 
         Needs write access; a read-only user gets ``redis.exceptions.NoPermissionError``.
         """
-        outcome, _ = self.store.end_scan(
+        outcome, _ = end_scan(
+            self.store.redis,
+            self.store.keys,
             self.session_name,
             self.number,
             ScanState.KILLED.name,
             "the publisher stopped renewing its lease (process killed or frozen)",
             time.time(),
+            retention_time=self.store.settings.retention_time,
             only_if_lease_expired=True,
         )
         return outcome == "ok"

@@ -1,0 +1,81 @@
+-- Ends a scan atomically: seals every data stream with its final length, appends END to the
+-- scan's event stream, records the state, drops the lease and applies the retention time.
+--
+-- Run server-side so that a reader declaring a scan KILLED (lease expired) and a late
+-- publisher calling end() cannot both succeed, and so that END is never visible before the
+-- seals. The data stream keys are derived from the NEW_NODE entries; they share the scan's
+-- hash tag, hence its cluster slot.
+--
+-- KEYS: scan hash, events stream, lease.
+-- ARGV: state, error, time, retention (s), only_if_lease_expired (0/1), info JSON or "".
+-- Returns {outcome, state}: outcome 'ok' (ended now), 'ended' (already ended in state),
+-- 'alive' (lease still held) or 'missing' (no such scan).
+-- Called by scanstream/_protocol/scripts.py, which may prepend '#!lua flags=allow-oom'.
+
+-- The wire format's rules, as scanstream/_protocol/entries.py states them:
+-- FINAL_STATE_NAMES and has_data_stream() (tests/test_protocol_scripts.py checks they agree).
+local FINAL_STATES = {DONE = true, USER_ABORTED = true, KILLED = true, FAILED = true}
+local DATA_NODE_TYPES = {channel = true, lima = true, node_ref_channel = true}
+
+local scan, events, lease = KEYS[1], KEYS[2], KEYS[3]
+local state, err, now, retention = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+if redis.call('EXISTS', scan) == 0 then return {'missing', ''} end
+local current = redis.call('HGET', scan, 'state')
+if current and FINAL_STATES[current] then return {'ended', current} end
+if ARGV[5] == '1' and redis.call('EXISTS', lease) == 1 then return {'alive', current or ''} end
+local lengths = {}
+local data_keys = {}
+for _, entry in ipairs(redis.call('XRANGE', events, '-', '+')) do
+  local f = entry[2]
+  local kv = {}
+  for i = 1, #f, 2 do kv[f[i]] = f[i + 1] end
+  -- A NEW_NODE replayed by a client retry appears twice: seal each stream once.
+  if kv['event'] == 'NEW_NODE' and DATA_NODE_TYPES[kv['type']] and lengths[kv['node']] == nil then
+    local key = scan .. ':data:' .. kv['node']
+    local total = 0
+    local seal_id = nil
+    local already = false
+    -- The length of a stream comes from its last entry, as entries.stream_length() reads it:
+    -- a seal's 'end' field, else the ID's first part (the first point's index) plus 'n'.
+    local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+    if #last > 0 then
+      local first, seq = string.match(last[1][1], '^(%d+)-(%d+)$')
+      first, seq = tonumber(first), tonumber(seq)
+      local n, sealed = nil, nil
+      local lf = last[1][2]
+      for i = 1, #lf, 2 do
+        if lf[i] == 'n' then n = tonumber(lf[i + 1]) end
+        if lf[i] == 'end' then sealed = tonumber(lf[i + 1]) end
+      end
+      if sealed then
+        total = sealed
+        already = true
+      elseif n and n > 0 then
+        total = first + n
+      else
+        -- A corrupt last entry (no valid count): seal just after it; readers report it.
+        total = first
+        seal_id = first .. '-' .. (seq + 1)
+      end
+    end
+    if not already then
+      redis.call('XADD', key, seal_id or (total .. '-1'), 'end', total)
+    end
+    lengths[kv['node']] = total
+    table.insert(data_keys, key)
+  end
+end
+local lengths_json = cjson.encode(lengths)
+if next(lengths) == nil then lengths_json = '{}' end
+redis.call('XADD', events, '*', 'event', 'END', 'state', state, 'error', err, 'time', now,
+           'lengths', lengths_json)
+redis.call('HSET', scan, 'state', state, 'error', err, 'end_time', now)
+if ARGV[6] ~= '' then redis.call('HSET', scan, 'info', ARGV[6]) end
+redis.call('DEL', lease)
+if retention > 0 then
+  local ms = math.floor(retention * 1000)
+  redis.call('PEXPIRE', scan, ms)
+  redis.call('PEXPIRE', events, ms)
+  for _, key in ipairs(data_keys) do redis.call('PEXPIRE', key, ms) end
+end
+return {'ok', state}

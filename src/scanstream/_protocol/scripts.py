@@ -1,0 +1,189 @@
+"""The server-side steps of the protocol: Lua scripts that change a scan in one atomic step.
+
+- :func:`end_scan` seals the data streams, appends END, records the final state and applies
+  the retention time (``end_scan.lua``);
+- :func:`delete_scan` checks the deletion rules and deletes a scan's keys (``delete_scan.lua``).
+
+The scripts are package data (``*.lua`` beside this module), so that editors highlight them and
+``redis-cli --eval`` can run them. They follow the rules of :mod:`.entries` (which states are
+final, which nodes own a data stream, how long a stream is); ``tests/test_protocol_scripts.py``
+checks that the Lua and the Python agree. The writer's claim and release scripts live with the
+writer.
+
+The functions take a redis-py client and the :class:`~.keys.Keys` of the database, not a
+``DataStore``: the protocol layer does not depend on the transport.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from typing import NamedTuple, cast
+
+import redis
+
+from .keys import Keys
+
+#: Prepended to a script to let it run when Redis is full (maxmemory reached, noeviction).
+#: Script flags need Redis >= 7.0: older servers refuse the line with an error.
+ALLOW_OOM = "#!lua flags=allow-oom\n"
+
+
+def script_text(name: str) -> str:
+    """Text of the Lua script ``name`` (for example ``"end_scan.lua"``) shipped with the package."""
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+class LuaScript:
+    """A Lua script run by its SHA1 (EVALSHA), loaded into the server's cache when missing.
+
+    One instance serves every client: unlike redis-py's ``register_script``, it is not bound
+    to a connection.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+    def __call__(self, client: redis.Redis, keys: list[str], args: list[str]) -> list[bytes]:
+        """Run the script; returns its reply (a list of bytes for the scripts of this module)."""
+        try:
+            reply = client.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            # First use on this server, or its script cache was flushed (SCRIPT FLUSH, restart).
+            reply = client.eval(self.text, len(keys), *keys, *args)
+        # bytes, never str: scanstream's clients are created without decode_responses.
+        return cast("list[bytes]", reply)
+
+
+_END_SCAN = LuaScript(script_text("end_scan.lua"))
+# The same script allowed to run when Redis is full: ending a scan as FAILED adds only a few
+# small entries, and refusing it would leave the scan running until its lease expires, when
+# ending it as KILLED would be refused too.
+_END_SCAN_ALLOW_OOM = LuaScript(ALLOW_OOM + _END_SCAN.text)
+_DELETE_SCAN = LuaScript(script_text("delete_scan.lua"))
+
+
+def _scan_keys(keys: Keys, session: str, number: int) -> list[str]:
+    """KEYS of both scripts: the scan hash, its event stream, its lease."""
+    return [
+        keys.scan(session, number),
+        keys.scan_events(session, number),
+        keys.scan_lease(session, number),
+    ]
+
+
+def end_scan(
+    client: redis.Redis,
+    keys: Keys,
+    session: str,
+    number: int,
+    state: str,
+    error: str,
+    end_time: float,
+    *,
+    retention_time: float,
+    only_if_lease_expired: bool = False,
+    info_json: str = "",
+) -> tuple[str, str]:
+    """End a scan in one atomic step. Returns ``(outcome, state)``.
+
+    Parameters
+    ----------
+    client : redis.Redis
+        A client without ``decode_responses``.
+    keys : Keys
+        Key names of the database.
+    session, number : str, int
+        The scan.
+    state : str
+        Final state name (see :data:`.entries.FINAL_STATE_NAMES`).
+    error : str
+        Error text ("" for none).
+    end_time : float
+        Epoch time recorded in the END entry and the scan hash.
+    retention_time : float
+        Seconds the scan's keys stay after the end (0: no expiry).
+    only_if_lease_expired : bool
+        End it only if the publisher's lease is gone (outcome ``alive`` otherwise).
+    info_json : str
+        New scan_info JSON for the scan hash ("" keeps it).
+
+    Returns
+    -------
+    tuple of str
+        ``outcome`` is ``ok`` (ended now), ``ended`` (already ended; ``state`` is the final
+        state), ``alive`` (lease still held) or ``missing`` (no such scan).
+
+    Raises
+    ------
+    redis.exceptions.OutOfMemoryError
+        Redis is full and older than 7.0 (it cannot run the script past maxmemory).
+    """
+    script_keys = _scan_keys(keys, session, number)
+    args = [
+        state,
+        error,
+        repr(end_time),
+        repr(retention_time),
+        "1" if only_if_lease_expired else "0",
+        info_json,
+    ]
+    try:
+        outcome, final = _END_SCAN(client, script_keys, args)
+    except redis.exceptions.OutOfMemoryError as exc:
+        try:
+            outcome, final = _END_SCAN_ALLOW_OOM(client, script_keys, args)
+        except redis.exceptions.ResponseError:  # Redis < 7.0: no script flags
+            raise exc from None
+    return outcome.decode(), final.decode() if final else ""
+
+
+class DeleteOutcome(NamedTuple):
+    """What ``delete_scan.lua`` decided (see the table at the top of that file).
+
+    Attributes
+    ----------
+    outcome : str
+        ``missing``, ``running``, ``recent``, ``unsaved``, ``deletable`` (dry run) or ``deleted``.
+    state : str
+        The stored state (for ``recent``: ``ended`` or ``started``).
+    detail : str
+        For ``recent``: the epoch time compared with the cutoff; for ``deletable`` and
+        ``deleted``: ``ended`` or ``gone`` (publisher gone); else empty.
+    """
+
+    outcome: str
+    state: str
+    detail: str
+
+
+def delete_scan(
+    client: redis.Redis,
+    keys: Keys,
+    session: str,
+    number: int,
+    *,
+    cutoff: float | None,
+    saved: bool,
+    force: bool,
+    dry_run: bool,
+) -> DeleteOutcome:
+    """Delete one scan if the rules allow it, checked and deleted in one script.
+
+    A scan is deleted unless it runs (not ended, lease alive), it ended (or, not ended, started)
+    after ``cutoff``, or it is neither ``saved`` nor ``force``-d. The script only reads and
+    deletes, so it runs on a full Redis (past maxmemory), 7.0 included.
+
+    ``saved`` is read by the caller: the saved set is a session key, in another cluster slot
+    than the scan's keys, and it only grows, so a stale False only keeps a scan.
+    """
+    args = [
+        "" if cutoff is None else repr(cutoff),
+        "1" if saved else "0",
+        "1" if force else "0",
+        "1" if dry_run else "0",
+    ]
+    reply = _DELETE_SCAN(client, _scan_keys(keys, session, number), args)
+    outcome, state, detail = (part.decode(errors="replace") for part in reply)
+    return DeleteOutcome(outcome, state, detail)

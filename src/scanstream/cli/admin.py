@@ -1,0 +1,156 @@
+"""``scanstream ls`` and ``scanstream delete``: their arguments and their text output.
+
+The library (:mod:`scanstream.admin`) returns data; this module parses and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from .._transport.connection import DataStore
+from .._transport.server import resolve_url
+from ..admin.deletion import DeletionReport, delete_scans
+from ..admin.listing import SessionSummary, format_age, list_sessions, parse_duration, server_memory
+
+LS_HELP = "list sessions and their stored scans (state, points, memory)"
+DELETE_HELP = "delete stored scans of a session: ended and saved ones only, unless --force"
+
+
+def configure_ls(parser: argparse.ArgumentParser) -> None:
+    """Add the arguments of ``scanstream ls``."""
+    parser.add_argument(
+        "session", nargs="?", default=None, help="only this session (default: every session)"
+    )
+
+
+def run_ls(args: argparse.Namespace) -> int:
+    """Print the sessions, their stored scans and the server's memory; exit code 0."""
+    with DataStore(resolve_url(args.redis_url)) as store:
+        print(format_listing(list_sessions(store, args.session), server_memory(store)))
+    return 0
+
+
+def configure_delete(parser: argparse.ArgumentParser) -> None:
+    """Add the arguments of ``scanstream delete``."""
+    parser.add_argument("session", help="the session whose scans to delete")
+    parser.add_argument(
+        "--older-than",
+        metavar="DURATION",
+        type=parse_duration,
+        default=None,
+        help="only scans ended longer ago than this (90s, 15m, 2h, 7d; default: any age)",
+    )
+    parser.add_argument(
+        "--scan",
+        metavar="N",
+        type=int,
+        nargs="+",
+        dest="numbers",
+        help="only these scan numbers (default: every stored scan)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="also delete scans no writer has saved (running ones never are)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="say what would be deleted")
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    """Delete and print the report; exit code 1 if a scan named with ``--scan`` was kept."""
+    with DataStore(resolve_url(args.redis_url)) as store:
+        report = delete_scans(
+            store,
+            args.session,
+            older_than=args.older_than,
+            numbers=args.numbers,
+            force=args.force,
+            dry_run=args.dry_run,
+        )
+    print(format_report(report))
+    # Scans named with --scan that were kept are a failure for scripts; others are expected.
+    return 1 if args.numbers and report.kept else 0
+
+
+def format_bytes(size: int | None) -> str:
+    """Format a byte count as ``512B``, ``12.3KiB``, ``4.0MiB``, ``1.50GiB``; None as ``-``."""
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{value:.2f}GiB"
+
+
+def _when(timestamp: float | None) -> str:
+    return (
+        "-" if timestamp is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+    )
+
+
+def format_listing(sessions: Sequence[SessionSummary], memory: dict[str, Any] | None = None) -> str:
+    """Text of ``scanstream ls``: one table per session, then the totals."""
+    lines = []
+    header = ("#", "name", "state", "points", "memory", "saved", "ended", "expires in")
+    for summary in sessions:
+        lines.append(
+            f"session {summary.name}: {len(summary.scans)} scan(s), {format_bytes(summary.memory)}"
+        )
+        rows = [header] + [
+            (
+                str(s.number),
+                s.name,
+                s.status,
+                str(s.points),
+                format_bytes(s.memory),
+                "yes" if s.saved else "no",
+                _when(s.end_time),
+                "-" if s.expires_in is None else format_age(s.expires_in),
+            )
+            for s in summary.scans
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        for row in rows:
+            lines.append(
+                "  "
+                + "  ".join(
+                    cell.rjust(w) if i in (0, 3, 4) else cell.ljust(w)
+                    for i, (cell, w) in enumerate(zip(row, widths))
+                ).rstrip()
+            )
+    nscans = sum(len(s.scans) for s in sessions)
+    total = (
+        f"total: {len(sessions)} session(s), {nscans} scan(s), "
+        f"{format_bytes(sum(s.memory for s in sessions))}"
+    )
+    if memory and memory.get("used_memory") is not None:
+        limit = memory.get("maxmemory")
+        total += (
+            f"; server uses {format_bytes(memory['used_memory'])} of "
+            f"{format_bytes(limit) if limit else 'no limit'}"
+            f" (policy {memory.get('maxmemory_policy')})"
+        )
+    lines.append(total)
+    return "\n".join(lines)
+
+
+def format_report(report: DeletionReport) -> str:
+    """Text of ``scanstream delete``: each scan deleted or kept, with the reason, then a total."""
+    verb = "would delete" if report.dry_run else "deleted"
+    lines = []
+    for d in report.deleted:
+        name = d.scan.name if d.scan else "?"
+        lines.append(f"{verb} {report.session}:{d.number}_{name}: {d.reason}")
+    for d in report.kept:
+        name = f"_{d.scan.name}" if d.scan else ""
+        lines.append(f"kept {report.session}:{d.number}{name}: {d.reason}")
+    lines.append(
+        f"{len(report.deleted)} scan(s) {verb}, {len(report.kept)} kept, "
+        f"{format_bytes(report.freed)} {'to free' if report.dry_run else 'freed'}"
+    )
+    return "\n".join(lines)

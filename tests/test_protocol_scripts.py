@@ -1,0 +1,208 @@
+"""The Lua scripts of _protocol/scripts.py follow the rules of _protocol/entries.py.
+
+Both sides state which nodes own a data stream, which states are final and how long a stream
+is; these tests read the rules out of the .lua text and run the scripts on the real server.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from scanstream import DataStore, ScanState, Settings
+from scanstream._protocol import entries, scripts
+from scanstream._protocol.keys import Keys
+from scanstream.models import NodeDescription, NodeType
+
+LUA_FILES = ("end_scan.lua", "delete_scan.lua")
+SESSION, NUMBER = "lua", 1
+
+
+def _lua_set(text: str, name: str) -> set[str]:
+    """Keys of the Lua table literal ``local NAME = {a = true, b = true}``."""
+    match = re.search(rf"^local {name} = \{{(.*)\}}$", text, re.MULTILINE)
+    assert match is not None, f"no 'local {name} = {{...}}' line"
+    items = [item.strip() for item in match.group(1).split(",")]
+    assert all(re.fullmatch(r"\w+ = true", item) for item in items), items
+    return {item.split(" = ")[0] for item in items}
+
+
+@pytest.mark.parametrize("name", LUA_FILES)
+def test_lua_rules_are_the_python_ones(name: str) -> None:
+    text = scripts.script_text(name)
+    assert _lua_set(text, "FINAL_STATES") == set(entries.FINAL_STATE_NAMES)
+    node_types = {t.value for t in NodeType}
+    data_types = {t for t in node_types if entries.has_data_stream(t)}
+    assert _lua_set(text, "DATA_NODE_TYPES") == data_types
+    # Data keys are built in Lua as <scan key>:data:<node index>, as Keys.scan_data builds them.
+    assert "scan .. ':data:' .. " in text
+    keys = Keys("p")
+    assert keys.scan_data(SESSION, NUMBER, 7) == keys.scan(SESSION, NUMBER) + ":data:7"
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    with redis.Redis.from_url(redis_url, socket_timeout=5) as connection:
+        yield connection
+
+
+def _make_scan(client: redis.Redis, keys: Keys, state: str, *, lease: bool) -> dict[str, int]:
+    """A scan written by hand with one node of every type; returns {type: node index}."""
+    client.hset(keys.scan(SESSION, NUMBER), mapping={"state": state, "name": "s"})
+    if lease:
+        client.set(keys.scan_lease(SESSION, NUMBER), "1")
+    indices = {}
+    for index, node_type in enumerate(t.value for t in NodeType):
+        desc = NodeDescription(index=index + 2, parent=1, type=node_type, name=node_type)
+        for _ in range(2):  # a NEW_NODE replayed by a client retry appears twice
+            client.xadd(keys.scan_events(SESSION, NUMBER), entries.new_node_fields(desc))
+        # A stream for every node, even those that must not have one: the scripts must leave
+        # those alone, as the readers ignore them.
+        key = keys.scan_data(SESSION, NUMBER, index + 2)
+        client.xadd(key, {"n": 3, "d": b"x"}, id=entries.data_entry_id(0))
+        client.xadd(key, {"n": 2 + index, "d": b"x"}, id=entries.data_entry_id(3))
+        indices[node_type] = index + 2
+    return indices
+
+
+def _last(client: redis.Redis, key: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    return client.xrevrange(key, count=1)  # type: ignore[return-value]
+
+
+def test_end_scan_seals_what_python_calls_data_streams(client: redis.Redis) -> None:
+    keys = Keys()
+    indices = _make_scan(client, keys, "PREPARED", lease=True)
+    expected = {
+        index: entries.stream_length(_last(client, keys.scan_data(SESSION, NUMBER, index)))[0]
+        for node_type, index in indices.items()
+        if entries.has_data_stream(node_type)
+    }
+    assert sorted(expected) == [indices["channel"], indices["lima"], indices["node_ref_channel"]]
+
+    outcome = scripts.end_scan(
+        client,
+        keys,
+        SESSION,
+        NUMBER,
+        "DONE",
+        "",
+        12.5,
+        retention_time=0,
+        only_if_lease_expired=True,
+    )
+    assert outcome == ("alive", "PREPARED")
+    assert scripts.end_scan(client, keys, SESSION, NUMBER, "DONE", "", 12.5, retention_time=60) == (
+        "ok",
+        "DONE",
+    )
+    for node_type, index in indices.items():
+        last = _last(client, keys.scan_data(SESSION, NUMBER, index))
+        length, sealed = entries.stream_length(last)
+        assert sealed is entries.has_data_stream(node_type), node_type
+        if sealed:
+            assert length == expected[index]
+    end = client.xrevrange(keys.scan_events(SESSION, NUMBER), count=1)[0][1]
+    parsed = entries.parse_end(end, "lua:1")
+    assert parsed.state is ScanState.DONE and parsed.lengths == expected
+    assert json.loads(end[b"lengths"]) == {str(k): v for k, v in expected.items()}
+    assert not client.exists(keys.scan_lease(SESSION, NUMBER))
+    assert 0 < client.pttl(keys.scan_data(SESSION, NUMBER, indices["lima"])) <= 60_000
+    assert client.pttl(keys.scan_data(SESSION, NUMBER, indices["container"])) == -1
+
+
+@pytest.mark.parametrize("state", [s.name for s in ScanState])
+def test_end_scan_final_states_are_the_python_ones(client: redis.Redis, state: str) -> None:
+    keys = Keys()
+    _make_scan(client, keys, state, lease=False)
+    outcome, final = scripts.end_scan(
+        client, keys, SESSION, NUMBER, "FAILED", "boom", 1.0, retention_time=0
+    )
+    if entries.is_final_state(state):
+        assert (outcome, final) == ("ended", state)
+    else:
+        assert (outcome, final) == ("ok", "FAILED")
+        assert client.hget(keys.scan(SESSION, NUMBER), "error") == b"boom"
+
+
+@pytest.mark.parametrize("state", [s.name for s in ScanState])
+@pytest.mark.parametrize("lease", [False, True])
+def test_delete_scan_follows_the_python_rules(client: redis.Redis, state: str, lease: bool) -> None:
+    keys = Keys()
+    indices = _make_scan(client, keys, state, lease=lease)
+    final = entries.is_final_state(state)
+    options = {"cutoff": None, "saved": True, "force": False}
+    outcome = scripts.delete_scan(client, keys, SESSION, NUMBER, dry_run=True, **options)
+    if lease and not final:
+        assert outcome == ("running", state, "")
+        return
+    assert outcome == ("deletable", state, "ended" if final else "gone")
+    assert client.exists(keys.scan(SESSION, NUMBER))
+    assert scripts.delete_scan(client, keys, SESSION, NUMBER, dry_run=False, **options) == (
+        "deleted",
+        state,
+        "ended" if final else "gone",
+    )
+    for node_type, index in indices.items():
+        left = client.exists(keys.scan_data(SESSION, NUMBER, index))
+        assert left == (0 if entries.has_data_stream(node_type) else 1), node_type
+    assert not client.exists(
+        keys.scan(SESSION, NUMBER),
+        keys.scan_events(SESSION, NUMBER),
+        keys.scan_lease(SESSION, NUMBER),
+    )
+    assert scripts.delete_scan(client, keys, SESSION, NUMBER, dry_run=False, **options) == (
+        "missing",
+        "",
+        "",
+    )
+
+
+def test_delete_scan_checks_age_and_saved(client: redis.Redis) -> None:
+    keys = Keys()
+    _make_scan(client, keys, "DONE", lease=False)
+    client.hset(keys.scan(SESSION, NUMBER), mapping={"start_time": "100.5", "end_time": "200.25"})
+    common = {"dry_run": True}
+    assert scripts.delete_scan(
+        client, keys, SESSION, NUMBER, cutoff=150.0, saved=True, force=False, **common
+    ) == ("recent", "ended", "200.25")
+    client.hdel(keys.scan(SESSION, NUMBER), "end_time")
+    assert scripts.delete_scan(
+        client, keys, SESSION, NUMBER, cutoff=50.0, saved=True, force=False, **common
+    ) == ("recent", "started", "100.5")
+    assert scripts.delete_scan(
+        client, keys, SESSION, NUMBER, cutoff=150.0, saved=False, force=False, **common
+    ) == ("unsaved", "DONE", "")
+    assert scripts.delete_scan(
+        client, keys, SESSION, NUMBER, cutoff=150.0, saved=False, force=True, **common
+    ) == ("deletable", "DONE", "ended")
+
+
+def test_delete_scan_with_thousands_of_streams(client: redis.Redis) -> None:
+    keys = Keys()
+    client.hset(keys.scan(SESSION, NUMBER), "state", "DONE")
+    pipe = client.pipeline(transaction=False)
+    for index in range(2, 3002):
+        desc = NodeDescription(index=index, parent=1, type="channel", name=f"c{index}")
+        pipe.xadd(keys.scan_events(SESSION, NUMBER), entries.new_node_fields(desc))
+        pipe.xadd(keys.scan_data(SESSION, NUMBER, index), {"n": 1, "d": b"x"}, id="0-1")
+    pipe.execute()
+    outcome = scripts.delete_scan(
+        client, keys, SESSION, NUMBER, cutoff=None, saved=True, force=False, dry_run=False
+    )
+    assert outcome.outcome == "deleted"
+    assert client.dbsize() == 0
+
+
+def test_scripts_survive_a_flushed_script_cache(redis_url: str) -> None:
+    with DataStore(settings=Settings(redis_url=redis_url)) as store:
+        keys = store.keys
+        _make_scan(store.redis, keys, "PREPARED", lease=False)
+        store.redis.script_flush()
+        assert scripts.end_scan(
+            store.redis, keys, SESSION, NUMBER, "DONE", "", 1.0, retention_time=0
+        ) == ("ok", "DONE")
+        assert store.redis.script_exists(scripts._END_SCAN.sha) == [True]
