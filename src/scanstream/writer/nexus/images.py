@@ -25,6 +25,7 @@ from .metadata import STR_DTYPE
 __all__ = [
     "ImageReference",
     "is_hdf5_format",
+    "references_dataset_name",
     "require_image_vds",
     "stored_path",
 ]
@@ -33,6 +34,11 @@ logger = logging.getLogger(__name__)
 
 #: ``(file_path, path_in_file, index_in_file, format)`` of one detector frame.
 ImageReference = tuple[str, str, int, str]
+
+
+def references_dataset_name(dataset_name: str) -> str:
+    """Name of the sibling table listing the frame references of an image channel."""
+    return f"{dataset_name}_references"
 
 
 def is_hdf5_format(file_format: str) -> bool:
@@ -166,8 +172,9 @@ def require_image_vds(
         rows.append((stored_path(file_path, master_dir, master_file), str(path_in_file),
                      int(index), str(file_format)))
 
-    table_is_new = f"{dsname}_references" not in group
-    _write_reference_table(group, f"{dsname}_references", first, rows, long_name=name)
+    table_name = references_dataset_name(dsname)
+    table_is_new = table_name not in group
+    _write_reference_table(group, table_name, first, rows, long_name=name)
     bad = sorted({r[3] for r in rows if not is_hdf5_format(r[3])})
     if bad:
         if table_is_new:
