@@ -1,7 +1,8 @@
 """The external HDF5/NeXus writer: :class:`WriterService` follows sessions and writes scans."""
 
+from ..admin.registry import saved_scans, writer_status
 from .scan_writer import ScanResult, ScanWriter, WriteResult, scan_file_path
-from .service import WriterService, saved_scans, writer_status
+from .service import WriterService
 
 __all__ = [
     "ScanResult",
