@@ -9,7 +9,6 @@ written at END_SCAN.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -20,6 +19,7 @@ from typing import Any
 import h5py
 
 from ..exceptions import WriterError
+from ..models import SavingMode
 from ..subscribe.data_nodes import ChannelNode, LimaNode, ScanRefNode
 from ..subscribe.events import EventData, EventType, StopHandler
 from ..subscribe.nodes import DataNode, ScanMemberNode
@@ -167,9 +167,9 @@ class ScanWriter:
         return self.result
 
     # -- the router: one method per event kind, then one per node class ----------------------
-    # Node classes are told apart with isinstance (functools.singledispatchmethod); the
-    # default of each per-class method does nothing, so a node class the writer does not
-    # store (or a new one) is skipped.
+    # Node classes are told apart with isinstance, in one place per event kind (a plain
+    # chain: functools.singledispatchmethod costs about 7 us per call, at every data event).
+    # A node class the writer does not store, or a new one, is skipped.
 
     def on_new_node(self, node: DataNode, data: EventData) -> None:
         """A top master gets its entry; a data node its place in its top master's entry."""
@@ -178,17 +178,29 @@ class ScanWriter:
         if node.parent is self.scan:
             self._entry(node)
             return
-        if isinstance(node, _DATA_NODES):
-            self._entry_of[node.index] = self._entry(self._top_master(node))
-            self._data_nodes[node.index] = node
-            self._new_data_node(node)
-            self.result.points.setdefault(node.db_name, 0)
+        if not isinstance(node, _DATA_NODES):
+            return
+        self._entry_of[node.index] = self._entry(self._top_master(node))
+        self._data_nodes[node.index] = node
+        self.result.points.setdefault(node.db_name, 0)
+        if isinstance(node, ChannelNode):
+            self.on_new_channel(node)
+        elif isinstance(node, LimaNode):
+            self.on_new_lima(node)
+        else:
+            self.on_new_scan_ref(node)
 
     def on_new_data(self, node: DataNode, data: EventData) -> None:
         """Points (frames, sub-scans) of a node, written at their index."""
-        end = self._new_data(node, data)
-        if end is not None:
-            self.result.points[node.db_name] = end
+        if isinstance(node, ChannelNode):
+            end = self.on_channel_data(node, data)
+        elif isinstance(node, LimaNode):
+            end = self.on_lima_data(node, data)
+        elif isinstance(node, ScanRefNode):
+            end = self.on_scan_ref_data(node, data)
+        else:
+            return
+        self.result.points[node.db_name] = end
         assert self._file is not None
         self.files.mark_dirty(self._file)
 
@@ -200,12 +212,8 @@ class ScanWriter:
         if node is self.scan:
             self._finalize(data.data, data.description or {})
 
-    @functools.singledispatchmethod
-    def _new_data_node(self, node: ScanMemberNode) -> None:
-        """Nothing to prepare before the data of this node class."""
-
-    @_new_data_node.register
-    def _new_channel(self, node: ChannelNode) -> None:
+    def on_new_channel(self, node: ChannelNode) -> None:
+        """Its dataset, created empty (it grows with the points)."""
         npoints = self.info.get("npoints")
         self._datasets[node.index] = nexus.require_channel_dataset(
             self._entry_of[node.index]["measurement"], node.name, node.dtype, node.shape,
@@ -213,13 +221,14 @@ class ScanWriter:
             units=node.unit,
         )
 
-    @functools.singledispatchmethod
-    def _new_data(self, node: DataNode, data: EventData) -> int | None:
-        """Data of a node class that is not stored: ignored (None: no points counted)."""
-        return None
+    def on_new_lima(self, node: LimaNode) -> None:
+        """Nothing yet: the virtual dataset is made with the first frame references."""
 
-    @_new_data.register
-    def _channel_data(self, node: ChannelNode, data: EventData) -> int | None:
+    def on_new_scan_ref(self, node: ScanRefNode) -> None:
+        """Nothing yet: sub-scans are linked at the end."""
+
+    def on_channel_data(self, node: ChannelNode, data: EventData) -> int:
+        """Write the points; return the index after the last one."""
         assert self._file is not None
         points = data.data
         nbytes = points.nbytes if points.dtype != object else sum(p.nbytes for p in points)
@@ -227,10 +236,10 @@ class ScanWriter:
         end: int = nexus.write_points(self._datasets[node.index], data.first_index, points)
         return end
 
-    @_new_data.register
-    def _lima_data(self, node: LimaNode, data: EventData) -> int | None:
+    def on_lima_data(self, node: LimaNode, data: EventData) -> int:
+        """Map the frames into the virtual dataset (only count them with NOSAVING)."""
         end = data.first_index + data.block_size
-        if node.saving_mode == "NOSAVING":  # no files: only the count is kept
+        if node.saving_mode == SavingMode.NOSAVING:  # no files to map
             self._unsaved_frames[node.index] = end
         else:
             nexus.require_image_vds(
@@ -239,8 +248,8 @@ class ScanWriter:
             )
         return end
 
-    @_new_data.register
-    def _scan_ref_data(self, node: ScanRefNode, data: EventData) -> int | None:
+    def on_scan_ref_data(self, node: ScanRefNode, data: EventData) -> int:
+        """Keep the sub-scans, linked at the end."""
         self._subscans.extend(data.data)
         return data.first_index + data.block_size
 
@@ -329,7 +338,7 @@ class ScanWriter:
         group = nexus.require_nx_group(instrument, name, "NXpositioner" if is_motor else "NXdetector")
         measurement = f"{self._entry_of[node.index].name}/measurement/"
         dsname = nexus.channel_dataset_name(node.name)
-        if isinstance(node, LimaNode) and node.saving_mode == "NOSAVING":
+        if isinstance(node, LimaNode) and node.saving_mode == SavingMode.NOSAVING:
             nexus.write_value(group, "saving_mode", "NOSAVING")
             nexus.write_value(group, "acquired_frames", self._unsaved_frames.get(node.index, 0))
             return
