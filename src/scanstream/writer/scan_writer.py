@@ -310,7 +310,7 @@ class ScanWriter:
         """Metadata is worth a warning, never the scan's data."""
         try:
             func(*args)
-        except Exception as exc:  # noqa: BLE001 - any metadata problem is reported, not raised
+        except Exception as exc:
             message = f"{what} not written: {exc}"
             logger.warning("scan %s: %s", self.scan.db_name, message)
             self.result.warnings.append(message)

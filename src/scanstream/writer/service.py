@@ -53,6 +53,7 @@ CATCH_UP_WORKERS = 4
 _MAX_ERRORS = 20
 #: How often a session listener looks whether its session is owned (s).
 _OWNED_POLL = 0.05
+_SCAN_TYPES = tuple(sorted(SCAN_NODE_TYPES))
 #: How often run() looks whether a signal came (s).
 _SIGNAL_POLL = 0.1
 
@@ -292,7 +293,7 @@ class WriterService:
         node = get_session_node(session.name, store=self.store)
         # Scans only: their nodes are the scan writers' job.
         for event_type, scan, _ in node.walk_on_new_events(
-            include_filter=SCAN_NODE_TYPES, exclude_children=SCAN_NODE_TYPES,
+            include_filter=_SCAN_TYPES, exclude_children=_SCAN_TYPES,
             from_next=not self.catch_up, stop_handler=claim,
         ):
             if event_type == EventType.NEW_NODE and isinstance(scan, ScanNode):
@@ -333,7 +334,7 @@ class WriterService:
             logger.info("saved %s (%s): %d points in %s entries %s of %s (%.2f s)",
                         scan.db_name, result.state, points, len(result.entries),
                         ", ".join(result.entries), result.path, time.monotonic() - started)
-        except Exception as exc:  # noqa: BLE001 - one bad scan must not stop the others
+        except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
             logger.error("scan %s NOT saved: %s", scan.db_name, message)
             session.errors.append(

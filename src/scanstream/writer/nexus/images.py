@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 
 from ...exceptions import NexusLayoutError
+from ...models import is_hdf5_format  # the one rule, shared with read_image (F16)
 from .channels import channel_dataset_name, fill_value_for
 from .metadata import STR_DTYPE
 
@@ -39,14 +40,6 @@ ImageReference = tuple[str, str, int, str]
 def references_dataset_name(dataset_name: str) -> str:
     """Name of the sibling table listing the frame references of an image channel."""
     return f"{dataset_name}_references"
-
-
-def is_hdf5_format(file_format: str) -> bool:
-    """True for Lima file formats stored as HDF5 datasets (``HDF5``, ``HDF5GZ``, ``HDF5BS``).
-
-    Compressed variants map into a VDS like plain ones; readers need the filter plugin.
-    """
-    return str(file_format).upper().startswith("HDF5")
 
 
 @dataclass(frozen=True)
