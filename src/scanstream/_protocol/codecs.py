@@ -347,10 +347,13 @@ def fill_value(dtype: npt.DTypeLike) -> Any:
         ``dtype`` is not a dtype a channel can hold (:data:`NUMERIC_KINDS`).
     """
     dt = np.dtype(dtype)
+    value: float | bool
     if dt.kind in "fc":
-        return dt.type(np.nan)
-    if dt.kind == "b":
-        return dt.type(False)
-    if dt.kind in "iu":
-        return dt.type(0)
-    raise EncodingError(f"channel dtype {dt} is not supported; publish the channel as numbers or bool")
+        value = np.nan
+    elif dt.kind == "b":
+        value = False
+    elif dt.kind in "iu":
+        value = 0
+    else:
+        raise EncodingError(f"channel dtype {dt} is not supported; publish the channel as numbers or bool")
+    return np.asarray(value, dtype=dt)[()]  # a scalar of that dtype

@@ -13,8 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
-
 from .._transport.connection import DataStore
 from .._transport.server import resolve_url
 from ..admin.registry import saved_scans, writer_status
@@ -136,13 +134,12 @@ def _summary(store: DataStore, session: str, numbers: list[int], root: Path) -> 
 def _describe_entry(path: Path, number: int) -> str:
     """``"3.1  ascan roby 0 1 10 0.1  DONE  5 channels x 11 points"`` from the file itself."""
     try:
-        with h5py.File(path, "r", locking=False) as file:
-            parts = []
-            for name in nexus.scan_entry_names(file, number):
-                entry = nexus.read_entry_summary(file[name])
-                reason = entry.end_reason or "?"
-                points = f"{max(entry.points.values())} points" if entry.points else "no data"
-                parts.append(f"{name:<5} {entry.title:<36} {reason:<13} {len(entry.points)} channels, {points}")
-            return "\n  ".join(parts) if parts else f"{number}: no entry in the file"
+        entries = nexus.read_scan_entries(path, number)
     except (OSError, KeyError) as exc:
         return f"{number}: cannot read the file: {exc}"
+    parts = []
+    for entry in entries:
+        reason = entry.end_reason or "?"
+        points = f"{max(entry.points.values())} points" if entry.points else "no data"
+        parts.append(f"{entry.name:<5} {entry.title:<36} {reason:<13} {len(entry.points)} channels, {points}")
+    return "\n  ".join(parts) if parts else f"{number}: no entry in the file"

@@ -96,6 +96,7 @@ __all__ = [
     "link_subscan_entries",
     "open_nexus_file",
     "read_entry_summary",
+    "read_scan_entries",
     "references_dataset_name",
     "require_channel_dataset",
     "require_entry",
@@ -376,3 +377,23 @@ def read_entry_summary(entry: h5py.Group) -> EntrySummary:
         end_reason=reason.asstr()[()] if isinstance(reason, h5py.Dataset) else None,
         points={name: dset.shape[0] for name, dset in channel_datasets(entry["measurement"]).items()},
     )
+
+
+def read_scan_entries(
+    path: str | os.PathLike[str], scan_number: int, *, strict_names: bool = False
+) -> list[EntrySummary]:
+    """The summaries of the entries of scan ``scan_number`` in the file ``path``.
+
+    The file is opened for reading with HDF5 file locking off, so that a file a writer still
+    has open can be read (see "Reading while writing").
+
+    Raises
+    ------
+    OSError
+        The file cannot be opened.
+    KeyError
+        An entry of that scan is not an entry of this layout.
+    """
+    with h5py.File(path, "r", locking=False) as file:
+        names = scan_entry_names(file, scan_number, strict_names=strict_names)
+        return [read_entry_summary(file[name]) for name in names]
