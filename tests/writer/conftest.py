@@ -41,7 +41,9 @@ def writer(store: DataStore, tmp_path: Path) -> Iterator[WriterService]:
     service = WriterService(["test_session"], root=tmp_path / "data", store=store, flush_period=0.05)
     service.start()
     try:
-        wait_for(lambda: (writer_status("test_session", store=store) or {}).get("writing"), 5,
+        # Owned from the first claim, made at start (not one heartbeat later): this returns in
+        # a few ms, the deadline is only a bound.
+        wait_for(lambda: (writer_status("test_session", store=store) or {}).get("writing"), 2,
                  "the writer to own the session")
         yield service
     finally:

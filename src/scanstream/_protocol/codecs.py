@@ -332,3 +332,28 @@ def entry_count(fields: Fields) -> int:
 def is_finite_number(value: Any) -> bool:
     """True for a real number that is not NaN or infinite."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def fill_value(dtype: npt.DTypeLike) -> Any:
+    """What a missing element of a channel of ``dtype`` reads as: NaN, 0 or False.
+
+    The one padding rule of the data model (floats and complex: NaN; integers: 0; bool:
+    False), used where variable-length points are padded to a common length and for the
+    elements of a file's dataset that no point has written.
+
+    Raises
+    ------
+    EncodingError
+        ``dtype`` is not a dtype a channel can hold (:data:`NUMERIC_KINDS`).
+    """
+    dt = np.dtype(dtype)
+    value: float | bool
+    if dt.kind in "fc":
+        value = np.nan
+    elif dt.kind == "b":
+        value = False
+    elif dt.kind in "iu":
+        value = 0
+    else:
+        raise EncodingError(f"channel dtype {dt} is not supported; publish the channel as numbers or bool")
+    return np.asarray(value, dtype=dt)[()]  # a scalar of that dtype

@@ -13,16 +13,15 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
-
 from .._transport.connection import DataStore
 from .._transport.server import resolve_url
+from ..admin.registry import saved_scans, writer_status
 from ..exceptions import ScanstreamError
 from ..publish import create_session
 from ..sim import SavingConfig
 from ..sim.catalogue import run_catalogue
 from ..subscribe.tree import ScanNode, get_session_node
-from ..writer import saved_scans, scan_file_path, writer_status
+from ..writer import nexus, scan_file_path
 
 DEMO_HELP = "publish the example scans and write their NeXus files (a writer process is started)"
 #: Seconds to wait for the writer to start, and then for the files once the scans have run.
@@ -135,18 +134,12 @@ def _summary(store: DataStore, session: str, numbers: list[int], root: Path) -> 
 def _describe_entry(path: Path, number: int) -> str:
     """``"3.1  ascan roby 0 1 10 0.1  DONE  5 channels x 11 points"`` from the file itself."""
     try:
-        with h5py.File(path, "r", locking=False) as file:
-            names = sorted((n for n in file if n.split(".")[0] == str(number)),
-                           key=lambda n: int(n.split(".")[1]))
-            parts = []
-            for name in names:
-                entry = file[name]
-                lengths = [d.shape[0] for d in entry["measurement"].values()
-                           if isinstance(d, h5py.Dataset) and not d.name.endswith(("_lengths", "_references"))]
-                title = entry["title"].asstr()[()]
-                reason = entry["end_reason"].asstr()[()] if "end_reason" in entry else "?"
-                points = f"{max(lengths)} points" if lengths else "no data"
-                parts.append(f"{name:<5} {title:<36} {reason:<13} {len(lengths)} channels, {points}")
-            return "\n  ".join(parts) if parts else f"{number}: no entry in the file"
+        entries = nexus.read_scan_entries(path, number)
     except (OSError, KeyError) as exc:
         return f"{number}: cannot read the file: {exc}"
+    parts = []
+    for entry in entries:
+        reason = entry.end_reason or "?"
+        points = f"{max(entry.points.values())} points" if entry.points else "no data"
+        parts.append(f"{entry.name:<5} {entry.title:<36} {reason:<13} {len(entry.points)} channels, {points}")
+    return "\n  ".join(parts) if parts else f"{number}: no entry in the file"

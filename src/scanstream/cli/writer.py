@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import signal
-import sys
-import threading
 import time
 from typing import Any
 
 from .._transport.connection import DataStore, default_store
 from .._transport.server import resolve_url
+from ..admin.registry import writer_status
 from ..exceptions import InvalidArgumentError
-from ..writer.service import WriterService, writer_status
+from ..writer.service import WriterService
 from .logs import configure_logging
 
 WRITER_HELP = "write every scan of some sessions into HDF5/NeXus files, live (Ctrl-C stops)"
@@ -37,7 +34,7 @@ def configure_writer(parser: argparse.ArgumentParser) -> None:
 
 
 def run_writer(args: argparse.Namespace) -> int:
-    """Run the writer until SIGINT/SIGTERM, or print the writers' status."""
+    """Run the writer until SIGINT/SIGTERM (:meth:`WriterService.run`), or print the writers' status."""
     store = default_store(resolve_url(args.redis_url))
     if args.status:
         return _print_status(store, args.sessions)
@@ -46,31 +43,14 @@ def run_writer(args: argparse.Namespace) -> int:
     configure_logging(max(args.verbose, 1))  # the service logs each scan it saves: show it
     service = WriterService(args.sessions, root=args.root, store=store,
                             catch_up=not args.only_new, strict_names=args.strict_names)
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    print(f"writing sessions {', '.join(service.sessions)} (files under {service.root} unless "
-          "scan_info gives a filename); Ctrl-C to stop", flush=True)
-    service.start()
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        print("stopping the writer (unfinished scans are completed at the next start)", flush=True)
-        service.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if service.files.unclosed:
-        # HDF5 crashes at exit on a file it could not flush (disk full): skip its clean-up.
-        print(f"files left unflushed (disk full?): {', '.join(map(str, service.files.unclosed))}",
-              file=sys.stderr, flush=True)
-        os._exit(1)
-    return 0
+    code = service.run()
+    service.exit_if_files_unflushed()  # HDF5 would crash at interpreter exit on them
+    return code
 
 
 def _print_status(store: DataStore, sessions: list[str]) -> int:
     if not sessions:
-        sessions = sorted(n.decode() if isinstance(n, bytes) else n
-                          for n in store.redis.hkeys(store.keys.sessions))
+        sessions = store.sessions()
         if not sessions:
             print("no session in this Redis")
             return 1

@@ -199,7 +199,7 @@ class ChannelNode(StreamNode):
 def pad_ragged(points: list[np.ndarray], dtype: np.dtype[Any], fill_value: Any = None) -> np.ndarray:
     """Stack 1D arrays of different lengths into a 2D array, padding with ``fill_value``."""
     if fill_value is None:
-        fill_value = np.nan if dtype.kind in "fc" else (False if dtype.kind == "b" else 0)
+        fill_value = codecs.fill_value(dtype)  # the data model's one padding rule
     width = max((len(p) for p in points), default=0)
     out = np.full((len(points), width), fill_value, dtype=dtype)
     for i, p in enumerate(points):

@@ -1,6 +1,15 @@
 """The external HDF5/NeXus writer: :class:`WriterService` follows sessions and writes scans."""
 
-from .scan_writer import ScanResult, ScanWriter, scan_file_path
-from .service import WriterService, saved_scans, writer_status
+from ..admin.registry import saved_scans, writer_status
+from .scan_writer import ScanResult, ScanWriter, WriteResult, scan_file_path
+from .service import WriterService
 
-__all__ = ["ScanResult", "ScanWriter", "WriterService", "saved_scans", "scan_file_path", "writer_status"]
+__all__ = [
+    "ScanResult",
+    "ScanWriter",
+    "WriteResult",
+    "WriterService",
+    "saved_scans",
+    "scan_file_path",
+    "writer_status",
+]

@@ -67,7 +67,7 @@ class ReadAhead:
                     self._walk_stop.stop()
                 if not self._put((True, event)):
                     return
-        except BaseException as exc:  # noqa: BLE001 - handed to the consuming thread
+        except BaseException as exc:
             self._put((False, exc))
             return
         self._put((False, _DONE))

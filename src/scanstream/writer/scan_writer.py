@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,11 +19,13 @@ from typing import Any
 import h5py
 
 from ..exceptions import WriterError
-from ..subscribe.events import EventType, StopHandler
-from ..subscribe.nodes import DataNode
+from ..models import SavingMode
+from ..subscribe.data_nodes import ChannelNode, LimaNode, ScanRefNode
+from ..subscribe.events import EventData, EventType, StopHandler
+from ..subscribe.nodes import DataNode, ScanMemberNode
 from ..subscribe.tree import ScanNode
-from .files import OpenFiles
 from . import nexus
+from .files import OpenFiles
 from .read_ahead import ReadAhead
 
 logger = logging.getLogger(__name__)
@@ -33,9 +35,13 @@ logger = logging.getLogger(__name__)
 METADATA_CLASSES = {"sample": "NXsample", "technique": "NXcollection", "instrument": "NXinstrument"}
 
 
+#: Node classes with a data stream: they are written into the entry of their top master.
+_DATA_NODES = (ChannelNode, LimaNode, ScanRefNode)
+
+
 @dataclass
-class ScanResult:
-    """What a :class:`ScanWriter` wrote.
+class WriteResult:
+    """What a :class:`ScanWriter` wrote (``ScanResult`` is the former name).
 
     Attributes
     ----------
@@ -61,6 +67,10 @@ class ScanResult:
     def complete(self) -> bool:
         """True when the scan's END_SCAN was written."""
         return bool(self.state)
+
+
+#: The former name of :class:`WriteResult`, kept for compatibility.
+ScanResult = WriteResult
 
 
 def scan_file_path(scan_info: Mapping[str, Any], session: str, root: Path) -> Path:
@@ -102,12 +112,13 @@ class ScanWriter:
         self.root = root
         self.strict_names = strict_names
         self.info: dict[str, Any] = scan.info
-        self.result = ScanResult(scan_file_path(self.info, scan.session_name, root))
+        self.result = WriteResult(scan_file_path(self.info, scan.session_name, root))
         self._file: h5py.File | None = None
         self._entries: dict[int, h5py.Group] = {}  # top-master node index -> NXentry
         self._datasets: dict[int, h5py.Dataset] = {}  # channel node index -> dataset
         self._entry_of: dict[int, h5py.Group] = {}  # data node index -> NXentry
-        self._data_nodes: dict[int, DataNode] = {}  # data node index -> node, in creation order
+        # data node index -> node, in creation order
+        self._data_nodes: dict[int, ChannelNode | LimaNode | ScanRefNode] = {}
         self._subscans: list[ScanNode] = []
         self._unsaved_frames: dict[int, int] = {}
 
@@ -116,10 +127,11 @@ class ScanWriter:
         """Identity stored in each entry, so a different scan never reuses an entry."""
         return f"{self.scan.session_name}:{self.scan.number}:{self.info.get('start_timestamp', '')}"
 
-    def run(self, stop_handler: StopHandler | None = None) -> ScanResult:
+    def run(self, stop_handler: StopHandler | None = None) -> WriteResult:
         """Write the scan from its first event to END_SCAN; return what was written.
 
-        Returns early, with ``result.complete`` False, when ``stop_handler`` is stopped.
+        Returns early, with ``result.complete`` False, when ``stop_handler`` is stopped;
+        nothing is written after that, not even the events already read.
 
         Raises
         ------
@@ -128,20 +140,24 @@ class ScanWriter:
         ScanstreamError
             The scan's data cannot be read from Redis (expired, corrupt).
         """
+        routes: dict[EventType, Callable[[DataNode, EventData], None]] = {
+            EventType.NEW_NODE: self.on_new_node,
+            EventType.NEW_DATA: self.on_new_data,
+            EventType.PREPARED_SCAN: self.on_prepared,
+            EventType.END_SCAN: self.on_end,
+        }
         self._file = self.files.acquire(self.result.path)
         try:
             # Events are read from Redis while the previous ones are written (read_ahead.py).
             with ReadAhead(lambda stop: self.scan.walk_events(stop_handler=stop), stop_handler,
                            name=f"scanstream-read-{self.scan.db_name}") as events:
                 for event_type, node, event_data in events:
-                    if event_type == EventType.NEW_NODE:
-                        self._on_new_node(node)
-                    elif event_type == EventType.NEW_DATA:
-                        self._on_new_data(node, event_data.first_index, event_data.data,
-                                          event_data.block_size)
-                        self.files.mark_dirty(self._file)
-                    elif event_type == EventType.END_SCAN and node is self.scan:
-                        self._finalize(event_data.data, event_data.description or {})
+                    # Checked before each event: once stopped, the scan may be another
+                    # writer's (the service lost the session), so not one more write.
+                    if stop_handler is not None and stop_handler.stopped:
+                        break
+                    routes[event_type](node, event_data)
+                    if self.result.complete:
                         break
         except OSError as exc:
             raise WriterError(f"cannot write {str(self.result.path)!r}: {exc}") from exc
@@ -150,14 +166,101 @@ class ScanWriter:
             self.files.release(file)
         return self.result
 
-    # -- nodes and data -----------------------------------------------------------------------
-    def _top_master(self, node: DataNode) -> DataNode:
-        while node.parent is not None and node.parent is not self.scan:
+    # -- the router: one method per event kind, then one per node class ----------------------
+    # Node classes are told apart with isinstance, in one place per event kind (a plain
+    # chain: functools.singledispatchmethod costs about 7 us per call, at every data event).
+    # A node class the writer does not store, or a new one, is skipped.
+
+    def on_new_node(self, node: DataNode, data: EventData) -> None:
+        """A top master gets its entry; a data node its place in its top master's entry."""
+        if not isinstance(node, ScanMemberNode):
+            return  # the scan itself (or a sub-scan of a group)
+        if node.parent is self.scan:
+            self._entry(node)
+            return
+        if not isinstance(node, _DATA_NODES):
+            return
+        self._entry_of[node.index] = self._entry(self._top_master(node))
+        self._data_nodes[node.index] = node
+        self.result.points.setdefault(node.db_name, 0)
+        if isinstance(node, ChannelNode):
+            self.on_new_channel(node)
+        elif isinstance(node, LimaNode):
+            self.on_new_lima(node)
+        else:
+            self.on_new_scan_ref(node)
+
+    def on_new_data(self, node: DataNode, data: EventData) -> None:
+        """Points (frames, sub-scans) of a node, written at their index."""
+        if isinstance(node, ChannelNode):
+            end = self.on_channel_data(node, data)
+        elif isinstance(node, LimaNode):
+            end = self.on_lima_data(node, data)
+        elif isinstance(node, ScanRefNode):
+            end = self.on_scan_ref_data(node, data)
+        else:
+            return
+        self.result.points[node.db_name] = end
+        assert self._file is not None
+        self.files.mark_dirty(self._file)
+
+    def on_prepared(self, node: DataNode, data: EventData) -> None:
+        """Nothing to write: the scan_info that ``prepared()`` updates is read at the end."""
+
+    def on_end(self, node: DataNode, data: EventData) -> None:
+        """The end of the scan (not of a sub-scan): its final metadata, and the result's state."""
+        if node is self.scan:
+            self._finalize(data.data, data.description or {})
+
+    def on_new_channel(self, node: ChannelNode) -> None:
+        """Its dataset, created empty (it grows with the points)."""
+        npoints = self.info.get("npoints")
+        self._datasets[node.index] = nexus.require_channel_dataset(
+            self._entry_of[node.index]["measurement"], node.name, node.dtype, node.shape,
+            expected_points=npoints if isinstance(npoints, int) and npoints > 0 else None,
+            units=node.unit,
+        )
+
+    def on_new_lima(self, node: LimaNode) -> None:
+        """Nothing yet: the virtual dataset is made with the first frame references."""
+
+    def on_new_scan_ref(self, node: ScanRefNode) -> None:
+        """Nothing yet: sub-scans are linked at the end."""
+
+    def on_channel_data(self, node: ChannelNode, data: EventData) -> int:
+        """Write the points; return the index after the last one."""
+        assert self._file is not None
+        points = data.data
+        nbytes = points.nbytes if points.dtype != object else sum(p.nbytes for p in points)
+        self.files.check_space(self._file, nbytes)
+        end: int = nexus.write_points(self._datasets[node.index], data.first_index, points)
+        return end
+
+    def on_lima_data(self, node: LimaNode, data: EventData) -> int:
+        """Map the frames into the virtual dataset (only count them with NOSAVING)."""
+        end = data.first_index + data.block_size
+        if node.saving_mode == SavingMode.NOSAVING:  # no files to map
+            self._unsaved_frames[node.index] = end
+        else:
+            nexus.require_image_vds(
+                self._entry_of[node.index]["measurement"], node.name, data.data,
+                dtype=node.dtype, frame_shape=node.shape, first_index=data.first_index,
+            )
+        return end
+
+    def on_scan_ref_data(self, node: ScanRefNode, data: EventData) -> int:
+        """Keep the sub-scans, linked at the end."""
+        self._subscans.extend(data.data)
+        return data.first_index + data.block_size
+
+    # -- nodes --------------------------------------------------------------------------------
+    def _top_master(self, node: ScanMemberNode) -> ScanMemberNode:
+        while isinstance(node.parent, ScanMemberNode):  # up to the child of the scan
             node = node.parent
         return node
 
-    def _entry(self, top_master: DataNode) -> h5py.Group:
-        return self._entry_of_master(top_master.index, top_master.name)  # type: ignore[attr-defined]
+    def _entry(self, top_master: ScanMemberNode) -> h5py.Group:
+        return self._entry_of_master(top_master.index, top_master.name)
 
     def _entry_of_master(self, index: int, master_name: str) -> h5py.Group:
         """The NXentry of the top master of node index ``index``, created at first need."""
@@ -184,47 +287,6 @@ class ScanWriter:
         self.result.entries.append(name)
         return entry
 
-    def _on_new_node(self, node: DataNode) -> None:
-        if node.parent is self.scan:
-            self._entry(node)
-            return
-        if node.type not in ("channel", "lima", "node_ref_channel"):
-            return
-        entry = self._entry(self._top_master(node))
-        self._entry_of[node.index] = entry  # type: ignore[attr-defined]
-        self._data_nodes[node.index] = node  # type: ignore[attr-defined]
-        if node.type == "channel":
-            npoints = self.info.get("npoints")
-            self._datasets[node.index] = nexus.require_channel_dataset(  # type: ignore[attr-defined]
-                entry["measurement"], node.name, node.dtype, node.shape,  # type: ignore[attr-defined]
-                expected_points=npoints if isinstance(npoints, int) and npoints > 0 else None,
-                units=node.unit,  # type: ignore[attr-defined]
-            )
-        self.result.points.setdefault(node.db_name, 0)
-
-    def _on_new_data(self, node: DataNode, first_index: int, data: Any, count: int) -> None:
-        index = node.index  # type: ignore[attr-defined]
-        if node.type == "channel":
-            assert self._file is not None
-            nbytes = data.nbytes if data.dtype != object else sum(p.nbytes for p in data)
-            self.files.check_space(self._file, nbytes)
-            end = nexus.write_points(self._datasets[index], first_index, data)
-        elif node.type == "lima":
-            end = first_index + count
-            if node.codec.saved:  # type: ignore[attr-defined]
-                nexus.require_image_vds(
-                    self._entry_of[index]["measurement"], node.name, data,
-                    dtype=node.dtype, frame_shape=node.shape, first_index=first_index,  # type: ignore[attr-defined]
-                )
-            else:
-                self._unsaved_frames[index] = end
-        elif node.type == "node_ref_channel":
-            self._subscans.extend(data)
-            end = first_index + count
-        else:
-            return
-        self.result.points[node.db_name] = end
-
     # -- end of scan --------------------------------------------------------------------------
     def _finalize(self, state: Any, end: Mapping[str, Any]) -> None:
         info = self.scan.info  # final: updated by prepared() and end()
@@ -248,7 +310,7 @@ class ScanWriter:
         """Metadata is worth a warning, never the scan's data."""
         try:
             func(*args)
-        except Exception as exc:  # noqa: BLE001 - any metadata problem is reported, not raised
+        except Exception as exc:
             message = f"{what} not written: {exc}"
             logger.warning("scan %s: %s", self.scan.db_name, message)
             self.result.warnings.append(message)
@@ -260,27 +322,27 @@ class ScanWriter:
             nexus.write_scan_info_positioners(instrument, positioners)
         used: set[str] = set(instrument)
         for index, node in self._data_nodes.items():
-            if self._entry_of[index] == entry and node.type != "node_ref_channel":
+            if self._entry_of[index] == entry and not isinstance(node, ScanRefNode):
                 self._link_device(instrument, node, used)
 
-    def _link_device(self, instrument: h5py.Group, node: DataNode, used: set[str]) -> None:
+    def _link_device(self, instrument: h5py.Group, node: ChannelNode | LimaNode, used: set[str]) -> None:
         """``instrument/<device>``: NXpositioner (motors) or NXdetector linking to the data."""
         prefix, _, short = node.name.rpartition(":")
         is_motor = prefix == "axis"
-        name = nexus.hdf5_name(prefix if node.type == "lima" and prefix else short)
+        name = nexus.hdf5_name(prefix if isinstance(node, LimaNode) and prefix else short)
         if name in used:
             name = nexus.hdf5_name(node.name)
             if name in used:
                 return
         used.add(name)
         group = nexus.require_nx_group(instrument, name, "NXpositioner" if is_motor else "NXdetector")
-        measurement = f"{self._entry_of[node.index].name}/measurement/"  # type: ignore[attr-defined]
+        measurement = f"{self._entry_of[node.index].name}/measurement/"
         dsname = nexus.channel_dataset_name(node.name)
-        if node.type == "lima" and not node.codec.saved:  # type: ignore[attr-defined]
+        if isinstance(node, LimaNode) and node.saving_mode == SavingMode.NOSAVING:
             nexus.write_value(group, "saving_mode", "NOSAVING")
-            nexus.write_value(group, "acquired_frames", self._unsaved_frames.get(node.index, 0))  # type: ignore[attr-defined]
+            nexus.write_value(group, "acquired_frames", self._unsaved_frames.get(node.index, 0))
             return
-        if dsname in self._entry_of[node.index]["measurement"]:  # type: ignore[attr-defined]
+        if dsname in self._entry_of[node.index]["measurement"]:
             member = "value" if is_motor else "data"
             if member not in group:
                 group[member] = h5py.SoftLink(measurement + dsname)

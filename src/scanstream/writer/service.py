@@ -3,26 +3,30 @@
 One thread per session walks the session's scans (from the start of the stored history, so a
 restarted writer finishes what it had started and catches up what ran while it was down);
 each scan gets its own :class:`~scanstream.writer.scan_writer.ScanWriter` thread, so scans
-running at once are written at once. What is written is recorded in Redis: the set
-``writer_saved(session)`` holds the numbers of the scans completely saved (they are skipped
-on restart), and the hash ``writer_health(session)`` (with a short TTL, renewed every second)
-holds the writer's identity and status, which makes it a lock too: a second writer for the
-same session waits until the first one is gone instead of writing the same files.
+running at once are written at once. What is written is recorded in Redis
+(:mod:`scanstream.writer.registry`): the scans completely saved (skipped on restart), and a
+claim on each session, renewed every second with a short TTL, that holds the writer's status
+and keeps one writer per session: a second writer waits until the first one is gone.
+
+A writer that finds its claim taken by another writer (it froze, or lost Redis, for longer
+than the TTL) stops writing that session at once, and waits like any second writer.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import functools
 import logging
 import os
+import signal
 import socket
+import sys
 import threading
 import time
-import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import redis
@@ -30,10 +34,15 @@ import redis
 from .._protocol.keys import check_session_name
 from .._transport.connection import DataStore, default_store
 from ..exceptions import ScanNotFoundError, ScanstreamError
+from ..models import SCAN_NODE_TYPES
 from ..subscribe.events import EventType, StopHandler
 from ..subscribe.tree import ScanNode, get_session_node
 from .files import FLUSH_PERIOD, OpenFiles
-from .scan_writer import ScanResult, ScanWriter
+from .registry import WriterRegistry, is_dead_local_process, new_owner_id
+from .scan_writer import ScanWriter, WriteResult
+from .supervise import RETRY_PERIOD, supervise
+
+__all__ = ["CATCH_UP_WORKERS", "HEALTH_TTL", "HEARTBEAT_PERIOD", "RETRY_PERIOD", "WriterService"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,21 +51,45 @@ HEALTH_TTL = 5.0
 #: Finished scans caught up at once after a (re)start; running scans always get a thread.
 CATCH_UP_WORKERS = 4
 _MAX_ERRORS = 20
-#: Seconds between attempts while Redis is unreachable (redis-py's own retries came first).
-RETRY_PERIOD = 1.0
+#: How often a session listener looks whether its session is owned (s).
+_OWNED_POLL = 0.05
+_SCAN_TYPES = tuple(sorted(SCAN_NODE_TYPES))
+#: How often run() looks whether a signal came (s).
+_SIGNAL_POLL = 0.1
 
-# Take or renew the health key of a session unless another live writer owns it.
-_CLAIM = """
-local owner = redis.call('HGET', KEYS[1], 'owner')
-if owner and owner ~= ARGV[1] then return owner end
-redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'status', ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return false
-"""
-_RELEASE = """
-if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+
+class _Claim(StopHandler):
+    """One period of ownership of a session; stopping it stops that period's walks and writes.
+
+    It is stopped when the writer stops, when another writer turns out to hold the session,
+    and by itself once the claim has gone unrenewed for ``HEALTH_TTL``: by then Redis has
+    dropped it and another writer may have the session (this one froze, or lost Redis), so
+    nothing more is written before the next successful claim.
+    """
+
+    def __init__(self, valid_until: float) -> None:
+        super().__init__()
+        self.valid_until = valid_until  # time.monotonic()
+
+    @property
+    def stopped(self) -> bool:
+        return super().stopped or time.monotonic() >= self.valid_until
+
+
+class _Session:
+    """What the service keeps about one session."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.claim: _Claim | None = None  # the current period of ownership
+        self.running: set[str] = set()  # names of the scans being written
+        self.saved = 0
+        self.errors: deque[dict[str, Any]] = deque(maxlen=_MAX_ERRORS)
+        self.other: str | None = None  # the writer holding the session instead of this one
+
+    @property
+    def owned(self) -> bool:
+        return self.claim is not None and not self.claim.stopped
 
 
 class WriterService:
@@ -81,10 +114,23 @@ class WriterService:
     flush_period : float
         Seconds between flushes of a file receiving data (readers see data this old at most).
 
+    Raises
+    ------
+    InvalidArgumentError
+        A session name is not valid.
+    ScanstreamError
+        No session is given.
+
     Examples
     --------
+    In a program of its own, :meth:`run` does everything (signals, clean-up, exit code):
+
+    >>> raise SystemExit(WriterService(["test_session"], root="/data").run())  # doctest: +SKIP
+
+    Inside another program, start and stop it:
+
     >>> with WriterService(["test_session"], root="/data") as writer:  # doctest: +SKIP
-    ...     writer.wait()   # until stop() or Ctrl-C
+    ...     writer.wait(60)
     """
 
     def __init__(
@@ -108,38 +154,97 @@ class WriterService:
         self.catch_up = catch_up
         self.strict_names = strict_names
         self.files = OpenFiles(flush_period)
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = new_owner_id()
+        self.registry = WriterRegistry(self.store, self.owner)
         self._stop = StopHandler()
         self._threads: list[threading.Thread] = []
         self._catch_up_slots = threading.Semaphore(CATCH_UP_WORKERS)
         self._lock = threading.Lock()
-        self._running: dict[str, set[str]] = {s: set() for s in self.sessions}
-        self._owned: set[str] = set()
-        self._written = dict.fromkeys(self.sessions, 0)
-        self._errors: dict[str, deque[dict[str, Any]]] = {s: deque(maxlen=_MAX_ERRORS) for s in self.sessions}
+        self._sessions = {name: _Session(name) for name in self.sessions}
         self._started = time.time()
-        self._claim = self.store.redis.register_script(_CLAIM)
-        self._release = self.store.redis.register_script(_RELEASE)
+
+    def __repr__(self) -> str:
+        owned = [s.name for s in self._sessions.values() if s.owned]
+        return f"<WriterService owner={self.owner!r} writing={owned} {self._counters()}>"
 
     # -- life cycle ---------------------------------------------------------------------------
+    def run(self) -> int:
+        """Write until SIGINT or SIGTERM (or :meth:`stop`), then stop and clean up.
+
+        The life cycle of a writer process: installs the signal handlers (when called from
+        the main thread; they are restored on return), starts, waits, and stops in any case,
+        logging why and what was done.
+
+        Returns
+        -------
+        int
+            The exit code: 0, or 1 when HDF5 files are left unflushed (disk full), see
+            :meth:`exit_if_files_unflushed`.
+        """
+        received: list[str] = []
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            # Only note it: taking a lock here (Event.set) could deadlock with the main
+            # thread, which the handler interrupts; the loop below sees it within _SIGNAL_POLL.
+            received.append(signal.Signals(signum).name)
+
+        previous: dict[signal.Signals, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, on_signal)
+        try:
+            self.start()
+            while not received and not self.wait(_SIGNAL_POLL):
+                pass
+        finally:
+            why = f"on {received[0]}" if received else "on request"
+            logger.info("stopping %s: %s; scans being written are completed at the next start",
+                        why, self._counters())
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if self.files.unclosed:
+            logger.error("files left unflushed (disk full?): %s",
+                         ", ".join(map(str, self.files.unclosed)))
+            return 1
+        return 0
+
+    def exit_if_files_unflushed(self) -> None:
+        """End the process at once, with exit code 1, if HDF5 files are left unflushed.
+
+        HDF5 crashes the process at exit on a file it could not flush (disk full, see
+        :mod:`scanstream.writer.files`), so its clean-up is skipped (``os._exit``). For
+        programs that end after :meth:`run`; returns when every file was closed.
+        """
+        if self.files.unclosed:
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
+
     def start(self) -> WriterService:
         """Start following the sessions (returns at once)."""
         self._spawn(self._heartbeat_loop, "heartbeat")
-        for session in self.sessions:
-            self._spawn(self._follow_session, f"session-{session}", session)
-        logger.info("writing sessions %s into %s", ", ".join(self.sessions), self.root)
+        for session in self._sessions.values():
+            self._spawn(self._follow_session, f"session-{session.name}", session)
+        logger.info("writing sessions %s into %s (unless scan_info gives a filename)",
+                    ", ".join(self.sessions), self.root)
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop: scans being written stay unfinished in the file and are completed at restart."""
-        self._stop.stop()
+        with self._lock:  # no claim starts after this (see _hold)
+            self._stop.stop()
+            for session in self._sessions.values():
+                if session.claim is not None:
+                    session.claim.stop()
         deadline = time.monotonic() + timeout
         for thread in list(self._threads):
             thread.join(max(0.0, deadline - time.monotonic()))
         self.files.close()
-        for session in self.sessions:
+        for name in self.sessions:
             with contextlib.suppress(redis.RedisError):
-                self._release(keys=[self.store.keys.writer_health(session)], args=[self.owner])
+                self.registry.release(name)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until :meth:`stop` is called (from another thread or a signal handler).
@@ -154,7 +259,7 @@ class WriterService:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _spawn(self, target: Any, name: str, *args: Any) -> None:
+    def _spawn(self, target: Callable[..., None], name: str, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, name=f"writer-{name}", daemon=True)
         with self._lock:
             self._threads = [t for t in self._threads if t.is_alive()]
@@ -162,37 +267,45 @@ class WriterService:
         thread.start()
 
     # -- sessions -----------------------------------------------------------------------------
-    def _follow_session(self, session: str) -> None:
-        while not self._stop.stopped:
-            if session not in self._owned:  # the heartbeat thread claims it
-                self._stop.wait(0.05)
-                continue
-            try:
-                node = get_session_node(session, store=self.store)
-                scan_types = ("scan", "scan_group")  # scans only: their nodes are the scan writers' job
-                for event_type, scan, _ in node.walk_on_new_events(
-                    include_filter=scan_types, exclude_children=scan_types,
-                    from_next=not self.catch_up, stop_handler=self._stop,
-                ):
-                    if event_type == EventType.NEW_NODE and isinstance(scan, ScanNode):
-                        self._on_scan(session, scan)
+    def _follow_session(self, session: _Session) -> None:
+        """Walk the session's scans during each period this writer owns it."""
+        while True:
+            claim = self._next_claim(session)
+            if claim is None:
                 return
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                logger.warning("session %s: Redis unreachable (%s); retrying in %.0f s", session, exc,
-                               RETRY_PERIOD)
-            except Exception:
-                logger.exception("session %s: listener failed; restarting it in %.0f s", session,
-                                 RETRY_PERIOD)
-            self._stop.wait(RETRY_PERIOD)
+            supervise(functools.partial(self._walk_session, session, claim), stop=claim,
+                      what=f"session {session.name}: listener", restart_on=(Exception,))
+            if not claim.stopped:  # the walk ended by itself: nothing more will come
+                return
 
-    def _on_scan(self, session: str, scan: ScanNode) -> None:
-        keys = self.store.keys
-        if self.store.redis.sismember(keys.writer_saved(session), str(scan.number)):
+    def _next_claim(self, session: _Session) -> _Claim | None:
+        """The claim of the next period of ownership, once the writes of the last one ended."""
+        while not self._stop.stopped:
+            claim = session.claim  # taken by the heartbeat thread
+            with self._lock:
+                idle = not session.running
+            if claim is not None and not claim.stopped and idle:
+                return claim
+            self._stop.wait(_OWNED_POLL)
+        return None
+
+    def _walk_session(self, session: _Session, claim: _Claim) -> None:
+        node = get_session_node(session.name, store=self.store)
+        # Scans only: their nodes are the scan writers' job.
+        for event_type, scan, _ in node.walk_on_new_events(
+            include_filter=_SCAN_TYPES, exclude_children=_SCAN_TYPES,
+            from_next=not self.catch_up, stop_handler=claim,
+        ):
+            if event_type == EventType.NEW_NODE and isinstance(scan, ScanNode):
+                self._on_scan(session, scan, claim)
+
+    def _on_scan(self, session: _Session, scan: ScanNode, claim: _Claim) -> None:
+        if self.registry.is_saved(session.name, scan.number):
             return
         with self._lock:
-            if scan.name in self._running[session]:
+            if scan.name in session.running:
                 return
-            self._running[session].add(scan.name)
+            session.running.add(scan.name)
         try:
             info, finished = scan.info, scan.state.is_final
         except ScanNotFoundError:
@@ -201,59 +314,65 @@ class WriterService:
             return
         if info.get("save") is False:
             logger.info("scan %s: not saved (scan_info save=False)", scan.db_name)
-            self.store.redis.sadd(keys.writer_saved(session), scan.number)
+            self.registry.mark_saved(session.name, scan.number)
             self._done(session, scan)
             return
-        self._spawn(self._write_scan, f"scan-{scan.db_name}", session, scan, finished)
+        self._spawn(self._write_scan, f"scan-{scan.db_name}", session, scan, claim, finished)
 
-    def _write_scan(self, session: str, scan: ScanNode, finished: bool) -> None:
+    def _write_scan(self, session: _Session, scan: ScanNode, claim: _Claim, finished: bool) -> None:
         slot = self._catch_up_slots if finished else contextlib.nullcontext()
         try:
             with slot:
                 started = time.monotonic()
-                result = self._write_until_done(scan)
-            if result is None:
+                result = self._write_until_done(scan, claim)
+            if result is None or claim.stopped:  # stopped, or the session was lost meanwhile
                 return
-            self.store.redis.sadd(self.store.keys.writer_saved(session), scan.number)
+            self.registry.mark_saved(session.name, scan.number)
             with self._lock:  # scan threads of one session finish concurrently
-                self._written[session] += 1
+                session.saved += 1
             points = sum(result.points.values())
             logger.info("saved %s (%s): %d points in %s entries %s of %s (%.2f s)",
                         scan.db_name, result.state, points, len(result.entries),
                         ", ".join(result.entries), result.path, time.monotonic() - started)
-        except Exception as exc:  # noqa: BLE001 - one bad scan must not stop the others
+        except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
             logger.error("scan %s NOT saved: %s", scan.db_name, message)
-            self._errors[session].append(
+            session.errors.append(
                 {"scan": scan.name, "number": scan.number, "error": message, "time": time.time()})
         finally:
             self._done(session, scan)
 
-    def _write_until_done(self, scan: ScanNode) -> ScanResult | None:
-        """Write the scan; while Redis is unreachable, retry (a replay is idempotent).
+    def _write_until_done(self, scan: ScanNode, claim: _Claim) -> WriteResult | None:
+        """Write the scan; while Redis is unreachable, write it again (a replay is idempotent).
 
-        Returns None when the writer stops first.
+        Returns None when the claim stops first (the writer stops, or lost the session).
         """
-        while not self._stop.stopped:
-            try:
-                writer = ScanWriter(scan, self.files, self.root, strict_names=self.strict_names)
-                result = writer.run(self._stop)
-                return result if result.complete else None
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                logger.warning("scan %s: Redis unreachable (%s); writing it again in %.0f s",
-                               scan.db_name, exc, RETRY_PERIOD)
-                self._stop.wait(RETRY_PERIOD)
-        return None
+        def attempt() -> WriteResult:
+            writer = ScanWriter(scan, self.files, self.root, strict_names=self.strict_names)
+            return writer.run(claim)
 
-    def _done(self, session: str, scan: ScanNode) -> None:
+        result = supervise(attempt, stop=claim, what=f"scan {scan.db_name}")
+        return result if result is not None and result.complete else None
+
+    def _done(self, session: _Session, scan: ScanNode) -> None:
         with self._lock:
-            self._running[session].discard(scan.name)
+            session.running.discard(scan.name)
 
-    # -- health -------------------------------------------------------------------------------
+    # -- claims and status --------------------------------------------------------------------
+    @property
+    def _owned(self) -> set[str]:
+        """Names of the sessions this writer owns now."""
+        return {s.name for s in self._sessions.values() if s.owned}
+
     def status(self, session: str) -> dict[str, Any]:
-        """The status this writer publishes for ``session`` (see :func:`writer_status`)."""
+        """The status of this writer for ``session``, as :func:`writer_status` returns it."""
+        state = self._sessions[session]
+        return self._status(state, writing=state.owned)
+
+    def _status(self, session: _Session, *, writing: bool) -> dict[str, Any]:
         with self._lock:
-            running = sorted(self._running[session])
+            running = sorted(session.running)
+            errors = list(session.errors)
         return {
             "owner": self.owner,
             "pid": os.getpid(),
@@ -261,70 +380,78 @@ class WriterService:
             "root": str(self.root),
             "started": self._started,
             "heartbeat": time.time(),
-            "writing": session in self._owned,
+            "writing": writing,
             "running": running,
-            "saved": self._written[session],
-            "failed": len(self._errors[session]),
-            "errors": list(self._errors[session]),
+            "saved": session.saved,
+            "failed": len(errors),
+            "errors": errors,
         }
 
+    def _counters(self) -> str:
+        with self._lock:
+            saved = sum(s.saved for s in self._sessions.values())
+            failed = sum(len(s.errors) for s in self._sessions.values())
+            running = sum(len(s.running) for s in self._sessions.values())
+        return f"scans saved {saved}, failed {failed}, being written {running}"
+
     def _heartbeat_loop(self) -> None:
-        ttl_ms = int(HEALTH_TTL * 1000)
         while True:
-            for session in self.sessions:
+            for session in self._sessions.values():
                 try:
-                    other = self._claim(
-                        keys=[self.store.keys.writer_health(session)],
-                        args=[self.owner, json.dumps(self.status(session)), ttl_ms],
-                    )
-                except redis.RedisError as exc:
-                    logger.warning("session %s: cannot publish the writer status: %s", session, exc)
-                    continue
-                if other is None:
-                    self._owned.add(session)
-                elif _is_dead_local_process(other.decode()):
-                    # A writer of this machine killed without clean-up: no need to wait for
-                    # its key to expire. Delete it only if it still names that writer.
-                    logger.warning("session %s: taking over from writer %s, which is dead",
-                                   session, other.decode())
-                    self._release(keys=[self.store.keys.writer_health(session)], args=[other])
-                elif session not in self._owned:
-                    logger.warning("session %s is written by another writer (%s); waiting until "
-                                   "it stops", session, other.decode())
+                    self._renew(session)
+                except Exception:  # a dead heartbeat would let every claim lapse
+                    logger.exception("session %s: claim not renewed", session.name)
             if self._stop.wait(HEARTBEAT_PERIOD):
                 return
 
+    def _renew(self, session: _Session) -> None:
+        """Take or renew the claim on ``session``, or learn that another writer holds it."""
+        sent = time.monotonic()  # the claim lasts HEALTH_TTL from *before* Redis renewed it
+        try:
+            # The status published is the one that holds once the script has recorded the
+            # claim (it writes nothing otherwise): "writing" is true from the first claim on.
+            other = self.registry.claim(session.name, self._status(session, writing=True), HEALTH_TTL)
+            if other is not None and is_dead_local_process(other):
+                # A writer of this machine killed without clean-up: no need to wait for its
+                # claim to expire. Delete it only if it still names that writer.
+                logger.warning("session %s: taking over from writer %s, which is dead",
+                               session.name, other)
+                self.registry.release(session.name, other)
+                return
+        except redis.RedisError as exc:
+            # Not renewed: the claim stops by itself HEALTH_TTL after the last renewal.
+            logger.warning("session %s: cannot renew the claim: %s", session.name, exc)
+            return
+        if other is None:
+            self._hold(session, sent + HEALTH_TTL)
+        else:
+            self._give_up(session, other)
 
-def _is_dead_local_process(owner: str) -> bool:
-    """True when ``owner`` (``host:pid:id``) names a process of this host that does not exist."""
-    host, _, rest = owner.partition(":")
-    pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
+    def _hold(self, session: _Session, valid_until: float) -> None:
+        with self._lock:
+            if self._stop.stopped:
+                return
+            if session.owned:
+                assert session.claim is not None
+                session.claim.valid_until = valid_until
+                return
+            if session.claim is not None:
+                logger.warning("session %s: claim taken again after it had lapsed; writing it again "
+                               "from its stored history", session.name)
+            session.claim = _Claim(valid_until)
+            session.other = None
 
-
-def writer_status(session: str, *, store: DataStore | None = None, redis_url: str | None = None
-                  ) -> dict[str, Any] | None:
-    """The status of the writer of ``session``, or None when no writer runs for it.
-
-    Keys: ``owner``, ``pid``, ``host``, ``root``, ``started`` and ``heartbeat`` (epoch s),
-    ``writing`` (False while waiting for another writer), ``running`` (scans being written),
-    ``saved`` and ``failed`` (counts since it started), ``errors`` (the last ones, each with
-    ``scan`` (name), ``number``, ``error``, ``time``).
-    """
-    store = store or default_store(redis_url)
-    raw = store.redis.hget(store.keys.writer_health(check_session_name(session)), "status")
-    return json.loads(raw) if raw else None
-
-
-def saved_scans(session: str, *, store: DataStore | None = None, redis_url: str | None = None) -> set[int]:
-    """Numbers of the scans of ``session`` that a writer has completely saved."""
-    store = store or default_store(redis_url)
-    return {int(n) for n in store.redis.smembers(store.keys.writer_saved(check_session_name(session)))}
+    def _give_up(self, session: _Session, other: str) -> None:
+        with self._lock:
+            claim, session.claim = session.claim, None
+            known, session.other = session.other, other
+        if claim is not None:
+            # Stop walking and writing the session before anything more is written: the other
+            # writer writes it now (and the same files, when both have the same root).
+            claim.stop()
+            logger.error("session %s: writer %s has taken it over (the claim of this writer "
+                         "lapsed: it was frozen or cut off from Redis for more than %.0f s); "
+                         "stopped writing it", session.name, other, HEALTH_TTL)
+        elif known != other:
+            logger.warning("session %s is written by another writer (%s); waiting until it stops",
+                           session.name, other)

@@ -47,21 +47,25 @@ import datetime
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import h5py
 import numpy as np
 
+from ..._protocol.metadata import iso_time
 from ...exceptions import NexusLayoutError
+from ...models import FINAL_STATES
 from .channels import (
     CHUNK_MAX_ROWS,
     CHUNK_TARGET_BYTES,
     channel_dataset_name,
     fill_value_for,
+    lengths_dataset_name,
     require_channel_dataset,
     write_points,
 )
-from .images import ImageReference, is_hdf5_format, require_image_vds
+from .images import ImageReference, is_hdf5_format, references_dataset_name, require_image_vds
 from .metadata import (
     NX_COLLECTION,
     hdf5_name,
@@ -78,20 +82,27 @@ __all__ = [
     "CHUNK_MAX_ROWS",
     "CHUNK_TARGET_BYTES",
     "END_STATES",
+    "EntrySummary",
     "ImageReference",
     "channel_dataset_name",
+    "channel_datasets",
     "entry_name",
     "fill_value_for",
     "finalize_entry",
     "hdf5_name",
     "is_hdf5_format",
     "iso8601",
+    "lengths_dataset_name",
     "link_subscan_entries",
     "open_nexus_file",
+    "read_entry_summary",
+    "read_scan_entries",
+    "references_dataset_name",
     "require_channel_dataset",
     "require_entry",
     "require_image_vds",
     "require_nx_group",
+    "scan_entry_names",
     "write_default_plot",
     "write_metadata",
     "write_points",
@@ -103,7 +114,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Usual end states (:class:`scanstream.models.ScanState` names). Others are accepted too.
-END_STATES = ("DONE", "USER_ABORTED", "KILLED", "FAILED")
+END_STATES = tuple(state.name for state in FINAL_STATES)
 
 
 # --------------------------------------------------------------------------- file and names
@@ -164,16 +175,12 @@ def entry_name(scan_number: int, top_master_index: int = 1, *, strict_names: boo
     return f"{int(scan_number)}.{int(top_master_index)}"
 
 
-def iso8601(timestamp: float) -> str:
-    """Local time of the epoch ``timestamp`` in ISO 8601, with the UTC offset of that instant.
-
-    The offset is the one in force at ``timestamp`` (DST-aware), with the ISO sign
-    convention: Paris in summer gives ``+02:00``, New York in winter ``-05:00``. (The legacy
-    BLISS example writer had the sign reversed.) The instant is first made aware in UTC and
-    then converted, so the repeated hour at the end of DST is also labelled right.
-    """
-    utc = datetime.datetime.fromtimestamp(float(timestamp), tz=datetime.timezone.utc)
-    return utc.astimezone().isoformat()
+#: The file's times are :func:`scanstream._protocol.metadata.iso_time`, the function that
+#: also gives ``scan_info["start_time"]``: local time in ISO 8601 with the UTC offset in force
+#: at that instant (ISO sign convention: Paris in summer is ``+02:00``; the legacy BLISS
+#: example writer had the sign reversed), the hour repeated at the end of DST included.
+#: ``iso8601`` is the name this layer used for it, kept for compatibility.
+iso8601 = iso_time
 
 
 def _as_iso(value: float | str | datetime.datetime) -> str:
@@ -182,7 +189,7 @@ def _as_iso(value: float | str | datetime.datetime) -> str:
         return value
     if isinstance(value, datetime.datetime):
         return value.astimezone().isoformat()
-    return iso8601(float(value))
+    return iso_time(float(value))
 
 
 # --------------------------------------------------------------------------- entries
@@ -209,7 +216,7 @@ def require_entry(
     title : str
         Scan title (``scan_info["title"]``).
     start_time : float, str or datetime
-        Epoch timestamp (converted with :func:`iso8601`) or ready ISO 8601 text.
+        Epoch timestamp (converted with :func:`iso_time`) or ready ISO 8601 text.
     scan_info : Mapping, optional
         Stored whole as JSON in the NXnote ``scan_info`` (so the file alone is enough to
         rebuild the scan's metadata); ``scan_info["scan_nb"]`` also gives
@@ -290,7 +297,7 @@ def finalize_entry(
         root.get("file_update_time"), h5py.Dataset
     ):
         del root["file_update_time"]
-    root.attrs["file_update_time"] = iso8601(datetime.datetime.now().timestamp())
+    root.attrs["file_update_time"] = iso_time(datetime.datetime.now().timestamp())
 
 
 def _require_root_attrs(file: h5py.File) -> None:
@@ -300,7 +307,7 @@ def _require_root_attrs(file: h5py.File) -> None:
     file.attrs["NX_class"] = "NXroot"
     file.attrs["creator"] = "scanstream"
     file.attrs["file_name"] = os.path.abspath(file.filename)
-    file.attrs["file_time"] = iso8601(datetime.datetime.now().timestamp())
+    file.attrs["file_time"] = iso_time(datetime.datetime.now().timestamp())
     file.attrs["HDF5_Version"] = h5py.version.hdf5_version
     file.attrs["h5py_version"] = h5py.version.version
 
@@ -310,3 +317,83 @@ def _write_scan_info_note(entry: h5py.Group, scan_info: Mapping[str, Any]) -> No
     write_value(note, "type", "application/json")
     write_value(note, "data", to_json(dict(scan_info)))
 
+
+# --------------------------------------------------------------------------- reading back
+
+
+@dataclass(frozen=True)
+class EntrySummary:
+    """What an NXentry holds, read back from the file (:func:`read_entry_summary`).
+
+    Attributes
+    ----------
+    name : str
+        Entry name (``"3.1"``).
+    title : str
+        Scan title.
+    end_reason : str or None
+        End state name (``"DONE"``...); None while the scan is being written.
+    points : dict
+        Points (frames for image channels) per channel dataset of ``measurement``.
+    """
+
+    name: str
+    title: str
+    end_reason: str | None
+    points: dict[str, int] = field(default_factory=dict)
+
+
+def scan_entry_names(file: h5py.Group, scan_number: int, *, strict_names: bool = False) -> list[str]:
+    """Names of the NXentries of scan ``scan_number`` in ``file``, first top master first."""
+    names: list[str] = []
+    while (name := entry_name(scan_number, len(names) + 1, strict_names=strict_names)) in file:
+        names.append(name)
+    return names
+
+
+def channel_datasets(measurement: h5py.Group) -> dict[str, h5py.Dataset]:
+    """The channel datasets of a ``measurement`` group, without their sibling datasets.
+
+    The true lengths of variable-length channels (:func:`lengths_dataset_name`) and the
+    reference tables of image channels (:func:`references_dataset_name`) are left out.
+    """
+    datasets = {name: obj for name, obj in measurement.items() if isinstance(obj, h5py.Dataset)}
+    siblings = {f(name) for name in datasets for f in (lengths_dataset_name, references_dataset_name)}
+    return {name: dset for name, dset in datasets.items() if name not in siblings}
+
+
+def read_entry_summary(entry: h5py.Group) -> EntrySummary:
+    """Title, end state and points per channel of an NXentry written by this layer.
+
+    Raises
+    ------
+    KeyError
+        ``entry`` is not an entry of this layout (no ``title`` or ``measurement``).
+    """
+    reason = entry.get("end_reason")
+    return EntrySummary(
+        name=entry.name.rpartition("/")[2],
+        title=entry["title"].asstr()[()],
+        end_reason=reason.asstr()[()] if isinstance(reason, h5py.Dataset) else None,
+        points={name: dset.shape[0] for name, dset in channel_datasets(entry["measurement"]).items()},
+    )
+
+
+def read_scan_entries(
+    path: str | os.PathLike[str], scan_number: int, *, strict_names: bool = False
+) -> list[EntrySummary]:
+    """The summaries of the entries of scan ``scan_number`` in the file ``path``.
+
+    The file is opened for reading with HDF5 file locking off, so that a file a writer still
+    has open can be read (see "Reading while writing").
+
+    Raises
+    ------
+    OSError
+        The file cannot be opened.
+    KeyError
+        An entry of that scan is not an entry of this layout.
+    """
+    with h5py.File(path, "r", locking=False) as file:
+        names = scan_entry_names(file, scan_number, strict_names=strict_names)
+        return [read_entry_summary(file[name]) for name in names]

@@ -16,7 +16,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ...exceptions import NexusLayoutError
+from ..._protocol import codecs
+from ...exceptions import EncodingError, NexusLayoutError
 from .metadata import hdf5_name
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "CHUNK_TARGET_BYTES",
     "channel_dataset_name",
     "fill_value_for",
+    "lengths_dataset_name",
     "require_channel_dataset",
     "write_points",
 ]
@@ -43,6 +45,11 @@ CHUNK_MAX_ROWS = 2048
 CHUNK_RAGGED_WIDTH = 1024
 
 
+def lengths_dataset_name(dataset_name: str) -> str:
+    """Name of the sibling dataset holding the true lengths of a variable-length channel."""
+    return f"{dataset_name}_lengths"
+
+
 def channel_dataset_name(channel_name: str) -> str:
     """Dataset name of a channel: its full name (``"axis:roby"``) with ``'/'`` -> ``'_'``.
 
@@ -55,17 +62,20 @@ def channel_dataset_name(channel_name: str) -> str:
 
 
 def fill_value_for(dtype: Any) -> Any:
-    """Fill (padding) value of a dtype: NaN for floats/complex, 0 for integers, False for bool."""
-    dt = np.dtype(dtype)
-    if dt.kind in "fc":
-        return dt.type(np.nan)
-    if dt.kind == "b":
-        return False
-    if dt.kind in "iu":
-        return dt.type(0)
-    raise NexusLayoutError(
-        f"channel dtype {dt} is not supported; publish the channel as numbers or bool"
-    )
+    """Fill (padding) value of a dtype: NaN for floats/complex, 0 for integers, False for bool.
+
+    The data model's one padding rule (:func:`scanstream._protocol.codecs.fill_value`, which
+    the subscriber pads variable-length points with too), for a dataset's fill value.
+
+    Raises
+    ------
+    NexusLayoutError
+        ``dtype`` is not one a channel can hold.
+    """
+    try:
+        return codecs.fill_value(dtype)
+    except EncodingError as exc:
+        raise NexusLayoutError(str(exc)) from None
 
 
 def _chunk_rows(point_bytes: int, expected_points: int | None) -> int:
@@ -141,7 +151,7 @@ def require_channel_dataset(
         )
     dsname = channel_dataset_name(name)
     if ragged:
-        lengths_name = f"{dsname}_lengths"
+        lengths_name = lengths_dataset_name(dsname)
         rows = _chunk_rows(CHUNK_RAGGED_WIDTH * dt.itemsize, expected_points)
         lengths = _require_growing(group, lengths_name, np.dtype(np.int64), (), (rows,), 0, None,
                                    long_name=f"{name} lengths")

@@ -19,12 +19,14 @@ import h5py
 import numpy as np
 
 from ...exceptions import NexusLayoutError
+from ...models import is_hdf5_format  # the one rule, shared with read_image (F16)
 from .channels import channel_dataset_name, fill_value_for
 from .metadata import STR_DTYPE
 
 __all__ = [
     "ImageReference",
     "is_hdf5_format",
+    "references_dataset_name",
     "require_image_vds",
     "stored_path",
 ]
@@ -35,12 +37,9 @@ logger = logging.getLogger(__name__)
 ImageReference = tuple[str, str, int, str]
 
 
-def is_hdf5_format(file_format: str) -> bool:
-    """True for Lima file formats stored as HDF5 datasets (``HDF5``, ``HDF5GZ``, ``HDF5BS``).
-
-    Compressed variants map into a VDS like plain ones; readers need the filter plugin.
-    """
-    return str(file_format).upper().startswith("HDF5")
+def references_dataset_name(dataset_name: str) -> str:
+    """Name of the sibling table listing the frame references of an image channel."""
+    return f"{dataset_name}_references"
 
 
 @dataclass(frozen=True)
@@ -166,8 +165,9 @@ def require_image_vds(
         rows.append((stored_path(file_path, master_dir, master_file), str(path_in_file),
                      int(index), str(file_format)))
 
-    table_is_new = f"{dsname}_references" not in group
-    _write_reference_table(group, f"{dsname}_references", first, rows, long_name=name)
+    table_name = references_dataset_name(dsname)
+    table_is_new = table_name not in group
+    _write_reference_table(group, table_name, first, rows, long_name=name)
     bad = sorted({r[3] for r in rows if not is_hdf5_format(r[3])})
     if bad:
         if table_is_new:

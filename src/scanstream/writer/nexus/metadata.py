@@ -43,7 +43,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ...exceptions import NexusLayoutError
+from ..._protocol.metadata import json_safe
+from ...exceptions import EncodingError, NexusLayoutError
 
 __all__ = [
     "NX_COLLECTION",
@@ -270,18 +271,28 @@ def _attr_str(obj: h5py.HLObject, name: str) -> str | None:
 
 
 def _json_default(value: Any) -> Any:
-    """JSON fallback for numpy values and datetimes found in metadata."""
-    if isinstance(value, np.generic):
-        return value.item()
+    """``json.dumps`` fallback: the conversion of :func:`~scanstream._protocol.metadata.json_safe`,
+    else a lenient one.
+
+    This is the one place where the file is more lenient than Redis: metadata that
+    ``json_safe`` refuses (complex numbers, object arrays, sets, other objects) still goes
+    into the file, as the list of its items or as ``str(value)``, because the value as text
+    is more useful than a scan whose metadata is missing.
+    """
+    try:
+        return json_safe(value, "metadata")
+    except EncodingError:
+        pass
     if isinstance(value, np.ndarray):
         return value.tolist()
-    if isinstance(value, (datetime.datetime, datetime.date)):
-        return value.isoformat()
+    if isinstance(value, np.generic):
+        return value.item()
     return str(value)
 
 
 def to_json(value: Any) -> str:
-    """JSON text of ``value`` (numpy values and datetimes converted, anything else str())."""
+    """JSON text of ``value``: converted as for Redis where possible, else leniently (never raises
+    for odd leaf values; see ``_json_default``)."""
     return json.dumps(value, default=_json_default)
 
 

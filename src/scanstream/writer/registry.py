@@ -1,0 +1,109 @@
+"""What a writer records in Redis: its claim on each session, and the scans it has saved.
+
+The write side of the registry; :mod:`scanstream.admin.registry` reads it back (and is where
+the two keys are described). A claim is the session's health hash, taken and renewed by one
+script so that taking it is atomic: it is set when absent or already ours, and left alone
+when another writer holds it (the script then returns that writer's id). Its TTL makes a
+claim lapse when its writer stops renewing it (killed, frozen, cut off from Redis).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from .._transport.connection import DataStore
+from ..admin.registry import OWNER_FIELD, STATUS_FIELD, is_saved
+
+__all__ = ["WriterRegistry", "is_dead_local_process", "new_owner_id"]
+
+# Take or renew the claim unless another writer holds it; return that writer's id if so.
+# KEYS[1] health hash; ARGV: owner field, status field, owner id, status JSON, TTL (ms).
+_CLAIM = """
+local owner = redis.call('HGET', KEYS[1], ARGV[1])
+if owner and owner ~= ARGV[3] then return owner end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3], ARGV[2], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return false
+"""
+# Delete the claim only if it still names that owner (never another writer's, taken since).
+# KEYS[1] health hash; ARGV: owner field, owner id.
+_RELEASE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def new_owner_id() -> str:
+    """A writer's id: ``host:pid:random`` (the host and pid let a dead local writer be recognized)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class WriterRegistry:
+    """The Redis records of one writer, ``owner``.
+
+    Parameters
+    ----------
+    store : DataStore
+        The connection.
+    owner : str
+        This writer's id (:func:`new_owner_id`).
+    """
+
+    def __init__(self, store: DataStore, owner: str) -> None:
+        self.store = store
+        self.owner = owner
+        self._claim = store.redis.register_script(_CLAIM)
+        self._release = store.redis.register_script(_RELEASE)
+
+    def claim(self, session: str, status: Mapping[str, Any], ttl: float) -> str | None:
+        """Take or renew the claim on ``session`` for ``ttl`` seconds, publishing ``status``.
+
+        Returns
+        -------
+        str or None
+            None when this writer holds the session now; else the id of the writer that
+            holds it (nothing was written then).
+
+        Raises
+        ------
+        redis.RedisError
+            Redis cannot be reached (after redis-py's retries).
+        """
+        other = self._claim(
+            keys=[self.store.keys.writer_health(session)],
+            args=[OWNER_FIELD, STATUS_FIELD, self.owner, json.dumps(status), int(ttl * 1000)],
+        )
+        return None if other is None else bytes(other).decode()
+
+    def release(self, session: str, owner: str | None = None) -> None:
+        """Delete the claim on ``session`` if it names ``owner`` (default: this writer)."""
+        self._release(keys=[self.store.keys.writer_health(session)],
+                      args=[OWNER_FIELD, owner or self.owner])
+
+    def is_saved(self, session: str, number: int) -> bool:
+        """True when a writer recorded scan ``number`` of ``session`` as saved."""
+        return is_saved(session, number, store=self.store)
+
+    def mark_saved(self, session: str, number: int) -> None:
+        """Record scan ``number`` of ``session`` as saved: a restarted writer skips it."""
+        self.store.redis.sadd(self.store.keys.writer_saved(session), str(number))
+
+
+def is_dead_local_process(owner: str) -> bool:
+    """True when ``owner`` (``host:pid:id``) names a process of this host that does not exist."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False

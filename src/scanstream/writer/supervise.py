@@ -1,0 +1,74 @@
+"""One retry loop for the writer's long-running work: stoppable, with pauses from a backoff.
+
+The session listeners and the scan writers both run work that a lost connection interrupts
+and that is safe to run again from the start (a replay is idempotent by point index). redis-py
+has already retried each command by then (its ``Retry`` policy), so what is left is to wait
+and start the work over, until it completes or the writer stops.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+import redis
+from redis.backoff import AbstractBackoff, ConstantBackoff
+
+from ..subscribe.events import StopHandler
+
+__all__ = ["RETRY_PERIOD", "UNREACHABLE", "supervise"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Seconds between attempts by default (redis-py's own retries came first).
+RETRY_PERIOD = 1.0
+#: Errors meaning "Redis cannot be reached": logged as a warning, without a traceback.
+UNREACHABLE: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
+
+
+def supervise(
+    attempt: Callable[[], T],
+    *,
+    stop: StopHandler,
+    what: str,
+    restart_on: tuple[type[Exception], ...] = UNREACHABLE,
+    backoff: AbstractBackoff | None = None,
+) -> T | None:
+    """Call ``attempt`` until it returns, starting it over after the errors ``restart_on``.
+
+    Parameters
+    ----------
+    attempt : callable
+        The work; it must be safe to call again after it failed half way.
+    stop : StopHandler
+        Once stopped, no new attempt is made and the pause between two ends at once.
+    what : str
+        Names the work in the log (``"scan test_session:3"``).
+    restart_on : tuple of exception types
+        Errors after which the work is started over; any other error is raised. Errors of
+        :data:`UNREACHABLE` are logged as warnings, the others with their traceback.
+    backoff : redis.backoff.AbstractBackoff, optional
+        Gives the pause after the n-th failure in a row (``compute(n)``). Default: a constant
+        :data:`RETRY_PERIOD`.
+
+    Returns
+    -------
+    The result of the attempt that completed, or None when ``stop`` came first.
+    """
+    backoff = backoff or ConstantBackoff(RETRY_PERIOD)
+    failures = 0
+    while not stop.stopped:
+        try:
+            return attempt()
+        except restart_on as exc:
+            failures += 1
+            pause = backoff.compute(failures)
+            if isinstance(exc, UNREACHABLE):
+                logger.warning("%s: Redis unreachable (%s); starting again in %.1f s", what, exc, pause)
+            else:
+                logger.exception("%s failed; starting again in %.1f s", what, pause)
+        stop.wait(pause)
+    return None
