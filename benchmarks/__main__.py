@@ -29,15 +29,21 @@ def _fmt(value: float | None, unit: str = "") -> str:
 
 
 def _table(figures: list[Figure]) -> str:
-    lines = ["| figure | median | p99 | baseline median | ratio | target | met |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| figure | median | p99 | baseline median | ratio | target | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for f in figures:
         unit = f.value.unit
-        base = _fmt(f.baseline.median, f.baseline.unit) + " " + f.baseline.unit if f.baseline else "-"
+        base = (
+            _fmt(f.baseline.median, f.baseline.unit) + " " + f.baseline.unit if f.baseline else "-"
+        )
         ratio = f"{f.ratio:.2f}" if f.ratio is not None else "-"
         met = {True: "yes", False: "NO", None: "-"}[f.met]
-        lines.append(f"| {f.name} | {_fmt(f.value.median, unit)} {unit} | "
-                     f"{_fmt(f.value.p99, unit)} {unit} | {base} | {ratio} | {f.target} | {met} |")
+        lines.append(
+            f"| {f.name} | {_fmt(f.value.median, unit)} {unit} | "
+            f"{_fmt(f.value.p99, unit)} {unit} | {base} | {ratio} | {f.target} | {met} |"
+        )
     return "\n".join(lines)
 
 
@@ -47,8 +53,11 @@ def _rows_table(rows: list[dict[str, Any]]) -> str:
     cols = list(rows[0])
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        lines.append("| " + " | ".join(
-            _fmt(v) if isinstance(v, float) else str(v) for v in r.values()) + " |")
+        lines.append(
+            "| "
+            + " | ".join(_fmt(v) if isinstance(v, float) else str(v) for v in r.values())
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -75,12 +84,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="Measure scanstream's data path (publish, live latency, memory, writer, "
-                    "scale) against raw redis-py and h5py baselines run beside it on a private "
-                    "server; print markdown tables (see docs/performance.md).")
+        "scale) against raw redis-py and h5py baselines run beside it on a private "
+        "server; print markdown tables (see docs/performance.md).",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes: a few seconds in all")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
-    parser.add_argument("--only", nargs="*", choices=SECTIONS, default=None,
-                        help="run these sections only (default: all, about 3 minutes)")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        choices=SECTIONS,
+        default=None,
+        help="run these sections only (default: all, about 3 minutes)",
+    )
     args = parser.parse_args(argv)
     only = [name for name in SECTIONS if name in set(args.only or SECTIONS)]
     t0 = time.perf_counter()

@@ -68,8 +68,9 @@ class Stat:
     unit: str
 
     @classmethod
-    def of(cls, values: list[float] | np.ndarray, unit: str, higher_is_better: bool | None = None
-           ) -> Stat:
+    def of(
+        cls, values: list[float] | np.ndarray, unit: str, higher_is_better: bool | None = None
+    ) -> Stat:
         arr = np.asarray(values, dtype=float)
         if arr.size == 0:
             return cls(float("nan"), float("nan"), 0, unit)
@@ -102,8 +103,12 @@ class Figure:
         return out
 
 
-def interleave(runs: Sequence[Callable[[], Any]], times: int,
-               setup: Callable[[], None] | None = None, warmup: bool = True) -> list[list[Any]]:
+def interleave(
+    runs: Sequence[Callable[[], Any]],
+    times: int,
+    setup: Callable[[], None] | None = None,
+    warmup: bool = True,
+) -> list[list[Any]]:
     """Call each of ``runs`` ``times`` times, interleaved; return the results of each.
 
     The order alternates (A B, B A, A B, ...) so that a slow moment of a shared machine, or
@@ -114,7 +119,7 @@ def interleave(runs: Sequence[Callable[[], Any]], times: int,
     results: list[list[Any]] = [[] for _ in runs]
     order = list(range(len(runs)))
     for k in range(times + (1 if warmup else 0)):
-        for i in (order if k % 2 == 0 else order[::-1]):
+        for i in order if k % 2 == 0 else order[::-1]:
             if setup is not None:
                 setup()
             value = runs[i]()
@@ -140,8 +145,13 @@ def machine() -> dict[str, Any]:
         memory_mib = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
     server = None
     with contextlib.suppress(Exception):  # a description must not fail the run
-        server = subprocess.run([str(find_server_binary()), "--version"], capture_output=True,
-                                text=True, check=False, timeout=10).stdout.strip()
+        server = subprocess.run(
+            [str(find_server_binary()), "--version"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=10,
+        ).stdout.strip()
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),

@@ -37,13 +37,15 @@ def _subscriber(url: str, session: str, ready: Any, results: Any) -> None:
             break
     lat = np.concatenate(chunks) if chunks else np.empty(0)
     # Latency over the last tenth of the points: equal to the rest when nobody falls behind.
-    tail = lat[-max(1, len(lat) // 10):] if len(lat) else lat
-    results.put({
-        "received": received,
-        "latencies": lat.astype(np.float32),
-        "tail_p99": float(np.percentile(tail, 99)) if len(tail) else float("nan"),
-        "end_lag": end_lag,
-    })
+    tail = lat[-max(1, len(lat) // 10) :] if len(lat) else lat
+    results.put(
+        {
+            "received": received,
+            "latencies": lat.astype(np.float32),
+            "tail_p99": float(np.percentile(tail, 99)) if len(tail) else float("nan"),
+            "end_lag": end_lag,
+        }
+    )
     store.close()
 
 
@@ -56,8 +58,10 @@ def measure(url: str, nch: int, rate_hz: float, seconds: float, nsub: int) -> di
     session = create_session(session_name, store=store)
     readies = [ctx.Event() for _ in range(nsub)]
     results = ctx.Queue()
-    procs = [ctx.Process(target=_subscriber, args=(url, session_name, r, results), daemon=True)
-             for r in readies]
+    procs = [
+        ctx.Process(target=_subscriber, args=(url, session_name, r, results), daemon=True)
+        for r in readies
+    ]
     for p in procs:
         p.start()
     try:
@@ -129,8 +133,7 @@ def run(url: str, quick: bool) -> list[Figure]:
         "p99 <= 10 ms, no subscriber behind",
         extra=res,
     )
-    fig.met = (fig.value.p99 <= 10.0 and res["all_points_received"]
-               and res["tail_p99_ms"] <= 10.0)
+    fig.met = fig.value.p99 <= 10.0 and res["all_points_received"] and res["tail_p99_ms"] <= 10.0
     return [fig]
 
 
@@ -153,13 +156,35 @@ def scale(url: str, quick: bool) -> list[dict[str, Any]]:
     """(5) Latency against the number of subscribers and of channels (same point rate)."""
     rows = []
     secs = 0.5 if quick else 3.0
-    grid = [(10, 1000.0, 1), (10, 1000.0, 2)] if quick else [
-        (100, 1000.0, 1), (100, 1000.0, 2), (100, 1000.0, 4), (100, 1000.0, 8),
-        (10, 1000.0, 4), (1000, 100.0, 4)]
+    grid = (
+        [(10, 1000.0, 1), (10, 1000.0, 2)]
+        if quick
+        else [
+            (100, 1000.0, 1),
+            (100, 1000.0, 2),
+            (100, 1000.0, 4),
+            (100, 1000.0, 8),
+            (10, 1000.0, 4),
+            (1000, 100.0, 4),
+        ]
+    )
     for nch, rate, nsub in grid:
         res = measure(url, nch, rate, secs, nsub)
         res.pop("_latencies_ms")
-        rows.append({k: res[k] for k in ("channels", "rate_hz", "achieved_rate_hz", "subscribers",
-                                         "median_ms", "p99_ms", "max_ms", "tail_p99_ms",
-                                         "all_points_received")})
+        rows.append(
+            {
+                k: res[k]
+                for k in (
+                    "channels",
+                    "rate_hz",
+                    "achieved_rate_hz",
+                    "subscribers",
+                    "median_ms",
+                    "p99_ms",
+                    "max_ms",
+                    "tail_p99_ms",
+                    "all_points_received",
+                )
+            }
+        )
     return rows

@@ -103,8 +103,12 @@ def run(url: str, quick: bool) -> list[Figure]:
         Stat.of([b["peak_rss_kib"] / 1024.0], "MiB", higher_is_better=False),
         Stat.of([a["peak_rss_kib"] / 1024.0], "MiB", higher_is_better=False),
         "no growth with scan length",
-        extra={"short": a, "long": b, "growth_mib": growth,
-               "raw_bytes_long_mib": nch * long_ * 8 / 2**20},
+        extra={
+            "short": a,
+            "long": b,
+            "growth_mib": growth,
+            "raw_bytes_long_mib": nch * long_ * 8 / 2**20,
+        },
     )
     fig_rss.met = growth < max(5.0, 0.1 * nch * long_ * 8 / 2**20)
     n = 20_000 if quick else 200_000

@@ -23,8 +23,9 @@ from .harness import Figure, Stat, flush, interleave, open_store
 _counter = itertools.count()
 
 
-def _publish(url: str, nch: int, dtype: str, shape: tuple[int, ...], npoints: int,
-             per_emit: int) -> tuple[float, float]:
+def _publish(
+    url: str, nch: int, dtype: str, shape: tuple[int, ...], npoints: int, per_emit: int
+) -> tuple[float, float]:
     """Publish one scan; return (seconds of the emit loop, seconds until end() returned)."""
     store = open_store(url)
     try:
@@ -41,7 +42,8 @@ def _publish(url: str, nch: int, dtype: str, shape: tuple[int, ...], npoints: in
                     ch.emit(v)
         else:
             block = np.arange(per_emit * int(np.prod(shape) or 1), dtype=dtype).reshape(
-                (per_emit,) + shape)
+                (per_emit,) + shape
+            )
             if per_emit == 1:
                 block = block[0]
             t0 = time.perf_counter()
@@ -89,38 +91,62 @@ def run(url: str, quick: bool) -> list[Figure]:
     # (a) 100 channels, 1000-point batches.
     nch, npts = 100, (20_000 if quick else 100_000)
     total = nch * npts
-    pub, raw = interleave([lambda: total / _publish(url, nch, "float64", (), npts, 1000)[1],
-                           lambda: total / _raw_xadd(url, nch, 8, npts, 1000)], reps,
-                          lambda: flush(url))
-    fig = Figure("1a publish 0D float64, 100 ch, 1000-point batches", Stat.of(pub, "points/s"),
-                 Stat.of(raw, "points/s"), ">= 0.7 x baseline")
+    pub, raw = interleave(
+        [
+            lambda: total / _publish(url, nch, "float64", (), npts, 1000)[1],
+            lambda: total / _raw_xadd(url, nch, 8, npts, 1000),
+        ],
+        reps,
+        lambda: flush(url),
+    )
+    fig = Figure(
+        "1a publish 0D float64, 100 ch, 1000-point batches",
+        Stat.of(pub, "points/s"),
+        Stat.of(raw, "points/s"),
+        ">= 0.7 x baseline",
+    )
     fig.met = fig.ratio is not None and fig.ratio >= 0.7
     figures.append(fig)
 
     # (b) 10 channels, one point per emit call.
     nch, npts = 10, (5_000 if quick else 50_000)
     total = nch * npts
+
     def one_b() -> tuple[float, float]:
         t_loop, t_end = _publish(url, nch, "float64", (), npts, 1)
         return total / t_loop, total / t_end
 
-    rates, raw = interleave([one_b, lambda: total / _raw_xadd(url, nch, 8, npts, 1)], reps,
-                            lambda: flush(url))
+    rates, raw = interleave(
+        [one_b, lambda: total / _raw_xadd(url, nch, 8, npts, 1)], reps, lambda: flush(url)
+    )
     loop, e2e = [r[0] for r in rates], [r[1] for r in rates]
-    fig = Figure("1b emit 0D float64, 10 ch, 1 point per emit", Stat.of(loop, "emit calls/s"),
-                 Stat.of(raw, "points/s"), ">= 165k emit calls/s",
-                 extra={"end_to_end": Stat.of(e2e, "points/s").__dict__})
+    fig = Figure(
+        "1b emit 0D float64, 10 ch, 1 point per emit",
+        Stat.of(loop, "emit calls/s"),
+        Stat.of(raw, "points/s"),
+        ">= 165k emit calls/s",
+        extra={"end_to_end": Stat.of(e2e, "points/s").__dict__},
+    )
     fig.met = fig.value.median >= 165_000
     figures.append(fig)
 
     # (c) 1D spectra 1024 float32, 10 channels, one spectrum per emit.
     nch, npts = 10, (1_000 if quick else 10_000)
     total = nch * npts
-    pub, raw = interleave([lambda: total / _publish(url, nch, "float32", (1024,), npts, 1)[1],
-                           lambda: total / _raw_xadd(url, nch, 4096, npts, 1)], reps,
-                          lambda: flush(url))
-    fig = Figure("1c publish 1D 1024 float32, 10 ch, 1 spectrum per emit",
-                 Stat.of(pub, "points/s"), Stat.of(raw, "points/s"), ">= 0.7 x baseline")
+    pub, raw = interleave(
+        [
+            lambda: total / _publish(url, nch, "float32", (1024,), npts, 1)[1],
+            lambda: total / _raw_xadd(url, nch, 4096, npts, 1),
+        ],
+        reps,
+        lambda: flush(url),
+    )
+    fig = Figure(
+        "1c publish 1D 1024 float32, 10 ch, 1 spectrum per emit",
+        Stat.of(pub, "points/s"),
+        Stat.of(raw, "points/s"),
+        ">= 0.7 x baseline",
+    )
     fig.met = fig.ratio is not None and fig.ratio >= 0.7
     figures.append(fig)
     return figures
@@ -134,10 +160,21 @@ def scale_channels(url: str, quick: bool) -> list[dict[str, float]]:
         npts = (2_000 if quick else 20_000) if nch == 1000 else (10_000 if quick else 100_000)
         total = nch * npts
         pub, raw = interleave(
-            [lambda n=nch, p=npts, t=total: t / _publish(url, n, "float64", (), p, 1000)[1],
-             lambda n=nch, p=npts, t=total: t / _raw_xadd(url, n, 8, p, 1000)],
-            reps, lambda: flush(url))
+            [
+                lambda n=nch, p=npts, t=total: t / _publish(url, n, "float64", (), p, 1000)[1],
+                lambda n=nch, p=npts, t=total: t / _raw_xadd(url, n, 8, p, 1000),
+            ],
+            reps,
+            lambda: flush(url),
+        )
         p, r = Stat.of(pub, "points/s"), Stat.of(raw, "points/s")
-        rows.append({"channels": nch, "publish_median": p.median, "publish_p99": p.p99,
-                     "raw_median": r.median, "ratio": p.median / r.median})
+        rows.append(
+            {
+                "channels": nch,
+                "publish_median": p.median,
+                "publish_p99": p.p99,
+                "raw_median": r.median,
+                "ratio": p.median / r.median,
+            }
+        )
     return rows

@@ -59,8 +59,9 @@ class HDF5Writer:
         else:
             dtype, shape = node.dtype, node.shape
         with FILE_LOCK:
-            self.measurement.require_dataset(name, shape=(0, *shape), maxshape=(None, *shape),
-                                             dtype=dtype, chunks=True)
+            self.measurement.require_dataset(
+                name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype, chunks=True
+            )
 
     def _append(self, name: str, first_index: int, data: np.ndarray) -> None:
         with FILE_LOCK:
@@ -86,8 +87,9 @@ class HDF5Writer:
         print(f"saved {self.scan_node.name} ({event_data.data.name})", flush=True)
 
 
-def listen_to_session_wait_for_scans(session: str, output: str, redis_url: str | None,
-                                     timeout: float | None) -> None:
+def listen_to_session_wait_for_scans(
+    session: str, output: str, redis_url: str | None, timeout: float | None
+) -> None:
     session_node = get_session_node(session, redis_url=resolve_url(redis_url))
     workers: list[threading.Thread] = []
     print(f"saving the scans of session {session!r} into {output} (Ctrl-C to stop)", flush=True)
@@ -109,8 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--session", default="test_session", help="session (default: test_session)")
     parser.add_argument("--output", default="scans.h5", help="HDF5 file (default: scans.h5)")
     parser.add_argument("--redis-url", default=None, help="Redis URL (default: embedded server)")
-    parser.add_argument("--timeout", type=float, default=None,
-                        help="stop after this many seconds without a new scan (default: never)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="stop after this many seconds without a new scan (default: never)",
+    )
     args = parser.parse_args(argv)
     try:
         listen_to_session_wait_for_scans(args.session, args.output, args.redis_url, args.timeout)

@@ -37,10 +37,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--session", default="test_session", help="session (default: test_session)")
     parser.add_argument("--redis-url", default=None, help="Redis URL (default: embedded server)")
-    parser.add_argument("--timeout", type=float, default=None,
-                        help="stop after this many seconds without any event (default: never)")
-    parser.add_argument("--history", action="store_true",
-                        help="also list the scans already stored, not only the new ones")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="stop after this many seconds without any event (default: never)",
+    )
+    parser.add_argument(
+        "--history",
+        action="store_true",
+        help="also list the scans already stored, not only the new ones",
+    )
     args = parser.parse_args(argv)
 
     session_node = get_session_node(args.session, redis_url=resolve_url(args.redis_url))
@@ -55,14 +62,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"scan started: {node.name}  {node.info.get('title', '')}", flush=True)
                 # One worker per scan, as the seed's writer does: scans may run at once.
                 worker = threading.Thread(
-                    target=count_points, args=(node, threading.Event()), daemon=True)
+                    target=count_points, args=(node, threading.Event()), daemon=True
+                )
                 worker.start()
                 workers.append(worker)
             elif event_type == EventType.END_SCAN:
                 # END_SCAN carries the final state, and the error text when it failed.
                 error = event_data.description["error"]
-                print(f"scan ended:   {node.name}  {event_data.data.name}"
-                      f"{'  ' + error if error else ''}", flush=True)
+                print(
+                    f"scan ended:   {node.name}  {event_data.data.name}"
+                    f"{'  ' + error if error else ''}",
+                    flush=True,
+                )
     except KeyboardInterrupt:
         pass
     for worker in workers:

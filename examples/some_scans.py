@@ -27,18 +27,31 @@ from scanstream.sim.catalogue import CATALOGUE, run_catalogue
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--session", default="test_session", help="session name (default: test_session)")
-    parser.add_argument("--redis-url", default=None,
-                        help="Redis URL (default: $SCANSTREAM_REDIS_URL, else the embedded server)")
-    parser.add_argument("--root", default=None,
-                        help="base directory of the data; without it scans name no file (a writer "
-                             "puts them under its own --root) and Lima frames are not written")
+    parser.add_argument(
+        "--session", default="test_session", help="session name (default: test_session)"
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=None,
+        help="Redis URL (default: $SCANSTREAM_REDIS_URL, else the embedded server)",
+    )
+    parser.add_argument(
+        "--root",
+        default=None,
+        help="base directory of the data; without it scans name no file (a writer "
+        "puts them under its own --root) and Lima frames are not written",
+    )
     parser.add_argument("--sample", default="sample", help="sample name (default: sample)")
     parser.add_argument("--dataset", default="0001", help="dataset name (default: 0001)")
     parser.add_argument("--slow", action="store_true", help="honour count times (real time)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulated noise")
-    parser.add_argument("--only", nargs="+", choices=CATALOGUE, metavar="NAME",
-                        help=f"run only these entries: {', '.join(CATALOGUE)}")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=CATALOGUE,
+        metavar="NAME",
+        help=f"run only these entries: {', '.join(CATALOGUE)}",
+    )
     args = parser.parse_args(argv)
 
     saving = SavingConfig(args.root, args.session, args.sample, args.dataset) if args.root else None
@@ -50,15 +63,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{entry:<22} {result.db_name:<36} {result.state.name:<13} {points}", flush=True)
 
     try:
-        results = run_catalogue(session, saving, fast=not args.slow, names=args.only,
-                                seed=args.seed, on_result=report)
+        results = run_catalogue(
+            session, saving, fast=not args.slow, names=args.only, seed=args.seed, on_result=report
+        )
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
         session.close()
-    print(f"{len(results)} scans in {time.monotonic() - t0:.1f} s"
-          + (f"; dataset file: {saving.filename}" if saving else "; no filename given"))
+    print(
+        f"{len(results)} scans in {time.monotonic() - t0:.1f} s"
+        + (f"; dataset file: {saving.filename}" if saving else "; no filename given")
+    )
     return 0
 
 

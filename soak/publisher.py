@@ -21,23 +21,33 @@ from scanstream import DataStore, ScanState, Settings, create_session
 from . import workload
 
 
-def publish_scan(session: Any, name: str, p: workload.ScanPlan, root: Path,
-                 point_time: float) -> tuple[int, str]:
+def publish_scan(
+    session: Any, name: str, p: workload.ScanPlan, root: Path, point_time: float
+) -> tuple[int, str]:
     """Publish scan ``p``; return its number and final state name."""
-    info = {"title": f"soak {p.kind} {p.npoints}", "npoints": p.npoints, "count_time": point_time,
-            "filename": p.filename(name), "soak": {"index": p.index, "kind": p.kind}}
+    info = {
+        "title": f"soak {p.kind} {p.npoints}",
+        "npoints": p.npoints,
+        "count_time": point_time,
+        "filename": p.filename(name),
+        "soak": {"index": p.index, "kind": p.kind},
+    }
     scan = session.create_scan(f"soak_{p.kind}", info)
     try:
         timer = scan.create_container("timer")
-        channels = {cname: timer.create_channel(cname, dtype=dtype, shape=shape)
-                    for cname, (dtype, shape) in p.channels().items()}
+        channels = {
+            cname: timer.create_channel(cname, dtype=dtype, shape=shape)
+            for cname, (dtype, shape) in p.channels().items()
+        }
         lima = acquisition = None
         if p.has_lima():
             det = workload.detector(p)
-            acquisition = det.start(p.npoints, directory=workload.lima_directory(root, name, p),
-                                    count_time=point_time)
-            lima = timer.create_lima(det.fullname, det.dtype, det.shape,
-                                     info=acquisition.description())
+            acquisition = det.start(
+                p.npoints, directory=workload.lima_directory(root, name, p), count_time=point_time
+            )
+            lima = timer.create_lima(
+                det.fullname, det.dtype, det.shape, info=acquisition.description()
+            )
         scan.prepared()
         for j in range(p.acquired):
             for cname, channel in channels.items():
@@ -84,15 +94,27 @@ def main(argv: list[str] | None = None) -> int:
         while not stop and time.time() < args.until:
             p = workload.plan(args.session_index, index)
             number, state = publish_scan(session, args.session, p, args.root, args.point_time)
-            manifest.write(json.dumps({
-                "session": args.session, "session_index": args.session_index, "number": number,
-                "index": index, "kind": p.kind,
-                "state": state, "points": p.expected_points(), "file": p.filename(args.session),
-                "end": time.time()}) + "\n")
+            manifest.write(
+                json.dumps(
+                    {
+                        "session": args.session,
+                        "session_index": args.session_index,
+                        "number": number,
+                        "index": index,
+                        "kind": p.kind,
+                        "state": state,
+                        "points": p.expected_points(),
+                        "file": p.filename(args.session),
+                        "end": time.time(),
+                    }
+                )
+                + "\n"
+            )
             manifest.flush()
             index += 1
-        manifest.write(json.dumps({"session": args.session, "finished": True, "scans": index})
-                       + "\n")
+        manifest.write(
+            json.dumps({"session": args.session, "finished": True, "scans": index}) + "\n"
+        )
     store.close()
     return 0
 

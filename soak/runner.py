@@ -141,8 +141,14 @@ class Verifier(threading.Thread):
     published a scan of a later file, or has finished.
     """
 
-    def __init__(self, store: DataStore, sessions: list[str], manifests: dict[str, Path],
-                 root: Path, save_timeout: float) -> None:
+    def __init__(
+        self,
+        store: DataStore,
+        sessions: list[str],
+        manifests: dict[str, Path],
+        root: Path,
+        save_timeout: float,
+    ) -> None:
         super().__init__(name="soak-verifier", daemon=True)
         self.store, self.sessions, self.manifests, self.root = store, sessions, manifests, root
         self.save_timeout = save_timeout
@@ -196,7 +202,8 @@ class Verifier(threading.Thread):
                     if time.time() - last_end > self.save_timeout:
                         self.problems.append(
                             f"{session}: scans {sorted(numbers)} of {group[0]['file']} not saved "
-                            f"{self.save_timeout:.0f} s after their end")
+                            f"{self.save_timeout:.0f} s after their end"
+                        )
                         groups.pop(0)
                         continue
                     break
@@ -226,7 +233,8 @@ class Verifier(threading.Thread):
 def read_subscriber(path: Path) -> dict[tuple[str, int], dict[str, Any]]:
     """The records of one subscriber, by (session, scan number): ``scan`` and ``end`` lists."""
     out: dict[tuple[str, int], dict[str, Any]] = defaultdict(
-        lambda: {"scan": [], "end": [], "fatal": []})
+        lambda: {"scan": [], "end": [], "fatal": []}
+    )
     with contextlib.suppress(FileNotFoundError), open(path, encoding="utf-8") as f:
         for line in f:
             if not line.endswith("\n"):
@@ -241,8 +249,9 @@ def read_subscriber(path: Path) -> dict[tuple[str, int], dict[str, Any]]:
     return out
 
 
-def subscriber_problems(name: str, seen: dict[tuple[str, int], dict[str, Any]],
-                        records: dict[str, list[dict[str, Any]]]) -> list[str]:
+def subscriber_problems(
+    name: str, seen: dict[tuple[str, int], dict[str, Any]], records: dict[str, list[dict[str, Any]]]
+) -> list[str]:
     """What a subscriber missed or got wrong, compared with the publishers' manifests."""
     problems = []
     published = set()
@@ -256,19 +265,24 @@ def subscriber_problems(name: str, seen: dict[tuple[str, int], dict[str, Any]],
                 problems.append(f"{where}: scan never walked")
                 continue
             if len(got["scan"]) != 1 or len(got["end"]) != 1:
-                problems.append(f"{where}: walked {len(got['scan'])} times, "
-                                f"{len(got['end'])} END_SCAN in the session walk")
+                problems.append(
+                    f"{where}: walked {len(got['scan'])} times, "
+                    f"{len(got['end'])} END_SCAN in the session walk"
+                )
             scan = got["scan"][0]
             if scan.get("errors"):
                 problems.append(f"{where}: {scan['errors'][:3]}")
             if scan.get("points") != r["points"]:
                 problems.append(f"{where}: points {scan.get('points')}, published {r['points']}")
             if scan.get("walk_end") != r["state"]:
-                problems.append(f"{where}: END_SCAN of the scan walk {scan.get('walk_end')}, "
-                                f"published {r['state']}")
+                problems.append(
+                    f"{where}: END_SCAN of the scan walk {scan.get('walk_end')}, "
+                    f"published {r['state']}"
+                )
             if got["end"] and got["end"][0] != r["state"]:
-                problems.append(f"{where}: END_SCAN of the session walk {got['end'][0]}, "
-                                f"published {r['state']}")
+                problems.append(
+                    f"{where}: END_SCAN of the session walk {got['end'][0]}, published {r['state']}"
+                )
     for key, got in seen.items():
         if got["fatal"]:
             problems.append(f"{name}: session {key[0]} walk crashed: {got['fatal'][0][-500:]}")
@@ -277,17 +291,22 @@ def subscriber_problems(name: str, seen: dict[tuple[str, int], dict[str, Any]],
     return problems
 
 
-def subscriber_complete(seen: dict[tuple[str, int], dict[str, Any]],
-                        records: dict[str, list[dict[str, Any]]]) -> bool:
-    return all(seen.get((s, r["number"]), {}).get("scan") and seen[(s, r["number"])]["end"]
-               for s, recs in records.items() for r in recs)
+def subscriber_complete(
+    seen: dict[tuple[str, int], dict[str, Any]], records: dict[str, list[dict[str, Any]]]
+) -> bool:
+    return all(
+        seen.get((s, r["number"]), {}).get("scan") and seen[(s, r["number"])]["end"]
+        for s, recs in records.items()
+        for r in recs
+    )
 
 
 # -------------------------------------------------------------------- memory verdict
 
 
-def window_median(times: list[float], values: list[int | None], start: float, stop: float
-                  ) -> float | None:
+def window_median(
+    times: list[float], values: list[int | None], start: float, stop: float
+) -> float | None:
     picked = [v for t, v in zip(times, values, strict=True) if start <= t <= stop and v is not None]
     return statistics.median(picked) if picked else None
 
@@ -302,9 +321,17 @@ def _slope(points: list[tuple[float, int]]) -> float:
     return sum((t - mt) * (v - mv) for t, v in points) / den if den else 0.0
 
 
-def memory_figures(samples: Samples, t0: float, t_end: float, warmup: float, tol_mib: float,
-                   tol_pct: float, redis_tol_mib: float, redis_tol_pct: float,
-                   exclude: set[str]) -> dict[str, dict[str, Any]]:
+def memory_figures(
+    samples: Samples,
+    t0: float,
+    t_end: float,
+    warmup: float,
+    tol_mib: float,
+    tol_pct: float,
+    redis_tol_mib: float,
+    redis_tol_pct: float,
+    exclude: set[str],
+) -> dict[str, dict[str, Any]]:
     """Per process (and ``redis_used_memory``): start/first-third/last-third/end/peak, verdict."""
     third = max(0.0, t_end - t0 - warmup) / 3
     first = (t0 + warmup, t0 + warmup + third)
@@ -322,10 +349,16 @@ def memory_figures(samples: Samples, t0: float, t_end: float, warmup: float, tol
         abs_tol, pct = (redis_tol_mib, redis_tol_pct) if is_redis else (tol_mib, tol_pct)
         allowed = max(abs_tol * MIB, (a or 0) * pct / 100)
         growth = None if a is None or b is None else b - a
-        during = [v for t, v in zip(samples.times, values, strict=True)
-                  if t0 <= t <= t_end and v is not None]
-        after = [(t, v) for t, v in zip(samples.times, values, strict=True)
-                 if first[0] <= t <= t_end and v is not None]
+        during = [
+            v
+            for t, v in zip(samples.times, values, strict=True)
+            if t0 <= t <= t_end and v is not None
+        ]
+        after = [
+            (t, v)
+            for t, v in zip(samples.times, values, strict=True)
+            if first[0] <= t <= t_end and v is not None
+        ]
         out[name] = {
             "slope_mib_per_h": _slope(after) * 3600 / MIB,
             "start_mib": valid[0] / MIB,
@@ -348,23 +381,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m soak",
         description="Soak test: 4 sessions publishing scans back to back, 2 writers, 4 "
-                    "subscribers; checks files, subscribers and memory. Exit code 0 if all hold.")
-    parser.add_argument("--duration", type=float, default=600.0,
-                        help="seconds of publishing (default 600)")
+        "subscribers; checks files, subscribers and memory. Exit code 0 if all hold.",
+    )
+    parser.add_argument(
+        "--duration", type=float, default=600.0, help="seconds of publishing (default 600)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the figures to this file")
-    parser.add_argument("--redis-url", default=None,
-                        help="use this server instead of a private one (sessions get a "
-                             "unique name)")
-    parser.add_argument("--point-time", type=float, default=0.01,
-                        help="sleep between two points of a scan (default 0.01 s)")
-    parser.add_argument("--retention", type=float, default=None,
-                        help="SCANSTREAM retention time of the scans (default: duration/4, "
-                             "between 10 and 30 s)")
-    parser.add_argument("--warmup", type=float, default=None,
-                        help="seconds excluded from the memory verdict (default: 15%% of the "
-                             "duration, at least retention + 2)")
-    parser.add_argument("--sample-period", type=float, default=None,
-                        help="seconds between memory samples (default: duration/40, 0.5 to 3)")
+    parser.add_argument(
+        "--redis-url",
+        default=None,
+        help="use this server instead of a private one (sessions get a unique name)",
+    )
+    parser.add_argument(
+        "--point-time",
+        type=float,
+        default=0.01,
+        help="sleep between two points of a scan (default 0.01 s)",
+    )
+    parser.add_argument(
+        "--retention",
+        type=float,
+        default=None,
+        help="SCANSTREAM retention time of the scans (default: duration/4, between 10 and 30 s)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="seconds excluded from the memory verdict (default: 15%% of the "
+        "duration, at least retention + 2)",
+    )
+    parser.add_argument(
+        "--sample-period",
+        type=float,
+        default=None,
+        help="seconds between memory samples (default: duration/40, 0.5 to 3)",
+    )
     parser.add_argument("--rss-tolerance-mib", type=float, default=8.0)
     parser.add_argument("--rss-tolerance-pct", type=float, default=10.0)
     parser.add_argument("--redis-tolerance-mib", type=float, default=8.0)
@@ -394,9 +446,15 @@ def _spawn(children: list[Child], logs: Path, name: str, role: str, argv: list[s
     log = logs / f"{name}.log"
     with open(log, "ab") as out:
         # A new session: a Ctrl-C in the terminal reaches the runner only, which stops them.
-        popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                 stderr=subprocess.STDOUT,
-                                 env=_child_env(), cwd=PROJECT_ROOT, start_new_session=True)
+        popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=_child_env(),
+            cwd=PROJECT_ROOT,
+            start_new_session=True,
+        )
     child = Child(name, role, popen, log)
     children.append(child)
     return child
@@ -444,8 +502,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sampler: Sampler | None = None
     verifier: Verifier | None = None
     problems: list[str] = []
-    report: dict[str, Any] = {"tmp_dir": str(tmp), "sessions": sessions, "settings": {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    report: dict[str, Any] = {
+        "tmp_dir": str(tmp),
+        "sessions": sessions,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    }
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         url = args.redis_url
@@ -458,45 +519,96 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             create_session(session, store=store)
         py = sys.executable
         writers = [
-            _spawn(children, logs, f"writer{w}", "writer",
-                   [py, "-m", "scanstream", "--redis-url", url, "writer",
-                    *sessions[w * 2:(w + 1) * 2], "--root", str(root)])
-            for w in range(NWRITERS)]
+            _spawn(
+                children,
+                logs,
+                f"writer{w}",
+                "writer",
+                [
+                    py,
+                    "-m",
+                    "scanstream",
+                    "--redis-url",
+                    url,
+                    "writer",
+                    *sessions[w * 2 : (w + 1) * 2],
+                    "--root",
+                    str(root),
+                ],
+            )
+            for w in range(NWRITERS)
+        ]
         subscribers = [
-            _spawn(children, logs, f"subscriber{n}", "subscriber",
-                   [py, "-m", "soak.subscriber", url, str(tmp / f"subscriber{n}.jsonl"), *sessions])
-            for n in range(NSUBSCRIBERS)]
+            _spawn(
+                children,
+                logs,
+                f"subscriber{n}",
+                "subscriber",
+                [py, "-m", "soak.subscriber", url, str(tmp / f"subscriber{n}.jsonl"), *sessions],
+            )
+            for n in range(NSUBSCRIBERS)
+        ]
         # Wait until each writer owns its sessions before publishing (a writer that started
         # late would catch up anyway; this keeps the timeline simple).
-        if not _wait_until(lambda: all((writer_status(s, store=store) or {}).get("writing")
-                                       for s in sessions), 30, 0.1):
-            raise RuntimeError("the writers did not start within 30 s:\n"
-                               + "\n".join(w.log_tail() for w in writers))
+        if not _wait_until(
+            lambda: all((writer_status(s, store=store) or {}).get("writing") for s in sessions),
+            30,
+            0.1,
+        ):
+            raise RuntimeError(
+                "the writers did not start within 30 s:\n"
+                + "\n".join(w.log_tail() for w in writers)
+            )
         pids = {c.name: c.pid for c in children}
         if server is not None and server.pid is not None:
             pids["redis-server"] = server.pid
         t0 = time.monotonic()
         until = time.time() + args.duration
         publishers = [
-            _spawn(children, logs, f"publisher{k}", "publisher",
-                   [py, "-m", "soak.publisher", url, s, str(k), str(root), str(manifests[s]),
-                    "--until", repr(until), "--point-time", repr(args.point_time),
-                    "--retention", repr(args.retention)])
-            for k, s in enumerate(sessions)]
+            _spawn(
+                children,
+                logs,
+                f"publisher{k}",
+                "publisher",
+                [
+                    py,
+                    "-m",
+                    "soak.publisher",
+                    url,
+                    s,
+                    str(k),
+                    str(root),
+                    str(manifests[s]),
+                    "--until",
+                    repr(until),
+                    "--point-time",
+                    repr(args.point_time),
+                    "--retention",
+                    repr(args.retention),
+                ],
+            )
+            for k, s in enumerate(sessions)
+        ]
         pids.update({p.name: p.pid for p in publishers})
         sampler = Sampler(pids, store, args.sample_period)
         sampler.start()
-        verifier = Verifier(store, sessions, manifests, root,
-                            save_timeout=0.7 * args.retention)
+        verifier = Verifier(store, sessions, manifests, root, save_timeout=0.7 * args.retention)
         verifier.start()
 
         # -- publishing: watch for early deaths
         while time.monotonic() - t0 < args.duration:
-            dead = [c for c in children if c.popen.poll() is not None and
-                    (c.role != "publisher" or c.popen.returncode != 0)]
+            dead = [
+                c
+                for c in children
+                if c.popen.poll() is not None and (c.role != "publisher" or c.popen.returncode != 0)
+            ]
             if dead:
-                raise RuntimeError("processes died during the run: " + "; ".join(
-                    f"{c.name} (exit {c.popen.returncode}): {c.log_tail(8)}" for c in dead))
+                raise RuntimeError(
+                    "processes died during the run: "
+                    + "; ".join(
+                        f"{c.name} (exit {c.popen.returncode}): {c.log_tail(8)}" for c in dead
+                    )
+                )
             time.sleep(0.5)
         t_end = time.monotonic()
 
@@ -535,19 +647,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         subscribers_done()
 
         # -- verdict
-        sub_problems = [p for s in subscribers
-                        for p in subscriber_problems(s.name, seen[s.name], records)]
-        memory = memory_figures(sampler.samples, t0, t_end, args.warmup, args.rss_tolerance_mib,
-                                args.rss_tolerance_pct, args.redis_tolerance_mib,
-                                args.redis_tolerance_pct, exclude=set())
+        sub_problems = [
+            p for s in subscribers for p in subscriber_problems(s.name, seen[s.name], records)
+        ]
+        memory = memory_figures(
+            sampler.samples,
+            t0,
+            t_end,
+            args.warmup,
+            args.rss_tolerance_mib,
+            args.rss_tolerance_pct,
+            args.redis_tolerance_mib,
+            args.redis_tolerance_pct,
+            exclude=set(),
+        )
         not_flat = [n for n, m in memory.items() if m["checked"] and not m["flat"]]
         all_records = [r for recs in records.values() for r in recs]
         nscans = len(all_records)
-        points = sum(sum(v for k, v in r["points"].items() if not k.startswith("lima"))
-                     for r in all_records)
+        points = sum(
+            sum(v for k, v in r["points"].items() if not k.startswith("lima")) for r in all_records
+        )
         images = sum(r["points"].get("lima_soak:image", 0) for r in all_records)
-        events = {s.name: sum(rec["events"] for v in seen[s.name].values() for rec in v["scan"]
-                              if "events" in rec) for s in subscribers}
+        events = {
+            s.name: sum(
+                rec["events"] for v in seen[s.name].values() for rec in v["scan"] if "events" in rec
+            )
+            for s in subscribers
+        }
         states: dict[str, int] = defaultdict(int)
         for r in all_records:
             states[r["state"]] += 1
@@ -556,34 +682,48 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             kinds[r["kind"]] += 1
         checks = {
             "processes_ok": not [p for p in problems if "exited with" in p or "still running" in p],
-            "files_exact": (not verifier.problems and verifier.scans_checked == nscans
-                            and nscans > 0),
+            "files_exact": (
+                not verifier.problems and verifier.scans_checked == nscans and nscans > 0
+            ),
             "writers_no_errors": not any(writer_errors.values()),
-            "subscribers_complete": not sub_problems and not any(
-                "subscribers had not" in p for p in problems),
+            "subscribers_complete": not sub_problems
+            and not any("subscribers had not" in p for p in problems),
             "memory_flat": not not_flat,
         }
         problems += verifier.problems + sub_problems
-        problems += [f"memory of {n} grew by {memory[n]['growth_mib']} MiB (allowed "
-                     f"{memory[n]['allowed_mib']:.1f})" for n in not_flat]
-        report.update({
-            "ok": all(checks.values()) and not problems,
-            "checks": checks,
-            "duration_s": t_end - t0,
-            "drain_s": {"saved_and_checked": t_saved - t_end, "subscribers_done": t_seen - t_end},
-            "counts": {
-                "scans": nscans, "scans_by_state": dict(states), "scans_by_kind": dict(kinds),
-                "scans_per_session": {s: len(records[s]) for s in sessions},
-                "points_0d_1d": points, "lima_images": images,
-                "files_checked": verifier.files_checked, "scans_checked": verifier.scans_checked,
-                "check_time_s": verifier.check_seconds, "max_save_delay_s": verifier.max_save_delay,
-                "subscriber_events": events,
-            },
-            "memory_mib": memory,
-            "machine": machine(),
-            "problems": problems[:100],
-            "problem_count": len(problems),
-        })
+        problems += [
+            f"memory of {n} grew by {memory[n]['growth_mib']} MiB (allowed "
+            f"{memory[n]['allowed_mib']:.1f})"
+            for n in not_flat
+        ]
+        report.update(
+            {
+                "ok": all(checks.values()) and not problems,
+                "checks": checks,
+                "duration_s": t_end - t0,
+                "drain_s": {
+                    "saved_and_checked": t_saved - t_end,
+                    "subscribers_done": t_seen - t_end,
+                },
+                "counts": {
+                    "scans": nscans,
+                    "scans_by_state": dict(states),
+                    "scans_by_kind": dict(kinds),
+                    "scans_per_session": {s: len(records[s]) for s in sessions},
+                    "points_0d_1d": points,
+                    "lima_images": images,
+                    "files_checked": verifier.files_checked,
+                    "scans_checked": verifier.scans_checked,
+                    "check_time_s": verifier.check_seconds,
+                    "max_save_delay_s": verifier.max_save_delay,
+                    "subscriber_events": events,
+                },
+                "memory_mib": memory,
+                "machine": machine(),
+                "problems": problems[:100],
+                "problem_count": len(problems),
+            }
+        )
         return report
     finally:
         for sig, handler in previous.items():
@@ -609,21 +749,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def format_summary(report: dict[str, Any]) -> str:
     lines = []
     c = report["counts"]
-    lines.append(f"soak: {report['duration_s']:.0f} s, {c['scans']} scans "
-                 f"({', '.join(f'{k} {v}' for k, v in sorted(c['scans_by_state'].items()))}), "
-                 f"{c['points_0d_1d']} points, {c['lima_images']} images, "
-                 f"{c['files_checked']} files checked")
+    lines.append(
+        f"soak: {report['duration_s']:.0f} s, {c['scans']} scans "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(c['scans_by_state'].items()))}), "
+        f"{c['points_0d_1d']} points, {c['lima_images']} images, "
+        f"{c['files_checked']} files checked"
+    )
     lines.append(f"subscriber events: {c['subscriber_events']}")
-    lines.append(f"{'process':<20} {'start':>8} {'1st 3rd':>8} {'last 3rd':>8} {'end':>8} "
-                 f"{'peak':>8} {'growth':>8} {'allowed':>8} {'MiB/h':>7}  flat (MiB)")
+    lines.append(
+        f"{'process':<20} {'start':>8} {'1st 3rd':>8} {'last 3rd':>8} {'end':>8} "
+        f"{'peak':>8} {'growth':>8} {'allowed':>8} {'MiB/h':>7}  flat (MiB)"
+    )
     for name, m in report["memory_mib"].items():
+
         def f(v: Any) -> str:
             return "-" if v is None else f"{v:.1f}"
+
         verdict = ("yes" if m["flat"] else "NO") if m["checked"] else "(not checked)"
-        lines.append(f"{name:<20} {f(m['start_mib']):>8} {f(m['first_third_mib']):>8} "
-                     f"{f(m['last_third_mib']):>8} {f(m['end_mib']):>8} {f(m['peak_mib']):>8} "
-                     f"{f(m['growth_mib']):>8} {f(m['allowed_mib']):>8} "
-                     f"{f(m['slope_mib_per_h']):>7}  {verdict}")
+        lines.append(
+            f"{name:<20} {f(m['start_mib']):>8} {f(m['first_third_mib']):>8} "
+            f"{f(m['last_third_mib']):>8} {f(m['end_mib']):>8} {f(m['peak_mib']):>8} "
+            f"{f(m['growth_mib']):>8} {f(m['allowed_mib']):>8} "
+            f"{f(m['slope_mib_per_h']):>7}  {verdict}"
+        )
     for name, ok in report["checks"].items():
         lines.append(f"{name:<22} {'ok' if ok else 'FAILED'}")
     for problem in report["problems"][:20]:

@@ -37,16 +37,18 @@ def follow_scan(scan: Any, stop: StopHandler) -> dict[str, Any]:
                 errors.append(f"{node.name}: batch at {data.first_index}, expected {have}")
             size = len(data.data) if node.type == "channel" else data.block_size
             if size != data.block_size:
-                errors.append(f"{node.name}: {size} points in a batch of block_size "
-                              f"{data.block_size}")
+                errors.append(
+                    f"{node.name}: {size} points in a batch of block_size {data.block_size}"
+                )
             points[node.name] = have + data.block_size
         elif event_type == EventType.END_SCAN and node is scan:
             end = data.data.name
     return {"points": points, "walk_end": end, "events": events, "errors": errors}
 
 
-def follow_session(url_store: DataStore, session: str, stop: StopHandler, out: TextIO,
-                   lock: threading.Lock) -> None:
+def follow_session(
+    url_store: DataStore, session: str, stop: StopHandler, out: TextIO, lock: threading.Lock
+) -> None:
     def write(record: dict[str, Any]) -> None:
         with lock:
             out.write(json.dumps(record) + "\n")
@@ -55,8 +57,11 @@ def follow_session(url_store: DataStore, session: str, stop: StopHandler, out: T
     try:
         node = get_session_node(session, store=url_store)
         for event_type, scan, data in node.walk_on_new_events(
-                from_next=False, include_filter=("scan", "scan_group"),
-                exclude_children=("scan", "scan_group"), stop_handler=stop):
+            from_next=False,
+            include_filter=("scan", "scan_group"),
+            exclude_children=("scan", "scan_group"),
+            stop_handler=stop,
+        ):
             if event_type == EventType.NEW_NODE:
                 try:
                     record = follow_scan(scan, stop)
@@ -83,8 +88,15 @@ def main(argv: list[str] | None = None) -> int:
     store = DataStore(settings=Settings.from_env(redis_url=args.url))
     lock = threading.Lock()
     with open(args.output, "a", encoding="utf-8") as out:
-        threads = [threading.Thread(target=follow_session, args=(store, s, stop, out, lock),
-                                    name=f"follow-{s}", daemon=True) for s in args.sessions]
+        threads = [
+            threading.Thread(
+                target=follow_session,
+                args=(store, s, stop, out, lock),
+                name=f"follow-{s}",
+                daemon=True,
+            )
+            for s in args.sessions
+        ]
         for thread in threads:
             thread.start()
         while not stop.wait(0.5):

@@ -26,8 +26,9 @@ def _same(a: Any, b: Any) -> bool:
     return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
-def check_scan(store: DataStore, session: str, record: dict[str, Any], root: Path,
-               file: h5py.File) -> list[str]:
+def check_scan(
+    store: DataStore, session: str, record: dict[str, Any], root: Path, file: h5py.File
+) -> list[str]:
     """Problems of one scan (an empty list when its entry equals Redis and the plan)."""
     problems: list[str] = []
     number = record["number"]
@@ -63,11 +64,14 @@ def check_scan(store: DataStore, session: str, record: dict[str, Any], root: Pat
             view = node.get(0)
             refs = view.all_image_references()
             if len(refs) != expected.get(node.name):
-                problems.append(f"{where}: {node.name}: {len(refs)} images in Redis, "
-                                f"{expected.get(node.name)} published")
+                problems.append(
+                    f"{where}: {node.name}: {len(refs)} images in Redis, "
+                    f"{expected.get(node.name)} published"
+                )
             if dset.shape != (len(refs),) + tuple(node.shape):
-                problems.append(f"{where}: {node.name}: file shape {dset.shape}, "
-                                f"{len(refs)} images")
+                problems.append(
+                    f"{where}: {node.name}: file shape {dset.shape}, {len(refs)} images"
+                )
                 continue
             det = workload.detector(p)
             frames = dset[()]
@@ -82,11 +86,15 @@ def check_scan(store: DataStore, session: str, record: dict[str, Any], root: Pat
             continue
         points = node[:]
         if len(points) != expected.get(node.name):
-            problems.append(f"{where}: {node.name}: {len(points)} points in Redis, "
-                            f"{expected.get(node.name)} published")
+            problems.append(
+                f"{where}: {node.name}: {len(points)} points in Redis, "
+                f"{expected.get(node.name)} published"
+            )
         if dset.dtype != node.dtype or dset.shape[0] != len(points):
-            problems.append(f"{where}: {node.name}: file {dset.dtype} {dset.shape}, Redis "
-                            f"{node.dtype} {len(points)} points")
+            problems.append(
+                f"{where}: {node.name}: file {dset.dtype} {dset.shape}, Redis "
+                f"{node.dtype} {len(points)} points"
+            )
             continue
         plan_values = workload.expected_array(p, node.name)
         if tuple(node.shape) == (-1,):
@@ -101,8 +109,9 @@ def check_scan(store: DataStore, session: str, record: dict[str, Any], root: Pat
                     break
             continue
         if dset.shape[1:] != tuple(node.shape):
-            problems.append(f"{where}: {node.name}: file shape {dset.shape}, "
-                            f"point shape {node.shape}")
+            problems.append(
+                f"{where}: {node.name}: file shape {dset.shape}, point shape {node.shape}"
+            )
             continue
         if not _same(dset[()], points):
             problems.append(f"{where}: {node.name}: file differs from Redis")
@@ -114,8 +123,9 @@ def check_scan(store: DataStore, session: str, record: dict[str, Any], root: Pat
     return problems
 
 
-def check_file(store: DataStore, session: str, records: list[dict[str, Any]], root: Path
-               ) -> list[str]:
+def check_file(
+    store: DataStore, session: str, records: list[dict[str, Any]], root: Path
+) -> list[str]:
     """Problems of every scan of one file (the file must be closed by the writer)."""
     path = root / records[0]["file"]
     try:

@@ -107,8 +107,13 @@ def expected_array(p: ScanPlan, channel: str) -> Any:
 
 def detector(p: ScanPlan) -> LimaDetector:
     """The Lima-like detector of scan ``p``: seeded by the scan, so frames differ between scans."""
-    return LimaDetector("lima_soak", FRAME_SHAPE, "uint16", frames_per_file=FRAMES_PER_FILE,
-                        seed=100000 * p.session_index + p.index)
+    return LimaDetector(
+        "lima_soak",
+        FRAME_SHAPE,
+        "uint16",
+        frames_per_file=FRAMES_PER_FILE,
+        seed=100000 * p.session_index + p.index,
+    )
 
 
 def lima_directory(root: Path, session: str, p: ScanPlan) -> Path:

@@ -38,9 +38,13 @@ if TYPE_CHECKING:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--redis-url", default=None, metavar="URL",
-                     help="run the tests against this Redis server (it is FLUSHALLed before each "
-                          "test) instead of a private one started on a free port")
+    parser.addoption(
+        "--redis-url",
+        default=None,
+        metavar="URL",
+        help="run the tests against this Redis server (it is FLUSHALLed before each "
+        "test) instead of a private one started on a free port",
+    )
 
 
 def _free_port() -> int:
@@ -85,10 +89,13 @@ def redis70_binary() -> Path:
     """
     path = shutil.which(REDIS70_BINARY)
     if path is None:
-        _skip_or_fail_on_ci(f"no Redis 7.0 server at {REDIS70_BINARY} (apt-get install "
-                            "redis-server on Debian bookworm, or set SCANSTREAM_TEST_REDIS70)")
-    out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10,
-                         check=False).stdout
+        _skip_or_fail_on_ci(
+            f"no Redis 7.0 server at {REDIS70_BINARY} (apt-get install "
+            "redis-server on Debian bookworm, or set SCANSTREAM_TEST_REDIS70)"
+        )
+    out = subprocess.run(
+        [path, "--version"], capture_output=True, text=True, timeout=10, check=False
+    ).stdout
     if " v=7.0." not in out:
         _skip_or_fail_on_ci(f"{path} is not Redis 7.0: {out.strip()!r}")
     return Path(path)
@@ -109,8 +116,9 @@ def free_tcp_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def redis_server_url(request: pytest.FixtureRequest,
-                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def redis_server_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """URL of the session's Redis server: ``--redis-url``, else a private embedded server."""
     url = request.config.getoption("--redis-url")
     if url:
@@ -145,8 +153,9 @@ def redis_url(redis_server_url: str) -> str:
 
 
 @pytest.fixture
-def private_runtime_dir(server_binary: Path, monkeypatch: pytest.MonkeyPatch,
-                        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def private_runtime_dir(
+    server_binary: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
     """Point ``XDG_RUNTIME_DIR`` at a tmp dir and yield the runtime dir of the shared server.
 
     The environment variables choosing a server or binary are removed, and the shared server,

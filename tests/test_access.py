@@ -29,8 +29,17 @@ from scanstream.admin import list_sessions, server_memory
 PACKAGE_DIR = Path(scanstream.__file__).parent
 
 # The rules of docs/access.md for a subscriber: read commands only, on scanstream's keys only.
-READER_ACL = ["on", ">reader-pw", "resetkeys", "%R~scanstream:*", "resetchannels", "-@all",
-              "+@read", "+@connection", "-@dangerous"]
+READER_ACL = [
+    "on",
+    ">reader-pw",
+    "resetkeys",
+    "%R~scanstream:*",
+    "resetchannels",
+    "-@all",
+    "+@read",
+    "+@connection",
+    "-@dangerous",
+]
 
 
 def _tcp_listeners(pid: int) -> list[tuple[str, int]]:
@@ -51,7 +60,7 @@ def _tcp_listeners(pid: int) -> list[tuple[str, int]]:
             if state == "0A" and inode in inodes:  # 0A: LISTEN
                 address, port = local.split(":")
                 if len(address) == 8:  # IPv4, little-endian hex
-                    text = ".".join(str(int(address[i:i + 2], 16)) for i in (6, 4, 2, 0))
+                    text = ".".join(str(int(address[i : i + 2], 16)) for i in (6, 4, 2, 0))
                 else:
                     text = address
                 out.append((text, int(port, 16)))
@@ -59,8 +68,9 @@ def _tcp_listeners(pid: int) -> list[tuple[str, int]]:
 
 
 @pytest.fixture
-def password_server(server_binary: Path, tmp_path: Path, free_tcp_port: int
-                    ) -> Iterator[EmbeddedServer]:
+def password_server(
+    server_binary: Path, tmp_path: Path, free_tcp_port: int
+) -> Iterator[EmbeddedServer]:
     """A private server on a loopback port with a password (``requirepass``)."""
     server = EmbeddedServer(tmp_path / "pw", port=free_tcp_port, password="pa:ss/word@1")
     server.start(timeout=10)
@@ -100,11 +110,14 @@ def test_shared_server_is_private_to_the_user(private_runtime_dir: Path) -> None
 
 @pytest.mark.skipif(not Path("/proc/self/net/tcp").exists(), reason="needs Linux /proc")
 def test_tcp_server_listens_on_loopback_only_and_requires_the_password(
-        password_server: EmbeddedServer) -> None:
+    password_server: EmbeddedServer,
+) -> None:
     assert _tcp_listeners(password_server.pid) == [("127.0.0.1", password_server.port)]
     plain = f"redis://127.0.0.1:{password_server.port}/0"
-    with redis.Redis.from_url(plain, socket_timeout=2) as anonymous, \
-            pytest.raises(redis.AuthenticationError):
+    with (
+        redis.Redis.from_url(plain, socket_timeout=2) as anonymous,
+        pytest.raises(redis.AuthenticationError),
+    ):
         anonymous.ping()
     wrong = f"redis://:nope@127.0.0.1:{password_server.port}/0"
     with pytest.raises(redis.AuthenticationError):
@@ -114,8 +127,17 @@ def test_tcp_server_listens_on_loopback_only_and_requires_the_password(
 # ----------------------------------------------------------------------------- no pickle, no eval
 
 
-_FORBIDDEN_MODULES = {"pickle", "cPickle", "_pickle", "marshal", "shelve", "dill", "cloudpickle",
-                      "jsonpickle", "yaml"}
+_FORBIDDEN_MODULES = {
+    "pickle",
+    "cPickle",
+    "_pickle",
+    "marshal",
+    "shelve",
+    "dill",
+    "cloudpickle",
+    "jsonpickle",
+    "yaml",
+}
 _FORBIDDEN_CALLS = {"eval", "exec", "compile", "__import__"}
 
 
@@ -130,8 +152,11 @@ def test_nothing_unpickles_or_evaluates_data() -> None:
         for node in ast.walk(tree):
             where = f"{path.relative_to(PACKAGE_DIR)}:{getattr(node, 'lineno', '?')}"
             if isinstance(node, ast.Import):
-                problems += [f"{where}: import {a.name}" for a in node.names
-                             if a.name.split(".")[0] in _FORBIDDEN_MODULES]
+                problems += [
+                    f"{where}: import {a.name}"
+                    for a in node.names
+                    if a.name.split(".")[0] in _FORBIDDEN_MODULES
+                ]
             elif isinstance(node, ast.ImportFrom):
                 if (node.module or "").split(".")[0] in _FORBIDDEN_MODULES:
                     problems.append(f"{where}: from {node.module} import ...")
@@ -139,11 +164,18 @@ def test_nothing_unpickles_or_evaluates_data() -> None:
                 func = node.func
                 if isinstance(func, ast.Name) and func.id in _FORBIDDEN_CALLS:
                     problems.append(f"{where}: {func.id}(...)")
-                problems += [f"{where}: allow_pickle=True" for k in node.keywords
-                             if k.arg == "allow_pickle" and not (
-                                 isinstance(k.value, ast.Constant) and k.value.value is False)]
-                if isinstance(func, ast.Attribute) and func.attr in ("load", "loads") and \
-                        isinstance(func.value, ast.Name) and func.value.id in ("np", "numpy"):
+                problems += [
+                    f"{where}: allow_pickle=True"
+                    for k in node.keywords
+                    if k.arg == "allow_pickle"
+                    and not (isinstance(k.value, ast.Constant) and k.value.value is False)
+                ]
+                if (
+                    isinstance(func, ast.Attribute)
+                    and func.attr in ("load", "loads")
+                    and isinstance(func.value, ast.Name)
+                    and func.value.id in ("np", "numpy")
+                ):
                     problems.append(f"{where}: numpy.{func.attr} (may unpickle)")
     assert len(_source_files()) > 10
     assert problems == []
@@ -170,9 +202,9 @@ def test_password_in_the_url(password_server: EmbeddedServer, clean_default_stor
     assert channel.get_as_array().tolist() == [1, 2, 3]
 
 
-def test_password_through_the_environment(password_server: EmbeddedServer,
-                                          clean_default_stores: None,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_password_through_the_environment(
+    password_server: EmbeddedServer, clean_default_stores: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SCANSTREAM_REDIS_URL", password_server.url)
     number = _publish_one("secured")
     assert get_session_node("secured").get_scan(number).state is ScanState.DONE
@@ -213,8 +245,11 @@ def test_read_only_acl_user_can_subscribe(acl_server: tuple[str, str]) -> None:
         assert ("ro:2_timescan", EventType.NEW_NODE) in scans
         scan = node.get_scan(1)
         assert scan.state is ScanState.DONE and scan.info["npoints"] == 4
-        data = [d.data for t, n, d in scan.walk_events()
-                if t == EventType.NEW_DATA and n.name == "diode"]
+        data = [
+            d.data
+            for t, n, d in scan.walk_events()
+            if t == EventType.NEW_DATA and n.name == "diode"
+        ]
         assert np.concatenate(data).tolist() == [0.0, 1.0, 2.0, 3.0]
         diode = scan.children()[0].children()[0]
         assert diode.get(1, 2).tolist() == [1.0, 2.0] and len(diode) == 4
@@ -223,7 +258,9 @@ def test_read_only_acl_user_can_subscribe(acl_server: tuple[str, str]) -> None:
         # scanstream ls works too, without the server memory totals (INFO is @dangerous).
         listing = list_sessions(reader)
         assert [(s.number, s.points, s.memory > 0) for s in listing[0].scans] == [
-            (1, 4, True), (2, 2, True)]
+            (1, 4, True),
+            (2, 2, True),
+        ]
         assert server_memory(reader)["used_memory"] is None
 
         # Publishing is refused by the server, with the command named.

@@ -38,7 +38,9 @@ def _publish(session, name: str, npoints: int, *, end: bool = True, shape=()):
     channel = scan.create_container("timer").create_channel("diode", shape=shape)
     scan.prepared()
     if npoints:
-        channel.emit(np.arange(npoints * int(np.prod(shape)), dtype=float).reshape((npoints, *shape)))
+        channel.emit(
+            np.arange(npoints * int(np.prod(shape)), dtype=float).reshape((npoints, *shape))
+        )
     scan.flush()
     if end:
         scan.end()
@@ -79,7 +81,13 @@ def test_parse_duration() -> None:
 
 def test_format_bytes() -> None:
     assert [format_bytes(v) for v in (None, 0, 1023, 1024, 5 << 20, 3 << 30)] == [
-        "-", "0B", "1023B", "1.0KiB", "5.0MiB", "3.00GiB"]
+        "-",
+        "0B",
+        "1023B",
+        "1.0KiB",
+        "5.0MiB",
+        "3.00GiB",
+    ]
 
 
 def test_list_sessions_and_scans(store: DataStore, session) -> None:
@@ -113,16 +121,26 @@ def test_list_sessions_and_scans(store: DataStore, session) -> None:
         list_sessions(store, "nope")
 
 
-def test_ls_command(store: DataStore, session, redis_url: str,
-                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_ls_command(
+    store: DataStore, session, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     _publish(session, "loopscan", 7)
     _mark_saved(store, "test_session", 1)
     assert main(["--redis-url", redis_url, "ls"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0].startswith("session test_session: 1 scan(s), ")
-    assert lines[1].split() == ["#", "name", "state", "points", "memory", "saved", "ended",
-                                "expires", "in"]
+    assert lines[1].split() == [
+        "#",
+        "name",
+        "state",
+        "points",
+        "memory",
+        "saved",
+        "ended",
+        "expires",
+        "in",
+    ]
     row = lines[2].split()
     assert row[:4] == ["1", "loopscan", "DONE", "7"] and row[5] == "yes"
     assert lines[-1].startswith("total: 1 session(s), 1 scan(s), ")
@@ -134,16 +152,18 @@ def test_ls_command(store: DataStore, session, redis_url: str,
 
 def test_delete_rules(store: DataStore, long_lease_store: DataStore) -> None:
     session = create_session("test_session", store=long_lease_store)
-    _publish(session, "saved", 10)                       # 1: ended, saved -> deleted
-    _publish(session, "unsaved", 10)                     # 2: ended, not saved -> kept
+    _publish(session, "saved", 10)  # 1: ended, saved -> deleted
+    _publish(session, "unsaved", 10)  # 2: ended, not saved -> kept
     running, _ = _publish(session, "running", 3, end=False)  # 3: running -> kept, even forced
-    gone, _ = _publish(session, "gone", 4, end=False)    # 4: publisher died -> deletable
+    gone, _ = _publish(session, "gone", 4, end=False)  # 4: publisher died -> deletable
     _mark_saved(store, "test_session", 1, 3, 4)
     store.redis.delete(store.keys.scan_lease("test_session", 4))
 
     report = delete_scans(store, "test_session")
     assert [(d.number, d.reason) for d in report.deleted] == [
-        (1, "ended DONE, saved"), (4, "publisher gone, saved")]
+        (1, "ended DONE, saved"),
+        (4, "publisher gone, saved"),
+    ]
     assert [(d.number, d.reason) for d in report.kept] == [
         (2, "not saved by a writer (use --force to delete it anyway)"),
         (3, "running (PREPARED, publisher alive)"),
@@ -157,12 +177,14 @@ def test_delete_rules(store: DataStore, long_lease_store: DataStore) -> None:
         node.get_scan(1)
     # What is left is intact.
     assert node.get_scan(2).children()[0].children()[0].get_as_array().tolist() == list(
-        np.arange(10.0))
+        np.arange(10.0)
+    )
 
     report = delete_scans(store, "test_session", force=True)
     assert [d.number for d in report.deleted] == [2]
     assert [(d.number, d.reason) for d in report.kept] == [
-        (3, "running (PREPARED, publisher alive)")]
+        (3, "running (PREPARED, publisher alive)")
+    ]
     running.end()
     assert running.state is ScanState.DONE
     assert [d.number for d in delete_scans(store, "test_session").deleted] == [3]
@@ -189,7 +211,8 @@ def test_delete_older_than_and_numbers(store: DataStore, session) -> None:
     report = delete_scans(store, "test_session", numbers=[3, 7])
     assert [d.number for d in report.deleted] == [3]
     assert [(d.number, d.reason) for d in report.kept] == [
-        (7, "no such scan (never created, expired or deleted)")]
+        (7, "no such scan (never created, expired or deleted)")
+    ]
     assert [s.number for s in list_scans(store, "test_session").scans] == [2]
 
     with pytest.raises(SessionNotFoundError):
@@ -200,25 +223,28 @@ def test_delete_older_than_and_numbers(store: DataStore, session) -> None:
         delete_scans(store, "test_session", numbers=[0])
 
 
-def test_delete_command(store: DataStore, session, redis_url: str,
-                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_delete_command(
+    store: DataStore, session, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     _publish(session, "kept", 3)
     _publish(session, "saved", 3)
     _mark_saved(store, "test_session", 2)
     url = ["--redis-url", redis_url]
     assert main([*url, "delete", "test_session", "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out == ["would delete test_session:2_saved: ended DONE, saved",
-                   ("kept test_session:1_kept: not saved by a writer (use --force to delete it "
-                    "anyway)"),
-                   out[-1]]
+    assert out == [
+        "would delete test_session:2_saved: ended DONE, saved",
+        ("kept test_session:1_kept: not saved by a writer (use --force to delete it anyway)"),
+        out[-1],
+    ]
     assert out[-1].startswith("1 scan(s) would delete, 1 kept, ")
     # A scan named with --scan but kept makes the exit code 1, for scripts.
     assert main([*url, "delete", "test_session", "--scan", "1", "2"]) == 1
     out = capsys.readouterr().out
     assert "deleted test_session:2_saved" in out and "kept test_session:1_kept" in out
-    assert main([*url, "delete", "test_session", "--scan", "1", "--force",
-                 "--older-than", "0s"]) == 0
+    assert (
+        main([*url, "delete", "test_session", "--scan", "1", "--force", "--older-than", "0s"]) == 0
+    )
     assert capsys.readouterr().out.startswith("deleted test_session:1_kept: ended DONE, not saved")
     assert main([*url, "delete", "test_session", "--older-than", "soon"]) == 2
     assert "invalid" in capsys.readouterr().err
@@ -226,8 +252,9 @@ def test_delete_command(store: DataStore, session, redis_url: str,
     assert "no session named 'missing'" in capsys.readouterr().err
 
 
-def test_full_server_recovers_by_deleting_old_scans(any_server_binary: Path,
-                                                    tmp_path: Path) -> None:
+def test_full_server_recovers_by_deleting_old_scans(
+    any_server_binary: Path, tmp_path: Path
+) -> None:
     """noeviction: past maxmemory writes fail loudly (nothing is dropped); deleting old scans
     frees memory, after which the scan that hit the limit can send its queued points and end."""
     server = EmbeddedServer(tmp_path / "full", maxmemory="24mb", binary=any_server_binary)
@@ -267,8 +294,9 @@ def test_full_server_recovers_by_deleting_old_scans(any_server_binary: Path,
         server.stop()
 
 
-def test_delete_command_frees_a_full_server(any_server_binary: Path, tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_delete_command_frees_a_full_server(
+    any_server_binary: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`scanstream delete` is the documented way out of a full server: it must work past
     maxmemory on every server, Redis 7.0 included, which refuses MULTI/EXEC there even for DEL."""
     server = EmbeddedServer(tmp_path / "full", binary=any_server_binary)
@@ -292,7 +320,8 @@ def test_delete_command_frees_a_full_server(any_server_binary: Path, tmp_path: P
         assert out[:3] == [
             "deleted full:1_old: ended DONE, saved",
             "kept full:2_unsaved: not saved by a writer (use --force to delete it anyway)",
-            "kept full:3_running: running (PREPARED, publisher alive)"]
+            "kept full:3_running: running (PREPARED, publisher alive)",
+        ]
         assert _scan_keys_left(store, "full", 1) == []
         assert len(_scan_keys_left(store, "full", 2)) == 3
         assert out[3].startswith("1 scan(s) deleted, 2 kept, ") and out[3].endswith("MiB freed")

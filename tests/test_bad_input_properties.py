@@ -31,19 +31,36 @@ from scanstream import (
     get_session_node,
 )
 
-SETTINGS = settings(max_examples=50, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                           HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=50,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 _counter = itertools.count()
 
 # Keys whose type scanstream checks (scaninfo._KEY_TYPES), to exercise those checks too.
 _TYPED_KEYS: dict[str, tuple[type, ...]] = {
-    "title": (str,), "type": (str,), "npoints": (numbers.Integral,),
-    "count_time": (numbers.Real,), "filename": (str,), "channels": (Mapping,),
+    "title": (str,),
+    "type": (str,),
+    "npoints": (numbers.Integral,),
+    "count_time": (numbers.Real,),
+    "filename": (str,),
+    "channels": (Mapping,),
     "plots": (list, tuple),
 }
-_ADDED_BY_SCANSTREAM = {"scan_nb", "session_name", "name", "node_type", "start_time",
-                        "start_timestamp", "end_time", "end_timestamp", "state", "error"}
+_ADDED_BY_SCANSTREAM = {
+    "scan_nb",
+    "session_name",
+    "name",
+    "node_type",
+    "start_time",
+    "start_timestamp",
+    "end_time",
+    "end_timestamp",
+    "state",
+    "error",
+}
 
 
 class Unsupported:
@@ -56,9 +73,13 @@ class Unsupported:
 # ----------------------------------------------------------------------------- strategies
 
 _scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
     st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=20), st.just("lone \udc80 surrogate"), st.text(min_size=5000, max_size=20000).map(lambda s: s * 10),
+    st.text(max_size=20),
+    st.just("lone \udc80 surrogate"),
+    st.text(min_size=5000, max_size=20000).map(lambda s: s * 10),
     st.builds(np.int32, st.integers(-(2**31), 2**31 - 1)),
     st.builds(np.float64, st.floats(allow_nan=True, allow_infinity=True)),
     st.builds(np.bool_, st.booleans()),
@@ -68,16 +89,26 @@ _scalars = st.one_of(
     st.dates(),
     st.binary(max_size=8),
     st.builds(Unsupported),
-    hnp.arrays(st.sampled_from(["i2", "u4", "f4", "f8", "bool", "c8", "U3", "M8[s]"]),
-               hnp.array_shapes(min_dims=0, max_dims=2, max_side=3)),
+    hnp.arrays(
+        st.sampled_from(["i2", "u4", "f4", "f8", "bool", "c8", "U3", "M8[s]"]),
+        hnp.array_shapes(min_dims=0, max_dims=2, max_side=3),
+    ),
 )
-_keys = st.one_of(st.text(max_size=8), st.sampled_from(list(_TYPED_KEYS)),
-                  st.integers(-3, 3), st.booleans(), st.none(), st.tuples(st.integers()))
+_keys = st.one_of(
+    st.text(max_size=8),
+    st.sampled_from(list(_TYPED_KEYS)),
+    st.integers(-3, 3),
+    st.booleans(),
+    st.none(),
+    st.tuples(st.integers()),
+)
 _values = st.recursive(
     _scalars,
-    lambda children: st.one_of(st.lists(children, max_size=3),
-                               st.tuples(children, children),
-                               st.dictionaries(_keys, children, max_size=3)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=3),
+        st.tuples(children, children),
+        st.dictionaries(_keys, children, max_size=3),
+    ),
     max_leaves=8,
 )
 _infos = st.dictionaries(_keys, _values, max_size=4)
@@ -176,8 +207,14 @@ def shared(redis_server_url: str) -> Iterator[dict[str, Any]]:
     reference.emit(np.arange(5))
     scan.flush()
     node = get_session_node("props", store=store)
-    state = {"store": store, "session": session, "scan": scan, "node": node,
-             "reference": reference, "emitted": 5}
+    state = {
+        "store": store,
+        "session": session,
+        "scan": scan,
+        "node": node,
+        "reference": reference,
+        "emitted": 5,
+    }
     try:
         yield state
     finally:
@@ -198,8 +235,9 @@ def _read_node(shared: dict[str, Any], index: int) -> Any:
 
 @SETTINGS
 @given(info=_infos)
-def test_node_info_round_trips_or_names_the_offender(shared: dict[str, Any],
-                                                     info: dict[Any, Any]) -> None:
+def test_node_info_round_trips_or_names_the_offender(
+    shared: dict[str, Any], info: dict[Any, Any]
+) -> None:
     name = f"c{next(_counter)}"
     path = f"info of node {name!r}"
     if _has_colliding_keys(info):
@@ -209,8 +247,10 @@ def test_node_info_round_trips_or_names_the_offender(shared: dict[str, Any],
     except _Bad as bad:
         with pytest.raises(ScanstreamError) as caught:
             shared["scan"].create_container(name, info)
-        assert bad.where in str(caught.value) or path in str(caught.value), (bad.where,
-                                                                             caught.value)
+        assert bad.where in str(caught.value) or path in str(caught.value), (
+            bad.where,
+            caught.value,
+        )
         return
     container = shared["scan"].create_container(name, info)
     assert _same(_read_node(shared, container.index).info, expected)
@@ -218,8 +258,9 @@ def test_node_info_round_trips_or_names_the_offender(shared: dict[str, Any],
 
 @settings(SETTINGS, max_examples=30)
 @given(info=_infos)
-def test_scan_info_round_trips_or_names_the_offender(shared: dict[str, Any],
-                                                     info: dict[Any, Any]) -> None:
+def test_scan_info_round_trips_or_names_the_offender(
+    shared: dict[str, Any], info: dict[Any, Any]
+) -> None:
     if _has_colliding_keys(info):
         return  # known bug, see test_colliding_keys_are_refused
     session = shared["session"]
@@ -247,8 +288,27 @@ def test_colliding_keys_are_refused(shared: dict[str, Any]) -> None:
 
 _names = st.one_of(
     st.text(max_size=12),
-    st.sampled_from(["", ":", "a:b", "axis:roby", "a/b", "/", ".", "..", "a.b", "é", "名前",
-                     " ", "a\nb", "\t", "x" * 300, "\x00", "\ud800"]),
+    st.sampled_from(
+        [
+            "",
+            ":",
+            "a:b",
+            "axis:roby",
+            "a/b",
+            "/",
+            ".",
+            "..",
+            "a.b",
+            "é",
+            "名前",
+            " ",
+            "a\nb",
+            "\t",
+            "x" * 300,
+            "\x00",
+            "\ud800",
+        ]
+    ),
 )
 
 
@@ -284,11 +344,32 @@ def test_unencodable_node_name_is_refused(shared: dict[str, Any]) -> None:
         parent.create_channel("bad\ud800")
 
 
-_dtypes = st.sampled_from(["bool", "i1", "u1", "i2", ">i4", "u8", "f2", "f4", ">f8", "c8",
-                           "c16", "U4", "O", "M8[s]", "S3", "V8", [("a", "f4")], "(2,)f4",
-                           "not-a-dtype"])
-_shapes = st.one_of(st.lists(st.integers(-2, 4), max_size=3).map(tuple),
-                    st.just((-1,)), st.just(5), st.just("x"))
+_dtypes = st.sampled_from(
+    [
+        "bool",
+        "i1",
+        "u1",
+        "i2",
+        ">i4",
+        "u8",
+        "f2",
+        "f4",
+        ">f8",
+        "c8",
+        "c16",
+        "U4",
+        "O",
+        "M8[s]",
+        "S3",
+        "V8",
+        [("a", "f4")],
+        "(2,)f4",
+        "not-a-dtype",
+    ]
+)
+_shapes = st.one_of(
+    st.lists(st.integers(-2, 4), max_size=3).map(tuple), st.just((-1,)), st.just(5), st.just("x")
+)
 
 
 def _codec_ok(dtype: Any, shape: Any) -> bool:
@@ -307,8 +388,9 @@ def _codec_ok(dtype: Any, shape: Any) -> bool:
 
 @SETTINGS
 @given(dtype=_dtypes, shape=_shapes, data=st.data())
-def test_dtypes_shapes_and_emits(shared: dict[str, Any], dtype: Any, shape: Any,
-                                 data: st.DataObject) -> None:
+def test_dtypes_shapes_and_emits(
+    shared: dict[str, Any], dtype: Any, shape: Any, data: st.DataObject
+) -> None:
     parent = shared["scan"].create_container(f"d{next(_counter)}")
     if not _codec_ok(dtype, shape):
         with pytest.raises(ScanstreamError) as caught:
@@ -322,21 +404,34 @@ def test_dtypes_shapes_and_emits(shared: dict[str, Any], dtype: Any, shape: Any,
         if point == (-1,):
             emitted_shape = data.draw(st.sampled_from([(3,), (0,), (2, 2), (1, 2, 1)]))
         else:
-            emitted_shape = data.draw(st.sampled_from(
-                [point, (2, *point), (1, *point), (0, *point), (*point, 1), (3,), ()]))
+            emitted_shape = data.draw(
+                st.sampled_from(
+                    [point, (2, *point), (1, *point), (0, *point), (*point, 1), (3,), ()]
+                )
+            )
         kind = data.draw(st.sampled_from(["same", "int", "float"]))
         source = {"same": channel.dtype, "int": np.dtype("i8"), "float": np.dtype("f8")}[kind]
         values = np.arange(int(np.prod(emitted_shape)), dtype="i8") % 2
         values = values.astype(source).reshape(emitted_shape)
         fixed_ok = emitted_shape == point or (
-            len(emitted_shape) == len(point) + 1 and emitted_shape[1:] == point
-            and emitted_shape[0] > 0)
-        var_ok = point == (-1,) and len(emitted_shape) in (1, 2) and (
-            len(emitted_shape) == 1 or emitted_shape[0] > 0)
+            len(emitted_shape) == len(point) + 1
+            and emitted_shape[1:] == point
+            and emitted_shape[0] > 0
+        )
+        var_ok = (
+            point == (-1,)
+            and len(emitted_shape) in (1, 2)
+            and (len(emitted_shape) == 1 or emitted_shape[0] > 0)
+        )
         shape_ok = var_ok if point == (-1,) else fixed_ok
         both_int = source.kind in "iub" and channel.dtype.kind in "iu"
-        kind_ok = source.kind == "b" and channel.dtype.kind == "b" or (
-            source.kind != "b" and (both_int or np.can_cast(source, channel.dtype, "same_kind")))
+        kind_ok = (
+            source.kind == "b"
+            and channel.dtype.kind == "b"
+            or (
+                source.kind != "b" and (both_int or np.can_cast(source, channel.dtype, "same_kind"))
+            )
+        )
         try:
             channel.emit(values)
         except EncodingError as exc:
@@ -344,11 +439,12 @@ def test_dtypes_shapes_and_emits(shared: dict[str, Any], dtype: Any, shape: Any,
             assert "'ch'" in str(exc)
             continue
         assert shape_ok, (emitted_shape, point)
-        batch = values.reshape((1, *point)) if emitted_shape == point and point != (-1,) \
-            else values
+        batch = values.reshape((1, *point)) if emitted_shape == point and point != (-1,) else values
         if point == (-1,):
-            accepted += [np.asarray(p, dtype=channel.dtype) for p in
-                         ([batch] if batch.ndim == 1 else list(batch))]
+            accepted += [
+                np.asarray(p, dtype=channel.dtype)
+                for p in ([batch] if batch.ndim == 1 else list(batch))
+            ]
         else:
             accepted += list(batch.astype(channel.dtype))
     shared["scan"].flush()

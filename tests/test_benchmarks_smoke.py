@@ -19,9 +19,15 @@ def test_quick_benchmarks_write_their_figures(server_binary: Path, tmp_path: Pat
     out = tmp_path / "bench.json"
     env = dict(os.environ)
     env.pop("SCANSTREAM_REDIS_URL", None)
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--json", str(out)],
-                          check=False, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--json", str(out)],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| figure |" in proc.stdout
     result = json.loads(out.read_text())
@@ -32,5 +38,7 @@ def test_quick_benchmarks_write_their_figures(server_binary: Path, tmp_path: Pat
         assert figure["value"]["median"] > 0 and figure["value"]["runs"] >= 1
         assert figure["baseline"] is not None and figure["baseline"]["median"] > 0
     assert [r["channels"] for r in result["scale_channels"]] == [10, 100, 1000]
-    assert result["scale_latency"] and all(r["all_points_received"] for r in result["scale_latency"])
+    assert result["scale_latency"] and all(
+        r["all_points_received"] for r in result["scale_latency"]
+    )
     assert result["machine"]["cores"] >= 1

@@ -16,12 +16,14 @@ from scanstream.cli import build_parser, main
 
 def _fields(text: str) -> dict[str, str]:
     """Parse the ``key: value`` lines printed by ``scanstream server status``."""
-    return {key: value.strip() for key, _, value in (line.partition(":")
-                                                     for line in text.splitlines())}
+    return {
+        key: value.strip() for key, _, value in (line.partition(":") for line in text.splitlines())
+    }
 
 
-def test_server_start_status_stop(private_runtime_dir: Path,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_server_start_status_stop(
+    private_runtime_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["server", "status"]) == 1
     assert _fields(capsys.readouterr().out)["running"] == "no"
 
@@ -45,8 +47,9 @@ def test_server_start_status_stop(private_runtime_dir: Path,
     assert "no embedded server was running" in capsys.readouterr().out
 
 
-def test_server_error_is_reported(private_runtime_dir: Path, monkeypatch: pytest.MonkeyPatch,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_server_error_is_reported(
+    private_runtime_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("SCANSTREAM_REDIS_SERVER", str(private_runtime_dir / "no-such-server"))
     assert main(["server", "start"]) == 1
     assert "scanstream: error: SCANSTREAM_REDIS_SERVER=" in capsys.readouterr().err
@@ -57,24 +60,28 @@ def test_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert "server" in capsys.readouterr().err
     assert main(["server", "restart"]) == 2
     assert "invalid choice" in capsys.readouterr().err
-    args = build_parser().parse_args(["--redis-url", "redis://127.0.0.1:1", "-vv", "server",
-                                      "status"])
+    args = build_parser().parse_args(
+        ["--redis-url", "redis://127.0.0.1:1", "-vv", "server", "status"]
+    )
     assert (args.redis_url, args.verbose, args.action) == ("redis://127.0.0.1:1", 2, "status")
 
 
-def test_console_script_status(private_runtime_dir: Path,
-                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_console_script_status(
+    private_runtime_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The installed ``scanstream`` script runs and finds the server started in-process."""
     script = shutil.which("scanstream", path=str(Path(sys.executable).parent)) or shutil.which(
-        "scanstream")
+        "scanstream"
+    )
     if script is None:
         if os.environ.get("CI"):
             pytest.fail("the scanstream console script is not installed")
         pytest.skip("the scanstream console script is not installed (pip install -e .)")
     assert main(["server", "start"]) == 0
     url = capsys.readouterr().out.strip()
-    proc = subprocess.Popen([script, "server", "status"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [script, "server", "status"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         out, err = proc.communicate(timeout=30)
     finally:

@@ -203,11 +203,12 @@ def test_unreachable_for_too_long_fails_the_scan(server: EmbeddedServer) -> None
         store.close()
 
 
-def test_full_server_fails_the_scan_and_keeps_earlier_ones(any_server_binary: Path,
-                                                           tmp_path: Path,
-                                                           free_tcp_port: int) -> None:
-    srv = EmbeddedServer(tmp_path / "full", port=free_tcp_port, maxmemory="8mb",
-                         binary=any_server_binary)
+def test_full_server_fails_the_scan_and_keeps_earlier_ones(
+    any_server_binary: Path, tmp_path: Path, free_tcp_port: int
+) -> None:
+    srv = EmbeddedServer(
+        tmp_path / "full", port=free_tcp_port, maxmemory="8mb", binary=any_server_binary
+    )
     srv.start(timeout=10)
     store = _store(srv.url)
     try:
@@ -257,7 +258,9 @@ def test_corrupt_entry_is_reported_for_its_node_only(server: EmbeddedServer) -> 
             if event_type is EventType.NEW_DATA:
                 data.setdefault(node.name, []).append(event_data.data)
         assert np.array_equal(np.concatenate(data["good"]), np.arange(10.0))
-        assert np.array_equal(np.concatenate(data["bad"]), np.arange(5.0))  # up to the corrupt entry
+        assert np.array_equal(
+            np.concatenate(data["bad"]), np.arange(5.0)
+        )  # up to the corrupt entry
         assert isinstance(walker.errors["corrupt:1_s:timer:bad"], DecodingError)
         end = [e for e in events if e[0] is EventType.END_SCAN][0]
         assert "corrupt:1_s:timer:bad" in end[2].description["decoding_errors"]

@@ -26,7 +26,9 @@ def test_unknown_session_in_a_read_api_names_it_and_lists_the_known_ones(session
     for read in (node.children, lambda: list(node.walk_events(wait=False))):
         with pytest.raises(SessionNotFoundError) as info:
             read()
-        assert "'no_such_session'" in str(info.value) and "known sessions: test_session" in str(info.value)
+        assert "'no_such_session'" in str(info.value) and "known sessions: test_session" in str(
+            info.value
+        )
         assert isinstance(info.value, KeyError) and isinstance(info.value, ScanstreamError)
 
 
@@ -77,7 +79,9 @@ def test_protocol_version_mismatch(redis_url, store):
     store.redis.set(store.keys.protocol, "999")
     with pytest.raises(ProtocolVersionError, match="protocol version '999'.*speaks '1'"):
         DataStore(settings=Settings(redis_url=redis_url))
-    other = DataStore(settings=Settings(redis_url=redis_url, prefix="other"))  # another prefix is fine
+    other = DataStore(
+        settings=Settings(redis_url=redis_url, prefix="other")
+    )  # another prefix is fine
     other.close()
 
 

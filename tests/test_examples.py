@@ -17,8 +17,18 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 def _start(script: str, redis_url: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, str(EXAMPLES / script), "--redis-url", redis_url, "--session", "ex", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            str(EXAMPLES / script),
+            "--redis-url",
+            redis_url,
+            "--session",
+            "ex",
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -31,8 +41,9 @@ def _wait_listening(proc: subprocess.Popen[str], marker: str) -> None:
         line = proc.stdout.readline()
 
 
-def _run_beside_a_scan(script: str, redis_url: str, store, marker: str, *args: str
-                       ) -> tuple[int, str]:
+def _run_beside_a_scan(
+    script: str, redis_url: str, store, marker: str, *args: str
+) -> tuple[int, str]:
     """Start ``script``, wait for its ``marker`` line, publish one scan; return (code, output)."""
     proc = _start(script, redis_url, *args)
     try:
@@ -59,8 +70,9 @@ def _publish(store) -> None:
 
 
 def test_listen_session_prints_each_scan_with_its_counts(redis_url, store):
-    returncode, out = _run_beside_a_scan("listen_session.py", redis_url, store, "listening",
-                                         "--timeout", "3")
+    returncode, out = _run_beside_a_scan(
+        "listen_session.py", redis_url, store, "listening", "--timeout", "3"
+    )
     assert returncode == 0, out
     assert "scan started: 1_ascan  ascan roby 0 1 4 0.1" in out
     assert "scan ended:   1_ascan  DONE" in out
@@ -69,9 +81,16 @@ def test_listen_session_prints_each_scan_with_its_counts(redis_url, store):
 
 def test_external_saving_example_writes_the_scan(redis_url, store, tmp_path):
     output = tmp_path / "scans.h5"
-    returncode, out = _run_beside_a_scan("external_saving_example.py", redis_url, store,
-                                         "saving the scans", "--output", str(output),
-                                         "--timeout", "3")
+    returncode, out = _run_beside_a_scan(
+        "external_saving_example.py",
+        redis_url,
+        store,
+        "saving the scans",
+        "--output",
+        str(output),
+        "--timeout",
+        "3",
+    )
     assert returncode == 0, out
     assert "saved 1_ascan (DONE)" in out
     with h5py.File(output, "r") as file:

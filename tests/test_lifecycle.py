@@ -44,7 +44,9 @@ PUBLISHER = textwrap.dedent(
 
 
 def test_a_killed_publisher_scan_ends_killed_with_its_points(redis_url, store):
-    proc = subprocess.Popen([sys.executable, "-c", PUBLISHER, redis_url], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PUBLISHER, redis_url], stdout=subprocess.PIPE, text=True
+    )
     try:
         number = int(proc.stdout.readline())
         scan_node = get_session_node("test_session", store=store).get_scan(number)
@@ -122,7 +124,10 @@ def test_a_bad_emit_loses_nothing_else(session, store):
             spectrum.emit([1.5, 2, 3, 4])
         good.emit(2.0)
         spectrum.emit([5, 6, 7, 8])
-    nodes = {n.name: n for n in get_session_node(session.name, store=store).get_scan(scan.number).load_nodes()}
+    nodes = {
+        n.name: n
+        for n in get_session_node(session.name, store=store).get_scan(scan.number).load_nodes()
+    }
     assert nodes["good"].get(0, -1).tolist() == [1.0, 2.0]
     assert nodes["spectrum"].get(0, -1).tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
 
@@ -142,7 +147,9 @@ def test_index_errors_say_why(session, store):
 
 
 def write_frames(path, n, frame_shape=(4, 6)):
-    frames = np.arange(n * frame_shape[0] * frame_shape[1], dtype="uint16").reshape((n,) + frame_shape)
+    frames = np.arange(n * frame_shape[0] * frame_shape[1], dtype="uint16").reshape(
+        (n,) + frame_shape
+    )
     with h5py.File(path, "w") as f:
         f.create_dataset("/entry_0000/instrument/lima/data", data=frames)
     return frames
@@ -159,12 +166,18 @@ def test_lima_references_views_and_images(tmp_path, session, store):
         ImageReference(str(tmp_path / "img_0000.h5"), path, 1, "HDF5"),
         (str(tmp_path / "img_0001.h5"), path, 0, "HDF5"),
     ]
-    walk = get_session_node(session.name, store=store).walk_on_new_events(include_filter="lima", timeout=5)
+    walk = get_session_node(session.name, store=store).walk_on_new_events(
+        include_filter="lima", timeout=5
+    )
     with session.create_scan("loopscan") as scan:
-        lima = scan.create_container("timer").create_lima("lima:image", "uint16", (4, 6), info={"user_detector_name": "lima"})
+        lima = scan.create_container("timer").create_lima(
+            "lima:image", "uint16", (4, 6), info={"user_detector_name": "lima"}
+        )
         lima.emit(refs[:2])
         lima.emit(refs[2])
-        with pytest.raises(EncodingError, match=r"saves its images: publish their references with emit\(\)"):
+        with pytest.raises(
+            EncodingError, match=r"saves its images: publish their references with emit\(\)"
+        ):
             lima.emit_unsaved(1)
     events = []
     for event in walk:
@@ -173,8 +186,16 @@ def test_lima_references_views_and_images(tmp_path, session, store):
             break
     got = [r for e in events if e[0] == EventType.NEW_DATA for r in e[2].data]
     assert got == [ImageReference(*r) for r in refs]
-    node = next(n for n in get_session_node(session.name, store=store).get_scan(scan.number).load_nodes() if n.type == "lima")
-    assert node.shape == (4, 6) and node.dtype == np.uint16 and node.info["user_detector_name"] == "lima"
+    node = next(
+        n
+        for n in get_session_node(session.name, store=store).get_scan(scan.number).load_nodes()
+        if n.type == "lima"
+    )
+    assert (
+        node.shape == (4, 6)
+        and node.dtype == np.uint16
+        and node.info["user_detector_name"] == "lima"
+    )
     view = node.get(0)
     assert len(view) == 3
     assert view.all_image_references() == [ImageReference(*r) for r in refs]
@@ -187,7 +208,9 @@ def test_lima_references_views_and_images(tmp_path, session, store):
 
 def test_lima_nosaving_counts_images_without_references(session, store):
     with session.create_scan("ct") as scan:
-        lima = scan.create_container("timer").create_lima("lima:image", "uint32", (2, 2), saving_mode="NOSAVING")
+        lima = scan.create_container("timer").create_lima(
+            "lima:image", "uint32", (2, 2), saving_mode="NOSAVING"
+        )
         lima.emit_unsaved(4)
         with pytest.raises(EncodingError, match="NOSAVING"):
             lima.emit([("/f", "/d", 0, "HDF5")])
@@ -217,4 +240,6 @@ def test_scan_group_references_its_sub_scans(session, store):
     events = list(group_node.walk_events(timeout=5))
     scans = [s for e in events if e[0] == EventType.NEW_DATA for s in e[2].data]
     assert [s.db_name for s in scans] == [s.db_name for s in subs]
-    assert [s.type for s in session_node.walk(include_filter="scan_group", wait=False)] == ["scan_group"]
+    assert [s.type for s in session_node.walk(include_filter="scan_group", wait=False)] == [
+        "scan_group"
+    ]

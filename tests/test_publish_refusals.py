@@ -10,7 +10,9 @@ from scanstream import EncodingError, InvalidArgumentError, PublishingSession, g
 
 
 @pytest.mark.parametrize("name", [".", "..", "a\0b", "\0"])
-def test_node_names_the_writer_cannot_store_are_refused(session: PublishingSession, name: str) -> None:
+def test_node_names_the_writer_cannot_store_are_refused(
+    session: PublishingSession, name: str
+) -> None:
     with session.create_scan("names", {}) as scan:
         timer = scan.create_container("timer")
         with pytest.raises(InvalidArgumentError, match="not '.' or '..'") as caught:
@@ -24,7 +26,9 @@ def test_node_names_the_writer_cannot_store_are_refused(session: PublishingSessi
 
 
 @pytest.mark.parametrize("name", [".", "..", "x\0"])
-def test_scan_names_the_writer_cannot_store_are_refused(session: PublishingSession, name: str) -> None:
+def test_scan_names_the_writer_cannot_store_are_refused(
+    session: PublishingSession, name: str
+) -> None:
     with pytest.raises(InvalidArgumentError, match=r"invalid scan name"):
         session.create_scan(name, {})
 

@@ -160,7 +160,12 @@ def test_ranges_across_batch_boundaries(session, store):
             scan.flush()
         for i in range(60, 100):  # ... then single points
             ch.emit([i, i])
-    node = get_session_node(session.name, store=store).get_scan(scan.number).children()[0].children()[0]
+    node = (
+        get_session_node(session.name, store=store)
+        .get_scan(scan.number)
+        .children()[0]
+        .children()[0]
+    )
     expected = np.arange(100).repeat(2).reshape(-1, 2)
     assert len(node) == 100
     np.testing.assert_array_equal(node.get(0, -1), expected)
@@ -212,7 +217,12 @@ def test_one_d_channels_fixed_and_variable_length(session, store):
     scan_node = get_session_node(session.name, store=store).get_scan(scan.number)
     events = collect(scan_node.walk_events(timeout=5))
     np.testing.assert_array_equal(data_of(events, "spectrum"), fixed)
-    walked = [d for e in events if e[0] == EventType.NEW_DATA and e[1].name == "samples" for d in e[2].data]
+    walked = [
+        d
+        for e in events
+        if e[0] == EventType.NEW_DATA and e[1].name == "samples"
+        for d in e[2].data
+    ]
     assert [list(p) for p in walked] == [list(p) for p in ragged]
     node = next(n for n in scan_node.load_nodes() if n.name == "samples")
     assert node.shape == (-1,) and len(node) == 4

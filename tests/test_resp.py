@@ -34,7 +34,9 @@ def test_scattered_value_packs_like_the_joined_value() -> None:
     big = b"x" * 10_000  # above the cutoff: sent as its own chunk by both packers
     args = ("XADD", "k:{a}", "5-1", b"n", b"1008", b"d", None, b"big", big)
     expected = PythonRespSerializer(6000, _ENCODE).pack(*(whole if a is None else a for a in args))
-    packed = ScatterPacker(6000, _ENCODE).pack(*(Scattered(parts) if a is None else a for a in args))
+    packed = ScatterPacker(6000, _ENCODE).pack(
+        *(Scattered(parts) if a is None else a for a in args)
+    )
     assert _joined(packed) == _joined(expected)
     # The parts go out as they are, never copied into a joined buffer.
     assert sum(isinstance(c, memoryview) and c.obj is p for c in packed for p in parts) == 4
@@ -43,7 +45,8 @@ def test_scattered_value_packs_like_the_joined_value() -> None:
 def test_commands_without_scattered_values_pack_as_redis_py_does() -> None:
     args = ("SET", "key", b"v" * 7000)
     assert _joined(ScatterPacker(6000, _ENCODE).pack(*args)) == _joined(
-        PythonRespSerializer(6000, _ENCODE).pack(*args))
+        PythonRespSerializer(6000, _ENCODE).pack(*args)
+    )
 
 
 @pytest.mark.timeout(30)
@@ -51,8 +54,9 @@ def test_send_all_writes_every_buffer_in_order_across_partial_writes() -> None:
     rng = np.random.default_rng(3)
     # More buffers than one sendmsg takes, of sizes around the socket buffer's: many writes
     # end inside a buffer and the next one must resume at the right byte.
-    chunks: list = [rng.integers(0, 256, int(n), dtype=np.uint8).tobytes()
-                    for n in rng.integers(0, 9000, 2500)]
+    chunks: list = [
+        rng.integers(0, 256, int(n), dtype=np.uint8).tobytes() for n in rng.integers(0, 9000, 2500)
+    ]
     chunks[5] = memoryview(np.arange(3000, dtype="<f8"))  # a multi-byte-item view
     expected = _joined(chunks)
     sender, receiver = socket.socketpair()
@@ -114,8 +118,9 @@ def test_scattered_entries_read_back_exactly_over_tcp(store: DataStore) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_scattered_entries_read_back_exactly_over_a_unix_socket(server_binary: Path,
-                                                                 tmp_path: Path) -> None:
+def test_scattered_entries_read_back_exactly_over_a_unix_socket(
+    server_binary: Path, tmp_path: Path
+) -> None:
     server = EmbeddedServer(tmp_path / "srv")
     server.start(timeout=10)
     try:

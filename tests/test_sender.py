@@ -54,7 +54,9 @@ class _ListQueue:
 
 
 @pytest.fixture
-def private_server(server_binary: Path, tmp_path: Path, free_tcp_port: int) -> Iterator[EmbeddedServer]:
+def private_server(
+    server_binary: Path, tmp_path: Path, free_tcp_port: int
+) -> Iterator[EmbeddedServer]:
     srv = EmbeddedServer(tmp_path / "redis", port=free_tcp_port)
     srv.start(timeout=10)
     try:
@@ -90,8 +92,12 @@ def test_another_entry_at_the_same_id_is_an_error_not_a_replay(store: DataStore)
 
 
 def test_stop_interrupts_the_pause_after_a_failed_send(private_server: EmbeddedServer) -> None:
-    settings = Settings(redis_url=private_server.url, retry=Retry(NoBackoff(), 0),
-                        max_unreachable_time=600.0, lease_time=600.0)
+    settings = Settings(
+        redis_url=private_server.url,
+        retry=Retry(NoBackoff(), 0),
+        max_unreachable_time=600.0,
+        lease_time=600.0,
+    )
     store = DataStore(settings=settings)
     try:
         sender = Sender(store, "lease", "paused", backoff=ConstantBackoff(60.0))
@@ -125,7 +131,10 @@ def test_a_refused_send_refuses_emits_and_end_sends_the_rest(store: DataStore) -
     store.redis.delete(channel.key)
     scan.end("FAILED", error="test")
     assert scan.state.name == "FAILED"
-    assert store.redis.xrange(channel.key)[0] == (b"0-1", {b"n": b"1", b"d": np.float64(1.0).tobytes()})
+    assert store.redis.xrange(channel.key)[0] == (
+        b"0-1",
+        {b"n": b"1", b"d": np.float64(1.0).tobytes()},
+    )
     with pytest.raises(ScanEndedError, match="has ended"):
         channel.emit(3.0)
 
@@ -148,8 +157,9 @@ def test_xadd_below_the_top_is_recognised_as_a_duplicate_id(store: DataStore) ->
     assert not is_duplicate_id(other.value) and not is_out_of_memory(other.value)
 
 
-def test_a_full_server_is_recognised_inside_a_transaction(server_binary: Path, tmp_path: Path,
-                                                          free_tcp_port: int) -> None:
+def test_a_full_server_is_recognised_inside_a_transaction(
+    server_binary: Path, tmp_path: Path, free_tcp_port: int
+) -> None:
     srv = EmbeddedServer(tmp_path / "full", port=free_tcp_port, maxmemory="2mb")
     srv.start(timeout=10)
     client = redis.Redis.from_url(srv.url)
@@ -168,8 +178,9 @@ def test_a_full_server_is_recognised_inside_a_transaction(server_binary: Path, t
         srv.stop()
 
 
-def test_the_publisher_reports_a_full_server_as_redis_full(server_binary: Path, tmp_path: Path,
-                                                           free_tcp_port: int) -> None:
+def test_the_publisher_reports_a_full_server_as_redis_full(
+    server_binary: Path, tmp_path: Path, free_tcp_port: int
+) -> None:
     srv = EmbeddedServer(tmp_path / "full", port=free_tcp_port, maxmemory="4mb")
     srv.start(timeout=10)
     store = DataStore(settings=Settings(redis_url=srv.url))

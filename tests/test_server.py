@@ -49,8 +49,9 @@ def make_server(server_binary: Path, tmp_path: Path) -> Iterator[MakeServer]:
 
 
 def _client(url: str) -> redis.Redis[str]:
-    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2,
-                                decode_responses=True)
+    return redis.Redis.from_url(
+        url, socket_timeout=2, socket_connect_timeout=2, decode_responses=True
+    )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -82,8 +83,9 @@ def test_unix_socket_mode(make_server: MakeServer) -> None:
     assert server.stop() is False
 
 
-def test_tcp_mode_is_loopback_only_with_password(make_server: MakeServer,
-                                                 free_tcp_port: int) -> None:
+def test_tcp_mode_is_loopback_only_with_password(
+    make_server: MakeServer, free_tcp_port: int
+) -> None:
     port = free_tcp_port
     server = make_server(port=port, password='s3cr"et /@')
     server.start(timeout=10)
@@ -96,8 +98,10 @@ def test_tcp_mode_is_loopback_only_with_password(make_server: MakeServer,
         assert client.config_get("requirepass") == {"requirepass": 's3cr"et /@'}
     finally:
         client.close()
-    with _client(f"redis://127.0.0.1:{port}") as anonymous, \
-            pytest.raises(redis.AuthenticationError):
+    with (
+        _client(f"redis://127.0.0.1:{port}") as anonymous,
+        pytest.raises(redis.AuthenticationError),
+    ):
         anonymous.ping()
     assert "s3cr" not in repr(server)
 
@@ -192,14 +196,23 @@ def test_runtime_dir_private(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
         runtime_dir()
 
 
-_CHILD = ("from scanstream._transport.server import ensure_server; import redis; url = ensure_server(); "
-          "print(url, redis.Redis.from_url(url).info('server')['process_id'])")
+_CHILD = (
+    "from scanstream._transport.server import ensure_server; import redis; url = ensure_server(); "
+    "print(url, redis.Redis.from_url(url).info('server')['process_id'])"
+)
 
 
 def _ensure_in_subprocesses(count: int) -> list[tuple[str, int]]:
     """Run ensure_server() in ``count`` processes at once; return their (url, server pid)."""
-    procs = [subprocess.Popen([sys.executable, "-c", _CHILD], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(count)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CHILD],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(count)
+    ]
     results = []
     for proc in procs:
         try:
@@ -269,10 +282,18 @@ def test_redis_url_fixture_is_flushed_private_server(redis_url: str) -> None:
         client.close()
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("0", 0), ("100000", 100000), ("1k", 1000), ("1kb", 1024), ("512mb", 512 << 20),
-    ("2GB", 2 << 30), (" 3g ", 3 * 10**9),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0", 0),
+        ("100000", 100000),
+        ("1k", 1000),
+        ("1kb", 1024),
+        ("512mb", 512 << 20),
+        ("2GB", 2 << 30),
+        (" 3g ", 3 * 10**9),
+    ],
+)
 def test_parse_maxmemory(text: str, expected: int) -> None:
     assert parse_maxmemory(text) == expected
 
@@ -296,8 +317,9 @@ def test_default_maxmemory(monkeypatch: pytest.MonkeyPatch) -> None:
         default_maxmemory()
 
 
-def test_shared_server_has_memory_limit_and_noeviction(private_runtime_dir: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_shared_server_has_memory_limit_and_noeviction(
+    private_runtime_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("SCANSTREAM_MAXMEMORY", raising=False)
     url = ensure_server()
     with _client(url) as client:
@@ -316,8 +338,9 @@ def test_shared_server_has_memory_limit_and_noeviction(private_runtime_dir: Path
         assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
 
 
-def test_shared_server_bad_memory_limit(private_runtime_dir: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_shared_server_bad_memory_limit(
+    private_runtime_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SCANSTREAM_MAXMEMORY", "lots")
     with pytest.raises(InvalidArgumentError, match="'lots'"):
         ensure_server()

@@ -32,15 +32,25 @@ def test_short_soak_passes_every_check(server_binary: Path, tmp_path: Path) -> N
     out = tmp_path / "soak.json"
     env = dict(os.environ)
     env.pop("SCANSTREAM_REDIS_URL", None)
-    proc = subprocess.run([sys.executable, "-m", "soak", "--duration", "20", "--json", str(out)],
-                          check=False, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=180)
+    proc = subprocess.run(
+        [sys.executable, "-m", "soak", "--duration", "20", "--json", str(out)],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     report = json.loads(out.read_text())
     assert report["ok"] and report["problems"] == []
-    assert report["checks"] == {"processes_ok": True, "files_exact": True,
-                                "writers_no_errors": True, "subscribers_complete": True,
-                                "memory_flat": True}
+    assert report["checks"] == {
+        "processes_ok": True,
+        "files_exact": True,
+        "writers_no_errors": True,
+        "subscribers_complete": True,
+        "memory_flat": True,
+    }
     counts = report["counts"]
     assert counts["scans"] >= 40 and counts["scans_checked"] == counts["scans"]
     assert set(counts["scans_by_kind"]) == set(workload.KINDS)
@@ -72,8 +82,15 @@ def test_file_check_catches_a_value_that_differs(session, store, tmp_path: Path)
     for index in range(4):  # the 4 kinds (session index 0): step, mca, sampling, lima
         p = workload.plan(0, index)
         number, state = publish_scan(session, name, p, tmp_path, 0.0)
-        records.append({"number": number, "session_index": 0, "index": index, "state": state,
-                        "file": p.filename(name)})
+        records.append(
+            {
+                "number": number,
+                "session_index": 0,
+                "index": index,
+                "state": state,
+                "file": p.filename(name),
+            }
+        )
     with WriterService([name], root=tmp_path, store=store, flush_period=0.05):
         deadline = time.monotonic() + 30
         while saved_scans(name, store=store) != {r["number"] for r in records}:
@@ -87,13 +104,24 @@ def test_file_check_catches_a_value_that_differs(session, store, tmp_path: Path)
 
 
 def test_subscriber_check_catches_missing_points_and_ends() -> None:
-    records = {"s_0": [{"number": 1, "state": "DONE", "points": {"diode": 10}},
-                       {"number": 2, "state": "USER_ABORTED", "points": {"diode": 5}}]}
-    good = {("s_0", 1): {"scan": [{"points": {"diode": 10}, "walk_end": "DONE", "errors": []}],
-                         "end": ["DONE"], "fatal": []},
-            ("s_0", 2): {"scan": [{"points": {"diode": 5}, "walk_end": "USER_ABORTED",
-                                   "errors": []}],
-                         "end": ["USER_ABORTED"], "fatal": []}}
+    records = {
+        "s_0": [
+            {"number": 1, "state": "DONE", "points": {"diode": 10}},
+            {"number": 2, "state": "USER_ABORTED", "points": {"diode": 5}},
+        ]
+    }
+    good = {
+        ("s_0", 1): {
+            "scan": [{"points": {"diode": 10}, "walk_end": "DONE", "errors": []}],
+            "end": ["DONE"],
+            "fatal": [],
+        },
+        ("s_0", 2): {
+            "scan": [{"points": {"diode": 5}, "walk_end": "USER_ABORTED", "errors": []}],
+            "end": ["USER_ABORTED"],
+            "fatal": [],
+        },
+    }
     assert runner.subscriber_problems("sub", good, records) == []
     assert runner.subscriber_complete(good, records)
     bad = json.loads(json.dumps({"|".join(map(str, k)): v for k, v in good.items()}))
@@ -112,7 +140,16 @@ def test_memory_verdict_flags_growth() -> None:
         samples.rss["flat"].append(50 * runner.MIB + (t % 3) * 100_000)
         samples.rss["leaky"].append(50 * runner.MIB + t * runner.MIB // 4)
         samples.redis_used.append(4 * runner.MIB)
-    figures = runner.memory_figures(samples, 0.0, 99.0, warmup=10, tol_mib=8, tol_pct=10,
-                                    redis_tol_mib=8, redis_tol_pct=25, exclude=set())
+    figures = runner.memory_figures(
+        samples,
+        0.0,
+        99.0,
+        warmup=10,
+        tol_mib=8,
+        tol_pct=10,
+        redis_tol_mib=8,
+        redis_tol_pct=25,
+        exclude=set(),
+    )
     assert figures["flat"]["flat"] and figures["redis used_memory"]["flat"]
     assert not figures["leaky"]["flat"] and figures["leaky"]["slope_mib_per_h"] > 800

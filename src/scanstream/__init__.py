@@ -81,6 +81,7 @@ def __getattr__(name: str) -> object:
         return getattr(writer, name)
     raise AttributeError(f"module 'scanstream' has no attribute {name!r}")
 
+
 __all__ = [
     "ChannelNode",
     "ChannelPublisher",

@@ -17,8 +17,13 @@ def run(redis_url: str, *argv: str) -> int:
     return main(["--redis-url", redis_url, "scan", "--time-scale", "0", *argv])
 
 
-def test_ascan_has_intervals_plus_one_points(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(redis_url, "--session", "cli_session", "ascan", "roby", "0", "1", "10", "0.1", "diode") == 0
+def test_ascan_has_intervals_plus_one_points(
+    redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        run(redis_url, "--session", "cli_session", "ascan", "roby", "0", "1", "10", "0.1", "diode")
+        == 0
+    )
     err = capsys.readouterr().err
     assert "ascan roby 0 1 10 0.1" in err and "11/11 points" in err and "DONE" in err
     with DataStore(redis_url) as store:
@@ -26,32 +31,72 @@ def test_ascan_has_intervals_plus_one_points(redis_url: str, capsys: pytest.Capt
         assert scan.state is ScanState.DONE and scan.info["npoints"] == 11
         diode = next(n for n in scan.load_nodes() if n.name.endswith(":diode"))
         assert len(diode) == 11
-        assert set(scan.info["positioners"]["positioners_start"]) == {"robx", "roby", "robz", "robu"}
+        assert set(scan.info["positioners"]["positioners_start"]) == {
+            "robx",
+            "roby",
+            "robz",
+            "robu",
+        }
 
 
-def test_negative_numbers_options_after_arguments_and_saving(redis_url: str, tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(redis_url, "d2scan", "roby", "-.1", ".1", "robz", "-.2", ".2", "15", ".1", "sim_ct_gauss",
-               "--quiet") == 0
+def test_negative_numbers_options_after_arguments_and_saving(
+    redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        run(
+            redis_url,
+            "d2scan",
+            "roby",
+            "-.1",
+            ".1",
+            "robz",
+            "-.2",
+            ".2",
+            "15",
+            ".1",
+            "sim_ct_gauss",
+            "--quiet",
+        )
+        == 0
+    )
     assert "d2scan roby -0.1 0.1 robz -0.2 0.2 15 0.1" in capsys.readouterr().err
-    assert run(redis_url, "--root", str(tmp_path), "loopscan", "3", "0.1", "lima_simulator", "simu1") == 0
+    assert (
+        run(redis_url, "--root", str(tmp_path), "loopscan", "3", "0.1", "lima_simulator", "simu1")
+        == 0
+    )
     assert len(list(tmp_path.rglob("lima_simulator_0000.h5"))) == 1
     assert run(redis_url, "timescan", "0.01", "diode", "--max-duration", "0.05") == 0
 
 
-@pytest.mark.parametrize("argv, code, message", [
-    (["ascan", "rob", "0", "1", "3", "0.1", "diode"], 2, "unknown motor 'rob'; motors: robx, roby, robz, robu"),
-    (["ascan", "roby", "0", "1", "3", "0.1", "diodex"], 2, "unknown counter 'diodex'; counters: diode,"),
-    (["ascan", "roby", "0", "1", "0.1", "diode"], 2, "INTERVALS must be an integer, got '0.1'"),
-    (["ascan", "roby", "0", "1"], 2, "missing INTERVALS COUNT_TIME"),
-    (["ascan", "roby", "0", "1", "3", "0.1"], 2, "no counter given"),
-    (["ascan", "diode", "0", "1", "3", "0.1", "diode"], 2, "(it is a counter)"),
-    (["mesh", "1"], 2, "unknown scan type 'mesh'; known: ct, loopscan"),
-    ([], 2, "no scan type"),
-    (["ascan", "roby", "0", "200", "3", "0.1", "diode"], 1, "move to 200 mm is outside its limits [-100, 100]"),
-])
-def test_bad_arguments_give_clear_errors(redis_url: str, capsys: pytest.CaptureFixture[str], argv: list[str],
-                                         code: int, message: str) -> None:
+@pytest.mark.parametrize(
+    "argv, code, message",
+    [
+        (
+            ["ascan", "rob", "0", "1", "3", "0.1", "diode"],
+            2,
+            "unknown motor 'rob'; motors: robx, roby, robz, robu",
+        ),
+        (
+            ["ascan", "roby", "0", "1", "3", "0.1", "diodex"],
+            2,
+            "unknown counter 'diodex'; counters: diode,",
+        ),
+        (["ascan", "roby", "0", "1", "0.1", "diode"], 2, "INTERVALS must be an integer, got '0.1'"),
+        (["ascan", "roby", "0", "1"], 2, "missing INTERVALS COUNT_TIME"),
+        (["ascan", "roby", "0", "1", "3", "0.1"], 2, "no counter given"),
+        (["ascan", "diode", "0", "1", "3", "0.1", "diode"], 2, "(it is a counter)"),
+        (["mesh", "1"], 2, "unknown scan type 'mesh'; known: ct, loopscan"),
+        ([], 2, "no scan type"),
+        (
+            ["ascan", "roby", "0", "200", "3", "0.1", "diode"],
+            1,
+            "move to 200 mm is outside its limits [-100, 100]",
+        ),
+    ],
+)
+def test_bad_arguments_give_clear_errors(
+    redis_url: str, capsys: pytest.CaptureFixture[str], argv: list[str], code: int, message: str
+) -> None:
     assert run(redis_url, *argv) == code
     assert message in capsys.readouterr().err
 
@@ -60,32 +105,56 @@ def test_list_devices_and_registration(redis_url: str, capsys: pytest.CaptureFix
     assert run(redis_url, "--list") == 0
     out = capsys.readouterr().out
     assert "roby" in out and "lima_simulator (LimaDetector)" in out
-    args = build_parser().parse_args(["scan", "--session", "s", "ascan", "roby", "0", "1", "2", "0.1",
-                                      "diode"])
+    args = build_parser().parse_args(
+        ["scan", "--session", "s", "ascan", "roby", "0", "1", "2", "0.1", "diode"]
+    )
     assert args.type == "ascan" and args.args[0] == "roby" and callable(args.run)
-    motor, start, stop, intervals, count_time, diode = parse_scan_arguments(args.type, args.args,
-                                                                             default_beamline())
-    assert (motor.name, start, stop, intervals, count_time, diode.name) == ("roby", 0.0, 1.0, 2, 0.1, "diode")
+    motor, start, stop, intervals, count_time, diode = parse_scan_arguments(
+        args.type, args.args, default_beamline()
+    )
+    assert (motor.name, start, stop, intervals, count_time, diode.name) == (
+        "roby",
+        0.0,
+        1.0,
+        2,
+        0.1,
+        "diode",
+    )
 
 
-def test_each_scan_type_is_a_subcommand_with_help(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_each_scan_type_is_a_subcommand_with_help(
+    redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run(redis_url, "ascan", "--help") == 0
     out = capsys.readouterr().out
-    assert "usage: scanstream scan ascan [OPTIONS] MOTOR START STOP INTERVALS COUNT_TIME COUNTER" in out
+    assert (
+        "usage: scanstream scan ascan [OPTIONS] MOTOR START STOP INTERVALS COUNT_TIME COUNTER"
+        in out
+    )
     assert "Absolute step scan of one motor" in out and "--max-duration" in out
     assert run(redis_url, "--list") == 0
     out = capsys.readouterr().out
-    assert "  amesh MOTOR1 START1 STOP1 INTERVALS1 MOTOR2 START2 STOP2 INTERVALS2 COUNT_TIME COUNTER" in out
+    assert (
+        "  amesh MOTOR1 START1 STOP1 INTERVALS1 MOTOR2 START2 STOP2 INTERVALS2 COUNT_TIME COUNTER"
+        in out
+    )
 
 
-@pytest.mark.parametrize("argv, usage_line", [
-    (["ascan", "roby", "0", "1"], "usage: scanstream scan ascan [OPTIONS] MOTOR START"),
-    (["loopscan", "3", "x", "diode"], "usage: scanstream scan loopscan [OPTIONS] NPOINTS COUNT_TIME"),
-    (["mesh"], "usage: scanstream scan [-h]"),
-    ([], "usage: scanstream scan [-h]"),
-])
-def test_usage_errors_show_the_usage(redis_url: str, capsys: pytest.CaptureFixture[str], argv: list[str],
-                                     usage_line: str) -> None:
+@pytest.mark.parametrize(
+    "argv, usage_line",
+    [
+        (["ascan", "roby", "0", "1"], "usage: scanstream scan ascan [OPTIONS] MOTOR START"),
+        (
+            ["loopscan", "3", "x", "diode"],
+            "usage: scanstream scan loopscan [OPTIONS] NPOINTS COUNT_TIME",
+        ),
+        (["mesh"], "usage: scanstream scan [-h]"),
+        ([], "usage: scanstream scan [-h]"),
+    ],
+)
+def test_usage_errors_show_the_usage(
+    redis_url: str, capsys: pytest.CaptureFixture[str], argv: list[str], usage_line: str
+) -> None:
     assert run(redis_url, *argv) == 2
     assert usage_line in capsys.readouterr().err
     assert redis.Redis.from_url(redis_url).dbsize() == 0  # refused before anything was published
@@ -99,10 +168,26 @@ def test_bad_arguments_are_refused_while_parsing() -> None:
 
 def test_options_may_follow_the_scan_arguments(redis_url: str) -> None:
     # Given before the type and again after the arguments: the later value wins, as argparse does.
-    assert run(redis_url, "--session", "first", "loopscan", "2", "0.1", "diode", "diode2",
-               "--session", "second", "-q") == 0
+    assert (
+        run(
+            redis_url,
+            "--session",
+            "first",
+            "loopscan",
+            "2",
+            "0.1",
+            "diode",
+            "diode2",
+            "--session",
+            "second",
+            "-q",
+        )
+        == 0
+    )
     with DataStore(redis_url) as store:
         scan = get_session_node("second", store=store).get_scan(1)
         assert scan.state is ScanState.DONE and scan.info["title"] == "loopscan 2 0.1"
         names = [n.name for n in scan.load_nodes()]
-        assert any(n.endswith(":diode") for n in names) and any(n.endswith(":diode2") for n in names)
+        assert any(n.endswith(":diode") for n in names) and any(
+            n.endswith(":diode2") for n in names
+        )

@@ -62,7 +62,11 @@ def test_motor_limit_error_names_motor_target_and_limits() -> None:
 
 
 def test_diode_is_deterministic_per_seed_and_point() -> None:
-    a, b, c = DiodeCounter("diode", seed=3), DiodeCounter("diode", seed=3), DiodeCounter("diode", seed=4)
+    a, b, c = (
+        DiodeCounter("diode", seed=3),
+        DiodeCounter("diode", seed=3),
+        DiodeCounter("diode", seed=4),
+    )
     ctx = PointContext(5, 0.1)
     assert a.read(ctx) == b.read(ctx)
     assert a.read(ctx) != c.read(ctx)
@@ -78,11 +82,17 @@ def test_gaussian_counter_follows_the_motor() -> None:
     roby = Motor("roby")
     g = GaussianCounter("sim_ct_gauss", roby, center=0.2, fwhm=0.1, height=1000, background=10)
     assert g.read(PointContext(0, 0.1, {"roby": 0.2}))[0] == pytest.approx(1010)
-    assert g.read(PointContext(0, 0.1, {"roby": 0.25}))[0] == pytest.approx(510)  # half max at fwhm/2
+    assert g.read(PointContext(0, 0.1, {"roby": 0.25}))[0] == pytest.approx(
+        510
+    )  # half max at fwhm/2
     roby.move(0.2)
-    assert g.read(PointContext(0, 0.1))[0] == pytest.approx(1010)  # falls back to the motor position
+    assert g.read(PointContext(0, 0.1))[0] == pytest.approx(
+        1010
+    )  # falls back to the motor position
     noisy = GaussianCounter("g", roby, noise=5.0, seed=1)
-    assert noisy.read(PointContext(2, 0.1)) == GaussianCounter("g", roby, noise=5.0, seed=1).read(PointContext(2, 0.1))
+    assert noisy.read(PointContext(2, 0.1)) == GaussianCounter("g", roby, noise=5.0, seed=1).read(
+        PointContext(2, 0.1)
+    )
     assert g.motors == (roby,)
     with pytest.raises(ValueError, match="fwhm"):
         GaussianCounter("g", roby, fwhm=0)
@@ -91,8 +101,10 @@ def test_gaussian_counter_follows_the_motor() -> None:
 def test_sampling_counter_fixed_and_variable() -> None:
     fixed = SamplingCounter("diode9", 10, seed=1)
     specs = fixed.channels()
-    assert [s.name for s in specs] == ["simulation_diode_sampling_controller:diode9",
-                                       "simulation_diode_sampling_controller:diode9_samples"]
+    assert [s.name for s in specs] == [
+        "simulation_diode_sampling_controller:diode9",
+        "simulation_diode_sampling_controller:diode9_samples",
+    ]
     assert specs[1].shape == (10,) and specs[1].dim == 1 and specs[1].kind == "spectra"
     mean, samples = fixed.read(PointContext(0, 0.1))
     assert samples.shape == (10,) and mean == pytest.approx(samples.mean())
@@ -114,8 +126,12 @@ def test_mca_spectra() -> None:
     (spectrum,) = mca.read(PointContext(0, 1.0))
     assert spectrum.dtype == np.uint32 and spectrum.shape == (256,)
     assert abs(int(np.argmax(spectrum)) - 100) <= 2
-    assert np.array_equal(spectrum, Mca("simu1", 256, peaks=[(100, 5, 1e5)], background=1.0, seed=2)
-                          .read(PointContext(0, 1.0))[0])
+    assert np.array_equal(
+        spectrum,
+        Mca("simu1", 256, peaks=[(100, 5, 1e5)], background=1.0, seed=2).read(PointContext(0, 1.0))[
+            0
+        ],
+    )
     assert not np.array_equal(spectrum, mca.read(PointContext(1, 1.0))[0])  # Poisson noise
 
 
@@ -128,20 +144,36 @@ def _read(ref: tuple[str, str, int, str]) -> np.ndarray:
 
 
 def test_lima_writes_frames_per_file(tmp_path: Path) -> None:
-    det = LimaDetector("lima_simulator", (16, 20), "uint16", frames_per_file=2, prefix="img_",
-                       index_format="%03d", next_number=1)
+    det = LimaDetector(
+        "lima_simulator",
+        (16, 20),
+        "uint16",
+        frames_per_file=2,
+        prefix="img_",
+        index_format="%03d",
+        next_number=1,
+    )
     acq = det.start(5, directory=tmp_path)
     refs = [acq.acquire(i) for i in range(5)]
     files = acq.close()
     assert [Path(f).name for f in files] == ["img_001.h5", "img_002.h5", "img_003.h5"]
     assert [(Path(r.file_path).name, r.index_in_file) for r in refs] == [
-        ("img_001.h5", 0), ("img_001.h5", 1), ("img_002.h5", 0), ("img_002.h5", 1), ("img_003.h5", 0)]
+        ("img_001.h5", 0),
+        ("img_001.h5", 1),
+        ("img_002.h5", 0),
+        ("img_002.h5", 1),
+        ("img_003.h5", 0),
+    ]
     assert all(Path(r.file_path).is_absolute() and r.file_format == "HDF5" for r in refs)
     assert refs[0].path_in_file == "/entry_0000/instrument/lima_simulator/data"
     for i, ref in enumerate(refs):
         assert np.array_equal(_read(ref), det.image(i))
     with h5py.File(files[-1], "r") as f:
-        assert f["entry_0000/instrument/lima_simulator/data"].shape == (1, 16, 20)  # the last holds fewer
+        assert f["entry_0000/instrument/lima_simulator/data"].shape == (
+            1,
+            16,
+            20,
+        )  # the last holds fewer
         assert f["entry_0000"].attrs["NX_class"] == "NXentry"
         assert f["entry_0000/instrument/lima_simulator"].attrs["NX_class"] == "NXdetector"
         assert f["entry_0000/measurement/data"].shape == (1, 16, 20)
@@ -184,7 +216,10 @@ def test_lima_nosaving_and_no_directory(tmp_path: Path) -> None:
     acq = det.start(3, directory=tmp_path)
     assert [acq.acquire(i) for i in range(3)] == [None, None, None]
     assert acq.close() == [] and not any(tmp_path.iterdir())
-    assert acq.description()["saving_mode"] == "NOSAVING" and "saving_directory" not in acq.description()
+    assert (
+        acq.description()["saving_mode"] == "NOSAVING"
+        and "saving_directory" not in acq.description()
+    )
     # MANUAL without any directory: not saved, like BLISS save=False
     assert LimaDetector("det2").start(3, directory=None).saving_mode.value == "NOSAVING"
     with pytest.raises(ValueError, match="frames_per_file"):
@@ -218,22 +253,50 @@ def test_titles_are_bliss_like() -> None:
 
 def test_build_scan_info_for_a_step_scan() -> None:
     roby = Motor("roby", unit="mm")
-    master = TopMaster("axis", 3, 0.1, [DiodeCounter("diode"), Mca("simu1", 16), LimaDetector()],
-                       motors=[roby], positions=[0.0, 0.5, 1.0])
+    master = TopMaster(
+        "axis",
+        3,
+        0.1,
+        [DiodeCounter("diode"), Mca("simu1", 16), LimaDetector()],
+        motors=[roby],
+        positions=[0.0, 0.5, 1.0],
+    )
     info = build_scan_info([master], "ascan", [roby], None)
     chain = info["acquisition_chain"]["axis"]
     assert chain["master"]["scalars"] == ["axis:roby"]
-    assert chain["scalars"] == ["timer:elapsed_time", "timer:epoch", "simulation_diode_sampling_controller:diode"]
+    assert chain["scalars"] == [
+        "timer:elapsed_time",
+        "timer:epoch",
+        "simulation_diode_sampling_controller:diode",
+    ]
     assert chain["spectra"] == ["simu1:spectrum"] and chain["images"] == ["lima_simulator:image"]
-    assert info["channels"]["axis:roby"] == {"display_name": "roby", "unit": "mm", "dim": 0,
-                                             "start": 0.0, "stop": 1.0, "points": 3}
+    assert info["channels"]["axis:roby"] == {
+        "display_name": "roby",
+        "unit": "mm",
+        "dim": 0,
+        "start": 0.0,
+        "stop": 1.0,
+        "points": 3,
+    }
     assert info["channels"]["simu1:spectrum"]["dim"] == 1
     assert info["channels"]["lima_simulator:image"]["dim"] == 2
-    assert info["plots"] == [{"kind": "curve-plot", "items": [
-        {"kind": "curve", "x": "axis:roby", "y": "simulation_diode_sampling_controller:diode"}]}]
+    assert info["plots"] == [
+        {
+            "kind": "curve-plot",
+            "items": [
+                {
+                    "kind": "curve",
+                    "x": "axis:roby",
+                    "y": "simulation_diode_sampling_controller:diode",
+                }
+            ],
+        }
+    ]
     assert info["positioners"]["positioners_start"] == {"roby": 0.0}
     assert info["instrument"]["@NX_class"] == "NXinstrument"
-    assert "save" not in info and "filename" not in info  # no saving configuration: a writer decides
+    assert (
+        "save" not in info and "filename" not in info
+    )  # no saving configuration: a writer decides
     assert default_plots([TopMaster("timer", 1, 0.1, [Mca("m", 4)])]) is None
 
 
@@ -262,9 +325,13 @@ def test_default_beamline_lookup_errors_list_names() -> None:
         bl.counter("diode99")
 
 
-@pytest.mark.skipif(signal.getsignal(signal.SIGINT) is not signal.default_int_handler,
-                    reason="SIGINT has a custom handler in this process")
-@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="not the main thread")
+@pytest.mark.skipif(
+    signal.getsignal(signal.SIGINT) is not signal.default_int_handler,
+    reason="SIGINT has a custom handler in this process",
+)
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(), reason="not the main thread"
+)
 def test_ctrl_c_is_delayed_until_a_point_is_published() -> None:
     reached = []
     with pytest.raises(KeyboardInterrupt), sigint_deferred():

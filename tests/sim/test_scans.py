@@ -64,7 +64,9 @@ def scan_node(store: DataStore, result: ScanResult) -> ScanNode:
 
 
 def data_nodes(node: ScanNode) -> dict[str, Any]:
-    return {n.name: n for n in node.load_nodes() if n.type in ("channel", "lima", "node_ref_channel")}
+    return {
+        n.name: n for n in node.load_nodes() if n.type in ("channel", "lima", "node_ref_channel")
+    }
 
 
 def check_announced(store: DataStore, result: ScanResult) -> dict[str, Any]:
@@ -79,7 +81,12 @@ def check_announced(store: DataStore, result: ScanResult) -> dict[str, Any]:
         count = result.acquired[top]
         if result.state is ScanState.DONE and len(chain) == 1 and info.get("npoints"):
             assert count == info["npoints"], (result.label, top)
-        names = [n for part in (entry["master"], entry) for k in ("scalars", "spectra", "images") for n in part[k]]
+        names = [
+            n
+            for part in (entry["master"], entry)
+            for k in ("scalars", "spectra", "images")
+            for n in part[k]
+        ]
         for name in names:
             announced.add(name)
             dn = nodes[name]
@@ -175,7 +182,9 @@ def test_catalogue_is_deterministic(store, tmp_path: Path) -> None:
         assert a.keys() == b.keys(), label
         for name in a:
             if isinstance(a[name], list):
-                assert all(np.array_equal(x, y) for x, y in zip(a[name], b[name], strict=True)), name
+                assert all(np.array_equal(x, y) for x, y in zip(a[name], b[name], strict=True)), (
+                    name
+                )
             else:
                 np.testing.assert_array_equal(a[name], b[name], err_msg=f"{label} {name}")
 
@@ -192,8 +201,12 @@ def test_lima_references_name_the_frames_written(session, store, tmp_path: Path)
     view = node.get(0)
     refs = view.all_image_references()
     assert [(Path(r.file_path).name, r.index_in_file) for r in refs] == [
-        ("lima_simulator_0000.h5", 0), ("lima_simulator_0000.h5", 1), ("lima_simulator_0001.h5", 0),
-        ("lima_simulator_0001.h5", 1), ("lima_simulator_0002.h5", 0)]
+        ("lima_simulator_0000.h5", 0),
+        ("lima_simulator_0000.h5", 1),
+        ("lima_simulator_0001.h5", 0),
+        ("lima_simulator_0001.h5", 1),
+        ("lima_simulator_0002.h5", 0),
+    ]
     for i in range(5):
         assert np.array_equal(view.get_image(i), det.image(i))
     assert np.array_equal(view.get_image(-1), det.image(4))
@@ -217,8 +230,17 @@ def test_lima_nosaving_and_saving_off(session, store, tmp_path: Path) -> None:
 
 def test_mca_and_sampling_counters(session, store) -> None:
     bl = default_beamline(seed=1)
-    result = ascan(session, bl.motor("robu"), 0, 1, 6, 0.1, bl.counter("simu1"), bl.counter("diode9"),
-                   bl.counter("var_samples"))
+    result = ascan(
+        session,
+        bl.motor("robu"),
+        0,
+        1,
+        6,
+        0.1,
+        bl.counter("simu1"),
+        bl.counter("diode9"),
+        bl.counter("var_samples"),
+    )
     nodes = check_announced(store, result)
     spectrum = nodes["simu1:spectrum"]
     assert (spectrum.dtype, spectrum.shape) == (np.dtype("uint32"), (1024,))
@@ -231,8 +253,10 @@ def test_mca_and_sampling_counters(session, store) -> None:
     means = nodes["simulation_diode_sampling_controller:var_samples"].get(0, -1)
     np.testing.assert_allclose(means, [p.mean() for p in ragged.get(0, -1)])
     assert result.scan_info["acquisition_chain"]["axis"]["spectra"] == [
-        "simu1:spectrum", "simulation_diode_sampling_controller:diode9_samples",
-        "simulation_diode_sampling_controller:var_samples_samples"]
+        "simu1:spectrum",
+        "simulation_diode_sampling_controller:diode9_samples",
+        "simulation_diode_sampling_controller:var_samples_samples",
+    ]
 
 
 def test_step_scans_info_and_positions(session, store) -> None:
@@ -242,12 +266,21 @@ def test_step_scans_info_and_positions(session, store) -> None:
     r = a2scan(session, roby, 0, 1, robz, 0, 2, 4, 0.1, gauss, positioners=bl.positioners)
     nodes = check_announced(store, r)
     np.testing.assert_allclose(nodes["axis:robz"].get(0, -1), np.linspace(0, 2, 5))
-    np.testing.assert_allclose(nodes["simulation_counter_controller:sim_ct_gauss"].get(0, -1),
-                               [gauss.read(PointContext(i, 0.1, {"roby": x}))[0]
-                                for i, x in enumerate(np.linspace(0, 1, 5))])
+    np.testing.assert_allclose(
+        nodes["simulation_counter_controller:sim_ct_gauss"].get(0, -1),
+        [
+            gauss.read(PointContext(i, 0.1, {"roby": x}))[0]
+            for i, x in enumerate(np.linspace(0, 1, 5))
+        ],
+    )
     info = scan_node(store, r).info
     assert info["title"] == "a2scan roby 0 1 robz 0 2 4 0.1" and info["type"] == "a2scan"
-    assert (info["start"], info["stop"], info["npoints"], info["count_time"]) == ([0.0, 0.0], [1.0, 2.0], 5, 0.1)
+    assert (info["start"], info["stop"], info["npoints"], info["count_time"]) == (
+        [0.0, 0.0],
+        [1.0, 2.0],
+        5,
+        0.1,
+    )
     assert info["positioners"]["positioners_end"]["robz"] == 2.0
     assert set(info["positioners"]["positioners_start"]) == {"robx", "roby", "robz", "robu"}
 
@@ -260,22 +293,44 @@ def test_step_scans_info_and_positions(session, store) -> None:
     assert d_info["positioners"]["positioners_end"]["roby"] == 0.75  # where the scan ended
 
     c = ct(session, 0.1, bl.counter("diode"))
-    assert check_announced(store, c)["simulation_diode_sampling_controller:diode"].get(0, -1).shape == (1,)
-    assert (c.scan_info["title"], c.scan_info["npoints"], c.scan_info["type"]) == ("ct 0.1", 1, "ct")
+    assert check_announced(store, c)["simulation_diode_sampling_controller:diode"].get(
+        0, -1
+    ).shape == (1,)
+    assert (c.scan_info["title"], c.scan_info["npoints"], c.scan_info["type"]) == (
+        "ct 0.1",
+        1,
+        "ct",
+    )
 
 
 def test_amesh_is_a_2d_scan(session, store) -> None:
     bl = default_beamline()
-    r = amesh(session, bl.motor("robx"), 0, 1, 2, bl.motor("roby"), 0, 2, 1, 0.1, bl.counter("diode"),
-              backnforth=True)
+    r = amesh(
+        session,
+        bl.motor("robx"),
+        0,
+        1,
+        2,
+        bl.motor("roby"),
+        0,
+        2,
+        1,
+        0.1,
+        bl.counter("diode"),
+        backnforth=True,
+    )
     nodes = check_announced(store, r)
     info = scan_node(store, r).info
     assert (info["data_dim"], info["npoints1"], info["npoints2"], info["npoints"]) == (2, 3, 2, 6)
     np.testing.assert_allclose(nodes["axis:robx"].get(0, -1), [0, 0.5, 1, 1, 0.5, 0])
     np.testing.assert_allclose(nodes["axis:roby"].get(0, -1), [0, 0, 0, 2, 2, 2])
     assert info["plots"][0]["kind"] == "scatter-plot"
-    assert info["plots"][0]["items"][0] == {"kind": "scatter", "x": "axis:robx", "y": "axis:roby",
-                                            "value": "simulation_diode_sampling_controller:diode"}
+    assert info["plots"][0]["items"][0] == {
+        "kind": "scatter",
+        "x": "axis:robx",
+        "y": "axis:roby",
+        "value": "simulation_diode_sampling_controller:diode",
+    }
     assert info["channels"]["axis:robx"]["axis-kind"] == "backnforth"
     assert info["channels"]["axis:roby"]["axis-points"] == 2
 
@@ -289,13 +344,17 @@ def test_two_top_masters_of_different_lengths(session, store, tmp_path: Path) ->
     assert check_images(nodes) == 50
     assert len(r.files) == 8  # 7 frames per file, the last one holds 1
     assert nodes["timer2:epoch"].db_name == f"{r.db_name}:timer2:timer2:epoch"
-    np.testing.assert_array_equal(nodes["simulation_diode_sampling_controller:diode2"].get(0, -1),
-                                  [d2.value(i, 0.001) for i in range(50)])
+    np.testing.assert_array_equal(
+        nodes["simulation_diode_sampling_controller:diode2"].get(0, -1),
+        [d2.value(i, 0.001) for i in range(50)],
+    )
 
 
 def test_non_terminator_master_is_stopped_with_the_scan(session, store) -> None:
-    masters = [TopMaster("timer1", 0, 0.01, [DiodeCounter("diode")], terminator=False),
-               TopMaster("timer2", 5, 0.01, [DiodeCounter("diode2")])]
+    masters = [
+        TopMaster("timer1", 0, 0.01, [DiodeCounter("diode")], terminator=False),
+        TopMaster("timer2", 5, 0.01, [DiodeCounter("diode2")]),
+    ]
     r = run_chain(session, masters, name="test", sleep=1.0)
     assert r.state is ScanState.DONE and r.acquired["timer2"] == 5 and r.acquired["timer1"] >= 1
     check_announced(store, r)
@@ -307,14 +366,18 @@ def test_non_terminator_master_is_stopped_with_the_scan(session, store) -> None:
 def test_parallel_scans_do_not_mix_data(session, store) -> None:
     diodes = [DiodeCounter(f"pdiode{k}", 10.0 * k, seed=k) for k in (1, 2, 3)]
     counts = (7, 13, 21)
-    results = parallel([lambda d=d, n=n: loopscan(session, n, 0.1, d, sleep=0.02)
-                        for d, n in zip(diodes, counts)], timeout=20)
+    results = parallel(
+        [lambda d=d, n=n: loopscan(session, n, 0.1, d, sleep=0.02) for d, n in zip(diodes, counts)],
+        timeout=20,
+    )
     assert len({r.number for r in results}) == 3
     for diode, n, r in zip(diodes, counts, results):
         nodes = check_announced(store, r)
         own = {name for name in nodes if not name.endswith(TIMER_CHANNELS)}
         assert own == {diode.fullname}
-        np.testing.assert_array_equal(nodes[diode.fullname].get(0, -1), [diode.value(i, 0.1) for i in range(n)])
+        np.testing.assert_array_equal(
+            nodes[diode.fullname].get(0, -1), [diode.value(i, 0.1) for i in range(n)]
+        )
 
 
 class _Interrupting(Counter):
@@ -335,8 +398,19 @@ def test_ctrl_c_keeps_exactly_the_acquired_points(session, store, tmp_path: Path
     lima = LimaDetector("lima_simulator", (8, 8), frames_per_file=10)
     # Ctrl-C while reading point 4: points 0..3 are published on every channel, none of point 4
     with pytest.raises(KeyboardInterrupt) as info:
-        ascan(session, bl.motor("roby"), 0, 1, 9, 0.1, bl.counter("diode"), bl.counter("simu1"), lima,
-              _Interrupting(4, KeyboardInterrupt()), saving=SavingConfig(tmp_path, "test_session"))
+        ascan(
+            session,
+            bl.motor("roby"),
+            0,
+            1,
+            9,
+            0.1,
+            bl.counter("diode"),
+            bl.counter("simu1"),
+            lima,
+            _Interrupting(4, KeyboardInterrupt()),
+            saving=SavingConfig(tmp_path, "test_session"),
+        )
     result = info.value.scan_result
     assert result.state is ScanState.USER_ABORTED and result.acquired == {"axis": 4}
     nodes = check_announced(store, result)
@@ -358,8 +432,10 @@ def test_ctrl_c_keeps_exactly_the_acquired_points(session, store, tmp_path: Path
     check_announced(store, info.value.scan_result)
 
 
-@pytest.mark.skipif(signal.getsignal(signal.SIGINT) is not signal.default_int_handler,
-                    reason="SIGINT has a custom handler in this process")
+@pytest.mark.skipif(
+    signal.getsignal(signal.SIGINT) is not signal.default_int_handler,
+    reason="SIGINT has a custom handler in this process",
+)
 def test_ctrl_c_during_a_multi_master_scan(session, store) -> None:
     # Ctrl-C reaches the main thread while it waits for the master threads: they stop after
     # their current point and the scan ends USER_ABORTED with what each master acquired.
@@ -367,8 +443,10 @@ def test_ctrl_c_during_a_multi_master_scan(session, store) -> None:
         if master == "timer2" and done == 5:
             _thread.interrupt_main()
 
-    masters = [TopMaster("timer1", 200, 0.01, [DiodeCounter("diode")]),
-               TopMaster("timer2", 200, 0.01, [DiodeCounter("diode2")])]
+    masters = [
+        TopMaster("timer1", 200, 0.01, [DiodeCounter("diode")]),
+        TopMaster("timer2", 200, 0.01, [DiodeCounter("diode2")]),
+    ]
     with pytest.raises(KeyboardInterrupt) as info:
         run_chain(session, masters, name="test", sleep=0.2, on_point=on_point)
         pytest.fail("the scan returned: the interrupt did not reach it")
@@ -381,7 +459,13 @@ def test_ctrl_c_during_a_multi_master_scan(session, store) -> None:
 
 def test_device_error_fails_the_scan(session, store) -> None:
     with pytest.raises(RuntimeError, match="detector on fire") as info:
-        loopscan(session, 5, 0.1, DiodeCounter("diode"), _Interrupting(2, RuntimeError("detector on fire")))
+        loopscan(
+            session,
+            5,
+            0.1,
+            DiodeCounter("diode"),
+            _Interrupting(2, RuntimeError("detector on fire")),
+        )
     result = info.value.scan_result
     assert scan_result_of(info.value) is result
     assert result.state is ScanState.FAILED and result.acquired == {"timer": 2}
@@ -398,8 +482,15 @@ def test_stop_and_kill_events(session, store) -> None:
     stopper.start()
     t0 = time.monotonic()
     try:
-        r = timescan(session, 0.01, DiodeCounter("diode"), sleep_time=30.0, sleep=1.0,
-                     stop_event=stop, on_point=lambda master, done: first_point.set())
+        r = timescan(
+            session,
+            0.01,
+            DiodeCounter("diode"),
+            sleep_time=30.0,
+            sleep=1.0,
+            stop_event=stop,
+            on_point=lambda master, done: first_point.set(),
+        )
     finally:
         first_point.set()
         stopper.join(5)
@@ -409,15 +500,27 @@ def test_stop_and_kill_events(session, store) -> None:
     check_announced(store, r)
 
     kill = threading.Event()
-    k = loopscan(session, 10, 0.1, DiodeCounter("diode"), kill_event=kill,
-                 on_point=lambda master, done: kill.set() if done == 6 else None)
+    k = loopscan(
+        session,
+        10,
+        0.1,
+        DiodeCounter("diode"),
+        kill_event=kill,
+        on_point=lambda master, done: kill.set() if done == 6 else None,
+    )
     assert (k.state, k.npoints) == (ScanState.KILLED, 6)
     check_announced(store, k)
 
     # a stop request after the last point does not make a complete scan aborted
     late = threading.Event()
-    done = loopscan(session, 3, 0.1, DiodeCounter("diode"), stop_event=late,
-                    on_point=lambda master, n: late.set() if n == 3 else None)
+    done = loopscan(
+        session,
+        3,
+        0.1,
+        DiodeCounter("diode"),
+        stop_event=late,
+        on_point=lambda master, n: late.set() if n == 3 else None,
+    )
     assert done.state is ScanState.DONE
 
 
@@ -432,7 +535,9 @@ def test_killed_publisher_process_ends_killed(redis_url: str, store) -> None:
         "timescan(session, 0.01, DiodeCounter('diode'), sleep=1.0, on_point=on_point)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env
+    )
     try:
         ready, _, _ = select.select([proc.stdout], [], [], 15)
         assert ready and proc.stdout is not None and proc.stdout.readline().strip() == "running"
@@ -459,16 +564,21 @@ def test_sequence_references_sub_scans_as_they_run(session, store, tmp_path: Pat
     def check_reference(master: str, done: int) -> None:
         # while the second sub-scan runs, the group already references it
         if done == 1:
-            group = next(s for s in get_session_node("test_session", store=store).children()
-                         if s.type == "scan_group")
+            group = next(
+                s
+                for s in get_session_node("test_session", store=store).children()
+                if s.type == "scan_group"
+            )
             refs = next(n for n in group.load_nodes() if n.type == "node_ref_channel")
             deadline = time.monotonic() + 2
             while len(refs) < 2 and time.monotonic() < deadline:
                 time.sleep(0.01)
             seen.append(len(refs))
 
-    steps = [lambda: loopscan(session, 2, 0.1, DiodeCounter("diode"), saving=saving),
-             lambda: ct(session, 0.1, DiodeCounter("diode"), saving=saving, on_point=check_reference)]
+    steps = [
+        lambda: loopscan(session, 2, 0.1, DiodeCounter("diode"), saving=saving),
+        lambda: ct(session, 0.1, DiodeCounter("diode"), saving=saving, on_point=check_reference),
+    ]
     g = sequence(session, steps, title="two scans", saving=saving)
     assert seen == [2]
     assert g.state is ScanState.DONE and [s.number for s in g.scans] == [g.number + 1, g.number + 2]
@@ -482,7 +592,9 @@ def test_sequence_references_sub_scans_as_they_run(session, store, tmp_path: Pat
     np.testing.assert_array_equal(nodes["scan_numbers"].get(0, -1), [s.number for s in g.scans])
     # END of the group comes after its references
     events = list(node.walk_events(timeout=5))
-    last_ref = max(i for i, e in enumerate(events) if e.type is EventType.NEW_DATA and e.node.name == "scans")
+    last_ref = max(
+        i for i, e in enumerate(events) if e.type is EventType.NEW_DATA and e.node.name == "scans"
+    )
     assert events[-1].type is EventType.END_SCAN and last_ref < len(events) - 1
 
 
@@ -513,31 +625,40 @@ def test_limits_are_checked_before_the_scan_starts(session, store) -> None:
     assert get_session_node("test_session", store=store).children() == []  # no scan created
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda s, d: ascan(s, Motor("m"), 0, 1, 0, 0.1, d), "intervals"),
-    (lambda s, d: ascan(s, Motor("m"), 0, 1, 2.5, 0.1, d), "intervals"),
-    (lambda s, d: loopscan(s, 0, 0.1, d), "npoints"),
-    (lambda s, d: loopscan(s, 3, -1, d), "count_time"),
-    (lambda s, d: timescan(s, 0.1, d, npoints=-2), "npoints"),
-    (lambda s, d: loopscan(s, 3, 0.1, d, d), "used twice"),
-    (lambda s, d: a2scan(s, Motor("m"), 0, 1, Motor("m"), 0, 1, 2, 0.1, d), "twice"),
-    (lambda s, d: run_chain(s, []), "at least one top master"),
-    (lambda s, d: loopscan(s, 3, 0.1, d, sleep=-1), "sleep"),
-    (lambda s, d: loopscan(s, 3, 0.1, d, max_duration=-1), "max_duration"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda s, d: ascan(s, Motor("m"), 0, 1, 0, 0.1, d), "intervals"),
+        (lambda s, d: ascan(s, Motor("m"), 0, 1, 2.5, 0.1, d), "intervals"),
+        (lambda s, d: loopscan(s, 0, 0.1, d), "npoints"),
+        (lambda s, d: loopscan(s, 3, -1, d), "count_time"),
+        (lambda s, d: timescan(s, 0.1, d, npoints=-2), "npoints"),
+        (lambda s, d: loopscan(s, 3, 0.1, d, d), "used twice"),
+        (lambda s, d: a2scan(s, Motor("m"), 0, 1, Motor("m"), 0, 1, 2, 0.1, d), "twice"),
+        (lambda s, d: run_chain(s, []), "at least one top master"),
+        (lambda s, d: loopscan(s, 3, 0.1, d, sleep=-1), "sleep"),
+        (lambda s, d: loopscan(s, 3, 0.1, d, max_duration=-1), "max_duration"),
+    ],
+)
 def test_bad_arguments_are_refused_before_the_scan(session, store, call, match) -> None:
     with pytest.raises(ValueError, match=match):
         call(session, DiodeCounter("diode"))
     assert get_session_node("test_session", store=store).children() == []
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda s: loopscan(s, True, 0.1, DiodeCounter("d")), "npoints must be an int >= 1, got True"),
-    (lambda s: ct(s, float("nan"), DiodeCounter("d")), "count_time must be a number >= 0"),
-    (lambda s: amesh(s, Motor("a"), 0, 1, 2, Motor("b"), 0, 1, 0, 0.1), "intervals2"),
-    (lambda s: run_chain(s, [TopMaster("timer", 2, 0.1, sleep_time=-1)]), "sleep_time"),
-    (lambda s: run_catalogue(s, names=["ct", "nope"]), "unknown catalogue entries"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (
+            lambda s: loopscan(s, True, 0.1, DiodeCounter("d")),
+            "npoints must be an int >= 1, got True",
+        ),
+        (lambda s: ct(s, float("nan"), DiodeCounter("d")), "count_time must be a number >= 0"),
+        (lambda s: amesh(s, Motor("a"), 0, 1, 2, Motor("b"), 0, 1, 0, 0.1), "intervals2"),
+        (lambda s: run_chain(s, [TopMaster("timer", 2, 0.1, sleep_time=-1)]), "sleep_time"),
+        (lambda s: run_catalogue(s, names=["ct", "nope"]), "unknown catalogue entries"),
+    ],
+)
 def test_argument_errors_are_invalid_argument_errors(session, store, call, match) -> None:
     # One error class for every bad argument of the simulator, raised before publishing.
     with pytest.raises(InvalidArgumentError, match=match):
@@ -549,9 +670,25 @@ def test_argument_errors_are_invalid_argument_errors(session, store, call, match
 def test_example_script_runs(redis_url: str, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     proc = subprocess.run(
-        [sys.executable, str(EXAMPLE), "--redis-url", redis_url, "--root", str(tmp_path),
-         "--session", "example_session", "--only", "ct", "lima_loopscan"],
-        check=False, capture_output=True, text=True, env=env, timeout=30)
+        [
+            sys.executable,
+            str(EXAMPLE),
+            "--redis-url",
+            redis_url,
+            "--root",
+            str(tmp_path),
+            "--session",
+            "example_session",
+            "--only",
+            "ct",
+            "lima_loopscan",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "example_session:1_ct" in proc.stdout and "example_session:2_loopscan" in proc.stdout
     assert len(list(tmp_path.rglob("lima_simulator_*.h5"))) == 3

@@ -26,6 +26,7 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None
 
 def wait_saved(store: DataStore, session: str, numbers: set[int], timeout: float = 20.0) -> None:
     """Wait until the writer recorded every scan of ``numbers`` of ``session`` as saved."""
+
     def done() -> bool:
         status = writer_status(session, store=store)
         if status and status["errors"]:
@@ -38,13 +39,18 @@ def wait_saved(store: DataStore, session: str, numbers: set[int], timeout: float
 @pytest.fixture
 def writer(store: DataStore, tmp_path: Path) -> Iterator[WriterService]:
     """A WriterService for ``test_session`` writing under ``tmp_path/data``, owning the session."""
-    service = WriterService(["test_session"], root=tmp_path / "data", store=store, flush_period=0.05)
+    service = WriterService(
+        ["test_session"], root=tmp_path / "data", store=store, flush_period=0.05
+    )
     service.start()
     try:
         # Owned from the first claim, made at start (not one heartbeat later): this returns in
         # a few ms, the deadline is only a bound.
-        wait_for(lambda: (writer_status("test_session", store=store) or {}).get("writing"), 2,
-                 "the writer to own the session")
+        wait_for(
+            lambda: (writer_status("test_session", store=store) or {}).get("writing"),
+            2,
+            "the writer to own the session",
+        )
         yield service
     finally:
         service.stop()

@@ -61,17 +61,18 @@ def _parse_table(text: str) -> list[Finding]:
     if len(spans) != 4 or lines[start + 3] != ruler:
         raise RuntimeError(f"unexpected punx findings table layout:\n{text}")
     findings = []
-    for line in lines[start + 4:]:
+    for line in lines[start + 4 :]:
         if line == ruler:
             break
         # The last column runs to the end of the line (comments may be wider than the ruler).
-        cells = [line[a:b].strip() for a, b in spans[:3]] + [line[spans[3][0]:].strip()]
+        cells = [line[a:b].strip() for a, b in spans[:3]] + [line[spans[3][0] :].strip()]
         findings.append(Finding(*cells))
     return findings
 
 
-def punx_findings(path: str | os.PathLike[str], report: str = "ERROR",
-                  timeout: float = PUNX_TIMEOUT) -> list[Finding]:
+def punx_findings(
+    path: str | os.PathLike[str], report: str = "ERROR", timeout: float = PUNX_TIMEOUT
+) -> list[Finding]:
     """Findings of ``punx validate --report REPORT path`` (default: ERROR only).
 
     Raises

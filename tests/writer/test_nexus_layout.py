@@ -37,8 +37,13 @@ def h5(tmp_path: Path):
 
 @pytest.fixture
 def entry(h5: h5py.File) -> h5py.Group:
-    return nexus.require_entry(h5, "1.1", title="ascan roby 0 1 4 0.1", start_time=_ts(2024, 7, 1),
-                               scan_info={"scan_nb": 1, "title": "ascan"})
+    return nexus.require_entry(
+        h5,
+        "1.1",
+        title="ascan roby 0 1 4 0.1",
+        start_time=_ts(2024, 7, 1),
+        scan_info={"scan_nb": 1, "title": "ascan"},
+    )
 
 
 @pytest.fixture
@@ -62,10 +67,16 @@ def test_entry_fields_and_root_attrs(tmp_path: Path, set_tz) -> None:
     path = tmp_path / "m.h5"
     info = {"scan_nb": 7, "title": "ct 0.1", "npoints": 1}
     with nexus.open_nexus_file(path, "w") as f:
-        e = nexus.require_entry(f, nexus.entry_name(7), title="ct 0.1",
-                                start_time=_ts(2024, 1, 2, 3, 4, 5), scan_info=info)
-        nexus.finalize_entry(e, end_time=_ts(2024, 1, 2, 3, 4, 17), state="USER_ABORTED",
-                             error="stopped by user")
+        e = nexus.require_entry(
+            f,
+            nexus.entry_name(7),
+            title="ct 0.1",
+            start_time=_ts(2024, 1, 2, 3, 4, 5),
+            scan_info=info,
+        )
+        nexus.finalize_entry(
+            e, end_time=_ts(2024, 1, 2, 3, 4, 17), state="USER_ABORTED", error="stopped by user"
+        )
         nexus.finalize_entry(e, end_time=_ts(2024, 1, 2, 3, 4, 17), state="DONE")
     with h5py.File(path, "r") as f:
         assert f.attrs["NX_class"] == "NXroot"
@@ -166,8 +177,19 @@ def test_duration_across_dst_change(h5: h5py.File, set_tz) -> None:
 
 # ------------------------------------------------------------------------------ channels
 
-_DTYPES = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-           "float32", "float64", "bool"]
+_DTYPES = [
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float32",
+    "float64",
+    "bool",
+]
 
 
 def _extremes(dtype: str) -> np.ndarray:
@@ -178,8 +200,9 @@ def _extremes(dtype: str) -> np.ndarray:
         info = np.iinfo(dt)
         return np.array([info.min, info.max, 0, 1, info.max - 1], dtype=dt)
     info = np.finfo(dt)
-    return np.array([info.min, info.max, info.tiny / 2, -0.0, np.inf, -np.inf, np.nan, 1 / 3],
-                    dtype=dt)
+    return np.array(
+        [info.min, info.max, info.tiny / 2, -0.0, np.inf, -np.inf, np.nan, 1 / 3], dtype=dt
+    )
 
 
 @pytest.mark.parametrize("dtype", _DTYPES)
@@ -199,8 +222,9 @@ def test_write_points_dtypes_bit_exact(tmp_path: Path, dtype: str) -> None:
 
 
 def test_write_points_idempotent_and_gap(entry: h5py.Group) -> None:
-    dset = nexus.require_channel_dataset(entry["measurement"], "axis:roby", "float64",
-                                         expected_points=10, units="mm")
+    dset = nexus.require_channel_dataset(
+        entry["measurement"], "axis:roby", "float64", expected_points=10, units="mm"
+    )
     assert nexus.write_points(dset, 0, [0.0, 1.0, 2.0]) == 3
     assert nexus.write_points(dset, 1, [1.0, 2.0]) == 3  # replay after a restart
     assert nexus.write_points(dset, 0, [0.0, 1.0, 2.0, 3.0]) == 4  # replay + one new point
@@ -264,8 +288,12 @@ def test_chunk_rows(entry: h5py.Group) -> None:
 
 def test_ragged_channel(tmp_path: Path) -> None:
     path = tmp_path / "r.h5"
-    points = [np.array([1.5]), np.array([1.0, 2.0, 3.0]), np.array([], dtype=float),
-              np.array([4.0, 5.0])]
+    points = [
+        np.array([1.5]),
+        np.array([1.0, 2.0, 3.0]),
+        np.array([], dtype=float),
+        np.array([4.0, 5.0]),
+    ]
     with nexus.open_nexus_file(path, "w") as f:
         meas = nexus.require_entry(f, "1.1", title="t", start_time=0.0)["measurement"]
         dset = nexus.require_channel_dataset(meas, "sim:ragged", np.float64, (-1,))
@@ -308,19 +336,33 @@ def test_image_vds_grows_and_reads_back(tmp_path: Path) -> None:
     with nexus.open_nexus_file(master, "w") as f:
         meas = nexus.require_entry(f, "1.1", title="t", start_time=0.0)["measurement"]
         for first, stop in ((0, 1), (1, 3), (3, 5)):
-            vds = nexus.require_image_vds(meas, "lima_simulator:image", refs[first:stop],
-                                          dtype=np.uint16, frame_shape=(3, 4), first_index=first)
+            vds = nexus.require_image_vds(
+                meas,
+                "lima_simulator:image",
+                refs[first:stop],
+                dtype=np.uint16,
+                frame_shape=(3, 4),
+                first_index=first,
+            )
             assert vds is not None and vds.shape == (stop, 3, 4)
         # The whole list again: nothing changes.
-        again = nexus.require_image_vds(meas, "lima_simulator:image", refs, dtype=np.uint16,
-                                        frame_shape=(3, 4))
+        again = nexus.require_image_vds(
+            meas, "lima_simulator:image", refs, dtype=np.uint16, frame_shape=(3, 4)
+        )
         assert again is not None and again.shape == (5, 3, 4)
         with pytest.raises(NexusLayoutError, match="first_index <= 5"):
-            nexus.require_image_vds(meas, "lima_simulator:image", refs[:1], dtype=np.uint16,
-                                    frame_shape=(3, 4), first_index=7)
+            nexus.require_image_vds(
+                meas,
+                "lima_simulator:image",
+                refs[:1],
+                dtype=np.uint16,
+                frame_shape=(3, 4),
+                first_index=7,
+            )
         with pytest.raises(NexusLayoutError, match="frame_shape"):
-            nexus.require_image_vds(meas, "lima_simulator:image", refs, dtype=np.uint16,
-                                    frame_shape=(4, 4))
+            nexus.require_image_vds(
+                meas, "lima_simulator:image", refs, dtype=np.uint16, frame_shape=(4, 4)
+            )
 
     with h5py.File(master, "r") as f:
         vds = f["1.1/measurement/lima_simulator:image"]
@@ -328,16 +370,25 @@ def test_image_vds_grows_and_reads_back(tmp_path: Path) -> None:
         np.testing.assert_array_equal(vds[()], data)
         sources = sorted((s.file_name, s.dset_name) for s in vds.virtual_sources())
         # one source block per file (consecutive frames merged), stored relative
-        assert sources == [(f"scan0001/lima_simulator_{k:04d}.h5",
-                            LIMA_DATA_PATH.format(det="lima_simulator")) for k in range(3)]
+        assert sources == [
+            (f"scan0001/lima_simulator_{k:04d}.h5", LIMA_DATA_PATH.format(det="lima_simulator"))
+            for k in range(3)
+        ]
         table = f["1.1/measurement/lima_simulator:image_references"].asstr()[()]
-        assert table.tolist() == [[f"scan0001/lima_simulator_{i // 2:04d}.h5",
-                                   LIMA_DATA_PATH.format(det="lima_simulator"), str(i % 2),
-                                   "HDF5"] for i in range(5)]
+        assert table.tolist() == [
+            [
+                f"scan0001/lima_simulator_{i // 2:04d}.h5",
+                LIMA_DATA_PATH.format(det="lima_simulator"),
+                str(i % 2),
+                "HDF5",
+            ]
+            for i in range(5)
+        ]
 
 
-def test_image_vds_survives_moving_the_folder(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_image_vds_survives_moving_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = frames(5)
     old = tmp_path / "old"
     refs = write_lima_files(old / "scan0001", "det", data)
@@ -360,8 +411,7 @@ def test_image_vds_missing_frames_read_as_fill(tmp_path: Path) -> None:
     refs.append((str(tmp_path / "scan" / "det_0001.h5"), refs[0][1], 0, "HDF5"))  # not written
     with nexus.open_nexus_file(tmp_path / "m.h5", "w") as f:
         meas = nexus.require_entry(f, "1.1", title="t", start_time=0.0)["measurement"]
-        vds = nexus.require_image_vds(meas, "det:image", refs, dtype=np.uint16,
-                                      frame_shape=(3, 4))
+        vds = nexus.require_image_vds(meas, "det:image", refs, dtype=np.uint16, frame_shape=(3, 4))
         assert vds is not None
         back = vds[()]
     np.testing.assert_array_equal(back[:2], data)
@@ -370,8 +420,12 @@ def test_image_vds_missing_frames_read_as_fill(tmp_path: Path) -> None:
 
 def test_image_non_hdf5_format_writes_only_table(entry: h5py.Group) -> None:
     refs = [("/data/img_0000.edf", "", 0, "EDF")]
-    assert nexus.require_image_vds(entry["measurement"], "det:image", refs, dtype=np.uint16,
-                                   frame_shape=(3, 4)) is None
+    assert (
+        nexus.require_image_vds(
+            entry["measurement"], "det:image", refs, dtype=np.uint16, frame_shape=(3, 4)
+        )
+        is None
+    )
     assert "det:image" not in entry["measurement"]
     table = entry["measurement/det:image_references"].asstr()[()]
     assert table.tolist() == [["/data/img_0000.edf", "", "0", "EDF"]]
@@ -413,8 +467,11 @@ def test_default_plot_chain(tmp_path: Path) -> None:
 def test_default_plot_fallback_and_image(h5: h5py.File) -> None:
     e = nexus.require_entry(h5, "1.1", title="ascan", start_time=0.0)
     meas = e["measurement"]
-    for name, values in (("axis:roby", np.arange(3.0)), ("timer:epoch", np.arange(3.0)),
-                         ("diode", np.arange(3.0) * 2)):
+    for name, values in (
+        ("axis:roby", np.arange(3.0)),
+        ("timer:epoch", np.arange(3.0)),
+        ("diode", np.arange(3.0) * 2),
+    ):
         nexus.write_points(nexus.require_channel_dataset(meas, name, "f8"), 0, values)
     channels = {n: f"measurement/{n}" for n in ("axis:roby", "timer:epoch", "diode")}
     nxdata = nexus.write_default_plot(e, None, channels)
@@ -427,9 +484,10 @@ def test_default_plot_fallback_and_image(h5: h5py.File) -> None:
     img = nexus.require_channel_dataset(e2["measurement"], "cam:image", np.uint16, (3, 4))
     nexus.write_points(img, 0, frames(2))
     nxdata = nexus.write_default_plot(
-        e2, [{"kind": "image-plot", "name": "cam", "items": [{"kind": "image",
-                                                               "image": "cam:image"}]}],
-        {"cam:image": "measurement/cam:image"})
+        e2,
+        [{"kind": "image-plot", "name": "cam", "items": [{"kind": "image", "image": "cam:image"}]}],
+        {"cam:image": "measurement/cam:image"},
+    )
     assert nxdata is not None and nxdata.name == "/2.1/cam"
     assert "axes" not in nxdata.attrs  # no axis: no @axes, rather than ['.', '.', '.']
     assert h5.attrs["default"] == "2.1"
@@ -512,11 +570,14 @@ def test_metadata_attributes_and_values(entry: h5py.Group) -> None:
 
 def test_positioners(entry: h5py.Group) -> None:
     instrument = entry["instrument"]
-    nexus.write_scan_info_positioners(instrument, {
-        "positioners_start": {"roby": 0.5, "off": None},
-        "positioners_dial_start": {"roby": 1.5, "off": None},
-        "positioners_units": {"roby": "mm"},
-    })
+    nexus.write_scan_info_positioners(
+        instrument,
+        {
+            "positioners_start": {"roby": 0.5, "off": None},
+            "positioners_dial_start": {"roby": 1.5, "off": None},
+            "positioners_units": {"roby": "mm"},
+        },
+    )
     nexus.write_positioners(instrument, None, {"roby": 2.0, "off": None}, units={"roby": "mm"})
     assert instrument["positioners_start/roby"][()] == 0.5
     assert instrument["positioners_start/roby"].attrs["units"] == "mm"
@@ -542,8 +603,13 @@ with h5py.File(sys.argv[1], "r") as f:
 
 
 def _read_in_other_process(path: Path) -> str:
-    proc = subprocess.run([sys.executable, "-c", _READER, str(path)], capture_output=True,
-                          text=True, timeout=20, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", _READER, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip()
 

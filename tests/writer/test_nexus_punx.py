@@ -30,11 +30,13 @@ def test_scan_file_has_no_punx_error(tmp_path: Path) -> None:
     # The filter removes what it is meant to and nothing else: the three BLISS entry names,
     # and the '.' of the spectrum-vs-motor plot (in each scan and through the scan group).
     assert sorted(e for e in errors if BLISS_ENTRY_NAME.match(e)) == [
-        f"/{n}.1 ERROR validItemName: valid HDF5 item name, not valid with NeXus"
-        for n in (1, 2, 3)
+        f"/{n}.1 ERROR validItemName: valid HDF5 item name, not valid with NeXus" for n in (1, 2, 3)
     ]
     assert sorted(e.split()[0] for e in errors if AXES_PLACEHOLDER.match(e)) == [
-        "/1.1/mca@axes", "/2.1/mca@axes", "/3.1/scans/1.1/mca@axes", "/3.1/scans/2.1/mca@axes"
+        "/1.1/mca@axes",
+        "/2.1/mca@axes",
+        "/3.1/scans/1.1/mca@axes",
+        "/3.1/scans/2.1/mca@axes",
     ]
 
 

@@ -36,15 +36,21 @@ def _take_over(store: DataStore, newcomer: WriterService, session: str = "test_s
     status = {**newcomer.status(session), "writing": True}
     pipe = store.redis.pipeline(transaction=True)
     pipe.delete(key)
-    pipe.hset(key, mapping={registry.OWNER_FIELD: newcomer.owner, registry.STATUS_FIELD: json.dumps(status)})
+    pipe.hset(
+        key,
+        mapping={registry.OWNER_FIELD: newcomer.owner, registry.STATUS_FIELD: json.dumps(status)},
+    )
     pipe.pexpire(key, 5000)
     pipe.execute()
 
 
 def test_the_status_says_writing_from_the_first_claim(store, tmp_path):
     with WriterService(["test_session"], root=tmp_path, store=store) as service:
-        wait_for(lambda: writer_status("test_session", store=store) is not None, 2,
-                 "the writer to publish its status")
+        wait_for(
+            lambda: writer_status("test_session", store=store) is not None,
+            2,
+            "the writer to publish its status",
+        )
         first = writer_status("test_session", store=store)
         assert first["owner"] == service.owner
         assert first["writing"] is True  # the first status published, not one heartbeat later
@@ -58,7 +64,11 @@ def test_a_writer_whose_claim_was_taken_gives_up_the_session(session, store, tmp
     first_file = tmp_path / "a/test_session/test_session.h5"
     first.start()
     try:
-        wait_for(lambda: first.status("test_session")["writing"], 2, "the first writer to own the session")
+        wait_for(
+            lambda: first.status("test_session")["writing"],
+            2,
+            "the first writer to own the session",
+        )
         with session.create_scan("loop") as scan:
             channel = scan.create_container("timer").create_channel("timer:c", "int64")
             channel.emit(np.arange(10))
@@ -68,9 +78,14 @@ def test_a_writer_whose_claim_was_taken_gives_up_the_session(session, store, tmp
             # second one took the session meanwhile.
             _take_over(store, second)
             second.start()
-            wait_for(lambda: not first.status("test_session")["writing"]
-                     and not first.status("test_session")["running"], 5,
-                     "the first writer to give up the session and stop writing its scan")
+            wait_for(
+                lambda: (
+                    not first.status("test_session")["writing"]
+                    and not first.status("test_session")["running"]
+                ),
+                5,
+                "the first writer to give up the session and stop writing its scan",
+            )
             channel.emit(np.arange(10, 25))
         wait_saved(store, "test_session", {scan.number})
         assert writer_status("test_session", store=store)["owner"] == second.owner
@@ -86,7 +101,9 @@ def test_a_writer_whose_claim_was_taken_gives_up_the_session(session, store, tmp
         assert "end_reason" not in file["1.1"]
 
 
-def test_a_lapsed_claim_is_taken_again_and_the_scan_written_from_its_start(writer, session, store, tmp_path):
+def test_a_lapsed_claim_is_taken_again_and_the_scan_written_from_its_start(
+    writer, session, store, tmp_path
+):
     path = tmp_path / "data/test_session/test_session.h5"
     with session.create_scan("loop") as scan:
         channel = scan.create_container("timer").create_channel("timer:c", "int64")
@@ -122,8 +139,13 @@ def test_run_stops_on_sigint_and_says_what_was_done(redis_url, store, session, t
     with session.create_scan("s") as scan:
         scan.create_container("timer").create_channel("timer:c").emit([1.0, 2.0])
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", program],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:
         wait_saved(store, "test_session", {scan.number}, timeout=15)
         proc.send_signal(signal.SIGINT)

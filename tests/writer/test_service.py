@@ -47,8 +47,13 @@ def test_catalogue_files_equal_redis_bit_for_bit(writer, session, store, tmp_pat
     with h5py.File(files.pop(), "r") as file:
         # NX_class on every group; a default plot chain from the root to an NXdata.
         missing = []
-        file.visititems(lambda name, obj: missing.append(name)
-                        if isinstance(obj, h5py.Group) and "NX_class" not in obj.attrs else None)
+        file.visititems(
+            lambda name, obj: (
+                missing.append(name)
+                if isinstance(obj, h5py.Group) and "NX_class" not in obj.attrs
+                else None
+            )
+        )
         assert missing == []
         entry = file[file.attrs["default"]]
         nxdata = entry[entry.attrs["default"]]
@@ -82,8 +87,9 @@ def test_a_reader_process_sees_the_data_grow_during_the_scan(writer, session, st
     """)
 
     def points_seen_by_reader() -> int:
-        out = subprocess.run([sys.executable, "-c", reader], capture_output=True, text=True, timeout=20,
-                             check=False)
+        out = subprocess.run(
+            [sys.executable, "-c", reader], capture_output=True, text=True, timeout=20, check=False
+        )
         return int(out.stdout) if out.returncode == 0 else -1
 
     with session.create_scan("loop") as scan:
@@ -97,7 +103,9 @@ def test_a_reader_process_sees_the_data_grow_during_the_scan(writer, session, st
 
 
 @pytest.mark.parametrize("filename", ["not/a/dir/under/a/file", " "])
-def test_a_bad_scan_is_reported_and_the_others_are_written(writer, session, store, tmp_path, filename):
+def test_a_bad_scan_is_reported_and_the_others_are_written(
+    writer, session, store, tmp_path, filename
+):
     (tmp_path / "blocker").write_text("a file where a directory should be")
     bad_name = str(tmp_path / "blocker" / "x.h5") if filename.strip() else filename
     with session.create_scan("bad", {"filename": bad_name}) as bad:
@@ -107,7 +115,9 @@ def test_a_bad_scan_is_reported_and_the_others_are_written(writer, session, stor
 
     def reported() -> bool:
         status = writer_status("test_session", store=store) or {}
-        return bool(status.get("errors")) and good.number in saved_scans("test_session", store=store)
+        return bool(status.get("errors")) and good.number in saved_scans(
+            "test_session", store=store
+        )
 
     wait_for(reported, 10, "the bad scan to be reported and the good one saved")
     error = writer_status("test_session", store=store)["errors"][0]
@@ -125,9 +135,15 @@ def test_an_entry_of_another_scan_is_never_overwritten(writer, session, store, t
         file.create_group("1.1").create_dataset("title", data="an older scan")
     with session.create_scan("s") as scan:
         scan.create_container("timer").create_channel("timer:c").emit([1.0])
-    wait_for(lambda: (writer_status("test_session", store=store) or {}).get("errors"), 10,
-             "the conflict to be reported")
-    assert "already holds another scan" in writer_status("test_session", store=store)["errors"][0]["error"]
+    wait_for(
+        lambda: (writer_status("test_session", store=store) or {}).get("errors"),
+        10,
+        "the conflict to be reported",
+    )
+    assert (
+        "already holds another scan"
+        in writer_status("test_session", store=store)["errors"][0]["error"]
+    )
     with h5py.File(path, "r") as file:
         assert file["1.1/title"].asstr()[()] == "an older scan"
         assert "measurement" not in file["1.1"]
@@ -143,19 +159,27 @@ def test_scans_run_while_no_writer_runs_are_written_when_it_starts(session, stor
         assert file["1.1/measurement/timer:c"][()].tolist() == [0, 1, 2, 3, 4]
 
 
-def test_one_writer_per_session_the_second_takes_over_when_the_first_stops(session, store, tmp_path):
+def test_one_writer_per_session_the_second_takes_over_when_the_first_stops(
+    session, store, tmp_path
+):
     first = WriterService(["test_session"], root=tmp_path / "a", store=store).start()
     second = WriterService(["test_session"], root=tmp_path / "b", store=store).start()
     try:
-        wait_for(lambda: (writer_status("test_session", store=store) or {}).get("owner") == first.owner,
-                 5, "the first writer to own the session")
+        wait_for(
+            lambda: (writer_status("test_session", store=store) or {}).get("owner") == first.owner,
+            5,
+            "the first writer to own the session",
+        )
         with session.create_scan("one") as scan:
             scan.create_container("timer").create_channel("timer:c").emit([1.0])
         wait_saved(store, "test_session", {scan.number})
         assert not second.status("test_session")["writing"]
         first.stop()
-        wait_for(lambda: (writer_status("test_session", store=store) or {}).get("owner") == second.owner,
-                 5, "the second writer to take over")
+        wait_for(
+            lambda: (writer_status("test_session", store=store) or {}).get("owner") == second.owner,
+            5,
+            "the second writer to take over",
+        )
         with session.create_scan("two") as scan2:
             scan2.create_container("timer").create_channel("timer:c").emit([2.0])
         wait_saved(store, "test_session", {scan2.number})
@@ -206,8 +230,11 @@ def test_a_file_written_by_another_program_is_not_touched(writer, session, store
         other.create_dataset("mine", data=[1, 2, 3])
         with session.create_scan("s", {"filename": str(path)}) as scan:
             scan.create_container("timer").create_channel("timer:c").emit([1.0])
-        wait_for(lambda: (writer_status("test_session", store=store) or {}).get("errors"), 10,
-                 "the locked file to be reported")
+        wait_for(
+            lambda: (writer_status("test_session", store=store) or {}).get("errors"),
+            10,
+            "the locked file to be reported",
+        )
         error = writer_status("test_session", store=store)["errors"][0]["error"]
         assert "being written by another program" in error and str(path) in error
     with h5py.File(path, "r") as file:
@@ -220,16 +247,22 @@ def tiny_disk(tmp_path):
     """A 1 MiB file system (tmpfs), or a skip where mounting is not allowed."""
     mount_point = tmp_path / "tiny"
     mount_point.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
-                          capture_output=True, timeout=10, check=False)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        timeout=10,
+        check=False,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
     try:
         yield mount_point
     finally:
         # Room first, so that a writer still holding a file there can flush and close it.
-        for command in (["mount", "-o", "remount,size=64m", str(mount_point)],
-                        ["umount", "-l", str(mount_point)]):
+        for command in (
+            ["mount", "-o", "remount,size=64m", str(mount_point)],
+            ["umount", "-l", str(mount_point)],
+        ):
             subprocess.run(command, capture_output=True, timeout=10, check=False)
 
 
@@ -238,9 +271,14 @@ def test_a_full_disk_fails_that_scan_only(writer, session, store, tmp_path, tiny
         big.create_container("timer").create_channel("timer:c").emit(np.zeros(400_000))
     with session.create_scan("small") as small:
         small.create_container("timer").create_channel("timer:c").emit([5.0])
-    wait_for(lambda: (writer_status("test_session", store=store) or {}).get("errors")
-             and small.number in saved_scans("test_session", store=store), 15,
-             "the full disk to be reported and the other scan saved")
+    wait_for(
+        lambda: (
+            (writer_status("test_session", store=store) or {}).get("errors")
+            and small.number in saved_scans("test_session", store=store)
+        ),
+        15,
+        "the full disk to be reported and the other scan saved",
+    )
     error = writer_status("test_session", store=store)["errors"][0]
     assert error["scan"] == f"{big.number}_big"
     assert "No space left on device" in error["error"] or "no space left" in error["error"]
@@ -249,18 +287,25 @@ def test_a_full_disk_fails_that_scan_only(writer, session, store, tmp_path, tiny
         assert file[f"{small.number}.1/measurement/timer:c"][()].tolist() == [5.0]
 
 
-
 def test_scan_info_metadata_instrument_and_default_plot(writer, session, store, tmp_path):
     info = {
         "title": "ascan roby 0 1 2 0.1",
         "npoints": 3,
-        "sample": {"@NX_class": "NXsample", "name": "Si wafer", "temperature": 300.0,
-                   "temperature@units": "K"},
+        "sample": {
+            "@NX_class": "NXsample",
+            "name": "Si wafer",
+            "temperature": 300.0,
+            "temperature@units": "K",
+        },
         "technique": {"xrf": {"@NX_class": "NXcollection", "energy": 17.0}},
         "instrument": {"source": {"@NX_class": "NXsource", "current": 200.0}},
         "positioners": {"positioners_start": {"roby": 0.0}, "positioners_units": {"roby": "mm"}},
-        "plots": [{"kind": "curve-plot", "items": [{"kind": "curve", "x": "axis:roby",
-                                                     "y": "diode:diode"}]}],
+        "plots": [
+            {
+                "kind": "curve-plot",
+                "items": [{"kind": "curve", "x": "axis:roby", "y": "diode:diode"}],
+            }
+        ],
     }
     with session.create_scan("ascan", info) as scan:
         timer = scan.create_container("axis")
@@ -269,7 +314,9 @@ def test_scan_info_metadata_instrument_and_default_plot(writer, session, store, 
         scan.prepared()
         roby.emit([0.0, 0.5, 1.0])
         diode.emit([1.0, 3.0, 2.0])
-        scan.end(info_update={"positioners": {**info["positioners"], "positioners_end": {"roby": 1.0}}})
+        scan.end(
+            info_update={"positioners": {**info["positioners"], "positioners_end": {"roby": 1.0}}}
+        )
     wait_saved(store, "test_session", {scan.number})
     with h5py.File(tmp_path / "data/test_session/test_session.h5", "r") as file:
         entry = file["1.1"]

@@ -25,9 +25,21 @@ def writer_process(redis_url: str, root: Path) -> Iterator[subprocess.Popen[str]
     """``scanstream writer test_session`` in its own process; killed at the end if still alive."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scanstream", "--redis-url", redis_url, "writer", "test_session",
-         "--root", str(root)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "scanstream",
+            "--redis-url",
+            redis_url,
+            "writer",
+            "test_session",
+            "--root",
+            str(root),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
     try:
         yield proc
@@ -62,7 +74,9 @@ def test_sigkill_and_restart_mid_scan_gives_an_exact_entry(redis_url, store, ses
                 channel.emit(np.arange(k * 100, (k + 1) * 100, dtype=np.float64))
                 spectrum.emit(np.full((100, 16), k, dtype=np.uint32))
             scan.flush()
-            wait_for(lambda: _points_in_file(path) >= 1000, 15, "the first writer to write 1000 points")
+            wait_for(
+                lambda: _points_in_file(path) >= 1000, 15, "the first writer to write 1000 points"
+            )
             first.kill()  # SIGKILL: no clean-up at all
             first.wait(timeout=10)
         # The scan goes on while no writer runs.

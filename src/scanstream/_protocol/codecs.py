@@ -44,6 +44,7 @@ class ScatteredFields:
         # Arrays are buffers; numpy's stubs declare it only for Python >= 3.12.
         return {**self.fields, b"d": b"".join(cast("list[Buffer]", self.parts))}
 
+
 #: dtype kinds a channel may hold: bool, signed/unsigned integers, floats, complex.
 NUMERIC_KINDS = "biufc"
 
@@ -265,7 +266,9 @@ class ImageRefCodec:
     def batch(self, references: Any) -> list[ImageReference]:
         """Validate a sequence of references: ImageReference or 4-tuples."""
         if isinstance(references, ImageReference) or (
-            isinstance(references, tuple) and len(references) == 4 and isinstance(references[0], str)
+            isinstance(references, tuple)
+            and len(references) == 4
+            and isinstance(references[0], str)
         ):
             references = [references]
         out = []
@@ -298,7 +301,9 @@ class ImageRefCodec:
                 if b"r" in e:
                     out.extend(ImageReference(*r) for r in json.loads(e[b"r"]))
         except (ValueError, TypeError) as exc:
-            raise DecodingError(f"lima node {self.name!r}: corrupt reference entry: {exc}") from None
+            raise DecodingError(
+                f"lima node {self.name!r}: corrupt reference entry: {exc}"
+            ) from None
         return out
 
 
@@ -317,7 +322,9 @@ class ScanRefCodec:
             for e in entries:
                 out.extend((str(s), int(n)) for s, n in json.loads(e[b"j"]))
         except (ValueError, TypeError, KeyError) as exc:
-            raise DecodingError(f"scan reference node {self.name!r}: corrupt entry: {exc}") from None
+            raise DecodingError(
+                f"scan reference node {self.name!r}: corrupt entry: {exc}"
+            ) from None
         return out
 
 
@@ -355,5 +362,7 @@ def fill_value(dtype: npt.DTypeLike) -> Any:
     elif dt.kind in "iu":
         value = 0
     else:
-        raise EncodingError(f"channel dtype {dt} is not supported; publish the channel as numbers or bool")
+        raise EncodingError(
+            f"channel dtype {dt} is not supported; publish the channel as numbers or bool"
+        )
     return np.asarray(value, dtype=dt)[()]  # a scalar of that dtype

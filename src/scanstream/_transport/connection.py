@@ -37,7 +37,9 @@ def _env_float(name: str, default: float) -> float:
     try:
         return float(value)
     except ValueError:
-        raise InvalidArgumentError(f"environment variable {name}={value!r} is not a number") from None
+        raise InvalidArgumentError(
+            f"environment variable {name}={value!r} is not a number"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,9 @@ class Settings:
         if settings.lease_time <= 0:
             raise InvalidArgumentError(f"lease_time must be positive, got {settings.lease_time!r}")
         if settings.retention_time < 0:
-            raise InvalidArgumentError(f"retention_time must be >= 0, got {settings.retention_time!r}")
+            raise InvalidArgumentError(
+                f"retention_time must be >= 0, got {settings.retention_time!r}"
+            )
         if settings.max_unreachable_time <= 0:
             raise InvalidArgumentError(
                 f"max_unreachable_time must be positive, got {settings.max_unreachable_time!r}"
@@ -151,8 +155,9 @@ class _NetworkRetry(Retry):
     failure count) before deciding to retry: raising there ends the loop with that error.
     """
 
-    def call_with_retry(self, do: Callable[[], T], fail: Callable[..., Any],
-                        *args: Any, **kwargs: Any) -> T:
+    def call_with_retry(
+        self, do: Callable[[], T], fail: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> T:
         def fail_unless_refused(error: Exception, *rest: Any) -> None:
             fail(error, *rest)  # redis-py's own clean-up (it disconnects)
             if isinstance(error, redis.exceptions.AuthenticationError):

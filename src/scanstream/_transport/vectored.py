@@ -122,7 +122,8 @@ class _VectoredSend:
         except OSError as exc:
             conn.disconnect()
             raise redis_errors.ConnectionError(
-                f"Error {exc.errno} while writing to socket: {exc.strerror or exc}") from None
+                f"Error {exc.errno} while writing to socket: {exc.strerror or exc}"
+            ) from None
         except BaseException:
             conn.disconnect()  # part of a command may have been written: never reuse
             raise

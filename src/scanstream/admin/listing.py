@@ -27,8 +27,16 @@ from ..exceptions import DecodingError, InvalidArgumentError
 logger = logging.getLogger(__name__)
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)?\s*$", re.IGNORECASE)
-_DURATION_UNITS = {None: 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0,
-                   "d": 86400.0, "w": 604800.0}
+_DURATION_UNITS = {
+    None: 1.0,
+    "s": 1.0,
+    "sec": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+    "w": 604800.0,
+}
 
 
 def parse_duration(text: str) -> float:
@@ -43,7 +51,8 @@ def parse_duration(text: str) -> float:
     if match is None:
         raise InvalidArgumentError(
             f"invalid duration {text!r}: use a number of seconds or a number followed by "
-            "s, m, h, d or w (for example 90s, 15m, 2h, 7d)")
+            "s, m, h, d or w (for example 90s, 15m, 2h, 7d)"
+        )
     unit = match.group(2).lower() if match.group(2) else None
     return float(match.group(1)) * _DURATION_UNITS[unit]
 
@@ -175,17 +184,22 @@ def _memory_usage(pipe: Any, key: str) -> None:
     pipe.execute_command("MEMORY USAGE", key)
 
 
-def _scan_keys(store: DataStore, session: str, number: int,
-               data_indices: Iterable[int]) -> list[str]:
+def _scan_keys(
+    store: DataStore, session: str, number: int, data_indices: Iterable[int]
+) -> list[str]:
     """Every key of one scan (all share the scan's hash tag, hence one cluster slot)."""
     keys = store.keys
-    return [keys.scan(session, number), keys.scan_events(session, number),
-            keys.scan_lease(session, number),
-            *(keys.scan_data(session, number, i) for i in data_indices)]
+    return [
+        keys.scan(session, number),
+        keys.scan_events(session, number),
+        keys.scan_lease(session, number),
+        *(keys.scan_data(session, number, i) for i in data_indices),
+    ]
 
 
-def summaries(store: DataStore, session: str, numbers: Sequence[int],
-              saved: set[int]) -> dict[int, ScanSummary]:
+def summaries(
+    store: DataStore, session: str, numbers: Sequence[int], saved: set[int]
+) -> dict[int, ScanSummary]:
     """Summaries of the given scans that still exist, by number (two pipelined round trips)."""
     keys = store.keys
     pipe = store.redis.pipeline(transaction=False)
@@ -197,7 +211,7 @@ def summaries(store: DataStore, session: str, numbers: Sequence[int],
     replies = pipe.execute()
     found: list[tuple[int, dict[bytes, bytes], list[int], bool, int]] = []
     for i, n in enumerate(numbers):
-        fields, events, lease, pttl = replies[4 * i: 4 * i + 4]
+        fields, events, lease, pttl = replies[4 * i : 4 * i + 4]
         if fields:
             found.append((n, fields, entries.data_node_indices(events), bool(lease), pttl))
     pipe = store.redis.pipeline(transaction=False)
@@ -211,18 +225,24 @@ def summaries(store: DataStore, session: str, numbers: Sequence[int],
     position = 0
     for n, fields, indices, lease, pttl in found:
         nkeys = 3 + len(indices)
-        usages = replies[position: position + nkeys]
-        lasts = replies[position + nkeys: position + nkeys + len(indices)]
+        usages = replies[position : position + nkeys]
+        lasts = replies[position + nkeys : position + nkeys + len(indices)]
         position += nkeys + len(indices)
         state = fields.get(b"state", b"?").decode()
         out[n] = ScanSummary(
-            session=session, number=n, name=fields.get(b"name", b"").decode(errors="replace"),
-            state=state, lease_alive=lease and not entries.is_final_state(state),
+            session=session,
+            number=n,
+            name=fields.get(b"name", b"").decode(errors="replace"),
+            state=state,
+            lease_alive=lease and not entries.is_final_state(state),
             points=max((entries.stream_length(last)[0] for last in lasts), default=0),
             memory=sum(int(u) for u in usages if u is not None),
-            keys=sum(1 for u in usages if u is not None), saved=n in saved,
-            start_time=_float(fields.get(b"start_time")), end_time=_float(fields.get(b"end_time")),
-            expires_in=pttl / 1000 if pttl is not None and pttl >= 0 else None)
+            keys=sum(1 for u in usages if u is not None),
+            saved=n in saved,
+            start_time=_float(fields.get(b"start_time")),
+            end_time=_float(fields.get(b"end_time")),
+            expires_in=pttl / 1000 if pttl is not None and pttl >= 0 else None,
+        )
     return out
 
 
@@ -263,8 +283,11 @@ def list_scans(store: DataStore, session: str) -> SessionSummary:
     found = summaries(store, session, scan_numbers(store, session), saved_numbers(store, session))
     keys = store.keys
     pipe = store.redis.pipeline(transaction=False)
-    for key in (keys.session_scans(session), keys.session_counter(session),
-                keys.writer_saved(session)):
+    for key in (
+        keys.session_scans(session),
+        keys.session_counter(session),
+        keys.writer_saved(session),
+    ):
         _memory_usage(pipe, key)
     session_memory = sum(int(u) for u in pipe.execute() if u is not None)
     return SessionSummary(session, [found[n] for n in sorted(found)], session_memory)
@@ -293,7 +316,8 @@ def server_memory(store: DataStore) -> dict[str, Any]:
         info = store.redis.info("memory")
     except redis.exceptions.ResponseError:  # NoPermissionError is one
         return {"used_memory": None, "maxmemory": None, "maxmemory_policy": None}
-    return {"used_memory": info.get("used_memory"), "maxmemory": info.get("maxmemory"),
-            "maxmemory_policy": info.get("maxmemory_policy")}
-
-
+    return {
+        "used_memory": info.get("used_memory"),
+        "maxmemory": info.get("maxmemory"),
+        "maxmemory_policy": info.get("maxmemory_policy"),
+    }

@@ -32,8 +32,9 @@ OWNER_FIELD = "owner"
 STATUS_FIELD = "status"
 
 
-def writer_status(session: str, *, store: DataStore | None = None, redis_url: str | None = None
-                  ) -> dict[str, Any] | None:
+def writer_status(
+    session: str, *, store: DataStore | None = None, redis_url: str | None = None
+) -> dict[str, Any] | None:
     """The status of the writer of ``session``, or None when no writer runs for it.
 
     Parameters
@@ -66,7 +67,9 @@ def writer_status(session: str, *, store: DataStore | None = None, redis_url: st
     return status
 
 
-def saved_scans(session: str, *, store: DataStore | None = None, redis_url: str | None = None) -> set[int]:
+def saved_scans(
+    session: str, *, store: DataStore | None = None, redis_url: str | None = None
+) -> set[int]:
     """Numbers of the scans of ``session`` that a writer has completely saved.
 
     A member of the saved set that is not a scan number (written by something else than a

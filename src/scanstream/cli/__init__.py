@@ -55,9 +55,12 @@ def _print_mapping(values: Mapping[str, Any]) -> None:
 
 
 def _configure_server(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("start", "stop", "status"),
-                        help="start it (prints its URL), stop it, or describe it "
-                             "(exit code 0 if it runs, 1 if not)")
+    parser.add_argument(
+        "action",
+        choices=("start", "stop", "status"),
+        help="start it (prints its URL), stop it, or describe it "
+        "(exit code 0 if it runs, 1 if not)",
+    )
 
 
 def _run_server(args: argparse.Namespace) -> int:
@@ -75,8 +78,12 @@ def _run_server(args: argparse.Namespace) -> int:
 
 
 COMMANDS: tuple[Command, ...] = (
-    Command("server", "start, stop or describe your embedded Redis server",
-            _configure_server, _run_server),
+    Command(
+        "server",
+        "start, stop or describe your embedded Redis server",
+        _configure_server,
+        _run_server,
+    ),
     Command("scan", sim_cli.SCAN_HELP, sim_cli.configure_scan, sim_cli.run_scan),
     Command("writer", writer_cli.WRITER_HELP, writer_cli.configure_writer, writer_cli.run_writer),
     Command("demo", demo.DEMO_HELP, demo.configure_demo, demo.run_demo),
@@ -88,22 +95,33 @@ COMMANDS: tuple[Command, ...] = (
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of ``scanstream``, with every subcommand of :data:`COMMANDS`."""
     parser = argparse.ArgumentParser(
-        prog="scanstream", description="Stream beamline scan data through Redis.")
-    parser.add_argument("--redis-url", metavar="URL", default=None,
-                        help="Redis server (redis://HOST:PORT or unix:///PATH); default: "
-                             "$SCANSTREAM_REDIS_URL, else your embedded server, started if needed")
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="log more (-v: info, -vv: debug)")
+        prog="scanstream", description="Stream beamline scan data through Redis."
+    )
+    parser.add_argument(
+        "--redis-url",
+        metavar="URL",
+        default=None,
+        help="Redis server (redis://HOST:PORT or unix:///PATH); default: "
+        "$SCANSTREAM_REDIS_URL, else your embedded server, started if needed",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log more (-v: info, -vv: debug)"
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
         command.configure(sub)
         # The common options are accepted after the subcommand too
         # (`scanstream writer SESSION --redis-url URL`); SUPPRESS keeps the global ones when absent.
-        sub.add_argument("--redis-url", metavar="URL", default=argparse.SUPPRESS,
-                         help="as `scanstream --redis-url`")
-        sub.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
-                         help="as `scanstream -v`")
+        sub.add_argument(
+            "--redis-url",
+            metavar="URL",
+            default=argparse.SUPPRESS,
+            help="as `scanstream --redis-url`",
+        )
+        sub.add_argument(
+            "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="as `scanstream -v`"
+        )
         sub.set_defaults(run=command.run)
     return parser
 

@@ -31,8 +31,12 @@ SAVE_TIMEOUT = 120.0
 
 def configure_demo(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``scanstream demo``."""
-    parser.add_argument("--root", default="scanstream_demo", metavar="DIR",
-                        help="base directory of the data files (default: ./scanstream_demo)")
+    parser.add_argument(
+        "--root",
+        default="scanstream_demo",
+        metavar="DIR",
+        help="base directory of the data files (default: ./scanstream_demo)",
+    )
     parser.add_argument("--session", default="demo", help="session name (default: demo)")
 
 
@@ -47,23 +51,37 @@ def run_demo(args: argparse.Namespace) -> int:
         if status is None:
             writer = _start_writer(url, args.session, root, store)
         else:
-            print(f"using the writer already running for session {args.session!r} "
-                  f"(pid {status['pid']} on {status['host']})")
+            print(
+                f"using the writer already running for session {args.session!r} "
+                f"(pid {status['pid']} on {status['host']})"
+            )
         # A new dataset per run: the files of earlier runs are never touched.
         dataset = time.strftime("%Y%m%d_%H%M%S")
         saving = SavingConfig(root, args.session, sample="sample", dataset=dataset)
         print(f"running the example scans in session {args.session!r}...", flush=True)
         session = create_session(args.session, store=store)
-        results = run_catalogue(session, saving, on_result=lambda name, r: print(
-            f"  {r.db_name:<28} {r.state.name:<13} {sum(r.acquired.values()):>5} points", flush=True))
+        results = run_catalogue(
+            session,
+            saving,
+            on_result=lambda name, r: print(
+                f"  {r.db_name:<28} {r.state.name:<13} {sum(r.acquired.values()):>5} points",
+                flush=True,
+            ),
+        )
         first = min(r.number for r in results)  # the run's scans, sub-scans of sequences too
-        numbers = {s.number for s in get_session_node(args.session, store=store).children()
-                   if isinstance(s, ScanNode) and s.number >= first}
+        numbers = {
+            s.number
+            for s in get_session_node(args.session, store=store).children()
+            if isinstance(s, ScanNode) and s.number >= first
+        }
         missing = _wait_saved(store, args.session, numbers)
         _summary(store, args.session, sorted(numbers), root)
         if missing:
-            print(f"NOT saved: scans {sorted(missing)}; see `scanstream writer --status "
-                  f"{args.session}`", file=sys.stderr)
+            print(
+                f"NOT saved: scans {sorted(missing)}; see `scanstream writer --status "
+                f"{args.session}`",
+                file=sys.stderr,
+            )
             return 1
         return 0
     finally:
@@ -79,13 +97,26 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def _start_writer(url: str, session: str, root: Path, store: DataStore) -> subprocess.Popen[bytes]:
     log = root / "writer.log"
-    print(f"starting a writer for session {session!r} (files under {root}, log in {log})",
-          flush=True)
+    print(
+        f"starting a writer for session {session!r} (files under {root}, log in {log})", flush=True
+    )
     root.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         writer = subprocess.Popen(
-            [sys.executable, "-m", "scanstream", "--redis-url", url, "writer", session,
-             "--root", str(root)], stdout=out, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "scanstream",
+                "--redis-url",
+                url,
+                "writer",
+                session,
+                "--root",
+                str(root),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + START_TIMEOUT
     while (writer_status(session, store=store) or {}).get("pid") != writer.pid:
         if writer.poll() is not None or time.monotonic() > deadline:
@@ -121,7 +152,8 @@ def _summary(store: DataStore, session: str, numbers: list[int], root: Path) -> 
         info = scan.info
         if info.get("save") is False:
             files.setdefault(Path("(not saved: saving off)"), []).append(
-                f"{number:>4}  {info.get('title', scan.name)}")
+                f"{number:>4}  {info.get('title', scan.name)}"
+            )
             continue
         path = scan_file_path(info, session, root)
         files.setdefault(path, []).append(_describe_entry(path, number))
@@ -141,5 +173,7 @@ def _describe_entry(path: Path, number: int) -> str:
     for entry in entries:
         reason = entry.end_reason or "?"
         points = f"{max(entry.points.values())} points" if entry.points else "no data"
-        parts.append(f"{entry.name:<5} {entry.title:<36} {reason:<13} {len(entry.points)} channels, {points}")
+        parts.append(
+            f"{entry.name:<5} {entry.title:<36} {reason:<13} {len(entry.points)} channels, {points}"
+        )
     return "\n  ".join(parts) if parts else f"{number}: no entry in the file"

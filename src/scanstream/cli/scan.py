@@ -35,8 +35,15 @@ from ..sim.devices import MotorLimitError
 from ..sim.saving import SavingConfig
 from ..sim.scans import a2scan, amesh, ascan, ct, d2scan, dscan, loopscan, timescan
 
-__all__ = ["SCAN_HELP", "SCAN_TYPES", "ProgressDisplay", "ScanArgumentError", "configure_scan",
-           "parse_scan_arguments", "run_scan"]
+__all__ = [
+    "SCAN_HELP",
+    "SCAN_TYPES",
+    "ProgressDisplay",
+    "ScanArgumentError",
+    "configure_scan",
+    "parse_scan_arguments",
+    "run_scan",
+]
 
 SCAN_HELP = "run a simulated scan (ct, loopscan, timescan, ascan, dscan, a2scan, d2scan, amesh)"
 
@@ -46,20 +53,48 @@ SCAN_TYPES: dict[str, list[tuple[str, str]]] = {
     "ct": [("COUNT_TIME", "float")],
     "loopscan": [("NPOINTS", "int"), ("COUNT_TIME", "float")],
     "timescan": [("COUNT_TIME", "float")],
-    "ascan": [("MOTOR", "motor"), ("START", "float"), ("STOP", "float"), ("INTERVALS", "int"),
-              ("COUNT_TIME", "float")],
-    "a2scan": [("MOTOR1", "motor"), ("START1", "float"), ("STOP1", "float"), ("MOTOR2", "motor"),
-               ("START2", "float"), ("STOP2", "float"), ("INTERVALS", "int"), ("COUNT_TIME", "float")],
-    "amesh": [("MOTOR1", "motor"), ("START1", "float"), ("STOP1", "float"), ("INTERVALS1", "int"),
-              ("MOTOR2", "motor"), ("START2", "float"), ("STOP2", "float"), ("INTERVALS2", "int"),
-              ("COUNT_TIME", "float")],
+    "ascan": [
+        ("MOTOR", "motor"),
+        ("START", "float"),
+        ("STOP", "float"),
+        ("INTERVALS", "int"),
+        ("COUNT_TIME", "float"),
+    ],
+    "a2scan": [
+        ("MOTOR1", "motor"),
+        ("START1", "float"),
+        ("STOP1", "float"),
+        ("MOTOR2", "motor"),
+        ("START2", "float"),
+        ("STOP2", "float"),
+        ("INTERVALS", "int"),
+        ("COUNT_TIME", "float"),
+    ],
+    "amesh": [
+        ("MOTOR1", "motor"),
+        ("START1", "float"),
+        ("STOP1", "float"),
+        ("INTERVALS1", "int"),
+        ("MOTOR2", "motor"),
+        ("START2", "float"),
+        ("STOP2", "float"),
+        ("INTERVALS2", "int"),
+        ("COUNT_TIME", "float"),
+    ],
 }
 SCAN_TYPES["dscan"] = SCAN_TYPES["ascan"]
 SCAN_TYPES["d2scan"] = SCAN_TYPES["a2scan"]
 
 _FUNCTIONS: dict[str, Callable[..., ScanResult]] = {
-    "ct": ct, "loopscan": loopscan, "timescan": timescan, "ascan": ascan, "dscan": dscan,
-    "a2scan": a2scan, "d2scan": d2scan, "amesh": amesh}
+    "ct": ct,
+    "loopscan": loopscan,
+    "timescan": timescan,
+    "ascan": ascan,
+    "dscan": dscan,
+    "a2scan": a2scan,
+    "d2scan": d2scan,
+    "amesh": amesh,
+}
 
 
 class ScanArgumentError(ScanstreamError, ValueError):
@@ -68,8 +103,9 @@ class ScanArgumentError(ScanstreamError, ValueError):
 
 def usage(scan_type: str) -> str:
     """``ascan MOTOR START STOP INTERVALS COUNT_TIME COUNTER [COUNTER...]``."""
-    return " ".join([scan_type] + [name for name, _ in SCAN_TYPES[scan_type]]
-                    + ["COUNTER", "[COUNTER...]"])
+    return " ".join(
+        [scan_type] + [name for name, _ in SCAN_TYPES[scan_type]] + ["COUNTER", "[COUNTER...]"]
+    )
 
 
 def _convert(kind: str, name: str, word: Any, beamline: Beamline) -> Any:
@@ -92,7 +128,7 @@ def _arity_error(scan_type: str, words: Sequence[Any], counters: Sequence[str]) 
     """What is missing from the positional arguments of a scan, or None."""
     spec = SCAN_TYPES[scan_type]
     if len(words) < len(spec):
-        missing = " ".join(name for name, _ in spec[len(words):])
+        missing = " ".join(name for name, _ in spec[len(words) :])
         return f"missing {missing} (got {len(words)} argument(s))"
     if len(words) == len(spec):
         return f"no counter given; counters: {', '.join(counters)}"
@@ -127,7 +163,7 @@ def parse_scan_arguments(scan_type: str, words: Sequence[Any], beamline: Beamlin
         args = [_convert(kind, name, word, beamline) for (name, kind), word in zip(spec, words)]
     except ScanArgumentError as exc:
         raise ScanArgumentError(f"{scan_type}: {exc}; usage: {usage(scan_type)}") from None
-    counters = [_convert("counter", "COUNTER", word, beamline) for word in words[len(spec):]]
+    counters = [_convert("counter", "COUNTER", word, beamline) for word in words[len(spec) :]]
     problem = _arity_error(scan_type, words, list(beamline.counters))
     if problem is not None:
         raise ScanArgumentError(f"{scan_type}: {problem}; usage: {usage(scan_type)}")
@@ -149,6 +185,7 @@ def _parse_word(kind: str, name: str) -> Callable[[str], Any]:
     Errors are ``ArgumentError(None, ...)``, which argparse reports as they are (it would
     prefix an ``ArgumentTypeError`` with ``argument NAME:``, which the message already says).
     """
+
     def parse(word: str) -> Any:
         try:
             value = _convert(kind, name, word, _reference_beamline())
@@ -163,8 +200,13 @@ def _parse_word(kind: str, name: str) -> Callable[[str], Any]:
 class _ScanArgument(argparse.Action):
     """Appends the value(s) of one positional to ``args.args``: the scan's arguments in order."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         given = values if isinstance(values, list) else [] if values is None else [values]
         setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), *given])
 
@@ -188,16 +230,23 @@ class _ScanTypes(_SubParsers):
         super().__init__(*args, **kwargs)
         self.choices = None  # type: ignore[assignment]  # typeshed: always the parser map
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         scan_type = values[0]
         sub = self._name_parser_map.get(scan_type)
         if sub is None:
             raise argparse.ArgumentError(
-                None, f"unknown scan type {scan_type!r}; known: {', '.join(SCAN_TYPES)}")
+                None, f"unknown scan type {scan_type!r}; known: {', '.join(SCAN_TYPES)}"
+            )
         super().__call__(parser, namespace, values, option_string)
-        problem = _arity_error(scan_type, namespace.args or [],
-                               list(_reference_beamline().counters))
+        problem = _arity_error(
+            scan_type, namespace.args or [], list(_reference_beamline().counters)
+        )
         if problem is not None and not namespace.list:
             sub.error(problem)
 
@@ -208,34 +257,65 @@ def _add_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     Each scan type accepts them too, so that they may follow the scan's arguments; their
     defaults are suppressed there, or they would replace the values given before the type.
     """
+
     def default(value: Any) -> Any:
         return argparse.SUPPRESS if suppress else value
 
     session = os.environ.get("SCANSTREAM_SESSION", "test_session")
-    parser.add_argument("--session", default=default(session),
-                        help="session name (default: $SCANSTREAM_SESSION or test_session)")
-    parser.add_argument("--root", default=default(os.environ.get("SCANSTREAM_DATA_ROOT")),
-                        help="base directory of the data (default: $SCANSTREAM_DATA_ROOT); "
-                             "without it scans name no file (a writer puts them under its "
-                             "own --root) and Lima frames are not written")
+    parser.add_argument(
+        "--session",
+        default=default(session),
+        help="session name (default: $SCANSTREAM_SESSION or test_session)",
+    )
+    parser.add_argument(
+        "--root",
+        default=default(os.environ.get("SCANSTREAM_DATA_ROOT")),
+        help="base directory of the data (default: $SCANSTREAM_DATA_ROOT); "
+        "without it scans name no file (a writer puts them under its "
+        "own --root) and Lima frames are not written",
+    )
     parser.add_argument("--sample", default=default("sample"), help="sample name (default: sample)")
     parser.add_argument("--dataset", default=default("0001"), help="dataset name (default: 0001)")
-    parser.add_argument("--time-scale", type=float, default=default(1.0), metavar="X",
-                        help="multiply count times by X (default 1: real time; 0: no waiting)")
-    parser.add_argument("--max-duration", type=float, default=default(None), metavar="S",
-                        help="stop the scan after S seconds (USER_ABORTED), e.g. for timescan")
-    parser.add_argument("--npoints", type=int, default=default(0),
-                        help="timescan: number of points (0: until stopped)")
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=default(1.0),
+        metavar="X",
+        help="multiply count times by X (default 1: real time; 0: no waiting)",
+    )
+    parser.add_argument(
+        "--max-duration",
+        type=float,
+        default=default(None),
+        metavar="S",
+        help="stop the scan after S seconds (USER_ABORTED), e.g. for timescan",
+    )
+    parser.add_argument(
+        "--npoints",
+        type=int,
+        default=default(0),
+        help="timescan: number of points (0: until stopped)",
+    )
     parser.add_argument("--seed", type=int, default=default(0), help="seed of the simulated noise")
-    parser.add_argument("-q", "--quiet", action="store_true", default=default(False),
-                        help="no progress display")
-    parser.add_argument("--list", action="store_true", default=default(False),
-                        help="list the simulated devices and scan types, and exit")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", default=default(False), help="no progress display"
+    )
+    parser.add_argument(
+        "--list",
+        action="store_true",
+        default=default(False),
+        help="list the simulated devices and scan types, and exit",
+    )
     if suppress:  # `scanstream` adds these to the `scan` parser itself
-        parser.add_argument("--redis-url", metavar="URL", default=argparse.SUPPRESS,
-                            help="as `scanstream --redis-url`")
-        parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
-                            help="as `scanstream -v`")
+        parser.add_argument(
+            "--redis-url",
+            metavar="URL",
+            default=argparse.SUPPRESS,
+            help="as `scanstream --redis-url`",
+        )
+        parser.add_argument(
+            "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="as `scanstream -v`"
+        )
 
 
 _KIND_HELP = {"int": "an integer", "float": "a number", "motor": "a motor name (see --list)"}
@@ -255,20 +335,40 @@ def configure_scan(parser: argparse.ArgumentParser) -> None:
     """
     _add_options(parser, suppress=False)
     parser.set_defaults(args=[], scan_parser=parser)
-    types = parser.add_subparsers(dest="type", metavar="TYPE", action=_ScanTypes,
-                                  title="scan types", help="BLISS argument order")
+    types = parser.add_subparsers(
+        dest="type",
+        metavar="TYPE",
+        action=_ScanTypes,
+        title="scan types",
+        help="BLISS argument order",
+    )
     for scan_type, spec in SCAN_TYPES.items():
         summary = _summary(scan_type)
-        sub = types.add_parser(scan_type, help=summary, description=summary,
-                               usage=f"%(prog)s [OPTIONS] {usage(scan_type)[len(scan_type) + 1:]}")
+        sub = types.add_parser(
+            scan_type,
+            help=summary,
+            description=summary,
+            usage=f"%(prog)s [OPTIONS] {usage(scan_type)[len(scan_type) + 1 :]}",
+        )
         # nargs="?": a missing argument is reported by _ScanTypes, in the scanstream words.
         # Negative numbers ("-.1") stay arguments, as no option here looks like a number.
         for name, kind in spec:
-            sub.add_argument("args", nargs="?", type=_parse_word(kind, name), action=_ScanArgument,
-                             metavar=name, help=_KIND_HELP[kind])
-        sub.add_argument("args", nargs="*", type=_parse_word("counter", "COUNTER"),
-                         action=_ScanArgument, metavar="COUNTER",
-                         help="counters and detectors to read (see --list)")
+            sub.add_argument(
+                "args",
+                nargs="?",
+                type=_parse_word(kind, name),
+                action=_ScanArgument,
+                metavar=name,
+                help=_KIND_HELP[kind],
+            )
+        sub.add_argument(
+            "args",
+            nargs="*",
+            type=_parse_word("counter", "COUNTER"),
+            action=_ScanArgument,
+            metavar="COUNTER",
+            help="counters and detectors to read (see --list)",
+        )
         _add_options(sub, suppress=True)
         sub.set_defaults(scan_parser=sub)
 
@@ -328,9 +428,12 @@ class _ScanDisplay:
     def start(self, scan: ScanPublisher) -> None:
         """``on_start`` callback: the header, as BLISS prints it."""
         info = scan.info
-        print(f"Scan {scan.number} {info.get('start_time', '')} "
-              f"{info.get('filename', '(no filename)')} {self.session} user = {_user()}\n"
-              f"{info['title']}", file=sys.stderr)
+        print(
+            f"Scan {scan.number} {info.get('start_time', '')} "
+            f"{info.get('filename', '(no filename)')} {self.session} user = {_user()}\n"
+            f"{info['title']}",
+            file=sys.stderr,
+        )
         if not self.quiet:
             self.progress = ProgressDisplay(int(info.get("npoints") or 0))
 
@@ -361,9 +464,11 @@ def _usage_error(parser: argparse.ArgumentParser, message: str) -> int:
 
 def _scan_options(args: argparse.Namespace, beamline: Beamline) -> dict[str, Any]:
     """The keyword options of the scan function, from the command line."""
-    options: dict[str, Any] = {"sleep": max(0.0, args.time_scale),
-                               "positioners": beamline.positioners,
-                               "max_duration": args.max_duration}
+    options: dict[str, Any] = {
+        "sleep": max(0.0, args.time_scale),
+        "positioners": beamline.positioners,
+        "max_duration": args.max_duration,
+    }
     if args.root:
         options["saving"] = SavingConfig(args.root, args.session, args.sample, args.dataset)
     if args.type == "timescan":
@@ -395,8 +500,13 @@ def run_scan(args: argparse.Namespace) -> int:
     display = _ScanDisplay(args.session, args.quiet)
     result: ScanResult | None = None
     try:
-        result = _FUNCTIONS[args.type](session, *positional, on_start=display.start,
-                                       on_point=display.point, **_scan_options(args, beamline))
+        result = _FUNCTIONS[args.type](
+            session,
+            *positional,
+            on_start=display.start,
+            on_point=display.point,
+            **_scan_options(args, beamline),
+        )
     except KeyboardInterrupt as exc:
         result = scan_result_of(exc)
         return 130

@@ -20,17 +20,30 @@ WRITER_HELP = "write every scan of some sessions into HDF5/NeXus files, live (Ct
 def configure_writer(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``scanstream writer``."""
     parser.add_argument("sessions", nargs="*", metavar="SESSION", help="sessions to write")
-    parser.add_argument("--root", default=".", metavar="DIR",
-                        help="base directory of scans without scan_info 'filename' (written to "
-                             "DIR/SESSION/SESSION.h5) and of relative filenames (default: .)")
-    parser.add_argument("--only-new", action="store_true",
-                        help="write only the scans that start from now on (default: also the "
-                             "stored scans not saved yet, e.g. after a restart)")
-    parser.add_argument("--strict-names", action="store_true",
-                        help="entry names scanN_1 (strict NeXus naming) instead of N.1")
-    parser.add_argument("--status", action="store_true",
-                        help="print the status of the writers of SESSION... (default: of all "
-                             "sessions) and exit: 0 if each has a writer, 1 if not")
+    parser.add_argument(
+        "--root",
+        default=".",
+        metavar="DIR",
+        help="base directory of scans without scan_info 'filename' (written to "
+        "DIR/SESSION/SESSION.h5) and of relative filenames (default: .)",
+    )
+    parser.add_argument(
+        "--only-new",
+        action="store_true",
+        help="write only the scans that start from now on (default: also the "
+        "stored scans not saved yet, e.g. after a restart)",
+    )
+    parser.add_argument(
+        "--strict-names",
+        action="store_true",
+        help="entry names scanN_1 (strict NeXus naming) instead of N.1",
+    )
+    parser.add_argument(
+        "--status",
+        action="store_true",
+        help="print the status of the writers of SESSION... (default: of all "
+        "sessions) and exit: 0 if each has a writer, 1 if not",
+    )
 
 
 def run_writer(args: argparse.Namespace) -> int:
@@ -39,10 +52,17 @@ def run_writer(args: argparse.Namespace) -> int:
     if args.status:
         return _print_status(store, args.sessions)
     if not args.sessions:
-        raise InvalidArgumentError("give the sessions to write, e.g. `scanstream writer test_session`")
+        raise InvalidArgumentError(
+            "give the sessions to write, e.g. `scanstream writer test_session`"
+        )
     configure_logging(max(args.verbose, 1))  # the service logs each scan it saves: show it
-    service = WriterService(args.sessions, root=args.root, store=store,
-                            catch_up=not args.only_new, strict_names=args.strict_names)
+    service = WriterService(
+        args.sessions,
+        root=args.root,
+        store=store,
+        catch_up=not args.only_new,
+        strict_names=args.strict_names,
+    )
     code = service.run()
     service.exit_if_files_unflushed()  # HDF5 would crash at interpreter exit on them
     return code
@@ -72,6 +92,8 @@ def _describe(status: dict[str, Any]) -> str:
     state = "writing" if status["writing"] else "waiting for another writer"
     uptime = time.time() - status["started"]
     running = ", ".join(status["running"]) or "none"
-    return (f"{state} (pid {status['pid']} on {status['host']}, up {uptime:.0f} s, root "
-            f"{status['root']}); scans saved {status['saved']}, failed {status['failed']}; "
-            f"being written: {running}")
+    return (
+        f"{state} (pid {status['pid']} on {status['host']}, up {uptime:.0f} s, root "
+        f"{status['root']}); scans saved {status['saved']}, failed {status['failed']}; "
+        f"being written: {running}"
+    )

@@ -50,7 +50,9 @@ class _PointQueue:
     Redis is full or has been unreachable for too long.
     """
 
-    def __init__(self, key: str, codec: Any, sender: Sender, refuse: Callable[[], NoReturn]) -> None:
+    def __init__(
+        self, key: str, codec: Any, sender: Sender, refuse: Callable[[], NoReturn]
+    ) -> None:
         self.key = key
         self.codec = codec
         self.sent = 0  # points acknowledged by Redis (advanced by the sender)
@@ -106,8 +108,14 @@ class _PointQueue:
 class _NumericQueue(_PointQueue):
     """A channel's queue: batches, plus single points stacked into one array per send."""
 
-    def __init__(self, key: str, codec: codecs.NumericCodec, sender: Sender,
-                 refuse: Callable[[], NoReturn], scatter: bool) -> None:
+    def __init__(
+        self,
+        key: str,
+        codec: codecs.NumericCodec,
+        sender: Sender,
+        refuse: Callable[[], NoReturn],
+        scatter: bool,
+    ) -> None:
         super().__init__(key, codec, sender, refuse)
         self.codec: codecs.NumericCodec = codec
         self.scatter = scatter
@@ -226,8 +234,15 @@ class _DataPublisher(_NodePublisher):
 
     _queue: _PointQueue
 
-    def __init__(self, scan: ScanPublisher, index: int, name: str, parent_db_name: str,
-                 codec: Any, sender: Sender) -> None:
+    def __init__(
+        self,
+        scan: ScanPublisher,
+        index: int,
+        name: str,
+        parent_db_name: str,
+        codec: Any,
+        sender: Sender,
+    ) -> None:
         super().__init__(scan, index, name, parent_db_name)
         self.codec = codec
         self.key = scan.store.keys.scan_data(scan.session_name, scan.number, index)
@@ -247,7 +262,9 @@ class _DataPublisher(_NodePublisher):
         error = self._sender.error
         if error is not None:
             raise error
-        raise ScanEndedError(f"scan {self.scan.db_name} has ended ({self.scan.state.name}): emit refused")
+        raise ScanEndedError(
+            f"scan {self.scan.db_name} has ended ({self.scan.state.name}): emit refused"
+        )
 
 
 class ChannelPublisher(_DataPublisher):
@@ -257,8 +274,15 @@ class ChannelPublisher(_DataPublisher):
     codec: codecs.NumericCodec
     _queue: _NumericQueue
 
-    def __init__(self, scan: ScanPublisher, index: int, name: str, parent_db_name: str,
-                 codec: codecs.NumericCodec, sender: Sender) -> None:
+    def __init__(
+        self,
+        scan: ScanPublisher,
+        index: int,
+        name: str,
+        parent_db_name: str,
+        codec: codecs.NumericCodec,
+        sender: Sender,
+    ) -> None:
         super().__init__(scan, index, name, parent_db_name, codec, sender)
         self.dtype = codec.dtype
         self.shape = codec.shape
@@ -270,8 +294,9 @@ class ChannelPublisher(_DataPublisher):
         self._fast_array = not codec.variable and codec.shape != ()
 
     def _make_queue(self) -> _PointQueue:
-        return _NumericQueue(self.key, self.codec, self._sender, self._refuse,
-                             scatter=self.scan.store.scatter_writes)
+        return _NumericQueue(
+            self.key, self.codec, self._sender, self._refuse, scatter=self.scan.store.scatter_writes
+        )
 
     def emit(self, data: Any) -> None:
         """Publish one point or a batch of points.
@@ -351,7 +376,9 @@ class LimaPublisher(_DataPublisher):
                 f"lima node {self.name!r} saves its images: publish their references with emit()"
             )
         if not isinstance(count, int) or count <= 0:
-            raise EncodingError(f"lima node {self.name!r}: count must be a positive int, got {count!r}")
+            raise EncodingError(
+                f"lima node {self.name!r}: count must be a positive int, got {count!r}"
+            )
         self._queue.put(count, count)
 
 
@@ -384,4 +411,9 @@ class ScanRefPublisher(_DataPublisher):
 
 
 def _is_ref_pair(item: Any) -> bool:
-    return isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], int)
+    return (
+        isinstance(item, (tuple, list))
+        and len(item) == 2
+        and isinstance(item[0], str)
+        and isinstance(item[1], int)
+    )

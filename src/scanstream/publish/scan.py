@@ -126,7 +126,9 @@ class ContainerPublisher(_NodePublisher):
         super().__init__(scan, index, name, parent_db_name)
         self._tree = tree
 
-    def create_container(self, name: str, info: Mapping[str, Any] | None = None) -> ContainerPublisher:
+    def create_container(
+        self, name: str, info: Mapping[str, Any] | None = None
+    ) -> ContainerPublisher:
         """Create a sub-master/device container under this one."""
         return self._tree.add(self, name, "container", info, ContainerPublisher, self._tree)
 
@@ -163,7 +165,9 @@ class ContainerPublisher(_NodePublisher):
         codec = codecs.NumericCodec(dtype, shape, name)
         node_info = dict(info or {})
         node_info.update(dtype=codec.dtype.str, shape=list(codec.shape), unit=unit)
-        return self._tree.add(self, name, "channel", node_info, ChannelPublisher, codec, self._tree.sender)
+        return self._tree.add(
+            self, name, "channel", node_info, ChannelPublisher, codec, self._tree.sender
+        )
 
     def create_lima(
         self,
@@ -193,7 +197,9 @@ class ContainerPublisher(_NodePublisher):
         node_info = dict(info or {})
         node_info.update(dtype=check_dtype.str, shape=list(frame_shape), saving_mode=mode.value)
         codec = codecs.ImageRefCodec(name, saved=mode is SavingMode.MANUAL)
-        return self._tree.add(self, name, "lima", node_info, LimaPublisher, codec, self._tree.sender)
+        return self._tree.add(
+            self, name, "lima", node_info, LimaPublisher, codec, self._tree.sender
+        )
 
     def create_scan_ref_channel(
         self, name: str = "scans", info: Mapping[str, Any] | None = None
@@ -213,7 +219,12 @@ class ScanPublisher:
     """
 
     def __init__(
-        self, session: PublishingSession, number: int, name: str, node_type: str, info: dict[str, Any]
+        self,
+        session: PublishingSession,
+        number: int,
+        name: str,
+        node_type: str,
+        info: dict[str, Any],
     ) -> None:
         self.session = session
         self.store = session.store
@@ -255,14 +266,19 @@ class ScanPublisher:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         if self._state.is_final:
             return
         if exc_type is None:
             self.end(ScanState.DONE)
             return
-        state = ScanState.USER_ABORTED if issubclass(exc_type, KeyboardInterrupt) else ScanState.FAILED
+        state = (
+            ScanState.USER_ABORTED if issubclass(exc_type, KeyboardInterrupt) else ScanState.FAILED
+        )
         error = "".join(traceback.format_exception_only(exc_type, exc)).strip()
         try:
             self.end(state, error=error)
@@ -270,7 +286,9 @@ class ScanPublisher:
             logger.exception("could not end scan %s as %s", self.db_name, state.name)
 
     # -- tree -------------------------------------------------------------------------
-    def create_container(self, name: str, info: Mapping[str, Any] | None = None) -> ContainerPublisher:
+    def create_container(
+        self, name: str, info: Mapping[str, Any] | None = None
+    ) -> ContainerPublisher:
         """Create a top-master container (channels and sub-masters go under it)."""
         return self._tree.add(None, name, "container", info, ContainerPublisher, self._tree)
 
@@ -288,10 +306,14 @@ class ScanPublisher:
         self._info.update(check_scan_info(info_update))
         keys = self.store.keys
         pipe = self.store.redis.pipeline(transaction=True)
-        pipe.hset(keys.scan(self.session_name, self.number),
-                  mapping=prepared_hash_fields(metadata.dumps(self._info)))
-        pipe.xadd(keys.scan_events(self.session_name, self.number),
-                  state_entry_fields(PREPARED, time.time()))
+        pipe.hset(
+            keys.scan(self.session_name, self.number),
+            mapping=prepared_hash_fields(metadata.dumps(self._info)),
+        )
+        pipe.xadd(
+            keys.scan_events(self.session_name, self.number),
+            state_entry_fields(PREPARED, time.time()),
+        )
         pipe.execute()
         self._state = ScanState.PREPARED
 
@@ -372,7 +394,9 @@ class ScanPublisher:
         """The end state and the scan_info update, validated (nothing changed yet)."""
         state = ScanState[state] if isinstance(state, str) else ScanState(state)
         if not state.is_final:
-            raise InvalidArgumentError(f"end state must be DONE, USER_ABORTED, KILLED or FAILED, got {state.name}")
+            raise InvalidArgumentError(
+                f"end state must be DONE, USER_ABORTED, KILLED or FAILED, got {state.name}"
+            )
         if self._state.is_final:
             raise InvalidTransitionError(self._state, state)
         return state, check_scan_info(info_update)

@@ -284,8 +284,12 @@ class Sender:
             if is_duplicate_id(result):
                 # redis-py retried a transaction whose reply was lost: it was applied.
                 if self._holds(key, entry_id, npoints):
-                    logger.info("scan %s: entry %s of %s was already stored (replay)",
-                                self.name, entry_id, key)
+                    logger.info(
+                        "scan %s: entry %s of %s was already stored (replay)",
+                        self.name,
+                        entry_id,
+                        key,
+                    )
                     continue
                 raise redis.exceptions.ResponseError(
                     f"scan {self.name}: {key} already holds another entry at {entry_id}: "
@@ -340,8 +344,9 @@ class Sender:
             )
             error.__cause__ = exc
         elif isinstance(exc, redis.exceptions.RedisError):
-            error = restate(exc, f"scan {self.name}: Redis refused its data ({queued} points "
-                                 f"queued): {exc}")
+            error = restate(
+                exc, f"scan {self.name}: Redis refused its data ({queued} points queued): {exc}"
+            )
         else:
             error = exc
         if self.error is None:

@@ -96,7 +96,9 @@ class PublishingSession:
         """
         check_item_name(name, "scan", ":")
         if node_type not in SCAN_NODE_TYPES:
-            raise InvalidArgumentError(f"node_type must be 'scan' or 'scan_group', got {node_type!r}")
+            raise InvalidArgumentError(
+                f"node_type must be 'scan' or 'scan_group', got {node_type!r}"
+            )
         info = check_scan_info(scan_info)
         number = int(self.store.redis.incr(self.store.keys.session_counter(self.name)))
         now = time.time()
@@ -120,7 +122,9 @@ class PublishingSession:
         """Write the scan's keys, then its NEW_SCAN entry (a reader finds the keys first)."""
         store, keys = self.store, self.store.keys
         lease_ms = int(store.settings.lease_time * 1000)
-        hash_fields = scan_hash_fields(self.name, number, name, node_type, metadata.dumps(info), now)
+        hash_fields = scan_hash_fields(
+            self.name, number, name, node_type, metadata.dumps(info), now
+        )
         pipe = store.redis.pipeline(transaction=True)
         pipe.hset(keys.scan(self.name, number), mapping=hash_fields)
         pipe.xadd(keys.scan_events(self.name, number), state_entry_fields(CREATED, now))

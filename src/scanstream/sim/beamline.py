@@ -71,7 +71,9 @@ class Beamline:
             return self.motors[name]
         except KeyError:
             kind = " (it is a counter)" if name in self.counters else ""
-            raise UnknownDeviceError(f"unknown motor {name!r}{kind}; motors: {', '.join(self.motors)}") from None
+            raise UnknownDeviceError(
+                f"unknown motor {name!r}{kind}; motors: {', '.join(self.motors)}"
+            ) from None
 
     def counter(self, name: str) -> Device:
         """The counter or detector ``name``.
@@ -85,12 +87,16 @@ class Beamline:
             return self.counters[name]
         except KeyError:
             kind = " (it is a motor)" if name in self.motors else ""
-            raise UnknownDeviceError(f"unknown counter {name!r}{kind}; counters: {', '.join(self.counters)}") from None
+            raise UnknownDeviceError(
+                f"unknown counter {name!r}{kind}; counters: {', '.join(self.counters)}"
+            ) from None
 
     def describe(self) -> dict[str, Any]:
         """Device names and kinds, for listings."""
-        return {"motors": {n: f"{m.position:g} {m.unit}" for n, m in self.motors.items()},
-                "counters": {n: type(c).__name__ for n, c in self.counters.items()}}
+        return {
+            "motors": {n: f"{m.position:g} {m.unit}" for n, m in self.motors.items()},
+            "counters": {n: type(c).__name__ for n, c in self.counters.items()},
+        }
 
 
 def _varying_samples(index: int) -> int:
@@ -112,16 +118,28 @@ def default_beamline(seed: int = 0) -> Beamline:
     seed : int
         Seed of every noisy device.
     """
-    motors = [Motor("robx", 0.0, "mm", -100, 100), Motor("roby", 0.0, "mm", -100, 100),
-              Motor("robz", 0.0, "mm", -100, 100), Motor("robu", 0.0, "deg")]
+    motors = [
+        Motor("robx", 0.0, "mm", -100, 100),
+        Motor("roby", 0.0, "mm", -100, 100),
+        Motor("robz", 0.0, "mm", -100, 100),
+        Motor("robu", 0.0, "deg"),
+    ]
     roby = motors[1]
     counters: list[Device] = [DiodeCounter("diode", 100.0, seed=seed)]
     counters += [DiodeCounter(f"diode{k}", 100.0 * k, seed=seed) for k in range(2, 9)]
     counters += [
         SamplingCounter("diode9", 10, 900.0, seed=seed),
         SamplingCounter("var_samples", _varying_samples, 50.0, seed=seed),
-        GaussianCounter("sim_ct_gauss", roby, center=0.0, fwhm=0.1, height=1000.0,
-                        background=10.0, noise=5.0, seed=seed),
+        GaussianCounter(
+            "sim_ct_gauss",
+            roby,
+            center=0.0,
+            fwhm=0.1,
+            height=1000.0,
+            background=10.0,
+            noise=5.0,
+            seed=seed,
+        ),
         Mca("simu1", 1024, seed=seed),
         LimaDetector("lima_simulator", (64, 80), "uint16", frames_per_file=100, seed=seed),
     ]

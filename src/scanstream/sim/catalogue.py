@@ -41,17 +41,36 @@ logger = logging.getLogger(__name__)
 
 #: Names of the catalogue entries, in the order they run.
 CATALOGUE = (
-    "d2scan", "lima_loopscan", "mca_ascan", "two_top_masters", "parallel_loopscans",
-    "stopped_timescan", "sampling_loopscan", "varying_samples_ascan", "ct", "amesh", "sequence",
-    "a2scan", "dscan", "saving_off", "lima_nosaving", "killed_loopscan",
+    "d2scan",
+    "lima_loopscan",
+    "mca_ascan",
+    "two_top_masters",
+    "parallel_loopscans",
+    "stopped_timescan",
+    "sampling_loopscan",
+    "varying_samples_ascan",
+    "ct",
+    "amesh",
+    "sequence",
+    "a2scan",
+    "dscan",
+    "saving_off",
+    "lima_nosaving",
+    "killed_loopscan",
 )
 
 
 class CatalogueRun:
     """Context shared by the entries: session, devices, saving and time scale."""
 
-    def __init__(self, session: PublishingSession, saving: SavingConfig | None, fast: bool,
-                 beamline: Beamline, seed: int) -> None:
+    def __init__(
+        self,
+        session: PublishingSession,
+        saving: SavingConfig | None,
+        fast: bool,
+        beamline: Beamline,
+        seed: int,
+    ) -> None:
         self.session = session
         self.saving = saving
         self.sleep: float = 0.0 if fast else 1.0
@@ -60,7 +79,11 @@ class CatalogueRun:
 
     def opts(self, **extra: Any) -> dict[str, Any]:
         """Options common to every scan of the catalogue."""
-        options = {"saving": self.saving, "sleep": self.sleep, "positioners": self.beamline.positioners}
+        options = {
+            "saving": self.saving,
+            "sleep": self.sleep,
+            "positioners": self.beamline.positioners,
+        }
         options.update(extra)
         return options
 
@@ -74,70 +97,180 @@ class CatalogueRun:
 
     # -- entries ---------------------------------------------------------------------------
     def d2scan(self) -> list[ScanResult]:
-        return [d2scan(self.session, self.motor("roby"), -0.1, 0.1, self.motor("robz"), -0.2, 0.2, 15, 0.1,
-                       self.counter("sim_ct_gauss"), **self.opts())]
+        return [
+            d2scan(
+                self.session,
+                self.motor("roby"),
+                -0.1,
+                0.1,
+                self.motor("robz"),
+                -0.2,
+                0.2,
+                15,
+                0.1,
+                self.counter("sim_ct_gauss"),
+                **self.opts(),
+            )
+        ]
 
     def lima_loopscan(self) -> list[ScanResult]:
-        lima = LimaDetector("lima_simulator", (64, 80), "uint16", frames_per_file=2, suffix=".h5",
-                            seed=self.seed)
+        lima = LimaDetector(
+            "lima_simulator", (64, 80), "uint16", frames_per_file=2, suffix=".h5", seed=self.seed
+        )
         return [loopscan(self.session, 5, 0.1, lima, **self.opts())]
 
     def mca_ascan(self) -> list[ScanResult]:
-        return [ascan(self.session, self.motor("roby"), 0, 1, 10, 0.1, self.counter("simu1"), **self.opts())]
+        return [
+            ascan(
+                self.session,
+                self.motor("roby"),
+                0,
+                1,
+                10,
+                0.1,
+                self.counter("simu1"),
+                **self.opts(),
+            )
+        ]
 
     def two_top_masters(self) -> list[ScanResult]:
-        lima = LimaDetector("lima_simulator", (32, 40), "uint16", frames_per_file=20, seed=self.seed)
-        masters = [TopMaster("timer1", 2, 1.0, [self.counter("diode")]),
-                   TopMaster("timer2", 50, 0.001, [lima, self.counter("diode2")])]
+        lima = LimaDetector(
+            "lima_simulator", (32, 40), "uint16", frames_per_file=20, seed=self.seed
+        )
+        masters = [
+            TopMaster("timer1", 2, 1.0, [self.counter("diode")]),
+            TopMaster("timer2", 50, 0.001, [lima, self.counter("diode2")]),
+        ]
         return [run_chain(self.session, masters, name="test", **self.opts())]
 
     def parallel_loopscans(self) -> list[ScanResult]:
         def step(npoints: int, counter: str) -> Callable[[], ScanResult]:
-            return lambda: loopscan(self.session, npoints, 0.1, self.counter(counter), **self.opts())
+            return lambda: loopscan(
+                self.session, npoints, 0.1, self.counter(counter), **self.opts()
+            )
 
         return parallel([step(1, "diode4"), step(5, "diode"), step(3, "diode2")], timeout=120)
 
     def stopped_timescan(self) -> list[ScanResult]:
         # Always in real time: it is the duration that stops this scan, as Ctrl-C after 0.5 s.
-        return [timescan(self.session, 0.05, self.counter("diode2"), **self.opts(sleep=1.0, max_duration=0.5))]
+        return [
+            timescan(
+                self.session, 0.05, self.counter("diode2"), **self.opts(sleep=1.0, max_duration=0.5)
+            )
+        ]
 
     def sampling_loopscan(self) -> list[ScanResult]:
         return [loopscan(self.session, 5, 0.1, self.counter("diode9"), **self.opts())]
 
     def varying_samples_ascan(self) -> list[ScanResult]:
-        return [ascan(self.session, self.motor("robu"), 0, 1, 10, 0.1, self.counter("var_samples"), **self.opts())]
+        return [
+            ascan(
+                self.session,
+                self.motor("robu"),
+                0,
+                1,
+                10,
+                0.1,
+                self.counter("var_samples"),
+                **self.opts(),
+            )
+        ]
 
     def ct(self) -> list[ScanResult]:
-        return [ct(self.session, 0.1, self.counter("diode"), self.counter("diode2"), self.counter("simu1"), **self.opts())]
+        return [
+            ct(
+                self.session,
+                0.1,
+                self.counter("diode"),
+                self.counter("diode2"),
+                self.counter("simu1"),
+                **self.opts(),
+            )
+        ]
 
     def amesh(self) -> list[ScanResult]:
-        return [amesh(self.session, self.motor("robx"), 0, 1, 4, self.motor("roby"), -0.1, 0.1, 3, 0.1,
-                      self.counter("sim_ct_gauss"), self.counter("diode"), **self.opts())]
+        return [
+            amesh(
+                self.session,
+                self.motor("robx"),
+                0,
+                1,
+                4,
+                self.motor("roby"),
+                -0.1,
+                0.1,
+                3,
+                0.1,
+                self.counter("sim_ct_gauss"),
+                self.counter("diode"),
+                **self.opts(),
+            )
+        ]
 
     def sequence(self) -> list[ScanResult]:
         subs: list[ScanResult] = []
         steps: list[Callable[[], Any]] = [
-            lambda: subs.append(loopscan(self.session, 3, 0.1, self.counter("diode"), **self.opts())),
-            lambda: subs.append(ascan(self.session, self.motor("robx"), 0, 1, 4, 0.1, self.counter("diode2"),
-                                      **self.opts())),
+            lambda: subs.append(
+                loopscan(self.session, 3, 0.1, self.counter("diode"), **self.opts())
+            ),
+            lambda: subs.append(
+                ascan(
+                    self.session,
+                    self.motor("robx"),
+                    0,
+                    1,
+                    4,
+                    0.1,
+                    self.counter("diode2"),
+                    **self.opts(),
+                )
+            ),
         ]
         result = sequence(self.session, steps, title="sequence of 2 scans", saving=self.saving)
         return [result, *subs]
 
     def a2scan(self) -> list[ScanResult]:
-        return [a2scan(self.session, self.motor("roby"), 0, 1, self.motor("robz"), 0, 2, 5, 0.1,
-                       self.counter("diode"), self.counter("diode3"), **self.opts())]
+        return [
+            a2scan(
+                self.session,
+                self.motor("roby"),
+                0,
+                1,
+                self.motor("robz"),
+                0,
+                2,
+                5,
+                0.1,
+                self.counter("diode"),
+                self.counter("diode3"),
+                **self.opts(),
+            )
+        ]
 
     def dscan(self) -> list[ScanResult]:
-        return [dscan(self.session, self.motor("robx"), -0.5, 0.5, 4, 0.1, self.counter("diode5"), **self.opts())]
+        return [
+            dscan(
+                self.session,
+                self.motor("robx"),
+                -0.5,
+                0.5,
+                4,
+                0.1,
+                self.counter("diode5"),
+                **self.opts(),
+            )
+        ]
 
     def saving_off(self) -> list[ScanResult]:
-        off = SavingConfig(self.saving.base_directory if self.saving else ".", self.session.name,
-                           enabled=False)
+        off = SavingConfig(
+            self.saving.base_directory if self.saving else ".", self.session.name, enabled=False
+        )
         return [loopscan(self.session, 3, 0.1, self.counter("diode6"), **self.opts(saving=off))]
 
     def lima_nosaving(self) -> list[ScanResult]:
-        lima = LimaDetector("lima_simulator", (32, 40), "uint16", saving_mode="NOSAVING", seed=self.seed)
+        lima = LimaDetector(
+            "lima_simulator", (32, 40), "uint16", saving_mode="NOSAVING", seed=self.seed
+        )
         return [loopscan(self.session, 4, 0.1, lima, self.counter("diode7"), **self.opts())]
 
     def killed_loopscan(self) -> list[ScanResult]:
@@ -147,8 +280,15 @@ class CatalogueRun:
             if done == 3:  # as if someone killed the scan during its fourth point
                 kill.set()
 
-        return [loopscan(self.session, 10, 0.1, self.counter("diode8"),
-                         **self.opts(kill_event=kill, on_point=on_point))]
+        return [
+            loopscan(
+                self.session,
+                10,
+                0.1,
+                self.counter("diode8"),
+                **self.opts(kill_event=kill, on_point=on_point),
+            )
+        ]
 
 
 def run_catalogue(
@@ -195,7 +335,9 @@ def run_catalogue(
     """
     unknown = [n for n in names or () if n not in CATALOGUE]
     if unknown:
-        raise InvalidArgumentError(f"unknown catalogue entries {unknown}; known: {', '.join(CATALOGUE)}")
+        raise InvalidArgumentError(
+            f"unknown catalogue entries {unknown}; known: {', '.join(CATALOGUE)}"
+        )
     run = CatalogueRun(session, saving, fast, beamline or default_beamline(seed), seed)
     results: list[ScanResult] = []
     for name in names or CATALOGUE:

@@ -65,7 +65,6 @@ class _MasterRun:
     error: BaseException | None = None
 
 
-
 def run_chain(
     session: PublishingSession,
     masters: Sequence[TopMaster],
@@ -169,9 +168,18 @@ def run_chain(
         files = _close_detectors(scan, runs)
         # end() replaces top-level keys: give the start positions again with the end ones.
         _end(scan, outcome, {**info["positioners"], **positioners_end(motors)})
-    result = ScanResult(scan.number, scan.name, scan.db_name, session.name, scan.state,
-                        outcome.error, {r.master.name: r.acquired for r in runs}, scan.info,
-                        files, scan)
+    result = ScanResult(
+        scan.number,
+        scan.name,
+        scan.db_name,
+        session.name,
+        scan.state,
+        outcome.error,
+        {r.master.name: r.acquired for r in runs},
+        scan.info,
+        files,
+        scan,
+    )
     if outcome.raised is not None:
         attach_scan_result(outcome.raised, result)
         raise outcome.raised
@@ -196,7 +204,9 @@ def _stopped(runs: list[_MasterRun], ctl: Control) -> _Outcome:
     if reason == "stop":
         return _Outcome(ScanState.USER_ABORTED, "stopped (stop_event set)")
     if reason == "max_duration":
-        return _Outcome(ScanState.USER_ABORTED, f"stopped after max_duration={ctl.max_duration:g} s")
+        return _Outcome(
+            ScanState.USER_ABORTED, f"stopped after max_duration={ctl.max_duration:g} s"
+        )
     return _Outcome()
 
 
@@ -208,8 +218,9 @@ def _close_detectors(scan: ScanPublisher, runs: list[_MasterRun]) -> list[str]:
             try:
                 files.extend(acq.close())
             except Exception:
-                logger.exception("scan %s: closing the files of %s failed", scan.db_name,
-                                 acq.detector.name)
+                logger.exception(
+                    "scan %s: closing the files of %s failed", scan.db_name, acq.detector.name
+                )
     return files
 
 
@@ -229,12 +240,16 @@ def _incomplete(runs: list[_MasterRun]) -> bool:
     return any(r.master.npoints == 0 or r.acquired < r.master.npoints for r in deciding)
 
 
-def _positioner_motors(masters: Sequence[TopMaster], positioners: Sequence[Motor] | None) -> list[Motor]:
+def _positioner_motors(
+    masters: Sequence[TopMaster], positioners: Sequence[Motor] | None
+) -> list[Motor]:
     if positioners is not None:
         return list(positioners)
     motors: dict[str, Motor] = {}
     for m in masters:
-        for motor in list(m.motors) + [x for c in m.counters if isinstance(c, Counter) for x in c.motors]:
+        for motor in list(m.motors) + [
+            x for c in m.counters if isinstance(c, Counter) for x in c.motors
+        ]:
             motors.setdefault(motor.name, motor)
     return list(motors.values())
 
@@ -242,9 +257,13 @@ def _positioner_motors(masters: Sequence[TopMaster], positioners: Sequence[Motor
 def _create_nodes(scan: ScanPublisher, m: TopMaster, directory: Any) -> _MasterRun:
     """Create the node tree of one top master (see the module docstring)."""
     top = scan.create_container(m.name)
-    motor_nodes = [top.create_channel(s.name, s.dtype, s.shape, unit=s.unit) for s in m.motor_channels()]
+    motor_nodes = [
+        top.create_channel(s.name, s.dtype, s.shape, unit=s.unit) for s in m.motor_channels()
+    ]
     timer: ContainerPublisher = top.create_container(m.timer) if m.motors else top
-    timer_nodes = [timer.create_channel(s.name, s.dtype, s.shape, unit=s.unit) for s in m.timer_channels()]
+    timer_nodes = [
+        timer.create_channel(s.name, s.dtype, s.shape, unit=s.unit) for s in m.timer_channels()
+    ]
     controllers: dict[str, ContainerPublisher] = {}
     counter_nodes = []
     lima = []
@@ -252,14 +271,21 @@ def _create_nodes(scan: ScanPublisher, m: TopMaster, directory: Any) -> _MasterR
         if isinstance(device, LimaDetector):
             acq = device.start(m.npoints, directory=directory, count_time=m.count_time)
             container = timer.create_container(device.name)
-            node = container.create_lima(device.fullname, device.dtype, device.shape,
-                                         saving_mode=acq.saving_mode.value, info=acq.description())
+            node = container.create_lima(
+                device.fullname,
+                device.dtype,
+                device.shape,
+                saving_mode=acq.saving_mode.value,
+                info=acq.description(),
+            )
             lima.append((acq, node))
             continue
         if device.controller not in controllers:
             controllers[device.controller] = timer.create_container(device.controller)
         parent = controllers[device.controller]
-        nodes = [parent.create_channel(s.name, s.dtype, s.shape, unit=s.unit) for s in device.channels()]
+        nodes = [
+            parent.create_channel(s.name, s.dtype, s.shape, unit=s.unit) for s in device.channels()
+        ]
         counter_nodes.append((device, nodes))
     return _MasterRun(m, motor_nodes, timer_nodes, counter_nodes, lima)
 
@@ -269,8 +295,12 @@ def _run_masters(runs: list[_MasterRun], ctl: Control, t0: float) -> None:
     if len(runs) == 1:
         _run_master(runs[0], ctl, t0)
         return
-    threads = [threading.Thread(target=_master_thread, args=(run, ctl, t0), daemon=True,
-                                name=f"sim-{run.master.name}") for run in runs]
+    threads = [
+        threading.Thread(
+            target=_master_thread, args=(run, ctl, t0), daemon=True, name=f"sim-{run.master.name}"
+        )
+        for run in runs
+    ]
     for t in threads:
         t.start()
     try:
@@ -290,7 +320,9 @@ def _run_masters(runs: list[_MasterRun], ctl: Control, t0: float) -> None:
             raise run.error
 
 
-def _join_terminators(runs: list[_MasterRun], threads: list[threading.Thread], ctl: Control) -> None:
+def _join_terminators(
+    runs: list[_MasterRun], threads: list[threading.Thread], ctl: Control
+) -> None:
     """Wait until every terminator master is done (short joins: Ctrl-C stays responsive)."""
     for run, t in zip(runs, threads):
         if run.master.terminator or all(not r.master.terminator for r in runs):

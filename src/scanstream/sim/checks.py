@@ -38,7 +38,9 @@ def check_count(name: str, value: object, minimum: int, owner: str = "") -> int:
         Not an integer, or smaller than ``minimum``.
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
-        raise InvalidArgumentError(f"{_prefix(owner)}{name} must be an int >= {minimum}, got {value!r}")
+        raise InvalidArgumentError(
+            f"{_prefix(owner)}{name} must be an int >= {minimum}, got {value!r}"
+        )
     return int(value)
 
 

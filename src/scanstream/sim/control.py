@@ -138,8 +138,10 @@ def sigint_deferred() -> Iterator[None]:
     Only in the main thread (the only one Python delivers signals to) and only when SIGINT
     has Python's default handler: an application's own handler is left alone.
     """
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
         yield
         return
     received: list[int] = []
@@ -155,9 +157,14 @@ def sigint_deferred() -> Iterator[None]:
 class Control:
     """Why and when the masters of one scan stop."""
 
-    def __init__(self, stop_event: threading.Event | None, kill_event: threading.Event | None,
-                 max_duration: float | None, scale: float,
-                 on_point: Callable[[str, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        stop_event: threading.Event | None,
+        kill_event: threading.Event | None,
+        max_duration: float | None,
+        scale: float,
+        on_point: Callable[[str, int], None] | None = None,
+    ) -> None:
         self.on_point = on_point
         self.stop_event = stop_event
         self.kill_event = kill_event

@@ -89,7 +89,9 @@ class Motor:
         if sign not in (1, -1):
             raise InvalidArgumentError(f"motor {name!r}: sign must be 1 or -1, got {sign!r}")
         if low_limit > high_limit:
-            raise InvalidArgumentError(f"motor {name!r}: low limit {low_limit} > high limit {high_limit}")
+            raise InvalidArgumentError(
+                f"motor {name!r}: low limit {low_limit} > high limit {high_limit}"
+            )
         self.name = name
         self.unit = unit
         self.low_limit = float(low_limit)
@@ -278,8 +280,15 @@ class DiodeCounter(Counter):
 
     controller = "simulation_diode_sampling_controller"
 
-    def __init__(self, name: str, mean: float = 100.0, noise: float = 0.05, *,
-                 unit: str | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        name: str,
+        mean: float = 100.0,
+        noise: float = 0.05,
+        *,
+        unit: str | None = None,
+        seed: int = 0,
+    ) -> None:
         super().__init__(name, unit=unit, seed=seed)
         self.mean = float(mean)
         self.noise = float(noise)
@@ -311,9 +320,19 @@ class GaussianCounter(Counter):
         Seed of the noise.
     """
 
-    def __init__(self, name: str, motor: Motor, center: float = 0.0, fwhm: float = 1.0,
-                 height: float = 1000.0, *, background: float = 0.0, noise: float = 0.0,
-                 unit: str | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        name: str,
+        motor: Motor,
+        center: float = 0.0,
+        fwhm: float = 1.0,
+        height: float = 1000.0,
+        *,
+        background: float = 0.0,
+        noise: float = 0.0,
+        unit: str | None = None,
+        seed: int = 0,
+    ) -> None:
         if fwhm <= 0:
             raise InvalidArgumentError(f"counter {name!r}: fwhm must be positive, got {fwhm!r}")
         super().__init__(name, unit=unit, seed=seed)
@@ -331,15 +350,24 @@ class GaussianCounter(Counter):
     def signal(self, x: float | npt.NDArray[np.float64]) -> Any:
         """The noiseless signal at motor position(s) ``x``."""
         return self.background + self.height * np.exp(
-            -4 * math.log(2) * (np.asarray(x) - self.center) ** 2 / self.fwhm**2)
+            -4 * math.log(2) * (np.asarray(x) - self.center) ** 2 / self.fwhm**2
+        )
 
     def read(self, ctx: PointContext) -> list[Any]:
         x = ctx.positions.get(self.motor.name, self.motor.position)
         value = float(self.signal(x))
         if self.noise:
-            value += self.noise * float(seeded_rng(self.seed, self.fullname, ctx.index).standard_normal())
+            value += self.noise * float(
+                seeded_rng(self.seed, self.fullname, ctx.index).standard_normal()
+            )
         return [value]
 
     def metadata(self) -> dict[str, Any]:
-        return {"@NX_class": "NXcollection", "motor": self.motor.name, "center": self.center,
-                "fwhm": self.fwhm, "height": self.height, "background": self.background}
+        return {
+            "@NX_class": "NXcollection",
+            "motor": self.motor.name,
+            "center": self.center,
+            "fwhm": self.fwhm,
+            "height": self.height,
+            "background": self.background,
+        }

@@ -33,15 +33,25 @@ class GroupResult(ScanResult):
     scans: list[Any] = field(default_factory=list)
 
 
-def _group_info(title: str, scan_type: str, count: int | None, saving: SavingConfig | None,
-                extra: Mapping[str, Any] | None) -> dict[str, Any]:
+def _group_info(
+    title: str,
+    scan_type: str,
+    count: int | None,
+    saving: SavingConfig | None,
+    extra: Mapping[str, Any] | None,
+) -> dict[str, Any]:
     info: dict[str, Any] = {
         "title": title,
         "type": scan_type,
         "is-scan-sequence": True,
-        "acquisition_chain": {"GroupingMaster": {
-            "master": {"scalars": ["scan_numbers"], "spectra": [], "images": []},
-            "scalars": [], "spectra": [], "images": []}},
+        "acquisition_chain": {
+            "GroupingMaster": {
+                "master": {"scalars": ["scan_numbers"], "spectra": [], "images": []},
+                "scalars": [],
+                "spectra": [],
+                "images": [],
+            }
+        },
         "channels": {"scan_numbers": {"display_name": "scan_numbers", "unit": None, "dim": 0}},
         "publisher": "scanstream.sim",
     }
@@ -73,13 +83,29 @@ class _Group:
 
     def result(self, scans: list[Any]) -> GroupResult:
         s = self.scan
-        return GroupResult(s.number, s.name, s.db_name, s.session_name, s.state, s.info.get("error"),
-                           {"GroupingMaster": self.count}, s.info, publisher=s, scans=scans)
+        return GroupResult(
+            s.number,
+            s.name,
+            s.db_name,
+            s.session_name,
+            s.state,
+            s.info.get("error"),
+            {"GroupingMaster": self.count},
+            s.info,
+            publisher=s,
+            scans=scans,
+        )
 
 
-def sequence(session: PublishingSession, steps: Sequence[Step], *, title: str = "sequence",
-             name: str = "sequence", saving: SavingConfig | None = None,
-             scan_info: Mapping[str, Any] | None = None) -> GroupResult:
+def sequence(
+    session: PublishingSession,
+    steps: Sequence[Step],
+    *,
+    title: str = "sequence",
+    name: str = "sequence",
+    saving: SavingConfig | None = None,
+    scan_info: Mapping[str, Any] | None = None,
+) -> GroupResult:
     """Run ``steps`` one after the other inside a scan group.
 
     Parameters
@@ -118,9 +144,15 @@ def sequence(session: PublishingSession, steps: Sequence[Step], *, title: str = 
     return group_.result(results)
 
 
-def group(session: PublishingSession, scans: Sequence[ScanResult | ScanPublisher], *,
-          title: str = "group", name: str = "group", saving: SavingConfig | None = None,
-          scan_info: Mapping[str, Any] | None = None) -> GroupResult:
+def group(
+    session: PublishingSession,
+    scans: Sequence[ScanResult | ScanPublisher],
+    *,
+    title: str = "group",
+    name: str = "group",
+    saving: SavingConfig | None = None,
+    scan_info: Mapping[str, Any] | None = None,
+) -> GroupResult:
     """A scan group referencing scans that already ran (BLISS ``Group(s1, s2)``).
 
     Parameters
@@ -161,8 +193,10 @@ def parallel(steps: Sequence[Step], *, timeout: float | None = 60.0) -> list[Any
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
             errors[k] = exc
 
-    threads = [threading.Thread(target=worker, args=(k,), name=f"sim-parallel-{k}", daemon=True)
-               for k in range(len(steps))]
+    threads = [
+        threading.Thread(target=worker, args=(k,), name=f"sim-parallel-{k}", daemon=True)
+        for k in range(len(steps))
+    ]
     for t in threads:
         t.start()
     deadline = None if timeout is None else time.monotonic() + timeout

@@ -91,15 +91,23 @@ class LimaDetector:
         seed: int = 0,
     ) -> None:
         if not name or ":" in name or "/" in name:
-            raise InvalidArgumentError(f"invalid detector name {name!r}: non-empty, without ':' or '/'")
+            raise InvalidArgumentError(
+                f"invalid detector name {name!r}: non-empty, without ':' or '/'"
+            )
         if len(shape) != 2 or min(shape) < 1:
-            raise InvalidArgumentError(f"detector {name!r}: shape must be (height, width) >= 1, got {shape!r}")
+            raise InvalidArgumentError(
+                f"detector {name!r}: shape must be (height, width) >= 1, got {shape!r}"
+            )
         if frames_per_file == 0 or frames_per_file < -1:
-            raise InvalidArgumentError(f"detector {name!r}: frames_per_file must be >= 1 or -1, got {frames_per_file!r}")
+            raise InvalidArgumentError(
+                f"detector {name!r}: frames_per_file must be >= 1 or -1, got {frames_per_file!r}"
+            )
         try:
             index_format % 0
         except (TypeError, ValueError):
-            raise InvalidArgumentError(f"detector {name!r}: bad index_format {index_format!r} (like '%04d')") from None
+            raise InvalidArgumentError(
+                f"detector {name!r}: bad index_format {index_format!r} (like '%04d')"
+            ) from None
         self.name = name
         self.shape = (int(shape[0]), int(shape[1]))
         self.dtype = np.dtype(dtype)
@@ -143,7 +151,9 @@ class LimaDetector:
             frame = np.clip(frame, 0, np.iinfo(self.dtype).max)
         return frame.astype(self.dtype)
 
-    def start(self, npoints: int, *, directory: Path | None, count_time: float = 0.0) -> LimaAcquisition:
+    def start(
+        self, npoints: int, *, directory: Path | None, count_time: float = 0.0
+    ) -> LimaAcquisition:
         """Begin the acquisition of one scan (one frame per point).
 
         Parameters
@@ -172,8 +182,14 @@ class LimaDetector:
 class LimaAcquisition:
     """The frames of one scan of a :class:`LimaDetector`. Use :meth:`LimaDetector.start`."""
 
-    def __init__(self, detector: LimaDetector, npoints: int, mode: SavingMode,
-                 directory: Path | None, count_time: float) -> None:
+    def __init__(
+        self,
+        detector: LimaDetector,
+        npoints: int,
+        mode: SavingMode,
+        directory: Path | None,
+        count_time: float,
+    ) -> None:
         self.detector = detector
         self.npoints = int(npoints)
         self.saving_mode = mode
@@ -182,8 +198,10 @@ class LimaAcquisition:
         fpf = detector.frames_per_file
         if fpf == -1:
             if self.npoints == 0:
-                raise InvalidArgumentError(f"detector {detector.name!r}: frames_per_file=-1 (one file per scan) "
-                                 "needs a bounded number of points")
+                raise InvalidArgumentError(
+                    f"detector {detector.name!r}: frames_per_file=-1 (one file per scan) "
+                    "needs a bounded number of points"
+                )
             fpf = self.npoints
         self.frames_per_file = fpf
         self.files: list[str] = []  # absolute paths of the files created so far
@@ -195,8 +213,9 @@ class LimaAcquisition:
             self.directory.mkdir(parents=True, exist_ok=True)
             first = self.directory / detector.file_name(detector.next_number)
             if first.exists():  # refuse before the scan acquires anything
-                raise LimaFileExistsError(f"detector {detector.name!r}: {first} exists already "
-                                          "(overwrite policy ABORT)")
+                raise LimaFileExistsError(
+                    f"detector {detector.name!r}: {first} exists already (overwrite policy ABORT)"
+                )
 
     @property
     def saving(self) -> bool:
@@ -236,8 +255,10 @@ class LimaAcquisition:
             Where the frame is, once it is on disk; None when not saving.
         """
         if index != self.acquired:
-            raise InvalidArgumentError(f"detector {self.detector.name!r}: frame {index} out of order "
-                             f"(expected {self.acquired})")
+            raise InvalidArgumentError(
+                f"detector {self.detector.name!r}: frame {index} out of order "
+                f"(expected {self.acquired})"
+            )
         frame = self.detector.image(index)
         self.acquired += 1
         if not self.saving:
@@ -273,7 +294,9 @@ class LimaAcquisition:
             nframes = min(nframes, self.npoints - index)
         path = (self.directory / det.file_name(file_number)).absolute()
         if path.exists():
-            raise LimaFileExistsError(f"detector {det.name!r}: {path} exists already (overwrite policy ABORT)")
+            raise LimaFileExistsError(
+                f"detector {det.name!r}: {path} exists already (overwrite policy ABORT)"
+            )
         self._file, self._dataset = _create_file(path, det.name, det.dtype, (nframes,) + det.shape)
         self._in_file = 0
         self.files.append(str(path))
@@ -284,8 +307,9 @@ class LimaAcquisition:
         self._file, self._dataset = None, None
 
 
-def _create_file(path: Path, name: str, dtype: np.dtype[Any], shape: tuple[int, ...]
-                 ) -> tuple[h5py.File, h5py.Dataset]:
+def _create_file(
+    path: Path, name: str, dtype: np.dtype[Any], shape: tuple[int, ...]
+) -> tuple[h5py.File, h5py.Dataset]:
     """Create a Lima-layout file whose ``data`` is allocated now (see the module docstring)."""
     # locking=False: subscribers open the file while we write it; HDF5 file locks would
     # make one of the two fail.
@@ -302,8 +326,9 @@ def _create_file(path: Path, name: str, dtype: np.dtype[Any], shape: tuple[int, 
         dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
         dcpl.set_layout(h5py.h5d.CONTIGUOUS)
         dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-        dataset = detector.create_dataset("data", shape=shape, dtype=dtype, dcpl=dcpl,
-                                          fill_time="never")
+        dataset = detector.create_dataset(
+            "data", shape=shape, dtype=dtype, dcpl=dcpl, fill_time="never"
+        )
         dataset.attrs["interpretation"] = "image"
         measurement = entry.create_group("measurement")
         measurement.attrs["NX_class"] = "NXcollection"

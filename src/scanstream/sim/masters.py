@@ -78,7 +78,8 @@ class TopMaster:
             if pos.shape != (self.npoints, len(self.motors)):
                 raise InvalidArgumentError(
                     f"{owner}: positions must have shape ({self.npoints}, {len(self.motors)}), "
-                    f"got {pos.shape}")
+                    f"got {pos.shape}"
+                )
             self.positions = pos
         elif self.positions is not None:
             raise InvalidArgumentError(f"{owner}: positions given without motors")
@@ -90,8 +91,10 @@ class TopMaster:
 
     def timer_channels(self) -> list[ChannelSpec]:
         """The software timer's channels."""
-        return [ChannelSpec(f"{self.timer_name}:elapsed_time", "float64", (), "s"),
-                ChannelSpec(f"{self.timer_name}:epoch", "float64", (), "s")]
+        return [
+            ChannelSpec(f"{self.timer_name}:elapsed_time", "float64", (), "s"),
+            ChannelSpec(f"{self.timer_name}:epoch", "float64", (), "s"),
+        ]
 
     def motor_channels(self) -> list[ChannelSpec]:
         """The motor channels (``axis:<name>``)."""
@@ -127,8 +130,10 @@ def check_chain(masters: Sequence[TopMaster]) -> None:
     for m in masters:
         for n in m.published_names():
             if n in names:
-                raise InvalidArgumentError(f"name {n!r} is used twice in the chain: each device "
-                                           "and top master may appear once")
+                raise InvalidArgumentError(
+                    f"name {n!r} is used twice in the chain: each device "
+                    "and top master may appear once"
+                )
             names.add(n)
         for i, motor in enumerate(m.motors):
             motor.check_limits(m.positions[:, i])

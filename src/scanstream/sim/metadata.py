@@ -16,7 +16,13 @@ from .masters import TopMaster
 from .saving import SavingConfig
 from .spectra import Mca
 
-__all__ = ["build_scan_info", "default_plots", "format_title", "positioners_end", "positioners_start"]
+__all__ = [
+    "build_scan_info",
+    "default_plots",
+    "format_title",
+    "positioners_end",
+    "positioners_start",
+]
 
 
 def format_title(scan_type: str, *args: Any) -> str:
@@ -58,9 +64,19 @@ def default_plots(masters: Sequence[TopMaster], data_dim: int = 1) -> list[dict[
         if not scalars:
             continue
         if data_dim == 2 and len(m.motors) >= 2:
-            return [{"kind": "scatter-plot", "items": [
-                {"kind": "scatter", "x": m.motors[0].fullname, "y": m.motors[1].fullname,
-                 "value": scalars[0]}]}]
+            return [
+                {
+                    "kind": "scatter-plot",
+                    "items": [
+                        {
+                            "kind": "scatter",
+                            "x": m.motors[0].fullname,
+                            "y": m.motors[1].fullname,
+                            "value": scalars[0],
+                        }
+                    ],
+                }
+            ]
         x = m.motors[0].fullname if m.motors else f"{m.timer_name}:elapsed_time"
         return [{"kind": "curve-plot", "items": [{"kind": "curve", "x": x, "y": scalars[0]}]}]
     return None
@@ -75,8 +91,11 @@ def _chain_entry(m: TopMaster) -> dict[str, Any]:
         "spectra": [s.name for s in slaves if s.kind == "spectra"],
         "images": [d.fullname for d in m.detectors()],
     }
-    devices = [m.name] + ([m.timer] if m.motors else []) + [
-        c.controller if isinstance(c, Counter) else c.name for c in m.counters]
+    devices = (
+        [m.name]
+        + ([m.timer] if m.motors else [])
+        + [c.controller if isinstance(c, Counter) else c.name for c in m.counters]
+    )
     entry["devices"] = list(dict.fromkeys(devices))  # one entry per controller, in order
     return entry
 
@@ -85,9 +104,14 @@ def _channels(m: TopMaster) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for k, spec in enumerate(m.motor_channels()):
         positions = m.positions[:, k]
-        out[spec.name] = {"display_name": spec.display_name, "unit": spec.unit, "dim": 0,
-                          "start": float(positions[0]), "stop": float(positions[-1]),
-                          "points": m.npoints}
+        out[spec.name] = {
+            "display_name": spec.display_name,
+            "unit": spec.unit,
+            "dim": 0,
+            "start": float(positions[0]),
+            "stop": float(positions[-1]),
+            "points": m.npoints,
+        }
     for spec in m.timer_channels() + m.counter_channels():
         out[spec.name] = {"display_name": spec.display_name, "unit": spec.unit, "dim": spec.dim}
     for det in m.detectors():
@@ -109,12 +133,22 @@ def _devices(m: TopMaster) -> dict[str, dict[str, Any]]:
 
 
 def _instrument(masters: Sequence[TopMaster]) -> dict[str, Any]:
-    instrument: dict[str, Any] = {"@NX_class": "NXinstrument", "name": "scanstream simulated beamline"}
+    instrument: dict[str, Any] = {
+        "@NX_class": "NXinstrument",
+        "name": "scanstream simulated beamline",
+    }
     for m in masters:
         for c in m.counters:
-            meta = c.metadata() if isinstance(c, Counter) else {
-                "@NX_class": "NXdetector", "type": "lima", "frame_shape": list(c.shape),
-                "dtype": c.dtype.str}
+            meta = (
+                c.metadata()
+                if isinstance(c, Counter)
+                else {
+                    "@NX_class": "NXdetector",
+                    "type": "lima",
+                    "frame_shape": list(c.shape),
+                    "dtype": c.dtype.str,
+                }
+            )
             if meta is not None:
                 instrument[c.name] = meta
     return instrument
@@ -175,9 +209,14 @@ def build_scan_info(
     info.update(saving.scan_info() if saving is not None else {})
     info.update(extra or {})
     if "plots" not in info:
-        chosen = plots if plots is not None else default_plots(masters, int(info.get("data_dim", 1)))
+        chosen = (
+            plots if plots is not None else default_plots(masters, int(info.get("data_dim", 1)))
+        )
         if chosen is not None:
             info["plots"] = chosen
-    info["scan_meta_categories"] = [k for k in ("instrument", "positioners", "sample", "technique")
-                                    if isinstance(info.get(k), Mapping)]
+    info["scan_meta_categories"] = [
+        k
+        for k in ("instrument", "positioners", "sample", "technique")
+        if isinstance(info.get(k), Mapping)
+    ]
     return info

@@ -45,13 +45,23 @@ class SamplingCounter(Counter):
 
     controller = "simulation_diode_sampling_controller"
 
-    def __init__(self, name: str, samples: SampleCount = 10, mean: float = 100.0,
-                 noise: float = 0.1, *, unit: str | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        name: str,
+        samples: SampleCount = 10,
+        mean: float = 100.0,
+        noise: float = 0.1,
+        *,
+        unit: str | None = None,
+        seed: int = 0,
+    ) -> None:
         super().__init__(name, unit=unit, seed=seed)
-        if not callable(samples) and (isinstance(samples, bool) or not isinstance(samples, int)
-                                      or samples < 1):
-            raise InvalidArgumentError(f"counter {name!r}: samples must be an int >= 1 or a "
-                                       f"function, got {samples!r}")
+        if not callable(samples) and (
+            isinstance(samples, bool) or not isinstance(samples, int) or samples < 1
+        ):
+            raise InvalidArgumentError(
+                f"counter {name!r}: samples must be an int >= 1 or a function, got {samples!r}"
+            )
         self.samples = samples
         self.mean = float(mean)
         self.noise = float(noise)
@@ -68,8 +78,10 @@ class SamplingCounter(Counter):
 
     def channels(self) -> list[ChannelSpec]:
         shape = (-1,) if self.variable else (int(self.samples),)  # type: ignore[arg-type]
-        return [ChannelSpec(self.fullname, "float64", (), self.unit),
-                ChannelSpec(f"{self.fullname}_samples", "float64", shape, self.unit)]
+        return [
+            ChannelSpec(self.fullname, "float64", (), self.unit),
+            ChannelSpec(f"{self.fullname}_samples", "float64", shape, self.unit),
+        ]
 
     def read(self, ctx: PointContext) -> list[Any]:
         rng = seeded_rng(self.seed, self.fullname, ctx.index)
@@ -103,21 +115,34 @@ class Mca(Counter):
         Seed of the Poisson noise.
     """
 
-    def __init__(self, name: str, channels: int = 1024,
-                 peaks: Sequence[tuple[float, float, float]] | None = None,
-                 background: float = 2.0, *, seed: int = 0) -> None:
+    def __init__(
+        self,
+        name: str,
+        channels: int = 1024,
+        peaks: Sequence[tuple[float, float, float]] | None = None,
+        background: float = 2.0,
+        *,
+        seed: int = 0,
+    ) -> None:
         super().__init__(name, unit="counts", seed=seed)
         self.nbins = check_count("channels", channels, 1, f"mca {name!r}")
         if peaks is None:
-            peaks = [(0.2 * channels, channels / 100 + 2, 5e3), (0.45 * channels, channels / 80 + 2, 2e4),
-                     (0.7 * channels, channels / 60 + 2, 1e4)]
+            peaks = [
+                (0.2 * channels, channels / 100 + 2, 5e3),
+                (0.45 * channels, channels / 80 + 2, 2e4),
+                (0.7 * channels, channels / 60 + 2, 1e4),
+            ]
         self.peaks = [Peak(float(p), float(w), float(a)) for p, w, a in peaks]
         self.background = float(background)
         x = np.arange(self.nbins, dtype=np.float64)
         rate = np.full(self.nbins, self.background)
         for peak in self.peaks:
             sigma = peak.fwhm / (2 * math.sqrt(2 * math.log(2)))
-            rate += peak.area / (sigma * math.sqrt(2 * math.pi)) * np.exp(-0.5 * ((x - peak.position) / sigma) ** 2)
+            rate += (
+                peak.area
+                / (sigma * math.sqrt(2 * math.pi))
+                * np.exp(-0.5 * ((x - peak.position) / sigma) ** 2)
+            )
         self._rate = rate  # expected counts per bin per second: computed once
 
     @property
@@ -140,5 +165,9 @@ class Mca(Counter):
         return [rng.poisson(self.expected(ctx.count_time)).astype(np.uint32)]
 
     def metadata(self) -> dict[str, Any]:
-        return {"@NX_class": "NXdetector", "type": "mca", "channels": self.nbins,
-                "peaks": [[p.position, p.fwhm, p.area] for p in self.peaks]}
+        return {
+            "@NX_class": "NXdetector",
+            "type": "mca",
+            "channels": self.nbins,
+            "peaks": [[p.position, p.fwhm, p.area] for p in self.peaks],
+        }

@@ -90,7 +90,11 @@ class StreamNode(ScanMemberNode):
             cls = IndexWontBeThereError if sealed else IndexNotYetThereError
             raise cls(
                 f"{self.db_name}: asked for indices up to {stop - 1}, but "
-                + (f"the channel ended with {length} points" if sealed else f"only {length} points are there yet")
+                + (
+                    f"the channel ended with {length} points"
+                    if sealed
+                    else f"only {length} points are there yet"
+                )
             )
         return start, stop
 
@@ -109,7 +113,9 @@ class StreamNode(ScanMemberNode):
         expected = base = found[0].first_index
         for entry in found:  # a hole would shift every later index: refuse it
             if entry.first_index != expected:
-                raise IndexNoMoreThereError(f"{self.db_name}: points {expected} to {entry.first_index - 1} are gone")
+                raise IndexNoMoreThereError(
+                    f"{self.db_name}: points {expected} to {entry.first_index - 1} are gone"
+                )
             expected = entry.end_index
         return base, [entry.fields for entry in found]
 
@@ -184,7 +190,9 @@ class ChannelNode(StreamNode):
         index = index + length if index < 0 else index
         return self._read(*self._check_range(index, index + 1))[0]
 
-    def get_as_array(self, from_index: int = 0, to_index: int = -1, fill_value: Any = None) -> np.ndarray:
+    def get_as_array(
+        self, from_index: int = 0, to_index: int = -1, fill_value: Any = None
+    ) -> np.ndarray:
         """Like :meth:`get` (whole channel by default), always as a regular numpy array.
 
         Variable-length 1D points are padded to the longest one with ``fill_value``
@@ -196,7 +204,9 @@ class ChannelNode(StreamNode):
         return pad_ragged(list(data), self.dtype, fill_value)
 
 
-def pad_ragged(points: list[np.ndarray], dtype: np.dtype[Any], fill_value: Any = None) -> np.ndarray:
+def pad_ragged(
+    points: list[np.ndarray], dtype: np.dtype[Any], fill_value: Any = None
+) -> np.ndarray:
     """Stack 1D arrays of different lengths into a 2D array, padding with ``fill_value``."""
     if fill_value is None:
         fill_value = codecs.fill_value(dtype)  # the data model's one padding rule
@@ -261,7 +271,9 @@ class LimaDataView:
     def _bounds(self) -> tuple[int, int]:
         length = len(self.node)
         start = self.from_index + length if self.from_index < 0 else self.from_index
-        stop = length if self.to_index is None or self.to_index < 0 else min(length, self.to_index + 1)
+        stop = (
+            length if self.to_index is None or self.to_index < 0 else min(length, self.to_index + 1)
+        )
         return start, max(start, stop)
 
     def __len__(self) -> int:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .events import Event, StopHandler
     from .tree import ScanNode
 
+
 class DataNode:
     """Base of all nodes: ``type``, ``name``, ``db_name``, ``info``, ``parent``, walks.
 

@@ -189,7 +189,9 @@ class Walker:
         return b"0-0"
 
     # -- subscriptions ----------------------------------------------------------------
-    def _follow_scan(self, scan: ScanNode, *, lifecycle_only: bool, subtree_root: int) -> _ScanFollow:
+    def _follow_scan(
+        self, scan: ScanNode, *, lifecycle_only: bool, subtree_root: int
+    ) -> _ScanFollow:
         follow = _ScanFollow(scan, lifecycle_only, subtree_root)
         self._scans[scan.events_key.encode()] = follow
         return follow
@@ -213,7 +215,9 @@ class Walker:
     def _read(self, block: float | None) -> list[tuple[bytes, StreamEntries]]:
         """One XREAD of every followed stream: ``(key, entries)`` per stream that had some."""
         reply = self.redis.xread(
-            self._streams(), count=_READ_COUNT, block=None if block is None else max(1, int(block * 1000))
+            self._streams(),
+            count=_READ_COUNT,
+            block=None if block is None else max(1, int(block * 1000)),
         )
         # RESP2 (the client's protocol): a list of [key, entries] pairs, [] when nothing came.
         return [(key, stream_entries(raw)) for key, raw in cast("list[list[Any]]", reply or [])]
@@ -295,7 +299,9 @@ class Walker:
             events.append(Event(EventType.NEW_NODE, scan, EventData()))
         self._follow_scan(scan, lifecycle_only=self._exclude(scan), subtree_root=0)
 
-    def _on_scan_event(self, follow: _ScanFollow, fields: entries.Fields, events: list[Event]) -> None:
+    def _on_scan_event(
+        self, follow: _ScanFollow, fields: entries.Fields, events: list[Event]
+    ) -> None:
         kind = fields.get(b"event")
         scan = follow.scan
         if kind == entries.NEW_NODE:
@@ -310,7 +316,9 @@ class Walker:
         elif kind == entries.END:
             self._on_end(follow, entries.parse_end(fields, f"scan {scan.db_name}"), events)
 
-    def _on_new_node(self, follow: _ScanFollow, fields: entries.Fields, events: list[Event]) -> None:
+    def _on_new_node(
+        self, follow: _ScanFollow, fields: entries.Fields, events: list[Event]
+    ) -> None:
         node = follow.scan.node_from_entry(fields)
         index = node.index
         if index in follow.seen:
@@ -382,7 +390,9 @@ class Walker:
         if batch:
             self._data_event(follow, batch, first_of_batch, events)
 
-    def _data_event(self, follow: _DataFollow, batch: list[DataEntry], first: int, events: list[Event]) -> None:
+    def _data_event(
+        self, follow: _DataFollow, batch: list[DataEntry], first: int, events: list[Event]
+    ) -> None:
         node = follow.node
         try:
             data = node.decode([entry.fields for entry in batch])
@@ -402,7 +412,13 @@ class Walker:
         count = follow.next_index - first
         # A copy per event: a consumer that edits its description cannot change the next one's.
         description = dict(node.description)
-        events.append(Event(EventType.NEW_DATA, node, EventData(first, node.event_data(data), description, count)))
+        events.append(
+            Event(
+                EventType.NEW_DATA,
+                node,
+                EventData(first, node.event_data(data), description, count),
+            )
+        )
 
     def _on_end(self, follow: _ScanFollow, end: ScanEnd, events: list[Event]) -> None:
         scan = follow.scan
@@ -425,7 +441,9 @@ class Walker:
             if follow.errors:
                 # Nodes whose data was corrupt (DecodingError text): not read to their end.
                 description["decoding_errors"] = dict(follow.errors)
-            events.append(Event(EventType.END_SCAN, scan, EventData(data=end.state, description=description)))
+            events.append(
+                Event(EventType.END_SCAN, scan, EventData(data=end.state, description=description))
+            )
         self._unfollow_scan(follow)
         if self._session_key is None:
             self._finished = True
@@ -450,11 +468,15 @@ class Walker:
                     continue  # END is in the scan's event stream: the next read yields it
             except ScanNotFoundError:
                 if self._session_key is None:
-                    raise IndexNoMoreThereError(f"scan {follow.scan.db_name} expired during the walk") from None
+                    raise IndexNoMoreThereError(
+                        f"scan {follow.scan.db_name} expired during the walk"
+                    ) from None
                 logger.warning("scan %s expired during the walk; dropped", follow.scan.db_name)
                 self._unfollow_scan(follow)
             except redis.exceptions.NoPermissionError:
                 # Read-only user: cannot record KILLED, so end the scan for this walk only.
-                end = ScanEnd(ScanState.KILLED, "the publisher stopped renewing its lease", time.time(), {})
+                end = ScanEnd(
+                    ScanState.KILLED, "the publisher stopped renewing its lease", time.time(), {}
+                )
                 self._on_end(follow, end, events)
         return events

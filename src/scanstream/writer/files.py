@@ -59,7 +59,9 @@ class OpenFiles:
         self._unclosed: dict[Path, h5py.File] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._flusher = threading.Thread(target=self._flush_loop, name="scanstream-flush", daemon=True)
+        self._flusher = threading.Thread(
+            target=self._flush_loop, name="scanstream-flush", daemon=True
+        )
         self._flusher.start()
 
     def acquire(self, path: Path) -> h5py.File:
@@ -146,9 +148,12 @@ class OpenFiles:
             self._files.clear()
             self._retry_unclosed()
             for path in self._unclosed:
-                logger.error("%s could not be flushed (no space left on the device?) and stays "
-                             "unclosed; its last data is missing: the scans concerned are not "
-                             "marked saved", path)
+                logger.error(
+                    "%s could not be flushed (no space left on the device?) and stays "
+                    "unclosed; its last data is missing: the scans concerned are not "
+                    "marked saved",
+                    path,
+                )
 
     def _retry_unclosed(self) -> None:
         """Flush, then close, the files whose flush failed; leave those that still fail."""
@@ -210,14 +215,18 @@ def _open(path: Path) -> h5py.File:
         ) from exc
     if not path.exists() and not os.access(path.parent, os.W_OK):
         raise WriterError(
-                f"cannot create {str(path)!r}: directory {str(path.parent)!r} is not writable; "
-                "fix its permissions or choose another place (scan_info 'filename' or --root)"
-            )
+            f"cannot create {str(path)!r}: directory {str(path.parent)!r} is not writable; "
+            "fix its permissions or choose another place (scan_info 'filename' or --root)"
+        )
     _refuse_if_written_elsewhere(path)
     try:
         return open_nexus_file(path, "a")
     except OSError as exc:
-        why = "no space left on the device" if getattr(exc, "errno", None) == errno.ENOSPC else str(exc)
+        why = (
+            "no space left on the device"
+            if getattr(exc, "errno", None) == errno.ENOSPC
+            else str(exc)
+        )
         raise WriterError(
             f"cannot open {str(path)!r} for writing: {why}. Is it an HDF5 file, writable by this "
             "user, and not being written by another program?"

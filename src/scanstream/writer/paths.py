@@ -51,7 +51,10 @@ class WritePolicy:
 
     @classmethod
     def create(
-        cls, root: str | os.PathLike[str], allowed: Iterable[str | os.PathLike[str]] = (), umask: int | None = None
+        cls,
+        root: str | os.PathLike[str],
+        allowed: Iterable[str | os.PathLike[str]] = (),
+        umask: int | None = None,
     ) -> WritePolicy:
         """A policy from user input (``~`` expanded, paths made absolute)."""
         return cls(

@@ -40,8 +40,12 @@ class ReadAhead:
     manager: leaving it stops the walk and joins the helper thread.
     """
 
-    def __init__(self, walk: Callable[[StopHandler], Iterator[Any]],
-                 stop_handler: StopHandler | None = None, name: str = "scanstream-read") -> None:
+    def __init__(
+        self,
+        walk: Callable[[StopHandler], Iterator[Any]],
+        stop_handler: StopHandler | None = None,
+        name: str = "scanstream-read",
+    ) -> None:
         self._outer = stop_handler
         self._walk_stop = StopHandler()
         self._queue: queue.Queue[tuple[bool, Any]] = queue.Queue(DEPTH)

@@ -82,8 +82,9 @@ class WriterRegistry:
 
     def release(self, session: str, owner: str | None = None) -> None:
         """Delete the claim on ``session`` if it names ``owner`` (default: this writer)."""
-        self._release(keys=[self.store.keys.writer_health(session)],
-                      args=[OWNER_FIELD, owner or self.owner])
+        self._release(
+            keys=[self.store.keys.writer_health(session)], args=[OWNER_FIELD, owner or self.owner]
+        )
 
     def is_saved(self, session: str, number: int) -> bool:
         """True when a writer recorded scan ``number`` of ``session`` as saved."""

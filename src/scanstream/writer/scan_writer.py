@@ -106,7 +106,9 @@ class ScanWriter:
         Entry names ``scan3_1`` (strict NeXus naming) instead of BLISS's ``3.1``.
     """
 
-    def __init__(self, scan: ScanNode, files: OpenFiles, root: Path, *, strict_names: bool = False) -> None:
+    def __init__(
+        self, scan: ScanNode, files: OpenFiles, root: Path, *, strict_names: bool = False
+    ) -> None:
         self.scan = scan
         self.files = files
         self.root = root
@@ -149,8 +151,11 @@ class ScanWriter:
         self._file = self.files.acquire(self.result.path)
         try:
             # Events are read from Redis while the previous ones are written (read_ahead.py).
-            with ReadAhead(lambda stop: self.scan.walk_events(stop_handler=stop), stop_handler,
-                           name=f"scanstream-read-{self.scan.db_name}") as events:
+            with ReadAhead(
+                lambda stop: self.scan.walk_events(stop_handler=stop),
+                stop_handler,
+                name=f"scanstream-read-{self.scan.db_name}",
+            ) as events:
                 for event_type, node, event_data in events:
                     # Checked before each event: once stopped, the scan may be another
                     # writer's (the service lost the session), so not one more write.
@@ -216,7 +221,10 @@ class ScanWriter:
         """Its dataset, created empty (it grows with the points)."""
         npoints = self.info.get("npoints")
         self._datasets[node.index] = nexus.require_channel_dataset(
-            self._entry_of[node.index]["measurement"], node.name, node.dtype, node.shape,
+            self._entry_of[node.index]["measurement"],
+            node.name,
+            node.dtype,
+            node.shape,
             expected_points=npoints if isinstance(npoints, int) and npoints > 0 else None,
             units=node.unit,
         )
@@ -243,8 +251,12 @@ class ScanWriter:
             self._unsaved_frames[node.index] = end
         else:
             nexus.require_image_vds(
-                self._entry_of[node.index]["measurement"], node.name, data.data,
-                dtype=node.dtype, frame_shape=node.shape, first_index=data.first_index,
+                self._entry_of[node.index]["measurement"],
+                node.name,
+                data.data,
+                dtype=node.dtype,
+                frame_shape=node.shape,
+                first_index=data.first_index,
             )
         return end
 
@@ -268,7 +280,9 @@ class ScanWriter:
         if entry is not None:
             return entry
         assert self._file is not None
-        name = nexus.entry_name(self.scan.number, len(self._entries) + 1, strict_names=self.strict_names)
+        name = nexus.entry_name(
+            self.scan.number, len(self._entries) + 1, strict_names=self.strict_names
+        )
         existing = self._file.get(name)
         if existing is not None and existing.attrs.get("scanstream_scan") != self.scan_id:
             raise WriterError(
@@ -278,8 +292,11 @@ class ScanWriter:
                 "and restart the writer, or give the scans another filename"
             )
         entry = nexus.require_entry(
-            self._file, name, title=str(self.info.get("title", self.scan.name)),
-            start_time=self.info.get("start_time") or time.time(), scan_info=self.info,
+            self._file,
+            name,
+            title=str(self.info.get("title", self.scan.name)),
+            start_time=self.info.get("start_time") or time.time(),
+            scan_info=self.info,
         )
         entry.attrs["scanstream_scan"] = self.scan_id
         entry.attrs["scanstream_top_master"] = master_name
@@ -295,8 +312,11 @@ class ScanWriter:
             self._entry_of_master(-1, "")
         for entry in self._entries.values():
             nexus.finalize_entry(
-                entry, end_time=end.get("end_time") or time.time(), state=state,
-                error=end.get("error"), scan_info=info,
+                entry,
+                end_time=end.get("end_time") or time.time(),
+                state=state,
+                error=end.get("error"),
+                scan_info=info,
             )
             self._guarded(f"{entry.name}: instrument", self._write_instrument, entry, info)
             self._guarded(f"{entry.name}: metadata", self._write_metadata, entry, info)
@@ -325,7 +345,9 @@ class ScanWriter:
             if self._entry_of[index] == entry and not isinstance(node, ScanRefNode):
                 self._link_device(instrument, node, used)
 
-    def _link_device(self, instrument: h5py.Group, node: ChannelNode | LimaNode, used: set[str]) -> None:
+    def _link_device(
+        self, instrument: h5py.Group, node: ChannelNode | LimaNode, used: set[str]
+    ) -> None:
         """``instrument/<device>``: NXpositioner (motors) or NXdetector linking to the data."""
         prefix, _, short = node.name.rpartition(":")
         is_motor = prefix == "axis"
@@ -335,7 +357,9 @@ class ScanWriter:
             if name in used:
                 return
         used.add(name)
-        group = nexus.require_nx_group(instrument, name, "NXpositioner" if is_motor else "NXdetector")
+        group = nexus.require_nx_group(
+            instrument, name, "NXpositioner" if is_motor else "NXdetector"
+        )
         measurement = f"{self._entry_of[node.index].name}/measurement/"
         dsname = nexus.channel_dataset_name(node.name)
         if isinstance(node, LimaNode) and node.saving_mode == SavingMode.NOSAVING:
@@ -362,7 +386,8 @@ class ScanWriter:
         channels = {
             node.name: f"measurement/{nexus.channel_dataset_name(node.name)}"
             for index, node in self._data_nodes.items()
-            if self._entry_of[index] == entry and nexus.channel_dataset_name(node.name) in measurement
+            if self._entry_of[index] == entry
+            and nexus.channel_dataset_name(node.name) in measurement
         }
         nexus.write_default_plot(entry, info.get("plots"), channels, scan_info=info)
 

@@ -198,14 +198,18 @@ class WriterService:
                 pass
         finally:
             why = f"on {received[0]}" if received else "on request"
-            logger.info("stopping %s: %s; scans being written are completed at the next start",
-                        why, self._counters())
+            logger.info(
+                "stopping %s: %s; scans being written are completed at the next start",
+                why,
+                self._counters(),
+            )
             self.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         if self.files.unclosed:
-            logger.error("files left unflushed (disk full?): %s",
-                         ", ".join(map(str, self.files.unclosed)))
+            logger.error(
+                "files left unflushed (disk full?): %s", ", ".join(map(str, self.files.unclosed))
+            )
             return 1
         return 0
 
@@ -227,8 +231,11 @@ class WriterService:
         self._spawn(self._heartbeat_loop, "heartbeat")
         for session in self._sessions.values():
             self._spawn(self._follow_session, f"session-{session.name}", session)
-        logger.info("writing sessions %s into %s (unless scan_info gives a filename)",
-                    ", ".join(self.sessions), self.root)
+        logger.info(
+            "writing sessions %s into %s (unless scan_info gives a filename)",
+            ", ".join(self.sessions),
+            self.root,
+        )
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -273,8 +280,12 @@ class WriterService:
             claim = self._next_claim(session)
             if claim is None:
                 return
-            supervise(functools.partial(self._walk_session, session, claim), stop=claim,
-                      what=f"session {session.name}: listener", restart_on=(Exception,))
+            supervise(
+                functools.partial(self._walk_session, session, claim),
+                stop=claim,
+                what=f"session {session.name}: listener",
+                restart_on=(Exception,),
+            )
             if not claim.stopped:  # the walk ended by itself: nothing more will come
                 return
 
@@ -293,8 +304,10 @@ class WriterService:
         node = get_session_node(session.name, store=self.store)
         # Scans only: their nodes are the scan writers' job.
         for event_type, scan, _ in node.walk_on_new_events(
-            include_filter=_SCAN_TYPES, exclude_children=_SCAN_TYPES,
-            from_next=not self.catch_up, stop_handler=claim,
+            include_filter=_SCAN_TYPES,
+            exclude_children=_SCAN_TYPES,
+            from_next=not self.catch_up,
+            stop_handler=claim,
         ):
             if event_type == EventType.NEW_NODE and isinstance(scan, ScanNode):
                 self._on_scan(session, scan, claim)
@@ -331,14 +344,22 @@ class WriterService:
             with self._lock:  # scan threads of one session finish concurrently
                 session.saved += 1
             points = sum(result.points.values())
-            logger.info("saved %s (%s): %d points in %s entries %s of %s (%.2f s)",
-                        scan.db_name, result.state, points, len(result.entries),
-                        ", ".join(result.entries), result.path, time.monotonic() - started)
+            logger.info(
+                "saved %s (%s): %d points in %s entries %s of %s (%.2f s)",
+                scan.db_name,
+                result.state,
+                points,
+                len(result.entries),
+                ", ".join(result.entries),
+                result.path,
+                time.monotonic() - started,
+            )
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
             logger.error("scan %s NOT saved: %s", scan.db_name, message)
             session.errors.append(
-                {"scan": scan.name, "number": scan.number, "error": message, "time": time.time()})
+                {"scan": scan.name, "number": scan.number, "error": message, "time": time.time()}
+            )
         finally:
             self._done(session, scan)
 
@@ -347,6 +368,7 @@ class WriterService:
 
         Returns None when the claim stops first (the writer stops, or lost the session).
         """
+
         def attempt() -> WriteResult:
             writer = ScanWriter(scan, self.files, self.root, strict_names=self.strict_names)
             return writer.run(claim)
@@ -410,12 +432,15 @@ class WriterService:
         try:
             # The status published is the one that holds once the script has recorded the
             # claim (it writes nothing otherwise): "writing" is true from the first claim on.
-            other = self.registry.claim(session.name, self._status(session, writing=True), HEALTH_TTL)
+            other = self.registry.claim(
+                session.name, self._status(session, writing=True), HEALTH_TTL
+            )
             if other is not None and is_dead_local_process(other):
                 # A writer of this machine killed without clean-up: no need to wait for its
                 # claim to expire. Delete it only if it still names that writer.
-                logger.warning("session %s: taking over from writer %s, which is dead",
-                               session.name, other)
+                logger.warning(
+                    "session %s: taking over from writer %s, which is dead", session.name, other
+                )
                 self.registry.release(session.name, other)
                 return
         except redis.RedisError as exc:
@@ -436,8 +461,11 @@ class WriterService:
                 session.claim.valid_until = valid_until
                 return
             if session.claim is not None:
-                logger.warning("session %s: claim taken again after it had lapsed; writing it again "
-                               "from its stored history", session.name)
+                logger.warning(
+                    "session %s: claim taken again after it had lapsed; writing it again "
+                    "from its stored history",
+                    session.name,
+                )
             session.claim = _Claim(valid_until)
             session.other = None
 
@@ -449,9 +477,17 @@ class WriterService:
             # Stop walking and writing the session before anything more is written: the other
             # writer writes it now (and the same files, when both have the same root).
             claim.stop()
-            logger.error("session %s: writer %s has taken it over (the claim of this writer "
-                         "lapsed: it was frozen or cut off from Redis for more than %.0f s); "
-                         "stopped writing it", session.name, other, HEALTH_TTL)
+            logger.error(
+                "session %s: writer %s has taken it over (the claim of this writer "
+                "lapsed: it was frozen or cut off from Redis for more than %.0f s); "
+                "stopped writing it",
+                session.name,
+                other,
+                HEALTH_TTL,
+            )
         elif known != other:
-            logger.warning("session %s is written by another writer (%s); waiting until it stops",
-                           session.name, other)
+            logger.warning(
+                "session %s is written by another writer (%s); waiting until it stops",
+                session.name,
+                other,
+            )

@@ -67,7 +67,9 @@ def supervise(
             failures += 1
             pause = backoff.compute(failures)
             if isinstance(exc, UNREACHABLE):
-                logger.warning("%s: Redis unreachable (%s); starting again in %.1f s", what, exc, pause)
+                logger.warning(
+                    "%s: Redis unreachable (%s); starting again in %.1f s", what, exc, pause
+                )
             else:
                 logger.exception("%s failed; starting again in %.1f s", what, pause)
         stop.wait(pause)

@@ -343,7 +343,9 @@ class EntrySummary:
     points: dict[str, int] = field(default_factory=dict)
 
 
-def scan_entry_names(file: h5py.Group, scan_number: int, *, strict_names: bool = False) -> list[str]:
+def scan_entry_names(
+    file: h5py.Group, scan_number: int, *, strict_names: bool = False
+) -> list[str]:
     """Names of the NXentries of scan ``scan_number`` in ``file``, first top master first."""
     names: list[str] = []
     while (name := entry_name(scan_number, len(names) + 1, strict_names=strict_names)) in file:
@@ -358,7 +360,9 @@ def channel_datasets(measurement: h5py.Group) -> dict[str, h5py.Dataset]:
     reference tables of image channels (:func:`references_dataset_name`) are left out.
     """
     datasets = {name: obj for name, obj in measurement.items() if isinstance(obj, h5py.Dataset)}
-    siblings = {f(name) for name in datasets for f in (lengths_dataset_name, references_dataset_name)}
+    siblings = {
+        f(name) for name in datasets for f in (lengths_dataset_name, references_dataset_name)
+    }
     return {name: dset for name, dset in datasets.items() if name not in siblings}
 
 
@@ -375,7 +379,9 @@ def read_entry_summary(entry: h5py.Group) -> EntrySummary:
         name=entry.name.rpartition("/")[2],
         title=entry["title"].asstr()[()],
         end_reason=reason.asstr()[()] if isinstance(reason, h5py.Dataset) else None,
-        points={name: dset.shape[0] for name, dset in channel_datasets(entry["measurement"]).items()},
+        points={
+            name: dset.shape[0] for name, dset in channel_datasets(entry["measurement"]).items()
+        },
     )
 
 

@@ -60,7 +60,6 @@ def channel_dataset_name(channel_name: str) -> str:
     return hdf5_name(channel_name)
 
 
-
 def fill_value_for(dtype: Any) -> Any:
     """Fill (padding) value of a dtype: NaN for floats/complex, 0 for integers, False for bool.
 
@@ -153,10 +152,19 @@ def require_channel_dataset(
     if ragged:
         lengths_name = lengths_dataset_name(dsname)
         rows = _chunk_rows(CHUNK_RAGGED_WIDTH * dt.itemsize, expected_points)
-        lengths = _require_growing(group, lengths_name, np.dtype(np.int64), (), (rows,), 0, None,
-                                   long_name=f"{name} lengths")
-        dset = _require_growing(group, dsname, dt, (0,), (rows, CHUNK_RAGGED_WIDTH), fill,
-                                compression, long_name=name)
+        lengths = _require_growing(
+            group,
+            lengths_name,
+            np.dtype(np.int64),
+            (),
+            (rows,),
+            0,
+            None,
+            long_name=f"{name} lengths",
+        )
+        dset = _require_growing(
+            group, dsname, dt, (0,), (rows, CHUNK_RAGGED_WIDTH), fill, compression, long_name=name
+        )
         if lengths.shape[0] < dset.shape[0]:
             raise NexusLayoutError(
                 f"{lengths.name!r} has {lengths.shape[0]} entries for {dset.shape[0]} points"
@@ -169,8 +177,9 @@ def require_channel_dataset(
     else:
         point_bytes = dt.itemsize * int(np.prod(shape, dtype=np.int64))
         rows = _chunk_rows(point_bytes, expected_points)
-        dset = _require_growing(group, dsname, dt, shape, (rows,) + shape, fill, compression,
-                                long_name=name)
+        dset = _require_growing(
+            group, dsname, dt, shape, (rows,) + shape, fill, compression, long_name=name
+        )
         interpretation = {1: "spectrum", 2: "image"}.get(len(shape))
     if interpretation and dset.attrs.get("interpretation") != interpretation:
         dset.attrs["interpretation"] = interpretation
@@ -340,4 +349,3 @@ def _write_ragged(dset: h5py.Dataset, lengths: h5py.Dataset, first: int, data: A
     dset[first:end] = buf
     lengths[first:end] = sizes
     return end
-

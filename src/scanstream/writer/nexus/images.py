@@ -60,8 +60,11 @@ class _Block:
 
     def continues(self, other: _Block) -> bool:
         """True when ``other`` directly follows this block in both the VDS and the source."""
-        return (other.file, other.dset) == (self.file, self.dset) and other.v0 == self.v1 \
+        return (
+            (other.file, other.dset) == (self.file, self.dset)
+            and other.v0 == self.v1
             and other.s0 == self.s0 + self.v1 - self.v0
+        )
 
 
 def _merge(blocks: Iterable[_Block]) -> list[_Block]:
@@ -162,8 +165,14 @@ def require_image_vds(
                 " index_in_file, format); pass one 4-tuple per frame"
             )
         file_path, path_in_file, index, file_format = ref
-        rows.append((stored_path(file_path, master_dir, master_file), str(path_in_file),
-                     int(index), str(file_format)))
+        rows.append(
+            (
+                stored_path(file_path, master_dir, master_file),
+                str(path_in_file),
+                int(index),
+                str(file_format),
+            )
+        )
 
     table_name = references_dataset_name(dsname)
     table_is_new = table_name not in group
@@ -171,8 +180,13 @@ def require_image_vds(
     bad = sorted({r[3] for r in rows if not is_hdf5_format(r[3])})
     if bad:
         if table_is_new:
-            logger.warning("%s/%s: frames in format %s cannot be mapped into a virtual dataset;"
-                           " only the reference table is written", group.name, dsname, bad)
+            logger.warning(
+                "%s/%s: frames in format %s cannot be mapped into a virtual dataset;"
+                " only the reference table is written",
+                group.name,
+                dsname,
+                bad,
+            )
         return None
 
     existing = group.get(dsname)
@@ -214,9 +228,8 @@ def require_image_vds(
     layout = h5py.VirtualLayout(shape=(nframes,) + fshape, dtype=dt)
     for blk in blocks:
         count = blk.v1 - blk.v0
-        source = h5py.VirtualSource(blk.file, blk.dset, shape=(blk.s0 + count,) + fshape,
-                                    dtype=dt)
-        layout[blk.v0:blk.v1] = source[blk.s0:blk.s0 + count]
+        source = h5py.VirtualSource(blk.file, blk.dset, shape=(blk.s0 + count,) + fshape, dtype=dt)
+        layout[blk.v0 : blk.v1] = source[blk.s0 : blk.s0 + count]
     if existing is not None:
         del group[dsname]
     vds = group.create_virtual_dataset(dsname, layout, fillvalue=fill_value_for(dt))
@@ -238,12 +251,19 @@ def _read_blocks(vds: h5py.Dataset) -> list[_Block]:
     return blocks
 
 
-def _write_reference_table(group: h5py.Group, name: str, first: int,
-                           rows: Sequence[tuple[str, str, int, str]], *, long_name: str) -> None:
+def _write_reference_table(
+    group: h5py.Group,
+    name: str,
+    first: int,
+    rows: Sequence[tuple[str, str, int, str]],
+    *,
+    long_name: str,
+) -> None:
     table = group.get(name)
     if table is None:
-        table = group.create_dataset(name, shape=(0, 4), maxshape=(None, 4), dtype=STR_DTYPE,
-                                     chunks=(256, 4))
+        table = group.create_dataset(
+            name, shape=(0, 4), maxshape=(None, 4), dtype=STR_DTYPE, chunks=(256, 4)
+        )
         table.attrs["columns"] = ["file", "path_in_file", "index_in_file", "format"]
         table.attrs["long_name"] = f"{long_name} image references"
     elif not isinstance(table, h5py.Dataset) or table.shape[1:] != (4,):
@@ -262,4 +282,3 @@ def _write_reference_table(group: h5py.Group, name: str, first: int,
     if stop > table.shape[0]:
         table.resize(stop, axis=0)
     table[first:stop] = np.array([[f, p, str(i), fmt] for f, p, i, fmt in rows], dtype=object)
-

@@ -172,8 +172,12 @@ def write_metadata(group: h5py.Group, mapping: Mapping[str, Any]) -> None:
         except ValueError:
             target = None
         if target is None:
-            logger.warning("metadata attribute %r of missing member %r in %s: skipped",
-                           attr, member, group.name)
+            logger.warning(
+                "metadata attribute %r of missing member %r in %s: skipped",
+                attr,
+                member,
+                group.name,
+            )
             continue
         _set_attr(target, attr, value)
 
@@ -235,8 +239,10 @@ def write_positioners(
             unit = units.get(motor)
             if dset is not None and unit:
                 _set_attr(dset, "units", str(unit))
-    for alias, target in (("positioners", "positioners_start"),
-                          ("positioners_dial", "positioners_dial_start")):
+    for alias, target in (
+        ("positioners", "positioners_start"),
+        ("positioners_dial", "positioners_dial_start"),
+    ):
         if target in instrument and alias not in instrument:
             instrument[alias] = h5py.SoftLink(f"{instrument.name}/{target}")
 

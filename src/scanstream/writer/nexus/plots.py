@@ -25,6 +25,7 @@ __all__ = ["link_subscan_entries", "write_default_plot"]
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class _Plot:
     name: str
@@ -90,9 +91,12 @@ def write_default_plot(
         return None
 
 
-def _write_default_plot(entry: h5py.Group, plots: Sequence[Mapping[str, Any]] | None,
-                        channels: Mapping[str, str], scan_info: Mapping[str, Any]
-                        ) -> h5py.Group | None:
+def _write_default_plot(
+    entry: h5py.Group,
+    plots: Sequence[Mapping[str, Any]] | None,
+    channels: Mapping[str, str],
+    scan_info: Mapping[str, Any],
+) -> h5py.Group | None:
     if plots is None:
         plots = scan_info.get("plots")
     if plots is not None and len(plots) == 0:
@@ -104,15 +108,19 @@ def _write_default_plot(entry: h5py.Group, plots: Sequence[Mapping[str, Any]] | 
         if isinstance(obj, h5py.Dataset):
             datasets[channel] = obj
         else:
-            logger.warning("%s: channel %r has no dataset at %r; not plotted",
-                           entry.name, channel, path)
+            logger.warning(
+                "%s: channel %r has no dataset at %r; not plotted", entry.name, channel, path
+            )
     specs = _plots_from_scan_info(entry, plots or [], datasets)
     plotselect = (scan_info.get("_display_extra") or {}).get("plotselect")
     if plotselect:
         ys = [y for y in plotselect if _known(entry, y, datasets)]
         if ys:
-            axes = specs[0].axes if specs and not specs[0].scatter else \
-                _fallback_axes(datasets, scan_info)[:1]
+            axes = (
+                specs[0].axes
+                if specs and not specs[0].scatter
+                else _fallback_axes(datasets, scan_info)[:1]
+            )
             specs.insert(0, _Plot("plotselect", ys, axes))
     if not specs:
         specs = _fallback_plot(datasets, scan_info)
@@ -137,8 +145,9 @@ def _known(entry: h5py.Group, channel: Any, datasets: Mapping[str, h5py.Dataset]
     return False
 
 
-def _plots_from_scan_info(entry: h5py.Group, plots: Sequence[Mapping[str, Any]],
-                          datasets: Mapping[str, h5py.Dataset]) -> list[_Plot]:
+def _plots_from_scan_info(
+    entry: h5py.Group, plots: Sequence[Mapping[str, Any]], datasets: Mapping[str, h5py.Dataset]
+) -> list[_Plot]:
     specs: list[_Plot] = []
     for index, plot in enumerate(plots):
         if not isinstance(plot, Mapping):
@@ -156,22 +165,38 @@ def _plots_from_scan_info(entry: h5py.Group, plots: Sequence[Mapping[str, Any]],
                     continue
                 by_x.setdefault(x or "", []).append(y)
             for k, (x, ys) in enumerate(by_x.items()):
-                specs.append(_Plot(base if k == 0 else f"{base}_{k}", ys, [x] if x else [],
-                                   title=plot.get("name")))
+                specs.append(
+                    _Plot(
+                        base if k == 0 else f"{base}_{k}",
+                        ys,
+                        [x] if x else [],
+                        title=plot.get("name"),
+                    )
+                )
         elif kind == "scatter-plot":
             for k, item in enumerate(items):
                 found = [item.get("value"), item.get("x"), item.get("y")]
                 if None in found or not all(_known(entry, n, datasets) for n in found):
                     continue
                 names = [str(n) for n in found]
-                specs.append(_Plot(base if k == 0 else f"{base}_{k}", [names[0]], names[1:],
-                                   scatter=True, title=plot.get("name")))
+                specs.append(
+                    _Plot(
+                        base if k == 0 else f"{base}_{k}",
+                        [names[0]],
+                        names[1:],
+                        scatter=True,
+                        title=plot.get("name"),
+                    )
+                )
         elif kind == "image-plot":
             for k, item in enumerate(items):
                 image = item.get("image")
                 if image is not None and _known(entry, image, datasets):
-                    specs.append(_Plot(base if k == 0 else f"{base}_{k}", [image], [],
-                                       title=plot.get("name")))
+                    specs.append(
+                        _Plot(
+                            base if k == 0 else f"{base}_{k}", [image], [], title=plot.get("name")
+                        )
+                    )
         else:
             logger.debug("%s: plot kind %r not written as NXdata", entry.name, kind)
     return specs
@@ -187,8 +212,7 @@ def _master_channels(scan_info: Mapping[str, Any]) -> list[str]:
     return names
 
 
-def _fallback_axes(datasets: Mapping[str, h5py.Dataset], scan_info: Mapping[str, Any]
-                   ) -> list[str]:
+def _fallback_axes(datasets: Mapping[str, h5py.Dataset], scan_info: Mapping[str, Any]) -> list[str]:
     scalars = [n for n, d in datasets.items() if d.ndim == 1]
     axes = [n for n in scalars if n.startswith("axis:")]
     if not axes:
@@ -197,12 +221,16 @@ def _fallback_axes(datasets: Mapping[str, h5py.Dataset], scan_info: Mapping[str,
     return axes
 
 
-def _fallback_plot(datasets: Mapping[str, h5py.Dataset], scan_info: Mapping[str, Any]
-                   ) -> list[_Plot]:
+def _fallback_plot(
+    datasets: Mapping[str, h5py.Dataset], scan_info: Mapping[str, Any]
+) -> list[_Plot]:
     axes = _fallback_axes(datasets, scan_info)
     masters = set(_master_channels(scan_info)) | set(axes)
-    counters = [n for n, d in datasets.items() if d.ndim == 1 and n not in masters
-                and not n.endswith(("epoch", "elapsed_time"))]
+    counters = [
+        n
+        for n, d in datasets.items()
+        if d.ndim == 1 and n not in masters and not n.endswith(("epoch", "elapsed_time"))
+    ]
     if counters:
         if scan_info.get("data_dim") == 2 and len(axes) >= 2:
             return [_Plot("plotselect", counters[:1], axes[:2], scatter=True)]
@@ -224,8 +252,13 @@ def _member_name(channel: str, used: set[str]) -> str:
     return name
 
 
-def _write_nxdata(entry: h5py.Group, spec: _Plot, datasets: Mapping[str, h5py.Dataset],
-                  used_groups: set[str], scan_title: Any) -> h5py.Group:
+def _write_nxdata(
+    entry: h5py.Group,
+    spec: _Plot,
+    datasets: Mapping[str, h5py.Dataset],
+    used_groups: set[str],
+    scan_title: Any,
+) -> h5py.Group:
     gname = hdf5_name(spec.name)
     existing = entry.get(gname)
     while gname in used_groups or (
@@ -336,20 +369,26 @@ def link_subscan_entries(
             member = hdf5_name(item)
             link = h5py.SoftLink(f"/{member}")
             if member not in root:
-                logger.info("%s: sub-scan entry %r not in the file yet; linked anyway",
-                            group_entry.name, item)
+                logger.info(
+                    "%s: sub-scan entry %r not in the file yet; linked anyway",
+                    group_entry.name,
+                    item,
+                )
         else:
             file_path, name = item
             member = hdf5_name(name)
             link = h5py.ExternalLink(
-                stored_path(os.fspath(file_path), master_dir, master_file), f"/{member}")
+                stored_path(os.fspath(file_path), master_dir, master_file), f"/{member}"
+            )
         existing = scans.get(member, getlink=True)
         if existing is not None:
-            same = type(existing) is type(link) and getattr(existing, "path", None) == link.path \
+            same = (
+                type(existing) is type(link)
+                and getattr(existing, "path", None) == link.path
                 and getattr(existing, "filename", None) == getattr(link, "filename", None)
+            )
             if same:
                 continue
             del scans[member]
         scans[member] = link
     return scans
-
