@@ -219,7 +219,7 @@ class Verifier(threading.Thread):
         while not self.stop_event.is_set():
             try:
                 self.step()
-            except Exception as exc:  # noqa: BLE001 - a verifier crash is a failed check
+            except Exception as exc:
                 self.problems.append(f"verifier: {type(exc).__name__}: {exc}")
                 return
             if self.done():
@@ -789,7 +789,7 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as exc:
         print(f"soak: interrupted ({exc}); every child process was stopped", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         report = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         if args.json:
             args.json.write_text(json.dumps(report, indent=1))

@@ -65,14 +65,14 @@ def follow_session(
             if event_type == EventType.NEW_NODE:
                 try:
                     record = follow_scan(scan, stop)
-                except Exception as exc:  # noqa: BLE001 - reported, the session walk goes on
+                except Exception as exc:
                     record = {"errors": [f"{type(exc).__name__}: {exc}"]}
                 if stop.stopped:
                     return
                 write({"session": session, "number": scan.number, "scan": record})
             elif event_type == EventType.END_SCAN:
                 write({"session": session, "number": scan.number, "end": data.data.name})
-    except Exception:  # noqa: BLE001
+    except Exception:
         write({"session": session, "fatal": traceback.format_exc()})
 
 

@@ -137,6 +137,6 @@ def check_file(
         for record in records:
             try:
                 problems += check_scan(store, session, record, root, file)
-            except Exception as exc:  # noqa: BLE001 - reported as a problem of this scan
+            except Exception as exc:
                 problems.append(f"{session} scan {record['number']}: {type(exc).__name__}: {exc}")
         return problems

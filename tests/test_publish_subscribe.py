@@ -70,7 +70,7 @@ def test_seed_loop_verbatim(seed_env, session):
     # ... and the per-scan worker of the seed, on the finished scan: ends by itself.
     scan_node = session_node.get_scan(scan.number)
     types = {}
-    for event_type, node, event_data in scan_node.walk_events():
+    for event_type, node, _event_data in scan_node.walk_events():
         if node.type in ("channel", "lima"):
             types.setdefault(node.name, []).append(event_type)
     assert types == {"diode": [EventType.NEW_NODE, EventType.NEW_DATA]}

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # ``soak`` is a package of the project root, like ``benchmarks``
     sys.path.insert(0, str(ROOT))
 
-from soak import runner, verify, workload
-from soak.publisher import publish_scan
+from soak import runner, verify, workload  # noqa: E402 (needs the path set above)
+from soak.publisher import publish_scan  # noqa: E402
 
 
 @pytest.mark.slow

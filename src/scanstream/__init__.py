@@ -76,7 +76,7 @@ _WRITER_NAMES = frozenset({"WriterService", "saved_scans", "writer_status"})
 
 def __getattr__(name: str) -> object:
     if name in _WRITER_NAMES:
-        from . import writer  # noqa: PLC0415 (deliberately lazy, see above)
+        from . import writer
 
         return getattr(writer, name)
     raise AttributeError(f"module 'scanstream' has no attribute {name!r}")

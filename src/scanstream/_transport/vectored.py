@@ -52,7 +52,8 @@ class ScatterPacker(PythonRespSerializer):
 
     def pack(self, *args: Any) -> list[Any]:
         if not any(type(arg) is Scattered for arg in args):
-            return super().pack(*args)
+            packed: list[Any] = super().pack(*args)  # type: ignore[no-untyped-call]
+            return packed
         if isinstance(args[0], str):
             args = tuple(args[0].encode().split()) + args[1:]
         output: list[Any] = []
@@ -110,12 +111,14 @@ class _VectoredSend:
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         conn: Any = self  # a redis-py connection (this class is only mixed into those)
-        if not conn._sock:
+        # redis-py keeps the socket private; this class exists to write to it (decision 0009).
+        if not conn._sock:  # noqa: SLF001
             conn.connect_check_health(check_health=False)
         if check_health:
             conn.check_health()
         try:
-            _send_all(conn._sock, [command] if isinstance(command, bytes) else command)
+            sock = conn._sock  # noqa: SLF001
+            _send_all(sock, [command] if isinstance(command, bytes) else command)
         except TimeoutError:  # socket.timeout
             conn.disconnect()
             raise redis_errors.TimeoutError("Timeout writing to socket") from None

@@ -212,9 +212,9 @@ class _ScanArgument(argparse.Action):
 
 
 if TYPE_CHECKING:
-    _SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+    _SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]  # noqa: SLF001
 else:
-    _SubParsers = argparse._SubParsersAction
+    _SubParsers = argparse._SubParsersAction  # noqa: SLF001 (argparse has no public base)
 
 
 class _ScanTypes(_SubParsers):
@@ -513,7 +513,7 @@ def run_scan(args: argparse.Namespace) -> int:
     except MotorLimitError as exc:
         print(f"scanstream scan: error: {exc}", file=sys.stderr)
         return 1
-    except Exception as exc:  # noqa: BLE001 - a device error: reported, the scan ended FAILED
+    except Exception as exc:
         result = scan_result_of(exc)
         print(f"scanstream scan: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

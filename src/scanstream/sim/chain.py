@@ -160,7 +160,7 @@ def run_chain(
         _run_masters(runs, ctl, time.time())
     except KeyboardInterrupt as exc:
         outcome = _Outcome(ScanState.USER_ABORTED, "KeyboardInterrupt", exc)
-    except BaseException as exc:  # noqa: BLE001 - recorded in the scan, then re-raised
+    except BaseException as exc:
         outcome = _Outcome(ScanState.FAILED, f"{type(exc).__name__}: {exc}", exc)
     else:
         outcome = _stopped(runs, ctl)
@@ -336,7 +336,7 @@ def _join_terminators(
 def _master_thread(run: _MasterRun, ctl: Control, t0: float) -> None:
     try:
         _run_master(run, ctl, t0)
-    except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+    except BaseException as exc:
         run.error = exc
         ctl.abort.set()
 

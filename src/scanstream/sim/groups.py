@@ -190,7 +190,7 @@ def parallel(steps: Sequence[Step], *, timeout: float | None = 60.0) -> list[Any
     def worker(k: int) -> None:
         try:
             results[k] = steps[k]()
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+        except BaseException as exc:
             errors[k] = exc
 
     threads = [
