@@ -127,8 +127,10 @@ class _Bad(Exception):
 
 def _expected(value: Any, path: str) -> Any:
     """What reading back a stored value must give (the documented conversions), or _Bad."""
-    if value is None or isinstance(value, (bool, str)):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, str):
+        return _utf8(value, path)
     if isinstance(value, (int, float)):
         return value
     if isinstance(value, np.generic):
@@ -146,7 +148,7 @@ def _expected(value: Any, path: str) -> Any:
         for key, item in value.items():
             if isinstance(key, (bool, np.bool_)) or not isinstance(key, (str, int)):
                 raise _Bad(f"{path}: key {key!r}")
-            out[str(key)] = _expected(item, f"{path}[{key!r}]")
+            out[_utf8(str(key), f"{path} key")] = _expected(item, f"{path}[{key!r}]")
         return out
     if isinstance(value, (list, tuple)):
         return [_expected(item, f"{path}[{i}]") for i, item in enumerate(value)]
@@ -156,6 +158,15 @@ def _expected(value: Any, path: str) -> Any:
         except UnicodeDecodeError:
             raise _Bad(path) from None
     raise _Bad(path)
+
+
+def _utf8(text: str, path: str) -> str:
+    """Text the writer can store (HDF5 strings are UTF-8: no lone surrogates), or _Bad."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _Bad(path) from None
+    return text
 
 
 def _expected_info(info: dict[Any, Any], path: str) -> dict[str, Any]:

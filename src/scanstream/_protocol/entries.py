@@ -13,7 +13,7 @@ Three kinds of streams (key names in :mod:`.keys`):
 
 Writers build entries with the ``*_fields`` functions and readers parse them with the
 ``parse_*`` functions, so that both sides cannot drift apart. The end-of-scan Lua script
-(:mod:`.scripts`) follows the same rules; ``tests/test_protocol.py`` checks it against them.
+(:mod:`.scripts`) follows the same rules; ``tests/test_protocol_scripts.py`` checks it against them.
 """
 
 from __future__ import annotations
