@@ -50,7 +50,15 @@ from .exceptions import (
     SessionNotFoundError,
     WriterError,
 )
-from .models import ImageReference, NodeType, SavingMode, ScanEnd, ScanState
+from .models import (
+    ImageReference,
+    NodeType,
+    SavingMode,
+    SavingState,
+    SavingVerdict,
+    ScanEnd,
+    ScanState,
+)
 from .publish import (
     ChannelPublisher,
     ContainerPublisher,
@@ -113,6 +121,8 @@ __all__ = [
     "RedisFullError",
     "RedisUnreachableError",
     "SavingMode",
+    "SavingState",
+    "SavingVerdict",
     "ScanEnd",
     "ScanEndedError",
     "ScanNode",

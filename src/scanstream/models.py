@@ -102,6 +102,65 @@ class SavingMode(str, enum.Enum):
     NOSAVING = "NOSAVING"
 
 
+class SavingState(str, enum.Enum):
+    """Where the saving of a scan stands: the verdict the writer that owns the scan records.
+
+    ``SAVED``, ``FAILED`` and ``NOT_SAVED`` are final. A scan no writer has taken yet is
+    ``WAITING``.
+    """
+
+    WAITING = "WAITING"  #: no writer has taken the scan (yet)
+    WRITING = "WRITING"  #: a writer is writing it (file and entries known)
+    SAVED = "SAVED"  #: every point is in the file, checked against the sealed lengths
+    FAILED = "FAILED"  #: the writer could not save it; ``reason`` says why
+    NOT_SAVED = "NOT_SAVED"  #: not saved by design (saving off in scan_info)
+
+    @property
+    def is_final(self) -> bool:
+        """True for SAVED, FAILED and NOT_SAVED."""
+        return self in (SavingState.SAVED, SavingState.FAILED, SavingState.NOT_SAVED)
+
+
+@dataclass(frozen=True)
+class SavingVerdict:
+    """Whether and where a scan was saved, as recorded in Redis by the writer that owns it.
+
+    Attributes
+    ----------
+    state : SavingState
+        Where the saving stands.
+    file : str or None
+        The file the scan is (being) written into.
+    entries : tuple of str
+        The NeXus entries of the scan in that file (``"12.1"``, ``"12.2"``...).
+    points : dict
+        Points (or images) in the file per data node name, once SAVED.
+    reason : str or None
+        Why the scan was not saved (FAILED), or why saving is off (NOT_SAVED).
+    writer : str or None
+        Identity of the writer that recorded the verdict (``host:pid:token``).
+    time : float or None
+        Epoch time the verdict was recorded.
+    """
+
+    state: SavingState
+    file: str | None = None
+    entries: tuple[str, ...] = ()
+    points: dict[str, int] = field(default_factory=dict)
+    reason: str | None = None
+    writer: str | None = None
+    time: float | None = None
+
+    def __str__(self) -> str:
+        if self.state is SavingState.SAVED:
+            return f"saved in {self.file}::{','.join(self.entries)}"
+        if self.state is SavingState.WRITING:
+            return f"being written into {self.file}"
+        if self.state is SavingState.WAITING:
+            return "waiting for a writer"
+        return f"{self.state.value}: {self.reason or 'no reason recorded'}"
+
+
 @dataclass(frozen=True)
 class NodeDescription:
     """What a NEW_NODE entry of a scan's event stream says about a node.

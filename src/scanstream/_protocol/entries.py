@@ -22,7 +22,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..exceptions import DecodingError
-from ..models import DATA_NODE_TYPES, FINAL_STATES, NodeDescription, ScanEnd, ScanState
+from ..models import (
+    DATA_NODE_TYPES,
+    FINAL_STATES,
+    NodeDescription,
+    SavingState,
+    SavingVerdict,
+    ScanEnd,
+    ScanState,
+)
 from . import metadata
 
 if TYPE_CHECKING:
@@ -263,3 +271,55 @@ def prepared_hash_fields(info_json: str) -> dict[FieldT, EncodableT]:
 def state_entry_fields(event: bytes, now: float) -> dict[FieldT, EncodableT]:
     """Fields of a scan's CREATED or PREPARED entry."""
     return {"event": event.decode(), "time": repr(now)}
+
+
+# ----------------------------------------------------------------------------- saving verdict
+
+#: Fields of the scan hash that hold the saving verdict (written by the owning writer).
+SAVING_FIELDS = (
+    b"saving",
+    b"saving_file",
+    b"saving_entries",
+    b"saving_points",
+    b"saving_reason",
+    b"saving_writer",
+    b"saving_time",
+)
+
+
+def saving_fields(verdict: SavingVerdict) -> dict[FieldT, EncodableT]:
+    """Scan-hash fields that record ``verdict`` (every field, so an older verdict is replaced)."""
+    return {
+        "saving": verdict.state.value,
+        "saving_file": verdict.file or "",
+        "saving_entries": metadata.dumps(list(verdict.entries), "saving entries"),
+        "saving_points": metadata.dumps(verdict.points, "saving points"),
+        "saving_reason": verdict.reason or "",
+        "saving_writer": verdict.writer or "",
+        "saving_time": repr(verdict.time if verdict.time is not None else 0.0),
+    }
+
+
+def parse_saving(fields: Fields) -> SavingVerdict:
+    """The saving verdict held by a scan hash; WAITING when no writer has recorded one.
+
+    A malformed verdict (a garbage value in Redis) reads as FAILED with a reason that says so,
+    never as SAVED.
+    """
+    raw = fields.get(b"saving")
+    if not raw:
+        return SavingVerdict(SavingState.WAITING)
+    try:
+        entries = metadata.loads(fields.get(b"saving_entries") or b"[]") or []
+        points = metadata.loads(fields.get(b"saving_points") or b"{}") or {}
+        return SavingVerdict(
+            state=SavingState(raw.decode()),
+            file=fields.get(b"saving_file", b"").decode() or None,
+            entries=tuple(str(e) for e in entries),
+            points={str(k): int(v) for k, v in points.items()},
+            reason=fields.get(b"saving_reason", b"").decode() or None,
+            writer=fields.get(b"saving_writer", b"").decode() or None,
+            time=float(fields.get(b"saving_time") or 0.0) or None,
+        )
+    except (ValueError, TypeError, AttributeError, DecodingError) as exc:
+        return SavingVerdict(SavingState.FAILED, reason=f"corrupt saving verdict in Redis ({exc})")
