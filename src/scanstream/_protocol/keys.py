@@ -6,7 +6,10 @@ Layout (``P`` is the configurable prefix, ``S`` a session name, ``N`` a scan num
     P:sessions                        HASH    session name -> creation time (discovery without KEYS)
     P:session:{S}:scans               STREAM  one NEW_SCAN entry per scan of the session
     P:session:{S}:counter             STRING  INCR counter giving scan numbers
-    P:scan:{S:N}                      HASH    scan identity, state, scan_info (JSON)
+    P:session:{S}:number_floor        STRING  highest scan number a writer knows (numbering floor)
+    P:session:{S}:saved               SET     numbers of the scans a writer saved completely
+    P:writer:S:health                 HASH    the writer that owns session S, its status (TTL)
+    P:scan:{S:N}                      HASH    scan identity, state, scan_info (JSON), saving verdict
     P:scan:{S:N}:events               STREAM  NEW_NODE / PREPARED / END entries of that scan
     P:scan:{S:N}:lease                STRING  present while the publisher is alive (PX TTL)
     P:scan:{S:N}:data:<i>             STREAM  data of node number ``i``; entry ID = first index
@@ -89,6 +92,14 @@ class Keys:
 
     def session_counter(self, session: str) -> str:
         return f"{self.prefix}:session:{{{session}}}:counter"
+
+    def session_number_floor(self, session: str) -> str:
+        """The highest scan number a writer knows for the session (from its files and registry).
+
+        New scans are numbered above it, so that numbering restarted by a server reset never
+        collides with saved data.
+        """
+        return f"{self.prefix}:session:{{{session}}}:number_floor"
 
     def scan(self, session: str, number: int) -> str:
         return f"{self.prefix}:scan:{{{session}:{number}}}"
