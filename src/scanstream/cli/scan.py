@@ -10,6 +10,13 @@ arguments are converted and checked while parsing (numbers, and device names of
 like BLISS's scan display. Ctrl-C ends the scan USER_ABORTED with the points acquired (exit
 code 130).
 
+A scan starts with a warning when no writer follows its session (``--require-writer``
+refuses to start it, ``--no-writer-warning`` silences the warning). At its end the command
+waits (``--save-timeout``) for the saving verdict of the writer and prints it on stdout:
+``saved in FILE::ENTRY``, or ``NOT SAVED: reason; ...``. The exit code says it too
+(:data:`EXIT_CODES`): 0 only for a scan that ended DONE and was saved, or whose saving is off
+by design (``--no-saving``).
+
 It is registered in :data:`scanstream.cli.COMMANDS` (``configure_scan``, ``run_scan``).
 """
 
@@ -25,9 +32,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
+from .._protocol.metadata import iso_time
 from .._transport.server import resolve_url
-from ..exceptions import ScanstreamError
-from ..models import ScanState
+from ..exceptions import NoWriterError, ScanLostError, ScanstreamError
+from ..models import SavingState, ScanState
 from ..publish import ScanPublisher, create_session
 from ..sim.beamline import Beamline, UnknownDeviceError, default_beamline
 from ..sim.control import ScanResult, scan_result_of
@@ -36,6 +44,9 @@ from ..sim.saving import SavingConfig
 from ..sim.scans import a2scan, amesh, ascan, ct, d2scan, dscan, loopscan, timescan
 
 __all__ = [
+    "EXIT_CODES",
+    "EXIT_NOT_SAVED",
+    "EXIT_SAVE_TIMEOUT",
     "SCAN_HELP",
     "SCAN_TYPES",
     "ProgressDisplay",
@@ -81,6 +92,22 @@ SCAN_TYPES: dict[str, list[tuple[str, str]]] = {
         ("INTERVALS2", "int"),
         ("COUNT_TIME", "float"),
     ],
+}
+#: Exit code of a scan that ended DONE but was not saved (or not started: --require-writer).
+EXIT_NOT_SAVED = 3
+#: Exit code of a scan that ended DONE whose saving verdict was not final within --save-timeout.
+EXIT_SAVE_TIMEOUT = 4
+#: The exit codes of ``scanstream scan``, as its --help lists them.
+EXIT_CODES = {
+    0: "the scan ended DONE (or was stopped by --max-duration) and was saved, "
+    "or its saving is off by design (--no-saving)",
+    1: "the scan ended otherwise (FAILED, KILLED...), or a device or limit error",
+    2: "bad arguments",
+    EXIT_NOT_SAVED: "NOT SAVED: no writer followed the session, or the writer failed to "
+    "save the scan; with --require-writer and no writer, the scan was not started",
+    EXIT_SAVE_TIMEOUT: "no saving verdict within --save-timeout (the writer may still save "
+    "the scan: see `scanstream ls`)",
+    130: "Ctrl-C: the scan ended USER_ABORTED",
 }
 SCAN_TYPES["dscan"] = SCAN_TYPES["ascan"]
 SCAN_TYPES["d2scan"] = SCAN_TYPES["a2scan"]
@@ -298,6 +325,32 @@ def _add_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     )
     parser.add_argument("--seed", type=int, default=default(0), help="seed of the simulated noise")
     parser.add_argument(
+        "--require-writer",
+        action="store_true",
+        default=default(False),
+        help="refuse to start the scan when no writer follows the session (exit code 3)",
+    )
+    parser.add_argument(
+        "--no-writer-warning",
+        action="store_true",
+        default=default(False),
+        help="no warning when no writer follows the session (the verdict is still printed)",
+    )
+    parser.add_argument(
+        "--save-timeout",
+        type=float,
+        default=default(10.0),
+        metavar="S",
+        help="seconds to wait at the end for the writer's saving verdict (default 10; "
+        "0: read it once, do not wait)",
+    )
+    parser.add_argument(
+        "--no-saving",
+        action="store_true",
+        default=default(False),
+        help="turn saving off (scan_info save=False): no writer is expected, exit code 0",
+    )
+    parser.add_argument(
         "-q", "--quiet", action="store_true", default=default(False), help="no progress display"
     )
     parser.add_argument(
@@ -318,6 +371,13 @@ def _add_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
         )
 
 
+def _exit_codes_text() -> str:
+    lines = ["exit codes:"]
+    for code, meaning in EXIT_CODES.items():
+        lines.append(f"  {code:<4} {meaning}")
+    return "\n".join(lines)
+
+
 _KIND_HELP = {"int": "an integer", "float": "a number", "motor": "a motor name (see --list)"}
 
 
@@ -334,6 +394,8 @@ def configure_scan(parser: argparse.ArgumentParser) -> None:
     :func:`parse_scan_arguments`).
     """
     _add_options(parser, suppress=False)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = _exit_codes_text()
     parser.set_defaults(args=[], scan_parser=parser)
     types = parser.add_subparsers(
         dest="type",
@@ -370,6 +432,8 @@ def configure_scan(parser: argparse.ArgumentParser) -> None:
             help="counters and detectors to read (see --list)",
         )
         _add_options(sub, suppress=True)
+        sub.formatter_class = argparse.RawDescriptionHelpFormatter
+        sub.epilog = _exit_codes_text()
         sub.set_defaults(scan_parser=sub)
 
 
@@ -420,14 +484,19 @@ class ProgressDisplay:
 class _ScanDisplay:
     """What ``scanstream scan`` shows on stderr: the BLISS-like header, then the progress."""
 
-    def __init__(self, session: str, quiet: bool) -> None:
+    def __init__(self, session: str, quiet: bool, warn_no_writer: bool = True) -> None:
         self.session = session
         self.quiet = quiet
+        self.warn_no_writer = warn_no_writer
         self.progress: ProgressDisplay | None = None
+        self.scan: ScanPublisher | None = None
 
     def start(self, scan: ScanPublisher) -> None:
-        """``on_start`` callback: the header, as BLISS prints it."""
+        """``on_start`` callback: the header, as BLISS prints it (after the no-writer warning)."""
+        self.scan = scan
         info = scan.info
+        if scan.no_writer is not None and self.warn_no_writer:
+            print(f"WARNING: {scan.no_writer}", file=sys.stderr)
         print(
             f"Scan {scan.number} {info.get('start_time', '')} "
             f"{info.get('filename', '(no filename)')} {self.session} user = {_user()}\n"
@@ -470,7 +539,11 @@ def _scan_options(args: argparse.Namespace, beamline: Beamline) -> dict[str, Any
         "max_duration": args.max_duration,
     }
     if args.root:
-        options["saving"] = SavingConfig(args.root, args.session, args.sample, args.dataset)
+        options["saving"] = SavingConfig(
+            args.root, args.session, args.sample, args.dataset, enabled=not args.no_saving
+        )
+    elif args.no_saving:
+        options["scan_info"] = {"save": False}
     if args.type == "timescan":
         options["npoints"] = args.npoints
     return options
@@ -482,9 +555,11 @@ def run_scan(args: argparse.Namespace) -> int:
     Returns
     -------
     int
-        0 DONE (or stopped by ``--max-duration``); 1 a scan that ended otherwise, or a
-        device or limit error; 2 bad arguments (most are refused while parsing);
-        130 Ctrl-C (the scan ends USER_ABORTED).
+        One of :data:`EXIT_CODES`: 0 DONE (or stopped by ``--max-duration``) and saved, or
+        saving off by design; 1 a scan that ended otherwise, or a device or limit error;
+        2 bad arguments (most are refused while parsing); 3 not saved (no writer, the
+        writer failed; or not started with ``--require-writer``); 4 no saving verdict
+        within ``--save-timeout``; 130 Ctrl-C (the scan ends USER_ABORTED).
     """
     beamline = default_beamline(args.seed)
     if args.list:
@@ -496,8 +571,13 @@ def run_scan(args: argparse.Namespace) -> int:
         positional = parse_scan_arguments(args.type, args.args, beamline)
     except (ScanArgumentError, UnknownDeviceError) as exc:
         return _usage_error(args.scan_parser, str(exc))
-    session = create_session(args.session, redis_url=resolve_url(getattr(args, "redis_url", None)))
-    display = _ScanDisplay(args.session, args.quiet)
+    session = create_session(
+        args.session,
+        redis_url=resolve_url(getattr(args, "redis_url", None)),
+        require_writer=args.require_writer,
+        warn_no_writer=False,  # the display prints the warning, as one line
+    )
+    display = _ScanDisplay(args.session, args.quiet, warn_no_writer=not args.no_writer_warning)
     result: ScanResult | None = None
     try:
         result = _FUNCTIONS[args.type](
@@ -510,6 +590,9 @@ def run_scan(args: argparse.Namespace) -> int:
     except KeyboardInterrupt as exc:
         result = scan_result_of(exc)
         return 130
+    except NoWriterError as exc:
+        print(f"scanstream scan: error: {exc}", file=sys.stderr)
+        return EXIT_NOT_SAVED
     except MotorLimitError as exc:
         print(f"scanstream scan: error: {exc}", file=sys.stderr)
         return 1
@@ -522,7 +605,53 @@ def run_scan(args: argparse.Namespace) -> int:
         session.close()
     print(f"{result.db_name} {result.state.name} {result.npoints} points", file=sys.stderr)
     stopped_as_asked = args.max_duration is not None and result.state is ScanState.USER_ABORTED
-    return 0 if result.state is ScanState.DONE or stopped_as_asked else 1
+    saving = _report_saving(display.scan, args.session, args.save_timeout)
+    if result.state is not ScanState.DONE and not stopped_as_asked:
+        return 1
+    return saving
+
+
+def _report_saving(scan: ScanPublisher | None, session: str, timeout: float) -> int:
+    """Print whether the scan was saved (stdout); return 0, EXIT_NOT_SAVED or EXIT_SAVE_TIMEOUT.
+
+    Does not wait when no writer follows the session (at the start and now): nothing would
+    give a verdict.
+    """
+    if scan is None:
+        return 0
+    hint = f"run `scanstream writer {session}` to save it"
+    try:
+        if scan.no_writer is not None and not scan.writer_follows():
+            print(f"NOT SAVED: no writer follows session {session}; {_kept(scan)}; {hint}")
+            return EXIT_NOT_SAVED
+        verdict = scan.wait_saved(max(0.0, timeout))
+    except ScanLostError as exc:
+        print(f"NOT SAVED: {exc}")
+        return EXIT_NOT_SAVED
+    if verdict.state is SavingState.SAVED:
+        print(verdict)
+        return 0
+    if verdict.state is SavingState.NOT_SAVED:
+        print(f"not saved, by design: {verdict.reason or 'saving is off'}")
+        return 0
+    if verdict.state is SavingState.FAILED:
+        print(f"NOT SAVED: {verdict.reason or 'the writer failed'}; {_kept(scan)}; {hint}")
+        return EXIT_NOT_SAVED
+    print(
+        f"NOT CONFIRMED: no saving verdict after {timeout:g} s ({verdict}); {_kept(scan)}; "
+        f"see `scanstream ls {session}`"
+    )
+    return EXIT_SAVE_TIMEOUT
+
+
+def _kept(scan: ScanPublisher) -> str:
+    """``data kept in Redis until T`` (from the scan's expiry in Redis)."""
+    until = scan.kept_until()
+    return (
+        "data kept in Redis until it is deleted"
+        if until is None
+        else (f"data kept in Redis until {iso_time(until)}")
+    )
 
 
 def _user() -> str:

@@ -44,9 +44,11 @@ from ..exceptions import (
     InvalidTransitionError,
     NodeExistsError,
     ScanEndedError,
+    ScanLostError,
 )
-from ..models import NodeDescription, SavingMode, ScanState
+from ..models import NodeDescription, SavingMode, SavingVerdict, ScanState
 from .channels import ChannelPublisher, LimaPublisher, ScanRefPublisher, _NodePublisher
+from .saving import read_verdict, writer_of
 from .sender import Sender
 
 if TYPE_CHECKING:
@@ -59,6 +61,17 @@ logger = logging.getLogger(__name__)
 __all__ = ["ContainerPublisher", "ScanPublisher"]
 
 _Node = TypeVar("_Node", bound=_NodePublisher)
+
+# HSET then XADD, only if the scan hash still exists: on a server that lost the scan they would
+# create keys without expiry. KEYS: scan hash, events stream. ARGV: the number of HSET
+# arguments, the HSET field/value pairs, then the entry's field/value pairs.
+_IF_PRESENT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local n = tonumber(ARGV[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 2, n + 1))
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, n + 2))
+return 1
+"""
 
 
 class _NodeTree:
@@ -110,7 +123,12 @@ class _NodeTree:
                 raise NodeExistsError(f"{parent_db_name} already has a child named {name!r}")
             index = self._count + 1
             desc = NodeDescription(index, parent_index, node_type, name, node_info)
-            scan.store.redis.xadd(self.events_key, new_node_fields(desc))
+            # NOMKSTREAM: on a server that lost the scan, create no stream without expiry.
+            if (
+                scan.store.redis.xadd(self.events_key, new_node_fields(desc), nomkstream=True)
+                is None
+            ):
+                raise scan.lost(f"no node {name!r} was created")
             self._names.add((parent_index, name))
             self._count = index
             # Made once announced: a data node's queue joins the sender only then.
@@ -191,7 +209,7 @@ class ContainerPublisher(_NodePublisher):
         """
         mode = SavingMode(saving_mode)
         check_dtype = codecs.check_dtype(dtype, name)
-        frame_shape = codecs.check_shape(shape, name)
+        frame_shape = codecs.check_shape(shape, name, "lima node")
         if len(frame_shape) != 2 or -1 in frame_shape:
             raise EncodingError(f"lima node {name!r}: shape must be (height, width), got {shape!r}")
         node_info = dict(info or {})
@@ -225,6 +243,9 @@ class ScanPublisher:
         name: str,
         node_type: str,
         info: dict[str, Any],
+        *,
+        writer: dict[str, Any] | None = None,
+        no_writer: str | None = None,
     ) -> None:
         self.session = session
         self.store = session.store
@@ -232,10 +253,19 @@ class ScanPublisher:
         self.name = name
         self.node_type = node_type
         self.db_name = f"{session.name}:{number}_{name}"
+        #: Status of the writer that followed the session when the scan started (None: none
+        #: did, or saving is off).
+        self.writer = writer
+        #: Why the scan will not be saved when no writer followed its session at its start
+        #: (the text of the NoWriterWarning, also set when the warning was silenced); else None.
+        self.no_writer = no_writer
         self._info = info
         self._state = ScanState.CREATED
-        lease_key = self.store.keys.scan_lease(session.name, number)
-        self._sender = Sender(self.store, lease_key, self.db_name)
+        keys = self.store.keys
+        self._key = keys.scan(session.name, number)
+        lease_key = keys.scan_lease(session.name, number)
+        self._sender = Sender(self.store, lease_key, self.db_name, scan_key=self._key)
+        self._if_present = self.store.redis.register_script(_IF_PRESENT)
         self._tree = _NodeTree(self, self._sender)
         self._sender.start()
 
@@ -304,17 +334,15 @@ class ScanPublisher:
         if self._state is not ScanState.CREATED:
             raise InvalidTransitionError(self._state, ScanState.PREPARED)
         self._info.update(check_scan_info(info_update))
-        keys = self.store.keys
-        pipe = self.store.redis.pipeline(transaction=True)
-        pipe.hset(
-            keys.scan(self.session_name, self.number),
-            mapping=prepared_hash_fields(metadata.dumps(self._info)),
-        )
-        pipe.xadd(
-            keys.scan_events(self.session_name, self.number),
-            state_entry_fields(PREPARED, time.time()),
-        )
-        pipe.execute()
+        hash_fields = prepared_hash_fields(metadata.dumps(self._info))
+        entry = state_entry_fields(PREPARED, time.time())
+        args: list[Any] = [2 * len(hash_fields)]
+        for fields in (hash_fields, entry):
+            for pair in fields.items():
+                args.extend(pair)
+        events = self.store.keys.scan_events(self.session_name, self.number)
+        if not self._if_present(keys=[self._key, events], args=args):
+            raise self.lost("it was not marked PREPARED")
         self._state = ScanState.PREPARED
 
     def flush(self) -> None:
@@ -431,5 +459,78 @@ class ScanPublisher:
                 ScanState[final], state, "it was ended by another process (lease expired?)"
             )
         if outcome == "missing":
-            raise ScanEndedError(f"scan {self.db_name} is gone from Redis (expired or deleted)")
+            raise self.lost(f"it could not be ended {state.name}")
         return state
+
+    def lost(self, what: str) -> ScanLostError:
+        """The error of a scan gone from Redis while running; the scan counts as FAILED here.
+
+        Its sender stops: emits raise the same error instead of sending points nowhere.
+        """
+        error = self._sender.lost_error(what)
+        self._sender.lose(error)
+        self._state = ScanState.FAILED
+        return error
+
+    # -- saving -----------------------------------------------------------------------
+    @property
+    def saving(self) -> SavingVerdict:
+        """The saving verdict recorded by the writer that owns the scan (one Redis call).
+
+        WAITING until a writer takes the scan; NOT_SAVED for a scan whose scan_info turns
+        saving off (``save=False``) that no writer judged.
+
+        Raises
+        ------
+        ScanLostError
+            The scan is gone from Redis.
+        """
+        verdict = read_verdict(self.store, self._key, self._info)
+        if verdict is None:
+            raise ScanLostError(
+                f"scan {self.db_name} is gone from Redis: its saving verdict is lost with it"
+            )
+        return verdict
+
+    def wait_saved(self, timeout: float) -> SavingVerdict:
+        """Wait until the saving verdict is final (SAVED, FAILED, NOT_SAVED), at most ``timeout`` s.
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait; 0 reads the verdict once. The verdict is read every 50 ms at
+            first, then less often (at most every 0.5 s).
+
+        Returns
+        -------
+        SavingVerdict
+            The final verdict, or the current one (WAITING, WRITING) when ``timeout`` passed.
+
+        Raises
+        ------
+        ScanLostError
+            The scan is gone from Redis.
+        redis.exceptions.ConnectionError
+            Redis cannot be reached (after the retries).
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        pause = 0.05
+        while True:
+            verdict = self.saving
+            remaining = deadline - time.monotonic()
+            if verdict.state.is_final or remaining <= 0:
+                return verdict
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 1.5, 0.5)
+
+    def writer_follows(self) -> bool:
+        """True when a live writer follows the scan's session now (one Redis call)."""
+        return writer_of(self.store, self.session_name) is not None
+
+    def kept_until(self) -> float | None:
+        """Epoch time at which Redis drops the scan (its retention), or None if no expiry is set.
+
+        None while the scan runs (it expires only after its end) or with ``retention_time = 0``.
+        """
+        ms = int(self.store.redis.pttl(self._key))
+        return time.time() + ms / 1000 if ms >= 0 else None
