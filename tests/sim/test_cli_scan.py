@@ -9,7 +9,7 @@ import redis
 
 from scanstream import DataStore, ScanState, get_session_node
 from scanstream.cli import build_parser, main
-from scanstream.cli.scan import parse_scan_arguments
+from scanstream.cli.scan import EXIT_NOT_SAVED, parse_scan_arguments
 from scanstream.sim import default_beamline
 
 
@@ -17,12 +17,17 @@ def run(redis_url: str, *argv: str) -> int:
     return main(["--redis-url", redis_url, "scan", "--time-scale", "0", *argv])
 
 
+# No writer follows these sessions: a scan that ends DONE exits EXIT_NOT_SAVED (see
+# tests/test_cli_saving.py for the exit codes with a writer).
+NOT_SAVED = EXIT_NOT_SAVED
+
+
 def test_ascan_has_intervals_plus_one_points(
     redis_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert (
         run(redis_url, "--session", "cli_session", "ascan", "roby", "0", "1", "10", "0.1", "diode")
-        == 0
+        == NOT_SAVED
     )
     err = capsys.readouterr().err
     assert "ascan roby 0 1 10 0.1" in err and "11/11 points" in err and "DONE" in err
@@ -57,15 +62,15 @@ def test_negative_numbers_options_after_arguments_and_saving(
             "sim_ct_gauss",
             "--quiet",
         )
-        == 0
+        == NOT_SAVED
     )
     assert "d2scan roby -0.1 0.1 robz -0.2 0.2 15 0.1" in capsys.readouterr().err
     assert (
         run(redis_url, "--root", str(tmp_path), "loopscan", "3", "0.1", "lima_simulator", "simu1")
-        == 0
+        == NOT_SAVED
     )
     assert len(list(tmp_path.rglob("lima_simulator_0000.h5"))) == 1
-    assert run(redis_url, "timescan", "0.01", "diode", "--max-duration", "0.05") == 0
+    assert run(redis_url, "timescan", "0.01", "diode", "--max-duration", "0.05") == NOT_SAVED
 
 
 @pytest.mark.parametrize(
@@ -182,7 +187,7 @@ def test_options_may_follow_the_scan_arguments(redis_url: str) -> None:
             "second",
             "-q",
         )
-        == 0
+        == NOT_SAVED
     )
     with DataStore(redis_url) as store:
         scan = get_session_node("second", store=store).get_scan(1)

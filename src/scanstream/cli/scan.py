@@ -650,7 +650,7 @@ def _kept(scan: ScanPublisher) -> str:
     return (
         "data kept in Redis until it is deleted"
         if until is None
-        else (f"data kept in Redis until {iso_time(until)}")
+        else (f"data kept in Redis until {iso_time(float(int(until)))}")
     )
 
 

@@ -58,7 +58,7 @@ def kept_until_text(retention: float, now: float) -> str:
     """How long an unsaved scan ending about ``now`` stays in Redis, for messages."""
     if retention <= 0:
         return "until it is deleted (retention_time = 0)"
-    return f"until {iso_time(now + retention)} (retention_time = {retention:g} s after its end)"
+    return f"until {iso_time(float(int(now + retention)))} (retention_time = {retention:g} s after its end)"
 
 
 def no_writer_message(session: str, retention: float, now: float) -> str:

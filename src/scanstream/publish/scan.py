@@ -387,6 +387,10 @@ class ScanPublisher:
         InvalidTransitionError
             The scan had already ended (for example declared KILLED after its lease
             expired while this process was frozen).
+        ScanLostError
+            The scan, or part of its data, disappeared from Redis while it ran (the server
+            was flushed or restarted without its data, or keys were deleted). What is left
+            of it is ended FAILED with that error.
         redis.exceptions.OutOfMemoryError
             Ending DONE while Redis is full: the queued points stay queued, call ``end``
             again once memory is freed. Ending in another state drops the points Redis
@@ -397,6 +401,9 @@ class ScanPublisher:
         state, update = self._check_end(state, info_update)
         self._sender.stop()
         error = self._send_the_rest(state, error)
+        lost = self._sender.error if isinstance(self._sender.error, ScanLostError) else None
+        if lost is not None:  # part of its data is gone (a stream was deleted): not DONE
+            state, error = ScanState.FAILED, f"{error}; {lost}" if error else str(lost)
         now = time.time()
         self._info.update(update)
         self._info.update(end_time=iso_time(now), end_timestamp=now, state=state.name)
@@ -415,6 +422,8 @@ class ScanPublisher:
             info_json=info,
         )
         self._state = self._end_outcome(state, outcome, final)
+        if lost is not None:
+            raise lost
 
     def _check_end(
         self, state: ScanState | str, info_update: Mapping[str, Any] | None
