@@ -24,6 +24,11 @@ from scanstream.writer import WriterService
 SESSION = "cli_saving"
 
 
+def last(out: str) -> str:
+    """The last line printed on stdout: the saving verdict (rows and the summary come first)."""
+    return out.splitlines()[-1]
+
+
 def scan(redis_url: str, *options: str) -> int:
     argv = ["--redis-url", redis_url, "scan", "--time-scale", "0", "--session", SESSION]
     return main([*argv, *options, "loopscan", "3", "0.1", "diode"])
@@ -76,7 +81,9 @@ def test_no_writer_warns_then_says_not_saved(
     assert scan(redis_url) == EXIT_NOT_SAVED
     out, err = capsys.readouterr()
     assert f"WARNING: no writer follows session {SESSION}: this scan will not be saved" in err
-    assert out.startswith(f"NOT SAVED: no writer follows session {SESSION}; data kept in Redis ")
+    assert last(out).startswith(
+        f"NOT SAVED: no writer follows session {SESSION}; data kept in Redis "
+    )
     assert f"run `scanstream writer {SESSION}` to save it" in out
 
 
@@ -101,7 +108,7 @@ def test_saving_off_by_design_exits_0(redis_url: str, capsys: pytest.CaptureFixt
     assert scan(redis_url, "--no-saving") == 0
     out, err = capsys.readouterr()
     assert "WARNING" not in err
-    assert out.strip() == "not saved, by design: saving is off in scan_info (save=False)"
+    assert last(out) == "not saved, by design: saving is off in scan_info (save=False)"
 
 
 @pytest.mark.parametrize(
@@ -131,7 +138,7 @@ def test_the_writers_verdict_is_printed_and_sets_the_exit_code(
         assert scan(redis_url, "--require-writer", "--save-timeout", "20") == code
     out, err = capsys.readouterr()
     assert "WARNING" not in err  # the writer was seen
-    assert out.startswith(printed)
+    assert last(out).startswith(printed)
 
 
 def test_no_verdict_in_time_exits_save_timeout(
@@ -141,7 +148,7 @@ def test_no_verdict_in_time_exits_save_timeout(
     with Judge(redis_url, writing):
         assert scan(redis_url, "--save-timeout", "0.5") == EXIT_SAVE_TIMEOUT
     out = capsys.readouterr().out
-    assert out.startswith("NOT CONFIRMED: no saving verdict after 0.5 s (being written into ")
+    assert last(out).startswith("NOT CONFIRMED: no saving verdict after 0.5 s (being written into ")
     assert f"`scanstream ls {SESSION}`" in out
 
 
@@ -155,7 +162,7 @@ def test_a_scan_saved_by_the_real_writer_exits_0(
 ) -> None:
     assert scan(redis_url, "--require-writer", "--save-timeout", "8") == 0
     out = capsys.readouterr().out
-    assert out.strip() == f"saved in {tmp_path / SESSION / SESSION}.h5::1.1"
+    assert last(out) == f"saved in {tmp_path / SESSION / SESSION}.h5::1.1"
 
 
 def test_the_exit_codes_are_in_the_help(capsys: pytest.CaptureFixture[str]) -> None:

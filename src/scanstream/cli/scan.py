@@ -7,7 +7,9 @@ Each scan type is an argparse subcommand built from :data:`SCAN_TYPES`: its posi
 arguments are converted and checked while parsing (numbers, and device names of
 :func:`~scanstream.sim.beamline.default_beamline`), so a bad command line is a usage error
 (exit code 2). A live progress line (points done / total, rate, elapsed time) goes to stderr,
-like BLISS's scan display. Ctrl-C ends the scan USER_ABORTED with the points acquired (exit
+like BLISS's scan display; step scans print a table row per point on stdout (until points
+come too fast to read: then the progress line only), ``ct`` prints each counter's value and
+rate, and the summary line goes to stdout. Ctrl-C ends the scan USER_ABORTED with the points acquired (exit
 code 130).
 
 A scan starts with a warning when no writer follows its session (``--require-writer``
@@ -28,20 +30,29 @@ import getpass
 import inspect
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
-from .._protocol.metadata import iso_time
 from .._transport.server import resolve_url
-from ..exceptions import NoWriterError, ScanLostError, ScanstreamError
-from ..models import SavingState, ScanState
+from ..exceptions import NoWriterError, ScanstreamError
+from ..models import ScanState
 from ..publish import ScanPublisher, create_session
 from ..sim.beamline import Beamline, UnknownDeviceError, default_beamline
 from ..sim.control import ScanResult, scan_result_of
 from ..sim.devices import MotorLimitError
 from ..sim.saving import SavingConfig
 from ..sim.scans import a2scan, amesh, ascan, ct, d2scan, dscan, loopscan, timescan
+from .scan_display import (
+    EXIT_CODES,
+    EXIT_NOT_SAVED,
+    EXIT_SAVE_TIMEOUT,
+    PointTable,
+    ProgressDisplay,
+    Row,
+    ct_lines,
+    exit_codes_text,
+    report_saving,
+)
 
 __all__ = [
     "EXIT_CODES",
@@ -92,22 +103,6 @@ SCAN_TYPES: dict[str, list[tuple[str, str]]] = {
         ("INTERVALS2", "int"),
         ("COUNT_TIME", "float"),
     ],
-}
-#: Exit code of a scan that ended DONE but was not saved (or not started: --require-writer).
-EXIT_NOT_SAVED = 3
-#: Exit code of a scan that ended DONE whose saving verdict was not final within --save-timeout.
-EXIT_SAVE_TIMEOUT = 4
-#: The exit codes of ``scanstream scan``, as its --help lists them.
-EXIT_CODES = {
-    0: "the scan ended DONE (or was stopped by --max-duration) and was saved, "
-    "or its saving is off by design (--no-saving)",
-    1: "the scan ended otherwise (FAILED, KILLED...), or a device or limit error",
-    2: "bad arguments",
-    EXIT_NOT_SAVED: "NOT SAVED: no writer followed the session, or the writer failed to "
-    "save the scan; with --require-writer and no writer, the scan was not started",
-    EXIT_SAVE_TIMEOUT: "no saving verdict within --save-timeout (the writer may still save "
-    "the scan: see `scanstream ls`)",
-    130: "Ctrl-C: the scan ended USER_ABORTED",
 }
 SCAN_TYPES["dscan"] = SCAN_TYPES["ascan"]
 SCAN_TYPES["d2scan"] = SCAN_TYPES["a2scan"]
@@ -371,13 +366,6 @@ def _add_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
         )
 
 
-def _exit_codes_text() -> str:
-    lines = ["exit codes:"]
-    for code, meaning in EXIT_CODES.items():
-        lines.append(f"  {code:<4} {meaning}")
-    return "\n".join(lines)
-
-
 _KIND_HELP = {"int": "an integer", "float": "a number", "motor": "a motor name (see --list)"}
 
 
@@ -395,7 +383,7 @@ def configure_scan(parser: argparse.ArgumentParser) -> None:
     """
     _add_options(parser, suppress=False)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = _exit_codes_text()
+    parser.epilog = exit_codes_text()
     parser.set_defaults(args=[], scan_parser=parser)
     types = parser.add_subparsers(
         dest="type",
@@ -433,63 +421,28 @@ def configure_scan(parser: argparse.ArgumentParser) -> None:
         )
         _add_options(sub, suppress=True)
         sub.formatter_class = argparse.RawDescriptionHelpFormatter
-        sub.epilog = _exit_codes_text()
+        sub.epilog = exit_codes_text()
         sub.set_defaults(scan_parser=sub)
 
 
 # --- running a scan ----------------------------------------------------------------------------
 
 
-class ProgressDisplay:
-    """Live progress of a scan on a text stream: points done / total, rate, elapsed time.
-
-    On a terminal the line is rewritten in place at most every ``interval`` seconds;
-    otherwise a line is printed at most every 2 s.
-    """
-
-    def __init__(self, total: int, stream: IO[str] | None = None, interval: float = 0.1) -> None:
-        self.total = total
-        self.stream = stream if stream is not None else sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.interval = interval if self.tty else 2.0
-        self.t0 = time.monotonic()
-        self.last = 0.0
-        self.done: dict[str, int] = {}
-
-    def line(self) -> str:
-        """The current progress text."""
-        done = sum(self.done.values())
-        elapsed = time.monotonic() - self.t0
-        rate = done / elapsed if elapsed > 0 else 0.0
-        total = str(self.total) if self.total else "unbounded"
-        return f"{done}/{total} points  {rate:8.1f} pt/s  elapsed {elapsed:6.2f} s"
-
-    def __call__(self, master: str, done: int) -> None:
-        """``on_point`` callback of a scan."""
-        self.done[master] = done
-        now = time.monotonic()
-        if now - self.last >= self.interval:
-            self.last = now
-            self.stream.write(("\r" if self.tty else "") + self.line() + ("" if self.tty else "\n"))
-            self.stream.flush()
-
-    def close(self, result: ScanResult | None) -> None:
-        """Print the final line and the outcome."""
-        state = result.state.name if result is not None else "FAILED"
-        end = f"{self.line()}  {state}" + (f" ({result.error})" if result and result.error else "")
-        self.stream.write(("\r" if self.tty else "") + end + "\n")
-        self.stream.flush()
-
-
 class _ScanDisplay:
     """What ``scanstream scan`` shows on stderr: the BLISS-like header, then the progress."""
 
-    def __init__(self, session: str, quiet: bool, warn_no_writer: bool = True) -> None:
+    def __init__(
+        self, session: str, quiet: bool, warn_no_writer: bool = True, scan_type: str = ""
+    ) -> None:
         self.session = session
         self.quiet = quiet
         self.warn_no_writer = warn_no_writer
         self.progress: ProgressDisplay | None = None
         self.scan: ScanPublisher | None = None
+        # ct: the values once counted; step scans: a row per point (stdout).
+        self.ct = scan_type == "ct"
+        self.table = None if quiet or self.ct else PointTable()
+        self.last: Row = []
 
     def start(self, scan: ScanPublisher) -> None:
         """``on_start`` callback: the header, as BLISS prints it (after the no-writer warning)."""
@@ -506,13 +459,26 @@ class _ScanDisplay:
         if not self.quiet:
             self.progress = ProgressDisplay(int(info.get("npoints") or 0))
 
+    def values(self, master: str, index: int, row: Row) -> None:  # on_values callback
+        self.last = row
+        if self.table is not None:
+            self.table(master, index, row)
+
     def point(self, master: str, done: int) -> None:  # on_point callback
-        if self.progress is not None:
+        if self.progress is None:
+            return
+        if self.table is not None and self.table.active:
+            self.progress.done[master] = done  # counted, not shown: it would garble the table
+        else:
             self.progress(master, done)
 
     def close(self, result: ScanResult | None) -> None:
         if self.progress is not None:
             self.progress.close(result)
+        if self.ct and self.last and result is not None:
+            count_time = float(result.scan_info.get("count_time") or 0.0)
+            for line in ct_lines(self.last, count_time):  # ct scans no motor
+                print(line)
 
 
 def _print_listing(beamline: Beamline) -> None:
@@ -577,7 +543,9 @@ def run_scan(args: argparse.Namespace) -> int:
         require_writer=args.require_writer,
         warn_no_writer=False,  # the display prints the warning, as one line
     )
-    display = _ScanDisplay(args.session, args.quiet, warn_no_writer=not args.no_writer_warning)
+    display = _ScanDisplay(
+        args.session, args.quiet, warn_no_writer=not args.no_writer_warning, scan_type=args.type
+    )
     result: ScanResult | None = None
     try:
         result = _FUNCTIONS[args.type](
@@ -585,6 +553,7 @@ def run_scan(args: argparse.Namespace) -> int:
             *positional,
             on_start=display.start,
             on_point=display.point,
+            on_values=display.values,
             **_scan_options(args, beamline),
         )
     except KeyboardInterrupt as exc:
@@ -603,55 +572,12 @@ def run_scan(args: argparse.Namespace) -> int:
     finally:
         display.close(result)
         session.close()
-    print(f"{result.db_name} {result.state.name} {result.npoints} points", file=sys.stderr)
+    print(f"{result.db_name} {result.state.name} {result.npoints} points")
     stopped_as_asked = args.max_duration is not None and result.state is ScanState.USER_ABORTED
-    saving = _report_saving(display.scan, args.session, args.save_timeout)
+    saving = report_saving(display.scan, args.session, args.save_timeout)
     if result.state is not ScanState.DONE and not stopped_as_asked:
         return 1
     return saving
-
-
-def _report_saving(scan: ScanPublisher | None, session: str, timeout: float) -> int:
-    """Print whether the scan was saved (stdout); return 0, EXIT_NOT_SAVED or EXIT_SAVE_TIMEOUT.
-
-    Does not wait when no writer follows the session (at the start and now): nothing would
-    give a verdict.
-    """
-    if scan is None:
-        return 0
-    hint = f"run `scanstream writer {session}` to save it"
-    try:
-        if scan.no_writer is not None and not scan.writer_follows():
-            print(f"NOT SAVED: no writer follows session {session}; {_kept(scan)}; {hint}")
-            return EXIT_NOT_SAVED
-        verdict = scan.wait_saved(max(0.0, timeout))
-    except ScanLostError as exc:
-        print(f"NOT SAVED: {exc}")
-        return EXIT_NOT_SAVED
-    if verdict.state is SavingState.SAVED:
-        print(verdict)
-        return 0
-    if verdict.state is SavingState.NOT_SAVED:
-        print(f"not saved, by design: {verdict.reason or 'saving is off'}")
-        return 0
-    if verdict.state is SavingState.FAILED:
-        print(f"NOT SAVED: {verdict.reason or 'the writer failed'}; {_kept(scan)}; {hint}")
-        return EXIT_NOT_SAVED
-    print(
-        f"NOT CONFIRMED: no saving verdict after {timeout:g} s ({verdict}); {_kept(scan)}; "
-        f"see `scanstream ls {session}`"
-    )
-    return EXIT_SAVE_TIMEOUT
-
-
-def _kept(scan: ScanPublisher) -> str:
-    """``data kept in Redis until T`` (from the scan's expiry in Redis)."""
-    until = scan.kept_until()
-    return (
-        "data kept in Redis until it is deleted"
-        if until is None
-        else (f"data kept in Redis until {iso_time(float(int(until)))}")
-    )
 
 
 def _user() -> str:

@@ -8,12 +8,19 @@ A scan is published as::
         diode = timer.create_channel("diode", dtype="float64")
         scan.prepared()
         diode.emit(1.5)                                       # one point, or a batch
+    print(scan.wait_saved(10))                                # "saved in FILE::ENTRY", ...
 
 ``emit`` never waits on Redis: points are queued and a background thread per scan sends
 whatever has accumulated as one entry per channel, in one MULTI/EXEC, as soon as the
 previous send is done (and at most every few milliseconds). Latency stays bounded; batching
 grows by itself with the rate. Sessions are in :mod:`.session`, the data publishers in
-:mod:`.channels`, the sender in :mod:`.sender`.
+:mod:`.channels`, the sender in :mod:`.sender`, the writer presence and saving verdict in
+:mod:`.saving`.
+
+A scan that disappears from Redis while it runs (a flushed server, one restarted without its
+data) stops its publisher with :class:`~scanstream.exceptions.ScanLostError`: no key of a
+running scan is written unless the scan hash exists (NOMKSTREAM, or a check in the same
+transaction or script), so nothing is left behind without an expiry.
 """
 
 from __future__ import annotations
