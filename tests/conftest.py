@@ -37,6 +37,12 @@ if TYPE_CHECKING:
     from scanstream import DataStore, PublishingSession
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Most tests publish with no writer following the session: the NoWriterWarning it gives
+    # is what a user must see, not an error for them (tests of it use pytest.warns).
+    config.addinivalue_line("filterwarnings", "ignore::scanstream.exceptions.NoWriterWarning")
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--redis-url",

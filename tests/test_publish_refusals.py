@@ -61,3 +61,51 @@ def test_the_same_object_twice_is_not_a_cycle(session: PublishingSession) -> Non
         scan.prepared()
     info = get_session_node(session.name, store=session.store).get_scan(scan.number).info
     assert info["a"] == info["b"][0] == info["b"][1] == {"unit": "mm"}
+
+
+@pytest.mark.parametrize("filename", ["", " ", "\t\n", "/data/a\0b.h5"])
+def test_a_filename_the_writer_cannot_use_is_refused(
+    session: PublishingSession, filename: str
+) -> None:
+    with pytest.raises(EncodingError, match=r"scan_info\['filename'\] must be a file path"):
+        session.create_scan("no_file", {"filename": filename})
+    with session.create_scan("late", {}) as scan:
+        with pytest.raises(EncodingError, match=r"scan_info\['filename'\]"):
+            scan.prepared({"filename": filename})
+        scan.prepared({"filename": "/data/ok.h5"})
+
+
+@pytest.mark.parametrize("shape", [(0,), (3, 0), (0, 4, 4)])
+def test_zero_size_channels_are_refused_naming_the_node(
+    session: PublishingSession, shape: tuple[int, ...]
+) -> None:
+    with session.create_scan("sizes", {}) as scan:
+        timer = scan.create_container("timer")
+        with pytest.raises(EncodingError, match=r"channel 'spectrum': shape .* positive sizes"):
+            timer.create_channel("spectrum", shape=shape)
+        timer.create_channel("spectrum", shape=(2,))  # nothing was announced: the name is free
+
+
+@pytest.mark.parametrize("shape", [(0, 10), (10, 0)])
+def test_zero_size_images_are_refused_naming_the_node(
+    session: PublishingSession, shape: tuple[int, int]
+) -> None:
+    with session.create_scan("images", {}) as scan:
+        with pytest.raises(EncodingError, match=r"lima node 'det': shape .* positive sizes"):
+            scan.create_container("timer").create_lima("det", "uint16", shape)
+
+
+@pytest.mark.parametrize("retention", [float("inf"), float("nan"), -1.0])
+def test_a_retention_time_redis_cannot_apply_is_refused_before_the_scan(
+    redis_url: str, retention: float
+) -> None:
+    from scanstream import DataStore, Settings, create_session
+
+    # Settings may refuse some values itself; the publisher refuses whatever reaches it.
+    settings = Settings(redis_url=redis_url)
+    object.__setattr__(settings, "retention_time", retention)
+    with DataStore(settings=settings) as store:
+        publishing = create_session("test_session", store=store, warn_no_writer=False)
+        with pytest.raises(InvalidArgumentError, match=rf"retention_time .* got {retention!r}"):
+            publishing.create_scan("kept", {})
+        assert not store.redis.exists(store.keys.session_counter("test_session"))

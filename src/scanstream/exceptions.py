@@ -72,6 +72,23 @@ class ScanEndedError(ScanstreamError, RuntimeError):
     """Data was published to a scan that has already ended (or was declared KILLED)."""
 
 
+class ScanLostError(ScanEndedError):
+    """A running scan disappeared from Redis under its publisher.
+
+    The server was flushed, restarted without its data or restored from an older snapshot,
+    or the scan was deleted: what it had stored is gone, and its publisher stops instead of
+    sending points nowhere (or into keys that would never expire).
+    """
+
+
+class NoWriterError(ScanstreamError, RuntimeError):
+    """``require_writer=True`` and no writer follows the session: the scan was not created."""
+
+
+class NoWriterWarning(UserWarning):
+    """A scan starts while no writer follows its session: it will not be saved."""
+
+
 class EncodingError(ScanstreamError, ValueError):
     """A value cannot be published: wrong dtype, wrong shape, empty batch, bad metadata."""
 

@@ -9,7 +9,7 @@ import redis
 
 from scanstream import DataStore, ScanState, get_session_node
 from scanstream.cli import build_parser, main
-from scanstream.cli.scan import parse_scan_arguments
+from scanstream.cli.scan import EXIT_NOT_SAVED, parse_scan_arguments
 from scanstream.sim import default_beamline
 
 
@@ -17,12 +17,17 @@ def run(redis_url: str, *argv: str) -> int:
     return main(["--redis-url", redis_url, "scan", "--time-scale", "0", *argv])
 
 
+# No writer follows these sessions: a scan that ends DONE exits EXIT_NOT_SAVED (see
+# tests/test_cli_saving.py for the exit codes with a writer).
+NOT_SAVED = EXIT_NOT_SAVED
+
+
 def test_ascan_has_intervals_plus_one_points(
     redis_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert (
         run(redis_url, "--session", "cli_session", "ascan", "roby", "0", "1", "10", "0.1", "diode")
-        == 0
+        == NOT_SAVED
     )
     err = capsys.readouterr().err
     assert "ascan roby 0 1 10 0.1" in err and "11/11 points" in err and "DONE" in err
@@ -57,15 +62,15 @@ def test_negative_numbers_options_after_arguments_and_saving(
             "sim_ct_gauss",
             "--quiet",
         )
-        == 0
+        == NOT_SAVED
     )
     assert "d2scan roby -0.1 0.1 robz -0.2 0.2 15 0.1" in capsys.readouterr().err
     assert (
         run(redis_url, "--root", str(tmp_path), "loopscan", "3", "0.1", "lima_simulator", "simu1")
-        == 0
+        == NOT_SAVED
     )
     assert len(list(tmp_path.rglob("lima_simulator_0000.h5"))) == 1
-    assert run(redis_url, "timescan", "0.01", "diode", "--max-duration", "0.05") == 0
+    assert run(redis_url, "timescan", "0.01", "diode", "--max-duration", "0.05") == NOT_SAVED
 
 
 @pytest.mark.parametrize(
@@ -182,7 +187,7 @@ def test_options_may_follow_the_scan_arguments(redis_url: str) -> None:
             "second",
             "-q",
         )
-        == 0
+        == NOT_SAVED
     )
     with DataStore(redis_url) as store:
         scan = get_session_node("second", store=store).get_scan(1)
@@ -191,3 +196,60 @@ def test_options_may_follow_the_scan_arguments(redis_url: str) -> None:
         assert any(n.endswith(":diode") for n in names) and any(
             n.endswith(":diode2") for n in names
         )
+
+
+# ------------------------------------------------------------------ values in the terminal
+
+
+def test_ct_prints_each_counter_with_its_rate(
+    redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(redis_url, "--session", "values", "ct", "0.1", "diode", "diode2") == NOT_SAVED
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    diode = next(line for line in lines if line.strip().startswith("diode ="))
+    value, rate = diode.split("=")[1].split(" (")
+    assert float(rate.removesuffix("/s)")) == pytest.approx(float(value) / 0.1, rel=1e-4)
+    assert any(line.strip().startswith("diode2 =") for line in lines)
+    assert "values:1_ct DONE 1 points" in lines  # the summary is on stdout
+    assert "1/1 points" in err  # the progress on stderr
+
+
+def test_a_step_scan_prints_a_row_per_point_motors_first(
+    redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(redis_url, "--session", "rows", "ascan", "roby", "0", "1", "4", "0.1", "diode") == (
+        NOT_SAVED
+    )
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    header = lines.index(next(line for line in lines if "roby[mm]" in line))
+    assert lines[header].split() == ["#", "roby[mm]", "diode"]
+    rows = [line.split() for line in lines[header + 1 : header + 6]]
+    assert [r[0] for r in rows] == ["0", "1", "2", "3", "4"]
+    assert [float(r[1]) for r in rows] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    with DataStore(redis_url) as store:
+        node = get_session_node("rows", store=store).get_scan(1)
+        diode = next(n for n in node.load_nodes() if n.name.endswith(":diode"))
+        assert [float(r[2]) for r in rows] == pytest.approx(list(diode[0:5]), rel=1e-5)
+    assert "rows:1_ascan DONE 5 points" in lines
+    assert "5/5 points" in err and "roby[mm]" not in err
+
+
+def test_the_table_gives_way_to_the_progress_line_when_points_come_too_fast() -> None:
+    import io
+
+    from scanstream.cli.scan_display import PointTable
+
+    now = [0.0]
+    slow = PointTable(io.StringIO(), clock=lambda: now[0])
+    for i in range(30):
+        now[0] += 1.0  # one point a second: every row is shown
+        slow("timer", i, [("axis:roby", "mm", float(i)), ("c:diode", None, 2.0)])
+    assert slow.active and slow.rows == 30
+    assert len(slow.stream.getvalue().splitlines()) == 31  # header + rows
+
+    fast = PointTable(io.StringIO(), clock=lambda: 5.0)  # all at the same instant
+    for i in range(30):
+        fast("timer", i, [("c:diode", None, 2.0)])
+    assert not fast.active and fast.rows == 9

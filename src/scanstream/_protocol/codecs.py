@@ -66,24 +66,26 @@ def check_dtype(dtype: npt.DTypeLike, name: str) -> np.dtype[Any]:
     return dt.newbyteorder("=") if dt.byteorder not in "=|" else dt
 
 
-def check_shape(shape: Sequence[int] | int, name: str) -> tuple[int, ...]:
+def check_shape(shape: Sequence[int] | int, name: str, what: str = "channel") -> tuple[int, ...]:
     """Return a channel's point shape as a tuple, or raise :class:`EncodingError`.
 
     ``()`` is a scalar (0D) channel, ``(n,)`` a spectrum, ``(-1,)`` a 1D channel whose
-    length varies from point to point.
+    length varies from point to point. A zero size (``(0,)``, ``(3, 0)``) is refused: its
+    points would hold no value, and the writer cannot store them. ``what`` names the kind of
+    node in the message.
     """
     if isinstance(shape, (int, np.integer)):
         shape = (int(shape),)
     try:
         out = tuple(int(s) for s in shape)
     except (TypeError, ValueError):
-        raise EncodingError(f"channel {name!r}: shape {shape!r} is not a tuple of ints") from None
+        raise EncodingError(f"{what} {name!r}: shape {shape!r} is not a tuple of ints") from None
     if out == (-1,):
         return out
-    if any(s < 0 for s in out):
+    if any(s <= 0 for s in out):
         raise EncodingError(
-            f"channel {name!r}: shape {out} is invalid; use non-negative sizes, or (-1,) "
-            "for a 1D channel of variable length"
+            f"{what} {name!r}: shape {out} is invalid; use positive sizes (a zero size holds "
+            "no value), or (-1,) for a 1D channel of variable length"
         )
     return out
 

@@ -19,7 +19,7 @@ Writers build entries with the ``*_fields`` functions and readers parse them wit
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..exceptions import DecodingError
 from ..models import (
@@ -323,3 +323,33 @@ def parse_saving(fields: Fields) -> SavingVerdict:
         )
     except (ValueError, TypeError, AttributeError, DecodingError) as exc:
         return SavingVerdict(SavingState.FAILED, reason=f"corrupt saving verdict in Redis ({exc})")
+
+
+# ----------------------------------------------------------------------------- writer health
+
+#: Fields of a session's writer health hash (``keys.writer_health``): the id of the writer
+#: that owns the session, and its status as JSON. The owning writer renews the hash with a
+#: TTL of a few seconds, so that it disappears by itself when that writer dies or freezes.
+WRITER_OWNER_FIELD = "owner"
+WRITER_STATUS_FIELD = "status"
+
+
+def parse_writer_health(fields: Fields) -> dict[str, Any] | None:
+    """The status of the writer that owns a session, from its health hash; None if none does.
+
+    ``fields`` are the hash's fields as HGETALL returns them (empty for a missing key). A hash
+    without an owner, or whose status is not a JSON object, names no live writer (None): a
+    scan is never reported as followed by a writer that cannot be identified.
+    """
+    owner = fields.get(WRITER_OWNER_FIELD.encode())
+    raw = fields.get(WRITER_STATUS_FIELD.encode())
+    if not owner or not raw:
+        return None
+    try:
+        status = metadata.loads(raw)
+    except DecodingError:
+        return None
+    if not isinstance(status, dict):
+        return None
+    status.setdefault("owner", owner.decode(errors="replace"))
+    return status

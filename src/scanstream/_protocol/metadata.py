@@ -159,7 +159,8 @@ def check_scan_info(info: Any, path: str = "scan_info") -> dict[str, Any]:
     ----------
     info : Mapping or None
         The scan metadata. Known keys (``title``, ``npoints``, ``channels``, ``plots``...)
-        must have the types of the BLISS conventions; ``npoints`` must be >= 0.
+        must have the types of the BLISS conventions; ``npoints`` must be >= 0;
+        ``filename``, when given, must be a path (not empty or blank, no NUL).
     """
     if info is None:
         return {}
@@ -176,6 +177,13 @@ def check_scan_info(info: Any, path: str = "scan_info") -> dict[str, Any]:
     for key in ("npoints", "npoints1", "npoints2"):
         if key in info and info[key] is not None and info[key] < 0:
             raise EncodingError(f"{path}[{key!r}] must be >= 0, got {info[key]!r}")
+    filename = info.get("filename")
+    if isinstance(filename, str) and (not filename.strip() or "\0" in filename):
+        # The writer would refuse the whole scan at its end; say so while it can be fixed.
+        raise EncodingError(
+            f"{path}['filename'] must be a file path, got {filename!r}: give a path, or "
+            "leave 'filename' out to save into the writer's default file"
+        )
     safe = json_safe(info, path)
     assert isinstance(safe, dict)
     return safe

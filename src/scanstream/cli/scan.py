@@ -7,8 +7,17 @@ Each scan type is an argparse subcommand built from :data:`SCAN_TYPES`: its posi
 arguments are converted and checked while parsing (numbers, and device names of
 :func:`~scanstream.sim.beamline.default_beamline`), so a bad command line is a usage error
 (exit code 2). A live progress line (points done / total, rate, elapsed time) goes to stderr,
-like BLISS's scan display. Ctrl-C ends the scan USER_ABORTED with the points acquired (exit
+like BLISS's scan display; step scans print a table row per point on stdout (until points
+come too fast to read: then the progress line only), ``ct`` prints each counter's value and
+rate, and the summary line goes to stdout. Ctrl-C ends the scan USER_ABORTED with the points acquired (exit
 code 130).
+
+A scan starts with a warning when no writer follows its session (``--require-writer``
+refuses to start it, ``--no-writer-warning`` silences the warning). At its end the command
+waits (``--save-timeout``) for the saving verdict of the writer and prints it on stdout:
+``saved in FILE::ENTRY``, or ``NOT SAVED: reason; ...``. The exit code says it too
+(:data:`EXIT_CODES`): 0 only for a scan that ended DONE and was saved, or whose saving is off
+by design (``--no-saving``).
 
 It is registered in :data:`scanstream.cli.COMMANDS` (``configure_scan``, ``run_scan``).
 """
@@ -21,12 +30,11 @@ import getpass
 import inspect
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from .._transport.server import resolve_url
-from ..exceptions import ScanstreamError
+from ..exceptions import NoWriterError, ScanstreamError
 from ..models import ScanState
 from ..publish import ScanPublisher, create_session
 from ..sim.beamline import Beamline, UnknownDeviceError, default_beamline
@@ -34,8 +42,22 @@ from ..sim.control import ScanResult, scan_result_of
 from ..sim.devices import MotorLimitError
 from ..sim.saving import SavingConfig
 from ..sim.scans import a2scan, amesh, ascan, ct, d2scan, dscan, loopscan, timescan
+from .scan_display import (
+    EXIT_CODES,
+    EXIT_NOT_SAVED,
+    EXIT_SAVE_TIMEOUT,
+    PointTable,
+    ProgressDisplay,
+    Row,
+    ct_lines,
+    exit_codes_text,
+    report_saving,
+)
 
 __all__ = [
+    "EXIT_CODES",
+    "EXIT_NOT_SAVED",
+    "EXIT_SAVE_TIMEOUT",
     "SCAN_HELP",
     "SCAN_TYPES",
     "ProgressDisplay",
@@ -298,6 +320,32 @@ def _add_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     )
     parser.add_argument("--seed", type=int, default=default(0), help="seed of the simulated noise")
     parser.add_argument(
+        "--require-writer",
+        action="store_true",
+        default=default(False),
+        help="refuse to start the scan when no writer follows the session (exit code 3)",
+    )
+    parser.add_argument(
+        "--no-writer-warning",
+        action="store_true",
+        default=default(False),
+        help="no warning when no writer follows the session (the verdict is still printed)",
+    )
+    parser.add_argument(
+        "--save-timeout",
+        type=float,
+        default=default(10.0),
+        metavar="S",
+        help="seconds to wait at the end for the writer's saving verdict (default 10; "
+        "0: read it once, do not wait)",
+    )
+    parser.add_argument(
+        "--no-saving",
+        action="store_true",
+        default=default(False),
+        help="turn saving off (scan_info save=False): no writer is expected, exit code 0",
+    )
+    parser.add_argument(
         "-q", "--quiet", action="store_true", default=default(False), help="no progress display"
     )
     parser.add_argument(
@@ -334,6 +382,8 @@ def configure_scan(parser: argparse.ArgumentParser) -> None:
     :func:`parse_scan_arguments`).
     """
     _add_options(parser, suppress=False)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = exit_codes_text()
     parser.set_defaults(args=[], scan_parser=parser)
     types = parser.add_subparsers(
         dest="type",
@@ -370,64 +420,36 @@ def configure_scan(parser: argparse.ArgumentParser) -> None:
             help="counters and detectors to read (see --list)",
         )
         _add_options(sub, suppress=True)
+        sub.formatter_class = argparse.RawDescriptionHelpFormatter
+        sub.epilog = exit_codes_text()
         sub.set_defaults(scan_parser=sub)
 
 
 # --- running a scan ----------------------------------------------------------------------------
 
 
-class ProgressDisplay:
-    """Live progress of a scan on a text stream: points done / total, rate, elapsed time.
-
-    On a terminal the line is rewritten in place at most every ``interval`` seconds;
-    otherwise a line is printed at most every 2 s.
-    """
-
-    def __init__(self, total: int, stream: IO[str] | None = None, interval: float = 0.1) -> None:
-        self.total = total
-        self.stream = stream if stream is not None else sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.interval = interval if self.tty else 2.0
-        self.t0 = time.monotonic()
-        self.last = 0.0
-        self.done: dict[str, int] = {}
-
-    def line(self) -> str:
-        """The current progress text."""
-        done = sum(self.done.values())
-        elapsed = time.monotonic() - self.t0
-        rate = done / elapsed if elapsed > 0 else 0.0
-        total = str(self.total) if self.total else "unbounded"
-        return f"{done}/{total} points  {rate:8.1f} pt/s  elapsed {elapsed:6.2f} s"
-
-    def __call__(self, master: str, done: int) -> None:
-        """``on_point`` callback of a scan."""
-        self.done[master] = done
-        now = time.monotonic()
-        if now - self.last >= self.interval:
-            self.last = now
-            self.stream.write(("\r" if self.tty else "") + self.line() + ("" if self.tty else "\n"))
-            self.stream.flush()
-
-    def close(self, result: ScanResult | None) -> None:
-        """Print the final line and the outcome."""
-        state = result.state.name if result is not None else "FAILED"
-        end = f"{self.line()}  {state}" + (f" ({result.error})" if result and result.error else "")
-        self.stream.write(("\r" if self.tty else "") + end + "\n")
-        self.stream.flush()
-
-
 class _ScanDisplay:
     """What ``scanstream scan`` shows on stderr: the BLISS-like header, then the progress."""
 
-    def __init__(self, session: str, quiet: bool) -> None:
+    def __init__(
+        self, session: str, quiet: bool, warn_no_writer: bool = True, scan_type: str = ""
+    ) -> None:
         self.session = session
         self.quiet = quiet
+        self.warn_no_writer = warn_no_writer
         self.progress: ProgressDisplay | None = None
+        self.scan: ScanPublisher | None = None
+        # ct: the values once counted; step scans: a row per point (stdout).
+        self.ct = scan_type == "ct"
+        self.table = None if quiet or self.ct else PointTable()
+        self.last: Row = []
 
     def start(self, scan: ScanPublisher) -> None:
-        """``on_start`` callback: the header, as BLISS prints it."""
+        """``on_start`` callback: the header, as BLISS prints it (after the no-writer warning)."""
+        self.scan = scan
         info = scan.info
+        if scan.no_writer is not None and self.warn_no_writer:
+            print(f"WARNING: {scan.no_writer}", file=sys.stderr)
         print(
             f"Scan {scan.number} {info.get('start_time', '')} "
             f"{info.get('filename', '(no filename)')} {self.session} user = {_user()}\n"
@@ -437,13 +459,26 @@ class _ScanDisplay:
         if not self.quiet:
             self.progress = ProgressDisplay(int(info.get("npoints") or 0))
 
+    def values(self, master: str, index: int, row: Row) -> None:  # on_values callback
+        self.last = row
+        if self.table is not None:
+            self.table(master, index, row)
+
     def point(self, master: str, done: int) -> None:  # on_point callback
-        if self.progress is not None:
+        if self.progress is None:
+            return
+        if self.table is not None and self.table.active:
+            self.progress.done[master] = done  # counted, not shown: it would garble the table
+        else:
             self.progress(master, done)
 
     def close(self, result: ScanResult | None) -> None:
         if self.progress is not None:
             self.progress.close(result)
+        if self.ct and self.last and result is not None:
+            count_time = float(result.scan_info.get("count_time") or 0.0)
+            for line in ct_lines(self.last, count_time):  # ct scans no motor
+                print(line)
 
 
 def _print_listing(beamline: Beamline) -> None:
@@ -470,7 +505,11 @@ def _scan_options(args: argparse.Namespace, beamline: Beamline) -> dict[str, Any
         "max_duration": args.max_duration,
     }
     if args.root:
-        options["saving"] = SavingConfig(args.root, args.session, args.sample, args.dataset)
+        options["saving"] = SavingConfig(
+            args.root, args.session, args.sample, args.dataset, enabled=not args.no_saving
+        )
+    elif args.no_saving:
+        options["scan_info"] = {"save": False}
     if args.type == "timescan":
         options["npoints"] = args.npoints
     return options
@@ -482,9 +521,11 @@ def run_scan(args: argparse.Namespace) -> int:
     Returns
     -------
     int
-        0 DONE (or stopped by ``--max-duration``); 1 a scan that ended otherwise, or a
-        device or limit error; 2 bad arguments (most are refused while parsing);
-        130 Ctrl-C (the scan ends USER_ABORTED).
+        One of :data:`EXIT_CODES`: 0 DONE (or stopped by ``--max-duration``) and saved, or
+        saving off by design; 1 a scan that ended otherwise, or a device or limit error;
+        2 bad arguments (most are refused while parsing); 3 not saved (no writer, the
+        writer failed; or not started with ``--require-writer``); 4 no saving verdict
+        within ``--save-timeout``; 130 Ctrl-C (the scan ends USER_ABORTED).
     """
     beamline = default_beamline(args.seed)
     if args.list:
@@ -496,8 +537,15 @@ def run_scan(args: argparse.Namespace) -> int:
         positional = parse_scan_arguments(args.type, args.args, beamline)
     except (ScanArgumentError, UnknownDeviceError) as exc:
         return _usage_error(args.scan_parser, str(exc))
-    session = create_session(args.session, redis_url=resolve_url(getattr(args, "redis_url", None)))
-    display = _ScanDisplay(args.session, args.quiet)
+    session = create_session(
+        args.session,
+        redis_url=resolve_url(getattr(args, "redis_url", None)),
+        require_writer=args.require_writer,
+        warn_no_writer=False,  # the display prints the warning, as one line
+    )
+    display = _ScanDisplay(
+        args.session, args.quiet, warn_no_writer=not args.no_writer_warning, scan_type=args.type
+    )
     result: ScanResult | None = None
     try:
         result = _FUNCTIONS[args.type](
@@ -505,11 +553,15 @@ def run_scan(args: argparse.Namespace) -> int:
             *positional,
             on_start=display.start,
             on_point=display.point,
+            on_values=display.values,
             **_scan_options(args, beamline),
         )
     except KeyboardInterrupt as exc:
         result = scan_result_of(exc)
         return 130
+    except NoWriterError as exc:
+        print(f"scanstream scan: error: {exc}", file=sys.stderr)
+        return EXIT_NOT_SAVED
     except MotorLimitError as exc:
         print(f"scanstream scan: error: {exc}", file=sys.stderr)
         return 1
@@ -520,9 +572,12 @@ def run_scan(args: argparse.Namespace) -> int:
     finally:
         display.close(result)
         session.close()
-    print(f"{result.db_name} {result.state.name} {result.npoints} points", file=sys.stderr)
+    print(f"{result.db_name} {result.state.name} {result.npoints} points")
     stopped_as_asked = args.max_duration is not None and result.state is ScanState.USER_ABORTED
-    return 0 if result.state is ScanState.DONE or stopped_as_asked else 1
+    saving = report_saving(display.scan, args.session, args.save_timeout)
+    if result.state is not ScanState.DONE and not stopped_as_asked:
+        return 1
+    return saving
 
 
 def _user() -> str:

@@ -8,12 +8,19 @@ A scan is published as::
         diode = timer.create_channel("diode", dtype="float64")
         scan.prepared()
         diode.emit(1.5)                                       # one point, or a batch
+    print(scan.wait_saved(10))                                # "saved in FILE::ENTRY", ...
 
 ``emit`` never waits on Redis: points are queued and a background thread per scan sends
 whatever has accumulated as one entry per channel, in one MULTI/EXEC, as soon as the
 previous send is done (and at most every few milliseconds). Latency stays bounded; batching
 grows by itself with the rate. Sessions are in :mod:`.session`, the data publishers in
-:mod:`.channels`, the sender in :mod:`.sender`.
+:mod:`.channels`, the sender in :mod:`.sender`, the writer presence and saving verdict in
+:mod:`.saving`.
+
+A scan that disappears from Redis while it runs (a flushed server, one restarted without its
+data) stops its publisher with :class:`~scanstream.exceptions.ScanLostError`: no key of a
+running scan is written unless the scan hash exists (NOMKSTREAM, or a check in the same
+transaction or script), so nothing is left behind without an expiry.
 """
 
 from __future__ import annotations
@@ -44,9 +51,11 @@ from ..exceptions import (
     InvalidTransitionError,
     NodeExistsError,
     ScanEndedError,
+    ScanLostError,
 )
-from ..models import NodeDescription, SavingMode, ScanState
+from ..models import NodeDescription, SavingMode, SavingVerdict, ScanState
 from .channels import ChannelPublisher, LimaPublisher, ScanRefPublisher, _NodePublisher
+from .saving import read_verdict, writer_of
 from .sender import Sender
 
 if TYPE_CHECKING:
@@ -59,6 +68,17 @@ logger = logging.getLogger(__name__)
 __all__ = ["ContainerPublisher", "ScanPublisher"]
 
 _Node = TypeVar("_Node", bound=_NodePublisher)
+
+# HSET then XADD, only if the scan hash still exists: on a server that lost the scan they would
+# create keys without expiry. KEYS: scan hash, events stream. ARGV: the number of HSET
+# arguments, the HSET field/value pairs, then the entry's field/value pairs.
+_IF_PRESENT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local n = tonumber(ARGV[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 2, n + 1))
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, n + 2))
+return 1
+"""
 
 
 class _NodeTree:
@@ -110,7 +130,12 @@ class _NodeTree:
                 raise NodeExistsError(f"{parent_db_name} already has a child named {name!r}")
             index = self._count + 1
             desc = NodeDescription(index, parent_index, node_type, name, node_info)
-            scan.store.redis.xadd(self.events_key, new_node_fields(desc))
+            # NOMKSTREAM: on a server that lost the scan, create no stream without expiry.
+            if (
+                scan.store.redis.xadd(self.events_key, new_node_fields(desc), nomkstream=True)
+                is None
+            ):
+                raise scan.lost(f"no node {name!r} was created")
             self._names.add((parent_index, name))
             self._count = index
             # Made once announced: a data node's queue joins the sender only then.
@@ -191,7 +216,7 @@ class ContainerPublisher(_NodePublisher):
         """
         mode = SavingMode(saving_mode)
         check_dtype = codecs.check_dtype(dtype, name)
-        frame_shape = codecs.check_shape(shape, name)
+        frame_shape = codecs.check_shape(shape, name, "lima node")
         if len(frame_shape) != 2 or -1 in frame_shape:
             raise EncodingError(f"lima node {name!r}: shape must be (height, width), got {shape!r}")
         node_info = dict(info or {})
@@ -225,6 +250,9 @@ class ScanPublisher:
         name: str,
         node_type: str,
         info: dict[str, Any],
+        *,
+        writer: dict[str, Any] | None = None,
+        no_writer: str | None = None,
     ) -> None:
         self.session = session
         self.store = session.store
@@ -232,10 +260,19 @@ class ScanPublisher:
         self.name = name
         self.node_type = node_type
         self.db_name = f"{session.name}:{number}_{name}"
+        #: Status of the writer that followed the session when the scan started (None: none
+        #: did, or saving is off).
+        self.writer = writer
+        #: Why the scan will not be saved when no writer followed its session at its start
+        #: (the text of the NoWriterWarning, also set when the warning was silenced); else None.
+        self.no_writer = no_writer
         self._info = info
         self._state = ScanState.CREATED
-        lease_key = self.store.keys.scan_lease(session.name, number)
-        self._sender = Sender(self.store, lease_key, self.db_name)
+        keys = self.store.keys
+        self._key = keys.scan(session.name, number)
+        lease_key = keys.scan_lease(session.name, number)
+        self._sender = Sender(self.store, lease_key, self.db_name, scan_key=self._key)
+        self._if_present = self.store.redis.register_script(_IF_PRESENT)
         self._tree = _NodeTree(self, self._sender)
         self._sender.start()
 
@@ -304,17 +341,15 @@ class ScanPublisher:
         if self._state is not ScanState.CREATED:
             raise InvalidTransitionError(self._state, ScanState.PREPARED)
         self._info.update(check_scan_info(info_update))
-        keys = self.store.keys
-        pipe = self.store.redis.pipeline(transaction=True)
-        pipe.hset(
-            keys.scan(self.session_name, self.number),
-            mapping=prepared_hash_fields(metadata.dumps(self._info)),
-        )
-        pipe.xadd(
-            keys.scan_events(self.session_name, self.number),
-            state_entry_fields(PREPARED, time.time()),
-        )
-        pipe.execute()
+        hash_fields = prepared_hash_fields(metadata.dumps(self._info))
+        entry = state_entry_fields(PREPARED, time.time())
+        args: list[Any] = [2 * len(hash_fields)]
+        for fields in (hash_fields, entry):
+            for pair in fields.items():
+                args.extend(pair)
+        events = self.store.keys.scan_events(self.session_name, self.number)
+        if not self._if_present(keys=[self._key, events], args=args):
+            raise self.lost("it was not marked PREPARED")
         self._state = ScanState.PREPARED
 
     def flush(self) -> None:
@@ -359,6 +394,10 @@ class ScanPublisher:
         InvalidTransitionError
             The scan had already ended (for example declared KILLED after its lease
             expired while this process was frozen).
+        ScanLostError
+            The scan, or part of its data, disappeared from Redis while it ran (the server
+            was flushed or restarted without its data, or keys were deleted). What is left
+            of it is ended FAILED with that error.
         redis.exceptions.OutOfMemoryError
             Ending DONE while Redis is full: the queued points stay queued, call ``end``
             again once memory is freed. Ending in another state drops the points Redis
@@ -369,6 +408,9 @@ class ScanPublisher:
         state, update = self._check_end(state, info_update)
         self._sender.stop()
         error = self._send_the_rest(state, error)
+        lost = self._sender.error if isinstance(self._sender.error, ScanLostError) else None
+        if lost is not None:  # part of its data is gone (a stream was deleted): not DONE
+            state, error = ScanState.FAILED, f"{error}; {lost}" if error else str(lost)
         now = time.time()
         self._info.update(update)
         self._info.update(end_time=iso_time(now), end_timestamp=now, state=state.name)
@@ -387,6 +429,8 @@ class ScanPublisher:
             info_json=info,
         )
         self._state = self._end_outcome(state, outcome, final)
+        if lost is not None:
+            raise lost
 
     def _check_end(
         self, state: ScanState | str, info_update: Mapping[str, Any] | None
@@ -431,5 +475,78 @@ class ScanPublisher:
                 ScanState[final], state, "it was ended by another process (lease expired?)"
             )
         if outcome == "missing":
-            raise ScanEndedError(f"scan {self.db_name} is gone from Redis (expired or deleted)")
+            raise self.lost(f"it could not be ended {state.name}")
         return state
+
+    def lost(self, what: str) -> ScanLostError:
+        """The error of a scan gone from Redis while running; the scan counts as FAILED here.
+
+        Its sender stops: emits raise the same error instead of sending points nowhere.
+        """
+        error = self._sender.lost_error(what)
+        self._sender.lose(error)
+        self._state = ScanState.FAILED
+        return error
+
+    # -- saving -----------------------------------------------------------------------
+    @property
+    def saving(self) -> SavingVerdict:
+        """The saving verdict recorded by the writer that owns the scan (one Redis call).
+
+        WAITING until a writer takes the scan; NOT_SAVED for a scan whose scan_info turns
+        saving off (``save=False``) that no writer judged.
+
+        Raises
+        ------
+        ScanLostError
+            The scan is gone from Redis.
+        """
+        verdict = read_verdict(self.store, self._key, self._info)
+        if verdict is None:
+            raise ScanLostError(
+                f"scan {self.db_name} is gone from Redis: its saving verdict is lost with it"
+            )
+        return verdict
+
+    def wait_saved(self, timeout: float) -> SavingVerdict:
+        """Wait until the saving verdict is final (SAVED, FAILED, NOT_SAVED), at most ``timeout`` s.
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait; 0 reads the verdict once. The verdict is read every 50 ms at
+            first, then less often (at most every 0.5 s).
+
+        Returns
+        -------
+        SavingVerdict
+            The final verdict, or the current one (WAITING, WRITING) when ``timeout`` passed.
+
+        Raises
+        ------
+        ScanLostError
+            The scan is gone from Redis.
+        redis.exceptions.ConnectionError
+            Redis cannot be reached (after the retries).
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        pause = 0.05
+        while True:
+            verdict = self.saving
+            remaining = deadline - time.monotonic()
+            if verdict.state.is_final or remaining <= 0:
+                return verdict
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 1.5, 0.5)
+
+    def writer_follows(self) -> bool:
+        """True when a live writer follows the scan's session now (one Redis call)."""
+        return writer_of(self.store, self.session_name) is not None
+
+    def kept_until(self) -> float | None:
+        """Epoch time at which Redis drops the scan (its retention), or None if no expiry is set.
+
+        None while the scan runs (it expires only after its end) or with ``retention_time = 0``.
+        """
+        ms = int(self.store.redis.pttl(self._key))
+        return time.time() + ms / 1000 if ms >= 0 else None

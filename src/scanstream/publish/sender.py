@@ -31,7 +31,7 @@ from redis.backoff import AbstractBackoff, ExponentialBackoff
 from .._protocol.entries import DataEntry, data_entry_id
 from .._transport.connection import stream_entries
 from .._transport.errors import is_duplicate_id, is_out_of_memory, restate
-from ..exceptions import DecodingError, RedisFullError, RedisUnreachableError
+from ..exceptions import DecodingError, RedisFullError, RedisUnreachableError, ScanLostError
 
 if TYPE_CHECKING:
     from redis.typing import EncodableT, FieldT
@@ -52,6 +52,14 @@ _MIN_SEND_INTERVAL = 0.004
 _FAILED_SEND_BACKOFF = ExponentialBackoff(cap=0.2, base=0.02)
 
 _TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+# Renew the lease only while the scan exists: a plain SET would create a lease without its
+# scan on a server that lost it. KEYS: scan hash, lease. ARGV: lease time (ms).
+_RENEW_IF_PRESENT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+return 1
+"""
 
 
 class DataQueue(Protocol):
@@ -99,6 +107,11 @@ class Sender:
     backoff : redis.backoff.AbstractBackoff, optional
         Pauses of the background thread between failed sends (``compute(failures)``);
         :meth:`stop` interrupts them. Default: 40 ms doubling up to 0.2 s.
+    scan_key : str, optional
+        The scan's hash. When given, the lease is renewed only while it exists, and a send
+        that creates a data stream checks it in the same transaction: on a server that lost
+        the scan (flushed, restarted empty) the sender stops with :class:`ScanLostError`
+        instead of creating keys that would never expire.
 
     Attributes
     ----------
@@ -116,10 +129,17 @@ class Sender:
     """
 
     def __init__(
-        self, store: DataStore, lease_key: str, name: str, backoff: AbstractBackoff | None = None
+        self,
+        store: DataStore,
+        lease_key: str,
+        name: str,
+        backoff: AbstractBackoff | None = None,
+        *,
+        scan_key: str | None = None,
     ) -> None:
         self.store = store
         self.lease_key = lease_key
+        self.scan_key = scan_key
         self.name = name
         self.wake = threading.Event()
         self.error: BaseException | None = None
@@ -132,6 +152,7 @@ class Sender:
         self._thread: threading.Thread | None = None
         self._backoff = backoff or _FAILED_SEND_BACKOFF
         self._unreachable_since: float | None = None
+        self._renew_if_present = store.redis.register_script(_RENEW_IF_PRESENT)
 
     def __repr__(self) -> str:
         return f"<Sender {self.name!r}{' stopped' if self.stopped else ''}>"
@@ -201,7 +222,11 @@ class Sender:
 
     def _renew_lease(self, lease_ms: int) -> bool:
         try:
-            self.store.redis.set(self.lease_key, b"1", px=lease_ms)
+            if self.scan_key is None:
+                self.store.redis.set(self.lease_key, b"1", px=lease_ms)
+            elif not self._renew_if_present(keys=[self.scan_key, self.lease_key], args=[lease_ms]):
+                self.lose(self.lost_error("its lease could not be renewed"))
+                return False
         except _TRANSIENT as exc:
             self._unreachable(exc)
             return False
@@ -234,6 +259,11 @@ class Sender:
                 if raise_errors:
                     raise (fatal or exc) from None
                 return False
+            except ScanLostError as exc:
+                self.lose(exc)
+                if raise_errors:
+                    raise
+                return False
             except Exception as exc:  # reported to the emitting thread
                 error = self._refused(exc)
                 if raise_errors:
@@ -253,6 +283,7 @@ class Sender:
         pipe = self.store.redis.pipeline(transaction=True)
         sent: list[tuple[DataQueue, int]] = []
         written: list[tuple[str, str, int]] = []
+        created: list[str] = []
         try:
             for queue, batches in taken:
                 first = queue.sent
@@ -261,13 +292,27 @@ class Sender:
                     # addressable with XRANGE/XREVRANGE, and a duplicate or a write after the
                     # seal is refused by Redis (IDs must grow).
                     entry_id = data_entry_id(first)
+                    # Only a stream's first entry may create it (NOMKSTREAM otherwise): a
+                    # server that lost the scan gets no stream without expiry.
+                    if first == 0 and self.scan_key is not None:
+                        created.append(queue.key)
                     # Our fields hold bytes and Scattered values, which the connection's
                     # packer writes; redis-py's annotation does not know the latter.
-                    pipe.xadd(queue.key, cast("dict[FieldT, EncodableT]", fields), id=entry_id)
+                    pipe.xadd(
+                        queue.key,
+                        cast("dict[FieldT, EncodableT]", fields),
+                        id=entry_id,
+                        nomkstream=first != 0,
+                    )
                     written.append((queue.key, entry_id, npoints))
                     first += npoints
                 sent.append((queue, first))
+            if created:  # rare (once per data node): is the scan still there?
+                pipe.exists(cast(str, self.scan_key))
             results = pipe.execute(raise_on_error=False)
+            if created and results.pop() == 0:
+                self._unmake(created)
+                raise self.lost_error("its data could not be stored")
             self._check_results(written, results)
         except BaseException:
             for queue, batches in taken:
@@ -276,9 +321,26 @@ class Sender:
         for queue, total in sent:
             queue.sent = total
 
+    def _unmake(self, keys: list[str]) -> None:
+        """Delete the data streams just created for a scan that is gone (they have no expiry)."""
+        try:
+            self.store.redis.delete(*keys)
+        except redis.exceptions.RedisError as exc:
+            logger.error("scan %s: could not delete %s: %s", self.name, keys, exc)
+
+    def lost_error(self, what: str) -> ScanLostError:
+        """The error of a scan gone from Redis while it runs, saying what could not be done."""
+        return ScanLostError(
+            f"scan {self.name} is gone from Redis while it was running, so {what}: the server "
+            f"at {self.store.url} was flushed, restarted without its data or restored from an "
+            "older snapshot, or the scan was deleted; the points it had stored are lost"
+        )
+
     def _check_results(self, written: list[tuple[str, str, int]], results: list[Any]) -> None:
         """Accept replayed entries (duplicate IDs holding the same entry); raise other errors."""
         for (key, entry_id, npoints), result in zip(written, results):
+            if result is None:  # NOMKSTREAM on a missing stream: the scan's keys are gone
+                raise self.lost_error(f"its data could not be stored ({key} is gone)")
             if not isinstance(result, Exception):
                 continue
             if is_duplicate_id(result):
@@ -329,6 +391,17 @@ class Sender:
         self.fatal = True
         self._set_error(error)
         return error
+
+    def lose(self, error: ScanLostError) -> None:
+        """The scan is gone from Redis: drop the queued points, refuse emits with ``error``."""
+        if self.fatal:
+            return
+        dropped = self.drop()
+        if dropped:
+            error.args = (f"{error}; {dropped} queued points were dropped",)
+        logger.error("%s", error)
+        self.fatal = True
+        self._set_error(error)
 
     def _refused(self, exc: BaseException) -> BaseException:
         """Redis refused the data: keep it queued, make emit raise a clear error until a send works."""

@@ -3,6 +3,15 @@
 A scan is announced in two steps: its keys first (hash, event stream, lease: one slot, one
 transaction), then a NEW_SCAN entry in the session's stream, so that a reader never finds a
 NEW_SCAN whose scan is not there yet.
+
+Before that, the session reads whether a writer follows it (:mod:`.saving`): by default a scan
+that no writer will save starts with a :class:`~scanstream.exceptions.NoWriterWarning`;
+``require_writer=True`` refuses it.
+
+Scan numbers come from the session's counter, but never at or below the session's numbering
+floor (``keys.session_number_floor``, the highest number a writer knows from its files): a
+server that restarted empty, or was flushed, does not number scans again from 1 into entries
+that already hold saved scans.
 """
 
 from __future__ import annotations
@@ -19,13 +28,33 @@ from .._protocol.metadata import check_scan_info, iso_time
 from .._transport.connection import DataStore, default_store
 from ..exceptions import InvalidArgumentError
 from ..models import SCAN_NODE_TYPES, ScanState
+from .saving import check_retention, check_writer
 from .scan import ScanPublisher
 
 __all__ = ["PublishingSession", "create_session"]
 
+# The next scan number: INCR the counter, but go above the numbering floor a writer recorded
+# (the counter restarts at 1 on a server that lost its data; the floor is rewritten by the
+# writer from its files). One script, so that two publishers never get the same number.
+# KEYS: counter, floor (same hash tag: one slot).
+_NEXT_NUMBER = """
+local n = redis.call('INCR', KEYS[1])
+local floor = tonumber(redis.call('GET', KEYS[2])) or 0
+if n <= floor then
+  n = math.floor(floor) + 1
+  redis.call('SET', KEYS[1], n)
+end
+return n
+"""
+
 
 def create_session(
-    name: str, *, redis_url: str | None = None, store: DataStore | None = None
+    name: str,
+    *,
+    redis_url: str | None = None,
+    store: DataStore | None = None,
+    require_writer: bool = False,
+    warn_no_writer: bool = True,
 ) -> PublishingSession:
     """Open a session to publish scans into.
 
@@ -37,6 +66,13 @@ def create_session(
         Redis URL; default ``SCANSTREAM_REDIS_URL``, else the embedded server.
     store : DataStore, optional
         An existing connection (takes precedence over ``redis_url``).
+    require_writer : bool
+        Default of :meth:`PublishingSession.create_scan`: refuse to start a scan (raise
+        :class:`~scanstream.exceptions.NoWriterError`) while no writer follows the session.
+    warn_no_writer : bool
+        Default of :meth:`PublishingSession.create_scan`: warn
+        (:class:`~scanstream.exceptions.NoWriterWarning` and a log line) when a scan starts
+        while no writer follows the session. False: silent.
 
     Raises
     ------
@@ -49,16 +85,31 @@ def create_session(
     store = store or default_store(redis_url)
     store.check_protocol(initialize=True)
     store.redis.hsetnx(store.keys.sessions, name, repr(time.time()))
-    return PublishingSession(name, store)
+    return PublishingSession(
+        name, store, require_writer=require_writer, warn_no_writer=warn_no_writer
+    )
 
 
 class PublishingSession:
-    """A session: allocates scan numbers and announces scans. Use :func:`create_session`."""
+    """A session: allocates scan numbers and announces scans. Use :func:`create_session`.
 
-    def __init__(self, name: str, store: DataStore) -> None:
+    ``require_writer`` and ``warn_no_writer`` are the defaults of :meth:`create_scan`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        store: DataStore,
+        *,
+        require_writer: bool = False,
+        warn_no_writer: bool = True,
+    ) -> None:
         self.name = name
         self.store = store
+        self.require_writer = require_writer
+        self.warn_no_writer = warn_no_writer
         self._scans: weakref.WeakSet[ScanPublisher] = weakref.WeakSet()
+        self._next_number = store.redis.register_script(_NEXT_NUMBER)
 
     def __repr__(self) -> str:
         return f"<PublishingSession {self.name!r} on {self.store.url!r}>"
@@ -81,18 +132,41 @@ class PublishingSession:
         scan_info: Mapping[str, Any] | None = None,
         *,
         node_type: str = "scan",
+        require_writer: bool | None = None,
+        warn_no_writer: bool | None = None,
     ) -> ScanPublisher:
         """Create and announce a new scan numbered ``N`` (its db_name is ``session:N_name``).
 
         ``scan_info`` gets ``scan_nb``, ``session_name``, ``name``, ``start_time`` (ISO 8601)
-        and ``start_timestamp``; ``title`` defaults to ``name``.
+        and ``start_timestamp``; ``title`` defaults to ``name``. ``N`` is above every number
+        the session's counter gave and above the numbering floor its writer recorded.
+
+        Parameters
+        ----------
+        name : str
+            Scan name.
+        scan_info : Mapping, optional
+            The scan's metadata (JSON-safe; see :func:`~scanstream._protocol.metadata.check_scan_info`).
+            ``save=False`` turns saving off: no writer is expected then.
+        node_type : {"scan", "scan_group"}
+            The kind of scan node.
+        require_writer : bool, optional
+            Raise :class:`~scanstream.exceptions.NoWriterError`, creating nothing, when no
+            writer follows the session. Default: the session's ``require_writer``.
+        warn_no_writer : bool, optional
+            Warn (:class:`~scanstream.exceptions.NoWriterWarning` and a log line) when no
+            writer follows the session; False: silent (``ScanPublisher.no_writer`` still
+            says so). Default: the session's ``warn_no_writer``.
 
         Raises
         ------
         EncodingError
             ``scan_info`` is malformed (the message names the key).
         InvalidArgumentError
-            Invalid name or node type.
+            Invalid name or node type, or the store's ``retention_time`` is not a finite
+            number >= 0.
+        NoWriterError
+            ``require_writer`` and no writer follows the session.
         """
         check_item_name(name, "scan", ":")
         if node_type not in SCAN_NODE_TYPES:
@@ -100,7 +174,21 @@ class PublishingSession:
                 f"node_type must be 'scan' or 'scan_group', got {node_type!r}"
             )
         info = check_scan_info(scan_info)
-        number = int(self.store.redis.incr(self.store.keys.session_counter(self.name)))
+        check_retention(self.store.settings.retention_time)
+        writer, no_writer = check_writer(
+            self.store,
+            self.name,
+            info,
+            require=self.require_writer if require_writer is None else require_writer,
+            warn=self.warn_no_writer if warn_no_writer is None else warn_no_writer,
+            stacklevel=2,
+        )
+        keys = self.store.keys
+        number = int(
+            self._next_number(
+                keys=[keys.session_counter(self.name), keys.session_number_floor(self.name)]
+            )
+        )
         now = time.time()
         info.setdefault("title", name)
         info.update(
@@ -112,7 +200,10 @@ class PublishingSession:
             start_timestamp=now,
         )
         self._announce(number, name, node_type, info, now)
-        scan = ScanPublisher(self, number, name, node_type, info)  # starts renewing the lease
+        # Starts renewing the lease.
+        scan = ScanPublisher(
+            self, number, name, node_type, info, writer=writer, no_writer=no_writer
+        )
         self._scans.add(scan)
         return scan
 

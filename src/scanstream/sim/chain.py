@@ -27,6 +27,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ..models import ScanState
 from ..publish import ContainerPublisher, PublishingSession, ScanPublisher
 from .checks import check_duration
@@ -82,6 +84,7 @@ def run_chain(
     max_duration: float | None = None,
     on_start: Callable[[ScanPublisher], None] | None = None,
     on_point: Callable[[str, int], None] | None = None,
+    on_values: Callable[[str, int, list[tuple[str, str | None, float]]], None] | None = None,
 ) -> ScanResult:
     """Publish and run a scan made of one or more top masters.
 
@@ -120,6 +123,10 @@ def run_chain(
         ``on_point(master_name, points_done)`` after each point is published (in the
         master's thread when there are several masters). Progress displays use it; an
         exception it raises stops the scan like one raised by a device.
+    on_values : callable, optional
+        ``on_values(master_name, index, row)`` after each point is published, before
+        ``on_point``: ``row`` lists ``(channel name, unit, value)`` of the scalar channels,
+        motor positions first, then counters (what a terminal shows, as BLISS does).
 
     Returns
     -------
@@ -150,7 +157,7 @@ def run_chain(
     notify_scan_created(scan)
     if on_start is not None:
         on_start(scan)
-    ctl = Control(stop_event, kill_event, max_duration, scale, on_point)
+    ctl = Control(stop_event, kill_event, max_duration, scale, on_point, on_values)
     runs: list[_MasterRun] = []
     outcome = _Outcome()
     try:
@@ -290,6 +297,20 @@ def _create_nodes(scan: ScanPublisher, m: TopMaster, directory: Any) -> _MasterR
     return _MasterRun(m, motor_nodes, timer_nodes, counter_nodes, lima)
 
 
+def _row(
+    run: _MasterRun, positions: dict[str, float], values: list[tuple[list[Any], list[Any]]]
+) -> list[tuple[str, str | None, float]]:
+    """The scalar values of one point, named and with their unit (motors, then counters)."""
+    row: list[tuple[str, str | None, float]] = [
+        (m.fullname, m.unit, positions[m.name]) for m in run.master.motors
+    ]
+    for (counter, _), (_, vals) in zip(run.counter_nodes, values):
+        for spec, value in zip(counter.channels(), vals):
+            if spec.shape == () and np.ndim(value) == 0:
+                row.append((spec.name, spec.unit, float(value)))
+    return row
+
+
 def _run_masters(runs: list[_MasterRun], ctl: Control, t0: float) -> None:
     """Run the masters: inline when there is one, else one thread each."""
     if len(runs) == 1:
@@ -370,6 +391,8 @@ def _run_master(run: _MasterRun, ctl: Control, t0: float) -> None:
             for node, ref in refs:
                 node.emit_unsaved(1) if ref is None else node.emit([ref])
             run.acquired = i + 1
+        if ctl.on_values is not None:
+            ctl.on_values(m.name, i, _row(run, positions, values))
         if ctl.on_point is not None:
             ctl.on_point(m.name, i + 1)
         ctl.wait(m.sleep_time, m.terminator)

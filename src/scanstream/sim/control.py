@@ -164,8 +164,10 @@ class Control:
         max_duration: float | None,
         scale: float,
         on_point: Callable[[str, int], None] | None = None,
+        on_values: Callable[[str, int, list[tuple[str, str | None, float]]], None] | None = None,
     ) -> None:
         self.on_point = on_point
+        self.on_values = on_values
         self.stop_event = stop_event
         self.kill_event = kill_event
         self.deadline = None if max_duration is None else time.monotonic() + max_duration
