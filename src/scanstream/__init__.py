@@ -47,6 +47,7 @@ from .exceptions import (
     ScanNotFoundError,
     ScanstreamError,
     ServerError,
+    ServerResetError,
     SessionNotFoundError,
     WriterError,
 )
@@ -133,6 +134,7 @@ __all__ = [
     "ScanState",
     "ScanstreamError",
     "ServerError",
+    "ServerResetError",
     "SessionNode",
     "SessionNotFoundError",
     "Settings",
