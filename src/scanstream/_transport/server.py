@@ -590,12 +590,18 @@ def data_dir() -> Path:
     return base / "scanstream" / "server"
 
 
-def _shared_server(directory: Path, maxmemory: int | None = None) -> EmbeddedServer:
-    """Return the EmbeddedServer object for the shared server in ``directory``."""
+def _shared_server(
+    directory: Path, maxmemory: int | None = None, *, starting: bool = False
+) -> EmbeddedServer:
+    """Return the EmbeddedServer object for the shared server in ``directory``.
+
+    Its persistence settings are read only when ``starting`` it: stopping or describing a
+    running server never depends on them (the server reports its own).
+    """
     known = _DETACHED.get(directory)
     if known is not None:
         return known
-    mode = persistence_mode()
+    mode = persistence_mode() if starting else "off"
     return EmbeddedServer(
         directory,
         maxmemory=None if maxmemory is None else str(maxmemory),
@@ -626,7 +632,7 @@ def ensure_server(timeout: float = 10.0) -> str:
     maxmemory = default_maxmemory()
     directory = runtime_dir()
     with _locked(directory, timeout):
-        server = _shared_server(directory, maxmemory)
+        server = _shared_server(directory, maxmemory, starting=True)
         if not server.is_running():
             server.stop()  # only cleans the stale pidfile and socket of a dead server
             server.start(timeout)
@@ -677,8 +683,9 @@ def server_status() -> dict[str, Any]:
         "maxmemory_policy": None,
         "uptime": None,
         "directory": str(server.directory),
-        "persistence": "off" if server.data_dir is None else f"aof {server.appendfsync}",
-        "data_directory": None if server.data_dir is None else str(server.data_dir),
+        # Not running: what a start would use; running: what the server reports (below).
+        "persistence": _next_persistence(),
+        "data_directory": str(data_dir()),
         "clients": None,
     }
     if server.is_running():
@@ -705,6 +712,15 @@ def server_status() -> dict[str, Any]:
             version=info.get("valkey_version") or info.get("redis_version"),
         )
     return status
+
+
+def _next_persistence() -> str:
+    """The persistence a start of the shared server would use, in words."""
+    try:
+        mode = persistence_mode()
+    except InvalidArgumentError as exc:
+        return f"invalid ({exc})"
+    return "off" if mode == "off" else f"aof {mode}"
 
 
 def _text(value: object) -> str:

@@ -61,7 +61,7 @@ class PublishingSession:
         self._scans: weakref.WeakSet[ScanPublisher] = weakref.WeakSet()
 
     def __repr__(self) -> str:
-        return f"<PublishingSession {self.name!r} on {self.store.url!r}>"
+        return f"<PublishingSession {self.name!r} on {self.store.display_url!r}>"
 
     def __enter__(self) -> PublishingSession:
         return self
