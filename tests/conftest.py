@@ -147,13 +147,17 @@ def redis_server_url(
 def redis_url(redis_server_url: str) -> str:
     """URL of the session's Redis server, emptied (FLUSHALL) before the test, not after.
 
-    Flushing before means a test that crashed cannot leak keys into the next one.
+    Flushing before means a test that crashed cannot leak keys into the next one. The shared
+    stores of :func:`~scanstream._transport.connection.default_store` are forgotten too.
     """
     client = redis.Redis.from_url(redis_server_url, socket_timeout=5, socket_connect_timeout=5)
     try:
         client.flushall()
     finally:
         client.close()
+    # A flush is a reset of the server: the process-wide stores an earlier test left (through
+    # default_store) remember the identity of the flushed database and would rightly refuse it.
+    clear_default_stores()
     return redis_server_url
 
 

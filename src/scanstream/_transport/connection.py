@@ -21,7 +21,6 @@ from typing import Any, TypeVar, cast
 import redis
 from redis._parsers import Encoder
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.connection import parse_url
 from redis.retry import Retry
 
 from .._protocol.keys import DEFAULT_PREFIX, PROTOCOL_VERSION, Keys, check_session_name
@@ -31,7 +30,7 @@ from ..exceptions import (
     RedisUnreachableError,
     SessionNotFoundError,
 )
-from .identity import EPOCH_FIELD, ID_FIELD, ServerIdentity, identity_checking_class
+from .identity import EPOCH_FIELD, ID_FIELD, IdentityCheckingSSLConnection, ServerIdentity
 from .server import resolve_url
 from .urls import mask_url
 from .vectored import ScatterPacker, vectored_connection_class
@@ -264,12 +263,6 @@ def stream_entries(reply: object) -> StreamEntries:
     return cast(StreamEntries, reply)
 
 
-def _url_connection_class(url: str) -> type[Any]:
-    """The redis-py connection class for ``url`` (TCP, unix socket or TLS)."""
-    options: dict[str, Any] = cast(Any, parse_url)(url)  # redis-py's parse_url is untyped
-    return cast("type[Any]", options.get("connection_class", redis.Connection))
-
-
 class DataStore:
     """A connection to the Redis database holding scans.
 
@@ -320,7 +313,6 @@ class DataStore:
         #: What this store knows of the server's identity (:meth:`check_server_identity`).
         self.identity = ServerIdentity(self.keys, self.display_url)
         vectored = vectored_connection_class(self.url)
-        base = vectored or _url_connection_class(self.url)
         #: True when the connections write many buffers per system call: publishers then
         #: send batches without joining them (resp.Scattered); over TLS they join them.
         self.scatter_writes = vectored is not None
@@ -334,7 +326,9 @@ class DataStore:
             retry=self.settings.retry or default_retry(budget, self.url),
             health_check_interval=30,
             command_packer=_COMMAND_PACKER,
-            connection_class=identity_checking_class(base, self.identity),
+            # TLS sockets have no sendmsg: redis-py's writes, with the same identity check.
+            connection_class=vectored or IdentityCheckingSSLConnection,
+            server_identity=self.identity,  # passed by the pool to each connection
         )
         _refuse_reply_options(self.display_url, self.redis.connection_pool.connection_kwargs)
         self._protocol_checked = False

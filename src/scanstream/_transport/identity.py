@@ -12,7 +12,8 @@ another); a server restored from an older snapshot has an epoch lower than one s
 (so a rollback is seen when a publisher advanced the epoch after the snapshot was taken). One
 key, so that the check is one command on Redis Cluster too.
 Either raises :class:`~scanstream.ServerResetError`. The check runs on every new connection,
-reconnections after an outage included (the connection class below, before its first command), and on demand (:meth:`DataStore.check_server_identity`), one HMGET.
+reconnections after an outage included (:class:`IdentityCheck`, mixed into the connection
+classes, before its first command), and on demand (:meth:`DataStore.check_server_identity`), one HMGET.
 """
 
 from __future__ import annotations
@@ -22,13 +23,20 @@ import threading
 from typing import Any
 
 import redis
+from redis.connection import SSLConnection
 
 from .._protocol.keys import Keys
 from ..exceptions import ServerResetError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EPOCH_FIELD", "ID_FIELD", "ServerIdentity", "identity_checking_class"]
+__all__ = [
+    "EPOCH_FIELD",
+    "ID_FIELD",
+    "IdentityCheck",
+    "IdentityCheckingSSLConnection",
+    "ServerIdentity",
+]
 
 #: Fields of the identity hash.
 ID_FIELD, EPOCH_FIELD = "id", "epoch"
@@ -96,35 +104,43 @@ class ServerIdentity:
         )
 
 
-def identity_checking_class(base: type[Any], identity: ServerIdentity) -> type[Any]:
-    """A subclass of the redis-py connection class ``base`` that checks ``identity`` on connect.
+class IdentityCheck:
+    """Connection mixin: check a :class:`ServerIdentity` on every connect.
 
-    The check is a connect callback (redis-py's public hook, run after AUTH and SELECT on
-    every connection, reconnections included): one HMGET of the identity key before the
-    connection's first command, so a command never runs on a reset server unnoticed. A
-    client not allowed to read those keys (ACL) skips the check.
+    Takes a ``server_identity`` keyword (the pool passes its connection kwargs to each
+    connection; None: no check). The check is a connect callback (redis-py's public hook, run
+    after AUTH and SELECT on every connection, reconnections included): one HMGET of the
+    identity key before the connection's first command, so a command never runs on a reset
+    server unnoticed. A client not allowed to read that key (ACL) skips the check.
     """
 
-    class IdentityCheckingConnection(base):  # type: ignore[misc]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
+    def __init__(
+        self, *args: Any, server_identity: ServerIdentity | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._server_identity = server_identity
+        if server_identity is not None:
+            conn: Any = self  # a redis-py connection (this class is only mixed into those)
             # redis-py keeps a weak reference to the bound method: it lives with the connection.
-            self.register_connect_callback(self._check_server_identity)
+            conn.register_connect_callback(self._check_server_identity)
 
-        def _check_server_identity(self, connection: Any) -> None:
-            try:
-                self.send_command("HMGET", identity.key, ID_FIELD, EPOCH_FIELD)
-                reply = self.read_response()
-            except redis.exceptions.ResponseError as exc:  # NOPERM: a restricted ACL user
-                logger.debug("server identity not checked on %s: %s", identity.url, exc)
-                return
-            try:
-                identity.observe(reply[0], reply[1])
-            except ServerResetError:
-                self.disconnect()  # never hand this connection out
-                raise
+    def _check_server_identity(self, connection: Any) -> None:
+        identity = self._server_identity
+        if identity is None:
+            return
+        conn: Any = self
+        try:
+            conn.send_command("HMGET", identity.key, ID_FIELD, EPOCH_FIELD)
+            reply = conn.read_response()
+        except redis.exceptions.ResponseError as exc:  # NOPERM: a restricted ACL user
+            logger.debug("server identity not checked on %s: %s", identity.url, exc)
+            return
+        try:
+            identity.observe(reply[0], reply[1])
+        except ServerResetError:
+            conn.disconnect()  # never hand this connection out
+            raise
 
-    IdentityCheckingConnection.__name__ = IdentityCheckingConnection.__qualname__ = (
-        f"IdentityChecking{base.__name__}"
-    )
-    return IdentityCheckingConnection
+
+class IdentityCheckingSSLConnection(IdentityCheck, SSLConnection):
+    """TLS connection (``rediss://``) checking the server identity on connect."""
