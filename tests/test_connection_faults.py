@@ -416,3 +416,36 @@ def test_frozen_server_longer_than_the_budget_raises(server: EmbeddedServer) -> 
         if server.pid is not None:
             os.kill(server.pid, signal.SIGCONT)
         store.close()
+
+
+@pytest.mark.parametrize("outage", ["freeze", "restart"])
+def test_an_outage_at_end_is_ridden_out(persistent_server: EmbeddedServer, outage: str) -> None:
+    """3 s of outage exactly at ``end()``: it waits, and the scan ends DONE with every point."""
+    store = _store(persistent_server.url)
+    try:
+        session = create_session("ending", store=store)
+        scan = session.create_scan("s")
+        channel = scan.create_container("timer").create_channel("c")
+        scan.prepared()
+        channel.emit(np.arange(1000.0))
+        scan.flush()
+        pid = persistent_server.pid
+        assert pid is not None
+        if outage == "freeze":
+            os.kill(pid, signal.SIGSTOP)
+            resume = threading.Timer(3.0, os.kill, (pid, signal.SIGCONT))
+        else:
+            os.kill(pid, signal.SIGKILL)
+            persistent_server.stop()  # reaps it
+            resume = threading.Timer(3.0, persistent_server.start, kwargs={"timeout": 30})
+        resume.start()
+        try:
+            scan.end()
+        finally:
+            resume.join(40)
+        stored = get_session_node("ending", store=store).get_scan(scan.number)
+        assert stored.state is ScanState.DONE
+        node = [n for n in stored.load_nodes() if n.name == "c"][0]
+        assert np.array_equal(node.get(0, -1), np.arange(1000.0))
+    finally:
+        store.close()
