@@ -64,6 +64,7 @@ ENV_MAX_UNREACHABLE_TIME = "SCANSTREAM_MAX_UNREACHABLE_TIME"
 #: Default outage budget (seconds): as long as a publisher's ``emit`` always rode out.
 DEFAULT_MAX_UNREACHABLE_TIME = 30.0
 
+_MAX_DURATION = 1e9
 # field -> (its environment variable, whether 0 is allowed)
 _DURATIONS = {
     "lease_time": (ENV_LEASE_TIME, False),
@@ -87,6 +88,11 @@ def _check_duration(name: str, value: object, where: str | None = None) -> None:
     if value < 0 or (value == 0 and not zero_ok):
         rule = "must be >= 0 (0: kept until deleted)" if zero_ok else "must be positive"
         raise InvalidArgumentError(f"{where}: {name} {rule}; it is set by {env}")
+    if value > _MAX_DURATION:  # Redis refuses an expiry past 2**63 ms at end(), too late
+        hint = "; use 0 to keep ended scans until deleted" if zero_ok else ""
+        raise InvalidArgumentError(
+            f"{where}: {name} must be at most {_MAX_DURATION:.0e} seconds (31 years){hint}"
+        )
 
 
 @dataclass(frozen=True)
