@@ -1,19 +1,20 @@
 """The identity of a Redis database, remembered by each client: a reset never goes unnoticed.
 
 When a database is initialized (the protocol key is set, by the first publishing session),
-it also gets two keys (names from :class:`~scanstream._protocol.keys.Keys`)::
+it also gets an identity hash (key name from :class:`~scanstream._protocol.keys.Keys`; one
+key, so that the check is one command on Redis Cluster too)::
 
     P:server_identity   HASH   id: a random id, set once (HSETNX) with the protocol key
-                               epoch: a counter advanced (HINCRBY) by publishers
+                               epoch: a counter advanced (HINCRBY) by publishing sessions
 
 A :class:`~scanstream.DataStore` remembers the id it first saw and the highest epoch. A server
 restarted without persistence, or flushed, has lost its id (or, re-initialized since, holds
 another); a server restored from an older snapshot has an epoch lower than one seen before
-(so a rollback is seen when a publisher advanced the epoch after the snapshot was taken). One
-key, so that the check is one command on Redis Cluster too.
-Either raises :class:`~scanstream.ServerResetError`. The check runs on every new connection,
+(seen when a publishing session advanced the epoch after the snapshot was taken). Either
+raises :class:`~scanstream.ServerResetError`. The check runs on every new connection,
 reconnections after an outage included (:class:`IdentityCheck`, mixed into the connection
-classes, before its first command), and on demand (:meth:`DataStore.check_server_identity`), one HMGET.
+classes, before the connection's first command), and on demand
+(:meth:`DataStore.check_server_identity`): one HMGET each time.
 """
 
 from __future__ import annotations
