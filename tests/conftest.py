@@ -6,15 +6,20 @@
 - ``server_binary`` (session), ``free_tcp_port``: for tests that start servers themselves;
   ``redis70_binary`` (Debian's Redis 7.0) and ``any_server_binary`` (both, parametrized) for
   tests that must pass on every server. Skipped without the binary, except on CI.
-- ``private_runtime_dir`` (function): the user's shared embedded server redirected to a tmp dir,
-  stopped at the end, so tests never touch the real one.
+- ``private_runtime_dir`` (function): the user's shared embedded server redirected to a tmp dir
+  (its runtime directory, and its data directory through ``XDG_STATE_HOME``), stopped at the
+  end, so tests never touch the real one or its persisted data.
+- ``persistent_server`` (function): a private server on a free port that persists to a data
+  directory (as the shared one does), for tests that stop, kill and restart it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -148,13 +153,17 @@ def redis_server_url(
 def redis_url(redis_server_url: str) -> str:
     """URL of the session's Redis server, emptied (FLUSHALL) before the test, not after.
 
-    Flushing before means a test that crashed cannot leak keys into the next one.
+    Flushing before means a test that crashed cannot leak keys into the next one. The shared
+    stores of :func:`~scanstream._transport.connection.default_store` are forgotten too.
     """
     client = redis.Redis.from_url(redis_server_url, socket_timeout=5, socket_connect_timeout=5)
     try:
         client.flushall()
     finally:
         client.close()
+    # A flush is a reset of the server: the process-wide stores an earlier test left (through
+    # default_store) remember the identity of the flushed database and would rightly refuse it.
+    clear_default_stores()
     return redis_server_url
 
 
@@ -169,8 +178,14 @@ def private_runtime_dir(
     """
     xdg = tmp_path_factory.mktemp("xdg")
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(xdg))
-    monkeypatch.delenv("SCANSTREAM_REDIS_URL", raising=False)
-    monkeypatch.delenv("SCANSTREAM_REDIS_SERVER", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+    for name in (
+        "SCANSTREAM_REDIS_URL",
+        "SCANSTREAM_REDIS_SERVER",
+        "SCANSTREAM_SERVER_DATA_DIR",
+        "SCANSTREAM_SERVER_PERSISTENCE",
+    ):
+        monkeypatch.delenv(name, raising=False)
     directory = runtime_dir()
     if directory.parent != xdg:  # a too long tmp path falls back to /tmp: never touch that one
         pytest.skip(f"tmp path too long for a unix socket: {xdg}")
@@ -178,6 +193,27 @@ def private_runtime_dir(
         yield directory
     finally:
         stop_server()
+
+
+@pytest.fixture
+def persistent_server(
+    server_binary: Path, tmp_path: Path, free_tcp_port: int
+) -> Iterator[EmbeddedServer]:
+    """A private server on a free port persisting to ``tmp_path/data`` (AOF, everysec).
+
+    The test may stop, kill (SIGKILL, SIGSTOP) and ``start()`` it again on the same port and
+    data; it is resumed and stopped at the end.
+    """
+    server = EmbeddedServer(tmp_path / "redis", port=free_tcp_port, data_dir=tmp_path / "data")
+    server.start(timeout=10)
+    try:
+        yield server
+    finally:
+        pid = server.pid
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)  # a frozen server would not stop on SIGTERM
+        server.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -19,6 +19,7 @@ from scanstream import (
     create_session,
     get_session_node,
 )
+from scanstream._protocol.entries import saving_fields
 from scanstream._transport.server import EmbeddedServer
 from scanstream.admin import (
     delete_scans,
@@ -30,6 +31,7 @@ from scanstream.admin import (
 from scanstream.cli import main
 from scanstream.cli.admin import format_bytes
 from scanstream.exceptions import InvalidArgumentError
+from scanstream.models import SavingState, SavingVerdict
 
 
 def _publish(session, name: str, npoints: int, *, end: bool = True, shape=()):
@@ -136,13 +138,14 @@ def test_ls_command(
         "state",
         "points",
         "memory",
-        "saved",
         "ended",
         "expires",
         "in",
+        "saving",
     ]
     row = lines[2].split()
-    assert row[:4] == ["1", "loopscan", "DONE", "7"] and row[5] == "yes"
+    # In the writers' saved set, no verdict recorded (a writer without verdicts): "saved".
+    assert row[:4] == ["1", "loopscan", "DONE", "7"] and row[-1] == "saved"
     assert lines[-1].startswith("total: 1 session(s), 1 scan(s), ")
     assert "policy noeviction" in lines[-1]
 
@@ -331,3 +334,85 @@ def test_delete_command_frees_a_full_server(
     finally:
         store.close()
         server.stop()
+
+
+# ----------------------------------------------------------------------------- saving verdicts
+
+
+def _record_verdict(store: DataStore, session: str, number: int, verdict: SavingVerdict) -> None:
+    """Record a verdict in the scan hash, as the writer that owns the scan does."""
+    store.redis.hset(store.keys.scan(session, number), mapping=saving_fields(verdict))
+
+
+_VERDICTS = {
+    "saved": SavingVerdict(
+        SavingState.SAVED, file="/data/s.h5", entries=("1.1", "1.2"), points={"diode": 4}
+    ),
+    "failed": SavingVerdict(SavingState.FAILED, reason="entry '2.1' already holds\nanother"),
+    "writing": SavingVerdict(SavingState.WRITING, file="/data/s.h5", entries=("3.1",)),
+    "waiting": SavingVerdict(SavingState.WAITING),  # recorded explicitly: still not final
+    "off": SavingVerdict(SavingState.NOT_SAVED, reason="saving off in scan_info"),
+}
+
+
+def test_ls_shows_each_scans_saving_verdict(
+    store: DataStore, session, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for number, (name, verdict) in enumerate(_VERDICTS.items(), start=1):
+        _publish(session, name, 4)
+        _record_verdict(store, "test_session", number, verdict)
+    _publish(session, "none", 4)  # 6: no writer ever recorded anything
+    # A garbage verdict reads as FAILED, never as saved.
+    _publish(session, "garbage", 4)
+    store.redis.hset(store.keys.scan("test_session", 7), "saving", "SAVED-ISH")
+
+    summary = list_scans(store, "test_session")
+    states = {s.name: (s.saving.state, s.saving_final, s.safe_to_drop) for s in summary.scans}
+    assert states == {
+        "saved": (SavingState.SAVED, True, True),
+        "failed": (SavingState.FAILED, True, False),
+        "writing": (SavingState.WRITING, False, False),
+        "waiting": (SavingState.WAITING, False, False),
+        "off": (SavingState.NOT_SAVED, True, True),
+        "none": (SavingState.WAITING, False, False),
+        "garbage": (SavingState.FAILED, True, False),
+    }
+    assert main(["--redis-url", redis_url, "ls", "test_session"]) == 0
+    rows = {line.split()[1]: line for line in capsys.readouterr().out.splitlines()[2:-1]}
+    assert rows["saved"].endswith("saved /data/s.h5::1.1,1.2")
+    assert rows["failed"].endswith("FAILED: entry '2.1' already holds another")  # one line
+    assert rows["writing"].endswith("WRITING /data/s.h5")
+    assert rows["waiting"].endswith("WAITING") and rows["none"].endswith("WAITING")
+    assert rows["off"].endswith("NOT_SAVED: saving off in scan_info")
+    assert "FAILED: corrupt saving verdict" in rows["garbage"]
+
+
+def test_delete_keeps_scans_whose_saving_is_not_done(
+    store: DataStore, session, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for number, (name, verdict) in enumerate(_VERDICTS.items(), start=1):
+        _publish(session, name, 4)
+        _record_verdict(store, "test_session", number, verdict)
+    _publish(session, "none", 4)
+    # In the saved set but with a verdict that says otherwise: the verdict wins.
+    _mark_saved(store, "test_session", 3)
+
+    report = delete_scans(store, "test_session")
+    assert [(d.number, d.reason) for d in report.deleted] == [
+        (1, "ended DONE, saved"),
+        (5, "ended DONE, not saved by design"),
+    ]
+    kept = {d.number: d.reason for d in report.kept}
+    assert sorted(kept) == [2, 3, 4, 6]
+    assert "saving FAILED: entry '2.1'" in kept[2] and "--force" in kept[2]
+    assert "saving being written into /data/s.h5" in kept[3]
+    assert kept[4] == kept[6] == "not saved by a writer (use --force to delete it anyway)"
+    for number in (2, 3, 4, 6):
+        assert _scan_keys_left(store, "test_session", number)
+
+    assert main(["--redis-url", redis_url, "delete", "test_session", "--scan", "3"]) == 1
+    assert "kept test_session:3_writing: not saved" in capsys.readouterr().out
+    assert main(["--redis-url", redis_url, "delete", "test_session", "--force"]) == 0
+    out = capsys.readouterr().out
+    assert "deleted test_session:3_writing: ended DONE, not saved (forced; saving WRITING)" in out
+    assert list_scans(store, "test_session").scans == []

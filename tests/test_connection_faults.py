@@ -27,6 +27,7 @@ from scanstream import (
     RedisUnreachableError,
     ScanState,
     Settings,
+    StopHandler,
     create_session,
     get_session_node,
 )
@@ -268,5 +269,183 @@ def test_corrupt_entry_is_reported_for_its_node_only(server: EmbeddedServer) -> 
         assert np.array_equal(bad_node.get(0, 4), np.arange(5.0))  # before it: readable
         with pytest.raises(DecodingError, match="point count"):
             bad_node.get(0, -1)
+    finally:
+        store.close()
+
+
+# ----------------------------------------------------------------------------- the outage budget
+
+
+class _ReadmeSubscriber(threading.Thread):
+    """The README's subscriber: a session walk for new scans, then each scan's events."""
+
+    def __init__(self, store: DataStore, session: str) -> None:
+        super().__init__(daemon=True)
+        self.session_node = get_session_node(session, store=store)
+        self.stop_handler = StopHandler()
+        # from_next=False: the session is new, and the walk must not miss its first scan.
+        self.walker = self.session_node.walk_on_new_events(
+            include_filter="scan", from_next=False, timeout=60, stop_handler=self.stop_handler
+        )
+        self.points: list[np.ndarray] = []
+        self.end: Any = None
+        self.error: BaseException | None = None
+        self.walking = threading.Event()
+
+    def run(self) -> None:
+        try:
+            for event_type, node, _ in self.walker:
+                if event_type is EventType.NEW_NODE:
+                    self.walking.set()
+                    scan_walk = node.walk_events(timeout=60, stop_handler=self.stop_handler)
+                    for kind, child, data in scan_walk:
+                        if kind is EventType.NEW_DATA and child.type == "channel":
+                            self.points.append(np.asarray(data.data))
+                        elif kind is EventType.END_SCAN:
+                            self.end = data
+                            return
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+
+def _outage_under_a_walking_subscriber(server: EmbeddedServer, outage: Any) -> None:
+    """Publish 2000 points; midway, ``outage()``; the README subscriber must get them all."""
+    store, subscriber_store = _store(server.url), _store(server.url)
+    subscriber = _ReadmeSubscriber(subscriber_store, "outage")
+    try:
+        session = create_session("outage", store=store)
+        subscriber.start()
+        with session.create_scan("s") as scan:
+            channel = scan.create_container("timer").create_channel("c")
+            scan.prepared()
+            assert subscriber.walking.wait(10), "the subscriber saw no scan"
+            for i in range(2000):
+                channel.emit(float(i))
+                if i == 1000:
+                    scan.flush()
+                    outage()
+                if i % 100 == 0:
+                    time.sleep(0.002)
+        subscriber.join(60)
+        assert not subscriber.is_alive(), "the subscriber did not finish"
+        assert subscriber.error is None, subscriber.error
+        assert np.array_equal(np.concatenate(subscriber.points), np.arange(2000.0))
+        assert subscriber.end.data == ScanState.DONE
+    finally:
+        subscriber.stop_handler.stop()
+        subscriber.join(10)
+        store.close()
+        subscriber_store.close()
+
+
+def test_readme_subscriber_survives_a_3s_freeze_of_the_server(server: EmbeddedServer) -> None:
+    pid = server.pid
+    assert pid is not None
+
+    def freeze() -> None:
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(3.0)
+        os.kill(pid, signal.SIGCONT)
+
+    _outage_under_a_walking_subscriber(server, freeze)
+
+
+def test_readme_subscriber_survives_a_server_killed_and_restarted(
+    persistent_server: EmbeddedServer,
+) -> None:
+    """Killed (SIGKILL), down 3 s, restarted on the same port and data: every client goes on."""
+
+    def crash_and_restart() -> None:
+        pid = persistent_server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        persistent_server.stop()  # reaps it
+        time.sleep(3.0)
+        persistent_server.start(timeout=30)
+
+    _outage_under_a_walking_subscriber(persistent_server, crash_and_restart)
+
+
+def test_outage_longer_than_the_budget_raises(server: EmbeddedServer) -> None:
+    """Every command of the store gives up after max_unreachable_time, naming the server."""
+    store = _store(server.url, max_unreachable_time=1.0)
+    publisher = _store(server.url)
+    try:
+        session = create_session("budget", store=store)
+        scan = session.create_scan("s")
+        scan.create_container("timer").create_channel("c").emit(1.0)
+        scan.flush()
+        errors: list[BaseException] = []
+
+        def walk() -> None:
+            try:
+                for _ in get_session_node("budget", store=store).walk_on_new_events(timeout=60):
+                    pass
+            except BaseException as exc:
+                errors.append(exc)
+
+        walker = threading.Thread(target=walk, daemon=True)
+        walker.start()
+        time.sleep(0.2)  # into its blocking read
+        server.stop()  # and not restarted
+        walker.join(30)
+        assert not walker.is_alive(), "the walk did not give up"
+        assert len(errors) == 1 and isinstance(errors[0], RedisUnreachableError), errors
+        assert f"127.0.0.1:{server.port}" in str(errors[0])
+        assert "max_unreachable_time = 1 s" in str(errors[0])
+        with pytest.raises(RedisUnreachableError, match="SCANSTREAM_MAX_UNREACHABLE_TIME"):
+            store.redis.get("anything")
+    finally:
+        scan._sender.stop()
+        store.close()
+        publisher.close()
+
+
+def test_frozen_server_longer_than_the_budget_raises(server: EmbeddedServer) -> None:
+    """A frozen server (no refusal, no reply) is given up too: the socket timeout, then the
+    budget."""
+    store = _store(server.url, max_unreachable_time=1.0)
+    try:
+        store.redis.set("k", "v")
+        pid = server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        with pytest.raises(RedisUnreachableError, match="unreachable"):
+            store.redis.get("k")
+    finally:
+        if server.pid is not None:
+            os.kill(server.pid, signal.SIGCONT)
+        store.close()
+
+
+@pytest.mark.parametrize("outage", ["freeze", "restart"])
+def test_an_outage_at_end_is_ridden_out(persistent_server: EmbeddedServer, outage: str) -> None:
+    """3 s of outage exactly at ``end()``: it waits, and the scan ends DONE with every point."""
+    store = _store(persistent_server.url)
+    try:
+        session = create_session("ending", store=store)
+        scan = session.create_scan("s")
+        channel = scan.create_container("timer").create_channel("c")
+        scan.prepared()
+        channel.emit(np.arange(1000.0))
+        scan.flush()
+        pid = persistent_server.pid
+        assert pid is not None
+        if outage == "freeze":
+            os.kill(pid, signal.SIGSTOP)
+            resume = threading.Timer(3.0, os.kill, (pid, signal.SIGCONT))
+        else:
+            os.kill(pid, signal.SIGKILL)
+            persistent_server.stop()  # reaps it
+            resume = threading.Timer(3.0, persistent_server.start, kwargs={"timeout": 30})
+        resume.start()
+        try:
+            scan.end()
+        finally:
+            resume.join(40)
+        stored = get_session_node("ending", store=store).get_scan(scan.number)
+        assert stored.state is ScanState.DONE
+        node = [n for n in stored.load_nodes() if n.name == "c"][0]
+        assert np.array_equal(node.get(0, -1), np.arange(1000.0))
     finally:
         store.close()

@@ -10,6 +10,7 @@ from scanstream import (
     EncodingError,
     InvalidArgumentError,
     ProtocolVersionError,
+    RedisUnreachableError,
     ScanNotFoundError,
     ScanstreamError,
     SessionNotFoundError,
@@ -71,8 +72,11 @@ def test_bad_channel_definitions(session):
 
 
 def test_redis_unreachable_raises_the_redis_connection_error():
-    with pytest.raises(redis.exceptions.ConnectionError):
-        DataStore(settings=Settings(redis_url="redis://127.0.0.1:1"))
+    # After the outage budget (short here; 30 s by default), naming the server.
+    settings = Settings(redis_url="redis://127.0.0.1:1", max_unreachable_time=0.3)
+    with pytest.raises(redis.exceptions.ConnectionError, match="127.0.0.1:1 unreachable") as info:
+        DataStore(settings=settings)
+    assert isinstance(info.value, RedisUnreachableError)
 
 
 def test_protocol_version_mismatch(redis_url, store):
@@ -112,3 +116,40 @@ def test_url_options_that_change_replies_are_refused(redis_url, query):
 def test_url_options_that_keep_replies_are_accepted(redis_url):
     with DataStore(f"{redis_url}?protocol=2&socket_timeout=5") as store:
         assert store.redis.ping()
+
+
+@pytest.mark.parametrize(
+    "variable",
+    ["SCANSTREAM_RETENTION_TIME", "SCANSTREAM_LEASE_TIME", "SCANSTREAM_MAX_UNREACHABLE_TIME"],
+)
+@pytest.mark.parametrize(
+    "value", ["inf", "-inf", "nan", "NaN", "-5", "1e400", "1e300", "two", "1,5"]
+)
+def test_duration_settings_refuse_what_is_not_a_finite_duration(monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(InvalidArgumentError) as info:
+        Settings.from_env()
+    assert f"{variable}={value!r}" in str(info.value)  # the variable and the value as given
+
+
+def test_duration_settings_zero(monkeypatch):
+    monkeypatch.setenv("SCANSTREAM_RETENTION_TIME", "0")  # kept until deleted: allowed
+    assert Settings.from_env().retention_time == 0
+    for variable in ("SCANSTREAM_LEASE_TIME", "SCANSTREAM_MAX_UNREACHABLE_TIME"):
+        monkeypatch.setenv(variable, "0")
+        with pytest.raises(InvalidArgumentError, match=f"{variable}='0'.*must be positive"):
+            Settings.from_env()
+        monkeypatch.delenv(variable)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), -1.0, "60", True, None])
+def test_duration_settings_given_as_arguments_are_checked(value):
+    with pytest.raises(InvalidArgumentError, match="retention_time="):
+        Settings(retention_time=value)
+    with pytest.raises(InvalidArgumentError, match="keeps ended scans until deleted"):
+        Settings(retention_time=float("inf"))
+
+
+def test_an_overridden_setting_ignores_a_bad_environment_value(monkeypatch):
+    monkeypatch.setenv("SCANSTREAM_RETENTION_TIME", "inf")
+    assert Settings.from_env(retention_time=60.0).retention_time == 60.0

@@ -12,7 +12,7 @@ import pytest
 import redis
 from redis.retry import Retry
 
-from scanstream import DataStore, Settings, create_session
+from scanstream import DataStore, RedisUnreachableError, Settings, create_session
 from scanstream._transport.connection import (
     DEFAULT_STORES,
     clear_default_stores,
@@ -86,14 +86,25 @@ class _Calls:
         self.failed.append(args)
 
 
-def test_network_errors_are_retried() -> None:
+def test_network_errors_are_retried_for_the_outage_budget() -> None:
     calls = _Calls(redis.exceptions.ConnectionError("gone"), failures=3)
     assert default_retry().call_with_retry(calls.do, calls.fail) == "ok"
     assert calls.attempts == 4 and len(calls.failed) == 3
+    # Time, not a count: a command failing for longer than the budget raises the domain error,
+    # naming the URL (masked) and the budget; it is still a redis-py ConnectionError.
     calls = _Calls(redis.exceptions.TimeoutError("slow"))
-    with pytest.raises(redis.exceptions.TimeoutError):
-        default_retry().call_with_retry(calls.do, calls.fail)
-    assert calls.attempts == 7  # 6 retries
+    retry = default_retry(1.5, "redis://user:hunter2@db.example:6380/0")
+    started = time.monotonic()
+    with pytest.raises(RedisUnreachableError) as info:
+        retry.call_with_retry(calls.do, calls.fail)
+    assert time.monotonic() - started >= 1.5
+    assert isinstance(info.value, redis.exceptions.ConnectionError)
+    assert isinstance(info.value.__cause__, redis.exceptions.TimeoutError)
+    message = str(info.value)
+    assert "redis://user:***@db.example:6380/0" in message and "hunter2" not in message
+    assert "max_unreachable_time = 1.5 s" in message
+    # Back-off without jitter sleeps 1.27 s over 7 failures: 1.5 s takes more than 7 attempts.
+    assert calls.attempts > 7  # more than the 6 retries of the former count-based policy
 
 
 def test_refused_authentication_is_not_retried() -> None:

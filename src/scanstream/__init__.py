@@ -50,6 +50,7 @@ from .exceptions import (
     ScanNotFoundError,
     ScanstreamError,
     ServerError,
+    ServerResetError,
     SessionNotFoundError,
     WriterError,
 )
@@ -139,6 +140,7 @@ __all__ = [
     "ScanState",
     "ScanstreamError",
     "ServerError",
+    "ServerResetError",
     "SessionNode",
     "SessionNotFoundError",
     "Settings",

@@ -132,7 +132,25 @@ class WriterError(ScanstreamError, RuntimeError):
 
 
 class RedisUnreachableError(ScanstreamError, redis.exceptions.ConnectionError):
-    """A publisher could not reach Redis for longer than ``max_unreachable_time``: its scan failed."""
+    """Redis could not be reached for longer than ``max_unreachable_time`` (the outage budget).
+
+    Raised by every command of a :class:`~scanstream.DataStore` (the subscriber API, the
+    writer, a scan's ``end()``) once its retries have lasted the budget, and by a publisher
+    whose points could not be sent for that long (its scan failed). The message names the
+    server's URL, its password masked. A ``redis.exceptions.ConnectionError`` too, so code
+    that caught redis-py's error still catches it.
+    """
+
+
+class ServerResetError(ScanstreamError, RuntimeError):
+    """The Redis server lost or rolled back its data since this client first saw it.
+
+    Its identity key (created with the protocol key when the database was initialized) is
+    gone or holds another value, or its epoch went backwards: the server was restarted
+    without persistence, restored from an older snapshot, or flushed. Scans this client was
+    publishing, following or writing may have lost data: they must fail loudly, never carry
+    on as if nothing happened. Deliberately not a ``ConnectionError``: retrying cannot help.
+    """
 
 
 class RedisFullError(ScanstreamError, redis.exceptions.OutOfMemoryError):

@@ -3,6 +3,7 @@
 Layout (``P`` is the configurable prefix, ``S`` a session name, ``N`` a scan number)::
 
     P:protocol                        STRING  protocol version, checked on connect
+    P:server_identity                 HASH    id: random, set with protocol; epoch: HINCRBY counter
     P:sessions                        HASH    session name -> creation time (discovery without KEYS)
     P:session:{S}:scans               STREAM  one NEW_SCAN entry per scan of the session
     P:session:{S}:counter             STRING  INCR counter giving scan numbers
@@ -82,6 +83,12 @@ class Keys:
     @property
     def protocol(self) -> str:
         return f"{self.prefix}:protocol"
+
+    @property
+    def server_identity(self) -> str:
+        """Field ``id``: random, set with the protocol key (gone or changed after a reset or a
+        flush); field ``epoch``: advanced by publishers (lower than seen after a rollback)."""
+        return f"{self.prefix}:server_identity"
 
     @property
     def sessions(self) -> str:

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
+import secrets
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,8 +24,15 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from .._protocol.keys import DEFAULT_PREFIX, PROTOCOL_VERSION, Keys, check_session_name
-from ..exceptions import InvalidArgumentError, ProtocolVersionError, SessionNotFoundError
+from ..exceptions import (
+    InvalidArgumentError,
+    ProtocolVersionError,
+    RedisUnreachableError,
+    SessionNotFoundError,
+)
+from .identity import EPOCH_FIELD, ID_FIELD, IdentityCheckingSSLConnection, ServerIdentity
 from .server import resolve_url
+from .urls import mask_url
 from .vectored import ScatterPacker, vectored_connection_class
 
 logger = logging.getLogger(__name__)
@@ -31,15 +41,58 @@ T = TypeVar("T")
 
 
 def _env_float(name: str, default: float) -> float:
+    """The number of seconds in environment variable ``name``, checked; ``default`` when unset."""
     value = os.environ.get(name)
-    if value is None or value == "":
+    if value is None or value.strip() == "":
         return default
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         raise InvalidArgumentError(
-            f"environment variable {name}={value!r} is not a number"
+            f"environment variable {name}={value!r} is not a number of seconds"
         ) from None
+    field_name = next(f for f, (env, _) in _DURATIONS.items() if env == name)
+    _check_duration(field_name, number, f"environment variable {name}={value!r}")
+    return number
+
+
+#: Environment variables of :meth:`Settings.from_env`.
+ENV_PREFIX = "SCANSTREAM_PREFIX"
+ENV_LEASE_TIME = "SCANSTREAM_LEASE_TIME"
+ENV_RETENTION_TIME = "SCANSTREAM_RETENTION_TIME"
+ENV_MAX_UNREACHABLE_TIME = "SCANSTREAM_MAX_UNREACHABLE_TIME"
+#: Default outage budget (seconds): as long as a publisher's ``emit`` always rode out.
+DEFAULT_MAX_UNREACHABLE_TIME = 30.0
+
+_MAX_DURATION = 1e9
+# field -> (its environment variable, whether 0 is allowed)
+_DURATIONS = {
+    "lease_time": (ENV_LEASE_TIME, False),
+    "retention_time": (ENV_RETENTION_TIME, True),
+    "max_unreachable_time": (ENV_MAX_UNREACHABLE_TIME, False),
+}
+
+
+def _check_duration(name: str, value: object, where: str | None = None) -> None:
+    """Raise InvalidArgumentError unless ``value`` is a finite number of seconds in range.
+
+    ``where`` names the value's origin (an environment variable); default ``name=value``.
+    """
+    env, zero_ok = _DURATIONS[name]
+    where = where or f"{name}={value!r}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgumentError(f"{where}: {name} must be a number of seconds")
+    if math.isnan(value) or math.isinf(value):
+        hint = " (0 keeps ended scans until deleted)" if name == "retention_time" else ""
+        raise InvalidArgumentError(f"{where}: {name} must be a finite number of seconds{hint}")
+    if value < 0 or (value == 0 and not zero_ok):
+        rule = "must be >= 0 (0: kept until deleted)" if zero_ok else "must be positive"
+        raise InvalidArgumentError(f"{where}: {name} {rule}; it is set by {env}")
+    if value > _MAX_DURATION:  # Redis refuses an expiry past 2**63 ms at end(), too late
+        hint = "; use 0 to keep ended scans until deleted" if zero_ok else ""
+        raise InvalidArgumentError(
+            f"{where}: {name} must be at most {_MAX_DURATION:.0e} seconds (31 years){hint}"
+        )
 
 
 @dataclass(frozen=True)
@@ -60,14 +113,24 @@ class Settings:
         Seconds an ended scan stays in Redis (``SCANSTREAM_RETENTION_TIME``, default one
         day). 0 keeps it until deleted.
     max_unreachable_time : float
-        Seconds a publisher keeps queuing points while Redis cannot be reached
-        (``SCANSTREAM_MAX_UNREACHABLE_TIME``, default 30). Past it, the scan fails: ``emit``
-        raises ``redis.exceptions.ConnectionError`` naming the scan, and the queued points
-        are dropped instead of buffered without bound.
+        The outage budget, in seconds (``SCANSTREAM_MAX_UNREACHABLE_TIME``, default 30): how
+        long Redis may be unreachable before scanstream gives up. Every command of the store
+        (the subscriber API, the writer, ``end()``, ``scanstream ls``...) is retried that long
+        (:func:`default_retry`), then raises :class:`~scanstream.RedisUnreachableError`
+        naming the URL; a publisher keeps queuing points that long, then its scan fails
+        (``emit`` raises it, naming the scan, and the queued points are dropped instead of
+        buffered without bound).
     retry : redis.retry.Retry or None
         redis-py retry policy of the connection pool, applied to every command on
-        ``ConnectionError`` and ``TimeoutError``. None: :func:`default_retry` (exponential
-        backoff with jitter, 10 ms to 1 s, 6 retries: about 2 s of outage hidden per command).
+        ``ConnectionError`` and ``TimeoutError``. None: :func:`default_retry` with
+        ``max_unreachable_time`` (exponential backoff with jitter, 10 ms to 1 s, for as
+        long as the budget). A Retry given here replaces that policy, budget included.
+
+    Raises
+    ------
+    InvalidArgumentError
+        A duration is not a finite number, or out of range (checked on creation, also when
+        the value comes from the environment, whose variable the message names).
     """
 
     redis_url: str | None = None
@@ -75,45 +138,48 @@ class Settings:
     lease_time: float = 10.0
     retention_time: float = 86400.0
     retry: Retry | None = field(default=None, compare=False)
-    max_unreachable_time: float = 30.0
+    max_unreachable_time: float = DEFAULT_MAX_UNREACHABLE_TIME
+
+    def __post_init__(self) -> None:
+        for name in _DURATIONS:
+            _check_duration(name, getattr(self, name))
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
         """Settings from ``SCANSTREAM_*`` environment variables, then ``overrides``."""
         values: dict[str, Any] = {
             "redis_url": os.environ.get("SCANSTREAM_REDIS_URL") or None,
-            "prefix": os.environ.get("SCANSTREAM_PREFIX") or DEFAULT_PREFIX,
-            "lease_time": _env_float("SCANSTREAM_LEASE_TIME", 10.0),
-            "retention_time": _env_float("SCANSTREAM_RETENTION_TIME", 86400.0),
-            "max_unreachable_time": _env_float("SCANSTREAM_MAX_UNREACHABLE_TIME", 30.0),
+            "prefix": os.environ.get(ENV_PREFIX) or DEFAULT_PREFIX,
         }
+        defaults = {"lease_time": 10.0, "retention_time": 86400.0}
+        defaults["max_unreachable_time"] = DEFAULT_MAX_UNREACHABLE_TIME
+        for name, (env, _) in _DURATIONS.items():
+            if overrides.get(name) is None:  # checked here: the message names the variable
+                values[name] = _env_float(env, defaults[name])
         values.update({k: v for k, v in overrides.items() if v is not None})
-        settings = cls(**values)
-        if settings.lease_time <= 0:
-            raise InvalidArgumentError(f"lease_time must be positive, got {settings.lease_time!r}")
-        if settings.retention_time < 0:
-            raise InvalidArgumentError(
-                f"retention_time must be >= 0, got {settings.retention_time!r}"
-            )
-        if settings.max_unreachable_time <= 0:
-            raise InvalidArgumentError(
-                f"max_unreachable_time must be positive, got {settings.max_unreachable_time!r}"
-            )
-        return settings
+        return cls(**values)
 
 
-def default_retry() -> Retry:
-    """The redis-py retry policy used when :class:`Settings` gives none.
+def default_retry(
+    max_unreachable_time: float = DEFAULT_MAX_UNREACHABLE_TIME, url: str | None = None
+) -> Retry:
+    """The redis-py retry policy used when :class:`Settings` gives none: the outage budget.
 
     Retries network errors only (``ConnectionError``, ``TimeoutError``), never a refusal by
-    the server. A retried write may have been applied before its reply was lost: the
-    publisher makes its writes idempotent (data entry IDs are point indices, and a replayed
-    entry is recognised as a duplicate), and readers ignore replayed lifecycle entries.
+    the server, with exponential backoff and jitter (10 ms, doubling, at most 1 s between
+    attempts) for as long as ``max_unreachable_time`` seconds from the start of the command;
+    then raises :class:`~scanstream.RedisUnreachableError` naming ``url`` (password masked).
+    The budget is time, not a count of retries, so a 3 s outage is ridden out the same way
+    by every command, however its attempts fail (refused at once, or timing out).
+
+    A retried write may have been applied before its reply was lost: the publisher makes its
+    writes idempotent (data entry IDs are point indices, and a replayed entry is recognised
+    as a duplicate), and readers ignore replayed lifecycle entries.
     """
     return _NetworkRetry(
         ExponentialWithJitterBackoff(base=0.01, cap=1.0),
-        retries=6,
-        supported_errors=(redis.exceptions.ConnectionError, redis.exceptions.TimeoutError),
+        budget=max_unreachable_time,
+        url=url,
     )
 
 
@@ -143,27 +209,49 @@ def _refuse_reply_options(url: str, options: dict[str, Any]) -> None:
 
 
 class _NetworkRetry(Retry):
-    """A Retry that never retries a refused authentication.
+    """A Retry bounded by time (the outage budget) that never retries a refused authentication.
 
     redis-py's AuthenticationError is a ConnectionError: retried, a wrong or missing password
     would take seconds of back-off before the user sees the error.
 
     ``call_with_retry`` passes its arguments through unchanged: its signature changed across
     redis-py versions (``is_retryable`` came in 7.0, ``with_failure_count`` in 7.2), and
-    naming them here broke every command on the versions without them. The policy
-    goes into ``fail``, the callback every version calls with the error (and, when asked, the
-    failure count) before deciding to retry: raising there ends the loop with that error.
+    naming them here broke every command on the versions without them. The policy goes into
+    ``fail``, the callback every version calls with the error (and, when asked, the failure
+    count) before deciding to retry: raising there ends the loop with that error. The count
+    of retries is unlimited (-1); the deadline in ``fail`` ends the loop.
+
+    redis-py deep-copies the policy into each connection (and uses it for connecting too):
+    it holds no state but its settings; each call keeps its own start time.
     """
+
+    def __init__(self, backoff: Any, *, budget: float, url: str | None = None) -> None:
+        super().__init__(
+            backoff,
+            retries=-1,
+            supported_errors=(redis.exceptions.ConnectionError, redis.exceptions.TimeoutError),
+        )
+        self.budget = budget
+        self.where = f"Redis at {mask_url(url)}" if url else "Redis"
 
     def call_with_retry(
         self, do: Callable[[], T], fail: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> T:
-        def fail_unless_refused(error: Exception, *rest: Any) -> None:
-            fail(error, *rest)  # redis-py's own clean-up (it disconnects)
-            if isinstance(error, redis.exceptions.AuthenticationError):
-                raise error
+        started = time.monotonic()
 
-        return super().call_with_retry(do, fail_unless_refused, *args, **kwargs)
+        def fail_within_budget(error: Exception, *rest: Any) -> None:
+            fail(error, *rest)  # redis-py's own clean-up (it disconnects)
+            if isinstance(error, (redis.exceptions.AuthenticationError, RedisUnreachableError)):
+                raise error  # refused, or an inner retry (connecting) already spent the budget
+            elapsed = time.monotonic() - started
+            if elapsed >= self.budget:
+                raise RedisUnreachableError(
+                    f"{self.where} unreachable for {elapsed:.1f} s, longer than "
+                    f"max_unreachable_time = {self.budget:g} s ({error}); check "
+                    f"that the server runs, or raise {ENV_MAX_UNREACHABLE_TIME}"
+                ) from error
+
+        return super().call_with_retry(do, fail_within_budget, *args, **kwargs)
 
 
 #: Entries of a stream as XRANGE and XREVRANGE return them here: ``(ID, fields)`` pairs.
@@ -196,12 +284,25 @@ class DataStore:
         Prefix, lease, retention and retry settings, used as given (the environment is not
         read for them). Default: :meth:`Settings.from_env`.
 
+    Attributes
+    ----------
+    url : str
+        The server's URL, as given (it may hold a password: never print it).
+    display_url : str
+        The same with its password masked (:func:`~scanstream._transport.urls.mask_url`):
+        the one to put in messages, logs and reprs.
+
     Raises
     ------
     ProtocolVersionError
         The database holds scanstream data of another protocol version.
+    ServerResetError
+        A connection, opened or reopened, found that the server lost or rolled back its data
+        since this store first saw it (see :meth:`check_server_identity`).
+    RedisUnreachableError
+        Redis stayed unreachable for ``settings.max_unreachable_time`` (every command).
     redis.exceptions.ConnectionError
-        Redis cannot be reached (not wrapped; configure retries with ``settings.retry``).
+        Redis cannot be reached, with a ``settings.retry`` of your own (not wrapped).
     """
 
     def __init__(self, url: str | None = None, settings: Settings | None = None) -> None:
@@ -213,29 +314,35 @@ class DataStore:
             settings = dataclasses.replace(settings, redis_url=url)
         self.settings = settings
         self.url = resolve_url(self.settings.redis_url)
+        self.display_url = mask_url(self.url)
         self.keys = Keys(self.settings.prefix)
+        #: What this store knows of the server's identity (:meth:`check_server_identity`).
+        self.identity = ServerIdentity(self.keys, self.display_url)
         vectored = vectored_connection_class(self.url)
-        connection_class = {"connection_class": vectored} if vectored else {}
         #: True when the connections write many buffers per system call: publishers then
         #: send batches without joining them (resp.Scattered); over TLS they join them.
         self.scatter_writes = vectored is not None
+        budget = self.settings.max_unreachable_time
         self.redis: redis.Redis = redis.Redis.from_url(
             self.url,
             socket_connect_timeout=10,
-            # Blocking reads are sliced to <= 1 s, so a 30 s timeout only fires on a dead server.
-            socket_timeout=30,
-            retry=self.settings.retry or default_retry(),
+            # Blocking reads are sliced to <= 1 s, so this only fires on a dead or frozen
+            # server; kept near the outage budget so that a frozen one is given up in time.
+            socket_timeout=max(10.0, min(30.0, budget)),
+            retry=self.settings.retry or default_retry(budget, self.url),
             health_check_interval=30,
             command_packer=_COMMAND_PACKER,
-            **connection_class,
+            # TLS sockets have no sendmsg: redis-py's writes, with the same identity check.
+            connection_class=vectored or IdentityCheckingSSLConnection,
+            server_identity=self.identity,  # passed by the pool to each connection
         )
-        _refuse_reply_options(self.url, self.redis.connection_pool.connection_kwargs)
+        _refuse_reply_options(self.display_url, self.redis.connection_pool.connection_kwargs)
         self._protocol_checked = False
         self._finalizer = weakref.finalize(self, self.redis.close)
         self.check_protocol()
 
     def __repr__(self) -> str:
-        return f"<DataStore {self.url!r} prefix={self.keys.prefix!r}>"
+        return f"<DataStore {self.display_url!r} prefix={self.keys.prefix!r}>"
 
     def __enter__(self) -> DataStore:
         return self
@@ -264,11 +371,65 @@ class DataStore:
             version = cast("bytes | None", self.redis.get(self.keys.protocol))
         if version is not None and version.decode() != PROTOCOL_VERSION:
             raise ProtocolVersionError(
-                f"the database at {self.url} (prefix {self.keys.prefix!r}) holds scanstream "
-                f"protocol version {version.decode()!r}, this scanstream speaks "
+                f"the database at {self.display_url} (prefix {self.keys.prefix!r}) holds "
+                f"scanstream protocol version {version.decode()!r}, this scanstream speaks "
                 f"{PROTOCOL_VERSION!r}; use a matching scanstream or another prefix/database"
             )
+        if initialize:
+            # The identity comes with the protocol key (and is added to a database initialized
+            # before identities existed). A store that saw another id raises here: the
+            # database was reset under it, and re-initializing must not hide that.
+            self.redis.hsetnx(self.keys.server_identity, ID_FIELD, secrets.token_hex(16))
+            self.advance_server_epoch()
         self._protocol_checked = version is not None
+
+    def check_server_identity(self) -> None:
+        """Check that the server still holds the data this store has seen: one HMGET.
+
+        The first call (or connection) remembers the database's id; later ones compare. Call
+        it where losing data matters (before announcing a scan, before sealing or marking one
+        saved, when a scan's keys are unexpectedly missing): a command that ran on a reset
+        server may have recreated keys the reset removed. Every new connection (a reconnection
+        after an outage too) runs the same check before its first command.
+
+        Raises
+        ------
+        ServerResetError
+            The identity key is gone or changed, or its epoch is lower than one seen: the
+            server was restarted without persistence, restored from an older snapshot, or
+            flushed. The message names the (masked) URL.
+        RedisUnreachableError
+            Redis stayed unreachable for the outage budget.
+        """
+        reply = cast(
+            "list[bytes | None]",
+            self.redis.hmget(self.keys.server_identity, [ID_FIELD, EPOCH_FIELD]),
+        )
+        self.identity.observe(reply[0], reply[1])
+
+    def advance_server_epoch(self) -> int:
+        """Advance the database's epoch (HINCRBY) and check the identity; return the epoch.
+
+        A server later restored from a snapshot taken before this call is then detected by
+        every store that saw the new epoch. Publishers call it when a session starts; it is
+        one write, skipped (with a debug log) when the server refuses writes (full, read-only).
+
+        Raises
+        ------
+        ServerResetError
+            As :meth:`check_server_identity`.
+        """
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hincrby(self.keys.server_identity, EPOCH_FIELD, 1)
+        pipe.hget(self.keys.server_identity, ID_FIELD)
+        try:
+            epoch, server_id = pipe.execute()
+        except redis.exceptions.ResponseError as exc:  # OOM, READONLY, NOPERM
+            logger.debug("server epoch not advanced on %s: %s", self.display_url, exc)
+            self.check_server_identity()
+            return self.identity.epoch
+        self.identity.observe(server_id, epoch)
+        return int(epoch)
 
     def sessions(self) -> list[str]:
         """Names of the sessions that have published at least one scan."""
@@ -282,7 +443,8 @@ class DataStore:
         if not self.redis.hexists(self.keys.sessions, name):
             known = ", ".join(self.sessions()) or "none"
             raise SessionNotFoundError(
-                f"no session named {name!r} in {self.url} (prefix {self.keys.prefix!r}); "
+                f"no session named {name!r} in {self.display_url} (prefix "
+                f"{self.keys.prefix!r}); "
                 f"known sessions: {known}"
             )
 

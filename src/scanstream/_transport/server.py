@@ -2,9 +2,17 @@
 
 When no server URL is given (argument, ``--redis-url`` or ``SCANSTREAM_REDIS_URL``), scanstream
 starts one embedded server per user, reachable only through a unix socket in a private (0700)
-runtime directory, and shares it between that user's processes (DESIGN.md section 3). The
-server keeps nothing on disk (``save ""``, ``appendonly no``) and never evicts keys
-(``maxmemory-policy noeviction``): losing unsaved scan data silently is worse than an error.
+runtime directory, and shares it between that user's processes (DESIGN.md section 3). It never
+evicts keys (``maxmemory-policy noeviction``): losing unsaved scan data silently is worse than
+an error.
+
+It persists what it accepts (docs/server.md): an append-only file (AOF, ``appendfsync
+everysec``) in a private (0700) data directory that survives a reboot,
+``$SCANSTREAM_SERVER_DATA_DIR``, else ``$XDG_STATE_HOME/scanstream/server``, else
+``~/.local/state/scanstream/server`` (the runtime directory holding its socket and pidfile is
+often a tmpfs, emptied at reboot). A stop/start, a crash or a reboot loses no scan it had
+accepted; a power cut loses at most the last second. ``$SCANSTREAM_SERVER_PERSISTENCE``:
+``everysec`` (default), ``always`` (fsync every write) or ``off`` (nothing on disk).
 Its memory is limited (``maxmemory``): ``$SCANSTREAM_MAXMEMORY`` (``2gb``, ``512mb``, a byte
 count, ``25%`` of the physical memory, or ``0`` for no limit), by default a quarter of the
 physical memory. Past the limit, writes are refused with an ``OOM`` error; reads and deletions
@@ -40,6 +48,13 @@ logger = logging.getLogger(__name__)
 ENV_SERVER = "SCANSTREAM_REDIS_SERVER"
 ENV_URL = "SCANSTREAM_REDIS_URL"
 ENV_MAXMEMORY = "SCANSTREAM_MAXMEMORY"
+ENV_DATA_DIR = "SCANSTREAM_SERVER_DATA_DIR"
+ENV_PERSISTENCE = "SCANSTREAM_SERVER_PERSISTENCE"
+#: Values of $SCANSTREAM_SERVER_PERSISTENCE: Redis ``appendfsync`` policies, or off.
+PERSISTENCE_MODES = ("everysec", "always", "off")
+DEFAULT_PERSISTENCE = "everysec"
+# A server loading a large AOF answers LOADING: waited for this long at most, while it lives.
+_MAX_LOADING_TIME = 600.0
 #: Share of the physical memory the embedded server may use when SCANSTREAM_MAXMEMORY is unset.
 DEFAULT_MAXMEMORY_FRACTION = 0.25
 # Used when the physical memory cannot be read (sysconf missing).
@@ -241,6 +256,13 @@ class EmbeddedServer:
         Redis ``maxmemory`` (for example ``"2gb"``). Keys are never evicted: writes beyond it fail.
     binary : pathlib.Path or str or None
         The server executable. None (default): :func:`find_server_binary`.
+    data_dir : pathlib.Path or None
+        Where the server persists its data (an append-only file, made 0700). None (default):
+        nothing on disk (``appendonly no``), as for test servers; the user's shared server
+        gets one (:func:`data_dir`).
+    appendfsync : str
+        With ``data_dir``: ``everysec`` (default: a power cut loses at most the last second)
+        or ``always`` (fsync before replying to each write).
     """
 
     def __init__(
@@ -251,8 +273,16 @@ class EmbeddedServer:
         password: str | None = None,
         maxmemory: str | None = None,
         binary: Path | str | None = None,
+        data_dir: Path | None = None,
+        appendfsync: str = DEFAULT_PERSISTENCE,
     ) -> None:
+        if appendfsync not in ("everysec", "always"):
+            raise InvalidArgumentError(
+                f"appendfsync={appendfsync!r}: use 'everysec' or 'always' (or no data_dir)"
+            )
         self.directory = Path(directory).absolute()
+        self.data_dir = None if data_dir is None else Path(data_dir).absolute()
+        self.appendfsync = appendfsync
         self.binary = None if binary is None else Path(binary)
         self.port = port
         self.password = password
@@ -282,12 +312,19 @@ class EmbeddedServer:
 
     def ping(self, timeout: float = 1.0) -> int | None:
         """Return the ``process_id`` the server reports if it answers PING, else None."""
+        answer = self._answer(timeout)
+        return answer if isinstance(answer, int) else None
+
+    def _answer(self, timeout: float) -> int | str | None:
+        """The server's ``process_id``, ``"loading"`` while it loads its data, else None."""
         client = redis.Redis.from_url(
             self.url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
         try:
             client.ping()
             return int(client.info("server")["process_id"])
+        except redis.exceptions.BusyLoadingError:
+            return "loading"
         except (
             redis.exceptions.ConnectionError,
             redis.exceptions.TimeoutError,
@@ -306,15 +343,31 @@ class EmbeddedServer:
 
     def _config(self) -> str:
         """Return the text of the server's config file."""
+        # No RDB snapshots either way: with persistence, the AOF is the one source (its
+        # rewrites start with an RDB preamble); without, nothing touches the disk.
+        if self.data_dir is None:
+            persistence = ["appendonly no", f"dir {_q(self.directory)}"]
+        else:
+            persistence = [
+                "appendonly yes",
+                f"appendfsync {self.appendfsync}",
+                "aof-use-rdb-preamble yes",
+                # A torn last write (power cut) is dropped at load, not a refusal to start.
+                "aof-load-truncated yes",
+                # Rewrites (a fork writing the whole dataset) cost the publish path most while
+                # scans stream in; Redis' 64mb makes one every doubling from 64 MB. Measured
+                # (docs/server.md): 1gb gives spectra a third more throughput.
+                "auto-aof-rewrite-min-size 1gb",
+                f"dir {_q(self.data_dir)}",
+            ]
         lines = [
             'save ""',
-            "appendonly no",
+            *persistence,
             "maxmemory-policy noeviction",
             "protected-mode yes",
             "daemonize no",
             "bind 127.0.0.1",
             f"port {self.port or 0}",
-            f"dir {_q(self.directory)}",
             f"logfile {_q(self.logfile)}",
             f"pidfile {_q(self.pidfile)}",
         ]
@@ -344,6 +397,9 @@ class EmbeddedServer:
             )
         binary = self.binary or find_server_binary()
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self.data_dir is not None:
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.data_dir, 0o700)  # the scans' data: the user's only
         self.pidfile.unlink(missing_ok=True)
         conf = self.directory / _CONFFILE
         fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it may hold a password
@@ -360,7 +416,8 @@ class EmbeddedServer:
                 start_new_session=True,
             )
         logger.info("starting %s (pid %d) in %s", binary.name, self._process.pid, self.directory)
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         while True:
             code = self._process.poll()
             if code is not None:
@@ -369,8 +426,12 @@ class EmbeddedServer:
                     f"{binary} exited with code {code} at start; end of "
                     f"{self.logfile}:\n{_log_tail(self.logfile)}"
                 )
-            if self.ping(timeout=0.5) == self._process.pid:
+            answer = self._answer(timeout=0.5)
+            if answer == self._process.pid:
                 return
+            if answer == "loading" and time.monotonic() < started + _MAX_LOADING_TIME:
+                # Reading back a large AOF takes its time: the data is there, wait for it.
+                deadline = max(deadline, time.monotonic() + 1.0)
             if time.monotonic() > deadline:
                 self.stop()
                 raise ServerError(
@@ -433,7 +494,8 @@ class EmbeddedServer:
     def __repr__(self) -> str:
         where = str(self.socket_path) if self.port is None else f"127.0.0.1:{self.port}"
         state = f"pid={self._process.pid}" if self._process is not None else "not started here"
-        return f"<EmbeddedServer {where} {state}>"
+        data = f" data={self.data_dir}" if self.data_dir is not None else ""
+        return f"<EmbeddedServer {where} {state}{data}>"
 
 
 def _private_dir(path: Path) -> Path:
@@ -500,10 +562,55 @@ def _locked(directory: Path, timeout: float) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _shared_server(directory: Path, maxmemory: int | None = None) -> EmbeddedServer:
-    """Return the EmbeddedServer object for the shared server in ``directory``."""
-    return _DETACHED.get(directory) or EmbeddedServer(
-        directory, maxmemory=None if maxmemory is None else str(maxmemory)
+def persistence_mode() -> str:
+    """The shared server's persistence: ``$SCANSTREAM_SERVER_PERSISTENCE``, default everysec.
+
+    Raises
+    ------
+    InvalidArgumentError
+        If the variable is set to something else than everysec, always or off.
+    """
+    mode = os.environ.get(ENV_PERSISTENCE, "").strip().lower() or DEFAULT_PERSISTENCE
+    if mode not in PERSISTENCE_MODES:
+        raise InvalidArgumentError(
+            f"{ENV_PERSISTENCE}={os.environ.get(ENV_PERSISTENCE)!r} is not one of "
+            f"{', '.join(PERSISTENCE_MODES)}"
+        )
+    return mode
+
+
+def data_dir() -> Path:
+    """The shared server's data directory (not created here).
+
+    ``$SCANSTREAM_SERVER_DATA_DIR``, else ``$XDG_STATE_HOME/scanstream/server``, else
+    ``~/.local/state/scanstream/server``: on a disk that survives a reboot, unlike the runtime
+    directory.
+    """
+    explicit = os.environ.get(ENV_DATA_DIR, "").strip()
+    if explicit:
+        return Path(explicit).expanduser().absolute()
+    state = os.environ.get("XDG_STATE_HOME", "").strip()
+    base = Path(state) if state and os.path.isabs(state) else Path.home() / ".local" / "state"
+    return base / "scanstream" / "server"
+
+
+def _shared_server(
+    directory: Path, maxmemory: int | None = None, *, starting: bool = False
+) -> EmbeddedServer:
+    """Return the EmbeddedServer object for the shared server in ``directory``.
+
+    Its persistence settings are read only when ``starting`` it: stopping or describing a
+    running server never depends on them (the server reports its own).
+    """
+    known = _DETACHED.get(directory)
+    if known is not None:
+        return known
+    mode = persistence_mode() if starting else "off"
+    return EmbeddedServer(
+        directory,
+        maxmemory=None if maxmemory is None else str(maxmemory),
+        data_dir=None if mode == "off" else data_dir(),
+        appendfsync=DEFAULT_PERSISTENCE if mode == "off" else mode,
     )
 
 
@@ -515,20 +622,21 @@ def ensure_server(timeout: float = 10.0) -> str:
     outlives the process that started it; stop it with :func:`stop_server`. ``timeout`` bounds
     the wait for the lock, then the wait for the server to answer. Returns a ``unix://`` URL.
 
-    A server it starts gets the memory limit of :func:`default_maxmemory` (read when it starts:
-    a running server keeps its limit until it is stopped and started again).
+    A server it starts gets the memory limit of :func:`default_maxmemory` and the persistence
+    of :func:`persistence_mode` in :func:`data_dir` (read when it starts: a running server
+    keeps them until it is stopped and started again). It reads back the data it persisted.
 
     Raises
     ------
     ServerError
         If the runtime directory is unsafe, no binary is found, or the server does not start.
     InvalidArgumentError
-        If ``$SCANSTREAM_MAXMEMORY`` is not a valid memory limit.
+        If ``$SCANSTREAM_MAXMEMORY`` or ``$SCANSTREAM_SERVER_PERSISTENCE`` is not valid.
     """
     maxmemory = default_maxmemory()
     directory = runtime_dir()
     with _locked(directory, timeout):
-        server = _shared_server(directory, maxmemory)
+        server = _shared_server(directory, maxmemory, starting=True)
         if not server.is_running():
             server.stop()  # only cleans the stale pidfile and socket of a dead server
             server.start(timeout)
@@ -563,8 +671,10 @@ def server_status() -> dict[str, Any]:
     -------
     dict
         ``running`` (bool), ``pid``, ``url``, ``version``, ``used_memory_human``,
-        ``maxmemory_human`` (``0B``: no limit), ``maxmemory_policy``, ``uptime`` (seconds) and
-        ``directory``; the server fields are None when it does not run.
+        ``maxmemory_human`` (``0B``: no limit), ``maxmemory_policy``, ``uptime`` (seconds),
+        ``directory``, ``persistence`` (``aof everysec``, ``aof always`` or ``off``),
+        ``data_directory`` and ``clients`` (connected, not counting this call); the server
+        fields are None when it does not run.
     """
     server = _shared_server(runtime_dir())
     status: dict[str, Any] = {
@@ -577,21 +687,48 @@ def server_status() -> dict[str, Any]:
         "maxmemory_policy": None,
         "uptime": None,
         "directory": str(server.directory),
+        # Not running: what a start would use; running: what the server reports (below).
+        "persistence": _next_persistence(),
+        "data_directory": str(data_dir()),
+        "clients": None,
     }
     if server.is_running():
         client = redis.Redis.from_url(server.url, socket_timeout=2, socket_connect_timeout=2)
         with contextlib.closing(client):
             info = client.info()
+            reply: dict[Any, Any] = client.config_get("appendonly", "appendfsync", "dir")
+        config = {_text(k): _text(v) for k, v in reply.items()}  # bytes: no decode_responses
+        if config.get("appendonly") == "yes":
+            status.update(
+                persistence=f"aof {config.get('appendfsync')}",
+                data_directory=config.get("dir"),
+            )
+        else:
+            status.update(persistence="off", data_directory=None)
         status.update(
             running=True,
             pid=server.pid,
             uptime=info.get("uptime_in_seconds"),
             used_memory_human=info.get("used_memory_human"),
+            clients=max(0, int(info.get("connected_clients", 1)) - 1),  # without this one
             maxmemory_human=info.get("maxmemory_human"),
             maxmemory_policy=info.get("maxmemory_policy"),
             version=info.get("valkey_version") or info.get("redis_version"),
         )
     return status
+
+
+def _next_persistence() -> str:
+    """The persistence a start of the shared server would use, in words."""
+    try:
+        mode = persistence_mode()
+    except InvalidArgumentError as exc:
+        return f"invalid ({exc})"
+    return "off" if mode == "off" else f"aof {mode}"
+
+
+def _text(value: object) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def resolve_url(url: str | None = None) -> str:

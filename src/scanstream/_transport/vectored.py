@@ -22,6 +22,8 @@ from redis.connection import (
     UnixDomainSocketConnection,
 )
 
+from .identity import IdentityCheck
+
 
 class Scattered:
     """One command argument (a bulk string) given as consecutive buffers, never joined.
@@ -132,12 +134,12 @@ class _VectoredSend:
             raise
 
 
-class VectoredConnection(_VectoredSend, Connection):
-    """TCP connection writing commands with ``sendmsg``."""
+class VectoredConnection(_VectoredSend, IdentityCheck, Connection):
+    """TCP connection writing commands with ``sendmsg`` (and checking the server identity)."""
 
 
-class VectoredUnixConnection(_VectoredSend, UnixDomainSocketConnection):
-    """Unix socket connection writing commands with ``sendmsg``."""
+class VectoredUnixConnection(_VectoredSend, IdentityCheck, UnixDomainSocketConnection):
+    """Unix socket connection writing commands with ``sendmsg`` (and checking the identity)."""
 
 
 def vectored_connection_class(url: str) -> type[AbstractConnection] | None:

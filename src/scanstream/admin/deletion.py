@@ -1,8 +1,11 @@
 """Deletion of stored scans, safe by default, and working when Redis is full.
 
-A scan is never deleted while it runs (state not final and its publisher's lease alive), and
-not before a writer has saved it (its number is in the set ``keys.writer_saved(session)``)
-unless ``force`` is given. The check and the deletion of one scan are one server-side script
+A scan is never deleted while it runs (state not final and its publisher's lease alive), and,
+unless ``force`` is given, not before deleting it loses nothing: its saving verdict (recorded
+in the scan hash by its writer, :func:`scanstream._protocol.entries.parse_saving`) is SAVED or
+NOT_SAVED (saving off by design), or, no verdict recorded, a writer put its number in the
+saved set ``keys.writer_saved(session)``. A scan WAITING for a writer, being WRITTEN, or whose
+saving FAILED is kept. The check and the deletion of one scan are one server-side script
 (:func:`scanstream._protocol.scripts.delete_scan`): nothing can change in between, and it runs
 past maxmemory, where Redis 7.0 refuses a MULTI/EXEC transaction even when it only deletes.
 Deleting old scans is the documented way out of a full server (``docs/reliability.md``).
@@ -19,6 +22,7 @@ from .._protocol.keys import check_session_name
 from .._protocol.scripts import DeleteOutcome, delete_scan
 from .._transport.connection import DataStore
 from ..exceptions import InvalidArgumentError
+from ..models import SavingState
 from .listing import ScanSummary, format_age, saved_numbers, scan_numbers, summaries
 
 logger = logging.getLogger(__name__)
@@ -88,7 +92,9 @@ def delete_scans(
 
     - it is not running: it has ended, or its publisher's lease has expired (publisher gone);
     - with ``older_than``: it ended (or, publisher gone, started) more than that long ago;
-    - a writer recorded it as saved (``keys.writer_saved(session)``), or ``force`` is True.
+    - deleting it loses nothing (:attr:`~scanstream.admin.listing.ScanSummary.safe_to_drop`:
+      its saving verdict is SAVED or NOT_SAVED; with no verdict recorded, it is in the
+      writers' saved set), or ``force`` is True. A scan WAITING, WRITING or FAILED is kept.
 
     Each scan is checked and deleted in one server-side script, so a scan that changes in
     between (lease renewed, node added, state changed) cannot be deleted on a stale check, and
@@ -106,7 +112,7 @@ def delete_scans(
     numbers : sequence of int, optional
         Only these scans. None: every stored scan of the session.
     force : bool
-        Delete scans no writer has saved (never running ones).
+        Delete scans no writer has saved, whatever their saving verdict (never running ones).
     dry_run : bool
         Decide but delete nothing.
 
@@ -153,7 +159,7 @@ def delete_scans(
             session,
             number,
             cutoff=cutoff,
-            saved=number in saved,
+            saved=summary.safe_to_drop,
             force=force,
             dry_run=dry_run,
         )
@@ -177,7 +183,12 @@ def _decision(number: int, outcome: DeleteOutcome, summary: ScanSummary, now: fl
     kind, state, detail = outcome
     if kind in ("deleted", "deletable"):
         why = f"ended {state}" if detail == "ended" else "publisher gone"
-        why += ", saved" if summary.saved else ", not saved (forced)"
+        if not summary.safe_to_drop:
+            why += f", not saved (forced; saving {summary.saving.state.value})"
+        elif summary.saving.state is SavingState.NOT_SAVED:
+            why += ", not saved by design"
+        else:
+            why += ", saved"
         return Decision(number, True, why, summary)
     if kind == "running":
         return Decision(number, False, f"running ({state}, publisher alive)", summary)
@@ -185,7 +196,10 @@ def _decision(number: int, outcome: DeleteOutcome, summary: ScanSummary, now: fl
         age = format_age(now - float(detail))
         return Decision(number, False, f"too recent ({state} {age} ago)", summary)
     if kind == "unsaved":
-        return Decision(
-            number, False, "not saved by a writer (use --force to delete it anyway)", summary
-        )
+        verdict = summary.saving
+        if summary.saving_recorded and verdict.state is not SavingState.WAITING:
+            why = f"not saved by a writer (saving {verdict}; use --force to delete it anyway)"
+        else:
+            why = "not saved by a writer (use --force to delete it anyway)"
+        return Decision(number, False, why, summary)
     return Decision(number, False, _MISSING)

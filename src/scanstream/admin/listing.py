@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -23,6 +23,7 @@ import redis
 from .._protocol import entries
 from .._transport.connection import DataStore, stream_entries
 from ..exceptions import DecodingError, InvalidArgumentError
+from ..models import SavingState, SavingVerdict
 
 logger = logging.getLogger(__name__)
 
@@ -87,11 +88,17 @@ class ScanSummary:
     keys : int
         Number of Redis keys of the scan.
     saved : bool
-        True if a writer recorded it as saved (its number is in ``keys.writer_saved``).
+        True if a writer recorded it as saved: its saving verdict is SAVED, or its number is
+        in ``keys.writer_saved`` (the saved set, also written by writers without verdicts).
     start_time, end_time : float or None
         Epoch times; ``end_time`` is None until the scan ends.
     expires_in : float or None
         Seconds before Redis deletes it (retention time), None if it does not expire.
+    saving : SavingVerdict
+        The saving verdict recorded in the scan hash by the writer that owns the scan
+        (:func:`scanstream._protocol.entries.parse_saving`); WAITING when none was recorded.
+    saving_recorded : bool
+        True if a writer recorded a verdict (False: ``saving`` is WAITING by default).
     """
 
     session: str
@@ -106,6 +113,24 @@ class ScanSummary:
     start_time: float | None
     end_time: float | None
     expires_in: float | None
+    saving: SavingVerdict = field(default_factory=lambda: SavingVerdict(SavingState.WAITING))
+    saving_recorded: bool = False
+
+    @property
+    def saving_final(self) -> bool:
+        """True when nothing more will happen to the scan's saving: SAVED, FAILED or NOT_SAVED.
+
+        A scan in the saved set with no verdict recorded (a writer without verdicts) counts
+        as SAVED.
+        """
+        return self.saving.state.is_final or (self.saved and not self.saving_recorded)
+
+    @property
+    def safe_to_drop(self) -> bool:
+        """True when deleting the scan from Redis loses nothing: saved, or not saved by design."""
+        if self.saving_recorded:
+            return self.saving.state in (SavingState.SAVED, SavingState.NOT_SAVED)
+        return self.saved
 
     @property
     def ended(self) -> bool:
@@ -229,6 +254,7 @@ def summaries(
         lasts = replies[position + nkeys : position + nkeys + len(indices)]
         position += nkeys + len(indices)
         state = fields.get(b"state", b"?").decode()
+        saving = entries.parse_saving(fields)
         out[n] = ScanSummary(
             session=session,
             number=n,
@@ -238,10 +264,12 @@ def summaries(
             points=max((entries.stream_length(last)[0] for last in lasts), default=0),
             memory=sum(int(u) for u in usages if u is not None),
             keys=sum(1 for u in usages if u is not None),
-            saved=n in saved,
+            saved=n in saved or saving.state is SavingState.SAVED,
             start_time=_float(fields.get(b"start_time")),
             end_time=_float(fields.get(b"end_time")),
             expires_in=pttl / 1000 if pttl is not None and pttl >= 0 else None,
+            saving=saving,
+            saving_recorded=bool(fields.get(b"saving")),
         )
     return out
 
@@ -321,3 +349,72 @@ def server_memory(store: DataStore) -> dict[str, Any]:
         "maxmemory": info.get("maxmemory"),
         "maxmemory_policy": info.get("maxmemory_policy"),
     }
+
+
+# ----------------------------------------------------------------------------- dependents
+
+
+@dataclass(frozen=True)
+class ServerDependents:
+    """What depends on a server: who would notice, and what would be lost, if it stopped.
+
+    Attributes
+    ----------
+    clients : int
+        Connections of other clients (publishers, writers, subscribers), this one excluded.
+    client_names : list of str
+        ``name@addr`` of each (``?`` for a client that set no name), for the message.
+    unsaved : list of ScanSummary
+        Stored scans whose saving is not final (:attr:`ScanSummary.saving_final`): running,
+        waiting for a writer, or being written.
+    """
+
+    clients: int
+    client_names: list[str]
+    unsaved: list[ScanSummary]
+
+    @property
+    def any(self) -> bool:
+        """True if a client is connected or a scan is unsaved."""
+        return bool(self.clients or self.unsaved)
+
+    def describe(self) -> str:
+        """One sentence per cause: how many clients, which scans (with their saving verdict)."""
+        parts = []
+        if self.clients:
+            parts.append(f"{self.clients} client(s) connected ({', '.join(self.client_names)})")
+        if self.unsaved:
+            scans = ", ".join(
+                f"{s.session}:{s.number}_{s.name} ({s.status}, {s.saving.state.value})"
+                for s in self.unsaved
+            )
+            parts.append(f"{len(self.unsaved)} scan(s) not saved yet: {scans}")
+        return "; ".join(parts) or "no client connected and every stored scan saved"
+
+
+def server_dependents(store: DataStore) -> ServerDependents:
+    """The clients connected to ``store``'s server and its scans whose saving is not final.
+
+    Every prefix but the store's is ignored (the scans listed are those of
+    :func:`list_sessions`). Replicas are not clients here; a client's own connections are
+    excluded (it is this call).
+
+    Raises
+    ------
+    redis.exceptions.ResponseError
+        The server refuses CLIENT LIST (a restricted ACL user).
+    """
+    pipe = store.redis.pipeline(transaction=False)  # one connection: CLIENT ID is this one's
+    pipe.client_id()
+    pipe.client_list()
+    own, clients = pipe.execute()
+    others = [
+        c
+        for c in clients
+        if str(c.get("id")) != str(own) and "S" not in str(c.get("flags", ""))  # not a replica
+    ]
+    names = [f"{c.get('name') or '?'}@{c.get('addr') or c.get('laddr') or '?'}" for c in others]
+    unsaved = [
+        scan for summary in list_sessions(store) for scan in summary.scans if not scan.saving_final
+    ]
+    return ServerDependents(len(others), names, unsaved)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,6 +19,9 @@ from typing import Any
 import redis
 
 from .._transport import server
+from .._transport.connection import DataStore
+from .._transport.urls import mask_url
+from ..admin.listing import server_dependents
 from ..exceptions import ScanstreamError
 from . import admin as admin_cli
 from . import demo
@@ -61,6 +65,12 @@ def _configure_server(parser: argparse.ArgumentParser) -> None:
         help="start it (prints its URL), stop it, or describe it "
         "(exit code 0 if it runs, 1 if not)",
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="stop: even while clients are connected or scans are not saved yet "
+        "(by default the stop is refused, exit code 1, saying what depends on the server)",
+    )
 
 
 def _run_server(args: argparse.Namespace) -> int:
@@ -70,11 +80,38 @@ def _run_server(args: argparse.Namespace) -> int:
         print(server.ensure_server())
         return 0
     if args.action == "stop":
-        print("stopped" if server.stop_server() else "no embedded server was running")
-        return 0
+        return _stop_server(force=args.force)
     status = server.server_status()
-    _print_mapping(status)
+    _print_mapping({**status, "url": mask_url(status["url"])})
     return 0 if status["running"] else 1
+
+
+def _stop_server(*, force: bool) -> int:
+    """Stop the embedded server unless something depends on it (exit code 1) or ``force``."""
+    status = server.server_status()
+    if not status["running"]:
+        print("no embedded server was running")
+        return 0
+    if not force:
+        with DataStore(status["url"]) as store:
+            dependents = server_dependents(store)
+        if dependents.any:
+            persisted = status["persistence"] != "off"
+            print(
+                f"scanstream: refusing to stop the embedded server: {dependents.describe()}. "
+                + (
+                    "Its data is persisted and comes back at the next start, but "
+                    if persisted
+                    else "Its data is not persisted (SCANSTREAM_SERVER_PERSISTENCE=off): "
+                    "unsaved scans would be lost, and "
+                )
+                + "running scans and their clients would fail. Stop them or let the writers "
+                "finish, or use `scanstream server stop --force`",
+                file=sys.stderr,
+            )
+            return 1
+    print("stopped" if server.stop_server() else "no embedded server was running")
+    return 0
 
 
 COMMANDS: tuple[Command, ...] = (
@@ -126,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _mask_urls(text: str) -> str:
+    """``text`` with the password of every URL in it masked."""
+    return _URL_RE.sub(lambda match: mask_url(match.group(0)), text)
+
+
+_URL_RE = re.compile(r"\b(?:rediss?|unix)://[^\s'\"]+")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``scanstream`` command line.
 
@@ -152,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code: int = args.run(args)
     except (ScanstreamError, redis.ConnectionError, redis.TimeoutError) as exc:
-        print(f"scanstream: error: {exc}", file=sys.stderr)
+        # The messages of scanstream name URLs masked already; a redis-py error may quote one.
+        print(f"scanstream: error: {_mask_urls(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

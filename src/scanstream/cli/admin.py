@@ -13,10 +13,21 @@ from typing import Any
 from .._transport.connection import DataStore
 from .._transport.server import resolve_url
 from ..admin.deletion import DeletionReport, delete_scans
-from ..admin.listing import SessionSummary, format_age, list_sessions, parse_duration, server_memory
+from ..admin.listing import (
+    ScanSummary,
+    SessionSummary,
+    format_age,
+    list_sessions,
+    parse_duration,
+    server_memory,
+)
+from ..models import SavingState
 
-LS_HELP = "list sessions and their stored scans (state, points, memory)"
-DELETE_HELP = "delete stored scans of a session: ended and saved ones only, unless --force"
+LS_HELP = "list sessions and their stored scans (state, points, memory, saving verdict)"
+DELETE_HELP = (
+    "delete stored scans of a session: ended ones whose saving is done (saved, or off by "
+    "design) only, unless --force"
+)
 
 
 def configure_ls(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +65,8 @@ def configure_delete(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--force",
         action="store_true",
-        help="also delete scans no writer has saved (running ones never are)",
+        help="also delete scans no writer has saved (waiting for a writer, being written, "
+        "failed); running ones never are",
     )
     parser.add_argument("--dry-run", action="store_true", help="say what would be deleted")
 
@@ -87,6 +99,32 @@ def format_bytes(size: int | None) -> str:
     return f"{value:.2f}GiB"
 
 
+def saving_text(scan: ScanSummary) -> str:
+    """The ``saving`` cell of ``scanstream ls``: where the scan was saved, or why it was not.
+
+    ``saved FILE::ENTRIES``, ``FAILED: reason``, ``WRITING FILE``, ``WAITING`` (no writer has
+    taken it), ``NOT_SAVED: reason`` (saving off by design); ``saved`` alone for a scan in
+    the writers' saved set with no verdict recorded.
+    """
+    text: str = _saving_text(scan)
+    return text.replace("\r", " ").replace("\n", " ")  # one line per scan
+
+
+def _saving_text(scan: ScanSummary) -> str:
+    verdict = scan.saving
+    if verdict.state is SavingState.SAVED:
+        return f"saved {verdict.file}::{','.join(verdict.entries)}"
+    if not scan.saving_recorded and scan.saved:
+        return "saved"
+    if verdict.state is SavingState.WRITING:
+        return f"WRITING {verdict.file or '?'}"
+    if verdict.state is SavingState.WAITING:
+        return "WAITING"
+    if verdict.reason:
+        return f"{verdict.state.value}: {verdict.reason}"
+    return str(verdict.state.value)
+
+
 def _when(timestamp: float | None) -> str:
     return (
         "-" if timestamp is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
@@ -96,7 +134,7 @@ def _when(timestamp: float | None) -> str:
 def format_listing(sessions: Sequence[SessionSummary], memory: dict[str, Any] | None = None) -> str:
     """Text of ``scanstream ls``: one table per session, then the totals."""
     lines = []
-    header = ("#", "name", "state", "points", "memory", "saved", "ended", "expires in")
+    header = ("#", "name", "state", "points", "memory", "ended", "expires in", "saving")
     for summary in sessions:
         lines.append(
             f"session {summary.name}: {len(summary.scans)} scan(s), {format_bytes(summary.memory)}"
@@ -108,9 +146,10 @@ def format_listing(sessions: Sequence[SessionSummary], memory: dict[str, Any] | 
                 s.status,
                 str(s.points),
                 format_bytes(s.memory),
-                "yes" if s.saved else "no",
                 _when(s.end_time),
                 "-" if s.expires_in is None else format_age(s.expires_in),
+                # Last: a file path or a reason is long, and nothing comes after it.
+                saving_text(s),
             )
             for s in summary.scans
         ]

@@ -382,7 +382,7 @@ class Sender:
             return None
         dropped = self.drop()
         error = RedisUnreachableError(
-            f"scan {self.name} failed: Redis at {self.store.url} unreachable for "
+            f"scan {self.name} failed: Redis at {self.store.display_url} unreachable for "
             f"{now - self._unreachable_since:.1f} s, longer than max_unreachable_time = {limit} s "
             f"(SCANSTREAM_MAX_UNREACHABLE_TIME); {dropped} queued points were dropped. Last error: {exc}"
         )

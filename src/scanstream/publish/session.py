@@ -112,7 +112,7 @@ class PublishingSession:
         self._next_number = store.redis.register_script(_NEXT_NUMBER)
 
     def __repr__(self) -> str:
-        return f"<PublishingSession {self.name!r} on {self.store.url!r}>"
+        return f"<PublishingSession {self.name!r} on {self.store.display_url!r}>"
 
     def __enter__(self) -> PublishingSession:
         return self
