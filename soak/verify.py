@@ -61,7 +61,7 @@ def check_scan(
             continue
         dset = measurement[dsname]
         if node.type == "lima":
-            view = node.get(0)
+            view = node.get(0, -1)
             refs = view.all_image_references()
             if len(refs) != expected.get(node.name):
                 problems.append(

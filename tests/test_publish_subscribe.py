@@ -319,9 +319,10 @@ def test_walk_yields_nodes_and_children_match(session, store):
     assert names == [
         scan.db_name,
         f"{scan.db_name}:timer",
-        f"{scan.db_name}:timer:timer:elapsed_time",
+        # BLISS's db_names: the parent, then the short name (issue 13 item 11).
+        f"{scan.db_name}:timer:elapsed_time",
         f"{scan.db_name}:timer:lima_simulator",
-        f"{scan.db_name}:timer:lima_simulator:lima_simulator:image",
+        f"{scan.db_name}:timer:lima_simulator:image",
     ]
     scan_node = session_node.children()[0]
     (timer,) = scan_node.children()
