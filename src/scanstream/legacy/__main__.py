@@ -1,0 +1,25 @@
+"""``python -m scanstream.legacy SCRIPT.py [ARGS]``: run a BLISS 1.x subscriber script unchanged."""
+
+from __future__ import annotations
+
+import sys
+
+from .hook import LegacyImportError, run_script
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the script named by the first argument; 2 on a usage error or a refused hook."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: python -m scanstream.legacy SCRIPT.py [ARGS...]", file=sys.stderr)
+        return 2
+    try:
+        run_script(args[0], args[1:])
+    except (LegacyImportError, FileNotFoundError) as exc:
+        print(f"scanstream legacy: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
