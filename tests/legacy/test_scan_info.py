@@ -28,7 +28,7 @@ def test_plain_api_scans_get_chain_devices_and_channels(store, session):
     assert info["devices"]["ctrl"]["channels"] == ["ctrl:diode"]
     assert info["devices"]["axis"]["channels"] == ["axis:roby"]
     assert info["channels"]["timer:spectrum"]["dim"] == 1
-    assert info["scan_meta_categories"] == []
+    assert info["instrument"] == {} and info["scan_meta_categories"] == ["instrument"]
 
 
 def test_given_keys_are_kept_and_named_devices_completed(store, session):
@@ -52,5 +52,6 @@ def test_every_chain_device_of_the_catalogue_is_in_devices(store, session, tmp_p
         if result.label == "two_top_masters":
             assert info["npoints"] == 2
             assert [e["npoints"] for e in info["acquisition_chain"].values()] == [2, 50]
-        if info.get("type") in ("sequence", "group"):
-            assert "scan_meta_categories" in info
+        # Every scan, groups and sequences included, has what BLISS clients read.
+        assert isinstance(info["instrument"], dict), result.label
+        assert "instrument" in info["scan_meta_categories"], result.label

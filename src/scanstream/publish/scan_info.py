@@ -89,8 +89,8 @@ def complete_scan_info(info: Mapping[str, Any], nodes: Sequence[NodeDescription]
 
     Adds ``acquisition_chain``, ``devices`` and ``channels`` when absent; adds the
     ``devices`` list of a chain entry that has none, and every device a chain entry names
-    that ``devices`` does not hold; adds ``scan_meta_categories`` (the categories present)
-    when absent. Keys the publisher gave are kept as they are.
+    that ``devices`` does not hold; adds an empty ``instrument`` and ``scan_meta_categories``
+    (the categories present) when absent. Keys the publisher gave are kept as they are.
     """
     out = dict(info)
     if not nodes:
@@ -116,6 +116,9 @@ def complete_scan_info(info: Mapping[str, Any], nodes: Sequence[NodeDescription]
     out["devices"] = all_devices
     if not isinstance(out.get("channels"), Mapping):
         out["channels"] = channels
+    # BLISS clients read scan_info["instrument"] of every scan, groups and sequences included.
+    if not isinstance(out.get("instrument"), Mapping):
+        out["instrument"] = {}
     if "scan_meta_categories" not in out:
         out["scan_meta_categories"] = [
             k
