@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
-from .hook import LegacyImportError, run_script
+from .hook import LegacyImportError, install, run_script
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -13,11 +14,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print("usage: python -m scanstream.legacy SCRIPT.py [ARGS...]", file=sys.stderr)
         return 2
+    if not os.path.isfile(args[0]):
+        print(f"scanstream legacy: no script {args[0]!r}", file=sys.stderr)
+        return 2
     try:
-        run_script(args[0], args[1:])
-    except (LegacyImportError, FileNotFoundError) as exc:
+        install()
+    except LegacyImportError as exc:
         print(f"scanstream legacy: {exc}", file=sys.stderr)
         return 2
+    run_script(args[0], args[1:])  # the script's errors and SystemExit propagate
     return 0
 
 
