@@ -463,7 +463,7 @@ def test_dtypes_shapes_and_emits(
     assert len(node) == len(accepted)
     if accepted:
         stored = node.get(0, -1)
-        assert node.dtype == channel.dtype and tuple(node.shape) == point
+        assert node.dtype == channel.dtype and tuple(node.point_shape) == point
         for got, want in zip(stored, accepted):
             got = np.asarray(got)
             assert got.dtype == want.dtype and got.shape == want.shape

@@ -225,7 +225,7 @@ def test_one_d_channels_fixed_and_variable_length(session, store):
     ]
     assert [list(p) for p in walked] == [list(p) for p in ragged]
     node = next(n for n in scan_node.load_nodes() if n.name == "samples")
-    assert node.shape == (-1,) and len(node) == 4
+    assert node.point_shape == (-1,) and len(node) == 4
     padded = node.get_as_array()
     assert padded.shape == (4, 5) and padded.dtype == np.int16
     assert padded[0].tolist() == [0, 1, 2, 0, 0] and padded[1].tolist() == [0] * 5

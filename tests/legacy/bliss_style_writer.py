@@ -45,8 +45,7 @@ class ScanWriter:
             if event_type == EventType.NEW_NODE and isinstance(node, ChannelDataNode):
                 self.channels.append(node)
                 self.indices[node.db_name] = 0
-                # Variable-length channels publish shape (-1,): start them 0 wide (issue 13 item 6).
-                shape = tuple([npoints] + [max(s, 0) for s in node.shape])
+                shape = tuple([npoints] + list(node.shape))
                 floats = numpy.dtype(node.dtype).kind == "f"
                 self.group.create_dataset(
                     self.key(node),

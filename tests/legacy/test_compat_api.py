@@ -212,3 +212,24 @@ def test_scan_node_saving_reads_the_verdict(store, session):
     verdict = SavingVerdict(SavingState.SAVED, file="/x.h5", entries=("1.1",), points={"c": 5})
     store.redis.hset(node.key, mapping=saving_fields(verdict))
     assert node.saving.state is SavingState.SAVED and node.saving.file == "/x.h5"
+
+
+def test_variable_length_channels_have_a_concrete_shape_that_grows(store, session):
+    scan = session.create_scan("ragged")
+    ch = scan.create_container("timer").create_channel("ctrl:samples", "float64", (-1,))
+    ch.emit(np.arange(3.0))
+    scan.flush()
+    node = get_session_node(session.name, store=store).get_scan(scan.number)
+    channel = node.load_nodes()[1]
+    assert channel.point_shape == (-1,) and channel.shape == (0,)  # nothing read yet
+    assert (5,) + channel.shape == (5, 0)  # a valid dataset shape
+    walk = node.walk_events(timeout=5)
+    for event_type, _, _data in walk:
+        if event_type == EventType.NEW_DATA:
+            break
+    assert channel.shape == (3,)
+    ch.emit(np.arange(7.0))
+    scan.end()
+    list(walk)
+    assert channel.shape == (7,)
+    assert channel.get_as_array().shape == (2, 7)

@@ -248,7 +248,7 @@ def test_mca_and_sampling_counters(session, store) -> None:
     samples = nodes["simulation_diode_sampling_controller:diode9_samples"]
     assert samples.shape == (10,) and samples.get(0, -1).shape == (7, 10)
     ragged = nodes["simulation_diode_sampling_controller:var_samples_samples"]
-    assert ragged.shape == (-1,)
+    assert ragged.point_shape == (-1,)
     assert [len(p) for p in ragged.get(0, -1)] == [3 + i % 7 for i in range(7)]
     means = nodes["simulation_diode_sampling_controller:var_samples"].get(0, -1)
     np.testing.assert_allclose(means, [p.mean() for p in ragged.get(0, -1)])

@@ -91,7 +91,7 @@ def assert_file_matches_redis(scan: ScanNode, root: Path) -> h5py.File:
         points = node[:]
         assert dset.dtype == node.dtype, node.name
         assert dset.shape[0] == len(points), node.name
-        if node.shape == (-1,):
+        if node.point_shape == (-1,):
             lengths = entry["measurement"][dset.attrs["lengths_dataset"]][()]
             for i, point in enumerate(points):
                 assert lengths[i] == len(point)

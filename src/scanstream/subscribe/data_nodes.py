@@ -146,7 +146,14 @@ class StreamNode(ScanMemberNode):
 
 
 class ChannelNode(StreamNode):
-    """A numeric channel: ``dtype``, ``shape``, ``unit``, ``len()``, ``get()``, indexing."""
+    """A numeric channel: ``dtype``, ``shape``, ``unit``, ``len()``, ``get()``, indexing.
+
+    ``point_shape`` is the shape of one point as published: ``(-1,)`` for a variable-length
+    1D channel (``variable`` is True). ``shape`` is BLISS's: the same for fixed shapes, and
+    for a variable-length channel a concrete ``(n,)``, ``n`` the longest point this node
+    object has read so far (0 before any), so that ``(npoints,) + node.shape`` is a valid
+    dataset shape that a client grows as the data comes.
+    """
 
     type = NodeType.CHANNEL.value
     codec: codecs.NumericCodec
@@ -155,8 +162,15 @@ class ChannelNode(StreamNode):
         super().__init__(scan, parent, desc)
         self.codec = codecs.NumericCodec(desc.info["dtype"], desc.info["shape"], desc.name)
         self.dtype = self.codec.dtype
-        self.shape = self.codec.shape
+        self.point_shape: tuple[int, ...] = self.codec.shape
+        self.variable: bool = self.codec.variable
+        self._width = 0  # longest variable-length point read so far
         self.unit: str | None = desc.info.get("unit")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of one point; concrete (the longest read so far) for variable-length ones."""
+        return (self._width,) if self.variable else self.point_shape
 
     def get(self, from_index: int | None, to_index: int | None = None) -> np.ndarray:
         """Points ``from_index`` to ``to_index`` *inclusive* (BLISS convention).
@@ -174,14 +188,17 @@ class ChannelNode(StreamNode):
         return data[0] if to_index is None else data
 
     def decode(self, fields: Sequence[Fields]) -> np.ndarray:
-        return self.codec.decode(fields)
+        points = self.codec.decode(fields)
+        if self.variable and len(points):
+            self._width = max(self._width, max(len(p) for p in points))
+        return points
 
     def _read(self, start: int, stop: int) -> np.ndarray:
         base, entries = self._entries(start, stop)
         if not entries:
             if self.codec.variable:
                 return np.empty(0, dtype=object)
-            return np.empty((0,) + self.shape, dtype=self.dtype)
+            return np.empty((0,) + self.point_shape, dtype=self.dtype)
         points: np.ndarray = self.decode(entries)[start - base : stop - base]
         return points
 
