@@ -54,7 +54,7 @@ class HDF5Writer:
 
     def _create_dataset(self, node) -> None:
         name = node.name.replace("/", "_")
-        if node.shape == (-1,):  # variable-length 1D points: one variable-length array each
+        if node.point_shape == (-1,):  # variable-length 1D points: one variable-length array each
             dtype, shape = h5py.vlen_dtype(node.dtype), ()
         else:
             dtype, shape = node.dtype, node.shape

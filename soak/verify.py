@@ -61,7 +61,7 @@ def check_scan(
             continue
         dset = measurement[dsname]
         if node.type == "lima":
-            view = node.get(0)
+            view = node.get(0, -1)
             refs = view.all_image_references()
             if len(refs) != expected.get(node.name):
                 problems.append(
@@ -97,7 +97,7 @@ def check_scan(
             )
             continue
         plan_values = workload.expected_array(p, node.name)
-        if tuple(node.shape) == (-1,):
+        if tuple(node.point_shape) == (-1,):
             lengths = measurement[dset.attrs["lengths_dataset"]][()]
             values = dset[()]
             for i, point in enumerate(points):

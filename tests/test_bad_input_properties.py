@@ -264,7 +264,7 @@ def test_node_info_round_trips_or_names_the_offender(
         )
         return
     container = shared["scan"].create_container(name, info)
-    assert _same(_read_node(shared, container.index).info, expected)
+    assert _same(dict(_read_node(shared, container.index).info), expected)
 
 
 @settings(SETTINGS, max_examples=30)
@@ -284,7 +284,7 @@ def test_scan_info_round_trips_or_names_the_offender(
         return
     with session.create_scan("good", info) as scan:
         pass
-    stored = shared["node"].get_scan(scan.number).info
+    stored = dict(shared["node"].get_scan(scan.number).info)
     expected.setdefault("title", "good")
     for key in _ADDED_BY_SCANSTREAM:
         expected.pop(key, None)
@@ -463,7 +463,7 @@ def test_dtypes_shapes_and_emits(
     assert len(node) == len(accepted)
     if accepted:
         stored = node.get(0, -1)
-        assert node.dtype == channel.dtype and tuple(node.shape) == point
+        assert node.dtype == channel.dtype and tuple(node.point_shape) == point
         for got, want in zip(stored, accepted):
             got = np.asarray(got)
             assert got.dtype == want.dtype and got.shape == want.shape

@@ -196,7 +196,7 @@ def test_lima_references_views_and_images(tmp_path, session, store):
         and node.dtype == np.uint16
         and node.info["user_detector_name"] == "lima"
     )
-    view = node.get(0)
+    view = node.get(0, -1)
     assert len(view) == 3
     assert view.all_image_references() == [ImageReference(*r) for r in refs]
     np.testing.assert_array_equal(view.get_image(0), frames_a[0])
@@ -219,9 +219,9 @@ def test_lima_nosaving_counts_images_without_references(session, store):
     (data,) = [e[2] for e in events if e[0] == EventType.NEW_DATA]
     assert data.block_size == 4 and data.data == []
     node = scan_node.load_nodes()[1]
-    assert len(node.get(0)) == 4
+    assert len(node.get(0, -1)) == 4
     with pytest.raises(ImageNotSavedError, match="NOSAVING"):
-        node.get(0).all_image_references()
+        node.get(0, -1).all_image_references()
 
 
 def test_scan_group_references_its_sub_scans(session, store):

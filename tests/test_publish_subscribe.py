@@ -225,7 +225,7 @@ def test_one_d_channels_fixed_and_variable_length(session, store):
     ]
     assert [list(p) for p in walked] == [list(p) for p in ragged]
     node = next(n for n in scan_node.load_nodes() if n.name == "samples")
-    assert node.shape == (-1,) and len(node) == 4
+    assert node.point_shape == (-1,) and len(node) == 4
     padded = node.get_as_array()
     assert padded.shape == (4, 5) and padded.dtype == np.int16
     assert padded[0].tolist() == [0, 1, 2, 0, 0] and padded[1].tolist() == [0] * 5
@@ -319,9 +319,10 @@ def test_walk_yields_nodes_and_children_match(session, store):
     assert names == [
         scan.db_name,
         f"{scan.db_name}:timer",
-        f"{scan.db_name}:timer:timer:elapsed_time",
+        # BLISS's db_names: the parent, then the short name (issue 13 item 11).
+        f"{scan.db_name}:timer:elapsed_time",
         f"{scan.db_name}:timer:lima_simulator",
-        f"{scan.db_name}:timer:lima_simulator:lima_simulator:image",
+        f"{scan.db_name}:timer:lima_simulator:image",
     ]
     scan_node = session_node.children()[0]
     (timer,) = scan_node.children()

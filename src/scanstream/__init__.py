@@ -75,7 +75,14 @@ from .publish import (
 from .subscribe.data_nodes import ChannelNode, LimaDataView, LimaNode, ScanRefNode
 from .subscribe.events import Event, EventData, EventType, StopHandler
 from .subscribe.images import read_image
+from .subscribe.lookup import get_data_from_nodes, get_node, get_or_create_node
 from .subscribe.nodes import ContainerNode, DataNode
+from .subscribe.scans_watcher import (
+    DefaultScansObserver,
+    ScansObserver,
+    ScansWatcher,
+    watch_session_scans,
+)
 from .subscribe.tree import ScanNode, SessionNode, get_session_node
 
 __version__ = "0.1.0"
@@ -150,6 +157,13 @@ __all__ = [
     "__version__",
     "create_session",
     "get_session_node",
+    "get_data_from_nodes",
+    "get_node",
+    "get_or_create_node",
+    "watch_session_scans",
+    "ScansObserver",
+    "ScansWatcher",
+    "DefaultScansObserver",
     "read_image",
     "saved_scans",
     "writer_status",

@@ -15,7 +15,9 @@ from typing import Any, NamedTuple
 class ScanState(enum.IntEnum):
     """State of a scan. Ordered: a scan only moves forward.
 
-    ``DONE``, ``USER_ABORTED``, ``KILLED`` and ``FAILED`` are final.
+    ``DONE``, ``USER_ABORTED``, ``KILLED`` and ``FAILED`` are final. ``EXPIRED`` is never
+    stored: a session walk ends with it a scan that expired or was deleted from Redis before
+    its end was read (its END_SCAN says so; the data it had is not all there).
     """
 
     CREATED = 0
@@ -24,6 +26,7 @@ class ScanState(enum.IntEnum):
     USER_ABORTED = 5
     KILLED = 6
     FAILED = 7
+    EXPIRED = 8
 
     @property
     def is_final(self) -> bool:

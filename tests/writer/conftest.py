@@ -79,17 +79,19 @@ def assert_file_matches_redis(scan: ScanNode, root: Path) -> h5py.File:
             if node.saving_mode == "NOSAVING":
                 assert dsname not in entry["measurement"]
                 continue
-            refs = node.get(0).all_image_references()
+            refs = node.get(0, -1).all_image_references()
             vds = entry["measurement"][dsname]
             assert vds.shape == (len(refs),) + node.shape, node.name
             for i in (0, len(refs) // 2, len(refs) - 1):
-                assert np.array_equal(vds[i], node.get(0).get_image(i)), f"{node.name} frame {i}"
+                assert np.array_equal(vds[i], node.get(0, -1).get_image(i)), (
+                    f"{node.name} frame {i}"
+                )
             continue
         dset = entry["measurement"][dsname]
         points = node[:]
         assert dset.dtype == node.dtype, node.name
         assert dset.shape[0] == len(points), node.name
-        if node.shape == (-1,):
+        if node.point_shape == (-1,):
             lengths = entry["measurement"][dset.attrs["lengths_dataset"]][()]
             for i, point in enumerate(points):
                 assert lengths[i] == len(point)

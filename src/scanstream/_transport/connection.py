@@ -465,10 +465,17 @@ class StoreCache:
         """The store of ``url`` and ``prefix`` (None: from the environment), created if needed."""
         with self._lock:
             store = self._stores.get((url, prefix))
-            if store is None:
-                store = DataStore(settings=Settings.from_env(redis_url=url, prefix=prefix))
-                self._stores[(url, prefix)] = store
+        if store is not None:
             return store
+        # Connect without the lock held: connecting blocks (and yields to other greenlets
+        # under gevent), and a lock held across it deadlocked greenlets whose first call
+        # was get_session_node(). Two racing callers may connect twice; one store is kept.
+        new = DataStore(settings=Settings.from_env(redis_url=url, prefix=prefix))
+        with self._lock:
+            store = self._stores.setdefault((url, prefix), new)
+        if store is not new:
+            new.close()
+        return store
 
     def clear(self) -> None:
         """Close every cached store and forget them: the next :meth:`get` connects anew.

@@ -25,6 +25,7 @@ from ..admin.listing import server_dependents
 from ..exceptions import ScanstreamError
 from . import admin as admin_cli
 from . import demo
+from . import legacy as legacy_cli
 from . import scan as sim_cli
 from . import writer as writer_cli
 from .logs import configure_logging
@@ -126,6 +127,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("demo", demo.DEMO_HELP, demo.configure_demo, demo.run_demo),
     Command("ls", admin_cli.LS_HELP, admin_cli.configure_ls, admin_cli.run_ls),
     Command("delete", admin_cli.DELETE_HELP, admin_cli.configure_delete, admin_cli.run_delete),
+    Command("legacy", legacy_cli.LEGACY_HELP, legacy_cli.configure_legacy, legacy_cli.run_legacy),
 )
 
 

@@ -56,6 +56,7 @@ from ..exceptions import (
 from ..models import NodeDescription, SavingMode, SavingVerdict, ScanState
 from .channels import ChannelPublisher, LimaPublisher, ScanRefPublisher, _NodePublisher
 from .saving import read_verdict, writer_of
+from .scan_info import complete_scan_info
 from .sender import Sender
 
 if TYPE_CHECKING:
@@ -95,6 +96,7 @@ class _NodeTree:
         self._lock = threading.Lock()
         self._names: set[tuple[int, str]] = set()
         self._count = 0
+        self.descriptions: list[NodeDescription] = []  # for complete_scan_info
 
     def add(
         self,
@@ -138,6 +140,7 @@ class _NodeTree:
                 raise scan.lost(f"no node {name!r} was created")
             self._names.add((parent_index, name))
             self._count = index
+            self.descriptions.append(desc)
             # Made once announced: a data node's queue joins the sender only then.
             return make(scan, index, name, parent_db_name, *args)
 
@@ -341,6 +344,7 @@ class ScanPublisher:
         if self._state is not ScanState.CREATED:
             raise InvalidTransitionError(self._state, ScanState.PREPARED)
         self._info.update(check_scan_info(info_update))
+        self._info = complete_scan_info(self._info, self._tree.descriptions)
         hash_fields = prepared_hash_fields(metadata.dumps(self._info))
         entry = state_entry_fields(PREPARED, time.time())
         args: list[Any] = [2 * len(hash_fields)]
@@ -416,6 +420,7 @@ class ScanPublisher:
         self._info.update(end_time=iso_time(now), end_timestamp=now, state=state.name)
         if error is not None:
             self._info["error"] = error
+        self._info = complete_scan_info(self._info, self._tree.descriptions)
         session, info = self.session_name, metadata.dumps(self._info)
         outcome, final = end_scan(
             self.store.redis,

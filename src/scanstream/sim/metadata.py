@@ -97,6 +97,7 @@ def _chain_entry(m: TopMaster) -> dict[str, Any]:
         + [c.controller if isinstance(c, Counter) else c.name for c in m.counters]
     )
     entry["devices"] = list(dict.fromkeys(devices))  # one entry per controller, in order
+    entry["npoints"] = m.npoints  # per master: several top masters differ in length
     return entry
 
 
@@ -120,7 +121,16 @@ def _channels(m: TopMaster) -> dict[str, dict[str, Any]]:
 
 
 def _devices(m: TopMaster) -> dict[str, dict[str, Any]]:
+    # Every device acquisition_chain names, masters included (BLISS clients look each one
+    # up: watch_session_scans maps every channel to its top master through them).
     out: dict[str, dict[str, Any]] = {}
+    if m.motors:
+        out[m.name] = {"channels": [s.name for s in m.motor_channels()]}
+        out.setdefault(m.timer, {"channels": []})["channels"] += [
+            s.name for s in m.timer_channels()
+        ]
+    else:
+        out[m.name] = {"channels": [s.name for s in m.timer_channels()]}
     for c in m.counters:
         if isinstance(c, Counter):
             entry = out.setdefault(c.controller, {"channels": []})
@@ -184,14 +194,16 @@ def build_scan_info(
 
     Notes
     -----
-    ``npoints`` is that of the top master for one master; with several it is the largest,
-    or 0 when one of them is unbounded.
+    ``npoints`` is that of the top master for one master; with several it is the smallest
+    (a client that allocates ``npoints`` rows per channel, as BLISS's example writer does,
+    grows the longer masters' datasets instead of leaving NaN rows in the shorter ones'),
+    or 0 when one of them is unbounded. Each ``acquisition_chain`` entry has its own.
     """
     npoints = [m.npoints for m in masters]
     info: dict[str, Any] = {
         "title": name,
         "type": name,
-        "npoints": 0 if 0 in npoints else max(npoints),
+        "npoints": 0 if 0 in npoints else min(npoints),
         "count_time": masters[0].count_time,
         "acquisition_chain": {m.name: _chain_entry(m) for m in masters},
         "channels": {k: v for m in masters for k, v in _channels(m).items()},

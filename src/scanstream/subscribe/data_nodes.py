@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -55,6 +55,18 @@ class StreamNode(ScanMemberNode):
 
     def __len__(self) -> int:
         return self._length()[0]
+
+    @property
+    def fullname(self) -> str:
+        """``<controller>:<name>`` (``"axis:roby"``), as BLISS's data nodes have it."""
+        if ":" in self.name or self.parent is None:
+            return self.name
+        return f"{self.parent.name}:{self.name}"
+
+    @property
+    def short_name(self) -> str:
+        """Last part of the full name (``"roby"`` for ``"axis:roby"``)."""
+        return self.name.rsplit(":", 1)[-1]
 
     @property
     def sealed(self) -> bool:
@@ -134,7 +146,14 @@ class StreamNode(ScanMemberNode):
 
 
 class ChannelNode(StreamNode):
-    """A numeric channel: ``dtype``, ``shape``, ``unit``, ``len()``, ``get()``, indexing."""
+    """A numeric channel: ``dtype``, ``shape``, ``unit``, ``len()``, ``get()``, indexing.
+
+    ``point_shape`` is the shape of one point as published: ``(-1,)`` for a variable-length
+    1D channel (``variable`` is True). ``shape`` is BLISS's: the same for fixed shapes, and
+    for a variable-length channel a concrete ``(n,)``, ``n`` the longest point this node
+    object has read so far (0 before any), so that ``(npoints,) + node.shape`` is a valid
+    dataset shape that a client grows as the data comes.
+    """
 
     type = NodeType.CHANNEL.value
     codec: codecs.NumericCodec
@@ -143,38 +162,43 @@ class ChannelNode(StreamNode):
         super().__init__(scan, parent, desc)
         self.codec = codecs.NumericCodec(desc.info["dtype"], desc.info["shape"], desc.name)
         self.dtype = self.codec.dtype
-        self.shape = self.codec.shape
+        self.point_shape: tuple[int, ...] = self.codec.shape
+        self.variable: bool = self.codec.variable
+        self._width = 0  # longest variable-length point read so far
         self.unit: str | None = desc.info.get("unit")
 
     @property
-    def short_name(self) -> str:
-        """Last part of the full name (``"roby"`` for ``"axis:roby"``)."""
-        return self.name.rsplit(":", 1)[-1]
+    def shape(self) -> tuple[int, ...]:
+        """Shape of one point; concrete (the longest read so far) for variable-length ones."""
+        return (self._width,) if self.variable else self.point_shape
 
-    def get(self, from_index: int, to_index: int | None = None) -> np.ndarray:
+    def get(self, from_index: int | None, to_index: int | None = None) -> np.ndarray:
         """Points ``from_index`` to ``to_index`` *inclusive* (BLISS convention).
 
         ``to_index=None`` gives the single point ``from_index``; ``to_index=-1`` goes to the
-        last point. Negative ``from_index`` counts from the end.
+        last point. Negative ``from_index`` counts from the end; None is the first point.
 
         Raises
         ------
         IndexNotYetThereError, IndexWontBeThereError, IndexNoMoreThereError
             Not published yet, past the end of an ended channel, expired.
         """
-        start, stop = self._resolve(from_index, to_index)
+        start, stop = self._resolve(0 if from_index is None else from_index, to_index)
         data = self._read(start, stop)
         return data[0] if to_index is None else data
 
     def decode(self, fields: Sequence[Fields]) -> np.ndarray:
-        return self.codec.decode(fields)
+        points = self.codec.decode(fields)
+        if self.variable and len(points):
+            self._width = max(self._width, max(len(p) for p in points))
+        return points
 
     def _read(self, start: int, stop: int) -> np.ndarray:
         base, entries = self._entries(start, stop)
         if not entries:
             if self.codec.variable:
                 return np.empty(0, dtype=object)
-            return np.empty((0,) + self.shape, dtype=self.dtype)
+            return np.empty((0,) + self.point_shape, dtype=self.dtype)
         points: np.ndarray = self.decode(entries)[start - base : stop - base]
         return points
 
@@ -191,13 +215,20 @@ class ChannelNode(StreamNode):
         return self._read(*self._check_range(index, index + 1))[0]
 
     def get_as_array(
-        self, from_index: int = 0, to_index: int = -1, fill_value: Any = None
+        self,
+        from_index: int | None = None,
+        to_index: int | None = None,
+        fill_value: Any = None,
     ) -> np.ndarray:
-        """Like :meth:`get` (whole channel by default), always as a regular numpy array.
+        """Like :meth:`get`, always as a regular numpy array.
 
-        Variable-length 1D points are padded to the longest one with ``fill_value``
+        With no argument: the whole channel. ``get_as_array(i)`` is the one point ``i``
+        (BLISS's meaning); ``get_as_array(i, j)`` points ``i`` to ``j`` inclusive (-1: the
+        last). Variable-length 1D points are padded to the longest one with ``fill_value``
         (default NaN for floats, 0 for integers, False for bool).
         """
+        if from_index is None and to_index is None:
+            from_index, to_index = 0, -1
         data = self.get(from_index, to_index)
         if not self.codec.variable or data.ndim == 0:
             return np.asarray(data)
@@ -234,9 +265,43 @@ class LimaNode(StreamNode):
         self.saving_mode: str = desc.info.get("saving_mode", SavingMode.MANUAL.value)
         self.codec = codecs.ImageRefCodec(desc.name, saved=self.saving_mode != SavingMode.NOSAVING)
 
-    def get(self, from_index: int = 0, to_index: int | None = None) -> LimaDataView:
-        """A view on images ``from_index`` to ``to_index`` inclusive (None: up to the last)."""
-        return LimaDataView(self, from_index, to_index)
+    def get(self, from_index: int | None = None, to_index: int | None = None) -> LimaDataView:
+        """A view on images ``from_index`` to ``to_index`` inclusive (BLISS convention).
+
+        ``get(i)`` is a view of the one image ``i``; ``get(i, -1)`` from ``i`` to the last
+        image (its length follows acquisition); ``get()`` every image.
+        """
+        if from_index is None:
+            return LimaDataView(self, 0, None)
+        if to_index is None:
+            return LimaDataView(self, from_index, from_index)
+        return LimaDataView(self, from_index, None if to_index < 0 else to_index)
+
+    def get_as_array(self, from_index: int | None = None, to_index: int | None = None) -> Any:
+        """The images of :meth:`get` read from their files (one image: a 2D array)."""
+        return self.get(from_index, to_index).as_array()
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        """Image ``index`` (negative counts from the end), read from its detector file."""
+        return self.get().get_image(index)
+
+    def all_image_references(self, saved: bool = False) -> list[ImageReference]:
+        """References of every image published so far (see :meth:`LimaDataView.all_image_references`)."""
+        return self.get().all_image_references(saved)
+
+    def get_last_image(self) -> np.ndarray:
+        """The latest image, read from its file (BLISS returned it with its frame number).
+
+        Raises
+        ------
+        IndexNotYetThereError
+            No image yet.
+        """
+        return self.get().get_image(-1)
+
+    def get_last_live_image(self) -> np.ndarray:
+        """The latest image (scanstream has no live detector server: from its file)."""
+        return self.get_last_image()
 
     def decode(self, fields: Sequence[Fields]) -> list[ImageReference]:
         return self.codec.decode(fields)
@@ -280,8 +345,11 @@ class LimaDataView:
         start, stop = self._bounds()
         return stop - start
 
-    def all_image_references(self) -> list[ImageReference]:
+    def all_image_references(self, saved: bool = False) -> list[ImageReference]:
         """References ``(file_path, path_in_file, index_in_file, file_format)`` of the view.
+
+        ``saved`` is BLISS's argument; references are published once the image is in its
+        file, so every reference is of a saved image.
 
         Raises
         ------
@@ -304,8 +372,26 @@ class LimaDataView:
         """Read image ``index`` (negative counts from the end) from its detector file."""
         return read_image(self.image_reference(index))
 
-    def __getitem__(self, index: int) -> np.ndarray:
+    def __getitem__(self, index: int | slice) -> np.ndarray:
+        """Image ``index`` (negative counts from the end), or a stack of images for a slice."""
+        if isinstance(index, slice):
+            return np.asarray([self.get_image(i) for i in range(*index.indices(len(self)))])
         return self.get_image(index)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for i in range(len(self)):
+            yield self.get_image(i)
+
+    def as_array(self) -> np.ndarray:
+        """The images of the view as one array (a single image: its 2D array, as BLISS)."""
+        images = list(self)
+        if len(images) == 1:
+            return images[0]
+        return np.asarray(images)
+
+    def get_last_image(self) -> np.ndarray:
+        """The last image of the view."""
+        return self.get_image(-1)
 
 
 class ScanRefNode(StreamNode):

@@ -15,7 +15,9 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .._transport.connection import DataStore
+from ..exceptions import InvalidArgumentError
 from ..models import NodeDescription, NodeType
+from .info import NodeInfo
 from .walker import NodeFilter, Walker
 
 if TYPE_CHECKING:
@@ -55,9 +57,14 @@ class DataNode:
         return f"<{type(self).__name__} {self.db_name!r}>"
 
     @property
-    def info(self) -> dict[str, Any]:
-        """Metadata of the node."""
-        return {}
+    def info(self) -> NodeInfo:
+        """Metadata of the node (a dict; ``info.get_all()`` re-reads it, as BLISS's settings)."""
+        return NodeInfo({})
+
+    @property
+    def fullname(self) -> str:
+        """BLISS's full name: ``<controller>:<name>`` for data nodes, the name otherwise."""
+        return self.name
 
     @property
     def scan(self) -> ScanNode | None:
@@ -73,55 +80,109 @@ class DataNode:
         include_filter: NodeFilter = None,
         exclude_children: NodeFilter = None,
         *,
+        filter: NodeFilter = None,  # BLISS name of include_filter
+        exclude_existing_children: NodeFilter = None,
         wait: bool = True,
         timeout: float | None = None,
         stop_handler: StopHandler | None = None,
+        started_event: Any = None,
+        first_index: int | None = 0,
     ) -> Iterator[DataNode]:
         """Yield the nodes below this one (as NEW_NODE events would), live.
 
         See :meth:`walk_events` for the arguments. With ``wait=False`` it returns once the
         stored nodes have been yielded.
         """
-        for event in Walker(
-            self,
-            include_filter=include_filter,
-            exclude_children=exclude_children,
+        for event in self._walker(
+            include_filter,
+            exclude_children,
+            filter,
+            exclude_existing_children,
+            first_index=first_index,
+            from_next=False,
             wait=wait,
             timeout=timeout,
             stop_handler=stop_handler,
+            started_event=started_event,
             nodes_only=True,
         ):
             yield event.node
+
+    def walk_from_last(
+        self,
+        include_filter: NodeFilter = None,
+        exclude_children: NodeFilter = None,
+        *,
+        filter: NodeFilter = None,  # BLISS name of include_filter
+        exclude_existing_children: NodeFilter = None,
+        wait: bool = True,
+        include_last: bool = True,
+        timeout: float | None = None,
+        stop_handler: StopHandler | None = None,
+        started_event: Any = None,
+    ) -> Iterator[DataNode]:
+        """Like :meth:`walk`, starting from the last child (``include_last``) or from now.
+
+        On a session, ``include_last=True`` yields the latest scan first, then every scan
+        created after it; ``include_last=False`` only the scans created from now on.
+        """
+        start_id = self._last_child_start() if include_last else None
+        for event in self._walker(
+            include_filter,
+            exclude_children,
+            filter,
+            exclude_existing_children,
+            first_index=0,
+            from_next=not include_last or start_id is None,
+            wait=wait,
+            timeout=timeout,
+            stop_handler=stop_handler,
+            started_event=started_event,
+            nodes_only=True,
+            start_id=start_id,
+        ):
+            yield event.node
+
+    def _last_child_start(self) -> bytes | None:
+        """Stream position just before this node's last child (None: replay everything)."""
+        return None
 
     def walk_events(
         self,
         include_filter: NodeFilter = None,
         exclude_children: NodeFilter = None,
         *,
-        first_index: int = 0,
+        filter: NodeFilter = None,  # BLISS name of include_filter
+        exclude_existing_children: NodeFilter = None,
+        first_index: int | None = 0,
         from_next: bool = False,
         wait: bool = True,
         timeout: float | None = None,
         stop_handler: StopHandler | None = None,
+        started_event: Any = None,
     ) -> Iterator[Event]:
         """Yield ``(event_type, node, event_data)`` for everything below this node.
 
         The stored history is replayed first, then events are yielded live as they are
         published. A walk on a scan (or a node of a scan) returns after that scan's
-        END_SCAN; a walk on a session goes on until stopped.
+        end; a walk on a session goes on until stopped. END_SCAN is yielded by walks on a
+        scan or a session only (it belongs to the scan node, as in BLISS).
 
         Parameters
         ----------
         include_filter : str, sequence of str or callable, optional
             Which nodes to yield events of: a node type (``"scan"``, ``"channel"``...), a
             sequence of types, or ``f(node) -> bool``. Data streams of nodes that are not
-            included are not read at all.
+            included are not read at all. ``filter`` is its BLISS alias (give one of them).
         exclude_children : str, sequence of str or callable, optional
             Nodes whose children are not walked (nor read). Excluded scans still yield
             their PREPARED_SCAN and END_SCAN.
-        first_index : int
-            Start of the walk as an epoch time in milliseconds (0: from the beginning).
-            The name is BLISS's; it is not a point index (the walker calls it ``since_ms``).
+        exclude_existing_children : str, sequence of str or callable, optional
+            The same, for the nodes that existed when the walk started (default:
+            ``exclude_children``, as in BLISS).
+        first_index : int or None
+            Start of the walk as an epoch time in milliseconds (0: from the beginning;
+            None: from now, as ``from_next``). The name is BLISS's; it is not a point index.
         from_next : bool
             Start from now: only scans (or nodes) created after this call.
         wait : bool
@@ -130,25 +191,32 @@ class DataNode:
             Return when no event came for ``timeout`` seconds.
         stop_handler : StopHandler, optional
             Stops the walk from another thread.
+        started_event : threading.Event or gevent.event.Event, optional
+            Set once the walk's start position is fixed: anything published after it is seen.
 
         Raises
         ------
+        InvalidArgumentError
+            Both ``filter`` and ``include_filter`` given.
         IndexNoMoreThereError
-            Data of a scan being walked expired during the walk.
+            Data of a scan being walked expired during the walk (a session walk instead
+            ends that scan with ``ScanState.EXPIRED``).
         DecodingError
             A corrupt entry was read.
         redis.exceptions.ConnectionError
             Redis cannot be reached (not wrapped).
         """
-        return Walker(
-            self,
-            include_filter=include_filter,
-            exclude_children=exclude_children,
-            since_ms=first_index,
+        return self._walker(
+            include_filter,
+            exclude_children,
+            filter,
+            exclude_existing_children,
+            first_index=first_index,
             from_next=from_next,
             wait=wait,
             timeout=timeout,
             stop_handler=stop_handler,
+            started_event=started_event,
         )
 
     def walk_on_new_events(
@@ -156,21 +224,55 @@ class DataNode:
         include_filter: NodeFilter = None,
         exclude_children: NodeFilter = None,
         *,
-        first_index: int = 0,
+        filter: NodeFilter = None,  # BLISS name of include_filter
+        exclude_existing_children: NodeFilter = None,
+        first_index: int | None = 0,
         from_next: bool = True,
         wait: bool = True,
         timeout: float | None = None,
         stop_handler: StopHandler | None = None,
+        started_event: Any = None,
     ) -> Iterator[Event]:
         """Like :meth:`walk_events`, starting from now (``from_next=True``) by default."""
         return self.walk_events(
             include_filter,
             exclude_children,
+            filter=filter,
+            exclude_existing_children=exclude_existing_children,
             first_index=first_index,
             from_next=from_next,
             wait=wait,
             timeout=timeout,
             stop_handler=stop_handler,
+            started_event=started_event,
+        )
+
+    def _walker(
+        self,
+        include_filter: NodeFilter,
+        exclude_children: NodeFilter,
+        filter: NodeFilter,
+        exclude_existing_children: NodeFilter,
+        *,
+        first_index: int | None,
+        from_next: bool,
+        **kwargs: Any,
+    ) -> Walker:
+        if filter is not None:
+            if include_filter is not None:
+                raise InvalidArgumentError(
+                    f"give include_filter ({include_filter!r}) or its alias filter "
+                    f"({filter!r}), not both"
+                )
+            include_filter = filter
+        return Walker(
+            self,
+            include_filter=include_filter,
+            exclude_children=exclude_children,
+            exclude_existing_children=exclude_existing_children,
+            since_ms=first_index or 0,
+            from_next=from_next or first_index is None,
+            **kwargs,
         )
 
 
@@ -178,7 +280,11 @@ class ScanMemberNode(DataNode):
     """Base of the nodes below a scan: their scan, their index and their metadata."""
 
     def __init__(self, scan: ScanNode, parent: DataNode, desc: NodeDescription) -> None:
-        super().__init__(scan.store, desc.name, f"{parent.db_name}:{desc.name}", parent, desc.index)
+        # BLISS's db_name ends in the parent and the short name: a channel "axis:roby" under
+        # the master "axis" is "...:axis:roby", not "...:axis:axis:roby".
+        prefix = f"{parent.name}:"
+        tail = desc.name[len(prefix) :] if desc.name.startswith(prefix) else desc.name
+        super().__init__(scan.store, desc.name, f"{parent.db_name}:{tail}", parent, desc.index)
         self._scan = scan
         self._info = desc.info
 
@@ -188,8 +294,8 @@ class ScanMemberNode(DataNode):
         return self._scan
 
     @property
-    def info(self) -> dict[str, Any]:
-        return dict(self._info)
+    def info(self) -> NodeInfo:
+        return NodeInfo(dict(self._info))
 
     def children(self) -> list[DataNode]:
         return [n for n in self._scan.load_nodes() if n.parent is self]

@@ -18,8 +18,9 @@ from .._protocol.keys import check_session_name
 from .._protocol.scripts import end_scan
 from .._transport.connection import DataStore, default_store, stream_entries
 from ..exceptions import DecodingError, ScanNotFoundError
-from ..models import FINAL_STATES, NodeType, ScanEnd, ScanState
+from ..models import FINAL_STATES, NodeType, SavingVerdict, ScanEnd, ScanState
 from .data_nodes import ChannelNode, LimaNode, ScanRefNode
+from .info import NodeInfo
 from .nodes import ContainerNode, DataNode, ScanMemberNode
 
 logger = logging.getLogger(__name__)
@@ -80,8 +81,16 @@ class SessionNode(DataNode):
         self.events_key = store.keys.session_scans(name)
 
     @property
-    def info(self) -> dict[str, Any]:
-        return {"name": self.name}
+    def info(self) -> NodeInfo:
+        return NodeInfo({"name": self.name})
+
+    def _last_child_start(self) -> bytes | None:
+        # The session stream's entry before its last NEW_SCAN: a walk from there yields the
+        # latest scan first.
+        last = stream_entries(self.store.redis.xrevrange(self.events_key, count=2))
+        if not last:
+            return None
+        return last[1][0] if len(last) > 1 else b"0-0"
 
     def children(self) -> list[DataNode]:
         """The scans of the session still stored, in order.
@@ -161,12 +170,7 @@ class ScanNode(DataNode):
 
     def _reload(self) -> entries.Fields:
         if self._state_of(self._fields) not in FINAL_STATES:
-            fields = _scan_hashes(self.store, [self.key])[0]
-            if not fields:
-                raise ScanNotFoundError(
-                    f"scan {self.db_name} is gone from Redis (expired or deleted)"
-                )
-            self._fields = fields
+            return self._fresh_fields()
         return self._fields
 
     @staticmethod
@@ -174,10 +178,37 @@ class ScanNode(DataNode):
         return ScanState[fields[b"state"].decode()]
 
     @property
-    def info(self) -> dict[str, Any]:
-        """The scan_info (re-read from Redis until the scan has ended)."""
-        info = metadata.loads(self._reload()[b"info"])
+    def info(self) -> NodeInfo:
+        """The scan_info (re-read from Redis until the scan has ended; ``get_all()`` re-reads)."""
+        return NodeInfo(self._info_of(self._reload()), self._fresh_info)
+
+    @staticmethod
+    def _info_of(fields: entries.Fields) -> dict[str, Any]:
+        info = metadata.loads(fields[b"info"])
         return info if isinstance(info, dict) else {}
+
+    def _fresh_fields(self) -> entries.Fields:
+        fields = _scan_hashes(self.store, [self.key])[0]
+        if not fields:
+            raise ScanNotFoundError(f"scan {self.db_name} is gone from Redis (expired or deleted)")
+        self._fields = fields
+        return fields
+
+    def _fresh_info(self) -> dict[str, Any]:
+        return self._info_of(self._fresh_fields())
+
+    @property
+    def saving(self) -> SavingVerdict:
+        """The saving verdict the writer that owns the scan recorded (WAITING: none yet).
+
+        Read from Redis at each access (it changes after the scan has ended).
+
+        Raises
+        ------
+        ScanNotFoundError
+            The scan expired or was deleted.
+        """
+        return entries.parse_saving(self._fresh_fields())
 
     @property
     def state(self) -> ScanState:

@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeGuard, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, cast
 
 import redis
 
@@ -83,6 +83,17 @@ def _has_stream(node: DataNode) -> TypeGuard[StreamNode]:
     return entries.has_data_stream(node.type)
 
 
+class _Settable(Protocol):
+    """What ``started_event`` must offer: ``threading.Event`` or ``gevent.event.Event``."""
+
+    def set(self) -> None: ...
+
+
+def _parse_id(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
 @dataclass
 class _DataFollow:
     node: StreamNode
@@ -105,6 +116,7 @@ class _ScanFollow:
     data: dict[bytes, _DataFollow] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)  # node db_name -> DecodingError text
     ended: bool = False
+    existing_until: tuple[int, int] | None = None  # last entry at walk start (exclude_existing)
 
 
 class Walker:
@@ -123,12 +135,15 @@ class Walker:
         *,
         include_filter: NodeFilter = None,
         exclude_children: NodeFilter = None,
+        exclude_existing_children: NodeFilter = None,
         since_ms: int = 0,
         from_next: bool = False,
         wait: bool = True,
         timeout: float | None = None,
         stop_handler: StopHandler | None = None,
         nodes_only: bool = False,
+        started_event: _Settable | None = None,
+        start_id: bytes | None = None,
     ) -> None:
         if timeout is not None and timeout < 0:
             raise InvalidArgumentError(f"timeout must be >= 0 or None, got {timeout!r}")
@@ -137,6 +152,13 @@ class Walker:
         self.redis = root.store.redis
         self._include = _make_filter(include_filter, True)
         self._exclude = _make_filter(exclude_children, False)
+        # BLISS: exclude_existing_children defaults to exclude_children.
+        self._exclude_existing = (
+            self._exclude
+            if exclude_existing_children is None
+            else _make_filter(exclude_existing_children, False)
+        )
+        self._session_existing: tuple[int, int] | None = None
         self._wait = wait
         self._timeout = timeout
         self._stop = stop_handler
@@ -160,7 +182,13 @@ class Walker:
             if not wait:
                 self.store.require_session(self._session.name)
             self._session_key = self._session.events_key.encode()
-            self._session_last = self._start_id(self._session.events_key, since_ms, from_next)
+            self._session_last = (
+                start_id
+                if start_id is not None
+                else self._start_id(self._session.events_key, since_ms, from_next)
+            )
+            if exclude_existing_children is not None:
+                self._session_existing = self._last_id(self._session.events_key)
         else:
             scan = root.scan  # the scan itself for a scan node; None for the base class
             if scan is None:
@@ -168,7 +196,12 @@ class Walker:
             start = self._start_id(scan.events_key, since_ms, from_next)
             follow = self._follow_scan(scan, lifecycle_only=False, subtree_root=root.index)
             follow.last_id = start
+            if exclude_existing_children is not None:
+                follow.existing_until = self._last_id(scan.events_key)
         self._events = self._run()
+        # Every start position is fixed above: the walk is listening from here on.
+        if started_event is not None:
+            started_event.set()
 
     def __iter__(self) -> Iterator[Event]:
         return self
@@ -179,6 +212,10 @@ class Walker:
     def close(self) -> None:
         """Stop the walk (it can also be stopped by a StopHandler from another thread)."""
         self._events.close()
+
+    def _last_id(self, events_key: str) -> tuple[int, int]:
+        last = stream_entries(self.redis.xrevrange(events_key, count=1))
+        return _parse_id(last[0][0]) if last else (0, 0)
 
     def _start_id(self, events_key: str, since_ms: int, from_next: bool) -> bytes:
         if from_next:
@@ -251,35 +288,48 @@ class Walker:
                 return
 
     def _process(self, reply: list[tuple[bytes, StreamEntries]]) -> list[Event]:
-        # Data first, then scan events, then the session: END found in a scan's events is
-        # then handled after the data entries of the same reply, never before.
-        by_kind: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
+        # BLISS's priorities within one read, per scan: children (NEW_NODE) < PREPARED <
+        # data < END. Scan events other than END are handled first, then the data entries of
+        # the same reply, then END (which reads every data stream to its seal), then the
+        # session: a slow consumer never sees a scan's data before its PREPARED_SCAN.
+        data_streams: list[tuple[bytes, StreamEntries]] = []
+        scan_streams: list[tuple[bytes, StreamEntries]] = []
+        session_streams: list[StreamEntries] = []
         for key, stream in reply:
             if key in self._data:
-                by_kind[0].append((key, stream))
+                data_streams.append((key, stream))
             elif key in self._scans:
-                by_kind[1].append((key, stream))
+                scan_streams.append((key, stream))
             else:
-                by_kind[2].append((key, stream))
+                session_streams.append(stream)
         events: list[Event] = []
-        for key, stream in by_kind[0]:
-            follow = self._data.get(key)
-            if follow is not None:
-                self._on_data(follow, stream, events)
-        for key, stream in by_kind[1]:
+        ends: list[tuple[_ScanFollow, entries.Fields]] = []
+        for key, stream in scan_streams:
             follow_scan = self._scans.get(key)
             for entry_id, fields in stream:
                 if follow_scan is None or follow_scan.ended:
                     break
                 follow_scan.last_id = entry_id
-                self._on_scan_event(follow_scan, fields, events)
-        for _, stream in by_kind[2]:
+                if fields.get(b"event") == entries.END:
+                    ends.append((follow_scan, fields))
+                    break  # nothing of this scan comes after its END
+                self._on_scan_event(follow_scan, fields, events, entry_id)
+        for key, stream in data_streams:
+            follow = self._data.get(key)
+            if follow is not None:
+                self._on_data(follow, stream, events)
+        for follow_scan, fields in ends:
+            if not follow_scan.ended:
+                self._on_scan_event(follow_scan, fields, events, follow_scan.last_id)
+        for stream in session_streams:
             for entry_id, fields in stream:
                 self._session_last = entry_id
-                self._on_session_event(fields, events)
+                self._on_session_event(fields, events, entry_id)
         return events
 
-    def _on_session_event(self, fields: entries.Fields, events: list[Event]) -> None:
+    def _on_session_event(
+        self, fields: entries.Fields, events: list[Event], entry_id: bytes = b"0-0"
+    ) -> None:
         session = self._session
         number = entries.parse_new_scan(fields)
         if session is None or number is None:
@@ -297,16 +347,29 @@ class Walker:
             return
         if self._include(scan):
             events.append(Event(EventType.NEW_NODE, scan, EventData()))
-        self._follow_scan(scan, lifecycle_only=self._exclude(scan), subtree_root=0)
+        exclude = self._exclude_for(entry_id, self._session_existing)
+        self._follow_scan(scan, lifecycle_only=exclude(scan), subtree_root=0)
+
+    def _exclude_for(
+        self, entry_id: bytes, existing_until: tuple[int, int] | None
+    ) -> Callable[[DataNode], bool]:
+        """``exclude_existing_children`` for what existed when the walk began, else ``exclude_children``."""
+        if existing_until is not None and _parse_id(entry_id) <= existing_until:
+            return self._exclude_existing
+        return self._exclude
 
     def _on_scan_event(
-        self, follow: _ScanFollow, fields: entries.Fields, events: list[Event]
+        self,
+        follow: _ScanFollow,
+        fields: entries.Fields,
+        events: list[Event],
+        entry_id: bytes = b"0-0",
     ) -> None:
         kind = fields.get(b"event")
         scan = follow.scan
         if kind == entries.NEW_NODE:
             if not follow.lifecycle_only:
-                self._on_new_node(follow, fields, events)
+                self._on_new_node(follow, fields, events, entry_id)
         elif kind == entries.PREPARED:
             if follow.prepared:
                 return  # replayed by a client retry
@@ -317,7 +380,11 @@ class Walker:
             self._on_end(follow, entries.parse_end(fields, f"scan {scan.db_name}"), events)
 
     def _on_new_node(
-        self, follow: _ScanFollow, fields: entries.Fields, events: list[Event]
+        self,
+        follow: _ScanFollow,
+        fields: entries.Fields,
+        events: list[Event],
+        entry_id: bytes = b"0-0",
     ) -> None:
         node = follow.scan.node_from_entry(fields)
         index = node.index
@@ -335,7 +402,7 @@ class Walker:
         included = self._include(node)
         if included and not is_root:
             events.append(Event(EventType.NEW_NODE, node, EventData()))
-        if self._exclude(node) and not is_root:
+        if self._exclude_for(entry_id, follow.existing_until)(node) and not is_root:
             follow.closed.add(index)
         if _has_stream(node) and included and not self._nodes_only:
             key = node.key.encode()
@@ -427,7 +494,8 @@ class Walker:
                 rest = stream_entries(self.redis.xrange(key, min=b"(" + data.last_id, max=b"+"))
                 self._on_data(data, rest, events)
         scan.scan_end = end
-        if self._include(scan):
+        # END_SCAN belongs to the scan node: a walk on a master or channel does not yield it.
+        if follow.subtree_root == 0 and self._include(scan):
             description: dict[str, Any] = {
                 "state": end.state,
                 "error": end.error,
@@ -471,8 +539,15 @@ class Walker:
                     raise IndexNoMoreThereError(
                         f"scan {follow.scan.db_name} expired during the walk"
                     ) from None
-                logger.warning("scan %s expired during the walk; dropped", follow.scan.db_name)
-                self._unfollow_scan(follow)
+                # Never silence: the session walk ends the scan for its consumer, EXPIRED.
+                logger.warning("scan %s expired during the walk", follow.scan.db_name)
+                end = ScanEnd(
+                    ScanState.EXPIRED,
+                    f"scan {follow.scan.db_name} expired or was deleted from Redis before it ended",
+                    time.time(),
+                    {},
+                )
+                self._on_end(follow, end, events)
             except redis.exceptions.NoPermissionError:
                 # Read-only user: cannot record KILLED, so end the scan for this walk only.
                 end = ScanEnd(

@@ -224,7 +224,7 @@ class ScanWriter:
             self._entry_of[node.index]["measurement"],
             node.name,
             node.dtype,
-            node.shape,
+            node.point_shape,
             expected_points=npoints if isinstance(npoints, int) and npoints > 0 else None,
             units=node.unit,
         )
