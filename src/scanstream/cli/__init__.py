@@ -27,6 +27,7 @@ from . import admin as admin_cli
 from . import demo
 from . import legacy as legacy_cli
 from . import scan as sim_cli
+from . import show as show_cli
 from . import writer as writer_cli
 from .logs import configure_logging
 
@@ -126,6 +127,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("writer", writer_cli.WRITER_HELP, writer_cli.configure_writer, writer_cli.run_writer),
     Command("demo", demo.DEMO_HELP, demo.configure_demo, demo.run_demo),
     Command("ls", admin_cli.LS_HELP, admin_cli.configure_ls, admin_cli.run_ls),
+    Command("show", show_cli.SHOW_HELP, show_cli.configure_show, show_cli.run_show),
     Command("delete", admin_cli.DELETE_HELP, admin_cli.configure_delete, admin_cli.run_delete),
     Command("legacy", legacy_cli.LEGACY_HELP, legacy_cli.configure_legacy, legacy_cli.run_legacy),
 )
