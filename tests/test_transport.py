@@ -180,3 +180,15 @@ def test_default_stores_are_shared_until_cleared(redis_url: str, empty_cache: No
         assert _clients(admin) == 0  # cleared stores are closed
     again = default_store(redis_url)
     assert again is not first and again.redis.ping()
+
+
+@pytest.mark.timeout(20)  # the first contact gives up after FIRST_CONTACT_TIME, not the budget
+def test_a_server_never_reached_is_reported_without_waiting_the_outage_budget(
+    free_tcp_port: int,
+) -> None:
+    settings = Settings(
+        redis_url=f"redis://:hunter2@127.0.0.1:{free_tcp_port}", max_unreachable_time=600
+    )
+    with pytest.raises(RedisUnreachableError, match="cannot reach Redis at") as caught:
+        DataStore(settings=settings)
+    assert "hunter2" not in str(caught.value) and f":{free_tcp_port}" in str(caught.value)

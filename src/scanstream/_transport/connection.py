@@ -160,6 +160,10 @@ class Settings:
         return cls(**values)
 
 
+#: Seconds a new DataStore tries to reach its server before it gives up (at most the budget).
+FIRST_CONTACT_TIME = 5.0
+
+
 def default_retry(
     max_unreachable_time: float = DEFAULT_MAX_UNREACHABLE_TIME, url: str | None = None
 ) -> Retry:
@@ -339,7 +343,29 @@ class DataStore:
         _refuse_reply_options(self.display_url, self.redis.connection_pool.connection_kwargs)
         self._protocol_checked = False
         self._finalizer = weakref.finalize(self, self.redis.close)
+        self._first_contact(min(budget, FIRST_CONTACT_TIME))
         self.check_protocol()
+
+    def _first_contact(self, budget: float) -> None:
+        """Reach the server once, giving up after ``budget`` seconds.
+
+        The outage budget is for a server that was there and went away (a restart, a network
+        glitch): every command rides it out. A server never reached is more likely a wrong
+        URL or a server not started, which the user should hear about in seconds, not after
+        the whole budget.
+        """
+        probe = redis.Redis.from_url(
+            self.url, socket_connect_timeout=budget, retry=default_retry(budget, self.url)
+        )
+        try:
+            probe.ping()
+        except RedisUnreachableError as exc:
+            raise RedisUnreachableError(
+                f"cannot reach Redis at {self.display_url} within {budget:g} s "
+                f"({exc.__cause__ or exc}); check the URL and that the server runs"
+            ) from exc.__cause__
+        finally:
+            probe.close()
 
     def __repr__(self) -> str:
         return f"<DataStore {self.display_url!r} prefix={self.keys.prefix!r}>"
