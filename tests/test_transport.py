@@ -189,6 +189,6 @@ def test_a_server_never_reached_is_reported_without_waiting_the_outage_budget(
     settings = Settings(
         redis_url=f"redis://:hunter2@127.0.0.1:{free_tcp_port}", max_unreachable_time=600
     )
-    with pytest.raises(RedisUnreachableError, match="cannot reach Redis at") as caught:
+    with pytest.raises(RedisUnreachableError, match="unreachable: no answer within") as caught:
         DataStore(settings=settings)
     assert "hunter2" not in str(caught.value) and f":{free_tcp_port}" in str(caught.value)

@@ -361,7 +361,7 @@ class DataStore:
             probe.ping()
         except RedisUnreachableError as exc:
             raise RedisUnreachableError(
-                f"cannot reach Redis at {self.display_url} within {budget:g} s "
+                f"Redis at {self.display_url} unreachable: no answer within {budget:g} s "
                 f"({exc.__cause__ or exc}); check the URL and that the server runs"
             ) from exc.__cause__
         finally:
