@@ -65,7 +65,9 @@ from .channels import (
     require_channel_dataset,
     write_points,
 )
+from .compression import COMPRESSIONS, DEFAULT_COMPRESSION, compression_options
 from .images import ImageReference, is_hdf5_format, references_dataset_name, require_image_vds
+from .layout import LAYOUT_ATTR, LAYOUTS, channel_path, channel_paths, entry_layout, nexus_name
 from .metadata import (
     NX_COLLECTION,
     hdf5_name,
@@ -81,11 +83,18 @@ from .plots import link_subscan_entries, write_default_plot
 __all__ = [
     "CHUNK_MAX_ROWS",
     "CHUNK_TARGET_BYTES",
+    "COMPRESSIONS",
+    "DEFAULT_COMPRESSION",
     "END_STATES",
+    "LAYOUTS",
     "EntrySummary",
     "ImageReference",
     "channel_dataset_name",
     "channel_datasets",
+    "channel_path",
+    "channel_paths",
+    "compression_options",
+    "entry_layout",
     "entry_name",
     "fill_value_for",
     "finalize_entry",
@@ -94,6 +103,7 @@ __all__ = [
     "iso8601",
     "lengths_dataset_name",
     "link_subscan_entries",
+    "nexus_name",
     "open_nexus_file",
     "read_entry_summary",
     "read_scan_entries",
@@ -134,6 +144,8 @@ def open_nexus_file(path: str | os.PathLike[str], mode: str = "a", **kwargs: Any
             " unreadable by other processes while it is being written; leave libver unset"
         )
     kwargs.setdefault("locking", False)
+    # Entries listed in the order they were written ("2.1" before "10.1"), as blisswriter.
+    kwargs.setdefault("track_order", True)
     return h5py.File(path, mode, **kwargs)
 
 
@@ -184,9 +196,20 @@ iso8601 = iso_time
 
 
 def _as_iso(value: float | str | datetime.datetime) -> str:
-    """ISO 8601 text of a timestamp, an ISO string (kept) or a datetime (naive = local)."""
+    """ISO 8601 text (local time, writer's UTC offset) of a timestamp, ISO text or datetime.
+
+    ISO text with an offset is converted to the writer's local time, so that ``start_time``
+    (the publisher's text) and ``end_time`` carry the same offset; text without an offset
+    (or not ISO) is kept as it is.
+    """
     if isinstance(value, str):
-        return value
+        try:
+            parsed = datetime.datetime.fromisoformat(value)
+        except ValueError:
+            return value
+        if parsed.tzinfo is None:
+            return value
+        return iso_time(parsed.timestamp())
     if isinstance(value, datetime.datetime):
         return value.astimezone().isoformat()
     return iso_time(float(value))
@@ -202,6 +225,7 @@ def require_entry(
     title: str,
     start_time: float | str | datetime.datetime,
     scan_info: Mapping[str, Any] | None = None,
+    layout: str | None = None,
 ) -> h5py.Group:
     """Create (or return) the NXentry ``name`` with its ``measurement`` and ``instrument``.
 
@@ -221,6 +245,10 @@ def require_entry(
         Stored whole as JSON in the NXnote ``scan_info`` (so the file alone is enough to
         rebuild the scan's metadata); ``scan_info["scan_nb"]`` also gives
         ``entry_identifier``. Pass it again to :func:`finalize_entry` to store the final one.
+    layout : str, optional
+        ``"esrf"`` (data in device groups, short names in ``measurement/``) or ``"legacy"``
+        (full channel names in ``measurement/``), see :mod:`.layout`; stored as
+        ``@scanstream_layout``. None: keep the entry's (a new entry gets ``"esrf"``).
 
     Returns
     -------
@@ -228,8 +256,13 @@ def require_entry(
         The NXentry. It holds ``measurement`` (NXcollection) and ``instrument``
         (NXinstrument).
     """
+    if layout is not None and layout not in LAYOUTS:
+        raise NexusLayoutError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
     _require_root_attrs(file.file)
     entry = require_nx_group(file, hdf5_name(name), "NXentry")
+    if layout is not None or LAYOUT_ATTR not in entry.attrs:
+        if entry.attrs.get(LAYOUT_ATTR) != (layout or "esrf"):
+            entry.attrs[LAYOUT_ATTR] = layout or "esrf"
     write_value(entry, "title", str(title))
     write_value(entry, "start_time", _as_iso(start_time))
     write_value(entry, "program_name", "scanstream")
@@ -283,7 +316,9 @@ def finalize_entry(
         try:
             t0 = datetime.datetime.fromisoformat(start.asstr()[()])
             t1 = datetime.datetime.fromisoformat(end_iso)
-            duration = write_value(entry, "duration", (t1 - t0).total_seconds())
+            # NXentry/duration is NX_INT (seconds); start_time and end_time keep the precision.
+            seconds = int(round((t1 - t0).total_seconds()))
+            duration = write_value(entry, "duration", np.int64(seconds))
             if duration is not None and duration.attrs.get("units") != "s":
                 duration.attrs["units"] = "s"
         except (TypeError, ValueError):

@@ -208,8 +208,9 @@ def write_positioners(
 
     * ``positioners_start``, ``positioners_end``: user positions;
     * ``positioners_dial_start``, ``positioners_dial_end``: dial positions;
-    * ``positioners`` and ``positioners_dial``: soft links to the ``*_start`` groups, the
-      names the legacy BLISS writer used (so both old and new readers find them).
+    * ``positioners`` (NXcollection): per motor, a soft link to its scanned values
+      (``instrument/<motor>/value``) when the motor is scanned, else to its start position,
+      as BLISS writes it; ``positioners_dial``: a soft link to ``positioners_dial_start``.
 
     Parameters
     ----------
@@ -239,12 +240,39 @@ def write_positioners(
             unit = units.get(motor)
             if dset is not None and unit:
                 _set_attr(dset, "units", str(unit))
-    for alias, target in (
-        ("positioners", "positioners_start"),
-        ("positioners_dial", "positioners_dial_start"),
-    ):
-        if target in instrument and alias not in instrument:
-            instrument[alias] = h5py.SoftLink(f"{instrument.name}/{target}")
+    if "positioners_dial_start" in instrument and "positioners_dial" not in instrument:
+        instrument["positioners_dial"] = h5py.SoftLink(f"{instrument.name}/positioners_dial_start")
+    if start is not None:
+        _write_positioners_links(instrument, [str(m) for m in start])
+
+
+def _write_positioners_links(instrument: h5py.Group, motors: Sequence[str]) -> None:
+    """``positioners/<motor>``: the scanned values of a scanned motor, else its start value.
+
+    As BLISS does: a reader (PyMca) finds the scanned motor as the one positioner whose
+    value is an array of the scan's length. Soft links: nothing is copied.
+    """
+    link = instrument.get("positioners", getlink=True)
+    if link is not None and not isinstance(link, h5py.HardLink):
+        del instrument["positioners"]  # the group-wide alias written by earlier versions
+    group = require_nx_group(instrument, "positioners", NX_COLLECTION)
+    for motor in motors:
+        name = hdf5_name(motor)
+        device = instrument.get(name)
+        if (
+            isinstance(device, h5py.Group)
+            and _attr_str(device, "NX_class") == "NXpositioner"
+            and isinstance(device.get("value"), h5py.Dataset)
+        ):
+            target = f"{device.name}/value"
+        else:
+            target = f"{instrument.name}/positioners_start/{name}"
+        existing = group.get(name, getlink=True)
+        if isinstance(existing, h5py.SoftLink) and existing.path == target:
+            continue
+        if existing is not None:
+            del group[name]
+        group[name] = h5py.SoftLink(target)
 
 
 def write_scan_info_positioners(instrument: h5py.Group, positioners: Mapping[str, Any]) -> None:
