@@ -733,7 +733,7 @@ def test_positioners(entry: h5py.Group) -> None:
     nexus.write_points(roby, 0, [0.5, 1.0, 1.5])
     nexus.write_scan_info_positioners(instrument, {"positioners_start": {"roby": 0.5}})
     assert instrument["positioners/roby"][()].tolist() == [0.5, 1.0, 1.5]
-    assert instrument["positioners_dial/roby"][()] == 1.5
+    assert "positioners_dial" not in instrument  # nxvalidate rejects a linked NXcollection
     for name in ("positioners_start", "positioners_end", "positioners_dial_start"):
         assert instrument[name].attrs["NX_class"] == "NXcollection"
 

@@ -165,6 +165,8 @@ def write_metadata(group: h5py.Group, mapping: Mapping[str, Any]) -> None:
     if "NX_class" not in group_attrs and "NX_class" not in group.attrs:
         group_attrs["NX_class"] = NX_COLLECTION
     for attr, value in group_attrs.items():
+        if attr == "NX_class" and _is_device_group(group, str(value)):
+            continue
         _set_attr(group, attr, value)
     for member, attr, value in member_attrs:
         try:
@@ -210,7 +212,8 @@ def write_positioners(
     * ``positioners_dial_start``, ``positioners_dial_end``: dial positions;
     * ``positioners`` (NXcollection): per motor, a soft link to its scanned values
       (``instrument/<motor>/value``) when the motor is scanned, else to its start position,
-      as BLISS writes it; ``positioners_dial``: a soft link to ``positioners_dial_start``.
+      as BLISS writes it. (``positioners_dial``, a group link of earlier versions, is no
+      longer written: nxvalidate rejects a linked NXcollection.)
 
     Parameters
     ----------
@@ -240,8 +243,6 @@ def write_positioners(
             unit = units.get(motor)
             if dset is not None and unit:
                 _set_attr(dset, "units", str(unit))
-    if "positioners_dial_start" in instrument and "positioners_dial" not in instrument:
-        instrument["positioners_dial"] = h5py.SoftLink(f"{instrument.name}/positioners_dial_start")
     if start is not None:
         _write_positioners_links(instrument, [str(m) for m in start])
 
@@ -422,7 +423,7 @@ def _write_member(group: h5py.Group, key: str, value: Any) -> h5py.Dataset | Non
         sub = group.get(name)
         if sub is None:
             sub = group.create_group(name, track_order=True)
-        if nx_class is not None:
+        if nx_class is not None and not _is_device_group(sub, str(nx_class)):
             _set_attr(sub, "NX_class", str(nx_class))
         write_metadata(sub, value)
         return None
@@ -437,6 +438,15 @@ def _write_member(group: h5py.Group, key: str, value: Any) -> h5py.Dataset | Non
         # A group, or a dangling link, where a value is now expected: the new value wins.
         del group[name]
     return group.create_dataset(name, data=new)
+
+
+def _is_device_group(group: h5py.Group, nx_class: str) -> bool:
+    """True for a device group holding a channel's data, which generic metadata
+    (``NXcollection``) must not demote: ESRF's counters are NXdetector groups."""
+    return nx_class == NX_COLLECTION and _attr_str(group, "NX_class") in (
+        "NXdetector",
+        "NXpositioner",
+    )
 
 
 def _set_attr(obj: h5py.HLObject, name: str, value: Any) -> None:

@@ -305,21 +305,49 @@ def _member_name(path: str, used: set[str]) -> str:
     return name
 
 
+#: Above this many points, a cut N-D member is one virtual mapping instead of one per point.
+VIEW_MAX_MAPPINGS = 4096
+
+
 def _view(
     group: h5py.Group, member: str, source: h5py.Dataset, shape: tuple[int, ...], parts: list[Any]
 ) -> None:
     """``group[member]``: a virtual dataset over parts of ``source`` (same file, no copy).
 
-    ``parts``: ``(layout_selection, source_selection)`` pairs.
+    ``parts``: ``(layout_selection, source_selection)`` pairs. nexusformat (nxvalidate) reads
+    the length of a virtual dataset as its number of mappings, so callers map one point (or
+    row) per mapping where they can.
     """
     layout = h5py.VirtualLayout(shape=shape, dtype=source.dtype)
     vsource = h5py.VirtualSource(".", source.name, shape=source.shape, dtype=source.dtype)
     for target, selection in parts:
         layout[target] = vsource[selection]
     view = group.create_virtual_dataset(member, layout, fillvalue=source.fillvalue)
+    _copy_attrs(source, view)
+
+
+def _copy(group: h5py.Group, member: str, source: h5py.Dataset, selection: Any) -> None:
+    """``group[member]``: a copy of part of a 1-D ``source`` (final data: a few bytes/point)."""
+    _copy_attrs(source, group.create_dataset(member, data=source[selection]))
+
+
+def _copy_attrs(source: h5py.Dataset, target: h5py.Dataset) -> None:
     for key in ("units", "interpretation"):
         if key in source.attrs:
-            view.attrs[key] = source.attrs[key]
+            target.attrs[key] = source.attrs[key]
+
+
+def _cut(group: h5py.Group, member: str, source: h5py.Dataset, length: int) -> None:
+    """``group[member]``: the first ``length`` points of ``source``."""
+    if source.ndim == 1:
+        _copy(group, member, source, slice(0, length))
+        return
+    shape = (length, *source.shape[1:])
+    if length <= VIEW_MAX_MAPPINGS:
+        parts = [(i, i) for i in range(length)]
+    else:
+        parts = [(slice(0, length), slice(0, length))]
+    _view(group, member, source, shape, parts)
 
 
 def _write_nxdata(
@@ -355,16 +383,15 @@ def _write_nxdata(
         n = spec.fast
         grid = [((r, slice(None)), slice(r * n, (r + 1) * n)) for r in range(rows)]
         _view(group, signal_names[0], signal, (rows, n), grid)
-        _view(group, axis_names[0], slow, (rows,), [(slice(None), slice(0, rows * n, n))])
-        _view(group, axis_names[1], fast, (n,), [(slice(None), slice(0, n))])
+        _copy(group, axis_names[0], slow, slice(0, rows * n, n))
+        _copy(group, axis_names[1], fast, slice(0, n))
     else:
         for channel, member in names.items():
             dset = datasets[channel]
             if dset.shape[0] == length:
                 group[member] = h5py.SoftLink(dset.name)
             else:
-                shape = (length, *dset.shape[1:])
-                _view(group, member, dset, shape, [(slice(0, length), slice(0, length))])
+                _cut(group, member, dset, length)
     signal_ndim = 2 if isinstance(spec, _Grid) else datasets[spec.signals[0]].ndim
     attrs: dict[str, Any] = {"signal": signal_names[0]}
     if len(signal_names) > 1:
