@@ -343,6 +343,7 @@ def _cut(group: h5py.Group, member: str, source: h5py.Dataset, length: int) -> N
         _copy(group, member, source, slice(0, length))
         return
     shape = (length, *source.shape[1:])
+    parts: list[Any]
     if length <= VIEW_MAX_MAPPINGS:
         parts = [(i, i) for i in range(length)]
     else:
