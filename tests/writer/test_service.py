@@ -84,18 +84,24 @@ def test_a_reader_process_sees_the_data_grow_during_the_scan(writer, session, st
         import h5py
         with h5py.File({str(path)!r}, "r") as f:
             print(f["1.1/measurement/c"].shape[0])
+            plot = f["1.1"][f["1.1"].attrs["default"]]  # a plot from the first point on
+            print(plot.name, plot[plot.attrs["signal"]].shape[0])
     """)
+    seen: list[str] = []
 
     def points_seen_by_reader() -> int:
         out = subprocess.run(
             [sys.executable, "-c", reader], capture_output=True, text=True, timeout=20, check=False
         )
-        return int(out.stdout) if out.returncode == 0 else -1
+        seen[:] = out.stdout.split()
+        return int(seen[0]) if out.returncode == 0 else -1
 
     with session.create_scan("loop") as scan:
         channel = scan.create_container("timer").create_channel("timer:c", "int64")
+        scan.prepared()
         channel.emit(np.arange(100))
         wait_for(lambda: points_seen_by_reader() == 100, 10, "the reader to see 100 points")
+        assert seen[1:] == ["/1.1/plotselect", "100"]
         channel.emit(np.arange(100, 250))
         wait_for(lambda: points_seen_by_reader() == 250, 10, "the reader to see 250 points")
         assert scan.number not in saved_scans("test_session", store=store)  # still running

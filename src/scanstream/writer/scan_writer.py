@@ -223,7 +223,10 @@ class ScanWriter:
         self.files.mark_dirty(self._file)
 
     def on_prepared(self, node: DataNode, data: EventData) -> None:
-        """Nothing to write: the scan_info that ``prepared()`` updates is read at the end."""
+        """A first default plot, so viewers have one from the first point (final at the end)."""
+        if node is self.scan:
+            for entry in self._entries.values():
+                self._guarded(f"{entry.name}: live plot", self._write_plot, entry, self.info)
 
     def on_end(self, node: DataNode, data: EventData) -> None:
         """The end of the scan (not of a sub-scan): its final metadata, and the result's state."""
