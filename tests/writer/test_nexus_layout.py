@@ -775,3 +775,67 @@ def test_other_process_reads_while_file_is_open_for_writing(tmp_path: Path) -> N
         nexus.write_points(dset, 5, [6])
     with h5py.File(path, "r") as f:
         assert f["1.1/measurement/diode"][()].tolist() == [1, 2, 3, 4, 5, 6]
+
+
+# ------------------------------------------------------------------------------ compression
+
+
+@pytest.mark.parametrize(
+    ("compression", "filter_id"),
+    [
+        (None, None),
+        ("none", None),
+        ("gzip", "gzip"),
+        ("lz4", "32004"),
+        ("bitshuffle-lz4", "32008"),
+        ("zstd", "32015"),
+    ],
+)
+def test_compression_of_large_chunks_only(tmp_path: Path, compression, filter_id) -> None:
+    import hdf5plugin  # noqa: F401  (readers of plugin filters need it)
+
+    spectra = np.random.default_rng(0).poisson(100, size=(300, 1024)).astype(np.float64)
+    path = tmp_path / "c.h5"
+    with nexus.open_nexus_file(path, "w") as f:
+        meas = nexus.require_entry(f, "1.1", title="t", start_time=0.0)["measurement"]
+        s = nexus.require_channel_dataset(
+            meas, "mca:spectrum", np.float64, (1024,), compression=compression
+        )
+        nexus.write_points(s, 0, spectra)
+        small = nexus.require_channel_dataset(meas, "d:diode", np.float64, compression=compression)
+        nexus.write_points(small, 0, spectra[:, 0])
+    with h5py.File(path, "r") as f:
+        s = f["1.1/measurement/mca"]
+        np.testing.assert_array_equal(s[()], spectra)
+        assert s.chunks == (128, 1024)  # 1 MiB along the scan axis
+        found = list(
+            s.id.get_create_plist().get_filter(k)[0]
+            for k in range(s.id.get_create_plist().get_nfilters())
+        )
+        if filter_id is None:
+            assert found == []
+        elif filter_id == "gzip":
+            assert s.compression == "gzip" and s.shuffle
+        else:
+            assert int(filter_id) in found
+        assert f["1.1/measurement/diode"].compression is None  # 16 KiB chunks: not worth it
+
+
+def test_default_compression_is_bitshuffle_lz4(entry: h5py.Group) -> None:
+    s = nexus.require_channel_dataset(entry["measurement"], "mca:spectrum", np.float64, (1024,))
+    plist = s.id.get_create_plist()
+    assert [plist.get_filter(k)[0] for k in range(plist.get_nfilters())] == [32008]
+    assert nexus.DEFAULT_COMPRESSION == "bitshuffle-lz4"
+    with pytest.raises(NexusLayoutError, match="unknown compression 'brotli'"):
+        nexus.require_channel_dataset(
+            entry["measurement"], "x:spectrum", np.float64, (1024,), compression="brotli"
+        )
+
+
+def test_start_and_end_time_carry_the_same_offset(h5: h5py.File, set_tz) -> None:
+    set_tz("Europe/Paris")
+    e = nexus.require_entry(h5, "1.1", title="t", start_time="2024-07-01T10:00:00+05:00")
+    nexus.finalize_entry(e, end_time="2024-07-01T05:30:00+00:00", state="DONE")
+    assert e["start_time"].asstr()[()] == "2024-07-01T07:00:00+02:00"
+    assert e["end_time"].asstr()[()] == "2024-07-01T07:30:00+02:00"
+    assert e["duration"][()] == 1800

@@ -347,3 +347,36 @@ def test_scan_info_metadata_instrument_and_default_plot(writer, session, store, 
         axis = axes if isinstance(axes, str) else axes[0]
         assert nxdata[axis][()].tolist() == [0.0, 0.5, 1.0]
         assert entry["end_time"].asstr()[()] > entry["start_time"].asstr()[()]
+
+
+def test_legacy_layout_and_compression_on_request(session, store, tmp_path):
+    from scanstream.exceptions import NexusLayoutError
+
+    with pytest.raises(NexusLayoutError, match="unknown compression 'brotli'"):
+        WriterService(["test_session"], root=tmp_path, store=store, compression="brotli")
+    service = WriterService(
+        ["test_session"],
+        root=tmp_path / "data",
+        store=store,
+        flush_period=0.05,
+        compression="gzip",
+        layout="legacy",
+    )
+    service.start()
+    try:
+        with session.create_scan("ascan") as scan:
+            top = scan.create_container("axis")
+            roby = top.create_channel("axis:roby")
+            mca = top.create_channel("mca:spectrum", shape=(8192,))
+            scan.prepared()
+            roby.emit(np.arange(10.0))
+            mca.emit(np.ones((10, 8192)))
+        wait_saved(store, "test_session", {scan.number})
+    finally:
+        service.stop()
+    with h5py.File(tmp_path / "data/test_session/test_session.h5", "r") as file:
+        entry = file["1.1"]
+        assert entry.attrs["scanstream_layout"] == "legacy"
+        assert entry["measurement/axis:roby"][()].tolist() == list(range(10))
+        assert entry["measurement/mca:spectrum"].compression == "gzip"
+        assert entry["instrument/roby/value"][()].tolist() == list(range(10))
