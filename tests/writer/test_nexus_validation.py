@@ -155,6 +155,10 @@ def test_pymca_finds_the_scanned_motor_and_the_counters_of_a_step_scan(
             assert counters, name
             for counter in counters:
                 assert measurement[counter].shape[0] == f[scanned[0]].shape[0]
+            parameters = f[name]["scan_parameters"]  # as blisswriter 2
+            assert parameters.attrs["NX_class"] == "NXparameters"
+            assert parameters["count_time"][()] == 0.1
+            assert parameters["count_time"].attrs["units"] == "s"
         a2 = next(n for n in f if f[n]["title"].asstr()[()].startswith("a2scan"))
         assert NexusTools.getScannedPositioners(f, f"/{a2}") == [
             f"/{a2}/measurement/roby",

@@ -347,10 +347,31 @@ def _require_root_attrs(file: h5py.File) -> None:
     file.attrs["h5py_version"] = h5py.version.version
 
 
+#: scan_info keys copied into ``scan_parameters`` (NXparameters, as blisswriter 2), with units.
+SCAN_PARAMETERS = {
+    "count_time": "s",
+    "npoints": None,
+    "npoints1": None,
+    "npoints2": None,
+    "data_dim": None,
+    "start": None,
+    "stop": None,
+    "type": None,
+}
+
+
 def _write_scan_info_note(entry: h5py.Group, scan_info: Mapping[str, Any]) -> None:
     note = require_nx_group(entry, "scan_info", "NXnote")
     write_value(note, "type", "application/json")
     write_value(note, "data", to_json(dict(scan_info)))
+    found = {k: scan_info[k] for k in SCAN_PARAMETERS if scan_info.get(k) is not None}
+    if found:
+        parameters = require_nx_group(entry, "scan_parameters", "NXparameters")
+        for key, value in found.items():
+            dset = write_value(parameters, key, value)
+            units = SCAN_PARAMETERS[key]
+            if dset is not None and units and dset.attrs.get("units") != units:
+                dset.attrs["units"] = units
 
 
 # --------------------------------------------------------------------------- reading back
