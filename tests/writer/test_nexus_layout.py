@@ -839,3 +839,13 @@ def test_start_and_end_time_carry_the_same_offset(h5: h5py.File, set_tz) -> None
     assert e["start_time"].asstr()[()] == "2024-07-01T07:00:00+02:00"
     assert e["end_time"].asstr()[()] == "2024-07-01T07:30:00+02:00"
     assert e["duration"][()] == 1800
+
+
+def test_a_file_written_again_at_the_same_path_gets_its_own_names(tmp_path: Path) -> None:
+    path = tmp_path / "again.h5"
+    for channel in ("a:x", "b:x"):  # same number of channels, another channel
+        with nexus.open_nexus_file(path, "w") as f:
+            e = nexus.require_entry(f, "1.1", title="t", start_time=0.0)
+            dset = nexus.require_channel_dataset(e["measurement"], channel, "f8")
+            assert dset.attrs["scanstream_channel"] == channel
+            assert nexus.channel_paths(e) == {channel: "/1.1/measurement/x"}

@@ -67,7 +67,15 @@ from .channels import (
 )
 from .compression import COMPRESSIONS, DEFAULT_COMPRESSION, compression_options
 from .images import ImageReference, is_hdf5_format, references_dataset_name, require_image_vds
-from .layout import LAYOUT_ATTR, LAYOUTS, channel_path, channel_paths, entry_layout, nexus_name
+from .layout import (
+    LAYOUT_ATTR,
+    LAYOUTS,
+    channel_path,
+    channel_paths,
+    entry_layout,
+    forget_entry,
+    nexus_name,
+)
 from .metadata import (
     NX_COLLECTION,
     hdf5_name,
@@ -325,6 +333,7 @@ def finalize_entry(
             logger.debug("%s: no duration (start or end time not ISO 8601)", entry.name)
     if scan_info is not None:
         _write_scan_info_note(entry, scan_info)
+    forget_entry(entry)  # the channels are all there: nothing to place any more
     root = entry.file
     # NXroot defines file_update_time as an attribute; a dataset of that name (written by an
     # earlier version of this layer) would be a non-NeXus field of NXroot.

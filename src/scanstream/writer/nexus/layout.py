@@ -46,6 +46,7 @@ __all__ = [
     "channel_path",
     "channel_paths",
     "entry_layout",
+    "forget_entry",
     "nexus_name",
     "place_channel",
 ]
@@ -163,15 +164,12 @@ def place_channel(measurement: h5py.Group, channel: str, ndim: int) -> Placement
     instrument = entry.require_group("instrument")
     is_motor = channel.startswith("axis:")
     member = "value" if is_motor else "data"
-    known = _known(entry)
-    link = known.get(channel)
-    if link is not None:
-        target = measurement.get(link, getlink=True)
-        if isinstance(target, h5py.SoftLink):
-            device_path = target.path.rsplit("/", 1)[0]
-            device = entry.file.get(device_path)
-            if isinstance(device, h5py.Group):
-                return Placement(device, target.path.rsplit("/", 1)[1], link, False)
+    found = _find(entry, measurement, channel)
+    if found is None:
+        forget_entry(entry)  # the cache may describe an earlier file of the same path
+        found = _find(entry, measurement, channel)
+    if found is not None:
+        return found
     for name in _candidates(channel, ndim > 0):
         if name in measurement:
             continue
@@ -181,6 +179,34 @@ def place_channel(measurement: h5py.Group, channel: str, ndim: int) -> Placement
         device = _require_device(instrument, name, "NXpositioner" if is_motor else "NXdetector")
         return Placement(device, member, name, True)
     raise NexusLayoutError(f"no free name for channel {channel!r} in {entry.name!r}")
+
+
+def _find(entry: h5py.Group, measurement: h5py.Group, channel: str) -> Placement | None:
+    """The placement of a channel already in the entry, checked against the file."""
+    link = _known(entry).get(channel)
+    if link is None:
+        return None
+    target = measurement.get(link, getlink=True)
+    if not isinstance(target, h5py.SoftLink):
+        return None
+    device_path, _, member = target.path.rpartition("/")
+    device = entry.file.get(device_path)
+    dset = device.get(member) if isinstance(device, h5py.Group) else None
+    if not isinstance(dset, h5py.Dataset) or _attr(dset, CHANNEL_ATTR) != channel:
+        return None
+    return Placement(device, member, link, False)
+
+
+def _attr(obj: h5py.HLObject, name: str) -> str | None:
+    value = obj.attrs.get(name)
+    if isinstance(value, bytes):
+        value = value.decode()
+    return value if isinstance(value, str) else None
+
+
+def forget_entry(entry: h5py.Group) -> None:
+    """Drop what this process remembers of an entry's channels (done when it is finalized)."""
+    _cache.pop((os.path.realpath(entry.file.filename), entry.name), None)
 
 
 def _require_device(instrument: h5py.Group, name: str, nx_class: str) -> h5py.Group:
