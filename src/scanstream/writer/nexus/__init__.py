@@ -7,21 +7,25 @@ the file, and an existing object that cannot hold the request (another dtype, sh
 raises :class:`~scanstream.exceptions.NexusLayoutError` (a :class:`ValueError`) naming the
 object and what to do, rather than being silently reused.
 
-Layout of one scan (``N`` = scan number, ``k`` = top-master index)::
+Layout of one scan (``N`` = scan number, ``k`` = top-master index), in the default "esrf"
+layout (docs/nexus_layout.md has the whole tree and the comparison with ESRF's writers)::
 
-    /                               NXroot  @creator="scanstream" @default=<last plotted entry>
+    /                               NXroot  @creator="scanstream" @default=<newest plotted>
       N.k/                          NXentry title, start_time, end_time, end_reason, [error],
                                             duration, entry_identifier, program_name
         scan_info/                  NXnote  type="application/json", data=<scan_info JSON>
-        measurement/                NXcollection: one dataset per channel, named after the
-                                            full channel name ("axis:roby", '/' -> '_')
-          <chan>                    (npoints, *point_shape), chunked, grows from 0
-          <chan>_lengths            (variable-length 1-D channels only) true lengths
-          <lima chan>               virtual dataset (nframes, h, w) over the detector files
-          <lima chan>_references    (nframes, 4) str: file, path_in_file, index, format
-        instrument/                 NXinstrument: scan_info["instrument"], positioners_*
-        plotselect/ | <plot name>/  NXdata: soft links to measurement datasets
+        scan_parameters/            NXparameters: count_time, npoints... from scan_info
+        instrument/                 NXinstrument
+          <counter>/data            NXdetector, the channel's data, grows from 0
+          <motor>/value             NXpositioner
+          <controller>/data         NXdetector: spectra, image VDS (+ data_references)
+          positioners/<motor>       link to the scanned values, else to the start value
+        measurement/                NXcollection: soft links under short names (layout.py)
+        plotselect/ ...             NXdata: one per rank, equal lengths, meshes as maps
         scans/                      NXcollection: soft links to sub-scan entries (groups)
+
+With ``layout="legacy"`` (:func:`require_entry`) the channel datasets are in
+``measurement/`` under their full names, as in scanstream 0.1.
 
 Entry names follow BLISS (``"12.1"``). Strict NeXus naming rules reject the dot, so
 :func:`entry_name` offers ``strict_names=True`` (``"scan12_1"``).

@@ -53,7 +53,8 @@ def lengths_dataset_name(dataset_name: str) -> str:
 
 
 def channel_dataset_name(channel_name: str) -> str:
-    """Dataset name of a channel: its full name (``"axis:roby"``) with ``'/'`` -> ``'_'``.
+    """Dataset name of a channel in the legacy layout (and in groups that are not an entry's
+    ``measurement``): its full name (``"axis:roby"``) with ``'/'`` -> ``'_'``.
 
     The original name is kept in the dataset's ``@long_name`` attribute, which is also how a
     clash between two channels that map to the same name (``"a/b"`` and ``"a_b"``) is

@@ -76,14 +76,19 @@ def write_default_plot(
 
     Notes
     -----
-    Each NXdata group is named after its plot (``plotselect`` for the fallback, ``plot<i>``
-    for an unnamed plot). Its members are *soft links* to the measurement datasets, so they
-    follow a virtual dataset that is recreated as frames arrive. Member names are the channel
-    names with characters outside ``[A-Za-z0-9_]`` replaced by ``'_'`` (``axis:roby`` ->
-    ``axis_roby``: ``':'`` was the separator of the old NeXus ``@axes`` string form); the
-    full name stays in the target's ``@long_name``, which viewers use as the axis label.
-    ``@default`` is set on the entry and on every parent up to the root, so the last scan
-    plotted is the one viewers open.
+    Each NXdata group is named after its plot (``plotselect`` for the first one and the
+    fallback, the plot's ``name`` for the others). Signals of another rank than the first
+    go to ``<name>_<rank>d`` (one NXdata per rank: silx refuses auxiliary signals of another
+    rank). Members are named after the basename of their dataset path (the short names of
+    ``measurement/``, made valid for NeXus) and are *soft links*, except where the members
+    have different lengths (an aborted scan): all are then cut to the common length, 1-D
+    members as copies and N-D ones as virtual datasets, while ``measurement/`` keeps all
+    the points. A mesh (``data_dim`` 2, ``npoints1`` fast x ``npoints2`` slow, not
+    back-and-forth) with at least one complete row becomes a 2-D map (signal
+    ``(rows, npoints1)``, ``@axes = [slow, fast]``, ``@<axis>_indices``) and its scatter goes
+    to ``<name>_scatter``. The title is a ``title`` field. ``@default`` is set on the entry
+    and on every parent up to the root, except that the root keeps naming the newest scan
+    (highest scan number) when an older one is plotted later.
     """
     try:
         return _write_default_plot(entry, plots, channels, scan_info or {})
