@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import h5py
+import hdf5plugin  # noqa: F401  (the writer compresses with its filters: readers need them)
 import numpy as np
 
 from scanstream import DataStore, get_session_node
