@@ -165,10 +165,10 @@ def place_channel(measurement: h5py.Group, channel: str, ndim: int) -> Placement
     is_motor = channel.startswith("axis:")
     member = "value" if is_motor else "data"
     found = _find(entry, measurement, channel)
-    if found is None:
-        forget_entry(entry)  # the cache may describe an earlier file of the same path
+    if found is False:
+        forget_entry(entry)  # the cache described an earlier file of the same path
         found = _find(entry, measurement, channel)
-    if found is not None:
+    if isinstance(found, Placement):
         return found
     for name in _candidates(channel, ndim > 0):
         if name in measurement:
@@ -181,19 +181,20 @@ def place_channel(measurement: h5py.Group, channel: str, ndim: int) -> Placement
     raise NexusLayoutError(f"no free name for channel {channel!r} in {entry.name!r}")
 
 
-def _find(entry: h5py.Group, measurement: h5py.Group, channel: str) -> Placement | None:
-    """The placement of a channel already in the entry, checked against the file."""
+def _find(entry: h5py.Group, measurement: h5py.Group, channel: str) -> Placement | bool:
+    """The placement of a channel already in the entry, checked against the file; True when
+    the channel is not there, False when the cache names a link that does not hold it."""
     link = _known(entry).get(channel)
     if link is None:
-        return None
+        return True
     target = measurement.get(link, getlink=True)
     if not isinstance(target, h5py.SoftLink):
-        return None
+        return False
     device_path, _, member = target.path.rpartition("/")
     device = entry.file.get(device_path)
     dset = device.get(member) if isinstance(device, h5py.Group) else None
     if not isinstance(dset, h5py.Dataset) or _attr(dset, CHANNEL_ATTR) != channel:
-        return None
+        return False
     return Placement(device, member, link, False)
 
 
@@ -225,20 +226,22 @@ def _require_device(instrument: h5py.Group, name: str, nx_class: str) -> h5py.Gr
 
 def link_placed(measurement: h5py.Group, placement: Placement, dataset: h5py.Dataset) -> None:
     """``measurement/<link>`` -> the dataset, once the dataset exists; cache updated."""
-    existing = measurement.get(placement.link, getlink=True)
-    if not isinstance(existing, h5py.SoftLink) or existing.path != dataset.name:
-        if existing is not None:
-            del measurement[placement.link]
-        measurement[placement.link] = h5py.SoftLink(dataset.name)
     entry = measurement.parent
-    known = _known(entry)
-    channel = dataset.attrs.get(CHANNEL_ATTR)
-    if isinstance(channel, bytes):
-        channel = channel.decode()
-    if isinstance(channel, str):
-        known[channel] = placement.link
-        key = (os.path.realpath(entry.file.filename), entry.name)
-        _cache[key] = (len(measurement), known)
+    key = (os.path.realpath(entry.file.filename), entry.name)
+    existing = measurement.get(placement.link, getlink=True)
+    if isinstance(existing, h5py.SoftLink) and existing.path == dataset.name:
+        return
+    if existing is not None:
+        del measurement[placement.link]
+    measurement[placement.link] = h5py.SoftLink(dataset.name)
+    cached = _cache.get(key)
+    channel = _attr(dataset, CHANNEL_ATTR)
+    if cached is None or channel is None:
+        _cache.pop(key, None)  # rebuilt from the file at the next need
+        return
+    count, known = cached
+    known[channel] = placement.link
+    _cache[key] = (count + (existing is None), known)
 
 
 def channel_paths(entry: h5py.Group) -> dict[str, str]:
