@@ -398,7 +398,7 @@ def images(
                     lats.append(t2 - t1)
                 path = root / session_name / f"{session_name}.h5"
                 with h5py.File(path, "r") as f:
-                    got = f[f"{scan.number}.1/measurement/lima_simulator:image"].shape[0]
+                    got = f[f"{scan.number}.1/measurement/lima_simulator"].shape[0]
         finally:
             store.close()
         for k in range(reps):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import h5py
+import hdf5plugin  # noqa: F401  (the writer compresses with its filters: readers need them)
 import numpy as np
 
 from scanstream import DataStore, get_session_node
@@ -54,12 +55,11 @@ def check_scan(
         if entry_name not in file:
             problems.append(f"{where}: no entry {entry_name} in {file.filename}")
             continue
-        measurement = file[entry_name]["measurement"]
-        dsname = nexus.channel_dataset_name(node.name)
-        if dsname not in measurement:
-            problems.append(f"{where}: no dataset {dsname}")
+        path = nexus.channel_path(file[entry_name], node.name)
+        if path is None:
+            problems.append(f"{where}: no dataset of {node.name}")
             continue
-        dset = measurement[dsname]
+        dset = file[path]
         if node.type == "lima":
             view = node.get(0, -1)
             refs = view.all_image_references()
@@ -98,7 +98,7 @@ def check_scan(
             continue
         plan_values = workload.expected_array(p, node.name)
         if tuple(node.point_shape) == (-1,):
-            lengths = measurement[dset.attrs["lengths_dataset"]][()]
+            lengths = dset.parent[dset.attrs["lengths_dataset"]][()]
             values = dset[()]
             for i, point in enumerate(points):
                 if lengths[i] != len(point) or not _same(values[i, : len(point)], point):

@@ -74,25 +74,27 @@ def assert_file_matches_redis(scan: ScanNode, root: Path) -> h5py.File:
             master = master.parent
         entry = file[nexus.entry_name(scan.number, top_masters.index(master) + 1)]
         assert entry.attrs["NX_class"] == "NXentry"
-        dsname = nexus.channel_dataset_name(node.name)
+        path = nexus.channel_path(entry, node.name)
         if node.type == "lima":
             if node.saving_mode == "NOSAVING":
-                assert dsname not in entry["measurement"]
+                assert path is None
                 continue
             refs = node.get(0, -1).all_image_references()
-            vds = entry["measurement"][dsname]
+            assert path is not None, node.name
+            vds = file[path]
             assert vds.shape == (len(refs),) + node.shape, node.name
             for i in (0, len(refs) // 2, len(refs) - 1):
                 assert np.array_equal(vds[i], node.get(0, -1).get_image(i)), (
                     f"{node.name} frame {i}"
                 )
             continue
-        dset = entry["measurement"][dsname]
+        assert path is not None, node.name
+        dset = file[path]
         points = node[:]
         assert dset.dtype == node.dtype, node.name
         assert dset.shape[0] == len(points), node.name
         if node.point_shape == (-1,):
-            lengths = entry["measurement"][dset.attrs["lengths_dataset"]][()]
+            lengths = dset.parent[dset.attrs["lengths_dataset"]][()]
             for i, point in enumerate(points):
                 assert lengths[i] == len(point)
                 assert np.array_equal(dset[i, : len(point)], point), f"{node.name} point {i}"

@@ -119,19 +119,10 @@ def build_scan_file(folder: Path, *, strict_names: bool = False) -> Path:
             instrument = entry["instrument"]
             nexus.write_metadata(instrument, info["instrument"])
             nexus.write_scan_info_positioners(instrument, info["positioners"])
-            det = nexus.require_nx_group(instrument, "lima_simulator", "NXdetector")
-            if "data" not in det:
-                det["data"] = h5py.SoftLink(f"{meas.name}/lima_simulator:image")
             sample = nexus.require_nx_group(entry, "sample", "NXsample")
             nexus.write_metadata(sample, info["sample"])
             nexus.write_default_plot(
-                entry,
-                info["plots"],
-                {
-                    c: f"measurement/{nexus.channel_dataset_name(c)}"
-                    for c in [*channels, "lima_simulator:image"]
-                },
-                scan_info=info,
+                entry, info["plots"], nexus.channel_paths(entry), scan_info=info
             )
             nexus.finalize_entry(
                 entry, end_time=1.7e9 + number + 12.5, state="DONE", scan_info=info

@@ -88,7 +88,8 @@ def test_entry_fields_and_root_attrs(tmp_path: Path, set_tz) -> None:
         assert e["title"].asstr()[()] == "ct 0.1"
         assert e["start_time"].asstr()[()] == "2024-01-02T03:04:05+00:00"
         assert e["end_time"].asstr()[()] == "2024-01-02T03:04:17+00:00"
-        assert e["duration"][()] == 12.0 and e["duration"].attrs["units"] == "s"
+        assert e["duration"][()] == 12 and e["duration"].attrs["units"] == "s"
+        assert e["duration"].dtype.kind == "i"  # NXentry/duration is NX_INT
         assert e["end_reason"].asstr()[()] == "DONE"
         assert "error" not in e  # the stale error of the first finalize is gone
         assert e["entry_identifier"].asstr()[()] == "7"
@@ -215,10 +216,14 @@ def test_write_points_dtypes_bit_exact(tmp_path: Path, dtype: str) -> None:
         assert nexus.write_points(dset, 0, data[:3]) == 3
         assert nexus.write_points(dset, 3, data[3:]) == len(data)
     with h5py.File(path, "r") as f:
-        back = f["1.1/measurement/c:chan"][()]
+        back = f["1.1/measurement/chan"][()]
         assert back.dtype == np.dtype(dtype)
         assert back.tobytes() == data.tobytes()
-        assert f["1.1/measurement/c:chan"].attrs["long_name"] == "c:chan"
+        link = f["1.1/measurement"].get("chan", getlink=True)
+        assert isinstance(link, h5py.SoftLink) and link.path == "/1.1/instrument/chan/data"
+        assert f["1.1/instrument/chan"].attrs["NX_class"] == "NXdetector"
+        assert f["1.1/instrument/chan/data"].attrs["scanstream_channel"] == "c:chan"
+        assert "long_name" not in f["1.1/instrument/chan/data"].attrs  # it hides @units
 
 
 def test_write_points_idempotent_and_gap(entry: h5py.Group) -> None:
@@ -241,7 +246,48 @@ def test_write_points_idempotent_and_gap(entry: h5py.Group) -> None:
     assert again == dset and again[()].tolist() == [0.0, 1.0, 2.0, 3.0]
 
 
-def test_channel_dataset_clashes(entry: h5py.Group) -> None:
+def test_short_names_and_collision_rule(entry: h5py.Group) -> None:
+    meas = entry["measurement"]
+    names = ["axis:roby", "timer:elapsed_time", "timer2:elapsed_time", "x:elapsed_time"]
+    for name in names:
+        nexus.require_channel_dataset(meas, name, "float64")
+    nexus.require_channel_dataset(meas, "simu1:spectrum", "float64", (8,))
+    nexus.require_channel_dataset(meas, "simu1:spectrum2", "float64", (8,))
+    nexus.require_channel_dataset(meas, "a b:c:d", "float64")
+    assert list(meas) == [
+        "roby",
+        "elapsed_time",
+        "timer2_elapsed_time",  # collision: the controller name as prefix
+        "x_elapsed_time",
+        "simu1",  # spectra and images: named after their controller
+        "simu1_spectrum2",
+        "d",
+    ]
+    assert entry["instrument/roby"].attrs["NX_class"] == "NXpositioner"
+    assert entry["instrument/roby/value"].attrs["scanstream_channel"] == "axis:roby"
+    assert entry["instrument/simu1/data"].shape == (0, 8)
+    assert nexus.channel_path(entry, "timer2:elapsed_time") == (
+        "/1.1/measurement/timer2_elapsed_time"
+    )
+    # a restarted writer creating the channels again (any order) finds the same names
+    for name in reversed(names):
+        nexus.require_channel_dataset(meas, name, "float64")
+    assert len(meas) == 7
+    assert nexus.nexus_name("a b:c/d.") == "a_b_c_d_"
+
+
+def test_legacy_layout_keeps_full_names(h5: h5py.File) -> None:
+    entry = nexus.require_entry(h5, "1.1", title="t", start_time=0.0, layout="legacy")
+    dset = nexus.require_channel_dataset(entry["measurement"], "axis:roby", "float64")
+    assert dset.name == "/1.1/measurement/axis:roby"
+    assert dset.attrs["long_name"] == "axis:roby"
+    assert nexus.channel_paths(entry) == {"axis:roby": "/1.1/measurement/axis:roby"}
+    with pytest.raises(NexusLayoutError, match="unknown layout"):
+        nexus.require_entry(h5, "2.1", title="t", start_time=0.0, layout="bliss")
+
+
+def test_channel_dataset_clashes(h5: h5py.File) -> None:
+    entry = nexus.require_entry(h5, "1.1", title="t", start_time=0.0, layout="legacy")
     meas = entry["measurement"]
     nexus.require_channel_dataset(meas, "a/b", "int32")
     with pytest.raises(NexusLayoutError, match="has dtype int32"):
@@ -268,7 +314,9 @@ def test_spectrum_and_image_channels(tmp_path: Path) -> None:
         i = nexus.require_channel_dataset(meas, "cam:image", np.uint16, (3, 4))
         nexus.write_points(i, 0, images)
     with h5py.File(path, "r") as f:
-        s, i = f["1.1/measurement/mca:spectrum"], f["1.1/measurement/cam:image"]
+        s, i = f["1.1/measurement/mca"], f["1.1/measurement/cam"]
+        assert s.name == "/1.1/measurement/mca"
+        assert f["1.1/instrument/mca/data"] == s and f["1.1/instrument/cam/data"] == i
         np.testing.assert_array_equal(s[()], spectra)
         assert s.attrs["interpretation"] == "spectrum" and s.maxshape == (None, 8)
         np.testing.assert_array_equal(i[()], images)
@@ -305,9 +353,10 @@ def test_ragged_channel(tmp_path: Path) -> None:
         with pytest.raises(NexusLayoutError, match="from index 5"):
             nexus.write_points(dset, 5, [np.zeros(2)])
     with h5py.File(path, "r") as f:
-        dset = f["1.1/measurement/sim:ragged"]
-        lengths = f["1.1/measurement/sim:ragged_lengths"]
-        assert dset.attrs["lengths_dataset"] == "sim:ragged_lengths"
+        dset = f["1.1/measurement/sim"]
+        lengths = f["1.1/instrument/sim/data_lengths"]
+        assert dset.attrs["lengths_dataset"] == "/1.1/instrument/sim/data_lengths"
+        assert dset.parent[dset.attrs["lengths_dataset"]] == lengths
         assert dset.shape == (4, 3)
         assert lengths[()].tolist() == [1, 3, 0, 2]
         assert lengths.dtype == np.int64
@@ -321,7 +370,7 @@ def test_ragged_integer_padding(entry: h5py.Group) -> None:
     nexus.write_points(dset, 0, np.array([[1, 2], [3, 4]], dtype=np.int16))
     nexus.write_points(dset, 2, [np.array([5, 6, 7], dtype=np.int16)])
     assert dset[()].tolist() == [[1, 2, 0], [3, 4, 0], [5, 6, 7]]
-    assert entry["measurement/r_lengths"][()].tolist() == [2, 2, 3]
+    assert entry["instrument/r/data_lengths"][()].tolist() == [2, 2, 3]
 
 
 # ------------------------------------------------------------------------------ images (VDS)
@@ -365,8 +414,11 @@ def test_image_vds_grows_and_reads_back(tmp_path: Path) -> None:
             )
 
     with h5py.File(master, "r") as f:
-        vds = f["1.1/measurement/lima_simulator:image"]
-        assert vds.is_virtual
+        vds = f["1.1/measurement/lima_simulator"]
+        assert vds.name == "/1.1/measurement/lima_simulator"
+        assert f["1.1/instrument/lima_simulator"].attrs["NX_class"] == "NXdetector"
+        assert vds.is_virtual and vds.attrs["interpretation"] == "image"
+        assert "data_building" not in f["1.1/instrument/lima_simulator"]
         np.testing.assert_array_equal(vds[()], data)
         sources = sorted((s.file_name, s.dset_name) for s in vds.virtual_sources())
         # one source block per file (consecutive frames merged), stored relative
@@ -374,7 +426,10 @@ def test_image_vds_grows_and_reads_back(tmp_path: Path) -> None:
             (f"scan0001/lima_simulator_{k:04d}.h5", LIMA_DATA_PATH.format(det="lima_simulator"))
             for k in range(3)
         ]
-        table = f["1.1/measurement/lima_simulator:image_references"].asstr()[()]
+        table_dset = f["1.1/instrument/lima_simulator/data_references"]
+        # fixed-length strings: no global heap for a reader to find half written
+        assert table_dset.dtype.kind == "S"
+        table = table_dset.asstr()[()]
         assert table.tolist() == [
             [
                 f"scan0001/lima_simulator_{i // 2:04d}.h5",
@@ -402,7 +457,7 @@ def test_image_vds_survives_moving_the_folder(
     cwd.mkdir()
     monkeypatch.chdir(cwd)  # sources must resolve against the master file, not the cwd
     with h5py.File(new / "master.h5", "r") as f:
-        np.testing.assert_array_equal(f["1.1/measurement/det:image"][()], data)
+        np.testing.assert_array_equal(f["1.1/measurement/det"][()], data)
 
 
 def test_image_vds_missing_frames_read_as_fill(tmp_path: Path) -> None:
@@ -426,74 +481,9 @@ def test_image_non_hdf5_format_writes_only_table(entry: h5py.Group) -> None:
         )
         is None
     )
-    assert "det:image" not in entry["measurement"]
-    table = entry["measurement/det:image_references"].asstr()[()]
+    assert "det" not in entry["measurement"]
+    table = entry["instrument/det/data_references"].asstr()[()]
     assert table.tolist() == [["/data/img_0000.edf", "", "0", "EDF"]]
-
-
-# ------------------------------------------------------------------------------ default plot
-
-
-def _check_default_chain(f: h5py.File) -> h5py.Group:
-    entry = f[f.attrs["default"]]
-    assert entry.attrs["NX_class"] == "NXentry"
-    nxdata = entry[entry.attrs["default"]]
-    assert nxdata.attrs["NX_class"] == "NXdata"
-    signal = nxdata[nxdata.attrs["signal"]]
-    assert isinstance(signal, h5py.Dataset)
-    axes = list(nxdata.attrs.get("axes", ["."] * signal.ndim))
-    assert len(axes) == signal.ndim
-    for dim, axis in enumerate(axes):
-        if axis != ".":
-            assert nxdata[axis].shape[0] == signal.shape[dim]
-            assert nxdata.attrs[f"{axis}_indices"] == dim
-    return nxdata
-
-
-def test_default_plot_chain(tmp_path: Path) -> None:
-    path = build_scan_file(tmp_path)
-    with h5py.File(path, "r") as f:
-        assert f.attrs["default"] == "2.1"  # the last scan plotted
-        nxdata = _check_default_chain(f)
-        assert nxdata.name == "/2.1/plot0"
-        assert nxdata.attrs["signal"] == "simulation_diode_diode"
-        assert list(nxdata.attrs["axes"]) == ["axis_roby"]
-        link = nxdata.get("axis_roby", getlink=True)
-        assert isinstance(link, h5py.SoftLink) and link.path == "/2.1/measurement/axis:roby"
-        np.testing.assert_array_equal(nxdata["axis_roby"][()], np.linspace(0, 1, 5))
-        assert f["1.1"].attrs["default"] == "plot0"
-
-
-def test_default_plot_fallback_and_image(h5: h5py.File) -> None:
-    e = nexus.require_entry(h5, "1.1", title="ascan", start_time=0.0)
-    meas = e["measurement"]
-    for name, values in (
-        ("axis:roby", np.arange(3.0)),
-        ("timer:epoch", np.arange(3.0)),
-        ("diode", np.arange(3.0) * 2),
-    ):
-        nexus.write_points(nexus.require_channel_dataset(meas, name, "f8"), 0, values)
-    channels = {n: f"measurement/{n}" for n in ("axis:roby", "timer:epoch", "diode")}
-    nxdata = nexus.write_default_plot(e, None, channels)
-    assert nxdata is not None and nxdata.name == "/1.1/plotselect"
-    assert nxdata.attrs["signal"] == "diode" and list(nxdata.attrs["axes"]) == ["axis_roby"]
-    assert _check_default_chain(h5) == nxdata
-    assert "title" not in nxdata.attrs  # no scan_info, no plot name: no title
-
-    e2 = nexus.require_entry(h5, "2.1", title="ct", start_time=0.0)
-    img = nexus.require_channel_dataset(e2["measurement"], "cam:image", np.uint16, (3, 4))
-    nexus.write_points(img, 0, frames(2))
-    nxdata = nexus.write_default_plot(
-        e2,
-        [{"kind": "image-plot", "name": "cam", "items": [{"kind": "image", "image": "cam:image"}]}],
-        {"cam:image": "measurement/cam:image"},
-    )
-    assert nxdata is not None and nxdata.name == "/2.1/cam"
-    assert "axes" not in nxdata.attrs  # no axis: no @axes, rather than ['.', '.', '.']
-    assert h5.attrs["default"] == "2.1"
-    assert _check_default_chain(h5) == nxdata
-    # an empty plot list means "no plot": nothing is written
-    assert nexus.write_default_plot(e2, [], {"cam:image": "measurement/cam:image"}) is None
 
 
 # ------------------------------------------------------------------------------ scan groups
@@ -584,10 +574,16 @@ def test_positioners(entry: h5py.Group) -> None:
     assert np.isnan(instrument["positioners_start/off"][()])
     assert instrument["positioners_dial_start/roby"][()] == 1.5
     assert instrument["positioners_end/roby"][()] == 2.0
-    link = instrument.get("positioners", getlink=True)
-    assert isinstance(link, h5py.SoftLink) and link.path == "/1.1/instrument/positioners_start"
+    link = instrument["positioners"].get("roby", getlink=True)
+    assert isinstance(link, h5py.SoftLink)
+    assert link.path == "/1.1/instrument/positioners_start/roby"  # not scanned: start value
     assert instrument["positioners/roby"][()] == 0.5
-    assert instrument["positioners_dial/roby"][()] == 1.5
+    # a scanned motor: positioners/<motor> links to its scanned values (PyMca finds it so)
+    roby = nexus.require_channel_dataset(entry["measurement"], "axis:roby", "f8")
+    nexus.write_points(roby, 0, [0.5, 1.0, 1.5])
+    nexus.write_scan_info_positioners(instrument, {"positioners_start": {"roby": 0.5}})
+    assert instrument["positioners/roby"][()].tolist() == [0.5, 1.0, 1.5]
+    assert "positioners_dial" not in instrument  # nxvalidate rejects a linked NXcollection
     for name in ("positioners_start", "positioners_end", "positioners_dial_start"):
         assert instrument[name].attrs["NX_class"] == "NXcollection"
 
@@ -629,3 +625,77 @@ def test_other_process_reads_while_file_is_open_for_writing(tmp_path: Path) -> N
         nexus.write_points(dset, 5, [6])
     with h5py.File(path, "r") as f:
         assert f["1.1/measurement/diode"][()].tolist() == [1, 2, 3, 4, 5, 6]
+
+
+# ------------------------------------------------------------------------------ compression
+
+
+@pytest.mark.parametrize(
+    ("compression", "filter_id"),
+    [
+        (None, None),
+        ("none", None),
+        ("gzip", "gzip"),
+        ("lz4", "32004"),
+        ("bitshuffle-lz4", "32008"),
+        ("zstd", "32015"),
+    ],
+)
+def test_compression_of_large_chunks_only(tmp_path: Path, compression, filter_id) -> None:
+    import hdf5plugin  # noqa: F401  (readers of plugin filters need it)
+
+    spectra = np.random.default_rng(0).poisson(100, size=(300, 1024)).astype(np.float64)
+    path = tmp_path / "c.h5"
+    with nexus.open_nexus_file(path, "w") as f:
+        meas = nexus.require_entry(f, "1.1", title="t", start_time=0.0)["measurement"]
+        s = nexus.require_channel_dataset(
+            meas, "mca:spectrum", np.float64, (1024,), compression=compression
+        )
+        nexus.write_points(s, 0, spectra)
+        small = nexus.require_channel_dataset(meas, "d:diode", np.float64, compression=compression)
+        nexus.write_points(small, 0, spectra[:, 0])
+    with h5py.File(path, "r") as f:
+        s = f["1.1/measurement/mca"]
+        np.testing.assert_array_equal(s[()], spectra)
+        assert s.chunks == (128, 1024)  # 1 MiB along the scan axis
+        found = list(
+            s.id.get_create_plist().get_filter(k)[0]
+            for k in range(s.id.get_create_plist().get_nfilters())
+        )
+        if filter_id is None:
+            assert found == []
+        elif filter_id == "gzip":
+            assert s.compression == "gzip" and s.shuffle
+        else:
+            assert int(filter_id) in found
+        assert f["1.1/measurement/diode"].compression is None  # 16 KiB chunks: not worth it
+
+
+def test_default_compression_is_bitshuffle_lz4(entry: h5py.Group) -> None:
+    s = nexus.require_channel_dataset(entry["measurement"], "mca:spectrum", np.float64, (1024,))
+    plist = s.id.get_create_plist()
+    assert [plist.get_filter(k)[0] for k in range(plist.get_nfilters())] == [32008]
+    assert nexus.DEFAULT_COMPRESSION == "bitshuffle-lz4"
+    with pytest.raises(NexusLayoutError, match="unknown compression 'brotli'"):
+        nexus.require_channel_dataset(
+            entry["measurement"], "x:spectrum", np.float64, (1024,), compression="brotli"
+        )
+
+
+def test_start_and_end_time_carry_the_same_offset(h5: h5py.File, set_tz) -> None:
+    set_tz("Europe/Paris")
+    e = nexus.require_entry(h5, "1.1", title="t", start_time="2024-07-01T10:00:00+05:00")
+    nexus.finalize_entry(e, end_time="2024-07-01T05:30:00+00:00", state="DONE")
+    assert e["start_time"].asstr()[()] == "2024-07-01T07:00:00+02:00"
+    assert e["end_time"].asstr()[()] == "2024-07-01T07:30:00+02:00"
+    assert e["duration"][()] == 1800
+
+
+def test_a_file_written_again_at_the_same_path_gets_its_own_names(tmp_path: Path) -> None:
+    path = tmp_path / "again.h5"
+    for channel in ("a:x", "b:x"):  # same number of channels, another channel
+        with nexus.open_nexus_file(path, "w") as f:
+            e = nexus.require_entry(f, "1.1", title="t", start_time=0.0)
+            dset = nexus.require_channel_dataset(e["measurement"], channel, "f8")
+            assert dset.attrs["scanstream_channel"] == channel
+            assert nexus.channel_paths(e) == {channel: "/1.1/measurement/x"}

@@ -47,4 +47,4 @@ def test_strict_names_file_has_no_punx_error(tmp_path: Path) -> None:
     # punx did validate the file: it found the default plot and the NXdata signal.
     ok = punx_findings(path, "OK")
     assert any(f.test == "NeXus default plot" for f in ok)
-    assert any(f.address == "/scan1_1/plot0@signal" for f in ok)
+    assert any(f.address == "/scan1_1/plotselect@signal" for f in ok)

@@ -24,7 +24,7 @@ def _points(path: Path, entry: str = "1.1") -> int:
     """Points of ``timer:c`` in ``entry`` of a file a writer may have open (0 if absent)."""
     try:
         with h5py.File(path, "r", locking=False) as file:
-            return int(file[f"{entry}/measurement/timer:c"].shape[0])
+            return int(file[f"{entry}/measurement/c"].shape[0])
     except (OSError, KeyError):
         return 0
 
@@ -94,10 +94,10 @@ def test_a_writer_whose_claim_was_taken_gives_up_the_session(session, store, tmp
         first.stop()
         second.stop()
     with h5py.File(tmp_path / "b/test_session/test_session.h5", "r") as file:
-        assert file["1.1/measurement/timer:c"][()].tolist() == list(range(25))
+        assert file["1.1/measurement/c"][()].tolist() == list(range(25))
         assert file["1.1/end_reason"].asstr()[()] == "DONE"
     with h5py.File(first_file, "r") as file:  # nothing written after the take-over
-        assert file["1.1/measurement/timer:c"][()].tolist() == list(range(10))
+        assert file["1.1/measurement/c"][()].tolist() == list(range(10))
         assert "end_reason" not in file["1.1"]
 
 
@@ -117,7 +117,7 @@ def test_a_lapsed_claim_is_taken_again_and_the_scan_written_from_its_start(
     wait_saved(store, "test_session", {scan.number})
     assert writer._sessions["test_session"].claim is not lapsed  # a new period of ownership
     with h5py.File(path, "r") as file:
-        assert file["1.1/measurement/timer:c"][()].tolist() == list(range(20))
+        assert file["1.1/measurement/c"][()].tolist() == list(range(20))
         assert file["1.1/end_reason"].asstr()[()] == "DONE"
 
 

@@ -74,7 +74,7 @@ def test_aborted_scan_keeps_exactly_the_emitted_points(writer, session, store, t
         raise KeyboardInterrupt
     wait_saved(store, "test_session", {scan.number})
     with h5py.File(tmp_path / "data/test_session/test_session.h5", "r") as file:
-        assert file["1.1/measurement/timer:t"][()].tolist() == list(range(7))
+        assert file["1.1/measurement/t"][()].tolist() == list(range(7))
         assert file["1.1/end_reason"].asstr()[()] == "USER_ABORTED"
 
 
@@ -83,19 +83,25 @@ def test_a_reader_process_sees_the_data_grow_during_the_scan(writer, session, st
     reader = textwrap.dedent(f"""
         import h5py
         with h5py.File({str(path)!r}, "r") as f:
-            print(f["1.1/measurement/timer:c"].shape[0])
+            print(f["1.1/measurement/c"].shape[0])
+            plot = f["1.1"][f["1.1"].attrs["default"]]  # a plot from the first point on
+            print(plot.name, plot[plot.attrs["signal"]].shape[0])
     """)
+    seen: list[str] = []
 
     def points_seen_by_reader() -> int:
         out = subprocess.run(
             [sys.executable, "-c", reader], capture_output=True, text=True, timeout=20, check=False
         )
-        return int(out.stdout) if out.returncode == 0 else -1
+        seen[:] = out.stdout.split()
+        return int(seen[0]) if out.returncode == 0 else -1
 
     with session.create_scan("loop") as scan:
         channel = scan.create_container("timer").create_channel("timer:c", "int64")
+        scan.prepared()
         channel.emit(np.arange(100))
         wait_for(lambda: points_seen_by_reader() == 100, 10, "the reader to see 100 points")
+        assert seen[1:] == ["/1.1/plotselect", "100"]
         channel.emit(np.arange(100, 250))
         wait_for(lambda: points_seen_by_reader() == 250, 10, "the reader to see 250 points")
         assert scan.number not in saved_scans("test_session", store=store)  # still running
@@ -126,7 +132,7 @@ def test_a_bad_scan_is_reported_and_the_others_are_written(
     assert (str(tmp_path / "blocker") if filename.strip() else "' '") in error["error"]
     assert bad.number not in saved_scans("test_session", store=store)
     with h5py.File(tmp_path / "data/test_session/test_session.h5", "r") as file:
-        assert file[f"{good.number}.1/measurement/timer:c"][()].tolist() == [3.0, 4.0]
+        assert file[f"{good.number}.1/measurement/c"][()].tolist() == [3.0, 4.0]
 
 
 def test_an_entry_of_another_scan_is_never_overwritten(writer, session, store, tmp_path):
@@ -156,8 +162,8 @@ def test_scans_run_while_no_writer_runs_are_written_when_it_starts(session, stor
     with WriterService(["test_session"], root=tmp_path, store=store):
         wait_saved(store, "test_session", {scan.number})
     with h5py.File(tmp_path / "test_session/test_session.h5", "r") as file:
-        assert file["1.1/measurement/timer:c"].dtype == np.uint16
-        assert file["1.1/measurement/timer:c"][()].tolist() == [0, 1, 2, 3, 4]
+        assert file["1.1/measurement/c"].dtype == np.uint16
+        assert file["1.1/measurement/c"][()].tolist() == [0, 1, 2, 3, 4]
 
 
 def test_one_writer_per_session_the_second_takes_over_when_the_first_stops(
@@ -204,7 +210,7 @@ def test_several_sessions_in_one_writer(store, tmp_path):
             wait_saved(store, publishing.name, {scan.number})
     for k, name in enumerate(("alpha", "beta")):
         with h5py.File(tmp_path / name / f"{name}.h5", "r") as file:
-            assert file["1.1/measurement/timer:c"][()].tolist() == [float(k)] * 3
+            assert file["1.1/measurement/c"][()].tolist() == [float(k)] * 3
 
 
 def test_connections_killed_mid_scan_lose_nothing(writer, session, store, redis_url, tmp_path):
@@ -222,7 +228,7 @@ def test_connections_killed_mid_scan_lose_nothing(writer, session, store, redis_
     wait_saved(store, "test_session", {scan.number})
     scan_node = get_session_node("test_session", store=store).get_scan(scan.number)
     with assert_file_matches_redis(scan_node, tmp_path / "data") as file:
-        assert file["1.1/measurement/timer:c"][()].tolist() == list(range(1000))
+        assert file["1.1/measurement/c"][()].tolist() == list(range(1000))
 
 
 def test_a_file_written_by_another_program_is_not_touched(writer, session, store, tmp_path):
@@ -285,7 +291,7 @@ def test_a_full_disk_fails_that_scan_only(writer, session, store, tmp_path, tiny
     assert "No space left on device" in error["error"] or "no space left" in error["error"]
     assert big.number not in saved_scans("test_session", store=store)
     with h5py.File(tmp_path / "data/test_session/test_session.h5", "r") as file:
-        assert file[f"{small.number}.1/measurement/timer:c"][()].tolist() == [5.0]
+        assert file[f"{small.number}.1/measurement/c"][()].tolist() == [5.0]
 
 
 def test_scan_info_metadata_instrument_and_default_plot(writer, session, store, tmp_path):
@@ -332,7 +338,7 @@ def test_scan_info_metadata_instrument_and_default_plot(writer, session, store, 
         assert entry["instrument/roby"].attrs["NX_class"] == "NXpositioner"
         assert entry["instrument/roby/value"][()].tolist() == [0.0, 0.5, 1.0]
         assert entry["instrument/diode/data"][()].tolist() == [1.0, 3.0, 2.0]
-        assert entry["measurement/axis:roby"].attrs["units"] == "mm"
+        assert entry["measurement/roby"].attrs["units"] == "mm"
         # The default plot chain: root -> entry -> NXdata, signal against the axis.
         assert file.attrs["default"] == "1.1"
         nxdata = entry[entry.attrs["default"]]
@@ -342,3 +348,36 @@ def test_scan_info_metadata_instrument_and_default_plot(writer, session, store, 
         axis = axes if isinstance(axes, str) else axes[0]
         assert nxdata[axis][()].tolist() == [0.0, 0.5, 1.0]
         assert entry["end_time"].asstr()[()] > entry["start_time"].asstr()[()]
+
+
+def test_legacy_layout_and_compression_on_request(session, store, tmp_path):
+    from scanstream.exceptions import NexusLayoutError
+
+    with pytest.raises(NexusLayoutError, match="unknown compression 'brotli'"):
+        WriterService(["test_session"], root=tmp_path, store=store, compression="brotli")
+    service = WriterService(
+        ["test_session"],
+        root=tmp_path / "data",
+        store=store,
+        flush_period=0.05,
+        compression="gzip",
+        layout="legacy",
+    )
+    service.start()
+    try:
+        with session.create_scan("ascan") as scan:
+            top = scan.create_container("axis")
+            roby = top.create_channel("axis:roby")
+            mca = top.create_channel("mca:spectrum", shape=(8192,))
+            scan.prepared()
+            roby.emit(np.arange(10.0))
+            mca.emit(np.ones((10, 8192)))
+        wait_saved(store, "test_session", {scan.number})
+    finally:
+        service.stop()
+    with h5py.File(tmp_path / "data/test_session/test_session.h5", "r") as file:
+        entry = file["1.1"]
+        assert entry.attrs["scanstream_layout"] == "legacy"
+        assert entry["measurement/axis:roby"][()].tolist() == list(range(10))
+        assert entry["measurement/mca:spectrum"].compression == "gzip"
+        assert entry["instrument/roby/value"][()].tolist() == list(range(10))

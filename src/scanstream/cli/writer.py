@@ -39,6 +39,18 @@ def configure_writer(parser: argparse.ArgumentParser) -> None:
         help="entry names scanN_1 (strict NeXus naming) instead of N.1",
     )
     parser.add_argument(
+        "--compression",
+        choices=["none", "gzip", "lz4", "bitshuffle-lz4", "zstd"],
+        default="bitshuffle-lz4",
+        help="compression of the datasets large enough to gain (default: bitshuffle-lz4, "
+        "which readers open with hdf5plugin; gzip is readable everywhere)",
+    )
+    parser.add_argument(
+        "--legacy-names",
+        action="store_true",
+        help="keep the layout of scanstream 0.1: full channel names in measurement/",
+    )
+    parser.add_argument(
         "--status",
         action="store_true",
         help="print the status of the writers of SESSION... (default: of all "
@@ -62,6 +74,8 @@ def run_writer(args: argparse.Namespace) -> int:
         store=store,
         catch_up=not args.only_new,
         strict_names=args.strict_names,
+        compression=args.compression,
+        layout="legacy" if args.legacy_names else "esrf",
     )
     code = service.run()
     service.exit_if_files_unflushed()  # HDF5 would crash at interpreter exit on them

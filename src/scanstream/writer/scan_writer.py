@@ -104,11 +104,24 @@ class ScanWriter:
         Base directory for scans without ``filename`` and for relative ones.
     strict_names : bool
         Entry names ``scan3_1`` (strict NeXus naming) instead of BLISS's ``3.1``.
+    compression : str
+        Compression of the channel datasets (:data:`nexus.COMPRESSIONS`).
+    layout : str
+        ``"esrf"`` or ``"legacy"`` (:data:`nexus.LAYOUTS`).
     """
 
     def __init__(
-        self, scan: ScanNode, files: OpenFiles, root: Path, *, strict_names: bool = False
+        self,
+        scan: ScanNode,
+        files: OpenFiles,
+        root: Path,
+        *,
+        strict_names: bool = False,
+        compression: str = nexus.DEFAULT_COMPRESSION,
+        layout: str = "esrf",
     ) -> None:
+        self.compression = compression
+        self.layout = layout
         self.scan = scan
         self.files = files
         self.root = root
@@ -210,7 +223,10 @@ class ScanWriter:
         self.files.mark_dirty(self._file)
 
     def on_prepared(self, node: DataNode, data: EventData) -> None:
-        """Nothing to write: the scan_info that ``prepared()`` updates is read at the end."""
+        """A first default plot, so viewers have one from the first point (final at the end)."""
+        if node is self.scan:
+            for entry in self._entries.values():
+                self._guarded(f"{entry.name}: live plot", self._write_plot, entry, self.info)
 
     def on_end(self, node: DataNode, data: EventData) -> None:
         """The end of the scan (not of a sub-scan): its final metadata, and the result's state."""
@@ -227,6 +243,7 @@ class ScanWriter:
             node.point_shape,
             expected_points=npoints if isinstance(npoints, int) and npoints > 0 else None,
             units=node.unit,
+            compression=self.compression,
         )
 
     def on_new_lima(self, node: LimaNode) -> None:
@@ -297,6 +314,7 @@ class ScanWriter:
             title=str(self.info.get("title", self.scan.name)),
             start_time=self.info.get("start_time") or time.time(),
             scan_info=self.info,
+            layout=self.layout,
         )
         entry.attrs["scanstream_scan"] = self.scan_id
         entry.attrs["scanstream_top_master"] = master_name
@@ -341,9 +359,13 @@ class ScanWriter:
         if isinstance(positioners, Mapping):
             nexus.write_scan_info_positioners(instrument, positioners)
         used: set[str] = set(instrument)
+        placed = nexus.channel_paths(entry) if nexus.entry_layout(entry) == "esrf" else {}
         for index, node in self._data_nodes.items():
             if self._entry_of[index] == entry and not isinstance(node, ScanRefNode):
-                self._link_device(instrument, node, used)
+                if node.name not in placed:  # the esrf layout put the data in its device
+                    self._link_device(instrument, node, used)
+        if isinstance(positioners, Mapping):  # again: positioners/<motor> -> scanned values
+            nexus.write_scan_info_positioners(instrument, positioners)
 
     def _link_device(
         self, instrument: h5py.Group, node: ChannelNode | LimaNode, used: set[str]
@@ -351,9 +373,9 @@ class ScanWriter:
         """``instrument/<device>``: NXpositioner (motors) or NXdetector linking to the data."""
         prefix, _, short = node.name.rpartition(":")
         is_motor = prefix == "axis"
-        name = nexus.hdf5_name(prefix if isinstance(node, LimaNode) and prefix else short)
+        name = nexus.nexus_name(prefix if isinstance(node, LimaNode) and prefix else short)
         if name in used:
-            name = nexus.hdf5_name(node.name)
+            name = nexus.nexus_name(node.name)
             if name in used:
                 return
         used.add(name)
@@ -382,12 +404,11 @@ class ScanWriter:
             nexus.write_metadata(group, value)
 
     def _write_plot(self, entry: h5py.Group, info: Mapping[str, Any]) -> None:
-        measurement = entry["measurement"]
+        paths = nexus.channel_paths(entry)
         channels = {
-            node.name: f"measurement/{nexus.channel_dataset_name(node.name)}"
+            node.name: paths[node.name]
             for index, node in self._data_nodes.items()
-            if self._entry_of[index] == entry
-            and nexus.channel_dataset_name(node.name) in measurement
+            if self._entry_of[index] == entry and node.name in paths
         }
         nexus.write_default_plot(entry, info.get("plots"), channels, scan_info=info)
 

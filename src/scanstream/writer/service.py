@@ -37,6 +37,7 @@ from ..exceptions import ScanNotFoundError, ScanstreamError
 from ..models import SCAN_NODE_TYPES
 from ..subscribe.events import EventType, StopHandler
 from ..subscribe.tree import ScanNode, get_session_node
+from . import nexus
 from .files import FLUSH_PERIOD, OpenFiles
 from .registry import WriterRegistry, is_dead_local_process, new_owner_id
 from .scan_writer import ScanWriter, WriteResult
@@ -113,6 +114,12 @@ class WriterService:
         Entry names ``scan3_1`` (strict NeXus naming) instead of BLISS's ``3.1``.
     flush_period : float
         Seconds between flushes of a file receiving data (readers see data this old at most).
+    compression : str
+        Compression of the channel datasets large enough to gain: ``"none"``, ``"gzip"``,
+        ``"lz4"``, ``"bitshuffle-lz4"`` (default) or ``"zstd"`` (docs/nexus_layout.md).
+    layout : str
+        ``"esrf"`` (default: data in device groups, short names in ``measurement/``) or
+        ``"legacy"`` (full channel names in ``measurement/``, as scanstream 0.1).
 
     Raises
     ------
@@ -143,7 +150,14 @@ class WriterService:
         catch_up: bool = True,
         strict_names: bool = False,
         flush_period: float = FLUSH_PERIOD,
+        compression: str = nexus.DEFAULT_COMPRESSION,
+        layout: str = "esrf",
     ) -> None:
+        nexus.compression_options(compression, 0)  # an unknown name fails here, not per scan
+        if layout not in nexus.LAYOUTS:
+            raise ScanstreamError(f"unknown layout {layout!r}; use one of {nexus.LAYOUTS}")
+        self.compression = compression
+        self.layout = layout
         if isinstance(sessions, str):
             sessions = [sessions]
         self.sessions = [check_session_name(s) for s in dict.fromkeys(sessions)]
@@ -370,7 +384,14 @@ class WriterService:
         """
 
         def attempt() -> WriteResult:
-            writer = ScanWriter(scan, self.files, self.root, strict_names=self.strict_names)
+            writer = ScanWriter(
+                scan,
+                self.files,
+                self.root,
+                strict_names=self.strict_names,
+                compression=self.compression,
+                layout=self.layout,
+            )
             return writer.run(claim)
 
         result = supervise(attempt, stop=claim, what=f"scan {scan.db_name}")

@@ -7,21 +7,25 @@ the file, and an existing object that cannot hold the request (another dtype, sh
 raises :class:`~scanstream.exceptions.NexusLayoutError` (a :class:`ValueError`) naming the
 object and what to do, rather than being silently reused.
 
-Layout of one scan (``N`` = scan number, ``k`` = top-master index)::
+Layout of one scan (``N`` = scan number, ``k`` = top-master index), in the default "esrf"
+layout (docs/nexus_layout.md has the whole tree and the comparison with ESRF's writers)::
 
-    /                               NXroot  @creator="scanstream" @default=<last plotted entry>
+    /                               NXroot  @creator="scanstream" @default=<newest plotted>
       N.k/                          NXentry title, start_time, end_time, end_reason, [error],
                                             duration, entry_identifier, program_name
         scan_info/                  NXnote  type="application/json", data=<scan_info JSON>
-        measurement/                NXcollection: one dataset per channel, named after the
-                                            full channel name ("axis:roby", '/' -> '_')
-          <chan>                    (npoints, *point_shape), chunked, grows from 0
-          <chan>_lengths            (variable-length 1-D channels only) true lengths
-          <lima chan>               virtual dataset (nframes, h, w) over the detector files
-          <lima chan>_references    (nframes, 4) str: file, path_in_file, index, format
-        instrument/                 NXinstrument: scan_info["instrument"], positioners_*
-        plotselect/ | <plot name>/  NXdata: soft links to measurement datasets
+        scan_parameters/            NXparameters: count_time, npoints... from scan_info
+        instrument/                 NXinstrument
+          <counter>/data            NXdetector, the channel's data, grows from 0
+          <motor>/value             NXpositioner
+          <controller>/data         NXdetector: spectra, image VDS (+ data_references)
+          positioners/<motor>       link to the scanned values, else to the start value
+        measurement/                NXcollection: soft links under short names (layout.py)
+        plotselect/ ...             NXdata: one per rank, equal lengths, meshes as maps
         scans/                      NXcollection: soft links to sub-scan entries (groups)
+
+With ``layout="legacy"`` (:func:`require_entry`) the channel datasets are in
+``measurement/`` under their full names, as in scanstream 0.1.
 
 Entry names follow BLISS (``"12.1"``). Strict NeXus naming rules reject the dot, so
 :func:`entry_name` offers ``strict_names=True`` (``"scan12_1"``).
@@ -65,7 +69,17 @@ from .channels import (
     require_channel_dataset,
     write_points,
 )
+from .compression import COMPRESSIONS, DEFAULT_COMPRESSION, compression_options
 from .images import ImageReference, is_hdf5_format, references_dataset_name, require_image_vds
+from .layout import (
+    LAYOUT_ATTR,
+    LAYOUTS,
+    channel_path,
+    channel_paths,
+    entry_layout,
+    forget_entry,
+    nexus_name,
+)
 from .metadata import (
     NX_COLLECTION,
     hdf5_name,
@@ -81,11 +95,18 @@ from .plots import link_subscan_entries, write_default_plot
 __all__ = [
     "CHUNK_MAX_ROWS",
     "CHUNK_TARGET_BYTES",
+    "COMPRESSIONS",
+    "DEFAULT_COMPRESSION",
     "END_STATES",
+    "LAYOUTS",
     "EntrySummary",
     "ImageReference",
     "channel_dataset_name",
     "channel_datasets",
+    "channel_path",
+    "channel_paths",
+    "compression_options",
+    "entry_layout",
     "entry_name",
     "fill_value_for",
     "finalize_entry",
@@ -94,6 +115,7 @@ __all__ = [
     "iso8601",
     "lengths_dataset_name",
     "link_subscan_entries",
+    "nexus_name",
     "open_nexus_file",
     "read_entry_summary",
     "read_scan_entries",
@@ -134,6 +156,8 @@ def open_nexus_file(path: str | os.PathLike[str], mode: str = "a", **kwargs: Any
             " unreadable by other processes while it is being written; leave libver unset"
         )
     kwargs.setdefault("locking", False)
+    # Entries listed in the order they were written ("2.1" before "10.1"), as blisswriter.
+    kwargs.setdefault("track_order", True)
     return h5py.File(path, mode, **kwargs)
 
 
@@ -184,9 +208,20 @@ iso8601 = iso_time
 
 
 def _as_iso(value: float | str | datetime.datetime) -> str:
-    """ISO 8601 text of a timestamp, an ISO string (kept) or a datetime (naive = local)."""
+    """ISO 8601 text (local time, writer's UTC offset) of a timestamp, ISO text or datetime.
+
+    ISO text with an offset is converted to the writer's local time, so that ``start_time``
+    (the publisher's text) and ``end_time`` carry the same offset; text without an offset
+    (or not ISO) is kept as it is.
+    """
     if isinstance(value, str):
-        return value
+        try:
+            parsed = datetime.datetime.fromisoformat(value)
+        except ValueError:
+            return value
+        if parsed.tzinfo is None:
+            return value
+        return iso_time(parsed.timestamp())
     if isinstance(value, datetime.datetime):
         return value.astimezone().isoformat()
     return iso_time(float(value))
@@ -202,6 +237,7 @@ def require_entry(
     title: str,
     start_time: float | str | datetime.datetime,
     scan_info: Mapping[str, Any] | None = None,
+    layout: str | None = None,
 ) -> h5py.Group:
     """Create (or return) the NXentry ``name`` with its ``measurement`` and ``instrument``.
 
@@ -221,6 +257,10 @@ def require_entry(
         Stored whole as JSON in the NXnote ``scan_info`` (so the file alone is enough to
         rebuild the scan's metadata); ``scan_info["scan_nb"]`` also gives
         ``entry_identifier``. Pass it again to :func:`finalize_entry` to store the final one.
+    layout : str, optional
+        ``"esrf"`` (data in device groups, short names in ``measurement/``) or ``"legacy"``
+        (full channel names in ``measurement/``), see :mod:`.layout`; stored as
+        ``@scanstream_layout``. None: keep the entry's (a new entry gets ``"esrf"``).
 
     Returns
     -------
@@ -228,8 +268,13 @@ def require_entry(
         The NXentry. It holds ``measurement`` (NXcollection) and ``instrument``
         (NXinstrument).
     """
+    if layout is not None and layout not in LAYOUTS:
+        raise NexusLayoutError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
     _require_root_attrs(file.file)
     entry = require_nx_group(file, hdf5_name(name), "NXentry")
+    if layout is not None or LAYOUT_ATTR not in entry.attrs:
+        if entry.attrs.get(LAYOUT_ATTR) != (layout or "esrf"):
+            entry.attrs[LAYOUT_ATTR] = layout or "esrf"
     write_value(entry, "title", str(title))
     write_value(entry, "start_time", _as_iso(start_time))
     write_value(entry, "program_name", "scanstream")
@@ -283,13 +328,16 @@ def finalize_entry(
         try:
             t0 = datetime.datetime.fromisoformat(start.asstr()[()])
             t1 = datetime.datetime.fromisoformat(end_iso)
-            duration = write_value(entry, "duration", (t1 - t0).total_seconds())
+            # NXentry/duration is NX_INT (seconds); start_time and end_time keep the precision.
+            seconds = int(round((t1 - t0).total_seconds()))
+            duration = write_value(entry, "duration", np.int64(seconds))
             if duration is not None and duration.attrs.get("units") != "s":
                 duration.attrs["units"] = "s"
         except (TypeError, ValueError):
             logger.debug("%s: no duration (start or end time not ISO 8601)", entry.name)
     if scan_info is not None:
         _write_scan_info_note(entry, scan_info)
+    forget_entry(entry)  # the channels are all there: nothing to place any more
     root = entry.file
     # NXroot defines file_update_time as an attribute; a dataset of that name (written by an
     # earlier version of this layer) would be a non-NeXus field of NXroot.
@@ -312,10 +360,31 @@ def _require_root_attrs(file: h5py.File) -> None:
     file.attrs["h5py_version"] = h5py.version.version
 
 
+#: scan_info keys copied into ``scan_parameters`` (NXparameters, as blisswriter 2), with units.
+SCAN_PARAMETERS = {
+    "count_time": "s",
+    "npoints": None,
+    "npoints1": None,
+    "npoints2": None,
+    "data_dim": None,
+    "start": None,
+    "stop": None,
+    "type": None,
+}
+
+
 def _write_scan_info_note(entry: h5py.Group, scan_info: Mapping[str, Any]) -> None:
     note = require_nx_group(entry, "scan_info", "NXnote")
     write_value(note, "type", "application/json")
     write_value(note, "data", to_json(dict(scan_info)))
+    found = {k: scan_info[k] for k in SCAN_PARAMETERS if scan_info.get(k) is not None}
+    if found:
+        parameters = require_nx_group(entry, "scan_parameters", "NXparameters")
+        for key, value in found.items():
+            dset = write_value(parameters, key, value)
+            units = SCAN_PARAMETERS[key]
+            if dset is not None and units and dset.attrs.get("units") != units:
+                dset.attrs["units"] = units
 
 
 # --------------------------------------------------------------------------- reading back

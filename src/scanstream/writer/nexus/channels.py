@@ -18,6 +18,8 @@ import numpy as np
 
 from ..._protocol import codecs
 from ...exceptions import EncodingError, NexusLayoutError
+from .compression import DEFAULT_COMPRESSION, compression_options
+from .layout import CHANNEL_ATTR, link_placed, place_channel
 from .metadata import hdf5_name
 
 __all__ = [
@@ -51,7 +53,8 @@ def lengths_dataset_name(dataset_name: str) -> str:
 
 
 def channel_dataset_name(channel_name: str) -> str:
-    """Dataset name of a channel: its full name (``"axis:roby"``) with ``'/'`` -> ``'_'``.
+    """Dataset name of a channel in the legacy layout (and in groups that are not an entry's
+    ``measurement``): its full name (``"axis:roby"``) with ``'/'`` -> ``'_'``.
 
     The original name is kept in the dataset's ``@long_name`` attribute, which is also how a
     clash between two channels that map to the same name (``"a/b"`` and ``"a_b"``) is
@@ -93,17 +96,21 @@ def require_channel_dataset(
     *,
     expected_points: int | None = None,
     units: str | None = None,
-    compression: str | None = None,
+    compression: str | None = DEFAULT_COMPRESSION,
 ) -> h5py.Dataset:
     """Create (or check and return) the dataset of one channel, empty and growing.
 
     Parameters
     ----------
     group : h5py.Group
-        Usually the entry's ``measurement`` group.
+        Usually the entry's ``measurement`` group. In an entry of the esrf layout
+        (:mod:`~scanstream.writer.nexus.layout`) the dataset is created in the channel's
+        device group (``instrument/<device>/data``, or ``value`` for a motor) and
+        ``measurement/<short name>`` links to it; ``@scanstream_channel`` holds ``name``.
+        In any other group (or the legacy layout) the dataset is ``group[<full name>]``
+        (:func:`channel_dataset_name`) and ``@long_name`` holds ``name``.
     name : str
-        Full channel name; the dataset is named :func:`channel_dataset_name` (``name`` with
-        ``'/'`` -> ``'_'``) and ``@long_name`` holds ``name``.
+        Full channel name.
     dtype : numpy dtype
         Numbers or bool.
     point_shape : tuple of int
@@ -115,8 +122,10 @@ def require_channel_dataset(
     units : str, optional
         Stored as ``@units``.
     compression : str, optional
-        h5py compression filter (``"gzip"``, ``"lzf"``); none by default (fast, readable
-        everywhere).
+        One of :data:`~scanstream.writer.nexus.compression.COMPRESSIONS` (None = none);
+        applied only to datasets whose chunks are large enough to gain
+        (:func:`~scanstream.writer.nexus.compression.compression_options`). Default
+        bitshuffle-LZ4.
 
     Returns
     -------
@@ -148,22 +157,27 @@ def require_channel_dataset(
             f"channel {name!r}: point_shape {shape} not supported; give fixed sizes, or (-1,)"
             " for a variable-length 1-D channel (the only variable axis supported)"
         )
-    dsname = channel_dataset_name(name)
+    placement = place_channel(group, name, len(shape))
+    if placement is None:
+        where, dsname, identity = group, channel_dataset_name(name), "long_name"
+    else:
+        where, dsname, identity = placement.device, placement.member, CHANNEL_ATTR
     if ragged:
         lengths_name = lengths_dataset_name(dsname)
         rows = _chunk_rows(CHUNK_RAGGED_WIDTH * dt.itemsize, expected_points)
         lengths = _require_growing(
-            group,
+            where,
             lengths_name,
             np.dtype(np.int64),
             (),
             (rows,),
             0,
             None,
-            long_name=f"{name} lengths",
+            identity=(identity, f"{name} lengths"),
         )
+        chunks: tuple[int, ...] = (rows, CHUNK_RAGGED_WIDTH)
         dset = _require_growing(
-            group, dsname, dt, (0,), (rows, CHUNK_RAGGED_WIDTH), fill, compression, long_name=name
+            where, dsname, dt, (0,), chunks, fill, compression, identity=(identity, name)
         )
         if lengths.shape[0] < dset.shape[0]:
             raise NexusLayoutError(
@@ -171,20 +185,25 @@ def require_channel_dataset(
                 f" of {dset.name!r}: the lengths of some points are unknown; delete both"
                 " datasets and write the channel again"
             )
-        if dset.attrs.get("lengths_dataset") != lengths_name:
-            dset.attrs["lengths_dataset"] = lengths_name
+        # Absolute in the esrf layout: readers open the dataset through measurement/, whose
+        # group is not the one that holds the lengths.
+        ref = lengths.name if placement is not None else lengths_name
+        if dset.attrs.get("lengths_dataset") != ref:
+            dset.attrs["lengths_dataset"] = ref
         interpretation: str | None = "spectrum"
     else:
         point_bytes = dt.itemsize * int(np.prod(shape, dtype=np.int64))
         rows = _chunk_rows(point_bytes, expected_points)
         dset = _require_growing(
-            group, dsname, dt, shape, (rows,) + shape, fill, compression, long_name=name
+            where, dsname, dt, shape, (rows,) + shape, fill, compression, identity=(identity, name)
         )
-        interpretation = {1: "spectrum", 2: "image"}.get(len(shape))
+        interpretation = {0: "scalar", 1: "spectrum", 2: "image"}.get(len(shape))
     if interpretation and dset.attrs.get("interpretation") != interpretation:
         dset.attrs["interpretation"] = interpretation
     if units and dset.attrs.get("units") != units:
         dset.attrs["units"] = units
+    if placement is not None:
+        link_placed(group, placement, dset)
     return dset
 
 
@@ -197,7 +216,7 @@ def _require_growing(
     fill: Any,
     compression: str | None,
     *,
-    long_name: str,
+    identity: tuple[str, str],
 ) -> h5py.Dataset:
     """Create a 0-length dataset growing on axis 0 (and axis 1 when ragged), or check it.
 
@@ -206,8 +225,10 @@ def _require_growing(
     ragged = point_shape == (0,)
     maxshape = (None, None) if ragged else (None,) + point_shape
     cache = _chunk_cache_bytes(dtype, chunks)
+    attr, long_name = identity
     obj = group.get(name)
     if obj is None:
+        chunk_bytes = int(np.prod(chunks, dtype=np.int64)) * dtype.itemsize
         dset = group.create_dataset(
             name,
             shape=(0,) + point_shape,
@@ -215,10 +236,10 @@ def _require_growing(
             dtype=dtype,
             chunks=chunks,
             fillvalue=fill,
-            compression=compression,
             rdcc_nbytes=cache,
+            **compression_options(compression, chunk_bytes),
         )
-        dset.attrs["long_name"] = long_name
+        dset.attrs[attr] = long_name
         return dset
     where = f"{group.name}/{name} in {group.file.filename!r}"
     if not isinstance(obj, h5py.Dataset) or obj.is_virtual:
@@ -237,7 +258,7 @@ def _require_growing(
             f" max shape {maxshape}: the entry was written by another scan; write this scan"
             " to another entry"
         )
-    existing = obj.attrs.get("long_name")
+    existing = obj.attrs.get(attr)
     if isinstance(existing, bytes):
         existing = existing.decode()
     if existing is not None and existing != long_name:

@@ -21,7 +21,7 @@ import numpy as np
 from ...exceptions import NexusLayoutError
 from ...models import is_hdf5_format  # the one rule, shared with read_image (F16)
 from .channels import channel_dataset_name, fill_value_for
-from .metadata import STR_DTYPE
+from .layout import CHANNEL_ATTR, link_placed, place_channel
 
 __all__ = [
     "ImageReference",
@@ -35,6 +35,14 @@ logger = logging.getLogger(__name__)
 
 #: ``(file_path, path_in_file, index_in_file, format)`` of one detector frame.
 ImageReference = tuple[str, str, int, str]
+
+#: Bytes of one cell of a reference table (PATH_MAX on Linux). Fixed-length strings rather
+#: than variable-length ones: a variable-length string lives in a global heap that a reader
+#: opening the file while the table grows can find half written ("bad heap index"); a
+#: fixed-length cell is plain chunk data. Cells are zero padded and the table is gzipped,
+#: so the padding costs almost nothing on disk.
+REFERENCE_CELL_BYTES = 4096
+_REF_DTYPE = h5py.string_dtype("utf-8", REFERENCE_CELL_BYTES)
 
 
 def references_dataset_name(dataset_name: str) -> str:
@@ -153,7 +161,12 @@ def require_image_vds(
     """
     dt = np.dtype(dtype)
     fshape = tuple(int(n) for n in frame_shape)
-    dsname = channel_dataset_name(name)
+    measurement = group
+    placement = place_channel(group, name, 2)
+    if placement is None:
+        dsname, identity = channel_dataset_name(name), "long_name"
+    else:
+        group, dsname, identity = placement.device, placement.member, CHANNEL_ATTR
     master_file = os.path.abspath(group.file.filename)
     master_dir = os.path.abspath(os.fspath(file_dir)) if file_dir else os.path.dirname(master_file)
     first = int(first_index)
@@ -176,7 +189,7 @@ def require_image_vds(
 
     table_name = references_dataset_name(dsname)
     table_is_new = table_name not in group
-    _write_reference_table(group, table_name, first, rows, long_name=name)
+    _write_reference_table(group, table_name, first, rows)
     bad = sorted({r[3] for r in rows if not is_hdf5_format(r[3])})
     if bad:
         if table_is_new:
@@ -230,11 +243,20 @@ def require_image_vds(
         count = blk.v1 - blk.v0
         source = h5py.VirtualSource(blk.file, blk.dset, shape=(blk.s0 + count,) + fshape, dtype=dt)
         layout[blk.v0 : blk.v1] = source[blk.s0 : blk.s0 + count]
+    # Built under a temporary name with its attributes, then swapped in: the name never
+    # points to a dataset without attributes, and is absent only between two link operations.
+    tmp = f"{dsname}_building"
+    if tmp in group:
+        del group[tmp]
+    vds = group.create_virtual_dataset(tmp, layout, fillvalue=fill_value_for(dt))
+    vds.attrs[identity] = name
+    vds.attrs["interpretation"] = "image"
     if existing is not None:
         del group[dsname]
-    vds = group.create_virtual_dataset(dsname, layout, fillvalue=fill_value_for(dt))
-    vds.attrs["long_name"] = name
-    vds.attrs["interpretation"] = "image"
+    group.move(tmp, dsname)
+    vds = group[dsname]
+    if placement is not None:
+        link_placed(measurement, placement, vds)
     logger.debug("%s: %d frames in %d virtual sources", vds.name, nframes, len(blocks))
     return vds
 
@@ -256,16 +278,19 @@ def _write_reference_table(
     name: str,
     first: int,
     rows: Sequence[tuple[str, str, int, str]],
-    *,
-    long_name: str,
 ) -> None:
     table = group.get(name)
     if table is None:
         table = group.create_dataset(
-            name, shape=(0, 4), maxshape=(None, 4), dtype=STR_DTYPE, chunks=(256, 4)
+            name,
+            shape=(0, 4),
+            maxshape=(None, 4),
+            dtype=_REF_DTYPE,
+            chunks=(16, 4),
+            compression="gzip",
+            compression_opts=4,
         )
         table.attrs["columns"] = ["file", "path_in_file", "index_in_file", "format"]
-        table.attrs["long_name"] = f"{long_name} image references"
     elif not isinstance(table, h5py.Dataset) or table.shape[1:] != (4,):
         raise NexusLayoutError(
             f"{group.name}/{name} exists and is not an (n, 4) reference table; delete it or"
@@ -279,6 +304,18 @@ def _write_reference_table(
     if not rows:
         return
     stop = first + len(rows)
+    cells = [[f, p, str(i), fmt] for f, p, i, fmt in rows]
+    if table.dtype.kind == "S":
+        encoded = [[c.encode() for c in row] for row in cells]
+        too_long = [c for row in encoded for c in row if len(c) > table.dtype.itemsize]
+        if too_long:
+            raise NexusLayoutError(
+                f"image reference {too_long[0][:80]!r}... is longer than the"
+                f" {table.dtype.itemsize} bytes of a cell of {table.name!r}; use shorter paths"
+            )
+        data = np.array(encoded, dtype=table.dtype)
+    else:  # a table of an earlier version (variable-length strings): kept as it is
+        data = np.array(cells, dtype=object)
     if stop > table.shape[0]:
         table.resize(stop, axis=0)
-    table[first:stop] = np.array([[f, p, str(i), fmt] for f, p, i, fmt in rows], dtype=object)
+    table[first:stop] = data

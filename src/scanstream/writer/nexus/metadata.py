@@ -165,6 +165,8 @@ def write_metadata(group: h5py.Group, mapping: Mapping[str, Any]) -> None:
     if "NX_class" not in group_attrs and "NX_class" not in group.attrs:
         group_attrs["NX_class"] = NX_COLLECTION
     for attr, value in group_attrs.items():
+        if attr == "NX_class" and _is_device_group(group, str(value)):
+            continue
         _set_attr(group, attr, value)
     for member, attr, value in member_attrs:
         try:
@@ -208,8 +210,10 @@ def write_positioners(
 
     * ``positioners_start``, ``positioners_end``: user positions;
     * ``positioners_dial_start``, ``positioners_dial_end``: dial positions;
-    * ``positioners`` and ``positioners_dial``: soft links to the ``*_start`` groups, the
-      names the legacy BLISS writer used (so both old and new readers find them).
+    * ``positioners`` (NXcollection): per motor, a soft link to its scanned values
+      (``instrument/<motor>/value``) when the motor is scanned, else to its start position,
+      as BLISS writes it. (``positioners_dial``, a group link of earlier versions, is no
+      longer written: nxvalidate rejects a linked NXcollection.)
 
     Parameters
     ----------
@@ -239,12 +243,37 @@ def write_positioners(
             unit = units.get(motor)
             if dset is not None and unit:
                 _set_attr(dset, "units", str(unit))
-    for alias, target in (
-        ("positioners", "positioners_start"),
-        ("positioners_dial", "positioners_dial_start"),
-    ):
-        if target in instrument and alias not in instrument:
-            instrument[alias] = h5py.SoftLink(f"{instrument.name}/{target}")
+    if start is not None:
+        _write_positioners_links(instrument, [str(m) for m in start])
+
+
+def _write_positioners_links(instrument: h5py.Group, motors: Sequence[str]) -> None:
+    """``positioners/<motor>``: the scanned values of a scanned motor, else its start value.
+
+    As BLISS does: a reader (PyMca) finds the scanned motor as the one positioner whose
+    value is an array of the scan's length. Soft links: nothing is copied.
+    """
+    link = instrument.get("positioners", getlink=True)
+    if link is not None and not isinstance(link, h5py.HardLink):
+        del instrument["positioners"]  # the group-wide alias written by earlier versions
+    group = require_nx_group(instrument, "positioners", NX_COLLECTION)
+    for motor in motors:
+        name = hdf5_name(motor)
+        device = instrument.get(name)
+        if (
+            isinstance(device, h5py.Group)
+            and _attr_str(device, "NX_class") == "NXpositioner"
+            and isinstance(device.get("value"), h5py.Dataset)
+        ):
+            target = f"{device.name}/value"
+        else:
+            target = f"{instrument.name}/positioners_start/{name}"
+        existing = group.get(name, getlink=True)
+        if isinstance(existing, h5py.SoftLink) and existing.path == target:
+            continue
+        if existing is not None:
+            del group[name]
+        group[name] = h5py.SoftLink(target)
 
 
 def write_scan_info_positioners(instrument: h5py.Group, positioners: Mapping[str, Any]) -> None:
@@ -394,7 +423,7 @@ def _write_member(group: h5py.Group, key: str, value: Any) -> h5py.Dataset | Non
         sub = group.get(name)
         if sub is None:
             sub = group.create_group(name, track_order=True)
-        if nx_class is not None:
+        if nx_class is not None and not _is_device_group(sub, str(nx_class)):
             _set_attr(sub, "NX_class", str(nx_class))
         write_metadata(sub, value)
         return None
@@ -409,6 +438,15 @@ def _write_member(group: h5py.Group, key: str, value: Any) -> h5py.Dataset | Non
         # A group, or a dangling link, where a value is now expected: the new value wins.
         del group[name]
     return group.create_dataset(name, data=new)
+
+
+def _is_device_group(group: h5py.Group, nx_class: str) -> bool:
+    """True for a device group holding a channel's data, which generic metadata
+    (``NXcollection``) must not demote: ESRF's counters are NXdetector groups."""
+    return nx_class == NX_COLLECTION and _attr_str(group, "NX_class") in (
+        "NXdetector",
+        "NXpositioner",
+    )
 
 
 def _set_attr(obj: h5py.HLObject, name: str, value: Any) -> None:

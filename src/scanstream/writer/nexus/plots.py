@@ -19,6 +19,7 @@ from typing import Any
 import h5py
 
 from .images import stored_path
+from .layout import nexus_name
 from .metadata import NX_COLLECTION, hdf5_name, require_nx_group
 
 __all__ = ["link_subscan_entries", "write_default_plot"]
@@ -75,14 +76,19 @@ def write_default_plot(
 
     Notes
     -----
-    Each NXdata group is named after its plot (``plotselect`` for the fallback, ``plot<i>``
-    for an unnamed plot). Its members are *soft links* to the measurement datasets, so they
-    follow a virtual dataset that is recreated as frames arrive. Member names are the channel
-    names with characters outside ``[A-Za-z0-9_]`` replaced by ``'_'`` (``axis:roby`` ->
-    ``axis_roby``: ``':'`` was the separator of the old NeXus ``@axes`` string form); the
-    full name stays in the target's ``@long_name``, which viewers use as the axis label.
-    ``@default`` is set on the entry and on every parent up to the root, so the last scan
-    plotted is the one viewers open.
+    Each NXdata group is named after its plot (``plotselect`` for the first one and the
+    fallback, the plot's ``name`` for the others). Signals of another rank than the first
+    go to ``<name>_<rank>d`` (one NXdata per rank: silx refuses auxiliary signals of another
+    rank). Members are named after the basename of their dataset path (the short names of
+    ``measurement/``, made valid for NeXus) and are *soft links*, except where the members
+    have different lengths (an aborted scan): all are then cut to the common length, 1-D
+    members as copies and N-D ones as virtual datasets, while ``measurement/`` keeps all
+    the points. A mesh (``data_dim`` 2, ``npoints1`` fast x ``npoints2`` slow, not
+    back-and-forth) with at least one complete row becomes a 2-D map (signal
+    ``(rows, npoints1)``, ``@axes = [slow, fast]``, ``@<axis>_indices``) and its scatter goes
+    to ``<name>_scatter``. The title is a ``title`` field. ``@default`` is set on the entry
+    and on every parent up to the root, except that the root keeps naming the newest scan
+    (highest scan number) when an older one is plotted later.
     """
     try:
         return _write_default_plot(entry, plots, channels, scan_info or {})
@@ -129,13 +135,65 @@ def _write_default_plot(
         return None
     default: h5py.Group | None = None
     used: set[str] = set()
-    for spec in specs:
+    for spec in _split_by_rank(specs, datasets):
+        if spec.scatter:
+            grid = _grid_plot(spec, datasets, scan_info)
+            if grid is not None:
+                group = _write_nxdata(entry, grid, datasets, used, scan_info.get("title"))
+                default = default or group
+                spec = _Plot(f"{spec.name}_scatter", spec.signals, spec.axes, True, spec.title)
         group = _write_nxdata(entry, spec, datasets, used, scan_info.get("title"))
         if default is None:
             default = group
     if default is not None:
         _set_default_chain(default)
     return default
+
+
+def _split_by_rank(specs: list[_Plot], datasets: Mapping[str, h5py.Dataset]) -> list[_Plot]:
+    """One NXdata per data rank: viewers (silx) refuse auxiliary signals of another rank."""
+    out: list[_Plot] = []
+    for spec in specs:
+        by_rank: dict[int, list[str]] = {}
+        for name in spec.signals:
+            by_rank.setdefault(datasets[name].ndim, []).append(name)
+        for k, (ndim, signals) in enumerate(by_rank.items()):
+            name = spec.name if k == 0 else f"{spec.name}_{ndim - 1}d"
+            out.append(_Plot(name, signals, spec.axes, spec.scatter, spec.title))
+    return out
+
+
+@dataclass
+class _Grid(_Plot):
+    """A mesh: signal reshaped (slow, fast); axes = [slow, fast] channels."""
+
+    fast: int = 0
+
+
+def _grid_plot(
+    spec: _Plot, datasets: Mapping[str, h5py.Dataset], scan_info: Mapping[str, Any]
+) -> _Grid | None:
+    """The 2-D map of a regular mesh (``npoints1`` fast x ``npoints2`` slow), or None."""
+    n1, n2 = scan_info.get("npoints1"), scan_info.get("npoints2")
+    if scan_info.get("data_dim") != 2 or not isinstance(n1, int) or not isinstance(n2, int):
+        return None
+    if n1 < 1 or n2 < 1 or len(spec.axes) != 2 or datasets[spec.signals[0]].ndim != 1:
+        return None
+    kinds = {
+        str(c.get("axis-kind"))
+        for c in (scan_info.get("channels") or {}).values()
+        if isinstance(c, Mapping) and c.get("axis-kind") is not None
+    }
+    if kinds - {"forth"}:
+        return None  # back-and-forth rows cannot be mapped without copying: scatter only
+    if _common_length(datasets, [*spec.signals, *spec.axes]) < n1:
+        return None  # not one full row yet: the scatter is the plot
+    fast, slow = spec.axes
+    return _Grid(spec.name, spec.signals[:1], [slow, fast], False, spec.title, fast=n1)
+
+
+def _common_length(datasets: Mapping[str, h5py.Dataset], names: Iterable[str]) -> int:
+    return min(int(datasets[n].shape[0]) for n in names)
 
 
 def _known(entry: h5py.Group, channel: Any, datasets: Mapping[str, h5py.Dataset]) -> bool:
@@ -153,7 +211,7 @@ def _plots_from_scan_info(
         if not isinstance(plot, Mapping):
             continue
         kind = plot.get("kind")
-        base = str(plot.get("name") or f"plot{index}")
+        base = str(plot.get("name") or ("plotselect" if index == 0 else f"plot{index}"))
         items = [it for it in plot.get("items") or () if isinstance(it, Mapping)]
         if kind in ("curve-plot", "1d-plot"):
             by_x: dict[str, list[str]] = {}  # insertion ordered: first x is the main one
@@ -242,14 +300,60 @@ def _fallback_plot(
     return []
 
 
-def _member_name(channel: str, used: set[str]) -> str:
-    base = re.sub(r"[^A-Za-z0-9_]", "_", channel) or "data"
+def _member_name(path: str, used: set[str]) -> str:
+    base = nexus_name(path.rsplit("/", 1)[-1]) or "data"
     name, k = base, 1
     while name in used:
         k += 1
         name = f"{base}_{k}"
     used.add(name)
     return name
+
+
+#: Above this many points, a cut N-D member is one virtual mapping instead of one per point.
+VIEW_MAX_MAPPINGS = 4096
+
+
+def _view(
+    group: h5py.Group, member: str, source: h5py.Dataset, shape: tuple[int, ...], parts: list[Any]
+) -> None:
+    """``group[member]``: a virtual dataset over parts of ``source`` (same file, no copy).
+
+    ``parts``: ``(layout_selection, source_selection)`` pairs. nexusformat (nxvalidate) reads
+    the length of a virtual dataset as its number of mappings, so callers map one point (or
+    row) per mapping where they can.
+    """
+    layout = h5py.VirtualLayout(shape=shape, dtype=source.dtype)
+    vsource = h5py.VirtualSource(".", source.name, shape=source.shape, dtype=source.dtype)
+    for target, selection in parts:
+        layout[target] = vsource[selection]
+    view = group.create_virtual_dataset(member, layout, fillvalue=source.fillvalue)
+    _copy_attrs(source, view)
+
+
+def _copy(group: h5py.Group, member: str, source: h5py.Dataset, selection: Any) -> None:
+    """``group[member]``: a copy of part of a 1-D ``source`` (final data: a few bytes/point)."""
+    _copy_attrs(source, group.create_dataset(member, data=source[selection]))
+
+
+def _copy_attrs(source: h5py.Dataset, target: h5py.Dataset) -> None:
+    for key in ("units", "interpretation"):
+        if key in source.attrs:
+            target.attrs[key] = source.attrs[key]
+
+
+def _cut(group: h5py.Group, member: str, source: h5py.Dataset, length: int) -> None:
+    """``group[member]``: the first ``length`` points of ``source``."""
+    if source.ndim == 1:
+        _copy(group, member, source, slice(0, length))
+        return
+    shape = (length, *source.shape[1:])
+    parts: list[Any]
+    if length <= VIEW_MAX_MAPPINGS:
+        parts = [(i, i) for i in range(length)]
+    else:
+        parts = [(slice(0, length), slice(0, length))]
+    _view(group, member, source, shape, parts)
 
 
 def _write_nxdata(
@@ -259,7 +363,7 @@ def _write_nxdata(
     used_groups: set[str],
     scan_title: Any,
 ) -> h5py.Group:
-    gname = hdf5_name(spec.name)
+    gname = nexus_name(spec.name)
     existing = entry.get(gname)
     while gname in used_groups or (
         existing is not None
@@ -269,33 +373,40 @@ def _write_nxdata(
         existing = entry.get(gname)
     used_groups.add(gname)
     group = require_nx_group(entry, gname, "NXdata")
+    for member in list(group):  # rebuilt at each call: links and trimmed views alike
+        del group[member]
     members: set[str] = set()
-    links: dict[str, str] = {}
-    signal_names = []
-    for channel in spec.signals:
-        member = _member_name(channel, members)
-        links[member] = datasets[channel].name
-        signal_names.append(member)
-    axis_names = []
-    for channel in spec.axes:
-        member = _member_name(channel, members)
-        links[member] = datasets[channel].name
-        axis_names.append(member)
-    for member in list(group):  # drop members of an earlier call that are no longer plotted
-        if member not in links:
-            del group[member]
-    for member, target in links.items():
-        link = group.get(member, getlink=True)
-        if isinstance(link, h5py.SoftLink) and link.path == target:
-            continue
-        if link is not None:
-            del group[member]
-        group[member] = h5py.SoftLink(target)
-    signal_ndim = datasets[spec.signals[0]].ndim
+    signal_names = [_member_name(datasets[c].name, members) for c in spec.signals]
+    axis_names = [_member_name(datasets[c].name, members) for c in spec.axes]
+    names = dict(zip([*spec.signals, *spec.axes], [*signal_names, *axis_names]))
+    # Equal lengths inside the NXdata: every member is cut to the points all of them have
+    # (an aborted scan whose channels stopped at different points); measurement/ keeps all.
+    length = _common_length(datasets, names)
+    if isinstance(spec, _Grid):
+        rows = length // spec.fast
+        signal = datasets[spec.signals[0]]
+        slow, fast = (datasets[c] for c in spec.axes)
+        n = spec.fast
+        grid = [((r, slice(None)), slice(r * n, (r + 1) * n)) for r in range(rows)]
+        _view(group, signal_names[0], signal, (rows, n), grid)
+        _copy(group, axis_names[0], slow, slice(0, rows * n, n))
+        _copy(group, axis_names[1], fast, slice(0, n))
+    else:
+        for channel, member in names.items():
+            dset = datasets[channel]
+            if dset.shape[0] == length:
+                group[member] = h5py.SoftLink(dset.name)
+            else:
+                _cut(group, member, dset, length)
+    signal_ndim = 2 if isinstance(spec, _Grid) else datasets[spec.signals[0]].ndim
     attrs: dict[str, Any] = {"signal": signal_names[0]}
     if len(signal_names) > 1:
         attrs["auxiliary_signals"] = signal_names[1:]
-    if spec.scatter:
+    if isinstance(spec, _Grid):
+        attrs["axes"] = axis_names
+        attrs[f"{axis_names[0]}_indices"] = 0
+        attrs[f"{axis_names[1]}_indices"] = 1
+    elif spec.scatter:
         # 1-D signal with one 1-D coordinate per axis, all along the point index: the
         # convention silx shows as a scatter plot (also right for an aborted mesh).
         attrs["axes"] = axis_names
@@ -307,15 +418,24 @@ def _write_nxdata(
         attrs[f"{axis_names[0]}_indices"] = 0
     # No axis at all: no @axes (it is optional), rather than a list of '.' only, which
     # viewers read the same way and some validators (punx 0.3) reject.
-    title = spec.title or scan_title
-    if title:
-        attrs["title"] = str(title)
     for key in list(group.attrs):
         if key not in attrs and key != "NX_class":
             del group.attrs[key]
     for key, value in attrs.items():
         group.attrs[key] = value
+    title = spec.title or scan_title
+    if title:
+        # A field, not an attribute: NXdata defines ``title`` as a field (h5web reads it).
+        group["title"] = str(title)
     return group
+
+
+def _scan_order(name: Any) -> tuple[int, int]:
+    """(scan number, top master) of an entry name (``"12.1"``, ``"scan12_1"``), else (-1, -1)."""
+    if isinstance(name, bytes):
+        name = name.decode()
+    match = re.fullmatch(r"(?:scan)?(\d+)[._](\d+)", str(name))
+    return (int(match[1]), int(match[2])) if match else (-1, -1)
 
 
 def _set_default_chain(nxdata: h5py.Group) -> None:
@@ -324,6 +444,8 @@ def _set_default_chain(nxdata: h5py.Group) -> None:
     while child.name != "/":
         parent = child.parent
         basename = child.name.rsplit("/", 1)[-1]
+        if parent.name == "/" and _scan_order(parent.attrs.get("default")) > _scan_order(basename):
+            break  # the root's default is the newest scan, not the last one finished
         if parent.attrs.get("default") != basename:
             parent.attrs["default"] = basename
         child = parent
