@@ -394,7 +394,8 @@ def _codec_ok(dtype: Any, shape: Any) -> bool:
         shape = (shape,)
     if isinstance(shape, str):
         return False
-    return tuple(shape) == (-1,) or all(s >= 0 for s in shape)
+    # A zero size holds no value: refused at publish time (the writer could not store it).
+    return tuple(shape) == (-1,) or all(s > 0 for s in shape)
 
 
 @SETTINGS

@@ -134,6 +134,10 @@ class ScanWriter:
         self._entry_of: dict[int, h5py.Group] = {}  # data node index -> NXentry
         # data node index -> node, in creation order
         self._data_nodes: dict[int, ChannelNode | LimaNode | ScanRefNode] = {}
+        # The live plot (written at PREPARED) is retried at the first data of each node
+        # until its entry has one: see _retry_live_plot.
+        self._live_plot_pending = False
+        self._has_data: set[int] = set()
         self._subscans: list[ScanNode] = []
         self._unsaved_frames: dict[int, int] = {}
 
@@ -219,14 +223,25 @@ class ScanWriter:
         else:
             return
         self.result.points[node.db_name] = end
+        if self._live_plot_pending and node.index not in self._has_data:
+            self._has_data.add(node.index)
+            self._retry_live_plot(self._entry_of[node.index])
         assert self._file is not None
         self.files.mark_dirty(self._file)
 
     def on_prepared(self, node: DataNode, data: EventData) -> None:
         """A first default plot, so viewers have one from the first point (final at the end)."""
         if node is self.scan:
+            self._live_plot_pending = True
             for entry in self._entries.values():
-                self._guarded(f"{entry.name}: live plot", self._write_plot, entry, self.info)
+                self._retry_live_plot(entry)
+
+    def _retry_live_plot(self, entry: h5py.Group) -> None:
+        """Write the entry's live plot unless it has one: at PREPARED its datasets may not
+        exist yet (they are created with their first data), so it is tried again at the
+        first data of each node, until the entry has a default plot."""
+        if "default" not in entry.attrs:
+            self._guarded(f"{entry.name}: live plot", self._write_plot, entry, self.info)
 
     def on_end(self, node: DataNode, data: EventData) -> None:
         """The end of the scan (not of a sub-scan): its final metadata, and the result's state."""

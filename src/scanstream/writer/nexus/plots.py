@@ -297,7 +297,10 @@ def _fallback_plot(
         for n, d in datasets.items():
             if d.ndim == ndim:
                 return [_Plot("plotselect", [n], [])]
-    return []
+    # Only master channels (a scan whose channels all hang on its top master): plot the
+    # first of them against the point index, so that every entry with data has a plot.
+    scalars = [n for n, d in datasets.items() if d.ndim == 1 and not n.endswith("epoch")]
+    return [_Plot("plotselect", scalars[:1], [])] if scalars else []
 
 
 def _member_name(path: str, used: set[str]) -> str:
