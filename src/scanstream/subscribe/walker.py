@@ -276,7 +276,11 @@ class Walker:
         for _, stream in by_kind[2]:
             for entry_id, fields in stream:
                 self._session_last = entry_id
-                self._on_session_event(fields, events)
+                try:
+                    self._on_session_event(fields, events)
+                except DecodingError as exc:
+                    # One garbage entry must not end every later walk of the session at it.
+                    logger.error("session stream entry %s skipped: %s", entry_id, exc)
         return events
 
     def _on_session_event(self, fields: entries.Fields, events: list[Event]) -> None:
