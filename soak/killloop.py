@@ -103,7 +103,14 @@ def readable(path: Path) -> str | None:
 
 
 def run(
-    url: str, root: Path, *, rounds: int, seed: int, up: tuple[float, float], timeout: float
+    url: str,
+    root: Path,
+    *,
+    rounds: int,
+    seed: int,
+    up: tuple[float, float],
+    timeout: float,
+    point_time: float = 0.01,
 ) -> dict[str, Any]:
     """Run the loop against ``url`` writing under ``root``; return the figures."""
     rng = random.Random(seed)
@@ -125,7 +132,7 @@ def run(
             "--until",
             str(time.time() + 24 * 3600),
             "--point-time",
-            "0.01",
+            str(point_time),
             "--retention",
             "7200",
         ],
@@ -204,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-url", default=None, help="default: a private server")
     parser.add_argument("--keep", type=Path, default=None, help="work directory to keep")
     parser.add_argument("--timeout", type=float, default=300.0, help="final catch-up bound (s)")
+    parser.add_argument("--point-time", type=float, default=0.01, help="seconds per point")
     args = parser.parse_args(argv)
     work = args.keep or Path(tempfile.mkdtemp(prefix="scanstream-killloop-"))
     server = None
@@ -220,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             up=(args.min_up, args.max_up),
             timeout=args.timeout,
+            point_time=args.point_time,
         )
     finally:
         if server is not None:

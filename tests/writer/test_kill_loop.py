@@ -25,7 +25,10 @@ def _check(report: dict) -> None:
 
 @pytest.mark.timeout(120)
 def test_ten_random_kills_lose_and_corrupt_nothing(redis_url: str, tmp_path: Path) -> None:
-    _check(killloop.run(redis_url, tmp_path, rounds=10, seed=11, up=(0.5, 1.8), timeout=60))
+    report = killloop.run(
+        redis_url, tmp_path, rounds=10, seed=11, up=(0.4, 1.6), timeout=60, point_time=0.04
+    )
+    _check(report)
 
 
 @pytest.mark.slow

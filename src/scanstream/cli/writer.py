@@ -44,6 +44,12 @@ def configure_writer(parser: argparse.ArgumentParser) -> None:
         "by everyone) or 027 (by the group only); default: the umask it was started with",
     )
     parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="write the scans in threads of this process instead of one process per scan "
+        "(faster to start; a libhdf5 crash then stops every session of this writer)",
+    )
+    parser.add_argument(
         "--only-new",
         action="store_true",
         help="write only the scans that start from now on (default: also the "
@@ -80,6 +86,7 @@ def run_writer(args: argparse.Namespace) -> int:
         strict_names=args.strict_names,
         allow=args.allow,
         umask=args.umask,
+        isolate=not args.in_process,
     )
     code = service.run()
     service.exit_if_files_unflushed()  # HDF5 would crash at interpreter exit on them

@@ -38,11 +38,13 @@ from ..models import SCAN_NODE_TYPES, SavingState, SavingVerdict
 from ..subscribe.events import EventType, StopHandler
 from ..subscribe.tree import ScanNode, get_session_node
 from .files import FLUSH_PERIOD, FileBusyError, OpenFiles
+from .isolation import RETRY_ERRORS, WorkerProcesses
 from .paths import WritePolicy
 from .registry import WriterRegistry, is_dead_local_process, new_owner_id
 from .scan_writer import ScanWriter, WriteResult
 from .session_file import SessionFiles
 from .supervise import RETRY_PERIOD, UNREACHABLE, supervise
+from .worker import WorkerConfig
 
 __all__ = ["CATCH_UP_WORKERS", "HEALTH_TTL", "HEARTBEAT_PERIOD", "RETRY_PERIOD", "WriterService"]
 
@@ -155,6 +157,7 @@ class WriterService:
         flush_period: float = FLUSH_PERIOD,
         allow: Sequence[str | os.PathLike[str]] = (),
         umask: int | None = None,
+        isolate: bool = False,
     ) -> None:
         if isinstance(sessions, str):
             sessions = [sessions]
@@ -164,6 +167,8 @@ class WriterService:
         self.root = Path(root).expanduser().resolve()
         self.policy = WritePolicy.create(self.root, allow, umask)
         self.session_files = SessionFiles()
+        self.isolate = isolate
+        self.workers = WorkerProcesses()
         self.store = store or default_store(redis_url)
         self.catch_up = catch_up
         self.strict_names = strict_names
@@ -260,6 +265,7 @@ class WriterService:
             for session in self._sessions.values():
                 if session.claim is not None:
                     session.claim.stop()
+        self.workers.stop(timeout)
         deadline = time.monotonic() + timeout
         for thread in list(self._threads):
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -471,6 +477,15 @@ class WriterService:
             )
 
         def attempt() -> WriteResult:
+            if self.isolate:
+                return self.workers.write(
+                    session.name,
+                    scan.number,
+                    scan.db_name,
+                    self._worker_config(claim),
+                    claim,
+                    lambda file, entry: started(WriteResult(Path(file)), entry),
+                )
             writer = ScanWriter(
                 scan,
                 self.files,
@@ -488,9 +503,25 @@ class WriterService:
             attempt,
             stop=claim,
             what=f"scan {scan.db_name}",
-            restart_on=(*UNREACHABLE, FileBusyError),
+            restart_on=(*UNREACHABLE, FileBusyError, *RETRY_ERRORS),
         )
         return result if result is not None and result.complete else None
+
+    def _worker_config(self, claim: _Claim) -> WorkerConfig:
+        settings = self.store.settings
+        return WorkerConfig(
+            redis_url=self.store.url,
+            prefix=settings.prefix,
+            lease_time=settings.lease_time,
+            retention_time=settings.retention_time,
+            root=str(self.policy.root),
+            allowed=tuple(str(a) for a in self.policy.allowed),
+            umask=self.policy.umask,
+            strict_names=self.strict_names,
+            flush_period=self.files.flush_period,
+            owner=self.owner,
+            token=claim.token or "",
+        )
 
     def _done(self, session: _Session, scan: ScanNode) -> None:
         with self._lock:
