@@ -10,29 +10,55 @@ the signal named, instead of crashing again and again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..exceptions import WriterError
 from ..subscribe.events import StopHandler
 from .scan_writer import WriteResult
-from .worker import ENV, WorkerConfig
 
-__all__ = ["MAX_CRASHES", "WorkerCrashedError", "WorkerProcesses"]
+__all__ = ["MAX_CRASHES", "WorkerConfig", "WorkerCrashedError", "WorkerProcesses"]
 
 logger = logging.getLogger(__name__)
 
 #: Crashes of the process writing a scan after which the scan is FAILED.
 MAX_CRASHES = 2
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What a worker needs from the service that starts it."""
+
+    redis_url: str
+    prefix: str
+    lease_time: float
+    retention_time: float
+    root: str
+    allowed: tuple[str, ...]
+    umask: int | None
+    strict_names: bool
+    flush_period: float
+    owner: str
+    token: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The configuration as JSON values."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> WorkerConfig:
+        """The configuration from :meth:`to_json`'s values."""
+        return cls(**{**values, "allowed": tuple(values["allowed"])})
 
 
 class WorkerCrashedError(WriterError):
@@ -51,6 +77,29 @@ class WorkerProcesses:
         #: Scan db_name -> its live worker process.
         self.running: dict[str, subprocess.Popen[str]] = {}
         self._crashes: dict[str, int] = {}
+        self._spare: subprocess.Popen[str] | None = None
+        self._stopped = False
+
+    def _start(self) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "scanstream.writer.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def _take(self) -> subprocess.Popen[str]:
+        """A worker ready for a scan: the warm spare (then a new spare starts), or a new one."""
+        with self._lock:
+            if self._stopped:
+                raise WriterError("the writer is stopping")
+            proc, self._spare = self._spare, None
+            if proc is None or proc.poll() is not None:
+                if proc is not None:
+                    _close(proc)
+                proc = self._start()
+            self._spare = self._start()
+        return proc
 
     def write(
         self,
@@ -71,16 +120,18 @@ class WorkerProcesses:
         WriterError
             The worker reported an error (the scan fails with it).
         """
-        env = {**os.environ, ENV: config.to_env()}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "scanstream.writer.worker", session, str(number)],
-            stdout=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env=env,
-        )
+        proc = self._take()
         with self._lock:
             self.running[db_name] = proc
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(
+                json.dumps({"session": session, "number": number, "config": config.to_json()})
+                + "\n"
+            )
+            proc.stdin.close()
+        except OSError:
+            pass  # it died already: its exit code says how
         watcher = threading.Thread(
             target=_terminate_on_stop, args=(proc, stop), name=f"watch-{db_name}", daemon=True
         )
@@ -104,8 +155,7 @@ class WorkerProcesses:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+            _close(proc)
             watcher.join(timeout=5)
         if code < 0 and code != -signal.SIGTERM:
             return self._crashed(db_name, -code)
@@ -137,7 +187,13 @@ class WorkerProcesses:
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM every worker (each stops before its next HDF5 call), then SIGKILL."""
         with self._lock:
+            self._stopped = True
             procs = list(self.running.values())
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.kill()
+            spare.wait()
+            _close(spare)
         for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
@@ -160,6 +216,13 @@ def _terminate_on_stop(proc: subprocess.Popen[str], stop: StopHandler) -> None:
                 proc.terminate()
             return
         time.sleep(0.1)
+
+
+def _close(proc: subprocess.Popen[str]) -> None:
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
 
 
 def _result(values: dict[str, Any]) -> WriteResult:

@@ -38,13 +38,12 @@ from ..models import SCAN_NODE_TYPES, SavingState, SavingVerdict
 from ..subscribe.events import EventType, StopHandler
 from ..subscribe.tree import ScanNode, get_session_node
 from .files import FLUSH_PERIOD, FileBusyError, OpenFiles
-from .isolation import RETRY_ERRORS, WorkerProcesses
+from .isolation import RETRY_ERRORS, WorkerConfig, WorkerProcesses
 from .paths import WritePolicy
 from .registry import WriterRegistry, is_dead_local_process, new_owner_id
 from .scan_writer import ScanWriter, WriteResult
 from .session_file import SessionFiles
 from .supervise import RETRY_PERIOD, UNREACHABLE, supervise
-from .worker import WorkerConfig
 
 __all__ = ["CATCH_UP_WORKERS", "HEALTH_TTL", "HEARTBEAT_PERIOD", "RETRY_PERIOD", "WriterService"]
 

@@ -1,9 +1,8 @@
 """One scan written in a process of its own, so that a libhdf5 crash stays with that scan.
 
-``python -m scanstream.writer.worker SESSION NUMBER`` (started by
-:class:`~scanstream.writer.service.WriterService` with ``isolate=True``; its settings come
-in the environment variable ``SCANSTREAM_WORKER``, JSON, so that no password shows in
-``ps``). It writes the scan with a :class:`~scanstream.writer.scan_writer.ScanWriter` and
+``python -m scanstream.writer.worker`` (started by
+:class:`~scanstream.writer.service.WriterService` with ``isolate=True``) reads its scan and
+settings as one JSON line on stdin (not in argv: no password shows in ``ps``). It writes the scan with a :class:`~scanstream.writer.scan_writer.ScanWriter` and
 reports on stdout, one JSON line per message: ``{"started": file, "entry": name}`` once its
 file is chosen, then ``{"result": ...}`` or ``{"error": text, "retry": bool}``.
 
@@ -22,7 +21,6 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,47 +30,18 @@ from .._transport.connection import DataStore, Settings
 from ..subscribe.events import StopHandler
 from ..subscribe.tree import get_session_node
 from .files import OpenFiles
+from .isolation import WorkerConfig
 from .paths import WritePolicy
 from .registry import WriterRegistry
 from .scan_writer import ScanWriter, WriteResult
 from .supervise import UNREACHABLE
 
-__all__ = ["ENV", "FENCE_PERIOD", "WorkerConfig", "main"]
+__all__ = ["FENCE_PERIOD", "main"]
 
 logger = logging.getLogger(__name__)
 
-#: The environment variable holding the worker's configuration (JSON).
-ENV = "SCANSTREAM_WORKER"
 #: Seconds between two checks of the fence (the service's claim) in Redis.
 FENCE_PERIOD = 0.25
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    """What a worker needs from the service that starts it."""
-
-    redis_url: str
-    prefix: str
-    lease_time: float
-    retention_time: float
-    root: str
-    allowed: tuple[str, ...]
-    umask: int | None
-    strict_names: bool
-    flush_period: float
-    owner: str
-    token: str
-
-    def to_env(self) -> str:
-        """The configuration as the value of :data:`ENV`."""
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_env(cls, text: str) -> WorkerConfig:
-        """The configuration from the value of :data:`ENV`."""
-        values = json.loads(text)
-        values["allowed"] = tuple(values["allowed"])
-        return cls(**values)
 
 
 class _Fence(StopHandler):
@@ -121,9 +90,13 @@ def _result_message(result: WriteResult) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Write scan ``NUMBER`` of ``SESSION``; exit 0 (result or stopped), 2 (error), 3 (retry)."""
-    args = sys.argv[1:] if argv is None else argv
-    session, number = args[0], int(args[1])
-    config = WorkerConfig.from_env(os.environ[ENV])
+    # The assignment comes on stdin, one JSON line, once the imports are done: the service
+    # keeps one such worker warm, so a scan's writing starts without the import time.
+    assignment = json.loads(sys.stdin.readline() or "null")
+    if not assignment:
+        return 0  # the service stopped before giving it a scan
+    session, number = assignment["session"], int(assignment["number"])
+    config = WorkerConfig.from_json(assignment["config"])
     logging.basicConfig(
         level=logging.INFO,
         format=f"%(asctime)s %(levelname)s worker {session}:{number}: %(message)s",
