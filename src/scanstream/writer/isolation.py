@@ -2,9 +2,10 @@
 
 A libhdf5 crash (a segfault on a damaged file, an abort on a failed assertion) kills the
 process it happens in. With ``WriterService(isolate=True)`` (the default of ``scanstream
-writer``) every scan is written by :mod:`scanstream.writer.worker` in a process of its own:
-a crash loses that attempt only, and the service writes the scan again from Redis into a
-fresh file. A scan whose worker dies of a signal :data:`MAX_CRASHES` times is FAILED with
+writer``) scans are written by :mod:`scanstream.writer.worker` processes, one scan at a
+time per process (kept warm and reused for the next scans once a scan ended cleanly): a
+crash loses that attempt at that scan only, and the service writes the scan again from Redis
+into a fresh file. A scan whose worker dies of a signal :data:`MAX_CRASHES` times is FAILED with
 the signal named, instead of crashing again and again.
 """
 
@@ -33,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 #: Crashes of the process writing a scan after which the scan is FAILED.
 MAX_CRASHES = 2
+#: Idle workers kept warm for the next scans.
+MAX_IDLE = 4
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ class WorkerProcesses:
         #: Scan db_name -> its live worker process.
         self.running: dict[str, subprocess.Popen[str]] = {}
         self._crashes: dict[str, int] = {}
-        self._spare: subprocess.Popen[str] | None = None
+        self._idle: list[subprocess.Popen[str]] = []
         self._stopped = False
 
     def _start(self) -> subprocess.Popen[str]:
@@ -89,17 +92,28 @@ class WorkerProcesses:
         )
 
     def _take(self) -> subprocess.Popen[str]:
-        """A worker ready for a scan: the warm spare (then a new spare starts), or a new one."""
+        """An idle worker (warm: its imports are done), or a new one; one more stays warm."""
         with self._lock:
             if self._stopped:
                 raise WriterError("the writer is stopping")
-            proc, self._spare = self._spare, None
-            if proc is None or proc.poll() is not None:
-                if proc is not None:
-                    _close(proc)
+            while self._idle:
+                proc = self._idle.pop()
+                if proc.poll() is None:
+                    break
+                _close(proc)
+            else:
                 proc = self._start()
-            self._spare = self._start()
+            if not self._idle:
+                self._idle.append(self._start())  # the next scan starts without import time
         return proc
+
+    def _give_back(self, proc: subprocess.Popen[str]) -> None:
+        """Keep a worker that completed its scan for the next one (up to :data:`MAX_IDLE`)."""
+        with self._lock:
+            if not self._stopped and len(self._idle) < MAX_IDLE and proc.poll() is None:
+                self._idle.append(proc)
+                return
+        _retire(proc)
 
     def write(
         self,
@@ -112,6 +126,9 @@ class WorkerProcesses:
     ) -> WriteResult:
         """Write scan ``number`` of ``session`` in a worker; return its result.
 
+        A worker writes one scan at a time (so a crash is the crash of that scan), and is
+        kept for the next scan once it has reported a complete result.
+
         Raises
         ------
         WorkerCrashedError
@@ -123,22 +140,26 @@ class WorkerProcesses:
         proc = self._take()
         with self._lock:
             self.running[db_name] = proc
-        assert proc.stdin is not None
+        assert proc.stdin is not None and proc.stdout is not None
         try:
             proc.stdin.write(
                 json.dumps({"session": session, "number": number, "config": config.to_json()})
                 + "\n"
             )
-            proc.stdin.close()
+            proc.stdin.flush()
         except OSError:
             pass  # it died already: its exit code says how
+        reported = threading.Event()
         watcher = threading.Thread(
-            target=_terminate_on_stop, args=(proc, stop), name=f"watch-{db_name}", daemon=True
+            target=_terminate_on_stop,
+            args=(proc, stop, reported),
+            name=f"watch-{db_name}",
+            daemon=True,
         )
         watcher.start()
         report: dict[str, Any] = {}
+        reusable = False
         try:
-            assert proc.stdout is not None
             for line in proc.stdout:
                 try:
                     message = json.loads(line)
@@ -146,18 +167,22 @@ class WorkerProcesses:
                     continue
                 if "started" in message:
                     on_start(message["started"], message["entry"])
-                else:
-                    report = message
-            code = proc.wait()
+                    continue
+                report = message
+                break
+            reported.set()
+            watcher.join(timeout=5)
+            reusable = "result" in report and not report.get("stopped") and not stop.stopped
         finally:
+            reported.set()
             with self._lock:
                 self.running.pop(db_name, None)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            _close(proc)
-            watcher.join(timeout=5)
-        if code < 0 and code != -signal.SIGTERM:
+            if reusable:
+                self._give_back(proc)
+            else:
+                _retire(proc)
+        code = proc.returncode
+        if not report and code is not None and code < 0 and code != -signal.SIGTERM:
             return self._crashed(db_name, -code)
         if "result" in report:
             return _result(report["result"])
@@ -189,11 +214,9 @@ class WorkerProcesses:
         with self._lock:
             self._stopped = True
             procs = list(self.running.values())
-            spare, self._spare = self._spare, None
-        if spare is not None:
-            spare.kill()
-            spare.wait()
-            _close(spare)
+            idle, self._idle = self._idle, []
+        for proc in idle:
+            _retire(proc)
         for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
@@ -208,14 +231,29 @@ class WorkerProcesses:
 RETRY_ERRORS: tuple[type[Exception], ...] = (WorkerCrashedError, _RetryError)
 
 
-def _terminate_on_stop(proc: subprocess.Popen[str], stop: StopHandler) -> None:
+def _terminate_on_stop(
+    proc: subprocess.Popen[str], stop: StopHandler, reported: threading.Event
+) -> None:
     """SIGTERM the worker once ``stop`` is stopped (the worker fences itself too)."""
-    while proc.poll() is None:
+    while proc.poll() is None and not reported.is_set():
         if stop.stopped:  # a claim stops by time too (it lapses): poll it, do not wait on it
             if proc.poll() is None:
                 proc.terminate()
             return
         time.sleep(0.1)
+
+
+def _retire(proc: subprocess.Popen[str]) -> None:
+    """End a worker: EOF on its stdin ends it between scans; SIGKILL if it does not go."""
+    with contextlib.suppress(OSError):
+        if proc.stdin is not None:
+            proc.stdin.close()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    _close(proc)
 
 
 def _close(proc: subprocess.Popen[str]) -> None:

@@ -1,10 +1,13 @@
-"""One scan written in a process of its own, so that a libhdf5 crash stays with that scan.
+"""Scans written in a process apart from the service, so that a libhdf5 crash stays there.
 
 ``python -m scanstream.writer.worker`` (started by
-:class:`~scanstream.writer.service.WriterService` with ``isolate=True``) reads its scan and
-settings as one JSON line on stdin (not in argv: no password shows in ``ps``). It writes the scan with a :class:`~scanstream.writer.scan_writer.ScanWriter` and
-reports on stdout, one JSON line per message: ``{"started": file, "entry": name}`` once its
-file is chosen, then ``{"result": ...}`` or ``{"error": text, "retry": bool}``.
+:class:`~scanstream.writer.service.WriterService` with ``isolate=True``) reads its
+assignments on stdin, one JSON line each (scan and settings; not in argv, so that no
+password shows in ``ps``), and writes one scan at a time with a
+:class:`~scanstream.writer.scan_writer.ScanWriter`. It reports on stdout, one JSON line per
+message: ``{"started": file, "entry": name}`` once the scan's file is chosen, then
+``{"result": ...}`` or ``{"error": text, "retry": bool}``; then it waits for the next
+assignment (the service keeps a few workers warm), or exits at EOF.
 
 The worker fences itself: before each event (at most every :data:`FENCE_PERIOD` s, a Redis
 read) it checks that the claim of the service that started it still holds the session with
@@ -20,6 +23,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -47,8 +51,11 @@ FENCE_PERIOD = 0.25
 class _Fence(StopHandler):
     """Stopped by SIGTERM, or once the service's claim no longer holds the session."""
 
-    def __init__(self, registry: WriterRegistry, session: str, token: str) -> None:
+    def __init__(
+        self, registry: WriterRegistry, session: str, token: str, terminated: threading.Event
+    ) -> None:
         super().__init__()
+        self._terminated = terminated
         self._registry = registry
         self._session = session
         self._token = token
@@ -57,7 +64,7 @@ class _Fence(StopHandler):
 
     @property
     def stopped(self) -> bool:
-        if super().stopped or not self._held:
+        if super().stopped or not self._held or self._terminated.is_set():
             return True
         now = time.monotonic()
         if now - self._checked >= FENCE_PERIOD:
@@ -88,19 +95,10 @@ def _result_message(result: WriteResult) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Write scan ``NUMBER`` of ``SESSION``; exit 0 (result or stopped), 2 (error), 3 (retry)."""
-    # The assignment comes on stdin, one JSON line, once the imports are done: the service
-    # keeps one such worker warm, so a scan's writing starts without the import time.
-    assignment = json.loads(sys.stdin.readline() or "null")
-    if not assignment:
-        return 0  # the service stopped before giving it a scan
+def _write_one(assignment: dict[str, Any], terminated: threading.Event) -> bool:
+    """Write the assigned scan and report it; True when the worker may take another one."""
     session, number = assignment["session"], int(assignment["number"])
     config = WorkerConfig.from_json(assignment["config"])
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s %(levelname)s worker {session}:{number}: %(message)s",
-    )
     if config.umask is not None:
         os.umask(config.umask)
     store = DataStore(
@@ -111,10 +109,9 @@ def main(argv: list[str] | None = None) -> int:
             retention_time=config.retention_time,
         )
     )
-    fence = _Fence(WriterRegistry(store, config.owner), session, config.token)
-    signal.signal(signal.SIGTERM, lambda *_: fence.stop())
+    fence = _Fence(WriterRegistry(store, config.owner), session, config.token, terminated)
     files = OpenFiles(config.flush_period)
-    code = 0
+    reusable = False
     try:
         scan = get_session_node(session, store=store).get_scan(number)
         writer = ScanWriter(
@@ -127,20 +124,37 @@ def main(argv: list[str] | None = None) -> int:
         )
         result = writer.run(fence)
         files.close()
-        _say(result=_result_message(result), stopped=fence.stopped)
+        stopped = fence.stopped
+        _say(result=_result_message(result), stopped=stopped)
+        reusable = not stopped and not files.unclosed
     except UNREACHABLE as exc:
         _say(error=f"{type(exc).__name__}: {exc}", retry=True)
-        code = 3
     except Exception as exc:
         _say(error=f"{type(exc).__name__}: {exc}", retry=False)
-        code = 2
     finally:
         files.close()
         store.close()
     if files.unclosed:  # HDF5 would crash at exit on a file it could not flush
         logging.shutdown()
         os._exit(2)
-    return code
+    return reusable
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the scans assigned on stdin, one at a time, until EOF or an unusable state."""
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s %(levelname)s worker {os.getpid()}: %(message)s"
+    )
+    terminated = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: terminated.set())
+    # Assignments come on stdin, one JSON line each, once the imports are done: the service
+    # keeps such workers warm, so a scan's writing starts without the import time.
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        if not _write_one(json.loads(line), terminated) or terminated.is_set():
+            break
+    return 0
 
 
 if __name__ == "__main__":
