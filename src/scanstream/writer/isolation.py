@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 MAX_CRASHES = 2
 #: Idle workers kept warm for the next scans.
 MAX_IDLE = 4
+#: Worker processes alive at once (busy and idle): more scans wait for a free one. Starting
+#: a process per waiting scan would spend the CPU on imports (each costs ~0.6 s of CPU).
+MAX_WORKERS = 8
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,9 @@ class WorkerProcesses:
         self.running: dict[str, subprocess.Popen[str]] = {}
         self._crashes: dict[str, int] = {}
         self._idle: list[subprocess.Popen[str]] = []
+        self._busy = 0
         self._stopped = False
+        self._free = threading.Condition(self._lock)
 
     def _start(self) -> subprocess.Popen[str]:
         return subprocess.Popen(
@@ -91,28 +96,42 @@ class WorkerProcesses:
             text=True,
         )
 
-    def _take(self) -> subprocess.Popen[str]:
-        """An idle worker (warm: its imports are done), or a new one; one more stays warm."""
-        with self._lock:
-            if self._stopped:
-                raise WriterError("the writer is stopping")
-            while self._idle:
-                proc = self._idle.pop()
-                if proc.poll() is None:
-                    break
-                _close(proc)
-            else:
-                proc = self._start()
-            if not self._idle:
-                self._idle.append(self._start())  # the next scan starts without import time
-        return proc
+    def _take(self, stop: StopHandler) -> subprocess.Popen[str] | None:
+        """An idle worker (warm: its imports are done), or a new one; None if ``stop`` first.
 
-    def _give_back(self, proc: subprocess.Popen[str]) -> None:
+        Waits while :data:`MAX_WORKERS` are busy.
+        """
+        with self._free:
+            while True:
+                if self._stopped:
+                    raise WriterError("the writer is stopping")
+                if stop.stopped:
+                    return None
+                while self._idle:
+                    proc = self._idle.pop()
+                    if proc.poll() is None:
+                        self._busy += 1
+                        break
+                    _close(proc)
+                else:
+                    if self._busy + len(self._idle) >= MAX_WORKERS:
+                        self._free.wait(0.1)
+                        continue
+                    proc = self._start()
+                    self._busy += 1
+                if not self._idle and self._busy < MAX_WORKERS:
+                    self._idle.append(self._start())  # the next scan starts without imports
+                return proc
+
+    def _give_back(self, proc: subprocess.Popen[str], *, reusable: bool) -> None:
         """Keep a worker that completed its scan for the next one (up to :data:`MAX_IDLE`)."""
-        with self._lock:
-            if not self._stopped and len(self._idle) < MAX_IDLE and proc.poll() is None:
-                self._idle.append(proc)
-                return
+        with self._free:
+            self._busy -= 1
+            self._free.notify()
+            if reusable and not self._stopped and len(self._idle) < MAX_IDLE:
+                if proc.poll() is None:
+                    self._idle.append(proc)
+                    return
         _retire(proc)
 
     def write(
@@ -137,7 +156,9 @@ class WorkerProcesses:
         WriterError
             The worker reported an error (the scan fails with it).
         """
-        proc = self._take()
+        proc = self._take(stop)
+        if proc is None:
+            return WriteResult(Path(""))  # stopped while waiting for a worker: incomplete
         with self._lock:
             self.running[db_name] = proc
         assert proc.stdin is not None and proc.stdout is not None
@@ -177,10 +198,7 @@ class WorkerProcesses:
             reported.set()
             with self._lock:
                 self.running.pop(db_name, None)
-            if reusable:
-                self._give_back(proc)
-            else:
-                _retire(proc)
+            self._give_back(proc, reusable=reusable)
         code = proc.returncode
         if not report and code is not None and code < 0 and code != -signal.SIGTERM:
             return self._crashed(db_name, -code)
