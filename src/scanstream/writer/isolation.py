@@ -35,10 +35,10 @@ logger = logging.getLogger(__name__)
 #: Crashes of the process writing a scan after which the scan is FAILED.
 MAX_CRASHES = 2
 #: Idle workers kept warm for the next scans.
-MAX_IDLE = 4
+MAX_IDLE = 2
 #: Worker processes alive at once (busy and idle): more scans wait for a free one. Starting
 #: a process per waiting scan would spend the CPU on imports (each costs ~0.6 s of CPU).
-MAX_WORKERS = 8
+MAX_WORKERS = 4
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,12 @@ class WorkerProcesses:
             stdout=subprocess.PIPE,
             text=True,
         )
+
+    def warm(self, count: int = 1) -> None:
+        """Start ``count`` idle workers now, so that the first scans do not wait for imports."""
+        with self._free:
+            while not self._stopped and len(self._idle) < min(count, MAX_IDLE):
+                self._idle.append(self._start())
 
     def _take(self, stop: StopHandler) -> subprocess.Popen[str] | None:
         """An idle worker (warm: its imports are done), or a new one; None if ``stop`` first.

@@ -247,6 +247,8 @@ class WriterService:
     def start(self) -> WriterService:
         """Start following the sessions (returns at once)."""
         self.policy.apply_umask()
+        if self.isolate:
+            self.workers.warm()
         self._spawn(self._heartbeat_loop, "heartbeat")
         for session in self._sessions.values():
             self._spawn(self._follow_session, f"session-{session.name}", session)

@@ -130,6 +130,7 @@ def _write_one(assignment: dict[str, Any], terminated: threading.Event) -> bool:
     except UNREACHABLE as exc:
         _say(error=f"{type(exc).__name__}: {exc}", retry=True)
     except Exception as exc:
+        logger.debug("scan %s:%s", session, number, exc_info=True)
         _say(error=f"{type(exc).__name__}: {exc}", retry=False)
     finally:
         files.close()
