@@ -33,7 +33,7 @@ import redis
 from .._transport.connection import DataStore, Settings
 from ..subscribe.events import StopHandler
 from ..subscribe.tree import get_session_node
-from .files import OpenFiles
+from .files import FileBusyError, OpenFiles
 from .isolation import WorkerConfig
 from .paths import WritePolicy
 from .registry import WriterRegistry
@@ -44,6 +44,9 @@ __all__ = ["FENCE_PERIOD", "main"]
 
 logger = logging.getLogger(__name__)
 
+#: Errors the service retries: Redis unreachable, or the file still locked by a writer that
+#: lost the session (frozen).
+_RETRIED: tuple[type[Exception], ...] = (*UNREACHABLE, FileBusyError)
 #: Seconds between two checks of the fence (the service's claim) in Redis.
 FENCE_PERIOD = 0.25
 
@@ -127,7 +130,9 @@ def _write_one(assignment: dict[str, Any], terminated: threading.Event) -> bool:
         stopped = fence.stopped
         _say(result=_result_message(result), stopped=stopped)
         reusable = not stopped and not files.unclosed
-    except UNREACHABLE as exc:
+    except _RETRIED as exc:
+        # Redis unreachable, or the file still locked by a writer that lost the session
+        # (frozen): the service tries again.
         _say(error=f"{type(exc).__name__}: {exc}", retry=True)
     except Exception as exc:
         logger.debug("scan %s:%s", session, number, exc_info=True)
