@@ -174,6 +174,9 @@ class SessionFiles:
                         "written into; give the scans another filename"
                     )
                 return file
+        # The scans directory first: a session file a kill left half created is then
+        # recognized as ours (above) and rebuilt, instead of being refused for ever.
+        scans.mkdir(exist_ok=True)
         file = nexus.open_nexus_file(path, "w")
         _root_attrs(file)
         self._rebuild(file, path)
