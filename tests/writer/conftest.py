@@ -38,9 +38,15 @@ def wait_saved(store: DataStore, session: str, numbers: set[int], timeout: float
 
 @pytest.fixture
 def writer(store: DataStore, tmp_path: Path) -> Iterator[WriterService]:
-    """A WriterService for ``test_session`` writing under ``tmp_path/data``, owning the session."""
+    """A WriterService for ``test_session`` writing under ``tmp_path/data`` (and anywhere below
+    ``tmp_path``), owning the session."""
+    # tmp_path is allowed besides the root: tests give scans filenames all over it.
     service = WriterService(
-        ["test_session"], root=tmp_path / "data", store=store, flush_period=0.05
+        ["test_session"],
+        root=tmp_path / "data",
+        store=store,
+        flush_period=0.05,
+        allow=[tmp_path],
     )
     service.start()
     try:

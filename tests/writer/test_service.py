@@ -135,7 +135,9 @@ def test_a_bad_scan_is_reported_and_the_others_are_written(
         assert file[f"{good.number}.1/measurement/c"][()].tolist() == [3.0, 4.0]
 
 
-def test_an_entry_of_another_scan_is_never_overwritten(writer, session, store, tmp_path):
+def test_an_hdf5_file_scanstream_did_not_create_is_never_written(writer, session, store, tmp_path):
+    # Before issue 11 the writer added its entries beside those of any HDF5 file; now a file
+    # without scanstream's root marker (creator="scanstream") refuses the scan, untouched.
     path = tmp_path / "data/test_session/test_session.h5"
     path.parent.mkdir(parents=True)
     with h5py.File(path, "w") as file:
@@ -145,13 +147,14 @@ def test_an_entry_of_another_scan_is_never_overwritten(writer, session, store, t
     wait_for(
         lambda: (writer_status("test_session", store=store) or {}).get("errors"),
         10,
-        "the conflict to be reported",
+        "the refusal to be reported",
     )
     assert (
-        "already holds another scan"
+        "scanstream did not create"
         in writer_status("test_session", store=store)["errors"][0]["error"]
     )
     with h5py.File(path, "r") as file:
+        assert list(file) == ["1.1"]
         assert file["1.1/title"].asstr()[()] == "an older scan"
         assert "measurement" not in file["1.1"]
 

@@ -1,4 +1,4 @@
-"""``scanstream writer SESSION... [--root DIR]`` and ``scanstream writer --status [SESSION...]``."""
+"""``scanstream writer SESSION... [--root DIR] [--allow DIR]... [--umask OCTAL]`` and ``scanstream writer --status [SESSION...]``."""
 
 from __future__ import annotations
 
@@ -26,6 +26,28 @@ def configure_writer(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="base directory of scans without scan_info 'filename' (written to "
         "DIR/SESSION/SESSION.h5) and of relative filenames (default: .)",
+    )
+    parser.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a further directory where scan_info 'filename' may point (repeatable); any "
+        "other place, '..' components or a symbolic link leaving them fails that scan",
+    )
+    parser.add_argument(
+        "--umask",
+        type=_octal,
+        default=None,
+        metavar="OCTAL",
+        help="umask of the files and directories the writer creates, e.g. 022 (readable "
+        "by everyone) or 027 (by the group only); default: the umask it was started with",
+    )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="write the scans in threads of this process instead of one process per scan "
+        "(faster to start; a libhdf5 crash then stops every session of this writer)",
     )
     parser.add_argument(
         "--only-new",
@@ -76,10 +98,23 @@ def run_writer(args: argparse.Namespace) -> int:
         strict_names=args.strict_names,
         compression=args.compression,
         layout="legacy" if args.legacy_names else "esrf",
+        allow=args.allow,
+        umask=args.umask,
+        isolate=not args.in_process,
     )
     code = service.run()
     service.exit_if_files_unflushed()  # HDF5 would crash at interpreter exit on them
     return code
+
+
+def _octal(text: str) -> int:
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--umask {text!r} is not an octal number") from None
+    if not 0 <= value <= 0o777:
+        raise argparse.ArgumentTypeError(f"--umask {text!r} is not between 000 and 777")
+    return value
 
 
 def _print_status(store: DataStore, sessions: list[str]) -> int:

@@ -324,7 +324,11 @@ class Walker:
         for stream in session_streams:
             for entry_id, fields in stream:
                 self._session_last = entry_id
-                self._on_session_event(fields, events, entry_id)
+                try:
+                    self._on_session_event(fields, events, entry_id)
+                except DecodingError as exc:
+                    # One garbage entry must not end every later walk of the session at it.
+                    logger.error("session stream entry %s skipped: %s", entry_id, exc)
         return events
 
     def _on_session_event(

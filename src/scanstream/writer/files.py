@@ -20,6 +20,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 import h5py
@@ -36,9 +37,58 @@ FLUSH_PERIOD = 0.2
 SPACE_MARGIN = 16 << 20
 
 
+class FileBusyError(WriterError):
+    """Another writer holds the file's lock: it is written there (retried until released)."""
+
+
+def lock_path(path: Path) -> Path:
+    """The sibling lock file of ``path`` (``.<name>.lock``), created next to it."""
+    return path.with_name(f".{path.name}.lock")
+
+
+class FileLock:
+    """An exclusive ``flock`` on the sibling lock file of ``path``, held until :meth:`release`.
+
+    HDF5's own locking is off (viewers must never block the writer, see
+    :mod:`scanstream.writer.nexus`), so this is what keeps two writers, on one host or on
+    hosts sharing a file system with working ``flock``, from having one file open for writing
+    at once. The lock belongs to the open file description, so it lasts exactly as long as
+    the process has the file open: a SIGKILLed writer loses it at once, a SIGSTOPped one keeps
+    it (and the standby waits) until it resumes, finds its claim lapsed and closes the file.
+    The lock file is never deleted: deleting it would let two writers lock two different files.
+    """
+
+    def __init__(self, path: Path, *, timeout: float = 0.0) -> None:
+        self.path = lock_path(path)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise FileBusyError(
+                        f"{str(path)!r} is being written by another writer (it holds "
+                        f"{str(self.path)!r}); waiting until it stops"
+                    ) from None
+                time.sleep(0.02)
+            except OSError:
+                break  # a file system without flock: the Redis claim is the only fence
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        """Release the lock (closing the descriptor releases it)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
 class _OpenFile:
-    def __init__(self, file: h5py.File) -> None:
+    def __init__(self, file: h5py.File, lock: FileLock) -> None:
         self.file = file
+        self.lock = lock
         self.users = 0
         self.dirty = False
 
@@ -56,7 +106,7 @@ class OpenFiles:
         self.flush_period = flush_period
         self._files: dict[Path, _OpenFile] = {}
         # Files HDF5 failed to close (disk full): kept referenced, closed once possible.
-        self._unclosed: dict[Path, h5py.File] = {}
+        self._unclosed: dict[Path, _OpenFile] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._flusher = threading.Thread(
@@ -64,8 +114,12 @@ class OpenFiles:
         )
         self._flusher.start()
 
-    def acquire(self, path: Path) -> h5py.File:
+    def acquire(self, path: Path, *, fresh: bool = False) -> h5py.File:
         """Open ``path`` (creating it and its directory) for one more user, and return it.
+
+        With ``fresh``, a file left at ``path`` (by a writer killed while writing it) is
+        deleted once the lock is held, and a new one is created: a file a killed process was
+        writing is never extended (its HDF5 metadata may be half updated).
 
         Raises
         ------
@@ -82,7 +136,16 @@ class OpenFiles:
                 )
             entry = self._files.get(path)
             if entry is None:
-                entry = _OpenFile(_open(path))
+                _make_parent(path)
+                lock = FileLock(path)
+                try:
+                    if fresh:
+                        path.unlink(missing_ok=True)
+                    file = _open(path)
+                except BaseException:
+                    lock.release()
+                    raise
+                entry = _OpenFile(file, lock)
                 self._files[path] = entry
             entry.users += 1
             return entry.file
@@ -128,10 +191,11 @@ class OpenFiles:
                 entry.dirty = False
             except (OSError, RuntimeError) as exc:
                 if entry.users <= 0:
-                    self._unclosed[path] = entry.file  # never close an unflushed file: see above
+                    self._unclosed[path] = entry  # never close an unflushed file: see above
                 raise WriterError(f"cannot write {str(path)!r}: {exc}") from exc
             if entry.users <= 0:
                 entry.file.close()
+                entry.lock.release()
 
     @property
     def unclosed(self) -> list[Path]:
@@ -144,7 +208,7 @@ class OpenFiles:
         self._flusher.join(timeout=5)
         with self._lock:
             for path, entry in list(self._files.items()):
-                self._unclosed[path] = entry.file
+                self._unclosed[path] = entry
             self._files.clear()
             self._retry_unclosed()
             for path in self._unclosed:
@@ -157,12 +221,13 @@ class OpenFiles:
 
     def _retry_unclosed(self) -> None:
         """Flush, then close, the files whose flush failed; leave those that still fail."""
-        for path, file in list(self._unclosed.items()):
+        for path, entry in list(self._unclosed.items()):
             try:
-                file.flush()
+                entry.file.flush()
             except (OSError, RuntimeError):
-                continue
-            file.close()
+                continue  # its lock is kept: released with the process at the latest
+            entry.file.close()
+            entry.lock.release()
             del self._unclosed[path]
             logger.info("%s flushed and closed", path)
 
@@ -180,7 +245,7 @@ class OpenFiles:
                         logger.warning("flushing %s failed: %s", path, exc)
 
 
-def _refuse_if_written_elsewhere(path: Path) -> None:
+def refuse_if_written_elsewhere(path: Path) -> None:
     """Raise WriterError if another program holds ``path`` open for writing.
 
     The writer opens files without HDF5 locking (so that viewers never block it), which means
@@ -205,7 +270,7 @@ def _refuse_if_written_elsewhere(path: Path) -> None:
         os.close(fd)  # closing releases the lock taken
 
 
-def _open(path: Path) -> h5py.File:
+def _make_parent(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -213,12 +278,15 @@ def _open(path: Path) -> h5py.File:
             f"cannot create the directory {str(path.parent)!r} for {path.name!r}: "
             f"{exc.strerror or exc}; choose a writable place (scan_info 'filename' or --root)"
         ) from exc
+
+
+def _open(path: Path) -> h5py.File:
     if not path.exists() and not os.access(path.parent, os.W_OK):
         raise WriterError(
             f"cannot create {str(path)!r}: directory {str(path.parent)!r} is not writable; "
             "fix its permissions or choose another place (scan_info 'filename' or --root)"
         )
-    _refuse_if_written_elsewhere(path)
+    refuse_if_written_elsewhere(path)
     try:
         return open_nexus_file(path, "a")
     except OSError as exc:

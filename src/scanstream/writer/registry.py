@@ -16,19 +16,43 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from .._protocol.entries import saving_fields
 from .._transport.connection import DataStore
 from ..admin.registry import OWNER_FIELD, STATUS_FIELD, is_saved
+from ..models import SavingVerdict
 
-__all__ = ["WriterRegistry", "is_dead_local_process", "new_owner_id"]
+__all__ = ["EPOCH_FIELD", "WriterRegistry", "is_dead_local_process", "new_owner_id"]
 
-# Take or renew the claim unless another writer holds it; return that writer's id if so.
-# KEYS[1] health hash; ARGV: owner field, status field, owner id, status JSON, TTL (ms).
+#: Field of the health hash holding the fencing token of the current period of ownership.
+EPOCH_FIELD = "epoch"
+
+# Take or renew the claim unless another writer holds it. Returns {0, other writer's id}, or
+# {1, fencing token}: the token given when the claim is new, the one recorded when renewed.
+# KEYS[1] health hash; ARGV: owner field, status field, owner id, status JSON, TTL (ms),
+# epoch field, new token.
 _CLAIM = """
 local owner = redis.call('HGET', KEYS[1], ARGV[1])
-if owner and owner ~= ARGV[3] then return owner end
+if owner and owner ~= ARGV[3] then return {0, owner} end
+local token = redis.call('HGET', KEYS[1], ARGV[6])
+if not owner or not token then
+  token = ARGV[7]
+  redis.call('HSET', KEYS[1], ARGV[6], token)
+end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3], ARGV[2], ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return false
+return {1, token}
+"""
+# Record fields in a scan hash only if it still exists (never a key without expiry).
+_RECORD = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+# Raise the session's number floor to ARGV[1] (never lower it).
+_FLOOR = """
+local floor = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if tonumber(ARGV[1]) > floor then redis.call('SET', KEYS[1], ARGV[1]) return ARGV[1] end
+return floor
 """
 # Delete the claim only if it still names that owner (never another writer's, taken since).
 # KEYS[1] health hash; ARGV: owner field, owner id.
@@ -59,9 +83,15 @@ class WriterRegistry:
         self.owner = owner
         self._claim = store.redis.register_script(_CLAIM)
         self._release = store.redis.register_script(_RELEASE)
+        self._record = store.redis.register_script(_RECORD)
+        self._floor = store.redis.register_script(_FLOOR)
+        #: The fencing token of the last claim taken or renewed, per session.
+        self.tokens: dict[str, str] = {}
 
     def claim(self, session: str, status: Mapping[str, Any], ttl: float) -> str | None:
         """Take or renew the claim on ``session`` for ``ttl`` seconds, publishing ``status``.
+
+        A claim taken anew gets a new fencing token (``tokens[session]``); a renewal keeps it.
 
         Returns
         -------
@@ -74,11 +104,50 @@ class WriterRegistry:
         redis.RedisError
             Redis cannot be reached (after redis-py's retries).
         """
-        other = self._claim(
+        held, value = self._claim(
             keys=[self.store.keys.writer_health(session)],
-            args=[OWNER_FIELD, STATUS_FIELD, self.owner, json.dumps(status), int(ttl * 1000)],
+            args=[
+                OWNER_FIELD,
+                STATUS_FIELD,
+                self.owner,
+                json.dumps(status),
+                int(ttl * 1000),
+                EPOCH_FIELD,
+                uuid.uuid4().hex,
+            ],
         )
-        return None if other is None else bytes(other).decode()
+        text = bytes(value).decode()
+        if int(held):
+            self.tokens[session] = text
+            return None
+        return text
+
+    def holds(self, session: str, token: str | None) -> bool:
+        """True when this writer's claim with fencing token ``token`` still holds ``session``.
+
+        The fence checked before anything that tells the world about a scan (its verdict):
+        a writer whose claim lapsed (frozen, cut off) and was taken by another finds out here.
+        """
+        if token is None:
+            return False
+        owner, epoch = self.store.redis.hmget(
+            self.store.keys.writer_health(session), [OWNER_FIELD, EPOCH_FIELD]
+        )
+        return owner == self.owner.encode() and epoch == token.encode()
+
+    def record_verdict(self, session: str, number: int, verdict: SavingVerdict) -> bool:
+        """Write ``verdict`` into the scan hash, if it still exists; True when written."""
+        fields = saving_fields(verdict)
+        args: list[Any] = []
+        for name, value in fields.items():
+            args.extend((name, value))
+        return bool(self._record(keys=[self.store.keys.scan(session, number)], args=args))
+
+    def raise_number_floor(self, session: str, number: int) -> int:
+        """Raise ``keys.session_number_floor(session)`` to ``number``; return the floor."""
+        return int(
+            self._floor(keys=[self.store.keys.session_number_floor(session)], args=[int(number)])
+        )
 
     def release(self, session: str, owner: str | None = None) -> None:
         """Delete the claim on ``session`` if it names ``owner`` (default: this writer)."""

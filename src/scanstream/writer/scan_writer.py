@@ -26,13 +26,19 @@ from ..subscribe.nodes import DataNode, ScanMemberNode
 from ..subscribe.tree import ScanNode
 from . import nexus
 from .files import OpenFiles
+from .paths import WritePolicy
 from .read_ahead import ReadAhead
+from .session_file import IDENTITY_ATTR, SessionFiles, scan_file_of
 
 logger = logging.getLogger(__name__)
 
 #: scan_info keys written as NeXus groups at the end of the scan (besides those listed in
 #: ``scan_info["scan_meta_categories"]``), with their NeXus class.
 METADATA_CLASSES = {"sample": "NXsample", "technique": "NXcollection", "instrument": "NXinstrument"}
+
+
+class _Stopped(Exception):
+    """The claim stopped: nothing more is written (not even the session file's link)."""
 
 
 #: Node classes with a data stream: they are written into the entry of their top master.
@@ -46,9 +52,14 @@ class WriteResult:
     Attributes
     ----------
     path : Path
-        The HDF5 file.
+        The HDF5 file users open (the session file: it links to ``scan_file``).
     entries : list of str
         The NXentry names (``"3.1"``, ``"3.2"``...).
+    scan_file : Path or None
+        The file holding the scan's entries.
+    problems : list of str
+        Why the file does not hold every sealed point (a channel and its counts, a corrupt
+        entry): a scan with problems is FAILED, never saved.
     points : dict
         Number of points (or frames) written per data node (its ``db_name``).
     state : str
@@ -62,6 +73,8 @@ class WriteResult:
     points: dict[str, int] = field(default_factory=dict)
     state: str = ""
     warnings: list[str] = field(default_factory=list)
+    scan_file: Path | None = None
+    problems: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -108,6 +121,12 @@ class ScanWriter:
         Compression of the channel datasets (:data:`nexus.COMPRESSIONS`).
     layout : str
         ``"esrf"`` or ``"legacy"`` (:data:`nexus.LAYOUTS`).
+    session_files : SessionFiles, optional
+        The process's session-file steps (shared by the scans; default: its own).
+    policy : WritePolicy, optional
+        Where the writer may write (default: under ``root`` only).
+    on_start : callable, optional
+        Called with the result and the first entry's name once they are known.
     """
 
     def __init__(
@@ -119,6 +138,9 @@ class ScanWriter:
         strict_names: bool = False,
         compression: str = nexus.DEFAULT_COMPRESSION,
         layout: str = "esrf",
+        session_files: SessionFiles | None = None,
+        policy: WritePolicy | None = None,
+        on_start: Callable[[WriteResult, str], None] | None = None,
     ) -> None:
         self.compression = compression
         self.layout = layout
@@ -126,8 +148,16 @@ class ScanWriter:
         self.files = files
         self.root = root
         self.strict_names = strict_names
+        self.session_files = session_files or SessionFiles()
+        self.policy = policy or WritePolicy.create(root)
+        self.on_start = on_start
         self.info: dict[str, Any] = scan.info
-        self.result = WriteResult(scan_file_path(self.info, scan.session_name, root))
+        self.result = WriteResult(self.policy.scan_file(self.info, scan.session_name))
+        self._number = scan.number  # the entry number (differs after a numbering reset)
+        self._covered: dict[int, int] = {}  # data node index -> points written without a gap
+        self._gaps: list[str] = []
+        self._stop: StopHandler | None = None
+        self._end: dict[str, Any] = {}
         self._file: h5py.File | None = None
         self._entries: dict[int, h5py.Group] = {}  # top-master node index -> NXentry
         self._datasets: dict[int, h5py.Dataset] = {}  # channel node index -> dataset
@@ -165,7 +195,21 @@ class ScanWriter:
             EventType.PREPARED_SCAN: self.on_prepared,
             EventType.END_SCAN: self.on_end,
         }
-        self._file = self.files.acquire(self.result.path)
+        self._stop = stop_handler
+        master = self.result.path
+        self._number = self.session_files.choose_number(
+            master, self.scan.number, self.scan_id, strict=self.strict_names
+        )
+        self.result.scan_file = scan_file_of(master, self._number)
+        if self.on_start is not None:
+            self.on_start(
+                self.result, nexus.entry_name(self._number, 1, strict_names=self.strict_names)
+            )
+        if stop_handler is not None and stop_handler.stopped:
+            return self.result
+        # Not saved, so whatever a killed writer left in this scan's file is written again.
+        self._file = self.files.acquire(self.result.scan_file, fresh=True)
+        self._file.attrs[IDENTITY_ATTR] = self.scan_id
         try:
             # Events are read from Redis while the previous ones are written (read_ahead.py).
             with ReadAhead(
@@ -178,15 +222,53 @@ class ScanWriter:
                     # writer's (the service lost the session), so not one more write.
                     if stop_handler is not None and stop_handler.stopped:
                         break
-                    routes[event_type](node, event_data)
+                    try:
+                        routes[event_type](node, event_data)
+                    except _Stopped:
+                        break
                     if self.result.complete:
                         break
+            if self.result.complete:
+                self._check_lengths()
         except OSError as exc:
-            raise WriterError(f"cannot write {str(self.result.path)!r}: {exc}") from exc
+            raise WriterError(f"cannot write {str(self.result.scan_file)!r}: {exc}") from exc
         finally:
             file, self._file = self._file, None
             self.files.release(file)
+        if self.result.complete and not self._stopped():
+            self._guarded("default plot of the session file", self._link_default)
         return self.result
+
+    def _stopped(self) -> bool:
+        return self._stop is not None and self._stop.stopped
+
+    def _link_default(self) -> None:
+        assert self.result.scan_file is not None
+        with nexus.open_nexus_file(self.result.scan_file, "r") as file:
+            default = file.attrs.get("default")
+        if default:
+            name = default.decode() if isinstance(default, bytes) else str(default)
+            self.session_files.set_default(self.result.path, name)
+
+    def _check_lengths(self) -> None:
+        """Compare what is in the file with the lengths Redis sealed: any hole is a problem."""
+        problems = self.result.problems
+        problems.extend(self._gaps)
+        for name, error in self._end.get("decoding_errors", {}).items():
+            problems.append(f"{name}: corrupt data entry in Redis ({error})")
+        lengths: Mapping[str, int] = self._end.get("lengths", {})
+        for index, node in self._data_nodes.items():
+            sealed = lengths.get(node.db_name)
+            if sealed is None:
+                continue
+            written = self._covered.get(index, 0)
+            dataset = self._datasets.get(index)
+            if dataset is not None and written:
+                written = min(written, int(dataset.shape[0]))
+            if written != sealed:
+                problems.append(
+                    f"{node.db_name}: {written} points in the file, {sealed} sealed in Redis"
+                )
 
     # -- the router: one method per event kind, then one per node class ----------------------
     # Node classes are told apart with isinstance, in one place per event kind (a plain
@@ -222,6 +304,13 @@ class ScanWriter:
             end = self.on_scan_ref_data(node, data)
         else:
             return
+        covered = self._covered.get(node.index, 0)
+        if data.first_index > covered:
+            self._gaps.append(
+                f"{node.db_name}: points {covered} to {data.first_index - 1} never arrived"
+            )
+        else:
+            self._covered[node.index] = max(covered, end)
         self.result.points[node.db_name] = end
         if self._live_plot_pending and node.index not in self._has_data:
             self._has_data.add(node.index)
@@ -246,6 +335,7 @@ class ScanWriter:
     def on_end(self, node: DataNode, data: EventData) -> None:
         """The end of the scan (not of a sub-scan): its final metadata, and the result's state."""
         if node is self.scan:
+            self._end = dict(data.description or {})
             self._finalize(data.data, data.description or {})
 
     def on_new_channel(self, node: ChannelNode) -> None:
@@ -313,7 +403,7 @@ class ScanWriter:
             return entry
         assert self._file is not None
         name = nexus.entry_name(
-            self.scan.number, len(self._entries) + 1, strict_names=self.strict_names
+            self._number, len(self._entries) + 1, strict_names=self.strict_names
         )
         existing = self._file.get(name)
         if existing is not None and existing.attrs.get("scanstream_scan") != self.scan_id:
@@ -331,10 +421,16 @@ class ScanWriter:
             scan_info=self.info,
             layout=self.layout,
         )
-        entry.attrs["scanstream_scan"] = self.scan_id
+        entry.attrs[IDENTITY_ATTR] = self.scan_id
         entry.attrs["scanstream_top_master"] = master_name
         self._entries[index] = entry
         self.result.entries.append(name)
+        # The entry exists in the scan file (flushed) before the session file links to it.
+        self._file.flush()
+        if self._stopped():
+            raise _Stopped()
+        assert self.result.scan_file is not None
+        self.session_files.link_entries(self.result.path, self.result.scan_file, [name])
         return entry
 
     # -- end of scan --------------------------------------------------------------------------
@@ -431,6 +527,7 @@ class ScanWriter:
         links: list[str | tuple[Path, str]] = []
         for sub in self._subscans:
             name = nexus.entry_name(sub.number, 1, strict_names=self.strict_names)
-            path = scan_file_path(sub.info, sub.session_name, self.root).resolve()
-            links.append(name if path == self.result.path.resolve() else (path, name))
+            # Through the sub-scan's session file (its entries may live in any scan file).
+            path = self.policy.scan_file(sub.info, sub.session_name).resolve()
+            links.append((path, name))
         nexus.link_subscan_entries(entry, links)

@@ -34,14 +34,17 @@ import redis
 from .._protocol.keys import check_session_name
 from .._transport.connection import DataStore, default_store
 from ..exceptions import ScanNotFoundError, ScanstreamError
-from ..models import SCAN_NODE_TYPES
+from ..models import SCAN_NODE_TYPES, SavingState, SavingVerdict
 from ..subscribe.events import EventType, StopHandler
 from ..subscribe.tree import ScanNode, get_session_node
 from . import nexus
-from .files import FLUSH_PERIOD, OpenFiles
+from .files import FLUSH_PERIOD, FileBusyError, OpenFiles
+from .isolation import RETRY_ERRORS, WorkerConfig, WorkerProcesses
+from .paths import WritePolicy
 from .registry import WriterRegistry, is_dead_local_process, new_owner_id
 from .scan_writer import ScanWriter, WriteResult
-from .supervise import RETRY_PERIOD, supervise
+from .session_file import SessionFiles
+from .supervise import RETRY_PERIOD, UNREACHABLE, supervise
 
 __all__ = ["CATCH_UP_WORKERS", "HEALTH_TTL", "HEARTBEAT_PERIOD", "RETRY_PERIOD", "WriterService"]
 
@@ -68,9 +71,10 @@ class _Claim(StopHandler):
     nothing more is written before the next successful claim.
     """
 
-    def __init__(self, valid_until: float) -> None:
+    def __init__(self, valid_until: float, token: str | None = None) -> None:
         super().__init__()
         self.valid_until = valid_until  # time.monotonic()
+        self.token = token  # the fencing token of this period (registry.holds checks it)
 
     @property
     def stopped(self) -> bool:
@@ -120,6 +124,13 @@ class WriterService:
     layout : str
         ``"esrf"`` (default: data in device groups, short names in ``measurement/``) or
         ``"legacy"`` (full channel names in ``measurement/``, as scanstream 0.1).
+    allow : sequence of str or Path
+        Further directories where ``scan_info["filename"]`` may point (besides ``root``);
+        any other place, ``..`` components or a symbolic link leaving them fails the scan.
+    umask : int, optional
+        The umask applied (process-wide, at :meth:`start`) to the files and directories the
+        writer creates: ``0o022`` makes them readable by everyone, ``0o027`` by the group
+        only. None keeps the process's umask.
 
     Raises
     ------
@@ -152,6 +163,9 @@ class WriterService:
         flush_period: float = FLUSH_PERIOD,
         compression: str = nexus.DEFAULT_COMPRESSION,
         layout: str = "esrf",
+        allow: Sequence[str | os.PathLike[str]] = (),
+        umask: int | None = None,
+        isolate: bool = False,
     ) -> None:
         nexus.compression_options(compression, 0)  # an unknown name fails here, not per scan
         if layout not in nexus.LAYOUTS:
@@ -164,6 +178,10 @@ class WriterService:
         if not self.sessions:
             raise ScanstreamError("give at least one session to write")
         self.root = Path(root).expanduser().resolve()
+        self.policy = WritePolicy.create(self.root, allow, umask)
+        self.session_files = SessionFiles()
+        self.isolate = isolate
+        self.workers = WorkerProcesses()
         self.store = store or default_store(redis_url)
         self.catch_up = catch_up
         self.strict_names = strict_names
@@ -242,6 +260,9 @@ class WriterService:
 
     def start(self) -> WriterService:
         """Start following the sessions (returns at once)."""
+        self.policy.apply_umask()
+        if self.isolate:
+            self.workers.warm()
         self._spawn(self._heartbeat_loop, "heartbeat")
         for session in self._sessions.values():
             self._spawn(self._follow_session, f"session-{session.name}", session)
@@ -259,6 +280,7 @@ class WriterService:
             for session in self._sessions.values():
                 if session.claim is not None:
                     session.claim.stop()
+        self.workers.stop(timeout)
         deadline = time.monotonic() + timeout
         for thread in list(self._threads):
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -315,6 +337,7 @@ class WriterService:
         return None
 
     def _walk_session(self, session: _Session, claim: _Claim) -> None:
+        self._publish_floor(session)
         node = get_session_node(session.name, store=self.store)
         # Scans only: their nodes are the scan writers' job.
         for event_type, scan, _ in node.walk_on_new_events(
@@ -325,6 +348,23 @@ class WriterService:
         ):
             if event_type == EventType.NEW_NODE and isinstance(scan, ScanNode):
                 self._on_scan(session, scan, claim)
+
+    def _publish_floor(self, session: _Session) -> None:
+        """Publish the highest scan number this writer knows for the session.
+
+        The publisher numbers new scans above it, so that numbering restarted by a server
+        reset does not reuse the numbers of saved scans (entries that are taken anyway are
+        written under another number, see :meth:`SessionFiles.choose_number`).
+        """
+        saved = self.registry.store.redis.smembers(self.store.keys.writer_saved(session.name))
+        known = [int(n) for n in saved if n.isdigit()]
+        default_file = self.policy.scan_file({}, session.name)
+        try:
+            known.append(self.session_files.highest_number(default_file))
+        except (OSError, ScanstreamError) as exc:
+            logger.warning("session %s: %s not read: %s", session.name, default_file, exc)
+        if known and max(known) > 0:
+            self.registry.raise_number_floor(session.name, max(known))
 
     def _on_scan(self, session: _Session, scan: ScanNode, claim: _Claim) -> None:
         if self.registry.is_saved(session.name, scan.number):
@@ -339,21 +379,78 @@ class WriterService:
             logger.warning("scan %s expired from Redis before it was saved", scan.db_name)
             self._done(session, scan)
             return
+        except UNREACHABLE:
+            self._done(session, scan)
+            raise
+        except Exception as exc:  # a malformed scan: that scan fails, the session goes on
+            self._failed(session, scan, claim, f"{type(exc).__name__}: {exc}")
+            self._done(session, scan)
+            return
         if info.get("save") is False:
             logger.info("scan %s: not saved (scan_info save=False)", scan.db_name)
-            self.registry.mark_saved(session.name, scan.number)
+            verdict = SavingVerdict(
+                SavingState.NOT_SAVED, reason="saving is off (scan_info save=False)"
+            )
+            if self._record(session, scan, claim, verdict):
+                self.registry.mark_saved(session.name, scan.number)
             self._done(session, scan)
             return
         self._spawn(self._write_scan, f"scan-{scan.db_name}", session, scan, claim, finished)
+
+    def _record(
+        self, session: _Session, scan: ScanNode, claim: _Claim, verdict: SavingVerdict
+    ) -> bool:
+        """Record ``verdict`` in the scan hash, only while this writer's claim holds (fence)."""
+        if claim.stopped or not self.registry.holds(session.name, claim.token):
+            return False
+        verdict = SavingVerdict(
+            verdict.state,
+            file=verdict.file,
+            entries=verdict.entries,
+            points=verdict.points,
+            reason=verdict.reason,
+            writer=self.owner,
+            time=time.time(),
+        )
+        try:
+            self.registry.record_verdict(session.name, scan.number, verdict)
+        except redis.RedisError as exc:
+            logger.warning("scan %s: verdict %s not recorded: %s", scan.db_name, verdict, exc)
+            return False
+        return True
+
+    def _failed(self, session: _Session, scan: ScanNode, claim: _Claim, message: str) -> None:
+        logger.error("scan %s NOT saved: %s", scan.db_name, message)
+        session.errors.append(
+            {"scan": scan.name, "number": scan.number, "error": message, "time": time.time()}
+        )
+        with contextlib.suppress(Exception):
+            self._record(session, scan, claim, SavingVerdict(SavingState.FAILED, reason=message))
 
     def _write_scan(self, session: _Session, scan: ScanNode, claim: _Claim, finished: bool) -> None:
         slot = self._catch_up_slots if finished else contextlib.nullcontext()
         try:
             with slot:
                 started = time.monotonic()
-                result = self._write_until_done(scan, claim)
+                result = self._write_until_done(session, scan, claim)
             if result is None or claim.stopped:  # stopped, or the session was lost meanwhile
                 return
+            if result.problems:
+                self._failed(
+                    session,
+                    scan,
+                    claim,
+                    "the file does not hold every sealed point: " + "; ".join(result.problems),
+                )
+                return
+            verdict = SavingVerdict(
+                SavingState.SAVED,
+                file=str(result.path),
+                entries=tuple(result.entries),
+                points=dict(result.points),
+            )
+            if not self._record(session, scan, claim, verdict):
+                return  # the claim lapsed meanwhile: the new owner decides
             self.registry.mark_saved(session.name, scan.number)
             with self._lock:  # scan threads of one session finish concurrently
                 session.saved += 1
@@ -369,21 +466,41 @@ class WriterService:
                 time.monotonic() - started,
             )
         except Exception as exc:
-            message = f"{type(exc).__name__}: {exc}"
-            logger.error("scan %s NOT saved: %s", scan.db_name, message)
-            session.errors.append(
-                {"scan": scan.name, "number": scan.number, "error": message, "time": time.time()}
-            )
+            if not claim.stopped:
+                self._failed(session, scan, claim, f"{type(exc).__name__}: {exc}")
         finally:
             self._done(session, scan)
 
-    def _write_until_done(self, scan: ScanNode, claim: _Claim) -> WriteResult | None:
+    def _write_until_done(
+        self, session: _Session, scan: ScanNode, claim: _Claim
+    ) -> WriteResult | None:
         """Write the scan; while Redis is unreachable, write it again (a replay is idempotent).
 
         Returns None when the claim stops first (the writer stops, or lost the session).
         """
 
+        def started(result: WriteResult, first_entry: str) -> None:
+            self._record(
+                session,
+                scan,
+                claim,
+                SavingVerdict(
+                    SavingState.WRITING,
+                    file=str(result.path),
+                    entries=(first_entry,),
+                ),
+            )
+
         def attempt() -> WriteResult:
+            if self.isolate:
+                return self.workers.write(
+                    session.name,
+                    scan.number,
+                    scan.db_name,
+                    self._worker_config(claim),
+                    claim,
+                    lambda file, entry: started(WriteResult(Path(file)), entry),
+                )
             writer = ScanWriter(
                 scan,
                 self.files,
@@ -391,11 +508,39 @@ class WriterService:
                 strict_names=self.strict_names,
                 compression=self.compression,
                 layout=self.layout,
+                session_files=self.session_files,
+                policy=self.policy,
+                on_start=started,
             )
             return writer.run(claim)
 
-        result = supervise(attempt, stop=claim, what=f"scan {scan.db_name}")
+        # A file another writer holds (FileBusyError) is waited for: that writer stops once
+        # it finds its claim lapsed, and closes the file.
+        result = supervise(
+            attempt,
+            stop=claim,
+            what=f"scan {scan.db_name}",
+            restart_on=(*UNREACHABLE, FileBusyError, *RETRY_ERRORS),
+        )
         return result if result is not None and result.complete else None
+
+    def _worker_config(self, claim: _Claim) -> WorkerConfig:
+        settings = self.store.settings
+        return WorkerConfig(
+            redis_url=self.store.url,
+            prefix=settings.prefix,
+            lease_time=settings.lease_time,
+            retention_time=settings.retention_time,
+            root=str(self.policy.root),
+            allowed=tuple(str(a) for a in self.policy.allowed),
+            umask=self.policy.umask,
+            strict_names=self.strict_names,
+            flush_period=self.files.flush_period,
+            owner=self.owner,
+            token=claim.token or "",
+            compression=self.compression,
+            layout=self.layout,
+        )
 
     def _done(self, session: _Session, scan: ScanNode) -> None:
         with self._lock:
@@ -479,15 +624,18 @@ class WriterService:
                 return
             if session.owned:
                 assert session.claim is not None
-                session.claim.valid_until = valid_until
-                return
+                if session.claim.token == self.registry.tokens.get(session.name):
+                    session.claim.valid_until = valid_until
+                    return
+                # A new token: the claim lapsed in Redis meanwhile; a new period starts.
+                session.claim.stop()
             if session.claim is not None:
                 logger.warning(
                     "session %s: claim taken again after it had lapsed; writing it again "
                     "from its stored history",
                     session.name,
                 )
-            session.claim = _Claim(valid_until)
+            session.claim = _Claim(valid_until, self.registry.tokens.get(session.name))
             session.other = None
 
     def _give_up(self, session: _Session, other: str) -> None:

@@ -1,0 +1,169 @@
+"""Scans written in a process apart from the service, so that a libhdf5 crash stays there.
+
+``python -m scanstream.writer.worker`` (started by
+:class:`~scanstream.writer.service.WriterService` with ``isolate=True``) reads its
+assignments on stdin, one JSON line each (scan and settings; not in argv, so that no
+password shows in ``ps``), and writes one scan at a time with a
+:class:`~scanstream.writer.scan_writer.ScanWriter`. It reports on stdout, one JSON line per
+message: ``{"started": file, "entry": name}`` once the scan's file is chosen, then
+``{"result": ...}`` or ``{"error": text, "retry": bool}``; then it waits for the next
+assignment (the service keeps a few workers warm), or exits at EOF.
+
+The worker fences itself: before each event (at most every :data:`FENCE_PERIOD` s, a Redis
+read) it checks that the claim of the service that started it still holds the session with
+the same token. A frozen or killed service stops renewing its claim; once it lapses (or is
+taken over), the worker stops before its next HDF5 call and closes its file, which releases
+the file's lock for the new owner. SIGTERM stops it the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from .._transport.connection import DataStore, Settings
+from ..subscribe.events import StopHandler
+from ..subscribe.tree import get_session_node
+from .files import FileBusyError, OpenFiles
+from .isolation import WorkerConfig
+from .paths import WritePolicy
+from .registry import WriterRegistry
+from .scan_writer import ScanWriter, WriteResult
+from .supervise import UNREACHABLE
+
+__all__ = ["FENCE_PERIOD", "main"]
+
+logger = logging.getLogger(__name__)
+
+#: Errors the service retries: Redis unreachable, or the file still locked by a writer that
+#: lost the session (frozen).
+_RETRIED: tuple[type[Exception], ...] = (*UNREACHABLE, FileBusyError)
+#: Seconds between two checks of the fence (the service's claim) in Redis.
+FENCE_PERIOD = 0.25
+
+
+class _Fence(StopHandler):
+    """Stopped by SIGTERM, or once the service's claim no longer holds the session."""
+
+    def __init__(
+        self, registry: WriterRegistry, session: str, token: str, terminated: threading.Event
+    ) -> None:
+        super().__init__()
+        self._terminated = terminated
+        self._registry = registry
+        self._session = session
+        self._token = token
+        self._checked = 0.0
+        self._held = True
+
+    @property
+    def stopped(self) -> bool:
+        if super().stopped or not self._held or self._terminated.is_set():
+            return True
+        now = time.monotonic()
+        if now - self._checked >= FENCE_PERIOD:
+            try:
+                self._held = self._registry.holds(self._session, self._token)
+            except redis.RedisError:
+                # Not known to hold it: stop (the claim cannot be renewed either, and will
+                # lapse); the service starts the scan again once Redis is back.
+                self._held = False
+            self._checked = now
+        return not self._held
+
+
+def _say(**message: Any) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def _result_message(result: WriteResult) -> dict[str, Any]:
+    return {
+        "path": str(result.path),
+        "entries": result.entries,
+        "points": result.points,
+        "state": result.state,
+        "warnings": result.warnings,
+        "scan_file": str(result.scan_file) if result.scan_file else None,
+        "problems": result.problems,
+    }
+
+
+def _write_one(assignment: dict[str, Any], terminated: threading.Event) -> bool:
+    """Write the assigned scan and report it; True when the worker may take another one."""
+    session, number = assignment["session"], int(assignment["number"])
+    config = WorkerConfig.from_json(assignment["config"])
+    if config.umask is not None:
+        os.umask(config.umask)
+    store = DataStore(
+        settings=Settings(
+            redis_url=config.redis_url,
+            prefix=config.prefix,
+            lease_time=config.lease_time,
+            retention_time=config.retention_time,
+        )
+    )
+    fence = _Fence(WriterRegistry(store, config.owner), session, config.token, terminated)
+    files = OpenFiles(config.flush_period)
+    reusable = False
+    try:
+        scan = get_session_node(session, store=store).get_scan(number)
+        writer = ScanWriter(
+            scan,
+            files,
+            Path(config.root),
+            strict_names=config.strict_names,
+            compression=config.compression,
+            layout=config.layout,
+            policy=WritePolicy.create(config.root, config.allowed, config.umask),
+            on_start=lambda result, entry: _say(started=str(result.path), entry=entry),
+        )
+        result = writer.run(fence)
+        files.close()
+        stopped = fence.stopped
+        _say(result=_result_message(result), stopped=stopped)
+        reusable = not stopped and not files.unclosed
+    except _RETRIED as exc:
+        # Redis unreachable, or the file still locked by a writer that lost the session
+        # (frozen): the service tries again.
+        _say(error=f"{type(exc).__name__}: {exc}", retry=True)
+    except Exception as exc:
+        logger.debug("scan %s:%s", session, number, exc_info=True)
+        _say(error=f"{type(exc).__name__}: {exc}", retry=False)
+    finally:
+        files.close()
+        store.close()
+    if files.unclosed:  # HDF5 would crash at exit on a file it could not flush
+        logging.shutdown()
+        os._exit(2)
+    return reusable
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the scans assigned on stdin, one at a time, until EOF or an unusable state."""
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s %(levelname)s worker {os.getpid()}: %(message)s"
+    )
+    terminated = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: terminated.set())
+    # Assignments come on stdin, one JSON line each, once the imports are done: the service
+    # keeps such workers warm, so a scan's writing starts without the import time.
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        if not _write_one(json.loads(line), terminated) or terminated.is_set():
+            break
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Bad entries (written with raw XADD) fail their scan or node once; every other scan is saved.
+
+And the saving verdict: what the writer records in the scan hash, checked against the
+sealed lengths (a corrupt or a missing data entry is never "saved").
+"""
+
+from __future__ import annotations
+
+import logging
+
+import h5py
+import numpy as np
+
+from scanstream import get_session_node
+from scanstream._protocol.entries import parse_saving
+from scanstream.models import SavingState
+from scanstream.writer import saved_scans, writer_status
+
+from .conftest import assert_file_matches_redis, wait_for, wait_saved
+
+
+def _verdict(store, number: int):
+    return parse_saving(store.redis.hgetall(store.keys.scan("test_session", number)))
+
+
+def _final_verdict(store, number: int, timeout: float = 15.0):
+    wait_for(lambda: _verdict(store, number).state.is_final, timeout, f"a verdict on scan {number}")
+    return _verdict(store, number)
+
+
+def _good_scan(session, name: str, values=(1.0, 2.0, 3.0)):
+    with session.create_scan(name) as scan:
+        scan.create_container("timer").create_channel("timer:c").emit(list(values))
+    return scan
+
+
+def test_saved_verdict_names_file_entries_and_points(writer, session, store, tmp_path):
+    scan = _good_scan(session, "fine")
+    verdict = _final_verdict(store, scan.number)
+    assert verdict.state is SavingState.SAVED
+    assert verdict.file == str(tmp_path / "data/test_session/test_session.h5")
+    assert verdict.entries == (f"{scan.number}.1",)
+    assert list(verdict.points.values()) == [3]
+    assert verdict.writer == writer.owner
+
+
+def test_saving_off_is_recorded_as_not_saved(writer, session, store):
+    with session.create_scan("off", {"save": False}) as scan:
+        scan.create_container("timer").create_channel("timer:c").emit([1.0])
+    verdict = _final_verdict(store, scan.number)
+    assert verdict.state is SavingState.NOT_SAVED
+    assert "save=False" in (verdict.reason or "")
+
+
+def test_a_garbage_new_scan_entry_does_not_stop_the_session(writer, session, store, caplog):
+    caplog.set_level(logging.CRITICAL, logger="scanstream")
+    store.redis.xadd(store.keys.session_scans("test_session"), {"event": "NEW_SCAN", "x": "?"})
+    store.redis.xadd(store.keys.session_scans("test_session"), {"garbage": b"\xff\x00"})
+    scans = [_good_scan(session, f"after{i}") for i in range(2)]
+    wait_saved_ignoring_errors(store, {s.number for s in scans})
+    for scan in scans:
+        assert _final_verdict(store, scan.number).state is SavingState.SAVED
+
+
+def test_a_corrupt_new_node_entry_fails_that_scan_once(writer, session, store, caplog):
+    caplog.set_level(logging.CRITICAL, logger="scanstream")
+    bad = session.create_scan("bad")
+    bad.create_container("timer").create_channel("timer:c").emit([1.0])
+    store.redis.xadd(
+        store.keys.scan_events("test_session", bad.number),
+        {"event": "NEW_NODE", "node": "x", "info": "{"},
+    )
+    bad.end()
+    good = _good_scan(session, "good")
+    verdict = _final_verdict(store, bad.number)
+    assert verdict.state is SavingState.FAILED, verdict
+    wait_saved_ignoring_errors(store, {good.number})
+    wait_for(
+        lambda: writer_status("test_session", store=store)["errors"], 5, "the error in --status"
+    )
+    errors = writer_status("test_session", store=store)["errors"]
+    assert [e["number"] for e in errors] == [bad.number]  # once, not in a loop
+    assert bad.number not in saved_scans("test_session", store=store)
+
+
+def test_a_corrupt_data_entry_is_never_saved(writer, session, store, caplog, tmp_path):
+    caplog.set_level(logging.CRITICAL, logger="scanstream")
+    scan = session.create_scan("corrupt")
+    channel = scan.create_container("timer").create_channel("timer:c", "float64")
+    channel.emit(np.arange(10.0))
+    key = _channel_key(store, scan.number)
+    wait_for(lambda: store.redis.xlen(key) > 0, 5, "the first points in Redis")
+    # Between the first batch (ID 0-1) and the next one (10-1): an ID no real entry has.
+    store.redis.xadd(key, {"garbage": "1"}, id="10-0")
+    channel.emit(np.arange(10.0, 20.0))
+    scan.end()
+    good = _good_scan(session, "good")
+    verdict = _final_verdict(store, scan.number)
+    assert verdict.state is SavingState.FAILED, verdict
+    assert "timer:c" in verdict.reason and "corrupt" in verdict.reason, verdict.reason
+    assert scan.number not in saved_scans("test_session", store=store)
+    wait_saved_ignoring_errors(store, {good.number})
+
+
+def test_missing_data_fails_with_the_channel_and_counts(session, store, caplog, tmp_path):
+    from scanstream.writer import WriterService
+
+    caplog.set_level(logging.CRITICAL, logger="scanstream")
+    scan = session.create_scan("holes")
+    channel = scan.create_container("timer").create_channel("timer:c", "float64")
+    channel.emit(np.arange(0.0, 10.0))
+    key = _channel_key(store, scan.number)
+    for start in range(0, 30, 10):  # three entries
+        if start:
+            channel.emit(np.arange(start, start + 10.0))
+        wait_for(lambda s=start: store.redis.xlen(key) > s // 10, 5, "the entry in Redis")
+    scan.end()
+    # As a Redis restored from an older snapshot would have it: points gone, seal kept.
+    entries = store.redis.xrange(key)
+    assert len(entries) >= 2
+    store.redis.xdel(key, entries[0][0])
+    with WriterService(["test_session"], root=tmp_path, store=store):  # started after the loss
+        writer_verdict = _final_verdict(store, scan.number)
+    assert writer_verdict.state is SavingState.FAILED, writer_verdict
+    # The walk finds the hole (its reason names the channel and the points), or the length
+    # check does ("N points in the file, 30 sealed in Redis").
+    reason = writer_verdict.reason or ""
+    assert "timer:c" in reason and ("gone" in reason or "30 sealed" in reason), reason
+
+
+def _channel_key(store, number: int) -> str:
+    scan = get_session_node("test_session", store=store).get_scan(number)
+    wait_for(lambda: any(n.type == "channel" for n in scan.load_nodes()), 5, "the channel")
+    (node,) = [n for n in scan.load_nodes() if n.type == "channel"]
+    return str(node.key)
+
+
+def wait_saved_ignoring_errors(store, numbers, timeout: float = 20.0) -> None:
+    wait_for(
+        lambda: numbers <= saved_scans("test_session", store=store),
+        timeout,
+        f"scans {sorted(numbers)} to be saved",
+    )
+
+
+def test_numbering_restarted_never_drops_a_scan(redis_url, store, tmp_path):
+    from scanstream import DataStore, create_session
+    from scanstream.writer import WriterService
+
+    with WriterService(["test_session"], root=tmp_path, store=store):
+        session = create_session("test_session", store=store)
+        first = _good_scan(session, "before", (1.0,))
+        wait_saved(store, "test_session", {first.number})
+        session.close()
+    store.redis.flushall()  # a server reset: every key gone, numbering starts again
+    with DataStore(redis_url) as fresh:
+        session = create_session("test_session", store=fresh)
+        second = _good_scan(session, "after", (7.0, 8.0))
+        assert second.number == first.number  # the same number again
+        with WriterService(["test_session"], root=tmp_path, store=fresh):
+            verdict = _final_verdict(fresh, second.number)
+            floor = fresh.redis.get(fresh.keys.session_number_floor("test_session"))
+        session.close()
+    assert verdict.state is SavingState.SAVED, verdict
+    assert verdict.entries == (f"{first.number + 1}.1",)
+    assert floor is not None and int(floor) >= first.number
+    with h5py.File(tmp_path / "test_session/test_session.h5", "r") as file:
+        assert file[f"{first.number}.1/measurement/timer:c"][()].tolist() == [1.0]
+        assert file[f"{first.number + 1}.1/measurement/timer:c"][()].tolist() == [7.0, 8.0]
+
+
+def test_the_number_floor_is_published(session, store, tmp_path):
+    from scanstream.writer import WriterService
+
+    _ = assert_file_matches_redis  # the fixtures' helper, used by the other modules
+    for _i in range(3):
+        _good_scan(session, "s")
+    with WriterService(["test_session"], root=tmp_path, store=store):
+        wait_saved(store, "test_session", {1, 2, 3})
+    with WriterService(["test_session"], root=tmp_path, store=store):
+        wait_for(
+            lambda: store.redis.get(store.keys.session_number_floor("test_session")) == b"3",
+            5,
+            "the floor to be published",
+        )
+
+
+def test_a_session_file_left_half_created_is_rebuilt(writer, session, store, tmp_path):
+    # What a writer SIGKILLed while creating the session file leaves: a truncated file.
+    first = _good_scan(session, "first", (1.0,))
+    wait_saved(store, "test_session", {first.number})
+    path = tmp_path / "data/test_session/test_session.h5"
+    with open(path, "r+b") as file:
+        file.truncate(96)
+    second = _good_scan(session, "second", (2.0,))
+    assert _final_verdict(store, second.number).state is SavingState.SAVED
+    with h5py.File(path, "r") as file:
+        assert file[f"{first.number}.1/measurement/timer:c"][()].tolist() == [1.0]
+        assert file[f"{second.number}.1/measurement/timer:c"][()].tolist() == [2.0]
+    assert list(path.parent.glob("test_session.h5.damaged-*"))
