@@ -152,11 +152,6 @@ def test_no_verdict_in_time_exits_save_timeout(
     assert f"`scanstream ls {SESSION}`" in out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the writer does not record its saving verdict yet (issue 12, item 1, writer "
-    "side): remove this marker once it does",
-)
 def test_a_scan_saved_by_the_real_writer_exits_0(
     redis_url: str, writer: WriterService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
