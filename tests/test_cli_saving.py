@@ -49,6 +49,24 @@ def writer(redis_url: str, tmp_path: Path) -> Iterator[WriterService]:
             service.stop(timeout=10)
 
 
+@pytest.fixture
+def stand_in_writer(redis_url: str) -> Iterator[None]:
+    """A writer's health key for the session, without a writer: the verdicts of the tests
+    that use it are recorded by a Judge, which a real writer would overwrite with its own."""
+    with DataStore(redis_url) as store:
+        key = store.keys.writer_health(SESSION)
+        store.redis.hset(
+            key,
+            mapping={
+                entries.WRITER_OWNER_FIELD: "stand-in:1:0",
+                entries.WRITER_STATUS_FIELD: '{"writing": true}',
+            },
+        )
+        store.redis.pexpire(key, 60_000)
+        yield
+        store.redis.delete(key)
+
+
 class Judge(threading.Thread):
     """Records ``verdict`` for scan 1 once it has ended, as the owning writer records it."""
 
@@ -128,7 +146,7 @@ def test_saving_off_by_design_exits_0(redis_url: str, capsys: pytest.CaptureFixt
 )
 def test_the_writers_verdict_is_printed_and_sets_the_exit_code(
     redis_url: str,
-    writer: WriterService,
+    stand_in_writer: None,
     capsys: pytest.CaptureFixture[str],
     verdict: SavingVerdict,
     code: int,
@@ -142,7 +160,7 @@ def test_the_writers_verdict_is_printed_and_sets_the_exit_code(
 
 
 def test_no_verdict_in_time_exits_save_timeout(
-    redis_url: str, writer: WriterService, capsys: pytest.CaptureFixture[str]
+    redis_url: str, stand_in_writer: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     writing = SavingVerdict(SavingState.WRITING, file="/data/f.h5", entries=("1.1",))
     with Judge(redis_url, writing):
