@@ -165,8 +165,8 @@ def test_numbering_restarted_never_drops_a_scan(redis_url, store, tmp_path):
     assert verdict.entries == (f"{first.number + 1}.1",)
     assert floor is not None and int(floor) >= first.number
     with h5py.File(tmp_path / "test_session/test_session.h5", "r") as file:
-        assert file[f"{first.number}.1/measurement/timer:c"][()].tolist() == [1.0]
-        assert file[f"{first.number + 1}.1/measurement/timer:c"][()].tolist() == [7.0, 8.0]
+        assert file[f"{first.number}.1/measurement/c"][()].tolist() == [1.0]
+        assert file[f"{first.number + 1}.1/measurement/c"][()].tolist() == [7.0, 8.0]
 
 
 def test_the_number_floor_is_published(session, store, tmp_path):
@@ -195,6 +195,6 @@ def test_a_session_file_left_half_created_is_rebuilt(writer, session, store, tmp
     second = _good_scan(session, "second", (2.0,))
     assert _final_verdict(store, second.number).state is SavingState.SAVED
     with h5py.File(path, "r") as file:
-        assert file[f"{first.number}.1/measurement/timer:c"][()].tolist() == [1.0]
-        assert file[f"{second.number}.1/measurement/timer:c"][()].tolist() == [2.0]
+        assert file[f"{first.number}.1/measurement/c"][()].tolist() == [1.0]
+        assert file[f"{second.number}.1/measurement/c"][()].tolist() == [2.0]
     assert list(path.parent.glob("test_session.h5.damaged-*"))

@@ -103,7 +103,7 @@ def test_a_resumed_frozen_writer_never_writes_the_file_the_standby_took(
             scan = get_session_node("test_session", store=store).get_scan(number)
             assert_file_matches_redis(scan, root).close()
         with h5py.File(path, "r") as file:
-            assert file[f"{running.number}.1/measurement/timer:c"][()].tolist() == list(range(400))
+            assert file[f"{running.number}.1/measurement/c"][()].tolist() == list(range(400))
         # The resumed writer found out and stopped: it says so, and is alive and waiting.
         assert active.poll() is None
         active.send_signal(signal.SIGTERM)

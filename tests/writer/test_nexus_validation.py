@@ -42,6 +42,10 @@ def _require(module: str) -> None:
         pytest.skip(reason)
 
 
+# The demo (20 scans written by worker processes) runs in the first test's setup.
+pytestmark = pytest.mark.timeout(240)
+
+
 @pytest.fixture(scope="module")
 def demo_file(redis_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     client = redis.Redis.from_url(redis_server_url, socket_timeout=5, socket_connect_timeout=5)
@@ -73,6 +77,10 @@ def nxcheck_errors(path: Path) -> list[tuple[str, str]]:
     )
     out = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)
     total = re.search(r"Total number of errors: (\d+)", out)
+    if total is None and "Cannot read the external link" in out:
+        # A sequence's entry links its sub-scans' entries in the session file, which nxcheck
+        # cannot follow from the scan file: the sub-scans are checked in their own files.
+        return [("/", "external links not followed by nxcheck")]
     assert total is not None, out
     errors: list[tuple[str, str]] = []
     where = ""
@@ -98,13 +106,20 @@ def _documented(where: str, message: str) -> bool:
 
 def test_nxvalidate_finds_no_undocumented_error(demo_file: Path) -> None:
     _require("nexusformat")
-    errors = nxcheck_errors(demo_file)
+    # The session file holds only links to the entries of one file per scan (decision 0011):
+    # nxcheck follows external links very slowly, so each scan file is checked instead.
+    scan_files = sorted(demo_file.parent.glob(f"{demo_file.stem}_scans/*.h5"))
+    assert scan_files, "the demo wrote no scan file"
+    errors = [e for f in scan_files for e in nxcheck_errors(f)]
+    unfollowed = [e for e in errors if e[1] == "external links not followed by nxcheck"]
+    assert len(unfollowed) <= 1, unfollowed  # the demo's one sequence
+    errors = [e for e in errors if e not in unfollowed]
     assert [e for e in errors if not _documented(*e)] == []
     # The filter removes what it is meant to, and the checker did look at the entries.
     with h5py.File(demo_file, "r") as f:
         entries = list(f)
     names = {w for w, m in errors if "invalid name" in m}
-    assert {f"/{e}" for e in entries} <= names
+    assert len({f"/{e}" for e in entries} - names) <= len(unfollowed)
 
 
 def test_silx_finds_a_valid_default_plot_for_every_entry_with_data(demo_file: Path) -> None:

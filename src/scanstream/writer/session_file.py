@@ -32,6 +32,7 @@ import h5py
 from ..exceptions import WriterError
 from . import nexus
 from .files import FileBusyError, FileLock, refuse_if_written_elsewhere
+from .nexus.plots import entry_order
 
 __all__ = ["IDENTITY_ATTR", "SCANS_SUFFIX", "SessionFiles", "scan_file_of", "scans_dir_of"]
 
@@ -132,9 +133,11 @@ class SessionFiles:
             file.flush()
 
     def set_default(self, path: Path, name: str) -> None:
-        """Make entry ``name`` the default plot of the session file."""
+        """Make entry ``name`` the default plot of the session file, unless a newer scan's
+        entry is already the default (viewers open on the newest scan, not the last ended)."""
         with self.open(path) as file:
-            file.attrs["default"] = name
+            if entry_order(file.attrs.get("default")) <= entry_order(name):
+                file.attrs["default"] = name
 
     def highest_number(self, path: Path) -> int:
         """The highest entry number in the session file ``path`` and its scan files (0: none)."""

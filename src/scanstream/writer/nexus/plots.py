@@ -433,7 +433,7 @@ def _write_nxdata(
     return group
 
 
-def _scan_order(name: Any) -> tuple[int, int]:
+def entry_order(name: Any) -> tuple[int, int]:
     """(scan number, top master) of an entry name (``"12.1"``, ``"scan12_1"``), else (-1, -1)."""
     if isinstance(name, bytes):
         name = name.decode()
@@ -447,7 +447,7 @@ def _set_default_chain(nxdata: h5py.Group) -> None:
     while child.name != "/":
         parent = child.parent
         basename = child.name.rsplit("/", 1)[-1]
-        if parent.name == "/" and _scan_order(parent.attrs.get("default")) > _scan_order(basename):
+        if parent.name == "/" and entry_order(parent.attrs.get("default")) > entry_order(basename):
             break  # the root's default is the newest scan, not the last one finished
         if parent.attrs.get("default") != basename:
             parent.attrs["default"] = basename
