@@ -33,7 +33,9 @@ def test_short_soak_passes_every_check(server_binary: Path, tmp_path: Path) -> N
     env = dict(os.environ)
     env.pop("SCANSTREAM_REDIS_URL", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "soak", "--duration", "20", "--json", str(out)],
+        # Retention 15 s (the default for 20 s would be 10): a scan checked against Redis after
+        # it is saved must still be there when the writer lags behind a burst of short scans.
+        [sys.executable, "-m", "soak", "--duration", "30", "--retention", "15", "--json", str(out)],
         check=False,
         cwd=ROOT,
         env=env,
