@@ -6,6 +6,13 @@ opened once, counted by its users, and closed when the last scan writing into it
 that received data at least every ``flush_period`` seconds, so that a reader opening the file
 during the scan sees data at most that old.
 
+A flush makes the file's state on disk the one readers see, so it must never fall between
+two writes that belong together (a dataset grown and its values written, one channel of a
+read batch written and not the next, a virtual dataset swapped): a scan writer holds the
+file's *batch lock* (:meth:`OpenFiles.batch`) while it writes the events it has at hand and
+releases it at a consistent point, and the flusher flushes a file only while holding that
+lock (docs/nexus_layout.md, "Reading a file while it is written").
+
 A full disk is checked before each write (:meth:`OpenFiles.check_space`). HDF5 handles a
 full disk badly: after a failed flush, closing the file fails and any later use of it, even
 HDF5's own clean-up at process exit, crashes the process. So the writer refuses to write well
@@ -21,6 +28,8 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -91,6 +100,10 @@ class _OpenFile:
         self.lock = lock
         self.users = 0
         self.dirty = False
+        # Held by a scan writer between two consistent states of the file; the flusher takes
+        # it, so that it never flushes a state half written.
+        self.batch = threading.RLock()
+        self.flushed = time.monotonic()
 
 
 class OpenFiles:
@@ -170,6 +183,34 @@ class OpenFiles:
                 f"{SPACE_MARGIN >> 20} MiB margin); free some space, the scan stays in Redis"
             )
 
+    @contextmanager
+    def batch(self, file: h5py.File) -> Iterator[None]:
+        """Hold ``file``'s batch lock: the periodic flush waits until the block is left.
+
+        Write everything that belongs together inside one block and leave it only when the
+        file is in a state a reader may see (the flusher flushes between two blocks).
+        """
+        entry = self._files.get(Path(file.filename))
+        if entry is None:
+            yield
+            return
+        with entry.batch:
+            yield
+
+    def flush_if_due(self, file: h5py.File) -> None:
+        """Flush ``file`` if its last flush is a flush period old (call it between batches).
+
+        A writer always busy would otherwise keep the flusher out (the batch lock is not
+        fair), and HDF5 would write its caches to disk at random points instead.
+        """
+        entry = self._files.get(Path(file.filename))
+        if entry is None or time.monotonic() - entry.flushed < self.flush_period:
+            return
+        with entry.batch:
+            entry.dirty = False
+            entry.flushed = time.monotonic()
+            file.flush()
+
     def mark_dirty(self, file: h5py.File) -> None:
         """Note that ``file`` received data: the flusher will flush it."""
         entry = self._files.get(Path(file.filename))
@@ -187,7 +228,8 @@ class OpenFiles:
             if entry.users <= 0:
                 del self._files[path]
             try:
-                entry.file.flush()
+                with entry.batch:  # another scan of the file may be between two states
+                    entry.file.flush()
                 entry.dirty = False
             except (OSError, RuntimeError) as exc:
                 if entry.users <= 0:
@@ -236,13 +278,23 @@ class OpenFiles:
             with self._lock:
                 self._retry_unclosed()
                 entries = [(p, e) for p, e in self._files.items() if e.dirty]
-                for path, entry in entries:
+            # The batch locks are taken without self._lock: a scan writer holding its batch
+            # lock may need self._lock (acquire, release) before it leaves the batch.
+            for path, entry in entries:
+                # Busy: a scan writer is inside a batch and flushes at its end when due.
+                if not entry.batch.acquire(blocking=False):
+                    continue
+                try:
+                    if not entry.file.id.valid:
+                        continue  # closed meanwhile (release flushed it)
                     entry.dirty = False
-                    try:
-                        entry.file.flush()
-                    except (OSError, RuntimeError) as exc:
-                        # The scan writing it reports the error at its next write or its end.
-                        logger.warning("flushing %s failed: %s", path, exc)
+                    entry.flushed = time.monotonic()
+                    entry.file.flush()
+                except (OSError, RuntimeError) as exc:
+                    # The scan writing it reports the error at its next write or its end.
+                    logger.warning("flushing %s failed: %s", path, exc)
+                finally:
+                    entry.batch.release()
 
 
 def refuse_if_written_elsewhere(path: Path) -> None:

@@ -94,6 +94,10 @@ class ReadAhead:
             else:
                 raise item
 
+    def ready(self) -> bool:
+        """True when the next event is already read (the writer is inside a read batch)."""
+        return not self._queue.empty()
+
     def close(self) -> None:
         """Stop the walk and wait for the helper thread to end."""
         self._walk_stop.stop()

@@ -9,6 +9,7 @@ written at END_SCAN.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import h5py
+import numpy as np
 
 from ..exceptions import WriterError
 from ..models import SavingMode
@@ -43,6 +45,11 @@ class _Stopped(Exception):
 
 #: Node classes with a data stream: they are written into the entry of their top master.
 _DATA_NODES = (ChannelNode, LimaNode, ScanRefNode)
+
+#: Bytes of points held back (to keep the members of a live plot at one length) above which
+#: they are all written anyway: a plot member that stopped receiving points must not make
+#: the writer hold the others in memory without bound.
+HOLD_LIMIT = 64 << 20
 
 
 @dataclass
@@ -164,10 +171,16 @@ class ScanWriter:
         self._entry_of: dict[int, h5py.Group] = {}  # data node index -> NXentry
         # data node index -> node, in creation order
         self._data_nodes: dict[int, ChannelNode | LimaNode | ScanRefNode] = {}
-        # The live plot (written at PREPARED) is retried at the first data of each node
-        # until its entry has one: see _retry_live_plot.
+        # The live plot: written after PREPARED at the end of a read batch, again when a
+        # dataset appeared since (see _refresh_live_plots).
         self._live_plot_pending = False
-        self._has_data: set[int] = set()
+        self._plotted: dict[str, frozenset[str]] = {}  # entry name -> channels plotted
+        # Points and frames received but not yet written (see _commit), per data node index:
+        # (first index, values) in order; and the groups of nodes plotted together.
+        self._held: dict[int, list[tuple[int, Any]]] = {}
+        self._held_bytes = 0
+        self._written: dict[int, int] = {}  # data node index -> points in its dataset
+        self._plot_groups: dict[str, list[frozenset[int]]] = {}  # entry name -> NXdata members
         self._subscans: list[ScanNode] = []
         self._unsaved_frames: dict[int, int] = {}
 
@@ -210,6 +223,7 @@ class ScanWriter:
         # Not saved, so whatever a killed writer left in this scan's file is written again.
         self._file = self.files.acquire(self.result.scan_file, fresh=True)
         self._file.attrs[IDENTITY_ATTR] = self.scan_id
+        batch = contextlib.ExitStack()
         try:
             # Events are read from Redis while the previous ones are written (read_ahead.py).
             with ReadAhead(
@@ -217,22 +231,39 @@ class ScanWriter:
                 stop_handler,
                 name=f"scanstream-read-{self.scan.db_name}",
             ) as events:
+                batch_start: float | None = None
                 for event_type, node, event_data in events:
                     # Checked before each event: once stopped, the scan may be another
                     # writer's (the service lost the session), so not one more write.
                     if stop_handler is not None and stop_handler.stopped:
                         break
+                    if batch_start is None:
+                        # The events at hand are written as one batch: the periodic flush
+                        # waits for its end (files.py), so readers never see half of it.
+                        batch.enter_context(self.files.batch(self._file))
+                        batch_start = time.monotonic()
                     try:
                         routes[event_type](node, event_data)
                     except _Stopped:
                         break
                     if self.result.complete:
                         break
+                    # The batch ends when no event is waiting (the end of a read), or after
+                    # a flush period, so that a writer behind a burst still flushes.
+                    if (
+                        not events.ready()
+                        or time.monotonic() - batch_start >= self.files.flush_period
+                    ):
+                        self._commit()
+                        self.files.flush_if_due(self._file)
+                        batch.close()
+                        batch_start = None
             if self.result.complete:
                 self._check_lengths()
         except OSError as exc:
             raise WriterError(f"cannot write {str(self.result.scan_file)!r}: {exc}") from exc
         finally:
+            batch.close()
             file, self._file = self._file, None
             self.files.release(file)
         if self.result.complete and not self._stopped():
@@ -295,11 +326,17 @@ class ScanWriter:
             self.on_new_scan_ref(node)
 
     def on_new_data(self, node: DataNode, data: EventData) -> None:
-        """Points (frames, sub-scans) of a node, written at their index."""
+        """Points (frames, sub-scans) of a node, written at their index at the end of the
+        batch (:meth:`_commit`)."""
         if isinstance(node, ChannelNode):
-            end = self.on_channel_data(node, data)
+            end = data.first_index + len(data.data)
+            self._hold(node.index, data.first_index, data.data)
         elif isinstance(node, LimaNode):
-            end = self.on_lima_data(node, data)
+            if node.saving_mode == SavingMode.NOSAVING:
+                end = self.on_lima_data(node, data)
+            else:
+                end = data.first_index + data.block_size
+                self._hold(node.index, data.first_index, list(data.data))
         elif isinstance(node, ScanRefNode):
             end = self.on_scan_ref_data(node, data)
         else:
@@ -312,30 +349,140 @@ class ScanWriter:
         else:
             self._covered[node.index] = max(covered, end)
         self.result.points[node.db_name] = end
-        if self._live_plot_pending and node.index not in self._has_data:
-            self._has_data.add(node.index)
-            self._retry_live_plot(self._entry_of[node.index])
         assert self._file is not None
         self.files.mark_dirty(self._file)
 
     def on_prepared(self, node: DataNode, data: EventData) -> None:
-        """A first default plot, so viewers have one from the first point (final at the end)."""
+        """A first default plot from the first batch on, so viewers have one from the first
+        point (rewritten at the end): see :meth:`_refresh_live_plots`."""
         if node is self.scan:
             self._live_plot_pending = True
-            for entry in self._entries.values():
-                self._retry_live_plot(entry)
 
-    def _retry_live_plot(self, entry: h5py.Group) -> None:
-        """Write the entry's live plot unless it has one: at PREPARED its datasets may not
-        exist yet (they are created with their first data), so it is tried again at the
-        first data of each node, until the entry has a default plot."""
-        if "default" not in entry.attrs:
-            self._guarded(f"{entry.name}: live plot", self._write_plot, entry, self.info)
+    # -- batches: what a reader may see ----------------------------------------------------
+    # Points are held in memory until the end of the read batch, then written so that the
+    # members of each live NXdata (soft links to the growing datasets) have one length at
+    # every flush: silx refuses a plot whose axis is one point longer than its signal.
+
+    def _hold(self, index: int, first: int, values: Any) -> None:
+        self._held.setdefault(index, []).append((first, values))
+        self._held_bytes += int(getattr(values, "nbytes", 0))
+
+    def _commit(self) -> None:
+        """End of a batch: the live plots, then the held points each plot can show whole."""
+        self._refresh_live_plots()
+        if self._held_bytes > HOLD_LIMIT:
+            logger.info("scan %s: live plot members far apart; all written", self.scan.db_name)
+            targets: dict[int, int] = {}
+        else:
+            targets = self._targets()
+        for index in list(self._held):
+            self._write_held(index, targets.get(index))
+        self._held_bytes = sum(
+            int(getattr(v, "nbytes", 0)) for chunks in self._held.values() for _, v in chunks
+        )
+
+    def _write_all_held(self) -> None:
+        for index in list(self._held):
+            self._write_held(index, None)
+        self._held_bytes = 0
+
+    def _available(self, index: int) -> int:
+        chunks = self._held.get(index)
+        held = chunks[-1][0] + len(chunks[-1][1]) if chunks else 0
+        return max(self._written.get(index, 0), held)
+
+    def _targets(self) -> dict[int, int]:
+        """Points each plotted node may show: the fewest of any node plotted with it."""
+        groups = [g for gs in self._plot_groups.values() for g in gs]
+        target = {i: self._available(i) for g in groups for i in g}
+        changed = True
+        while changed:  # nodes shared by two plots couple them: to a fixed point
+            changed = False
+            for group in groups:
+                low = min(target[i] for i in group)
+                for i in group:
+                    if target[i] > low:
+                        target[i] = low
+                        changed = True
+        return target
+
+    def _write_held(self, index: int, upto: int | None) -> None:
+        """Write the held values of node ``index`` before point ``upto`` (None: all)."""
+        kept: list[tuple[int, Any]] = []
+        for first, values in self._held.pop(index, []):
+            n = len(values)
+            if upto is None or first + n <= upto:
+                self._write_values(index, first, values)
+            elif first < upto:
+                self._write_values(index, first, values[: upto - first])
+                kept.append((upto, values[upto - first :]))
+            else:
+                kept.append((first, values))
+        if kept:
+            self._held[index] = kept
+
+    def _write_values(self, index: int, first: int, values: Any) -> None:
+        node = self._data_nodes[index]
+        assert self._file is not None
+        if isinstance(node, ChannelNode):
+            nbytes = (
+                values.nbytes
+                if isinstance(values, np.ndarray) and values.dtype != object
+                else sum(np.asarray(p).nbytes for p in values)
+            )
+            self.files.check_space(self._file, nbytes)
+            end: int = nexus.write_points(self._datasets[index], first, values)
+        else:
+            assert isinstance(node, LimaNode)  # only channels and images are held
+            nexus.require_image_vds(
+                self._entry_of[index]["measurement"],
+                node.name,
+                values,
+                dtype=node.dtype,
+                frame_shape=node.shape,
+                first_index=first,
+            )
+            end = first + len(values)
+        self._written[index] = max(self._written.get(index, 0), end)
+
+    def _refresh_live_plots(self) -> None:
+        """(Re)write an entry's live plot when a channel got its dataset since the last one
+        (an image dataset is made with its first frames), and note which nodes each of its
+        NXdata groups links to."""
+        if not self._live_plot_pending:
+            return
+        for entry in self._entries.values():
+            paths = nexus.channel_paths(entry)
+            nodes = {
+                node.name: index
+                for index, node in self._data_nodes.items()
+                if self._entry_of[index] == entry and node.name in paths
+            }
+            present = frozenset(n for n in nodes if isinstance(entry.get(paths[n]), h5py.Dataset))
+            if not present or self._plotted.get(entry.name) == present:
+                continue
+            self._plotted[entry.name] = present
+            self._guarded(f"{entry.name}: live plot", self._write_plot, entry, self.info, True)
+            by_dataset = {entry[paths[n]].name: nodes[n] for n in present}
+            groups: list[frozenset[int]] = []
+            for group in entry.values():
+                if not isinstance(group, h5py.Group) or group.attrs.get("NX_class") != "NXdata":
+                    continue
+                members = {
+                    by_dataset[link.path]
+                    for name in group
+                    if isinstance(link := group.get(name, getlink=True), h5py.SoftLink)
+                    and link.path in by_dataset
+                }
+                if len(members) > 1:
+                    groups.append(frozenset(members))
+            self._plot_groups[entry.name] = groups
 
     def on_end(self, node: DataNode, data: EventData) -> None:
         """The end of the scan (not of a sub-scan): its final metadata, and the result's state."""
         if node is self.scan:
             self._end = dict(data.description or {})
+            self._write_all_held()
             self._finalize(data.data, data.description or {})
 
     def on_new_channel(self, node: ChannelNode) -> None:
@@ -357,29 +504,10 @@ class ScanWriter:
     def on_new_scan_ref(self, node: ScanRefNode) -> None:
         """Nothing yet: sub-scans are linked at the end."""
 
-    def on_channel_data(self, node: ChannelNode, data: EventData) -> int:
-        """Write the points; return the index after the last one."""
-        assert self._file is not None
-        points = data.data
-        nbytes = points.nbytes if points.dtype != object else sum(p.nbytes for p in points)
-        self.files.check_space(self._file, nbytes)
-        end: int = nexus.write_points(self._datasets[node.index], data.first_index, points)
-        return end
-
     def on_lima_data(self, node: LimaNode, data: EventData) -> int:
-        """Map the frames into the virtual dataset (only count them with NOSAVING)."""
+        """Count the frames of a NOSAVING detector (no files to map)."""
         end = data.first_index + data.block_size
-        if node.saving_mode == SavingMode.NOSAVING:  # no files to map
-            self._unsaved_frames[node.index] = end
-        else:
-            nexus.require_image_vds(
-                self._entry_of[node.index]["measurement"],
-                node.name,
-                data.data,
-                dtype=node.dtype,
-                frame_shape=node.shape,
-                first_index=data.first_index,
-            )
+        self._unsaved_frames[node.index] = end
         return end
 
     def on_scan_ref_data(self, node: ScanRefNode, data: EventData) -> int:
@@ -514,14 +642,14 @@ class ScanWriter:
             group = nexus.require_nx_group(entry, nexus.hdf5_name(key), METADATA_CLASSES.get(key))
             nexus.write_metadata(group, value)
 
-    def _write_plot(self, entry: h5py.Group, info: Mapping[str, Any]) -> None:
+    def _write_plot(self, entry: h5py.Group, info: Mapping[str, Any], live: bool = False) -> None:
         paths = nexus.channel_paths(entry)
         channels = {
             node.name: paths[node.name]
             for index, node in self._data_nodes.items()
             if self._entry_of[index] == entry and node.name in paths
         }
-        nexus.write_default_plot(entry, info.get("plots"), channels, scan_info=info)
+        nexus.write_default_plot(entry, info.get("plots"), channels, scan_info=info, live=live)
 
     def _link_subscans(self, entry: h5py.Group) -> None:
         links: list[str | tuple[Path, str]] = []

@@ -42,6 +42,7 @@ def write_default_plot(
     channels: Mapping[str, str],
     *,
     scan_info: Mapping[str, Any] | None = None,
+    live: bool = False,
 ) -> h5py.Group | None:
     """Create NXdata groups for the scan's plots and point ``@default`` at the first one.
 
@@ -68,6 +69,10 @@ def write_default_plot(
         For ``plots``, ``data_dim``, ``acquisition_chain`` (which channels are masters),
         ``_display_extra["plotselect"]`` (the user's selected counters, plotted first as
         ``plotselect``) and ``title``.
+    live : bool
+        The plot of a scan being written: every member is a soft link to its growing
+        dataset, whatever the lengths now (the writer keeps the members of each NXdata at
+        one length whenever the file is flushed); a mesh is a scatter until the end.
 
     Returns
     -------
@@ -91,7 +96,7 @@ def write_default_plot(
     (highest scan number) when an older one is plotted later.
     """
     try:
-        return _write_default_plot(entry, plots, channels, scan_info or {})
+        return _write_default_plot(entry, plots, channels, scan_info or {}, live)
     except Exception:
         logger.exception("%s: default plot not written", entry.name)
         return None
@@ -102,6 +107,7 @@ def _write_default_plot(
     plots: Sequence[Mapping[str, Any]] | None,
     channels: Mapping[str, str],
     scan_info: Mapping[str, Any],
+    live: bool = False,
 ) -> h5py.Group | None:
     if plots is None:
         plots = scan_info.get("plots")
@@ -136,13 +142,13 @@ def _write_default_plot(
     default: h5py.Group | None = None
     used: set[str] = set()
     for spec in _split_by_rank(specs, datasets):
-        if spec.scatter:
+        if spec.scatter and not live:
             grid = _grid_plot(spec, datasets, scan_info)
             if grid is not None:
                 group = _write_nxdata(entry, grid, datasets, used, scan_info.get("title"))
                 default = default or group
                 spec = _Plot(f"{spec.name}_scatter", spec.signals, spec.axes, True, spec.title)
-        group = _write_nxdata(entry, spec, datasets, used, scan_info.get("title"))
+        group = _write_nxdata(entry, spec, datasets, used, scan_info.get("title"), live)
         if default is None:
             default = group
     if default is not None:
@@ -365,6 +371,7 @@ def _write_nxdata(
     datasets: Mapping[str, h5py.Dataset],
     used_groups: set[str],
     scan_title: Any,
+    live: bool = False,
 ) -> h5py.Group:
     gname = nexus_name(spec.name)
     existing = entry.get(gname)
@@ -397,7 +404,7 @@ def _write_nxdata(
     else:
         for channel, member in names.items():
             dset = datasets[channel]
-            if dset.shape[0] == length:
+            if live or dset.shape[0] == length:
                 group[member] = h5py.SoftLink(dset.name)
             else:
                 _cut(group, member, dset, length)

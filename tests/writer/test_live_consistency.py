@@ -1,0 +1,301 @@
+"""A file read while the writer writes it: every snapshot a reader opens is a valid state.
+
+A real ``WriterService`` writes a running scan (a motor, two 0-D counters, a spectrum and Lima
+images in files written as the scan goes) while two reader processes open the scan's file
+over and over, one with HDF5 file locking on (h5py's default) and one with it off
+(``HDF5_USE_FILE_LOCKING=FALSE``), and check each snapshot: every NXdata has members of one
+length, no channel ends with an unwritten (NaN) point, the image dataset, once seen, is
+always there with its attributes, its reference table reads whole, and silx's
+``get_default`` finds a valid plot once one was seen. docs/nexus_layout.md ("Reading a file
+while it is written") has the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scanstream import DataStore, create_session
+from scanstream.writer import WriterService, writer_status
+from scanstream.writer.files import FLUSH_PERIOD
+from scanstream.writer.session_file import scan_file_of
+
+from .conftest import wait_for, wait_saved
+from .scan_files import frames, write_lima_files
+
+#: Points of the scan; the publisher sleeps between points so the scan lasts a few seconds.
+POINTS = 300
+POINT_SLEEP = 0.01
+DIODE = "simulation_diode_sampling_controller:diode"
+
+SCAN_INFO = {
+    "npoints": POINTS,
+    "title": f"ascan roby 0 1 {POINTS} 0.01",
+    "plots": [  # one plot per rank: a curve, spectra against the motor, the images
+        {"kind": "curve-plot", "items": [{"kind": "curve", "x": "axis:roby", "y": DIODE}]},
+        {
+            "kind": "curve-plot",
+            "name": "mca",
+            "items": [{"kind": "curve", "x": "axis:roby", "y": "simu1:spectrum"}],
+        },
+        {
+            "kind": "image-plot",
+            "name": "image",
+            "items": [{"kind": "image", "image": "lima_simulator:image"}],
+        },
+    ],
+}
+
+# The reader, run as its own process (a reader never shares the writer's HDF5 library).
+READER = r"""
+import gc, json, math, os, sys, time
+import h5py, hdf5plugin, numpy as np  # hdf5plugin: the bitshuffle-lz4 data
+import silx.io
+from silx.io.nxdata import get_default
+
+path, session_path, stop_file = sys.argv[1], sys.argv[2], sys.argv[3]
+limit = float(sys.argv[4])
+RECOVERY_LIMIT = 5.0  # s: a torn read not followed by a good snapshot by then is a failure
+counts = {"snapshots": 0, "with_data": 0, "quiet": 0, "torn": 0, "persistent": 0}
+failures = {}  # invalid states: kind -> [count, first example]
+quiet_failures = {}  # the same, in snapshots during which the writer did not write
+torn = {}  # snapshots that raised (open or read): error -> [count, example]
+seen = {"vds": False, "plot": False}
+found = []  # the invalid states of the snapshot being checked
+retrying = [False]
+stage = [""]
+recovery = []  # seconds from a torn read to the next good snapshot  # what the snapshot was reading (named in the torn-read report)
+
+
+def fail(kind, detail):
+    found.append((kind, str(detail)[:300]))
+
+
+def note(table, kind, detail):
+    entry = table.setdefault(kind, [0, detail])
+    entry[0] += 1
+
+
+def close_everything():
+    # A file that is still open in this process (an object kept alive by a traceback, or
+    # the scan file opened through the session file's external link) would be reused by the
+    # next open, with its stale cached metadata: close every HDF5 object before reopening.
+    gc.collect()
+    kinds = h5py.h5f.OBJ_DATASET | h5py.h5f.OBJ_GROUP | h5py.h5f.OBJ_ATTR | h5py.h5f.OBJ_FILE
+    for oid in h5py.h5f.get_obj_ids(types=kinds):
+        while oid.valid:
+            h5py.h5i.dec_ref(oid)
+
+
+def stamp():
+    return [(st.st_mtime_ns, st.st_size) for st in map(os.stat, (path, session_path))]
+
+
+def snapshot():
+    # Check the file once; True when the writer did not write while it was read. A reader
+    # reads metadata lazily, so a snapshot that straddles a flush can mix two states without
+    # HDF5 noticing; a quiet snapshot saw one flushed state, which must be valid.
+    before = stamp()
+    if counts["snapshots"] % 2:
+        f = h5py.File(path, "r")
+    else:
+        f = silx.io.open(session_path)
+    try:
+        stage[0] = "open"
+        check(f)
+    finally:
+        f.close()
+        close_everything()
+    return stamp() == before
+
+
+def check(f):
+    entry = f.get("1.1")
+    if entry is None:
+        return
+    measurement = entry.get("measurement")
+    if measurement is None or "diode" not in measurement:
+        return
+    counts["with_data"] += not retrying[0]
+    for name in ("diode", "diode2", "roby"):
+        stage[0] = name
+        dset = measurement.get(name)
+        if dset is not None and dset.shape[0] and math.isnan(float(dset[-1])):
+            fail("nan_tail", f"{name} ends with NaN at {dset.shape[0]}")
+    stage[0] = "simu1"
+    spectrum = measurement.get("simu1")
+    if spectrum is not None and spectrum.shape[0] and np.isnan(spectrum[-1]).all():
+        fail("nan_tail", f"spectrum ends with a NaN row at {spectrum.shape[0]}")
+    stage[0] = "lima_simulator"
+    image = measurement.get("lima_simulator")
+    if image is None:
+        if seen["vds"]:
+            fail("vds_missing", "measurement/lima_simulator disappeared")
+    else:
+        seen["vds"] = True
+        if image.attrs.get("interpretation") != "image":
+            fail("vds_attrs", dict(image.attrs))
+        table = entry.get("instrument/lima_simulator/data_references")
+        if table is None:
+            fail("references_missing", "instrument/lima_simulator/data_references")
+        else:
+            stage[0] = "data_references"
+            # First and last rows (the last chunk is the one rewritten at each batch).
+            if table.shape[0]:
+                table[0], table[-1]
+    stage[0] = "plots"
+    for name, group in entry.items():
+        if not isinstance(group, h5py.Group) or group.attrs.get("NX_class") != "NXdata":
+            continue
+        lengths = {
+            m: group[m].shape[0] for m in group if m != "title" and group[m].ndim
+        }
+        if len(set(lengths.values())) > 1:
+            fail("nxdata_lengths", f"{name}: {lengths}")
+    if "default" in entry.attrs:
+        seen["plot"] = True
+        nxdata = get_default(entry)
+        if nxdata is None or not nxdata.is_valid:
+            fail("silx_default", getattr(nxdata, "issues", "no default"))
+    elif seen["plot"]:
+        fail("silx_default", "the default plot disappeared")
+
+
+deadline = time.monotonic() + limit
+while time.monotonic() < deadline and not os.path.exists(stop_file):
+    if not os.path.exists(path) or not os.path.exists(session_path):
+        time.sleep(0.002)
+        continue
+    counts["snapshots"] += 1
+    del found[:]
+    quiet = False
+    try:
+        quiet = snapshot()
+    except Exception as exc:
+        # A torn read: HDF5 met metadata or a chunk the writer has changed since (no SWMR).
+        # The reader sees an error, not a wrong state; a reopen must then succeed.
+        counts["torn"] += 1
+        note(torn, f"{stage[0]}: {type(exc).__name__}", repr(exc)[:300])
+        retrying[0] = True
+        t0 = time.monotonic()
+        while True:
+            time.sleep(0.02)
+            del found[:]
+            try:
+                snapshot()
+                break
+            except Exception:
+                if time.monotonic() - t0 > RECOVERY_LIMIT:
+                    counts["persistent"] += 1
+                    break
+        retrying[0] = False
+        recovery.append(round(time.monotonic() - t0, 3))
+    counts["quiet"] += quiet
+    for kind, detail in found:
+        note(failures, kind, detail)
+        if quiet:
+            note(quiet_failures, kind, detail)
+counts["recovery_s"] = sorted(recovery)
+print(json.dumps({"counts": counts, "failures": failures, "quiet_failures": quiet_failures,
+                  "torn": torn}))
+"""
+
+
+def _reader(path: Path, master: Path, stop: Path, locking: bool) -> subprocess.Popen[str]:
+    env = dict(os.environ)
+    env["HDF5_USE_FILE_LOCKING"] = "TRUE" if locking else "FALSE"
+    return subprocess.Popen(
+        [sys.executable, "-c", READER, str(path), str(master), str(stop), "60"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _publish(store: DataStore, folder: Path) -> int:
+    """A running scan: motor, 2 counters, a spectrum, images in Lima files (2 per file)."""
+    session = create_session("test_session", store=store)
+    scan = session.create_scan("ascan", SCAN_INFO)
+    top = scan.create_container("axis")
+    roby = top.create_channel("axis:roby", unit="mm")
+    timer = top.create_container("timer")
+    diode = timer.create_channel(DIODE)
+    diode2 = timer.create_channel("simulation_diode_sampling_controller:diode2")
+    spectrum = timer.create_channel("simu1:spectrum", shape=(64,))
+    lima = timer.create_lima("lima_simulator:image", "uint16", (3, 4))
+    scan.prepared()
+    images = frames(POINTS)
+    rng = np.random.default_rng(0)
+    for i in range(POINTS):
+        roby.emit(np.array([i / POINTS]))
+        diode.emit(rng.normal(100.0, 1.0, size=1))
+        diode2.emit(rng.normal(10.0, 1.0, size=1))
+        spectrum.emit(rng.poisson(50, size=(1, 64)).astype(np.float64))
+        if i % 2 == 1:  # Lima writes a file of 2 frames, then publishes their references
+            refs = write_lima_files(folder / f"f{i:04d}", "lima_simulator", images[i - 1 : i + 1])
+            lima.emit(refs)
+        time.sleep(POINT_SLEEP)
+    scan.end()
+    return scan.number
+
+
+@pytest.fixture
+def writer(store: DataStore, tmp_path: Path) -> Iterator[WriterService]:
+    """A writer with the default flush period (the tests' usual one flushes 4x as often)."""
+    service = WriterService(["test_session"], root=tmp_path / "data", store=store)
+    service.start()
+    try:
+        wait_for(
+            lambda: (writer_status("test_session", store=store) or {}).get("writing"),
+            2,
+            "the writer to own the session",
+        )
+        yield service
+    finally:
+        service.stop()
+
+
+def test_readers_see_valid_states_while_the_scan_is_written(
+    store: DataStore, writer: WriterService, tmp_path: Path
+) -> None:
+    assert writer.files.flush_period == FLUSH_PERIOD
+    master = tmp_path / "data" / "test_session" / "test_session.h5"
+    scan_file = scan_file_of(master, 1)
+    stop = tmp_path / "stop"
+    readers = [_reader(scan_file, master, stop, locking) for locking in (True, False)]
+    try:
+        number = _publish(store, tmp_path / "lima")
+        assert number == 1
+        wait_saved(store, "test_session", {1}, timeout=30)
+    finally:
+        stop.touch()
+        results = []
+        for proc in readers:
+            try:
+                out, err = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+            assert proc.returncode == 0, err
+            results.append(json.loads(out))
+    report = dict(zip(("locking on", "locking off"), results))
+    print(json.dumps(report, indent=1))
+    for mode, result in report.items():
+        counts = result["counts"]
+        # Enough snapshots of a growing file for the check to mean something.
+        # (A few hundred per reader on a quiet machine, a few dozen on a loaded one.)
+        assert counts["quiet"] >= 10, (mode, counts)
+        # Every state the writer flushed is valid (before batch flushes: 5-25 % were not).
+        assert result["quiet_failures"] == {}, (mode, result)
+        # A torn read (an HDF5 error: the snapshot straddled a flush) is followed by a good
+        # snapshot: the file is never left unreadable.
+        assert counts["persistent"] == 0, (mode, result)
