@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -299,3 +300,63 @@ def test_readers_see_valid_states_while_the_scan_is_written(
         # A torn read (an HDF5 error: the snapshot straddled a flush) is followed by a good
         # snapshot: the file is never left unreadable.
         assert counts["persistent"] == 0, (mode, result)
+
+
+def test_a_running_mesh_is_plotted_as_the_map_of_its_complete_rows(
+    store: DataStore, writer: WriterService, tmp_path: Path
+) -> None:
+    from silx.io.nxdata import get_default
+
+    n1, n2 = 4, 5
+    info = {
+        "npoints": n1 * n2,
+        "npoints1": n1,
+        "npoints2": n2,
+        "data_dim": 2,
+        "title": "amesh robx 0 3 3 roby 0 4 4 0.1",
+        "plots": [
+            {
+                "kind": "scatter-plot",
+                "items": [{"kind": "scatter", "x": "axis:robx", "y": "axis:roby", "value": DIODE}],
+            }
+        ],
+    }
+    session = create_session("test_session", store=store)
+    scan = session.create_scan("amesh", info)
+    top = scan.create_container("axis")
+    robx, roby = top.create_channel("axis:robx"), top.create_channel("axis:roby")
+    diode = top.create_container("timer").create_channel(DIODE)
+    scan.prepared()
+    path = scan_file_of(tmp_path / "data" / "test_session" / "test_session.h5", scan.number)
+    seen_rows: list[int] = []
+
+    def map_rows() -> int:
+        try:
+            with h5py.File(path, "r", locking=False) as f:
+                entry = f["1.1"]
+                nxdata = get_default(entry)
+                if nxdata is None or not nxdata.is_valid or nxdata.signal.ndim != 2:
+                    return 0
+                assert nxdata.signal.shape[1] == n1
+                assert nxdata.axes[0].shape == (nxdata.signal.shape[0],)
+                return int(nxdata.signal.shape[0])
+        except (OSError, KeyError):
+            return 0  # not there yet, or a torn read (see the test above)
+
+    for row in range(n2 - 1):  # the last row is not published before the checks
+        robx.emit(np.arange(float(n1)))
+        roby.emit(np.full(n1, float(row)))
+        diode.emit(np.arange(float(n1)) + 10 * row)
+        wait_for(lambda: map_rows() >= row + 1, 10, f"row {row} in the live map")  # noqa: B023
+        seen_rows.append(map_rows())
+    robx.emit(np.arange(2.0))  # half a row: not in the map
+    roby.emit(np.full(2, float(n2 - 1)))
+    diode.emit(np.arange(2.0))
+    time.sleep(2 * FLUSH_PERIOD)
+    assert map_rows() == n2 - 1
+    scan.end()
+    wait_saved(store, "test_session", {scan.number})
+    assert seen_rows == list(range(1, n2))
+    with h5py.File(path, "r") as f:
+        assert f["1.1"].attrs["default"] == "plotselect"
+        assert f["1.1/plotselect/diode"].shape == (n2 - 1, n1)  # aborted mid-row at the end

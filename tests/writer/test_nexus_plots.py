@@ -169,3 +169,40 @@ def test_mesh_is_a_2d_map(h5: h5py.File, npoints: int) -> None:
     scatter = e["plotselect_scatter"]
     assert scatter["diode"].shape == (npoints,)
     _check_default_chain(h5)
+
+
+def test_live_mesh_map_grows_in_place(h5: h5py.File) -> None:
+    """While a mesh runs: the scatter until a row is complete, then the map of the complete
+    rows, extended in place (the same datasets) as rows complete."""
+    fast = np.tile([0.0, 1.0, 2.0, 3.0], 3)
+    slow = np.repeat([10.0, 20.0, 30.0], 4)
+    signal = np.arange(12.0)
+    e = _scan(h5, "1.1", {"axis:robx": fast[:2], "axis:roby": slow[:2], "d:diode": signal[:2]})
+    info = {"data_dim": 2, "npoints1": 4, "npoints2": 3}
+    plots = [
+        {
+            "kind": "scatter-plot",
+            "items": [{"kind": "scatter", "x": "axis:robx", "y": "axis:roby", "value": "d:diode"}],
+        }
+    ]
+    default = nexus.write_default_plot(e, plots, nexus.channel_paths(e), scan_info=info, live=True)
+    assert default is not None and default.name == "/1.1/plotselect_scatter"
+    grid = e["plotselect"]
+    assert "signal" not in grid.attrs  # no complete row: not a plot yet
+    dataset_ids = {
+        name: h5py.h5o.get_info(grid[name].id).addr for name in ("diode", "robx", "roby")
+    }
+    paths = nexus.channel_paths(e)
+    for npoints, rows in ((4, 1), (7, 1), (12, 3)):
+        for channel, values in (("axis:robx", fast), ("axis:roby", slow), ("d:diode", signal)):
+            nexus.write_points(e[paths[channel]], 0, values[:npoints])
+        nexus.grow_live_grids(e)
+        assert e.attrs["default"] == "plotselect"
+        assert grid.attrs["signal"] == "diode" and list(grid.attrs["axes"]) == ["roby", "robx"]
+        assert grid["diode"][()].tolist() == signal[: rows * 4].reshape(rows, 4).tolist()
+        assert grid["roby"][()].tolist() == [10.0, 20.0, 30.0][:rows]
+        assert grid["robx"][()].tolist() == [0.0, 1.0, 2.0, 3.0]
+        assert {n: h5py.h5o.get_info(grid[n].id).addr for n in dataset_ids} == dataset_ids
+        _check_default_chain(h5)
+    # The scatter is live too: soft links to the growing channels.
+    assert e["plotselect_scatter"]["diode"].shape == (12,)

@@ -377,6 +377,9 @@ class ScanWriter:
             targets = self._targets()
         for index in list(self._held):
             self._write_held(index, targets.get(index))
+        if self._live_plot_pending:
+            for entry in self._entries.values():
+                nexus.grow_live_grids(entry)  # the mesh rows completed in this batch
         self._held_bytes = sum(
             int(getattr(v, "nbytes", 0)) for chunks in self._held.values() for _, v in chunks
         )

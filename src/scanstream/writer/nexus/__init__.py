@@ -90,7 +90,7 @@ from .metadata import (
     write_scan_info_positioners,
     write_value,
 )
-from .plots import link_subscan_entries, write_default_plot
+from .plots import grow_live_grids, link_subscan_entries, write_default_plot
 
 __all__ = [
     "CHUNK_MAX_ROWS",
@@ -110,6 +110,7 @@ __all__ = [
     "entry_name",
     "fill_value_for",
     "finalize_entry",
+    "grow_live_grids",
     "hdf5_name",
     "is_hdf5_format",
     "iso8601",

@@ -22,7 +22,10 @@ from .images import stored_path
 from .layout import nexus_name
 from .metadata import NX_COLLECTION, hdf5_name, require_nx_group
 
-__all__ = ["link_subscan_entries", "write_default_plot"]
+__all__ = ["grow_live_grids", "link_subscan_entries", "write_default_plot"]
+
+#: Attribute of a live mesh map: the paths of its signal, slow and fast axis sources.
+LIVE_GRID_ATTR = "scanstream_live_grid"
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +75,9 @@ def write_default_plot(
     live : bool
         The plot of a scan being written: every member is a soft link to its growing
         dataset, whatever the lengths now (the writer keeps the members of each NXdata at
-        one length whenever the file is flushed); a mesh is a scatter until the end.
+        one length whenever the file is flushed); a mesh gets its map as copies of its
+        complete rows, grown in place by :func:`grow_live_grids` (its scatter is the
+        default plot until the first row is complete).
 
     Returns
     -------
@@ -142,11 +147,17 @@ def _write_default_plot(
     default: h5py.Group | None = None
     used: set[str] = set()
     for spec in _split_by_rank(specs, datasets):
-        if spec.scatter and not live:
-            grid = _grid_plot(spec, datasets, scan_info)
+        if spec.scatter:
+            grid = _grid_plot(spec, datasets, scan_info, live)
             if grid is not None:
-                group = _write_nxdata(entry, grid, datasets, used, scan_info.get("title"))
-                default = default or group
+                title = scan_info.get("title")
+                if live:
+                    group = _write_live_grid(entry, grid, datasets, used, title)
+                    if group.attrs.get("signal") is not None:
+                        default = default or group
+                else:
+                    group = _write_nxdata(entry, grid, datasets, used, title)
+                    default = default or group
                 spec = _Plot(f"{spec.name}_scatter", spec.signals, spec.axes, True, spec.title)
         group = _write_nxdata(entry, spec, datasets, used, scan_info.get("title"), live)
         if default is None:
@@ -174,12 +185,19 @@ class _Grid(_Plot):
     """A mesh: signal reshaped (slow, fast); axes = [slow, fast] channels."""
 
     fast: int = 0
+    slow: int = 0
 
 
 def _grid_plot(
-    spec: _Plot, datasets: Mapping[str, h5py.Dataset], scan_info: Mapping[str, Any]
+    spec: _Plot,
+    datasets: Mapping[str, h5py.Dataset],
+    scan_info: Mapping[str, Any],
+    live: bool = False,
 ) -> _Grid | None:
-    """The 2-D map of a regular mesh (``npoints1`` fast x ``npoints2`` slow), or None."""
+    """The 2-D map of a regular mesh (``npoints1`` fast x ``npoints2`` slow), or None.
+
+    Not live, the mesh needs one complete row (else the scatter is its plot).
+    """
     n1, n2 = scan_info.get("npoints1"), scan_info.get("npoints2")
     if scan_info.get("data_dim") != 2 or not isinstance(n1, int) or not isinstance(n2, int):
         return None
@@ -192,10 +210,115 @@ def _grid_plot(
     }
     if kinds - {"forth"}:
         return None  # back-and-forth rows cannot be mapped without copying: scatter only
-    if _common_length(datasets, [*spec.signals, *spec.axes]) < n1:
+    if not live and _common_length(datasets, [*spec.signals, *spec.axes]) < n1:
         return None  # not one full row yet: the scatter is the plot
     fast, slow = spec.axes
-    return _Grid(spec.name, spec.signals[:1], [slow, fast], False, spec.title, fast=n1)
+    return _Grid(spec.name, spec.signals[:1], [slow, fast], False, spec.title, fast=n1, slow=n2)
+
+
+def _write_live_grid(
+    entry: h5py.Group,
+    grid: _Grid,
+    datasets: Mapping[str, h5py.Dataset],
+    used_groups: set[str],
+    scan_title: Any,
+) -> h5py.Group:
+    """The map of a mesh being scanned: plain datasets holding copies of its complete rows.
+
+    A virtual dataset cannot be grown in place here (its mappings are fixed at creation and
+    HDF5 refuses an unlimited mapping that reshapes a 1-D source into rows), so the live
+    map copies the rows (a few bytes per point: the signal of a map is 0-D) into chunked
+    datasets that :func:`grow_live_grids` extends as rows complete. The final plot replaces
+    them with views of ``measurement/`` at the end of the scan.
+    """
+    gname = nexus_name(grid.name)
+    while gname in used_groups or (gname in entry and not _is_nxdata(entry[gname])):
+        gname = f"plot_{gname}"
+    used_groups.add(gname)
+    group = require_nx_group(entry, gname, "NXdata")
+    for member in list(group):
+        del group[member]
+    for key in list(group.attrs):
+        if key != "NX_class":
+            del group.attrs[key]
+    members: set[str] = set()
+    signal, slow, fast = (datasets[c] for c in (grid.signals[0], *grid.axes))
+    names = [_member_name(d.name, members) for d in (signal, slow, fast)]
+    n1, n2 = grid.fast, max(grid.slow, 1)
+    row_chunk = max(1, min(n2, (1 << 16) // max(1, n1 * signal.dtype.itemsize)))
+    made = group.create_dataset(
+        names[0],
+        shape=(0, n1),
+        maxshape=(n2, n1),
+        dtype=signal.dtype,
+        chunks=(row_chunk, n1),
+        fillvalue=signal.fillvalue,
+    )
+    _copy_attrs(signal, made)
+    for name, source, size in ((names[1], slow, n2), (names[2], fast, n1)):
+        made = group.create_dataset(
+            name, shape=(0,), maxshape=(size,), dtype=source.dtype, chunks=(min(size, 4096),)
+        )
+        _copy_attrs(source, made)
+    group.attrs[LIVE_GRID_ATTR] = [signal.name, slow.name, fast.name, *names]
+    group.attrs["scanstream_fast_points"] = n1
+    title = grid.title or scan_title
+    if title:
+        group["title"] = str(title)
+    _grow_grid(group)
+    return group
+
+
+def _is_nxdata(obj: Any) -> bool:
+    return isinstance(obj, h5py.Group) and obj.attrs.get("NX_class") == "NXdata"
+
+
+def _grow_grid(group: h5py.Group) -> bool:
+    """Copy the rows completed since the last call; True when the map has a row."""
+    file = group.file
+    src_signal, src_slow, src_fast, signal_name, slow_name, fast_name = (
+        str(v.decode() if isinstance(v, bytes) else v) for v in group.attrs[LIVE_GRID_ATTR]
+    )
+    n1 = int(group.attrs["scanstream_fast_points"])
+    sources = [file.get(p) for p in (src_signal, src_slow, src_fast)]
+    if not all(isinstance(d, h5py.Dataset) for d in sources):
+        return False
+    signal, slow, fast = group[signal_name], group[slow_name], group[fast_name]
+    rows = min(min(int(d.shape[0]) for d in sources) // n1, int(signal.maxshape[0] or 0))
+    done = int(signal.shape[0])
+    if rows > done:
+        values = sources[0][done * n1 : rows * n1].reshape(rows - done, n1)
+        signal.resize(rows, axis=0)
+        signal[done:rows] = values
+        slow.resize(rows, axis=0)
+        slow[done:rows] = sources[1][done * n1 : rows * n1 : n1]
+        if fast.shape[0] == 0:
+            fast.resize(n1, axis=0)
+            fast[:] = sources[2][0:n1]
+    if rows and group.attrs.get("signal") != signal_name:
+        group.attrs["signal"] = signal_name
+        group.attrs["axes"] = [slow_name, fast_name]
+        group.attrs[f"{slow_name}_indices"] = 0
+        group.attrs[f"{fast_name}_indices"] = 1
+    return rows > 0
+
+
+def grow_live_grids(entry: h5py.Group) -> None:
+    """Extend the live mesh maps of ``entry`` with the rows completed since the last call.
+
+    The map becomes the entry's default plot with its first complete row (the scatter is
+    until then). Call it when the channels are in a state readers may see (the writer: at
+    the end of each batch). Never raises: a plot is not worth failing a scan for.
+    """
+    try:
+        for name, group in entry.items():
+            if _is_nxdata(group) and LIVE_GRID_ATTR in group.attrs:
+                has_row = _grow_grid(group)
+                default = entry.attrs.get("default")
+                if has_row and default == f"{name}_scatter":
+                    entry.attrs["default"] = name
+    except Exception:
+        logger.exception("%s: live mesh map not grown", entry.name)
 
 
 def _common_length(datasets: Mapping[str, h5py.Dataset], names: Iterable[str]) -> int:
