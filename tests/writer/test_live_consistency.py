@@ -32,13 +32,16 @@ from scanstream.writer.session_file import scan_file_of
 from .conftest import wait_for, wait_saved
 from .scan_files import frames, write_lima_files
 
-#: Points of the scan; the publisher sleeps between points so the scan lasts a few seconds.
+#: Points of the scan; the publisher sleeps between points so the scan lasts a few seconds,
+#: longer (up to MAX_POINTS) until each reader has seen QUIET snapshots (a loaded machine).
 POINTS = 300
+MAX_POINTS = 1500
 POINT_SLEEP = 0.01
+QUIET = 10
 DIODE = "simulation_diode_sampling_controller:diode"
 
 SCAN_INFO = {
-    "npoints": POINTS,
+    "npoints": MAX_POINTS,
     "title": f"ascan roby 0 1 {POINTS} 0.01",
     "plots": [  # one plot per rank: a curve, spectra against the motor, the images
         {"kind": "curve-plot", "items": [{"kind": "curve", "x": "axis:roby", "y": DIODE}]},
@@ -64,6 +67,7 @@ from silx.io.nxdata import get_default
 
 path, session_path, stop_file = sys.argv[1], sys.argv[2], sys.argv[3]
 limit = float(sys.argv[4])
+progress_file = sys.argv[5]
 RECOVERY_LIMIT = 5.0  # s: a torn read not followed by a good snapshot by then is a failure
 counts = {"snapshots": 0, "with_data": 0, "quiet": 0, "torn": 0, "persistent": 0}
 failures = {}  # invalid states: kind -> [count, first example]
@@ -200,6 +204,9 @@ while time.monotonic() < deadline and not os.path.exists(stop_file):
         retrying[0] = False
         recovery.append(round(time.monotonic() - t0, 3))
     counts["quiet"] += quiet
+    if quiet:
+        with open(progress_file, "w") as out:
+            out.write(str(counts["quiet"]))
     for kind, detail in found:
         note(failures, kind, detail)
         if quiet:
@@ -210,11 +217,13 @@ print(json.dumps({"counts": counts, "failures": failures, "quiet_failures": quie
 """
 
 
-def _reader(path: Path, master: Path, stop: Path, locking: bool) -> subprocess.Popen[str]:
+def _reader(
+    path: Path, master: Path, stop: Path, progress: Path, locking: bool
+) -> subprocess.Popen[str]:
     env = dict(os.environ)
     env["HDF5_USE_FILE_LOCKING"] = "TRUE" if locking else "FALSE"
     return subprocess.Popen(
-        [sys.executable, "-c", READER, str(path), str(master), str(stop), "60"],
+        [sys.executable, "-c", READER, str(path), str(master), str(stop), "60", str(progress)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -222,7 +231,14 @@ def _reader(path: Path, master: Path, stop: Path, locking: bool) -> subprocess.P
     )
 
 
-def _publish(store: DataStore, folder: Path) -> int:
+def _quiet_snapshots(progress: Path) -> int:
+    try:
+        return int(progress.read_text() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _publish(store: DataStore, folder: Path, progress: list[Path]) -> int:
     """A running scan: motor, 2 counters, a spectrum, images in Lima files (2 per file)."""
     session = create_session("test_session", store=store)
     scan = session.create_scan("ascan", SCAN_INFO)
@@ -234,9 +250,11 @@ def _publish(store: DataStore, folder: Path) -> int:
     spectrum = timer.create_channel("simu1:spectrum", shape=(64,))
     lima = timer.create_lima("lima_simulator:image", "uint16", (3, 4))
     scan.prepared()
-    images = frames(POINTS)
+    images = frames(MAX_POINTS)
     rng = np.random.default_rng(0)
-    for i in range(POINTS):
+    for i in range(MAX_POINTS):
+        if i >= POINTS and i % 2 == 0 and min(map(_quiet_snapshots, progress)) >= QUIET:
+            break
         roby.emit(np.array([i / POINTS]))
         diode.emit(rng.normal(100.0, 1.0, size=1))
         diode2.emit(rng.normal(10.0, 1.0, size=1))
@@ -272,9 +290,12 @@ def test_readers_see_valid_states_while_the_scan_is_written(
     master = tmp_path / "data" / "test_session" / "test_session.h5"
     scan_file = scan_file_of(master, 1)
     stop = tmp_path / "stop"
-    readers = [_reader(scan_file, master, stop, locking) for locking in (True, False)]
+    progress = [tmp_path / f"quiet_{locking}" for locking in (True, False)]
+    readers = [
+        _reader(scan_file, master, stop, p, locking) for p, locking in zip(progress, (True, False))
+    ]
     try:
-        number = _publish(store, tmp_path / "lima")
+        number = _publish(store, tmp_path / "lima", progress)
         assert number == 1
         wait_saved(store, "test_session", {1}, timeout=30)
     finally:
@@ -294,7 +315,7 @@ def test_readers_see_valid_states_while_the_scan_is_written(
         counts = result["counts"]
         # Enough snapshots of a growing file for the check to mean something.
         # (A few hundred per reader on a quiet machine, a few dozen on a loaded one.)
-        assert counts["quiet"] >= 10, (mode, counts)
+        assert counts["quiet"] >= QUIET, (mode, counts)
         # Every state the writer flushed is valid (before batch flushes: 5-25 % were not).
         assert result["quiet_failures"] == {}, (mode, result)
         # A torn read (an HDF5 error: the snapshot straddled a flush) is followed by a good

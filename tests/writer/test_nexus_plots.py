@@ -206,3 +206,55 @@ def test_live_mesh_map_grows_in_place(h5: h5py.File) -> None:
         _check_default_chain(h5)
     # The scatter is live too: soft links to the growing channels.
     assert e["plotselect_scatter"]["diode"].shape == (12,)
+
+
+def test_a_sequence_links_every_entry_of_its_sub_scans_and_has_a_default_plot(
+    writer, session, store, tmp_path: Path
+) -> None:
+    from silx.io.nxdata import get_default
+
+    from scanstream.sim import SavingConfig, default_beamline, loopscan, run_chain, sequence
+    from scanstream.sim.masters import TopMaster
+
+    from .conftest import wait_saved
+
+    beamline = default_beamline()
+    saving = SavingConfig(tmp_path / "data", "test_session")
+    diode, diode2 = beamline.counter("diode"), beamline.counter("diode2")
+    two_masters = [TopMaster("timer1", 2, 0.1, [diode]), TopMaster("timer2", 3, 0.1, [diode2])]
+    group = sequence(
+        session,
+        [
+            lambda: run_chain(session, two_masters, saving=saving),
+            lambda: loopscan(session, 3, 0.1, diode, saving=saving),
+        ],
+        saving=saving,
+    )
+    first, second = (sub.number for sub in group.scans)
+    wait_saved(store, "test_session", {group.number, first, second}, timeout=30)
+    with h5py.File(saving.filename, "r") as f:
+        entry = f[f"{group.number}.1"]
+        assert set(entry["scans"]) == {f"{first}.1", f"{first}.2", f"{second}.1"}
+        for sub in entry["scans"].values():
+            assert sub.attrs["NX_class"] == "NXentry"
+        nxdata = get_default(entry)
+        assert nxdata is not None and nxdata.is_valid
+        # The last sub-scan's plot, through an external link.
+        assert entry.get("plotselect", getlink=True).__class__ is h5py.ExternalLink
+        assert nxdata.signal.shape == (3,)
+
+
+def test_default_plot_name_follows_write_default_plot(h5: h5py.File) -> None:
+    assert nexus.default_plot_name({}) == "plotselect"
+    assert nexus.default_plot_name({"plots": []}) is None  # BLISS: no plot
+    named = {"plots": [{"kind": "curve-plot", "name": "my plot", "items": []}]}
+    assert nexus.default_plot_name(named) == nexus.nexus_name("my plot")
+    assert nexus.default_plot_name(dict(named, _display_extra={"plotselect": ["d"]})) == (
+        "plotselect"
+    )
+    e = _scan(h5, "1.1", {"axis:roby": np.arange(3.0), "d:diode": np.arange(3.0)})
+    plots = [
+        {"kind": "curve-plot", "name": "my plot", "items": [{"x": "axis:roby", "y": "d:diode"}]}
+    ]
+    nxdata = nexus.write_default_plot(e, plots, nexus.channel_paths(e))
+    assert nxdata is not None and nxdata.name == f"/1.1/{nexus.default_plot_name(named)}"

@@ -20,7 +20,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..exceptions import WriterError
+from ..exceptions import ScanstreamError, WriterError
 from ..models import SavingMode
 from ..subscribe.data_nodes import ChannelNode, LimaNode, ScanRefNode
 from ..subscribe.events import EventData, EventType, StopHandler
@@ -655,10 +655,31 @@ class ScanWriter:
         nexus.write_default_plot(entry, info.get("plots"), channels, scan_info=info, live=live)
 
     def _link_subscans(self, entry: h5py.Group) -> None:
+        """``scans/<N.k>``: every entry of every sub-scan (one per top master), and the
+        sequence's default plot: the plot of its last sub-scan that asks for one."""
         links: list[str | tuple[Path, str]] = []
+        plot: tuple[Path, str, str] | None = None
         for sub in self._subscans:
-            name = nexus.entry_name(sub.number, 1, strict_names=self.strict_names)
             # Through the sub-scan's session file (its entries may live in any scan file).
             path = self.policy.scan_file(sub.info, sub.session_name).resolve()
-            links.append((path, name))
+            names = [
+                nexus.entry_name(sub.number, k, strict_names=self.strict_names)
+                for k in range(1, self._top_masters(sub) + 1)
+            ]
+            links.extend((path, name) for name in names)
+            # Its plot may not be written yet (its writer may still be at work): named from
+            # its scan_info; the external link resolves once it is.
+            nxdata = nexus.default_plot_name(sub.info)
+            plot = (path, names[0], nxdata) if nxdata else plot
         nexus.link_subscan_entries(entry, links)
+        if plot is not None:
+            nexus.link_subscan_plot(entry, *plot)
+
+    @staticmethod
+    def _top_masters(sub: ScanNode) -> int:
+        """Entries of a sub-scan: its top masters (the children of the scan), at least 1."""
+        try:
+            return max(1, len(sub.children()))
+        except ScanstreamError as exc:  # expired from Redis: its first entry at least
+            logger.info("sub-scan %s: top masters unknown (%s); linking N.1", sub.db_name, exc)
+            return 1

@@ -90,7 +90,13 @@ from .metadata import (
     write_scan_info_positioners,
     write_value,
 )
-from .plots import grow_live_grids, link_subscan_entries, write_default_plot
+from .plots import (
+    default_plot_name,
+    grow_live_grids,
+    link_subscan_entries,
+    link_subscan_plot,
+    write_default_plot,
+)
 
 __all__ = [
     "CHUNK_MAX_ROWS",
@@ -106,6 +112,7 @@ __all__ = [
     "channel_path",
     "channel_paths",
     "compression_options",
+    "default_plot_name",
     "entry_layout",
     "entry_name",
     "fill_value_for",
@@ -116,6 +123,7 @@ __all__ = [
     "iso8601",
     "lengths_dataset_name",
     "link_subscan_entries",
+    "link_subscan_plot",
     "nexus_name",
     "open_nexus_file",
     "read_entry_summary",

@@ -22,7 +22,13 @@ from .images import stored_path
 from .layout import nexus_name
 from .metadata import NX_COLLECTION, hdf5_name, require_nx_group
 
-__all__ = ["grow_live_grids", "link_subscan_entries", "write_default_plot"]
+__all__ = [
+    "default_plot_name",
+    "grow_live_grids",
+    "link_subscan_entries",
+    "link_subscan_plot",
+    "write_default_plot",
+]
 
 #: Attribute of a live mesh map: the paths of its signal, slow and fast axis sources.
 LIVE_GRID_ATTR = "scanstream_live_grid"
@@ -647,3 +653,63 @@ def link_subscan_entries(
             del scans[member]
         scans[member] = link
     return scans
+
+
+def default_plot_name(scan_info: Mapping[str, Any]) -> str | None:
+    """The name :func:`write_default_plot` gives a scan's default NXdata, from its
+    ``scan_info`` alone (for a link made before the plot exists); None: no plot asked for."""
+    if (scan_info.get("_display_extra") or {}).get("plotselect"):
+        return "plotselect"
+    plots = scan_info.get("plots")
+    if plots is not None and len(plots) == 0:
+        return None
+    first = plots[0] if plots else None
+    if isinstance(first, Mapping) and first.get("name"):
+        return nexus_name(str(first["name"]))
+    return "plotselect"
+
+
+def link_subscan_plot(
+    group_entry: h5py.Group,
+    file_path: str | os.PathLike[str],
+    entry_name: str,
+    nxdata_name: str,
+    *,
+    name: str = "plotselect",
+) -> None:
+    """Make a sub-scan's default plot the default plot of a scan group (sequence).
+
+    A sequence has no data of its own but its scan numbers: its plot is
+    ``<group_entry>/<name>`` (replacing the NXdata of the scan numbers), an external link to
+    the NXdata ``/<entry_name>/<nxdata_name>`` of ``file_path`` (relative when
+    below the group's file), and ``@default`` names it, so viewers open a sequence on its
+    sub-scan's plot. The root's ``@default`` moves to the group only if it is the newest
+    scan, as for :func:`write_default_plot`.
+    """
+    master_file = os.path.abspath(group_entry.file.filename)
+    target = f"/{hdf5_name(entry_name)}/{nxdata_name}"
+    link = h5py.ExternalLink(
+        stored_path(os.fspath(file_path), os.path.dirname(master_file), master_file), target
+    )
+    existing = group_entry.get(name, getlink=True)
+    if existing is not None:
+        if isinstance(existing, h5py.ExternalLink) and (existing.filename, existing.path) == (
+            link.filename,
+            link.path,
+        ):
+            return
+        if not isinstance(existing, h5py.ExternalLink) and not _is_nxdata(group_entry[name]):
+            raise ValueError(
+                f"{group_entry.name}/{name} exists and is not a plot; delete it or choose"
+                " another name"
+            )
+        # The group's own plot (its scan numbers against their index) gives way.
+        del group_entry[name]
+    group_entry[name] = link
+    group_entry.attrs["default"] = name
+    root = group_entry.file
+    basename = group_entry.name.rsplit("/", 1)[-1]
+    if group_entry.parent.name == "/" and entry_order(root.attrs.get("default")) <= entry_order(
+        basename
+    ):
+        root.attrs["default"] = basename
