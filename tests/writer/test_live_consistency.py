@@ -1,13 +1,16 @@
-"""A file read while the writer writes it: every snapshot a reader opens is a valid state.
+"""A file read while the writer writes it: every state the writer flushes is valid.
 
 A real ``WriterService`` writes a running scan (a motor, two 0-D counters, a spectrum and Lima
 images in files written as the scan goes) while two reader processes open the scan's file
 over and over, one with HDF5 file locking on (h5py's default) and one with it off
-(``HDF5_USE_FILE_LOCKING=FALSE``), and check each snapshot: every NXdata has members of one
-length, no channel ends with an unwritten (NaN) point, the image dataset, once seen, is
-always there with its attributes, its reference table reads whole, and silx's
-``get_default`` finds a valid plot once one was seen. docs/nexus_layout.md ("Reading a file
-while it is written") has the figures.
+(``HDF5_USE_FILE_LOCKING=FALSE``), every other time through ``silx.io.open`` of the session
+file, and check each snapshot: every NXdata has members of one length, no channel ends with
+an unwritten (NaN) point, the image dataset, once seen, is always there with its
+attributes, its reference table reads, and silx's ``get_default`` finds a valid plot once
+one was seen. A snapshot during which the file did not change saw one flushed state and
+must be valid; a torn read (HDF5 raises: the snapshot straddled a flush) must be followed
+by a good snapshot. docs/nexus_layout.md ("Reading a file while it is written") has the
+figures. A second test follows a mesh's live map row by row.
 """
 
 from __future__ import annotations
@@ -109,12 +112,13 @@ def snapshot():
     # reads metadata lazily, so a snapshot that straddles a flush can mix two states without
     # HDF5 noticing; a quiet snapshot saw one flushed state, which must be valid.
     before = stamp()
+    stage[0] = "open"
     if counts["snapshots"] % 2:
         f = h5py.File(path, "r")
     else:
         f = silx.io.open(session_path)
     try:
-        stage[0] = "open"
+        stage[0] = "entry"
         check(f)
     finally:
         f.close()

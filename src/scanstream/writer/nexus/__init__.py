@@ -43,6 +43,9 @@ and readers fail with ``file is already open for write``. SWMR is not used: it f
 creating groups, datasets and attributes once it is on, which an incremental writer of many
 scans in one file needs all the time. A reader that keeps the file open while it is written
 may see stale or inconsistent metadata; readers should reopen (or retry) to see new data.
+The writer flushes only between batches of writes (``OpenFiles.batch``), so each flushed
+state is consistent; docs/nexus_layout.md, "Reading a file while it is written", has what a
+reader may still meet (torn reads) and the measurements.
 """
 
 from __future__ import annotations

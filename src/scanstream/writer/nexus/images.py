@@ -124,8 +124,10 @@ def require_image_vds(
     ones only (``first_index`` = index of the first of them): the mapping already in the file
     is kept for the frames before ``first_index`` (and after the new ones), so a call costs
     O(number of mapped blocks + new references), not O(all frames). The virtual dataset is
-    deleted and recreated when its mapping changes (it is metadata only); the same call
-    twice leaves it untouched.
+    deleted and recreated when its mapping changes (it is metadata only: HDF5 cannot add a
+    mapping to an existing one); the same call twice leaves it untouched. Do not flush the
+    file during the call: the writer calls it inside a batch (docs/nexus_layout.md,
+    "Reading a file while it is written"), so readers see the old or the new one.
 
     Parameters
     ----------
