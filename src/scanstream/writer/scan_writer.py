@@ -175,6 +175,10 @@ class ScanWriter:
         # dataset appeared since (see _refresh_live_plots).
         self._live_plot_pending = False
         self._plotted: dict[str, frozenset[str]] = {}  # entry name -> channels plotted
+        # A dataset may have appeared since the last live plot (looked at only then: listing
+        # an entry's channels costs HDF5 calls, and batches can be milliseconds apart).
+        self._plots_stale = False
+        self._grids: set[str] = set()  # entries with a live mesh map
         # Points and frames received but not yet written (see _commit), per data node index:
         # (first index, values) in order; and the groups of nodes plotted together.
         self._held: dict[int, list[tuple[int, Any]]] = {}
@@ -357,6 +361,7 @@ class ScanWriter:
         point (rewritten at the end): see :meth:`_refresh_live_plots`."""
         if node is self.scan:
             self._live_plot_pending = True
+            self._plots_stale = True
 
     # -- batches: what a reader may see ----------------------------------------------------
     # Points are held in memory until the end of the read batch, then written so that the
@@ -377,8 +382,8 @@ class ScanWriter:
             targets = self._targets()
         for index in list(self._held):
             self._write_held(index, targets.get(index))
-        if self._live_plot_pending:
-            for entry in self._entries.values():
+        for entry in self._entries.values():
+            if entry.name in self._grids:
                 nexus.grow_live_grids(entry)  # the mesh rows completed in this batch
         self._held_bytes = sum(
             int(getattr(v, "nbytes", 0)) for chunks in self._held.values() for _, v in chunks
@@ -446,14 +451,17 @@ class ScanWriter:
                 first_index=first,
             )
             end = first + len(values)
+        if index not in self._written:
+            self._plots_stale = True  # an image dataset is made with its first frames
         self._written[index] = max(self._written.get(index, 0), end)
 
     def _refresh_live_plots(self) -> None:
         """(Re)write an entry's live plot when a channel got its dataset since the last one
         (an image dataset is made with its first frames), and note which nodes each of its
         NXdata groups links to."""
-        if not self._live_plot_pending:
+        if not self._live_plot_pending or not self._plots_stale:
             return
+        self._plots_stale = False
         for entry in self._entries.values():
             paths = nexus.channel_paths(entry)
             nodes = {
@@ -471,6 +479,8 @@ class ScanWriter:
             for group in entry.values():
                 if not isinstance(group, h5py.Group) or group.attrs.get("NX_class") != "NXdata":
                     continue
+                if nexus.LIVE_GRID_ATTR in group.attrs:
+                    self._grids.add(entry.name)
                 members = {
                     by_dataset[link.path]
                     for name in group
@@ -490,6 +500,7 @@ class ScanWriter:
 
     def on_new_channel(self, node: ChannelNode) -> None:
         """Its dataset, created empty (it grows with the points)."""
+        self._plots_stale = True
         npoints = self.info.get("npoints")
         self._datasets[node.index] = nexus.require_channel_dataset(
             self._entry_of[node.index]["measurement"],

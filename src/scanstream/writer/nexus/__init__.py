@@ -94,6 +94,7 @@ from .metadata import (
     write_value,
 )
 from .plots import (
+    LIVE_GRID_ATTR,
     default_plot_name,
     grow_live_grids,
     link_subscan_entries,
@@ -108,6 +109,7 @@ __all__ = [
     "DEFAULT_COMPRESSION",
     "END_STATES",
     "LAYOUTS",
+    "LIVE_GRID_ATTR",
     "EntrySummary",
     "ImageReference",
     "channel_dataset_name",
