@@ -43,7 +43,7 @@ from .._protocol.entries import (
     state_entry_fields,
 )
 from .._protocol.keys import check_item_name
-from .._protocol.metadata import check_scan_info, iso_time
+from .._protocol.metadata import check_filename, check_scan_info, iso_time
 from .._protocol.scripts import end_scan
 from ..exceptions import (
     EncodingError,
@@ -343,7 +343,9 @@ class ScanPublisher:
         """
         if self._state is not ScanState.CREATED:
             raise InvalidTransitionError(self._state, ScanState.PREPARED)
-        self._info.update(check_scan_info(info_update))
+        update = check_scan_info(info_update, update=True)
+        check_filename({**self._info, **update})
+        self._info.update(update)
         self._info = complete_scan_info(self._info, self._tree.descriptions)
         hash_fields = prepared_hash_fields(metadata.dumps(self._info))
         entry = state_entry_fields(PREPARED, time.time())
@@ -448,7 +450,9 @@ class ScanPublisher:
             )
         if self._state.is_final:
             raise InvalidTransitionError(self._state, state)
-        return state, check_scan_info(info_update)
+        update = check_scan_info(info_update, update=True)
+        check_filename({**self._info, **update})
+        return state, update
 
     def _send_the_rest(self, state: ScanState, error: str | None) -> str | None:
         """Send the queued points; return the error text, with what was dropped if anything.

@@ -90,7 +90,8 @@ def complete_scan_info(info: Mapping[str, Any], nodes: Sequence[NodeDescription]
     Adds ``acquisition_chain``, ``devices`` and ``channels`` when absent; adds the
     ``devices`` list of a chain entry that has none, and every device a chain entry names
     that ``devices`` does not hold; adds an empty ``instrument`` and ``scan_meta_categories``
-    (the categories present) when absent. Keys the publisher gave are kept as they are.
+    (the categories present) when absent; ``filename: ""`` to a scan whose saving is off.
+    Keys the publisher gave are kept as they are.
     """
     out = dict(info)
     if not nodes:
@@ -119,6 +120,8 @@ def complete_scan_info(info: Mapping[str, Any], nodes: Sequence[NodeDescription]
     # BLISS clients read scan_info["instrument"] of every scan, groups and sequences included.
     if not isinstance(out.get("instrument"), Mapping):
         out["instrument"] = {}
+    if out.get("save") is False and out.get("filename") is None:
+        out["filename"] = ""  # BLISS clients read the filename of every scan
     if "scan_meta_categories" not in out:
         out["scan_meta_categories"] = [
             k

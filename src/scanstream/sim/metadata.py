@@ -184,7 +184,8 @@ def build_scan_info(
     motors : sequence of Motor
         Motors recorded in ``positioners`` (at their current, start, positions).
     saving : SavingConfig or None
-        Adds ``filename``, ``sample``, ``dataset`` (when enabled) and ``save``.
+        Adds ``filename`` (``""`` when disabled), ``sample``, ``dataset`` and ``save``,
+        and makes the dataset directory.
     extra : Mapping, optional
         Keys that override the generated ones.
     plots : list, optional
@@ -218,6 +219,8 @@ def build_scan_info(
     for channel, keys in (channel_info or {}).items():
         info["channels"].setdefault(channel, {}).update(keys)
     # Without a saving configuration a scan names no file: a writer puts it in its own root.
+    if saving is not None:
+        saving.prepare()
     info.update(saving.scan_info() if saving is not None else {})
     info.update(extra or {})
     if "plots" not in info:
