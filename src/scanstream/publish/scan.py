@@ -37,8 +37,10 @@ import redis
 
 from .._protocol import codecs, metadata
 from .._protocol.entries import (
+    FINAL_STATE_NAMES,
     PREPARED,
     new_node_fields,
+    node_info_field,
     prepared_hash_fields,
     state_entry_fields,
 )
@@ -81,6 +83,22 @@ redis.call('XADD', KEYS[2], '*', unpack(ARGV, n + 2))
 return 1
 """
 
+# The info update of one node, only if the scan hash exists and the scan has not ended.
+# KEYS: scan hash. ARGV: the field, its JSON value, then the names of the final states.
+# Returns 1 (written), 0 (no scan hash) or the final state the scan is in.
+_SET_NODE_INFO = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local state = redis.call('HGET', KEYS[1], 'state')
+for i = 3, #ARGV do
+  if ARGV[i] == state then return state end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+#: Keys scanstream sets in a data node's info at its creation: readers decode with them.
+_CREATION_KEYS = frozenset({"dtype", "shape", "unit", "saving_mode"})
+
 
 class _NodeTree:
     """The nodes of one scan: numbered in creation order, names unique under a parent.
@@ -97,6 +115,8 @@ class _NodeTree:
         self._names: set[tuple[int, str]] = set()
         self._count = 0
         self.descriptions: list[NodeDescription] = []  # for complete_scan_info
+        self._updates: dict[int, dict[str, Any]] = {}  # node index -> info keys added
+        self._set_node_info = scan.store.redis.register_script(_SET_NODE_INFO)
 
     def add(
         self,
@@ -143,6 +163,41 @@ class _NodeTree:
             self.descriptions.append(desc)
             # Made once announced: a data node's queue joins the sender only then.
             return make(scan, index, name, parent_db_name, *args)
+
+    def update_info(self, index: int, info: Mapping[str, Any]) -> None:
+        """Add ``info`` to the info of node ``index`` (see :meth:`_NodePublisher.update_info`)."""
+        desc = self.descriptions[index - 1]
+        scan = self.scan
+        where = f"info update of node {desc.name!r}"
+        if not isinstance(info, Mapping):
+            raise EncodingError(f"{where} must be a dict, got {type(info).__name__}")
+        update = metadata.json_safe(info, where)
+        fixed = sorted(_CREATION_KEYS & update.keys()) if desc.type != "container" else []
+        if fixed:
+            raise InvalidArgumentError(
+                f"{where}: {', '.join(map(repr, fixed))} set at the node's creation cannot "
+                "change (readers decode its data with them); use other keys"
+            )
+        with self._lock:
+            if scan.state.is_final or self.sender.stopped:
+                raise ScanEndedError(
+                    f"scan {scan.db_name} has ended: the info of node {desc.name!r} can no "
+                    "longer be updated; update it before end()"
+                )
+            merged = {**self._updates.get(index, {}), **update}
+            outcome = self._set_node_info(
+                keys=[scan._key],
+                args=[node_info_field(index), metadata.dumps(merged, where), *FINAL_STATE_NAMES],
+            )
+            if outcome == 0:
+                raise scan.lost(f"the info of node {desc.name!r} was not updated")
+            if outcome != 1:
+                final = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
+                raise ScanEndedError(
+                    f"scan {scan.db_name} was ended {final} by another process (lease "
+                    f"expired?): the info of node {desc.name!r} was not updated"
+                )
+            self._updates[index] = merged
 
 
 class ContainerPublisher(_NodePublisher):

@@ -197,6 +197,26 @@ class ScanNode(DataNode):
     def _fresh_info(self) -> dict[str, Any]:
         return self._info_of(self._fresh_fields())
 
+    def node_info_updates(
+        self, index: int, *, fresh: bool = False, cached: bool = False
+    ) -> dict[str, Any]:
+        """The info keys the publisher added to node ``index`` after its creation.
+
+        Read from Redis while the scan runs (``fresh``: in any case; ``cached``: never, what
+        was read last).
+
+        Raises
+        ------
+        ScanNotFoundError
+            The scan expired or was deleted (not with ``cached``).
+        DecodingError
+            The stored update is corrupt.
+        """
+        fields = (
+            self._fields if cached else self._fresh_fields() if fresh else self._reload()
+        )
+        return entries.parse_node_info(fields, index, f"scan {self.db_name}")
+
     @property
     def saving(self) -> SavingVerdict:
         """The saving verdict the writer that owns the scan recorded (WAITING: none yet).

@@ -321,14 +321,24 @@ class Walker:
         for follow_scan, fields in ends:
             if not follow_scan.ended:
                 self._on_scan_event(follow_scan, fields, events, follow_scan.last_id)
+        # Scans in the publisher's order too: a scan announced after another ended comes
+        # after that END_SCAN (a client that handles scans one at a time, like BLISS's
+        # external saving example, finishes each before the next). So one new scan per read:
+        # the next read gets its events before the following NEW_SCAN; and none while a scan
+        # stream may hold more than this read returned.
+        if any(len(stream) >= _READ_COUNT for _, stream in scan_streams):
+            return events
         for stream in session_streams:
             for entry_id, fields in stream:
                 self._session_last = entry_id
+                followed = len(self._scans)
                 try:
                     self._on_session_event(fields, events, entry_id)
                 except DecodingError as exc:
                     # One garbage entry must not end every later walk of the session at it.
                     logger.error("session stream entry %s skipped: %s", entry_id, exc)
+                if len(self._scans) > followed:
+                    break
         return events
 
     def _on_session_event(
