@@ -164,6 +164,16 @@ def test_catalogue_publishes_what_scan_info_announces(session, store, tmp_path: 
     off = get_session_node(session.name, store=store).get_scan(by_label["saving_off"].number)
     assert off.info["filename"] == "" and off.info["save"] is False  # as BLISS publishes it
     assert labels[-1] == "saving_off"  # after every saved scan (see the catalogue)
+    lima_scan = get_session_node(session.name, store=store).get_scan(
+        by_label["lima_loopscan"].number
+    )
+    device = next(n for n in lima_scan.load_nodes() if n.name == "lima_simulator")
+    assert device.info.get_all() == {  # added when prepared and at the end, as BLISS devices
+        "acq_nb_frames": 5,
+        "acq_expo_time": 0.1,
+        "acq_trigger_mode": "INTERNAL_TRIGGER",
+        "acq_frames_acquired": 5,
+    }
     lima_files = by_label["lima_loopscan"].files
     assert [Path(f).name for f in lima_files] == [f"lima_simulator_000{k}.h5" for k in range(3)]
     assert Path(lima_files[0]).parent == saving.scan_directory(by_label["lima_loopscan"].number)

@@ -31,6 +31,9 @@ for _root in ("bliss.data", "blissdata.data"):
             f"{_root}.scan": f"{_HERE}.scan",
         }
     )
+# What BLISS's own bliss/data/scan.py imports besides the data nodes.
+for _name in ("counter", "axis", "utils"):
+    ALIASES[f"bliss.common.{_name}"] = f"{_HERE}.common"
 ALIASES["bliss.config.streaming"] = f"{_HERE}.streaming"
 ALIASES["blissdata.streaming"] = f"{_HERE}.streaming"
 

@@ -255,7 +255,7 @@ class _NodePublisher:
         ScanLostError
             The scan is gone from Redis.
         """
-        self.scan._tree.update_info(self.index, info)
+        self.scan.update_node_info(self, info)
 
 
 class _DataPublisher(_NodePublisher):

@@ -111,6 +111,7 @@ class _NodeTree:
         self.scan = scan
         self.sender = sender
         self.events_key = scan.store.keys.scan_events(scan.session_name, scan.number)
+        self.scan_key = scan.store.keys.scan(scan.session_name, scan.number)
         self._lock = threading.Lock()
         self._names: set[tuple[int, str]] = set()
         self._count = 0
@@ -165,7 +166,7 @@ class _NodeTree:
             return make(scan, index, name, parent_db_name, *args)
 
     def update_info(self, index: int, info: Mapping[str, Any]) -> None:
-        """Add ``info`` to the info of node ``index`` (see :meth:`_NodePublisher.update_info`)."""
+        """Add ``info`` to the info of node ``index`` (see :meth:`ContainerPublisher.update_info`)."""
         desc = self.descriptions[index - 1]
         scan = self.scan
         where = f"info update of node {desc.name!r}"
@@ -186,7 +187,7 @@ class _NodeTree:
                 )
             merged = {**self._updates.get(index, {}), **update}
             outcome = self._set_node_info(
-                keys=[scan._key],
+                keys=[self.scan_key],
                 args=[node_info_field(index), metadata.dumps(merged, where), *FINAL_STATE_NAMES],
             )
             if outcome == 0:
@@ -386,6 +387,15 @@ class ScanPublisher:
     ) -> ContainerPublisher:
         """Create a top-master container (channels and sub-masters go under it)."""
         return self._tree.add(None, name, "container", info, ContainerPublisher, self._tree)
+
+    def update_node_info(self, node: _NodePublisher, info: Mapping[str, Any]) -> None:
+        """Add ``info`` to the info of ``node``, one of this scan's nodes.
+
+        Same as ``node.update_info(info)``; see :meth:`ContainerPublisher.update_info`.
+        """
+        if node.scan is not self:
+            raise InvalidArgumentError(f"{node!r} is not a node of scan {self.db_name}")
+        self._tree.update_info(node.index, info)
 
     # -- life cycle -------------------------------------------------------------------
     def prepared(self, info_update: Mapping[str, Any] | None = None) -> None:

@@ -212,9 +212,7 @@ class ScanNode(DataNode):
         DecodingError
             The stored update is corrupt.
         """
-        fields = (
-            self._fields if cached else self._fresh_fields() if fresh else self._reload()
-        )
+        fields = self._fields if cached else self._fresh_fields() if fresh else self._reload()
         return entries.parse_node_info(fields, index, f"scan {self.db_name}")
 
     @property
@@ -289,6 +287,11 @@ class ScanNode(DataNode):
             if fields.get(b"event") == entries.NEW_NODE:
                 self.node_from_entry(fields)
         return list(self._nodes.values())
+
+    def known_nodes(self) -> list[DataNode]:
+        """The nodes of the scan read so far (no Redis call), parents before children."""
+        with self._lock:
+            return list(self._nodes.values())
 
     def node_from_entry(self, fields: entries.Fields) -> ScanMemberNode:
         """Return the node described by a NEW_NODE entry (one object per node index).

@@ -501,6 +501,17 @@ class Walker:
             )
         )
 
+    def _nodes_at_end(self, follow: _ScanFollow) -> list[DataNode]:
+        """The scan's nodes for END_SCAN's lengths; a corrupt NEW_NODE entry is recorded in
+        the scan's errors, not raised: it must not end a session walk at that scan's END."""
+        try:
+            return follow.scan.load_nodes()
+        except DecodingError as exc:
+            logger.error("%s", exc)
+            self.errors[follow.scan.db_name] = exc
+            follow.errors[follow.scan.db_name] = str(exc)
+            return follow.scan.known_nodes()
+
     def _on_end(self, follow: _ScanFollow, end: ScanEnd, events: list[Event]) -> None:
         scan = follow.scan
         for key, data in list(follow.data.items()):
@@ -516,7 +527,7 @@ class Walker:
                 "end_time": end.end_time,
                 "lengths": {
                     n.db_name: end.lengths.get(n.index, 0)
-                    for n in scan.load_nodes()
+                    for n in self._nodes_at_end(follow)
                     if entries.has_data_stream(n.type)
                 },
             }
