@@ -45,6 +45,19 @@ def _derive(
     chain: dict[str, Any] = {}
     devices: dict[str, Any] = {}
     channels: dict[str, Any] = {}
+    # A device key per (top master, container name): a controller under two top masters is
+    # a device of each (its first key is its name, the next "<top master>:<name>").
+    device_keys: dict[tuple[int, str], str] = {}
+
+    def device_key(container: NodeDescription) -> str:
+        top = by_index[top_of[container.index]]
+        key = device_keys.get((top.index, container.name))
+        if key is None:
+            taken = container.name in device_keys.values()
+            key = f"{top.name}:{container.name}" if taken else container.name
+            device_keys[(top.index, container.name)] = key
+        return key
+
     for n in nodes:
         top = by_index[top_of[n.index]]
         if n.parent == 0 and n.type == _CONTAINER:
@@ -53,22 +66,23 @@ def _derive(
                 "scalars": [],
                 "spectra": [],
                 "images": [],
-                "devices": [n.name],
+                "devices": [device_key(n)],
             }
-            devices.setdefault(n.name, {"channels": []})
+            devices.setdefault(device_key(n), {"channels": []})
             continue
         entry = chain.get(top.name)
         if n.type == _CONTAINER:
-            devices.setdefault(n.name, {"channels": []})
-            if entry is not None and n.name not in entry["devices"]:
-                entry["devices"].append(n.name)
+            key = device_key(n)
+            devices.setdefault(key, {"channels": []})
+            if entry is not None and key not in entry["devices"]:
+                entry["devices"].append(key)
             continue
         if n.type not in (_CHANNEL, _LIMA):
             continue
         name = _fullname(n, by_index)
         parent = by_index.get(n.parent)
         if parent is not None:
-            device = devices.setdefault(parent.name, {"channels": []})
+            device = devices.setdefault(device_key(parent), {"channels": []})
             device["channels"].append(name)
             if n.type == _LIMA:
                 device.setdefault("type", "lima")
