@@ -10,8 +10,8 @@ It publishes, in one session: the eight scans of the BLISS external-writer test
 (d2scan with a gaussian counter, a Lima loopscan over 3 files, an ascan with an MCA, a
 chain with two top masters, three loopscans in parallel, a timescan stopped after 0.5 s,
 a loopscan of a sampling counter, an ascan of a counter with a varying sample count),
-then ct, amesh, a sequence of two scans, a2scan, dscan, a scan with saving off, a Lima
-NOSAVING scan and a killed scan.
+then ct, amesh, a sequence of two scans, a2scan, dscan, a killed scan, a Lima NOSAVING
+scan and a scan with saving off.
 """
 
 from __future__ import annotations

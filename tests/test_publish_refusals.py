@@ -6,7 +6,13 @@ from typing import Any
 
 import pytest
 
-from scanstream import EncodingError, InvalidArgumentError, PublishingSession, get_session_node
+from scanstream import (
+    EncodingError,
+    InvalidArgumentError,
+    PublishingSession,
+    SavingState,
+    get_session_node,
+)
 
 
 @pytest.mark.parametrize("name", [".", "..", "a\0b", "\0"])
@@ -63,16 +69,40 @@ def test_the_same_object_twice_is_not_a_cycle(session: PublishingSession) -> Non
     assert info["a"] == info["b"][0] == info["b"][1] == {"unit": "mm"}
 
 
-@pytest.mark.parametrize("filename", ["", " ", "\t\n", "/data/a\0b.h5"])
+@pytest.mark.parametrize(
+    ("filename", "message"),
+    [
+        ("", r"is '' but saving is on: give a file path"),
+        (" ", r"is ' ' but saving is on"),
+        ("\t\n", r"is .* but saving is on"),
+        ("/data/a\0b.h5", r"must be a file path, got .* NUL"),
+    ],
+)
 def test_a_filename_the_writer_cannot_use_is_refused(
-    session: PublishingSession, filename: str
+    session: PublishingSession, filename: str, message: str
 ) -> None:
-    with pytest.raises(EncodingError, match=r"scan_info\['filename'\] must be a file path"):
+    with pytest.raises(EncodingError, match=r"scan_info\['filename'\] " + message):
         session.create_scan("no_file", {"filename": filename})
     with session.create_scan("late", {}) as scan:
         with pytest.raises(EncodingError, match=r"scan_info\['filename'\]"):
             scan.prepared({"filename": filename})
         scan.prepared({"filename": "/data/ok.h5"})
+
+
+def test_a_scan_not_saved_publishes_an_empty_filename(session: PublishingSession) -> None:
+    node = get_session_node(session.name, store=session.store)
+    with session.create_scan("off", {"save": False}) as scan:
+        assert node.get_scan(scan.number).info["filename"] == ""  # from its creation
+        scan.prepared({"filename": " "})  # blank is fine while saving is off
+    assert node.get_scan(scan.number).info["filename"] == " "
+    with session.create_scan("turned_on", {"save": False}) as scan:
+        with pytest.raises(EncodingError, match="but saving is on"):
+            scan.prepared({"save": True})  # the empty filename it had no longer fits
+        scan.prepared({"save": True, "filename": "/data/on.h5"})
+    assert scan.saving.state is not SavingState.NOT_SAVED
+    with session.create_scan("on", {}) as scan:
+        scan.prepared()
+    assert "filename" not in node.get_scan(scan.number).info  # the writer's default file
 
 
 @pytest.mark.parametrize("shape", [(0,), (3, 0), (0, 4, 4)])

@@ -78,10 +78,10 @@ def test_python_dash_m_scanstream_legacy_runs_it_too(redis_url, one_scan, tmp_pa
 
 def test_a_legacy_name_not_provided_is_named(redis_url, tmp_path):
     script = tmp_path / "other.py"
-    script.write_text("import bliss.common.utils\n")
+    script.write_text("import bliss.common.utils\nimport bliss.common.scans\n")
     done = _run([str(script)], redis_url, tmp_path)
     assert done.returncode != 0
-    assert "bliss.common is not part of BLISS's subscriber API" in done.stderr
+    assert "bliss.common.scans is not part of BLISS's subscriber API" in done.stderr
 
 
 def test_refuses_where_a_real_bliss_is_installed(redis_url, tmp_path):

@@ -240,7 +240,11 @@ def test_saving_config_layout(tmp_path: Path) -> None:
     assert info["filename"] == cfg.filename and info["save"] is True
     assert info["sample"]["name"] == "s1" and info["dataset"] == "s1_0002"
     off = SavingConfig(tmp_path, "test_session", enabled=False)
-    assert "filename" not in off.scan_info() and off.scan_directory(1) is None
+    assert off.scan_info()["filename"] == "" and off.scan_directory(1) is None
+    off.prepare()
+    assert not (tmp_path / "test_session").exists()  # nothing is made for a scan not saved
+    cfg.prepare()
+    assert base.is_dir()  # before a scan names its file (subscribers open it at once)
     with pytest.raises(ValueError, match="sample"):
         SavingConfig(tmp_path, "s", sample="a/b")
 

@@ -153,7 +153,7 @@ def test_catalogue_publishes_what_scan_info_announces(session, store, tmp_path: 
         nodes = check_announced(store, result)
         images += check_images(nodes)
         info = result.scan_info
-        assert info.get("filename") == (None if result.label == "saving_off" else saving.filename)
+        assert info["filename"] == ("" if result.label == "saving_off" else saving.filename)
     assert images == 5 + 50
     by_label = {r.label: r for r in results}
     assert by_label["d2scan"].scan_info["title"] == "d2scan roby -0.1 0.1 robz -0.2 0.2 15 0.1"
@@ -161,7 +161,19 @@ def test_catalogue_publishes_what_scan_info_announces(session, store, tmp_path: 
     assert by_label["stopped_timescan"].scan_info["npoints"] == 0
     assert 3 <= by_label["stopped_timescan"].npoints <= 11  # 0.05 s points during 0.5 s
     assert by_label["killed_loopscan"].npoints == 3
-    assert "filename" not in by_label["saving_off"].scan_info
+    off = get_session_node(session.name, store=store).get_scan(by_label["saving_off"].number)
+    assert off.info["filename"] == "" and off.info["save"] is False  # as BLISS publishes it
+    assert labels[-1] == "saving_off"  # after every saved scan (see the catalogue)
+    lima_scan = get_session_node(session.name, store=store).get_scan(
+        by_label["lima_loopscan"].number
+    )
+    device = next(n for n in lima_scan.load_nodes() if n.name == "lima_simulator")
+    assert device.info.get_all() == {  # added when prepared and at the end, as BLISS devices
+        "acq_nb_frames": 5,
+        "acq_expo_time": 0.1,
+        "acq_trigger_mode": "INTERNAL_TRIGGER",
+        "acq_frames_acquired": 5,
+    }
     lima_files = by_label["lima_loopscan"].files
     assert [Path(f).name for f in lima_files] == [f"lima_simulator_000{k}.h5" for k in range(3)]
     assert Path(lima_files[0]).parent == saving.scan_directory(by_label["lima_loopscan"].number)

@@ -21,8 +21,9 @@ def test_demo_writes_every_catalogue_scan_and_summarizes_them(redis_url, store, 
             "4.1",
             "4.2",
             "13.1",
-            "20.1",
-        } <= entries and "18.1" not in entries  # 18: saving off
-        assert file["20.1/end_reason"].asstr()[()] == "KILLED"
+            "18.1",
+            "19.1",
+        } <= entries and "20.1" not in entries  # 20: saving off (the catalogue's last)
+        assert file["18.1/end_reason"].asstr()[()] == "KILLED"
     assert "4.2   test" in out and "(not saved: saving off)" in out
     assert writer_status("demo", store=store) is None  # the demo's writer process has stopped

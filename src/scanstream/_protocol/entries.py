@@ -273,6 +273,37 @@ def state_entry_fields(event: bytes, now: float) -> dict[FieldT, EncodableT]:
     return {"event": event.decode(), "time": repr(now)}
 
 
+# ----------------------------------------------------------------------------- node info updates
+
+#: Prefix of the scan hash fields that hold a node's info updates: ``node_info:<index>``.
+#: The value is a JSON object, every key the node's publisher added since its creation (it
+#: replaces the previous value); the node's own info stays in its NEW_NODE entry. Kept in the
+#: scan hash so that it expires and is deleted with the scan, and is written before END.
+NODE_INFO_PREFIX = b"node_info:"
+
+
+def node_info_field(index: int) -> str:
+    """The scan hash field holding the info updates of node ``index``."""
+    return f"{NODE_INFO_PREFIX.decode()}{index}"
+
+
+def parse_node_info(fields: Fields, index: int, where: str) -> dict[str, Any]:
+    """The info updates of node ``index`` held by a scan hash ({} when none).
+
+    Raises
+    ------
+    DecodingError
+        The field is not a JSON object.
+    """
+    raw = fields.get(node_info_field(index).encode())
+    if raw is None:
+        return {}
+    value = metadata.loads(raw)
+    if not isinstance(value, dict):
+        raise DecodingError(f"{where}: the info update of node {index} is not an object")
+    return value
+
+
 # ----------------------------------------------------------------------------- saving verdict
 
 #: Fields of the scan hash that hold the saving verdict (written by the owning writer).

@@ -152,7 +152,7 @@ def iso_time(timestamp: float) -> str:
     return datetime.datetime.fromtimestamp(timestamp).astimezone().isoformat()
 
 
-def check_scan_info(info: Any, path: str = "scan_info") -> dict[str, Any]:
+def check_scan_info(info: Any, path: str = "scan_info", *, update: bool = False) -> dict[str, Any]:
     """Return ``info`` as a JSON-safe dict, or raise :class:`EncodingError` naming the key.
 
     Parameters
@@ -160,7 +160,11 @@ def check_scan_info(info: Any, path: str = "scan_info") -> dict[str, Any]:
     info : Mapping or None
         The scan metadata. Known keys (``title``, ``npoints``, ``channels``, ``plots``...)
         must have the types of the BLISS conventions; ``npoints`` must be >= 0;
-        ``filename``, when given, must be a path (not empty or blank, no NUL).
+        ``filename``, when given, must be a path (no NUL); it may be empty (``""``) only
+        when saving is off (``save=False``), as BLISS publishes scans it does not save.
+    update : bool
+        ``info`` updates a scan_info: whether an empty filename fits is for the caller to
+        check on the merged one (:func:`check_filename`).
     """
     if info is None:
         return {}
@@ -177,13 +181,33 @@ def check_scan_info(info: Any, path: str = "scan_info") -> dict[str, Any]:
     for key in ("npoints", "npoints1", "npoints2"):
         if key in info and info[key] is not None and info[key] < 0:
             raise EncodingError(f"{path}[{key!r}] must be >= 0, got {info[key]!r}")
-    filename = info.get("filename")
-    if isinstance(filename, str) and (not filename.strip() or "\0" in filename):
-        # The writer would refuse the whole scan at its end; say so while it can be fixed.
-        raise EncodingError(
-            f"{path}['filename'] must be a file path, got {filename!r}: give a path, or "
-            "leave 'filename' out to save into the writer's default file"
-        )
+    if not update:
+        check_filename(info, path)
     safe = json_safe(info, path)
     assert isinstance(safe, dict)
     return safe
+
+
+def check_filename(info: Mapping[str, Any], path: str = "scan_info") -> None:
+    """Raise :class:`EncodingError` unless ``info["filename"]`` suits the scan's saving.
+
+    A filename holds no NUL; it may be empty or blank only when saving is off
+    (``save=False``): BLISS publishes ``filename: ""`` for the scans it does not save, and
+    the writer never writes those. Check the merged scan_info when an update may change
+    either key.
+    """
+    filename = info.get("filename")
+    if not isinstance(filename, str):
+        return
+    if "\0" in filename:
+        raise EncodingError(
+            f"{path}['filename'] must be a file path, got {filename!r} (it holds a NUL)"
+        )
+    if not filename.strip() and info.get("save") is not False:
+        # A scan to be saved needs a path, and the writer would refuse it only at its end:
+        # say so while it can be fixed.
+        raise EncodingError(
+            f"{path}['filename'] is {filename!r} but saving is on: give a file path, leave "
+            "'filename' out to save into the writer's default file, or set save=False "
+            "(a scan not saved publishes filename '')"
+        )

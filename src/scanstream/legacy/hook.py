@@ -31,6 +31,9 @@ for _root in ("bliss.data", "blissdata.data"):
             f"{_root}.scan": f"{_HERE}.scan",
         }
     )
+# What BLISS's own bliss/data/scan.py imports besides the data nodes.
+for _name in ("counter", "axis", "utils"):
+    ALIASES[f"bliss.common.{_name}"] = f"{_HERE}.common"
 ALIASES["bliss.config.streaming"] = f"{_HERE}.streaming"
 ALIASES["blissdata.streaming"] = f"{_HERE}.streaming"
 
@@ -124,9 +127,16 @@ def install() -> None:
         return
     real = _real_installation()
     if real is not None:
+        here = os.path.join(os.getcwd(), "")
+        hint = (
+            "; it is found through the current directory (a BLISS checkout?): run from "
+            "another directory"
+            if here in real
+            else ""
+        )
         raise LegacyImportError(
             f"a real {real} is installed: scanstream legacy would shadow it. Run the script "
-            "in an environment without BLISS (a venv with only scanstream), or with BLISS"
+            f"in an environment without BLISS (a venv with only scanstream), or with BLISS{hint}"
         )
     sys.meta_path.insert(0, _FINDER)
 

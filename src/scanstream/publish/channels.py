@@ -228,6 +228,35 @@ class _NodePublisher:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.db_name!r}>"
 
+    def update_info(self, info: Mapping[str, Any]) -> None:
+        """Add keys to the node's info while the scan runs (BLISS devices add acquisition
+        metadata when prepared and at the end).
+
+        One Redis call, not queued: an update made before :meth:`ScanPublisher.end` is seen
+        by a subscriber handling END_SCAN, through ``node.info`` and ``node.info.get_all()``.
+        Keys given again replace their former value; the info the node was created with
+        stays (its keys may be overridden).
+
+        Parameters
+        ----------
+        info : Mapping
+            JSON-safe keys to add (as scan_info: str keys, numbers, text, lists, dicts,
+            numpy scalars and arrays).
+
+        Raises
+        ------
+        EncodingError
+            ``info`` is not a dict or holds a value that cannot be stored (the message
+            names the key).
+        InvalidArgumentError
+            A data node's ``dtype``, ``shape``, ``unit`` or ``saving_mode`` would change.
+        ScanEndedError
+            The scan has ended or is ending (or another process ended it KILLED).
+        ScanLostError
+            The scan is gone from Redis.
+        """
+        self.scan.update_node_info(self, info)
+
 
 class _DataPublisher(_NodePublisher):
     """A node with a data stream: validates what is emitted and queues it for the sender."""

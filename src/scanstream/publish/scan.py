@@ -37,13 +37,15 @@ import redis
 
 from .._protocol import codecs, metadata
 from .._protocol.entries import (
+    FINAL_STATE_NAMES,
     PREPARED,
     new_node_fields,
+    node_info_field,
     prepared_hash_fields,
     state_entry_fields,
 )
 from .._protocol.keys import check_item_name
-from .._protocol.metadata import check_scan_info, iso_time
+from .._protocol.metadata import check_filename, check_scan_info, iso_time
 from .._protocol.scripts import end_scan
 from ..exceptions import (
     EncodingError,
@@ -81,6 +83,22 @@ redis.call('XADD', KEYS[2], '*', unpack(ARGV, n + 2))
 return 1
 """
 
+# The info update of one node, only if the scan hash exists and the scan has not ended.
+# KEYS: scan hash. ARGV: the field, its JSON value, then the names of the final states.
+# Returns 1 (written), 0 (no scan hash) or the final state the scan is in.
+_SET_NODE_INFO = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local state = redis.call('HGET', KEYS[1], 'state')
+for i = 3, #ARGV do
+  if ARGV[i] == state then return state end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+#: Keys scanstream sets in a data node's info at its creation: readers decode with them.
+_CREATION_KEYS = frozenset({"dtype", "shape", "unit", "saving_mode"})
+
 
 class _NodeTree:
     """The nodes of one scan: numbered in creation order, names unique under a parent.
@@ -93,10 +111,13 @@ class _NodeTree:
         self.scan = scan
         self.sender = sender
         self.events_key = scan.store.keys.scan_events(scan.session_name, scan.number)
+        self.scan_key = scan.store.keys.scan(scan.session_name, scan.number)
         self._lock = threading.Lock()
         self._names: set[tuple[int, str]] = set()
         self._count = 0
         self.descriptions: list[NodeDescription] = []  # for complete_scan_info
+        self._updates: dict[int, dict[str, Any]] = {}  # node index -> info keys added
+        self._set_node_info = scan.store.redis.register_script(_SET_NODE_INFO)
 
     def add(
         self,
@@ -143,6 +164,41 @@ class _NodeTree:
             self.descriptions.append(desc)
             # Made once announced: a data node's queue joins the sender only then.
             return make(scan, index, name, parent_db_name, *args)
+
+    def update_info(self, index: int, info: Mapping[str, Any]) -> None:
+        """Add ``info`` to the info of node ``index`` (see :meth:`ContainerPublisher.update_info`)."""
+        desc = self.descriptions[index - 1]
+        scan = self.scan
+        where = f"info update of node {desc.name!r}"
+        if not isinstance(info, Mapping):
+            raise EncodingError(f"{where} must be a dict, got {type(info).__name__}")
+        update = metadata.json_safe(info, where)
+        fixed = sorted(_CREATION_KEYS & update.keys()) if desc.type != "container" else []
+        if fixed:
+            raise InvalidArgumentError(
+                f"{where}: {', '.join(map(repr, fixed))} set at the node's creation cannot "
+                "change (readers decode its data with them); use other keys"
+            )
+        with self._lock:
+            if scan.state.is_final or self.sender.stopped:
+                raise ScanEndedError(
+                    f"scan {scan.db_name} has ended: the info of node {desc.name!r} can no "
+                    "longer be updated; update it before end()"
+                )
+            merged = {**self._updates.get(index, {}), **update}
+            outcome = self._set_node_info(
+                keys=[self.scan_key],
+                args=[node_info_field(index), metadata.dumps(merged, where), *FINAL_STATE_NAMES],
+            )
+            if outcome == 0:
+                raise scan.lost(f"the info of node {desc.name!r} was not updated")
+            if outcome != 1:
+                final = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
+                raise ScanEndedError(
+                    f"scan {scan.db_name} was ended {final} by another process (lease "
+                    f"expired?): the info of node {desc.name!r} was not updated"
+                )
+            self._updates[index] = merged
 
 
 class ContainerPublisher(_NodePublisher):
@@ -332,6 +388,15 @@ class ScanPublisher:
         """Create a top-master container (channels and sub-masters go under it)."""
         return self._tree.add(None, name, "container", info, ContainerPublisher, self._tree)
 
+    def update_node_info(self, node: _NodePublisher, info: Mapping[str, Any]) -> None:
+        """Add ``info`` to the info of ``node``, one of this scan's nodes.
+
+        Same as ``node.update_info(info)``; see :meth:`ContainerPublisher.update_info`.
+        """
+        if node.scan is not self:
+            raise InvalidArgumentError(f"{node!r} is not a node of scan {self.db_name}")
+        self._tree.update_info(node.index, info)
+
     # -- life cycle -------------------------------------------------------------------
     def prepared(self, info_update: Mapping[str, Any] | None = None) -> None:
         """Mark the scan PREPARED (all nodes created), optionally updating scan_info.
@@ -343,7 +408,9 @@ class ScanPublisher:
         """
         if self._state is not ScanState.CREATED:
             raise InvalidTransitionError(self._state, ScanState.PREPARED)
-        self._info.update(check_scan_info(info_update))
+        update = check_scan_info(info_update, update=True)
+        check_filename({**self._info, **update})
+        self._info.update(update)
         self._info = complete_scan_info(self._info, self._tree.descriptions)
         hash_fields = prepared_hash_fields(metadata.dumps(self._info))
         entry = state_entry_fields(PREPARED, time.time())
@@ -448,7 +515,9 @@ class ScanPublisher:
             )
         if self._state.is_final:
             raise InvalidTransitionError(self._state, state)
-        return state, check_scan_info(info_update)
+        update = check_scan_info(info_update, update=True)
+        check_filename({**self._info, **update})
+        return state, update
 
     def _send_the_rest(self, state: ScanState, error: str | None) -> str | None:
         """Send the queued points; return the error text, with what was dropped if anything.

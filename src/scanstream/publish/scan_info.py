@@ -45,6 +45,19 @@ def _derive(
     chain: dict[str, Any] = {}
     devices: dict[str, Any] = {}
     channels: dict[str, Any] = {}
+    # A device key per (top master, container name): a controller under two top masters is
+    # a device of each (its first key is its name, the next "<top master>:<name>").
+    device_keys: dict[tuple[int, str], str] = {}
+
+    def device_key(container: NodeDescription) -> str:
+        top = by_index[top_of[container.index]]
+        key = device_keys.get((top.index, container.name))
+        if key is None:
+            taken = container.name in device_keys.values()
+            key = f"{top.name}:{container.name}" if taken else container.name
+            device_keys[(top.index, container.name)] = key
+        return key
+
     for n in nodes:
         top = by_index[top_of[n.index]]
         if n.parent == 0 and n.type == _CONTAINER:
@@ -53,22 +66,23 @@ def _derive(
                 "scalars": [],
                 "spectra": [],
                 "images": [],
-                "devices": [n.name],
+                "devices": [device_key(n)],
             }
-            devices.setdefault(n.name, {"channels": []})
+            devices.setdefault(device_key(n), {"channels": []})
             continue
         entry = chain.get(top.name)
         if n.type == _CONTAINER:
-            devices.setdefault(n.name, {"channels": []})
-            if entry is not None and n.name not in entry["devices"]:
-                entry["devices"].append(n.name)
+            key = device_key(n)
+            devices.setdefault(key, {"channels": []})
+            if entry is not None and key not in entry["devices"]:
+                entry["devices"].append(key)
             continue
         if n.type not in (_CHANNEL, _LIMA):
             continue
         name = _fullname(n, by_index)
         parent = by_index.get(n.parent)
         if parent is not None:
-            device = devices.setdefault(parent.name, {"channels": []})
+            device = devices.setdefault(device_key(parent), {"channels": []})
             device["channels"].append(name)
             if n.type == _LIMA:
                 device.setdefault("type", "lima")
@@ -90,7 +104,8 @@ def complete_scan_info(info: Mapping[str, Any], nodes: Sequence[NodeDescription]
     Adds ``acquisition_chain``, ``devices`` and ``channels`` when absent; adds the
     ``devices`` list of a chain entry that has none, and every device a chain entry names
     that ``devices`` does not hold; adds an empty ``instrument`` and ``scan_meta_categories``
-    (the categories present) when absent. Keys the publisher gave are kept as they are.
+    (the categories present) when absent; ``filename: ""`` to a scan whose saving is off.
+    Keys the publisher gave are kept as they are.
     """
     out = dict(info)
     if not nodes:
@@ -119,6 +134,8 @@ def complete_scan_info(info: Mapping[str, Any], nodes: Sequence[NodeDescription]
     # BLISS clients read scan_info["instrument"] of every scan, groups and sequences included.
     if not isinstance(out.get("instrument"), Mapping):
         out["instrument"] = {}
+    if out.get("save") is False and out.get("filename") is None:
+        out["filename"] = ""  # BLISS clients read the filename of every scan
     if "scan_meta_categories" not in out:
         out["scan_meta_categories"] = [
             k

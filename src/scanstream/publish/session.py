@@ -28,7 +28,7 @@ from .._protocol.metadata import check_scan_info, iso_time
 from .._transport.connection import DataStore, default_store
 from ..exceptions import InvalidArgumentError
 from ..models import SCAN_NODE_TYPES, ScanState
-from .saving import check_retention, check_writer
+from .saving import check_retention, check_writer, saving_off
 from .scan import ScanPublisher
 
 __all__ = ["PublishingSession", "create_session"]
@@ -147,7 +147,8 @@ class PublishingSession:
             Scan name.
         scan_info : Mapping, optional
             The scan's metadata (JSON-safe; see :func:`~scanstream._protocol.metadata.check_scan_info`).
-            ``save=False`` turns saving off: no writer is expected then.
+            ``save=False`` turns saving off: no writer is expected then, and ``filename``
+            is published as ``""`` unless given (BLISS clients read it on every scan).
         node_type : {"scan", "scan_group"}
             The kind of scan node.
         require_writer : bool, optional
@@ -174,6 +175,8 @@ class PublishingSession:
                 f"node_type must be 'scan' or 'scan_group', got {node_type!r}"
             )
         info = check_scan_info(scan_info)
+        if saving_off(info) and info.get("filename") is None:
+            info["filename"] = ""  # as BLISS: a scan not saved names the empty file
         check_retention(self.store.settings.retention_time)
         writer, no_writer = check_writer(
             self.store,

@@ -12,8 +12,8 @@
 7. ``sampling_loopscan``: loopscan of ``diode9`` (10 samples per point)
 8. ``varying_samples_ascan``: ascan of ``var_samples`` (3 to 9 samples per point)
 9. ``ct``, 10. ``amesh`` (scatter), 11. ``sequence`` of two scans, 12. ``a2scan``,
-13. ``dscan``, 14. ``saving_off`` (no filename), 15. ``lima_nosaving``,
-16. ``killed_loopscan`` (ends KILLED after 3 of 10 points).
+13. ``dscan``, 14. ``killed_loopscan`` (ends KILLED after 3 of 10 points),
+15. ``lima_nosaving``, 16. ``saving_off`` (``save=False``, ``filename`` ``""``).
 """
 
 from __future__ import annotations
@@ -54,9 +54,12 @@ CATALOGUE = (
     "sequence",
     "a2scan",
     "dscan",
-    "saving_off",
-    "lima_nosaving",
     "killed_loopscan",
+    # Last: BLISS's external saving example stops at a Lima detector that does not save (its
+    # image references raise, as in BLISS) and at a scan not saved (it opens the empty
+    # filename such a scan names), so every other scan comes before them.
+    "lima_nosaving",
+    "saving_off",
 )
 
 

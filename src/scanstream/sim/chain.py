@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -65,6 +65,8 @@ class _MasterRun:
     lima: list[tuple[LimaAcquisition, Any]]
     acquired: int = 0
     error: BaseException | None = None
+    #: The container of each Lima acquisition: BLISS-like, it gets acquisition metadata.
+    lima_devices: list[tuple[LimaAcquisition, ContainerPublisher]] = field(default_factory=list)
 
 
 def run_chain(
@@ -164,6 +166,7 @@ def run_chain(
         directory = saving.scan_directory(scan.number) if saving is not None else None
         runs.extend(_create_nodes(scan, m, directory) for m in masters)
         scan.prepared()
+        _device_metadata(runs, prepared=True)
         _run_masters(runs, ctl, time.time())
     except KeyboardInterrupt as exc:
         outcome = _Outcome(ScanState.USER_ABORTED, "KeyboardInterrupt", exc)
@@ -173,6 +176,7 @@ def run_chain(
         outcome = _stopped(runs, ctl)
     finally:
         files = _close_detectors(scan, runs)
+        _device_metadata(runs, prepared=False)
         # end() replaces top-level keys: give the start positions again with the end ones.
         _end(scan, outcome, {**info["positioners"], **positioners_end(motors)})
     result = ScanResult(
@@ -231,6 +235,27 @@ def _close_detectors(scan: ScanPublisher, runs: list[_MasterRun]) -> list[str]:
     return files
 
 
+def _device_metadata(runs: list[_MasterRun], *, prepared: bool) -> None:
+    """Add acquisition metadata to the Lima device nodes, as BLISS devices do when prepared
+    and at the end (subscribers read it at END_SCAN). At the end, a failure is only logged:
+    the scan must still end."""
+    for run in runs:
+        for acq, device in run.lima_devices:
+            if prepared:
+                device.update_info(
+                    {
+                        "acq_nb_frames": acq.npoints,
+                        "acq_expo_time": acq.count_time,
+                        "acq_trigger_mode": "INTERNAL_TRIGGER",
+                    }
+                )
+                continue
+            try:
+                device.update_info({"acq_frames_acquired": acq.acquired})
+            except Exception:  # the scan is lost or ended elsewhere: its end says so
+                logger.exception("%s: the end metadata was not published", device.db_name)
+
+
 def _end(scan: ScanPublisher, outcome: _Outcome, positioners: dict[str, Any]) -> None:
     """End the scan; a failure to end it is logged when another exception is on its way."""
     try:
@@ -274,6 +299,7 @@ def _create_nodes(scan: ScanPublisher, m: TopMaster, directory: Any) -> _MasterR
     controllers: dict[str, ContainerPublisher] = {}
     counter_nodes = []
     lima = []
+    devices: list[tuple[LimaAcquisition, ContainerPublisher]] = []
     for device in m.counters:
         if isinstance(device, LimaDetector):
             acq = device.start(m.npoints, directory=directory, count_time=m.count_time)
@@ -286,6 +312,7 @@ def _create_nodes(scan: ScanPublisher, m: TopMaster, directory: Any) -> _MasterR
                 info=acq.description(),
             )
             lima.append((acq, node))
+            devices.append((acq, container))
             continue
         if device.controller not in controllers:
             controllers[device.controller] = timer.create_container(device.controller)
@@ -294,7 +321,7 @@ def _create_nodes(scan: ScanPublisher, m: TopMaster, directory: Any) -> _MasterR
             parent.create_channel(s.name, s.dtype, s.shape, unit=s.unit) for s in device.channels()
         ]
         counter_nodes.append((device, nodes))
-    return _MasterRun(m, motor_nodes, timer_nodes, counter_nodes, lima)
+    return _MasterRun(m, motor_nodes, timer_nodes, counter_nodes, lima, lima_devices=devices)
 
 
 def _row(

@@ -58,6 +58,8 @@ def _group_info(
     if count is not None:
         info["npoints"] = count
         info["sequence-info"] = {"scan-count": count}
+    if saving is not None:
+        saving.prepare()
     info.update(saving.scan_info() if saving is not None else {})  # as build_scan_info
     info.update(extra or {})
     return info

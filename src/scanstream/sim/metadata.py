@@ -142,6 +142,30 @@ def _devices(m: TopMaster) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _chain_and_devices(
+    masters: Sequence[TopMaster],
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """``acquisition_chain`` and ``devices``, each device key unique in the scan.
+
+    A controller under several top masters (a diode controller in each chain) is a device
+    of each: the first keeps its name, the others are ``<top master>:<name>``, as BLISS gave
+    every acquisition object its own key. Clients map each channel to its top master
+    through these keys (``watch_session_scans``).
+    """
+    chain: dict[str, Any] = {}
+    devices: dict[str, dict[str, Any]] = {}
+    for m in masters:
+        entry = _chain_entry(m)
+        renamed: dict[str, str] = {}
+        for key, device in _devices(m).items():
+            unique = key if key not in devices else f"{m.name}:{key}"
+            renamed[key] = unique
+            devices[unique] = device
+        entry["devices"] = [renamed.get(name, name) for name in entry["devices"]]
+        chain[m.name] = entry
+    return chain, devices
+
+
 def _instrument(masters: Sequence[TopMaster]) -> dict[str, Any]:
     instrument: dict[str, Any] = {
         "@NX_class": "NXinstrument",
@@ -184,7 +208,8 @@ def build_scan_info(
     motors : sequence of Motor
         Motors recorded in ``positioners`` (at their current, start, positions).
     saving : SavingConfig or None
-        Adds ``filename``, ``sample``, ``dataset`` (when enabled) and ``save``.
+        Adds ``filename`` (``""`` when disabled), ``sample``, ``dataset`` and ``save``,
+        and makes the dataset directory.
     extra : Mapping, optional
         Keys that override the generated ones.
     plots : list, optional
@@ -200,14 +225,15 @@ def build_scan_info(
     or 0 when one of them is unbounded. Each ``acquisition_chain`` entry has its own.
     """
     npoints = [m.npoints for m in masters]
+    chain, devices = _chain_and_devices(masters)
     info: dict[str, Any] = {
         "title": name,
         "type": name,
         "npoints": 0 if 0 in npoints else min(npoints),
         "count_time": masters[0].count_time,
-        "acquisition_chain": {m.name: _chain_entry(m) for m in masters},
+        "acquisition_chain": chain,
         "channels": {k: v for m in masters for k, v in _channels(m).items()},
-        "devices": {k: v for m in masters for k, v in _devices(m).items()},
+        "devices": devices,
         "instrument": _instrument(masters),
         "positioners": positioners_start(motors),
         "publisher": "scanstream.sim",
@@ -218,6 +244,8 @@ def build_scan_info(
     for channel, keys in (channel_info or {}).items():
         info["channels"].setdefault(channel, {}).update(keys)
     # Without a saving configuration a scan names no file: a writer puts it in its own root.
+    if saving is not None:
+        saving.prepare()
     info.update(saving.scan_info() if saving is not None else {})
     info.update(extra or {})
     if "plots" not in info:

@@ -40,7 +40,8 @@ class SavingConfig:
     dataset : str
         Dataset name; the dataset directory is ``<sample>_<dataset>``.
     enabled : bool
-        False: scans are not saved, ``scan_info`` has no ``filename`` and Lima detectors
+        False: scans are not saved, their ``filename`` is ``""`` (as BLISS's null writer
+        says) and Lima detectors
         without their own directory do not write frames (BLISS ``save=False``).
 
     Raises
@@ -85,14 +86,22 @@ class SavingConfig:
     def scan_info(self) -> dict[str, Any]:
         """The ``scan_info`` keys of this configuration.
 
-        ``filename``, ``sample`` (an NXsample category), ``dataset``, ``save``; only
-        ``save=False`` (and the names) when disabled.
+        ``filename``, ``sample`` (an NXsample category), ``dataset``, ``save``; when
+        disabled ``save=False`` and ``filename`` ``""``.
         """
-        info: dict[str, Any] = {
+        return {
             "save": self.enabled,
+            "filename": self.filename if self.enabled else "",
             "sample": {"@NX_class": "NXsample", "name": self.sample},
             "dataset": self.dataset_name,
         }
+
+    def prepare(self) -> None:
+        """Make the dataset directory (when saving), before a scan names a file in it.
+
+        A BLISS session makes its data directories itself; subscribers that open
+        ``scan_info["filename"]``'s directory at the scan's creation (the external saving
+        example) rely on it.
+        """
         if self.enabled:
-            info["filename"] = self.filename
-        return info
+            self.dataset_directory.mkdir(parents=True, exist_ok=True)

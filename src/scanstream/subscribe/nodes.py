@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .._transport.connection import DataStore
-from ..exceptions import InvalidArgumentError
+from ..exceptions import InvalidArgumentError, ScanNotFoundError
 from ..models import NodeDescription, NodeType
 from .info import NodeInfo
 from .walker import NodeFilter, Walker
@@ -295,7 +295,16 @@ class ScanMemberNode(DataNode):
 
     @property
     def info(self) -> NodeInfo:
-        return NodeInfo(dict(self._info))
+        """The node's info with the updates its publisher made so far (re-read from Redis
+        until the scan has ended; ``get_all()`` re-reads)."""
+        try:
+            updates = self._scan.node_info_updates(self.index, fresh=False)
+        except ScanNotFoundError:  # the scan is gone: what was read last
+            updates = self._scan.node_info_updates(self.index, cached=True)
+        return NodeInfo({**self._info, **updates}, self._fresh_info)
+
+    def _fresh_info(self) -> dict[str, Any]:
+        return {**self._info, **self._scan.node_info_updates(self.index, fresh=True)}
 
     def children(self) -> list[DataNode]:
         return [n for n in self._scan.load_nodes() if n.parent is self]

@@ -197,6 +197,24 @@ class ScanNode(DataNode):
     def _fresh_info(self) -> dict[str, Any]:
         return self._info_of(self._fresh_fields())
 
+    def node_info_updates(
+        self, index: int, *, fresh: bool = False, cached: bool = False
+    ) -> dict[str, Any]:
+        """The info keys the publisher added to node ``index`` after its creation.
+
+        Read from Redis while the scan runs (``fresh``: in any case; ``cached``: never, what
+        was read last).
+
+        Raises
+        ------
+        ScanNotFoundError
+            The scan expired or was deleted (not with ``cached``).
+        DecodingError
+            The stored update is corrupt.
+        """
+        fields = self._fields if cached else self._fresh_fields() if fresh else self._reload()
+        return entries.parse_node_info(fields, index, f"scan {self.db_name}")
+
     @property
     def saving(self) -> SavingVerdict:
         """The saving verdict the writer that owns the scan recorded (WAITING: none yet).
@@ -269,6 +287,11 @@ class ScanNode(DataNode):
             if fields.get(b"event") == entries.NEW_NODE:
                 self.node_from_entry(fields)
         return list(self._nodes.values())
+
+    def known_nodes(self) -> list[DataNode]:
+        """The nodes of the scan read so far (no Redis call), parents before children."""
+        with self._lock:
+            return list(self._nodes.values())
 
     def node_from_entry(self, fields: entries.Fields) -> ScanMemberNode:
         """Return the node described by a NEW_NODE entry (one object per node index).

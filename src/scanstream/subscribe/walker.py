@@ -165,7 +165,9 @@ class Walker:
         self._nodes_only = nodes_only
         self._session: SessionNode | None = root if _is_session(root) else None
         self._session_key: bytes | None = None
-        self._session_last = b"0-0"
+        self._session_last = b"0-0"  # the last session entry read (maybe still pending)
+        # Session entries read but not handled yet (one new scan is handled per read).
+        self._session_pending: deque[tuple[bytes, entries.Fields]] = deque()
         self._scans: dict[bytes, _ScanFollow] = {}
         self._data: dict[bytes, _DataFollow] = {}
         # Scan numbers of the latest NEW_SCAN entries, to skip one written twice by a client
@@ -241,7 +243,7 @@ class Walker:
 
     def _streams(self) -> dict[KeyT, StreamIdT]:
         streams: dict[KeyT, StreamIdT] = {}
-        if self._session_key is not None:
+        if self._session_key is not None and not self._session_pending:
             streams[self._session_key] = self._session_last
         for key, follow in self._scans.items():
             streams[key] = follow.last_id
@@ -251,8 +253,11 @@ class Walker:
 
     def _read(self, block: float | None) -> list[tuple[bytes, StreamEntries]]:
         """One XREAD of every followed stream: ``(key, entries)`` per stream that had some."""
+        streams = self._streams()
+        if not streams:  # only pending session entries
+            return []
         reply = self.redis.xread(
-            self._streams(),
+            streams,
             count=_READ_COUNT,
             block=None if block is None else max(1, int(block * 1000)),
         )
@@ -267,13 +272,14 @@ class Walker:
                 return
             if self._session_key is None and not self._scans and not self._data:
                 return
+            pending = bool(self._session_pending)
             block = None
-            if self._wait:
+            if self._wait and not pending:
                 block = _BLOCK_SLICE
                 if self._timeout is not None:
                     block = max(0.0, min(block, self._timeout - (time.monotonic() - last_event)))
             reply = self._read(block)
-            events = self._process(reply) if reply else []
+            events = self._process(reply) if reply or pending else []
             events += self._check_leases(force=not reply)
             for event in events:
                 if self._nodes_only and event.type is not EventType.NEW_NODE:
@@ -282,7 +288,7 @@ class Walker:
                 last_event = time.monotonic()
             if events:
                 continue
-            if not reply and not self._wait:
+            if not reply and not pending and not self._wait:
                 return
             if self._timeout is not None and time.monotonic() - last_event >= self._timeout:
                 return
@@ -321,14 +327,28 @@ class Walker:
         for follow_scan, fields in ends:
             if not follow_scan.ended:
                 self._on_scan_event(follow_scan, fields, events, follow_scan.last_id)
+        # Scans in the publisher's order too: a scan announced after another ended comes
+        # after that END_SCAN (a client that handles scans one at a time, like BLISS's
+        # external saving example, finishes each before the next). So one new scan per read:
+        # the next read gets its events before the following NEW_SCAN; and none while a scan
+        # stream may hold more than this read returned. The session entries read wait in
+        # _session_pending (the session stream is not read again meanwhile).
         for stream in session_streams:
-            for entry_id, fields in stream:
-                self._session_last = entry_id
-                try:
-                    self._on_session_event(fields, events, entry_id)
-                except DecodingError as exc:
-                    # One garbage entry must not end every later walk of the session at it.
-                    logger.error("session stream entry %s skipped: %s", entry_id, exc)
+            self._session_pending.extend(stream)
+            if stream:
+                self._session_last = stream[-1][0]
+        if any(len(stream) >= _READ_COUNT for _, stream in scan_streams):
+            return events
+        while self._session_pending:
+            entry_id, fields = self._session_pending.popleft()
+            followed = len(self._scans)
+            try:
+                self._on_session_event(fields, events, entry_id)
+            except DecodingError as exc:
+                # One garbage entry must not end every later walk of the session at it.
+                logger.error("session stream entry %s skipped: %s", entry_id, exc)
+            if len(self._scans) > followed:
+                break
         return events
 
     def _on_session_event(
@@ -491,6 +511,17 @@ class Walker:
             )
         )
 
+    def _nodes_at_end(self, follow: _ScanFollow) -> list[DataNode]:
+        """The scan's nodes for END_SCAN's lengths; a corrupt NEW_NODE entry is recorded in
+        the scan's errors, not raised: it must not end a session walk at that scan's END."""
+        try:
+            return follow.scan.load_nodes()
+        except DecodingError as exc:
+            logger.error("%s", exc)
+            self.errors[follow.scan.db_name] = exc
+            follow.errors[follow.scan.db_name] = str(exc)
+            return follow.scan.known_nodes()
+
     def _on_end(self, follow: _ScanFollow, end: ScanEnd, events: list[Event]) -> None:
         scan = follow.scan
         for key, data in list(follow.data.items()):
@@ -506,7 +537,7 @@ class Walker:
                 "end_time": end.end_time,
                 "lengths": {
                     n.db_name: end.lengths.get(n.index, 0)
-                    for n in scan.load_nodes()
+                    for n in self._nodes_at_end(follow)
                     if entries.has_data_stream(n.type)
                 },
             }
