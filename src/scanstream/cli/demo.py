@@ -23,7 +23,6 @@ from ..sim.catalogue import run_catalogue
 from ..subscribe.tree import ScanNode, get_session_node
 from ..writer import nexus, scan_file_path
 
-DEMO_HELP = "publish the example scans and write their NeXus files (a writer process is started)"
 #: Seconds to wait for the writer to start, and then for the files once the scans have run.
 START_TIMEOUT = 30.0
 SAVE_TIMEOUT = 120.0

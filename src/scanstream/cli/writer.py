@@ -14,8 +14,6 @@ from ..exceptions import InvalidArgumentError
 from ..writer.service import WriterService
 from .logs import configure_logging
 
-WRITER_HELP = "write every scan of some sessions into HDF5/NeXus files, live (Ctrl-C stops)"
-
 
 def configure_writer(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``scanstream writer``."""
