@@ -28,6 +28,7 @@ from .._transport.urls import mask_url
 from ..exceptions import ScanstreamError
 from .errors import describe_failure, url_origin, url_scheme_problem
 from .logs import configure_logging
+from .usage import UsageError
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main", "redis_url"]
 
@@ -144,7 +145,7 @@ def _configure(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="as `scanstream -v`"
     )
-    sub.set_defaults(run=run)
+    sub.set_defaults(run=run, command_parser=sub)
 
 
 def build_parser(configure: Iterable[str] | None = ()) -> argparse.ArgumentParser:
@@ -212,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help or a usage error: return its code, so main() stays callable
         return exc.code if isinstance(exc.code, int) else 2
+    args.standalone = argv is None  # the `scanstream` program: the process ends with main()
     configure_logging(args.verbose)
     if args.command is None:
         parser.print_help(sys.stderr)
@@ -223,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         code: int = args.run(args)
+    except UsageError as exc:  # found after parsing: reported as argparse reports its own
+        args.command_parser.print_usage(sys.stderr)
+        print(f"{args.command_parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
     except (ScanstreamError, redis.RedisError) as exc:
         line = describe_failure(exc, url, origin)
         if line is None and not isinstance(exc, ScanstreamError):

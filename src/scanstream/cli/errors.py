@@ -31,10 +31,13 @@ def url_scheme_problem(url: str | None, origin: str) -> str | None:
     """The message for a URL redis-py would refuse for its scheme, or None."""
     if url is None or url.startswith(SCHEMES):
         return None
-    example = url if "://" not in url else url.split("://", 1)[1]
+    # mask_url finds a password only after a scheme: lend it one, then take it back.
+    rest = url.split("://", 1)[1] if "://" in url else url
+    masked = mask_url(f"redis://{rest}")
+    shown = mask_url(url) if "://" in url else masked.removeprefix("redis://")
     return (
-        f"the Redis URL {mask_url(url)!r} (from {origin}) has no scheme redis-py knows; write "
-        f"redis://{mask_url(example)}, rediss://... for TLS, or unix:///path/to/redis.sock"
+        f"the Redis URL {shown!r} (from {origin}) has no scheme redis-py knows; write "
+        f"{masked}, rediss://... for TLS, or unix:///path/to/redis.sock"
     )
 
 

@@ -37,7 +37,7 @@ from typing import Any
 from .._transport.server import resolve_url
 from ..exceptions import NoWriterError
 from ..models import ScanState
-from ..publish import ScanPublisher, create_session
+from ..publish import PublishingSession, ScanPublisher, create_session
 from ..sim.beamline import Beamline, UnknownDeviceError, default_beamline
 from ..sim.control import ScanResult, scan_result_of
 from ..sim.devices import MotorLimitError
@@ -130,9 +130,12 @@ class _ScanDisplay:
 
 
 class _CtrlC:
-    """SIGINT while a scan runs: the first sets ``stop`` (the scan ends USER_ABORTED at the end
-    of its current point, published whole), the second only says so, the third raises
-    KeyboardInterrupt (the scan is abandoned where it is).
+    """SIGINT during ``scanstream scan``.
+
+    While the scan runs, the first sets ``stop`` (the scan ends USER_ABORTED at the end of
+    its current point, published whole), the second only says so, the third raises
+    KeyboardInterrupt (the scan is abandoned where it is). Once the scan has ended, a Ctrl-C
+    stops the wait for the saving verdict, unless one already came (the command is ending).
 
     A stop request rather than an exception at an arbitrary place: a second Ctrl-C arriving
     while the scan is ending (its detectors closing, ``end()`` retrying through an outage)
@@ -142,10 +145,14 @@ class _CtrlC:
     def __init__(self) -> None:
         self.stop = threading.Event()
         self.count = 0
+        self.scan_running = True
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         self.count += 1
-        if self.count == 1:
+        if not self.scan_running:
+            if self.count == 1:
+                raise KeyboardInterrupt
+        elif self.count == 1:
             self.stop.set()
             print(
                 "\nCtrl-C: stopping the scan at the end of this point (it ends USER_ABORTED)",
@@ -157,8 +164,14 @@ class _CtrlC:
             raise KeyboardInterrupt
 
     @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        """Handle SIGINT within the block (main thread only: elsewhere Python cannot)."""
+    def installed(self, keep: bool = False) -> Iterator[None]:
+        """Handle SIGINT within the block (main thread only: elsewhere Python cannot).
+
+        ``keep``: the process ends after the block (the ``scanstream`` program); once a
+        Ctrl-C came, SIGINT is then ignored, so that another one during the interpreter's
+        exit (which restores the default disposition of the handlers Python installed, but
+        not of an ignored signal) does not kill the process after its clean end.
+        """
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -166,7 +179,7 @@ class _CtrlC:
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGINT, signal.SIG_IGN if keep and self.count else previous)
 
 
 def _print_listing(beamline: Beamline) -> None:
@@ -240,18 +253,31 @@ def run_scan(args: argparse.Namespace) -> int:
         args.session, args.quiet, warn_no_writer=not args.no_writer_warning, scan_type=args.type
     )
     ctrl_c = _CtrlC()
+    # Until the command ends: a late second Ctrl-C is no traceback.
+    with ctrl_c.installed(keep=getattr(args, "standalone", False)):
+        return _run(args, session, positional, display, ctrl_c, beamline)
+
+
+def _run(
+    args: argparse.Namespace,
+    session: PublishingSession,
+    positional: list[Any],
+    display: _ScanDisplay,
+    ctrl_c: _CtrlC,
+    beamline: Beamline,
+) -> int:
+    """Run the scan, print its end and saving verdict; return the exit code."""
     result: ScanResult | None = None
     try:
-        with ctrl_c.installed():
-            result = SCAN_FUNCTIONS[args.type](
-                session,
-                *positional,
-                on_start=display.start,
-                on_point=display.point,
-                on_values=display.values,
-                stop_event=ctrl_c.stop,
-                **_scan_options(args, beamline),
-            )
+        result = SCAN_FUNCTIONS[args.type](
+            session,
+            *positional,
+            on_start=display.start,
+            on_point=display.point,
+            on_values=display.values,
+            stop_event=ctrl_c.stop,
+            **_scan_options(args, beamline),
+        )
     except KeyboardInterrupt as exc:  # the third Ctrl-C
         result = scan_result_of(exc)
         return 130
@@ -266,10 +292,11 @@ def run_scan(args: argparse.Namespace) -> int:
         print(f"scanstream scan: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     finally:
+        ctrl_c.scan_running = False
         display.close(result)
         session.close()
     print(f"{result.db_name} {result.state.name} {result.npoints} points")
-    if ctrl_c.count and result.state is ScanState.USER_ABORTED:
+    if ctrl_c.count:
         return 130
     stopped_as_asked = args.max_duration is not None and result.state is ScanState.USER_ABORTED
     saving = report_saving(display.scan, args.session, args.save_timeout)
