@@ -169,19 +169,24 @@ class _Watcher:
 
     # --- threads -----------------------------------------------------------------------------
 
-    def follow(self, session: str) -> None:
-        """Start the walker of ``session``."""
+    def follow(self, session: str, from_start: bool = False) -> None:
+        """Start the walker of ``session``; ``from_start``: a session that appeared during
+        the watch, whose scans are all new (its first may have started before this walk)."""
         node = get_session_node(session, store=self.store)
         thread = threading.Thread(
-            target=self._walk, args=(session, node), name=f"watch {session}", daemon=True
+            target=self._walk,
+            args=(session, node, from_start),
+            name=f"watch {session}",
+            daemon=True,
         )
         self.threads[session] = thread
         thread.start()
 
-    def _walk(self, session: str, node: Any) -> None:
+    def _walk(self, session: str, node: Any, from_start: bool) -> None:
         try:
             for event in node.walk_on_new_events(
                 include_filter=lambda n: n.type == "scan" or _is_scalar_channel(n),
+                from_next=not from_start,
                 stop_handler=self.stop_handler,
             ):
                 self.events.put((session, event))
@@ -231,7 +236,7 @@ class _Watcher:
                 if every:
                     for session in sorted(set(self.store.sessions()) - set(self.threads)):
                         self.say(f"new session {session}: following it")
-                        self.follow(session)
+                        self.follow(session, from_start=True)
             self.refresh()
             if timeout is not None and now - idle_since >= timeout and not self.verdicts:
                 self.clear_line()
