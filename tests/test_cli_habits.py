@@ -241,3 +241,83 @@ def test_writer_log_file_that_cannot_be_opened_is_a_usage_error(
     argv = ["writer", "s1", "--root", str(tmp_path), "--log-file", str(log)]
     assert main(argv) == 2
     assert "--log-file" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the ACLs of docs/deployment.md
+
+_ACL = {
+    "publisher": "resetkeys ~scanstream:* resetchannels -@all +@read +@write +@scripting +@transaction "
+    "+@connection -@dangerous",
+    "writer": "resetkeys ~scanstream:* resetchannels -@all +@read +@write +@scripting +@transaction "
+    "+@connection -@dangerous",
+    "reader": "resetkeys %R~scanstream:* resetchannels -@all +@read +@connection -@dangerous",
+    # a publisher whose administrator forgot +@transaction
+    "forgetful": "resetkeys ~scanstream:* resetchannels -@all +@read +@write +@scripting "
+    "+@connection -@dangerous",
+}
+
+
+def test_the_users_of_the_deployment_guide_publish_write_and_read(
+    server_binary: Path, tmp_path: Path, free_tcp_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import redis
+
+    from scanstream import DataStore, SavingState, get_session_node
+    from scanstream.writer import WriterService
+
+    server = subprocess.Popen(
+        [str(server_binary), "--port", str(free_tcp_port), "--bind", "127.0.0.1"]
+        + ["--save", "", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        admin = redis.Redis(port=free_tcp_port, socket_timeout=5)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                admin.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.05)
+        for user, rules in _ACL.items():
+            admin.execute_command("ACL", "SETUSER", user, "on", f">{user}-pw", *rules.split())
+        url = {u: f"redis://{u}:{u}-pw@127.0.0.1:{free_tcp_port}/0" for u in _ACL}
+        with DataStore(url["writer"]) as store:
+            service = WriterService(["acl"], root=tmp_path, store=store, isolate=False).start()
+            try:
+                while not store.redis.exists(store.keys.writer_health("acl")):
+                    assert time.monotonic() < deadline + 10, "the writer did not claim the session"
+                    time.sleep(0.02)
+                argv = ["--redis-url", url["publisher"], "scan", "--session", "acl", "-q"]
+                assert main([*argv, "--time-scale", "0", "ct", "0.1", "diode"]) == 0
+                assert "saved in " in capsys.readouterr().out
+            finally:
+                service.stop(timeout=10)
+        with DataStore(url["reader"]) as store:
+            scan = get_session_node("acl", store=store).get_scan(1)
+            assert scan.saving.state is SavingState.SAVED
+        assert main(["--redis-url", url["reader"], "ls"]) == 0
+        assert "acl" in capsys.readouterr().out
+        assert (
+            main(
+                ["--redis-url", url["reader"], "scan", "--session", "acl", "-q"]
+                + ["--time-scale", "0", "ct", "0.1", "diode"]
+            )
+            == 1
+        )
+        line = _one_line(capsys.readouterr().err)
+        assert "refused a command to this user" in line and "reader:***@" in line
+        assert (
+            main(
+                ["--redis-url", url["forgetful"], "scan", "--session", "acl", "-q"]
+                + ["--time-scale", "0", "ct", "0.1", "diode"]
+            )
+            == 1
+        )
+        line = _one_line(capsys.readouterr().err)
+        assert "refused a command to this user" in line and "'multi'" in line
+        assert "forgetful:***@" in line and "(URL from --redis-url)" in line
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

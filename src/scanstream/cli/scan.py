@@ -42,7 +42,7 @@ from ..sim.beamline import Beamline, UnknownDeviceError, default_beamline
 from ..sim.control import ScanResult, scan_result_of
 from ..sim.devices import MotorLimitError
 from ..sim.saving import SavingConfig
-from .errors import describe_server, url_origin
+from .errors import describe_failure, describe_server, url_origin
 from .scan_args import (
     SCAN_FUNCTIONS,
     SCAN_TYPES,
@@ -239,8 +239,8 @@ def run_scan(args: argparse.Namespace) -> int:
         positional = parse_scan_arguments(args.type, args.args, beamline)
     except (ScanArgumentError, UnknownDeviceError) as exc:
         return _usage_error(args.scan_parser, str(exc))
-    url, origin = url_origin(args)
-    url = resolve_url(url)
+    given, origin = url_origin(args)
+    url = resolve_url(given)
     if not args.quiet:
         print(describe_server(url, origin), file=sys.stderr)
     session = create_session(
@@ -255,7 +255,16 @@ def run_scan(args: argparse.Namespace) -> int:
     ctrl_c = _CtrlC()
     # Until the command ends: a late second Ctrl-C is no traceback.
     with ctrl_c.installed(keep=getattr(args, "standalone", False)):
-        return _run(args, session, positional, display, ctrl_c, beamline)
+        try:
+            return _run(args, session, positional, display, ctrl_c, beamline)
+        except _Failed as failed:  # a connection, password or permission failure of the scan
+            line = describe_failure(failed.__cause__ or failed, given, origin)
+            print(f"scanstream scan: error: {line}", file=sys.stderr)
+            return 1
+
+
+class _Failed(Exception):
+    """A scan failed on Redis itself (reach, password, rights): reported by run_scan in one line."""
 
 
 def _run(
@@ -289,6 +298,8 @@ def _run(
         return 1
     except Exception as exc:
         result = scan_result_of(exc)
+        if describe_failure(exc, None, "") is not None:
+            raise _Failed() from exc
         print(f"scanstream scan: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     finally:
