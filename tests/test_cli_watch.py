@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,3 +134,35 @@ def test_ctrl_c_ends_watch_cleanly(redis_url: str) -> None:
 def test_bad_arguments_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["watch", "--timeout", "0"]) == 2
     assert "must be a positive number of seconds" in capsys.readouterr().err
+
+
+class _Terminal(io.StringIO):
+    """stdout and stderr of a terminal: one screen."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_refreshed_values_line_is_erased_before_any_other_line(redis_url: str) -> None:
+    from scanstream.cli.watch import _Watcher
+
+    screen = _Terminal()
+    with DataStore(redis_url) as store:
+        watcher = _Watcher(store, rows=False, save_wait=1.0, out=screen)
+        watcher.err, watcher.tty = screen, True
+        done: list[int] = []
+        thread = threading.Thread(target=lambda: done.append(watcher.run(["tty"], 1.5)))
+        thread.start()
+        try:
+            time.sleep(0.5)
+            _scan(redis_url, "tty", "loopscan", "8", "0.05", "diode")
+            thread.join(timeout=30)
+        finally:
+            watcher.stop()
+    assert done == [0]
+    text = screen.getvalue()
+    refreshed = [p for p in text.split("\r\x1b[K") if " pt: " in p and "diode=" in p]
+    assert refreshed, text  # the values line was shown while the scan ran
+    visible = [line.rsplit("\r\x1b[K", 1)[-1] for line in text.split("\n")]
+    assert not [line for line in visible if " pt: " in line], text  # each one erased in time
+    assert any(line.endswith("tty:1_loopscan ended    DONE  8 points") for line in visible)

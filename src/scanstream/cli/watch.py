@@ -228,7 +228,8 @@ class _Watcher:
                 if isinstance(item, BaseException):
                     raise item
                 self.handle(session, item)
-                continue  # drain the queue before the periodic work
+            # Also between events: a scan sending points faster than TTY_REFRESH never
+            # leaves the queue empty, and its values line must refresh all the same.
             now = time.monotonic()
             if now >= next_poll:
                 next_poll = now + 0.5
