@@ -327,7 +327,7 @@ def test_ctrl_c_twice_ends_the_scan_user_aborted(redis_url: str) -> None:
         proc.wait(timeout=5)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "Ctrl-C: stopping the scan" in err
-    assert "ctrl_c:1_timescan USER_ABORTED" in out
+    assert "ctrl_c:1_timescan USER_ABORTED" in out and "USER_ABORTED (Ctrl-C)" in err
     with DataStore(redis_url) as store:
         scan = get_session_node("ctrl_c", store=store).get_scan(1)
         assert scan.state is ScanState.USER_ABORTED and len(scan.load_nodes()[-1]) > 0

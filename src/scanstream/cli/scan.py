@@ -120,9 +120,11 @@ class _ScanDisplay:
         else:
             self.progress(master, done)
 
-    def close(self, result: ScanResult | None) -> None:
+    def close(self, result: ScanResult | None, interrupted: bool = False) -> None:
         if self.progress is not None:
-            self.progress.close(result)
+            # Stopped by Ctrl-C through the stop event: say so, not "stop_event set".
+            stopped = interrupted and result is not None and result.state is ScanState.USER_ABORTED
+            self.progress.close(result, "Ctrl-C" if stopped else None)
         if self.ct and self.last and result is not None:
             count_time = float(result.scan_info.get("count_time") or 0.0)
             for line in ct_lines(self.last, count_time):  # ct scans no motor
@@ -304,7 +306,7 @@ def _run(
         return 1
     finally:
         ctrl_c.scan_running = False
-        display.close(result)
+        display.close(result, interrupted=ctrl_c.count > 0)
         session.close()
     print(f"{result.db_name} {result.state.name} {result.npoints} points")
     if ctrl_c.count:

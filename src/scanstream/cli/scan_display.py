@@ -192,10 +192,11 @@ class ProgressDisplay:
             self.stream.write(("\r" if self.tty else "") + self.line() + ("" if self.tty else "\n"))
             self.stream.flush()
 
-    def close(self, result: ScanResult | None) -> None:
-        """Print the final line and the outcome."""
+    def close(self, result: ScanResult | None, why: str | None = None) -> None:
+        """Print the final line and the outcome (``why``: in place of the scan's error text)."""
         state = result.state.name if result is not None else "FAILED"
-        end = f"{self.line()}  {state}" + (f" ({result.error})" if result and result.error else "")
+        why = why or (result.error if result is not None else None)
+        end = f"{self.line()}  {state}" + (f" ({why})" if why else "")
         self.stream.write(("\r" if self.tty else "") + end + "\n")
         self.stream.flush()
 
