@@ -15,13 +15,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import threading
 
 import h5py
 import numpy as np
 
 from scanstream import EventType, ScanNode, get_session_node
-from scanstream._transport.server import resolve_url
+
+# Scan workers and the session loop print from several threads: one lock, one write per line,
+# so that lines never mix (print() writes the text and the newline separately).
+_PRINT_LOCK = threading.Lock()
+
+
+def say(text: str) -> None:
+    """Print one whole line, at once."""
+    with _PRINT_LOCK:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
 
 # One h5py file shared by the scan workers: h5py calls are serialized by this lock.
 FILE_LOCK = threading.Lock()
@@ -84,21 +96,21 @@ class HDF5Writer:
                 table = [[str(value) for value in reference] for reference in references]
                 self.measurement[name.replace("/", "_") + "_references"] = table
             self.file.flush()
-        print(f"saved {self.scan_node.name} ({event_data.data.name})", flush=True)
+        say(f"saved {self.scan_node.name} ({event_data.data.name})")
 
 
 def listen_to_session_wait_for_scans(
     session: str, output: str, redis_url: str | None, timeout: float | None
 ) -> None:
-    session_node = get_session_node(session, redis_url=resolve_url(redis_url))
+    session_node = get_session_node(session, redis_url=redis_url)
     workers: list[threading.Thread] = []
-    print(f"saving the scans of session {session!r} into {output} (Ctrl-C to stop)", flush=True)
+    say(f"saving the scans of session {session!r} into {output} (Ctrl-C to stop)")
     with h5py.File(output, "a") as file:
         for event_type, node, _ in session_node.walk_on_new_events(
             include_filter="scan", from_next=True, timeout=timeout
         ):
             if event_type == EventType.NEW_NODE:
-                print(f"new scan {node.name}", flush=True)
+                say(f"new scan {node.name}")
                 worker = threading.Thread(target=HDF5Writer(node, file).run, daemon=True)
                 worker.start()
                 workers.append(worker)

@@ -14,10 +14,21 @@ needed). Stop it with Ctrl-C, or give ``--timeout`` to stop after that many idle
 from __future__ import annotations
 
 import argparse
+import sys
 import threading
 
 from scanstream import EventType, ScanNode, get_session_node
-from scanstream._transport.server import resolve_url
+
+# Scan workers and the session loop print from several threads: one lock, one write per line,
+# so that lines never mix (print() writes the text and the newline separately).
+_PRINT_LOCK = threading.Lock()
+
+
+def say(text: str) -> None:
+    """Print one whole line, at once."""
+    with _PRINT_LOCK:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
 
 
 def count_points(scan_node: ScanNode, done: threading.Event) -> None:
@@ -29,7 +40,7 @@ def count_points(scan_node: ScanNode, done: threading.Event) -> None:
         elif event_type == EventType.END_SCAN:
             break
     summary = ", ".join(f"{name}={count}" for name, count in counts.items()) or "no data"
-    print(f"  data of {scan_node.name}: {summary}", flush=True)
+    say(f"  data of {scan_node.name}: {summary}")
     done.set()
 
 
@@ -50,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    session_node = get_session_node(args.session, redis_url=resolve_url(args.redis_url))
-    print(f"listening to session {args.session!r} (Ctrl-C to stop)", flush=True)
+    session_node = get_session_node(args.session, redis_url=args.redis_url)
+    say(f"listening to session {args.session!r} (Ctrl-C to stop)")
     workers: list[threading.Thread] = []
     try:
         # The seed's loop: scans only, so no data stream is read here.
@@ -59,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             include_filter="scan", from_next=not args.history, timeout=args.timeout
         ):
             if event_type == EventType.NEW_NODE:
-                print(f"scan started: {node.name}  {node.info.get('title', '')}", flush=True)
+                say(f"scan started: {node.name}  {node.info.get('title', '')}")
                 # One worker per scan, as the seed's writer does: scans may run at once.
                 worker = threading.Thread(
                     target=count_points, args=(node, threading.Event()), daemon=True
@@ -69,10 +80,9 @@ def main(argv: list[str] | None = None) -> int:
             elif event_type == EventType.END_SCAN:
                 # END_SCAN carries the final state, and the error text when it failed.
                 error = event_data.description["error"]
-                print(
+                say(
                     f"scan ended:   {node.name}  {event_data.data.name}"
-                    f"{'  ' + error if error else ''}",
-                    flush=True,
+                    f"{'  ' + error if error else ''}"
                 )
     except KeyboardInterrupt:
         pass

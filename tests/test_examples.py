@@ -98,3 +98,63 @@ def test_external_saving_example_writes_the_scan(redis_url, store, tmp_path):
         ragged = file["1.1/measurement/mca:det"]
         assert [list(p) for p in ragged] == [list(range(n)) for n in (3, 1, 4, 1, 5)]
         assert file["1.1/end_reason"][()] == b"DONE"
+
+
+def test_listen_session_rides_out_a_short_redis_outage(persistent_server, tmp_path):
+    """The server stops for a second between two scans: the example reports both."""
+    from scanstream import DataStore
+
+    proc = _start("listen_session.py", persistent_server.url, "--timeout", "4")
+    try:
+        _wait_listening(proc, "listening")
+        time.sleep(0.3)
+        with DataStore(persistent_server.url) as store:
+            _publish(store)
+        persistent_server.stop()
+        time.sleep(1.0)
+        persistent_server.start(timeout=10)
+        with DataStore(persistent_server.url) as store:
+            _publish(store)
+        out, _ = proc.communicate(timeout=40)
+    finally:
+        proc.kill()
+        proc.wait(timeout=5)
+    assert proc.returncode == 0, out
+    lines = out.splitlines()
+    for name in ("1_ascan", "2_ascan"):
+        assert f"scan ended:   {name}  DONE" in lines, out
+        assert f"  data of {name}: axis:roby=5, mca:det=5" in lines, out
+
+
+def _publish_alone(redis_url: str) -> None:
+    # One store per publisher thread: threads sharing one DataStore while sessions start
+    # can see a false ServerResetError (an identity-check race in _transport/identity.py).
+    from scanstream import DataStore
+
+    with DataStore(redis_url) as store:
+        _publish(store)
+
+
+def test_example_lines_are_whole_when_scans_run_at_once(redis_url):
+    """Worker threads and the session loop print at the same time: no line is mixed."""
+    import threading
+
+    proc = _start("listen_session.py", redis_url, "--timeout", "3")
+    try:
+        _wait_listening(proc, "listening")
+        time.sleep(0.3)
+        publishers = [threading.Thread(target=_publish_alone, args=(redis_url,)) for _ in range(4)]
+        for thread in publishers:
+            thread.start()
+        for thread in publishers:
+            thread.join(timeout=30)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait(timeout=5)
+    assert proc.returncode == 0, out
+    lines = out.splitlines()  # the "listening" line was read already
+    assert len(lines) == 12, out  # started, ended, data: for each of the 4 scans
+    for line in lines:
+        assert line.startswith(("scan started: ", "scan ended:   ", "  data of ")), line
+        assert line.count("_ascan") == 1, line

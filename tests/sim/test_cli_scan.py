@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -9,7 +13,7 @@ import redis
 
 from scanstream import DataStore, ScanState, get_session_node
 from scanstream.cli import build_parser, main
-from scanstream.cli.scan import EXIT_NOT_SAVED, parse_scan_arguments
+from scanstream.cli.scan import EXIT_NOT_SAVED, ScanArgumentError, parse_scan_arguments
 from scanstream.sim import default_beamline
 
 
@@ -253,3 +257,77 @@ def test_the_table_gives_way_to_the_progress_line_when_points_come_too_fast() ->
     for i in range(30):
         fast("timer", i, [("c:diode", None, 2.0)])
     assert not fast.active and fast.rows == 9
+
+
+# ------------------------------------------------------------------ argument errors, Ctrl-C
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["ascan", "roby", "0", "1", "0", "0.1", "diode"], "INTERVALS must be at least 1, got '0'"),
+        (["ascan", "roby", "0", "1", "-2", "0.1", "diode"], "INTERVALS must be at least 1"),
+        (["ascan", "roby", "0", "1", "2", "0", "diode"], "COUNT_TIME must be a positive number"),
+        (["dscan", "roby", "0", "1", "2", "-0.1", "diode"], "COUNT_TIME must be a positive"),
+        (["ct", "0", "diode"], "COUNT_TIME must be a positive number of seconds, got '0'"),
+        (["timescan", "0", "diode"], "COUNT_TIME must be a positive number"),
+        (["loopscan", "0", "0.1", "diode"], "NPOINTS must be at least 1"),
+        (["amesh", "roby", "0", "1", "2", "robz", "0", "1", "0", "0.1", "diode"], "INTERVALS2"),
+        (
+            ["a2scan", "roby", "0", "1", "roby", "0", "1", "2", "0.1", "diode"],
+            "motor roby given twice",
+        ),
+        (
+            ["ascan", "roby", "0", "1", "2", "0.1", "diode", "diode2", "diode"],
+            "counter diode given",
+        ),
+    ],
+)
+def test_out_of_range_and_repeated_arguments_are_usage_errors(
+    redis_url: str, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    assert run(redis_url, *argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: scanstream scan") and message in err and "Traceback" not in err
+    assert redis.Redis.from_url(redis_url).dbsize() == 0  # refused before anything was published
+    with pytest.raises(ScanArgumentError, match=message.split(",")[0]):
+        parse_scan_arguments(argv[0], argv[1:], default_beamline())
+
+
+def test_list_gives_each_scan_type_its_arguments_and_summary(
+    redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(redis_url, "--list") == 0
+    lines = capsys.readouterr().out.splitlines()
+    at = lines.index("  ascan MOTOR START STOP INTERVALS COUNT_TIME COUNTER [COUNTER...]")
+    assert lines[at + 1].strip().startswith("Absolute step scan of one motor")
+    assert sum(line.startswith("  ") and not line.startswith("   ") for line in lines) == 8
+
+
+def test_ctrl_c_twice_ends_the_scan_user_aborted(redis_url: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scanstream", "--redis-url", redis_url, "scan"]
+        + ["--session", "ctrl_c", "--no-writer-warning", "timescan", "0.05", "diode"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 30
+        while "timescan 0.05" not in proc.stderr.readline():  # the header: the scan runs
+            assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait(timeout=5)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Ctrl-C: stopping the scan" in err
+    assert "ctrl_c:1_timescan USER_ABORTED" in out and "USER_ABORTED (Ctrl-C)" in err
+    with DataStore(redis_url) as store:
+        scan = get_session_node("ctrl_c", store=store).get_scan(1)
+        assert scan.state is ScanState.USER_ABORTED and len(scan.load_nodes()[-1]) > 0

@@ -1,47 +1,106 @@
 """The ``scanstream`` command line. It only parses arguments and calls library functions.
 
-To add a subcommand, write a ``_configure_<name>(parser)`` that adds its arguments and a
-``_run_<name>(args) -> int`` that calls the library and returns the exit code, then add one
-:class:`Command` line to :data:`COMMANDS`. A subcommand that talks to Redis gets its URL from
-:func:`redis_url` (``--redis-url`` > ``$SCANSTREAM_REDIS_URL`` > the user's embedded server).
+Every subcommand is one line of :data:`COMMANDS`: ``Command(NAME, HELP, MODULE)``, where
+``scanstream.cli.MODULE`` defines ``configure_NAME(parser)`` (adds the arguments) and
+``run_NAME(args) -> int`` (calls the library, returns the exit code); ``configure=`` and
+``run=`` name other functions of the module. A module is imported only when its subcommand
+runs (or for ``--help`` of that subcommand, or ``scanstream completion``), so that
+``scanstream server status`` does not load h5py and the writer. A subcommand that talks to
+Redis gets its URL from :func:`redis_url` (``--redis-url`` > ``$SCANSTREAM_REDIS_URL`` > the
+user's embedded server).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import importlib
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
+from .. import __version__
 from .._transport import server
-from .._transport.connection import DataStore
 from .._transport.urls import mask_url
-from ..admin.listing import server_dependents
 from ..exceptions import ScanstreamError
-from . import admin as admin_cli
-from . import demo
-from . import legacy as legacy_cli
-from . import scan as sim_cli
-from . import show as show_cli
-from . import writer as writer_cli
+from .errors import describe_failure, url_origin, url_scheme_problem
 from .logs import configure_logging
+from .usage import UsageError
 
-logger = logging.getLogger(__name__)
+__all__ = ["COMMANDS", "Command", "build_parser", "main", "redis_url"]
 
 
 @dataclass(frozen=True)
 class Command:
-    """One subcommand: its name, its one-line help, how to add its arguments, what it runs."""
+    """One subcommand: its name, its one-line help, the module that implements it.
+
+    ``configure`` and ``run`` name functions of ``scanstream.cli.<module>``; by default
+    ``configure_<name>`` and ``run_<name>``.
+    """
 
     name: str
     help: str
-    configure: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
+    module: str
+    configure: str = ""
+    run: str = ""
+
+    def load(self) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[..., int]]:
+        """Import the module; return its (configure, run) functions."""
+        module = importlib.import_module(f"{__name__}.{self.module}")
+        configure = getattr(module, self.configure or f"configure_{self.name}")
+        run = getattr(module, self.run or f"run_{self.name}")
+        return configure, run
+
+
+#: Every subcommand, in the order of ``scanstream --help``: one line each.
+COMMANDS: tuple[Command, ...] = (
+    Command("server", "start, stop or describe your embedded Redis server", "server"),
+    Command(
+        "scan",
+        "run a simulated scan (ct, loopscan, timescan, ascan, dscan, a2scan, d2scan, amesh)",
+        "scan",
+    ),
+    Command(
+        "writer",
+        "write every scan of some sessions into HDF5/NeXus files, live (Ctrl-C stops)",
+        "writer",
+    ),
+    Command(
+        "demo",
+        "publish the example scans and write their NeXus files (a writer process is started)",
+        "demo",
+    ),
+    Command(
+        "watch",
+        "follow sessions live: scans starting and ending, last values, a row per point",
+        "watch",
+    ),
+    Command(
+        "ls",
+        "list sessions and their stored scans (state, points, memory, saving verdict)",
+        "admin",
+    ),
+    Command(
+        "show",
+        "describe a stored scan: title, state, times, channels, images, where it was saved",
+        "show",
+    ),
+    Command(
+        "delete",
+        "delete stored scans of a session: ended ones whose saving is done (saved, or off by "
+        "design) only, unless --force",
+        "admin",
+    ),
+    Command(
+        "legacy",
+        "run a BLISS 1.x subscriber script with its bliss.* imports resolved to scanstream",
+        "legacy",
+    ),
+    Command("completion", "print a shell completion script (bash or zsh)", "completion"),
+)
 
 
 def redis_url(args: argparse.Namespace) -> str:
@@ -49,121 +108,80 @@ def redis_url(args: argparse.Namespace) -> str:
     return server.resolve_url(args.redis_url)
 
 
-def _print_mapping(values: Mapping[str, Any]) -> None:
-    """Print ``key: value`` lines, aligned, with booleans as yes/no and None as '-'."""
-    width = max(map(len, values), default=0)
-    for key, value in values.items():
-        text = ("yes" if value else "no") if isinstance(value, bool) else value
-        print(f"{key + ':':<{width + 1}} {'-' if text is None else text}")
+if TYPE_CHECKING:
+    _SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]  # noqa: SLF001
+else:
+    _SubParsers = argparse._SubParsersAction  # noqa: SLF001 (argparse has no public base)
 
 
-# --- scanstream server start|stop|status --------------------------------------------------------
+class _LazyCommands(_SubParsers):
+    """The subcommands; each one's module is imported and its arguments added when it is chosen."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        sub = self._name_parser_map.get(values[0])
+        if sub is not None:
+            _configure(sub)
+        super().__call__(parser, namespace, values, option_string)
 
 
-def _configure_server(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "action",
-        choices=("start", "stop", "status"),
-        help="start it (prints its URL), stop it, or describe it "
-        "(exit code 0 if it runs, 1 if not)",
+def _configure(sub: argparse.ArgumentParser) -> None:
+    """Add the arguments of the subcommand ``sub`` (once)."""
+    command: Command | None = sub.get_default("command_spec")
+    if command is None or sub.get_default("run") is not None:
+        return
+    configure, run = command.load()
+    configure(sub)
+    # The common options are accepted after the subcommand too
+    # (`scanstream writer SESSION --redis-url URL`); SUPPRESS keeps the global ones when absent.
+    sub.add_argument(
+        "--redis-url", metavar="URL", default=argparse.SUPPRESS, help="as `scanstream --redis-url`"
     )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="stop: even while clients are connected or scans are not saved yet "
-        "(by default the stop is refused, exit code 1, saying what depends on the server)",
+    sub.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="as `scanstream -v`"
     )
+    sub.set_defaults(run=run, command_parser=sub)
 
 
-def _run_server(args: argparse.Namespace) -> int:
-    if args.redis_url:
-        logger.warning("`scanstream server` manages your embedded server; --redis-url is ignored")
-    if args.action == "start":
-        print(server.ensure_server())
-        return 0
-    if args.action == "stop":
-        return _stop_server(force=args.force)
-    status = server.server_status()
-    _print_mapping({**status, "url": mask_url(status["url"])})
-    return 0 if status["running"] else 1
+def build_parser(configure: Iterable[str] | None = ()) -> argparse.ArgumentParser:
+    """Return the argument parser of ``scanstream``, with every subcommand of :data:`COMMANDS`.
 
-
-def _stop_server(*, force: bool) -> int:
-    """Stop the embedded server unless something depends on it (exit code 1) or ``force``."""
-    status = server.server_status()
-    if not status["running"]:
-        print("no embedded server was running")
-        return 0
-    if not force:
-        with DataStore(status["url"]) as store:
-            dependents = server_dependents(store)
-        if dependents.any:
-            persisted = status["persistence"] != "off"
-            print(
-                f"scanstream: refusing to stop the embedded server: {dependents.describe()}. "
-                + (
-                    "Its data is persisted and comes back at the next start, but "
-                    if persisted
-                    else "Its data is not persisted (SCANSTREAM_SERVER_PERSISTENCE=off): "
-                    "unsaved scans would be lost, and "
-                )
-                + "running scans and their clients would fail. Stop them or let the writers "
-                "finish, or use `scanstream server stop --force`",
-                file=sys.stderr,
-            )
-            return 1
-    print("stopped" if server.stop_server() else "no embedded server was running")
-    return 0
-
-
-COMMANDS: tuple[Command, ...] = (
-    Command(
-        "server",
-        "start, stop or describe your embedded Redis server",
-        _configure_server,
-        _run_server,
-    ),
-    Command("scan", sim_cli.SCAN_HELP, sim_cli.configure_scan, sim_cli.run_scan),
-    Command("writer", writer_cli.WRITER_HELP, writer_cli.configure_writer, writer_cli.run_writer),
-    Command("demo", demo.DEMO_HELP, demo.configure_demo, demo.run_demo),
-    Command("ls", admin_cli.LS_HELP, admin_cli.configure_ls, admin_cli.run_ls),
-    Command("show", show_cli.SHOW_HELP, show_cli.configure_show, show_cli.run_show),
-    Command("delete", admin_cli.DELETE_HELP, admin_cli.configure_delete, admin_cli.run_delete),
-    Command("legacy", legacy_cli.LEGACY_HELP, legacy_cli.configure_legacy, legacy_cli.run_legacy),
-)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser of ``scanstream``, with every subcommand of :data:`COMMANDS`."""
+    Parameters
+    ----------
+    configure : iterable of str, or None
+        Subcommands whose arguments are added now (None: all of them, which imports every
+        subcommand's module); the others get theirs when the command line chooses them.
+    """
     parser = argparse.ArgumentParser(
         prog="scanstream", description="Stream beamline scan data through Redis."
     )
+    parser.add_argument("--version", action="version", version=f"scanstream {__version__}")
     parser.add_argument(
         "--redis-url",
         metavar="URL",
         default=None,
-        help="Redis server (redis://HOST:PORT or unix:///PATH); default: "
-        "$SCANSTREAM_REDIS_URL, else your embedded server, started if needed",
+        help="Redis server (redis://[USER:PASSWORD@]HOST:PORT, rediss://... or "
+        "unix:///PATH); default: $SCANSTREAM_REDIS_URL, else your embedded server, "
+        "started if needed",
     )
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="log more (-v: info, -vv: debug)"
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = cast(
+        _LazyCommands,
+        parser.add_subparsers(dest="command", metavar="COMMAND", action=_LazyCommands),
+    )
+    chosen = None if configure is None else set(configure)
     for command in COMMANDS:
         sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
-        command.configure(sub)
-        # The common options are accepted after the subcommand too
-        # (`scanstream writer SESSION --redis-url URL`); SUPPRESS keeps the global ones when absent.
-        sub.add_argument(
-            "--redis-url",
-            metavar="URL",
-            default=argparse.SUPPRESS,
-            help="as `scanstream --redis-url`",
-        )
-        sub.add_argument(
-            "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="as `scanstream -v`"
-        )
-        sub.set_defaults(run=command.run)
+        sub.set_defaults(command_spec=command, run=None)
+        if chosen is None or command.name in chosen:
+            _configure(sub)
     return parser
 
 
@@ -186,23 +204,37 @@ def main(argv: list[str] | None = None) -> int:
     Returns
     -------
     int
-        The exit code: 0 on success, 1 on a scanstream or connection error (printed on stderr),
-        2 on a usage error, 130 on Ctrl-C; a subcommand may give its own meaning to 1.
+        The exit code: 0 on success, 1 on a scanstream or connection error (one line on
+        stderr), 2 on a usage error (a Redis URL without a scheme included), 130 on Ctrl-C;
+        a subcommand may give its own meaning to 1.
     """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help or a usage error: return its code, so main() stays callable
         return exc.code if isinstance(exc.code, int) else 2
+    args.standalone = argv is None  # the `scanstream` program: the process ends with main()
     configure_logging(args.verbose)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    url, origin = url_origin(args)
+    problem = url_scheme_problem(url, origin)
+    if problem is not None:
+        print(f"scanstream: error: {problem}", file=sys.stderr)
+        return 2
     try:
         code: int = args.run(args)
-    except (ScanstreamError, redis.ConnectionError, redis.TimeoutError) as exc:
+    except UsageError as exc:  # found after parsing: reported as argparse reports its own
+        args.command_parser.print_usage(sys.stderr)
+        print(f"{args.command_parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except (ScanstreamError, redis.RedisError) as exc:
+        line = describe_failure(exc, url, origin)
+        if line is None and not isinstance(exc, ScanstreamError):
+            raise  # a Redis error that is not about reaching it: a defect, with its traceback
         # The messages of scanstream name URLs masked already; a redis-py error may quote one.
-        print(f"scanstream: error: {_mask_urls(str(exc))}", file=sys.stderr)
+        print(f"scanstream: error: {_mask_urls(line or str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -23,12 +23,6 @@ from ..admin.listing import (
 )
 from ..models import SavingState
 
-LS_HELP = "list sessions and their stored scans (state, points, memory, saving verdict)"
-DELETE_HELP = (
-    "delete stored scans of a session: ended ones whose saving is done (saved, or off by "
-    "design) only, unless --force"
-)
-
 
 def configure_ls(parser: argparse.ArgumentParser) -> None:
     """Add the arguments of ``scanstream ls``."""

@@ -1,8 +1,9 @@
 """``scanstream demo``: publish the catalogue of example scans and write their NeXus files.
 
-It starts a writer process for the demo session (unless a writer already runs for it), runs
-the catalogue of simulated scans (:mod:`scanstream.sim.catalogue`), waits until the writer
-has saved every scan, and prints where the files are with one line per scan.
+It names the Redis server, checks that ``--root`` is a directory it may write (one line and
+exit code 2 if not), starts a writer process for the demo session (unless a writer already
+runs for it), runs the catalogue of simulated scans (:mod:`scanstream.sim.catalogue`), waits
+until the writer has saved every scan, and prints where the files are with one line per scan.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from ..sim import SavingConfig
 from ..sim.catalogue import run_catalogue
 from ..subscribe.tree import ScanNode, get_session_node
 from ..writer import nexus, scan_file_path
+from .errors import describe_server, url_origin
+from .usage import writable_directory
 
-DEMO_HELP = "publish the example scans and write their NeXus files (a writer process is started)"
 #: Seconds to wait for the writer to start, and then for the files once the scans have run.
 START_TIMEOUT = 30.0
 SAVE_TIMEOUT = 120.0
@@ -42,8 +44,10 @@ def configure_demo(parser: argparse.ArgumentParser) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo; exit code 0 when every scan was saved."""
-    url = resolve_url(args.redis_url)
-    root = Path(args.root).expanduser().resolve()
+    root = writable_directory(args.root).resolve()
+    url, origin = url_origin(args)
+    url = resolve_url(url)
+    print(describe_server(url, origin), flush=True)
     store = DataStore(url)
     writer = None
     try:

@@ -8,8 +8,6 @@ import sys
 
 from ..legacy import LegacyImportError, install, run_script
 
-LEGACY_HELP = "run a BLISS 1.x subscriber script with its bliss.* imports resolved to scanstream"
-
 
 def configure_legacy(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``scanstream legacy``."""

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import logging
+import logging.handlers
+import os
 import sys
 from typing import TextIO
 
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+#: The names ``--log-level`` accepts.
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+LEVELS["error"] = logging.ERROR
 
 
 class _StderrHandler(logging.StreamHandler[TextIO]):
@@ -17,24 +22,54 @@ class _StderrHandler(logging.StreamHandler[TextIO]):
         super().emit(record)
 
 
-def configure_logging(verbosity: int = 0) -> None:
-    """Send scanstream's log records to stderr, at a level chosen by ``-v`` flags.
+class _FileHandler(logging.handlers.WatchedFileHandler):
+    """A log file, reopened when logrotate moves it away (``WatchedFileHandler``)."""
 
-    Calling it again only changes the level (one handler, whatever the number of calls).
+
+def configure_logging(
+    verbosity: int = 0, level: int | None = None, log_file: str | os.PathLike[str] | None = None
+) -> None:
+    """Send scanstream's log records to stderr (or a file), at a level chosen by ``-v`` flags.
+
+    Calling it again only changes the level, or the file (one handler of each kind, whatever
+    the number of calls).
 
     Parameters
     ----------
     verbosity : int
         0: warnings and errors; 1: also info; 2 or more: also debug.
+    level : int, optional
+        A :mod:`logging` level that replaces the one of ``verbosity``.
+    log_file : path, optional
+        Append the records to this file instead; stderr then gets warnings and errors only
+        (a service manager's journal keeps the failures, the file everything).
+
+    Raises
+    ------
+    OSError
+        The file cannot be opened for appending.
     """
-    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    if level is None:
+        level = (
+            logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+        )
     logger = logging.getLogger("scanstream")
     handler = next((h for h in logger.handlers if isinstance(h, _StderrHandler)), None)
     if handler is None:
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter(FORMAT))
         logger.addHandler(handler)
-    handler.setLevel(level)
-    if verbosity > 0:
+    for old in [h for h in logger.handlers if isinstance(h, _FileHandler)]:
+        logger.removeHandler(old)
+        old.close()
+    if log_file is not None:
+        file_handler = _FileHandler(os.fspath(log_file), encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter(FORMAT))
+        file_handler.setLevel(level)
+        logger.addHandler(file_handler)
+        handler.setLevel(max(level, logging.WARNING))
+    else:
+        handler.setLevel(level)
+    if verbosity > 0 or level != logging.WARNING:
         # Without -v the logger level is left alone, so an embedding program's own set-up wins.
         logger.setLevel(level)

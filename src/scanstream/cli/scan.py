@@ -3,14 +3,14 @@
     scanstream scan --session test_session ascan roby 0 1 10 0.1 diode     # 11 points
     scanstream scan ascan --help
 
-Each scan type is an argparse subcommand built from :data:`SCAN_TYPES`: its positional
-arguments are converted and checked while parsing (numbers, and device names of
-:func:`~scanstream.sim.beamline.default_beamline`), so a bad command line is a usage error
-(exit code 2). A live progress line (points done / total, rate, elapsed time) goes to stderr,
-like BLISS's scan display; step scans print a table row per point on stdout (until points
-come too fast to read: then the progress line only), ``ct`` prints each counter's value and
-rate, and the summary line goes to stdout. Ctrl-C ends the scan USER_ABORTED with the points acquired (exit
-code 130).
+The arguments of each scan type are defined and checked in :mod:`scanstream.cli.scan_args`
+(a bad command line is a usage error, exit code 2); this module runs the scan. It names the
+Redis server first (and where its URL came from); a live progress line (points done /
+total, rate, elapsed time) goes to stderr, like BLISS's scan display; step scans print a
+table row per point on stdout (until points come too fast to read: then the progress line
+only), ``ct`` prints each counter's value and rate, and the summary line goes to stdout.
+Ctrl-C stops the scan at the end of the current point: it ends USER_ABORTED with the points
+acquired (exit code 130); a second Ctrl-C only says it is stopping, a third abandons it.
 
 A scan starts with a warning when no writer follows its session (``--require-writer``
 refuses to start it, ``--no-writer-warning`` silences the warning). At its end the command
@@ -25,23 +25,33 @@ It is registered in :data:`scanstream.cli.COMMANDS` (``configure_scan``, ``run_s
 from __future__ import annotations
 
 import argparse
-import functools
+import contextlib
 import getpass
-import inspect
-import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+import threading
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any
 
 from .._transport.server import resolve_url
-from ..exceptions import NoWriterError, ScanstreamError
+from ..exceptions import NoWriterError
 from ..models import ScanState
-from ..publish import ScanPublisher, create_session
+from ..publish import PublishingSession, ScanPublisher, create_session
 from ..sim.beamline import Beamline, UnknownDeviceError, default_beamline
 from ..sim.control import ScanResult, scan_result_of
 from ..sim.devices import MotorLimitError
 from ..sim.saving import SavingConfig
-from ..sim.scans import a2scan, amesh, ascan, ct, d2scan, dscan, loopscan, timescan
+from .errors import describe_failure, describe_server, url_origin
+from .scan_args import (
+    SCAN_FUNCTIONS,
+    SCAN_TYPES,
+    ScanArgumentError,
+    configure_scan,
+    parse_scan_arguments,
+    summary,
+    usage,
+)
 from .scan_display import (
     EXIT_CODES,
     EXIT_NOT_SAVED,
@@ -50,7 +60,6 @@ from .scan_display import (
     ProgressDisplay,
     Row,
     ct_lines,
-    exit_codes_text,
     report_saving,
 )
 
@@ -58,7 +67,6 @@ __all__ = [
     "EXIT_CODES",
     "EXIT_NOT_SAVED",
     "EXIT_SAVE_TIMEOUT",
-    "SCAN_HELP",
     "SCAN_TYPES",
     "ProgressDisplay",
     "ScanArgumentError",
@@ -66,366 +74,6 @@ __all__ = [
     "parse_scan_arguments",
     "run_scan",
 ]
-
-SCAN_HELP = "run a simulated scan (ct, loopscan, timescan, ascan, dscan, a2scan, d2scan, amesh)"
-
-#: Positional arguments of each scan type, before the counters: (name, kind), kind being
-#: ``int``, ``float`` or ``motor``.
-SCAN_TYPES: dict[str, list[tuple[str, str]]] = {
-    "ct": [("COUNT_TIME", "float")],
-    "loopscan": [("NPOINTS", "int"), ("COUNT_TIME", "float")],
-    "timescan": [("COUNT_TIME", "float")],
-    "ascan": [
-        ("MOTOR", "motor"),
-        ("START", "float"),
-        ("STOP", "float"),
-        ("INTERVALS", "int"),
-        ("COUNT_TIME", "float"),
-    ],
-    "a2scan": [
-        ("MOTOR1", "motor"),
-        ("START1", "float"),
-        ("STOP1", "float"),
-        ("MOTOR2", "motor"),
-        ("START2", "float"),
-        ("STOP2", "float"),
-        ("INTERVALS", "int"),
-        ("COUNT_TIME", "float"),
-    ],
-    "amesh": [
-        ("MOTOR1", "motor"),
-        ("START1", "float"),
-        ("STOP1", "float"),
-        ("INTERVALS1", "int"),
-        ("MOTOR2", "motor"),
-        ("START2", "float"),
-        ("STOP2", "float"),
-        ("INTERVALS2", "int"),
-        ("COUNT_TIME", "float"),
-    ],
-}
-SCAN_TYPES["dscan"] = SCAN_TYPES["ascan"]
-SCAN_TYPES["d2scan"] = SCAN_TYPES["a2scan"]
-
-_FUNCTIONS: dict[str, Callable[..., ScanResult]] = {
-    "ct": ct,
-    "loopscan": loopscan,
-    "timescan": timescan,
-    "ascan": ascan,
-    "dscan": dscan,
-    "a2scan": a2scan,
-    "d2scan": d2scan,
-    "amesh": amesh,
-}
-
-
-class ScanArgumentError(ScanstreamError, ValueError):
-    """Wrong scan arguments; the message shows the usage."""
-
-
-def usage(scan_type: str) -> str:
-    """``ascan MOTOR START STOP INTERVALS COUNT_TIME COUNTER [COUNTER...]``."""
-    return " ".join(
-        [scan_type] + [name for name, _ in SCAN_TYPES[scan_type]] + ["COUNTER", "[COUNTER...]"]
-    )
-
-
-def _convert(kind: str, name: str, word: Any, beamline: Beamline) -> Any:
-    """One argument: a number (kept if already one), or the device of ``beamline`` it names.
-
-    Raises ScanArgumentError for a number that is not one, UnknownDeviceError for a name.
-    """
-    if kind in ("motor", "counter"):
-        return beamline.motor(str(word)) if kind == "motor" else beamline.counter(str(word))
-    if not isinstance(word, str):
-        return word
-    try:
-        return int(word) if kind == "int" else float(word)
-    except ValueError:
-        what = "an integer" if kind == "int" else "a number"
-        raise ScanArgumentError(f"{name} must be {what}, got {word!r}") from None
-
-
-def _arity_error(scan_type: str, words: Sequence[Any], counters: Sequence[str]) -> str | None:
-    """What is missing from the positional arguments of a scan, or None."""
-    spec = SCAN_TYPES[scan_type]
-    if len(words) < len(spec):
-        missing = " ".join(name for name, _ in spec[len(words) :])
-        return f"missing {missing} (got {len(words)} argument(s))"
-    if len(words) == len(spec):
-        return f"no counter given; counters: {', '.join(counters)}"
-    return None
-
-
-def parse_scan_arguments(scan_type: str, words: Sequence[Any], beamline: Beamline) -> list[Any]:
-    """Turn the words of a command line into the positional arguments of a scan function.
-
-    Parameters
-    ----------
-    scan_type : str
-        A key of :data:`SCAN_TYPES`.
-    words : sequence
-        The scan's arguments in BLISS order: strings, or the parsed ``args.args``
-        (numbers converted, device names checked).
-    beamline : Beamline
-        Where motors and counters are looked up.
-
-    Raises
-    ------
-    ScanArgumentError
-        Unknown scan type, missing arguments or counters, a number that is not one.
-    UnknownDeviceError
-        A motor or counter name the beamline does not have (the message lists them).
-    """
-    if scan_type not in SCAN_TYPES:
-        raise ScanArgumentError(f"unknown scan type {scan_type!r}; known: {', '.join(SCAN_TYPES)}")
-    spec = SCAN_TYPES[scan_type]
-    # The order of the checks is the parser's: each word in turn, then what is missing.
-    try:
-        args = [_convert(kind, name, word, beamline) for (name, kind), word in zip(spec, words)]
-    except ScanArgumentError as exc:
-        raise ScanArgumentError(f"{scan_type}: {exc}; usage: {usage(scan_type)}") from None
-    counters = [_convert("counter", "COUNTER", word, beamline) for word in words[len(spec) :]]
-    problem = _arity_error(scan_type, words, list(beamline.counters))
-    if problem is not None:
-        raise ScanArgumentError(f"{scan_type}: {problem}; usage: {usage(scan_type)}")
-    return args + counters
-
-
-# --- the parser --------------------------------------------------------------------------------
-
-
-@functools.cache
-def _reference_beamline() -> Beamline:
-    """The device names the parser accepts (noise seeds do not change names)."""
-    return default_beamline()
-
-
-def _parse_word(kind: str, name: str) -> Callable[[str], Any]:
-    """The ``type=`` of one positional: a number, or a checked device name (kept as a name).
-
-    Errors are ``ArgumentError(None, ...)``, which argparse reports as they are (it would
-    prefix an ``ArgumentTypeError`` with ``argument NAME:``, which the message already says).
-    """
-
-    def parse(word: str) -> Any:
-        try:
-            value = _convert(kind, name, word, _reference_beamline())
-        except (ScanArgumentError, UnknownDeviceError) as exc:
-            raise argparse.ArgumentError(None, str(exc)) from None
-        return word if kind in ("motor", "counter") else value
-
-    parse.__name__ = kind  # argparse names the type in some messages
-    return parse
-
-
-class _ScanArgument(argparse.Action):
-    """Appends the value(s) of one positional to ``args.args``: the scan's arguments in order."""
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        given = values if isinstance(values, list) else [] if values is None else [values]
-        setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), *given])
-
-
-if TYPE_CHECKING:
-    _SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]  # noqa: SLF001
-else:
-    _SubParsers = argparse._SubParsersAction  # noqa: SLF001 (argparse has no public base)
-
-
-class _ScanTypes(_SubParsers):
-    """The scan-type subcommands, with scanstream's messages for an unknown or short one.
-
-    argparse would refuse an unknown subcommand before calling the action, quoting every
-    choice; without ``choices`` it reaches :meth:`__call__`, which names the known types.
-    Missing arguments are checked here too, after the subcommand has parsed its own, so
-    the error shows that subcommand's usage (argparse's own check cannot say "no counter").
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.choices = None  # type: ignore[assignment]  # typeshed: always the parser map
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        scan_type = values[0]
-        sub = self._name_parser_map.get(scan_type)
-        if sub is None:
-            raise argparse.ArgumentError(
-                None, f"unknown scan type {scan_type!r}; known: {', '.join(SCAN_TYPES)}"
-            )
-        super().__call__(parser, namespace, values, option_string)
-        problem = _arity_error(
-            scan_type, namespace.args or [], list(_reference_beamline().counters)
-        )
-        if problem is not None and not namespace.list:
-            sub.error(problem)
-
-
-def _add_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
-    """The options of ``scanstream scan``; ``suppress``: without defaults.
-
-    Each scan type accepts them too, so that they may follow the scan's arguments; their
-    defaults are suppressed there, or they would replace the values given before the type.
-    """
-
-    def default(value: Any) -> Any:
-        return argparse.SUPPRESS if suppress else value
-
-    session = os.environ.get("SCANSTREAM_SESSION", "test_session")
-    parser.add_argument(
-        "--session",
-        default=default(session),
-        help="session name (default: $SCANSTREAM_SESSION or test_session)",
-    )
-    parser.add_argument(
-        "--root",
-        default=default(os.environ.get("SCANSTREAM_DATA_ROOT")),
-        help="base directory of the data (default: $SCANSTREAM_DATA_ROOT); "
-        "without it scans name no file (a writer puts them under its "
-        "own --root) and Lima frames are not written",
-    )
-    parser.add_argument("--sample", default=default("sample"), help="sample name (default: sample)")
-    parser.add_argument("--dataset", default=default("0001"), help="dataset name (default: 0001)")
-    parser.add_argument(
-        "--time-scale",
-        type=float,
-        default=default(1.0),
-        metavar="X",
-        help="multiply count times by X (default 1: real time; 0: no waiting)",
-    )
-    parser.add_argument(
-        "--max-duration",
-        type=float,
-        default=default(None),
-        metavar="S",
-        help="stop the scan after S seconds (USER_ABORTED), e.g. for timescan",
-    )
-    parser.add_argument(
-        "--npoints",
-        type=int,
-        default=default(0),
-        help="timescan: number of points (0: until stopped)",
-    )
-    parser.add_argument("--seed", type=int, default=default(0), help="seed of the simulated noise")
-    parser.add_argument(
-        "--require-writer",
-        action="store_true",
-        default=default(False),
-        help="refuse to start the scan when no writer follows the session (exit code 3)",
-    )
-    parser.add_argument(
-        "--no-writer-warning",
-        action="store_true",
-        default=default(False),
-        help="no warning when no writer follows the session (the verdict is still printed)",
-    )
-    parser.add_argument(
-        "--save-timeout",
-        type=float,
-        default=default(10.0),
-        metavar="S",
-        help="seconds to wait at the end for the writer's saving verdict (default 10; "
-        "0: read it once, do not wait)",
-    )
-    parser.add_argument(
-        "--no-saving",
-        action="store_true",
-        default=default(False),
-        help="turn saving off (scan_info save=False): no writer is expected, exit code 0",
-    )
-    parser.add_argument(
-        "-q", "--quiet", action="store_true", default=default(False), help="no progress display"
-    )
-    parser.add_argument(
-        "--list",
-        action="store_true",
-        default=default(False),
-        help="list the simulated devices and scan types, and exit",
-    )
-    if suppress:  # `scanstream` adds these to the `scan` parser itself
-        parser.add_argument(
-            "--redis-url",
-            metavar="URL",
-            default=argparse.SUPPRESS,
-            help="as `scanstream --redis-url`",
-        )
-        parser.add_argument(
-            "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="as `scanstream -v`"
-        )
-
-
-_KIND_HELP = {"int": "an integer", "float": "a number", "motor": "a motor name (see --list)"}
-
-
-def _summary(scan_type: str) -> str:
-    """The first line of the scan function's docstring, without reST markup."""
-    return (inspect.getdoc(_FUNCTIONS[scan_type]) or "").splitlines()[0].replace("``", "")
-
-
-def configure_scan(parser: argparse.ArgumentParser) -> None:
-    """Add the options of ``scanstream scan`` and one subcommand per scan type to ``parser``.
-
-    The parsed namespace has ``type`` (None when absent) and ``args``: the scan's arguments
-    in BLISS order, numbers converted and device names checked (see
-    :func:`parse_scan_arguments`).
-    """
-    _add_options(parser, suppress=False)
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = exit_codes_text()
-    parser.set_defaults(args=[], scan_parser=parser)
-    types = parser.add_subparsers(
-        dest="type",
-        metavar="TYPE",
-        action=_ScanTypes,
-        title="scan types",
-        help="BLISS argument order",
-    )
-    for scan_type, spec in SCAN_TYPES.items():
-        summary = _summary(scan_type)
-        sub = types.add_parser(
-            scan_type,
-            help=summary,
-            description=summary,
-            usage=f"%(prog)s [OPTIONS] {usage(scan_type)[len(scan_type) + 1 :]}",
-        )
-        # nargs="?": a missing argument is reported by _ScanTypes, in the scanstream words.
-        # Negative numbers ("-.1") stay arguments, as no option here looks like a number.
-        for name, kind in spec:
-            sub.add_argument(
-                "args",
-                nargs="?",
-                type=_parse_word(kind, name),
-                action=_ScanArgument,
-                metavar=name,
-                help=_KIND_HELP[kind],
-            )
-        sub.add_argument(
-            "args",
-            nargs="*",
-            type=_parse_word("counter", "COUNTER"),
-            action=_ScanArgument,
-            metavar="COUNTER",
-            help="counters and detectors to read (see --list)",
-        )
-        _add_options(sub, suppress=True)
-        sub.formatter_class = argparse.RawDescriptionHelpFormatter
-        sub.epilog = exit_codes_text()
-        sub.set_defaults(scan_parser=sub)
-
-
-# --- running a scan ----------------------------------------------------------------------------
 
 
 class _ScanDisplay:
@@ -472,22 +120,78 @@ class _ScanDisplay:
         else:
             self.progress(master, done)
 
-    def close(self, result: ScanResult | None) -> None:
+    def close(self, result: ScanResult | None, interrupted: bool = False) -> None:
         if self.progress is not None:
-            self.progress.close(result)
+            # Stopped by Ctrl-C through the stop event: say so, not "stop_event set".
+            stopped = interrupted and result is not None and result.state is ScanState.USER_ABORTED
+            self.progress.close(result, "Ctrl-C" if stopped else None)
         if self.ct and self.last and result is not None:
             count_time = float(result.scan_info.get("count_time") or 0.0)
             for line in ct_lines(self.last, count_time):  # ct scans no motor
                 print(line)
 
 
+class _CtrlC:
+    """SIGINT during ``scanstream scan``.
+
+    While the scan runs, the first sets ``stop`` (the scan ends USER_ABORTED at the end of
+    its current point, published whole), the second only says so, the third raises
+    KeyboardInterrupt (the scan is abandoned where it is). Once the scan has ended, a Ctrl-C
+    stops the wait for the saving verdict, unless one already came (the command is ending).
+
+    A stop request rather than an exception at an arbitrary place: a second Ctrl-C arriving
+    while the scan is ending (its detectors closing, ``end()`` retrying through an outage)
+    must not cut that short and leave the scan for the lease to declare KILLED.
+    """
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.count = 0
+        self.scan_running = True
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+        if not self.scan_running:
+            if self.count == 1:
+                raise KeyboardInterrupt
+        elif self.count == 1:
+            self.stop.set()
+            print(
+                "\nCtrl-C: stopping the scan at the end of this point (it ends USER_ABORTED)",
+                file=sys.stderr,
+            )
+        elif self.count == 2:
+            print("Ctrl-C: already stopping; once more abandons the scan", file=sys.stderr)
+        else:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self, keep: bool = False) -> Iterator[None]:
+        """Handle SIGINT within the block (main thread only: elsewhere Python cannot).
+
+        ``keep``: the process ends after the block (the ``scanstream`` program); once a
+        Ctrl-C came, SIGINT is then ignored, so that another one during the interpreter's
+        exit (which restores the default disposition of the handlers Python installed, but
+        not of an ignored signal) does not kill the process after its clean end.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, self)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN if keep and self.count else previous)
+
+
 def _print_listing(beamline: Beamline) -> None:
-    """``--list``: the devices, then each scan type with its arguments."""
+    """``--list``: the devices, then each scan type with its arguments and what it does."""
     for kind, devices in beamline.describe().items():
         print(f"{kind}: " + ", ".join(f"{name} ({what})" for name, what in devices.items()))
-    print("scans:")
+    print("scans (scanstream scan TYPE --help for each argument):")
     for scan_type in SCAN_TYPES:
         print(f"  {usage(scan_type)}")
+        print(f"      {summary(scan_type)}")
 
 
 def _usage_error(parser: argparse.ArgumentParser, message: str) -> int:
@@ -537,26 +241,55 @@ def run_scan(args: argparse.Namespace) -> int:
         positional = parse_scan_arguments(args.type, args.args, beamline)
     except (ScanArgumentError, UnknownDeviceError) as exc:
         return _usage_error(args.scan_parser, str(exc))
+    given, origin = url_origin(args)
+    url = resolve_url(given)
+    if not args.quiet:
+        print(describe_server(url, origin), file=sys.stderr)
     session = create_session(
         args.session,
-        redis_url=resolve_url(getattr(args, "redis_url", None)),
+        redis_url=url,
         require_writer=args.require_writer,
         warn_no_writer=False,  # the display prints the warning, as one line
     )
     display = _ScanDisplay(
         args.session, args.quiet, warn_no_writer=not args.no_writer_warning, scan_type=args.type
     )
+    ctrl_c = _CtrlC()
+    # Until the command ends: a late second Ctrl-C is no traceback.
+    with ctrl_c.installed(keep=getattr(args, "standalone", False)):
+        try:
+            return _run(args, session, positional, display, ctrl_c, beamline)
+        except _Failed as failed:  # a connection, password or permission failure of the scan
+            line = describe_failure(failed.__cause__ or failed, given, origin)
+            print(f"scanstream scan: error: {line}", file=sys.stderr)
+            return 1
+
+
+class _Failed(Exception):
+    """A scan failed on Redis itself (reach, password, rights): reported by run_scan in one line."""
+
+
+def _run(
+    args: argparse.Namespace,
+    session: PublishingSession,
+    positional: list[Any],
+    display: _ScanDisplay,
+    ctrl_c: _CtrlC,
+    beamline: Beamline,
+) -> int:
+    """Run the scan, print its end and saving verdict; return the exit code."""
     result: ScanResult | None = None
     try:
-        result = _FUNCTIONS[args.type](
+        result = SCAN_FUNCTIONS[args.type](
             session,
             *positional,
             on_start=display.start,
             on_point=display.point,
             on_values=display.values,
+            stop_event=ctrl_c.stop,
             **_scan_options(args, beamline),
         )
-    except KeyboardInterrupt as exc:
+    except KeyboardInterrupt as exc:  # the third Ctrl-C
         result = scan_result_of(exc)
         return 130
     except NoWriterError as exc:
@@ -567,12 +300,17 @@ def run_scan(args: argparse.Namespace) -> int:
         return 1
     except Exception as exc:
         result = scan_result_of(exc)
+        if describe_failure(exc, None, "") is not None:
+            raise _Failed() from exc
         print(f"scanstream scan: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     finally:
-        display.close(result)
+        ctrl_c.scan_running = False
+        display.close(result, interrupted=ctrl_c.count > 0)
         session.close()
     print(f"{result.db_name} {result.state.name} {result.npoints} points")
+    if ctrl_c.count:
+        return 130
     stopped_as_asked = args.max_duration is not None and result.state is ScanState.USER_ABORTED
     saving = report_saving(display.scan, args.session, args.save_timeout)
     if result.state is not ScanState.DONE and not stopped_as_asked:

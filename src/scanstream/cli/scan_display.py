@@ -108,6 +108,8 @@ class PointTable:
         Where the rows go (default stdout).
     clock : callable, optional
         Monotonic time source (tests may pass their own).
+    fast_note : str, optional
+        The line (stderr) that says the rows stop, and what shows instead.
 
     Attributes
     ----------
@@ -117,9 +119,13 @@ class PointTable:
     """
 
     def __init__(
-        self, stream: IO[str] | None = None, clock: Callable[[], float] | None = None
+        self,
+        stream: IO[str] | None = None,
+        clock: Callable[[], float] | None = None,
+        fast_note: str = "(points come faster than a row each can be shown: progress only)",
     ) -> None:
         self.stream = stream if stream is not None else sys.stdout
+        self.fast_note = fast_note
         self._clock = clock or time.monotonic
         self.active = True
         self.rows = 0
@@ -142,10 +148,7 @@ class PointTable:
         self._times.append(now)
         if len(self._times) == _FAST_ROWS and now - self._times[0] < _FAST_WINDOW:
             self.active = False
-            print(
-                "(points come faster than a row each can be shown: progress only)",
-                file=sys.stderr,
-            )
+            print(self.fast_note, file=sys.stderr)
             return
         if self.rows == 0:
             self.stream.write(self.header(row) + "\n")
@@ -189,10 +192,11 @@ class ProgressDisplay:
             self.stream.write(("\r" if self.tty else "") + self.line() + ("" if self.tty else "\n"))
             self.stream.flush()
 
-    def close(self, result: ScanResult | None) -> None:
-        """Print the final line and the outcome."""
+    def close(self, result: ScanResult | None, why: str | None = None) -> None:
+        """Print the final line and the outcome (``why``: in place of the scan's error text)."""
         state = result.state.name if result is not None else "FAILED"
-        end = f"{self.line()}  {state}" + (f" ({result.error})" if result and result.error else "")
+        why = why or (result.error if result is not None else None)
+        end = f"{self.line()}  {state}" + (f" ({why})" if why else "")
         self.stream.write(("\r" if self.tty else "") + end + "\n")
         self.stream.flush()
 

@@ -19,8 +19,6 @@ from ..exceptions import ScanNotFoundError, SessionNotFoundError
 from ..subscribe.data_nodes import ChannelNode, LimaNode, ScanRefNode
 from ..subscribe.tree import ScanNode, get_session_node
 
-SHOW_HELP = "describe a stored scan: title, state, times, channels, images, where it was saved"
-
 
 def configure_show(parser: argparse.ArgumentParser) -> None:
     """Add the arguments of ``scanstream show``."""

@@ -1,20 +1,28 @@
-"""``scanstream writer SESSION... [--root DIR] [--allow DIR]... [--umask OCTAL]`` and ``scanstream writer --status [SESSION...]``."""
+"""``scanstream writer SESSION... [--root DIR] [--allow DIR]... [--umask OCTAL]`` and ``scanstream writer --status [SESSION...]``.
+
+At start it names the Redis server (and where its URL came from), checks that its root is a
+directory it may write (created if missing), and says which of its sessions have no scan yet,
+with the sessions Redis knows (a typo shows at once). ``--log-file`` and ``--log-level`` are
+for running it as a service (docs/deployment.md).
+"""
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import logging
 import time
 from typing import Any
 
 from .._transport.connection import DataStore, default_store
 from .._transport.server import resolve_url
 from ..admin.registry import writer_status
-from ..exceptions import InvalidArgumentError
 from ..writer.service import WriterService
-from .logs import configure_logging
+from .errors import describe_server, url_origin
+from .logs import LEVELS, configure_logging
+from .usage import UsageError, writable_directory
 
-WRITER_HELP = "write every scan of some sessions into HDF5/NeXus files, live (Ctrl-C stops)"
+logger = logging.getLogger(__name__)
 
 
 def configure_writer(parser: argparse.ArgumentParser) -> None:
@@ -73,6 +81,19 @@ def configure_writer(parser: argparse.ArgumentParser) -> None:
         help="keep the layout of scanstream 0.1: full channel names in measurement/",
     )
     parser.add_argument(
+        "--log-file",
+        metavar="FILE",
+        default=None,
+        help="append the log to FILE (reopened when logrotate moves it); stderr then gets "
+        "warnings and errors only (default: everything on stderr)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=sorted(LEVELS, key=LEVELS.__getitem__),
+        default=None,
+        help="least severe records logged (default: info, a line per scan saved; -vv: debug)",
+    )
+    parser.add_argument(
         "--status",
         action="store_true",
         help="print the status of the writers of SESSION... (default: of all "
@@ -82,17 +103,26 @@ def configure_writer(parser: argparse.ArgumentParser) -> None:
 
 def run_writer(args: argparse.Namespace) -> int:
     """Run the writer until SIGINT/SIGTERM (:meth:`WriterService.run`), or print the writers' status."""
-    store = default_store(resolve_url(args.redis_url))
+    url, origin = url_origin(args)
     if args.status:
-        return _print_status(store, args.sessions)
+        return _print_status(default_store(resolve_url(url)), args.sessions)
     if not args.sessions:
-        raise InvalidArgumentError(
-            "give the sessions to write, e.g. `scanstream writer test_session`"
-        )
-    configure_logging(max(args.verbose, 1))  # the service logs each scan it saves: show it
+        raise UsageError("give the sessions to write, e.g. `scanstream writer test_session`")
+    root = writable_directory(args.root)
+    level = LEVELS[args.log_level] if args.log_level else None
+    if level is None:  # the service logs each scan it saves: show it
+        level = logging.DEBUG if args.verbose >= 2 else logging.INFO
+    try:
+        configure_logging(max(args.verbose, 1), level=level, log_file=args.log_file)
+    except OSError as exc:
+        raise UsageError(f"--log-file {args.log_file!r} cannot be opened: {exc.strerror}") from None
+    url = resolve_url(url)
+    logger.info(describe_server(url, origin))
+    store = default_store(url)
+    _hint_sessions(store, args.sessions)
     service = WriterService(
         args.sessions,
-        root=args.root,
+        root=root,
         store=store,
         catch_up=not args.only_new,
         strict_names=args.strict_names,
@@ -105,6 +135,19 @@ def run_writer(args: argparse.Namespace) -> int:
     code = service.run()
     service.exit_if_files_unflushed()  # HDF5 would crash at interpreter exit on them
     return code
+
+
+def _hint_sessions(store: DataStore, sessions: list[str]) -> None:
+    """Say which sessions have no scan yet, naming the known ones (a typo shows at once)."""
+    known = store.sessions()
+    for session in sessions:
+        if session not in known:
+            logger.warning(
+                "session %s has no scan in Redis yet: its scans are written once it has one "
+                "(sessions with scans: %s)",
+                session,
+                ", ".join(sorted(known)) or "none",
+            )
 
 
 def _octal(text: str) -> int:

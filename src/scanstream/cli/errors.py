@@ -1,0 +1,79 @@
+"""One line for each way a command can fail to reach Redis: the URL (masked), where it came
+from (``--redis-url`` or ``$SCANSTREAM_REDIS_URL``) and what to do, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import redis
+
+from .._transport.server import ENV_URL
+from .._transport.urls import mask_url
+from ..exceptions import RedisUnreachableError
+
+__all__ = ["SCHEMES", "describe_failure", "describe_server", "url_origin", "url_scheme_problem"]
+
+#: The URL schemes redis-py accepts.
+SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def url_origin(args: argparse.Namespace) -> tuple[str | None, str]:
+    """The URL a command will use and where it comes from; None: the embedded server."""
+    if getattr(args, "redis_url", None):
+        return args.redis_url, "--redis-url"
+    if os.environ.get(ENV_URL):
+        return os.environ[ENV_URL], f"${ENV_URL}"
+    return None, "your embedded server (no --redis-url nor $SCANSTREAM_REDIS_URL)"
+
+
+def url_scheme_problem(url: str | None, origin: str) -> str | None:
+    """The message for a URL redis-py would refuse for its scheme, or None."""
+    if url is None or url.startswith(SCHEMES):
+        return None
+    # mask_url finds a password only after a scheme: lend it one, then take it back.
+    rest = url.split("://", 1)[1] if "://" in url else url
+    masked = mask_url(f"redis://{rest}")
+    shown = mask_url(url) if "://" in url else masked.removeprefix("redis://")
+    return (
+        f"the Redis URL {shown!r} (from {origin}) has no scheme redis-py knows; write "
+        f"{masked}, rediss://... for TLS, or unix:///path/to/redis.sock"
+    )
+
+
+def describe_failure(exc: BaseException, url: str | None, origin: str) -> str | None:
+    """One line for a connection, password or permission failure; None for any other error."""
+    where = f"Redis at {mask_url(url)}" if url else "your embedded server"
+    came = f" (URL from {origin})" if url else ""
+    text = str(exc)
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return (
+            f"{where}{came} refused a command to this user: {text}; ask for a user with the "
+            "rights of docs/access.md (readers, writers) or use another URL"
+        )
+    if (
+        isinstance(exc, redis.exceptions.AuthenticationError)
+        or "NOAUTH" in text
+        or ("HELLO" in text and "authenticated" in text)
+    ):
+        if "NOAUTH" in text or "HELLO" in text or "required" in text.lower():
+            problem = "requires a password and the URL gives none"
+        else:
+            problem = "refused the user name or password of the URL"
+        return (
+            f"{where}{came} {problem}; write them in the URL, "
+            "redis://USER:PASSWORD@HOST:PORT (redis://:PASSWORD@HOST:PORT for the default user)"
+        )
+    if isinstance(exc, RedisUnreachableError):
+        return f"{text}{came}" if came else text
+    if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+        return f"{where}{came}: {text}; check the URL and that the server runs"
+    return None
+
+
+def describe_server(url: str, origin: str) -> str:
+    """``Redis server: URL (from --redis-url)``, the password masked: the line commands print
+    at start, so that attaching to another installation's embedded server shows."""
+    if origin.startswith(("--", "$")):
+        return f"Redis server: {mask_url(url)} (from {origin})"
+    return f"Redis server: {mask_url(url)} ({origin})"

@@ -1,0 +1,168 @@
+"""``scanstream watch``: run as a user runs it (a process), beside real scans."""
+
+from __future__ import annotations
+
+import io
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from scanstream import DataStore, get_session_node
+from scanstream.cli import main
+from scanstream.writer import WriterService
+
+
+def _watch(redis_url: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "scanstream", "--redis-url", redis_url, "watch", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_line(proc: subprocess.Popen[str], marker: str) -> None:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 20
+    line = ""
+    while marker not in line:
+        assert time.monotonic() < deadline and proc.poll() is None, f"no {marker!r} line"
+        line = proc.stdout.readline()
+
+
+def _finish(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    try:
+        return proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+def _scan(redis_url: str, session: str, *argv: str) -> None:
+    main(
+        ["--redis-url", redis_url, "scan", "--session", session, "-q", "--save-timeout", "0"]
+        + ["--no-writer-warning", *argv]
+    )
+
+
+def test_watch_waits_for_a_session_then_shows_a_slow_scan_row_by_row(redis_url: str) -> None:
+    proc = _watch(redis_url, "later", "--timeout", "2")
+    _wait_line(proc, "session later does not exist yet: waiting for its first scan")
+    _wait_line(proc, "watching later")
+    time.sleep(0.3)  # the walk starts from the next scan: let it reach its first read
+    _scan(redis_url, "later", "ascan", "roby", "0", "1", "3", "0.1", "diode")
+    out, err = _finish(proc)
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    assert any(
+        line.endswith("later:1_ascan started  ascan roby 0 1 3 0.1  (4 points)") for line in lines
+    )
+    header = next(i for i, line in enumerate(lines) if "roby[mm]" in line)
+    assert lines[header].split() == ["#", "roby[mm]", "elapsed_time[s]", "diode"]
+    rows = [line.split() for line in lines[header + 1 : header + 5]]
+    assert [float(r[1]) for r in rows] == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0], abs=1e-6)
+    with DataStore(redis_url) as store:
+        scan = get_session_node("later", store=store).get_scan(1)
+        diode = next(n for n in scan.load_nodes() if n.name.endswith(":diode"))
+        assert [float(r[3]) for r in rows] == pytest.approx(list(diode[0:4]), rel=1e-5)
+    ended = next(line for line in lines if "ended" in line)
+    assert ended.endswith("later:1_ascan ended    DONE  4 points")
+    assert f"diode={float(diode[3]):.6g}" in lines[lines.index(ended) + 1]
+    assert any("NOT SAVED: no writer follows session later" in line for line in lines)
+    assert f"Redis server: {redis_url} (from --redis-url)" in err
+
+
+def test_fast_points_give_way_to_the_last_values(redis_url: str) -> None:
+    proc = _watch(redis_url, "fast", "--timeout", "2")
+    _wait_line(proc, "watching fast")
+    time.sleep(0.3)
+    _scan(redis_url, "fast", "--time-scale", "0", "loopscan", "300", "0.1", "diode")
+    out, err = _finish(proc)
+    assert proc.returncode == 0, err
+    assert "fast:1_loopscan: points come faster than a row each can be shown" in err
+    rows = [line for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert 0 < len(rows) < 300
+    assert "fast:1_loopscan ended    DONE  300 points" in out and "last values: " in out
+
+
+@pytest.fixture
+def writer(redis_url: str, tmp_path: Path) -> Iterator[None]:
+    with DataStore(redis_url) as store:
+        service = WriterService(["saved"], root=tmp_path, store=store, isolate=False).start()
+        try:
+            deadline = time.monotonic() + 10
+            while not store.redis.exists(store.keys.writer_health("saved")):
+                assert time.monotonic() < deadline, "the writer did not claim the session"
+                time.sleep(0.02)
+            yield
+        finally:
+            service.stop(timeout=10)
+
+
+def test_every_session_is_watched_and_the_verdict_shown(
+    redis_url: str, writer: None, tmp_path: Path
+) -> None:
+    _scan(redis_url, "other", "--time-scale", "0", "ct", "0.1", "diode")  # a known session
+    proc = _watch(redis_url, "--timeout", "2")
+    _wait_line(proc, "watching 1 session(s): other")
+    time.sleep(0.3)
+    _scan(redis_url, "saved", "--time-scale", "0", "ct", "0.1", "diode")
+    out, err = _finish(proc)
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    assert "new session saved: following it" in lines  # seen from its first scan on
+    assert any(line.endswith("saved:1_ct started  ct 0.1  (1 points)") for line in lines)
+    assert any(line.endswith("saved:1_ct ended    DONE  1 points") for line in lines)
+    verdict = next(line for line in lines if "saved:1_ct saved in " in line)
+    assert verdict.endswith(f"{tmp_path}/saved/saved.h5::1.1")
+
+
+def test_ctrl_c_ends_watch_cleanly(redis_url: str) -> None:
+    proc = _watch(redis_url, "idle")
+    _wait_line(proc, "watching idle")
+    proc.send_signal(signal.SIGINT)
+    out, err = _finish(proc)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+
+
+def test_bad_arguments_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["watch", "--timeout", "0"]) == 2
+    assert "must be a positive number of seconds" in capsys.readouterr().err
+
+
+class _Terminal(io.StringIO):
+    """stdout and stderr of a terminal: one screen."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_refreshed_values_line_is_erased_before_any_other_line(redis_url: str) -> None:
+    from scanstream.cli.watch import _Watcher
+
+    screen = _Terminal()
+    with DataStore(redis_url) as store:
+        watcher = _Watcher(store, rows=False, save_wait=1.0, out=screen)
+        watcher.err, watcher.tty = screen, True
+        done: list[int] = []
+        thread = threading.Thread(target=lambda: done.append(watcher.run(["tty"], 1.5)))
+        thread.start()
+        try:
+            time.sleep(0.5)
+            _scan(redis_url, "tty", "loopscan", "8", "0.05", "diode")
+            thread.join(timeout=30)
+        finally:
+            watcher.stop()
+    assert done == [0]
+    text = screen.getvalue()
+    refreshed = [p for p in text.split("\r\x1b[K") if " pt: " in p and "diode=" in p]
+    assert refreshed, text  # the values line was shown while the scan ran
+    visible = [line.rsplit("\r\x1b[K", 1)[-1] for line in text.split("\n")]
+    assert not [line for line in visible if " pt: " in line], text  # each one erased in time
+    assert any(line.endswith("tty:1_loopscan ended    DONE  8 points") for line in visible)
