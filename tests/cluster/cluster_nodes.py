@@ -10,6 +10,7 @@ a second.
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import subprocess
 import time
@@ -60,9 +61,12 @@ class Node:
             self.process.kill()
         self.process.wait(timeout=10)
 
-    def restart(self, binary: Path) -> None:
-        self.kill()
-        self.process = subprocess.Popen([str(binary), *self.args])
+    def pause(self) -> None:
+        """Freeze the process (SIGSTOP): as a replica, it stops taking in its master's writes."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
 
 
 @dataclass
@@ -87,6 +91,10 @@ class LocalCluster:
     @staticmethod
     def client_of(node: Node) -> redis.Redis:
         return node.client()
+
+    def replica_of(self, master: Node) -> Node:
+        """The replica of ``master`` (as paired at the start)."""
+        return self.replicas[self.masters.index(master)]
 
     def master_of(self, key: str) -> Node:
         """The node serving ``key``'s slot now."""
@@ -160,6 +168,7 @@ def _wait_ping(node: Node, timeout: float = 10.0) -> None:
 @contextlib.contextmanager
 def local_cluster(binary: Path, directory: Path, masters: int = 3) -> Iterator[LocalCluster]:
     """Start ``masters`` masters and one replica each; stop (kill) them all at the end."""
+    directory.mkdir(parents=True, exist_ok=True)
     ports = _free_ports(2 * masters)
     nodes: list[Node] = []
     try:

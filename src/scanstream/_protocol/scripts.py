@@ -17,6 +17,8 @@ The functions take a redis-py client and the :class:`~.keys.Keys` of the databas
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Mapping
 from importlib import resources
 from typing import NamedTuple, cast
 
@@ -85,8 +87,9 @@ def end_scan(
     retention_time: float,
     only_if_lease_expired: bool = False,
     info_json: str = "",
-) -> tuple[str, str]:
-    """End a scan in one atomic step. Returns ``(outcome, state)``.
+    acknowledged: Mapping[int, int] | None = None,
+) -> tuple[str, str, str]:
+    """End a scan in one atomic step. Returns ``(outcome, state, detail)``.
 
     Parameters
     ----------
@@ -108,12 +111,17 @@ def end_scan(
         End it only if the publisher's lease is gone (outcome ``alive`` otherwise).
     info_json : str
         New scan_info JSON for the scan hash ("" keeps it).
+    acknowledged : Mapping of int to int, optional
+        Data node index -> points Redis acknowledged to the publisher. A stream holding fewer
+        (acknowledged writes lost by a failover to a replica that lagged, or a restart) ends
+        the scan FAILED instead, with outcome ``lost``. None: not checked.
 
     Returns
     -------
     tuple of str
         ``outcome`` is ``ok`` (ended now), ``ended`` (already ended; ``state`` is the final
-        state), ``alive`` (lease still held) or ``missing`` (no such scan).
+        state), ``alive`` (lease still held), ``missing`` (no such scan) or ``lost`` (ended
+        FAILED now, ``detail`` names the streams short of points; also in the END error).
 
     Raises
     ------
@@ -128,15 +136,23 @@ def end_scan(
         repr(retention_time),
         "1" if only_if_lease_expired else "0",
         info_json,
+        "" if acknowledged is None else _acknowledged_json(acknowledged),
     ]
     try:
-        outcome, final = _END_SCAN(client, script_keys, args)
+        outcome, final, detail = _END_SCAN(client, script_keys, args)
     except redis.exceptions.OutOfMemoryError as exc:
         try:
-            outcome, final = _END_SCAN_ALLOW_OOM(client, script_keys, args)
+            outcome, final, detail = _END_SCAN_ALLOW_OOM(client, script_keys, args)
         except redis.exceptions.ResponseError:  # Redis < 7.0: no script flags
             raise exc from None
-    return outcome.decode(), final.decode() if final else ""
+    return outcome.decode(), final.decode() if final else "", detail.decode(errors="replace")
+
+
+def _acknowledged_json(acknowledged: Mapping[int, int]) -> str:
+    """``{"3": 600, ...}``: keys as the script's node fields (strings); nodes without points
+    are left out (an empty Lua table has no JSON object form)."""
+    counts = {str(int(node)): int(n) for node, n in acknowledged.items() if n > 0}
+    return json.dumps(counts) if counts else ""
 
 
 class DeleteOutcome(NamedTuple):
