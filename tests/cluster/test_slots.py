@@ -138,6 +138,15 @@ class _SlotErrors:
                 found[node.port] = {k: n for k, n in counts.items() if n}
         return found
 
+    def calls(self, command: str) -> int:
+        """Calls of ``command`` (as INFO commandstats names it) over every node."""
+        total = 0
+        for node in self.cluster.nodes:
+            with node.client() as client:
+                stats = client.info("commandstats")
+            total += int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+        return total
+
 
 @pytest.fixture
 def slot_errors(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> _SlotErrors:
@@ -242,3 +251,5 @@ def test_the_whole_workload_stays_within_slots(
             service.stop()
     assert slot_errors.client_side == []
     assert slot_errors.server_side() == {}
+    # Walks find their XREAD's slot themselves: no COMMAND GETKEYS round trip per read.
+    assert slot_errors.calls("command|getkeys") == 0
