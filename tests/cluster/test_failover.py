@@ -29,6 +29,7 @@ from scanstream import (
     DataStore,
     EventType,
     IndexNoMoreThereError,
+    RedisUnreachableError,
     ScanLostError,
     ScanState,
     Settings,
@@ -181,3 +182,21 @@ def _file_holds(scan: ScanNode, root: Path, expected: np.ndarray) -> bool | str:
         assert path is not None
         data = file[path][()]
     return True if np.array_equal(data, expected) else f"file holds {len(data)} points: {data}"
+
+
+def test_a_slot_without_master_or_replica_is_an_outage_of_the_budget(
+    own_cluster: LocalCluster,
+) -> None:
+    settings = Settings(redis_url=own_cluster.url, max_unreachable_time=1.5)
+    with DataStore(settings=settings) as store:
+        key = store.keys.scan("s", 1)
+        store.redis.set(key, b"1")
+        victim = own_cluster.master_of(key)
+        own_cluster.replica_of(victim).kill()
+        victim.kill()
+        started = time.monotonic()
+        with pytest.raises(RedisUnreachableError, match="Redis Cluster at redis\\+cluster://"):
+            store.redis.get(key)
+        elapsed = time.monotonic() - started
+    # Ridden out for the budget (the cluster says CLUSTERDOWN, or the node is gone), not more.
+    assert 1.5 <= elapsed < 5, elapsed
