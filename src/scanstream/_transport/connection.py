@@ -103,8 +103,9 @@ class Settings:
     Attributes
     ----------
     redis_url : str or None
-        ``redis://``, ``rediss://`` or ``unix://`` URL. None: ``SCANSTREAM_REDIS_URL``, else
-        the user's embedded server (started on demand).
+        ``redis://``, ``rediss://`` or ``unix://`` URL, or ``redis+cluster://host:port[,...]``
+        (``rediss+cluster://``) for a Redis Cluster (docs/cluster.md). None:
+        ``SCANSTREAM_REDIS_URL``, else the user's embedded server (started on demand).
     prefix : str
         Prefix of every key (``SCANSTREAM_PREFIX``, default ``scanstream``).
     lease_time : float
@@ -125,7 +126,8 @@ class Settings:
         redis-py retry policy of the connection pool, applied to every command on
         ``ConnectionError`` and ``TimeoutError``. None: :func:`default_retry` with
         ``max_unreachable_time`` (exponential backoff with jitter, 10 ms to 1 s, for as
-        long as the budget). A Retry given here replaces that policy, budget included.
+        long as the budget). A Retry given here replaces that policy, budget included. Not with
+        a cluster (refused: its client retries by its own rules, within the budget).
 
     Raises
     ------
@@ -287,7 +289,9 @@ class DataStore:
     Parameters
     ----------
     url : str, optional
-        Redis URL. It overrides ``settings.redis_url`` (only that field). Default:
+        Redis URL (``redis+cluster://`` for a cluster: then :attr:`redis` is a
+        ``redis.cluster.RedisCluster``, with the same commands). It overrides
+        ``settings.redis_url`` (only that field). Default:
         ``settings.redis_url``, else ``SCANSTREAM_REDIS_URL``, else the user's embedded
         server, started on demand.
     settings : Settings, optional
