@@ -231,3 +231,25 @@ def test_scripts_survive_a_flushed_script_cache(redis_url: str) -> None:
             store.redis, keys, SESSION, NUMBER, "DONE", "", 1.0, retention_time=0
         ) == ("ok", "DONE", "")
         assert store.redis.script_exists(scripts._END_SCAN.sha) == [True]
+
+
+def test_create_scan_refuses_a_number_taken_and_accepts_its_own_replay(
+    client: redis.Redis,
+) -> None:
+    keys = Keys()
+    fields = entries.scan_hash_fields(SESSION, NUMBER, "a", "scan", "{}", 1.5)
+    created = entries.state_entry_fields(entries.CREATED, 1.5)
+    assert scripts.create_scan(client, keys, SESSION, NUMBER, fields, created, 10_000)
+    assert client.hget(keys.scan(SESSION, NUMBER), "name") == b"a"
+    assert 0 < client.pttl(keys.scan_lease(SESSION, NUMBER)) <= 10_000
+    # The same call replayed after a lost reply: created, nothing written twice.
+    assert scripts.create_scan(client, keys, SESSION, NUMBER, fields, created, 10_000)
+    assert client.xlen(keys.scan_events(SESSION, NUMBER)) == 1
+    # Another scan given the same number (a session counter gone back): refused, untouched.
+    other = entries.scan_hash_fields(SESSION, NUMBER, "b", "scan", "{}", 2.5)
+    assert not scripts.create_scan(client, keys, SESSION, NUMBER, other, created, 10_000)
+    assert client.hget(keys.scan(SESSION, NUMBER), "name") == b"a"
+    assert client.xlen(keys.scan_events(SESSION, NUMBER)) == 1
+    # Only the event stream left (hash deleted by hand): still taken.
+    client.delete(keys.scan(SESSION, NUMBER))
+    assert not scripts.create_scan(client, keys, SESSION, NUMBER, other, created, 10_000)

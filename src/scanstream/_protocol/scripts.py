@@ -1,5 +1,7 @@
 """The server-side steps of the protocol: Lua scripts that change a scan in one atomic step.
 
+- :func:`create_scan` writes a new scan's keys unless its number is taken
+  (``create_scan.lua``);
 - :func:`end_scan` seals the data streams, appends END, records the final state and applies
   the retention time (``end_scan.lua``);
 - :func:`delete_scan` checks the deletion rules and deletes a scan's keys (``delete_scan.lua``).
@@ -20,7 +22,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from importlib import resources
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 import redis
 
@@ -64,6 +66,7 @@ _END_SCAN = LuaScript(script_text("end_scan.lua"))
 # ending it as KILLED would be refused too.
 _END_SCAN_ALLOW_OOM = LuaScript(ALLOW_OOM + _END_SCAN.text)
 _DELETE_SCAN = LuaScript(script_text("delete_scan.lua"))
+_CREATE_SCAN = LuaScript(script_text("create_scan.lua"))
 
 
 def _scan_keys(keys: Keys, session: str, number: int) -> list[str]:
@@ -73,6 +76,32 @@ def _scan_keys(keys: Keys, session: str, number: int) -> list[str]:
         keys.scan_events(session, number),
         keys.scan_lease(session, number),
     ]
+
+
+def create_scan(
+    client: redis.Redis,
+    keys: Keys,
+    session: str,
+    number: int,
+    hash_fields: Mapping[Any, object],
+    created_fields: Mapping[Any, object],
+    lease_ms: int,
+) -> bool:
+    """Write a new scan's hash, CREATED entry and lease in one step; False if ``number`` is taken.
+
+    Taken: a scan of that number is still in Redis (its hash or its event stream), which only
+    happens when the session's counter went back (a failover that lost its latest
+    increments, a restore). Nothing is written then; the caller takes the next number. A
+    replay of the same call (same name and start time) counts as created.
+    """
+    pairs = [_text(part) for item in hash_fields.items() for part in item]
+    entry = [_text(part) for item in created_fields.items() for part in item]
+    args = [str(int(lease_ms)), str(len(pairs)), *pairs, *entry]
+    return bool(_CREATE_SCAN(client, _scan_keys(keys, session, number), args))
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def end_scan(
