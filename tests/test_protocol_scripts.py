@@ -94,10 +94,11 @@ def test_end_scan_seals_what_python_calls_data_streams(client: redis.Redis) -> N
         retention_time=0,
         only_if_lease_expired=True,
     )
-    assert outcome == ("alive", "PREPARED")
+    assert outcome == ("alive", "PREPARED", "")
     assert scripts.end_scan(client, keys, SESSION, NUMBER, "DONE", "", 12.5, retention_time=60) == (
         "ok",
         "DONE",
+        "",
     )
     for node_type, index in indices.items():
         last = _last(client, keys.scan_data(SESSION, NUMBER, index))
@@ -114,11 +115,35 @@ def test_end_scan_seals_what_python_calls_data_streams(client: redis.Redis) -> N
     assert client.pttl(keys.scan_data(SESSION, NUMBER, indices["container"])) == -1
 
 
+@pytest.mark.parametrize("short", [0, 3])
+def test_end_scan_fails_a_scan_whose_streams_lost_acknowledged_points(
+    client: redis.Redis, short: int
+) -> None:
+    keys = Keys()
+    indices = _make_scan(client, keys, "PREPARED", lease=False)
+    channel = indices["channel"]
+    have = entries.stream_length(_last(client, keys.scan_data(SESSION, NUMBER, channel)))[0]
+    # What a failover to a lagging replica leaves: the publisher had `have + short` acknowledged.
+    acknowledged = {channel: have + short, indices["container"]: 0}
+    outcome, final, detail = scripts.end_scan(
+        client, keys, SESSION, NUMBER, "DONE", "", 1.0, retention_time=0, acknowledged=acknowledged
+    )
+    end = entries.parse_end(client.xrevrange(keys.scan_events(SESSION, NUMBER), count=1)[0][1], "1")
+    if not short:
+        assert (outcome, final, detail) == ("ok", "DONE", "")
+        assert end.state is ScanState.DONE
+        return
+    assert (outcome, final) == ("lost", "FAILED")
+    assert f"node {channel}: {have} of {have + short} points" in detail, detail
+    assert end.state is ScanState.FAILED and end.error == detail
+    assert client.hget(keys.scan(SESSION, NUMBER), "error") == detail.encode()
+
+
 @pytest.mark.parametrize("state", [s.name for s in ScanState])
 def test_end_scan_final_states_are_the_python_ones(client: redis.Redis, state: str) -> None:
     keys = Keys()
     _make_scan(client, keys, state, lease=False)
-    outcome, final = scripts.end_scan(
+    outcome, final, _ = scripts.end_scan(
         client, keys, SESSION, NUMBER, "FAILED", "boom", 1.0, retention_time=0
     )
     if entries.is_final_state(state):
@@ -204,5 +229,27 @@ def test_scripts_survive_a_flushed_script_cache(redis_url: str) -> None:
         store.redis.script_flush()
         assert scripts.end_scan(
             store.redis, keys, SESSION, NUMBER, "DONE", "", 1.0, retention_time=0
-        ) == ("ok", "DONE")
+        ) == ("ok", "DONE", "")
         assert store.redis.script_exists(scripts._END_SCAN.sha) == [True]
+
+
+def test_create_scan_refuses_a_number_taken_and_accepts_its_own_replay(
+    client: redis.Redis,
+) -> None:
+    keys = Keys()
+    fields = entries.scan_hash_fields(SESSION, NUMBER, "a", "scan", "{}", 1.5)
+    created = entries.state_entry_fields(entries.CREATED, 1.5)
+    assert scripts.create_scan(client, keys, SESSION, NUMBER, fields, created, 10_000)
+    assert client.hget(keys.scan(SESSION, NUMBER), "name") == b"a"
+    assert 0 < client.pttl(keys.scan_lease(SESSION, NUMBER)) <= 10_000
+    # The same call replayed after a lost reply: created, nothing written twice.
+    assert scripts.create_scan(client, keys, SESSION, NUMBER, fields, created, 10_000)
+    assert client.xlen(keys.scan_events(SESSION, NUMBER)) == 1
+    # Another scan given the same number (a session counter gone back): refused, untouched.
+    other = entries.scan_hash_fields(SESSION, NUMBER, "b", "scan", "{}", 2.5)
+    assert not scripts.create_scan(client, keys, SESSION, NUMBER, other, created, 10_000)
+    assert client.hget(keys.scan(SESSION, NUMBER), "name") == b"a"
+    assert client.xlen(keys.scan_events(SESSION, NUMBER)) == 1
+    # Only the event stream left (hash deleted by hand): still taken.
+    client.delete(keys.scan(SESSION, NUMBER))
+    assert not scripts.create_scan(client, keys, SESSION, NUMBER, other, created, 10_000)

@@ -7,9 +7,15 @@
 -- hash tag, hence its cluster slot.
 --
 -- KEYS: scan hash, events stream, lease.
--- ARGV: state, error, time, retention (s), only_if_lease_expired (0/1), info JSON or "".
--- Returns {outcome, state}: outcome 'ok' (ended now), 'ended' (already ended in state),
--- 'alive' (lease still held) or 'missing' (no such scan).
+-- ARGV: state, error, time, retention (s), only_if_lease_expired (0/1), info JSON or "",
+--       acknowledged JSON or "" (data node index -> points the publisher had acknowledged).
+-- Returns {outcome, state, detail}: outcome 'ok' (ended now), 'ended' (already ended in
+-- state), 'alive' (lease still held), 'missing' (no such scan) or 'lost' (ended FAILED now:
+-- a stream holds fewer points than were acknowledged, which detail names).
+--
+-- 'lost' is what a failover looks like when the master acknowledged points its replica never
+-- received (replication is asynchronous): without this check, END would seal the shorter
+-- streams and a reader would see a complete scan with its last points missing.
 -- Called by scanstream/_protocol/scripts.py, which may prepend '#!lua flags=allow-oom'.
 
 -- The wire format's rules, as scanstream/_protocol/entries.py states them:
@@ -19,10 +25,14 @@ local DATA_NODE_TYPES = {channel = true, lima = true, node_ref_channel = true}
 
 local scan, events, lease = KEYS[1], KEYS[2], KEYS[3]
 local state, err, now, retention = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-if redis.call('EXISTS', scan) == 0 then return {'missing', ''} end
+local acknowledged = {}
+if ARGV[7] and ARGV[7] ~= '' then acknowledged = cjson.decode(ARGV[7]) end
+if redis.call('EXISTS', scan) == 0 then return {'missing', '', ''} end
 local current = redis.call('HGET', scan, 'state')
-if current and FINAL_STATES[current] then return {'ended', current} end
-if ARGV[5] == '1' and redis.call('EXISTS', lease) == 1 then return {'alive', current or ''} end
+if current and FINAL_STATES[current] then return {'ended', current, ''} end
+if ARGV[5] == '1' and redis.call('EXISTS', lease) == 1 then
+  return {'alive', current or '', ''}
+end
 local lengths = {}
 local data_keys = {}
 for _, entry in ipairs(redis.call('XRANGE', events, '-', '+')) do
@@ -65,6 +75,22 @@ for _, entry in ipairs(redis.call('XRANGE', events, '-', '+')) do
     table.insert(data_keys, key)
   end
 end
+local losses = {}
+for node, want in pairs(acknowledged) do
+  local have = lengths[node] or 0
+  if have < want then
+    table.insert(losses, 'node ' .. node .. ': ' .. have .. ' of ' .. want .. ' points')
+  end
+end
+local outcome = 'ok'
+local detail = ''
+if #losses > 0 then
+  table.sort(losses)
+  outcome, state = 'lost', 'FAILED'
+  detail = 'points acknowledged by Redis are gone from it (a failover or a restart lost '
+    .. 'writes): ' .. table.concat(losses, ', ')
+  if err ~= '' then err = err .. '; ' .. detail else err = detail end
+end
 local lengths_json = cjson.encode(lengths)
 if next(lengths) == nil then lengths_json = '{}' end
 redis.call('XADD', events, '*', 'event', 'END', 'state', state, 'error', err, 'time', now,
@@ -78,4 +104,4 @@ if retention > 0 then
   redis.call('PEXPIRE', events, ms)
   for _, key in ipairs(data_keys) do redis.call('PEXPIRE', key, ms) end
 end
-return {'ok', state}
+return {outcome, state, detail}

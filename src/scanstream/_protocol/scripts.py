@@ -1,5 +1,7 @@
 """The server-side steps of the protocol: Lua scripts that change a scan in one atomic step.
 
+- :func:`create_scan` writes a new scan's keys unless its number is taken
+  (``create_scan.lua``);
 - :func:`end_scan` seals the data streams, appends END, records the final state and applies
   the retention time (``end_scan.lua``);
 - :func:`delete_scan` checks the deletion rules and deletes a scan's keys (``delete_scan.lua``).
@@ -17,8 +19,10 @@ The functions take a redis-py client and the :class:`~.keys.Keys` of the databas
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Mapping
 from importlib import resources
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 import redis
 
@@ -62,6 +66,7 @@ _END_SCAN = LuaScript(script_text("end_scan.lua"))
 # ending it as KILLED would be refused too.
 _END_SCAN_ALLOW_OOM = LuaScript(ALLOW_OOM + _END_SCAN.text)
 _DELETE_SCAN = LuaScript(script_text("delete_scan.lua"))
+_CREATE_SCAN = LuaScript(script_text("create_scan.lua"))
 
 
 def _scan_keys(keys: Keys, session: str, number: int) -> list[str]:
@@ -71,6 +76,32 @@ def _scan_keys(keys: Keys, session: str, number: int) -> list[str]:
         keys.scan_events(session, number),
         keys.scan_lease(session, number),
     ]
+
+
+def create_scan(
+    client: redis.Redis,
+    keys: Keys,
+    session: str,
+    number: int,
+    hash_fields: Mapping[Any, object],
+    created_fields: Mapping[Any, object],
+    lease_ms: int,
+) -> bool:
+    """Write a new scan's hash, CREATED entry and lease in one step; False if ``number`` is taken.
+
+    Taken: a scan of that number is still in Redis (its hash or its event stream), which only
+    happens when the session's counter went back (a failover that lost its latest
+    increments, a restore). Nothing is written then; the caller takes the next number. A
+    replay of the same call (same name and start time) counts as created.
+    """
+    pairs = [_text(part) for item in hash_fields.items() for part in item]
+    entry = [_text(part) for item in created_fields.items() for part in item]
+    args = [str(int(lease_ms)), str(len(pairs)), *pairs, *entry]
+    return bool(_CREATE_SCAN(client, _scan_keys(keys, session, number), args))
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def end_scan(
@@ -85,8 +116,9 @@ def end_scan(
     retention_time: float,
     only_if_lease_expired: bool = False,
     info_json: str = "",
-) -> tuple[str, str]:
-    """End a scan in one atomic step. Returns ``(outcome, state)``.
+    acknowledged: Mapping[int, int] | None = None,
+) -> tuple[str, str, str]:
+    """End a scan in one atomic step. Returns ``(outcome, state, detail)``.
 
     Parameters
     ----------
@@ -108,12 +140,17 @@ def end_scan(
         End it only if the publisher's lease is gone (outcome ``alive`` otherwise).
     info_json : str
         New scan_info JSON for the scan hash ("" keeps it).
+    acknowledged : Mapping of int to int, optional
+        Data node index -> points Redis acknowledged to the publisher. A stream holding fewer
+        (acknowledged writes lost by a failover to a replica that lagged, or a restart) ends
+        the scan FAILED instead, with outcome ``lost``. None: not checked.
 
     Returns
     -------
     tuple of str
         ``outcome`` is ``ok`` (ended now), ``ended`` (already ended; ``state`` is the final
-        state), ``alive`` (lease still held) or ``missing`` (no such scan).
+        state), ``alive`` (lease still held), ``missing`` (no such scan) or ``lost`` (ended
+        FAILED now, ``detail`` names the streams short of points; also in the END error).
 
     Raises
     ------
@@ -128,15 +165,23 @@ def end_scan(
         repr(retention_time),
         "1" if only_if_lease_expired else "0",
         info_json,
+        "" if acknowledged is None else _acknowledged_json(acknowledged),
     ]
     try:
-        outcome, final = _END_SCAN(client, script_keys, args)
+        outcome, final, detail = _END_SCAN(client, script_keys, args)
     except redis.exceptions.OutOfMemoryError as exc:
         try:
-            outcome, final = _END_SCAN_ALLOW_OOM(client, script_keys, args)
+            outcome, final, detail = _END_SCAN_ALLOW_OOM(client, script_keys, args)
         except redis.exceptions.ResponseError:  # Redis < 7.0: no script flags
             raise exc from None
-    return outcome.decode(), final.decode() if final else ""
+    return outcome.decode(), final.decode() if final else "", detail.decode(errors="replace")
+
+
+def _acknowledged_json(acknowledged: Mapping[int, int]) -> str:
+    """``{"3": 600, ...}``: keys as the script's node fields (strings); nodes without points
+    are left out (an empty Lua table has no JSON object form)."""
+    counts = {str(int(node)): int(n) for node, n in acknowledged.items() if n > 0}
+    return json.dumps(counts) if counts else ""
 
 
 class DeleteOutcome(NamedTuple):

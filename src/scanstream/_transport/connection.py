@@ -30,10 +30,11 @@ from ..exceptions import (
     RedisUnreachableError,
     SessionNotFoundError,
 )
+from .cluster import BudgetedCluster, cluster_seeds, is_cluster_url, node_connection_class
 from .identity import EPOCH_FIELD, ID_FIELD, IdentityCheckingSSLConnection, ServerIdentity
 from .server import resolve_url
 from .urls import mask_url
-from .vectored import ScatterPacker, vectored_connection_class
+from .vectored import ScatterPacker, VectoredConnection, vectored_connection_class
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +103,9 @@ class Settings:
     Attributes
     ----------
     redis_url : str or None
-        ``redis://``, ``rediss://`` or ``unix://`` URL. None: ``SCANSTREAM_REDIS_URL``, else
-        the user's embedded server (started on demand).
+        ``redis://``, ``rediss://`` or ``unix://`` URL, or ``redis+cluster://host:port[,...]``
+        (``rediss+cluster://``) for a Redis Cluster (docs/cluster.md). None:
+        ``SCANSTREAM_REDIS_URL``, else the user's embedded server (started on demand).
     prefix : str
         Prefix of every key (``SCANSTREAM_PREFIX``, default ``scanstream``).
     lease_time : float
@@ -124,7 +126,8 @@ class Settings:
         redis-py retry policy of the connection pool, applied to every command on
         ``ConnectionError`` and ``TimeoutError``. None: :func:`default_retry` with
         ``max_unreachable_time`` (exponential backoff with jitter, 10 ms to 1 s, for as
-        long as the budget). A Retry given here replaces that policy, budget included.
+        long as the budget). A Retry given here replaces that policy, budget included. Not with
+        a cluster (refused: its client retries by its own rules, within the budget).
 
     Raises
     ------
@@ -212,6 +215,11 @@ def _refuse_reply_options(url: str, options: dict[str, Any]) -> None:
         )
 
 
+def _cluster_scatters(url: str) -> bool:
+    """Whether a cluster's node connections write many buffers per system call (not TLS)."""
+    return not url.lower().startswith("rediss+")
+
+
 class _NetworkRetry(Retry):
     """A Retry bounded by time (the outage budget) that never retries a refused authentication.
 
@@ -281,7 +289,9 @@ class DataStore:
     Parameters
     ----------
     url : str, optional
-        Redis URL. It overrides ``settings.redis_url`` (only that field). Default:
+        Redis URL (``redis+cluster://`` for a cluster: then :attr:`redis` is a
+        ``redis.cluster.RedisCluster``, with the same commands). It overrides
+        ``settings.redis_url`` (only that field). Default:
         ``settings.redis_url``, else ``SCANSTREAM_REDIS_URL``, else the user's embedded
         server, started on demand.
     settings : Settings, optional
@@ -322,29 +332,73 @@ class DataStore:
         self.keys = Keys(self.settings.prefix)
         #: What this store knows of the server's identity (:meth:`check_server_identity`).
         self.identity = ServerIdentity(self.keys, self.display_url)
-        vectored = vectored_connection_class(self.url)
-        #: True when the connections write many buffers per system call: publishers then
-        #: send batches without joining them (resp.Scattered); over TLS they join them.
-        self.scatter_writes = vectored is not None
-        budget = self.settings.max_unreachable_time
-        self.redis: redis.Redis = redis.Redis.from_url(
-            self.url,
-            socket_connect_timeout=10,
-            # Blocking reads are sliced to <= 1 s, so this only fires on a dead or frozen
-            # server; kept near the outage budget so that a frozen one is given up in time.
-            socket_timeout=max(10.0, min(30.0, budget)),
-            retry=self.settings.retry or default_retry(budget, self.url),
-            health_check_interval=30,
-            command_packer=_COMMAND_PACKER,
-            # TLS sockets have no sendmsg: redis-py's writes, with the same identity check.
-            connection_class=vectored or IdentityCheckingSSLConnection,
-            server_identity=self.identity,  # passed by the pool to each connection
-        )
-        _refuse_reply_options(self.display_url, self.redis.connection_pool.connection_kwargs)
+        #: True when the server is a Redis Cluster (a ``redis+cluster://`` URL).
+        self.is_cluster = is_cluster_url(self.url)
+        if self.is_cluster:
+            self.redis = self._cluster_client()
+            self.scatter_writes = _cluster_scatters(self.url)
+        else:
+            vectored = vectored_connection_class(self.url)
+            #: True when the connections write many buffers per system call: publishers
+            #: then send batches without joining them (resp.Scattered); over TLS they join.
+            self.scatter_writes = vectored is not None
+            budget = self.settings.max_unreachable_time
+            self.redis = redis.Redis.from_url(
+                self.url,
+                socket_connect_timeout=10,
+                # Blocking reads are sliced to <= 1 s, so this only fires on a dead or frozen
+                # server; kept near the outage budget so that a frozen one is given up in time.
+                socket_timeout=max(10.0, min(30.0, budget)),
+                retry=self.settings.retry or default_retry(budget, self.url),
+                health_check_interval=30,
+                command_packer=_COMMAND_PACKER,
+                # TLS sockets have no sendmsg: redis-py's writes, with the same identity check.
+                connection_class=vectored or IdentityCheckingSSLConnection,
+                server_identity=self.identity,  # passed by the pool to each connection
+            )
+            _refuse_reply_options(self.display_url, self.redis.connection_pool.connection_kwargs)
         self._protocol_checked = False
         self._finalizer = weakref.finalize(self, self.redis.close)
-        self._first_contact(min(budget, FIRST_CONTACT_TIME))
+        if not self.is_cluster:  # a cluster client reached its seeds when it was created
+            self._first_contact(min(self.settings.max_unreachable_time, FIRST_CONTACT_TIME))
         self.check_protocol()
+
+    def _cluster_client(self) -> redis.Redis:
+        """The cluster client of a ``redis+cluster://`` URL (:mod:`.cluster`).
+
+        Same timeouts, packer and identity check as a single server's client; the outage
+        budget is applied around each command and pipeline by the client itself (redis-py's
+        cluster client takes no time-bounded Retry). A ``settings.retry`` is refused: it
+        cannot be applied to a cluster. Typed as :class:`redis.Redis`, whose commands it has.
+        """
+        if self.settings.retry is not None:
+            raise InvalidArgumentError(
+                f"Settings.retry cannot be used with the cluster at {self.display_url}: "
+                "redis-py's cluster client retries by its own rules; set "
+                f"max_unreachable_time ({ENV_MAX_UNREACHABLE_TIME}) instead"
+            )
+        node_url, others, options = cluster_seeds(self.url)
+        _refuse_reply_options(self.display_url, options)
+        extra: dict[str, Any] = {}
+        if options.get("connection_class") is None:
+            # The nodes' pools get only the options redis-py knows: the rest go by the class.
+            # (rediss+cluster://: redis-py's TLS class, without identity check, joined writes.)
+            extra["connection_class"] = node_connection_class(
+                VectoredConnection, command_packer=_COMMAND_PACKER, server_identity=self.identity
+            )
+        budget = self.settings.max_unreachable_time
+        client = BudgetedCluster.from_url_and_seeds(
+            node_url,
+            others,
+            budget=budget,
+            where=f"Redis Cluster at {self.display_url}",
+            first_contact=min(budget, FIRST_CONTACT_TIME),
+            socket_connect_timeout=min(10.0, budget),
+            socket_timeout=max(10.0, min(30.0, budget)),
+            health_check_interval=30,
+            **extra,
+        )
+        return cast(redis.Redis, client)
 
     def _first_contact(self, budget: float) -> None:
         """Reach the server once, giving up after ``budget`` seconds.

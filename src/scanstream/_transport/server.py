@@ -737,7 +737,8 @@ def resolve_url(url: str | None = None) -> str:
     Parameters
     ----------
     url : str or None
-        An explicit ``redis://``, ``rediss://`` or ``unix://`` URL; empty means none.
+        An explicit ``redis://``, ``rediss://``, ``unix://`` or ``redis+cluster://`` URL;
+        empty means none.
 
     Raises
     ------

@@ -34,7 +34,8 @@ def mask_url(url: object) -> str:
     Parameters
     ----------
     url : str
-        A ``redis://``, ``rediss://`` or ``unix://`` URL (anything else is shown as text).
+        A ``redis://``, ``rediss://``, ``unix://`` or ``redis+cluster://`` URL (several
+        ``host:port`` seeds share the one user info); anything else is shown as text.
 
     Returns
     -------

@@ -16,7 +16,7 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -338,10 +338,20 @@ def list_sessions(store: DataStore, session: str | None = None) -> list[SessionS
 def server_memory(store: DataStore) -> dict[str, Any]:
     """Return ``used_memory``, ``maxmemory`` (0: no limit) and ``maxmemory_policy`` of the server.
 
+    On a cluster, those of the master nearest its limit (the one that refuses writes first:
+    each master has its own ``maxmemory``), else of the master using the most memory.
     Values are None when the server refuses INFO (a restricted ACL user).
     """
     try:
-        info = store.redis.info("memory")
+        if store.is_cluster:
+            # One reply per master: {node name: its INFO memory}.
+            replies = cast(
+                "dict[str, dict[str, Any]]",
+                store.redis.info("memory", target_nodes="primaries"),
+            )
+            info = max(replies.values(), key=_fullness, default={})
+        else:
+            info = store.redis.info("memory")
     except redis.exceptions.ResponseError:  # NoPermissionError is one
         return {"used_memory": None, "maxmemory": None, "maxmemory_policy": None}
     return {
@@ -349,6 +359,12 @@ def server_memory(store: DataStore) -> dict[str, Any]:
         "maxmemory": info.get("maxmemory"),
         "maxmemory_policy": info.get("maxmemory_policy"),
     }
+
+
+def _fullness(info: dict[str, Any]) -> tuple[float, int]:
+    """How near a master is to refusing writes: (used / maxmemory, or 0 without limit; used)."""
+    used, limit = int(info.get("used_memory") or 0), int(info.get("maxmemory") or 0)
+    return (used / limit if limit else 0.0, used)
 
 
 # ----------------------------------------------------------------------------- dependents

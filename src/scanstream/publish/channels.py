@@ -286,6 +286,11 @@ class _DataPublisher(_NodePublisher):
         """Number of points emitted so far (sent or queued)."""
         return self._queue.emitted
 
+    @property
+    def acknowledged(self) -> int:
+        """Number of points Redis has acknowledged (checked against the stream at the end)."""
+        return self._queue.sent
+
     def _refuse(self) -> NoReturn:
         """Raise why points are refused: the sender's error, or the end of the scan."""
         error = self._sender.error

@@ -56,7 +56,13 @@ from ..exceptions import (
     ScanLostError,
 )
 from ..models import NodeDescription, SavingMode, SavingVerdict, ScanState
-from .channels import ChannelPublisher, LimaPublisher, ScanRefPublisher, _NodePublisher
+from .channels import (
+    ChannelPublisher,
+    LimaPublisher,
+    ScanRefPublisher,
+    _DataPublisher,
+    _NodePublisher,
+)
 from .saving import read_verdict, writer_of
 from .scan_info import complete_scan_info
 from .sender import Sender
@@ -118,6 +124,7 @@ class _NodeTree:
         self.descriptions: list[NodeDescription] = []  # for complete_scan_info
         self._updates: dict[int, dict[str, Any]] = {}  # node index -> info keys added
         self._set_node_info = scan.store.redis.register_script(_SET_NODE_INFO)
+        self.data_nodes: list[_DataPublisher] = []
 
     def add(
         self,
@@ -163,7 +170,14 @@ class _NodeTree:
             self._count = index
             self.descriptions.append(desc)
             # Made once announced: a data node's queue joins the sender only then.
-            return make(scan, index, name, parent_db_name, *args)
+            node = make(scan, index, name, parent_db_name, *args)
+            if isinstance(node, _DataPublisher):
+                self.data_nodes.append(node)
+            return node
+
+    def acknowledged(self) -> dict[int, int]:
+        """Data node index -> points Redis acknowledged, for the end-of-scan check."""
+        return {node.index: node.acknowledged for node in self.data_nodes}
 
     def update_info(self, index: int, info: Mapping[str, Any]) -> None:
         """Add ``info`` to the info of node ``index`` (see :meth:`ContainerPublisher.update_info`)."""
@@ -489,7 +503,7 @@ class ScanPublisher:
             self._info["error"] = error
         self._info = complete_scan_info(self._info, self._tree.descriptions)
         session, info = self.session_name, metadata.dumps(self._info)
-        outcome, final = end_scan(
+        outcome, final, detail = end_scan(
             self.store.redis,
             self.store.keys,
             session,
@@ -499,7 +513,15 @@ class ScanPublisher:
             now,
             retention_time=self.store.settings.retention_time,
             info_json=info,
+            # Points Redis acknowledged and lost since (a failover, a restart) end it FAILED.
+            acknowledged=self._tree.acknowledged(),
         )
+        if outcome == "lost":  # ended FAILED by the script, the loss in its error
+            self._state = ScanState.FAILED
+            raise lost or ScanLostError(
+                f"scan {self.db_name} ended FAILED: {detail}; check the server at "
+                f"{self.store.display_url} (did a master fail over to a replica that lagged?)"
+            )
         self._state = self._end_outcome(state, outcome, final)
         if lost is not None:
             raise lost

@@ -1,7 +1,7 @@
 """Publishing sessions: they number the scans and announce them.
 
 A scan is announced in two steps: its keys first (hash, event stream, lease: one slot, one
-transaction), then a NEW_SCAN entry in the session's stream, so that a reader never finds a
+script that refuses a number still taken), then a NEW_SCAN entry in the session's stream, so that a reader never finds a
 NEW_SCAN whose scan is not there yet.
 
 Before that, the session reads whether a writer follows it (:mod:`.saving`): by default a scan
@@ -16,6 +16,7 @@ that already hold saved scans.
 
 from __future__ import annotations
 
+import logging
 import time
 import weakref
 from collections.abc import Mapping
@@ -25,13 +26,19 @@ from .._protocol import metadata
 from .._protocol.entries import CREATED, new_scan_fields, scan_hash_fields, state_entry_fields
 from .._protocol.keys import check_item_name, check_session_name
 from .._protocol.metadata import check_scan_info, iso_time
+from .._protocol.scripts import create_scan
 from .._transport.connection import DataStore, default_store
-from ..exceptions import InvalidArgumentError
+from ..exceptions import InvalidArgumentError, ScanstreamError
 from ..models import SCAN_NODE_TYPES, ScanState
 from .saving import check_retention, check_writer, saving_off
 from .scan import ScanPublisher
 
 __all__ = ["PublishingSession", "create_session"]
+
+logger = logging.getLogger(__name__)
+
+# Scan numbers tried in a row before giving up on a counter that went back.
+_MAX_TAKEN_NUMBERS = 1000
 
 # The next scan number: INCR the counter, but go above the numbering floor a writer recorded
 # (the counter restarts at 1 on a server that lost its data; the floor is rewritten by the
@@ -187,22 +194,39 @@ class PublishingSession:
             stacklevel=2,
         )
         keys = self.store.keys
-        number = int(
-            self._next_number(
-                keys=[keys.session_counter(self.name), keys.session_number_floor(self.name)]
-            )
-        )
-        now = time.time()
         info.setdefault("title", name)
-        info.update(
-            scan_nb=number,
-            session_name=self.name,
-            name=name,
-            node_type=node_type,
-            start_time=iso_time(now),
-            start_timestamp=now,
-        )
-        self._announce(number, name, node_type, info, now)
+        for _ in range(_MAX_TAKEN_NUMBERS):
+            number = int(
+                self._next_number(
+                    keys=[keys.session_counter(self.name), keys.session_number_floor(self.name)]
+                )
+            )
+            now = time.time()
+            info.update(
+                scan_nb=number,
+                session_name=self.name,
+                name=name,
+                node_type=node_type,
+                start_time=iso_time(now),
+                start_timestamp=now,
+            )
+            if self._announce(number, name, node_type, info, now):
+                break
+            # The counter went back (a failover lost its latest increments, a restore): the
+            # scan of that number is still there. Never write into it: take the next one.
+            logger.warning(
+                "session %s: scan number %d is taken by a scan still in %s (the session "
+                "counter went back: a failover or a restore?); taking the next one",
+                self.name,
+                number,
+                self.store.display_url,
+            )
+        else:
+            raise ScanstreamError(
+                f"session {self.name}: {_MAX_TAKEN_NUMBERS} scan numbers in a row are taken in "
+                f"{self.store.display_url}: its counter {keys.session_counter(self.name)} went "
+                "back; set it above the highest scan number (`scanstream ls`)"
+            )
         # Starts renewing the lease.
         scan = ScanPublisher(
             self, number, name, node_type, info, writer=writer, no_writer=no_writer
@@ -212,16 +236,26 @@ class PublishingSession:
 
     def _announce(
         self, number: int, name: str, node_type: str, info: dict[str, Any], now: float
-    ) -> None:
-        """Write the scan's keys, then its NEW_SCAN entry (a reader finds the keys first)."""
+    ) -> bool:
+        """Write the scan's keys, then its NEW_SCAN entry (a reader finds the keys first).
+
+        False, with nothing written, when the number is taken (:func:`create_scan`).
+        """
         store, keys = self.store, self.store.keys
         lease_ms = int(store.settings.lease_time * 1000)
         hash_fields = scan_hash_fields(
             self.name, number, name, node_type, metadata.dumps(info), now
         )
-        pipe = store.redis.pipeline(transaction=True)
-        pipe.hset(keys.scan(self.name, number), mapping=hash_fields)
-        pipe.xadd(keys.scan_events(self.name, number), state_entry_fields(CREATED, now))
-        pipe.set(keys.scan_lease(self.name, number), b"1", px=lease_ms)
-        pipe.execute()
+        created = create_scan(
+            store.redis,
+            keys,
+            self.name,
+            number,
+            hash_fields,
+            state_entry_fields(CREATED, now),
+            lease_ms,
+        )
+        if not created:
+            return False
         store.redis.xadd(keys.session_scans(self.name), new_scan_fields(number, name, node_type))
+        return True

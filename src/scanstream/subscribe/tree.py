@@ -264,7 +264,7 @@ class ScanNode(DataNode):
 
         Needs write access; a read-only user gets ``redis.exceptions.NoPermissionError``.
         """
-        outcome, _ = end_scan(
+        outcome, _, _ = end_scan(
             self.store.redis,
             self.store.keys,
             self.session_name,

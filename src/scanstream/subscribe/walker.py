@@ -26,6 +26,7 @@ import redis
 
 from .._protocol import entries
 from .._protocol.entries import DataEntry
+from .._transport.cluster import group_by_slot
 from .._transport.connection import StreamEntries, stream_entries
 from ..exceptions import (
     DecodingError,
@@ -51,6 +52,8 @@ _ANNOUNCED_KEPT = 1024
 
 # Longest single blocking read: bounds the reaction time to a stop request.
 _BLOCK_SLICE = 0.1
+# On a cluster, longest blocking read of one slot while other slots are followed (see _read).
+_CLUSTER_POLL = 0.05
 # Entries per stream per XREAD: bounds the memory of one batch.
 _READ_COUNT = 1000
 # Largest data of one NEW_DATA event (more is delivered in several events). Larger arrays
@@ -252,10 +255,31 @@ class Walker:
         return streams
 
     def _read(self, block: float | None) -> list[tuple[bytes, StreamEntries]]:
-        """One XREAD of every followed stream: ``(key, entries)`` per stream that had some."""
+        """One XREAD of every followed stream: ``(key, entries)`` per stream that had some.
+
+        On a cluster, one XREAD may only name keys of one slot: the streams of one scan share
+        one (its hash tag), the session stream and every other scan have their own. Each
+        slot is then read without blocking, and when none had anything the walk blocks on
+        the slot with the most streams (a followed scan's data) for at most
+        ``_CLUSTER_POLL``: another slot's entries wait at most that long.
+        """
         streams = self._streams()
         if not streams:  # only pending session entries
             return []
+        groups = group_by_slot(streams) if self.store.is_cluster else []
+        if len(groups) <= 1:
+            return self._xread(streams, block)
+        reply: list[tuple[bytes, StreamEntries]] = []
+        for group in groups:
+            reply += self._xread({key: streams[key] for key in group}, None)
+        if reply or block is None:
+            return reply
+        busiest = max(groups, key=len)
+        return self._xread({key: streams[key] for key in busiest}, min(block, _CLUSTER_POLL))
+
+    def _xread(
+        self, streams: dict[KeyT, StreamIdT], block: float | None
+    ) -> list[tuple[bytes, StreamEntries]]:
         reply = self.redis.xread(
             streams,
             count=_READ_COUNT,
