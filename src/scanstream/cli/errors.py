@@ -8,14 +8,15 @@ import os
 
 import redis
 
+from .._transport.cluster import CLUSTER_SCHEMES
 from .._transport.server import ENV_URL
 from .._transport.urls import mask_url
 from ..exceptions import RedisUnreachableError
 
 __all__ = ["SCHEMES", "describe_failure", "describe_server", "url_origin", "url_scheme_problem"]
 
-#: The URL schemes redis-py accepts.
-SCHEMES = ("redis://", "rediss://", "unix://")
+#: The URL schemes scanstream accepts: redis-py's, and the cluster ones (docs/cluster.md).
+SCHEMES = ("redis://", "rediss://", "unix://", *(f"{name}://" for name in CLUSTER_SCHEMES))
 
 
 def url_origin(args: argparse.Namespace) -> tuple[str | None, str]:
@@ -37,7 +38,8 @@ def url_scheme_problem(url: str | None, origin: str) -> str | None:
     shown = mask_url(url) if "://" in url else masked.removeprefix("redis://")
     return (
         f"the Redis URL {shown!r} (from {origin}) has no scheme redis-py knows; write "
-        f"{masked}, rediss://... for TLS, or unix:///path/to/redis.sock"
+        f"{masked}, rediss://... for TLS, unix:///path/to/redis.sock, or "
+        "redis+cluster://host:port[,host:port...] for a Redis Cluster"
     )
 
 
