@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import stat
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -252,3 +253,48 @@ def test_restore_of_an_older_snapshot_is_detected(
             late.check_server_identity()
     finally:
         store.close()
+
+
+def test_replies_of_concurrent_requests_are_compared_with_what_was_known_when_sent() -> None:
+    from scanstream._protocol.keys import Keys
+    from scanstream._transport.identity import ServerIdentity
+
+    identity = ServerIdentity(Keys(), "redis://x")
+    identity.observe(b"id1", 2)
+    seen = identity.seen()  # a read leaves while the epoch known is 2 ...
+    identity.observe(b"id1", 3)  # ... another thread advances it and sees 3 first
+    identity.observe(b"id1", 2, seen)  # the earlier read's reply: no reset
+    assert identity.epoch == 3
+    with pytest.raises(ServerResetError, match="went back from 3 to 2"):
+        identity.observe(b"id1", 2)  # a read sent after 3 was known
+    with pytest.raises(ServerResetError, match="identity changed"):
+        identity.observe(b"id2", 3, seen)  # another id is a reset whatever was known
+    fresh = ServerIdentity(Keys(), "redis://x")
+    before_init = fresh.seen()
+    fresh.observe(b"id1", 1)
+    fresh.observe(None, None, before_init)  # a read sent before the database had an id
+    with pytest.raises(ServerResetError, match="gone"):
+        fresh.observe(None, None)
+
+
+def test_threads_sharing_a_store_never_see_a_false_reset(redis_url: str) -> None:
+    """Sessions started from several threads on one store: each advances the epoch while the
+    others read it on other connections; no reply may be taken for a rollback."""
+    errors: list[BaseException] = []
+    with _store(redis_url) as store:
+
+        def publish(index: int) -> None:
+            try:
+                for _ in range(5):
+                    _publish(store, f"threads_{index}", 3)
+                    store.check_server_identity()
+            except BaseException as exc:  # handed to the test thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=publish, args=(i,)) for i in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not any(thread.is_alive() for thread in threads)
+    assert errors == []

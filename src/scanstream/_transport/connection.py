@@ -481,11 +481,12 @@ class DataStore:
         RedisUnreachableError
             Redis stayed unreachable for the outage budget.
         """
+        seen = self.identity.seen()
         reply = cast(
             "list[bytes | None]",
             self.redis.hmget(self.keys.server_identity, [ID_FIELD, EPOCH_FIELD]),
         )
-        self.identity.observe(reply[0], reply[1])
+        self.identity.observe(reply[0], reply[1], seen)
 
     def advance_server_epoch(self) -> int:
         """Advance the database's epoch (HINCRBY) and check the identity; return the epoch.
@@ -499,6 +500,7 @@ class DataStore:
         ServerResetError
             As :meth:`check_server_identity`.
         """
+        seen = self.identity.seen()
         pipe = self.redis.pipeline(transaction=True)
         pipe.hincrby(self.keys.server_identity, EPOCH_FIELD, 1)
         pipe.hget(self.keys.server_identity, ID_FIELD)
@@ -508,7 +510,7 @@ class DataStore:
             logger.debug("server epoch not advanced on %s: %s", self.display_url, exc)
             self.check_server_identity()
             return self.identity.epoch
-        self.identity.observe(server_id, epoch)
+        self.identity.observe(server_id, epoch, seen)
         return int(epoch)
 
     def sessions(self) -> list[str]:

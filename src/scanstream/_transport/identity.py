@@ -68,30 +68,58 @@ class ServerIdentity:
         #: The highest epoch seen (0: none yet).
         self.epoch = 0
 
-    def observe(self, server_id: bytes | None, epoch: bytes | int | None) -> None:
+    def seen(self) -> tuple[bytes | None, int]:
+        """What this store knows now: ``(id, highest epoch)``; take it before sending a read.
+
+        :meth:`observe` compares a reply only with what was known when its request left:
+        replies of concurrent requests (other threads, other connections) may arrive in any
+        order, and a read sent before another thread saw a higher epoch may rightly return a
+        lower one.
+        """
+        with self._lock:
+            return self.server_id, self.epoch
+
+    def observe(
+        self,
+        server_id: bytes | None,
+        epoch: bytes | int | None,
+        seen: tuple[bytes | None, int] | None = None,
+    ) -> None:
         """Compare what the server holds now with what was seen before; remember it.
+
+        Parameters
+        ----------
+        server_id, epoch
+            The identity hash's fields as the server returned them.
+        seen
+            :meth:`seen` taken before the request was sent (None: what is known now, for a
+            caller whose request cannot race another one).
 
         Raises
         ------
         ServerResetError
-            The id is gone or changed, or the epoch is lower than one seen before.
+            The id is gone or changed, or the epoch is lower than one seen before the request.
         """
         try:
             now = int(epoch or 0)
         except (TypeError, ValueError):
             now = 0  # a garbage epoch: compared as absent
         with self._lock:
-            if self.server_id is not None and server_id != self.server_id:
-                detail = (
-                    "its identity key is gone"
-                    if server_id is None
-                    else f"its identity changed from {self.server_id.decode(errors='replace')}"
-                    f" to {server_id.decode(errors='replace')}"
-                )
-                raise ServerResetError(self._message(detail))
-            if now < self.epoch:
+            known_id, known_epoch = (self.server_id, self.epoch) if seen is None else seen
+            # An id never changes once set; a missing one is a reset only if it was known when
+            # the request left (a read sent before the database was initialized finds none).
+            if server_id is None and known_id is not None:
+                raise ServerResetError(self._message("its identity key is gone"))
+            if server_id is not None and self.server_id not in (None, server_id):
                 raise ServerResetError(
-                    self._message(f"its epoch went back from {self.epoch} to {now}")
+                    self._message(
+                        f"its identity changed from {self.server_id.decode(errors='replace')}"
+                        f" to {server_id.decode(errors='replace')}"
+                    )
+                )
+            if now < known_epoch:
+                raise ServerResetError(
+                    self._message(f"its epoch went back from {known_epoch} to {now}")
                 )
             if self.server_id is None and server_id is not None:
                 self.server_id = server_id
@@ -130,6 +158,7 @@ class IdentityCheck:
         if identity is None:
             return
         conn: Any = self
+        seen = identity.seen()
         try:
             conn.send_command("HMGET", identity.key, ID_FIELD, EPOCH_FIELD)
             reply = conn.read_response()
@@ -137,7 +166,7 @@ class IdentityCheck:
             logger.debug("server identity not checked on %s: %s", identity.url, exc)
             return
         try:
-            identity.observe(reply[0], reply[1])
+            identity.observe(reply[0], reply[1], seen)
         except ServerResetError:
             conn.disconnect()  # never hand this connection out
             raise
