@@ -28,6 +28,7 @@ from . import demo
 from . import legacy as legacy_cli
 from . import scan as sim_cli
 from . import show as show_cli
+from . import web as web_cli
 from . import writer as writer_cli
 from .logs import configure_logging
 
@@ -128,6 +129,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("demo", demo.DEMO_HELP, demo.configure_demo, demo.run_demo),
     Command("ls", admin_cli.LS_HELP, admin_cli.configure_ls, admin_cli.run_ls),
     Command("show", show_cli.SHOW_HELP, show_cli.configure_show, show_cli.run_show),
+    Command("web", web_cli.WEB_HELP, web_cli.configure_web, web_cli.run_web),
     Command("delete", admin_cli.DELETE_HELP, admin_cli.configure_delete, admin_cli.run_delete),
     Command("legacy", legacy_cli.LEGACY_HELP, legacy_cli.configure_legacy, legacy_cli.run_legacy),
 )
