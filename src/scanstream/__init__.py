@@ -28,6 +28,7 @@ The package root never imports the writer (nor h5py): ``WriterService``, ``saved
 """
 
 from ._transport.connection import DataStore, Settings
+from .analysis import CurveStats, cen, com, curve_stats, fwhm, peak
 from .exceptions import (
     DecodingError,
     EncodingError,
@@ -104,6 +105,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "ChannelNode",
     "ChannelPublisher",
+    "CurveStats",
     "ContainerNode",
     "ContainerPublisher",
     "DataNode",
@@ -155,11 +157,16 @@ __all__ = [
     "WriterError",
     "WriterService",
     "__version__",
+    "cen",
+    "com",
     "create_session",
+    "curve_stats",
+    "fwhm",
     "get_session_node",
     "get_data_from_nodes",
     "get_node",
     "get_or_create_node",
+    "peak",
     "watch_session_scans",
     "ScansObserver",
     "ScansWatcher",

@@ -228,4 +228,3 @@ def curve_stats(x: ArrayLike, y: ArrayLike) -> CurveStats:
     top = int(np.argmax(ys))
     center, width = _half_maximum(xs, ys)
     return CurveStats(float(xs[top]), float(ys[top]), center, width, com(xs, ys))
-

@@ -76,6 +76,9 @@ def run_web(args: argparse.Namespace) -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((args.host, args.port))
+        # Listening now, before uvicorn starts: a browser opening the printed URL at once
+        # waits in the backlog instead of being refused.
+        sock.listen(128)
     except OSError as exc:
         sock.close()
         print(

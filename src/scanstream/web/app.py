@@ -116,7 +116,9 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_app(store: DataStore, sessions: list[str] | None = None, token: str | None = None) -> Starlette:
+def create_app(
+    store: DataStore, sessions: list[str] | None = None, token: str | None = None
+) -> Starlette:
     """Build the application.
 
     Parameters

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from .._transport.connection import DataStore
-from ..analysis import curve_stats
 from ..admin.listing import ScanSummary, list_scans
+from ..analysis import curve_stats
 from ..exceptions import IndexNotYetThereError, ScanstreamError
 from ..subscribe.data_nodes import ChannelNode, LimaNode
 from ..subscribe.tree import ScanNode, get_session_node
@@ -320,7 +320,9 @@ def mesh_map(store: DataStore, session: str, number: int, name: str) -> dict[str
     }
 
 
-def image_frame(store: DataStore, session: str, number: int, name: str, index: int) -> dict[str, Any]:
+def image_frame(
+    store: DataStore, session: str, number: int, name: str, index: int
+) -> dict[str, Any]:
     """Image ``index`` (negative: from the end) of detector ``name``, as 8-bit grey levels.
 
     The frame is read through its reference (:func:`scanstream.read_image`: from the
@@ -362,9 +364,7 @@ def image_frame(store: DataStore, session: str, number: int, name: str, index: i
     }
 
 
-def analyse(
-    store: DataStore, session: str, number: int, x: str, ys: list[str]
-) -> dict[str, Any]:
+def analyse(store: DataStore, session: str, number: int, x: str, ys: list[str]) -> dict[str, Any]:
     """peak, its value, cen, fwhm and com of each ``y`` against ``x`` (:mod:`scanstream.analysis`).
 
     ``x`` is a 0D channel's name, or ``#`` for the point index. The full curves are read

@@ -89,8 +89,9 @@ class Decimator:
         """Merge neighbouring buckets in pairs (an odd last one stays as it is)."""
         n = self.nbuckets - self.nbuckets % 2
         a, b = slice(0, n, 2), slice(1, n, 2)
-        take_b_lo = self._lo[b] < self._lo[a]
-        take_b_hi = self._hi[b] > self._hi[a]
+        # A bucket of NaN points only has NaN extremes: its neighbour's win.
+        take_b_lo = (self._lo[b] < self._lo[a]) | np.isnan(self._lo[a])
+        take_b_hi = (self._hi[b] > self._hi[a]) | np.isnan(self._hi[a])
         lo = np.where(take_b_lo, self._lo[b], self._lo[a])
         hi = np.where(take_b_hi, self._hi[b], self._hi[a])
         ilo = np.where(take_b_lo, self._ilo[b], self._ilo[a])

@@ -6,7 +6,7 @@ const app = document.getElementById("app");
 const crumb = document.getElementById("crumb");
 const statusLine = document.getElementById("status");
 // Figures the page exposes for people (status line) and for its tests.
-const stats = { renders: 0, messages: 0, rows: 0, points: 0, rate: 0 };
+const stats = { renders: 0, messages: 0, rows: 0, points: 0, rate: 0, drawMs: 0, messageMs: 0 };
 window.scanstreamStats = stats;
 
 let teardown = [];  // what the current view must stop when another one is shown
@@ -113,6 +113,7 @@ class LiveScan {
     this.count = 0; this.state = "?"; this.ended = false; this.bucketSize = 1;
     this.source = new EventSource(`api/scan/${encodeURIComponent(session)}/${number}/live`);
     this.source.onmessage = (event) => {
+      const t0 = performance.now();
       const m = JSON.parse(event.data);
       stats.messages += 1;
       this.names = m.names; this.state = m.state; this.count = m.count;
@@ -123,8 +124,12 @@ class LiveScan {
         this.columns = this.columns.map((c, k) => c.concat(m.columns[k]));
       }
       this.tailIndex = m.tail_index; this.tail = m.tail;
-      if (m.ended) { this.ended = true; this.source.close(); }
+      if (m.ended) {
+        this.ended = true; this.source.close();
+        window.dispatchEvent(new CustomEvent("scan-ended", { detail: this.key }));
+      }
       onChange(this);
+      stats.messageMs += performance.now() - t0;
     };
     this.source.onerror = () => { if (this.ended) this.source.close(); };
   }
@@ -157,9 +162,11 @@ function curvePanel(desc, overlays) {
   const plot = (desc.plots || []).flatMap((p) => p.items || []).find((i) => i.kind === "curve");
   // A mesh is best read against the point index (its map shows it against both motors).
   let x = plot && scalars.includes(plot.x) ? plot.x :
-    (desc.mesh ? "#" : (scalars.find((n) => desc.motors.includes(short(n))) || "#"));
+    (desc.mesh ? "#" : (scalars.find((n) => desc.motors.includes(short(n))) ||
+      scalars.find((n) => short(n) === "elapsed_time") || "#"));
   const defaultY = plot && scalars.includes(plot.y) ? plot.y :
-    scalars.find((n) => !desc.motors.includes(short(n)) && !/elapsed_time|epoch/.test(n));
+    (scalars.find((n) => n !== x && !desc.motors.includes(short(n)) && !/elapsed_time|epoch/.test(n)) ||
+     scalars.find((n) => n !== x));
   const ys = new Set(defaultY ? [defaultY] : []);
   let log = false, zoomed = false, dirty = true, uplot = null, signature = "";
   const xSelect = el("select", { id: "x-select" }, el("option", { value: "#" }, "point index"),
@@ -206,8 +213,15 @@ function curvePanel(desc, overlays) {
     dirty = true;
   }
   analyse();
-  // The numbers change while points come: again every second until the scan has ended.
-  every(1000, async () => { if (main.ended) return false; await analyse(); });
+  // The numbers change while points come: again every second until the scan has ended (less
+  // often for long scans: the server reads the whole curves for them).
+  let analysedAt = 0;
+  every(1000, async () => {
+    if (main.ended) return false;
+    if (performance.now() - analysedAt < 1000 * Math.max(1, main.count / 200000)) return;
+    analysedAt = performance.now();
+    await analyse();
+  });
 
   function markers(u) {
     if (!analysis || !ys.size) return;
@@ -235,8 +249,11 @@ function curvePanel(desc, overlays) {
   function build(data, names) {
     if (uplot) uplot.destroy();
     const series = [{ label: x === "#" ? "point" : short(x) }, ...names.map((n, i) => ({
-      label: n, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: true,
-      points: { show: (u, si) => data[0].length < 200 },
+      // Width 1: canvas engines draw such lines as hairlines, several times faster than
+      // wider ones (what keeps a dense curve at 10+ draws per second without a GPU).
+      label: n, stroke: COLORS[i % COLORS.length], width: 1, spanGaps: true,
+      // Markers only while they can be told apart (the data changes after this build).
+      points: { show: (u, si, i0, i1) => i1 - i0 < 200 },
     }))];
     uplot = new uPlot({
       width: Math.max(400, holder.clientWidth || 900), height: 380, series,
@@ -247,11 +264,16 @@ function curvePanel(desc, overlays) {
     uplot.over.addEventListener("dblclick", () => { zoomed = false; dirty = true; });
   }
 
-  let last = performance.now(), frames = 0;
+  // Drawn when new rows came, at most every MIN_DRAW ms: a little more than 10 times a
+  // second with a margin, however often the server sends (up to 20 times).
+  const MIN_DRAW = 66;
+  let last = performance.now(), frames = 0, drawnAt = 0;
   function frame(now) {
     if (!panel.isConnected) return;
-    if (dirty) {
+    if (dirty && now - drawnAt >= MIN_DRAW) {
+      drawnAt = now;
       dirty = false;
+      const t0 = performance.now();
       const chosen = [...ys];
       let data, names;
       if (others.length) {
@@ -273,6 +295,7 @@ function curvePanel(desc, overlays) {
         ` · ${main.state}` + (main.error ? ` · ${main.error}` : "");
       pointsLabel.dataset.points = main.count;
       pointsLabel.dataset.state = main.state;
+      stats.drawMs += performance.now() - t0;
     }
     if (now - last >= 1000) {
       stats.rate = frames * 1000 / (now - last); frames = 0; last = now;
@@ -471,8 +494,13 @@ async function scanView(session, number, overlays) {
   const info = el("pre", { class: "info", id: "scan-info" }, JSON.stringify(desc.scan_info, null, 2));
   parts.push(el("div", { class: "panel" }, el("details", {}, el("summary", {}, "scan_info"), info)));
   app.replaceChildren(...parts);
-  // State, saving verdict and point counts, until the saving has a final verdict.
-  every(1000, async () => {
+  // State, saving verdict and point counts, until the saving has a final verdict; at once
+  // when the live stream says the scan has ended.
+  let refreshNow = null;
+  const ended = (e) => { if (e.detail === `${session}:${number}` && refreshNow) refreshNow(); };
+  window.addEventListener("scan-ended", ended);
+  onLeave(() => window.removeEventListener("scan-ended", ended));
+  const refresh = async () => {
     if (!running() && ["SAVED", "FAILED", "NOT_SAVED"].includes(desc.saving.state)) return false;
     desc = await api(`api/scan/${encodeURIComponent(session)}/${number}`);
     state = desc.state;
@@ -481,7 +509,9 @@ async function scanView(session, number, overlays) {
     document.getElementById("scan-end").textContent = (desc.end || "-").replace("T", " ");
     renderNodes(desc.nodes);
     info.textContent = JSON.stringify(desc.scan_info, null, 2);
-  });
+  };
+  refreshNow = () => refresh().catch(() => {});
+  every(1000, refresh);
 }
 
 // ------------------------------------------------------------------------------ routing

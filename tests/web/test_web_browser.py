@@ -1,0 +1,194 @@
+"""``scanstream web`` as a person uses it: a real headless Chromium against the command, while
+scans run. The assertions read what the page shows (its text and the state of its widgets);
+screenshots go to the test's tmp dir."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from scanstream import DataStore, PublishingSession, create_session
+from scanstream.sim import (
+    GaussianCounter,
+    LimaDetector,
+    Mca,
+    Motor,
+    SavingConfig,
+    amesh,
+    ascan,
+    loopscan,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def viewer_url(redis_url: str) -> str:
+    """A Redis user that may only read: the view must work with it (it never writes)."""
+    admin = redis.Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        admin.execute_command(
+            "ACL", "SETUSER", "viewer", "reset", "on", ">viewer-secret", "~*", "&*",
+            "+@read", "+@connection", "-@write", "-@dangerous",
+        )  # fmt: skip
+    finally:
+        admin.close()
+    host_port = redis_url.split("://", 1)[1]
+    return f"redis://viewer:viewer-secret@{host_port}"
+
+
+@pytest.fixture
+def beamline(store: DataStore) -> Iterator[PublishingSession]:
+    """A publishing session with no writer (and no warning about it: these scans stay in Redis)."""
+    publishing = create_session("web_session", store=store, warn_no_writer=False)
+    try:
+        yield publishing
+    finally:
+        publishing.close()
+
+
+def _in_thread(func: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["result"] = func()
+        except BaseException as exc:  # reported by the test after join()
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def _join(thread: threading.Thread, out: dict[str, Any]) -> Any:
+    thread.join(timeout=30)
+    assert not thread.is_alive(), "the scan did not end"
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
+
+
+def test_a_running_scan_is_listed_and_its_curve_gets_every_point(
+    beamline: PublishingSession, viewer_url: str, start_web: Any, new_page: Any, screenshots: Any
+) -> None:
+    web = start_web(url=viewer_url)  # a read-only Redis user: the view writes nothing
+    roby = Motor("roby")
+    gauss = GaussianCounter("gauss", roby, center=0.5, fwhm=0.2)
+    npoints = 80
+    page, other = new_page(), new_page()  # two browsers on one scan
+    page.goto(web.url)
+    thread, out = _in_thread(
+        lambda: ascan(beamline, roby, 0, 1, npoints - 1, 0.03, gauss, sleep=True)
+    )
+    row = page.locator("tr[data-scan='web_session:1']")
+    row.wait_for()
+    assert "ascan roby 0 1" in row.inner_text()
+    assert "roby" in row.locator("td").nth(5).inner_text()
+    page.fill("#search", "ascan roby")  # the search keeps it; another word hides it
+    assert row.is_visible()
+    page.fill("#search", "mesh")
+    page.locator("#summary").filter(has_text="0 of 1 scans").wait_for()
+    page.fill("#search", "")
+    row.locator("a").click()
+    other.goto(web.url + "#/scan/web_session/1")
+    label = page.locator("#curve-points")
+    label.wait_for()
+    # Seen while it runs: fewer points than published in the end.
+    seen_running = page.wait_for_function(
+        "() => { const l = document.getElementById('curve-points');"
+        " return l && l.dataset.state === 'PREPARED' && +l.dataset.points > 0; }"
+    )
+    assert seen_running
+    screenshots(page, "curve-running")
+    result = _join(thread, out)
+    assert result.state.name == "DONE"
+    for browser_page in (page, other):
+        browser_page.wait_for_function(
+            f"() => {{ const l = document.getElementById('curve-points');"
+            f" return l && l.dataset.state === 'DONE' && +l.dataset.points === {npoints}; }}"
+        )
+        assert browser_page.evaluate("window.scanstreamStats.rows") == npoints
+    assert f"{npoints} points" in label.inner_text()
+    # The analysis is that of scanstream.analysis on the published curve.
+    cen = float(
+        page.locator(
+            "#analysis tr[data-curve='simulation_counter_controller:gauss'] td.cen"
+        ).inner_text()
+    )
+    assert cen == pytest.approx(0.5, abs=0.02)
+    page.check("#log-y")
+    screenshots(page, "curve-done")
+
+
+def test_a_mesh_scan_is_drawn_as_a_map_of_its_shape(
+    beamline: PublishingSession, start_web: Any, new_page: Any, screenshots: Any
+) -> None:
+    web = start_web()
+    roby, robz = Motor("roby"), Motor("robz")
+    gauss = GaussianCounter("gauss", roby, center=0.5, fwhm=0.3)
+    result = amesh(beamline, roby, 0, 1, 5, robz, 0, 1, 3, 0.01, gauss)
+    page = new_page()
+    page.goto(web.url + f"#/scan/web_session/{result.number}")
+    page.wait_for_function(
+        "() => { const m = document.getElementById('map'); return m && m.dataset.count === '24'; }"
+    )
+    canvas = page.locator("#map")
+    assert canvas.get_attribute("data-shape") == "6x4"
+    assert page.evaluate(
+        "[document.getElementById('map').width, document.getElementById('map').height]"
+    ) == [6, 4]
+    assert "6 × 4, 24/24 points" in page.locator("#map-label").inner_text()
+    screenshots(page, "mesh")
+
+
+def test_the_image_slider_reaches_the_last_frame_and_spectra_show(
+    beamline: PublishingSession, start_web: Any, new_page: Any, screenshots: Any, tmp_path: Any
+) -> None:
+    web = start_web()
+    camera = LimaDetector("cam", shape=(48, 64))
+    mca = Mca("mca1")
+    nframes = 12
+    page = new_page()
+    page.goto(web.url)
+    thread, out = _in_thread(
+        lambda: loopscan(beamline, nframes, 0.05, camera, mca, sleep=True,
+                         saving=SavingConfig(str(tmp_path / "data"), "web_session"))
+    )  # fmt: skip
+    page.locator("tr[data-scan='web_session:1'] a").click()
+    slider = page.locator("#frame-slider")
+    slider.wait_for()
+    _join(thread, out)
+    page.wait_for_function(f"() => document.getElementById('frame-slider').max === '{nframes - 1}'")
+    slider.fill("0")  # back to the first frame, then to the last one
+    page.locator("#frame-label").filter(has_text=f"frame 1 of {nframes}").wait_for()
+    slider.fill(str(nframes - 1))
+    page.locator("#frame-label").filter(has_text=f"frame {nframes} of {nframes}").wait_for()
+    assert page.locator("#frame-label").get_attribute("data-index") == str(nframes - 1)
+    assert page.evaluate("document.getElementById('frame').width") == 64
+    page.locator("#spectrum-label").filter(has_text=f"spectrum {nframes} of {nframes}").wait_for()
+    assert page.evaluate("document.getElementById('waterfall').height") == nframes
+    screenshots(page, "images-and-spectra")
+
+
+def test_overlay_of_two_scans(
+    beamline: PublishingSession, start_web: Any, new_page: Any, screenshots: Any
+) -> None:
+    web = start_web("web_session")
+    roby = Motor("roby")
+    first = ascan(beamline, roby, 0, 1, 20, 0.01, GaussianCounter("gauss", roby, center=0.3))
+    second = ascan(beamline, roby, 0, 1, 30, 0.01, GaussianCounter("gauss", roby, center=0.6))
+    page = new_page()
+    page.goto(web.url)
+    for number in (first.number, second.number):
+        page.locator(f"tr[data-scan='web_session:{number}'] input[type=checkbox]").check()
+    page.click("#overlay")
+    page.locator("#curve-points").filter(has_text="21 points").wait_for()
+    legend = page.locator(".u-legend")
+    legend.filter(has_text=f"gauss #{second.number}").wait_for()
+    assert f"gauss #{first.number}" in legend.inner_text()
+    screenshots(page, "overlay")
