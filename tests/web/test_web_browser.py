@@ -28,12 +28,12 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture
 def viewer_url(redis_url: str) -> str:
-    """A Redis user that may only read: the view must work with it (it never writes)."""
+    """The read-only user of docs/access.md: the view must work with it (it never writes)."""
     admin = redis.Redis.from_url(redis_url, socket_timeout=5)
     try:
         admin.execute_command(
-            "ACL", "SETUSER", "viewer", "reset", "on", ">viewer-secret", "~*", "&*",
-            "+@read", "+@connection", "-@write", "-@dangerous",
+            "ACL", "SETUSER", "viewer", "reset", "on", ">viewer-secret", "resetkeys",
+            "%R~scanstream:*", "resetchannels", "-@all", "+@read", "+@connection", "-@dangerous",
         )  # fmt: skip
     finally:
         admin.close()
@@ -79,7 +79,7 @@ def test_a_running_scan_is_listed_and_its_curve_gets_every_point(
     web = start_web(url=viewer_url)  # a read-only Redis user: the view writes nothing
     roby = Motor("roby")
     gauss = GaussianCounter("gauss", roby, center=0.5, fwhm=0.2)
-    npoints = 80
+    npoints = 60
     page, other = new_page(), new_page()  # two browsers on one scan
     page.goto(web.url)
     thread, out = _in_thread(

@@ -64,7 +64,7 @@ def test_a_long_fast_scan_is_drawn_ten_times_a_second_with_bounded_rows(
     page = new_page()
     cdp = page.context.new_cdp_session(page)
     cdp.send("Performance.enable")
-    seconds = max(4.0, POINTS / 50_000)
+    seconds = max(3.0, POINTS / 50_000)
     thread = threading.Thread(target=_publish, args=(beamline, POINTS, seconds), daemon=True)
     thread.start()
     page.goto(web.url + "#/scan/fast_session/1")
