@@ -5,13 +5,15 @@ screenshots go to the test's tmp dir."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import redis
 
-from scanstream import DataStore, PublishingSession, create_session
+from scanstream import DataStore, PublishingSession, SavingState, SavingVerdict, create_session
+from scanstream._protocol import entries
 from scanstream.sim import (
     GaussianCounter,
     LimaDetector,
@@ -89,11 +91,6 @@ def test_a_running_scan_is_listed_and_its_curve_gets_every_point(
     row.wait_for()
     assert "ascan roby 0 1" in row.inner_text()
     assert "roby" in row.locator("td").nth(5).inner_text()
-    page.fill("#search", "ascan roby")  # the search keeps it; another word hides it
-    assert row.is_visible()
-    page.fill("#search", "mesh")
-    page.locator("#summary").filter(has_text="0 of 1 scans").wait_for()
-    page.fill("#search", "")
     row.locator("a").click()
     other.goto(web.url + "#/scan/web_session/1")
     label = page.locator("#curve-points")
@@ -121,12 +118,47 @@ def test_a_running_scan_is_listed_and_its_curve_gets_every_point(
         ).inner_text()
     )
     assert cen == pytest.approx(0.5, abs=0.02)
+    # The cursor read-out: the legend shows the values under the mouse.
+    plot = page.locator("#curve .u-over")
+    box = plot.bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    legend_value = page.locator("#curve .u-legend .u-series").nth(1).locator(".u-value")
+    assert legend_value.inner_text() not in ("", "--")
+
+    # Drag to zoom on x, double-click back to the whole range.
+    def x_range() -> tuple[float, float]:
+        curve = page.locator("#curve")
+        return float(curve.get_attribute("data-xmin") or "nan"), float(
+            curve.get_attribute("data-xmax") or "nan"
+        )
+
+    assert x_range() == (0.0, 1.0)
+    page.mouse.move(box["x"] + box["width"] * 0.25, box["y"] + 20)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + 20, steps=5)
+    page.mouse.up()
+    low, high = x_range()
+    assert 0.2 <= low < high <= 0.55
+    page.mouse.dblclick(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_function("() => document.getElementById('curve').dataset.xmax === '1'")
     page.check("#log-y")
     screenshots(page, "curve-done")
+    # Back to the list: the search keeps the scan for its title, motor and date words only.
+    page.click("a.brand")
+    row.wait_for()
+    page.fill("#search", "ascan roby")  # the search keeps it; another word hides it
+    assert row.is_visible()
+    page.fill("#search", "mesh")
+    page.locator("#summary").filter(has_text="0 of 1 scans").wait_for()
+    today = time.strftime("%Y-%m-%d")  # the start date, as the list shows it (local time)
+    page.fill("#search", f"roby {today}")
+    page.locator("#summary").filter(has_text="1 of 1 scans").wait_for()
+    page.fill("#search", "")
 
 
 def test_a_mesh_scan_is_drawn_as_a_map_of_its_shape(
-    beamline: PublishingSession, start_web: Any, new_page: Any, screenshots: Any
+    beamline: PublishingSession, store: DataStore, start_web: Any, new_page: Any, screenshots: Any
 ) -> None:
     web = start_web()
     roby, robz = Motor("roby"), Motor("robz")
@@ -143,6 +175,21 @@ def test_a_mesh_scan_is_drawn_as_a_map_of_its_shape(
         "[document.getElementById('map').width, document.getElementById('map').height]"
     ) == [6, 4]
     assert "6 × 4, 24/24 points" in page.locator("#map-label").inner_text()
+    # The brightest column is the one of the peak (roby = 0.4 and 0.6: columns 2 and 3).
+    brightness = page.evaluate(
+        "(() => { const c = document.getElementById('map').getContext('2d');"
+        " return [0, 1, 2, 3, 4, 5].map(x => c.getImageData(x, 1, 1, 1).data.slice(0, 3)"
+        ".reduce((a, b) => a + b, 0)); })()"
+    )
+    assert brightness.index(max(brightness)) in (2, 3)
+    # The owning writer records its verdict in the scan hash; the page shows where it went.
+    store.redis.hset(
+        store.keys.scan("web_session", result.number),
+        mapping=entries.saving_fields(
+            SavingVerdict(SavingState.SAVED, "/data/web_session.h5", ("1.1",), {"gauss": 24})
+        ),
+    )
+    page.locator("#scan-saving").filter(has_text="saved in /data/web_session.h5 :: 1.1").wait_for()
     screenshots(page, "mesh")
 
 

@@ -229,6 +229,7 @@ function curvePanel(desc, overlays) {
     if (!first) return;
     const ctx = u.ctx, top = u.bbox.top, bottom = top + u.bbox.height;
     ctx.save();
+    ctx.beginPath(); ctx.rect(u.bbox.left, u.bbox.top, u.bbox.width, u.bbox.height); ctx.clip();
     ctx.strokeStyle = "#444"; ctx.lineWidth = devicePixelRatio;
     for (const [value, dash] of [[first.peak, [6, 4]], [first.cen, []], [first.com, [2, 3]]]) {
       if (value === null) continue;
@@ -258,8 +259,22 @@ function curvePanel(desc, overlays) {
     uplot = new uPlot({
       width: Math.max(400, holder.clientWidth || 900), height: 380, series,
       scales: { x: { time: false }, y: log ? { distr: 3 } : {} },
+      // The y axis as wide as its longest label (epoch seconds, counts in the millions).
+      // Tick labels in the page's number format (1e-4 on a log axis, not "0").
+      axes: [{}, {
+        size: (u, values) => values && values.length ?
+          Math.min(140, 16 + 7 * Math.max(...values.map((v) => String(v).length))) : 50,
+        values: (u, ticks) => ticks.map((v) => v === null ? "" : String(fmt(v))),
+      }],
       cursor: { drag: { x: true, y: false } },
-      hooks: { draw: [markers], setSelect: [(u) => { if (u.select.width > 0) zoomed = true; }] },
+      hooks: {
+        draw: [markers],
+        setSelect: [(u) => { if (u.select.width > 0) zoomed = true; }],
+        // The x range shown, readable from outside the canvas (tests, scripts).
+        setScale: [(u, key) => {
+          if (key === "x") { holder.dataset.xmin = u.scales.x.min; holder.dataset.xmax = u.scales.x.max; }
+        }],
+      },
     }, data, holder);
     uplot.over.addEventListener("dblclick", () => { zoomed = false; dirty = true; });
   }
