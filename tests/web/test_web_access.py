@@ -63,3 +63,13 @@ def test_a_token_on_a_public_address_is_accepted(redis_url: str, start_web: Any)
     port = web.url.split(":")[2].split("/")[0]
     assert _get(f"http://127.0.0.1:{port}/api/scans")[0] == 401
     assert _get(f"http://127.0.0.1:{port}/api/scans?token=t0ken")[0] == 200
+
+
+def test_a_loopback_view_refuses_requests_naming_another_host(start_web: Any) -> None:
+    # What a page of another site, resolved to 127.0.0.1 by its DNS, would send.
+    web = start_web()
+    assert _get(web.url + "api/scans")[0] == 200
+    status, body, _ = _get(web.url + "api/scans", {"Host": "attacker.example:8000"})
+    assert status == 400 and "Invalid host header" in body
+    localhost = web.url.replace("127.0.0.1", "localhost")
+    assert _get(localhost + "api/scans")[0] == 200

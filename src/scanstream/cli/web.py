@@ -20,6 +20,9 @@ from .._transport.urls import mask_url
 
 WEB_HELP = "serve a live view of the sessions' scans in the browser (read-only)"
 
+#: Host names a loopback-bound view accepts in requests.
+LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
+
 #: Where ``--token`` is read from when the option is not given (keeps it out of ``ps``).
 TOKEN_ENV = "SCANSTREAM_WEB_TOKEN"
 
@@ -96,5 +99,8 @@ def run_web(args: argparse.Namespace) -> int:
         link = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
         what = ", ".join(args.sessions) if args.sessions else "all sessions"
         print(f"scanstream web: {link}  ({what} of {mask_url(url)}; Ctrl-C to stop)", flush=True)
-        server.serve(store, sock, sessions=args.sessions, token=token)
+        # Bound to loopback, requests must name a loopback host: a page of another site
+        # resolved to 127.0.0.1 (DNS rebinding) gets 400. Elsewhere the token guards it.
+        hosts = LOOPBACK_NAMES + [args.host] if is_loopback(args.host) else None
+        server.serve(store, sock, sessions=args.sessions, token=token, allowed_hosts=hosts)
     return 0

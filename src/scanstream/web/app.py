@@ -32,6 +32,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
@@ -117,7 +118,10 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 def create_app(
-    store: DataStore, sessions: list[str] | None = None, token: str | None = None
+    store: DataStore,
+    sessions: list[str] | None = None,
+    token: str | None = None,
+    allowed_hosts: list[str] | None = None,
 ) -> Starlette:
     """Build the application.
 
@@ -129,6 +133,10 @@ def create_app(
         Sessions shown; all the server holds when None or empty.
     token : str, optional
         When given, every request must carry it (see the module docstring).
+    allowed_hosts : list of str, optional
+        Host names the requests may name (``Host`` header), others get 400; None: any.
+        A view bound to loopback accepts only loopback names, so that a web page whose name
+        an attacker resolved to 127.0.0.1 (DNS rebinding) cannot read it from the browser.
 
     Returns
     -------
@@ -246,5 +254,7 @@ def create_app(
     )
     if token:
         app.add_middleware(_TokenCheck, token=token)
+    if allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
     app.state.hub = hub
     return app

@@ -18,6 +18,7 @@ def serve(
     *,
     sessions: list[str] | None = None,
     token: str | None = None,
+    allowed_hosts: list[str] | None = None,
 ) -> None:
     """Serve the view on ``sock`` until interrupted (SIGINT, SIGTERM).
 
@@ -31,8 +32,10 @@ def serve(
         Sessions shown (default: all).
     token : str, optional
         Secret every request must carry.
+    allowed_hosts : list of str, optional
+        Host names requests may name (see :func:`~scanstream.web.app.create_app`).
     """
-    app = create_app(store, sessions, token)
+    app = create_app(store, sessions, token, allowed_hosts)
     config = uvicorn.Config(
         app,
         log_level="warning",
