@@ -14,9 +14,11 @@ import os
 import socket
 import sys
 
+from .._protocol.keys import check_session_name
 from .._transport.connection import DataStore
 from .._transport.server import resolve_url
 from .._transport.urls import mask_url
+from ..exceptions import InvalidArgumentError
 
 WEB_HELP = "serve a live view of the sessions' scans in the browser (read-only)"
 
@@ -71,6 +73,12 @@ def run_web(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    for name in args.sessions:
+        try:
+            check_session_name(name)
+        except InvalidArgumentError as exc:
+            print(f"scanstream web: {exc}", file=sys.stderr)
+            return 2
     if not 0 <= args.port <= 65535:
         print(f"scanstream web: --port {args.port} is not a TCP port (0 to 65535)", file=sys.stderr)
         return 2
@@ -90,17 +98,23 @@ def run_web(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    url = resolve_url(args.redis_url)
-    from ..web import server  # lazily: see the module docstring
+    try:
+        url = resolve_url(args.redis_url)
+        from ..web import server  # lazily: see the module docstring
 
-    with DataStore(url) as store:
-        port = sock.getsockname()[1]
-        shown = f"[{args.host}]" if family == socket.AF_INET6 else args.host
-        link = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
-        what = ", ".join(args.sessions) if args.sessions else "all sessions"
-        print(f"scanstream web: {link}  ({what} of {mask_url(url)}; Ctrl-C to stop)", flush=True)
-        # Bound to loopback, requests must name a loopback host: a page of another site
-        # resolved to 127.0.0.1 (DNS rebinding) gets 400. Elsewhere the token guards it.
-        hosts = LOOPBACK_NAMES + [args.host] if is_loopback(args.host) else None
-        server.serve(store, sock, sessions=args.sessions, token=token, allowed_hosts=hosts)
+        with DataStore(url) as store:
+            port = sock.getsockname()[1]
+            shown = f"[{args.host}]" if family == socket.AF_INET6 else args.host
+            link = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+            what = ", ".join(args.sessions) if args.sessions else "all sessions"
+            print(
+                f"scanstream web: {link}  ({what} of {mask_url(url)}; Ctrl-C to stop)",
+                flush=True,
+            )
+            # Bound to loopback, requests must name a loopback host: a page of another site
+            # resolved to 127.0.0.1 (DNS rebinding) gets 400. Elsewhere the token guards it.
+            hosts = LOOPBACK_NAMES + [args.host] if is_loopback(args.host) else None
+            server.serve(store, sock, sessions=args.sessions, token=token, allowed_hosts=hosts)
+    finally:
+        sock.close()
     return 0
