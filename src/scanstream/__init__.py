@@ -18,6 +18,11 @@ Subscribing (the seed's API)::
     ):
         ...
 
+The alignment numbers of a curve, as BLISS defines them (also shown by ``scanstream web``)::
+
+    from scanstream import cen, com, curve_stats, fwhm, peak
+    curve_stats(x, y)   # CurveStats(peak, peak_value, cen, fwhm, com)
+
 Writing every scan of a session into NeXus files (what ``scanstream writer`` runs)::
 
     from scanstream.writer import WriterService

@@ -81,11 +81,11 @@ def test_a_running_scan_is_listed_and_its_curve_gets_every_point(
     web = start_web(url=viewer_url)  # a read-only Redis user: the view writes nothing
     roby = Motor("roby")
     gauss = GaussianCounter("gauss", roby, center=0.5, fwhm=0.2)
-    npoints = 60
+    npoints = 50
     page, other = new_page(), new_page()  # two browsers on one scan
     page.goto(web.url)
     thread, out = _in_thread(
-        lambda: ascan(beamline, roby, 0, 1, npoints - 1, 0.03, gauss, sleep=True)
+        lambda: ascan(beamline, roby, 0, 1, npoints - 1, 0.08, gauss, sleep=True)
     )
     row = page.locator("tr[data-scan='web_session:1']")
     row.wait_for()
@@ -238,4 +238,6 @@ def test_overlay_of_two_scans(
     legend = page.locator(".u-legend")
     legend.filter(has_text=f"gauss #{second.number}").wait_for()
     assert f"gauss #{first.number}" in legend.inner_text()
+    # This view shows web_session only: another session's scans are not served.
+    assert page.evaluate("fetch('api/scan/elsewhere/1').then(r => r.status)") == 404
     screenshots(page, "overlay")

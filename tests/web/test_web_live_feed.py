@@ -4,7 +4,8 @@ the whole view first, then only what is new."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import concurrent.futures
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,13 @@ def beamline(store: DataStore) -> Iterator[PublishingSession]:
         yield publishing
     finally:
         publishing.close()
+
+
+def _run(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run ``coroutine`` in a thread of its own: Playwright's sync API (the browser tests of
+    the same session) keeps an event loop running in the main thread."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, coroutine).result(timeout=25)
 
 
 async def _until(stream: Any, predicate: Any) -> dict[str, Any]:
@@ -70,7 +78,7 @@ def test_two_browsers_share_one_reader_and_get_the_rows_once(
         assert hub.feeds == 0
         await hub.close()
 
-    asyncio.run(watch())
+    _run(watch())
 
 
 def test_a_missing_scan_fails_at_once(store: DataStore, beamline: PublishingSession) -> None:
@@ -84,4 +92,4 @@ def test_a_missing_scan_fails_at_once(store: DataStore, beamline: PublishingSess
 
     with beamline.create_scan("ct", {"title": "ct", "type": "ct", "npoints": 1}) as scan:
         scan.prepared()
-    asyncio.run(watch())
+    _run(watch())
