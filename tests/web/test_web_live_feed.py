@@ -93,3 +93,26 @@ def test_a_missing_scan_fails_at_once(store: DataStore, beamline: PublishingSess
     with beamline.create_scan("ct", {"title": "ct", "type": "ct", "npoints": 1}) as scan:
         scan.prepared()
     _run(watch())
+
+
+def test_a_browser_that_came_before_prepared_gets_the_columns_in_a_reset(
+    beamline: PublishingSession, store: DataStore
+) -> None:
+    scan = beamline.create_scan("ct", {"title": "early", "type": "ct", "npoints": 5})
+    counter = scan.create_container("timer").create_channel("diode", dtype="float64")
+
+    async def watch() -> None:
+        hub = Hub(store)
+        stream = hub.stream("feed_session", 1)
+        first = await _until(stream, lambda m: True)
+        assert first["state"] == "CREATED" and first["names"] == [] and first["reset"]
+        await asyncio.to_thread(lambda: (scan.prepared(), counter.emit(np.arange(5.0))))
+        data = await _until(stream, lambda m: m["count"] == 5)
+        assert data["reset"] and data["names"] == ["diode"]
+        assert data["columns"] == [[0.0, 1.0, 2.0, 3.0, 4.0]]
+        await asyncio.to_thread(scan.end)
+        await _until(stream, lambda m: m["ended"])
+        await stream.aclose()
+        await hub.close()
+
+    _run(watch())

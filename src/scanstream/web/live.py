@@ -124,7 +124,9 @@ class ScanFeed:
             self.version += 1
         return changed
 
-    def message(self, seen: tuple[int, int] | None) -> tuple[dict[str, Any], tuple[int, int]]:
+    def message(
+        self, seen: tuple[int, int] | None
+    ) -> tuple[dict[str, Any], tuple[int, int] | None]:
         """What a browser that has seen ``seen`` (``(generation, buckets)``, None: nothing) needs.
 
         Returns
@@ -134,33 +136,40 @@ class ScanFeed:
             "tail_index": [...], "tail": [[...], ...], "count", "state", "ended",
             "bucket_size"}``; ``reset`` True means the rows replace the browser's rows,
             else they are appended; the tail always replaces the previous tail.
-        seen : tuple of int
-            What the browser has seen after this message.
+        seen : tuple of int or None
+            What the browser has seen after this message (None: no column yet, so that the
+            next message is a reset that brings them).
         """
         with self._lock:
             dec = self.decimator
-            base = {
+            message: dict[str, Any] = {
                 "names": self.names,
                 "state": self.state.name,
                 "ended": self.ended,
                 "error": self.error,
+                "reset": True,
+                "index": [],
+                "columns": [],
+                "tail_index": [],
+                "tail": [],
+                "count": 0,
+                "bucket_size": 1,
             }
-            if dec is None:
-                return {**base, "reset": True, "index": [], "columns": [], "tail_index": [],
-                        "tail": [], "count": 0, "bucket_size": 1}, (0, 0)  # fmt: skip
+            if dec is None:  # before PREPARED: no channel known yet
+                return message, None
             reset = seen is None or seen[0] != dec.generation
-            index, values = dec.rows(0 if reset else seen[1])  # type: ignore[index]
+            from_bucket = 0 if seen is None or reset else seen[1]
+            index, values = dec.rows(from_bucket)
             tail_index, tail = dec.tail()
-            message = {
-                **base,
-                "reset": reset,
-                "index": index.tolist(),
-                "columns": [_column_list(values[:, k]) for k in range(dec.ncolumns)],
-                "tail_index": tail_index.tolist(),
-                "tail": [_column_list(tail[:, k]) for k in range(dec.ncolumns)],
-                "count": dec.count,
-                "bucket_size": dec.bucket_size,
-            }
+            message.update(
+                reset=reset,
+                index=index.tolist(),
+                columns=[_column_list(values[:, k]) for k in range(dec.ncolumns)],
+                tail_index=tail_index.tolist(),
+                tail=[_column_list(tail[:, k]) for k in range(dec.ncolumns)],
+                count=dec.count,
+                bucket_size=dec.bucket_size,
+            )
             return message, (dec.generation, dec.nbuckets)
 
 
