@@ -241,3 +241,23 @@ def test_overlay_of_two_scans(
     # This view shows web_session only: another session's scans are not served.
     assert page.evaluate("fetch('api/scan/elsewhere/1').then(r => r.status)") == 404
     screenshots(page, "overlay")
+
+
+def test_a_page_opened_before_the_scan_has_channels_shows_them_when_they_come(
+    beamline: PublishingSession, start_web: Any, new_page: Any
+) -> None:
+    web = start_web()
+    scan = beamline.create_scan("timescan", {"title": "early bird", "type": "timescan"})
+    page = new_page()
+    page.goto(web.url + "#/scan/web_session/1")
+    page.locator("#scan-state").filter(has_text="CREATED").wait_for()
+    assert page.locator("#curve-points").count() == 0  # nothing to plot yet
+    timer = scan.create_container("timer")
+    elapsed = timer.create_channel("elapsed_time", dtype="float64", unit="s")
+    diode = timer.create_container("diode_controller").create_channel("diode", dtype="float64")
+    scan.prepared()
+    elapsed.emit([0.0, 0.1, 0.2])
+    diode.emit([1.0, 3.0, 2.0])
+    page.locator("#curve-points").filter(has_text="3 points").wait_for()
+    scan.end()
+    page.locator("#curve-points").filter(has_text="DONE").wait_for()

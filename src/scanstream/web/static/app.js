@@ -499,6 +499,7 @@ async function scanView(session, number, overlays) {
     el("div", {}, "saving: ", savingEl));
   const parts = [head];
   const kinds = new Set(desc.nodes.map((n) => n.kind));
+  const nodeNames = desc.nodes.map((n) => n.name).join();
   if (kinds.has("scalar")) parts.push(curvePanel(desc, overlays));
   if (desc.mesh) parts.push(meshPanel(desc, running));
   if (kinds.has("spectrum")) parts.push(spectrumPanel(desc, running));
@@ -518,6 +519,9 @@ async function scanView(session, number, overlays) {
   const refresh = async () => {
     if (!running() && ["SAVED", "FAILED", "NOT_SAVED"].includes(desc.saving.state)) return false;
     desc = await api(`api/scan/${encodeURIComponent(session)}/${number}`);
+    // Channels announced after the page was built (it was opened at the very start of the
+    // scan): build it again, with their panels.
+    if (desc.nodes.map((n) => n.name).join() !== nodeNames) { route(); return false; }
     state = desc.state;
     stateEl.textContent = desc.state; stateEl.className = `state-${desc.state}`;
     savingEl.textContent = savingText(desc.saving); savingEl.className = `saving-${desc.saving.state}`;
