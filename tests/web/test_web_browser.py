@@ -111,7 +111,8 @@ def test_a_running_scan_is_listed_and_its_curve_gets_every_point(
         )
         assert browser_page.evaluate("window.scanstreamStats.rows") == npoints
     assert f"{npoints} points" in label.inner_text()
-    # The analysis is that of scanstream.analysis on the published curve.
+    # The analysis is that of scanstream.analysis on the whole published curve.
+    page.locator(f"#analysis[data-count='{npoints}']").wait_for()
     cen = float(
         page.locator(
             "#analysis tr[data-curve='simulation_counter_controller:gauss'] td.cen"
@@ -218,7 +219,8 @@ def test_the_image_slider_reaches_the_last_frame_and_spectra_show(
     assert page.locator("#frame-label").get_attribute("data-index") == str(nframes - 1)
     assert page.evaluate("document.getElementById('frame').width") == 64
     page.locator("#spectrum-label").filter(has_text=f"spectrum {nframes} of {nframes}").wait_for()
-    assert page.evaluate("document.getElementById('waterfall').height") == nframes
+    # The waterfall is drawn after the spectrum, from its own request: one row per spectrum.
+    page.wait_for_function(f"() => document.getElementById('waterfall').height === {nframes}")
     screenshots(page, "images-and-spectra")
 
 

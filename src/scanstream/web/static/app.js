@@ -206,6 +206,7 @@ function curvePanel(desc, overlays) {
     try {
       analysis = await api(`api/scan/${encodeURIComponent(desc.session)}/${desc.number}/analysis?${q}`);
     } catch (e) { return; }
+    statsTable.dataset.count = analysis.count;  // the points the numbers are of
     statsTable.replaceChildren(el("tr", {}, ...["curve", "peak", "at max", "cen", "fwhm", "com"].map((h) => el("th", {}, h))),
       ...Object.entries(analysis.curves).map(([name, c]) => el("tr", { "data-curve": name },
         el("td", {}, short(name)), el("td", { class: "peak" }, fmt(c.peak)), el("td", {}, fmt(c.peak_value)),
