@@ -30,17 +30,19 @@ _LAYERS: dict[str, int] = {
     "scanstream.admin": 5,
     "scanstream.sim": 5,
     "scanstream.writer": 5,
+    "scanstream.web": 5,  # the browser view: reads through subscribe/ and admin/ listing
     "scanstream.cli": 6,
     "scanstream.__main__": 7,
 }
 # Allowed imports between layers of the same rank: (importer, imported).
-_SIDEWAYS = {("scanstream.writer", "scanstream.admin")}
+_SIDEWAYS = {("scanstream.writer", "scanstream.admin"), ("scanstream.web", "scanstream.admin")}
 
 # Function-level imports of the package's own modules that are there on purpose, never to hide
 # a cycle: the package root resolves the writer's names on first use (so that `import
 # scanstream` does not load h5py), and the command line imports each subcommand's module
-# only when that subcommand runs (so that `scanstream server status` starts fast).
-_LAZY_IMPORTERS = {"scanstream", "scanstream.cli"}
+# only when that subcommand runs (so that `scanstream server status` starts fast); `scanstream
+# web` imports the web server (starlette, uvicorn) only when it serves.
+_LAZY_IMPORTERS = {"scanstream", "scanstream.cli", "scanstream.cli.web"}
 # Modules that may import h5py, and those that may do it only inside a function. Besides the
 # writer, the simulated Lima detector writes real HDF5 frame files, as a detector does.
 _H5PY_MODULE_LEVEL = ("scanstream.writer", "scanstream.sim.lima")

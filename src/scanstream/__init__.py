@@ -18,6 +18,11 @@ Subscribing (the seed's API)::
     ):
         ...
 
+The alignment numbers of a curve, as BLISS defines them (also shown by ``scanstream web``)::
+
+    from scanstream import cen, com, curve_stats, fwhm, peak
+    curve_stats(x, y)   # CurveStats(peak, peak_value, cen, fwhm, com)
+
 Writing every scan of a session into NeXus files (what ``scanstream writer`` runs)::
 
     from scanstream.writer import WriterService
@@ -28,6 +33,7 @@ The package root never imports the writer (nor h5py): ``WriterService``, ``saved
 """
 
 from ._transport.connection import DataStore, Settings
+from .analysis import CurveStats, cen, com, curve_stats, fwhm, peak
 from .exceptions import (
     DecodingError,
     EncodingError,
@@ -104,6 +110,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "ChannelNode",
     "ChannelPublisher",
+    "CurveStats",
     "ContainerNode",
     "ContainerPublisher",
     "DataNode",
@@ -155,11 +162,16 @@ __all__ = [
     "WriterError",
     "WriterService",
     "__version__",
+    "cen",
+    "com",
     "create_session",
+    "curve_stats",
+    "fwhm",
     "get_session_node",
     "get_data_from_nodes",
     "get_node",
     "get_or_create_node",
+    "peak",
     "watch_session_scans",
     "ScansObserver",
     "ScansWatcher",

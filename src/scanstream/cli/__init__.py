@@ -78,6 +78,7 @@ COMMANDS: tuple[Command, ...] = (
         "follow sessions live: scans starting and ending, last values, a row per point",
         "watch",
     ),
+    Command("web", "serve a live view of the sessions' scans in the browser (read-only)", "web"),
     Command(
         "ls",
         "list sessions and their stored scans (state, points, memory, saving verdict)",
