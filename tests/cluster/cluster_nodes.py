@@ -169,14 +169,22 @@ def _wait_ping(node: Node, timeout: float = 10.0) -> None:
 def local_cluster(binary: Path, directory: Path, masters: int = 3) -> Iterator[LocalCluster]:
     """Start ``masters`` masters and one replica each; stop (kill) them all at the end."""
     directory.mkdir(parents=True, exist_ok=True)
-    ports = _free_ports(2 * masters)
     nodes: list[Node] = []
     try:
-        for port in ports:
-            nodes.append(_start_node(binary, directory, port))
+        # A port found free may be taken by another process before the node binds it (other
+        # test runs on the machine): a node that exits at start is started again elsewhere.
+        for attempt in range(5):
+            nodes = [_start_node(binary, directory, port) for port in _free_ports(2 * masters)]
+            try:
+                for node in nodes:
+                    _wait_ping(node)
+                break
+            except redis.exceptions.ConnectionError:
+                if attempt == 4 or all(node.process.poll() is None for node in nodes):
+                    raise
+                for node in nodes:
+                    node.kill()
         cluster = LocalCluster(binary, nodes[:masters], nodes[masters:], nodes)
-        for node in nodes:
-            _wait_ping(node)
         with nodes[0].client() as first:
             for node in nodes[1:]:
                 first.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
