@@ -137,9 +137,9 @@ class ScanNode(DataNode):
         Number of the scan in its session.
     scan_end : ScanEnd or None
         How the scan ended, filled in by a walk that yielded its END_SCAN (``end`` is the
-        same, under its historical name).
-    errors : dict
-        Corrupt data met by walks of this scan: node db_name -> error text.
+        same, under its historical name). Corrupt data a walk met in this scan is told in
+        its END_SCAN event: ``event_data.description["decoding_errors"]`` (node db_name ->
+        error text).
     """
 
     def __init__(self, session: SessionNode, fields: entries.Fields) -> None:
