@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from typing import Any
 
 import numpy as np
 import redis
@@ -24,9 +25,18 @@ _counter = itertools.count()
 
 
 def _publish(
-    url: str, nch: int, dtype: str, shape: tuple[int, ...], npoints: int, per_emit: int
+    url: str,
+    nch: int,
+    dtype: str,
+    shape: tuple[int, ...],
+    npoints: int,
+    per_emit: int,
+    scalars: list[Any] | None = None,
 ) -> tuple[float, float]:
-    """Publish one scan; return (seconds of the emit loop, seconds until end() returned)."""
+    """Publish one scan; return (seconds of the emit loop, seconds until end() returned).
+
+    ``scalars``: emit these, one per call (a step scan); default Python floats.
+    """
     store = open_store(url)
     try:
         session = create_session(f"bench{next(_counter)}", store=store)
@@ -35,7 +45,7 @@ def _publish(
         channels = [top.create_channel(f"c{i}", dtype=dtype, shape=shape) for i in range(nch)]
         scan.prepared()
         if per_emit == 1 and shape == ():
-            values = [float(i) for i in range(npoints)]
+            values = scalars if scalars is not None else [float(i) for i in range(npoints)]
             t0 = time.perf_counter()
             for v in values:
                 for ch in channels:
@@ -130,6 +140,8 @@ def run(url: str, quick: bool) -> list[Figure]:
     fig.met = fig.value.median >= 165_000
     figures.append(fig)
 
+    figures += numpy_scalars(url, quick)
+
     # (c) 1D spectra 1024 float32, 10 channels, one spectrum per emit.
     nch, npts = 10, (1_000 if quick else 10_000)
     total = nch * npts
@@ -178,3 +190,52 @@ def scale_channels(url: str, quick: bool) -> list[dict[str, float]]:
             }
         )
     return rows
+
+
+#: (1d) the numpy scalar types measured, each into a channel of its own dtype.
+SCALAR_DTYPES = ("float64", "float32", "int32", "int64", "uint16", "bool")
+
+
+def _scalars(dtype: str, npoints: int) -> list[Any]:
+    """What ``arr[i]`` gives for an array of ``dtype``: numpy scalars, one per point."""
+    values = np.arange(npoints) % 2 if dtype == "bool" else np.arange(npoints) % 1000
+    return list(values.astype(dtype))
+
+
+def numpy_scalars(url: str, quick: bool) -> list[Figure]:
+    """(1d) One numpy scalar per emit (10 channels of its dtype) against Python floats.
+
+    The figure is the emit loop's rate with numpy scalars, the baseline the same loop with
+    Python floats into float64 channels, interleaved in the same run; the end-to-end rates
+    (until ``end()`` returned) are in ``extra``.
+    """
+    reps = 3 if quick else 7
+    nch, npts = 10, (2_000 if quick else 20_000)
+    total = nch * npts
+    dtypes = SCALAR_DTYPES[:2] if quick else SCALAR_DTYPES
+    floats = [float(i % 1000) for i in range(npts)]
+
+    def one(dtype: str, values: list[Any]) -> tuple[float, float]:
+        t_loop, t_end = _publish(url, nch, dtype, (), npts, 1, scalars=values)
+        return total / t_loop, total / t_end
+
+    runs = [lambda: one("float64", floats)]
+    values = {d: _scalars(d, npts) for d in dtypes}
+    runs += [lambda d=d: one(d, values[d]) for d in dtypes]
+    results = interleave(runs, reps, lambda: flush(url))
+    base = results[0]
+    figures = []
+    for dtype, res in zip(dtypes, results[1:]):
+        fig = Figure(
+            f"1d emit np.{np.dtype(dtype).type.__name__} into {dtype}, 10 ch, 1 point per emit",
+            Stat.of([r[0] for r in res], "emit calls/s"),
+            Stat.of([r[0] for r in base], "emit calls/s"),
+            ">= 0.77 x Python floats (cost <= 1.3 x)",
+            extra={
+                "end_to_end": Stat.of([r[1] for r in res], "points/s").__dict__,
+                "baseline_end_to_end": Stat.of([r[1] for r in base], "points/s").__dict__,
+            },
+        )
+        fig.met = fig.ratio is not None and fig.ratio >= 1 / 1.3
+        figures.append(fig)
+    return figures

@@ -286,10 +286,11 @@ class ChannelPublisher(_DataPublisher):
         super().__init__(scan, index, name, parent_db_name, codec, sender)
         self.dtype = codec.dtype
         self.shape = codec.shape
-        # Python floats/ints into a float channel skip numpy per point: converted per batch.
-        self._fast_types: tuple[type, ...] = (
-            (float, int) if codec.dtype.kind == "f" and codec.shape == () else ()
-        )
+        # Scalars (Python or numpy) that need no validation, or only a range check, skip
+        # numpy per point: they are stacked into an array of the channel's dtype per send.
+        rules = codec.scalar_rules()
+        self._as_is = frozenset(kind for kind, rule in rules.items() if rule is None)
+        self._bounded = {kind: rule for kind, rule in rules.items() if rule is not None}
         # Single arrays of exactly the point's dtype and shape need no validation either.
         self._fast_array = not codec.variable and codec.shape != ()
 
@@ -321,7 +322,11 @@ class ChannelPublisher(_DataPublisher):
             Redis accepts the queued points again (they are kept, none is dropped).
         """
         kind = type(data)
-        if kind in self._fast_types:
+        if kind in self._as_is:
+            self._queue.put_single(data)
+            return
+        bounds = self._bounded.get(kind)
+        if bounds is not None and bounds[0] <= data <= bounds[1]:
             self._queue.put_single(data)
             return
         if (
