@@ -142,12 +142,23 @@ def run(url: str, quick: bool) -> list[Figure]:
 
     figures += numpy_scalars(url, quick)
 
-    # (c) 1D spectra 1024 float32, 10 channels, one spectrum per emit.
-    nch, npts = 10, (1_000 if quick else 10_000)
+    figures.append(spectra(url, quick))
+    return figures
+
+
+def spectra(url: str, quick: bool) -> Figure:
+    """(1c) 1D spectra of 1024 float32, 10 channels, one spectrum per emit.
+
+    Baseline: the large-entry limit, raw pipelined XADD of the same bytes in entries of 256
+    spectra (1 MiB); raw XADD of one spectrum per entry is in ``extra``.
+    """
+    reps = 3 if quick else 7
+    nch, npts = 10, (1_024 if quick else 10_240)
     total = nch * npts
-    pub, raw = interleave(
+    pub, large, single = interleave(
         [
             lambda: total / _publish(url, nch, "float32", (1024,), npts, 1)[1],
+            lambda: total / _raw_xadd(url, nch, 4096, npts, 256),
             lambda: total / _raw_xadd(url, nch, 4096, npts, 1),
         ],
         reps,
@@ -156,12 +167,12 @@ def run(url: str, quick: bool) -> list[Figure]:
     fig = Figure(
         "1c publish 1D 1024 float32, 10 ch, 1 spectrum per emit",
         Stat.of(pub, "points/s"),
-        Stat.of(raw, "points/s"),
-        ">= 0.7 x baseline",
+        Stat.of(large, "points/s"),
+        ">= 0.9 x raw XADD of 1 MiB entries",
+        extra={"raw_one_spectrum_per_entry": Stat.of(single, "points/s").__dict__},
     )
-    fig.met = fig.ratio is not None and fig.ratio >= 0.7
-    figures.append(fig)
-    return figures
+    fig.met = fig.ratio is not None and fig.ratio >= 0.9
+    return fig
 
 
 def scale_channels(url: str, quick: bool) -> list[dict[str, float]]:

@@ -84,3 +84,31 @@ def test_scalars_of_other_types_are_converted_as_the_validating_path_does(
     assert np.asarray(stored["narrow"].get(0, -1)).tobytes() == want.tobytes()
     assert list(stored["counts"].get(0, -1)) == [-5, 2**31 - 1, 12, -1, 1]
     assert list(stored["small"].get(0, -1)) == [255, 0, 7]
+
+
+def test_single_spectra_round_trip_in_order_across_arenas(session: PublishingSession) -> None:
+    buffer = np.empty(1000, dtype="float32")  # a reused acquisition buffer
+    sent: list[np.ndarray] = []
+    with session.create_scan("spectra", {}) as scan:
+        channel = scan.create_container("mca").create_channel("spectrum", "float32", (1000,))
+        image = scan.create_container("cam").create_channel("frame", "uint16", (300, 300))
+        scan.prepared()
+        for i in range(300):  # 1.2 MB: several arenas, of several sizes
+            buffer[:] = np.arange(1000) + i
+            if i % 50 == 7:
+                channel.emit(np.stack([buffer, buffer + 0.5]))  # a batch in between
+                sent += [buffer.copy(), buffer + 0.5]
+            else:
+                channel.emit(buffer)
+                sent.append(buffer.copy())
+            if i % 100 == 0:
+                scan.flush()
+        frame = np.zeros((300, 300), dtype="uint16")
+        for i in range(5):  # points larger than an arena: one each
+            frame[:] = i
+            image.emit(frame)
+    stored = _stored(session, scan.number)
+    got = np.asarray(stored["spectrum"].get(0, -1))
+    assert got.shape == (len(sent), 1000) and got.tobytes() == np.stack(sent).tobytes()
+    frames = np.asarray(stored["frame"].get(0, -1))
+    assert [int(f[0, 0]) for f in frames] == [0, 1, 2, 3, 4] and (frames == frames[:, :1, :1]).all()

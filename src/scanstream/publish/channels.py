@@ -33,6 +33,11 @@ _MAX_PENDING_POINTS = 1 << 20
 # given to the socket one by one: below it a copy is cheaper. Connections without vectored
 # writes (TLS) always join: one write per batch would cost more than the copy.
 _MIN_SCATTER_BYTES = 4096
+# Single points of a shaped channel are copied into an arena: consecutive rows of one array,
+# sent from there (one copy between the caller's array and the socket). Its size follows the
+# points queued per send, between these bounds (one point at least).
+_MIN_ARENA_BYTES = 64 << 10
+_MAX_ARENA_BYTES = 1 << 20
 # Image references per entry (about 100 bytes of JSON each).
 _REFS_PER_ENTRY = 10000
 
@@ -121,6 +126,11 @@ class _NumericQueue(_PointQueue):
         self.scatter = scatter
         # Single points that needed no validation (step scans): one array per send.
         self._singles: list[Any] = []
+        # Single arrays of the channel's dtype and shape, copied into rows of an arena; rows
+        # [_moved, _filled) are queued but not yet in _pending.
+        self._arena: np.ndarray | None = None
+        self._rows: list[np.ndarray] = []
+        self._moved = self._filled = 0
 
     def put_single(self, point: Any) -> None:
         """Queue one point already of the channel's dtype and shape: the step-scan path.
@@ -137,14 +147,54 @@ class _NumericQueue(_PointQueue):
         if self.emitted - self.sent > _MAX_PENDING_POINTS:
             self._sender.send_from_emit()
 
+    def put_array(self, point: np.ndarray) -> None:
+        """Queue one array of the channel's exact dtype and shape: copied into the arena.
+
+        The arena's rows are sent as they are (no stacking), so this copy is the only one.
+        """
+        if self._sender.refusing:
+            self._refuse()
+        with self._lock:
+            if self._filled == len(self._rows):
+                self._new_arena()
+            self._rows[self._filled][...] = point
+            self._filled += 1
+            self.emitted += 1
+        if not self._wake.is_set():
+            self._wake.set()
+        if self.emitted - self.sent > _MAX_PENDING_POINTS:
+            self._sender.send_from_emit()
+
+    def _new_arena(self) -> None:
+        """Queue the full arena and make the next one (lock held)."""
+        point_bytes = self.codec.dtype.itemsize * self.codec.point_size
+        size = len(self._rows)
+        if not size:
+            size = _MIN_ARENA_BYTES // point_bytes
+        elif self._moved == 0:  # filled before any send took from it: grow
+            size *= 2
+        else:
+            size //= 2
+        size = max(1, min(size, _MAX_ARENA_BYTES // point_bytes), _MIN_ARENA_BYTES // point_bytes)
+        self._move_extra()
+        # Rows already queued keep the old arena alive until they are sent.
+        self._arena = np.empty((size, *self.codec.shape), dtype=self.codec.dtype)
+        self._rows = list(self._arena)
+        self._moved = self._filled = 0
+
     def _move_extra(self) -> None:
         # Keeps point order: single points queued before a batch go before it.
         if self._singles:
             self._pending.append(np.array(self._singles, dtype=self.codec.dtype))
             self._singles = []
+        if self._filled > self._moved:
+            assert self._arena is not None
+            self._pending.append(self._arena[self._moved : self._filled])
+            self._moved = self._filled
 
     def _drop_extra(self) -> None:
         self._singles = []
+        self._moved = self._filled
 
     def encode(self, batches: list[Any]) -> list[tuple[EntryFields, int]]:
         codec = self.codec
@@ -335,7 +385,7 @@ class ChannelPublisher(_DataPublisher):
             and data.shape == self.shape
             and data.dtype == self.dtype
         ):
-            self._queue.put_single(data.copy())
+            self._queue.put_array(data)
             return
         batch = self.codec.batch(data)
         if isinstance(data, np.ndarray) and np.may_share_memory(batch, data):
