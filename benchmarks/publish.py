@@ -32,10 +32,14 @@ def _publish(
     npoints: int,
     per_emit: int,
     scalars: list[Any] | None = None,
+    active: int | None = None,
+    stored: list[float] | None = None,
 ) -> tuple[float, float]:
     """Publish one scan; return (seconds of the emit loop, seconds until end() returned).
 
-    ``scalars``: emit these, one per call (a step scan); default Python floats.
+    ``scalars``: emit these, one per call (a step scan); default Python floats. ``active``:
+    emit into that many of the ``nch`` channels only (the others stay idle). ``stored``: flush
+    before ``end()`` and append the seconds until then (every point acknowledged by Redis).
     """
     store = open_store(url)
     try:
@@ -44,6 +48,7 @@ def _publish(
         top = scan.create_container("timer")
         channels = [top.create_channel(f"c{i}", dtype=dtype, shape=shape) for i in range(nch)]
         scan.prepared()
+        channels = channels[:active]
         if per_emit == 1 and shape == ():
             values = scalars if scalars is not None else [float(i) for i in range(npoints)]
             t0 = time.perf_counter()
@@ -61,6 +66,9 @@ def _publish(
                 for ch in channels:
                     ch.emit(block)
         t1 = time.perf_counter()
+        if stored is not None:
+            scan.flush()
+            stored.append(time.perf_counter() - t0)
         scan.end()
         t2 = time.perf_counter()
         return t1 - t0, t2 - t0
@@ -143,6 +151,46 @@ def run(url: str, quick: bool) -> list[Figure]:
     figures += numpy_scalars(url, quick)
 
     figures.append(spectra(url, quick))
+    figures += many_channels(url, quick)
+    return figures
+
+
+def many_channels(url: str, quick: bool) -> list[Figure]:
+    """(1e) 1000-point batches into many channels, all active or a few of many.
+
+    Baseline: raw pipelined XADD of the same entries into the active channels only. The
+    figure is the rate until every point is stored (``flush()``); ``end()``, which seals
+    every stream of the scan (idle ones too), is timed apart in ``extra``.
+    """
+    reps = 2 if quick else 5
+    cases = (
+        [(200, 200, 1_000), (2_000, 20, 2_000)]
+        if quick
+        else [(1_000, 1_000, 20_000), (10_000, 100, 100_000)]
+    )
+    figures = []
+    for nch, active, npts in cases:
+
+        def one(n: int = nch, a: int = active, p: int = npts) -> tuple[float, float]:
+            stored: list[float] = []
+            t_end = _publish(url, n, "float64", (), p, 1000, active=a, stored=stored)[1]
+            return a * p / stored[0], t_end - stored[0]
+
+        pub, raw = interleave(
+            [one, lambda a=active, p=npts: a * p / _raw_xadd(url, a, 8, p, 1000)],
+            reps,
+            lambda: flush(url),
+        )
+        of = "" if active == nch else f" ({active} active)"
+        fig = Figure(
+            f"1e publish 0D float64, {nch} ch{of}, 1000-point batches",
+            Stat.of([r[0] for r in pub], "points/s"),
+            Stat.of(raw, "points/s"),
+            ">= 0.9 x raw XADD into the active channels",
+            extra={"end_seconds": Stat.of([r[1] for r in pub], "s").__dict__},
+        )
+        fig.met = fig.ratio is not None and fig.ratio >= 0.9
+        figures.append(fig)
     return figures
 
 

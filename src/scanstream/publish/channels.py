@@ -64,6 +64,9 @@ class _PointQueue:
         self.emitted = 0  # points accepted by put()
         self._lock = threading.Lock()
         self._pending: list[Any] = []
+        # True from the first point after a take until the next take: the sender has been
+        # told (Sender.ready), once.
+        self._ready = False
         self._sender = sender
         self._wake = sender.wake
         self._refuse = refuse
@@ -76,6 +79,9 @@ class _PointQueue:
             self._move_extra()
             self._pending.append(batch)
             self.emitted += npoints
+            if not self._ready:
+                self._ready = True
+                self._sender.ready(self)
         if not self._wake.is_set():
             self._wake.set()
         if self.emitted - self.sent > _MAX_PENDING_POINTS:
@@ -85,11 +91,15 @@ class _PointQueue:
         with self._lock:
             self._move_extra()
             pending, self._pending = self._pending, []
+            self._ready = False
         return pending
 
     def give_back(self, batches: list[Any]) -> None:
         with self._lock:
             self._pending[:0] = batches
+            if not self._ready:
+                self._ready = True
+                self._sender.ready(self)
 
     def drop(self) -> int:
         with self._lock:
@@ -142,6 +152,9 @@ class _NumericQueue(_PointQueue):
         with self._lock:
             self._singles.append(point)
             self.emitted += 1
+            if not self._ready:
+                self._ready = True
+                self._sender.ready(self)
         if not self._wake.is_set():
             self._wake.set()
         if self.emitted - self.sent > _MAX_PENDING_POINTS:
@@ -160,6 +173,9 @@ class _NumericQueue(_PointQueue):
             self._rows[self._filled][...] = point
             self._filled += 1
             self.emitted += 1
+            if not self._ready:
+                self._ready = True
+                self._sender.ready(self)
         if not self._wake.is_set():
             self._wake.set()
         if self.emitted - self.sent > _MAX_PENDING_POINTS:

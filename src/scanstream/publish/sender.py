@@ -8,7 +8,9 @@ docs/performance.md.
 
 The sender sees the data nodes only through :class:`DataQueue`: it takes their queued batches,
 has them encoded, gives them back when a send fails and drops them when the scan fails. It
-knows nothing of scans or node trees.
+knows nothing of scans or node trees. A queue that gets points while it had none says so
+(:meth:`Sender.ready`): a send touches only those queues, so its cost follows the channels
+with data, not the channels of the scan.
 
 Faults (docs/performance.md, "Connection faults"): network errors are retried by redis-py's
 ``Retry`` of the connection pool; a send that still fails keeps its points queued and is tried
@@ -22,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -68,6 +71,10 @@ class DataQueue(Protocol):
     ``emitted`` counts the points accepted so far, ``sent`` those Redis acknowledged; the
     sender advances ``sent`` after each successful send. The data entry of the points from
     ``sent`` on gets the ID ``data_entry_id(sent)``.
+
+    A queue calls :meth:`Sender.ready` when it gets points (or batches back) while it was
+    empty, that is: at least once between its last :meth:`take` and its next one. The sender
+    takes only from the queues that did.
     """
 
     sent: int
@@ -147,6 +154,9 @@ class Sender:
         self.stopped = False
         self.fatal = False
         self._queues: list[DataQueue] = []
+        # Queues that got points since the sender last took from them. A deque: its append
+        # and popleft are atomic, so the emitting threads need no lock of the sender's.
+        self._ready: deque[DataQueue] = deque()
         self._send_lock = threading.Lock()  # one send at a time (background thread, flush, end)
         self._stop = threading.Event()  # interrupts every pause of the background thread
         self._thread: threading.Thread | None = None
@@ -160,6 +170,10 @@ class Sender:
     def add(self, queue: DataQueue) -> None:
         """Send the points of ``queue`` too (a new data node)."""
         self._queues.append(queue)
+
+    def ready(self, queue: DataQueue) -> None:
+        """``queue`` (added before) has points to send: the next send takes them."""
+        self._ready.append(queue)
 
     @property
     def queued(self) -> int:
@@ -277,9 +291,19 @@ class Sender:
 
     def _send_pending(self) -> None:
         """Send all queued batches in one transaction (caller holds the send lock)."""
-        taken = [(q, batches) for q in self._queues if (batches := q.take())]
-        if not taken:
+        # Only the queues that said they got points. A queue taken and filled again during
+        # this loop is listed twice: its later batches follow its earlier ones in the same
+        # entries. A bounded loop, however fast the emits.
+        ready = self._ready
+        by_queue: dict[DataQueue, list[Any]] = {}
+        for _ in range(len(ready)):
+            queue = ready.popleft()
+            batches = queue.take()
+            if batches:
+                by_queue.setdefault(queue, []).extend(batches)
+        if not by_queue:
             return
+        taken = list(by_queue.items())
         pipe = self.store.redis.pipeline(transaction=True)
         sent: list[tuple[DataQueue, int]] = []
         written: list[tuple[str, str, int]] = []
