@@ -164,7 +164,7 @@ def many_channels(url: str, quick: bool) -> list[Figure]:
     """
     reps = 2 if quick else 5
     cases = (
-        [(200, 200, 1_000), (2_000, 20, 2_000)]
+        [(200, 200, 1_000), (1_000, 10, 2_000)]
         if quick
         else [(1_000, 1_000, 20_000), (10_000, 100, 100_000)]
     )

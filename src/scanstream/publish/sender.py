@@ -1,10 +1,11 @@
 """The background sender of a scan: batching, the lease, and what to do when Redis fails.
 
 ``emit`` only queues. One sender per scan sends what has accumulated on every data node as one
-entry per node, all in one MULTI/EXEC, as soon as the previous send is done but not more often
-than every ``_MIN_SEND_INTERVAL``: a slow step scan gets one round trip of latency, a fast one
-gets bigger entries instead of more of them (readers pay per entry, not per point). See
-docs/performance.md.
+entry per node, all in one MULTI/EXEC, as soon as the previous send is done, unless entries
+would come faster than readers can take them: after a send of ``E`` entries the next one waits
+until ``E / _ENTRY_RATE`` seconds have passed (at most ``_MAX_SEND_INTERVAL``). A point
+emitted after a pause goes out at once; a fast scan gets bigger entries instead of more of
+them (readers pay per entry, not per point). See docs/performance.md.
 
 The sender sees the data nodes only through :class:`DataQueue`: it takes their queued batches,
 has them encoded, gives them back when a send fails and drops them when the scan fails. It
@@ -45,11 +46,17 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DataQueue", "Sender"]
 
-# Shortest time between two background sends. Readers pay about 10 us of pure-Python reply
-# parsing per entry: at 100 channels x 1 kHz, sending every millisecond would make 100 k
-# entries/s, more than a subscriber can parse; every 4 ms makes 25 k. It bounds the added
-# latency to 4 ms, and a scan slower than that is sent point by point with no added delay.
-_MIN_SEND_INTERVAL = 0.004
+# Entries per second the background sender makes at most. Readers pay per entry (reply
+# parsing, a few microseconds each): at 100 channels x 1 kHz, sending every millisecond
+# would make 100 k entries/s, more than a subscriber can parse; 25 k is one send every 4 ms
+# there. With 11 channels that is one send every 0.44 ms: each point of a 1 kHz scan goes
+# out at once. The pause after a send is in proportion to its entries, so coalescing starts
+# only when the entry rate would exceed this.
+_ENTRY_RATE = 25_000.0
+# Longest pause between two background sends: bounds the latency coalescing adds. (A
+# longer pause whenever the last send carried several points per entry was tried: no
+# measurable gain in bulk throughput, and a 1 kHz scan delayed once stayed coalesced.)
+_MAX_SEND_INTERVAL = 0.004
 # Pauses between attempts while a send fails (redis-py's Retry has already backed off within
 # each attempt): 40 ms doubling up to 0.2 s. Stateless, so one instance serves every sender.
 _FAILED_SEND_BACKOFF = ExponentialBackoff(cap=0.2, base=0.02)
@@ -162,6 +169,7 @@ class Sender:
         self._thread: threading.Thread | None = None
         self._backoff = backoff or _FAILED_SEND_BACKOFF
         self._unreachable_since: float | None = None
+        self._last_entries = 0  # entries of the last send: the pause after it
         self._renew_if_present = store.redis.register_script(_RENEW_IF_PRESENT)
 
     def __repr__(self) -> str:
@@ -214,8 +222,10 @@ class Sender:
         wake, stop = self.wake, self._stop
         while not stop.is_set() and not self.fatal:
             wake.wait(max(0.0, next_renewal - time.monotonic()))
-            # Coalesce: points emitted within _MIN_SEND_INTERVAL of the last send go together.
-            delay = last_send + _MIN_SEND_INTERVAL - time.monotonic()
+            # Coalesce only if entries would come faster than _ENTRY_RATE: the points emitted
+            # within this pause after the last send go together.
+            pause = min(_MAX_SEND_INTERVAL, self._last_entries / _ENTRY_RATE)
+            delay = last_send + pause - time.monotonic()
             if delay > 0 and stop.wait(delay):
                 break
             wake.clear()
@@ -302,6 +312,7 @@ class Sender:
             if batches:
                 by_queue.setdefault(queue, []).extend(batches)
         if not by_queue:
+            self._last_entries = 0
             return
         taken = list(by_queue.items())
         pipe = self.store.redis.pipeline(transaction=True)
@@ -344,6 +355,7 @@ class Sender:
             raise
         for queue, total in sent:
             queue.sent = total
+        self._last_entries = len(written)
 
     def _unmake(self, keys: list[str]) -> None:
         """Delete the data streams just created for a scan that is gone (they have no expiry)."""
