@@ -172,9 +172,9 @@ class NumericCodec:
             elif kind is int:
                 # Python ints convert through a double: exact up to 2**53 (and a float16 channel
                 # holds less). Larger ones go through batch() (int64, one rounding).
-                top = min(2**53, int(np.finfo(dt).max)) if dt.kind in "fc" else None
-                if top is not None:
-                    rules[kind] = (-top, top)
+                if dt.kind in "fc":
+                    exact = min(2**53, int(np.finfo(dt).max))
+                    rules[kind] = (-exact, exact)
             elif np.can_cast(src, dt, casting="safe"):
                 rules[kind] = None
             elif dt.kind == "f" and src.kind in "iuf":

@@ -73,9 +73,11 @@ class _PointQueue:
 
     def put(self, batch: Any, npoints: int) -> None:
         """Queue a validated batch of ``npoints`` points."""
-        if self._sender.refusing:
-            self._refuse()
         with self._lock:
+            # Checked under the lock: the sender drops queues (under their locks) after it
+            # starts refusing, so no point gets in after the last drop.
+            if self._sender.refusing:
+                self._refuse()
             self._move_extra()
             self._pending.append(batch)
             self.emitted += npoints
@@ -147,9 +149,9 @@ class _NumericQueue(_PointQueue):
 
         The same as :meth:`put`, with its steps written out: one call per point saved.
         """
-        if self._sender.refusing:
-            self._refuse()
         with self._lock:
+            if self._sender.refusing:
+                self._refuse()
             self._singles.append(point)
             self.emitted += 1
             if not self._ready:
@@ -165,9 +167,9 @@ class _NumericQueue(_PointQueue):
 
         The arena's rows are sent as they are (no stacking), so this copy is the only one.
         """
-        if self._sender.refusing:
-            self._refuse()
         with self._lock:
+            if self._sender.refusing:
+                self._refuse()
             if self._filled == len(self._rows):
                 self._new_arena()
             self._rows[self._filled][...] = point

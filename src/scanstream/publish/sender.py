@@ -426,6 +426,7 @@ class Sender:
         logger.error("%s", error)
         self.fatal = True
         self._set_error(error)
+        self.drop()  # points an emit queued before it saw the refusal
         return error
 
     def lose(self, error: ScanLostError) -> None:
@@ -438,6 +439,7 @@ class Sender:
         logger.error("%s", error)
         self.fatal = True
         self._set_error(error)
+        self.drop()  # points an emit queued before it saw the refusal
 
     def _refused(self, exc: BaseException) -> BaseException:
         """Redis refused the data: keep it queued, make emit raise a clear error until a send works."""
