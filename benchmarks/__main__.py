@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         choices=SECTIONS,
         default=None,
-        help="run these sections only (default: all, about 3 minutes)",
+        help="run these sections only (default: all, about 6 minutes)",
     )
     args = parser.parse_args(argv)
     only = [name for name in SECTIONS if name in set(args.only or SECTIONS)]
