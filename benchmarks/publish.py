@@ -152,6 +152,7 @@ def run(url: str, quick: bool) -> list[Figure]:
 
     figures.append(spectra(url, quick))
     figures += many_channels(url, quick)
+    figures.append(concurrent_scans(url, quick))
     return figures
 
 
@@ -298,3 +299,58 @@ def numpy_scalars(url: str, quick: bool) -> list[Figure]:
         fig.met = fig.ratio is not None and fig.ratio >= 1 / 1.3
         figures.append(fig)
     return figures
+
+
+def concurrent_scans(url: str, quick: bool) -> Figure:
+    """(1f) 16 scans published at once by 16 threads of one process, against one scan.
+
+    Each of the 16 scans has 10 channels fed 1000-point batches; the baseline is one scan of
+    160 channels holding the same points, from one thread. Throughput is points over the
+    wall time until every ``end()`` returned; ``extra`` has the process CPU of each.
+    """
+    import threading
+
+    reps = 2 if quick else 5
+    nscans, nch, npts = 16, 10, (5_000 if quick else 50_000)
+    total = nscans * nch * npts
+
+    def many() -> tuple[float, float]:
+        errors: list[BaseException] = []
+
+        def one() -> None:
+            try:
+                _publish(url, nch, "float64", (), npts, 1000)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=one) for _ in range(nscans)]
+        c0, t0 = time.process_time(), time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(600)
+        if errors:
+            raise errors[0]
+        return total / (time.perf_counter() - t0), time.process_time() - c0
+
+    def single() -> tuple[float, float]:
+        c0, t0 = time.process_time(), time.perf_counter()
+        _publish(url, nscans * nch, "float64", (), npts, 1000)
+        return total / (time.perf_counter() - t0), time.process_time() - c0
+
+    # Channel creation is inside both timings (16 x 10 against 160 NEW_NODE entries).
+    conc, one_scan = interleave([many, single], reps, lambda: flush(url))
+    fig = Figure(
+        f"1f publish {nscans} concurrent scans x {nch} ch, 1000-point batches",
+        Stat.of([r[0] for r in conc], "points/s"),
+        Stat.of([r[0] for r in one_scan], "points/s"),
+        ">= 0.8 x one scan of the same data, CPU <= 1.3 x",
+        extra={
+            "cpu_s": Stat.of([r[1] for r in conc], "s").__dict__,
+            "baseline_cpu_s": Stat.of([r[1] for r in one_scan], "s").__dict__,
+        },
+    )
+    cpu_ratio = fig.extra["cpu_s"]["median"] / fig.extra["baseline_cpu_s"]["median"]
+    fig.extra["cpu_ratio"] = cpu_ratio
+    fig.met = fig.ratio is not None and fig.ratio >= 0.8 and cpu_ratio <= 1.3
+    return fig
