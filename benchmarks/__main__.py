@@ -72,7 +72,7 @@ def _jsonable(obj: Any) -> Any:
 
 
 #: Rough duration of each section in a full run (s), for the progress lines.
-_DURATION = {"publish": 35, "latency": 15, "memory": 10, "writer": 80, "scale": 50}
+_DURATION = {"publish": 90, "latency": 60, "memory": 10, "writer": 80, "scale": 50}
 
 
 def _progress(message: str) -> None:
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         choices=SECTIONS,
         default=None,
-        help="run these sections only (default: all, about 3 minutes)",
+        help="run these sections only (default: all, about 6 minutes)",
     )
     args = parser.parse_args(argv)
     only = [name for name in SECTIONS if name in set(args.only or SECTIONS)]

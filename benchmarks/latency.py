@@ -44,6 +44,7 @@ def _subscriber(url: str, session: str, ready: Any, results: Any) -> None:
             "latencies": lat.astype(np.float32),
             "tail_p99": float(np.percentile(tail, 99)) if len(tail) else float("nan"),
             "end_lag": end_lag,
+            "cpu_s": time.process_time(),
         }
     )
     store.close()
@@ -110,10 +111,145 @@ def measure(url: str, nch: int, rate_hz: float, seconds: float, nsub: int) -> di
         "tail_p99_ms": max(o["tail_p99"] for o in outs) * 1000.0,
         "end_lag_ms": max(o["end_lag"] for o in outs) * 1000.0,
         "all_points_received": all(o["received"] == expected for o in outs),
+        "subscriber_cpu_s": max(o["cpu_s"] for o in outs),
         "received": [o["received"] for o in outs],
         "expected": expected,
         "_latencies_ms": lat,
     }
+
+
+def _raw_subscriber(url: str, keys: list[str], npoints: int, ready: Any, results: Any) -> None:
+    """Raw redis-py subscriber: XREAD BLOCK on ``keys`` until ``npoints`` points arrived."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    last = dict.fromkeys(keys, "0-0")
+    ready.set()
+    out = np.empty(npoints)
+    received = 0
+    deadline = time.monotonic() + 120
+    while received < npoints and time.monotonic() < deadline:
+        reply = client.xread(last, block=100)  # type: ignore[arg-type]
+        now = time.time()
+        for key, entries in reply or []:
+            for entry_id, fields in entries:
+                values = np.frombuffer(fields[b"d"], dtype="<f8")
+                out[received : received + len(values)] = now - values
+                received += len(values)
+                last[key.decode()] = entry_id
+    results.put(
+        {
+            "received": received,
+            "latencies": out[:received].astype(np.float32),
+            "cpu_s": time.process_time(),
+        }
+    )
+    client.close()
+
+
+def measure_raw(url: str, nch: int, rate_hz: float, seconds: float) -> dict[str, Any]:
+    """Baseline: raw XADD (one pipeline per tick, one entry per channel) -> XREAD BLOCK."""
+    import redis
+
+    flush(url)
+    ctx = mp.get_context("spawn")
+    keys = [f"rawlat:{{x}}:data:{i}" for i in range(nch)]
+    npts = int(rate_hz * seconds)
+    ready, results = ctx.Event(), ctx.Queue()
+    proc = ctx.Process(
+        target=_raw_subscriber, args=(url, keys, nch * npts, ready, results), daemon=True
+    )
+    proc.start()
+    client = redis.Redis.from_url(url)
+    try:
+        if not ready.wait(30):
+            raise RuntimeError("the raw subscriber process did not start")
+        time.sleep(0.2)  # into its first XREAD
+        period = 1.0 / rate_hz
+        start = time.perf_counter()
+        for i in range(npts):
+            wait = start + i * period - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            stamp = np.float64(time.time()).tobytes()
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.xadd(key, {b"n": b"1", b"d": stamp}, id=f"{i}-1")
+            pipe.execute()
+        out = results.get(timeout=60)
+    finally:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+        client.close()
+    lat = out["latencies"] * 1000.0
+    return {
+        "received": out["received"],
+        "expected": nch * npts,
+        "subscriber_cpu_s": out["cpu_s"],
+        "_latencies_ms": lat,
+    }
+
+
+def isolated_points(url: str, quick: bool) -> list[Figure]:
+    """(2b) Step scans at 10, 100 and 1000 Hz, 11 channels, 1 subscriber, against raw XADD->XREAD.
+
+    The scanstream run and the raw run alternate (raw, scanstream, scanstream, raw, ...).
+    """
+    rates = (1000.0,) if quick else (10.0, 100.0, 1000.0)
+    reps = 1 if quick else 2
+    figures = []
+    for rate in rates:
+        seconds = 0.5 if quick else max(2.0, min(5.0, 200 / rate))
+        ours: list[np.ndarray] = []
+        raw: list[np.ndarray] = []
+        complete = True
+        cpu: dict[str, list[float]] = {"ours": [], "raw": []}
+        for k in range(reps):
+            for which in ("raw", "ours") if k % 2 == 0 else ("ours", "raw"):
+                if which == "raw":
+                    res = measure_raw(url, 11, rate, seconds)
+                    raw.append(res["_latencies_ms"])
+                else:
+                    res = measure(url, 11, rate, seconds, 1)
+                    ours.append(res["_latencies_ms"])
+                    complete = complete and res["all_points_received"]
+                # Subscriber CPU per second of scan: what the walk costs beside raw XREAD.
+                cpu[which].append(res["subscriber_cpu_s"] / seconds)
+        fig = Figure(
+            f"2b live latency 11 ch x {rate:.0f} Hz, 1 subscriber",
+            Stat.of(np.concatenate(ours), "ms", higher_is_better=False),
+            Stat.of(np.concatenate(raw), "ms", higher_is_better=False),
+            "median <= 1.5 x raw XADD->XREAD",
+            extra={
+                "all_points_received": complete,
+                "subscriber_cpu_per_s": float(np.median(cpu["ours"])),
+                "raw_subscriber_cpu_per_s": float(np.median(cpu["raw"])),
+            },
+        )
+        fig.met = fig.ratio is not None and fig.ratio <= 1.5 and complete
+        figures.append(fig)
+    return figures
+
+
+def many_subscribers(url: str, quick: bool) -> Figure:
+    """(2c) 100 channels x 1 kHz, 16 subscriber processes (quick: 10 ch, 4 subscribers)."""
+    if quick:
+        res = measure(url, 10, 1000.0, 0.5, 4)
+    else:
+        res = measure(url, 100, 1000.0, 5.0, 16)
+    lat = res.pop("_latencies_ms")
+    base = _ping_ms(url, 2000 if quick else 20000)
+    fig = Figure(
+        f"2c live latency {res['channels']} ch x 1000 Hz, {res['subscribers']} subscribers",
+        Stat.of(lat, "ms", higher_is_better=False),
+        Stat.of(base, "ms", higher_is_better=False),
+        "p99 <= 5 ms, no subscriber behind",
+        extra=res,
+    )
+    fig.met = fig.value.p99 <= 5.0 and res["all_points_received"]
+    return fig
 
 
 def run(url: str, quick: bool) -> list[Figure]:
@@ -134,7 +270,7 @@ def run(url: str, quick: bool) -> list[Figure]:
         extra=res,
     )
     fig.met = fig.value.p99 <= 10.0 and res["all_points_received"] and res["tail_p99_ms"] <= 10.0
-    return [fig]
+    return [fig, *isolated_points(url, quick), many_subscribers(url, quick)]
 
 
 def _ping_ms(url: str, n: int) -> np.ndarray:

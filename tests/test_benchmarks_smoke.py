@@ -32,7 +32,20 @@ def test_quick_benchmarks_write_their_figures(server_binary: Path, tmp_path: Pat
     assert "| figure |" in proc.stdout
     result = json.loads(out.read_text())
     names = [f["name"] for f in result["figures"]]
-    for prefix in ("1a ", "1b ", "1c ", "2 ", "3a ", "3b ", "3c ", "4 "):
+    for prefix in (
+        "1a ",
+        "1b ",
+        "1c ",
+        "1d ",
+        "1e ",
+        "2 ",
+        "2b ",
+        "2c ",
+        "3a ",
+        "3b ",
+        "3c ",
+        "4 ",
+    ):
         assert any(n.startswith(prefix) for n in names), (prefix, names)
     for figure in result["figures"]:
         assert figure["value"]["median"] > 0 and figure["value"]["runs"] >= 1

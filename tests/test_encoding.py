@@ -162,3 +162,107 @@ def test_image_references():
         codec.batch([("only", "three", 1)])
     with pytest.raises(EncodingError, match="negative"):
         codec.batch([("/f", "/d", -1, "HDF5")])
+
+
+# ------------------------------------------------------------- the scalar fast path of emit
+
+_CHANNEL_DTYPES = [np.dtype(c) for c in "?bBhHiIlLqQefdgFDG"]
+_SCALAR_KINDS: list[type] = [float, int, bool] + list(
+    dict.fromkeys(d.type for d in _CHANNEL_DTYPES)
+)
+
+
+def _probes(kind: type) -> list[object]:
+    """Values of ``kind`` at the edges of every channel dtype: ranges, rounding, NaN, inf."""
+    if kind is bool or kind is np.bool_:
+        return [kind(True), kind(False)]
+    if kind is int:
+        return [
+            0,
+            1,
+            -1,
+            127,
+            128,
+            -129,
+            255,
+            256,
+            2**15,
+            2**16,
+            2**31,
+            2**32,
+            2**53 + 1,
+            -(2**53) - 1,
+            2**63 - 1,
+            2**63,
+            -(2**63),
+            2**64 - 1,
+            65504,
+            65520,
+        ]
+    dtype = np.dtype(kind)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        values = {0, 1, info.max, info.min, 127, 128, 255, 256, 65535, 65536, 2**31, 2**53 + 1}
+        return [kind(v) for v in sorted(values) if info.min <= v <= info.max]
+    values = [
+        0.0,
+        -0.0,
+        1.1,
+        1 / 3,
+        65504.0,
+        65520.0,
+        3.4e38,
+        3.5e38,
+        1e300,
+        float("inf"),
+        float("-inf"),
+        float("nan"),
+        5e-324,
+    ]
+    with np.errstate(over="ignore"):
+        return [kind(v) for v in values]
+
+
+@pytest.mark.parametrize("dtype", _CHANNEL_DTYPES, ids=str)
+def test_scalars_queued_as_they_are_give_the_bytes_batch_gives(dtype: np.dtype) -> None:
+    """What emit queues without validation stacks into exactly what batch() would store."""
+    codec = NumericCodec(dtype, (), name="diode")
+    rules = codec.scalar_rules()
+    for kind in _SCALAR_KINDS:
+        for value in _probes(kind):
+            rule = rules.get(kind, "absent")
+            if rule == "absent" or (rule is not None and not rule[0] <= value <= rule[1]):
+                continue  # takes batch(): nothing to compare
+            stacked = np.array([value], dtype=codec.dtype)  # as the queue does, warnings are errors
+            assert stacked.dtype == codec.dtype
+            want = codec.batch(value)
+            if dtype.char in "gG":  # 80-bit long doubles: their padding bytes are undefined
+                np.testing.assert_array_equal(stacked, want, strict=True)
+                assert np.signbit(stacked.real) == np.signbit(want.real), (kind, value, dtype)
+            else:
+                assert stacked.tobytes() == want.tobytes(), (kind, value, dtype)
+
+
+@pytest.mark.parametrize("dtype", _CHANNEL_DTYPES, ids=str)
+def test_scalar_types_batch_refuses_are_not_on_the_fast_path(dtype: np.dtype) -> None:
+    codec = NumericCodec(dtype, (), name="diode")
+    rules = codec.scalar_rules()
+    for kind in _SCALAR_KINDS:
+        value = kind(1)
+        try:
+            codec.batch(value)
+        except EncodingError:
+            assert kind not in rules, (kind, dtype)
+    assert NumericCodec(dtype, (3,)).scalar_rules() == {}
+
+
+def test_every_scalar_of_the_channel_dtype_is_on_the_fast_path() -> None:
+    for dtype in _CHANNEL_DTYPES:
+        assert NumericCodec(dtype, ()).scalar_rules()[dtype.type] is None, dtype
+    assert NumericCodec("float64", ()).scalar_rules()[float] is None
+    assert NumericCodec("float32", ()).scalar_rules()[np.float64] == (
+        -float(np.finfo("f4").max),
+        float(np.finfo("f4").max),
+    )
+    assert NumericCodec("int32", ()).scalar_rules()[np.int64] == (-(2**31), 2**31 - 1)
+    assert NumericCodec("uint8", ()).scalar_rules()[int] == (0, 255)

@@ -25,14 +25,17 @@ from scanstream.publish.sender import Sender
 class _ListQueue:
     """The smallest :class:`DataQueue`: a list of byte strings, one point each."""
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, sender: Sender) -> None:
         self.key = key
+        self.sender = sender
         self.sent = 0
         self.emitted = 0
         self.pending: list[bytes] = []
         self.given_back = threading.Event()
 
     def put(self, point: bytes) -> None:
+        if not self.pending:
+            self.sender.ready(self)
         self.pending.append(point)
         self.emitted += 1
 
@@ -41,6 +44,8 @@ class _ListQueue:
         return out
 
     def give_back(self, batches: list[bytes]) -> None:
+        if not self.pending:
+            self.sender.ready(self)
         self.pending[:0] = batches
         self.given_back.set()
 
@@ -67,7 +72,7 @@ def private_server(
 
 def test_the_sender_sends_any_queue_with_point_index_ids(store: DataStore) -> None:
     sender = Sender(store, "lease-of-nothing", "plain")
-    queue = _ListQueue("plain:data")
+    queue = _ListQueue("plain:data", sender)
     sender.add(queue)
     for point in (b"a", b"b", b"c"):
         queue.put(point)
@@ -81,7 +86,7 @@ def test_the_sender_sends_any_queue_with_point_index_ids(store: DataStore) -> No
 
 def test_another_entry_at_the_same_id_is_an_error_not_a_replay(store: DataStore) -> None:
     sender = Sender(store, "lease-of-nothing", "twice")
-    queue = _ListQueue("twice:data")
+    queue = _ListQueue("twice:data", sender)
     sender.add(queue)
     store.redis.xadd(queue.key, {b"n": b"2", b"d": b"xy"}, id="0-1")  # another publisher's
     queue.put(b"a")
@@ -101,7 +106,7 @@ def test_stop_interrupts_the_pause_after_a_failed_send(private_server: EmbeddedS
     store = DataStore(settings=settings)
     try:
         sender = Sender(store, "lease", "paused", backoff=ConstantBackoff(60.0))
-        queue = _ListQueue("paused:data")
+        queue = _ListQueue("paused:data", sender)
         sender.add(queue)
         sender.start()
         private_server.stop()
@@ -231,3 +236,40 @@ def test_publish_modules_import_downward_only() -> None:
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.level == 1 and id(node) not in type_only:
                 assert node.module in order[position + 1 :], f"{name} imports .{node.module}"
+
+
+def test_a_queue_announced_twice_is_sent_once_in_order(store: DataStore) -> None:
+    sender = Sender(store, "lease-of-nothing", "twice-ready")
+    queue = _ListQueue("twice-ready:data", sender)
+    sender.add(queue)
+    queue.put(b"a")
+    sender.ready(queue)  # as if it had been taken and filled again meanwhile
+    queue.put(b"b")
+    assert sender.send(raise_errors=True)
+    assert store.redis.xrange(queue.key) == [(b"0-1", {b"n": b"2", b"d": b"ab"})]
+    assert queue.sent == 2
+
+
+def test_a_send_touches_only_the_channels_with_points(session: Any) -> None:
+    scan = session.create_scan("idle", {})
+    timer = scan.create_container("timer")
+    channels = [timer.create_channel(f"c{i}") for i in range(300)]
+    scan.prepared()
+    takes = [0] * len(channels)
+    for i, channel in enumerate(channels):
+        queue = channel._queue
+        take = queue.take
+
+        def counted(i: int = i, take: Any = take) -> list[Any]:
+            takes[i] += 1
+            return take()
+
+        queue.take = counted  # type: ignore[method-assign]
+    for k in range(50):
+        channels[7].emit(float(k))
+        channels[250].emit(np.arange(3.0))
+        if k % 10 == 0:
+            scan.flush()
+    scan.end()
+    assert [i for i, n in enumerate(takes) if n] == [7, 250]
+    assert 1 <= takes[7] <= 51 and len(channels[7]) == 50 and len(channels[250]) == 150

@@ -48,6 +48,13 @@ class ScatteredFields:
 #: dtype kinds a channel may hold: bool, signed/unsigned integers, floats, complex.
 NUMERIC_KINDS = "biufc"
 
+# The numpy scalar types of those kinds (np.longlong and np.int64 may be one type or two).
+_SCALAR_TYPES: tuple[type, ...] = tuple(
+    dict.fromkeys(
+        np.dtype(c).type for c in "?" + np.typecodes["AllInteger"] + np.typecodes["AllFloat"]
+    )
+)
+
 
 # ----------------------------------------------------------------------------- data codecs
 
@@ -128,6 +135,55 @@ class NumericCodec:
                     f"fit in {self.dtype}"
                 )
         return np.ascontiguousarray(arr, dtype=self.dtype)
+
+    def scalar_rules(self) -> dict[type, tuple[Any, Any] | None]:
+        """Which scalars a 0D channel may queue as they are, without :meth:`batch`.
+
+        A step scan emits one scalar per call; :meth:`batch` costs microseconds per call. The
+        scalars of a type in this table are stacked into an array of the channel's dtype
+        later (``np.array(points, dtype)``), which gives the bytes :meth:`batch` would:
+
+        - ``None``: every value converts exactly, or as :meth:`batch` would round it (Python
+          floats into float32: rounding only);
+        - ``(low, high)``: values within these bounds convert so; any other value (out of
+          range, NaN, infinite) must go through :meth:`batch`, which refuses it with its
+          message or converts it the way it does.
+
+        Types :meth:`batch` refuses (floats into an integer channel, ...) are absent: they
+        take the validating path and its error. Empty for channels that are not 0D.
+        """
+        if self.shape != ():
+            return {}
+        dt = self.dtype
+        rules: dict[type, tuple[Any, Any] | None] = {}
+        sources: list[tuple[type, np.dtype[Any]]] = [
+            (float, np.dtype(np.float64)),
+            (int, np.dtype(np.int64)),
+            (bool, np.dtype(np.bool_)),
+        ]
+        sources += [(t, np.dtype(t)) for t in _SCALAR_TYPES]
+        for kind, src in sources:
+            both_int = src.kind in "iu" and dt.kind in "iu"
+            if not (both_int or np.can_cast(src, dt, casting="same_kind")):
+                continue  # refused: batch() says why
+            if dt.kind in "iu" and (kind is int or not np.can_cast(src, dt, casting="safe")):
+                info = np.iinfo(dt)
+                rules[kind] = (int(info.min), int(info.max))
+            elif kind is int:
+                # Python ints convert through a double: exact up to 2**53 (and a float16 channel
+                # holds less). Larger ones go through batch() (int64, one rounding).
+                if dt.kind in "fc":
+                    exact = min(2**53, int(np.finfo(dt).max))
+                    rules[kind] = (-exact, exact)
+            elif np.can_cast(src, dt, casting="safe"):
+                rules[kind] = None
+            elif dt.kind == "f" and src.kind in "iuf":
+                # A narrowing to a float (float64 into float32): rounding, as batch() does,
+                # unless the value overflows (numpy warns then: batch() does that, at emit).
+                top = float(np.finfo(dt).max)
+                rules[kind] = (-top, top)
+            # Anything else (complex128 into complex64, ...) goes through batch().
+        return rules
 
     def batch(self, data: Any) -> np.ndarray | list[np.ndarray]:
         """Return ``data`` as a batch of points, or raise :class:`EncodingError`.

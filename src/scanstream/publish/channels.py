@@ -33,6 +33,11 @@ _MAX_PENDING_POINTS = 1 << 20
 # given to the socket one by one: below it a copy is cheaper. Connections without vectored
 # writes (TLS) always join: one write per batch would cost more than the copy.
 _MIN_SCATTER_BYTES = 4096
+# Single points of a shaped channel are copied into an arena: consecutive rows of one array,
+# sent from there (one copy between the caller's array and the socket). Its size follows the
+# points queued per send, between these bounds (one point at least).
+_MIN_ARENA_BYTES = 64 << 10
+_MAX_ARENA_BYTES = 1 << 20
 # Image references per entry (about 100 bytes of JSON each).
 _REFS_PER_ENTRY = 10000
 
@@ -59,18 +64,26 @@ class _PointQueue:
         self.emitted = 0  # points accepted by put()
         self._lock = threading.Lock()
         self._pending: list[Any] = []
+        # True from the first point after a take until the next take: the sender has been
+        # told (Sender.ready), once.
+        self._ready = False
         self._sender = sender
         self._wake = sender.wake
         self._refuse = refuse
 
     def put(self, batch: Any, npoints: int) -> None:
         """Queue a validated batch of ``npoints`` points."""
-        if self._sender.refusing:
-            self._refuse()
         with self._lock:
+            # Checked under the lock: the sender drops queues (under their locks) after it
+            # starts refusing, so no point gets in after the last drop.
+            if self._sender.refusing:
+                self._refuse()
             self._move_extra()
             self._pending.append(batch)
             self.emitted += npoints
+            if not self._ready:
+                self._ready = True
+                self._sender.ready(self)
         if not self._wake.is_set():
             self._wake.set()
         if self.emitted - self.sent > _MAX_PENDING_POINTS:
@@ -80,11 +93,15 @@ class _PointQueue:
         with self._lock:
             self._move_extra()
             pending, self._pending = self._pending, []
+            self._ready = False
         return pending
 
     def give_back(self, batches: list[Any]) -> None:
         with self._lock:
             self._pending[:0] = batches
+            if not self._ready:
+                self._ready = True
+                self._sender.ready(self)
 
     def drop(self) -> int:
         with self._lock:
@@ -121,30 +138,81 @@ class _NumericQueue(_PointQueue):
         self.scatter = scatter
         # Single points that needed no validation (step scans): one array per send.
         self._singles: list[Any] = []
+        # Single arrays of the channel's dtype and shape, copied into rows of an arena; rows
+        # [_moved, _filled) are queued but not yet in _pending.
+        self._arena: np.ndarray | None = None
+        self._rows: list[np.ndarray] = []
+        self._moved = self._filled = 0
 
     def put_single(self, point: Any) -> None:
         """Queue one point already of the channel's dtype and shape: the step-scan path.
 
         The same as :meth:`put`, with its steps written out: one call per point saved.
         """
-        if self._sender.refusing:
-            self._refuse()
         with self._lock:
+            if self._sender.refusing:
+                self._refuse()
             self._singles.append(point)
             self.emitted += 1
+            if not self._ready:
+                self._ready = True
+                self._sender.ready(self)
         if not self._wake.is_set():
             self._wake.set()
         if self.emitted - self.sent > _MAX_PENDING_POINTS:
             self._sender.send_from_emit()
+
+    def put_array(self, point: np.ndarray) -> None:
+        """Queue one array of the channel's exact dtype and shape: copied into the arena.
+
+        The arena's rows are sent as they are (no stacking), so this copy is the only one.
+        """
+        with self._lock:
+            if self._sender.refusing:
+                self._refuse()
+            if self._filled == len(self._rows):
+                self._new_arena()
+            self._rows[self._filled][...] = point
+            self._filled += 1
+            self.emitted += 1
+            if not self._ready:
+                self._ready = True
+                self._sender.ready(self)
+        if not self._wake.is_set():
+            self._wake.set()
+        if self.emitted - self.sent > _MAX_PENDING_POINTS:
+            self._sender.send_from_emit()
+
+    def _new_arena(self) -> None:
+        """Queue the full arena and make the next one (lock held)."""
+        point_bytes = self.codec.dtype.itemsize * self.codec.point_size
+        size = len(self._rows)
+        if not size:
+            size = _MIN_ARENA_BYTES // point_bytes
+        elif self._moved == 0:  # filled before any send took from it: grow
+            size *= 2
+        else:
+            size //= 2
+        size = max(1, min(size, _MAX_ARENA_BYTES // point_bytes), _MIN_ARENA_BYTES // point_bytes)
+        self._move_extra()
+        # Rows already queued keep the old arena alive until they are sent.
+        self._arena = np.empty((size, *self.codec.shape), dtype=self.codec.dtype)
+        self._rows = list(self._arena)
+        self._moved = self._filled = 0
 
     def _move_extra(self) -> None:
         # Keeps point order: single points queued before a batch go before it.
         if self._singles:
             self._pending.append(np.array(self._singles, dtype=self.codec.dtype))
             self._singles = []
+        if self._filled > self._moved:
+            assert self._arena is not None
+            self._pending.append(self._arena[self._moved : self._filled])
+            self._moved = self._filled
 
     def _drop_extra(self) -> None:
         self._singles = []
+        self._moved = self._filled
 
     def encode(self, batches: list[Any]) -> list[tuple[EntryFields, int]]:
         codec = self.codec
@@ -320,10 +388,11 @@ class ChannelPublisher(_DataPublisher):
         super().__init__(scan, index, name, parent_db_name, codec, sender)
         self.dtype = codec.dtype
         self.shape = codec.shape
-        # Python floats/ints into a float channel skip numpy per point: converted per batch.
-        self._fast_types: tuple[type, ...] = (
-            (float, int) if codec.dtype.kind == "f" and codec.shape == () else ()
-        )
+        # Scalars (Python or numpy) that need no validation, or only a range check, skip
+        # numpy per point: they are stacked into an array of the channel's dtype per send.
+        rules = codec.scalar_rules()
+        self._as_is = frozenset(kind for kind, rule in rules.items() if rule is None)
+        self._bounded = {kind: rule for kind, rule in rules.items() if rule is not None}
         # Single arrays of exactly the point's dtype and shape need no validation either.
         self._fast_array = not codec.variable and codec.shape != ()
 
@@ -355,7 +424,11 @@ class ChannelPublisher(_DataPublisher):
             Redis accepts the queued points again (they are kept, none is dropped).
         """
         kind = type(data)
-        if kind in self._fast_types:
+        if kind in self._as_is:
+            self._queue.put_single(data)
+            return
+        bounds = self._bounded.get(kind)
+        if bounds is not None and bounds[0] <= data <= bounds[1]:
             self._queue.put_single(data)
             return
         if (
@@ -364,7 +437,7 @@ class ChannelPublisher(_DataPublisher):
             and data.shape == self.shape
             and data.dtype == self.dtype
         ):
-            self._queue.put_single(data.copy())
+            self._queue.put_array(data)
             return
         batch = self.codec.batch(data)
         if isinstance(data, np.ndarray) and np.may_share_memory(batch, data):
