@@ -368,7 +368,7 @@ class Sender:
         """The error of a scan gone from Redis while it runs, saying what could not be done."""
         return ScanLostError(
             f"scan {self.name} is gone from Redis while it was running, so {what}: the server "
-            f"at {self.store.url} was flushed, restarted without its data or restored from an "
+            f"at {self.store.display_url} was flushed, restarted without its data or restored from an "
             "older snapshot, or the scan was deleted; the points it had stored are lost"
         )
 
