@@ -277,6 +277,11 @@ def test_scan_info_round_trips_or_names_the_offender(
     session = shared["session"]
     try:
         expected = _expected_info(info, "scan_info")
+        filename = info.get("filename")
+        if isinstance(filename, str) and not filename.strip() and info.get("save") is not False:
+            raise _Bad("scan_info['filename']")  # a scan to be saved needs a file path
+        if info.get("save") is False and filename is None:
+            expected["filename"] = ""  # as BLISS: a scan not saved names the empty file
     except _Bad as bad:
         with pytest.raises(ScanstreamError) as caught:
             session.create_scan("bad", info)
