@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -48,8 +49,10 @@ def test_quick_benchmarks_write_their_figures(server_binary: Path, tmp_path: Pat
     ):
         assert any(n.startswith(prefix) for n in names), (prefix, names)
     for figure in result["figures"]:
-        assert figure["value"]["median"] > 0 and figure["value"]["runs"] >= 1
-        assert figure["baseline"] is not None and figure["baseline"]["median"] > 0
+        # A lag figure may rightly be 0 (the writer kept up): finite and not negative.
+        assert 0 <= figure["value"]["median"] < math.inf and figure["value"]["runs"] >= 1, figure
+        assert figure["baseline"] is not None, figure
+        assert 0 <= figure["baseline"]["median"] < math.inf, figure
     assert [r["channels"] for r in result["scale_channels"]] == [10, 100, 1000]
     assert result["scale_latency"] and all(
         r["all_points_received"] for r in result["scale_latency"]
