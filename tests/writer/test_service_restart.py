@@ -105,3 +105,36 @@ def test_status_command_reports_the_writer_and_its_absence(redis_url, store, tmp
         out = capsys.readouterr().out
         assert f"test_session: writing (pid {proc.pid}" in out
         assert "scans saved 0, failed 0" in out
+
+
+def test_waiting_for_a_busy_file_is_logged_once_without_traceback(caplog):
+    """A file another writer holds is retried every period; the log says so once, not each time."""
+    import logging
+
+    from redis.backoff import ConstantBackoff
+
+    from scanstream.subscribe.events import StopHandler
+    from scanstream.writer.files import FileBusyError
+    from scanstream.writer.supervise import supervise
+
+    caplog.set_level(logging.DEBUG, logger="scanstream.writer.supervise")
+    calls = []
+
+    def attempt() -> str:
+        calls.append(1)
+        if len(calls) < 4:
+            raise FileBusyError("'/x/scan0001.h5' is being written by another writer")
+        return "written"
+
+    result = supervise(
+        attempt,
+        stop=StopHandler(),
+        what="scan s:1",
+        restart_on=(FileBusyError,),
+        wait_on=(FileBusyError,),
+        backoff=ConstantBackoff(0.01),
+    )
+    assert result == "written" and len(calls) == 4
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].exc_info is None, caplog.text
+    assert "being written by another writer; trying again" in warnings[0].getMessage()
