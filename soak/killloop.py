@@ -224,36 +224,16 @@ def run(
     try:
         for index in range(rounds):
             mode = modes[index % len(modes)] if modes else _draw_mode(rng)
-            with open(logs / f"writer{index:04d}.log", "wb") as log:
-                born = time.time()
-                writer = _writer(url, data, log)
-                standby = None
-                if mode in ("file", "lima"):
-                    bound = 3 * up[1] + (10.0 if mode == "lima" else 0.0)
-                    if _wait_writing(store, born, mode == "lima", bound):
-                        time.sleep(rng.uniform(0.0, 0.1 if mode == "file" else 1.0))
-                    else:
-                        mode = "random"
-                else:
-                    time.sleep(rng.uniform(*up))
-                if mode == "freeze":
-                    _signal_group(writer, signal.SIGSTOP)
-                    with open(logs / f"writer{index:04d}-standby.log", "wb") as standby_log:
-                        standby = _writer(url, data, standby_log)
-                    time.sleep(rng.uniform(1.0, 9.0))
-                    _signal_group(writer, signal.SIGCONT)
-                    time.sleep(rng.uniform(0.5, 2.0))
-                code = _kill_group(writer)
-                if standby is not None:
-                    standby_code = _kill_group(standby)
-                    if standby_code is not None:
-                        died_alone.append(standby_code)
+            mode, codes = _round(url, data, logs, index, mode, rng, up, store)
             by_mode[mode] += 1
-            if code is not None:
-                died_alone.append(code)
+            died_alone += [code for code in codes if code is not None]
     finally:
         publisher.send_signal(signal.SIGTERM)
-        publisher.wait(timeout=120)
+        try:
+            publisher.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            publisher.kill()
+            publisher.wait(timeout=30)
         publisher_log.close()
     load_during = os.getloadavg()
     records = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
@@ -261,11 +241,14 @@ def run(
     numbers = {r["number"] for r in scans}
     with open(logs / "writer-final.log", "wb") as log:
         final = _writer(url, data, log)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not numbers <= saved_scans(SESSION, store=store):
-            time.sleep(0.5)
-        final.send_signal(signal.SIGTERM)
-        final_code = final.wait(timeout=60)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and not numbers <= saved_scans(SESSION, store=store):
+                time.sleep(0.5)
+            final.send_signal(signal.SIGTERM)
+            final_code = final.wait(timeout=60)
+        finally:
+            _kill_group(final)
     unsaved = sorted(numbers - saved_scans(SESSION, store=store))
     by_file: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in scans:
@@ -313,6 +296,46 @@ def run(
     }
 
 
+def _round(
+    url: str,
+    data: Path,
+    logs: Path,
+    index: int,
+    mode: str,
+    rng: random.Random,
+    up: tuple[float, float],
+    store: DataStore,
+) -> tuple[str, list[int | None]]:
+    """One writer's life and death; return the mode it had and the exit codes of those that
+    died by themselves first (None: killed). Every writer started is killed on the way out."""
+    writer = standby = None
+    codes: list[int | None] = []
+    with open(logs / f"writer{index:04d}.log", "wb") as log:
+        try:
+            born = time.time()
+            writer = _writer(url, data, log)
+            if mode in ("file", "lima"):
+                bound = 3 * up[1] + (10.0 if mode == "lima" else 0.0)
+                if _wait_writing(store, born, mode == "lima", bound):
+                    time.sleep(rng.uniform(0.0, 0.1 if mode == "file" else 1.0))
+                else:
+                    mode = "random"
+            else:
+                time.sleep(rng.uniform(*up))
+            if mode == "freeze":
+                _signal_group(writer, signal.SIGSTOP)
+                with open(logs / f"writer{index:04d}-standby.log", "wb") as standby_log:
+                    standby = _writer(url, data, standby_log)
+                time.sleep(rng.uniform(1.0, 9.0))
+                _signal_group(writer, signal.SIGCONT)
+                time.sleep(rng.uniform(0.5, 2.0))
+        finally:
+            for proc in (writer, standby):
+                if proc is not None:
+                    codes.append(_kill_group(proc))
+    return mode, codes
+
+
 def _draw_mode(rng: random.Random) -> str:
     draw = rng.random()
     for mode, share in ROUND_SHARES.items():
@@ -333,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="final catch-up bound (s)")
     parser.add_argument("--point-time", type=float, default=0.01, help="seconds per point")
     args = parser.parse_args(argv)
+    # SIGTERM (kill PID) ends the loop as Ctrl-C does: writers, publisher and server stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     work = args.keep or Path(tempfile.mkdtemp(prefix="scanstream-killloop-"))
     server = None
     url = args.redis_url
