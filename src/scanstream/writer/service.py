@@ -132,6 +132,13 @@ class WriterService:
         The umask applied (process-wide, at :meth:`start`) to the files and directories the
         writer creates: ``0o022`` makes them readable by everyone, ``0o027`` by the group
         only. None keeps the process's umask.
+    isolate : bool
+        True (default): each scan is written in a worker process
+        (:mod:`scanstream.writer.isolation`), so that a libhdf5 crash (a segfault on a
+        damaged file) loses that attempt at that scan only: the scan is written again, and
+        FAILED after a second crash, while the other scans and sessions go on. False: every
+        scan is written in this process's threads (no process start per scan, less memory;
+        a crash there ends the whole service).
 
     Raises
     ------
@@ -166,7 +173,7 @@ class WriterService:
         layout: str = "esrf",
         allow: Sequence[str | os.PathLike[str]] = (),
         umask: int | None = None,
-        isolate: bool = False,
+        isolate: bool = True,
     ) -> None:
         nexus.compression_options(compression, 0)  # an unknown name fails here, not per scan
         if layout not in nexus.LAYOUTS:
