@@ -138,3 +138,34 @@ def test_waiting_for_a_busy_file_is_logged_once_without_traceback(caplog):
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and warnings[0].exc_info is None, caplog.text
     assert "being written by another writer; trying again" in warnings[0].getMessage()
+
+
+def test_a_scan_file_is_on_disk_before_it_is_marked_saved(session, store, tmp_path, monkeypatch):
+    """A power cut after the verdict SAVED must not lose the scan: its file (and directory
+    entry) are fsynced first. Recorded in this process: the writer runs in-process here."""
+    import time
+
+    from scanstream.writer import WriterService
+    from scanstream.writer import files as files_module
+
+    synced: list[tuple[str, float]] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), time.time()))
+
+    monkeypatch.setattr(files_module.os, "fsync", recording_fsync)
+    with WriterService(
+        ["test_session"], root=tmp_path, store=store, isolate=False, flush_period=0.05
+    ):
+        with session.create_scan("loop") as scan:
+            scan.create_container("timer").create_channel("timer:c").emit(np.arange(5.0))
+        wait_saved(store, "test_session", {scan.number})
+    verdict = get_session_node("test_session", store=store).get_scan(scan.number).saving
+    assert verdict.time is not None
+    scan_files = [p for p, _ in synced if p.endswith(".h5") and "_scans" in p]
+    assert len(scan_files) == 1, synced
+    scan_file = Path(scan_files[0])
+    assert (str(scan_file.parent), True) in [(p, t < verdict.time) for p, t in synced]
+    assert [t for p, t in synced if p == str(scan_file)][0] < verdict.time
