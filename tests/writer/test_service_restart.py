@@ -169,3 +169,51 @@ def test_a_scan_file_is_on_disk_before_it_is_marked_saved(session, store, tmp_pa
     scan_file = Path(scan_files[0])
     assert (str(scan_file.parent), True) in [(p, t < verdict.time) for p, t in synced]
     assert [t for p, t in synced if p == str(scan_file)][0] < verdict.time
+
+
+_CREATE_SESSION_FILES = """
+import sys
+from pathlib import Path
+from scanstream.writer.session_file import SessionFiles
+files = SessionFiles()
+root = Path(sys.argv[1])
+print("ready", flush=True)
+for i in range(100000):
+    with files.open(root / f"d{i:05d}" / "s.h5"):
+        pass
+"""
+
+
+def test_a_session_file_is_created_whole_or_not_at_all(tmp_path):
+    """SIGKILLed while creating session files: each one there opens, none is truncated."""
+    import random
+    import time
+
+    rng = random.Random(5)
+    for trial in range(6):
+        root = tmp_path / f"t{trial}"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _CREATE_SESSION_FILES, str(root)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.05, 0.4))
+        proc.kill()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+        created = sorted(root.glob("d*/s.h5"))
+        assert created, "no session file created before the kill"
+        for path in created:
+            with h5py.File(path, "r", locking=False) as file:
+                assert file.attrs["creator"] == "scanstream"
+                assert file.attrs["file_name"] == str(path.resolve())
+    # What a kill left under the temporary name is removed by the next creation there.
+    from scanstream.writer.session_file import SessionFiles
+
+    stale = tmp_path / "u" / ".s.h5.new-99999"
+    stale.parent.mkdir()
+    stale.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(88))
+    with SessionFiles().open(tmp_path / "u" / "s.h5") as file:
+        assert file.attrs["creator"] == "scanstream"
+    assert sorted(p.name for p in stale.parent.iterdir()) == [".s.h5.lock", "s.h5", "s_scans"]
