@@ -10,7 +10,8 @@ and h5web follow external links, so users still see one file with one entry per 
 The session file is changed in short steps (open, add a link, close) under its lock, each
 idempotent; a kill during one can damage at most that file, which holds nothing that cannot
 be made again: when it no longer opens, it is moved aside (``<name>.damaged-<time>``) and
-rebuilt from the scan files. A kill while a scan file is written damages that scan only; it
+rebuilt from the scan files. A new session file is created whole (built under a temporary
+name, then renamed), so a kill during its creation leaves none rather than a truncated one. A kill while a scan file is written damages that scan only; it
 is not marked saved, so the restarted writer deletes that file and writes the scan again
 from Redis (:meth:`OpenFiles.acquire` with ``fresh``), never extending what a killed process
 left. See docs/decisions/0011-crash-safe-files.md.
