@@ -2,7 +2,7 @@
 
 ``python -m soak.publisher URL SESSION SESSION_INDEX ROOT MANIFEST --until EPOCH``
 
-Each scan follows :func:`soak.workload.plan`. After each scan one JSON line is appended to
+Each scan follows :func:`soak.workload.plan` (of the kinds ``--kinds``). After each scan one JSON line is appended to
 MANIFEST (scan number, index, final state, points per node); nothing accumulates in memory.
 """
 
@@ -13,6 +13,8 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,37 +23,64 @@ from scanstream import DataStore, ScanState, Settings, create_session
 from . import workload
 
 
-def publish_scan(
-    session: Any, name: str, p: workload.ScanPlan, root: Path, point_time: float
-) -> tuple[int, str]:
-    """Publish scan ``p``; return its number and final state name."""
-    info = {
+def _info(p: workload.ScanPlan, name: str, point_time: float) -> dict[str, Any]:
+    info: dict[str, Any] = {
         "title": f"soak {p.kind} {p.npoints}",
         "npoints": p.npoints,
         "count_time": point_time,
         "filename": p.filename(name),
-        "soak": {"index": p.index, "kind": p.kind},
+        "soak": {"index": p.index, "kind": p.kind, "sub": p.sub},
     }
-    scan = session.create_scan(f"soak_{p.kind}", info)
+    if p.kind == "sequence":
+        info.update({"type": "sequence", "is-scan-sequence": True})
+        info["npoints"] = workload.SEQUENCE_LENGTH
+    return info
+
+
+def publish_scan(
+    session: Any,
+    name: str,
+    p: workload.ScanPlan,
+    root: Path,
+    point_time: float,
+    on_ended: Callable[[workload.ScanPlan, int, str], None] | None = None,
+    on_created: Callable[[Any], None] | None = None,
+) -> tuple[int, str]:
+    """Publish scan ``p`` (a sequence: with its sub-scans); return its number and final state.
+
+    ``on_ended(plan, number, state)`` is called after each sub-scan of a sequence ends;
+    ``on_created(scan_publisher)`` right after the scan is created (a sequence references its
+    sub-scans there, as BLISS does).
+    """
+    if p.kind == "sequence":
+        return _publish_sequence(session, name, p, root, point_time, on_ended)
+    scan = session.create_scan(f"soak_{p.kind}", _info(p, name, point_time))
+    if on_created is not None:
+        on_created(scan)
     try:
-        timer = scan.create_container("timer")
-        channels = {
-            cname: timer.create_channel(cname, dtype=dtype, shape=shape)
-            for cname, (dtype, shape) in p.channels().items()
-        }
+        channels: dict[str, Any] = {}
         lima = acquisition = None
-        if p.has_lima():
-            det = workload.detector(p)
-            acquisition = det.start(
-                p.npoints, directory=workload.lima_directory(root, name, p), count_time=point_time
-            )
-            lima = timer.create_lima(
-                det.fullname, det.dtype, det.shape, info=acquisition.description()
-            )
+        for master, names in p.masters().items():
+            container = scan.create_container(master)
+            types = p.channels()
+            for cname in names:
+                dtype, shape = types[cname]
+                channels[cname] = container.create_channel(cname, dtype=dtype, shape=shape)
+            if p.has_lima() and master != "timer1":
+                det = workload.detector(p)
+                acquisition = det.start(
+                    p.npoints,
+                    directory=workload.lima_directory(root, name, p),
+                    count_time=point_time,
+                )
+                lima = container.create_lima(
+                    det.fullname, det.dtype, det.shape, info=acquisition.description()
+                )
         scan.prepared()
         for j in range(p.acquired):
             for cname, channel in channels.items():
-                channel.emit(workload.point_value(p, cname, j))
+                if p.emits(cname, j):
+                    channel.emit(workload.point_value(p, cname, j))
             if lima is not None and acquisition is not None:
                 lima.emit([acquisition.acquire(j)])
             if point_time:
@@ -69,6 +98,40 @@ def publish_scan(
     return scan.number, scan.state.name
 
 
+def _publish_sequence(
+    session: Any,
+    name: str,
+    p: workload.ScanPlan,
+    root: Path,
+    point_time: float,
+    on_ended: Callable[[workload.ScanPlan, int, str], None] | None,
+) -> tuple[int, str]:
+    """A scan group referencing its sub-scans, each referenced as soon as it is created."""
+    group = session.create_scan("soak_sequence", _info(p, name, point_time), node_type="scan_group")
+    try:
+        master = group.create_container("GroupingMaster")
+        refs = master.create_scan_ref_channel("scans")
+        numbers = master.create_channel("scan_numbers", "int64")
+        group.prepared()
+
+        def reference(scan: Any) -> None:
+            refs.emit((scan.session_name, int(scan.number)))
+            numbers.emit(int(scan.number))
+
+        for sub in p.subscans():
+            sub_number, state = publish_scan(
+                session, name, sub, root, point_time, on_created=reference
+            )
+            if on_ended is not None:
+                on_ended(sub, sub_number, state)
+        group.end(ScanState.DONE)
+    except BaseException:
+        if not group.state.is_final:
+            group.end(ScanState.FAILED, error="soak publisher error")
+        raise
+    return group.number, group.state.name
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m soak.publisher")
     parser.add_argument("url")
@@ -79,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--until", type=float, required=True, help="epoch: start no scan after it")
     parser.add_argument("--point-time", type=float, default=0.01)
     parser.add_argument("--retention", type=float, default=30.0)
+    parser.add_argument(
+        "--kinds", default=",".join(workload.KINDS), help="comma-separated kinds of scans"
+    )
     args = parser.parse_args(argv)
     stop = False
 
@@ -90,27 +156,38 @@ def main(argv: list[str] | None = None) -> int:
     store = DataStore(settings=Settings.from_env(redis_url=args.url, retention_time=args.retention))
     session = create_session(args.session, store=store)
     index = 0
+    kinds = tuple(args.kinds.split(","))
     with open(args.manifest, "a", encoding="utf-8") as manifest:
-        while not stop and time.time() < args.until:
-            p = workload.plan(args.session_index, index)
-            number, state = publish_scan(session, args.session, p, args.root, args.point_time)
-            manifest.write(
-                json.dumps(
-                    {
-                        "session": args.session,
-                        "session_index": args.session_index,
-                        "number": number,
-                        "index": index,
-                        "kind": p.kind,
-                        "state": state,
-                        "points": p.expected_points(),
-                        "file": p.filename(args.session),
-                        "end": time.time(),
-                    }
-                )
-                + "\n"
-            )
+
+        def record(p: workload.ScanPlan, number: int, state: str, **extra: Any) -> None:
+            line = {
+                "session": args.session,
+                "session_index": args.session_index,
+                "number": number,
+                "index": p.index,
+                "sub": p.sub,
+                "kind": p.kind,
+                "state": state,
+                "points": p.expected_points(),
+                "file": p.filename(args.session),
+                "end": time.time(),
+                **extra,
+            }
+            manifest.write(json.dumps(line) + "\n")
             manifest.flush()
+
+        def sub_ended(subs: list[int], sub: workload.ScanPlan, number: int, state: str) -> None:
+            subs.append(number)
+            record(sub, number, state)
+
+        index = 0
+        while not stop and time.time() < args.until:
+            p = workload.plan(args.session_index, index, kinds)
+            subs: list[int] = []
+            number, state = publish_scan(
+                session, args.session, p, args.root, args.point_time, partial(sub_ended, subs)
+            )
+            record(p, number, state, **({"subs": subs} if p.kind == "sequence" else {}))
             index += 1
         manifest.write(
             json.dumps({"session": args.session, "finished": True, "scans": index}) + "\n"

@@ -422,6 +422,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--redis-tolerance-mib", type=float, default=8.0)
     parser.add_argument("--redis-tolerance-pct", type=float, default=25.0)
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (files, logs)")
+    parser.add_argument(
+        "--isolated",
+        action="store_true",
+        help="writers write each scan in a worker process (the CLI's default); default: "
+        "--in-process, see docs/reliability.md",
+    )
     args = parser.parse_args(argv)
     if args.duration <= 0:
         parser.error("--duration must be positive")
@@ -534,12 +540,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     *sessions[w * 2 : (w + 1) * 2],
                     "--root",
                     str(root),
-                    # The soak measures the data path (memory, throughput: a scan every
-                    # ~0.5 s per session, 10 s retention in the short run). Worker processes
-                    # (the CLI's default) add a process per concurrent scan that this 2-core
-                    # machine cannot start fast enough under that load; crash isolation is
-                    # exercised by soak.killloop instead.
-                    "--in-process",
+                    *([] if args.isolated else ["--in-process"]),
                 ],
             )
             for w in range(NWRITERS)

@@ -34,7 +34,7 @@ def check_scan(
     problems: list[str] = []
     number = record["number"]
     where = f"{session} scan {number}"
-    p = workload.plan(record["session_index"], record["index"])
+    p = workload.plan_of(record)
     scan = get_session_node(session, store=store).get_scan(number)
     if scan.state.name != record["state"]:
         problems.append(f"{where}: state {scan.state.name} in Redis, {record['state']} published")
@@ -96,7 +96,10 @@ def check_scan(
                 f"{node.dtype} {len(points)} points"
             )
             continue
-        plan_values = workload.expected_array(p, node.name)
+        if node.name == "scan_numbers":  # a sequence: the numbers its sub-scans got
+            plan_values = np.array(record.get("subs", []), dtype="int64")
+        else:
+            plan_values = workload.expected_array(p, node.name)
         if tuple(node.point_shape) == (-1,):
             lengths = dset.parent[dset.attrs["lengths_dataset"]][()]
             values = dset[()]
@@ -120,6 +123,26 @@ def check_scan(
     missing = set(expected) - seen
     if missing:
         problems.append(f"{where}: nodes {sorted(missing)} missing in Redis")
+    if p.kind == "sequence":
+        problems += _check_subscan_links(where, file, nexus.entry_name(number, 1), record)
+    return problems
+
+
+def _check_subscan_links(
+    where: str, file: h5py.File, entry_name: str, record: dict[str, Any]
+) -> list[str]:
+    """The group's ``scans`` collection: one link per sub-scan, each resolving to its entry."""
+    scans = file.get(f"{entry_name}/scans")
+    if scans is None:
+        return [f"{where}: no {entry_name}/scans (links to the sub-scans)"]
+    problems = []
+    for sub in record.get("subs", []):
+        name = nexus.entry_name(sub, 1)
+        target = scans.get(name)
+        if target is None:
+            problems.append(f"{where}: {entry_name}/scans/{name} missing or dangling")
+        elif "measurement" not in target:
+            problems.append(f"{where}: {entry_name}/scans/{name} is not the sub-scan's entry")
     return problems
 
 

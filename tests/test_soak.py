@@ -89,6 +89,7 @@ def test_file_check_catches_a_value_that_differs(session, store, tmp_path: Path)
                 "number": number,
                 "session_index": 0,
                 "index": index,
+                "kind": p.kind,
                 "state": state,
                 "file": p.filename(name),
             }
@@ -103,6 +104,47 @@ def test_file_check_catches_a_value_that_differs(session, store, tmp_path: Path)
         f[f"{records[0]['number']}.1/measurement/diode"][3] += 1.0
     problems = verify.check_file(store, name, records, tmp_path)
     assert problems and "diode: file differs from Redis" in problems[0]
+
+
+def test_file_check_of_two_top_masters_and_sequences(session, store, tmp_path: Path) -> None:
+    """The kill loop's extra kinds: each top master in its entry, sub-scans linked."""
+    from scanstream.writer import WriterService, saved_scans
+
+    name = session.name
+    records: list[dict] = []
+
+    def record(p: workload.ScanPlan, number: int, state: str, **extra: object) -> None:
+        records.append(
+            {"number": number, "session_index": 0, "index": p.index, "sub": p.sub}
+            | {"kind": p.kind, "state": state, "file": p.filename(name), **extra}
+        )
+
+    subs: list[int] = []
+
+    def sub_ended(sub: workload.ScanPlan, number: int, state: str) -> None:
+        subs.append(number)
+        record(sub, number, state)
+
+    for kind in ("two_masters", "sequence"):
+        p = workload.plan_of_kind(0, 4, kind)
+        number, state = publish_scan(session, name, p, tmp_path, 0.0, sub_ended)
+        record(p, number, state, subs=list(subs) if kind == "sequence" else [])
+    assert [r["kind"] for r in records] == ["two_masters", "step", "step", "sequence"]
+    with WriterService([name], root=tmp_path, store=store, flush_period=0.05):
+        deadline = time.monotonic() + 30
+        while saved_scans(name, store=store) != {r["number"] for r in records}:
+            assert time.monotonic() < deadline, "the writer did not save the scans"
+            time.sleep(0.05)
+    assert verify.check_file(store, name, records, tmp_path) == []
+    two, group = records[0]["number"], records[3]["number"]
+    with h5py.File(tmp_path / records[0]["file"], "r+") as f:
+        assert list(f[f"{two}.1/measurement"]) == ["diode1"]  # the 2-point top master
+        assert f[f"{two}.1/measurement/diode1"].shape == (2,)
+        f[f"{two}.1/measurement/diode1"][1] += 1.0
+        del f[f"{group}.1/scans/{records[2]['number']}.1"]
+    problems = verify.check_file(store, name, records, tmp_path)
+    assert any("diode1: file differs from Redis" in p for p in problems), problems
+    assert any("scans/" in p and "missing" in p for p in problems), problems
 
 
 def test_subscriber_check_catches_missing_points_and_ends() -> None:

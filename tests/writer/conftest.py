@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import h5py
+import hdf5plugin  # noqa: F401  (files are compressed with its filters; the writer may run in a worker)
 import numpy as np
 import pytest
 

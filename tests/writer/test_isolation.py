@@ -25,9 +25,9 @@ def _verdict(store, number: int):
 
 @pytest.fixture
 def isolated(store, tmp_path):
-    with WriterService(
-        ["test_session"], root=tmp_path, store=store, isolate=True, flush_period=0.05
-    ) as service:
+    # No isolate argument: the library's default must be the isolated (crash-safe) one.
+    with WriterService(["test_session"], root=tmp_path, store=store, flush_period=0.05) as service:
+        assert service.isolate
         yield service
 
 

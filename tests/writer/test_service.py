@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import textwrap
+import time
 
 import h5py
 import numpy as np
@@ -14,6 +16,7 @@ from scanstream import create_session, get_session_node
 from scanstream.sim import SavingConfig
 from scanstream.sim.catalogue import run_catalogue
 from scanstream.writer import WriterService, saved_scans, writer_status
+from scanstream.writer.service import HEARTBEAT_PERIOD
 
 from .conftest import assert_file_matches_redis, wait_for, wait_saved
 
@@ -170,10 +173,15 @@ def test_scans_run_while_no_writer_runs_are_written_when_it_starts(session, stor
 
 
 def test_one_writer_per_session_the_second_takes_over_when_the_first_stops(
-    session, store, tmp_path
+    session, store, tmp_path, caplog
 ):
+    caplog.set_level(logging.INFO, logger="scanstream.writer.service")
     first = WriterService(["test_session"], root=tmp_path / "a", store=store).start()
     second = WriterService(["test_session"], root=tmp_path / "b", store=store).start()
+
+    def said(text: str) -> int:
+        return sum(text in r.getMessage() for r in caplog.records)
+
     try:
         wait_for(
             lambda: (writer_status("test_session", store=store) or {}).get("owner") == first.owner,
@@ -184,6 +192,10 @@ def test_one_writer_per_session_the_second_takes_over_when_the_first_stops(
             scan.create_container("timer").create_channel("timer:c").emit([1.0])
         wait_saved(store, "test_session", {scan.number})
         assert not second.status("test_session")["writing"]
+        # The standby renews every second: it says so once, and warns once of the other root.
+        time.sleep(2.5 * HEARTBEAT_PERIOD)
+        assert said("standby: taking over when it stops") == 1, caplog.text
+        assert said(f"writes under {tmp_path / 'a'}, this writer under {tmp_path / 'b'}") == 1
         first.stop()
         wait_for(
             lambda: (writer_status("test_session", store=store) or {}).get("owner") == second.owner,
@@ -193,6 +205,9 @@ def test_one_writer_per_session_the_second_takes_over_when_the_first_stops(
         with session.create_scan("two") as scan2:
             scan2.create_container("timer").create_channel("timer:c").emit([2.0])
         wait_saved(store, "test_session", {scan2.number})
+        time.sleep(1.5 * HEARTBEAT_PERIOD)
+        assert said(f"taking over from writer {first.owner}") == 1, caplog.text
+        assert said("standby") == 1
     finally:
         first.stop()
         second.stop()

@@ -105,3 +105,115 @@ def test_status_command_reports_the_writer_and_its_absence(redis_url, store, tmp
         out = capsys.readouterr().out
         assert f"test_session: writing (pid {proc.pid}" in out
         assert "scans saved 0, failed 0" in out
+
+
+def test_waiting_for_a_busy_file_is_logged_once_without_traceback(caplog):
+    """A file another writer holds is retried every period; the log says so once, not each time."""
+    import logging
+
+    from redis.backoff import ConstantBackoff
+
+    from scanstream.subscribe.events import StopHandler
+    from scanstream.writer.files import FileBusyError
+    from scanstream.writer.supervise import supervise
+
+    caplog.set_level(logging.DEBUG, logger="scanstream.writer.supervise")
+    calls = []
+
+    def attempt() -> str:
+        calls.append(1)
+        if len(calls) < 4:
+            raise FileBusyError("'/x/scan0001.h5' is being written by another writer")
+        return "written"
+
+    result = supervise(
+        attempt,
+        stop=StopHandler(),
+        what="scan s:1",
+        restart_on=(FileBusyError,),
+        wait_on=(FileBusyError,),
+        backoff=ConstantBackoff(0.01),
+    )
+    assert result == "written" and len(calls) == 4
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].exc_info is None, caplog.text
+    assert "being written by another writer; trying again" in warnings[0].getMessage()
+
+
+def test_a_scan_file_is_on_disk_before_it_is_marked_saved(session, store, tmp_path, monkeypatch):
+    """A power cut after the verdict SAVED must not lose the scan: its file (and directory
+    entry) are fsynced first. Recorded in this process: the writer runs in-process here."""
+    import time
+
+    from scanstream.writer import WriterService
+    from scanstream.writer import files as files_module
+
+    synced: list[tuple[str, float]] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), time.time()))
+
+    monkeypatch.setattr(files_module.os, "fsync", recording_fsync)
+    with WriterService(
+        ["test_session"], root=tmp_path, store=store, isolate=False, flush_period=0.05
+    ):
+        with session.create_scan("loop") as scan:
+            scan.create_container("timer").create_channel("timer:c").emit(np.arange(5.0))
+        wait_saved(store, "test_session", {scan.number})
+    verdict = get_session_node("test_session", store=store).get_scan(scan.number).saving
+    assert verdict.time is not None
+    scan_files = [p for p, _ in synced if p.endswith(".h5") and "_scans" in p]
+    assert len(scan_files) == 1, synced
+    scan_file = Path(scan_files[0])
+    assert (str(scan_file.parent), True) in [(p, t < verdict.time) for p, t in synced]
+    assert [t for p, t in synced if p == str(scan_file)][0] < verdict.time
+
+
+_CREATE_SESSION_FILES = """
+import sys
+from pathlib import Path
+from scanstream.writer.session_file import SessionFiles
+files = SessionFiles()
+root = Path(sys.argv[1])
+print("ready", flush=True)
+for i in range(100000):
+    with files.open(root / f"d{i:05d}" / "s.h5"):
+        pass
+"""
+
+
+def test_a_session_file_is_created_whole_or_not_at_all(tmp_path):
+    """SIGKILLed while creating session files: each one there opens, none is truncated."""
+    import random
+    import time
+
+    rng = random.Random(5)
+    for trial in range(6):
+        root = tmp_path / f"t{trial}"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _CREATE_SESSION_FILES, str(root)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.05, 0.4))
+        proc.kill()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+        created = sorted(root.glob("d*/s.h5"))
+        assert created, "no session file created before the kill"
+        for path in created:
+            with h5py.File(path, "r", locking=False) as file:
+                assert file.attrs["creator"] == "scanstream"
+                assert file.attrs["file_name"] == str(path.resolve())
+    # What a kill left under the temporary name is removed by the next creation there.
+    from scanstream.writer.session_file import SessionFiles
+
+    stale = tmp_path / "u" / ".s.h5.new-99999"
+    stale.parent.mkdir()
+    stale.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(88))
+    with SessionFiles().open(tmp_path / "u" / "s.h5") as file:
+        assert file.attrs["creator"] == "scanstream"
+    assert sorted(p.name for p in stale.parent.iterdir()) == [".s.h5.lock", "s.h5", "s_scans"]

@@ -237,7 +237,10 @@ class OpenFiles:
                 raise WriterError(f"cannot write {str(path)!r}: {exc}") from exc
             if entry.users <= 0:
                 entry.file.close()
-                entry.lock.release()
+                try:
+                    sync_to_disk(path)
+                finally:
+                    entry.lock.release()
 
     @property
     def unclosed(self) -> list[Path]:
@@ -320,6 +323,31 @@ def refuse_if_written_elsewhere(path: Path) -> None:
         pass  # a file system without flock: nothing to learn
     finally:
         os.close(fd)  # closing releases the lock taken
+
+
+def sync_to_disk(path: Path) -> None:
+    """``fsync`` the closed file ``path`` and its directory: on the disk before it is "saved".
+
+    A process kill leaves written data in the page cache, which the kernel writes back; a power
+    cut or a host crash loses what was not written back yet. Syncing each scan file once, when
+    its scan is complete and before the verdict SAVED is recorded (after which
+    ``scanstream delete`` may remove the only other copy, in Redis), bounds that loss to the
+    scans not yet saved. The directory is synced too, so that a new file's name is on disk.
+
+    Raises
+    ------
+    WriterError
+        The file or its directory could not be synced (the scan is then not marked saved).
+    """
+    try:
+        for target, flags in ((path, os.O_RDONLY), (path.parent, os.O_RDONLY | os.O_DIRECTORY)):
+            fd = os.open(target, flags)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except OSError as exc:
+        raise WriterError(f"cannot sync {str(path)!r} to disk: {exc}") from exc
 
 
 def _make_parent(path: Path) -> None:

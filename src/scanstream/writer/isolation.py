@@ -1,7 +1,7 @@
 """The service's side of the worker processes: start one per scan, read its report, count crashes.
 
 A libhdf5 crash (a segfault on a damaged file, an abort on a failed assertion) kills the
-process it happens in. With ``WriterService(isolate=True)`` (the default of ``scanstream
+process it happens in. With ``WriterService(isolate=True)`` (the default, as for ``scanstream
 writer``) scans are written by :mod:`scanstream.writer.worker` processes, one scan at a
 time per process (kept warm and reused for the next scans once a scan ended cleanly): a
 crash loses that attempt at that scan only, and the service writes the scan again from Redis

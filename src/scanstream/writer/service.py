@@ -33,6 +33,7 @@ import redis
 
 from .._protocol.keys import check_session_name
 from .._transport.connection import DataStore, default_store
+from ..admin.registry import writer_status
 from ..exceptions import ScanNotFoundError, ScanstreamError
 from ..models import SCAN_NODE_TYPES, SavingState, SavingVerdict
 from ..subscribe.events import EventType, StopHandler
@@ -131,6 +132,13 @@ class WriterService:
         The umask applied (process-wide, at :meth:`start`) to the files and directories the
         writer creates: ``0o022`` makes them readable by everyone, ``0o027`` by the group
         only. None keeps the process's umask.
+    isolate : bool
+        True (default): each scan is written in a worker process
+        (:mod:`scanstream.writer.isolation`), so that a libhdf5 crash (a segfault on a
+        damaged file) loses that attempt at that scan only: the scan is written again, and
+        FAILED after a second crash, while the other scans and sessions go on. False: every
+        scan is written in this process's threads (no process start per scan, less memory;
+        a crash there ends the whole service).
 
     Raises
     ------
@@ -165,7 +173,7 @@ class WriterService:
         layout: str = "esrf",
         allow: Sequence[str | os.PathLike[str]] = (),
         umask: int | None = None,
-        isolate: bool = False,
+        isolate: bool = True,
     ) -> None:
         nexus.compression_options(compression, 0)  # an unknown name fails here, not per scan
         if layout not in nexus.LAYOUTS:
@@ -521,6 +529,8 @@ class WriterService:
             stop=claim,
             what=f"scan {scan.db_name}",
             restart_on=(*UNREACHABLE, FileBusyError, *RETRY_ERRORS),
+            # Waits and worker crashes are logged where they happen: no traceback each second.
+            wait_on=(FileBusyError, *RETRY_ERRORS),
         )
         return result if result is not None and result.complete else None
 
@@ -603,11 +613,16 @@ class WriterService:
             )
             if other is not None and is_dead_local_process(other):
                 # A writer of this machine killed without clean-up: no need to wait for its
-                # claim to expire. Delete it only if it still names that writer.
+                # claim to expire. Delete it only if it still names that writer; the next
+                # renewal takes the session (and says so, once).
                 logger.warning(
-                    "session %s: taking over from writer %s, which is dead", session.name, other
+                    "session %s: writer %s is dead (its process is gone); releasing its claim",
+                    session.name,
+                    other,
                 )
                 self.registry.release(session.name, other)
+                with self._lock:
+                    session.other = other
                 return
         except redis.RedisError as exc:
             # Not renewed: the claim stops by itself HEALTH_TTL after the last renewal.
@@ -635,6 +650,13 @@ class WriterService:
                     "from its stored history",
                     session.name,
                 )
+            elif session.other is not None:  # this writer was the standby: said once
+                logger.warning(
+                    "session %s: taking over from writer %s (it stopped, died, or its claim "
+                    "lapsed)",
+                    session.name,
+                    session.other,
+                )
             session.claim = _Claim(valid_until, self.registry.tokens.get(session.name))
             session.other = None
 
@@ -654,9 +676,33 @@ class WriterService:
                 other,
                 HEALTH_TTL,
             )
-        elif known != other:
+        elif known != other:  # once per writer met, not at every renewal
             logger.warning(
-                "session %s is written by another writer (%s); waiting until it stops",
+                "session %s is written by another writer (%s); standby: taking over when it stops",
                 session.name,
                 other,
+            )
+            self._warn_if_other_root(session.name, other)
+
+    def _warn_if_other_root(self, session: str, other: str) -> None:
+        """Warn when the writer holding ``session`` writes under another root than this one.
+
+        Relative filenames and scans without one would land elsewhere once this writer takes
+        over: the session's files would be split between two directories.
+        """
+        try:
+            status = writer_status(session, store=self.store) or {}
+        except (redis.RedisError, ValueError):
+            return
+        root = status.get("root")
+        if status.get("owner") == other and root and Path(root) != self.root:
+            logger.warning(
+                "session %s: writer %s writes under %s, this writer under %s: after a "
+                "takeover, relative filenames and scans without one go to %s; give both "
+                "writers the same --root",
+                session,
+                other,
+                root,
+                self.root,
+                self.root,
             )

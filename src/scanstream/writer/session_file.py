@@ -10,7 +10,8 @@ and h5web follow external links, so users still see one file with one entry per 
 The session file is changed in short steps (open, add a link, close) under its lock, each
 idempotent; a kill during one can damage at most that file, which holds nothing that cannot
 be made again: when it no longer opens, it is moved aside (``<name>.damaged-<time>``) and
-rebuilt from the scan files. A kill while a scan file is written damages that scan only; it
+rebuilt from the scan files. A new session file is created whole (built under a temporary
+name, then renamed), so a kill during its creation leaves none rather than a truncated one. A kill while a scan file is written damages that scan only; it
 is not marked saved, so the restarted writer deletes that file and writes the scan again
 from Redis (:meth:`OpenFiles.acquire` with ``fresh``), never extending what a killed process
 left. See docs/decisions/0011-crash-safe-files.md.
@@ -31,7 +32,7 @@ import h5py
 
 from ..exceptions import WriterError
 from . import nexus
-from .files import FileBusyError, FileLock, refuse_if_written_elsewhere
+from .files import FileBusyError, FileLock, refuse_if_written_elsewhere, sync_to_disk
 from .nexus.plots import entry_order
 
 __all__ = ["IDENTITY_ATTR", "SCANS_SUFFIX", "SessionFiles", "scan_file_of", "scans_dir_of"]
@@ -180,11 +181,22 @@ class SessionFiles:
         # The scans directory first: a session file a kill left half created is then
         # recognized as ours (above) and rebuilt, instead of being refused for ever.
         scans.mkdir(exist_ok=True)
-        file = nexus.open_nexus_file(path, "w")
-        _root_attrs(file)
-        self._rebuild(file, path)
-        file.flush()
-        return file
+        self._create(path)
+        return nexus.open_nexus_file(path, "a")
+
+    def _create(self, path: Path) -> None:
+        """Create the session file whole, or not at all: built under a temporary name in the
+        same directory, closed and synced, then renamed into place (a kill during the build
+        leaves only the temporary file, removed by the next creation; never a truncated
+        session file). Called under the session file's lock."""
+        for stale in path.parent.glob(f".{path.name}.new-*"):
+            stale.unlink(missing_ok=True)
+        building = path.with_name(f".{path.name}.new-{os.getpid()}")
+        with nexus.open_nexus_file(building, "w") as file:
+            _root_attrs(file, path)
+            self._rebuild(file, path)
+        sync_to_disk(building)
+        os.replace(building, path)
 
     def _rebuild(self, file: h5py.File, path: Path) -> None:
         """Link every entry of every readable scan file (partial ones are written again)."""
@@ -239,10 +251,10 @@ def _link(file: h5py.File, path: Path, scan_file: Path, names: Iterable[str]) ->
         file[name] = h5py.ExternalLink(relative, f"/{name}")
 
 
-def _root_attrs(file: h5py.File) -> None:
+def _root_attrs(file: h5py.File, path: Path) -> None:
     file.attrs["NX_class"] = "NXroot"
     file.attrs["creator"] = "scanstream"
-    file.attrs["file_name"] = os.path.abspath(file.filename)
+    file.attrs["file_name"] = os.path.abspath(path)
     file.attrs["file_time"] = nexus.iso8601(time.time())
     file.attrs["HDF5_Version"] = h5py.version.hdf5_version
     file.attrs["h5py_version"] = h5py.version.version

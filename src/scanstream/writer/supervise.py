@@ -35,6 +35,7 @@ def supervise(
     stop: StopHandler,
     what: str,
     restart_on: tuple[type[Exception], ...] = UNREACHABLE,
+    wait_on: tuple[type[Exception], ...] = (),
     backoff: AbstractBackoff | None = None,
 ) -> T | None:
     """Call ``attempt`` until it returns, starting it over after the errors ``restart_on``.
@@ -49,7 +50,12 @@ def supervise(
         Names the work in the log (``"scan test_session:3"``).
     restart_on : tuple of exception types
         Errors after which the work is started over; any other error is raised. Errors of
-        :data:`UNREACHABLE` are logged as warnings, the others with their traceback.
+        :data:`UNREACHABLE` are logged as warnings, those of ``wait_on`` as below, the others
+        with their traceback.
+    wait_on : tuple of exception types
+        Errors (among ``restart_on``) that mean "wait for something else" (a file another
+        writer holds until it stops): logged once per run of failures, as a warning without
+        a traceback, not at every attempt.
     backoff : redis.backoff.AbstractBackoff, optional
         Gives the pause after the n-th failure in a row (``compute(n)``). Default: a constant
         :data:`RETRY_PERIOD`.
@@ -66,7 +72,12 @@ def supervise(
         except restart_on as exc:
             failures += 1
             pause = backoff.compute(failures)
-            if isinstance(exc, UNREACHABLE):
+            if isinstance(exc, wait_on):
+                if failures == 1:
+                    logger.warning("%s: %s; trying again every %.1f s", what, exc, pause)
+                else:
+                    logger.debug("%s: still waiting: %s", what, exc)
+            elif isinstance(exc, UNREACHABLE):
                 logger.warning(
                     "%s: Redis unreachable (%s); starting again in %.1f s", what, exc, pause
                 )
