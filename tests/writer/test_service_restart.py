@@ -105,6 +105,11 @@ def test_status_command_reports_the_writer_and_its_absence(redis_url, store, tmp
         out = capsys.readouterr().out
         assert f"test_session: writing (pid {proc.pid}" in out
         assert "scans saved 0, failed 0" in out
+        proc.kill()  # its claim stays for HEALTH_TTL (5 s): --status must tell it is gone
+        proc.wait(timeout=10)
+        assert main(["--redis-url", redis_url, "writer", "--status", "test_session"]) == 1
+        out = capsys.readouterr().out
+        assert f"test_session: DEAD: the writer process {proc.pid} of this host" in out, out
 
 
 def test_waiting_for_a_busy_file_is_logged_once_without_traceback(caplog):

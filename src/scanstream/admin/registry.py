@@ -18,12 +18,21 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+import socket
+from typing import Any, cast
 
 from .._protocol.keys import check_session_name
 from .._transport.connection import DataStore, default_store
+from .._transport.server import pid_alive
 
-__all__ = ["OWNER_FIELD", "STATUS_FIELD", "is_saved", "saved_scans", "writer_status"]
+__all__ = [
+    "OWNER_FIELD",
+    "STATUS_FIELD",
+    "is_dead_local_process",
+    "is_saved",
+    "saved_scans",
+    "writer_status",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +61,9 @@ def writer_status(
         Keys: ``owner``, ``pid``, ``host``, ``root``, ``started`` and ``heartbeat`` (epoch s),
         ``writing`` (True while that writer owns the session), ``running`` (scans being
         written), ``saved`` and ``failed`` (counts since it started), ``errors`` (the last
-        ones, each with ``scan`` (name), ``number``, ``error``, ``time``).
+        ones, each with ``scan`` (name), ``number``, ``error``, ``time``), and ``dead``: True
+        when the writer is a process of this host that no longer exists (its claim has not
+        lapsed yet; a writer started now takes over when it does).
 
     Raises
     ------
@@ -64,7 +75,23 @@ def writer_status(
     if not raw:
         return None
     status: dict[str, Any] = json.loads(raw)
+    # bytes, never str: the client is created without decode_responses.
+    owner = cast("bytes | None", store.redis.hget(store.keys.writer_health(session), OWNER_FIELD))
+    status["dead"] = owner is not None and is_dead_local_process(owner.decode(errors="replace"))
     return status
+
+
+def is_dead_local_process(owner: str) -> bool:
+    """True when ``owner`` (a writer id, ``host:pid:random``) names a gone process of this host.
+
+    A writer of another host, or an id of another form, is never called dead: only its claim's
+    TTL tells.
+    """
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    return not pid_alive(int(pid))
 
 
 def saved_scans(

@@ -174,6 +174,8 @@ def _print_status(store: DataStore, sessions: list[str]) -> int:
             code = 1
             continue
         print(f"{session}: {_describe(status)}")
+        if status.get("dead"):
+            code = 1
         for error in status["errors"][-5:]:
             when = datetime.datetime.fromtimestamp(error["time"]).strftime("%H:%M:%S")
             print(f"    {when} {error['scan']}: {error['error']}")
@@ -181,6 +183,13 @@ def _print_status(store: DataStore, sessions: list[str]) -> int:
 
 
 def _describe(status: dict[str, Any]) -> str:
+    if status.get("dead"):
+        return (
+            f"DEAD: the writer process {status['pid']} of this host is gone (its claim lapses "
+            f"within seconds; a writer started now takes over): root {status['root']}, scans "
+            f"saved {status['saved']}, failed {status['failed']}; were being written: "
+            f"{', '.join(status['running']) or 'none'}"
+        )
     state = "writing" if status["writing"] else "waiting for another writer"
     uptime = time.time() - status["started"]
     running = ", ".join(status["running"]) or "none"

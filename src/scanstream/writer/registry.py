@@ -18,7 +18,7 @@ from typing import Any
 
 from .._protocol.entries import saving_fields
 from .._transport.connection import DataStore
-from ..admin.registry import OWNER_FIELD, STATUS_FIELD, is_saved
+from ..admin.registry import OWNER_FIELD, STATUS_FIELD, is_dead_local_process, is_saved
 from ..models import SavingVerdict
 
 __all__ = ["EPOCH_FIELD", "WriterRegistry", "is_dead_local_process", "new_owner_id"]
@@ -162,18 +162,3 @@ class WriterRegistry:
     def mark_saved(self, session: str, number: int) -> None:
         """Record scan ``number`` of ``session`` as saved: a restarted writer skips it."""
         self.store.redis.sadd(self.store.keys.writer_saved(session), str(number))
-
-
-def is_dead_local_process(owner: str) -> bool:
-    """True when ``owner`` (``host:pid:id``) names a process of this host that does not exist."""
-    host, _, rest = owner.partition(":")
-    pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
