@@ -326,3 +326,33 @@ def test_the_users_of_the_deployment_guide_publish_write_and_read(
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_the_worker_processes_log_into_the_writers_log_file(redis_url: str, tmp_path: Path) -> None:
+    from scanstream import DataStore
+    from scanstream.writer import writer_status
+
+    log = tmp_path / "writer.log"
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "scanstream", "--redis-url", redis_url, "writer", "workers"]
+        + ["--root", str(tmp_path / "data"), "--log-file", str(log), "--log-level", "debug"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        with DataStore(redis_url) as store:
+            while writer_status("workers", store=store) is None:
+                assert writer.poll() is None and time.monotonic() < deadline, writer.stderr
+                time.sleep(0.05)
+        argv = ["--redis-url", redis_url, "scan", "--session", "workers", "-q"]
+        assert main([*argv, "--time-scale", "0", "--save-timeout", "30", "ct", "0.1", "diode"]) == 0
+        writer.send_signal(signal.SIGTERM)
+        _, err = writer.communicate(timeout=20)
+    finally:
+        writer.kill()
+        writer.wait(timeout=5)
+    worker_lines = [line for line in log.read_text().splitlines() if " worker " in line]
+    assert any("writing scan workers:1" in line for line in worker_lines), log.read_text()
+    assert "writing scan workers:1" not in err  # debug records go to the file only

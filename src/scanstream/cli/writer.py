@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
+import os
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ from .._transport.connection import DataStore, default_store
 from .._transport.server import resolve_url
 from ..admin.registry import writer_status
 from ..writer.service import WriterService
+from ..writer.worker import WORKER_LOG_FILE_ENV, WORKER_LOG_LEVEL_ENV
 from .errors import describe_server, url_origin
 from .logs import LEVELS, configure_logging
 from .usage import UsageError, writable_directory
@@ -116,6 +118,11 @@ def run_writer(args: argparse.Namespace) -> int:
         configure_logging(max(args.verbose, 1), level=level, log_file=args.log_file)
     except OSError as exc:
         raise UsageError(f"--log-file {args.log_file!r} cannot be opened: {exc.strerror}") from None
+    if args.log_file:
+        # The worker processes that write the scans append to the same file (they inherit
+        # the environment; scanstream.writer.worker reads it).
+        os.environ[WORKER_LOG_FILE_ENV] = os.path.abspath(args.log_file)
+        os.environ[WORKER_LOG_LEVEL_ENV] = logging.getLevelName(level)
     url = resolve_url(url)
     logger.info(describe_server(url, origin))
     store = default_store(url)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import os
 import signal
 import sys
@@ -40,7 +41,7 @@ from .registry import WriterRegistry
 from .scan_writer import ScanWriter, WriteResult
 from .supervise import UNREACHABLE
 
-__all__ = ["FENCE_PERIOD", "main"]
+__all__ = ["FENCE_PERIOD", "WORKER_LOG_FILE_ENV", "WORKER_LOG_LEVEL_ENV", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ def _result_message(result: WriteResult) -> dict[str, Any]:
 def _write_one(assignment: dict[str, Any], terminated: threading.Event) -> bool:
     """Write the assigned scan and report it; True when the worker may take another one."""
     session, number = assignment["session"], int(assignment["number"])
+    logger.debug("writing scan %s:%s", session, number)
     config = WorkerConfig.from_json(assignment["config"])
     if config.umask is not None:
         os.umask(config.umask)
@@ -148,11 +150,38 @@ def _write_one(assignment: dict[str, Any], terminated: threading.Event) -> bool:
     return reusable
 
 
+#: Set by ``scanstream writer --log-file``: workers append their records to the writer's file
+#: (WatchedFileHandler: reopened after logrotate), at its level; stderr keeps the warnings.
+WORKER_LOG_FILE_ENV = "SCANSTREAM_WRITER_LOG_FILE"
+WORKER_LOG_LEVEL_ENV = "SCANSTREAM_WRITER_LOG_LEVEL"
+
+
+def _configure_logging() -> None:
+    """This process's log set-up (a worker is a program of its own: it may configure logging)."""
+    fmt = logging.Formatter(
+        f"%(asctime)s %(levelname)-7s worker {os.getpid()} %(name)s: %(message)s"
+    )
+    level = logging.getLevelName(os.environ.get(WORKER_LOG_LEVEL_ENV, "INFO"))
+    root = logging.getLogger()
+    root.setLevel(level if isinstance(level, int) else logging.INFO)
+    stderr = logging.StreamHandler()
+    stderr.setFormatter(fmt)
+    root.addHandler(stderr)
+    path = os.environ.get(WORKER_LOG_FILE_ENV)
+    if path:
+        try:
+            handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
+        except OSError as exc:
+            root.warning("cannot append to the writer's log file %r: %s", path, exc.strerror)
+        else:
+            handler.setFormatter(fmt)
+            root.addHandler(handler)
+            stderr.setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write the scans assigned on stdin, one at a time, until EOF or an unusable state."""
-    logging.basicConfig(
-        level=logging.INFO, format=f"%(asctime)s %(levelname)s worker {os.getpid()}: %(message)s"
-    )
+    _configure_logging()
     terminated = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: terminated.set())
     # Assignments come on stdin, one JSON line each, once the imports are done: the service
