@@ -32,6 +32,11 @@ from .paths import WritePolicy
 from .read_ahead import ReadAhead
 from .session_file import IDENTITY_ATTR, SessionFiles, scan_file_of
 
+#: Node info keys not recorded in the device groups: the creation keys (the dataset's dtype,
+#: shape and ``@units`` hold them; decision 0013) and the saving mode (``saving_mode`` of a
+#: Lima group that saves nothing).
+DEVICE_INFO_SKIPPED = frozenset({"dtype", "shape", "unit", "saving_mode"})
+
 logger = logging.getLogger(__name__)
 
 #: scan_info keys written as NeXus groups at the end of the scan (besides those listed in
@@ -186,6 +191,7 @@ class ScanWriter:
         self._written: dict[int, int] = {}  # data node index -> points in its dataset
         self._plot_groups: dict[str, list[frozenset[int]]] = {}  # entry name -> NXdata members
         self._subscans: list[ScanNode] = []
+        self._device_groups: dict[int, h5py.Group] = {}  # data node index -> its device group
         self._unsaved_frames: dict[int, int] = {}
 
     @property
@@ -590,6 +596,7 @@ class ScanWriter:
                 scan_info=info,
             )
             self._guarded(f"{entry.name}: instrument", self._write_instrument, entry, info)
+            self._guarded(f"{entry.name}: device info", self._write_device_info, entry)
             self._guarded(f"{entry.name}: metadata", self._write_metadata, entry, info)
             self._guarded(f"{entry.name}: default plot", self._write_plot, entry, info)
         if self._subscans:
@@ -635,6 +642,7 @@ class ScanWriter:
         group = nexus.require_nx_group(
             instrument, name, "NXpositioner" if is_motor else "NXdetector"
         )
+        self._device_groups[node.index] = group
         measurement = f"{self._entry_of[node.index].name}/measurement/"
         dsname = nexus.channel_dataset_name(node.name)
         if isinstance(node, LimaNode) and node.saving_mode == SavingMode.NOSAVING:
@@ -645,6 +653,36 @@ class ScanWriter:
             member = "value" if is_motor else "data"
             if member not in group:
                 group[member] = h5py.SoftLink(measurement + dsname)
+
+    def _write_device_info(self, entry: h5py.Group) -> None:
+        """Each device's info (its publisher's ``update_info`` included) in its device group,
+        as ESRF's writer records device metadata: the keys the file already has from
+        elsewhere (creation keys, the data, members of the group) are left out."""
+        file = entry.file
+        for index, node in self._data_nodes.items():
+            if self._entry_of[index] != entry or isinstance(node, ScanRefNode):
+                continue
+            group = self._device_groups.get(index)
+            if group is None:  # the esrf layout: measurement/<short> -> instrument/<dev>/data
+                link = None
+                path = nexus.channel_path(entry, node.name)
+                if path is not None:
+                    link = file.get(path, getlink=True)
+                if isinstance(link, h5py.SoftLink):
+                    parent = file.get(link.path.rpartition("/")[0])
+                    if isinstance(parent, h5py.Group) and parent.name.startswith(
+                        f"{entry.name}/instrument/"
+                    ):
+                        group = parent
+            if group is None:
+                continue
+            info = {
+                k: v
+                for k, v in node.info.items()
+                if k not in DEVICE_INFO_SKIPPED and nexus.hdf5_name(k) not in group
+            }
+            if info:
+                nexus.write_metadata(group, info)
 
     def _write_metadata(self, entry: h5py.Group, info: Mapping[str, Any]) -> None:
         categories = info.get("scan_meta_categories") or []
