@@ -97,10 +97,9 @@ from .plots import (
     LIVE_GRID_ATTR,
     default_plot_name,
     grow_live_grids,
-    link_subscan_entries,
-    link_subscan_plot,
     write_default_plot,
 )
+from .sequences import link_subscan_entries, link_subscan_plot
 
 __all__ = [
     "CHUNK_MAX_ROWS",
