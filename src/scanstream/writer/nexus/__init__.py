@@ -184,8 +184,8 @@ def _write_metadata_at_flushes_only(file: h5py.File) -> None:
     new shape, a chunk index node) whenever it evicts it to make room, at any time between
     two flushes, so the disk could hold a dataset's new shape with its chunk index of before:
     rows of fill values, even in a file that then stays unchanged. With evictions off, dirty
-    metadata waits for the flush; the cache grows with the file's metadata instead (a few MiB
-    for a long scan), and the file is closed at the end of its scan.
+    metadata waits for the flush; the cache holds the file's metadata instead until the file
+    is closed (0.3 MB for 200 000 points of 20 counters and 2 spectra).
     """
     config = file.id.get_mdc_config()
     config.incr_mode = 0  # H5C_incr__off: evictions can be disabled only with no resizing
