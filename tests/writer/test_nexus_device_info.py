@@ -50,7 +50,11 @@ def test_device_info_is_written_under_the_device_group_at_the_end(
     diode = top.create_container("timer").create_channel(
         "simulation_diode_sampling_controller:diode", unit="cts"
     )
+    simu1 = top.create_container("simu1")
+    spectrum = simu1.create_channel("simu1:spectrum", shape=(4,))
     scan.prepared()
+    spectrum.emit(np.ones((3, 4)))
+    simu1.update_info({"preset_time": 0.5, "data": "not the data"})
     roby.emit(np.arange(3.0))
     diode.emit(np.ones(3))
     diode.update_info({"mode": "SINGLE", "acq_parameters": {"expo_time": 0.1}})
@@ -74,3 +78,9 @@ def test_device_info_is_written_under_the_device_group_at_the_end(
         assert np.array_equal(motor["value"][()], np.arange(3.0))
         if layout == "esrf":
             assert f["1.1/measurement/diode"].attrs["units"] == "cts"
+            # A controller's info goes to the device group of its name, that of its spectra.
+            controller = instrument["simu1"]
+            assert controller["preset_time"][()] == 0.5
+            assert controller["data"].shape == (3, 4)
+        else:  # the legacy layout names the spectrum's group after the channel
+            assert "preset_time" not in instrument["spectrum"]

@@ -18,6 +18,7 @@ import h5py
 from ..exceptions import ScanstreamError
 from ..models import SavingMode
 from ..subscribe.data_nodes import ChannelNode, LimaNode, ScanRefNode
+from ..subscribe.nodes import ScanMemberNode
 from ..subscribe.tree import ScanNode
 from . import nexus
 from .paths import WritePolicy
@@ -34,6 +35,26 @@ DEVICE_INFO_SKIPPED = frozenset({"dtype", "shape", "unit", "saving_mode"})
 METADATA_CLASSES = {"sample": "NXsample", "technique": "NXcollection", "instrument": "NXinstrument"}
 
 
+#: Classes of the device groups that hold a channel's data.
+DEVICE_CLASSES = ("NXdetector", "NXpositioner")
+
+
+def _attr(obj: h5py.HLObject, name: str) -> str | None:
+    value = obj.attrs.get(name)
+    return value.decode() if isinstance(value, bytes) else None if value is None else str(value)
+
+
+def _write_info(group: h5py.Group, info: Mapping[str, Any]) -> None:
+    """The keys of a node's ``info`` that the file does not hold yet, into ``group``."""
+    kept = {
+        k: v
+        for k, v in info.items()
+        if k not in DEVICE_INFO_SKIPPED and nexus.hdf5_name(k) not in group
+    }
+    if kept:
+        nexus.write_metadata(group, kept)
+
+
 class EndOfScan:
     """The end-of-scan metadata of a scan writer (see the module docstring)."""
 
@@ -45,6 +66,7 @@ class EndOfScan:
     _device_groups: dict[int, h5py.Group]  # data node index -> its device group
     _unsaved_frames: dict[int, int]
     _subscans: list[ScanNode]
+    _containers: dict[int, tuple[ScanMemberNode, h5py.Group]]  # node index -> (node, entry)
 
     def _write_instrument(self, entry: h5py.Group, info: Mapping[str, Any]) -> None:
         instrument = entry["instrument"]
@@ -90,8 +112,13 @@ class EndOfScan:
     def _write_device_info(self, entry: h5py.Group) -> None:
         """Each device's info (its publisher's ``update_info`` included) in its device group,
         as ESRF's writer records device metadata: the keys the file already has from
-        elsewhere (creation keys, the data, members of the group) are left out."""
+        elsewhere (creation keys, the data, members of the group) are left out.
+
+        Channels and images first, then the containers (controllers) that have a device
+        group of their name (``simu1`` -> ``instrument/simu1``, the group of its spectra).
+        """
         file = entry.file
+        instrument = entry["instrument"]
         for index, node in self._data_nodes.items():
             if self._entry_of[index] != entry or isinstance(node, ScanRefNode):
                 continue
@@ -104,18 +131,17 @@ class EndOfScan:
                 if isinstance(link, h5py.SoftLink):
                     parent = file.get(link.path.rpartition("/")[0])
                     if isinstance(parent, h5py.Group) and parent.name.startswith(
-                        f"{entry.name}/instrument/"
+                        f"{instrument.name}/"
                     ):
                         group = parent
-            if group is None:
+            if group is not None:
+                _write_info(group, node.info)
+        for container, container_entry in self._containers.values():
+            if container_entry != entry:
                 continue
-            info = {
-                k: v
-                for k, v in node.info.items()
-                if k not in DEVICE_INFO_SKIPPED and nexus.hdf5_name(k) not in group
-            }
-            if info:
-                nexus.write_metadata(group, info)
+            group = instrument.get(nexus.nexus_name(container.name))
+            if isinstance(group, h5py.Group) and _attr(group, "NX_class") in DEVICE_CLASSES:
+                _write_info(group, container.info)
 
     def _write_metadata(self, entry: h5py.Group, info: Mapping[str, Any]) -> None:
         categories = info.get("scan_meta_categories") or []

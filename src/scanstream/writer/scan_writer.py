@@ -184,6 +184,7 @@ class ScanWriter(EndOfScan):
         self._plot_groups: dict[str, list[frozenset[int]]] = {}  # entry name -> NXdata members
         self._subscans: list[ScanNode] = []
         self._device_groups: dict[int, h5py.Group] = {}  # data node index -> its device group
+        self._containers: dict[int, tuple[ScanMemberNode, h5py.Group]] = {}  # -> (node, entry)
         self._unsaved_frames: dict[int, int] = {}
 
     @property
@@ -313,9 +314,10 @@ class ScanWriter(EndOfScan):
         if not isinstance(node, ScanMemberNode):
             return  # the scan itself (or a sub-scan of a group)
         if node.parent is self.scan:
-            self._entry(node)
+            self._containers[node.index] = (node, self._entry(node))
             return
         if not isinstance(node, _DATA_NODES):
+            self._containers[node.index] = (node, self._entry(self._top_master(node)))
             return
         self._entry_of[node.index] = self._entry(self._top_master(node))
         self._data_nodes[node.index] = node
