@@ -4,7 +4,7 @@ The data path is idempotent by point index: every NEW_DATA event is written at i
 ``first_index``, so replaying a scan from the start (a restarted writer) overwrites what is
 already in the file with the same values and never duplicates a point. Metadata that is
 only final at the end (positioners at the end, instrument, default plot, sub-scan links) is
-written at END_SCAN.
+written at END_SCAN (:mod:`.scan_end`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..exceptions import ScanstreamError, WriterError
+from ..exceptions import WriterError
 from ..models import SavingMode
 from ..subscribe.data_nodes import ChannelNode, LimaNode, ScanRefNode
 from ..subscribe.events import EventData, EventType, StopHandler
@@ -30,13 +30,10 @@ from . import nexus
 from .files import OpenFiles
 from .paths import WritePolicy
 from .read_ahead import ReadAhead
+from .scan_end import EndOfScan
 from .session_file import IDENTITY_ATTR, SessionFiles, scan_file_of
 
 logger = logging.getLogger(__name__)
-
-#: scan_info keys written as NeXus groups at the end of the scan (besides those listed in
-#: ``scan_info["scan_meta_categories"]``), with their NeXus class.
-METADATA_CLASSES = {"sample": "NXsample", "technique": "NXcollection", "instrument": "NXinstrument"}
 
 
 class _Stopped(Exception):
@@ -111,7 +108,7 @@ def scan_file_path(scan_info: Mapping[str, Any], session: str, root: Path) -> Pa
     return path if path.is_absolute() else root / path
 
 
-class ScanWriter:
+class ScanWriter(EndOfScan):
     """Writes one scan; :meth:`run` walks its events until END_SCAN (or a stop).
 
     Parameters
@@ -186,6 +183,8 @@ class ScanWriter:
         self._written: dict[int, int] = {}  # data node index -> points in its dataset
         self._plot_groups: dict[str, list[frozenset[int]]] = {}  # entry name -> NXdata members
         self._subscans: list[ScanNode] = []
+        self._device_groups: dict[int, h5py.Group] = {}  # data node index -> its device group
+        self._containers: dict[int, tuple[ScanMemberNode, h5py.Group]] = {}  # -> (node, entry)
         self._unsaved_frames: dict[int, int] = {}
 
     @property
@@ -315,9 +314,10 @@ class ScanWriter:
         if not isinstance(node, ScanMemberNode):
             return  # the scan itself (or a sub-scan of a group)
         if node.parent is self.scan:
-            self._entry(node)
+            self._containers[node.index] = (node, self._entry(node))
             return
         if not isinstance(node, _DATA_NODES):
+            self._containers[node.index] = (node, self._entry(self._top_master(node)))
             return
         self._entry_of[node.index] = self._entry(self._top_master(node))
         self._data_nodes[node.index] = node
@@ -590,6 +590,7 @@ class ScanWriter:
                 scan_info=info,
             )
             self._guarded(f"{entry.name}: instrument", self._write_instrument, entry, info)
+            self._guarded(f"{entry.name}: device info", self._write_device_info, entry)
             self._guarded(f"{entry.name}: metadata", self._write_metadata, entry, info)
             self._guarded(f"{entry.name}: default plot", self._write_plot, entry, info)
         if self._subscans:
@@ -606,56 +607,6 @@ class ScanWriter:
             logger.warning("scan %s: %s", self.scan.db_name, message)
             self.result.warnings.append(message)
 
-    def _write_instrument(self, entry: h5py.Group, info: Mapping[str, Any]) -> None:
-        instrument = entry["instrument"]
-        positioners = info.get("positioners")
-        if isinstance(positioners, Mapping):
-            nexus.write_scan_info_positioners(instrument, positioners)
-        used: set[str] = set(instrument)
-        placed = nexus.channel_paths(entry) if nexus.entry_layout(entry) == "esrf" else {}
-        for index, node in self._data_nodes.items():
-            if self._entry_of[index] == entry and not isinstance(node, ScanRefNode):
-                if node.name not in placed:  # the esrf layout put the data in its device
-                    self._link_device(instrument, node, used)
-        if isinstance(positioners, Mapping):  # again: positioners/<motor> -> scanned values
-            nexus.write_scan_info_positioners(instrument, positioners)
-
-    def _link_device(
-        self, instrument: h5py.Group, node: ChannelNode | LimaNode, used: set[str]
-    ) -> None:
-        """``instrument/<device>``: NXpositioner (motors) or NXdetector linking to the data."""
-        prefix, _, short = node.name.rpartition(":")
-        is_motor = prefix == "axis"
-        name = nexus.nexus_name(prefix if isinstance(node, LimaNode) and prefix else short)
-        if name in used:
-            name = nexus.nexus_name(node.name)
-            if name in used:
-                return
-        used.add(name)
-        group = nexus.require_nx_group(
-            instrument, name, "NXpositioner" if is_motor else "NXdetector"
-        )
-        measurement = f"{self._entry_of[node.index].name}/measurement/"
-        dsname = nexus.channel_dataset_name(node.name)
-        if isinstance(node, LimaNode) and node.saving_mode == SavingMode.NOSAVING:
-            nexus.write_value(group, "saving_mode", "NOSAVING")
-            nexus.write_value(group, "acquired_frames", self._unsaved_frames.get(node.index, 0))
-            return
-        if dsname in self._entry_of[node.index]["measurement"]:
-            member = "value" if is_motor else "data"
-            if member not in group:
-                group[member] = h5py.SoftLink(measurement + dsname)
-
-    def _write_metadata(self, entry: h5py.Group, info: Mapping[str, Any]) -> None:
-        categories = info.get("scan_meta_categories") or []
-        names = [c for c in categories if isinstance(c, str)] + list(METADATA_CLASSES)
-        for key in dict.fromkeys(names):
-            value = info.get(key)
-            if key == "positioners" or not isinstance(value, Mapping):
-                continue
-            group = nexus.require_nx_group(entry, nexus.hdf5_name(key), METADATA_CLASSES.get(key))
-            nexus.write_metadata(group, value)
-
     def _write_plot(self, entry: h5py.Group, info: Mapping[str, Any], live: bool = False) -> None:
         paths = nexus.channel_paths(entry)
         channels = {
@@ -664,33 +615,3 @@ class ScanWriter:
             if self._entry_of[index] == entry and node.name in paths
         }
         nexus.write_default_plot(entry, info.get("plots"), channels, scan_info=info, live=live)
-
-    def _link_subscans(self, entry: h5py.Group) -> None:
-        """``scans/<N.k>``: every entry of every sub-scan (one per top master), and the
-        sequence's default plot: the plot of its last sub-scan that asks for one."""
-        links: list[str | tuple[Path, str]] = []
-        plot: tuple[Path, str, str] | None = None
-        for sub in self._subscans:
-            # Through the sub-scan's session file (its entries may live in any scan file).
-            path = self.policy.scan_file(sub.info, sub.session_name).resolve()
-            names = [
-                nexus.entry_name(sub.number, k, strict_names=self.strict_names)
-                for k in range(1, self._top_masters(sub) + 1)
-            ]
-            links.extend((path, name) for name in names)
-            # Its plot may not be written yet (its writer may still be at work): named from
-            # its scan_info; the external link resolves once it is.
-            nxdata = nexus.default_plot_name(sub.info)
-            plot = (path, names[0], nxdata) if nxdata else plot
-        nexus.link_subscan_entries(entry, links)
-        if plot is not None:
-            nexus.link_subscan_plot(entry, *plot)
-
-    @staticmethod
-    def _top_masters(sub: ScanNode) -> int:
-        """Entries of a sub-scan: its top masters (the children of the scan), at least 1."""
-        try:
-            return max(1, len(sub.children()))
-        except ScanstreamError as exc:  # expired from Redis: its first entry at least
-            logger.info("sub-scan %s: top masters unknown (%s); linking N.1", sub.db_name, exc)
-            return 1

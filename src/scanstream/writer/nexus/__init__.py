@@ -97,10 +97,9 @@ from .plots import (
     LIVE_GRID_ATTR,
     default_plot_name,
     grow_live_grids,
-    link_subscan_entries,
-    link_subscan_plot,
     write_default_plot,
 )
+from .sequences import link_subscan_entries, link_subscan_plot
 
 __all__ = [
     "CHUNK_MAX_ROWS",
@@ -172,7 +171,28 @@ def open_nexus_file(path: str | os.PathLike[str], mode: str = "a", **kwargs: Any
     kwargs.setdefault("locking", False)
     # Entries listed in the order they were written ("2.1" before "10.1"), as blisswriter.
     kwargs.setdefault("track_order", True)
-    return h5py.File(path, mode, **kwargs)
+    file = h5py.File(path, mode, **kwargs)
+    if mode != "r":
+        _write_metadata_at_flushes_only(file)
+    return file
+
+
+def _write_metadata_at_flushes_only(file: h5py.File) -> None:
+    """Keep HDF5 from writing metadata between two flushes of ``file``.
+
+    A reader sees what is on disk. HDF5's metadata cache writes a dirty entry (a dataset's
+    new shape, a chunk index node) whenever it evicts it to make room, at any time between
+    two flushes, so the disk could hold a dataset's new shape with its chunk index of before:
+    rows of fill values, even in a file that then stays unchanged. With evictions off, dirty
+    metadata waits for the flush; the cache holds the file's metadata instead until the file
+    is closed (0.3 MB for 200 000 points of 20 counters and 2 spectra).
+    """
+    config = file.id.get_mdc_config()
+    config.incr_mode = 0  # H5C_incr__off: evictions can be disabled only with no resizing
+    config.flash_incr_mode = 0
+    config.decr_mode = 0
+    config.evictions_enabled = False
+    file.id.set_mdc_config(config)
 
 
 def entry_name(scan_number: int, top_master_index: int = 1, *, strict_names: bool = False) -> str:

@@ -36,13 +36,23 @@ logger = logging.getLogger(__name__)
 #: ``(file_path, path_in_file, index_in_file, format)`` of one detector frame.
 ImageReference = tuple[str, str, int, str]
 
-#: Bytes of one cell of a reference table (PATH_MAX on Linux). Fixed-length strings rather
-#: than variable-length ones: a variable-length string lives in a global heap that a reader
-#: opening the file while the table grows can find half written ("bad heap index"); a
-#: fixed-length cell is plain chunk data. Cells are zero padded and the table is gzipped,
-#: so the padding costs almost nothing on disk.
+#: Upper bound of the bytes of one cell of a reference table (PATH_MAX on Linux).
+#: Fixed-length strings rather than variable-length ones: a variable-length string lives in a
+#: global heap that a reader opening the file while the table grows can find half written
+#: ("bad heap index"); a fixed-length cell is plain chunk data.
 REFERENCE_CELL_BYTES = 4096
-_REF_DTYPE = h5py.string_dtype("utf-8", REFERENCE_CELL_BYTES)
+#: Smallest cell of a new table; cells are the longest cell so far rounded up to a power of
+#: two, so a table is widened (rebuilt) at most a few times, usually never.
+REFERENCE_CELL_MIN_BYTES = 64
+#: Bytes of one chunk of a new reference table.
+REFERENCE_CHUNK_BYTES = 64 << 10
+
+
+def _cell_bytes(longest: int) -> int:
+    size = REFERENCE_CELL_MIN_BYTES
+    while size < longest:
+        size *= 2
+    return min(size, REFERENCE_CELL_BYTES)
 
 
 def references_dataset_name(dataset_name: str) -> str:
@@ -281,16 +291,22 @@ def _write_reference_table(
     first: int,
     rows: Sequence[tuple[str, str, int, str]],
 ) -> None:
+    cells = [[f, p, str(i), fmt] for f, p, i, fmt in rows]
+    encoded = [[c.encode() for c in row] for row in cells]
+    longest = max((len(c) for row in encoded for c in row), default=1)
     table = group.get(name)
     if table is None:
+        # Uncompressed: a chunk being filled is rewritten in place, so a reader that opened
+        # the file before a flush reads the rows it expects; a compressed chunk moves when it
+        # grows and that reader follows a stale address (an error, or cells of another
+        # chunk). The cells fit the paths instead of PATH_MAX, a few hundred bytes per frame.
+        cell = _cell_bytes(longest)
         table = group.create_dataset(
             name,
             shape=(0, 4),
             maxshape=(None, 4),
-            dtype=_REF_DTYPE,
-            chunks=(16, 4),
-            compression="gzip",
-            compression_opts=4,
+            dtype=h5py.string_dtype("utf-8", cell),
+            chunks=(max(1, REFERENCE_CHUNK_BYTES // (4 * cell)), 4),
         )
         table.attrs["columns"] = ["file", "path_in_file", "index_in_file", "format"]
     elif not isinstance(table, h5py.Dataset) or table.shape[1:] != (4,):
@@ -306,18 +322,46 @@ def _write_reference_table(
     if not rows:
         return
     stop = first + len(rows)
-    cells = [[f, p, str(i), fmt] for f, p, i, fmt in rows]
     if table.dtype.kind == "S":
-        encoded = [[c.encode() for c in row] for row in cells]
-        too_long = [c for row in encoded for c in row if len(c) > table.dtype.itemsize]
-        if too_long:
+        if longest > REFERENCE_CELL_BYTES:
+            too_long = next(c for row in encoded for c in row if len(c) == longest)
             raise NexusLayoutError(
-                f"image reference {too_long[0][:80]!r}... is longer than the"
-                f" {table.dtype.itemsize} bytes of a cell of {table.name!r}; use shorter paths"
+                f"image reference {too_long[:80]!r}... is longer than the"
+                f" {REFERENCE_CELL_BYTES} bytes of a cell of {table.name!r}; use shorter paths"
             )
+        if longest > table.dtype.itemsize:
+            table = _widen(group, name, table, _cell_bytes(longest))
         data = np.array(encoded, dtype=table.dtype)
     else:  # a table of an earlier version (variable-length strings): kept as it is
         data = np.array(cells, dtype=object)
     if stop > table.shape[0]:
         table.resize(stop, axis=0)
     table[first:stop] = data
+
+
+def _widen(group: h5py.Group, name: str, table: h5py.Dataset, cell: int) -> h5py.Dataset:
+    """Rebuild ``table`` with cells of ``cell`` bytes (HDF5 cannot change a dataset's type).
+
+    Built under a temporary name, then swapped in, within the writer's batch (as the image
+    virtual dataset): readers see the old table or the new one.
+    """
+    tmp = f"{name}_widening"
+    if tmp in group:
+        del group[tmp]
+    dtype = h5py.string_dtype("utf-8", cell)
+    wide = group.create_dataset(
+        tmp,
+        shape=table.shape,
+        maxshape=(None, 4),
+        dtype=dtype,
+        chunks=(max(1, REFERENCE_CHUNK_BYTES // (4 * cell)), 4),
+    )
+    for key, value in table.attrs.items():
+        wide.attrs[key] = value
+    step = wide.chunks[0] * 16
+    for start in range(0, table.shape[0], step):
+        wide[start : start + step] = table[start : start + step].astype(dtype)
+    logger.debug("%s: cells widened to %d bytes", table.name, cell)
+    del group[name]
+    group.move(tmp, name)
+    return group[name]

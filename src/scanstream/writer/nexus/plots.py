@@ -3,14 +3,12 @@
 Pure h5py, no Redis knowledge; :mod:`scanstream.writer.nexus` re-exports the public names.
 :func:`write_default_plot` turns ``scan_info["plots"]`` into NXdata groups of soft links to
 the measurement datasets and points the ``@default`` chain at the first one, so standard
-viewers open the scan's plot. :func:`link_subscan_entries` links the entries of a scan
-group's sub-scans.
+viewers open the scan's plot (a scan group's links to its sub-scans: :mod:`.sequences`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,15 +16,12 @@ from typing import Any
 
 import h5py
 
-from .images import stored_path
 from .layout import nexus_name
-from .metadata import NX_COLLECTION, hdf5_name, require_nx_group
+from .metadata import require_nx_group
 
 __all__ = [
     "default_plot_name",
     "grow_live_grids",
-    "link_subscan_entries",
-    "link_subscan_plot",
     "write_default_plot",
 ]
 
@@ -238,7 +233,7 @@ def _write_live_grid(
     them with views of ``measurement/`` at the end of the scan.
     """
     gname = nexus_name(grid.name)
-    while gname in used_groups or (gname in entry and not _is_nxdata(entry[gname])):
+    while gname in used_groups or (gname in entry and not is_nxdata(entry[gname])):
         gname = f"plot_{gname}"
     used_groups.add(gname)
     group = require_nx_group(entry, gname, "NXdata")
@@ -275,7 +270,7 @@ def _write_live_grid(
     return group
 
 
-def _is_nxdata(obj: Any) -> bool:
+def is_nxdata(obj: Any) -> bool:
     return isinstance(obj, h5py.Group) and obj.attrs.get("NX_class") == "NXdata"
 
 
@@ -318,7 +313,7 @@ def grow_live_grids(entry: h5py.Group) -> None:
     """
     try:
         for name, group in entry.items():
-            if _is_nxdata(group) and LIVE_GRID_ATTR in group.attrs:
+            if is_nxdata(group) and LIVE_GRID_ATTR in group.attrs:
                 has_row = _grow_grid(group)
                 default = entry.attrs.get("default")
                 if has_row and default == f"{name}_scatter":
@@ -590,71 +585,6 @@ def _set_default_chain(nxdata: h5py.Group) -> None:
         child = parent
 
 
-# --------------------------------------------------------------------------- scan groups
-
-
-def link_subscan_entries(
-    group_entry: h5py.Group,
-    subscan_entry_names: Iterable[str | tuple[str | os.PathLike[str], str]],
-) -> h5py.Group:
-    """Link the entries of the sub-scans of a scan group into ``<group_entry>/scans``.
-
-    Parameters
-    ----------
-    group_entry : h5py.Group
-        The NXentry of the scan group (sequence).
-    subscan_entry_names : iterable of str or (file_path, entry_name)
-        An entry name (``"13.1"``) of the same file gives a *soft link* ``scans/13.1`` ->
-        ``/13.1``; a ``(file_path, entry_name)`` pair gives an external link (relative path
-        when the file is below the master file's directory).
-
-    Returns
-    -------
-    h5py.Group
-        The NXcollection ``scans``.
-
-    Notes
-    -----
-    Soft rather than hard links: a sub-scan entry that is not written yet (a restarted
-    writer catching up scans in another order) is linked anyway and resolves as soon as it
-    exists; viewers show the link for what it is, and a recursive walk does not see every
-    sub-scan twice. Entries absent at call time are logged.
-    """
-    scans = require_nx_group(group_entry, "scans", NX_COLLECTION)
-    master_file = os.path.abspath(group_entry.file.filename)
-    master_dir = os.path.dirname(master_file)
-    root = group_entry.file
-    for item in subscan_entry_names:
-        link: h5py.SoftLink | h5py.ExternalLink
-        if isinstance(item, str):
-            member = hdf5_name(item)
-            link = h5py.SoftLink(f"/{member}")
-            if member not in root:
-                logger.info(
-                    "%s: sub-scan entry %r not in the file yet; linked anyway",
-                    group_entry.name,
-                    item,
-                )
-        else:
-            file_path, name = item
-            member = hdf5_name(name)
-            link = h5py.ExternalLink(
-                stored_path(os.fspath(file_path), master_dir, master_file), f"/{member}"
-            )
-        existing = scans.get(member, getlink=True)
-        if existing is not None:
-            same = (
-                type(existing) is type(link)
-                and getattr(existing, "path", None) == link.path
-                and getattr(existing, "filename", None) == getattr(link, "filename", None)
-            )
-            if same:
-                continue
-            del scans[member]
-        scans[member] = link
-    return scans
-
-
 def default_plot_name(scan_info: Mapping[str, Any]) -> str | None:
     """The name :func:`write_default_plot` gives a scan's default NXdata, from its
     ``scan_info`` alone (for a link made before the plot exists); None: no plot asked for."""
@@ -667,49 +597,3 @@ def default_plot_name(scan_info: Mapping[str, Any]) -> str | None:
     if isinstance(first, Mapping) and first.get("name"):
         return nexus_name(str(first["name"]))
     return "plotselect"
-
-
-def link_subscan_plot(
-    group_entry: h5py.Group,
-    file_path: str | os.PathLike[str],
-    entry_name: str,
-    nxdata_name: str,
-    *,
-    name: str = "plotselect",
-) -> None:
-    """Make a sub-scan's default plot the default plot of a scan group (sequence).
-
-    A sequence has no data of its own but its scan numbers: its plot is
-    ``<group_entry>/<name>`` (replacing the NXdata of the scan numbers), an external link to
-    the NXdata ``/<entry_name>/<nxdata_name>`` of ``file_path`` (relative when
-    below the group's file), and ``@default`` names it, so viewers open a sequence on its
-    sub-scan's plot. The root's ``@default`` moves to the group only if it is the newest
-    scan, as for :func:`write_default_plot`.
-    """
-    master_file = os.path.abspath(group_entry.file.filename)
-    target = f"/{hdf5_name(entry_name)}/{nxdata_name}"
-    link = h5py.ExternalLink(
-        stored_path(os.fspath(file_path), os.path.dirname(master_file), master_file), target
-    )
-    existing = group_entry.get(name, getlink=True)
-    if existing is not None:
-        if isinstance(existing, h5py.ExternalLink) and (existing.filename, existing.path) == (
-            link.filename,
-            link.path,
-        ):
-            return
-        if not isinstance(existing, h5py.ExternalLink) and not _is_nxdata(group_entry[name]):
-            raise ValueError(
-                f"{group_entry.name}/{name} exists and is not a plot; delete it or choose"
-                " another name"
-            )
-        # The group's own plot (its scan numbers against their index) gives way.
-        del group_entry[name]
-    group_entry[name] = link
-    group_entry.attrs["default"] = name
-    root = group_entry.file
-    basename = group_entry.name.rsplit("/", 1)[-1]
-    if group_entry.parent.name == "/" and entry_order(root.attrs.get("default")) <= entry_order(
-        basename
-    ):
-        root.attrs["default"] = basename
