@@ -20,6 +20,7 @@ round, a pool writer takes no scan of a session that a single writer holds.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -248,6 +249,10 @@ class WriterPool:
             pending.due = now + self.period  # the last period's writes are still ending
             return
         if not pending.ranked:
+            if self.host.pool_saved(session, number):  # most scans met when catching up
+                with self._lock:
+                    self._pending.pop(key, None)
+                return
             pending.ranked = True
             rank = self._rank(session)
             if rank:
@@ -276,7 +281,18 @@ class WriterPool:
             self._held[key] = claim
         self._guard("publishing the member record", self._publish, session)
         logger.info("scan %s: taken (pool load %d)", pending.scan.db_name, self.load)
-        self.host.pool_write(session, pending.scan, claim)
+        try:
+            self.host.pool_write(session, pending.scan, claim)
+        except Exception:
+            # Not started (Redis unreachable while reading the scan): give it back, so that
+            # it is not taken for done; it is competed for again.
+            claim.stop()
+            with self._lock:
+                self._held.pop(key, None)
+                self._pending[key] = _Pending(pending.scan, due=now + self.period)
+            with contextlib.suppress(redis.RedisError):
+                self.claims.release(session, number)
+            raise
 
     def _alive(self, session: str, owner: str) -> bool:
         store = self.host.store

@@ -1,0 +1,194 @@
+"""Writer pool throughput: 1, 2 and 4 ``scanstream writer --pool`` processes on 16 scans.
+
+``python -m benchmarks.writer_pool [--writers 1 2 4] [--scans 16] [--points 2000]
+[--in-process] [--json PATH]``
+
+For each number of writers: a private server, that many writer processes (as deployed:
+``scanstream writer --pool SESSION --root DIR``, each scan in a worker process unless
+``--in-process``), then ``--scans`` scans published at once from this process (each: four
+float64 channels and a 256-channel uint32 spectrum per point, ``--points`` points in blocks
+of 100, interleaved over the scans). The figure is the time from the first scan's creation
+until every scan is in the saved set, as points and MB of raw data per second; then every
+file is compared with Redis (values, dtype, count) and the scans each writer saved are
+counted (from the SAVED verdicts). Not part of ``python -m benchmarks`` nor of the CI smoke
+run: it starts several processes and takes about a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import h5py
+import hdf5plugin  # noqa: F401  (the writer compresses with bitshuffle-lz4)
+import numpy as np
+
+from scanstream import create_session, get_session_node
+from scanstream.writer import nexus, saved_scans, scan_file_path
+from scanstream.writer.scan_claims import pool_members
+
+from .harness import machine, open_store, private_server
+
+SESSION = "pool_bench"
+BLOCK = 100
+SPECTRUM = 256
+CHANNELS = 4
+
+
+def _start_writers(url: str, root: Path, count: int, in_process: bool) -> list[Any]:
+    extra = ["--in-process"] if in_process else []
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "scanstream", "--redis-url", url, "writer", "--pool", SESSION]
+            + ["--root", str(root), "--log-level", "warning", *extra],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        for _ in range(count)
+    ]
+
+
+def _stop_writers(procs: list[Any]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
+def _publish(url: str, scans: int, points: int) -> tuple[list[int], float, float]:
+    """Publish the scans at once; return their numbers, the time the first was created and
+    the time the last one ended (its END in Redis)."""
+    store = open_store(url)
+    session = create_session(SESSION, store=store)
+    started = time.monotonic()
+    published, channels = [], []
+    for k in range(scans):
+        scan = session.create_scan(f"bench{k}", {"npoints": points})
+        timer = scan.create_container("timer")
+        counters = [timer.create_channel(f"timer:c{i}", "float64") for i in range(CHANNELS)]
+        spectrum = timer.create_channel("mca:spectrum", "uint32", (SPECTRUM,))
+        scan.prepared()
+        published.append(scan)
+        channels.append((counters, spectrum))
+    rng = np.random.default_rng(0)
+    for first in range(0, points, BLOCK):
+        n = min(BLOCK, points - first)
+        for counters, spectrum in channels:
+            for channel in counters:
+                channel.emit(rng.random(n))
+            spectrum.emit(rng.integers(0, 1000, (n, SPECTRUM), dtype=np.uint32))
+    for scan in published:
+        scan.end()
+    ended = time.monotonic()
+    numbers = [s.number for s in published]
+    session.close()
+    store.close()
+    return numbers, started, ended
+
+
+def _check_files(url: str, root: Path, numbers: list[int]) -> dict[str, int]:
+    """Compare every file with Redis; return the scans saved per writer (from verdicts)."""
+    store = open_store(url)
+    node = get_session_node(SESSION, store=store)
+    per_writer: collections.Counter[str] = collections.Counter()
+    for number in numbers:
+        scan = node.get_scan(number)
+        fields = store.redis.hgetall(store.keys.scan(SESSION, number))
+        per_writer[fields[b"saving_writer"].decode()] += 1
+        with h5py.File(scan_file_path(scan.info, SESSION, root), "r") as file:
+            entry = file[nexus.entry_name(number, 1)]
+            for channel in scan.load_nodes():
+                if channel.type != "channel":
+                    continue
+                data = file[nexus.channel_path(entry, channel.name)][()]
+                expected = channel[:]
+                if data.dtype != expected.dtype or not np.array_equal(data, expected):
+                    raise AssertionError(f"scan {number}: {channel.name} differs from Redis")
+    store.close()
+    return dict(per_writer)
+
+
+def run(writers: int, scans: int, points: int, in_process: bool) -> dict[str, Any]:
+    """One measurement: ``writers`` pool writers, ``scans`` concurrent scans."""
+    with private_server() as url, tempfile.TemporaryDirectory(prefix="pool-bench-") as tmp:
+        root = Path(tmp)
+        procs = _start_writers(url, root, writers, in_process)
+        try:
+            store = open_store(url)
+            deadline = time.monotonic() + 60
+            while len(pool_members(SESSION, store=store)) < writers:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the writers did not start within 60 s")
+                time.sleep(0.05)
+            time.sleep(1.0)  # their first worker processes warm (imports done)
+            numbers, started, ended = _publish(url, scans, points)
+            deadline = time.monotonic() + 600
+            while not set(numbers) <= saved_scans(SESSION, store=store):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the scans were not saved within 600 s")
+                time.sleep(0.02)
+            elapsed = time.monotonic() - started
+            store.close()
+        finally:
+            _stop_writers(procs)
+        # The files are checked once the writers are stopped (every file closed).
+        per_writer = _check_files(url, root, numbers)
+    total = scans * points
+    nbytes = total * (CHANNELS * 8 + SPECTRUM * 4)
+    return {
+        "writers": writers,
+        "scans": scans,
+        "points_per_scan": points,
+        "seconds": round(elapsed, 2),
+        "publish_s": round(ended - started, 2),
+        "points_per_s": round(total / elapsed),
+        "mb_per_s": round(nbytes / elapsed / 1e6, 1),
+        "scans_per_writer": sorted(per_writer.values(), reverse=True),
+        "files_exact": True,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the measurements and print a table (and JSON with ``--json``)."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.writer_pool")
+    parser.add_argument("--writers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--scans", type=int, default=16)
+    parser.add_argument("--points", type=int, default=2000)
+    parser.add_argument("--in-process", action="store_true")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    rows = [run(n, args.scans, args.points, args.in_process) for n in args.writers]
+    print(f"machine: {machine()}")
+    print(
+        "| writers | scans | points/scan | publish s | saved after s | points/s | MB/s "
+        "| scans per writer | exact |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['writers']} | {r['scans']} | {r['points_per_scan']} | {r['publish_s']} | "
+            f"{r['seconds']} | "
+            f"{r['points_per_s']:,} | {r['mb_per_s']} | {r['scans_per_writer']} | "
+            f"{'yes' if r['files_exact'] else 'NO'} |"
+        )
+    if args.json is not None:
+        args.json.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
