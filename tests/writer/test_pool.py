@@ -135,16 +135,20 @@ def test_two_in_process_pool_writers_share_concurrent_scans(store, session, tmp_
     assert not any(store.redis.exists(store.keys.scan_claim("test_session", n)) for n in numbers)
 
 
+@pytest.mark.parametrize(
+    ("count", "extra"),
+    [(3, ("--in-process",)), (2, ())],  # threads; worker processes (the default)
+    ids=["3-writers-in-process", "2-writers-isolated"],
+)
 def test_pool_processes_write_each_scan_once_and_take_over_a_killed_writer(
-    redis_url, store, session, tmp_path, capsys
+    redis_url, store, session, tmp_path, capsys, count, extra
 ):
-    """Three writer processes; one SIGKILLed mid-scan: its running scan is completed exactly."""
+    """Writer processes sharing six scans; one SIGKILLed mid-scan: its running scans are
+    completed exactly by the others."""
     root = tmp_path
     with ExitStack() as stack:
-        procs = [
-            stack.enter_context(pool_writer(redis_url, root, "--in-process")) for _ in range(3)
-        ]
-        wait_for(lambda: len(_members(store)) == 3, 30, "three pool members")
+        procs = [stack.enter_context(pool_writer(redis_url, root, *extra)) for _ in range(count)]
+        wait_for(lambda: len(_members(store)) == count, 30, f"{count} pool members")
         scans, channels = _emit_scans(session, 6, 400)
         _emit(channels, range(4), 50)
         for scan in scans:
@@ -158,7 +162,7 @@ def test_pool_processes_write_each_scan_once_and_take_over_a_killed_writer(
         assert sorted(held) == sorted(f"{s.number}_{s.name}" for s in scans)  # held once each
         assert main(["--redis-url", redis_url, "writer", "--status", "test_session"]) == 0
         out = capsys.readouterr().out
-        assert "test_session: pool of 3 writers" in out
+        assert f"test_session: pool of {count} writers" in out
         assert all(f"pid {p.pid} on" in out for p in procs)
         victim = next(p for p in procs if members[p.pid]["held"])
         victim_scans = {int(name.partition("_")[0]) for name in members[victim.pid]["held"]}
@@ -173,7 +177,7 @@ def test_pool_processes_write_each_scan_once_and_take_over_a_killed_writer(
         wait_for(lambda: set(numbers) <= saved_scans("test_session", store=store), 40, "saved")
         writers = _writers_of(store, root, numbers)
         survivors = {m["owner"] for m in _members(store).values()}
-        assert victim_owner not in survivors and len(survivors) == 2
+        assert victim_owner not in survivors and len(survivors) == count - 1
         # The killed writer's scans were completed by the others.
         taken_over = [n for n in numbers if n in victim_scans]
         assert taken_over and all(writers[n] in survivors for n in taken_over)
@@ -213,3 +217,38 @@ def test_the_worker_process_fences_itself_on_the_scan_claim(store, session, tmp_
     node = get_session_node("test_session", store=store).get_scan(scan.number)
     with assert_file_matches_redis(node, root) as file:
         assert file[f"{scan.number}.1/measurement/c"].shape == (20,)
+
+
+def test_a_pool_and_a_single_writer_never_write_one_session_together(store, session, tmp_path):
+    root = tmp_path / "data"
+    single = WriterService(["test_session"], root=root, store=store, flush_period=0.05)
+    pooled = WriterService(["test_session"], root=root, store=store, flush_period=0.05, pool=True)
+    with single:
+        wait_for(lambda: single.status("test_session")["writing"], 5, "the single writer")
+        with pooled:
+            wait_for(lambda: "test_session" in pooled.pool.blocked, 5, "the pool writer to wait")
+            scan = session.create_scan("s", {})
+            scan.create_container("timer").create_channel("timer:c", "float64").emit([1.0, 2.0])
+            scan.end()
+            wait_for(lambda: scan.number in saved_scans("test_session", store=store), 15, "saved")
+            verdict = store.redis.hget(
+                store.keys.scan("test_session", scan.number), "saving_writer"
+            )
+            assert verdict == single.owner.encode()
+            assert pooled.pool.load == 0 and not pooled.pool.held("test_session")
+    # The other way round: the pool holds the session, a single writer is a standby.
+    pooled = WriterService(["test_session"], root=root, store=store, flush_period=0.05, pool=True)
+    single = WriterService(["test_session"], root=root, store=store, flush_period=0.05)
+    with pooled:
+        wait_for(lambda: pool_members("test_session", store=store), 5, "the pool member")
+        with single:
+            wait_for(lambda: single._sessions["test_session"].other == "pool", 5, "standby")
+            scan = session.create_scan("t", {})
+            scan.create_container("timer").create_channel("timer:c", "float64").emit([3.0])
+            scan.end()
+            wait_for(lambda: scan.number in saved_scans("test_session", store=store), 15, "saved")
+            verdict = store.redis.hget(
+                store.keys.scan("test_session", scan.number), "saving_writer"
+            )
+            assert verdict == pooled.owner.encode()
+            assert not single.status("test_session")["writing"]

@@ -3,8 +3,9 @@
 With ``WriterService(pool=True)`` (``scanstream writer --pool``) no writer claims a whole
 session. Every writer of the pool walks the sessions it follows and, for each scan not saved
 yet, competes for that scan's claim (:mod:`scanstream.writer.scan_claims`): the least loaded
-live writer (fewest scans being written, ties broken by id) tries at once, the next one after
-:data:`GRACE` seconds, and so on, so a new scan goes to the least busy writer unless it is
+live writer (fewest scans being written, ties broken by id) tries at once, a busier one after
+a delay that grows with how much busier it is (:data:`GRACE` seconds per scan more, per less
+loaded writer, at most the TTL), so a new scan goes to the least busy writer unless it is
 slow to take it. The claim script lets one writer win. That writer writes the scan exactly as
 a single writer does (same code, same files, a fence checked before each write batch); the
 others keep looking at the claim: once its writer is dead (its member record expired, or a
@@ -43,7 +44,8 @@ __all__ = ["GRACE", "POOL_OWNER", "PoolHost", "WriterPool"]
 
 logger = logging.getLogger(__name__)
 
-#: Seconds a writer waits, per writer less loaded than itself, before it takes a new scan.
+#: Seconds a writer waits, per scan it holds more than a less loaded writer, before it takes a
+#: new scan (:meth:`WriterPool._delay`).
 GRACE = 0.3
 #: The owner id under which the members of a pool hold the session's health hash.
 POOL_OWNER = "pool"
@@ -232,15 +234,24 @@ class WriterPool:
         except Exception:
             logger.exception("pool: %s failed", what)
 
-    def _rank(self, session: str) -> int:
-        """Live writers of the pool of ``session`` less loaded than this one."""
-        me = (self.load, self.host.owner)
-        rank = 0
+    def _delay(self, session: str) -> float:
+        """How long this writer leaves a new scan of ``session`` to less loaded writers.
+
+        Zero when no live member has a lower (load, id); else :attr:`grace` for each such
+        member and each scan this writer has more than it, at most the TTL: a writer much
+        busier than another leaves it the time to see the scan even on a loaded host (a pool
+        writer catching up right after its start is slow to), yet a live member that never
+        takes scans (stuck) delays them by the TTL at most.
+        """
+        load = self.load
+        me = (load, self.host.owner)
+        delay = 0.0
         for member in pool_members(session, store=self.host.store):
             owner = str(member.get("owner"))
-            if owner != self.host.owner and (int(member.get("load", 0)), owner) < me:
-                rank += 1
-        return rank
+            other = int(member.get("load", 0))
+            if owner != self.host.owner and (other, owner) < me:
+                delay += self.grace * (load - other + 1)
+        return min(delay, self.ttl)
 
     def _attempt(self, key: tuple[str, int], pending: _Pending) -> None:
         session, number = key
@@ -254,9 +265,9 @@ class WriterPool:
                     self._pending.pop(key, None)
                 return
             pending.ranked = True
-            rank = self._rank(session)
-            if rank:
-                pending.due = now + rank * self.grace
+            delay = self._delay(session)
+            if delay:
+                pending.due = now + delay
                 return
         sent = time.monotonic()  # the claim lasts ttl from *before* Redis took it
         outcome, value = self.claims.claim(session, number, self.ttl)

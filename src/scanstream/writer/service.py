@@ -610,7 +610,7 @@ class WriterService:
     def status(self, session: str) -> dict[str, Any]:
         """The status of this writer for ``session``, as :func:`writer_status` returns it."""
         state = self._sessions[session]
-        return self._status(state, writing=state.owned)
+        return self._status(state, writing=state.owned or self.pool is not None)
 
     def _status(self, session: _Session, *, writing: bool) -> dict[str, Any]:
         with self._lock:
