@@ -27,6 +27,7 @@ import collections
 import json
 import logging
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -139,6 +140,11 @@ def _check_files(url: str, root: Path, numbers: list[int]) -> dict[str, int]:
     return dict(per_writer)
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _wait_members(store: Any, writers: int) -> None:
     deadline = time.monotonic() + 60
     while len(pool_members(SESSION, store=store)) < writers:
@@ -167,6 +173,7 @@ def run(writers: int, scans: int, points: int, in_process: bool, mode: str) -> d
         root = Path(tmp)
         store = open_store(url)
         procs: list[Any] = []
+        cpu = _children_cpu()
         try:
             if mode == "catch-up":
                 numbers, _, _ = _publish(url, scans, points)
@@ -184,6 +191,8 @@ def run(writers: int, scans: int, points: int, in_process: bool, mode: str) -> d
         finally:
             store.close()
             _stop_writers(procs)
+        # The writers and their worker processes (reaped by them), from start to stop.
+        cpu = _children_cpu() - cpu
         # The files are checked once the writers are stopped (every file closed).
         per_writer = _check_files(url, root, numbers)
     total = scans * points
@@ -197,6 +206,7 @@ def run(writers: int, scans: int, points: int, in_process: bool, mode: str) -> d
         "publish_s": round(ended - started, 2),
         "points_per_s": round(total / elapsed),
         "mb_per_s": round(nbytes / elapsed / 1e6, 1),
+        "writers_cpu_s": round(cpu, 1),
         "scans_per_writer": sorted(per_writer.values(), reverse=True),
         "files_exact": True,
     }
@@ -221,14 +231,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine()}")
     print(
         "| mode | writers | scans | points/scan | publish s | saved after s | points/s | MB/s "
-        "| scans per writer | exact |"
+        "| writers' CPU s | scans per writer | exact |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['mode']} | {r['writers']} | {r['scans']} | {r['points_per_scan']} | {r['publish_s']} | "
             f"{r['seconds']} | "
-            f"{r['points_per_s']:,} | {r['mb_per_s']} | {r['scans_per_writer']} | "
+            f"{r['points_per_s']:,} | {r['mb_per_s']} | {r['writers_cpu_s']} | "
+            f"{r['scans_per_writer']} | "
             f"{'yes' if r['files_exact'] else 'NO'} |"
         )
     if args.json is not None:
