@@ -179,11 +179,23 @@ class ScanClaims:
 
 
 def pool_members(session: str, *, store: DataStore) -> list[dict[str, Any]]:
-    """The live members of the pool of ``session``: their published status, by owner id.
+    """The live writers of the pool of ``session`` (``scanstream writer --pool``), by id.
 
-    Each has the keys of :func:`scanstream.admin.registry.writer_status` and ``load`` (scans
-    being written by that writer, over all its sessions). Members whose record expired, or
-    that are processes of this host that no longer exist (dead writers), are removed on the way.
+    Parameters
+    ----------
+    session : str
+        Session name.
+    store : DataStore
+        The connection.
+
+    Returns
+    -------
+    list of dict
+        The status each writer published: the keys of
+        :func:`scanstream.admin.registry.writer_status`, plus ``load`` (the scans it writes,
+        over all its sessions) and ``held`` (the names of the scans of ``session`` it holds).
+        Empty when no pool writer follows the session. Members whose record expired, or that
+        are processes of this host that no longer exist (dead writers), are removed on the way.
     """
     keys = store.keys
     members = []
