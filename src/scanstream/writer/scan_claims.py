@@ -150,7 +150,9 @@ class ScanClaims:
 
     def mark_done(self, session: str, number: int, token: str) -> bool:
         """Mark this writer's claim done (the scan FAILED or expired): nobody retries it."""
-        ttl = max(self.store.settings.retention_time, 60.0)
+        # As long as the scan stays in Redis; never a key without expiry (retention 0: a week).
+        retention = self.store.settings.retention_time
+        ttl = max(retention, 60.0) if retention > 0 else 7 * 86400.0
         return bool(
             self._done(
                 keys=[self.store.keys.scan_claim(session, number)],

@@ -10,6 +10,9 @@ and keeps one writer per session: a second writer waits until the first one is g
 
 A writer that finds its claim taken by another writer (it froze, or lost Redis, for longer
 than the TTL) stops writing that session at once, and waits like any second writer.
+
+With ``pool=True`` the writers share the sessions' scans instead, each scan claimed by one of
+them (:mod:`scanstream.writer.pool`): only the hooks are here.
 """
 
 from __future__ import annotations
