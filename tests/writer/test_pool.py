@@ -113,7 +113,7 @@ def test_two_in_process_pool_writers_share_concurrent_scans(store, session, tmp_
     root = tmp_path / "data"
     services = [
         WriterService(
-            ["test_session"], root=root, store=store, flush_period=0.05, pool=True, catch_up=True
+            ["test_session"], root=root, store=store, flush_period=0.05, pool=True, isolate=False
         )
         for _ in range(2)
     ]
@@ -189,12 +189,11 @@ def test_pool_processes_write_each_scan_once_and_take_over_a_killed_writer(
     _assert_exact(store, root, numbers, 400)
 
 
-@pytest.mark.parametrize("isolate", [True])
-def test_the_worker_process_fences_itself_on_the_scan_claim(store, session, tmp_path, isolate):
+def test_the_worker_process_fences_itself_on_the_scan_claim(store, session, tmp_path):
     """A scan claim taken from under a pool writer (it froze): its worker stops writing."""
     root = tmp_path / "data"
     service = WriterService(
-        ["test_session"], root=root, store=store, flush_period=0.05, pool=True, isolate=isolate
+        ["test_session"], root=root, store=store, flush_period=0.05, pool=True, isolate=True
     )
     with service:
         scan = session.create_scan("s", {"npoints": 100})
@@ -221,8 +220,12 @@ def test_the_worker_process_fences_itself_on_the_scan_claim(store, session, tmp_
 
 def test_a_pool_and_a_single_writer_never_write_one_session_together(store, session, tmp_path):
     root = tmp_path / "data"
-    single = WriterService(["test_session"], root=root, store=store, flush_period=0.05)
-    pooled = WriterService(["test_session"], root=root, store=store, flush_period=0.05, pool=True)
+    single = WriterService(
+        ["test_session"], root=root, store=store, flush_period=0.05, isolate=False
+    )
+    pooled = WriterService(
+        ["test_session"], root=root, store=store, flush_period=0.05, pool=True, isolate=False
+    )
     with single:
         wait_for(lambda: single.status("test_session")["writing"], 5, "the single writer")
         with pooled:
@@ -237,8 +240,12 @@ def test_a_pool_and_a_single_writer_never_write_one_session_together(store, sess
             assert verdict == single.owner.encode()
             assert pooled.pool.load == 0 and not pooled.pool.held("test_session")
     # The other way round: the pool holds the session, a single writer is a standby.
-    pooled = WriterService(["test_session"], root=root, store=store, flush_period=0.05, pool=True)
-    single = WriterService(["test_session"], root=root, store=store, flush_period=0.05)
+    pooled = WriterService(
+        ["test_session"], root=root, store=store, flush_period=0.05, pool=True, isolate=False
+    )
+    single = WriterService(
+        ["test_session"], root=root, store=store, flush_period=0.05, isolate=False
+    )
     with pooled:
         wait_for(lambda: pool_members("test_session", store=store), 5, "the pool member")
         with single:

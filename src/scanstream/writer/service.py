@@ -123,6 +123,11 @@ class WriterService:
     catch_up : bool
         True (default): also write the stored scans not saved yet (after a restart). False:
         only scans that start from now on.
+    pool : bool
+        False (default): this writer claims whole sessions, another one started for them
+        waits as a standby. True: the writers started with ``pool=True`` share the scans of
+        the sessions, each scan claimed by one of them (:mod:`scanstream.writer.pool`,
+        docs/decisions/0014-writer-pool.md).
     strict_names : bool
         Entry names ``scan3_1`` (strict NeXus naming) instead of BLISS's ``3.1``.
     flush_period : float
@@ -140,11 +145,6 @@ class WriterService:
         The umask applied (process-wide, at :meth:`start`) to the files and directories the
         writer creates: ``0o022`` makes them readable by everyone, ``0o027`` by the group
         only. None keeps the process's umask.
-    pool : bool
-        False (default): this writer claims whole sessions, another one started for them
-        waits as a standby. True: the writers started with ``pool=True`` share the scans of
-        the sessions, each scan claimed by one of them (:mod:`scanstream.writer.pool`,
-        docs/decisions/0014-writer-pool.md).
 
     Raises
     ------
@@ -173,6 +173,7 @@ class WriterService:
         redis_url: str | None = None,
         store: DataStore | None = None,
         catch_up: bool = True,
+        pool: bool = False,
         strict_names: bool = False,
         flush_period: float = FLUSH_PERIOD,
         compression: str = nexus.DEFAULT_COMPRESSION,
@@ -180,7 +181,6 @@ class WriterService:
         allow: Sequence[str | os.PathLike[str]] = (),
         umask: int | None = None,
         isolate: bool = False,
-        pool: bool = False,
     ) -> None:
         nexus.compression_options(compression, 0)  # an unknown name fails here, not per scan
         if layout not in nexus.LAYOUTS:
