@@ -10,6 +10,9 @@ Layout (``P`` is the configurable prefix, ``S`` a session name, ``N`` a scan num
     P:session:{S}:number_floor        STRING  highest scan number a writer knows (numbering floor)
     P:session:{S}:saved               SET     numbers of the scans a writer saved completely
     P:writer:S:health                 HASH    the writer that owns session S, its status (TTL)
+    P:session:{S}:claim:N             HASH    pool mode: the writer holding scan N, fencing token
+    P:session:{S}:pool                SET     pool mode: ids of the writers following session S
+    P:session:{S}:member:<id>         STRING  pool mode: that writer's status and load (TTL)
     P:scan:{S:N}                      HASH    scan identity, state, scan_info (JSON), saving verdict
     P:scan:{S:N}:events               STREAM  NEW_NODE / PREPARED / END entries of that scan
     P:scan:{S:N}:lease                STRING  present while the publisher is alive (PX TTL)
@@ -125,3 +128,15 @@ class Keys:
 
     def writer_saved(self, session: str) -> str:
         return f"{self.prefix}:session:{{{session}}}:saved"
+
+    def scan_claim(self, session: str, number: int) -> str:
+        """Pool mode: which writer holds scan ``number`` (in the slot of the saved set)."""
+        return f"{self.prefix}:session:{{{session}}}:claim:{number}"
+
+    def writer_pool(self, session: str) -> str:
+        """Pool mode: the ids of the writers sharing the session's scans."""
+        return f"{self.prefix}:session:{{{session}}}:pool"
+
+    def writer_member(self, session: str, owner: str) -> str:
+        """Pool mode: the status (load, scans held) of writer ``owner`` of the session."""
+        return f"{self.prefix}:session:{{{session}}}:member:{owner}"

@@ -1,4 +1,4 @@
-"""``scanstream writer SESSION... [--root DIR] [--allow DIR]... [--umask OCTAL]`` and ``scanstream writer --status [SESSION...]``.
+"""``scanstream writer SESSION... [--root DIR] [--allow DIR]... [--umask OCTAL] [--pool]`` and ``scanstream writer --status [SESSION...]``.
 
 At start it names the Redis server (and where its URL came from), checks that its root is a
 directory it may write (created if missing), and says which of its sessions have no scan yet,
@@ -18,6 +18,7 @@ from typing import Any
 from .._transport.connection import DataStore, default_store
 from .._transport.server import resolve_url
 from ..admin.registry import writer_status
+from ..writer.scan_claims import pool_members
 from ..writer.service import WriterService
 from ..writer.worker import WORKER_LOG_FILE_ENV, WORKER_LOG_LEVEL_ENV
 from .errors import describe_server, url_origin
@@ -58,6 +59,14 @@ def configure_writer(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write the scans in threads of this process instead of one process per scan "
         "(faster to start; a libhdf5 crash then stops every session of this writer)",
+    )
+    parser.add_argument(
+        "--pool",
+        action="store_true",
+        help="share the scans of the sessions with the other writers started with --pool "
+        "(on this host or others): each scan is written by one of them, new scans go to the "
+        "least busy one, a dead one's scans are taken over (default: one writer per session, "
+        "others wait as standbys)",
     )
     parser.add_argument(
         "--only-new",
@@ -138,6 +147,7 @@ def run_writer(args: argparse.Namespace) -> int:
         allow=args.allow,
         umask=args.umask,
         isolate=not args.in_process,
+        pool=args.pool,
     )
     code = service.run()
     service.exit_if_files_unflushed()  # HDF5 would crash at interpreter exit on them
@@ -176,6 +186,10 @@ def _print_status(store: DataStore, sessions: list[str]) -> int:
     code = 0
     for session in sessions:
         status = writer_status(session, store=store)
+        members = pool_members(session, store=store)
+        if members:
+            _print_pool(session, members)
+            continue
         if status is None:
             print(f"{session}: no writer")
             code = 1
@@ -187,6 +201,22 @@ def _print_status(store: DataStore, sessions: list[str]) -> int:
             when = datetime.datetime.fromtimestamp(error["time"]).strftime("%H:%M:%S")
             print(f"    {when} {error['scan']}: {error['error']}")
     return code
+
+
+def _print_pool(session: str, members: list[dict[str, Any]]) -> None:
+    """The writers of a pool: their load and the scans of ``session`` each one holds."""
+    print(f"{session}: pool of {len(members)} writer{'s' if len(members) > 1 else ''}")
+    for member in members:
+        uptime = time.time() - member["started"]
+        held = ", ".join(member.get("held", [])) or "none"
+        print(
+            f"  {member['owner']} (pid {member['pid']} on {member['host']}, up {uptime:.0f} s, "
+            f"root {member['root']}): load {member.get('load', 0)}; scans saved "
+            f"{member['saved']}, failed {member['failed']}; holds: {held}"
+        )
+        for error in member["errors"][-5:]:
+            when = datetime.datetime.fromtimestamp(error["time"]).strftime("%H:%M:%S")
+            print(f"    {when} {error['scan']}: {error['error']}")
 
 
 def _describe(status: dict[str, Any]) -> str:

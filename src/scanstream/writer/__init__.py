@@ -1,6 +1,7 @@
 """The external HDF5/NeXus writer: :class:`WriterService` follows sessions and writes scans."""
 
 from ..admin.registry import saved_scans, writer_status
+from .scan_claims import pool_members
 from .scan_writer import ScanResult, ScanWriter, WriteResult, scan_file_path
 from .service import WriterService
 
@@ -9,6 +10,7 @@ __all__ = [
     "ScanWriter",
     "WriteResult",
     "WriterService",
+    "pool_members",
     "saved_scans",
     "scan_file_path",
     "writer_status",

@@ -58,6 +58,8 @@ class WorkerConfig:
     token: str
     compression: str
     layout: str
+    #: Pool mode: ``token`` is that of the scan's claim, not the session's.
+    scan_fence: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The configuration as JSON values."""

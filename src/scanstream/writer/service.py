@@ -10,6 +10,9 @@ and keeps one writer per session: a second writer waits until the first one is g
 
 A writer that finds its claim taken by another writer (it froze, or lost Redis, for longer
 than the TTL) stops writing that session at once, and waits like any second writer.
+
+With ``pool=True`` the writers share the sessions' scans instead, each scan claimed by one of
+them (:mod:`scanstream.writer.pool`): only the hooks are here.
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ from . import nexus
 from .files import FLUSH_PERIOD, FileBusyError, OpenFiles
 from .isolation import RETRY_ERRORS, WorkerConfig, WorkerProcesses
 from .paths import WritePolicy
+from .pool import WriterPool
 from .registry import WriterRegistry, is_dead_local_process, new_owner_id
+from .scan_claims import ScanClaim
 from .scan_writer import ScanWriter, WriteResult
 from .session_file import SessionFiles
 from .supervise import RETRY_PERIOD, UNREACHABLE, supervise
@@ -82,6 +87,10 @@ class _Claim(StopHandler):
         return super().stopped or time.monotonic() >= self.valid_until
 
 
+#: A period of ownership: of the session (one writer), or of one scan (pool mode).
+_AnyClaim = _Claim | ScanClaim
+
+
 class _Session:
     """What the service keeps about one session."""
 
@@ -115,6 +124,11 @@ class WriterService:
     catch_up : bool
         True (default): also write the stored scans not saved yet (after a restart). False:
         only scans that start from now on.
+    pool : bool
+        False (default): this writer claims whole sessions, another one started for them
+        waits as a standby. True: the writers started with ``pool=True`` share the scans of
+        the sessions, each scan claimed by one of them (:mod:`scanstream.writer.pool`,
+        docs/decisions/0014-writer-pool.md).
     strict_names : bool
         Entry names ``scan3_1`` (strict NeXus naming) instead of BLISS's ``3.1``.
     flush_period : float
@@ -167,6 +181,7 @@ class WriterService:
         redis_url: str | None = None,
         store: DataStore | None = None,
         catch_up: bool = True,
+        pool: bool = False,
         strict_names: bool = False,
         flush_period: float = FLUSH_PERIOD,
         compression: str = nexus.DEFAULT_COMPRESSION,
@@ -202,6 +217,11 @@ class WriterService:
         self._lock = threading.Lock()
         self._sessions = {name: _Session(name) for name in self.sessions}
         self._started = time.time()
+        self.pool = (
+            WriterPool(self, self.sessions, ttl=HEALTH_TTL, period=HEARTBEAT_PERIOD)
+            if pool
+            else None
+        )
 
     def __repr__(self) -> str:
         owned = [s.name for s in self._sessions.values() if s.owned]
@@ -271,9 +291,12 @@ class WriterService:
         self.policy.apply_umask()
         if self.isolate:
             self.workers.warm()
-        self._spawn(self._heartbeat_loop, "heartbeat")
-        for session in self._sessions.values():
-            self._spawn(self._follow_session, f"session-{session.name}", session)
+        if self.pool is not None:
+            self.pool.start(self._spawn)
+        else:
+            self._spawn(self._heartbeat_loop, "heartbeat")
+            for session in self._sessions.values():
+                self._spawn(self._follow_session, f"session-{session.name}", session)
         logger.info(
             "writing sessions %s into %s (unless scan_info gives a filename)",
             ", ".join(self.sessions),
@@ -285,6 +308,8 @@ class WriterService:
         """Stop: scans being written stay unfinished in the file and are completed at restart."""
         with self._lock:  # no claim starts after this (see _hold)
             self._stop.stop()
+            if self.pool is not None:
+                self.pool.stop()
             for session in self._sessions.values():
                 if session.claim is not None:
                     session.claim.stop()
@@ -293,6 +318,8 @@ class WriterService:
         for thread in list(self._threads):
             thread.join(max(0.0, deadline - time.monotonic()))
         self.files.close()
+        if self.pool is not None:  # after the files are closed: others take the scans over
+            self.pool.release()
         for name in self.sessions:
             with contextlib.suppress(redis.RedisError):
                 self.registry.release(name)
@@ -374,7 +401,7 @@ class WriterService:
         if known and max(known) > 0:
             self.registry.raise_number_floor(session.name, max(known))
 
-    def _on_scan(self, session: _Session, scan: ScanNode, claim: _Claim) -> None:
+    def _on_scan(self, session: _Session, scan: ScanNode, claim: _AnyClaim) -> None:
         if self.registry.is_saved(session.name, scan.number):
             return
         with self._lock:
@@ -406,10 +433,10 @@ class WriterService:
         self._spawn(self._write_scan, f"scan-{scan.db_name}", session, scan, claim, finished)
 
     def _record(
-        self, session: _Session, scan: ScanNode, claim: _Claim, verdict: SavingVerdict
+        self, session: _Session, scan: ScanNode, claim: _AnyClaim, verdict: SavingVerdict
     ) -> bool:
         """Record ``verdict`` in the scan hash, only while this writer's claim holds (fence)."""
-        if claim.stopped or not self.registry.holds(session.name, claim.token):
+        if claim.stopped or not self._holds(session.name, claim):
             return False
         verdict = SavingVerdict(
             verdict.state,
@@ -427,7 +454,7 @@ class WriterService:
             return False
         return True
 
-    def _failed(self, session: _Session, scan: ScanNode, claim: _Claim, message: str) -> None:
+    def _failed(self, session: _Session, scan: ScanNode, claim: _AnyClaim, message: str) -> None:
         logger.error("scan %s NOT saved: %s", scan.db_name, message)
         session.errors.append(
             {"scan": scan.name, "number": scan.number, "error": message, "time": time.time()}
@@ -435,7 +462,9 @@ class WriterService:
         with contextlib.suppress(Exception):
             self._record(session, scan, claim, SavingVerdict(SavingState.FAILED, reason=message))
 
-    def _write_scan(self, session: _Session, scan: ScanNode, claim: _Claim, finished: bool) -> None:
+    def _write_scan(
+        self, session: _Session, scan: ScanNode, claim: _AnyClaim, finished: bool
+    ) -> None:
         slot = self._catch_up_slots if finished else contextlib.nullcontext()
         try:
             with slot:
@@ -480,7 +509,7 @@ class WriterService:
             self._done(session, scan)
 
     def _write_until_done(
-        self, session: _Session, scan: ScanNode, claim: _Claim
+        self, session: _Session, scan: ScanNode, claim: _AnyClaim
     ) -> WriteResult | None:
         """Write the scan; while Redis is unreachable, write it again (a replay is idempotent).
 
@@ -534,7 +563,7 @@ class WriterService:
         )
         return result if result is not None and result.complete else None
 
-    def _worker_config(self, claim: _Claim) -> WorkerConfig:
+    def _worker_config(self, claim: _AnyClaim) -> WorkerConfig:
         settings = self.store.settings
         return WorkerConfig(
             redis_url=self.store.url,
@@ -548,9 +577,38 @@ class WriterService:
             flush_period=self.files.flush_period,
             owner=self.owner,
             token=claim.token or "",
+            scan_fence=isinstance(claim, ScanClaim),
             compression=self.compression,
             layout=self.layout,
         )
+
+    def _holds(self, session: str, claim: _AnyClaim) -> bool:
+        """The fence before a verdict: the claim, of the session or the scan, holds now."""
+        if isinstance(claim, ScanClaim):
+            return claim.holds()
+        return self.registry.holds(session, claim.token)
+
+    # -- pool mode (what WriterPool asks of its host) -----------------------------------------
+    def pool_publish_floor(self, session: str) -> None:
+        """Raise the numbering floor of ``session`` from this writer's files and registry."""
+        self._publish_floor(self._sessions[session])
+
+    def pool_write(self, session: str, scan: ScanNode, claim: ScanClaim) -> None:
+        """Write ``scan`` under its scan claim (pool mode)."""
+        self._on_scan(self._sessions[session], scan, claim)
+
+    def pool_running(self, session: str, name: str) -> bool:
+        """True while scan ``name`` of ``session`` is being written here."""
+        with self._lock:
+            return name in self._sessions[session].running
+
+    def pool_status(self, session: str) -> dict[str, Any]:
+        """This writer's status for ``session``, published in its pool member record."""
+        return self._status(self._sessions[session], writing=True)
+
+    def pool_saved(self, session: str, number: int) -> bool:
+        """True when scan ``number`` of ``session`` is recorded as saved."""
+        return self.registry.is_saved(session, number)
 
     def _done(self, session: _Session, scan: ScanNode) -> None:
         with self._lock:
@@ -565,7 +623,7 @@ class WriterService:
     def status(self, session: str) -> dict[str, Any]:
         """The status of this writer for ``session``, as :func:`writer_status` returns it."""
         state = self._sessions[session]
-        return self._status(state, writing=state.owned)
+        return self._status(state, writing=state.owned or self.pool is not None)
 
     def _status(self, session: _Session, *, writing: bool) -> dict[str, Any]:
         with self._lock:

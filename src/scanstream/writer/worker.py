@@ -38,6 +38,7 @@ from .files import FileBusyError, OpenFiles
 from .isolation import WorkerConfig
 from .paths import WritePolicy
 from .registry import WriterRegistry
+from .scan_claims import ClaimFence, ScanClaims
 from .scan_writer import ScanWriter, WriteResult
 from .supervise import UNREACHABLE
 
@@ -56,7 +57,11 @@ class _Fence(StopHandler):
     """Stopped by SIGTERM, or once the service's claim no longer holds the session."""
 
     def __init__(
-        self, registry: WriterRegistry, session: str, token: str, terminated: threading.Event
+        self,
+        registry: WriterRegistry | ClaimFence,
+        session: str,
+        token: str,
+        terminated: threading.Event,
     ) -> None:
         super().__init__()
         self._terminated = terminated
@@ -114,7 +119,10 @@ def _write_one(assignment: dict[str, Any], terminated: threading.Event) -> bool:
             retention_time=config.retention_time,
         )
     )
-    fence = _Fence(WriterRegistry(store, config.owner), session, config.token, terminated)
+    checker: WriterRegistry | ClaimFence = WriterRegistry(store, config.owner)
+    if config.scan_fence:  # pool mode: the claim is the scan's
+        checker = ClaimFence(ScanClaims(store, config.owner), number)
+    fence = _Fence(checker, session, config.token, terminated)
     files = OpenFiles(config.flush_period)
     reusable = False
     try:

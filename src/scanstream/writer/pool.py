@@ -1,0 +1,373 @@
+"""Pool mode of the writer service: several writers share the scans of the same sessions.
+
+With ``WriterService(pool=True)`` (``scanstream writer --pool``) no writer claims a whole
+session. Every writer of the pool walks the sessions it follows and, for each scan not saved
+yet, competes for that scan's claim (:mod:`scanstream.writer.scan_claims`): the least loaded
+live writer (fewest scans being written, ties broken by id) tries at once, a busier one after
+a delay that grows with how much busier it is (:data:`GRACE` seconds per scan more, per less
+loaded writer, at most the TTL), so a new scan goes to the least busy writer unless it is
+slow to take it. The claim script lets one writer win. That writer writes the scan exactly as
+a single writer does (same code, same files, a fence checked before each write batch); the
+others keep looking at the claim: once its writer is dead (its member record expired, or a
+process of this host that is gone) they release it and compete again, and the winner writes
+the scan again from its first event into a fresh file, as a restarted writer does. See
+docs/decisions/0014-writer-pool.md.
+
+The members of a pool also keep the session's health hash, all under the one owner id
+:data:`POOL_OWNER`: publishers see that a writer follows the session, and a writer started
+without ``--pool`` waits as a standby instead of writing beside the pool; the other way
+round, a pool writer takes no scan of a session that a single writer holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import redis
+
+from .._transport.connection import DataStore
+from ..models import SCAN_NODE_TYPES
+from ..subscribe.events import EventType, StopHandler
+from ..subscribe.tree import ScanNode, get_session_node
+from .registry import WriterRegistry, is_dead_local_process
+from .scan_claims import CLAIMED, DONE, ScanClaim, ScanClaims, pool_members
+from .supervise import UNREACHABLE, supervise
+
+__all__ = ["GRACE", "POOL_OWNER", "PoolHost", "WriterPool"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a writer waits, per scan it holds more than a less loaded writer, before it takes a
+#: new scan (:meth:`WriterPool._delay`).
+GRACE = 0.3
+#: The owner id under which the members of a pool hold the session's health hash.
+POOL_OWNER = "pool"
+#: How often the pool looks at the scans it waits for (s).
+_POLL = 0.05
+_SCAN_TYPES = tuple(sorted(SCAN_NODE_TYPES))
+
+
+class PoolHost(Protocol):
+    """What the pool needs from its writer service."""
+
+    store: DataStore
+    owner: str
+    catch_up: bool
+
+    def pool_publish_floor(self, session: str) -> None:
+        """Raise the session's numbering floor (as a single writer does when it starts)."""
+
+    def pool_write(self, session: str, scan: ScanNode, claim: ScanClaim) -> None:
+        """Start writing ``scan`` under ``claim`` (returns at once)."""
+
+    def pool_running(self, session: str, name: str) -> bool:
+        """True while scan ``name`` of ``session`` is being written by this writer."""
+
+    def pool_status(self, session: str) -> dict[str, Any]:
+        """This writer's status for ``session`` (as ``writer_status`` returns it)."""
+
+    def pool_saved(self, session: str, number: int) -> bool:
+        """True when scan ``number`` of ``session`` is recorded as saved."""
+
+
+@dataclass
+class _Pending:
+    """A scan this writer knows and does not hold: when to try to take it next."""
+
+    scan: ScanNode
+    due: float = 0.0  # time.monotonic() of the next attempt
+    ranked: bool = False  # its grace delay, from this writer's rank, has been waited
+
+
+class WriterPool:
+    """The scans of ``sessions`` shared with the other writers of the pool.
+
+    Parameters
+    ----------
+    host : PoolHost
+        The writer service writing the scans this writer takes.
+    sessions : list of str
+        The sessions followed.
+    ttl : float
+        Seconds a claim (and a member record) lasts unrenewed.
+    period : float
+        Seconds between renewals.
+    grace : float
+        Delay per less loaded writer before a new scan is taken (:data:`GRACE`).
+    """
+
+    def __init__(
+        self,
+        host: PoolHost,
+        sessions: list[str],
+        *,
+        ttl: float,
+        period: float,
+        grace: float = GRACE,
+    ) -> None:
+        self.host = host
+        self.sessions = sessions
+        self.ttl = ttl
+        self.period = period
+        self.grace = grace
+        self.claims = ScanClaims(host.store, host.owner)
+        self.registry = WriterRegistry(host.store, POOL_OWNER)
+        #: Session -> the single writer (not a pool) that holds it: no scan is taken there.
+        self.blocked: dict[str, str] = {}
+        self.stop_handler = StopHandler()
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, int], _Pending] = {}
+        self._held: dict[tuple[str, int], ScanClaim] = {}
+        self._scans: dict[tuple[str, int], ScanNode] = {}
+
+    # -- life cycle ---------------------------------------------------------------------------
+    def start(self, spawn: Callable[..., None]) -> None:
+        """Start the pool's threads with ``spawn(target, name, *args)``."""
+        for session in self.sessions:
+            self._publish(session)
+        spawn(self._manage, "pool")
+        for session in self.sessions:
+            spawn(self._follow, f"pool-{session}", session)
+
+    def stop(self) -> None:
+        """Take no more scans, and stop writing the scans held (their claims stay for now)."""
+        self.stop_handler.stop()
+        with self._lock:
+            held = list(self._held.values())
+        for claim in held:
+            claim.stop()
+
+    def release(self) -> None:
+        """Release the claims held and leave the pools: call once the files are closed.
+
+        The other writers take the scans over at once, writing them again from their start.
+        """
+        with self._lock:
+            held, self._held = self._held, {}
+        for (session, number), _claim in held.items():
+            try:
+                self.claims.release(session, number)
+            except redis.RedisError as exc:  # it lapses with its TTL
+                logger.warning("scan %s:%s: claim not released: %s", session, number, exc)
+        for session in self.sessions:
+            try:
+                self.claims.leave(session)
+                if not pool_members(session, store=self.host.store):  # the last one leaves
+                    self.registry.release(session)
+            except redis.RedisError:
+                pass  # the records expire with their TTL
+
+    @property
+    def load(self) -> int:
+        """Scans this writer holds (writes), over all its sessions."""
+        with self._lock:
+            return len(self._held)
+
+    def held(self, session: str) -> list[str]:
+        """Names of the scans of ``session`` this writer holds."""
+        with self._lock:
+            return sorted(self._scans[k].name for k in self._held if k[0] == session)
+
+    # -- following the sessions ---------------------------------------------------------------
+    def _follow(self, session: str) -> None:
+        supervise(
+            functools.partial(self._walk, session),
+            stop=self.stop_handler,
+            what=f"session {session}: pool listener",
+            restart_on=(Exception,),
+        )
+
+    def _walk(self, session: str) -> None:
+        self.host.pool_publish_floor(session)
+        node = get_session_node(session, store=self.host.store)
+        for event_type, scan, _ in node.walk_on_new_events(
+            include_filter=_SCAN_TYPES,
+            exclude_children=_SCAN_TYPES,
+            from_next=not self.host.catch_up,
+            stop_handler=self.stop_handler,
+        ):
+            if event_type == EventType.NEW_NODE and isinstance(scan, ScanNode):
+                self.offer(session, scan)
+
+    def offer(self, session: str, scan: ScanNode) -> None:
+        """Compete for ``scan`` (unless already held or waited for)."""
+        key = (session, scan.number)
+        with self._lock:
+            if key not in self._held and key not in self._pending:
+                self._pending[key] = _Pending(scan)
+                self._scans[key] = scan
+
+    # -- the manager thread -------------------------------------------------------------------
+    def _manage(self) -> None:
+        renewed = 0.0
+        while not self.stop_handler.stopped:
+            now = time.monotonic()
+            if now - renewed >= self.period:
+                renewed = now
+                self._guard("renewing claims", self._renew)
+                for session in self.sessions:
+                    self._guard("publishing the member record", self._publish, session)
+            with self._lock:
+                due = [
+                    (k, p)
+                    for k, p in self._pending.items()
+                    if p.due <= now and k[0] not in self.blocked
+                ]
+            for key, pending in due:
+                if self.stop_handler.stopped:
+                    return
+                self._guard(f"scan {key[0]}:{key[1]}", self._attempt, key, pending)
+            self.stop_handler.wait(_POLL)
+
+    def _guard(self, what: str, func: Callable[..., None], *args: Any) -> None:
+        try:
+            func(*args)
+        except UNREACHABLE as exc:
+            logger.warning("pool: %s: Redis unreachable (%s)", what, exc)
+        except Exception:
+            logger.exception("pool: %s failed", what)
+
+    def _delay(self, session: str) -> float:
+        """How long this writer leaves a new scan of ``session`` to less loaded writers.
+
+        Zero when no live member has a lower (load, id); else :attr:`grace` for each such
+        member and each scan this writer has more than it, at most the TTL: a writer much
+        busier than another leaves it the time to see the scan even on a loaded host (a pool
+        writer catching up right after its start is slow to), yet a live member that never
+        takes scans (stuck) delays them by the TTL at most.
+        """
+        load = self.load
+        me = (load, self.host.owner)
+        delay = 0.0
+        for member in pool_members(session, store=self.host.store):
+            owner = str(member.get("owner"))
+            other = int(member.get("load", 0))
+            if owner != self.host.owner and (other, owner) < me:
+                delay += self.grace * (load - other + 1)
+        return min(delay, self.ttl)
+
+    def _attempt(self, key: tuple[str, int], pending: _Pending) -> None:
+        session, number = key
+        now = time.monotonic()
+        if self.host.pool_running(session, pending.scan.name):
+            pending.due = now + self.period  # the last period's writes are still ending
+            return
+        if not pending.ranked:
+            if self.host.pool_saved(session, number):  # most scans met when catching up
+                with self._lock:
+                    self._pending.pop(key, None)
+                return
+            pending.ranked = True
+            delay = self._delay(session)
+            if delay:
+                pending.due = now + delay
+                return
+        sent = time.monotonic()  # the claim lasts ttl from *before* Redis took it
+        outcome, value = self.claims.claim(session, number, self.ttl)
+        if outcome == DONE:
+            with self._lock:
+                self._pending.pop(key, None)
+            return
+        if outcome != CLAIMED:
+            if is_dead_local_process(value) or not self._alive(session, value):
+                logger.warning(
+                    "scan %s: writer %s is dead; taking its scan over", pending.scan.db_name, value
+                )
+                self.claims.release(session, number, value)
+                pending.ranked = False  # compete again now, by load
+                pending.due = now
+            else:
+                pending.due = now + self.period
+            return
+        claim = ScanClaim(self.claims, session, number, value, sent + self.ttl)
+        with self._lock:
+            self._pending.pop(key, None)
+            self._held[key] = claim
+        self._guard("publishing the member record", self._publish, session)
+        logger.info("scan %s: taken (pool load %d)", pending.scan.db_name, self.load)
+        try:
+            self.host.pool_write(session, pending.scan, claim)
+        except Exception:
+            # Not started (Redis unreachable while reading the scan): give it back, so that
+            # it is not taken for done; it is competed for again.
+            claim.stop()
+            with self._lock:
+                self._held.pop(key, None)
+                self._pending[key] = _Pending(pending.scan, due=now + self.period)
+            with contextlib.suppress(redis.RedisError):
+                self.claims.release(session, number)
+            raise
+
+    def _alive(self, session: str, owner: str) -> bool:
+        store = self.host.store
+        return bool(store.redis.exists(store.keys.writer_member(session, owner)))
+
+    def _renew(self) -> None:
+        """Renew the claims held; end those whose scan is no longer written."""
+        with self._lock:
+            held = list(self._held.items())
+        for key, claim in held:
+            session, number = key
+            if not self.host.pool_running(session, self._scans[key].name):
+                self._finish(key, claim)
+                continue
+            sent = time.monotonic()
+            if claim.token is not None and self.claims.renew(
+                session, number, claim.token, self.ttl
+            ):
+                claim.valid_until = sent + self.ttl
+                continue
+            claim.stop()  # lapsed (this writer froze or lost Redis): not one more write
+            logger.error(
+                "scan %s:%s: claim lost (it lapsed: this writer was frozen or cut off from "
+                "Redis); stopped writing it, another writer completes it",
+                session,
+                number,
+            )
+
+    def _finish(self, key: tuple[str, int], claim: ScanClaim) -> None:
+        """The scan is no longer written here: release its claim, or mark it done."""
+        if self.stop_handler.stopped:
+            return  # released by release(), once the files are closed
+        session, number = key
+        with self._lock:
+            self._held.pop(key, None)
+        if self.host.pool_saved(session, number):
+            self.claims.release(session, number)
+        elif claim.stopped:
+            # Stopped before its end (claim lost): compete again; the holder, if any, wins.
+            with self._lock:
+                if not self.stop_handler.stopped:
+                    self._pending[key] = _Pending(self._scans[key])
+        elif claim.token is not None:
+            self.claims.mark_done(session, number, claim.token)  # FAILED or expired
+        self._publish(session)
+
+    def _publish(self, session: str) -> None:
+        status = dict(self.host.pool_status(session))
+        status["pool"] = True
+        status["load"] = self.load
+        status["held"] = self.held(session)
+        self.claims.publish(session, status, self.ttl)
+        other = self.registry.claim(session, status, self.ttl)
+        if other is not None and is_dead_local_process(other):
+            self.registry.release(session, other)  # a dead single writer of this host
+        elif other is not None and self.blocked.get(session) != other:
+            logger.warning(
+                "session %s is written by writer %s, which is not in a pool: this pool writer "
+                "takes none of its scans until it stops (start every writer of a session "
+                "with --pool, or none)",
+                session,
+                other,
+            )
+        if other is None:
+            self.blocked.pop(session, None)
+        else:
+            self.blocked[session] = other

@@ -1,0 +1,280 @@
+"""Pool mode: a claim per scan, with a TTL and a fencing token, and the writers' load records.
+
+In a pool (``WriterService(pool=True)``, ``scanstream writer --pool``) several writers follow
+the same sessions and each scan is written by the one writer that holds its claim: the hash
+``keys.scan_claim(S, N)`` (owner, token) with a TTL renewed by its writer, as the session's
+health hash is for a single writer (docs/decisions/0006, 0014). It lives in the slot of the
+session's saved set, so that the claim script refuses a saved scan atomically: a scan saved by
+one writer is never taken, and written again, by another that saw it a moment before.
+
+A writer done with a scan that is not saved (it FAILED, or it expired from Redis) marks the
+claim *done* instead of deleting it: the others do not try it again (a single writer does not
+either until it restarts). A done claim expires with the scans' retention time.
+
+Each writer also publishes, per session, a member record ``keys.writer_member(S, id)`` (its
+status, with ``load``: the scans it writes, over all its sessions) with a TTL, listed in the
+set ``keys.writer_pool(S)``; a member whose record has expired is dead, and the claims it
+holds are released by the first writer that notices.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+
+from .._transport.connection import DataStore
+from ..subscribe.events import StopHandler
+from .registry import is_dead_local_process
+
+__all__ = [
+    "CLAIMED",
+    "DONE",
+    "FENCE_PERIOD",
+    "HELD",
+    "ScanClaim",
+    "ScanClaims",
+    "pool_members",
+]
+
+#: Outcomes of :meth:`ScanClaims.claim`.
+CLAIMED, HELD, DONE = "claimed", "held", "done"
+#: Seconds between two checks, in Redis, that a scan's claim still holds (before a batch).
+FENCE_PERIOD = 0.25
+
+# KEYS[1] claim hash, KEYS[2] saved set. ARGV: owner, TTL (ms), new token, scan number.
+# Returns {'done'} (saved, or marked done), {'held', owner}, or {'claimed', token}.
+_CLAIM = """
+if redis.call('SISMEMBER', KEYS[2], ARGV[4]) == 1 then return {'done'} end
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if redis.call('HGET', KEYS[1], 'done') then return {'done'} end
+if owner and owner ~= ARGV[1] then return {'held', owner} end
+local token = redis.call('HGET', KEYS[1], 'token')
+if not owner or not token then
+  token = ARGV[3]
+  redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'token', token)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {'claimed', token}
+"""
+# Renew only the claim of that period (owner and token): ARGV owner, token, TTL (ms).
+_RENEW = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[2] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+# Delete the claim if it names ARGV[1] (and is not done): never another writer's.
+_RELEASE = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'done') then return 0 end
+return redis.call('DEL', KEYS[1])
+"""
+# Mark the claim done (ARGV owner, token, TTL ms): the other writers leave the scan alone.
+_DONE = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'done', '1')
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+class ScanClaims:
+    """The scan claims and member records of one writer, ``owner``, in Redis.
+
+    Parameters
+    ----------
+    store : DataStore
+        The connection.
+    owner : str
+        This writer's id (:func:`scanstream.writer.registry.new_owner_id`).
+    """
+
+    def __init__(self, store: DataStore, owner: str) -> None:
+        self.store = store
+        self.owner = owner
+        self._claim = store.redis.register_script(_CLAIM)
+        self._renew = store.redis.register_script(_RENEW)
+        self._release = store.redis.register_script(_RELEASE)
+        self._done = store.redis.register_script(_DONE)
+
+    def claim(self, session: str, number: int, ttl: float) -> tuple[str, str]:
+        """Take (or renew) the claim on scan ``number`` of ``session`` for ``ttl`` seconds.
+
+        Returns
+        -------
+        (outcome, value)
+            ``(CLAIMED, token)``: this writer holds it (a new token when taken anew);
+            ``(HELD, owner)``: writer ``owner`` holds it; ``(DONE, "")``: the scan is saved
+            or a writer is done with it, nobody takes it.
+        """
+        keys = self.store.keys
+        reply = self._claim(
+            keys=[keys.scan_claim(session, number), keys.writer_saved(session)],
+            args=[self.owner, int(ttl * 1000), uuid.uuid4().hex, int(number)],
+        )
+        outcome = _text(reply[0])
+        return outcome, _text(reply[1]) if len(reply) > 1 else ""
+
+    def renew(self, session: str, number: int, token: str, ttl: float) -> bool:
+        """Extend this writer's claim with ``token``; False when it no longer holds it."""
+        return bool(
+            self._renew(
+                keys=[self.store.keys.scan_claim(session, number)],
+                args=[self.owner, token, int(ttl * 1000)],
+            )
+        )
+
+    def holds(self, session: str, number: int, token: str | None) -> bool:
+        """True while this writer's claim with fencing token ``token`` holds the scan."""
+        if not token:
+            return False
+        owner, held, done = self.store.redis.hmget(
+            self.store.keys.scan_claim(session, number), ["owner", "token", "done"]
+        )
+        return owner == self.owner.encode() and held == token.encode() and done is None
+
+    def release(self, session: str, number: int, owner: str | None = None) -> bool:
+        """Delete the claim if it names ``owner`` (default: this writer) and is not done."""
+        return bool(
+            self._release(
+                keys=[self.store.keys.scan_claim(session, number)], args=[owner or self.owner]
+            )
+        )
+
+    def mark_done(self, session: str, number: int, token: str) -> bool:
+        """Mark this writer's claim done (the scan FAILED or expired): nobody retries it."""
+        # As long as the scan stays in Redis; never a key without expiry (retention 0: a week).
+        retention = self.store.settings.retention_time
+        ttl = max(retention, 60.0) if retention > 0 else 7 * 86400.0
+        return bool(
+            self._done(
+                keys=[self.store.keys.scan_claim(session, number)],
+                args=[self.owner, token, int(ttl * 1000)],
+            )
+        )
+
+    def holder(self, session: str, number: int) -> str | None:
+        """The writer holding scan ``number`` of ``session`` now, or None."""
+        owner = self.store.redis.hget(self.store.keys.scan_claim(session, number), "owner")
+        return _text(owner) if owner is not None else None
+
+    def publish(self, session: str, status: Mapping[str, Any], ttl: float) -> None:
+        """Publish this writer's member record of ``session`` (expires after ``ttl`` s)."""
+        keys = self.store.keys
+        self.store.redis.sadd(keys.writer_pool(session), self.owner)
+        self.store.redis.set(
+            keys.writer_member(session, self.owner), json.dumps(status), px=int(ttl * 1000)
+        )
+
+    def leave(self, session: str) -> None:
+        """Remove this writer from the pool of ``session``."""
+        keys = self.store.keys
+        self.store.redis.delete(keys.writer_member(session, self.owner))
+        self.store.redis.srem(keys.writer_pool(session), self.owner)
+
+
+def pool_members(session: str, *, store: DataStore) -> list[dict[str, Any]]:
+    """The live writers of the pool of ``session`` (``scanstream writer --pool``), by id.
+
+    Parameters
+    ----------
+    session : str
+        Session name.
+    store : DataStore
+        The connection.
+
+    Returns
+    -------
+    list of dict
+        The status each writer published: the keys of
+        :func:`scanstream.admin.registry.writer_status`, plus ``load`` (the scans it writes,
+        over all its sessions) and ``held`` (the names of the scans of ``session`` it holds).
+        Empty when no pool writer follows the session. Members whose record expired, or that
+        are processes of this host that no longer exist (dead writers), are removed on the way.
+    """
+    keys = store.keys
+    members = []
+    for raw in sorted(store.redis.smembers(keys.writer_pool(session))):
+        owner = _text(raw)
+        record = store.redis.get(keys.writer_member(session, owner))
+        if record is None or is_dead_local_process(owner):
+            store.redis.delete(keys.writer_member(session, owner))
+            store.redis.srem(keys.writer_pool(session), owner)
+            continue
+        status: dict[str, Any] = json.loads(record)
+        members.append(status)
+    return members
+
+
+class ScanClaim(StopHandler):
+    """One period during which this writer holds one scan; stopping it stops that scan's writes.
+
+    It stops by itself once unrenewed for the TTL (``valid_until``), and once a check in
+    Redis, made at most every :data:`FENCE_PERIOD` s when :attr:`stopped` is read (before each
+    write batch and flush of the scan writer), finds the claim gone or another writer's.
+    """
+
+    def __init__(
+        self, claims: ScanClaims, session: str, number: int, token: str, valid_until: float
+    ) -> None:
+        super().__init__()
+        self.claims = claims
+        self.session = session
+        self.number = number
+        self.token: str | None = token
+        self.valid_until = valid_until  # time.monotonic()
+        self._checked = time.monotonic()
+        self._held = True
+        self._lock = threading.Lock()
+
+    @property
+    def stopped(self) -> bool:
+        if super().stopped or not self._held or time.monotonic() >= self.valid_until:
+            return True
+        now = time.monotonic()
+        if now - self._checked >= FENCE_PERIOD:
+            with self._lock:
+                if now - self._checked >= FENCE_PERIOD:
+                    self._checked = now
+                    self._held = self._check()
+        return not self._held
+
+    def holds(self) -> bool:
+        """Check in Redis now that the claim holds (the fence before a verdict)."""
+        if super().stopped or time.monotonic() >= self.valid_until:
+            return False
+        self._held = self._check()
+        return self._held
+
+    def _check(self) -> bool:
+        try:
+            return self.claims.holds(self.session, self.number, self.token)
+        except redis.RedisError:
+            return False  # not known to hold it: nothing more is written until it is
+
+
+class ClaimFence:
+    """The worker's view of a scan claim: what :class:`~scanstream.writer.worker._Fence` asks.
+
+    It has the ``holds(session, token)`` of a :class:`~scanstream.writer.registry.WriterRegistry`,
+    answered for one scan's claim instead of the session's.
+    """
+
+    def __init__(self, claims: ScanClaims, number: int) -> None:
+        self._claims = claims
+        self._number = number
+
+    def holds(self, session: str, token: str | None) -> bool:
+        """True while the claim of ``token`` holds this scan of ``session``."""
+        return self._claims.holds(session, self._number, token)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
