@@ -131,9 +131,10 @@ def test_end_scan_fails_a_scan_whose_streams_lost_acknowledged_points(
     end = entries.parse_end(client.xrevrange(keys.scan_events(SESSION, NUMBER), count=1)[0][1], "1")
     if not short:
         assert (outcome, final, detail) == ("ok", "DONE", "")
-        assert end.state is ScanState.DONE
+        assert end.state is ScanState.DONE and end.lost == {}
         return
     assert (outcome, final) == ("lost", "FAILED")
+    assert end.lost == {channel: have + short}  # readers (the writer) see the loss as data
     assert f"node {channel}: {have} of {have + short} points" in detail, detail
     assert end.state is ScanState.FAILED and end.error == detail
     assert client.hget(keys.scan(SESSION, NUMBER), "error") == detail.encode()

@@ -204,9 +204,14 @@ class ScanEnd:
         Epoch time of the end.
     lengths : dict
         Final number of points (or images) per data node index.
+    lost : dict
+        Data node index -> points Redis had acknowledged to the publisher, for the streams
+        that hold fewer (a failover or a restart lost acknowledged writes; the scan then
+        ended FAILED). Empty when nothing was lost.
     """
 
     state: ScanState
     error: str | None
     end_time: float
     lengths: dict[int, int]
+    lost: dict[int, int] = field(default_factory=dict)

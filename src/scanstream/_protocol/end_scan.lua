@@ -76,10 +76,12 @@ for _, entry in ipairs(redis.call('XRANGE', events, '-', '+')) do
   end
 end
 local losses = {}
+local lost = {}  -- data node index -> points acknowledged (more than its stream holds)
 for node, want in pairs(acknowledged) do
   local have = lengths[node] or 0
   if have < want then
     table.insert(losses, 'node ' .. node .. ': ' .. have .. ' of ' .. want .. ' points')
+    lost[node] = want
   end
 end
 local outcome = 'ok'
@@ -93,8 +95,13 @@ if #losses > 0 then
 end
 local lengths_json = cjson.encode(lengths)
 if next(lengths) == nil then lengths_json = '{}' end
-redis.call('XADD', events, '*', 'event', 'END', 'state', state, 'error', err, 'time', now,
-           'lengths', lengths_json)
+if #losses > 0 then
+  redis.call('XADD', events, '*', 'event', 'END', 'state', state, 'error', err, 'time', now,
+             'lengths', lengths_json, 'lost', cjson.encode(lost))
+else
+  redis.call('XADD', events, '*', 'event', 'END', 'state', state, 'error', err, 'time', now,
+             'lengths', lengths_json)
+end
 redis.call('HSET', scan, 'state', state, 'error', err, 'end_time', now)
 if ARGV[6] ~= '' then redis.call('HSET', scan, 'info', ARGV[6]) end
 redis.call('DEL', lease)

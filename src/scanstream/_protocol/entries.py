@@ -214,11 +214,13 @@ def parse_end(fields: Fields, where: str) -> ScanEnd:
     try:
         error = fields.get(b"error", b"").decode() or None
         lengths = metadata.loads(fields.get(b"lengths", b"{}")) or {}
+        lost = metadata.loads(fields.get(b"lost", b"{}")) or {}
         return ScanEnd(
             state=ScanState[fields[b"state"].decode()],
             error=error,
             end_time=float(fields.get(b"time", b"0")),
             lengths={int(k): int(v) for k, v in lengths.items()},
+            lost={int(k): int(v) for k, v in lost.items()},
         )
     except (KeyError, ValueError, AttributeError, DecodingError) as exc:
         raise DecodingError(f"{where}: corrupt END entry ({exc})") from None

@@ -36,7 +36,9 @@ class EventData(NamedTuple):
         NEW_DATA: the node description (dtype, shape, unit...), a new dict per event (its
         values, such as the ``shape`` list, are shared: do not change them). END_SCAN: ``state``,
         ``error`` (text or None), ``end_time`` (epoch), ``lengths`` (final length per
-        data node db_name).
+        data node db_name); when some data could not be read, ``decoding_errors`` (db_name ->
+        error text); when acknowledged points are gone from Redis (a failover to a lagging
+        replica, a restart), ``lost`` (db_name -> points acknowledged; the scan is FAILED).
     block_size : int
         NEW_DATA: number of points (or images) in the batch; 0 otherwise.
     """

@@ -568,6 +568,12 @@ class Walker:
             if follow.errors:
                 # Nodes whose data was corrupt (DecodingError text): not read to their end.
                 description["decoding_errors"] = dict(follow.errors)
+            if end.lost:
+                # Acknowledged points gone from Redis (a failover, a restart): a hole for sure.
+                names = {n.index: n.db_name for n in self._nodes_at_end(follow)}
+                description["lost"] = {
+                    names.get(index, f"node {index}"): count for index, count in end.lost.items()
+                }
             events.append(
                 Event(EventType.END_SCAN, scan, EventData(data=end.state, description=description))
             )

@@ -290,6 +290,13 @@ class ScanWriter(EndOfScan):
         problems.extend(self._gaps)
         for name, error in self._end.get("decoding_errors", {}).items():
             problems.append(f"{name}: corrupt data entry in Redis ({error})")
+        for name, acknowledged in self._end.get("lost", {}).items():
+            # Sealed shorter than the publisher was told was stored: the file cannot be whole.
+            problems.append(
+                f"{name}: {acknowledged} points were acknowledged by Redis and "
+                f"{self._end.get('lengths', {}).get(name, 0)} are left in it (lost by a "
+                "failover or a restart)"
+            )
         lengths: Mapping[str, int] = self._end.get("lengths", {})
         for index, node in self._data_nodes.items():
             sealed = lengths.get(node.db_name)
