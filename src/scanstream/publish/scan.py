@@ -326,6 +326,7 @@ class ScanPublisher:
         *,
         writer: dict[str, Any] | None = None,
         no_writer: str | None = None,
+        announced: bytes | None = None,
     ) -> None:
         self.session = session
         self.store = session.store
@@ -341,6 +342,9 @@ class ScanPublisher:
         self.no_writer = no_writer
         self._info = info
         self._state = ScanState.CREATED
+        # The ID of the scan's NEW_SCAN entry, checked at prepared() and end() (a failover
+        # of the session's slot may lose it: PublishingSession.ensure_announced).
+        self._announced = announced
         keys = self.store.keys
         self._key = keys.scan(session.name, number)
         lease_key = keys.scan_lease(session.name, number)
@@ -436,6 +440,12 @@ class ScanPublisher:
         if not self._if_present(keys=[self._key, events], args=args):
             raise self.lost("it was not marked PREPARED")
         self._state = ScanState.PREPARED
+        self._ensure_announced()
+
+    def _ensure_announced(self) -> None:
+        """Announce the scan again if its NEW_SCAN entry is gone from the session stream."""
+        if self._announced is not None:
+            self._announced = self.session.ensure_announced(self, self._announced)
 
     def flush(self) -> None:
         """Send every queued point now and wait until Redis has them.
@@ -493,6 +503,8 @@ class ScanPublisher:
         state, update = self._check_end(state, info_update)
         self._sender.stop()
         error = self._send_the_rest(state, error)
+        # Before END: a walk that finds the scan only now gets its events up to END_SCAN.
+        self._ensure_announced()
         lost = self._sender.error if isinstance(self._sender.error, ScanLostError) else None
         if lost is not None:  # part of its data is gone (a stream was deleted): not DONE
             state, error = ScanState.FAILED, f"{error}; {lost}" if error else str(lost)

@@ -4,6 +4,14 @@ A scan is announced in two steps: its keys first (hash, event stream, lease: one
 script that refuses a number still taken), then a NEW_SCAN entry in the session's stream, so that a reader never finds a
 NEW_SCAN whose scan is not there yet.
 
+On a cluster the two steps are in two slots, often on two masters, and replication is
+asynchronous: a failover of the session's master to a replica that had not received the
+entry yet (or a restart of a server without persistence) loses the NEW_SCAN while the scan
+goes on; no session walk, writer or listing would find it. So the publisher checks that its
+entry is still there when the scan is prepared and when it ends, and announces the scan
+again when it is gone (:meth:`PublishingSession.ensure_announced`). A walk that saw both
+entries reports the scan once (walks skip a scan number they were already given).
+
 Before that, the session reads whether a writer follows it (:mod:`.saving`): by default a scan
 that no writer will save starts with a :class:`~scanstream.exceptions.NoWriterWarning`;
 ``require_writer=True`` refuses it.
@@ -21,6 +29,8 @@ import time
 import weakref
 from collections.abc import Mapping
 from typing import Any
+
+import redis
 
 from .._protocol import metadata
 from .._protocol.entries import CREATED, new_scan_fields, scan_hash_fields, state_entry_fields
@@ -210,7 +220,8 @@ class PublishingSession:
                 start_time=iso_time(now),
                 start_timestamp=now,
             )
-            if self._announce(number, name, node_type, info, now):
+            announced = self._announce(number, name, node_type, info, now)
+            if announced is not None:
                 break
             # The counter went back (a failover lost its latest increments, a restore): the
             # scan of that number is still there. Never write into it: take the next one.
@@ -229,17 +240,25 @@ class PublishingSession:
             )
         # Starts renewing the lease.
         scan = ScanPublisher(
-            self, number, name, node_type, info, writer=writer, no_writer=no_writer
+            self,
+            number,
+            name,
+            node_type,
+            info,
+            writer=writer,
+            no_writer=no_writer,
+            announced=announced,
         )
         self._scans.add(scan)
         return scan
 
     def _announce(
         self, number: int, name: str, node_type: str, info: dict[str, Any], now: float
-    ) -> bool:
+    ) -> bytes | None:
         """Write the scan's keys, then its NEW_SCAN entry (a reader finds the keys first).
 
-        False, with nothing written, when the number is taken (:func:`create_scan`).
+        The ID of the NEW_SCAN entry; None, with nothing written, when the number is taken
+        (:func:`create_scan`).
         """
         store, keys = self.store, self.store.keys
         lease_ms = int(store.settings.lease_time * 1000)
@@ -256,6 +275,61 @@ class PublishingSession:
             lease_ms,
         )
         if not created:
-            return False
-        store.redis.xadd(keys.session_scans(self.name), new_scan_fields(number, name, node_type))
-        return True
+            return None
+        entry_id = store.redis.xadd(
+            keys.session_scans(self.name), new_scan_fields(number, name, node_type)
+        )
+        return _as_bytes(entry_id)
+
+    def ensure_announced(self, scan: ScanPublisher, entry_id: bytes) -> bytes:
+        """Check that the NEW_SCAN entry ``entry_id`` of ``scan`` is in the session's stream.
+
+        When it is gone (a failover to a replica that had not received it, a restart without
+        persistence, an XDEL) while the scan is still in Redis, the scan is announced again,
+        with a warning: under its former ID when the stream's last entry is older (the order
+        of the scans is kept), else as the stream's latest entry (readers take scans by
+        number, so a scan announced after later scans is still found). One XRANGE when the
+        entry is there.
+
+        Parameters
+        ----------
+        scan : ScanPublisher
+            A scan of this session.
+        entry_id : bytes
+            The ID its NEW_SCAN entry was given.
+
+        Returns
+        -------
+        bytes
+            The ID of the scan's NEW_SCAN entry now (``entry_id`` unless announced again).
+
+        Raises
+        ------
+        redis.exceptions.ConnectionError
+            Redis cannot be reached (after the retries): the check is not done.
+        """
+        client, keys = self.store.redis, self.store.keys
+        stream = keys.session_scans(self.name)
+        if client.xrange(stream, entry_id, entry_id):
+            return entry_id
+        if not client.exists(keys.scan(self.name, scan.number)):
+            return entry_id  # the scan is gone too: an entry would announce nothing
+        fields = new_scan_fields(scan.number, scan.name, scan.node_type)
+        try:
+            new_id = _as_bytes(client.xadd(stream, fields, id=entry_id))
+        except redis.exceptions.ResponseError:  # later entries are there (or it was deleted)
+            new_id = _as_bytes(client.xadd(stream, fields))
+        logger.warning(
+            "session %s: the NEW_SCAN entry %s of scan %s was gone from %s (a failover to a "
+            "replica that lagged, or a restart without persistence?); announced it again as %s",
+            self.name,
+            entry_id.decode(),
+            scan.db_name,
+            stream,
+            new_id.decode(),
+        )
+        return new_id
+
+
+def _as_bytes(entry_id: bytes | str) -> bytes:
+    return entry_id if isinstance(entry_id, bytes) else entry_id.encode()

@@ -1,0 +1,146 @@
+"""A scan whose NEW_SCAN entry disappears from the session stream while it runs (a failover
+to a replica that lagged, a restart without persistence of that slot; here an XDEL or a DEL on
+one server) is announced again by its publisher: a session walk, a writer and the listing
+find it, once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from scanstream import DataStore, EventType, PublishingSession, get_session_node
+from scanstream.admin import list_scans
+from scanstream.models import SavingState
+from scanstream.writer import WriterService, nexus, scan_file_path
+
+
+def _entries(store: DataStore, session: str = "test_session") -> list[tuple[bytes, int]]:
+    stream = store.keys.session_scans(session)
+    return [(entry_id, int(fields[b"scan"])) for entry_id, fields in store.redis.xrange(stream)]
+
+
+def test_an_entry_still_there_costs_one_read_and_writes_nothing(
+    session: PublishingSession, store: DataStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    scan = session.create_scan("kept", {})
+    scan.create_container("timer").create_channel("x").emit(1.0)
+    before = _entries(store)
+    scan.prepared()
+    scan.end()
+    assert _entries(store) == before == [(before[0][0], scan.number)]
+    assert "announced it again" not in caplog.text
+
+
+def test_a_deleted_entry_is_announced_again_and_the_scan_is_seen_once(
+    session: PublishingSession, store: DataStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = WriterService(["test_session"], root=tmp_path / "data", store=store)
+    service.start()
+    new_nodes: list[int] = []
+    ended: list[int] = []
+    errors: list[BaseException] = []
+    node = get_session_node("test_session", store=store)
+
+    def walk() -> None:  # a walk that sees the first entry and the re-announced one
+        try:
+            for event_type, scan_node, _ in node.walk_events(timeout=20):
+                if scan_node.type != "scan":
+                    continue
+                if event_type is EventType.NEW_NODE:
+                    new_nodes.append(scan_node.number)
+                elif event_type is EventType.END_SCAN:
+                    ended.append(scan_node.number)
+                    if len(ended) == 2:
+                        return
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    walker = threading.Thread(target=walk, daemon=True)
+    walker.start()
+    try:
+        lost = session.create_scan("lost", {"save": True})
+        channel = lost.create_container("timer").create_channel("x")
+        ((lost_id, _),) = _entries(store)
+        channel.emit(np.arange(100, dtype=np.float64))
+        lost.flush()
+        later = session.create_scan("later", {"save": True})
+        later.create_container("timer").create_channel("x").emit(2.0)
+        later.prepared()
+        later.end()
+        store.redis.xdel(store.keys.session_scans("test_session"), lost_id)
+        assert [n for _, n in _entries(store)] == [later.number]
+        with caplog.at_level(logging.WARNING, "scanstream.publish.session"):
+            lost.prepared()  # notices and announces it again, after the later scan
+        assert [n for _, n in _entries(store)] == [later.number, lost.number]
+        assert f"the NEW_SCAN entry {lost_id.decode()} of scan {lost.db_name}" in caplog.text
+        channel.emit(np.arange(100, 200, dtype=np.float64))
+        lost.end()
+        assert len(_entries(store)) == 2  # end() found the new entry: no third one
+        walker.join(20)
+        assert not walker.is_alive() and not errors
+        assert lost.wait_saved(20).state is SavingState.SAVED
+        assert later.wait_saved(20).state is SavingState.SAVED
+    finally:
+        service.stop()
+    assert sorted(new_nodes) == [lost.number, later.number]  # once each
+    assert sorted(ended) == [lost.number, later.number]
+    listed = [s.number for s in list_scans(store, "test_session").scans]
+    assert sorted(listed) == [lost.number, later.number]
+    # A walk started now finds both scans, once each.
+    walked = [
+        scan_node.number
+        for event_type, scan_node, _ in node.walk_events(wait=False)
+        if event_type is EventType.NEW_NODE and scan_node.type == "scan"
+    ]
+    assert sorted(walked) == [lost.number, later.number]
+    scan_node = node.get_scan(lost.number)
+    with h5py.File(scan_file_path(scan_node.info, "test_session", tmp_path / "data"), "r") as f:
+        path = nexus.channel_path(f[nexus.entry_name(lost.number, 1)], "x")
+        assert path is not None
+        assert np.array_equal(f[path][()], np.arange(200, dtype=np.float64))
+
+
+def test_a_stream_lost_whole_gets_the_entry_back_under_its_id(
+    session: PublishingSession, store: DataStore
+) -> None:
+    scan = session.create_scan("restarted", {})
+    scan.create_container("timer").create_channel("x").emit(1.0)
+    ((entry_id, _),) = _entries(store)
+    store.redis.delete(store.keys.session_scans("test_session"))  # the slot restarted empty
+    scan.end()
+    assert _entries(store) == [(entry_id, scan.number)]  # the order of the scans is kept
+
+
+def test_a_scan_gone_with_its_entry_is_not_announced_again(
+    session: PublishingSession, store: DataStore
+) -> None:
+    scan = session.create_scan("gone", {})
+    stream = store.keys.session_scans("test_session")
+    store.redis.delete(stream, store.keys.scan("test_session", scan.number))
+    with pytest.raises(Exception, match="gone|lost|PREPARED"):
+        scan.prepared()
+    assert store.redis.xlen(stream) == 0
+
+
+def test_a_new_scan_entry_written_twice_is_one_new_scan(
+    session: PublishingSession, store: DataStore
+) -> None:
+    scan = session.create_scan("twice", {})
+    scan.create_container("timer").create_channel("x").emit(1.0)
+    scan.end()
+    stream = store.keys.session_scans("test_session")
+    ((_, fields),) = store.redis.xrange(stream)
+    store.redis.xadd(stream, fields)
+    node = get_session_node("test_session", store=store)
+    walked = [
+        scan_node.number
+        for event_type, scan_node, _ in node.walk_events(wait=False)
+        if event_type is EventType.NEW_NODE and scan_node.type == "scan"
+    ]
+    assert walked == [scan.number]
+    assert [s.number for s in list_scans(store, "test_session").scans] == [scan.number]
