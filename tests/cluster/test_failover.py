@@ -15,6 +15,7 @@ points without one.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -39,9 +40,9 @@ from scanstream import (
 from scanstream.admin import list_scans
 from scanstream.models import SavingState
 from scanstream.subscribe.tree import ScanNode
-from scanstream.writer import WriterService, nexus, scan_file_path
+from scanstream.writer import WriterService, nexus, scan_file_path, writer_status
 
-from .cluster_nodes import LocalCluster, local_cluster
+from .cluster_nodes import LocalCluster, Node, local_cluster
 
 POINTS = 1200
 KILLED_AT = 300  # points acknowledged (and replicated) before the failure
@@ -200,3 +201,93 @@ def test_a_slot_without_master_or_replica_is_an_outage_of_the_budget(
         elapsed = time.monotonic() - started
     # Ridden out for the budget (the cluster says CLUSTERDOWN, or the node is gone), not more.
     assert 1.5 <= elapsed < 5, elapsed
+
+
+def _wait_promoted(replica: Node, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    with replica.client() as client:
+        while client.execute_command("ROLE")[0] != b"master":
+            assert time.monotonic() < deadline, "the replica was not promoted"
+            time.sleep(0.05)
+
+
+def _session_apart_from_its_first_scan(cluster: LocalCluster, store: DataStore) -> str:
+    """A session name whose session slot and first scan's slot are on two masters."""
+    for candidate in (f"s{i}" for i in range(100)):
+        session_master = cluster.master_of(store.keys.session_scans(candidate))
+        if session_master is not cluster.master_of(store.keys.scan(candidate, 1)):
+            return candidate
+    raise AssertionError("no session name with its first scan on another master")
+
+
+def test_a_new_scan_entry_lost_in_a_failover_is_announced_again(
+    own_cluster: LocalCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(redis_url=own_cluster.url, lease_time=10, max_unreachable_time=20)
+    store = DataStore(settings=settings)
+    name = _session_apart_from_its_first_scan(own_cluster, store)
+    session_key = store.keys.session_scans(name)
+    victim = own_cluster.master_of(session_key)
+    replica = own_cluster.replica_of(victim)
+    service = WriterService([name], root=tmp_path / "data", store=store, flush_period=0.05)
+    service.start()
+    new_nodes: list[int] = []
+    walk_error: list[BaseException] = []
+    try:
+        session = create_session(name, store=store)
+        deadline = time.monotonic() + 20
+        while writer_status(name, store=store) is None:  # its claim must not be lost
+            assert time.monotonic() < deadline, "the writer does not follow the session"
+            time.sleep(0.05)
+        with victim.client() as client:  # the session's keys so far are on the replica too
+            assert client.execute_command("WAIT", 1, 5000) == 1
+        node = get_session_node(name, store=store)
+
+        def walk() -> None:  # started before the scan: it may read the first entry or not
+            try:
+                for event_type, scan_node, _ in node.walk_events(timeout=30):
+                    if event_type is EventType.NEW_NODE and scan_node.type == "scan":
+                        new_nodes.append(scan_node.number)
+                    if event_type is EventType.END_SCAN and scan_node.type == "scan":
+                        return
+            except Exception as exc:  # reported below
+                walk_error.append(exc)
+
+        walker = threading.Thread(target=walk, daemon=True)
+        walker.start()
+        replica.pause()  # frozen and cut off: the NEW_SCAN entry never reaches it
+        with victim.client() as client:
+            assert client.client_kill_filter(_type="replica") == 1
+        scan = session.create_scan("announced", {"save": True})
+        assert scan.number == 1
+        channel = scan.create_container("timer").create_channel("x")
+        channel.emit(np.arange(KILLED_AT, dtype=np.float64))
+        scan.flush()
+        victim.kill()
+        replica.resume()
+        _wait_promoted(replica)
+        own_cluster.wait_ok()
+        # The hole this closes: the scan is in Redis, its announcement is not.
+        assert store.redis.xrange(session_key) == []
+        with caplog.at_level(logging.WARNING, "scanstream.publish.session"):
+            scan.prepared()
+        assert "announced it again" in caplog.text
+        channel.emit(np.arange(KILLED_AT, POINTS, dtype=np.float64))
+        scan.end()
+        assert scan.state is ScanState.DONE
+        walker.join(30)
+        assert not walker.is_alive() and not walk_error
+        assert scan.wait_saved(30).state is SavingState.SAVED
+        walked = [
+            scan_node.number
+            for event_type, scan_node, _ in node.walk_events(wait=False)
+            if event_type is EventType.NEW_NODE and scan_node.type == "scan"
+        ]
+        listed = [summary.number for summary in list_scans(store, name).scans]
+        in_file = _file_holds(node.get_scan(1), tmp_path / "data", np.arange(POINTS))
+    finally:
+        replica.resume()
+        service.stop()
+        store.close()
+    assert new_nodes == [1] and walked == [1] and listed == [1]  # seen, once
+    assert in_file is True
