@@ -284,6 +284,8 @@ class PublishingSession:
     def ensure_announced(self, scan: ScanPublisher, entry_id: bytes) -> bytes:
         """Check that the NEW_SCAN entry ``entry_id`` of ``scan`` is in the session's stream.
 
+        Called by the scan's publisher at ``prepared()`` and ``end()``.
+
         When it is gone (a failover to a replica that had not received it, a restart without
         persistence, an XDEL) while the scan is still in Redis, the scan is announced again,
         with a warning: under its former ID when the stream's last entry is older (the order
