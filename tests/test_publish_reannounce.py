@@ -146,9 +146,6 @@ def test_a_new_scan_entry_written_twice_is_one_new_scan(
     assert [s.number for s in list_scans(store, "test_session").scans] == [scan.number]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="SessionNode.children() lists a scan once per NEW_SCAN entry (tree.py)"
-)
 def test_a_new_scan_entry_written_twice_is_one_child(
     session: PublishingSession, store: DataStore
 ) -> None:

@@ -93,7 +93,10 @@ class SessionNode(DataNode):
         return last[1][0] if len(last) > 1 else b"0-0"
 
     def children(self) -> list[DataNode]:
-        """The scans of the session still stored, in order.
+        """The scans of the session still stored, by number, each once.
+
+        A scan announced again (its NEW_SCAN entry lost by a failover and written anew, or
+        written twice by a retried call) is one child, at its number's place.
 
         Raises
         ------
@@ -101,12 +104,12 @@ class SessionNode(DataNode):
             No scan was ever published in this session.
         """
         self.store.require_session(self.name)
-        numbers = []
+        numbers: set[int] = set()
         for _, fields in stream_entries(self.store.redis.xrange(self.events_key)):
             number = entries.parse_new_scan(fields)
             if number is not None:
-                numbers.append(number)
-        return [scan for scan in self._load_scans(numbers) if scan is not None]
+                numbers.add(number)
+        return [scan for scan in self._load_scans(sorted(numbers)) if scan is not None]
 
     def get_scan(self, number: int) -> ScanNode:
         """The scan numbered ``number``.
