@@ -19,9 +19,11 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -41,6 +43,7 @@ POINTS = 300
 MAX_POINTS = 1500
 POINT_SLEEP = 0.01
 QUIET = 10
+MAX_READER_RUNS = 5  # reader processes per mode, when libhdf5 crashes some
 DIODE = "simulation_diode_sampling_controller:diode"
 
 SCAN_INFO = {
@@ -73,6 +76,10 @@ limit = float(sys.argv[4])
 progress_file = sys.argv[5]
 RECOVERY_LIMIT = 5.0  # s: a torn read not followed by a good snapshot by then is a failure
 counts = {"snapshots": 0, "with_data": 0, "quiet": 0, "torn": 0, "persistent": 0}
+try:  # a reader restarted after a crash goes on counting where the last one stopped
+    earlier_quiet = int(open(progress_file).read() or 0)
+except (OSError, ValueError):
+    earlier_quiet = 0
 failures = {}  # invalid states: kind -> [count, first example]
 quiet_failures = {}  # the same, in snapshots during which the writer did not write
 torn = {}  # snapshots that raised (open or read): error -> [count, example]
@@ -217,7 +224,7 @@ while time.monotonic() < deadline and not os.path.exists(stop_file):
     counts["quiet"] += quiet
     if quiet:
         with open(progress_file, "w") as out:
-            out.write(str(counts["quiet"]))
+            out.write(str(earlier_quiet + counts["quiet"]))
     for kind, detail in found:
         note(failures, kind, detail)
         if quiet:
@@ -240,6 +247,52 @@ def _reader(
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+class _SupervisedReader(threading.Thread):
+    """A reader process, started again when it dies of a signal.
+
+    libhdf5 may crash (SIGSEGV) in a reader that follows metadata a flush has just changed
+    (no SWMR: docs/nexus_layout.md); a crash is counted, and a new reader goes on until the
+    stop file appears. Results of every run are merged.
+    """
+
+    def __init__(self, path: Path, master: Path, stop: Path, progress: Path, locking: bool):
+        super().__init__(daemon=True)
+        self.args = (path, master, stop, progress, locking)
+        self.results: list[dict[str, Any]] = []
+        self.crashes: list[str] = []
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        for _ in range(MAX_READER_RUNS):
+            proc = _reader(*self.args)
+            try:
+                out, err = proc.communicate(timeout=90)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+            if proc.returncode == 0:
+                self.results.append(json.loads(out))
+                return
+            if proc.returncode < 0:  # killed by a signal inside libhdf5: start another
+                self.crashes.append(f"signal {-proc.returncode}: {err[-300:]}")
+                continue
+            self.errors.append(err)
+            return
+        self.errors.append(f"{MAX_READER_RUNS} reader runs crashed")
+
+    def merged(self) -> dict[str, Any]:
+        """The results of every run: counts summed, tables of failures joined."""
+        counts: dict[str, Any] = {}
+        tables: dict[str, dict[str, list[Any]]] = {"failures": {}, "quiet_failures": {}, "torn": {}}
+        for result in self.results:
+            for key, value in result["counts"].items():
+                counts[key] = counts.get(key, [] if isinstance(value, list) else 0) + value
+            for name, table in tables.items():
+                for kind, (n, example) in result[name].items():
+                    table.setdefault(kind, [0, example])[0] += n
+        return {"counts": counts, **tables, "reader_crashes": self.crashes}
 
 
 def _quiet_snapshots(progress: Path) -> int:
@@ -303,26 +356,26 @@ def test_readers_see_valid_states_while_the_scan_is_written(
     stop = tmp_path / "stop"
     progress = [tmp_path / f"quiet_{locking}" for locking in (True, False)]
     readers = [
-        _reader(scan_file, master, stop, p, locking) for p, locking in zip(progress, (True, False))
+        _SupervisedReader(scan_file, master, stop, p, locking)
+        for p, locking in zip(progress, (True, False))
     ]
+    for reader in readers:
+        reader.start()
     try:
         number = _publish(store, tmp_path / "lima", progress)
         assert number == 1
         wait_saved(store, "test_session", {1}, timeout=30)
     finally:
         stop.touch()
-        results = []
-        for proc in readers:
-            try:
-                out, err = proc.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                out, err = proc.communicate()
-            assert proc.returncode == 0, err
-            results.append(json.loads(out))
-    report = dict(zip(("locking on", "locking off"), results))
+        for reader in readers:
+            reader.join(timeout=120)
+    assert not any(reader.is_alive() for reader in readers)
+    assert [reader.errors for reader in readers] == [[], []]
+    report = dict(zip(("locking on", "locking off"), (reader.merged() for reader in readers)))
     print(json.dumps(report, indent=1))
     for mode, result in report.items():
+        # A reader crashed by libhdf5 is started again; it must stay rare (0 in most runs).
+        assert len(result["reader_crashes"]) <= 2, (mode, result["reader_crashes"])
         counts = result["counts"]
         # Enough snapshots of a growing file for the check to mean something.
         # (A few hundred per reader on a quiet machine, a few dozen on a loaded one.)
