@@ -156,3 +156,19 @@ def test_a_new_scan_entry_written_twice_is_one_child(
     store.redis.xadd(stream, fields)  # as a client retry whose reply was lost
     node = get_session_node("test_session", store=store)
     assert [child.number for child in node.children()] == [scan.number]
+
+
+def test_a_session_stream_that_cannot_be_read_does_not_keep_the_scan_from_ending(
+    session: PublishingSession, store: DataStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    scan = session.create_scan("garbled", {})
+    channel = scan.create_container("timer").create_channel("c")
+    stream = store.keys.session_scans("test_session")
+    store.redis.delete(stream)
+    store.redis.set(stream, b"garbage")  # a key of the wrong type: every XRANGE/XADD refused
+    with caplog.at_level(logging.WARNING, logger="scanstream.publish.scan"):
+        scan.prepared()
+        channel.emit(np.arange(5.0))
+        scan.end()
+    assert store.redis.hget(store.keys.scan("test_session", scan.number), "state") == b"DONE"
+    assert "could not be checked or written again" in caplog.text

@@ -443,9 +443,22 @@ class ScanPublisher:
         self._ensure_announced()
 
     def _ensure_announced(self) -> None:
-        """Announce the scan again if its NEW_SCAN entry is gone from the session stream."""
-        if self._announced is not None:
+        """Announce the scan again if its NEW_SCAN entry is gone from the session stream.
+
+        Best effort: a server that refuses the entry (full, read-only) must not keep the scan
+        from ending; the scan then stays unlisted, which the warning says.
+        """
+        if self._announced is None:
+            return
+        try:
             self._announced = self.session.ensure_announced(self, self._announced)
+        except redis.exceptions.ResponseError as exc:  # OOM, READONLY, NOPERM
+            logger.warning(
+                "scan %s: its NEW_SCAN entry could not be checked or written again (%s): if a "
+                "failover lost it, session walks and writers do not see this scan",
+                self.db_name,
+                exc,
+            )
 
     def flush(self) -> None:
         """Send every queued point now and wait until Redis has them.
