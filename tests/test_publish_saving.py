@@ -172,17 +172,22 @@ def test_wait_saved_gives_the_current_verdict_when_the_timeout_passes(
 
 def test_numbering_continues_above_the_floor_after_a_reset(store: DataStore) -> None:
     publishing = create_session("test_session", store=store, warn_no_writer=False)
-    assert publishing.create_scan("one", {}).number == 1
+    scans = [publishing.create_scan("one", {})]
+    assert scans[0].number == 1
     floor = store.keys.session_number_floor("test_session")
     counter = store.keys.session_counter("test_session")
     store.redis.set(floor, 41)
     store.redis.delete(counter)  # as a flushed or restarted-empty server has it
-    numbers = [publishing.create_scan(f"s{i}", {}).number for i in range(3)]
-    assert numbers == [42, 43, 44]
+    scans += [publishing.create_scan(f"s{i}", {}) for i in range(3)]
+    assert [scan.number for scan in scans[1:]] == [42, 43, 44]
     store.redis.set(floor, 10)  # a floor below the counter changes nothing
-    assert publishing.create_scan("next", {}).number == 45
+    scans.append(publishing.create_scan("next", {}))
+    assert scans[-1].number == 45
     store.redis.set(floor, "garbage")
-    assert publishing.create_scan("again", {}).number == 46
+    scans.append(publishing.create_scan("again", {}))
+    assert scans[-1].number == 46
+    for scan in scans:  # their senders stop with them (none left retrying after the test)
+        scan.end()
     publishing.close()
 
 

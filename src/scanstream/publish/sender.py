@@ -60,6 +60,7 @@ _MAX_SEND_INTERVAL = 0.004
 # Pauses between attempts while a send fails (redis-py's Retry has already backed off within
 # each attempt): 40 ms doubling up to 0.2 s. Stateless, so one instance serves every sender.
 _FAILED_SEND_BACKOFF = ExponentialBackoff(cap=0.2, base=0.02)
+_MAX_COUNTED_FAILURES = 64
 
 _TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
@@ -241,7 +242,9 @@ class Sender:
                 failures = 0
                 continue
             wake.set()  # points are still queued: try again after a pause
-            failures += 1
+            # Bounded: the pause reaches the backoff's cap long before, and 2**failures would
+            # overflow a float after about 1000 failures (a server full for minutes).
+            failures = min(failures + 1, _MAX_COUNTED_FAILURES)
             stop.wait(self._backoff.compute(failures))
 
     def _renew_lease(self, lease_ms: int) -> bool:
