@@ -18,7 +18,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import redis
 
@@ -28,7 +28,7 @@ from .._transport.urls import mask_url
 from ..exceptions import ScanstreamError
 from .errors import describe_failure, url_origin, url_scheme_problem
 from .logs import configure_logging
-from .usage import UsageError
+from .usage import SubParsers, UsageError
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main", "redis_url"]
 
@@ -109,13 +109,7 @@ def redis_url(args: argparse.Namespace) -> str:
     return server.resolve_url(args.redis_url)
 
 
-if TYPE_CHECKING:
-    _SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]  # noqa: SLF001
-else:
-    _SubParsers = argparse._SubParsersAction  # noqa: SLF001 (argparse has no public base)
-
-
-class _LazyCommands(_SubParsers):
+class _LazyCommands(SubParsers):
     """The subcommands; each one's module is imported and its arguments added when it is chosen."""
 
     def __call__(

@@ -15,13 +15,14 @@ import functools
 import inspect
 import os
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..exceptions import ScanstreamError
 from ..sim.beamline import Beamline, UnknownDeviceError, default_beamline
 from ..sim.control import ScanResult
 from ..sim.scans import a2scan, amesh, ascan, ct, d2scan, dscan, loopscan, timescan
 from .scan_display import exit_codes_text
+from .usage import SubParsers
 
 __all__ = [
     "SCAN_FUNCTIONS",
@@ -209,13 +210,7 @@ class _ScanArgument(argparse.Action):
         setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), *given])
 
 
-if TYPE_CHECKING:
-    _SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]  # noqa: SLF001
-else:
-    _SubParsers = argparse._SubParsersAction  # noqa: SLF001 (argparse has no public base)
-
-
-class _ScanTypes(_SubParsers):
+class _ScanTypes(SubParsers):
     """The scan-type subcommands, with scanstream's messages for an unknown or short one.
 
     argparse would refuse an unknown subcommand before calling the action, quoting every

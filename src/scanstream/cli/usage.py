@@ -3,12 +3,21 @@ reported as argparse reports its own, with the subcommand's usage and exit code 
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..exceptions import ScanstreamError
 
-__all__ = ["UsageError", "writable_directory"]
+# The base of subcommand actions that add behaviour to argparse's (lazy loading, scanstream's
+# messages for scan types): argparse has no public one.
+if TYPE_CHECKING:
+    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]  # noqa: SLF001
+else:
+    SubParsers = argparse._SubParsersAction  # noqa: SLF001
+
+__all__ = ["SubParsers", "UsageError", "writable_directory"]
 
 
 class UsageError(ScanstreamError, ValueError):
