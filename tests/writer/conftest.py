@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import h5py
 import hdf5plugin  # noqa: F401  (files are compressed with its filters; the writer may run in a worker)
@@ -37,18 +39,11 @@ def wait_saved(store: DataStore, session: str, numbers: set[int], timeout: float
     wait_for(done, timeout, f"scans {sorted(numbers)} of {session} to be saved")
 
 
-@pytest.fixture
-def writer(store: DataStore, tmp_path: Path) -> Iterator[WriterService]:
-    """A WriterService for ``test_session`` writing under ``tmp_path/data`` (and anywhere below
-    ``tmp_path``), owning the session."""
-    # tmp_path is allowed besides the root: tests give scans filenames all over it.
-    service = WriterService(
-        ["test_session"],
-        root=tmp_path / "data",
-        store=store,
-        flush_period=0.05,
-        allow=[tmp_path],
-    )
+@contextmanager
+def owning_writer(store: DataStore, root: Path, **options: Any) -> Iterator[WriterService]:
+    """A started WriterService for ``test_session`` under ``root``, once it owns the session;
+    stopped at the end."""
+    service = WriterService(["test_session"], root=root, store=store, **options)
     service.start()
     try:
         # Owned from the first claim, made at start (not one heartbeat later): this returns in
@@ -61,6 +56,15 @@ def writer(store: DataStore, tmp_path: Path) -> Iterator[WriterService]:
         yield service
     finally:
         service.stop()
+
+
+@pytest.fixture
+def writer(store: DataStore, tmp_path: Path) -> Iterator[WriterService]:
+    """A WriterService for ``test_session`` writing under ``tmp_path/data`` (and anywhere below
+    ``tmp_path``), owning the session."""
+    # tmp_path is allowed besides the root: tests give scans filenames all over it.
+    with owning_writer(store, tmp_path / "data", flush_period=0.05, allow=[tmp_path]) as service:
+        yield service
 
 
 def assert_file_matches_redis(scan: ScanNode, root: Path) -> h5py.File:

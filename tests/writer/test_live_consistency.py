@@ -30,11 +30,11 @@ import numpy as np
 import pytest
 
 from scanstream import DataStore, create_session
-from scanstream.writer import WriterService, writer_status
+from scanstream.writer import WriterService
 from scanstream.writer.files import FLUSH_PERIOD
 from scanstream.writer.session_file import scan_file_of
 
-from .conftest import wait_for, wait_saved
+from .conftest import owning_writer, wait_for, wait_saved
 from .scan_files import frames, write_lima_files
 
 #: Points of the scan; the publisher sleeps between points so the scan lasts a few seconds,
@@ -334,17 +334,8 @@ def _publish(store: DataStore, folder: Path, progress: list[Path]) -> int:
 @pytest.fixture
 def writer(store: DataStore, tmp_path: Path) -> Iterator[WriterService]:
     """A writer with the default flush period (the tests' usual one flushes 4x as often)."""
-    service = WriterService(["test_session"], root=tmp_path / "data", store=store)
-    service.start()
-    try:
-        wait_for(
-            lambda: (writer_status("test_session", store=store) or {}).get("writing"),
-            2,
-            "the writer to own the session",
-        )
+    with owning_writer(store, tmp_path / "data") as service:
         yield service
-    finally:
-        service.stop()
 
 
 def test_readers_see_valid_states_while_the_scan_is_written(
