@@ -41,8 +41,7 @@ import hdf5plugin  # noqa: F401  (the writer compresses with bitshuffle-lz4)
 import numpy as np
 
 from scanstream import NoWriterWarning, create_session, get_session_node
-from scanstream.writer import nexus, saved_scans, scan_file_path
-from scanstream.writer.scan_claims import pool_members
+from scanstream.writer import nexus, pool_members, saved_scans, scan_file_path
 
 from .harness import machine, open_store, private_server
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -56,6 +59,32 @@ def owning_writer(store: DataStore, root: Path, **options: Any) -> Iterator[Writ
         yield service
     finally:
         service.stop()
+
+
+@contextmanager
+def pool_writer(
+    redis_url: str, root: Path, *extra: str, preexec_fn: Callable[[], None] | None = None
+) -> Iterator[subprocess.Popen[str]]:
+    """``scanstream writer --pool test_session`` in its own process; killed at the end.
+
+    Its output (stdout and stderr) is in ``proc.output`` afterwards.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scanstream", "--redis-url", redis_url, "writer", "--pool"]
+        + ["test_session", "--root", str(root), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=preexec_fn,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.output = proc.communicate(timeout=15)[0]  # type: ignore[attr-defined]
+        print(f"--- output of pool writer {proc.pid}:\n{proc.output}")  # shown if the test fails
 
 
 @pytest.fixture

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import h5py
@@ -15,29 +11,10 @@ import pytest
 
 from scanstream import DataStore, get_session_node
 from scanstream.cli import main
-from scanstream.writer import WriterService, saved_scans
-from scanstream.writer.scan_claims import CLAIMED, DONE, HELD, ScanClaims, pool_members
+from scanstream.writer import WriterService, pool_members, saved_scans, writer_status
+from scanstream.writer.scan_claims import CLAIMED, DONE, HELD, ScanClaims
 
-from .conftest import assert_file_matches_redis, wait_for
-
-
-@contextmanager
-def pool_writer(redis_url: str, root: Path, *extra: str) -> Iterator[subprocess.Popen[str]]:
-    """``scanstream writer --pool test_session`` in its own process; killed at the end."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scanstream", "--redis-url", redis_url, "writer", "--pool"]
-        + ["test_session", "--root", str(root), *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.output = proc.communicate(timeout=15)[0]  # type: ignore[attr-defined]
+from .conftest import assert_file_matches_redis, pool_writer, wait_for
 
 
 def _members(store: DataStore) -> dict[int, dict]:
@@ -55,7 +32,7 @@ def _writers_of(store: DataStore, root: Path, numbers: list[int]) -> dict[int, s
     return writers
 
 
-def test_a_scan_claim_is_taken_once_refused_when_saved_and_released_by_its_owner(store):
+def test_a_scan_claim_is_taken_once_refused_when_saved_and_tried_once_per_writer(store):
     first, second = ScanClaims(store, "h:1:a"), ScanClaims(store, "h:2:b")
     outcome, token = first.claim("test_session", 3, 5.0)
     assert outcome == CLAIMED
@@ -67,8 +44,16 @@ def test_a_scan_claim_is_taken_once_refused_when_saved_and_released_by_its_owner
     outcome, token2 = second.claim("test_session", 3, 5.0)
     assert outcome == CLAIMED and token2 != token
     assert not first.holds("test_session", 3, token)  # the fence of the old period fails
-    assert second.mark_done("test_session", 3, token2)
-    assert first.claim("test_session", 3, 5.0) == (DONE, "")  # a FAILED scan is not retried
+    assert not first.mark_failed("test_session", 3, token)  # fenced: not its claim any more
+    assert second.mark_failed("test_session", 3, token2)
+    assert not second.holds("test_session", 3, token2)  # FAILED frees the claim...
+    assert second.claim("test_session", 3, 5.0) == (DONE, "")  # ...never retried by its writer
+    outcome, token3 = first.claim("test_session", 3, 5.0)  # but tried once by each other one
+    assert outcome == CLAIMED
+    assert first.mark_failed("test_session", 3, token3)
+    assert first.claim("test_session", 3, 5.0) == (DONE, "")
+    assert first.failed_by("test_session", 3) == {"h:1:a", "h:2:b"}
+    assert store.redis.pttl(store.keys.scan_failed_by("test_session", 3)) > 0  # expires
     store.redis.sadd(store.keys.writer_saved("test_session"), "4")
     assert first.claim("test_session", 4, 5.0) == (DONE, "")  # saved: never taken again
 
@@ -164,6 +149,13 @@ def test_pool_processes_write_each_scan_once_and_take_over_a_killed_writer(
         out = capsys.readouterr().out
         assert f"test_session: pool of {count} writers" in out
         assert all(f"pid {p.pid} on" in out for p in procs)
+        # The library call reports the same pool: every member, its load and its scans.
+        status = writer_status("test_session", store=store)
+        assert status["pool"] and status["writing"] and status["mismatch"] == []
+        assert {m["pid"] for m in status["members"]} == {p.pid for p in procs}
+        assert sorted(status["running"]) == sorted(held)
+        assert sum(m["load"] for m in status["members"]) == 6
+        assert status["root"] == str(root.resolve())
         victim = next(p for p in procs if members[p.pid]["held"])
         victim_scans = {int(name.partition("_")[0]) for name in members[victim.pid]["held"]}
         victim_owner = members[victim.pid]["owner"]

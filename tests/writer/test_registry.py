@@ -54,6 +54,10 @@ def test_the_status_says_writing_from_the_first_claim(store, tmp_path):
         first = writer_status("test_session", store=store)
         assert first["owner"] == service.owner
         assert first["writing"] is True  # the first status published, not one heartbeat later
+        # The shape of a pool's status, with this one writer as its only member.
+        assert first["pool"] is False and first["mismatch"] == [] and not first["dead"]
+        assert [m["owner"] for m in first["members"]] == [service.owner]
+        assert first["members"][0]["pid"] == first["pid"] == os.getpid()
         # Locally, the claim is recorded just after the script that published it returned.
         wait_for(lambda: service.status("test_session")["writing"], 2, "the local claim")
     assert writer_status("test_session", store=store) is None  # released at stop

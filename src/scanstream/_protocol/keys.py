@@ -11,6 +11,7 @@ Layout (``P`` is the configurable prefix, ``S`` a session name, ``N`` a scan num
     P:session:{S}:saved               SET     numbers of the scans a writer saved completely
     P:writer:S:health                 HASH    the writer that owns session S, its status (TTL)
     P:session:{S}:claim:N             HASH    pool mode: the writer holding scan N, fencing token
+    P:session:{S}:failed:N            SET     pool mode: ids of the writers that FAILED scan N
     P:session:{S}:pool                SET     pool mode: ids of the writers following session S
     P:session:{S}:member:<id>         STRING  pool mode: that writer's status and load (TTL)
     P:scan:{S:N}                      HASH    scan identity, state, scan_info (JSON), saving verdict
@@ -132,6 +133,10 @@ class Keys:
     def scan_claim(self, session: str, number: int) -> str:
         """Pool mode: which writer holds scan ``number`` (in the slot of the saved set)."""
         return f"{self.prefix}:session:{{{session}}}:claim:{number}"
+
+    def scan_failed_by(self, session: str, number: int) -> str:
+        """Pool mode: the ids of the writers that FAILED scan ``number`` (each tries it once)."""
+        return f"{self.prefix}:session:{{{session}}}:failed:{number}"
 
     def writer_pool(self, session: str) -> str:
         """Pool mode: the ids of the writers sharing the session's scans."""

@@ -12,6 +12,11 @@ Two keys per session (names from :class:`~scanstream._protocol.keys.Keys`)::
                                 with a TTL of a few seconds, renewed by the owning writer
 
 The health hash doubles as the lock that keeps one writer per session (docs/decisions/0006).
+In pool mode (``scanstream writer --pool``, docs/decisions/0014) the pool's members hold it
+together under the owner id :data:`POOL_OWNER`, and each publishes its own status::
+
+    writer_pool(S)          SET     ids of the pool writers following session S
+    writer_member(S, id)    STRING  JSON: that writer's status, load, scans held, settings (TTL)
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from typing import Any, cast
+from collections.abc import Iterable
+from typing import Any
 
 from .._protocol.keys import check_session_name
 from .._transport.connection import DataStore, default_store
@@ -27,9 +33,12 @@ from .._transport.server import pid_alive
 
 __all__ = [
     "OWNER_FIELD",
+    "POOL_OWNER",
     "STATUS_FIELD",
     "is_dead_local_process",
     "is_saved",
+    "pool_members",
+    "pool_reference",
     "saved_scans",
     "writer_status",
 ]
@@ -39,12 +48,14 @@ logger = logging.getLogger(__name__)
 #: Fields of the health hash. The claim script of :mod:`scanstream.writer.registry` writes them.
 OWNER_FIELD = "owner"
 STATUS_FIELD = "status"
+#: The owner id under which the members of a pool hold the session's health hash.
+POOL_OWNER = "pool"
 
 
 def writer_status(
     session: str, *, store: DataStore | None = None, redis_url: str | None = None
 ) -> dict[str, Any] | None:
-    """The status of the writer of ``session``, or None when no writer runs for it.
+    """The status of the writers of ``session``: one writer, or a pool; None when none runs.
 
     Parameters
     ----------
@@ -58,27 +69,147 @@ def writer_status(
     Returns
     -------
     dict or None
-        Keys: ``owner``, ``pid``, ``host``, ``root``, ``started`` and ``heartbeat`` (epoch s),
-        ``writing`` (True while that writer owns the session), ``running`` (scans being
-        written), ``saved`` and ``failed`` (counts since it started), ``errors`` (the last
-        ones, each with ``scan`` (name), ``number``, ``error``, ``time``), and ``dead``: True
-        when the writer is a process of this host that no longer exists (its claim has not
-        lapsed yet; a writer started now takes over when it does).
+        The same keys for one writer and for a pool (``scanstream writer --status`` prints
+        them):
+
+        - ``pool``: False for a single writer, True for a pool (``scanstream writer --pool``).
+        - ``owner``: the writer's id (``host:pid:random``), or ``"pool"`` (:data:`POOL_OWNER`).
+        - ``root``: where scans without a filename go (for a pool: the root of its first
+          member, which every member must share).
+        - ``started`` and ``heartbeat`` (epoch s): of the writer; for a pool, the earliest
+          start and the latest heartbeat of its members.
+        - ``writing``: True while the session's scans are written (a single writer owns the
+          session; for a pool, a member takes scans).
+        - ``running``: the names of the scans being written (for a pool, those its members
+          hold).
+        - ``saved`` and ``failed``: counts since the writer started (summed over a pool).
+        - ``errors``: the last ones (of each member, oldest first), each with ``scan``
+          (name), ``number``, ``error``, ``time`` and ``writer`` (the id of the writer).
+        - ``dead``: True when the single writer is a process of this host that no longer
+          exists (its claim has not lapsed yet; a writer started now takes over when it
+          does). Always False for a pool: dead members are left out.
+        - ``mismatch``: the ids of the pool members whose settings differ from the pool's
+          (another ``--root``, ...): they take no scan (empty for a single writer).
+        - ``members``: every live writer following the session, each a dict with the keys
+          above that apply to one writer (``owner``, ``pid``, ``host``, ``root``,
+          ``started``, ``heartbeat``, ``writing``, ``running``, ``saved``, ``failed``,
+          ``errors``) and, for a pool member, ``load`` (the scans it writes, over all its
+          sessions), ``held`` (the names of the scans of ``session`` it holds),
+          ``settings`` (``root``, ``allow``, ``layout``, ``strict_names``), ``refusing``
+          (None, or ``{"writer": id, "differences": {setting: [its value, the pool's]}}``
+          when its settings differ from those of the pool's first member ``id``) and
+          ``blocked`` (the id of the single writer that holds the session, or None). For a
+          single writer, its own status comes first, then any pool writer waiting behind it.
+
+        A single writer's status also has ``pid`` and ``host`` at the top; a pool's are in
+        ``members``.
 
     Raises
     ------
     InvalidArgumentError
         ``session`` is not a valid session name.
+    redis.RedisError
+        Redis cannot be reached (after redis-py's retries).
     """
     store = store or default_store(redis_url)
-    raw = store.redis.hget(store.keys.writer_health(check_session_name(session)), STATUS_FIELD)
-    if not raw:
-        return None
-    status: dict[str, Any] = json.loads(raw)
+    session = check_session_name(session)
     # bytes, never str: the client is created without decode_responses.
-    owner = cast("bytes | None", store.redis.hget(store.keys.writer_health(session), OWNER_FIELD))
-    status["dead"] = owner is not None and is_dead_local_process(owner.decode(errors="replace"))
-    return status
+    owner_raw, raw = store.redis.hmget(
+        store.keys.writer_health(session), [OWNER_FIELD, STATUS_FIELD]
+    )
+    owner = _text(owner_raw) if owner_raw is not None else None
+    members = pool_members(session, store=store)
+    if raw and owner != POOL_OWNER:
+        single: dict[str, Any] = json.loads(raw)
+        single["errors"] = [{**e, "writer": single["owner"]} for e in single.get("errors", [])]
+        status = dict(single)
+        status.update(
+            pool=False,
+            dead=owner is not None and is_dead_local_process(owner),
+            mismatch=[],
+            members=[single, *members],
+        )
+        return status
+    if not members:
+        return None
+    return _pool_status(members)
+
+
+def _pool_status(members: list[dict[str, Any]]) -> dict[str, Any]:
+    """What :func:`writer_status` returns for a pool, from its members' records."""
+    reference = pool_reference(members) or members[0]
+    errors = sorted(
+        ({**e, "writer": m["owner"]} for m in members for e in m.get("errors", [])),
+        key=lambda e: float(e.get("time", 0.0)),
+    )
+    return {
+        "pool": True,
+        "owner": POOL_OWNER,
+        "root": reference.get("settings", {}).get("root", reference.get("root")),
+        "started": min(float(m.get("started", 0.0)) for m in members),
+        "heartbeat": max(float(m.get("heartbeat", 0.0)) for m in members),
+        "writing": any(
+            m.get("writing") and not m.get("refusing") and not m.get("blocked") for m in members
+        ),
+        # The claims held, not each member's last "running" (published a period late).
+        "running": sorted({name for m in members for name in m.get("held", [])}),
+        "saved": sum(int(m.get("saved", 0)) for m in members),
+        "failed": sum(int(m.get("failed", 0)) for m in members),
+        "errors": errors,
+        "dead": False,
+        "mismatch": [m["owner"] for m in members if m.get("refusing")],
+        "members": members,
+    }
+
+
+def pool_members(session: str, *, store: DataStore) -> list[dict[str, Any]]:
+    """The live writers of the pool of ``session`` (``scanstream writer --pool``), by id.
+
+    Parameters
+    ----------
+    session : str
+        Session name.
+    store : DataStore
+        The connection.
+
+    Returns
+    -------
+    list of dict
+        The record each writer published: the keys of a member in :func:`writer_status`
+        (``members``). Empty when no pool writer follows the session. Members whose record
+        expired, or that are processes of this host that no longer exist (dead writers), are
+        removed on the way.
+
+    Raises
+    ------
+    redis.RedisError
+        Redis cannot be reached (after redis-py's retries).
+    """
+    keys = store.keys
+    members = []
+    for raw in sorted(store.redis.smembers(keys.writer_pool(session))):
+        owner = _text(raw)
+        record = store.redis.get(keys.writer_member(session, owner))
+        if record is None or is_dead_local_process(owner):
+            store.redis.delete(keys.writer_member(session, owner))
+            store.redis.srem(keys.writer_pool(session), owner)
+            continue
+        status: dict[str, Any] = json.loads(record)
+        members.append(status)
+    return members
+
+
+def pool_reference(members: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    """The member whose settings a pool follows: its first (earliest started, then by id).
+
+    Members that publish no ``settings`` (of a version before this check) are not counted;
+    None when no member publishes them. Every member computes the same answer from the same
+    records, so that of two writers with different roots exactly one refuses the scans.
+    """
+    candidates = [m for m in members if isinstance(m.get("settings"), dict)]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda m: (float(m.get("started", 0.0)), str(m.get("owner"))))
 
 
 def is_dead_local_process(owner: str) -> bool:
@@ -120,3 +251,7 @@ def saved_scans(
 def is_saved(session: str, number: int, *, store: DataStore) -> bool:
     """True when a writer recorded scan ``number`` of ``session`` as completely saved."""
     return bool(store.redis.sismember(store.keys.writer_saved(session), str(number)))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value

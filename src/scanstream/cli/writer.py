@@ -18,7 +18,6 @@ from typing import Any
 from .._transport.connection import DataStore, default_store
 from .._transport.server import resolve_url
 from ..admin.registry import writer_status
-from ..writer.scan_claims import pool_members
 from ..writer.service import WriterService
 from ..writer.worker import WORKER_LOG_FILE_ENV, WORKER_LOG_LEVEL_ENV
 from .errors import describe_server, url_origin
@@ -178,6 +177,8 @@ def _octal(text: str) -> int:
 
 
 def _print_status(store: DataStore, sessions: list[str]) -> int:
+    """Print :func:`writer_status` of each session; 1 if one has no writer, a dead one, or a
+    pool member whose settings differ from the pool's."""
     if not sessions:
         sessions = store.sessions()
         if not sessions:
@@ -186,26 +187,31 @@ def _print_status(store: DataStore, sessions: list[str]) -> int:
     code = 0
     for session in sessions:
         status = writer_status(session, store=store)
-        members = pool_members(session, store=store)
-        if members:
-            _print_pool(session, members)
-            continue
         if status is None:
             print(f"{session}: no writer")
             code = 1
             continue
+        if status["pool"]:
+            _print_pool(session, status)
+            if status["mismatch"] or not status["writing"]:
+                code = 1
+            continue
         print(f"{session}: {_describe(status)}")
         if status.get("dead"):
             code = 1
-        for error in status["errors"][-5:]:
-            when = datetime.datetime.fromtimestamp(error["time"]).strftime("%H:%M:%S")
-            print(f"    {when} {error['scan']}: {error['error']}")
+        _print_errors(status["errors"])
+        for member in status["members"][1:]:  # pool writers waiting behind this one
+            print(f"  pool writer {member['owner']} waits: the session has a single writer")
     return code
 
 
-def _print_pool(session: str, members: list[dict[str, Any]]) -> None:
-    """The writers of a pool: their load and the scans of ``session`` each one holds."""
-    print(f"{session}: pool of {len(members)} writer{'s' if len(members) > 1 else ''}")
+def _print_pool(session: str, status: dict[str, Any]) -> None:
+    """The writers of a pool: their load, the scans of ``session`` each one holds, refusals."""
+    members = status["members"]
+    print(
+        f"{session}: pool of {len(members)} writer{'s' if len(members) > 1 else ''}, root "
+        f"{status['root']}; scans saved {status['saved']}, failed {status['failed']}"
+    )
     for member in members:
         uptime = time.time() - member["started"]
         held = ", ".join(member.get("held", [])) or "none"
@@ -214,9 +220,25 @@ def _print_pool(session: str, members: list[dict[str, Any]]) -> None:
             f"root {member['root']}): load {member.get('load', 0)}; scans saved "
             f"{member['saved']}, failed {member['failed']}; holds: {held}"
         )
-        for error in member["errors"][-5:]:
-            when = datetime.datetime.fromtimestamp(error["time"]).strftime("%H:%M:%S")
-            print(f"    {when} {error['scan']}: {error['error']}")
+        refusing = member.get("refusing")
+        if refusing:
+            differences = "; ".join(
+                f"{name} {here!r} here, {there!r} in the pool"
+                for name, (here, there) in refusing["differences"].items()
+            )
+            print(
+                f"    TAKES NO SCAN: its settings differ from the pool's (of {refusing['writer']})"
+                f": {differences}; restart it with the pool's settings"
+            )
+        if member.get("blocked"):
+            print(f"    waits: single writer {member['blocked']} holds the session")
+        _print_errors(member["errors"])
+
+
+def _print_errors(errors: list[dict[str, Any]]) -> None:
+    for error in errors[-5:]:
+        when = datetime.datetime.fromtimestamp(error["time"]).strftime("%H:%M:%S")
+        print(f"    {when} {error['scan']}: {error['error']}")
 
 
 def _describe(status: dict[str, Any]) -> str:

@@ -1,7 +1,6 @@
 """The external HDF5/NeXus writer: :class:`WriterService` follows sessions and writes scans."""
 
-from ..admin.registry import saved_scans, writer_status
-from .scan_claims import pool_members
+from ..admin.registry import pool_members, saved_scans, writer_status
 from .scan_writer import ScanResult, ScanWriter, WriteResult, scan_file_path
 from .service import WriterService
 

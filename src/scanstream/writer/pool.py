@@ -33,25 +33,32 @@ from typing import Any, Protocol
 import redis
 
 from .._transport.connection import DataStore
+from ..admin.registry import POOL_OWNER, pool_members, pool_reference
 from ..models import SCAN_NODE_TYPES
 from ..subscribe.events import EventType, StopHandler
 from ..subscribe.tree import ScanNode, get_session_node
 from .registry import WriterRegistry, is_dead_local_process
-from .scan_claims import CLAIMED, DONE, ScanClaim, ScanClaims, pool_members
+from .scan_claims import CLAIMED, DONE, ScanClaim, ScanClaims
 from .supervise import UNREACHABLE, supervise
 
-__all__ = ["GRACE", "POOL_OWNER", "PoolHost", "WriterPool"]
+__all__ = ["GRACE", "POOL_OWNER", "SHARED_SETTINGS", "PoolHost", "WriterPool"]
 
 logger = logging.getLogger(__name__)
 
 #: Seconds a writer waits, per scan it holds more than a less loaded writer, before it takes a
 #: new scan (:meth:`WriterPool._delay`).
 GRACE = 0.3
-#: The owner id under which the members of a pool hold the session's health hash.
-POOL_OWNER = "pool"
 #: How often the pool looks at the scans it waits for (s).
 _POLL = 0.05
 _SCAN_TYPES = tuple(sorted(SCAN_NODE_TYPES))
+#: The settings the members of a pool must share, and the option that sets each: a scan goes
+#: to one file, named and laid out one way, whichever member takes it.
+SHARED_SETTINGS = {
+    "root": "--root",
+    "allow": "--allow",
+    "layout": "--legacy-names",
+    "strict_names": "--strict-names",
+}
 
 
 class PoolHost(Protocol):
@@ -75,6 +82,9 @@ class PoolHost(Protocol):
 
     def pool_saved(self, session: str, number: int) -> bool:
         """True when scan ``number`` of ``session`` is recorded as saved."""
+
+    def pool_settings(self) -> dict[str, Any]:
+        """The settings every member must share (:data:`SHARED_SETTINGS`), JSON-ready."""
 
 
 @dataclass
@@ -121,6 +131,8 @@ class WriterPool:
         self.registry = WriterRegistry(host.store, POOL_OWNER)
         #: Session -> the single writer (not a pool) that holds it: no scan is taken there.
         self.blocked: dict[str, str] = {}
+        #: Session -> how this writer's settings differ from the pool's (it takes no scan).
+        self.refusing: dict[str, dict[str, Any]] = {}
         self.stop_handler = StopHandler()
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, int], _Pending] = {}
@@ -218,7 +230,7 @@ class WriterPool:
                 due = [
                     (k, p)
                     for k, p in self._pending.items()
-                    if p.due <= now and k[0] not in self.blocked
+                    if p.due <= now and k[0] not in self.blocked and k[0] not in self.refusing
                 ]
             for key, pending in due:
                 if self.stop_handler.stopped:
@@ -247,6 +259,8 @@ class WriterPool:
         me = (load, self.host.owner)
         delay = 0.0
         for member in pool_members(session, store=self.host.store):
+            if member.get("refusing") or member.get("blocked"):
+                continue  # it takes no scan: nothing to leave it
             owner = str(member.get("owner"))
             other = int(member.get("load", 0))
             if owner != self.host.owner and (other, owner) < me:
@@ -296,7 +310,7 @@ class WriterPool:
             self.host.pool_write(session, pending.scan, claim)
         except Exception:
             # Not started (Redis unreachable while reading the scan): give it back, so that
-            # it is not taken for done; it is competed for again.
+            # it is not taken for failed here; it is competed for again.
             claim.stop()
             with self._lock:
                 self._held.pop(key, None)
@@ -333,7 +347,7 @@ class WriterPool:
             )
 
     def _finish(self, key: tuple[str, int], claim: ScanClaim) -> None:
-        """The scan is no longer written here: release its claim, or mark it done."""
+        """The scan is no longer written here: release its claim, or record it failed here."""
         if self.stop_handler.stopped:
             return  # released by release(), once the files are closed
         session, number = key
@@ -347,7 +361,13 @@ class WriterPool:
                 if not self.stop_handler.stopped:
                     self._pending[key] = _Pending(self._scans[key])
         elif claim.token is not None:
-            self.claims.mark_done(session, number, claim.token)  # FAILED or expired
+            # FAILED (or expired): each other member tries it once, this one never again.
+            if self.claims.mark_failed(session, number, claim.token):
+                logger.warning(
+                    "scan %s: not saved by this writer; left to the other writers of the pool "
+                    "(each tries a failed scan once)",
+                    self._scans[key].db_name,
+                )
         self._publish(session)
 
     def _publish(self, session: str) -> None:
@@ -355,6 +375,13 @@ class WriterPool:
         status["pool"] = True
         status["load"] = self.load
         status["held"] = self.held(session)
+        status["settings"] = self.host.pool_settings()
+        status["blocked"] = self.blocked.get(session)
+        others = [
+            m for m in pool_members(session, store=self.host.store) if m["owner"] != self.host.owner
+        ]
+        self._check_settings(session, [*others, status])
+        status["refusing"] = self.refusing.get(session)
         self.claims.publish(session, status, self.ttl)
         other = self.registry.claim(session, status, self.ttl)
         if other is not None and is_dead_local_process(other):
@@ -371,3 +398,57 @@ class WriterPool:
             self.blocked.pop(session, None)
         else:
             self.blocked[session] = other
+
+    def _check_settings(self, session: str, members: list[dict[str, Any]]) -> None:
+        """Refuse the scans of ``session`` while this writer's settings differ from the pool's.
+
+        ``members`` are the live members' records, this writer's included. The pool's
+        settings are those of its first member (:func:`pool_reference`): a writer joining with
+        another root would put the scans it takes elsewhere. Checked at every publication, so
+        the refusal ends once the settings agree (say, the first member left).
+        """
+        mine = self.host.pool_settings()
+        reference = pool_reference(members)
+        theirs = reference["settings"] if reference is not None else mine
+        differences = {
+            name: [mine.get(name), theirs.get(name)]
+            for name in SHARED_SETTINGS
+            if mine.get(name) != theirs.get(name)
+        }
+        known = self.refusing.get(session)
+        if reference is None or not differences:
+            if known is not None:
+                self.refusing.pop(session, None)
+                logger.warning(
+                    "session %s: this writer's settings agree with the pool's now; taking its "
+                    "scans",
+                    session,
+                )
+            return
+        refusal = {"writer": reference["owner"], "differences": differences}
+        if refusal != known:
+            logger.error(
+                "session %s: the settings of this writer differ from those of the pool (of "
+                "its first writer, %s): %s. It takes none of the session's scans, which would "
+                "go to other files; restart it with %s, or restart every writer of the pool "
+                "with the same settings",
+                session,
+                reference["owner"],
+                "; ".join(
+                    f"{SHARED_SETTINGS[name]}: {here!r} here, {there!r} in the pool"
+                    for name, (here, there) in differences.items()
+                ),
+                ", ".join(_option(name, there) for name, (_, there) in differences.items()),
+            )
+        self.refusing[session] = refusal
+
+
+def _option(name: str, value: Any) -> str:
+    """The command-line option that gives setting ``name`` the value ``value``."""
+    if name == "root":
+        return f"--root {value}"
+    if name == "allow":
+        return " ".join(f"--allow {v}" for v in value) if value else "no --allow"
+    if name == "layout":
+        return "--legacy-names" if value == "legacy" else "no --legacy-names"
+    return "--strict-names" if value else "no --strict-names"

@@ -7,14 +7,18 @@ health hash is for a single writer (docs/decisions/0006, 0014). It lives in the 
 session's saved set, so that the claim script refuses a saved scan atomically: a scan saved by
 one writer is never taken, and written again, by another that saw it a moment before.
 
-A writer done with a scan that is not saved (it FAILED, or it expired from Redis) marks the
-claim *done* instead of deleting it: the others do not try it again (a single writer does not
-either until it restarts). A done claim expires with the scans' retention time.
+A writer done with a scan that is not saved (it FAILED, or it expired from Redis) adds its id
+to the scan's set ``keys.scan_failed_by(S, N)`` and frees the claim: every other member tries
+the scan once (the failure may be its host's: an unwritable or full disk, a crashing worker),
+none tries it twice (a failure of the scan's own content ends once every member has met it),
+as a single writer tries a FAILED scan once per start. The set expires with the scans'
+retention time.
 
 Each writer also publishes, per session, a member record ``keys.writer_member(S, id)`` (its
 status, with ``load``: the scans it writes, over all its sessions) with a TTL, listed in the
-set ``keys.writer_pool(S)``; a member whose record has expired is dead, and the claims it
-holds are released by the first writer that notices.
+set ``keys.writer_pool(S)`` (read back by :func:`scanstream.admin.registry.pool_members`); a
+member whose record has expired is dead, and the claims it holds are released by the first
+writer that notices.
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ import redis
 
 from .._transport.connection import DataStore
 from ..subscribe.events import StopHandler
-from .registry import is_dead_local_process
 
 __all__ = [
     "CLAIMED",
@@ -39,7 +42,6 @@ __all__ = [
     "HELD",
     "ScanClaim",
     "ScanClaims",
-    "pool_members",
 ]
 
 #: Outcomes of :meth:`ScanClaims.claim`.
@@ -47,12 +49,13 @@ CLAIMED, HELD, DONE = "claimed", "held", "done"
 #: Seconds between two checks, in Redis, that a scan's claim still holds (before a batch).
 FENCE_PERIOD = 0.25
 
-# KEYS[1] claim hash, KEYS[2] saved set. ARGV: owner, TTL (ms), new token, scan number.
-# Returns {'done'} (saved, or marked done), {'held', owner}, or {'claimed', token}.
+# KEYS[1] claim hash, KEYS[2] saved set, KEYS[3] the set of the writers that failed the scan.
+# ARGV: owner, TTL (ms), new token, scan number.
+# Returns {'done'} (saved, or failed by this writer), {'held', owner}, or {'claimed', token}.
 _CLAIM = """
 if redis.call('SISMEMBER', KEYS[2], ARGV[4]) == 1 then return {'done'} end
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return {'done'} end
 local owner = redis.call('HGET', KEYS[1], 'owner')
-if redis.call('HGET', KEYS[1], 'done') then return {'done'} end
 if owner and owner ~= ARGV[1] then return {'held', owner} end
 local token = redis.call('HGET', KEYS[1], 'token')
 if not owner or not token then
@@ -69,18 +72,20 @@ if redis.call('HGET', KEYS[1], 'token') ~= ARGV[2] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """
-# Delete the claim if it names ARGV[1] (and is not done): never another writer's.
+# Delete the claim if it names ARGV[1]: never another writer's.
 _RELEASE = """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
-if redis.call('HGET', KEYS[1], 'done') then return 0 end
 return redis.call('DEL', KEYS[1])
 """
-# Mark the claim done (ARGV owner, token, TTL ms): the other writers leave the scan alone.
-_DONE = """
+# KEYS[1] claim hash, KEYS[2] failed-by set; ARGV owner, token, TTL of the set (ms). Record
+# that this writer failed the scan and free the claim, in one step: no other member can take
+# the scan in between and see it neither held nor failed here.
+_FAILED = """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], 'done', '1')
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('DEL', KEYS[1])
 return 1
 """
 
@@ -102,7 +107,7 @@ class ScanClaims:
         self._claim = store.redis.register_script(_CLAIM)
         self._renew = store.redis.register_script(_RENEW)
         self._release = store.redis.register_script(_RELEASE)
-        self._done = store.redis.register_script(_DONE)
+        self._failed = store.redis.register_script(_FAILED)
 
     def claim(self, session: str, number: int, ttl: float) -> tuple[str, str]:
         """Take (or renew) the claim on scan ``number`` of ``session`` for ``ttl`` seconds.
@@ -111,12 +116,16 @@ class ScanClaims:
         -------
         (outcome, value)
             ``(CLAIMED, token)``: this writer holds it (a new token when taken anew);
-            ``(HELD, owner)``: writer ``owner`` holds it; ``(DONE, "")``: the scan is saved
-            or a writer is done with it, nobody takes it.
+            ``(HELD, owner)``: writer ``owner`` holds it; ``(DONE, "")``: the scan is saved,
+            or this writer FAILED it already: it does not take it again.
         """
         keys = self.store.keys
         reply = self._claim(
-            keys=[keys.scan_claim(session, number), keys.writer_saved(session)],
+            keys=[
+                keys.scan_claim(session, number),
+                keys.writer_saved(session),
+                keys.scan_failed_by(session, number),
+            ],
             args=[self.owner, int(ttl * 1000), uuid.uuid4().hex, int(number)],
         )
         outcome = _text(reply[0])
@@ -135,30 +144,40 @@ class ScanClaims:
         """True while this writer's claim with fencing token ``token`` holds the scan."""
         if not token:
             return False
-        owner, held, done = self.store.redis.hmget(
-            self.store.keys.scan_claim(session, number), ["owner", "token", "done"]
+        owner, held = self.store.redis.hmget(
+            self.store.keys.scan_claim(session, number), ["owner", "token"]
         )
-        return owner == self.owner.encode() and held == token.encode() and done is None
+        return owner == self.owner.encode() and held == token.encode()
 
     def release(self, session: str, number: int, owner: str | None = None) -> bool:
-        """Delete the claim if it names ``owner`` (default: this writer) and is not done."""
+        """Delete the claim if it names ``owner`` (default: this writer)."""
         return bool(
             self._release(
                 keys=[self.store.keys.scan_claim(session, number)], args=[owner or self.owner]
             )
         )
 
-    def mark_done(self, session: str, number: int, token: str) -> bool:
-        """Mark this writer's claim done (the scan FAILED or expired): nobody retries it."""
+    def mark_failed(self, session: str, number: int, token: str) -> bool:
+        """Record that this writer failed scan ``number`` and free its claim (fenced by ``token``).
+
+        The other members may take the scan then, each once; this writer never takes it again
+        (:meth:`claim` answers DONE). False when the claim is no longer this writer's.
+        """
         # As long as the scan stays in Redis; never a key without expiry (retention 0: a week).
         retention = self.store.settings.retention_time
         ttl = max(retention, 60.0) if retention > 0 else 7 * 86400.0
+        keys = self.store.keys
         return bool(
-            self._done(
-                keys=[self.store.keys.scan_claim(session, number)],
+            self._failed(
+                keys=[keys.scan_claim(session, number), keys.scan_failed_by(session, number)],
                 args=[self.owner, token, int(ttl * 1000)],
             )
         )
+
+    def failed_by(self, session: str, number: int) -> set[str]:
+        """The ids of the writers that FAILED scan ``number`` of ``session`` (pool mode)."""
+        raw = self.store.redis.smembers(self.store.keys.scan_failed_by(session, number))
+        return {_text(owner) for owner in raw}
 
     def holder(self, session: str, number: int) -> str | None:
         """The writer holding scan ``number`` of ``session`` now, or None."""
@@ -178,39 +197,6 @@ class ScanClaims:
         keys = self.store.keys
         self.store.redis.delete(keys.writer_member(session, self.owner))
         self.store.redis.srem(keys.writer_pool(session), self.owner)
-
-
-def pool_members(session: str, *, store: DataStore) -> list[dict[str, Any]]:
-    """The live writers of the pool of ``session`` (``scanstream writer --pool``), by id.
-
-    Parameters
-    ----------
-    session : str
-        Session name.
-    store : DataStore
-        The connection.
-
-    Returns
-    -------
-    list of dict
-        The status each writer published: the keys of
-        :func:`scanstream.admin.registry.writer_status`, plus ``load`` (the scans it writes,
-        over all its sessions) and ``held`` (the names of the scans of ``session`` it holds).
-        Empty when no pool writer follows the session. Members whose record expired, or that
-        are processes of this host that no longer exist (dead writers), are removed on the way.
-    """
-    keys = store.keys
-    members = []
-    for raw in sorted(store.redis.smembers(keys.writer_pool(session))):
-        owner = _text(raw)
-        record = store.redis.get(keys.writer_member(session, owner))
-        if record is None or is_dead_local_process(owner):
-            store.redis.delete(keys.writer_member(session, owner))
-            store.redis.srem(keys.writer_pool(session), owner)
-            continue
-        status: dict[str, Any] = json.loads(record)
-        members.append(status)
-    return members
 
 
 class ScanClaim(StopHandler):

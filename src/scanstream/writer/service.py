@@ -610,6 +610,15 @@ class WriterService:
         """True when scan ``number`` of ``session`` is recorded as saved."""
         return self.registry.is_saved(session, number)
 
+    def pool_settings(self) -> dict[str, Any]:
+        """The settings every member of the pool must share (``pool.SHARED_SETTINGS``)."""
+        return {
+            "root": str(self.root),
+            "allow": sorted(str(a) for a in self.policy.allowed),
+            "layout": self.layout,
+            "strict_names": self.strict_names,
+        }
+
     def _done(self, session: _Session, scan: ScanNode) -> None:
         with self._lock:
             session.running.discard(scan.name)
