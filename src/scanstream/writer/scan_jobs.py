@@ -1,0 +1,306 @@
+"""Writing the scans: a thread per scan, its retries, and its verdict, recorded behind a fence.
+
+Each scan not saved yet gets its own thread (:meth:`ScanJobs.start`), so scans running at
+once are written at once; finished scans caught up after a (re)start share
+:data:`CATCH_UP_WORKERS` slots. A scan is written by a
+:class:`~scanstream.writer.scan_writer.ScanWriter`, in a worker process
+(:mod:`scanstream.writer.isolation`) or in the thread itself, again and again while Redis is
+unreachable, the file is held by another writer or the worker crashed (a replay is
+idempotent); its verdict (WRITING, SAVED, FAILED, NOT_SAVED) goes into the scan hash only
+while the claim it is written under, of the session or of the scan (pool mode), holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+from .._transport.connection import DataStore
+from ..exceptions import ScanNotFoundError
+from ..models import SavingState, SavingVerdict
+from ..subscribe.tree import ScanNode
+from .files import FileBusyError, OpenFiles
+from .isolation import RETRY_ERRORS, WorkerConfig, WorkerProcesses
+from .paths import WritePolicy
+from .registry import WriterRegistry
+from .scan_claims import ScanClaim
+from .scan_writer import ScanWriter, WriteResult
+from .session_claims import AnyClaim, SessionState
+from .session_file import SessionFiles
+from .supervise import UNREACHABLE, supervise
+
+__all__ = ["CATCH_UP_WORKERS", "ScanJobs"]
+
+logger = logging.getLogger(__name__)
+
+#: Finished scans caught up at once after a (re)start; running scans always get a thread.
+CATCH_UP_WORKERS = 4
+
+
+class ScanJobs:
+    """Writes each scan it is given in a thread of its own, and records its verdict.
+
+    Parameters
+    ----------
+    registry : WriterRegistry
+        This writer's records in Redis (verdicts, saved set, the session claims' fence).
+    root : Path
+        The writer's root (resolved).
+    policy : WritePolicy
+        Where files may go.
+    files : OpenFiles
+        The HDF5 files open in this process (``isolate=False``).
+    session_files : SessionFiles
+        The session files' links (``isolate=False``).
+    workers : WorkerProcesses
+        The worker processes writing the scans (``isolate=True``).
+    isolate : bool
+        Write in worker processes (True) or in this process's threads.
+    strict_names, compression, layout
+        As for :class:`~scanstream.writer.service.WriterService`.
+    lock : threading.Lock
+        The service's lock over the sessions' state.
+    spawn : callable
+        ``spawn(target, name, *args)`` starts a thread of the service.
+    """
+
+    def __init__(
+        self,
+        registry: WriterRegistry,
+        *,
+        root: Path,
+        policy: WritePolicy,
+        files: OpenFiles,
+        session_files: SessionFiles,
+        workers: WorkerProcesses,
+        isolate: bool,
+        strict_names: bool,
+        compression: str,
+        layout: str,
+        lock: threading.Lock,
+        spawn: Callable[..., None],
+    ) -> None:
+        self.registry = registry
+        self.store: DataStore = registry.store
+        self.owner = registry.owner
+        self.policy = policy
+        self.root = root
+        self.files = files
+        self.session_files = session_files
+        self.workers = workers
+        self.isolate = isolate
+        self.strict_names = strict_names
+        self.compression = compression
+        self.layout = layout
+        self._lock = lock
+        self._spawn = spawn
+        self._catch_up_slots = threading.Semaphore(CATCH_UP_WORKERS)
+
+    def start(self, session: SessionState, scan: ScanNode, claim: AnyClaim) -> None:
+        """Write ``scan`` under ``claim`` in a thread of its own, unless saved or being written.
+
+        A scan whose metadata cannot be read is FAILED (or left, expired from Redis) here; one
+        with ``save=False`` gets its NOT_SAVED verdict.
+
+        Raises
+        ------
+        redis.ConnectionError, redis.TimeoutError
+            Redis is unreachable while the scan is read (the caller retries).
+        """
+        if self.registry.is_saved(session.name, scan.number):
+            return
+        with self._lock:
+            if scan.name in session.running:
+                return
+            session.running.add(scan.name)
+        try:
+            info, finished = scan.info, scan.state.is_final
+        except ScanNotFoundError:
+            logger.warning("scan %s expired from Redis before it was saved", scan.db_name)
+            self.done(session, scan)
+            return
+        except UNREACHABLE:
+            self.done(session, scan)
+            raise
+        except Exception as exc:  # a malformed scan: that scan fails, the session goes on
+            self._failed(session, scan, claim, f"{type(exc).__name__}: {exc}")
+            self.done(session, scan)
+            return
+        if info.get("save") is False:
+            logger.info("scan %s: not saved (scan_info save=False)", scan.db_name)
+            verdict = SavingVerdict(
+                SavingState.NOT_SAVED, reason="saving is off (scan_info save=False)"
+            )
+            if self._record(session, scan, claim, verdict):
+                self.registry.mark_saved(session.name, scan.number)
+            self.done(session, scan)
+            return
+        self._spawn(self._write_scan, f"scan-{scan.db_name}", session, scan, claim, finished)
+
+    def _record(
+        self, session: SessionState, scan: ScanNode, claim: AnyClaim, verdict: SavingVerdict
+    ) -> bool:
+        """Record ``verdict`` in the scan hash, only while this writer's claim holds (fence)."""
+        if claim.stopped or not self._holds(session.name, claim):
+            return False
+        verdict = SavingVerdict(
+            verdict.state,
+            file=verdict.file,
+            entries=verdict.entries,
+            points=verdict.points,
+            reason=verdict.reason,
+            writer=self.owner,
+            time=time.time(),
+        )
+        try:
+            self.registry.record_verdict(session.name, scan.number, verdict)
+        except redis.RedisError as exc:
+            logger.warning("scan %s: verdict %s not recorded: %s", scan.db_name, verdict, exc)
+            return False
+        return True
+
+    def _failed(self, session: SessionState, scan: ScanNode, claim: AnyClaim, message: str) -> None:
+        """Log and count the failure of ``scan``, and record its FAILED verdict (fenced)."""
+        logger.error("scan %s NOT saved: %s", scan.db_name, message)
+        session.errors.append(
+            {"scan": scan.name, "number": scan.number, "error": message, "time": time.time()}
+        )
+        with contextlib.suppress(Exception):
+            self._record(session, scan, claim, SavingVerdict(SavingState.FAILED, reason=message))
+
+    def _write_scan(
+        self, session: SessionState, scan: ScanNode, claim: AnyClaim, finished: bool
+    ) -> None:
+        slot = self._catch_up_slots if finished else contextlib.nullcontext()
+        try:
+            with slot:
+                started = time.monotonic()
+                result = self._write_until_done(session, scan, claim)
+            if result is None or claim.stopped:  # stopped, or the session was lost meanwhile
+                return
+            if result.problems:
+                self._failed(
+                    session,
+                    scan,
+                    claim,
+                    "the file does not hold every sealed point: " + "; ".join(result.problems),
+                )
+                return
+            verdict = SavingVerdict(
+                SavingState.SAVED,
+                file=str(result.path),
+                entries=tuple(result.entries),
+                points=dict(result.points),
+            )
+            if not self._record(session, scan, claim, verdict):
+                return  # the claim lapsed meanwhile: the new owner decides
+            self.registry.mark_saved(session.name, scan.number)
+            with self._lock:  # scan threads of one session finish concurrently
+                session.saved += 1
+            points = sum(result.points.values())
+            logger.info(
+                "saved %s (%s): %d points in %s entries %s of %s (%.2f s)",
+                scan.db_name,
+                result.state,
+                points,
+                len(result.entries),
+                ", ".join(result.entries),
+                result.path,
+                time.monotonic() - started,
+            )
+        except Exception as exc:
+            if not claim.stopped:
+                self._failed(session, scan, claim, f"{type(exc).__name__}: {exc}")
+        finally:
+            self.done(session, scan)
+
+    def _write_until_done(
+        self, session: SessionState, scan: ScanNode, claim: AnyClaim
+    ) -> WriteResult | None:
+        """Write the scan; while Redis is unreachable, write it again (a replay is idempotent).
+
+        Returns None when the claim stops first (the writer stops, or lost the session).
+        """
+
+        def started(result: WriteResult, first_entry: str) -> None:
+            self._record(
+                session,
+                scan,
+                claim,
+                SavingVerdict(
+                    SavingState.WRITING,
+                    file=str(result.path),
+                    entries=(first_entry,),
+                ),
+            )
+
+        def attempt() -> WriteResult:
+            if self.isolate:
+                return self.workers.write(
+                    session.name,
+                    scan.number,
+                    scan.db_name,
+                    self._worker_config(claim),
+                    claim,
+                    lambda file, entry: started(WriteResult(Path(file)), entry),
+                )
+            writer = ScanWriter(
+                scan,
+                self.files,
+                self.root,
+                strict_names=self.strict_names,
+                compression=self.compression,
+                layout=self.layout,
+                session_files=self.session_files,
+                policy=self.policy,
+                on_start=started,
+            )
+            return writer.run(claim)
+
+        # A file another writer holds (FileBusyError) is waited for: that writer stops once
+        # it finds its claim lapsed, and closes the file.
+        result = supervise(
+            attempt,
+            stop=claim,
+            what=f"scan {scan.db_name}",
+            restart_on=(*UNREACHABLE, FileBusyError, *RETRY_ERRORS),
+            # Waits and worker crashes are logged where they happen: no traceback each second.
+            wait_on=(FileBusyError, *RETRY_ERRORS),
+        )
+        return result if result is not None and result.complete else None
+
+    def _worker_config(self, claim: AnyClaim) -> WorkerConfig:
+        settings = self.store.settings
+        return WorkerConfig(
+            redis_url=self.store.url,
+            prefix=settings.prefix,
+            lease_time=settings.lease_time,
+            retention_time=settings.retention_time,
+            root=str(self.policy.root),
+            allowed=tuple(str(a) for a in self.policy.allowed),
+            umask=self.policy.umask,
+            strict_names=self.strict_names,
+            flush_period=self.files.flush_period,
+            owner=self.owner,
+            token=claim.token or "",
+            scan_fence=isinstance(claim, ScanClaim),
+            compression=self.compression,
+            layout=self.layout,
+        )
+
+    def _holds(self, session: str, claim: AnyClaim) -> bool:
+        """The fence before a verdict: the claim, of the session or the scan, holds now."""
+        if isinstance(claim, ScanClaim):
+            return claim.holds()
+        return self.registry.holds(session, claim.token)
+
+    def done(self, session: SessionState, scan: ScanNode) -> None:
+        """``scan`` is no longer written here."""
+        with self._lock:
+            session.running.discard(scan.name)
