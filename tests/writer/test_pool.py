@@ -210,7 +210,9 @@ def test_the_worker_process_fences_itself_on_the_scan_claim(store, session, tmp_
         assert file[f"{scan.number}.1/measurement/c"].shape == (20,)
 
 
-def test_a_pool_and_a_single_writer_never_write_one_session_together(store, session, tmp_path):
+def test_a_pool_and_a_single_writer_never_write_one_session_together(
+    redis_url, store, session, tmp_path, capsys
+):
     root = tmp_path / "data"
     single = WriterService(
         ["test_session"], root=root, store=store, flush_period=0.05, isolate=False
@@ -231,6 +233,25 @@ def test_a_pool_and_a_single_writer_never_write_one_session_together(store, sess
             )
             assert verdict == single.owner.encode()
             assert pooled.pool.load == 0 and not pooled.pool.held("test_session")
+            # The status is the single writer's, with the pool writer waiting behind it.
+            wait_for(
+                lambda: (
+                    [
+                        m.get("blocked")
+                        for m in writer_status("test_session", store=store)["members"]
+                    ]
+                    == [None, single.owner]
+                ),
+                5,
+                "the pool writer to publish that it waits",
+            )
+            status = writer_status("test_session", store=store)
+            assert status["pool"] is False and status["owner"] == single.owner
+            assert [m["owner"] for m in status["members"]] == [single.owner, pooled.owner]
+            assert main(["--redis-url", redis_url, "writer", "--status", "test_session"]) == 0
+            out = capsys.readouterr().out
+            assert "test_session: writing (pid" in out
+            assert f"pool writer {pooled.owner} waits: the session has a single writer" in out
     # The other way round: the pool holds the session, a single writer is a standby.
     pooled = WriterService(
         ["test_session"], root=root, store=store, flush_period=0.05, pool=True, isolate=False

@@ -14,6 +14,7 @@ import numpy as np
 
 from scanstream import DataStore, get_session_node
 from scanstream._protocol.entries import parse_saving
+from scanstream.admin.registry import pool_settings
 from scanstream.cli import main
 from scanstream.models import SavingState
 from scanstream.writer import WriterService, pool_members, saved_scans, writer_status
@@ -168,13 +169,20 @@ def test_a_member_with_another_root_takes_no_scan_and_status_shows_it(
         out = capsys.readouterr().out
         assert "TAKES NO SCAN" in out
         assert f"root '{other_root}' here, '{first_root}' in the pool" in out
-        # The first writer leaves: the joining one holds the pool's settings, and takes scans.
+        # The first writer leaves: the pool's settings outlive it by their TTL (a restart in
+        # between finds them), then the joining writer's are the pool's, and it takes scans.
         first.stop()
-        wait_for(lambda: "test_session" not in joining.pool.refusing, 5, "the refusal to end")
+        assert pool_settings("test_session", store=store)["settings"]["root"] == str(first_root)
+        wait_for(lambda: "test_session" not in joining.pool.refusing, 10, "the refusal to end")
+        assert pool_settings("test_session", store=store) == {
+            "settings": joining.pool.host.pool_settings(),
+            "writer": joining.owner,
+        }
         with session.create_scan("later") as later:
             later.create_container("timer").create_channel("timer:c").emit([9.0])
         wait_for(lambda: later.number in saved_scans("test_session", store=store), 15, "saved")
         assert _verdict(store, later.number).writer == joining.owner
+    assert pool_settings("test_session", store=store) is None  # the last member left
     node = get_session_node("test_session", store=store)
     for number in numbers:
         with assert_file_matches_redis(node.get_scan(number), first_root):

@@ -14,6 +14,7 @@ Layout (``P`` is the configurable prefix, ``S`` a session name, ``N`` a scan num
     P:session:{S}:failed:N            SET     pool mode: ids of the writers that FAILED scan N
     P:session:{S}:pool                SET     pool mode: ids of the writers following session S
     P:session:{S}:member:<id>         STRING  pool mode: that writer's status and load (TTL)
+    P:session:{S}:pool_settings       STRING  pool mode: root, --allow... all members share (TTL)
     P:scan:{S:N}                      HASH    scan identity, state, scan_info (JSON), saving verdict
     P:scan:{S:N}:events               STREAM  NEW_NODE / PREPARED / END entries of that scan
     P:scan:{S:N}:lease                STRING  present while the publisher is alive (PX TTL)
@@ -141,6 +142,10 @@ class Keys:
     def writer_pool(self, session: str) -> str:
         """Pool mode: the ids of the writers sharing the session's scans."""
         return f"{self.prefix}:session:{{{session}}}:pool"
+
+    def writer_pool_settings(self, session: str) -> str:
+        """Pool mode: the settings every writer of the session's pool must share (TTL)."""
+        return f"{self.prefix}:session:{{{session}}}:pool_settings"
 
     def writer_member(self, session: str, owner: str) -> str:
         """Pool mode: the status (load, scans held) of writer ``owner`` of the session."""

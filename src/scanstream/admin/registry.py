@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from collections.abc import Iterable
 from typing import Any
 
 from .._protocol.keys import check_session_name
@@ -38,7 +37,7 @@ __all__ = [
     "is_dead_local_process",
     "is_saved",
     "pool_members",
-    "pool_reference",
+    "pool_settings",
     "saved_scans",
     "writer_status",
 ]
@@ -74,8 +73,8 @@ def writer_status(
 
         - ``pool``: False for a single writer, True for a pool (``scanstream writer --pool``).
         - ``owner``: the writer's id (``host:pid:random``), or ``"pool"`` (:data:`POOL_OWNER`).
-        - ``root``: where scans without a filename go (for a pool: the root of its first
-          member, which every member must share).
+        - ``root``: where scans without a filename go (for a pool: the root in the pool's
+          settings, which every member must share).
         - ``started`` and ``heartbeat`` (epoch s): of the writer; for a pool, the earliest
           start and the latest heartbeat of its members.
         - ``writing``: True while the session's scans are written (a single writer owns the
@@ -97,7 +96,7 @@ def writer_status(
           sessions), ``held`` (the names of the scans of ``session`` it holds),
           ``settings`` (``root``, ``allow``, ``layout``, ``strict_names``), ``refusing``
           (None, or ``{"writer": id, "differences": {setting: [its value, the pool's]}}``
-          when its settings differ from those of the pool's first member ``id``) and
+          when its settings differ from the pool's, first set by writer ``id``) and
           ``blocked`` (the id of the single writer that holds the session, or None). For a
           single writer, its own status comes first, then any pool writer waiting behind it.
 
@@ -132,12 +131,12 @@ def writer_status(
         return status
     if not members:
         return None
-    return _pool_status(members)
+    return _pool_status(members, pool_settings(session, store=store))
 
 
-def _pool_status(members: list[dict[str, Any]]) -> dict[str, Any]:
+def _pool_status(members: list[dict[str, Any]], settings: dict[str, Any] | None) -> dict[str, Any]:
     """What :func:`writer_status` returns for a pool, from its members' records."""
-    reference = pool_reference(members) or members[0]
+    root = (settings or {}).get("settings", {}).get("root", members[0].get("root"))
     errors = sorted(
         ({**e, "writer": m["owner"]} for m in members for e in m.get("errors", [])),
         key=lambda e: float(e.get("time", 0.0)),
@@ -145,7 +144,7 @@ def _pool_status(members: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "pool": True,
         "owner": POOL_OWNER,
-        "root": reference.get("settings", {}).get("root", reference.get("root")),
+        "root": root,
         "started": min(float(m.get("started", 0.0)) for m in members),
         "heartbeat": max(float(m.get("heartbeat", 0.0)) for m in members),
         "writing": any(
@@ -199,17 +198,22 @@ def pool_members(session: str, *, store: DataStore) -> list[dict[str, Any]]:
     return members
 
 
-def pool_reference(members: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
-    """The member whose settings a pool follows: its first (earliest started, then by id).
+def pool_settings(session: str, *, store: DataStore) -> dict[str, Any] | None:
+    """The settings of the pool of ``session``: ``{"settings": {...}, "writer": id}``, or None.
 
-    Members that publish no ``settings`` (of a version before this check) are not counted;
-    None when no member publishes them. Every member computes the same answer from the same
-    records, so that of two writers with different roots exactly one refuses the scans.
+    Set by the first writer of the pool (``writer``), renewed by every member whose settings
+    are these (:data:`scanstream.writer.pool.SHARED_SETTINGS`); it expires with the pool.
+
+    Raises
+    ------
+    redis.RedisError
+        Redis cannot be reached (after redis-py's retries).
     """
-    candidates = [m for m in members if isinstance(m.get("settings"), dict)]
-    if not candidates:
+    raw = store.redis.get(store.keys.writer_pool_settings(session))
+    if raw is None:
         return None
-    return min(candidates, key=lambda m: (float(m.get("started", 0.0)), str(m.get("owner"))))
+    record: dict[str, Any] = json.loads(raw)
+    return record
 
 
 def is_dead_local_process(owner: str) -> bool:

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import redis
 
 from .._transport.connection import DataStore
-from ..admin.registry import POOL_OWNER, pool_members, pool_reference
+from ..admin.registry import POOL_OWNER, pool_members
 from ..models import SCAN_NODE_TYPES
 from ..subscribe.events import EventType, StopHandler
 from ..subscribe.tree import ScanNode, get_session_node
@@ -173,6 +173,7 @@ class WriterPool:
                 self.claims.leave(session)
                 if not pool_members(session, store=self.host.store):  # the last one leaves
                     self.registry.release(session)
+                    self.claims.forget_settings(session)
             except redis.RedisError:
                 pass  # the records expire with their TTL
 
@@ -377,10 +378,7 @@ class WriterPool:
         status["held"] = self.held(session)
         status["settings"] = self.host.pool_settings()
         status["blocked"] = self.blocked.get(session)
-        others = [
-            m for m in pool_members(session, store=self.host.store) if m["owner"] != self.host.owner
-        ]
-        self._check_settings(session, [*others, status])
+        self._check_settings(session)
         status["refusing"] = self.refusing.get(session)
         self.claims.publish(session, status, self.ttl)
         other = self.registry.claim(session, status, self.ttl)
@@ -399,41 +397,41 @@ class WriterPool:
         else:
             self.blocked[session] = other
 
-    def _check_settings(self, session: str, members: list[dict[str, Any]]) -> None:
+    def _check_settings(self, session: str) -> None:
         """Refuse the scans of ``session`` while this writer's settings differ from the pool's.
 
-        ``members`` are the live members' records, this writer's included. The pool's
-        settings are those of its first member (:func:`pool_reference`): a writer joining with
-        another root would put the scans it takes elsewhere. Checked at every publication, so
-        the refusal ends once the settings agree (say, the first member left).
+        The pool's settings are set by its first member and kept while a member sharing them
+        lives (:meth:`ScanClaims.share_settings`, one record in Redis: no clock compared): a
+        writer joining with another root would put the scans it takes elsewhere. Checked at
+        every publication, the first one before any scan is taken, so the refusal ends once
+        the settings agree (say, every member with the others left).
         """
         mine = self.host.pool_settings()
-        reference = pool_reference(members)
-        theirs = reference["settings"] if reference is not None else mine
+        record = self.claims.share_settings(session, mine, self.ttl)
+        theirs = record.get("settings", {})
         differences = {
             name: [mine.get(name), theirs.get(name)]
             for name in SHARED_SETTINGS
             if mine.get(name) != theirs.get(name)
         }
         known = self.refusing.get(session)
-        if reference is None or not differences:
+        if not differences:
             if known is not None:
                 self.refusing.pop(session, None)
                 logger.warning(
-                    "session %s: this writer's settings agree with the pool's now; taking its "
-                    "scans",
+                    "session %s: this writer's settings are the pool's now; taking its scans",
                     session,
                 )
             return
-        refusal = {"writer": reference["owner"], "differences": differences}
+        refusal = {"writer": record.get("writer"), "differences": differences}
         if refusal != known:
             logger.error(
-                "session %s: the settings of this writer differ from those of the pool (of "
-                "its first writer, %s): %s. It takes none of the session's scans, which would "
-                "go to other files; restart it with %s, or restart every writer of the pool "
-                "with the same settings",
+                "session %s: the settings of this writer differ from those of the pool (set "
+                "by its first writer, %s): %s. It takes none of the session's scans, which "
+                "would go to other files; restart it with %s, or restart every writer of the "
+                "pool with the same settings",
                 session,
-                reference["owner"],
+                record.get("writer"),
                 "; ".join(
                     f"{SHARED_SETTINGS[name]}: {here!r} here, {there!r} in the pool"
                     for name, (here, there) in differences.items()

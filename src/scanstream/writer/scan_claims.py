@@ -192,6 +192,31 @@ class ScanClaims:
             keys.writer_member(session, self.owner), json.dumps(status), px=int(ttl * 1000)
         )
 
+    def share_settings(self, session: str, settings: dict[str, Any], ttl: float) -> dict[str, Any]:
+        """The pool's settings record of ``session``: ``{"settings": ..., "writer": id}``.
+
+        Set to ``settings`` (with this writer's id) when the pool has none; its TTL (``ttl``
+        seconds) renewed when they are ``settings``, so that it lasts while a member sharing
+        them lives, and a member with other settings never keeps them alive.
+        """
+        key = self.store.keys.writer_pool_settings(session)
+        ms = int(ttl * 1000)
+        mine = {"settings": settings, "writer": self.owner}
+        for _ in range(2):  # SET NX, then GET: a record expiring in between is set again
+            if self.store.redis.set(key, json.dumps(mine), nx=True, px=ms):
+                return mine
+            raw = self.store.redis.get(key)
+            if raw is not None:
+                record: dict[str, Any] = json.loads(raw)
+                if record.get("settings") == settings:
+                    self.store.redis.pexpire(key, ms)
+                return record
+        return mine
+
+    def forget_settings(self, session: str) -> None:
+        """Delete the pool's settings record of ``session`` (its last member left)."""
+        self.store.redis.delete(self.store.keys.writer_pool_settings(session))
+
     def leave(self, session: str) -> None:
         """Remove this writer from the pool of ``session``."""
         keys = self.store.keys
