@@ -53,6 +53,13 @@ def test_keys_of_one_scan_share_a_slot_and_of_one_session_another() -> None:
             keys.session_counter(session),
             keys.session_number_floor(session),
             keys.writer_saved(session),
+            # Pool mode: the claim script reads a scan's claim, the saved set and the writers
+            # that failed the scan in one call.
+            keys.scan_claim(session, 7),
+            keys.scan_failed_by(session, 7),
+            keys.writer_pool(session),
+            keys.writer_member(session, "host:1:abc"),
+            keys.writer_pool_settings(session),
         ]
         assert len({_slot(k) for k in session_keys}) == 1, session_keys
         for number in (1, 2, 77, 10**6):

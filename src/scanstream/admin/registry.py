@@ -17,6 +17,7 @@ together under the owner id :data:`POOL_OWNER`, and each publishes its own statu
 
     writer_pool(S)          SET     ids of the pool writers following session S
     writer_member(S, id)    STRING  JSON: that writer's status, load, scans held, settings (TTL)
+    writer_pool_settings(S) STRING  JSON: the settings all members share, who set them (TTL)
 """
 
 from __future__ import annotations

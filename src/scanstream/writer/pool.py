@@ -10,7 +10,11 @@ slow to take it. The claim script lets one writer win. That writer writes the sc
 a single writer does (same code, same files, a fence checked before each write batch); the
 others keep looking at the claim: once its writer is dead (its member record expired, or a
 process of this host that is gone) they release it and compete again, and the winner writes
-the scan again from its first event into a fresh file, as a restarted writer does. See
+the scan again from its first event into a fresh file, as a restarted writer does. A scan a
+writer FAILED is left to the others, each of which tries it once (the failure may be that
+writer's host); no writer tries it twice. Members must share the settings that decide where
+a scan goes and how its entries look (:data:`SHARED_SETTINGS`): those of the pool's first
+writer, kept in Redis; a member with others takes no scan and says why. See
 docs/decisions/0014-writer-pool.md.
 
 The members of a pool also keep the session's health hash, all under the one owner id
