@@ -107,7 +107,8 @@ def configure_writer(parser: argparse.ArgumentParser) -> None:
         "--status",
         action="store_true",
         help="print the status of the writers of SESSION... (default: of all "
-        "sessions) and exit: 0 if each has a writer, 1 if not",
+        "sessions) and exit: 0 if each has a writer, 1 if not (or if a pool writer takes no "
+        "scan because its settings differ from the pool's)",
     )
 
 
