@@ -73,9 +73,10 @@ def test_a_scan_failed_by_a_writers_host_is_completed_by_another_pool_writer(
         for _ in range(16):  # 640 kB: beyond what the first writer's files may hold
             channel.emit(rng.random(5000))
         scan.end()
-        wait_for(lambda: scan.number in saved_scans("test_session", store=store), 40, "saved")
-        verdict = _verdict(store, scan.number)
-        assert verdict.state is SavingState.SAVED
+        # What the publisher sees: the first writer's failure is not final, the save is.
+        verdict = scan.wait_saved(40)
+        assert verdict.state is SavingState.SAVED, verdict
+        assert verdict == _verdict(store, scan.number)
         assert verdict.writer is not None and f":{healthy.pid}:" in verdict.writer
         assert ScanClaims(store, "reader").failed_by("test_session", scan.number) == {
             crippled_owner
@@ -124,7 +125,8 @@ def test_a_scan_failed_for_its_content_is_tried_once_by_each_member_then_left(
         assert status["failed"] == 2  # once per member, never more
         assert {e["writer"] for e in status["errors"]} == owners
         assert all(e["number"] == bad.number for e in status["errors"])
-        assert _verdict(store, bad.number).state is SavingState.FAILED
+        final = _verdict(store, bad.number)  # the last member's: nobody else tries it
+        assert final.state is SavingState.FAILED and "outside" in final.reason, final
     assert bad.number not in saved_scans("test_session", store=store)
     assert not (tmp_path / "outside").exists()
 

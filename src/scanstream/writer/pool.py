@@ -192,6 +192,21 @@ class WriterPool:
         with self._lock:
             return sorted(self._scans[k].name for k in self._held if k[0] == session)
 
+    def others_may_try(self, session: str, number: int) -> bool:
+        """True when a live member other than this writer may still take scan ``number``.
+
+        That is, one that takes scans of ``session`` (its settings are the pool's, no single
+        writer holds the session) and has not failed that scan already.
+        """
+        failed = self.claims.failed_by(session, number)
+        return any(
+            m.get("owner") != self.host.owner
+            and m.get("owner") not in failed
+            and not m.get("refusing")
+            and not m.get("blocked")
+            for m in pool_members(session, store=self.host.store)
+        )
+
     # -- following the sessions ---------------------------------------------------------------
     def _follow(self, session: str) -> None:
         supervise(

@@ -7,7 +7,9 @@ once are written at once; finished scans caught up after a (re)start share
 (:mod:`scanstream.writer.isolation`) or in the thread itself, again and again while Redis is
 unreachable, the file is held by another writer or the worker crashed (a replay is
 idempotent); its verdict (WRITING, SAVED, FAILED, NOT_SAVED) goes into the scan hash only
-while the claim it is written under, of the session or of the scan (pool mode), holds.
+while the claim it is written under, of the session or of the scan (pool mode), holds. In a
+pool, a scan this writer failed while another member may still try it is left WAITING (with
+the reason), so that the verdict turns final only with the last attempt.
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ class ScanJobs:
         The service's lock over the sessions' state.
     spawn : callable
         ``spawn(target, name, *args)`` starts a thread of the service.
+    others_may_try : callable
+        ``others_may_try(session, number)``: True when another writer of the pool may still
+        take a scan this writer failed (its verdict is then WAITING, not FAILED).
     """
 
     def __init__(
@@ -85,6 +90,7 @@ class ScanJobs:
         layout: str,
         lock: threading.Lock,
         spawn: Callable[..., None],
+        others_may_try: Callable[[str, int], bool],
     ) -> None:
         self.registry = registry
         self.store: DataStore = registry.store
@@ -100,6 +106,7 @@ class ScanJobs:
         self.layout = layout
         self._lock = lock
         self._spawn = spawn
+        self._others_may_try = others_may_try
         self._catch_up_slots = threading.Semaphore(CATCH_UP_WORKERS)
 
     def start(self, session: SessionState, scan: ScanNode, claim: AnyClaim) -> None:
@@ -172,7 +179,16 @@ class ScanJobs:
             {"scan": scan.name, "number": scan.number, "error": message, "time": time.time()}
         )
         with contextlib.suppress(Exception):
-            self._record(session, scan, claim, SavingVerdict(SavingState.FAILED, reason=message))
+            verdict = SavingVerdict(SavingState.FAILED, reason=message)
+            if isinstance(claim, ScanClaim) and self._others_may_try(session.name, scan.number):
+                # Not final yet: another writer of the pool tries the scan (decision 0014), and
+                # its verdict is the final one. A publisher waiting for it keeps waiting.
+                verdict = SavingVerdict(
+                    SavingState.WAITING,
+                    reason=f"not saved by writer {self.owner} ({message}); another writer of "
+                    "the pool tries it",
+                )
+            self._record(session, scan, claim, verdict)
 
     def _write_scan(
         self, session: SessionState, scan: ScanNode, claim: AnyClaim, finished: bool

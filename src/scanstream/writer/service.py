@@ -185,6 +185,7 @@ class WriterService:
             layout=layout,
             lock=self._lock,
             spawn=self._spawn,
+            others_may_try=self._others_may_try,
         )
         self._ownership = SessionOwnership(
             self.registry,
@@ -384,6 +385,10 @@ class WriterService:
             logger.warning("session %s: %s not read: %s", session.name, default_file, exc)
         if known and max(known) > 0:
             self.registry.raise_number_floor(session.name, max(known))
+
+    def _others_may_try(self, session: str, number: int) -> bool:
+        """Pool mode: another member may still take scan ``number`` that this writer failed."""
+        return self.pool is not None and self.pool.others_may_try(session, number)
 
     # -- claims and status --------------------------------------------------------------------
     @property
