@@ -224,7 +224,13 @@ class WriterService:
         self._sessions = {name: _Session(name) for name in self.sessions}
         self._started = time.time()
         self.pool = (
-            WriterPool(self, self.sessions, ttl=HEALTH_TTL, period=HEARTBEAT_PERIOD)
+            WriterPool(
+                self,
+                self.sessions,
+                ttl=HEALTH_TTL,
+                period=HEARTBEAT_PERIOD,
+                capacity=workers if isolate else None,
+            )
             if pool
             else None
         )
