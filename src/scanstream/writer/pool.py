@@ -51,6 +51,8 @@ GRACE = 0.3
 POOL_OWNER = "pool"
 #: How often the pool looks at the scans it waits for (s).
 _POLL = 0.05
+#: The same while new scans wait for one of this writer's workers to be free (s).
+_FULL_POLL = 0.01
 _SCAN_TYPES = tuple(sorted(SCAN_NODE_TYPES))
 
 
@@ -236,13 +238,16 @@ class WriterPool:
                     for k, p in self._pending.items()
                     if p.due <= now and k[0] not in self.blocked
                 ]
+            full = False
             for key, pending in due:
                 if self.stop_handler.stopped:
                     return
                 if self.capacity is not None and self.load >= self.capacity:
-                    break  # every worker busy: the scans wait for one, here or elsewhere
+                    full = True  # every worker busy: the scans wait for one, here or elsewhere
+                    break
                 self._guard(f"scan {key[0]}:{key[1]}", self._attempt, key, pending)
-            self.stop_handler.wait(_POLL)
+            # Full: look again soon, a worker frees when its scan ends (no event says when).
+            self.stop_handler.wait(_FULL_POLL if full else _POLL)
 
     def _guard(self, what: str, func: Callable[..., None], *args: Any) -> None:
         try:
