@@ -317,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    load = os.getloadavg()
     starts = start_cost()
     per_writer: list[int | None] = [None] if args.in_process else list(args.workers)
     configs = [(n, w) for w in per_writer for n in args.writers]
@@ -352,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
     print(f"machine: {machine()}")
-    print(f"load average before: {os.getloadavg()}")
+    print(f"load average (1, 5, 15 min): at the start {load}, at the end {os.getloadavg()}")
     print("\n| worker start | wall s per worker | CPU s per worker |\n|---|---|---|")
     for name, cost in starts.items():
         print(f"| {name} | {cost['wall_s']:.4f} | {cost['cpu_s']:.4f} |")
