@@ -184,6 +184,26 @@ def test_writer_and_demo_refuse_a_root_they_cannot_use(
         assert "does not exist and cannot be created" in capsys.readouterr().err
 
 
+def test_writer_refuses_a_number_of_workers_below_one_or_with_in_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["writer", "s1", "--root", str(tmp_path), "--workers"]
+    for value, message in (
+        ("0", "--workers 0: a writer writes at least 1 scan at once"),
+        ("-2", "--workers -2: a writer writes at least 1 scan at once"),
+        ("two", "--workers 'two' is not an integer"),
+    ):
+        assert main([*argv, value]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("usage: scanstream ") and "Traceback" not in err
+        assert message in err, err
+    assert main([*argv, "2", "--in-process"]) == 2
+    err = capsys.readouterr().err
+    assert "--workers sets the worker processes, and --in-process" in err and "Traceback" not in err
+    assert main(["writer", "--help"]) == 0
+    assert "--workers N" in capsys.readouterr().out
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write in a read-only directory")
 def test_demo_with_a_read_only_root_gives_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -8,15 +8,17 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
 
 from scanstream._protocol.entries import parse_saving
+from scanstream.exceptions import InvalidArgumentError
 from scanstream.models import SavingState
 from scanstream.writer import WriterService, saved_scans
 
-from .conftest import assert_file_matches_redis, wait_for, wait_saved
+from .conftest import assert_file_matches_redis, owning_writer, wait_for, wait_saved
 
 
 def _verdict(store, number: int):
@@ -86,3 +88,40 @@ def _node(store, scan):
 
 def wait_saved_quietly(store, number: int) -> None:
     wait_for(lambda: number in saved_scans("test_session", store=store), 30, f"scan {number}")
+
+
+@pytest.mark.timeout(90)
+def test_one_worker_writes_concurrent_scans_one_at_a_time(store, session, tmp_path):
+    root = tmp_path / "data"
+    with owning_writer(store, root, flush_period=0.05, workers=1) as service:
+        assert service.workers.limit == 1
+        scans = []
+        for k in range(3):
+            # A file each, to see which scans are being written.
+            scan = session.create_scan(f"one{k}", {"filename": f"one{k}.h5"})
+            channel = scan.create_container("timer").create_channel("timer:c", "int64")
+            channel.emit(np.arange(10 * k, 10 * k + 10))
+            scan.flush()
+            scans.append((scan, channel))
+        wait_for(lambda: service.workers.running, 20, "a worker writing a scan")
+        # All three run: the one worker writes one of them, the other two wait (no file yet).
+        for _ in range(10):
+            assert len(service.workers.running) == 1, service.workers.running
+            time.sleep(0.1)
+        (written,) = service.workers.running
+        files = {s.db_name: (root / f"one{k}.h5").exists() for k, (s, _) in enumerate(scans)}
+        assert files == {s.db_name: s.db_name == written for s, _ in scans}, files
+        for k, (scan, channel) in enumerate(scans):
+            channel.emit(np.arange(10 * k + 10, 10 * k + 20))
+            scan.end()
+        wait_saved(store, "test_session", {s.number for s, _ in scans}, timeout=60)
+    for scan, _ in scans:
+        assert _verdict(store, scan.number).state is SavingState.SAVED
+        with assert_file_matches_redis(_node(store, scan), root) as file:
+            assert file[f"{scan.number}.1/measurement/c"].shape == (20,)
+
+
+def test_a_number_of_workers_below_one_is_refused(store, tmp_path):
+    for workers in (0, -1, 1.5, True):
+        with pytest.raises(InvalidArgumentError, match=f"workers={workers!r}: .* at least 1"):
+            WriterService(["test_session"], root=tmp_path, store=store, workers=workers)

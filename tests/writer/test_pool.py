@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -272,3 +273,43 @@ def test_a_pool_and_a_single_writer_never_write_one_session_together(
             )
             assert verdict == pooled.owner.encode()
             assert not single.status("test_session")["writing"]
+
+
+@pytest.mark.timeout(90)
+def test_a_writer_whose_workers_are_busy_leaves_new_scans_to_another(store, session, tmp_path):
+    root = tmp_path / "data"
+
+    def claimed() -> dict[int, str]:
+        owners = {}
+        for scan in scans:
+            owner = store.redis.hget(store.keys.scan_claim("test_session", scan.number), "owner")
+            if owner is not None:
+                owners[scan.number] = owner.decode()
+        return owners
+
+    def writer() -> WriterService:
+        return WriterService(
+            ["test_session"], root=root, store=store, flush_period=0.05, pool=True, workers=1
+        )
+
+    with ExitStack() as stack:
+        first = stack.enter_context(writer())
+        wait_for(lambda: pool_members("test_session", store=store), 5, "the first member")
+        scans, channels = _emit_scans(session, 3, 400)
+        _emit(channels, range(2), 50)
+        wait_for(lambda: first.workers.running, 20, "the first writer to write a scan")
+        # Its one worker is busy: the other two scans stay unclaimed, not queued behind it.
+        for _ in range(10):
+            assert list(claimed().values()) == [first.owner], claimed()
+            time.sleep(0.1)
+        second = stack.enter_context(writer())
+        wait_for(lambda: len(claimed()) == 2, 20, "the second writer to take a scan")
+        assert sorted(claimed().values()) == sorted([first.owner, second.owner])
+        _emit(channels, range(2, 4), 50)
+        for scan in scans:
+            scan.end()
+        numbers = [s.number for s in scans]
+        wait_for(lambda: set(numbers) <= saved_scans("test_session", store=store), 60, "saved")
+        writers = _writers_of(store, root, numbers)
+    assert set(writers.values()) == {first.owner, second.owner}
+    _assert_exact(store, root, numbers, 200)

@@ -1,4 +1,4 @@
-"""``scanstream writer SESSION... [--root DIR] [--allow DIR]... [--umask OCTAL] [--pool]`` and ``scanstream writer --status [SESSION...]``.
+"""``scanstream writer SESSION... [--root DIR] [--allow DIR]... [--umask OCTAL] [--pool] [--workers N]`` and ``scanstream writer --status [SESSION...]``.
 
 At start it names the Redis server (and where its URL came from), checks that its root is a
 directory it may write (created if missing), and says which of its sessions have no scan yet,
@@ -18,6 +18,7 @@ from typing import Any
 from .._transport.connection import DataStore, default_store
 from .._transport.server import resolve_url
 from ..admin.registry import writer_status
+from ..writer.isolation import DEFAULT_WORKERS
 from ..writer.service import WriterService
 from ..writer.worker import WORKER_LOG_FILE_ENV, WORKER_LOG_LEVEL_ENV
 from .errors import describe_server, url_origin
@@ -58,6 +59,15 @@ def configure_writer(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write the scans in threads of this process instead of one process per scan "
         "(faster to start; a libhdf5 crash then stops every session of this writer)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        default=None,
+        metavar="N",
+        help=f"scans this writer writes at once, each in a worker process of its own (default: "
+        f"{DEFAULT_WORKERS}); more scans wait for a free worker. A scan being written uses "
+        "about one core: more than the free cores of the host only share them",
     )
     parser.add_argument(
         "--pool",
@@ -119,6 +129,11 @@ def run_writer(args: argparse.Namespace) -> int:
         return _print_status(default_store(resolve_url(url)), args.sessions)
     if not args.sessions:
         raise UsageError("give the sessions to write, e.g. `scanstream writer test_session`")
+    if args.workers is not None and args.in_process:
+        raise UsageError(
+            "--workers sets the worker processes, and --in-process writes every scan in a "
+            "thread of this process instead: give one of them"
+        )
     root = writable_directory(args.root)
     level = LEVELS[args.log_level] if args.log_level else None
     if level is None:  # the service logs each scan it saves: show it
@@ -148,6 +163,7 @@ def run_writer(args: argparse.Namespace) -> int:
         umask=args.umask,
         isolate=not args.in_process,
         pool=args.pool,
+        workers=args.workers or DEFAULT_WORKERS,
     )
     code = service.run()
     service.exit_if_files_unflushed()  # HDF5 would crash at interpreter exit on them
@@ -165,6 +181,18 @@ def _hint_sessions(store: DataStore, sessions: list[str]) -> None:
                 session,
                 ", ".join(sorted(known)) or "none",
             )
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--workers {text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"--workers {value}: a writer writes at least 1 scan at once; give 1 or more"
+        )
+    return value
 
 
 def _octal(text: str) -> int:

@@ -7,6 +7,10 @@ time per process (kept warm and reused for the next scans once a scan ended clea
 crash loses that attempt at that scan only, and the service writes the scan again from Redis
 into a fresh file. A scan whose worker dies of a signal :data:`MAX_CRASHES` times is FAILED with
 the signal named, instead of crashing again and again.
+
+At most ``workers`` (:data:`DEFAULT_WORKERS`) scans are written at once by one service: the
+others wait for a free worker. The workers are forked from a preloaded fork server
+(:mod:`scanstream.writer.zygote`), so a new one costs a fork, not the imports.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ import json
 import logging
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -24,21 +27,46 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..exceptions import WriterError
+from ..exceptions import InvalidArgumentError, WriterError
 from ..subscribe.events import StopHandler
 from .scan_writer import WriteResult
+from .zygote import ForkedWorker, Zygote
 
-__all__ = ["MAX_CRASHES", "WorkerConfig", "WorkerCrashedError", "WorkerProcesses"]
+__all__ = [
+    "DEFAULT_WORKERS",
+    "MAX_CRASHES",
+    "WorkerConfig",
+    "WorkerCrashedError",
+    "WorkerProcesses",
+    "check_workers",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Crashes of the process writing a scan after which the scan is FAILED.
 MAX_CRASHES = 2
-#: Idle workers kept warm for the next scans.
+#: Idle workers kept warm for the next scans (at most ``workers``).
 MAX_IDLE = 2
-#: Worker processes alive at once (busy and idle): more scans wait for a free one. Starting
-#: a process per waiting scan would spend the CPU on imports (each costs ~0.6 s of CPU).
-MAX_WORKERS = 4
+#: Worker processes alive at once (busy and idle) by default: more scans wait for a free one.
+#: One scan's writing uses about one core (HDF5 calls, compression, Redis reads), so more
+#: workers than the host's free cores only share them (docs/deployment.md, "How many writers").
+DEFAULT_WORKERS = 4
+
+
+def check_workers(workers: int) -> int:
+    """``workers`` if it is a valid number of worker processes (an int of at least 1).
+
+    Raises
+    ------
+    InvalidArgumentError
+        It is not an int, or less than 1.
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InvalidArgumentError(
+            f"workers={workers!r}: the number of scans a writer writes at once must be an "
+            f"integer of at least 1 (default {DEFAULT_WORKERS})"
+        )
+    return workers
 
 
 @dataclass(frozen=True)
@@ -80,36 +108,48 @@ class _RetryError(WriterError):
 
 
 class WorkerProcesses:
-    """The worker processes of a service: started, watched, stopped with it."""
+    """The worker processes of a service: started, watched, stopped with it.
 
-    def __init__(self) -> None:
+    Parameters
+    ----------
+    workers : int
+        Worker processes alive at once, so scans written at once (:data:`DEFAULT_WORKERS`).
+
+    Raises
+    ------
+    InvalidArgumentError
+        ``workers`` is less than 1 (:func:`check_workers`).
+    """
+
+    def __init__(self, workers: int = DEFAULT_WORKERS) -> None:
+        self.limit = check_workers(workers)
+        self._max_idle = min(MAX_IDLE, self.limit)
         self._lock = threading.Lock()
         #: Scan db_name -> its live worker process.
-        self.running: dict[str, subprocess.Popen[str]] = {}
+        self.running: dict[str, ForkedWorker] = {}
         self._crashes: dict[str, int] = {}
-        self._idle: list[subprocess.Popen[str]] = []
+        self._idle: list[ForkedWorker] = []
         self._busy = 0
         self._stopped = False
         self._free = threading.Condition(self._lock)
+        self._zygote = Zygote()
 
-    def _start(self) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "scanstream.writer.worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+    def _start(self) -> ForkedWorker:
+        return self._zygote.fork()
 
     def warm(self, count: int = 1) -> None:
-        """Start ``count`` idle workers now, so that the first scans do not wait for imports."""
+        """Start ``count`` idle workers now, so that the first scans do not wait for them."""
         with self._free:
-            while not self._stopped and len(self._idle) < min(count, MAX_IDLE):
-                self._idle.append(self._start())
+            try:
+                while not self._stopped and len(self._idle) < min(count, self._max_idle):
+                    self._idle.append(self._start())
+            except WriterError as exc:  # each scan tries again, and fails with the reason
+                logger.error("cannot start a worker process: %s", exc)
 
-    def _take(self, stop: StopHandler) -> subprocess.Popen[str] | None:
-        """An idle worker (warm: its imports are done), or a new one; None if ``stop`` first.
+    def _take(self, stop: StopHandler) -> ForkedWorker | None:
+        """An idle worker, or a new one; None if ``stop`` first.
 
-        Waits while :data:`MAX_WORKERS` are busy.
+        Waits while :attr:`limit` workers are busy.
         """
         with self._free:
             while True:
@@ -124,21 +164,21 @@ class WorkerProcesses:
                         break
                     _close(proc)
                 else:
-                    if self._busy + len(self._idle) >= MAX_WORKERS:
+                    if self._busy + len(self._idle) >= self.limit:
                         self._free.wait(0.1)
                         continue
                     proc = self._start()
                     self._busy += 1
-                if not self._idle and self._busy < MAX_WORKERS:
-                    self._idle.append(self._start())  # the next scan starts without imports
+                if not self._idle and self._busy < self.limit:
+                    self._idle.append(self._start())  # the next scan starts at once
                 return proc
 
-    def _give_back(self, proc: subprocess.Popen[str], *, reusable: bool) -> None:
+    def _give_back(self, proc: ForkedWorker, *, reusable: bool) -> None:
         """Keep a worker that completed its scan for the next one (up to :data:`MAX_IDLE`)."""
         with self._free:
             self._busy -= 1
             self._free.notify()
-            if reusable and not self._stopped and len(self._idle) < MAX_IDLE:
+            if reusable and not self._stopped and len(self._idle) < self._max_idle:
                 if proc.poll() is None:
                     self._idle.append(proc)
                     return
@@ -253,15 +293,14 @@ class WorkerProcesses:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        self._zygote.close()
 
 
 #: Errors after which the attempt is made again.
 RETRY_ERRORS: tuple[type[Exception], ...] = (WorkerCrashedError, _RetryError)
 
 
-def _terminate_on_stop(
-    proc: subprocess.Popen[str], stop: StopHandler, reported: threading.Event
-) -> None:
+def _terminate_on_stop(proc: ForkedWorker, stop: StopHandler, reported: threading.Event) -> None:
     """SIGTERM the worker once ``stop`` is stopped (the worker fences itself too)."""
     while proc.poll() is None and not reported.is_set():
         if stop.stopped:  # a claim stops by time too (it lapses): poll it, do not wait on it
@@ -271,7 +310,7 @@ def _terminate_on_stop(
         time.sleep(0.1)
 
 
-def _retire(proc: subprocess.Popen[str]) -> None:
+def _retire(proc: ForkedWorker) -> None:
     """End a worker: EOF on its stdin ends it between scans; SIGKILL if it does not go."""
     with contextlib.suppress(OSError):
         if proc.stdin is not None:
@@ -284,7 +323,7 @@ def _retire(proc: subprocess.Popen[str]) -> None:
     _close(proc)
 
 
-def _close(proc: subprocess.Popen[str]) -> None:
+def _close(proc: ForkedWorker) -> None:
     for pipe in (proc.stdin, proc.stdout):
         if pipe is not None:
             with contextlib.suppress(OSError):

@@ -54,6 +54,8 @@ logger = logging.getLogger(__name__)
 GRACE = 0.3
 #: How often the pool looks at the scans it waits for (s).
 _POLL = 0.05
+#: The same while new scans wait for one of this writer's workers to be free (s).
+_FULL_POLL = 0.01
 _SCAN_TYPES = tuple(sorted(SCAN_NODE_TYPES))
 #: The settings the members of a pool must share, and the option that sets each: a scan goes
 #: to one file, named and laid out one way, whichever member takes it.
@@ -115,6 +117,10 @@ class WriterPool:
         Seconds between renewals.
     grace : float
         Delay per less loaded writer before a new scan is taken (:data:`GRACE`).
+    capacity : int, optional
+        Scans this writer writes at once (its worker processes): with that many being
+        written it takes no new scan, which stays for a writer with a free worker (or for
+        this one, once it has one). None: no bound (scans written in threads).
     """
 
     def __init__(
@@ -125,12 +131,14 @@ class WriterPool:
         ttl: float,
         period: float,
         grace: float = GRACE,
+        capacity: int | None = None,
     ) -> None:
         self.host = host
         self.sessions = sessions
         self.ttl = ttl
         self.period = period
         self.grace = grace
+        self.capacity = capacity
         self.claims = ScanClaims(host.store, host.owner)
         self.registry = WriterRegistry(host.store, POOL_OWNER)
         #: Session -> the single writer (not a pool) that holds it: no scan is taken there.
@@ -141,6 +149,8 @@ class WriterPool:
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, int], _Pending] = {}
         self._held: dict[tuple[str, int], ScanClaim] = {}
+        #: Held scans whose writing has started (the others are about to start).
+        self._started: set[tuple[str, int]] = set()
         self._scans: dict[tuple[str, int], ScanNode] = {}
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -167,6 +177,7 @@ class WriterPool:
         """
         with self._lock:
             held, self._held = self._held, {}
+            self._started.clear()
         for (session, number), _claim in held.items():
             try:
                 self.claims.release(session, number)
@@ -183,9 +194,16 @@ class WriterPool:
 
     @property
     def load(self) -> int:
-        """Scans this writer holds (writes), over all its sessions."""
+        """Scans this writer writes (or is about to), over all its sessions.
+
+        A held scan whose writing has ended is not counted: its claim is released at the
+        next renewal, up to a period later, and its worker is free already.
+        """
         with self._lock:
-            return len(self._held)
+            held = [(key, key in self._started) for key in self._held]
+            names = {key: self._scans[key].name for key, _ in held}
+        # The host's lock is taken without this one held (no lock order between them).
+        return sum(1 for k, began in held if not began or self.host.pool_running(k[0], names[k]))
 
     def held(self, session: str) -> list[str]:
         """Names of the scans of ``session`` this writer holds."""
@@ -252,11 +270,16 @@ class WriterPool:
                     for k, p in self._pending.items()
                     if p.due <= now and k[0] not in self.blocked and k[0] not in self.refusing
                 ]
+            full = False
             for key, pending in due:
                 if self.stop_handler.stopped:
                     return
+                if self.capacity is not None and self.load >= self.capacity:
+                    full = True  # every worker busy: the scans wait for one, here or elsewhere
+                    break
                 self._guard(f"scan {key[0]}:{key[1]}", self._attempt, key, pending)
-            self.stop_handler.wait(_POLL)
+            # Full: look again soon, a worker frees when its scan ends (no event says when).
+            self.stop_handler.wait(_FULL_POLL if full else _POLL)
 
     def _guard(self, what: str, func: Callable[..., None], *args: Any) -> None:
         try:
@@ -328,6 +351,8 @@ class WriterPool:
         logger.info("scan %s: taken (pool load %d)", pending.scan.db_name, self.load)
         try:
             self.host.pool_write(session, pending.scan, claim)
+            with self._lock:
+                self._started.add(key)
         except Exception:
             # Not started (Redis unreachable while reading the scan): give it back, so that
             # it is not taken for failed here; it is competed for again.
@@ -373,6 +398,7 @@ class WriterPool:
         session, number = key
         with self._lock:
             self._held.pop(key, None)
+            self._started.discard(key)
         if self.host.pool_saved(session, number):
             self.claims.release(session, number)
         elif claim.stopped:

@@ -38,7 +38,7 @@ from ..subscribe.events import EventType, StopHandler
 from ..subscribe.tree import ScanNode, get_session_node
 from . import nexus
 from .files import FLUSH_PERIOD, OpenFiles
-from .isolation import WorkerProcesses
+from .isolation import DEFAULT_WORKERS, WorkerProcesses
 from .paths import WritePolicy
 from .pool import WriterPool
 from .pool_host import ServicePoolHost
@@ -109,11 +109,16 @@ class WriterService:
         FAILED after a second crash, while the other scans and sessions go on. False: every
         scan is written in this process's threads (no process start per scan, less memory;
         a crash there ends the whole service).
+    workers : int
+        With ``isolate``: worker processes, so scans written at once (default 4); more
+        scans wait for a free worker. About one core each: more than the host's free cores
+        only share them (docs/deployment.md, "How many writers"). Not used without
+        ``isolate`` (every scan in a thread of its own).
 
     Raises
     ------
     InvalidArgumentError
-        A session name is not valid.
+        A session name is not valid, or ``workers`` is less than 1.
     ScanstreamError
         No session is given.
 
@@ -145,6 +150,7 @@ class WriterService:
         allow: Sequence[str | os.PathLike[str]] = (),
         umask: int | None = None,
         isolate: bool = True,
+        workers: int = DEFAULT_WORKERS,
     ) -> None:
         nexus.compression_options(compression, 0)  # an unknown name fails here, not per scan
         if layout not in nexus.LAYOUTS:
@@ -160,7 +166,7 @@ class WriterService:
         self.policy = WritePolicy.create(self.root, allow, umask)
         self.session_files = SessionFiles()
         self.isolate = isolate
-        self.workers = WorkerProcesses()
+        self.workers = WorkerProcesses(workers)
         self.store = store or default_store(redis_url)
         self.catch_up = catch_up
         self.strict_names = strict_names
@@ -214,6 +220,7 @@ class WriterService:
                 self.sessions,
                 ttl=HEALTH_TTL,
                 period=HEARTBEAT_PERIOD,
+                capacity=workers if isolate else None,
             )
             if pool
             else None
