@@ -46,12 +46,15 @@ from typing import Any
 
 from ..exceptions import WriterError
 
-__all__ = ["PRELOAD", "UNKNOWN_EXIT", "ForkedWorker", "Zygote", "main"]
+__all__ = ["PRELOAD", "UNKNOWN_EXIT", "WORKER_MODULE", "ForkedWorker", "Zygote", "main"]
 
 logger = logging.getLogger(__name__)
 
+#: The module a forked worker runs (its ``main()``), as ``python -m`` would: named, not
+#: imported here (it imports isolation.py, which starts zygotes).
+WORKER_MODULE = "scanstream.writer.worker"
 #: Imported once by the zygote, so that its workers start with them imported.
-PRELOAD = ("hdf5plugin", "scanstream.writer.worker")
+PRELOAD = ("hdf5plugin", WORKER_MODULE)
 #: The exit code given when the zygote died before it reported a worker's (never a signal's).
 UNKNOWN_EXIT = 255
 #: Seconds the service waits for the zygote's answer (the first includes its imports).
@@ -295,9 +298,7 @@ def _child(request: dict[str, Any], fds: list[int], inherited: list[int]) -> Non
         if request["umask"] is not None:
             os.umask(request["umask"])
         os.chdir(request["cwd"])
-        from .worker import main as worker_main  # imported already (PRELOAD)
-
-        code = worker_main()
+        code = importlib.import_module(WORKER_MODULE).main()  # imported already (PRELOAD)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:
