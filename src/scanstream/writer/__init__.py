@@ -2,7 +2,8 @@
 
 from ..admin.registry import saved_scans, writer_status
 from .scan_claims import pool_members
-from .scan_writer import ScanResult, ScanWriter, WriteResult, scan_file_path
+from .scan_result import ScanResult, WriteResult, scan_file_path
+from .scan_writer import ScanWriter
 from .service import WriterService
 
 __all__ = [

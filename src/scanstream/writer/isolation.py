@@ -26,7 +26,7 @@ from typing import Any
 
 from ..exceptions import WriterError
 from ..subscribe.events import StopHandler
-from .scan_writer import WriteResult
+from .scan_result import WriteResult
 
 __all__ = ["MAX_CRASHES", "WorkerConfig", "WorkerCrashedError", "WorkerProcesses"]
 
