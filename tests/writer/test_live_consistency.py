@@ -9,8 +9,10 @@ an unwritten (NaN) point, the spectrum holds counts, the image dataset, once see
 there with its attributes, its reference table reads (every row, in every snapshot), and silx's ``get_default`` finds a valid plot once
 one was seen. A snapshot during which the file did not change saw one flushed state and
 must be valid; a torn read (HDF5 raises: the snapshot straddled a flush) must be followed
-by a good snapshot. docs/nexus_layout.md ("Reading a file while it is written") has the
-figures. A second test follows a mesh's live map row by row.
+by a good snapshot. Run with the default compression and with none, each run prints the
+torn reads by cause (the object read, HDF5's reason) and the file's size; ``python -m
+soak.live_torn`` sums them over runs. docs/nexus_layout.md ("Reading a file while it is
+written") has the figures. A second test follows a mesh's live map row by row.
 """
 
 from __future__ import annotations
@@ -383,7 +385,8 @@ def _check_readers(
     assert [reader.errors for reader in readers] == [[], []]
     report = dict(zip(("locking on", "locking off"), (reader.merged() for reader in readers)))
     # Torn reads by cause (object read: error, HDF5's reason), for docs/nexus_layout.md.
-    print(json.dumps({"compression": compression, **report}, indent=1))
+    size = scan_file.stat().st_size  # what the file layout options cost
+    print(json.dumps({"compression": compression, "file_bytes": size, **report}, indent=1))
     for mode, result in report.items():
         # A reader crashed by libhdf5 is started again; it must stay rare (0 in most runs).
         assert len(result["reader_crashes"]) <= 2, (mode, result["reader_crashes"])
