@@ -9,8 +9,10 @@ an unwritten (NaN) point, the spectrum holds counts, the image dataset, once see
 there with its attributes, its reference table reads (every row, in every snapshot), and silx's ``get_default`` finds a valid plot once
 one was seen. A snapshot during which the file did not change saw one flushed state and
 must be valid; a torn read (HDF5 raises: the snapshot straddled a flush) must be followed
-by a good snapshot. docs/nexus_layout.md ("Reading a file while it is written") has the
-figures. A second test follows a mesh's live map row by row.
+by a good snapshot. Run with the default compression and with none, each run prints the
+torn reads by cause (the object read, HDF5's reason) and the file's size; ``python -m
+soak.live_torn`` sums them over runs. docs/nexus_layout.md ("Reading a file while it is
+written") has the figures. A second test follows a mesh's live map row by row.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import pytest
 from scanstream import DataStore, create_session
 from scanstream.writer import WriterService
 from scanstream.writer.files import FLUSH_PERIOD
+from scanstream.writer.nexus import DEFAULT_COMPRESSION
 from scanstream.writer.session_file import scan_file_of
 
 from .conftest import owning_writer, wait_for, wait_saved
@@ -66,7 +69,7 @@ SCAN_INFO = {
 
 # The reader, run as its own process (a reader never shares the writer's HDF5 library).
 READER = r"""
-import gc, json, math, os, sys, time
+import gc, json, math, os, re, sys, time
 import h5py, hdf5plugin, numpy as np  # hdf5plugin: the bitshuffle-lz4 data
 import silx.io
 from silx.io.nxdata import get_default
@@ -110,6 +113,14 @@ def close_everything():
             h5py.h5i.dec_ref(oid)
 
 
+def cause(exc):
+    # The object being read and HDF5's reason without its addresses and sizes ("simu1:
+    # OSError: addr overflow"): what the report groups torn reads by.
+    reasons = re.findall(r"\(([^()]*)\)", str(exc))
+    reason = re.split(r"[,:=]", reasons[-1])[0].strip() if reasons else str(exc)[:60]
+    return f"{stage[0]}: {type(exc).__name__}: {reason}"
+
+
 def stamp():
     return [(st.st_mtime_ns, st.st_size) for st in map(os.stat, (path, session_path))]
 
@@ -119,10 +130,11 @@ def snapshot():
     # reads metadata lazily, so a snapshot that straddles a flush can mix two states without
     # HDF5 noticing; a quiet snapshot saw one flushed state, which must be valid.
     before = stamp()
-    stage[0] = "open"
     if counts["snapshots"] % 2:
+        stage[0] = "open"
         f = h5py.File(path, "r")
     else:
+        stage[0] = "open (silx, session file)"
         f = silx.io.open(session_path)
     try:
         stage[0] = "entry"
@@ -206,7 +218,7 @@ while time.monotonic() < deadline and not os.path.exists(stop_file):
         # A torn read: HDF5 met metadata or a chunk the writer has changed since (no SWMR).
         # The reader sees an error, not a wrong state; a reopen must then succeed.
         counts["torn"] += 1
-        note(torn, f"{stage[0]}: {type(exc).__name__}", repr(exc)[:300])
+        note(torn, cause(exc), repr(exc)[:300])
         retrying[0] = True
         t0 = time.monotonic()
         while True:
@@ -338,8 +350,17 @@ def writer(store: DataStore, tmp_path: Path) -> Iterator[WriterService]:
         yield service
 
 
+# The default compression and none: what is torn by the compressed chunks, what is not.
+@pytest.mark.parametrize("compression", [DEFAULT_COMPRESSION, "none"])
 def test_readers_see_valid_states_while_the_scan_is_written(
-    store: DataStore, writer: WriterService, tmp_path: Path
+    store: DataStore, tmp_path: Path, compression: str
+) -> None:
+    with owning_writer(store, tmp_path / "data", compression=compression) as writer:
+        _check_readers(store, writer, tmp_path, compression)
+
+
+def _check_readers(
+    store: DataStore, writer: WriterService, tmp_path: Path, compression: str
 ) -> None:
     assert writer.files.flush_period == FLUSH_PERIOD
     master = tmp_path / "data" / "test_session" / "test_session.h5"
@@ -363,7 +384,9 @@ def test_readers_see_valid_states_while_the_scan_is_written(
     assert not any(reader.is_alive() for reader in readers)
     assert [reader.errors for reader in readers] == [[], []]
     report = dict(zip(("locking on", "locking off"), (reader.merged() for reader in readers)))
-    print(json.dumps(report, indent=1))
+    # Torn reads by cause (object read: error, HDF5's reason), for docs/nexus_layout.md.
+    size = scan_file.stat().st_size  # what the file layout options cost
+    print(json.dumps({"compression": compression, "file_bytes": size, **report}, indent=1))
     for mode, result in report.items():
         # A reader crashed by libhdf5 is started again; it must stay rare (0 in most runs).
         assert len(result["reader_crashes"]) <= 2, (mode, result["reader_crashes"])

@@ -360,6 +360,21 @@ def _make_parent(path: Path) -> None:
         ) from exc
 
 
+def _create_whole(path: Path) -> None:
+    """Create the empty HDF5 file ``path`` under a temporary name, then rename it into place.
+
+    A file HDF5 is creating holds its superblock only until the first flush (96 bytes that
+    announce a longer file): a reader opening it then fails ("truncated file"). Renamed
+    closed, the file is complete from the moment it has its name. Called under the file's
+    lock (one writer), which also makes the temporary files of a killed writer safe to remove.
+    """
+    for stale in path.parent.glob(f".{path.name}.new-*"):
+        stale.unlink(missing_ok=True)
+    building = path.with_name(f".{path.name}.new-{os.getpid()}")
+    open_nexus_file(building, "w").close()
+    os.replace(building, path)
+
+
 def _open(path: Path) -> h5py.File:
     if not path.exists() and not os.access(path.parent, os.W_OK):
         raise WriterError(
@@ -368,6 +383,8 @@ def _open(path: Path) -> h5py.File:
         )
     refuse_if_written_elsewhere(path)
     try:
+        if not path.exists():
+            _create_whole(path)
         return open_nexus_file(path, "a")
     except OSError as exc:
         why = (

@@ -29,7 +29,7 @@ from typing import Any
 
 from ..exceptions import InvalidArgumentError, WriterError
 from ..subscribe.events import StopHandler
-from .scan_writer import WriteResult
+from .scan_result import WriteResult
 from .zygote import ForkedWorker, Zygote
 
 __all__ = [

@@ -32,7 +32,8 @@ from .isolation import RETRY_ERRORS, WorkerConfig, WorkerProcesses
 from .paths import WritePolicy
 from .registry import WriterRegistry
 from .scan_claims import ScanClaim
-from .scan_writer import ScanWriter, WriteResult
+from .scan_result import WriteResult
+from .scan_writer import ScanWriter
 from .session_claims import AnyClaim, SessionState
 from .session_file import SessionFiles
 from .supervise import UNREACHABLE, supervise

@@ -4,7 +4,9 @@ The data path is idempotent by point index: every NEW_DATA event is written at i
 ``first_index``, so replaying a scan from the start (a restarted writer) overwrites what is
 already in the file with the same values and never duplicates a point. Metadata that is
 only final at the end (positioners at the end, instrument, default plot, sub-scan links) is
-written at END_SCAN (:mod:`.scan_end`).
+written at END_SCAN (:mod:`.scan_end`). Points are written at the end of each read batch,
+so that every flushed state is one a reader may see (:mod:`.live_batch`); what was written
+is a :class:`~scanstream.writer.scan_result.WriteResult`.
 """
 
 from __future__ import annotations
@@ -13,12 +15,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import h5py
-import numpy as np
 
 from ..exceptions import WriterError
 from ..models import SavingMode
@@ -28,10 +28,15 @@ from ..subscribe.nodes import DataNode, ScanMemberNode
 from ..subscribe.tree import ScanNode
 from . import nexus
 from .files import OpenFiles
+from .live_batch import LiveBatches
 from .paths import WritePolicy
 from .read_ahead import ReadAhead
 from .scan_end import EndOfScan
+from .scan_result import WriteResult
 from .session_file import IDENTITY_ATTR, SessionFiles, scan_file_of
+
+# WriteResult is defined in scan_result.py and named here too, as before the split.
+__all__ = ["ScanWriter", "WriteResult"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,72 +48,8 @@ class _Stopped(Exception):
 #: Node classes with a data stream: they are written into the entry of their top master.
 _DATA_NODES = (ChannelNode, LimaNode, ScanRefNode)
 
-#: Bytes of points held back (to keep the members of a live plot at one length) above which
-#: they are all written anyway: a plot member that stopped receiving points must not make
-#: the writer hold the others in memory without bound.
-HOLD_LIMIT = 64 << 20
 
-
-@dataclass
-class WriteResult:
-    """What a :class:`ScanWriter` wrote (``ScanResult`` is the former name).
-
-    Attributes
-    ----------
-    path : Path
-        The HDF5 file users open (the session file: it links to ``scan_file``).
-    entries : list of str
-        The NXentry names (``"3.1"``, ``"3.2"``...).
-    scan_file : Path or None
-        The file holding the scan's entries.
-    problems : list of str
-        Why the file does not hold every sealed point (a channel and its counts, a corrupt
-        entry): a scan with problems is FAILED, never saved.
-    points : dict
-        Number of points (or frames) written per data node (its ``db_name``).
-    state : str
-        End state of the scan (``DONE``...); empty when the writer stopped before its end.
-    warnings : list of str
-        Metadata that could not be written (the data was).
-    """
-
-    path: Path
-    entries: list[str] = field(default_factory=list)
-    points: dict[str, int] = field(default_factory=dict)
-    state: str = ""
-    warnings: list[str] = field(default_factory=list)
-    scan_file: Path | None = None
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def complete(self) -> bool:
-        """True when the scan's END_SCAN was written."""
-        return bool(self.state)
-
-
-#: The former name of :class:`WriteResult`, kept for compatibility.
-ScanResult = WriteResult
-
-
-def scan_file_path(scan_info: Mapping[str, Any], session: str, root: Path) -> Path:
-    """The file of a scan: ``scan_info["filename"]`` (relative: below ``root``), else
-    ``<root>/<session>/<session>.h5``.
-
-    Raises
-    ------
-    WriterError
-        ``filename`` is not a non-empty string.
-    """
-    filename = scan_info.get("filename")
-    if filename is None:
-        return root / session / f"{session}.h5"
-    if not isinstance(filename, str) or not filename.strip():
-        raise WriterError(f"scan_info['filename'] must be a file path string, got {filename!r}")
-    path = Path(filename).expanduser()
-    return path if path.is_absolute() else root / path
-
-
-class ScanWriter(EndOfScan):
+class ScanWriter(LiveBatches, EndOfScan):
     """Writes one scan; :meth:`run` walks its events until END_SCAN (or a stop).
 
     Parameters
@@ -370,134 +311,6 @@ class ScanWriter(EndOfScan):
             self._live_plot_pending = True
             self._plots_stale = True
 
-    # -- batches: what a reader may see ----------------------------------------------------
-    # Points are held in memory until the end of the read batch, then written so that the
-    # members of each live NXdata (soft links to the growing datasets) have one length at
-    # every flush: silx refuses a plot whose axis is one point longer than its signal.
-
-    def _hold(self, index: int, first: int, values: Any) -> None:
-        self._held.setdefault(index, []).append((first, values))
-        self._held_bytes += int(getattr(values, "nbytes", 0))
-
-    def _commit(self) -> None:
-        """End of a batch: the live plots, then the held points each plot can show whole."""
-        self._refresh_live_plots()
-        if self._held_bytes > HOLD_LIMIT:
-            logger.info("scan %s: live plot members far apart; all written", self.scan.db_name)
-            targets: dict[int, int] = {}
-        else:
-            targets = self._targets()
-        for index in list(self._held):
-            self._write_held(index, targets.get(index))
-        for entry in self._entries.values():
-            if entry.name in self._grids:
-                nexus.grow_live_grids(entry)  # the mesh rows completed in this batch
-        self._held_bytes = sum(
-            int(getattr(v, "nbytes", 0)) for chunks in self._held.values() for _, v in chunks
-        )
-
-    def _write_all_held(self) -> None:
-        for index in list(self._held):
-            self._write_held(index, None)
-        self._held_bytes = 0
-
-    def _available(self, index: int) -> int:
-        chunks = self._held.get(index)
-        held = chunks[-1][0] + len(chunks[-1][1]) if chunks else 0
-        return max(self._written.get(index, 0), held)
-
-    def _targets(self) -> dict[int, int]:
-        """Points each plotted node may show: the fewest of any node plotted with it."""
-        groups = [g for gs in self._plot_groups.values() for g in gs]
-        target = {i: self._available(i) for g in groups for i in g}
-        changed = True
-        while changed:  # nodes shared by two plots couple them: to a fixed point
-            changed = False
-            for group in groups:
-                low = min(target[i] for i in group)
-                for i in group:
-                    if target[i] > low:
-                        target[i] = low
-                        changed = True
-        return target
-
-    def _write_held(self, index: int, upto: int | None) -> None:
-        """Write the held values of node ``index`` before point ``upto`` (None: all)."""
-        kept: list[tuple[int, Any]] = []
-        for first, values in self._held.pop(index, []):
-            n = len(values)
-            if upto is None or first + n <= upto:
-                self._write_values(index, first, values)
-            elif first < upto:
-                self._write_values(index, first, values[: upto - first])
-                kept.append((upto, values[upto - first :]))
-            else:
-                kept.append((first, values))
-        if kept:
-            self._held[index] = kept
-
-    def _write_values(self, index: int, first: int, values: Any) -> None:
-        node = self._data_nodes[index]
-        assert self._file is not None
-        if isinstance(node, ChannelNode):
-            nbytes = (
-                values.nbytes
-                if isinstance(values, np.ndarray) and values.dtype != object
-                else sum(np.asarray(p).nbytes for p in values)
-            )
-            self.files.check_space(self._file, nbytes)
-            end: int = nexus.write_points(self._datasets[index], first, values)
-        else:
-            assert isinstance(node, LimaNode)  # only channels and images are held
-            nexus.require_image_vds(
-                self._entry_of[index]["measurement"],
-                node.name,
-                values,
-                dtype=node.dtype,
-                frame_shape=node.shape,
-                first_index=first,
-            )
-            end = first + len(values)
-        if index not in self._written:
-            self._plots_stale = True  # an image dataset is made with its first frames
-        self._written[index] = max(self._written.get(index, 0), end)
-
-    def _refresh_live_plots(self) -> None:
-        """(Re)write an entry's live plot when a channel got its dataset since the last one
-        (an image dataset is made with its first frames), and note which nodes each of its
-        NXdata groups links to."""
-        if not self._live_plot_pending or not self._plots_stale:
-            return
-        self._plots_stale = False
-        for entry in self._entries.values():
-            paths = nexus.channel_paths(entry)
-            nodes = {
-                node.name: index
-                for index, node in self._data_nodes.items()
-                if self._entry_of[index] == entry and node.name in paths
-            }
-            present = frozenset(n for n in nodes if isinstance(entry.get(paths[n]), h5py.Dataset))
-            if not present or self._plotted.get(entry.name) == present:
-                continue
-            self._plotted[entry.name] = present
-            self._guarded(f"{entry.name}: live plot", self._write_plot, entry, self.info, True)
-            by_dataset = {entry[paths[n]].name: nodes[n] for n in present}
-            groups: list[frozenset[int]] = []
-            for group in entry.values():
-                if not isinstance(group, h5py.Group) or group.attrs.get("NX_class") != "NXdata":
-                    continue
-                if nexus.LIVE_GRID_ATTR in group.attrs:
-                    self._grids.add(entry.name)
-                members = {
-                    by_dataset[link.path]
-                    for name in group
-                    if isinstance(link := group.get(name, getlink=True), h5py.SoftLink)
-                    and link.path in by_dataset
-                }
-                if len(members) > 1:
-                    groups.append(frozenset(members))
-            self._plot_groups[entry.name] = groups
-
     def on_end(self, node: DataNode, data: EventData) -> None:
         """The end of the scan (not of a sub-scan): its final metadata, and the result's state."""
         if node is self.scan:
@@ -613,12 +426,3 @@ class ScanWriter(EndOfScan):
             message = f"{what} not written: {exc}"
             logger.warning("scan %s: %s", self.scan.db_name, message)
             self.result.warnings.append(message)
-
-    def _write_plot(self, entry: h5py.Group, info: Mapping[str, Any], live: bool = False) -> None:
-        paths = nexus.channel_paths(entry)
-        channels = {
-            node.name: paths[node.name]
-            for index, node in self._data_nodes.items()
-            if self._entry_of[index] == entry and node.name in paths
-        }
-        nexus.write_default_plot(entry, info.get("plots"), channels, scan_info=info, live=live)

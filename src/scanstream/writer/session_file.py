@@ -33,7 +33,7 @@ import h5py
 from ..exceptions import WriterError
 from . import nexus
 from .files import FileBusyError, FileLock, refuse_if_written_elsewhere, sync_to_disk
-from .nexus.plots import entry_order
+from .nexus.nxdata import entry_order
 
 __all__ = ["IDENTITY_ATTR", "SCANS_SUFFIX", "SessionFiles", "scan_file_of", "scans_dir_of"]
 

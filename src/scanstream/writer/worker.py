@@ -39,7 +39,8 @@ from .isolation import WorkerConfig
 from .paths import WritePolicy
 from .registry import WriterRegistry
 from .scan_claims import ClaimFence, ScanClaims
-from .scan_writer import ScanWriter, WriteResult
+from .scan_result import WriteResult
+from .scan_writer import ScanWriter
 from .supervise import UNREACHABLE
 
 __all__ = ["FENCE_PERIOD", "WORKER_LOG_FILE_ENV", "WORKER_LOG_LEVEL_ENV", "main"]

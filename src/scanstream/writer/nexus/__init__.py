@@ -73,6 +73,7 @@ from .channels import (
     write_points,
 )
 from .compression import COMPRESSIONS, DEFAULT_COMPRESSION, compression_options
+from .grids import LIVE_GRID_ATTR, grow_live_grids
 from .images import ImageReference, is_hdf5_format, references_dataset_name, require_image_vds
 from .layout import (
     LAYOUT_ATTR,
@@ -93,12 +94,8 @@ from .metadata import (
     write_scan_info_positioners,
     write_value,
 )
-from .plots import (
-    LIVE_GRID_ATTR,
-    default_plot_name,
-    grow_live_grids,
-    write_default_plot,
-)
+from .plot_specs import default_plot_name
+from .plots import write_default_plot
 from .sequences import link_subscan_entries, link_subscan_plot
 
 __all__ = [

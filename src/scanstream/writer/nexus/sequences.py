@@ -15,7 +15,7 @@ import h5py
 
 from .images import stored_path
 from .metadata import NX_COLLECTION, hdf5_name, require_nx_group
-from .plots import entry_order, is_nxdata
+from .nxdata import entry_order, is_nxdata
 
 __all__ = ["link_subscan_entries", "link_subscan_plot"]
 
