@@ -510,6 +510,9 @@ def run(url: str, quick: bool) -> list[Figure]:
         fig.met = None if target is None else fig.value.p99 <= target * 1000
         figures.append(fig)
 
+    from . import writer_compressed  # (3d) imports this module's writer process
+
+    figures += writer_compressed.run(url, quick)
     for per_file in (None, 100):
         figures.append(_images_figure(url, quick, per_file))
     return figures
