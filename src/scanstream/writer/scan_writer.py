@@ -43,6 +43,10 @@ class _Stopped(Exception):
 #: Node classes with a data stream: they are written into the entry of their top master.
 _DATA_NODES = (ChannelNode, LimaNode, ScanRefNode)
 
+#: Seconds without a new event after which a read batch ends (its points are written, the
+#: file may be flushed): short against the flush period, long against the read-ahead
+#: thread's hand-over of the events of one read.
+BATCH_GAP = 0.01
 #: Bytes of points held back (to keep the members of a live plot at one length) above which
 #: they are all written anyway: a plot member that stopped receiving points must not make
 #: the writer hold the others in memory without bound.
@@ -251,11 +255,14 @@ class ScanWriter(EndOfScan):
                         break
                     if self.result.complete:
                         break
-                    # The batch ends when no event is waiting (the end of a read), or after
-                    # a flush period, so that a writer behind a burst still flushes.
+                    # The batch ends when the data pauses (no event within BATCH_GAP), or
+                    # after a flush period, so that a writer behind a burst still flushes.
+                    # Ending it at every instant the read-ahead queue is empty made batches
+                    # of 1-2 events during a fast scan, each refreshing the live plots: the
+                    # writer fell seconds behind 1 M points/s (docs/performance.md, 3a).
                     if (
-                        not events.ready()
-                        or time.monotonic() - batch_start >= self.files.flush_period
+                        time.monotonic() - batch_start >= self.files.flush_period
+                        or not events.ready(BATCH_GAP)
                     ):
                         self._commit()
                         self.files.flush_if_due(self._file)
@@ -424,7 +431,7 @@ class ScanWriter(EndOfScan):
     def _write_held(self, index: int, upto: int | None) -> None:
         """Write the held values of node ``index`` before point ``upto`` (None: all)."""
         kept: list[tuple[int, Any]] = []
-        for first, values in self._held.pop(index, []):
+        for first, values in _contiguous(self._held.pop(index, [])):
             n = len(values)
             if upto is None or first + n <= upto:
                 self._write_values(index, first, values)
@@ -622,3 +629,50 @@ class ScanWriter(EndOfScan):
             if self._entry_of[index] == entry and node.name in paths
         }
         nexus.write_default_plot(entry, info.get("plots"), channels, scan_info=info, live=live)
+
+
+def _contiguous(chunks: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+    """Held ``(first, values)`` chunks with each run of adjacent ones joined into one.
+
+    One write per run instead of one per event: each h5py write costs ~0.1-0.2 ms whatever
+    its size, and a fast scan delivers its points in many small events. Arrays are joined
+    when they share dtype and point shape, lists (frame references, variable-length points)
+    always; anything else stays as it came.
+    """
+    joined: list[tuple[int, Any]] = []
+    run: list[Any] = []
+    run_first = run_end = 0
+
+    def close_run() -> None:
+        if not run:
+            return
+        if len(run) == 1:
+            joined.append((run_first, run[0]))
+        elif all(isinstance(v, list) for v in run):
+            joined.append((run_first, [p for v in run for p in v]))
+        else:
+            joined.append((run_first, np.concatenate(run)))
+        run.clear()
+
+    for first, values in chunks:
+        if run and first == run_end and _joinable(run[-1], values):
+            run.append(values)
+        else:
+            close_run()
+            run.append(values)
+            run_first = first
+        run_end = first + len(values)
+    close_run()
+    return joined
+
+
+def _joinable(a: Any, b: Any) -> bool:
+    if isinstance(a, list) and isinstance(b, list):
+        return True
+    return (
+        isinstance(a, np.ndarray)
+        and isinstance(b, np.ndarray)
+        and a.dtype == b.dtype
+        and a.dtype != object
+        and a.shape[1:] == b.shape[1:]
+    )
