@@ -72,7 +72,7 @@ def _jsonable(obj: Any) -> Any:
 
 
 #: Rough duration of each section in a full run (s), for the progress lines.
-_DURATION = {"publish": 90, "latency": 60, "memory": 10, "writer": 80, "scale": 50}
+_DURATION = {"publish": 90, "latency": 60, "memory": 10, "writer": 110, "scale": 50}
 
 
 def _progress(message: str) -> None:

@@ -128,14 +128,25 @@ def _raw_writer_process(path: str, nch: int, per_tick: int, ticks: int, ready: A
 
 
 def _rss_kib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    """RSS of the writer process and of its worker processes (which write the scans)."""
+    total = 0
+    for proc in (pid, *_children(pid)):
+        try:
+            with open(f"/proc/{proc}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError, ValueError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
 
 
 # -- (3a) ---------------------------------------------------------------------------------------
@@ -510,6 +521,9 @@ def run(url: str, quick: bool) -> list[Figure]:
         fig.met = None if target is None else fig.value.p99 <= target * 1000
         figures.append(fig)
 
+    from . import writer_compressed  # (3d) imports this module's writer process
+
+    figures += writer_compressed.run(url, quick)
     for per_file in (None, 100):
         figures.append(_images_figure(url, quick, per_file))
     return figures

@@ -45,6 +45,7 @@ def test_quick_benchmarks_write_their_figures(server_binary: Path, tmp_path: Pat
         "3a ",
         "3b ",
         "3c ",
+        "3d ",
         "4 ",
     ):
         assert any(n.startswith(prefix) for n in names), (prefix, names)

@@ -82,3 +82,22 @@ def test_close_is_prompt_while_the_helper_waits_to_hand_over() -> None:
         reader.close()
         assert time.monotonic() - t0 < 0.04
         assert not reader._thread.is_alive()
+
+
+@pytest.mark.timeout(10)
+def test_ready_waits_for_the_next_event_and_keeps_it() -> None:
+    gate = threading.Event()
+
+    def walk(stop: StopHandler) -> Iterator[int]:
+        yield 1
+        gate.wait(5)  # the data pauses
+        yield 2
+
+    with ReadAhead(walk) as events:
+        it = iter(events)
+        assert next(it) == 1
+        assert not events.ready(0.05)  # a pause: the batch may end
+        threading.Timer(0.05, gate.set).start()
+        assert events.ready(2.0)  # the next event came within the wait ...
+        assert events.ready()  # ... is still there ...
+        assert list(it) == [2]  # ... and is iterated over once, in order

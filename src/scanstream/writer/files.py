@@ -44,6 +44,8 @@ FLUSH_PERIOD = 0.2
 #: Free bytes that must remain on the file's disk after a write: room for HDF5's metadata
 #: and partially filled chunks, so that the file can always be flushed and closed.
 SPACE_MARGIN = 16 << 20
+#: Seconds between two looks at a disk's free space (:meth:`OpenFiles.check_space`).
+SPACE_CHECK_PERIOD = 0.5
 
 
 class FileBusyError(WriterError):
@@ -117,6 +119,8 @@ class OpenFiles:
 
     def __init__(self, flush_period: float = FLUSH_PERIOD) -> None:
         self.flush_period = flush_period
+        #: Directory -> (when its free space was read, free bytes counted down since).
+        self._space: dict[str, tuple[float, int]] = {}
         self._files: dict[Path, _OpenFile] = {}
         # Files HDF5 failed to close (disk full): kept referenced, closed once possible.
         self._unclosed: dict[Path, _OpenFile] = {}
@@ -171,11 +175,22 @@ class OpenFiles:
         WriterError
             "no space left on device": writing would leave less than :data:`SPACE_MARGIN`.
         """
+        directory = os.path.dirname(file.filename)
+        now = time.monotonic()
+        checked = self._space.get(directory)
+        # statvfs costs 10-70 us, once per write of every channel: between two looks at the
+        # disk (at most SPACE_CHECK_PERIOD apart) the free space is counted down by what this
+        # writer writes. Others filling the disk meanwhile are seen at the next look.
+        if checked is not None and now - checked[0] < SPACE_CHECK_PERIOD:
+            if checked[1] - nbytes >= SPACE_MARGIN:
+                self._space[directory] = (checked[0], checked[1] - nbytes)
+                return
         try:
-            stats = os.statvfs(os.path.dirname(file.filename))
+            stats = os.statvfs(directory)
         except OSError:
             return
         free = stats.f_bavail * stats.f_frsize
+        self._space[directory] = (now, free - nbytes)
         if free < nbytes + SPACE_MARGIN:
             raise WriterError(
                 f"no space left on device for {file.filename!r}: {free >> 20} MiB free, "

@@ -49,6 +49,8 @@ class ReadAhead:
         self._outer = stop_handler
         self._walk_stop = StopHandler()
         self._queue: queue.Queue[tuple[bool, Any]] = queue.Queue(DEPTH)
+        #: An item taken off the queue by :meth:`ready` and not yet iterated over.
+        self._next: tuple[bool, Any] | None = None
         self._thread = threading.Thread(target=self._pump, args=(walk,), name=name, daemon=True)
         self._thread.start()
 
@@ -79,7 +81,10 @@ class ReadAhead:
     def __iter__(self) -> Iterator[Any]:
         while True:
             try:
-                ok, item = self._queue.get(timeout=_POLL)
+                if self._next is not None:
+                    (ok, item), self._next = self._next, None
+                else:
+                    ok, item = self._queue.get(timeout=_POLL)
             except queue.Empty:
                 if self._stopping():
                     self._walk_stop.stop()
@@ -94,9 +99,22 @@ class ReadAhead:
             else:
                 raise item
 
-    def ready(self) -> bool:
-        """True when the next event is already read (the writer is inside a read batch)."""
-        return not self._queue.empty()
+    def ready(self, wait: float = 0.0) -> bool:
+        """True when the next event is read, or is read within ``wait`` seconds.
+
+        The helper thread hands events over one at a time, so a queue found empty for an
+        instant does not mean that the read is over: a short ``wait`` tells a pause of the
+        data from the helper thread being a few microseconds behind.
+        """
+        if self._next is not None or not self._queue.empty():
+            return True
+        if wait <= 0:
+            return False
+        try:
+            self._next = self._queue.get(timeout=wait)
+        except queue.Empty:
+            return False
+        return True
 
     def close(self) -> None:
         """Stop the walk and wait for the helper thread to end."""

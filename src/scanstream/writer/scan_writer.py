@@ -47,6 +47,10 @@ class _Stopped(Exception):
 
 #: Node classes with a data stream: they are written into the entry of their top master.
 _DATA_NODES = (ChannelNode, LimaNode, ScanRefNode)
+#: Seconds without a new event after which a read batch ends (its points are written, the
+#: file may be flushed): short against the flush period, long against the read-ahead
+#: thread's hand-over of the events of one read.
+BATCH_GAP = 0.01
 
 
 class ScanWriter(LiveBatches, EndOfScan):
@@ -192,11 +196,14 @@ class ScanWriter(LiveBatches, EndOfScan):
                         break
                     if self.result.complete:
                         break
-                    # The batch ends when no event is waiting (the end of a read), or after
-                    # a flush period, so that a writer behind a burst still flushes.
+                    # The batch ends when the data pauses (no event within BATCH_GAP), or
+                    # after a flush period, so that a writer behind a burst still flushes.
+                    # Ending it at every instant the read-ahead queue is empty made batches
+                    # of 1-2 events during a fast scan, each refreshing the live plots: the
+                    # writer fell seconds behind 1 M points/s (docs/performance.md, 3a).
                     if (
-                        not events.ready()
-                        or time.monotonic() - batch_start >= self.files.flush_period
+                        time.monotonic() - batch_start >= self.files.flush_period
+                        or not events.ready(BATCH_GAP)
                     ):
                         self._commit()
                         self.files.flush_if_due(self._file)
