@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--json PATH] [--only NAME ...]``"""
+"""``python -m benchmarks [--quick | --full] [--json PATH] [--only NAME ...]``"""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from . import latency, memory, publish
+from . import curves, latency, memory, publish
 from .harness import Figure, machine, private_server
 
-SECTIONS = ("publish", "latency", "memory", "writer", "scale")  # in the order they run
+SECTIONS = ("publish", "latency", "memory", "writer", "scale", "curves")  # in the order they run
 
 
 def _fmt(value: float | None, unit: str = "") -> str:
@@ -72,7 +72,14 @@ def _jsonable(obj: Any) -> Any:
 
 
 #: Rough duration of each section in a full run (s), for the progress lines.
-_DURATION = {"publish": 90, "latency": 60, "memory": 10, "writer": 110, "scale": 50}
+_DURATION = {
+    "publish": 90,
+    "latency": 60,
+    "memory": 10,
+    "writer": 110,
+    "scale": 50,
+    "curves": 150,
+}
 
 
 def _progress(message: str) -> None:
@@ -88,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         "server; print markdown tables (see docs/performance.md).",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes: a few seconds in all")
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="the scale curves' largest sizes too (10 000 channels, 64 scans and "
+        "subscribers, 10^8 points: several minutes more)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument(
         "--only",
@@ -116,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                 from . import writer
 
                 figures += writer.run(url, args.quick)
+            elif name == "curves":
+                result["curves"] = curves.run(url, args.quick, args.full)
             elif name == "scale":
                 result["scale_channels"] = publish.scale_channels(url, args.quick)
                 result["scale_latency"] = latency.scale(url, args.quick)
@@ -128,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         print(_rows_table(result["scale_channels"]))
         print("\nLive latency against subscribers and channels:\n")
         print(_rows_table(result["scale_latency"]))
+    for curve, rows in result.get("curves", {}).items():
+        print(f"\nScale curve: {curve.replace('_', ' ')}\n")
+        print(curves.table(rows))
     print(f"\n{result['seconds']:.1f} s in all")
     if args.json is not None:
         args.json.write_text(json.dumps(_jsonable(result), indent=2))

@@ -24,6 +24,7 @@ def _subscriber(url: str, session: str, ready: Any, results: Any) -> None:
     store = open_store(url)
     walker = get_session_node(session, store=store).walk_on_new_events(timeout=60)
     ready.set()
+    cpu_ready = time.process_time()  # start-up (imports, connection) excluded from walk_cpu_s
     chunks: list[np.ndarray] = []
     received = 0
     end_lag = float("nan")
@@ -45,6 +46,7 @@ def _subscriber(url: str, session: str, ready: Any, results: Any) -> None:
             "tail_p99": float(np.percentile(tail, 99)) if len(tail) else float("nan"),
             "end_lag": end_lag,
             "cpu_s": time.process_time(),
+            "walk_cpu_s": time.process_time() - cpu_ready,
         }
     )
     store.close()
@@ -112,6 +114,7 @@ def measure(url: str, nch: int, rate_hz: float, seconds: float, nsub: int) -> di
         "end_lag_ms": max(o["end_lag"] for o in outs) * 1000.0,
         "all_points_received": all(o["received"] == expected for o in outs),
         "subscriber_cpu_s": max(o["cpu_s"] for o in outs),
+        "subscriber_walk_cpu_s": max(o["walk_cpu_s"] for o in outs),
         "received": [o["received"] for o in outs],
         "expected": expected,
         "_latencies_ms": lat,

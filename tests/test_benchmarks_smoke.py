@@ -58,4 +58,10 @@ def test_quick_benchmarks_write_their_figures(server_binary: Path, tmp_path: Pat
     assert result["scale_latency"] and all(
         r["all_points_received"] for r in result["scale_latency"]
     )
+    curves = result["curves"]
+    assert [r["channels"] for r in curves["channels"]] == [1, 10, 100]
+    assert [r["scans"] for r in curves["concurrent_scans"]] == [1, 4]
+    assert all(r["all_points_received"] for r in curves["subscribers"])
+    assert [r["points"] for r in curves["scan_length"]] == [10**3, 10**4, 10**5]
+    assert all(0 < r["walk_s"]["median"] < math.inf for r in curves["scan_length"])
     assert result["machine"]["cores"] >= 1

@@ -54,3 +54,35 @@ def test_data_entry_ids_and_lengths() -> None:
     assert entries.stream_length([(b"15-1", {b"end": b"15"})]) == (15, True)
     with pytest.raises(DecodingError):
         entries.DataEntry.from_raw(b"7-1", {b"d": b"no count"})
+
+
+@pytest.mark.parametrize(
+    ("entry_id", "fields", "parsed"),
+    [
+        (b"10-1", {b"n": b"5", b"d": b"x" * 40}, (10, 5, None)),
+        (b"15-1", {b"end": b"15"}, (15, 0, 15)),
+        (b"0-1", {b"n": b"1", b"d": b"12345678", b"end": b"1"}, (0, 0, 1)),  # a seal wins
+    ],
+)
+def test_the_walkers_entry_parse_is_the_data_entrys(
+    entry_id: bytes, fields: dict[bytes, bytes], parsed: tuple[int, int, int | None]
+) -> None:
+    assert entries.parse_data_entry(entry_id, fields) == parsed
+    entry = entries.DataEntry.from_raw(entry_id, fields)
+    assert (entry.first_index, entry.npoints, entry.sealed_length) == parsed
+
+
+@pytest.mark.parametrize(
+    ("entry_id", "fields"),
+    [
+        (b"7-1", {b"d": b"no count"}),
+        (b"x-1", {b"n": b"1"}),
+        (b"7-1", {b"n": b"one"}),
+        (b"7-1", {b"end": b"never"}),
+    ],
+)
+def test_a_corrupt_data_entry_is_a_decoding_error_naming_it(
+    entry_id: bytes, fields: dict[bytes, bytes]
+) -> None:
+    with pytest.raises(DecodingError, match="corrupt data entry"):
+        entries.parse_data_entry(entry_id, fields)

@@ -12,14 +12,14 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
-from redis.backoff import ConstantBackoff, NoBackoff
+from redis.backoff import AbstractBackoff, ConstantBackoff, NoBackoff
 from redis.retry import Retry
 
 import scanstream.publish
 from scanstream import DataStore, RedisFullError, ScanEndedError, Settings, create_session
 from scanstream._transport.errors import is_duplicate_id, is_out_of_memory, restate
 from scanstream._transport.server import EmbeddedServer
-from scanstream.publish.sender import Sender
+from scanstream.publish.sender import _FAILED_SEND_BACKOFF, _MAX_COUNTED_FAILURES, Sender
 
 
 class _ListQueue:
@@ -119,6 +119,66 @@ def test_stop_interrupts_the_pause_after_a_failed_send(private_server: EmbeddedS
         assert time.monotonic() - started < 5.0
         assert sender.stopped and sender.refusing and queue.pending == [b"a"]
     finally:
+        store.close()
+
+
+class _RecordingBackoff(AbstractBackoff):
+    """The sender's default pauses, computed and recorded, but not waited (0 s)."""
+
+    def __init__(self) -> None:
+        self.counts: list[int] = []
+        self.delays: list[float] = []
+
+    def reset(self) -> None:
+        pass
+
+    def compute(self, failures: int) -> float:
+        self.counts.append(failures)
+        # What the default backoff would wait: an OverflowError here ends the sender's thread.
+        self.delays.append(_FAILED_SEND_BACKOFF.compute(failures))
+        return 0.0
+
+
+def test_the_sender_survives_thousands_of_failed_sends(private_server: EmbeddedServer) -> None:
+    # 2 ** failures overflows a float after about 1000 failures (a server full or away for
+    # minutes): the count given to the backoff must stay bounded, the thread alive.
+    settings = Settings(
+        redis_url=private_server.url,
+        retry=Retry(NoBackoff(), 0),
+        max_unreachable_time=600.0,
+        lease_time=600.0,
+    )
+    store = DataStore(settings=settings)
+    backoff = _RecordingBackoff()
+    sender = Sender(store, "lease", "failing", backoff=backoff)
+    try:
+        queue = _ListQueue("failing:data", sender)
+        sender.add(queue)
+        sender.start()
+        private_server.stop()
+        queue.put(b"a")
+        sender.wake.set()
+        wanted = 20 * _MAX_COUNTED_FAILURES  # 1280 consecutive failures, past the overflow
+        deadline = time.monotonic() + 120
+        while len(backoff.counts) < wanted and time.monotonic() < deadline:
+            assert sender._thread is not None and sender._thread.is_alive()
+            time.sleep(0.05)
+        assert len(backoff.counts) >= wanted, f"only {len(backoff.counts)} failed sends in 120 s"
+        assert sender._thread is not None and sender._thread.is_alive()
+        assert max(backoff.counts) == _MAX_COUNTED_FAILURES
+        assert backoff.counts[:3] == [1, 2, 3]  # consecutive failures are counted
+        assert all(0.0 < d <= 0.2 for d in backoff.delays), max(backoff.delays)
+        assert not sender.fatal and queue.sent == 0 and sender.queued == 1  # kept, not dropped
+        # Still the same sender: once the server is back, the queued point goes out.
+        private_server.start(timeout=10)
+        sender.wake.set()
+        deadline = time.monotonic() + 30
+        while queue.sent == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert queue.sent == 1
+        assert store.redis.xrange(queue.key) == [(b"0-1", {b"n": b"1", b"d": b"a"})]
+    finally:
+        sender.stop()
         store.close()
 
 

@@ -288,8 +288,12 @@ class NumericCodec:
         try:
             if self.variable:
                 return self._decode_variable(entries)
-            raw = bytearray().join(e[b"d"] for e in entries)
-            count = sum(int(e[b"n"]) for e in entries)
+            if len(entries) == 1:  # a live reader's usual batch: one entry per event
+                raw = bytearray(entries[0][b"d"])
+                count = int(entries[0][b"n"])
+            else:
+                raw = bytearray().join(e[b"d"] for e in entries)
+                count = sum(int(e[b"n"]) for e in entries)
             arr = np.frombuffer(raw, dtype=self.wire_dtype)
             arr = arr.reshape((count,) + self.shape)
         except (KeyError, ValueError) as exc:

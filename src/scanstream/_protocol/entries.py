@@ -115,15 +115,8 @@ class DataEntry:
         DecodingError
             When the ID or the count is not a number.
         """
-        try:
-            first = first_index_of(entry_id)
-            if SEAL_FIELD in fields:
-                return cls(first, 0, fields, int(fields[SEAL_FIELD]))
-            return cls(first, int(fields[b"n"]), fields, None)
-        except (KeyError, ValueError):
-            raise DecodingError(
-                f"corrupt data entry {entry_id!r} (no valid ID or point count): {sorted(fields)}"
-            ) from None
+        first, npoints, sealed_length = parse_data_entry(entry_id, fields)
+        return cls(first, npoints, fields, sealed_length)
 
     @property
     def end_index(self) -> int:
@@ -131,6 +124,29 @@ class DataEntry:
         if self.sealed_length is not None:
             return self.sealed_length
         return self.first_index + self.npoints
+
+
+def parse_data_entry(entry_id: bytes, fields: Fields) -> tuple[int, int, int | None]:
+    """``(first_index, npoints, sealed_length)`` of a data entry (see :class:`DataEntry`).
+
+    The walker's per-entry path: the same parse as :meth:`DataEntry.from_raw`, without
+    building the object (a few microseconds per entry for a live reader of many channels).
+
+    Raises
+    ------
+    DecodingError
+        When the ID or the count is not a number.
+    """
+    try:
+        first = int(entry_id.split(b"-", 1)[0])
+        sealed = fields.get(SEAL_FIELD)
+        if sealed is not None:
+            return first, 0, int(sealed)
+        return first, int(fields[b"n"]), None
+    except (KeyError, ValueError):
+        raise DecodingError(
+            f"corrupt data entry {entry_id!r} (no valid ID or point count): {sorted(fields)}"
+        ) from None
 
 
 def stream_length(last: list[tuple[bytes, Fields]]) -> tuple[int, bool]:

@@ -304,6 +304,17 @@ class ScanNode(DataNode):
         DecodingError
             A corrupt entry, or one whose parent is unknown.
         """
+        try:
+            index = int(fields[b"node"])
+        except (KeyError, ValueError):
+            index = None  # parse_new_node raises the error naming the entry
+        with self._lock:
+            # Known already (a walk's END, load_nodes after a walk): its entry was parsed once;
+            # a replayed entry of the same index changes nothing. Saves parsing its metadata
+            # again: a fifth of a walk of an ended scan of 10 000 channels.
+            known = self._nodes.get(index) if index is not None else None
+        if known is not None:
+            return known
         desc = entries.parse_new_node(fields, f"scan {self.db_name}")
         with self._lock:
             node = self._nodes.get(desc.index)

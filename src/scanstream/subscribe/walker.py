@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, cast
 import redis
 
 from .._protocol import entries
-from .._protocol.entries import DataEntry
 from .._transport.cluster import group_by_slot
 from .._transport.connection import StreamEntries, stream_entries
 from ..exceptions import (
@@ -473,22 +472,24 @@ class Walker:
             self._data.pop(node.key.encode(), None)
 
     def _read_data(self, follow: _DataFollow, stream: StreamEntries, events: list[Event]) -> None:
-        batch: list[DataEntry] = []
+        # The per-entry path of a live walk: a reader of 100 channels at 1 kHz meets 25 k
+        # entries/s, so no object per entry beyond what the reply already holds.
+        batch: list[entries.Fields] = []
+        ends: list[int] = []  # index after each entry of the batch
         batch_bytes = 0
         first_of_batch = follow.next_index
         for entry_id, fields in stream:
             try:
-                entry = DataEntry.from_raw(entry_id, fields)
+                first, npoints, sealed_length = entries.parse_data_entry(entry_id, fields)
             except DecodingError:  # a corrupt header: deliver the points before it first
                 if batch:
-                    self._data_event(follow, batch, first_of_batch, events)
+                    self._data_event(follow, batch, ends, first_of_batch, events)
                 raise
-            if entry.sealed_length is not None:
+            if sealed_length is not None:
                 follow.last_id = entry_id
                 follow.sealed = True
                 self._data.pop(follow.node.key.encode(), None)
                 break
-            first = entry.first_index
             if first != follow.next_index:
                 # Never hand out data at a shifted offset: a gap is an error, not a hole.
                 raise IndexNoMoreThereError(
@@ -496,33 +497,39 @@ class Walker:
                 )
             size = len(fields.get(b"d", b""))
             if batch and batch_bytes + size > _MAX_EVENT_BYTES:
-                self._data_event(follow, batch, first_of_batch, events)
-                batch, batch_bytes, first_of_batch = [], 0, first
+                self._data_event(follow, batch, ends, first_of_batch, events)
+                batch, ends, batch_bytes, first_of_batch = [], [], 0, first
             follow.last_id = entry_id
-            follow.next_index = entry.end_index
-            batch.append(entry)
+            follow.next_index = first + npoints
+            batch.append(fields)
+            ends.append(follow.next_index)
             batch_bytes += size
         if batch:
-            self._data_event(follow, batch, first_of_batch, events)
+            self._data_event(follow, batch, ends, first_of_batch, events)
 
     def _data_event(
-        self, follow: _DataFollow, batch: list[DataEntry], first: int, events: list[Event]
+        self,
+        follow: _DataFollow,
+        batch: list[entries.Fields],
+        ends: list[int],
+        first: int,
+        events: list[Event],
     ) -> None:
         node = follow.node
         try:
-            data = node.decode([entry.fields for entry in batch])
+            data = node.decode(batch)
         except DecodingError:
             # Deliver the entries before the corrupt one, then report it.
-            good = []
-            for entry in batch:
+            good = 0
+            while good < len(batch):
                 try:
-                    node.decode([entry.fields])
+                    node.decode(batch[good : good + 1])
                 except DecodingError:
                     break
-                good.append(entry)
+                good += 1
             if good:
-                follow.next_index = good[-1].end_index
-                self._data_event(follow, good, first, events)
+                follow.next_index = ends[good - 1]
+                self._data_event(follow, batch[:good], ends[:good], first, events)
             raise
         count = follow.next_index - first
         # A copy per event: a consumer that edits its description cannot change the next one's.
