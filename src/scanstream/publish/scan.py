@@ -55,6 +55,7 @@ from ..exceptions import (
     ScanLostError,
 )
 from ..models import NodeDescription, SavingMode, SavingVerdict, ScanState
+from .announcement import AnnouncementWatch
 from .channels import (
     ChannelPublisher,
     LimaPublisher,
@@ -319,9 +320,11 @@ class ScanPublisher:
         self.no_writer = no_writer
         self._info = info
         self._state = ScanState.CREATED
-        # The ID of the scan's NEW_SCAN entry, checked at prepared() and end() (a failover
-        # of the session's slot may lose it: PublishingSession.ensure_announced).
+        # The ID of the scan's NEW_SCAN entry, checked at prepared(), every CHECK_PERIOD s
+        # while points are stored (self._watch), and at end(): a failover of the session's
+        # slot may lose it (PublishingSession.ensure_announced).
         self._announced = announced
+        self._watch: AnnouncementWatch | None = None
         keys = self.store.keys
         self._key = keys.scan(session.name, number)
         lease_key = keys.scan_lease(session.name, number)
@@ -415,6 +418,15 @@ class ScanPublisher:
             raise self.lost("it was not marked PREPARED")
         self._state = ScanState.PREPARED
         self._ensure_announced()
+        if self._announced is not None:
+            sender = self._sender
+            self._watch = AnnouncementWatch(
+                self.db_name,
+                self._ensure_announced,
+                lambda: sum(self._tree.acknowledged().values()),
+                lambda: not (sender.stopped or sender.fatal),
+            )
+            self._watch.start()
 
     def _ensure_announced(self) -> None:
         """Announce the scan again if its NEW_SCAN entry is gone from the session stream.
@@ -489,6 +501,8 @@ class ScanPublisher:
         """
         state, update = self._check_end(state, info_update)
         self._sender.stop()
+        if self._watch is not None:
+            self._watch.stop()
         error = self._send_the_rest(state, error)
         # Before END: a walk that finds the scan only now gets its events up to END_SCAN.
         self._ensure_announced()
