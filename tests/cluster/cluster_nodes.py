@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +67,17 @@ class Node:
 
     def resume(self) -> None:
         self.process.send_signal(signal.SIGCONT)
+
+    def restart_empty(self, timeout: float = 10.0) -> None:
+        """Kill the node and start it again without its data (no persistence), on its port.
+
+        It keeps its cluster configuration (``nodes-PORT.conf``: its node ID and slots), as a
+        master restarted without RDB or AOF does: it serves its slots again, empty.
+        """
+        self.kill()
+        binary = self.process.args[0]  # type: ignore[index]
+        self.process = subprocess.Popen([binary, *self.args])
+        _wait_ping(self, timeout)
 
 
 @dataclass
@@ -134,7 +145,7 @@ class LocalCluster:
             node.kill()
 
 
-def _start_node(binary: Path, directory: Path, port: int) -> Node:
+def _start_node(binary: Path, directory: Path, port: int, extra: Sequence[str] = ()) -> Node:
     args = [
         "--port", str(port),
         "--bind", "127.0.0.1",
@@ -148,6 +159,7 @@ def _start_node(binary: Path, directory: Path, port: int) -> Node:
         "--protected-mode", "no",
         "--loglevel", "warning",
         "--logfile", f"node-{port}.log",
+        *extra,
     ]  # fmt: skip
     return Node(port, subprocess.Popen([str(binary), *args]), args)
 
@@ -166,15 +178,27 @@ def _wait_ping(node: Node, timeout: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def local_cluster(binary: Path, directory: Path, masters: int = 3) -> Iterator[LocalCluster]:
-    """Start ``masters`` masters and one replica each; stop (kill) them all at the end."""
+def local_cluster(
+    binary: Path,
+    directory: Path,
+    masters: int = 3,
+    *,
+    replicas: bool = True,
+    extra: Sequence[str] = (),
+) -> Iterator[LocalCluster]:
+    """Start ``masters`` masters and one replica each; stop (kill) them all at the end.
+
+    ``replicas=False``: masters only. ``extra``: more server arguments for every node
+    (``--cluster-require-full-coverage no``...).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     nodes: list[Node] = []
     try:
         # A port found free may be taken by another process before the node binds it (other
         # test runs on the machine): a node that exits at start is started again elsewhere.
         for attempt in range(5):
-            nodes = [_start_node(binary, directory, port) for port in _free_ports(2 * masters)]
+            count = 2 * masters if replicas else masters
+            nodes = [_start_node(binary, directory, port, extra) for port in _free_ports(count)]
             try:
                 for node in nodes:
                     _wait_ping(node)

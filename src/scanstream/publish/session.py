@@ -276,9 +276,8 @@ class PublishingSession:
         )
         if not created:
             return None
-        entry_id = store.redis.xadd(
-            keys.session_scans(self.name), new_scan_fields(number, name, node_type)
-        )
+        fields = new_scan_fields(number, name, node_type, store.settings.retention_time)
+        entry_id = store.redis.xadd(keys.session_scans(self.name), fields)
         return _as_bytes(entry_id)
 
     def ensure_announced(self, scan: ScanPublisher, entry_id: bytes) -> bytes:
@@ -317,7 +316,8 @@ class PublishingSession:
             return entry_id
         if not client.exists(keys.scan(self.name, scan.number)):
             return entry_id  # the scan is gone too: an entry would announce nothing
-        fields = new_scan_fields(scan.number, scan.name, scan.node_type)
+        retention = self.store.settings.retention_time
+        fields = new_scan_fields(scan.number, scan.name, scan.node_type, retention)
         try:
             new_id = _as_bytes(client.xadd(stream, fields, id=entry_id))
         except redis.exceptions.ResponseError:  # later entries are there (or it was deleted)

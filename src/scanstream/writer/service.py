@@ -40,6 +40,7 @@ from ..admin.registry import writer_status
 from ..exceptions import ScanNotFoundError, ScanstreamError
 from ..models import SCAN_NODE_TYPES, SavingState, SavingVerdict
 from ..subscribe.events import EventType, StopHandler
+from ..subscribe.lost import record_if_lost_by_number
 from ..subscribe.tree import ScanNode, get_session_node
 from . import nexus
 from .files import FLUSH_PERIOD, FileBusyError, OpenFiles
@@ -411,7 +412,10 @@ class WriterService:
         try:
             info, finished = scan.info, scan.state.is_final
         except ScanNotFoundError:
-            logger.warning("scan %s expired from Redis before it was saved", scan.db_name)
+            if self._record_if_lost(session, scan) is None:
+                logger.warning("scan %s expired from Redis before it was saved", scan.db_name)
+            else:
+                self._failed(session, scan, claim, "gone from Redis before it was saved")
             self._done(session, scan)
             return
         except UNREACHABLE:
@@ -419,6 +423,11 @@ class WriterService:
             raise
         except Exception as exc:  # a malformed scan: that scan fails, the session goes on
             self._failed(session, scan, claim, f"{type(exc).__name__}: {exc}")
+            self._done(session, scan)
+            return
+        lost = scan.lost
+        if lost is not None:  # nothing to write: its data is gone
+            self._failed(session, scan, claim, lost)
             self._done(session, scan)
             return
         if info.get("save") is False:
@@ -455,12 +464,27 @@ class WriterService:
         return True
 
     def _failed(self, session: _Session, scan: ScanNode, claim: _AnyClaim, message: str) -> None:
+        # A scan whose keys are gone before they could have expired was lost (a cluster
+        # master restarted empty): recorded ended FAILED, with the verdict below.
+        lost = self._record_if_lost(session, scan)
+        if lost is not None:
+            message = f"{message}; {lost}"
         logger.error("scan %s NOT saved: %s", scan.db_name, message)
         session.errors.append(
             {"scan": scan.name, "number": scan.number, "error": message, "time": time.time()}
         )
         with contextlib.suppress(Exception):
             self._record(session, scan, claim, SavingVerdict(SavingState.FAILED, reason=message))
+
+    def _record_if_lost(self, session: _Session, scan: ScanNode) -> str | None:
+        """The error of ``scan`` if its keys are gone and it was lost (:mod:`..subscribe.lost`)."""
+        try:
+            if self.store.redis.exists(self.store.keys.scan(session.name, scan.number)):
+                return None
+            return record_if_lost_by_number(self.store, session.name, scan.number)
+        except redis.exceptions.RedisError as exc:
+            logger.warning("scan %s: not checked for a loss: %s", scan.db_name, exc)
+            return None
 
     def _write_scan(
         self, session: _Session, scan: ScanNode, claim: _AnyClaim, finished: bool
