@@ -32,7 +32,7 @@ from scanstream import (
 )
 from scanstream.admin import list_scans
 from scanstream.models import SavingState
-from scanstream.writer import WriterService
+from scanstream.writer import WriterService, writer_status
 
 from .cluster_nodes import LocalCluster, Node, local_cluster
 
@@ -130,3 +130,57 @@ def test_scans_of_a_master_restarted_empty_are_reported_failed(
         for scan in (finished, running):
             state, error = reported[scan.number]
             assert state == "FAILED" and "lost its data" in error, (scan.number, error)
+
+
+def test_a_scan_lost_while_a_writer_writes_it_is_recorded_failed(
+    bare_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    settings = Settings(redis_url=bare_cluster.url, lease_time=5, max_unreachable_time=20)
+    with DataStore(settings=settings) as store:
+        victim = _victim(bare_cluster, store)
+        service = WriterService(["s"], root=tmp_path / "data", store=store, flush_period=0.05)
+        service.start()
+        try:
+            deadline = time.monotonic() + 20
+            while not (writer_status("s", store=store) or {}).get("writing"):  # owns "s"
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            session = create_session("s", store=store)
+            for _ in range(100):  # a running scan whose keys are on the victim
+                scan = session.create_scan("running", {"save": True})
+                channel = scan.create_container("timer").create_channel("x")
+                scan.prepared()
+                channel.emit(np.arange(10.0))
+                scan.flush()
+                if bare_cluster.master_of(store.keys.scan("s", scan.number)) is victim:
+                    break
+                scan.end()
+            else:
+                raise AssertionError("no scan number fell on the victim master")
+            deadline = time.monotonic() + 20
+            while scan.saving.state is not SavingState.WRITING:  # the writer is at it
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            victim.restart_empty()
+            bare_cluster.wait_ok()
+            with pytest.raises(ScanLostError):
+                while time.monotonic() < deadline + 20:
+                    channel.emit(np.arange(10.0))
+                    scan.flush()
+                    time.sleep(0.1)
+            with pytest.raises(ScanLostError):
+                scan.end()
+            deadline = time.monotonic() + 30
+            while True:  # the writer gives up on it, and records why
+                listed = {s.number: s for s in list_scans(store, "s").scans}
+                summary = listed.get(scan.number)
+                if summary is not None and summary.saving.state is SavingState.FAILED:
+                    break
+                assert time.monotonic() < deadline, summary
+                time.sleep(0.1)
+        finally:
+            service.stop()
+        assert summary.state == ScanState.FAILED.name
+        assert "lost its data" in (summary.saving.reason or "")
+        state, error = _reported(store)[scan.number]
+        assert state == "FAILED" and "lost its data" in error
