@@ -410,12 +410,13 @@ class WriterService:
                 return
             session.running.add(scan.name)
         try:
-            info, finished = scan.info, scan.state.is_final
+            info, finished, lost = scan.info, scan.state.is_final, scan.lost
         except ScanNotFoundError:
-            if self._record_if_lost(session, scan) is None:
+            lost = self._record_if_lost(session, scan)
+            if lost is None:
                 logger.warning("scan %s expired from Redis before it was saved", scan.db_name)
             else:
-                self._failed(session, scan, claim, "gone from Redis before it was saved")
+                self._failed(session, scan, claim, lost)
             self._done(session, scan)
             return
         except UNREACHABLE:
@@ -425,8 +426,7 @@ class WriterService:
             self._failed(session, scan, claim, f"{type(exc).__name__}: {exc}")
             self._done(session, scan)
             return
-        lost = scan.lost
-        if lost is not None:  # nothing to write: its data is gone
+        if lost is not None:  # recorded lost: nothing to write, its data is gone
             self._failed(session, scan, claim, lost)
             self._done(session, scan)
             return
