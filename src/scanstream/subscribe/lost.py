@@ -90,8 +90,8 @@ def record_if_lost(
     error = (
         f"scan {db_name} is gone from Redis although it was to be kept {kept} and no writer "
         f"saved it: the server at {store.display_url} lost its data (on a cluster: the master "
-        "of its slot restarted without persistence and without a replica to take over); its "
-        "points are lost"
+        "of its slot restarted without persistence and without a replica to take over), or "
+        "its keys were deleted outside scanstream; its points are lost"
     )
     info = {"name": name, "error": error}
     hash_fields = scan_hash_fields(session, number, name, node_type, metadata.dumps(info), created)
