@@ -44,6 +44,11 @@ def test_lua_rules_are_the_python_ones(name: str) -> None:
     assert keys.scan_data(SESSION, NUMBER, 7) == keys.scan(SESSION, NUMBER) + ":data:7"
 
 
+def test_node_info_script_knows_the_final_states() -> None:
+    text = scripts.script_text("set_node_info.lua")
+    assert _lua_set(text, "FINAL_STATES") == set(entries.FINAL_STATE_NAMES)
+
+
 @pytest.fixture
 def client(redis_url: str) -> Iterator[redis.Redis]:
     with redis.Redis.from_url(redis_url, socket_timeout=5) as connection:
@@ -254,3 +259,33 @@ def test_create_scan_refuses_a_number_taken_and_accepts_its_own_replay(
     # Only the event stream left (hash deleted by hand): still taken.
     client.delete(keys.scan(SESSION, NUMBER))
     assert not scripts.create_scan(client, keys, SESSION, NUMBER, other, created, 10_000)
+
+
+def test_prepare_scan_writes_only_while_the_scan_exists(client: redis.Redis) -> None:
+    keys = Keys()
+    fields = entries.prepared_hash_fields('{"a": 1}')
+    entry = entries.state_entry_fields(entries.PREPARED, 3.5)
+    assert not scripts.prepare_scan(client, keys, SESSION, NUMBER, fields, entry)
+    assert client.dbsize() == 0  # a scan that is gone gets no key without expiry
+    client.hset(keys.scan(SESSION, NUMBER), "state", "CREATED")
+    assert scripts.prepare_scan(client, keys, SESSION, NUMBER, fields, entry)
+    assert client.hgetall(keys.scan(SESSION, NUMBER)) == {
+        b"state": b"PREPARED",
+        b"info": b'{"a": 1}',
+    }
+    ((_, written),) = client.xrange(keys.scan_events(SESSION, NUMBER))
+    assert written == {b"event": entries.PREPARED, b"time": b"3.5"}
+
+
+@pytest.mark.parametrize("final", sorted(entries.FINAL_STATE_NAMES))
+def test_set_node_info_refuses_a_gone_or_ended_scan(client: redis.Redis, final: str) -> None:
+    keys = Keys()
+    field = entries.node_info_field(2)
+    assert scripts.set_node_info(client, keys, SESSION, NUMBER, field, "{}") == "missing"
+    assert client.dbsize() == 0
+    client.hset(keys.scan(SESSION, NUMBER), "state", "PREPARED")
+    assert scripts.set_node_info(client, keys, SESSION, NUMBER, field, '{"x": 1}') == ""
+    assert client.hget(keys.scan(SESSION, NUMBER), field) == b'{"x": 1}'
+    client.hset(keys.scan(SESSION, NUMBER), "state", final)
+    assert scripts.set_node_info(client, keys, SESSION, NUMBER, field, '{"x": 2}') == final
+    assert client.hget(keys.scan(SESSION, NUMBER), field) == b'{"x": 1}'

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 import h5py
@@ -15,7 +16,8 @@ import pytest
 
 from scanstream import DataStore, EventType, PublishingSession, get_session_node
 from scanstream.admin import list_scans
-from scanstream.models import SavingState
+from scanstream.models import SavingState, ScanState
+from scanstream.publish import announcement
 from scanstream.writer import WriterService, nexus, scan_file_path
 
 
@@ -172,3 +174,64 @@ def test_a_session_stream_that_cannot_be_read_does_not_keep_the_scan_from_ending
         scan.end()
     assert store.redis.hget(store.keys.scan("test_session", scan.number), "state") == b"DONE"
     assert "could not be checked or written again" in caplog.text
+
+
+def test_an_entry_lost_while_the_scan_runs_is_announced_again_before_its_end(
+    session: PublishingSession, store: DataStore
+) -> None:
+    scan = session.create_scan("running", {})
+    channel = scan.create_container("timer").create_channel("x")
+    scan.prepared()
+    ((entry_id, _),) = _entries(store)
+    store.redis.xdel(store.keys.session_scans("test_session"), entry_id)
+    node = get_session_node("test_session", store=store)
+
+    def walked() -> list[int]:  # a live walk started now: the scans it is told of
+        return [
+            scan_node.number
+            for event_type, scan_node, _ in node.walk_events(wait=False)
+            if event_type is EventType.NEW_NODE and scan_node.type == "scan"
+        ]
+
+    assert walked() == []
+    # The periodic check (every CHECK_PERIOD s while points are stored) announces it again.
+    deadline = time.monotonic() + 20
+    points = 0
+    while not walked() and time.monotonic() < deadline:
+        channel.emit(float(points))
+        points += 1
+        time.sleep(0.05)
+    assert walked() == [scan.number]
+    assert scan.state is ScanState.PREPARED  # still running
+    scan.end()
+    assert [n for _, n in _entries(store)] == [scan.number]  # end() found it: no second one
+    assert store.redis.xlen(store.keys.scan_data("test_session", scan.number, 2)) > 0
+
+
+def test_an_idle_running_scan_is_not_checked(
+    session: PublishingSession, store: DataStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(announcement, "CHECK_PERIOD", 0.05)
+    checks: list[bytes] = []
+    original = PublishingSession.ensure_announced
+
+    def counted(self: PublishingSession, scan: object, entry_id: bytes) -> bytes:
+        checks.append(entry_id)
+        return original(self, scan, entry_id)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PublishingSession, "ensure_announced", counted)
+    scan = session.create_scan("idle", {})
+    channel = scan.create_container("timer").create_channel("x")
+    scan.prepared()
+    assert len(checks) == 1  # prepared()'s own
+    time.sleep(0.5)  # ten periods without a point stored
+    assert len(checks) == 1
+    channel.emit(1.0)
+    scan.flush()
+    deadline = time.monotonic() + 20
+    while len(checks) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # and no further check while nothing more is stored
+    assert len(checks) == 2
+    scan.end()
+    assert len(checks) == 3

@@ -14,9 +14,10 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -48,9 +49,17 @@ class Node:
     port: int
     process: subprocess.Popen[bytes]
     args: list[str]
+    #: redis-py options of a client of this node (TLS: ``ssl``, ``ssl_ca_certs``).
+    client_options: dict[str, Any] = field(default_factory=dict)
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=5, socket_connect_timeout=5)
+        return redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            socket_timeout=5,
+            socket_connect_timeout=5,
+            **self.client_options,
+        )
 
     def node_id(self) -> str:
         with self.client() as client:
@@ -68,6 +77,17 @@ class Node:
     def resume(self) -> None:
         self.process.send_signal(signal.SIGCONT)
 
+    def restart_empty(self, timeout: float = 10.0) -> None:
+        """Kill the node and start it again without its data (no persistence), on its port.
+
+        It keeps its cluster configuration (``nodes-PORT.conf``: its node ID and slots), as a
+        master restarted without RDB or AOF does: it serves its slots again, empty.
+        """
+        self.kill()
+        binary = self.process.args[0]  # type: ignore[index]
+        self.process = subprocess.Popen([binary, *self.args])
+        _wait_ping(self, timeout)
+
 
 @dataclass
 class LocalCluster:
@@ -78,9 +98,15 @@ class LocalCluster:
     replicas: list[Node]
     nodes: list[Node] = field(default_factory=list)
 
+    #: The certificate (self-signed, its own CA) of a TLS cluster; None: plain TCP.
+    tls_cert: Path | None = None
+
     @property
     def url(self) -> str:
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.masters[:2])
+        seeds = ",".join(f"127.0.0.1:{n.port}" for n in self.masters[:2])
+        if self.tls_cert is None:
+            return "redis+cluster://" + seeds
+        return f"rediss+cluster://{seeds}?ssl_ca_certs={self.tls_cert}"
 
     def flushall(self) -> None:
         for node in self.nodes:
@@ -134,7 +160,9 @@ class LocalCluster:
             node.kill()
 
 
-def _start_node(binary: Path, directory: Path, port: int) -> Node:
+def _start_node(
+    binary: Path, directory: Path, port: int, extra: Sequence[str] = (), tls: Path | None = None
+) -> Node:
     args = [
         "--port", str(port),
         "--bind", "127.0.0.1",
@@ -148,8 +176,22 @@ def _start_node(binary: Path, directory: Path, port: int) -> Node:
         "--protected-mode", "no",
         "--loglevel", "warning",
         "--logfile", f"node-{port}.log",
+        *extra,
     ]  # fmt: skip
-    return Node(port, subprocess.Popen([str(binary), *args]), args)
+    options: dict[str, Any] = {}
+    if tls is not None:  # TLS only, clients, cluster bus and replication alike
+        args += [
+            "--port", "0",
+            "--tls-port", str(port),
+            "--tls-cert-file", str(tls / "cert.pem"),
+            "--tls-key-file", str(tls / "key.pem"),
+            "--tls-ca-cert-file", str(tls / "cert.pem"),
+            "--tls-cluster", "yes",
+            "--tls-replication", "yes",
+            "--tls-auth-clients", "no",
+        ]  # fmt: skip
+        options = {"ssl": True, "ssl_ca_certs": str(tls / "cert.pem")}
+    return Node(port, subprocess.Popen([str(binary), *args]), args, options)
 
 
 def _wait_ping(node: Node, timeout: float = 10.0) -> None:
@@ -166,15 +208,31 @@ def _wait_ping(node: Node, timeout: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def local_cluster(binary: Path, directory: Path, masters: int = 3) -> Iterator[LocalCluster]:
-    """Start ``masters`` masters and one replica each; stop (kill) them all at the end."""
+def local_cluster(
+    binary: Path,
+    directory: Path,
+    masters: int = 3,
+    *,
+    replicas: bool = True,
+    extra: Sequence[str] = (),
+    tls: Path | None = None,
+) -> Iterator[LocalCluster]:
+    """Start ``masters`` masters and one replica each; stop (kill) them all at the end.
+
+    ``replicas=False``: masters only. ``extra``: more server arguments for every node
+    (``--cluster-require-full-coverage no``...). ``tls``: a folder holding ``cert.pem`` and
+    ``key.pem`` (:func:`make_certificate`): every node speaks TLS only.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     nodes: list[Node] = []
     try:
         # A port found free may be taken by another process before the node binds it (other
         # test runs on the machine): a node that exits at start is started again elsewhere.
         for attempt in range(5):
-            nodes = [_start_node(binary, directory, port) for port in _free_ports(2 * masters)]
+            count = 2 * masters if replicas else masters
+            nodes = [
+                _start_node(binary, directory, port, extra, tls) for port in _free_ports(count)
+            ]
             try:
                 for node in nodes:
                     _wait_ping(node)
@@ -184,7 +242,8 @@ def local_cluster(binary: Path, directory: Path, masters: int = 3) -> Iterator[L
                     raise
                 for node in nodes:
                     node.kill()
-        cluster = LocalCluster(binary, nodes[:masters], nodes[masters:], nodes)
+        cert = None if tls is None else tls / "cert.pem"
+        cluster = LocalCluster(binary, nodes[:masters], nodes[masters:], nodes, cert)
         with nodes[0].client() as first:
             for node in nodes[1:]:
                 first.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
@@ -221,3 +280,19 @@ def _wait_replicas_synced(cluster: LocalCluster, timeout: float = 20.0) -> None:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"replica on port {replica.port} not in sync")
                 time.sleep(0.05)
+
+
+def make_certificate(directory: Path) -> Path:
+    """A self-signed certificate for 127.0.0.1 (``cert.pem``, ``key.pem``) made with openssl."""
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-keyout", str(directory / "key.pem"), "-out", str(directory / "cert.pem"),
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    return directory

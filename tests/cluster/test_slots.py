@@ -85,7 +85,15 @@ def test_scripts_touch_only_keys_derived_from_their_first_key() -> None:
     keys = Keys()
     # The scripts derive data stream names as KEYS[1] .. ':data:' .. node: the builder's form.
     assert keys.scan_data("s", 3, 7) == keys.scan("s", 3) + ":data:7"
-    for name in ("end_scan.lua", "delete_scan.lua", "create_scan.lua"):
+    lua_files = sorted(p.name for p in Path(scripts.__file__).parent.glob("*.lua"))
+    assert lua_files == [
+        "create_scan.lua",
+        "delete_scan.lua",
+        "end_scan.lua",
+        "prepare_scan.lua",
+        "set_node_info.lua",
+    ]
+    for name in lua_files:
         text = (Path(scripts.__file__).parent / name).read_text()
         code = "\n".join(line.split("--", 1)[0] for line in text.splitlines())
         # Every key a redis.call names is a local bound to KEYS[..] or derived from `scan`.

@@ -163,9 +163,34 @@ def stream_length(last: list[tuple[bytes, Fields]]) -> tuple[int, bool]:
 # ----------------------------------------------------------------------------- event streams
 
 
-def new_scan_fields(number: int, name: str, node_type: str) -> dict[FieldT, EncodableT]:
-    """Fields of the session stream's NEW_SCAN entry."""
-    return {"event": NEW_SCAN.decode(), "scan": number, "name": name, "node_type": node_type}
+def new_scan_fields(
+    number: int, name: str, node_type: str, retention: float | None = None
+) -> dict[FieldT, EncodableT]:
+    """Fields of the session stream's NEW_SCAN entry.
+
+    ``retention`` is the publisher's retention time (s; 0: no expiry): the scan's keys expire
+    that long after its end at the earliest, so a reader that finds them gone sooner knows the
+    scan was lost, not expired (:func:`new_scan_retention`). Entries of older publishers have
+    no such field.
+    """
+    fields: dict[FieldT, EncodableT] = {
+        "event": NEW_SCAN.decode(),
+        "scan": number,
+        "name": name,
+        "node_type": node_type,
+    }
+    if retention is not None:
+        fields["retention"] = repr(float(retention))
+    return fields
+
+
+def new_scan_retention(fields: Fields) -> float | None:
+    """The retention time a NEW_SCAN entry states (see :func:`new_scan_fields`); None if none."""
+    try:
+        retention = float(fields[b"retention"])
+    except (KeyError, ValueError):
+        return None
+    return retention if retention >= 0 else None
 
 
 def parse_new_scan(fields: Fields) -> int | None:
@@ -334,6 +359,16 @@ SAVING_FIELDS = (
     b"saving_writer",
     b"saving_time",
 )
+
+
+#: Scan-hash field of a scan recorded as lost (:mod:`scanstream.subscribe.lost`): the error.
+LOST_FIELD = "lost"
+
+
+def parse_lost(fields: Fields) -> str | None:
+    """Why the scan was recorded as lost (its keys gone before they could expire); else None."""
+    raw = fields.get(LOST_FIELD.encode())
+    return raw.decode(errors="replace") if raw else None
 
 
 def saving_fields(verdict: SavingVerdict) -> dict[FieldT, EncodableT]:

@@ -4,7 +4,9 @@
   (``create_scan.lua``);
 - :func:`end_scan` seals the data streams, appends END, records the final state and applies
   the retention time (``end_scan.lua``);
-- :func:`delete_scan` checks the deletion rules and deletes a scan's keys (``delete_scan.lua``).
+- :func:`delete_scan` checks the deletion rules and deletes a scan's keys (``delete_scan.lua``);
+- :func:`prepare_scan` marks a scan PREPARED if it still exists (``prepare_scan.lua``);
+- :func:`set_node_info` records a node's info while the scan runs (``set_node_info.lua``).
 
 The scripts are package data (``*.lua`` beside this module), so that editors highlight them and
 ``redis-cli --eval`` can run them. They follow the rules of :mod:`.entries` (which states are
@@ -67,10 +69,12 @@ _END_SCAN = LuaScript(script_text("end_scan.lua"))
 _END_SCAN_ALLOW_OOM = LuaScript(ALLOW_OOM + _END_SCAN.text)
 _DELETE_SCAN = LuaScript(script_text("delete_scan.lua"))
 _CREATE_SCAN = LuaScript(script_text("create_scan.lua"))
+_PREPARE_SCAN = LuaScript(script_text("prepare_scan.lua"))
+_SET_NODE_INFO = LuaScript(script_text("set_node_info.lua"))
 
 
 def _scan_keys(keys: Keys, session: str, number: int) -> list[str]:
-    """KEYS of both scripts: the scan hash, its event stream, its lease."""
+    """KEYS of every script of this module: the scan hash, its event stream, its lease."""
     return [
         keys.scan(session, number),
         keys.scan_events(session, number),
@@ -102,6 +106,45 @@ def create_scan(
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def prepare_scan(
+    client: redis.Redis,
+    keys: Keys,
+    session: str,
+    number: int,
+    hash_fields: Mapping[Any, object],
+    entry_fields: Mapping[Any, object],
+) -> bool:
+    """Update a scan's hash and append its PREPARED entry in one step; False if it is gone.
+
+    Nothing is written when the scan hash does not exist (a server that lost the scan): keys
+    written then would have no expiry.
+    """
+    pairs = [_text(part) for item in hash_fields.items() for part in item]
+    entry = [_text(part) for item in entry_fields.items() for part in item]
+    return bool(
+        _PREPARE_SCAN(client, _scan_keys(keys, session, number), [str(len(pairs)), *pairs, *entry])
+    )
+
+
+def set_node_info(
+    client: redis.Redis, keys: Keys, session: str, number: int, field: str, info_json: str
+) -> str:
+    """Set the hash field ``field`` of a running scan to ``info_json`` (a node's info).
+
+    Returns
+    -------
+    str
+        ``""`` when written, ``"missing"`` when the scan hash is gone (nothing written), else
+        the final state the scan is in (nothing written).
+    """
+    reply: Any = _SET_NODE_INFO(client, _scan_keys(keys, session, number), [field, info_json])
+    if reply == 1:
+        return ""
+    if reply == 0:
+        return "missing"
+    return _text(reply)
 
 
 def end_scan(

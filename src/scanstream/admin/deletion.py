@@ -13,15 +13,19 @@ Deleting old scans is the documented way out of a full server (``docs/reliabilit
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import redis
+
+from .._protocol import entries
 from .._protocol.keys import check_session_name
 from .._protocol.scripts import DeleteOutcome, delete_scan
-from .._transport.connection import DataStore
-from ..exceptions import InvalidArgumentError
+from .._transport.connection import DataStore, stream_entries
+from ..exceptions import DecodingError, InvalidArgumentError
 from ..models import SavingState
 from .listing import ScanSummary, format_age, saved_numbers, scan_numbers, summaries
 
@@ -147,6 +151,7 @@ def delete_scans(
     saved = saved_numbers(store, session)
     # Read before deleting: the report says what each scan was and what it freed.
     found = summaries(store, session, wanted, saved)
+    unsaved_deleted: set[int] = set()
     for number in wanted:
         summary = found.get(number)
         if summary is None:
@@ -167,6 +172,8 @@ def delete_scans(
         if decision.scan is None and numbers is None:
             continue  # expired or deleted by another process since it was read
         (report.deleted if decision.deleted else report.kept).append(decision)
+        if decision.deleted and not dry_run and number not in saved:
+            unsaved_deleted.add(number)
         if decision.deleted:
             logger.info(
                 "%s scan %s:%d (%s)",
@@ -175,7 +182,34 @@ def delete_scans(
                 number,
                 decision.reason,
             )
+    if unsaved_deleted:
+        _unannounce(store, session, unsaved_deleted)
     return report
+
+
+def _unannounce(store: DataStore, session: str, numbers: set[int]) -> None:
+    """Take the NEW_SCAN entries of deleted scans no writer saved out of the session stream.
+
+    Readers take a scan gone before its retention time, that no writer saved, for a lost one
+    (:mod:`scanstream.subscribe.lost`) and record it FAILED: a deleted one must not be.
+    """
+    stream = store.keys.session_scans(session)
+    ids = []
+    for entry_id, fields in stream_entries(store.redis.xrange(stream)):
+        with contextlib.suppress(DecodingError):
+            if entries.parse_new_scan(fields) in numbers:
+                ids.append(entry_id)
+    if ids:
+        try:
+            store.redis.xdel(stream, *ids)
+        except redis.exceptions.ResponseError as exc:  # NOPERM: the scans are deleted anyway
+            logger.warning(
+                "session %s: NEW_SCAN entries of deleted scans %s not removed (%s): walks "
+                "will report them as lost",
+                session,
+                sorted(numbers),
+                exc,
+            )
 
 
 def _decision(number: int, outcome: DeleteOutcome, summary: ScanSummary, now: float) -> Decision:

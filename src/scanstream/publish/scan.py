@@ -37,7 +37,6 @@ import redis
 
 from .._protocol import codecs, metadata
 from .._protocol.entries import (
-    FINAL_STATE_NAMES,
     PREPARED,
     new_node_fields,
     node_info_field,
@@ -46,7 +45,7 @@ from .._protocol.entries import (
 )
 from .._protocol.keys import check_item_name
 from .._protocol.metadata import check_filename, check_scan_info, iso_time
-from .._protocol.scripts import end_scan
+from .._protocol.scripts import end_scan, prepare_scan, set_node_info
 from ..exceptions import (
     EncodingError,
     InvalidArgumentError,
@@ -56,6 +55,7 @@ from ..exceptions import (
     ScanLostError,
 )
 from ..models import NodeDescription, SavingMode, SavingVerdict, ScanState
+from .announcement import AnnouncementWatch
 from .channels import (
     ChannelPublisher,
     LimaPublisher,
@@ -78,30 +78,6 @@ __all__ = ["ContainerPublisher", "ScanPublisher"]
 
 _Node = TypeVar("_Node", bound=_NodePublisher)
 
-# HSET then XADD, only if the scan hash still exists: on a server that lost the scan they would
-# create keys without expiry. KEYS: scan hash, events stream. ARGV: the number of HSET
-# arguments, the HSET field/value pairs, then the entry's field/value pairs.
-_IF_PRESENT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local n = tonumber(ARGV[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 2, n + 1))
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, n + 2))
-return 1
-"""
-
-# The info update of one node, only if the scan hash exists and the scan has not ended.
-# KEYS: scan hash. ARGV: the field, its JSON value, then the names of the final states.
-# Returns 1 (written), 0 (no scan hash) or the final state the scan is in.
-_SET_NODE_INFO = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local state = redis.call('HGET', KEYS[1], 'state')
-for i = 3, #ARGV do
-  if ARGV[i] == state then return state end
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return 1
-"""
-
 #: Keys scanstream sets in a data node's info at its creation: readers decode with them.
 _CREATION_KEYS = frozenset({"dtype", "shape", "unit", "saving_mode"})
 
@@ -123,7 +99,6 @@ class _NodeTree:
         self._count = 0
         self.descriptions: list[NodeDescription] = []  # for complete_scan_info
         self._updates: dict[int, dict[str, Any]] = {}  # node index -> info keys added
-        self._set_node_info = scan.store.redis.register_script(_SET_NODE_INFO)
         self.data_nodes: list[_DataPublisher] = []
 
     def add(
@@ -200,16 +175,19 @@ class _NodeTree:
                     "longer be updated; update it before end()"
                 )
             merged = {**self._updates.get(index, {}), **update}
-            outcome = self._set_node_info(
-                keys=[self.scan_key],
-                args=[node_info_field(index), metadata.dumps(merged, where), *FINAL_STATE_NAMES],
+            outcome = set_node_info(
+                scan.store.redis,
+                scan.store.keys,
+                scan.session_name,
+                scan.number,
+                node_info_field(index),
+                metadata.dumps(merged, where),
             )
-            if outcome == 0:
+            if outcome == "missing":
                 raise scan.lost(f"the info of node {desc.name!r} was not updated")
-            if outcome != 1:
-                final = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
+            if outcome:
                 raise ScanEndedError(
-                    f"scan {scan.db_name} was ended {final} by another process (lease "
+                    f"scan {scan.db_name} was ended {outcome} by another process (lease "
                     f"expired?): the info of node {desc.name!r} was not updated"
                 )
             self._updates[index] = merged
@@ -342,14 +320,15 @@ class ScanPublisher:
         self.no_writer = no_writer
         self._info = info
         self._state = ScanState.CREATED
-        # The ID of the scan's NEW_SCAN entry, checked at prepared() and end() (a failover
-        # of the session's slot may lose it: PublishingSession.ensure_announced).
+        # The ID of the scan's NEW_SCAN entry, checked at prepared(), every CHECK_PERIOD s
+        # while points are stored (self._watch), and at end(): a failover of the session's
+        # slot may lose it (PublishingSession.ensure_announced).
         self._announced = announced
+        self._watch: AnnouncementWatch | None = None
         keys = self.store.keys
         self._key = keys.scan(session.name, number)
         lease_key = keys.scan_lease(session.name, number)
         self._sender = Sender(self.store, lease_key, self.db_name, scan_key=self._key)
-        self._if_present = self.store.redis.register_script(_IF_PRESENT)
         self._tree = _NodeTree(self, self._sender)
         self._sender.start()
 
@@ -432,15 +411,22 @@ class ScanPublisher:
         self._info = complete_scan_info(self._info, self._tree.descriptions)
         hash_fields = prepared_hash_fields(metadata.dumps(self._info))
         entry = state_entry_fields(PREPARED, time.time())
-        args: list[Any] = [2 * len(hash_fields)]
-        for fields in (hash_fields, entry):
-            for pair in fields.items():
-                args.extend(pair)
-        events = self.store.keys.scan_events(self.session_name, self.number)
-        if not self._if_present(keys=[self._key, events], args=args):
+        store = self.store
+        if not prepare_scan(
+            store.redis, store.keys, self.session_name, self.number, hash_fields, entry
+        ):
             raise self.lost("it was not marked PREPARED")
         self._state = ScanState.PREPARED
         self._ensure_announced()
+        if self._announced is not None:
+            sender = self._sender
+            self._watch = AnnouncementWatch(
+                self.db_name,
+                self._ensure_announced,
+                lambda: sum(self._tree.acknowledged().values()),
+                lambda: not (sender.stopped or sender.fatal),
+            )
+            self._watch.start()
 
     def _ensure_announced(self) -> None:
         """Announce the scan again if its NEW_SCAN entry is gone from the session stream.
@@ -515,6 +501,8 @@ class ScanPublisher:
         """
         state, update = self._check_end(state, info_update)
         self._sender.stop()
+        if self._watch is not None:
+            self._watch.stop()
         error = self._send_the_rest(state, error)
         # Before END: a walk that finds the scan only now gets its events up to END_SCAN.
         self._ensure_announced()

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import redis
 from redis.backoff import AbstractBackoff, ExponentialBackoff
 
-from .._protocol.entries import DataEntry, data_entry_id
+from .._protocol.entries import LOST_FIELD, DataEntry, data_entry_id
 from .._transport.connection import stream_entries
 from .._transport.errors import is_duplicate_id, is_out_of_memory, restate
 from ..exceptions import DecodingError, RedisFullError, RedisUnreachableError, ScanLostError
@@ -65,9 +65,13 @@ _MAX_COUNTED_FAILURES = 64
 _TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 # Renew the lease only while the scan exists: a plain SET would create a lease without its
-# scan on a server that lost it. KEYS: scan hash, lease. ARGV: lease time (ms).
+# scan on a server that lost it. A hash with a 'lost' field (entries.LOST_FIELD) is the record
+# a reader made of the scan once gone (subscribe/lost.py), not the scan.
+# KEYS: scan hash, lease. ARGV: lease time (ms).
 _RENEW_IF_PRESENT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'lost') == 1 then
+  return 0
+end
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
 return 1
 """
@@ -347,8 +351,10 @@ class Sender:
                 sent.append((queue, first))
             if created:  # rare (once per data node): is the scan still there?
                 pipe.exists(cast(str, self.scan_key))
+                pipe.hexists(cast(str, self.scan_key), LOST_FIELD)  # or only its record
             results = pipe.execute(raise_on_error=False)
-            if created and results.pop() == 0:
+            recorded_lost, scan_exists = (results.pop(), results.pop()) if created else (0, 1)
+            if scan_exists == 0 or recorded_lost:
                 self._unmake(created)
                 raise self.lost_error("its data could not be stored")
             self._check_results(written, results)

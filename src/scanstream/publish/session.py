@@ -8,8 +8,8 @@ On a cluster the two steps are in two slots, often on two masters, and replicati
 asynchronous: a failover of the session's master to a replica that had not received the
 entry yet (or a restart of a server without persistence) loses the NEW_SCAN while the scan
 goes on; no session walk, writer or listing would find it. So the publisher checks that its
-entry is still there when the scan is prepared and when it ends, and announces the scan
-again when it is gone (:meth:`PublishingSession.ensure_announced`). A walk that saw both
+entry is still there when the scan is prepared, every 1.5 s while it stores points
+(:mod:`.announcement`) and when it ends, and announces the scan again when it is gone (:meth:`PublishingSession.ensure_announced`). A walk that saw both
 entries reports the scan once (walks skip a scan number they were already given).
 
 Before that, the session reads whether a writer follows it (:mod:`.saving`): by default a scan
@@ -276,15 +276,15 @@ class PublishingSession:
         )
         if not created:
             return None
-        entry_id = store.redis.xadd(
-            keys.session_scans(self.name), new_scan_fields(number, name, node_type)
-        )
+        fields = new_scan_fields(number, name, node_type, store.settings.retention_time)
+        entry_id = store.redis.xadd(keys.session_scans(self.name), fields)
         return _as_bytes(entry_id)
 
     def ensure_announced(self, scan: ScanPublisher, entry_id: bytes) -> bytes:
         """Check that the NEW_SCAN entry ``entry_id`` of ``scan`` is in the session's stream.
 
-        Called by the scan's publisher at ``prepared()`` and ``end()``.
+        Called by the scan's publisher at ``prepared()``, periodically while it stores points
+        (:mod:`.announcement`), and at ``end()``.
 
         When it is gone (a failover to a replica that had not received it, a restart without
         persistence, an XDEL) while the scan is still in Redis, the scan is announced again,
@@ -316,7 +316,8 @@ class PublishingSession:
             return entry_id
         if not client.exists(keys.scan(self.name, scan.number)):
             return entry_id  # the scan is gone too: an entry would announce nothing
-        fields = new_scan_fields(scan.number, scan.name, scan.node_type)
+        retention = self.store.settings.retention_time
+        fields = new_scan_fields(scan.number, scan.name, scan.node_type, retention)
         try:
             new_id = _as_bytes(client.xadd(stream, fields, id=entry_id))
         except redis.exceptions.ResponseError:  # later entries are there (or it was deleted)

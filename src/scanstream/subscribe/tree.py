@@ -232,6 +232,19 @@ class ScanNode(DataNode):
         return entries.parse_saving(self._fresh_fields())
 
     @property
+    def lost(self) -> str | None:
+        """Why the scan was recorded as lost (gone from Redis before it could expire); else None.
+
+        See :mod:`scanstream.subscribe.lost`. Such a scan has ended FAILED, with no node.
+
+        Raises
+        ------
+        ScanNotFoundError
+            The scan expired or was deleted.
+        """
+        return entries.parse_lost(self._reload())
+
+    @property
     def state(self) -> ScanState:
         """The state stored in Redis (a read only: see :meth:`check_lease` for dead publishers).
 

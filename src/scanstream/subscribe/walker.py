@@ -35,6 +35,7 @@ from ..exceptions import (
 )
 from ..models import NodeType, ScanEnd, ScanState
 from .events import Event, EventData, EventType, StopHandler
+from .lost import record_if_lost
 
 if TYPE_CHECKING:
     # Type-only: the node modules import this one (nodes -> walker), never the reverse.
@@ -390,8 +391,14 @@ class Walker:
         try:
             scan = session.get_scan(number)
         except ScanNotFoundError:
-            logger.info("session %s: scan %s expired, skipped", session.name, number)
-            return
+            # Expired, unless it could not have: then it is recorded FAILED and reported.
+            if record_if_lost(self.store, session.name, number, entry_id, fields) is None:
+                logger.info("session %s: scan %s expired, skipped", session.name, number)
+                return
+            try:
+                scan = session.get_scan(number)
+            except ScanNotFoundError:
+                return
         if self._include(scan):
             events.append(Event(EventType.NEW_NODE, scan, EventData()))
         exclude = self._exclude_for(entry_id, self._session_existing)

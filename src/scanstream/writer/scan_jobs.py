@@ -26,6 +26,7 @@ import redis
 from .._transport.connection import DataStore
 from ..exceptions import ScanNotFoundError
 from ..models import SavingState, SavingVerdict
+from ..subscribe.lost import record_if_lost_by_number
 from ..subscribe.tree import ScanNode
 from .files import FileBusyError, OpenFiles
 from .isolation import RETRY_ERRORS, WorkerConfig, WorkerProcesses
@@ -128,9 +129,13 @@ class ScanJobs:
                 return
             session.running.add(scan.name)
         try:
-            info, finished = scan.info, scan.state.is_final
+            info, finished, lost = scan.info, scan.state.is_final, scan.lost
         except ScanNotFoundError:
-            logger.warning("scan %s expired from Redis before it was saved", scan.db_name)
+            lost = self._record_if_lost(session, scan)
+            if lost is None:
+                logger.warning("scan %s expired from Redis before it was saved", scan.db_name)
+            else:
+                self._failed(session, scan, claim, lost)
             self.done(session, scan)
             return
         except UNREACHABLE:
@@ -138,6 +143,10 @@ class ScanJobs:
             raise
         except Exception as exc:  # a malformed scan: that scan fails, the session goes on
             self._failed(session, scan, claim, f"{type(exc).__name__}: {exc}")
+            self.done(session, scan)
+            return
+        if lost is not None:  # recorded lost: nothing to write, its data is gone
+            self._failed(session, scan, claim, lost)
             self.done(session, scan)
             return
         if info.get("save") is False:
@@ -175,6 +184,11 @@ class ScanJobs:
 
     def _failed(self, session: SessionState, scan: ScanNode, claim: AnyClaim, message: str) -> None:
         """Log and count the failure of ``scan``, and record its FAILED verdict (fenced)."""
+        # A scan whose keys are gone before they could have expired was lost (a cluster
+        # master restarted empty): recorded ended FAILED, with the verdict below.
+        lost = self._record_if_lost(session, scan)
+        if lost is not None:
+            message = f"{message}; {lost}"
         logger.error("scan %s NOT saved: %s", scan.db_name, message)
         session.errors.append(
             {"scan": scan.name, "number": scan.number, "error": message, "time": time.time()}
@@ -190,6 +204,17 @@ class ScanJobs:
                     "the pool tries it",
                 )
             self._record(session, scan, claim, verdict)
+
+    def _record_if_lost(self, session: SessionState, scan: ScanNode) -> str | None:
+        """The error of ``scan`` if its keys are gone and it was lost (:mod:`..subscribe.lost`)."""
+        store = self.registry.store
+        try:
+            if store.redis.exists(store.keys.scan(session.name, scan.number)):
+                return None
+            return record_if_lost_by_number(store, session.name, scan.number)
+        except redis.exceptions.RedisError as exc:
+            logger.warning("scan %s: not checked for a loss: %s", scan.db_name, exc)
+            return None
 
     def _write_scan(
         self, session: SessionState, scan: ScanNode, claim: AnyClaim, finished: bool
