@@ -91,6 +91,10 @@ def _reader_process(path: str, dataset: str, stop: Any, results: Any) -> None:
                     n = dset.shape[0]
                     newest = float(dset[n - 1])
                     samples.append((time.time(), n, newest))
+                # No object of the file may outlive it: the scan file, opened through the
+                # session file's external link, would stay open in this process, and the
+                # next open would reuse it with its old metadata (docs/nexus_layout.md).
+                del dset
         except (OSError, KeyError, RuntimeError):
             pass  # not created yet, or caught between two writes: look again
         time.sleep(max(0.0, READ_PERIOD - (time.monotonic() - t0)))
