@@ -332,15 +332,6 @@ def test_chunk_rows(entry: h5py.Group) -> None:
     assert mid.chunks == (nexus.CHUNK_TARGET_BYTES // 8192, 1024)
     few = nexus.require_channel_dataset(meas, "few", np.float64, expected_points=7)
     assert few.chunks == (7,)
-    short = nexus.require_channel_dataset(meas, "short", np.float64, expected_points=10_000)
-    assert short.chunks == (nexus.CHUNK_MAX_ROWS,)
-    assert short.id.get_create_plist().get_nfilters() == 0  # 16 KiB chunks: not worth a filter
-    # A long scan: chunks of npoints / LONG_SCAN_CHUNKS points (~0.5 MiB), compressed.
-    long = nexus.require_channel_dataset(meas, "long", np.float64, expected_points=1_000_000)
-    assert long.chunks == (1_000_000 // nexus.LONG_SCAN_CHUNKS,)
-    assert long.id.get_create_plist().get_nfilters() > 0  # the default filter (hdf5plugin)
-    longest = nexus.require_channel_dataset(meas, "longest", np.float64, expected_points=10**8)
-    assert longest.chunks == (nexus.CHUNK_TARGET_BYTES // 8,)  # never above ~1 MiB
 
 
 def test_ragged_channel(tmp_path: Path) -> None:

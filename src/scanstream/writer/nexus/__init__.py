@@ -66,7 +66,6 @@ from ...models import FINAL_STATES
 from .channels import (
     CHUNK_MAX_ROWS,
     CHUNK_TARGET_BYTES,
-    LONG_SCAN_CHUNKS,
     channel_dataset_name,
     fill_value_for,
     lengths_dataset_name,
@@ -102,7 +101,6 @@ from .sequences import link_subscan_entries, link_subscan_plot
 __all__ = [
     "CHUNK_MAX_ROWS",
     "CHUNK_TARGET_BYTES",
-    "LONG_SCAN_CHUNKS",
     "COMPRESSIONS",
     "DEFAULT_COMPRESSION",
     "END_STATES",

@@ -24,7 +24,6 @@ from .metadata import hdf5_name
 
 __all__ = [
     "CHUNK_MAX_ROWS",
-    "LONG_SCAN_CHUNKS",
     "CHUNK_RAGGED_WIDTH",
     "CHUNK_TARGET_BYTES",
     "channel_dataset_name",
@@ -39,19 +38,11 @@ logger = logging.getLogger(__name__)
 #: Upper bound of the bytes of a multi-point chunk. Points larger than this get one point
 #: per chunk (a full frame, which is how images are read back).
 CHUNK_TARGET_BYTES = 1 << 20
-#: Upper bound of the points per chunk of a scan of unknown or moderate length. HDF5 writes
-#: a partially filled chunk in full at each flush, so with a 250 ms flush period a slow scalar
-#: channel costs one chunk write per flush: 2048 float64 points = 16 KiB, i.e. 64 KiB/s per
-#: channel, instead of 4 MiB/s with 1 MiB chunks. Fast channels fill their chunks between
-#: flushes anyway. Long scans get larger chunks (:data:`LONG_SCAN_CHUNKS`).
+#: Upper bound of the points per chunk. HDF5 writes a partially filled chunk in full at each
+#: flush, so with a 250 ms flush period a slow scalar channel costs one chunk write per flush:
+#: 2048 float64 points = 16 KiB, i.e. 64 KiB/s per channel, instead of 4 MiB/s with 1 MiB
+#: chunks. Fast channels fill their chunks between flushes anyway.
 CHUNK_MAX_ROWS = 2048
-#: A scan announcing ``npoints`` gets chunks of ``npoints // LONG_SCAN_CHUNKS`` points when
-#: that is more than :data:`CHUNK_MAX_ROWS` (up to :data:`CHUNK_TARGET_BYTES`): the scalar
-#: channels of a 1 M-point scan get ~0.5 MiB chunks, large enough to be compressed (16 KiB
-#: chunks never were: their file was 7x blisswriter's gzipped one). The price, a larger
-#: partial chunk recompressed at each flush (about 0.4 ms of CPU per channel and flush for
-#: 0.5 MiB), is paid only by a slow channel of a long scan.
-LONG_SCAN_CHUNKS = 16
 #: Chunk width (elements) along axis 1 of variable-length 1-D channels.
 CHUNK_RAGGED_WIDTH = 1024
 
@@ -90,10 +81,8 @@ def fill_value_for(dtype: Any) -> Any:
 
 
 def _chunk_rows(point_bytes: int, expected_points: int | None) -> int:
-    target = max(1, CHUNK_TARGET_BYTES // max(point_bytes, 1))
-    rows = min(target, CHUNK_MAX_ROWS)
+    rows = max(1, min(CHUNK_TARGET_BYTES // max(point_bytes, 1), CHUNK_MAX_ROWS))
     if expected_points is not None and expected_points > 0:
-        rows = max(rows, min(target, int(expected_points) // LONG_SCAN_CHUNKS))
         # A 10-point scan must not allocate 2048-point chunks in every channel.
         rows = min(rows, int(expected_points))
     return rows
@@ -148,10 +137,9 @@ def require_channel_dataset(
 
     Notes
     -----
-    Chunks: ``rows = clamp(CHUNK_TARGET_BYTES // point_bytes, 1, CHUNK_MAX_ROWS)``, raised
-    to ``expected_points // LONG_SCAN_CHUNKS`` for long scans (at most
-    ``CHUNK_TARGET_BYTES // point_bytes``), and capped by ``expected_points``; points of
-    ``CHUNK_TARGET_BYTES`` or more (large frames) get one point per chunk. The fill value (only ever visible as ragged padding: rows are
+    Chunks: ``rows = clamp(CHUNK_TARGET_BYTES // point_bytes, 1, CHUNK_MAX_ROWS)``, further
+    capped by ``expected_points``; points of ``CHUNK_TARGET_BYTES`` or more (large frames)
+    get one point per chunk. The fill value (only ever visible as ragged padding: rows are
     written as soon as the dataset grows) is :func:`fill_value_for`.
 
     Raises
