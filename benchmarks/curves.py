@@ -23,7 +23,6 @@ from __future__ import annotations
 import gc
 import itertools
 import os
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,7 +33,7 @@ import redis
 from scanstream import EventType, create_session, get_session_node
 
 from . import latency
-from .harness import flush, open_store
+from .harness import flush, in_threads, open_store
 
 _counter = itertools.count()
 
@@ -139,23 +138,7 @@ def concurrent_scans(
     for nscans in sizes:
 
         def one(nscans: int = nscans) -> dict[str, float]:
-            errors: list[BaseException] = []
-
-            def publish() -> None:
-                try:
-                    _publish_scan(url, nch, npts)
-                except BaseException as exc:  # re-raised below
-                    errors.append(exc)
-
-            threads = [threading.Thread(target=publish) for _ in range(nscans)]
-            c0, t0 = time.process_time(), time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(600)
-            if errors:
-                raise errors[0]
-            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            wall, cpu = in_threads(lambda: _publish_scan(url, nch, npts), nscans)
             total = nscans * nch * npts
             return {"wall_s": wall, "cpu_s": cpu, "mpoints_per_s": total / wall / 1e6}
 

@@ -7,6 +7,7 @@ import os
 import platform
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -164,3 +165,27 @@ def machine() -> dict[str, Any]:
         "server": server,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def in_threads(target: Callable[[], Any], count: int) -> tuple[float, float]:
+    """Run ``target`` in ``count`` threads at once; return (wall s, process CPU s).
+
+    The first error of a thread is raised once all have been joined.
+    """
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            target()
+        except BaseException as exc:  # re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    c0, t0 = time.process_time(), time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    if errors:
+        raise errors[0]
+    return time.perf_counter() - t0, time.process_time() - c0

@@ -19,7 +19,7 @@ import redis
 
 from scanstream import create_session
 
-from .harness import Figure, Stat, flush, interleave, open_store
+from .harness import Figure, Stat, flush, in_threads, interleave, open_store
 
 _counter = itertools.count()
 
@@ -308,30 +308,13 @@ def concurrent_scans(url: str, quick: bool) -> Figure:
     160 channels holding the same points, from one thread. Throughput is points over the
     wall time until every ``end()`` returned; ``extra`` has the process CPU of each.
     """
-    import threading
-
     reps = 2 if quick else 5
     nscans, nch, npts = 16, 10, (5_000 if quick else 50_000)
     total = nscans * nch * npts
 
     def many() -> tuple[float, float]:
-        errors: list[BaseException] = []
-
-        def one() -> None:
-            try:
-                _publish(url, nch, "float64", (), npts, 1000)
-            except BaseException as exc:  # reported below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=one) for _ in range(nscans)]
-        c0, t0 = time.process_time(), time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(600)
-        if errors:
-            raise errors[0]
-        return total / (time.perf_counter() - t0), time.process_time() - c0
+        wall, cpu = in_threads(lambda: _publish(url, nch, "float64", (), npts, 1000), nscans)
+        return total / wall, cpu
 
     def single() -> tuple[float, float]:
         c0, t0 = time.process_time(), time.perf_counter()
