@@ -15,6 +15,7 @@ the reason), so that the verdict turns final only with the last attempt.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -166,15 +167,7 @@ class ScanJobs:
         """Record ``verdict`` in the scan hash, only while this writer's claim holds (fence)."""
         if claim.stopped or not self._holds(session.name, claim):
             return False
-        verdict = SavingVerdict(
-            verdict.state,
-            file=verdict.file,
-            entries=verdict.entries,
-            points=verdict.points,
-            reason=verdict.reason,
-            writer=self.owner,
-            time=time.time(),
-        )
+        verdict = dataclasses.replace(verdict, writer=self.owner, time=time.time())
         try:
             self.registry.record_verdict(session.name, scan.number, verdict)
         except redis.RedisError as exc:

@@ -35,8 +35,7 @@ from .scan_end import EndOfScan
 from .scan_result import WriteResult
 from .session_file import IDENTITY_ATTR, SessionFiles, scan_file_of
 
-# WriteResult is defined in scan_result.py and named here too, as before the split.
-__all__ = ["ScanWriter", "WriteResult"]
+__all__ = ["ScanWriter"]
 
 logger = logging.getLogger(__name__)
 

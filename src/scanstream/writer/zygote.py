@@ -2,8 +2,9 @@
 
 Starting ``python -m scanstream.writer.worker`` costs its imports (h5py, hdf5plugin, numpy,
 redis, scanstream: about 0.3 s of CPU on an idle core, more on a busy host) for every worker
-a service starts. A :class:`Zygote` is a process (:func:`main` of this module, one per :class:`~scanstream.writer.isolation.WorkerProcesses`) that imports :data:`PRELOAD`
-once and then forks each worker on request: a worker costs a fork.
+a service starts. A :class:`Zygote` is a process (:func:`main` of this module, one per
+:class:`~scanstream.writer.isolation.WorkerProcesses`) that imports :data:`PRELOAD` once and
+then forks each worker on request: a worker costs a fork.
 
 Forking is safe there: the zygote is a fresh interpreter (not a fork of the multi-threaded
 service), single-threaded (its BLAS is told to use one thread, and it starts none itself) and
