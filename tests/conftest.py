@@ -30,12 +30,8 @@ import pytest
 import redis
 
 from scanstream._transport.connection import clear_default_stores
-from scanstream._transport.server import (
-    EmbeddedServer,
-    find_server_binary,
-    runtime_dir,
-    stop_server,
-)
+from scanstream._transport.server import EmbeddedServer, find_server_binary
+from scanstream._transport.shared_server import runtime_dir, stop_server
 from scanstream.exceptions import ServerError
 
 if TYPE_CHECKING:

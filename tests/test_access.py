@@ -23,7 +23,8 @@ from scanstream import (
     get_session_node,
 )
 from scanstream._transport.connection import clear_default_stores
-from scanstream._transport.server import EmbeddedServer, ensure_server
+from scanstream._transport.server import EmbeddedServer
+from scanstream._transport.shared_server import ensure_server
 from scanstream.admin import list_sessions, server_memory
 
 PACKAGE_DIR = Path(scanstream.__file__).parent

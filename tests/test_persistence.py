@@ -26,13 +26,8 @@ from scanstream import (
     get_session_node,
 )
 from scanstream._protocol.entries import saving_fields
-from scanstream._transport.server import (
-    EmbeddedServer,
-    data_dir,
-    ensure_server,
-    server_status,
-    stop_server,
-)
+from scanstream._transport.server import EmbeddedServer
+from scanstream._transport.shared_server import data_dir, ensure_server, server_status, stop_server
 from scanstream.cli import main
 from scanstream.models import SavingState, SavingVerdict
 

@@ -17,10 +17,12 @@ import redis
 from scanstream._transport.server import (
     EmbeddedServer,
     default_maxmemory,
-    ensure_server,
     find_server_binary,
     parse_maxmemory,
     pid_alive,
+)
+from scanstream._transport.shared_server import (
+    ensure_server,
     resolve_url,
     runtime_dir,
     server_status,
@@ -197,7 +199,7 @@ def test_runtime_dir_private(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
 
 
 _CHILD = (
-    "from scanstream._transport.server import ensure_server; import redis; url = ensure_server(); "
+    "from scanstream._transport.shared_server import ensure_server; import redis; url = ensure_server(); "
     "print(url, redis.Redis.from_url(url).info('server')['process_id'])"
 )
 

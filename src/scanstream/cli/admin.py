@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._transport.connection import DataStore
-from .._transport.server import resolve_url
+from .._transport.shared_server import resolve_url
 from ..admin.deletion import DeletionReport, delete_scans
 from ..admin.listing import (
     ScanSummary,

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from .._transport.connection import DataStore
-from .._transport.server import resolve_url
+from .._transport.shared_server import resolve_url
 from ..admin.registry import saved_scans, writer_status
 from ..exceptions import ScanstreamError
 from ..publish import create_session

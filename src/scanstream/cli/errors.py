@@ -9,7 +9,7 @@ import os
 import redis
 
 from .._transport.cluster import CLUSTER_SCHEMES
-from .._transport.server import ENV_URL
+from .._transport.shared_server import ENV_URL
 from .._transport.urls import mask_url
 from ..exceptions import RedisUnreachableError
 

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
-from .._transport.server import resolve_url
+from .._transport.shared_server import resolve_url
 from ..exceptions import NoWriterError
 from ..models import ScanState
 from ..publish import PublishingSession, ScanPublisher, create_session

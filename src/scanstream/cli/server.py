@@ -8,7 +8,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from .._transport import server
+from .._transport import shared_server
 from .._transport.connection import DataStore
 from .._transport.urls import mask_url
 from ..admin.listing import server_dependents
@@ -37,11 +37,11 @@ def run_server(args: argparse.Namespace) -> int:
     if args.redis_url:
         logger.warning("`scanstream server` manages your embedded server; --redis-url is ignored")
     if args.action == "start":
-        print(server.ensure_server())
+        print(shared_server.ensure_server())
         return 0
     if args.action == "stop":
         return _stop_server(force=args.force)
-    status = server.server_status()
+    status = shared_server.server_status()
     _print_mapping({**status, "url": mask_url(status["url"])})
     return 0 if status["running"] else 1
 
@@ -56,7 +56,7 @@ def _print_mapping(values: Mapping[str, Any]) -> None:
 
 def _stop_server(*, force: bool) -> int:
     """Stop the embedded server unless something depends on it (exit code 1) or ``force``."""
-    status = server.server_status()
+    status = shared_server.server_status()
     if not status["running"]:
         print("no embedded server was running")
         return 0
@@ -78,5 +78,5 @@ def _stop_server(*, force: bool) -> int:
                 file=sys.stderr,
             )
             return 1
-    print("stopped" if server.stop_server() else "no embedded server was running")
+    print("stopped" if shared_server.stop_server() else "no embedded server was running")
     return 0

@@ -14,7 +14,7 @@ import sys
 from typing import Any, cast
 
 from .._transport.connection import DataStore
-from .._transport.server import resolve_url
+from .._transport.shared_server import resolve_url
 from ..exceptions import ScanNotFoundError, SessionNotFoundError
 from ..subscribe.data_nodes import ChannelNode, LimaNode, ScanRefNode
 from ..subscribe.tree import ScanNode, get_session_node

@@ -28,7 +28,7 @@ from typing import IO, Any
 import numpy as np
 
 from .._transport.connection import DataStore
-from .._transport.server import resolve_url
+from .._transport.shared_server import resolve_url
 from ..admin.registry import writer_status
 from ..models import SavingState, SavingVerdict
 from ..subscribe.data_nodes import ChannelNode

@@ -16,7 +16,7 @@ import sys
 
 from .._protocol.keys import check_session_name
 from .._transport.connection import DataStore
-from .._transport.server import resolve_url
+from .._transport.shared_server import resolve_url
 from .._transport.urls import mask_url
 from ..exceptions import InvalidArgumentError
 

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from .._transport.connection import DataStore, default_store
-from .._transport.server import resolve_url
+from .._transport.shared_server import resolve_url
 from ..admin.registry import writer_status
 from ..writer.isolation import DEFAULT_WORKERS
 from ..writer.service import WriterService
