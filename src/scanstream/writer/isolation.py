@@ -21,7 +21,6 @@ import logging
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -307,7 +306,9 @@ def _terminate_on_stop(proc: ForkedWorker, stop: StopHandler, reported: threadin
             if proc.poll() is None:
                 proc.terminate()
             return
-        time.sleep(0.1)
+        # Woken at once when the worker has reported: the caller joins this thread before it
+        # records the verdict (a plain sleep here added 50 ms on average to every scan's save).
+        reported.wait(0.1)
 
 
 def _retire(proc: ForkedWorker) -> None:

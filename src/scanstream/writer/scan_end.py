@@ -119,13 +119,16 @@ class EndOfScan:
         """
         file = entry.file
         instrument = entry["instrument"]
+        paths: dict[str, str] | None = None  # read once: each read walks measurement/
         for index, node in self._data_nodes.items():
             if self._entry_of[index] != entry or isinstance(node, ScanRefNode):
                 continue
             group = self._device_groups.get(index)
             if group is None:  # the esrf layout: measurement/<short> -> instrument/<dev>/data
                 link = None
-                path = nexus.channel_path(entry, node.name)
+                if paths is None:
+                    paths = nexus.channel_paths(entry)
+                path = paths.get(node.name)
                 if path is not None:
                     link = file.get(path, getlink=True)
                 if isinstance(link, h5py.SoftLink):
