@@ -272,6 +272,9 @@ def test_the_table_gives_way_to_the_progress_line_when_points_come_too_fast() ->
         (["ct", "0", "diode"], "COUNT_TIME must be a positive number of seconds, got '0'"),
         (["timescan", "0", "diode"], "COUNT_TIME must be a positive number"),
         (["loopscan", "0", "0.1", "diode"], "NPOINTS must be at least 1"),
+        (["loopscan", "3", "inf", "diode"], "COUNT_TIME must be a positive number"),
+        (["ascan", "roby", "nan", "1", "2", "0.1", "diode"], "START must be a finite number"),
+        (["ascan", "roby", "0", "inf", "2", "0.1", "diode"], "STOP must be a finite number"),
         (["amesh", "roby", "0", "1", "2", "robz", "0", "1", "0", "0.1", "diode"], "INTERVALS2"),
         (
             ["a2scan", "roby", "0", "1", "roby", "0", "1", "2", "0.1", "diode"],

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import functools
 import inspect
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -113,8 +114,10 @@ def _convert(kind: str, name: str, word: Any, beamline: Beamline) -> Any:
             raise ScanArgumentError(f"{name} must be {what}, got {word!r}") from None
     if kind == "count" and value < 1:
         raise ScanArgumentError(f"{name} must be at least 1, got {word!r}")
-    if kind == "time" and not value > 0:  # also refuses nan
+    if kind == "time" and not 0 < value < math.inf:  # also refuses nan
         raise ScanArgumentError(f"{name} must be a positive number of seconds, got {word!r}")
+    if kind == "float" and not math.isfinite(value):  # a motor cannot move to nan or inf
+        raise ScanArgumentError(f"{name} must be a finite number, got {word!r}")
     return value
 
 
