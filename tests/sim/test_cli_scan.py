@@ -297,6 +297,25 @@ def test_out_of_range_and_repeated_arguments_are_usage_errors(
         parse_scan_arguments(argv[0], argv[1:], default_beamline())
 
 
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--save-timeout", "-1"],
+        ["--time-scale", "-1"],
+        ["--max-duration", "-1"],
+        ["--max-duration", "nan"],
+        ["--npoints", "-1"],
+    ],
+)
+def test_negative_option_values_are_usage_errors(
+    redis_url: str, capsys: pytest.CaptureFixture[str], option: list[str]
+) -> None:
+    assert run(redis_url, "timescan", "0.01", "diode", *option) == 2
+    err = capsys.readouterr().err
+    assert f"argument {option[0]}: '{option[1]}' must be" in err and "Traceback" not in err
+    assert redis.Redis.from_url(redis_url).dbsize() == 0  # refused before anything was published
+
+
 def test_list_gives_each_scan_type_its_arguments_and_summary(
     redis_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
