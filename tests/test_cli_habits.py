@@ -376,3 +376,21 @@ def test_the_worker_processes_log_into_the_writers_log_file(redis_url: str, tmp_
     worker_lines = [line for line in log.read_text().splitlines() if " worker " in line]
     assert any("writing scan workers:1" in line for line in worker_lines), log.read_text()
     assert "writing scan workers:1" not in err  # debug records go to the file only
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly() -> None:
+    """`scanstream scan --list | head -1`: no BrokenPipeError traceback, exit code 141."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line: the first write fails
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "scanstream", "scan", "--list"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 141, proc.stderr

@@ -273,6 +273,50 @@ def test_corrupt_entry_is_reported_for_its_node_only(server: EmbeddedServer) -> 
         store.close()
 
 
+def test_corrupt_scan_events_do_not_end_a_session_walk(server: EmbeddedServer) -> None:
+    """A garbage NEW_NODE, and an END whose lengths name a node index that is not a number
+    (what the end script seals for such a NEW_NODE), are reported for their scan only: the
+    session walk goes on with the next scan, every point of it delivered."""
+    store = _store(server.url)
+    try:
+        session = create_session("garbage_events", store=store)
+        with session.create_scan("bad") as scan:
+            channel = scan.create_container("timer").create_channel("c")
+            scan.prepared()
+            channel.emit(np.arange(3.0))
+            scan.flush()
+            events_key = store.keys.scan_events("garbage_events", scan.number)
+            store.redis.xadd(events_key, {"event": "NEW_NODE"})
+            store.redis.xadd(
+                events_key,
+                {
+                    "event": "NEW_NODE",
+                    "node": "abc",
+                    "parent": "0",
+                    "type": "channel",
+                    "name": "q",
+                    "info": "{}",
+                },
+            )
+        with session.create_scan("good") as good:
+            good.create_container("timer").create_channel("c").emit(np.arange(4.0))
+        walker = get_session_node("garbage_events", store=store).walk_events(wait=False)
+        ends, data = {}, {}
+        for event_type, node, event_data in walker:
+            if event_type is EventType.END_SCAN:
+                ends[node.name] = event_data
+            elif event_type is EventType.NEW_DATA:
+                data.setdefault(node.db_name, []).append(event_data.data)
+        assert set(ends) == {"1_bad", "2_good"}
+        assert ends["2_good"].data is ScanState.DONE
+        assert np.array_equal(np.concatenate(data["garbage_events:2_good:timer:c"]), np.arange(4.0))
+        assert ends["1_bad"].data is ScanState.FAILED  # its END is unreadable
+        assert "corrupt" in ends["1_bad"].description["decoding_errors"]["garbage_events:1_bad"]
+        assert isinstance(walker.errors["garbage_events:1_bad"], DecodingError)
+    finally:
+        store.close()
+
+
 # ----------------------------------------------------------------------------- the outage budget
 
 

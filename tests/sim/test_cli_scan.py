@@ -272,6 +272,9 @@ def test_the_table_gives_way_to_the_progress_line_when_points_come_too_fast() ->
         (["ct", "0", "diode"], "COUNT_TIME must be a positive number of seconds, got '0'"),
         (["timescan", "0", "diode"], "COUNT_TIME must be a positive number"),
         (["loopscan", "0", "0.1", "diode"], "NPOINTS must be at least 1"),
+        (["loopscan", "3", "inf", "diode"], "COUNT_TIME must be a positive number"),
+        (["ascan", "roby", "nan", "1", "2", "0.1", "diode"], "START must be a finite number"),
+        (["ascan", "roby", "0", "inf", "2", "0.1", "diode"], "STOP must be a finite number"),
         (["amesh", "roby", "0", "1", "2", "robz", "0", "1", "0", "0.1", "diode"], "INTERVALS2"),
         (
             ["a2scan", "roby", "0", "1", "roby", "0", "1", "2", "0.1", "diode"],
@@ -292,6 +295,25 @@ def test_out_of_range_and_repeated_arguments_are_usage_errors(
     assert redis.Redis.from_url(redis_url).dbsize() == 0  # refused before anything was published
     with pytest.raises(ScanArgumentError, match=message.split(",")[0]):
         parse_scan_arguments(argv[0], argv[1:], default_beamline())
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--save-timeout", "-1"],
+        ["--time-scale", "-1"],
+        ["--max-duration", "-1"],
+        ["--max-duration", "nan"],
+        ["--npoints", "-1"],
+    ],
+)
+def test_negative_option_values_are_usage_errors(
+    redis_url: str, capsys: pytest.CaptureFixture[str], option: list[str]
+) -> None:
+    assert run(redis_url, "timescan", "0.01", "diode", *option) == 2
+    err = capsys.readouterr().err
+    assert f"argument {option[0]}: '{option[1]}' must be" in err and "Traceback" not in err
+    assert redis.Redis.from_url(redis_url).dbsize() == 0  # refused before anything was published
 
 
 def test_list_gives_each_scan_type_its_arguments_and_summary(

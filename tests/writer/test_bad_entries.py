@@ -83,6 +83,37 @@ def test_a_corrupt_new_node_entry_fails_that_scan_once(writer, session, store, c
     assert bad.number not in saved_scans("test_session", store=store)
 
 
+def test_a_new_node_with_a_garbage_index_fails_that_scan_and_the_next_is_saved(
+    writer, session, store, caplog
+):
+    # The end script seals a stream for it and its END names the index "abc": the session
+    # listener must not fail on that END again and again, blocking every later scan.
+    caplog.set_level(logging.CRITICAL, logger="scanstream")
+    bad = session.create_scan("bad")
+    bad.create_container("timer").create_channel("timer:c").emit([1.0])
+    store.redis.xadd(
+        store.keys.scan_events("test_session", bad.number),
+        {
+            "event": "NEW_NODE",
+            "node": "abc",
+            "parent": "0",
+            "type": "channel",
+            "name": "q",
+            "info": "{}",
+        },
+    )
+    bad.end()
+    good = _good_scan(session, "good")
+    assert _final_verdict(store, bad.number).state is SavingState.FAILED
+    wait_saved_ignoring_errors(store, {good.number})
+    assert _final_verdict(store, good.number).state is SavingState.SAVED
+    wait_for(
+        lambda: writer_status("test_session", store=store)["errors"], 5, "the error in --status"
+    )
+    errors = writer_status("test_session", store=store)["errors"]
+    assert [e["number"] for e in errors] == [bad.number]  # once, not in a loop
+
+
 def test_a_corrupt_data_entry_is_never_saved(writer, session, store, caplog, tmp_path):
     caplog.set_level(logging.CRITICAL, logger="scanstream")
     scan = session.create_scan("corrupt")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import functools
 import inspect
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -113,8 +114,10 @@ def _convert(kind: str, name: str, word: Any, beamline: Beamline) -> Any:
             raise ScanArgumentError(f"{name} must be {what}, got {word!r}") from None
     if kind == "count" and value < 1:
         raise ScanArgumentError(f"{name} must be at least 1, got {word!r}")
-    if kind == "time" and not value > 0:  # also refuses nan
+    if kind == "time" and not 0 < value < math.inf:  # also refuses nan
         raise ScanArgumentError(f"{name} must be a positive number of seconds, got {word!r}")
+    if kind == "float" and not math.isfinite(value):  # a motor cannot move to nan or inf
+        raise ScanArgumentError(f"{name} must be a finite number, got {word!r}")
     return value
 
 
@@ -244,6 +247,28 @@ class _ScanTypes(SubParsers):
             sub.error(problem)
 
 
+def _non_negative_seconds(text: str) -> float:
+    """An option's number of seconds or scale factor: finite and >= 0 (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    """An option's count: an integer >= 0 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be an integer >= 0")
+    return value
+
+
 def add_scan_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     """The options of ``scanstream scan``; ``suppress``: without defaults.
 
@@ -271,21 +296,21 @@ def add_scan_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     parser.add_argument("--dataset", default=default("0001"), help="dataset name (default: 0001)")
     parser.add_argument(
         "--time-scale",
-        type=float,
+        type=_non_negative_seconds,
         default=default(1.0),
         metavar="X",
         help="multiply count times by X (default 1: real time; 0: no waiting)",
     )
     parser.add_argument(
         "--max-duration",
-        type=float,
+        type=_non_negative_seconds,
         default=default(None),
         metavar="S",
         help="stop the scan after S seconds (USER_ABORTED), e.g. for timescan",
     )
     parser.add_argument(
         "--npoints",
-        type=int,
+        type=_non_negative_int,
         default=default(0),
         help="timescan: number of points (0: until stopped)",
     )
@@ -304,7 +329,7 @@ def add_scan_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     )
     parser.add_argument(
         "--save-timeout",
-        type=float,
+        type=_non_negative_seconds,
         default=default(10.0),
         metavar="S",
         help="seconds to wait at the end for the writer's saving verdict (default 10; "

@@ -423,7 +423,12 @@ class Walker:
         scan = follow.scan
         if kind == entries.NEW_NODE:
             if not follow.lifecycle_only:
-                self._on_new_node(follow, fields, events, entry_id)
+                try:
+                    self._on_new_node(follow, fields, events, entry_id)
+                except DecodingError as exc:
+                    # One garbage entry must not end a session walk at this scan: it is
+                    # reported (log, Walker.errors, END_SCAN's decoding_errors) and skipped.
+                    self._record_scan_error(follow, entry_id, exc)
         elif kind == entries.PREPARED:
             if follow.prepared:
                 return  # replayed by a client retry
@@ -431,7 +436,20 @@ class Walker:
             if follow.subtree_root == 0 and self._include(scan):
                 events.append(Event(EventType.PREPARED_SCAN, scan, EventData(data="PREPARED_SCAN")))
         elif kind == entries.END:
-            self._on_end(follow, entries.parse_end(fields, f"scan {scan.db_name}"), events)
+            try:
+                end = entries.parse_end(fields, f"scan {scan.db_name}")
+            except DecodingError as exc:
+                # The scan has ended, but how is unreadable: end it FAILED for this walk
+                # (nothing is recorded in Redis) rather than follow it for ever.
+                self._record_scan_error(follow, entry_id, exc)
+                end = ScanEnd(ScanState.FAILED, str(exc), time.time(), {})
+            self._on_end(follow, end, events)
+
+    def _record_scan_error(self, follow: _ScanFollow, entry_id: bytes, exc: DecodingError) -> None:
+        """Report a corrupt entry of a scan's event stream, which the walk then skips."""
+        logger.error("%s; event stream entry %s skipped", exc, entry_id.decode())
+        self.errors[follow.scan.db_name] = exc
+        follow.errors[follow.scan.db_name] = str(exc)
 
     def _on_new_node(
         self,
