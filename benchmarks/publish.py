@@ -46,36 +46,51 @@ def _publish(
     store = open_store(url)
     try:
         session = create_session(f"bench{next(_counter)}", store=store)
-        scan = session.create_scan("bench")
-        top = scan.create_container("timer")
-        channels = [top.create_channel(f"c{i}", dtype=dtype, shape=shape) for i in range(nch)]
-        scan.prepared()
-        channels = channels[:active]
-        if per_emit == 1 and shape == ():
-            values = scalars if scalars is not None else [float(i) for i in range(npoints)]
-            t0 = time.perf_counter()
-            for v in values:
-                for ch in channels:
-                    ch.emit(v)
-        else:
-            block = np.arange(per_emit * int(np.prod(shape) or 1), dtype=dtype).reshape(
-                (per_emit,) + shape
-            )
-            if per_emit == 1:
-                block = block[0]
-            t0 = time.perf_counter()
-            for _ in range(npoints // per_emit):
-                for ch in channels:
-                    ch.emit(block)
-        t1 = time.perf_counter()
-        if stored is not None:
-            scan.flush()
-            stored.append(time.perf_counter() - t0)
-        scan.end()
-        t2 = time.perf_counter()
-        return t1 - t0, t2 - t0
+        return _publish_in(session, nch, dtype, shape, npoints, per_emit, scalars, active, stored)
     finally:
         store.close()
+
+
+def _publish_in(
+    session: Any,
+    nch: int,
+    dtype: str,
+    shape: tuple[int, ...],
+    npoints: int,
+    per_emit: int,
+    scalars: list[Any] | None = None,
+    active: int | None = None,
+    stored: list[float] | None = None,
+) -> tuple[float, float]:
+    """:func:`_publish` in an open ``session`` (its store stays open)."""
+    scan = session.create_scan("bench")
+    top = scan.create_container("timer")
+    channels = [top.create_channel(f"c{i}", dtype=dtype, shape=shape) for i in range(nch)]
+    scan.prepared()
+    channels = channels[:active]
+    if per_emit == 1 and shape == ():
+        values = scalars if scalars is not None else [float(i) for i in range(npoints)]
+        t0 = time.perf_counter()
+        for v in values:
+            for ch in channels:
+                ch.emit(v)
+    else:
+        block = np.arange(per_emit * int(np.prod(shape) or 1), dtype=dtype).reshape(
+            (per_emit,) + shape
+        )
+        if per_emit == 1:
+            block = block[0]
+        t0 = time.perf_counter()
+        for _ in range(npoints // per_emit):
+            for ch in channels:
+                ch.emit(block)
+    t1 = time.perf_counter()
+    if stored is not None:
+        scan.flush()
+        stored.append(time.perf_counter() - t0)
+    scan.end()
+    t2 = time.perf_counter()
+    return t1 - t0, t2 - t0
 
 
 def _raw_xadd(url: str, nch: int, point_bytes: int, npoints: int, per_entry: int) -> float:
@@ -303,19 +318,6 @@ def numpy_scalars(url: str, quick: bool) -> list[Figure]:
     return figures
 
 
-def _scan_of(session: Any, nch: int, npts: int) -> None:
-    """Publish one scan of ``nch`` float64 channels fed 1000-point batches, channels included."""
-    scan = session.create_scan("bench")
-    top = scan.create_container("timer")
-    channels = [top.create_channel(f"c{i}", dtype="float64") for i in range(nch)]
-    scan.prepared()
-    block = np.arange(1000, dtype="float64")
-    for _ in range(npts // 1000):
-        for ch in channels:
-            ch.emit(block)
-    scan.end()
-
-
 def _rusage() -> np.ndarray:
     """User s, system s, voluntary and involuntary context switches of this process."""
     r = resource.getrusage(resource.RUSAGE_SELF)
@@ -353,12 +355,14 @@ def concurrent_scans(url: str, quick: bool) -> Figure:
     def many() -> tuple[float, float, float]:
         def publish(sessions: list[Any]) -> None:
             free = iter(sessions)  # one session per thread (next() on an iterator is atomic)
-            in_threads(lambda: _scan_of(next(free), nch, npts), nscans)
+            in_threads(lambda: _publish_in(next(free), nch, "float64", (), npts, 1000), nscans)
 
         return timed(nscans, publish)
 
     def single() -> tuple[float, float, float]:
-        return timed(1, lambda sessions: _scan_of(sessions[0], nscans * nch, npts))
+        return timed(
+            1, lambda sessions: _publish_in(sessions[0], nscans * nch, "float64", (), npts, 1000)
+        )
 
     conc, one_scan = interleave([many, single], reps, lambda: flush(url))
     fig = Figure(

@@ -428,7 +428,7 @@ class Walker:
                 except DecodingError as exc:
                     # One garbage entry must not end a session walk at this scan: it is
                     # reported (log, Walker.errors, END_SCAN's decoding_errors) and skipped.
-                    self._record_scan_error(follow, entry_id, exc)
+                    self._record_scan_error(follow, exc, entry_id)
         elif kind == entries.PREPARED:
             if follow.prepared:
                 return  # replayed by a client retry
@@ -441,13 +441,19 @@ class Walker:
             except DecodingError as exc:
                 # The scan has ended, but how is unreadable: end it FAILED for this walk
                 # (nothing is recorded in Redis) rather than follow it for ever.
-                self._record_scan_error(follow, entry_id, exc)
+                self._record_scan_error(follow, exc, entry_id)
                 end = ScanEnd(ScanState.FAILED, str(exc), time.time(), {})
             self._on_end(follow, end, events)
 
-    def _record_scan_error(self, follow: _ScanFollow, entry_id: bytes, exc: DecodingError) -> None:
-        """Report a corrupt entry of a scan's event stream, which the walk then skips."""
-        logger.error("%s; event stream entry %s skipped", exc, entry_id.decode())
+    def _record_scan_error(
+        self, follow: _ScanFollow, exc: DecodingError, skipped: bytes | None = None
+    ) -> None:
+        """Report a corrupt entry of a scan's event stream (log, ``Walker.errors``,
+        END_SCAN's description); ``skipped``: the ID of the entry the walk then skips."""
+        if skipped is None:
+            logger.error("%s", exc)
+        else:
+            logger.error("%s; event stream entry %s skipped", exc, skipped.decode())
         self.errors[follow.scan.db_name] = exc
         follow.errors[follow.scan.db_name] = str(exc)
 
@@ -573,9 +579,7 @@ class Walker:
         try:
             return follow.scan.load_nodes()
         except DecodingError as exc:
-            logger.error("%s", exc)
-            self.errors[follow.scan.db_name] = exc
-            follow.errors[follow.scan.db_name] = str(exc)
+            self._record_scan_error(follow, exc)
             return follow.scan.known_nodes()
 
     def _on_end(self, follow: _ScanFollow, end: ScanEnd, events: list[Event]) -> None:
