@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Mapping
 from importlib import resources
 from typing import Any, NamedTuple, cast
@@ -29,6 +30,8 @@ from typing import Any, NamedTuple, cast
 import redis
 
 from .keys import Keys
+
+logger = logging.getLogger(__name__)
 
 #: Prepended to a script to let it run when Redis is full (maxmemory reached, noeviction).
 #: Script flags need Redis >= 7.0: older servers refuse the line with an error.
@@ -188,6 +191,9 @@ def end_scan(
         (acknowledged writes lost by a failover to a replica that lagged, or a restart) ends
         the scan FAILED instead, with outcome ``lost``. None: not checked.
 
+    A NEW_NODE entry whose node index is garbage, or a data key that is not a stream, is
+    skipped and logged (an error naming the scan and the entry); the other streams are sealed.
+
     Returns
     -------
     tuple of str
@@ -211,12 +217,18 @@ def end_scan(
         "" if acknowledged is None else _acknowledged_json(acknowledged),
     ]
     try:
-        outcome, final, detail = _END_SCAN(client, script_keys, args)
+        reply = _END_SCAN(client, script_keys, args)
     except redis.exceptions.OutOfMemoryError as exc:
         try:
-            outcome, final, detail = _END_SCAN_ALLOW_OOM(client, script_keys, args)
+            reply = _END_SCAN_ALLOW_OOM(client, script_keys, args)
         except redis.exceptions.ResponseError:  # Redis < 7.0: no script flags
             raise exc from None
+    outcome, final, detail = reply[:3]
+    skipped = cast("list[bytes]", reply[3]) if len(reply) > 3 else []
+    for text in skipped:
+        # Garbage in the scan's keys (written by hand, a foreign client): the other streams
+        # were sealed; readers report the entry too (the walk's decoding errors).
+        logger.error("scan %s:%d: %s", session, number, text.decode(errors="replace"))
     return outcome.decode(), final.decode() if final else "", detail.decode(errors="replace")
 
 

@@ -317,10 +317,7 @@ class ScanNode(DataNode):
         DecodingError
             A corrupt entry, or one whose parent is unknown.
         """
-        try:
-            index = int(fields[b"node"])
-        except (KeyError, ValueError):
-            index = None  # parse_new_node raises the error naming the entry
+        index = entries.parse_node_index(fields.get(b"node"))  # None: parse_new_node raises
         with self._lock:
             # Known already (a walk's END, load_nodes after a walk): its entry was parsed once;
             # a replayed entry of the same index changes nothing. Saves parsing its metadata
