@@ -2,7 +2,8 @@
 
 It reads through the subscriber API only (never writes): the scan's identity and state, its
 start and end, every data node with dtype, shape, unit and number of points, the image
-references of detectors, and the saving verdict (file and entries).
+references of detectors, the saving verdict (file and entries), and the entries of the scan's
+event stream skipped as corrupt (each named with what is wrong).
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def describe_scan(scan: ScanNode) -> dict[str, Any]:
     end = scan.scan_end
     saving = scan.saving
     nodes = [_describe_node(node) for node in scan.load_nodes()]
+    # Garbage in the scan's event stream: its entry is named, the rest is shown all the same.
+    corrupt = {entry: str(exc) for entry, exc in scan.corrupt_entries.items()}
     return {
         "session": scan.session_name,
         "number": scan.number,
@@ -73,6 +76,7 @@ def describe_scan(scan: ScanNode) -> dict[str, Any]:
         "end_time": info.get("end_time"),
         "npoints": info.get("npoints"),
         "nodes": [n for n in nodes if n is not None],
+        "corrupt_entries": corrupt,
         "saving": {
             "state": saving.state.value,
             "file": saving.file,
@@ -148,6 +152,9 @@ def format_description(d: dict[str, Any]) -> str:
             )
         else:
             lines.append(f"    {n['name']:<{width}}  {n['points']:>8} scans referenced")
+    if d["corrupt_entries"]:
+        lines.append("  corrupt entries (skipped):")
+        lines += [f"    {entry}: {text}" for entry, text in d["corrupt_entries"].items()]
     return "\n".join(lines)
 
 

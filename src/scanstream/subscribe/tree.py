@@ -158,6 +158,7 @@ class ScanNode(DataNode):
         self.lease_key = keys.scan_lease(session.name, self.number)
         self._fields = fields
         self._nodes: dict[int, ScanMemberNode] = {}
+        self._corrupt: dict[str, DecodingError] = {}  # event stream entry ID -> its error
         self._lock = threading.Lock()
         self.scan_end: ScanEnd | None = None
 
@@ -298,16 +299,38 @@ class ScanNode(DataNode):
         return [n for n in self.load_nodes() if n.parent is self]
 
     def load_nodes(self) -> list[DataNode]:
-        """All nodes of the scan as stored now, parents before children."""
-        for _, fields in stream_entries(self.store.redis.xrange(self.events_key)):
-            if fields.get(b"event") == entries.NEW_NODE:
-                self.node_from_entry(fields)
-        return list(self._nodes.values())
+        """All nodes of the scan as stored now, parents before children.
 
-    def known_nodes(self) -> list[DataNode]:
-        """The nodes of the scan read so far (no Redis call), parents before children."""
+        A corrupt NEW_NODE entry (garbage written into Redis) is skipped with the nodes below
+        it, as walks skip it: it is logged once and kept in :attr:`corrupt_entries`, and the
+        other nodes are returned.
+        """
+        for entry_id, fields in stream_entries(self.store.redis.xrange(self.events_key)):
+            if fields.get(b"event") == entries.NEW_NODE:
+                try:
+                    self.node_from_entry(fields)
+                except DecodingError as exc:
+                    self.record_corrupt_entry(entry_id, exc)
         with self._lock:
             return list(self._nodes.values())
+
+    @property
+    def corrupt_entries(self) -> dict[str, DecodingError]:
+        """The entries of the scan's event stream skipped as corrupt so far: ID -> the error.
+
+        Filled by :meth:`load_nodes` and by walks of the scan.
+        """
+        with self._lock:
+            return dict(self._corrupt)
+
+    def record_corrupt_entry(self, entry_id: bytes, exc: DecodingError) -> None:
+        """Record an entry of the scan's event stream that is skipped as corrupt (logged once)."""
+        key = entry_id.decode()
+        with self._lock:
+            if key in self._corrupt:
+                return
+            self._corrupt[key] = exc
+        logger.error("%s; event stream entry %s skipped", exc, key)
 
     def node_from_entry(self, fields: entries.Fields) -> ScanMemberNode:
         """Return the node described by a NEW_NODE entry (one object per node index).

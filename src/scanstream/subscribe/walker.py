@@ -453,7 +453,7 @@ class Walker:
         if skipped is None:
             logger.error("%s", exc)
         else:
-            logger.error("%s; event stream entry %s skipped", exc, skipped.decode())
+            follow.scan.record_corrupt_entry(skipped, exc)  # logs it, once per entry
         self.errors[follow.scan.db_name] = exc
         follow.errors[follow.scan.db_name] = str(exc)
 
@@ -574,13 +574,12 @@ class Walker:
         )
 
     def _nodes_at_end(self, follow: _ScanFollow) -> list[DataNode]:
-        """The scan's nodes for END_SCAN's lengths; a corrupt NEW_NODE entry is recorded in
-        the scan's errors, not raised: it must not end a session walk at that scan's END."""
-        try:
-            return follow.scan.load_nodes()
-        except DecodingError as exc:
-            self._record_scan_error(follow, exc)
-            return follow.scan.known_nodes()
+        """The scan's nodes for END_SCAN's lengths; the corrupt NEW_NODE entries load_nodes
+        skipped are recorded in the scan's errors (they must not end a session walk there)."""
+        nodes = follow.scan.load_nodes()
+        for entry_id, exc in follow.scan.corrupt_entries.items():
+            self._record_scan_error(follow, exc, entry_id.encode())
+        return nodes
 
     def _on_end(self, follow: _ScanFollow, end: ScanEnd, events: list[Event]) -> None:
         scan = follow.scan
