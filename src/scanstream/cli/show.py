@@ -16,8 +16,9 @@ from typing import Any, cast
 
 from .._transport.connection import DataStore
 from .._transport.shared_server import resolve_url
-from ..exceptions import ScanNotFoundError, SessionNotFoundError
+from ..exceptions import DecodingError, ScanNotFoundError, SessionNotFoundError
 from ..subscribe.data_nodes import ChannelNode, LimaNode, ScanRefNode
+from ..subscribe.nodes import DataNode
 from ..subscribe.tree import ScanNode, get_session_node
 
 
@@ -61,7 +62,7 @@ def describe_scan(scan: ScanNode) -> dict[str, Any]:
     info = dict(scan.info)
     end = scan.scan_end
     saving = scan.saving
-    nodes = [_describe_node(node) for node in scan.load_nodes()]
+    nodes = [_describe_or_report(node) for node in scan.load_nodes()]
     # Garbage in the scan's event stream: its entry is named, the rest is shown all the same.
     corrupt = {entry: str(exc) for entry, exc in scan.corrupt_entries.items()}
     return {
@@ -85,6 +86,15 @@ def describe_scan(scan: ScanNode) -> dict[str, Any]:
             "reason": saving.reason,
         },
     }
+
+
+def _describe_or_report(node: DataNode) -> dict[str, Any] | None:
+    """The node's description; for one whose data is unreadable (garbage in Redis), what is
+    wrong, so that the other nodes are shown."""
+    try:
+        return _describe_node(node)
+    except DecodingError as exc:
+        return {"kind": "corrupt", "name": node.name, "error": str(exc)}
 
 
 def _describe_node(node: object) -> dict[str, Any] | None:
@@ -150,6 +160,8 @@ def format_description(d: dict[str, Any]) -> str:
                 f"    {n['name']:<{width}}  {n['points']:>8} images  {n['dtype']:<8} "
                 f"{'x'.join(map(str, n['shape']))}  in {files}"
             )
+        elif n["kind"] == "corrupt":
+            lines.append(f"    {n['name']:<{width}}  unreadable: {n['error']}")
         else:
             lines.append(f"    {n['name']:<{width}}  {n['points']:>8} scans referenced")
     if d["corrupt_entries"]:
