@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from scanstream import DataStore, ScanState, Settings
+from scanstream import DataStore, DecodingError, ScanState, Settings
 from scanstream._protocol import entries, scripts
 from scanstream._protocol.keys import Keys
 from scanstream.models import NodeDescription, NodeType
@@ -364,3 +364,19 @@ def test_delete_scan_builds_no_key_from_a_garbage_node(client: redis.Redis) -> N
     assert outcome.outcome == "deleted"
     assert client.get(keys.scan(SESSION, NUMBER) + ":data:07") == b"kept"
     assert not client.exists(keys.scan_data(SESSION, NUMBER, indices["channel"]))
+
+
+def test_end_and_delete_of_a_scan_whose_event_stream_is_garbage(client: redis.Redis) -> None:
+    keys = Keys()
+    _make_scan(client, keys, "PREPARED", lease=False)
+    events = keys.scan_events(SESSION, NUMBER)
+    client.delete(events)
+    client.set(events, "garbage")
+    with pytest.raises(DecodingError, match=r"lua:1 cannot be ended: its event stream .* is not a"):
+        scripts.end_scan(client, keys, SESSION, NUMBER, "DONE", "", 1.0, retention_time=0)
+    assert client.hget(keys.scan(SESSION, NUMBER), "state") == b"PREPARED"  # nothing changed
+    outcome = scripts.delete_scan(
+        client, keys, SESSION, NUMBER, cutoff=None, saved=False, force=True, dry_run=False
+    )
+    assert outcome.outcome == "deleted"
+    assert not client.exists(keys.scan(SESSION, NUMBER), events)

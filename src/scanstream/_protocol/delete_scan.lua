@@ -51,7 +51,10 @@ if ended then how = 'ended' end
 if dry_run == '1' then return {'deletable', state, how} end
 local doomed = {scan, events, lease}
 local seen = {}
-for _, entry in ipairs(redis.call('XRANGE', events, '-', '+')) do
+-- pcall: an event stream of another type (garbage) names no data stream; it goes all the same.
+local stored = redis.pcall('XRANGE', events, '-', '+')
+if stored.err then stored = {} end
+for _, entry in ipairs(stored) do
   local f = entry[2]
   local kv = {}
   for i = 1, #f, 2 do kv[f[i]] = f[i + 1] end

@@ -10,8 +10,9 @@
 -- ARGV: state, error, time, retention (s), only_if_lease_expired (0/1), info JSON or "",
 --       acknowledged JSON or "" (data node index -> points the publisher had acknowledged).
 -- Returns {outcome, state, detail, skipped}: outcome 'ok' (ended now), 'ended' (already ended
--- in state), 'alive' (lease still held), 'missing' (no such scan) or 'lost' (ended FAILED now:
--- a stream holds fewer points than were acknowledged, which detail names); skipped lists what
+-- in state), 'alive' (lease still held), 'missing' (no such scan), 'corrupt' (its event stream
+-- is not a stream, detail says so; nothing written) or 'lost' (ended FAILED now: a stream
+-- holds fewer points than were acknowledged, which detail names); skipped lists what
 -- could not be sealed, one text each: a NEW_NODE entry whose node index is garbage (its data
 -- key cannot be named), a data key that is not a stream. The others are sealed all the same,
 -- and the END entry names only valid node indices, so that readers can parse it.
@@ -54,7 +55,13 @@ local lengths = {}
 local data_keys = {}
 local skipped = {}
 local seen = {}  -- node indices handled
-for _, entry in ipairs(redis.call('XRANGE', events, '-', '+')) do
+-- pcall: garbage over the event stream (another type) must be named, not a script error.
+local stored = redis.pcall('XRANGE', events, '-', '+')
+if stored.err then
+  return {'corrupt', current or '', 'its event stream ' .. events .. ' is not a stream ('
+    .. stored.err .. '): nothing was changed', {}}
+end
+for _, entry in ipairs(stored) do
   local f = entry[2]
   local kv = {}
   for i = 1, #f, 2 do kv[f[i]] = f[i + 1] end

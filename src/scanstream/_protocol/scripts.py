@@ -29,6 +29,7 @@ from typing import Any, NamedTuple, cast
 
 import redis
 
+from ..exceptions import DecodingError
 from .keys import Keys
 
 logger = logging.getLogger(__name__)
@@ -205,6 +206,8 @@ def end_scan(
     ------
     redis.exceptions.OutOfMemoryError
         Redis is full and older than 7.0 (it cannot run the script past maxmemory).
+    DecodingError
+        The scan's event stream is not a stream (garbage written over it): nothing changed.
     """
     script_keys = _scan_keys(keys, session, number)
     args = [
@@ -224,6 +227,12 @@ def end_scan(
         except redis.exceptions.ResponseError:  # Redis < 7.0: no script flags
             raise exc from None
     outcome, final, detail = reply[:3]
+    if outcome == b"corrupt":
+        raise DecodingError(
+            f"scan {session}:{number} cannot be ended: {detail.decode(errors='replace')}; "
+            f"garbage was written over its keys; once its publisher is gone, delete it with "
+            f"`scanstream delete {session} --scan {number} --force`"
+        )
     skipped = cast("list[bytes]", reply[3]) if len(reply) > 3 else []
     for text in skipped:
         # Garbage in the scan's keys (written by hand, a foreign client): the other streams
