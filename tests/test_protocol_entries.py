@@ -86,3 +86,10 @@ def test_a_corrupt_data_entry_is_a_decoding_error_naming_it(
 ) -> None:
     with pytest.raises(DecodingError, match="corrupt data entry"):
         entries.parse_data_entry(entry_id, fields)
+
+
+def test_a_garbage_node_info_update_names_the_node_and_field():
+    fields = {b"node_info:3": b"[1,2"}
+    with pytest.raises(DecodingError, match=r"scan x: the info update of node 3 \(node_info:3\)"):
+        entries.parse_node_info(fields, 3, "scan x")
+    assert entries.parse_node_info(fields, 4, "scan x") == {}

@@ -363,12 +363,16 @@ def parse_node_info(fields: Fields, index: int, where: str) -> dict[str, Any]:
     DecodingError
         The field is not a JSON object.
     """
-    raw = fields.get(node_info_field(index).encode())
+    field = node_info_field(index)
+    raw = fields.get(field.encode())
     if raw is None:
         return {}
-    value = metadata.loads(raw)
+    try:
+        value = metadata.loads(raw)
+    except DecodingError as exc:
+        raise DecodingError(f"{where}: the info update of node {index} ({field}): {exc}") from None
     if not isinstance(value, dict):
-        raise DecodingError(f"{where}: the info update of node {index} is not an object")
+        raise DecodingError(f"{where}: the info update of node {index} ({field}) is not an object")
     return value
 
 
