@@ -380,3 +380,14 @@ def test_end_and_delete_of_a_scan_whose_event_stream_is_garbage(client: redis.Re
     )
     assert outcome.outcome == "deleted"
     assert not client.exists(keys.scan(SESSION, NUMBER), events)
+
+
+def test_end_of_a_scan_whose_hash_is_garbage_changes_nothing(client: redis.Redis) -> None:
+    keys = Keys()
+    _make_scan(client, keys, "PREPARED", lease=False)
+    client.delete(keys.scan(SESSION, NUMBER))
+    client.set(keys.scan(SESSION, NUMBER), "garbage")
+    before = client.xlen(keys.scan_events(SESSION, NUMBER))
+    with pytest.raises(DecodingError, match=r"its hash .* is not a hash .*scanstream delete lua"):
+        scripts.end_scan(client, keys, SESSION, NUMBER, "DONE", "", 1.0, retention_time=0)
+    assert client.xlen(keys.scan_events(SESSION, NUMBER)) == before

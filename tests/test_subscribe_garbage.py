@@ -19,6 +19,7 @@ from scanstream import DataStore, EventType, PublishingSession, get_session_node
 from scanstream._protocol.keys import Keys
 from scanstream.admin.listing import list_scans
 from scanstream.cli import main
+from scanstream.models import SavingState
 
 
 def _wrong_type(key: Callable[[Keys], str]) -> Callable[[redis.Redis, Keys], str]:
@@ -105,3 +106,16 @@ def test_garbage_in_one_scan_keeps_the_others(
     assert "Traceback" not in err
     assert named in out + err + caplog.text
     assert code in (0, 1)
+
+
+def test_a_scan_hash_turned_garbage_reads_as_failed_never_saved(
+    session: PublishingSession, store: DataStore
+) -> None:
+    _publish(session)
+    scan = get_session_node("test_session", store=store).get_scan(1)
+    key = store.keys.scan("test_session", 1)
+    store.redis.delete(key)
+    store.redis.set(key, "garbage")
+    verdict = scan.saving
+    assert verdict.state is SavingState.FAILED
+    assert key in (verdict.reason or "") and "not a scan hash" in (verdict.reason or "")

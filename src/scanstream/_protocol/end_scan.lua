@@ -10,8 +10,8 @@
 -- ARGV: state, error, time, retention (s), only_if_lease_expired (0/1), info JSON or "",
 --       acknowledged JSON or "" (data node index -> points the publisher had acknowledged).
 -- Returns {outcome, state, detail, skipped}: outcome 'ok' (ended now), 'ended' (already ended
--- in state), 'alive' (lease still held), 'missing' (no such scan), 'corrupt' (its event stream
--- is not a stream, detail says so; nothing written) or 'lost' (ended FAILED now: a stream
+-- in state), 'alive' (lease still held), 'missing' (no such scan), 'corrupt' (its hash or its
+-- event stream holds another type, detail says so; nothing written) or 'lost' (ended FAILED now: a stream
 -- holds fewer points than were acknowledged, which detail names); skipped lists what
 -- could not be sealed, one text each: a NEW_NODE entry whose node index is garbage (its data
 -- key cannot be named), a data key that is not a stream. The others are sealed all the same,
@@ -46,7 +46,11 @@ local state, err, now, retention = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local acknowledged = {}
 if ARGV[7] and ARGV[7] ~= '' then acknowledged = cjson.decode(ARGV[7]) end
 if redis.call('EXISTS', scan) == 0 then return {'missing', '', ''} end
-local current = redis.call('HGET', scan, 'state')
+local current = redis.pcall('HGET', scan, 'state')
+if type(current) == 'table' and current.err then
+  return {'corrupt', '', 'its hash ' .. scan .. ' is not a hash (' .. current.err
+    .. '): nothing was changed', {}}
+end
 if current and FINAL_STATES[current] then return {'ended', current, ''} end
 if ARGV[5] == '1' and redis.call('EXISTS', lease) == 1 then
   return {'alive', current or '', ''}

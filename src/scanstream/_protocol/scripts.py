@@ -207,7 +207,8 @@ def end_scan(
     redis.exceptions.OutOfMemoryError
         Redis is full and older than 7.0 (it cannot run the script past maxmemory).
     DecodingError
-        The scan's event stream is not a stream (garbage written over it): nothing changed.
+        The scan's hash or event stream holds another type (garbage written over it):
+        nothing changed.
     """
     script_keys = _scan_keys(keys, session, number)
     args = [

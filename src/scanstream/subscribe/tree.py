@@ -21,7 +21,7 @@ from .._protocol.scripts import end_scan
 from .._transport.connection import DataStore, default_store, stream_entries
 from .._transport.errors import is_wrong_type
 from ..exceptions import DecodingError, ScanNotFoundError
-from ..models import FINAL_STATES, NodeType, SavingVerdict, ScanEnd, ScanState
+from ..models import FINAL_STATES, NodeType, SavingState, SavingVerdict, ScanEnd, ScanState
 from .data_nodes import ChannelNode, LimaNode, ScanRefNode
 from .info import NodeInfo
 from .nodes import ContainerNode, DataNode, ScanMemberNode
@@ -289,14 +289,19 @@ class ScanNode(DataNode):
     def saving(self) -> SavingVerdict:
         """The saving verdict the writer that owns the scan recorded (WAITING: none yet).
 
-        Read from Redis at each access (it changes after the scan has ended).
+        Read from Redis at each access (it changes after the scan has ended). A scan hash
+        that became garbage reads as FAILED with the reason, as a malformed verdict does
+        (:func:`~scanstream._protocol.entries.parse_saving`): never as saved.
 
         Raises
         ------
         ScanNotFoundError
             The scan expired or was deleted.
         """
-        return entries.parse_saving(self._fresh_fields())
+        try:
+            return entries.parse_saving(self._fresh_fields())
+        except DecodingError as exc:
+            return SavingVerdict(SavingState.FAILED, reason=str(exc))
 
     @property
     def lost(self) -> str | None:
