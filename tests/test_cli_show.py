@@ -102,3 +102,18 @@ def test_show_names_a_corrupt_new_node_entry_and_shows_the_rest(
     text = capsys.readouterr().out
     assert "axis:roby" in text and "2 images" in text
     assert f"corrupt entries (skipped):\n    {garbage.decode()}: " in text
+
+
+def test_show_names_a_garbage_scan_info_and_shows_the_rest(
+    session: PublishingSession, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    number = _publish(session)
+    key = Keys().scan(session.name, number)
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    client.hset(key, "info", "{garbage")
+    client.close()
+    assert main(["show", session.name, str(number), "--json", "--redis-url", redis_url]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert {n["name"] for n in shown["nodes"]} == {"axis:roby", "diode", "mca", "cam"}
+    assert "scan_info is unreadable" in shown["corrupt_entries"][key]
+    assert shown["state"] == "DONE"

@@ -59,12 +59,16 @@ def _find_scan(store: DataStore, session: str, number: int | None) -> ScanNode:
 
 def describe_scan(scan: ScanNode) -> dict[str, Any]:
     """A plain-data description of ``scan`` (what ``--json`` prints)."""
-    info = dict(scan.info)
-    end = scan.scan_end
-    saving = scan.saving
     nodes = [_describe_or_report(node) for node in scan.load_nodes()]
     # Garbage in the scan's event stream: its entry is named, the rest is shown all the same.
     corrupt = {entry: str(exc) for entry, exc in scan.corrupt_entries.items()}
+    try:
+        info = dict(scan.info)
+    except DecodingError as exc:  # garbage over the scan_info: named as the entries are
+        info = {}
+        corrupt[scan.key] = str(exc)
+    end = scan.scan_end
+    saving = scan.saving
     return {
         "session": scan.session_name,
         "number": scan.number,

@@ -403,7 +403,7 @@ class Walker:
                 self._on_session_event(fields, events, entry_id)
             except DecodingError as exc:
                 # One garbage entry must not end every later walk of the session at it.
-                logger.error("session stream entry %s skipped: %s", entry_id, exc)
+                logger.error("session stream entry %s skipped: %s", entry_id.decode(), exc)
             if len(self._scans) > followed:
                 break
         return events
