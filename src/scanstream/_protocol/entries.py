@@ -54,6 +54,14 @@ FINAL_STATE_NAMES = frozenset(state.name for state in FINAL_STATES)
 SEAL_FIELD = b"end"
 
 
+def brief(fields: Fields, limit: int = 40) -> Fields:
+    """``fields`` with each value cut to ``limit`` bytes: for messages about garbage entries,
+    which may hold megabytes."""
+    return {
+        k[:limit]: v[:limit] if len(v) <= limit else v[:limit] + b"..." for k, v in fields.items()
+    }
+
+
 def has_data_stream(node_type: str | bytes) -> bool:
     """True when nodes of this type own a data stream (channel, lima, scan reference)."""
     if isinstance(node_type, bytes):
@@ -213,7 +221,7 @@ def parse_new_scan(fields: Fields) -> int | None:
     try:
         return int(fields[b"scan"])
     except (KeyError, ValueError):
-        raise DecodingError(f"corrupt NEW_SCAN entry: {fields!r}") from None
+        raise DecodingError(f"corrupt NEW_SCAN entry: {brief(fields)}") from None
 
 
 # A node index as written by new_node_fields: '0' or up to 16 digits, no sign, no leading zero.
@@ -255,7 +263,7 @@ def parse_new_node(fields: Fields, where: str) -> NodeDescription:
     try:
         index = parse_node_index(fields.get(b"node"))
         if index is None:
-            raise ValueError(f"node field {fields.get(b'node')!r} is not a node index")
+            raise ValueError(f"node field {brief(fields).get(b'node')!r} is not a node index")
         info = metadata.loads(fields[b"info"]) or {}
         if not isinstance(info, dict):
             raise ValueError(f"info is a {type(info).__name__}, not a dict")

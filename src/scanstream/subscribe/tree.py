@@ -191,7 +191,7 @@ class ScanNode(DataNode):
             self.type = fields[b"node_type"].decode()
             self._state_of(fields)
         except (KeyError, ValueError) as exc:
-            shown = {k: v[:40] for k, v in sorted(fields.items()) if not k.startswith(b"info")}
+            shown = {k: v for k, v in sorted(entries.brief(fields).items()) if k != b"info"}
             raise DecodingError(
                 f"corrupt scan hash ({type(exc).__name__}: {exc}): {shown}"
             ) from None
