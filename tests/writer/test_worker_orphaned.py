@@ -119,6 +119,7 @@ def test_workers_of_a_killed_writer_stop_cleanly(redis_url, store, session, tmp_
             scan.end()
     text = log.read_text()
     print(text)
+    print(f"the orphaned workers exited {took:.2f} s after the kill")
     assert took < EXIT_BOUND, f"the workers took {took:.1f} s to exit"
     assert "Traceback" not in text and "BrokenPipeError" not in text
     gone = [line for line in text.splitlines() if "the writer service that started" in line]
