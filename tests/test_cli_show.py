@@ -6,8 +6,10 @@ import json
 
 import numpy as np
 import pytest
+import redis
 
 from scanstream import ImageReference, PublishingSession
+from scanstream._protocol.keys import Keys
 from scanstream.cli import main
 
 
@@ -70,3 +72,48 @@ def test_show_of_an_unknown_scan_says_so(
     assert "no scan number 99" in capsys.readouterr().err
     assert main(["show", "never_used", "--redis-url", redis_url]) == 1
     assert "never_used" in capsys.readouterr().err
+
+
+def test_show_names_a_corrupt_new_node_entry_and_shows_the_rest(
+    session: PublishingSession, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    number = _publish(session)
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    events = Keys().scan_events(session.name, number)
+    garbage = client.xadd(events, {"event": "NEW_NODE", "node": "abc", "type": "channel"})
+    broken_info = client.xadd(
+        events,
+        {"event": "NEW_NODE", "node": "50", "parent": "0", "type": "channel", "name": "x"}
+        | {"info": "{not json"},
+    )
+    client.close()
+    assert main(["show", session.name, str(number), "--json", "--redis-url", redis_url]) == 0
+    out, err = capsys.readouterr()
+    shown = json.loads(out)
+    assert {n["name"] for n in shown["nodes"]} == {"axis:roby", "diode", "mca", "cam"}
+    corrupt = shown["corrupt_entries"]
+    assert set(corrupt) == {garbage.decode(), broken_info.decode()}
+    assert "'abc'" in corrupt[garbage.decode()] and "not a node index" in corrupt[garbage.decode()]
+    assert "corrupt JSON" in corrupt[broken_info.decode()]
+    assert garbage.decode() in err  # logged too, once per entry
+    assert err.count(garbage.decode()) == 1
+
+    assert main(["show", session.name, str(number), "--redis-url", redis_url]) == 0
+    text = capsys.readouterr().out
+    assert "axis:roby" in text and "2 images" in text
+    assert f"corrupt entries (skipped):\n    {garbage.decode()}: " in text
+
+
+def test_show_names_a_garbage_scan_info_and_shows_the_rest(
+    session: PublishingSession, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    number = _publish(session)
+    key = Keys().scan(session.name, number)
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    client.hset(key, "info", "{garbage")
+    client.close()
+    assert main(["show", session.name, str(number), "--json", "--redis-url", redis_url]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert {n["name"] for n in shown["nodes"]} == {"axis:roby", "diode", "mca", "cam"}
+    assert "scan_info is unreadable" in shown["corrupt_entries"][key]
+    assert shown["state"] == "DONE"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import math
 
 import numpy as np
@@ -94,7 +95,7 @@ def test_bad_shapes_are_refused(shape):
         NumericCodec("float64", shape)
 
 
-def test_json_safe_converts_numpy_datetimes_and_keeps_nan():
+def test_json_safe_converts_numpy_datetimes_and_nan():
     when = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
     info = {
         "npoints": np.int64(11),
@@ -107,8 +108,68 @@ def test_json_safe_converts_numpy_datetimes_and_keeps_nan():
     assert back["npoints"] == 11 and isinstance(back["npoints"], int)
     assert back["start"] == [0.0, 1.0]
     assert back["when"] == "2026-01-02T03:04:05+00:00"
-    assert math.isnan(back["nan"])
+    assert back["nan"] is None  # standard JSON has no NaN (decision 0005)
     assert back["nested"] == {"@NX_class": "NXcollection", "3": [1, 2]}
+
+
+def _strict_loads(text: str | bytes) -> object:
+    """JSON as readers of other languages read it: NaN, Infinity, -Infinity refused."""
+
+    def refuse(token: str) -> object:
+        raise ValueError(f"non-standard JSON token {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+NON_FINITE = {
+    "nan": float("nan"),
+    "inf": math.inf,
+    "minus_inf": -math.inf,
+    "np_nan": np.float32("nan"),
+    "array": np.array([[1.0, np.nan], [np.inf, 2.0]]),
+    "list": [1, float("nan"), {"deep": -math.inf}],
+    "positioners": {"positioners_start": {"roby": 0.5, "off": math.nan}},
+}
+NON_FINITE_STORED = {
+    "nan": None,
+    "inf": None,
+    "minus_inf": None,
+    "np_nan": None,
+    "array": [[1.0, None], [None, 2.0]],
+    "list": [1, None, {"deep": None}],
+    "positioners": {"positioners_start": {"roby": 0.5, "off": None}},
+}
+
+
+def test_nan_and_infinities_are_stored_as_standard_json_null():
+    text = dumps(NON_FINITE)
+    assert _strict_loads(text) == NON_FINITE_STORED
+    assert "NaN" not in text and "Infinity" not in text
+    # What older versions stored still reads (Python's reader takes the tokens).
+    assert math.isnan(loads(b'{"a": NaN}')["a"])
+
+
+def test_published_scan_info_and_node_info_are_standard_json(session, store):
+    with session.create_scan("nan", dict(NON_FINITE)) as scan:
+        timer = scan.create_container("timer", info={"offset": math.nan})
+        channel = timer.create_channel("c", info={"gain": [math.inf, 1.0]})
+        channel.update_info({"zero": -math.inf})
+        scan.prepared(info_update={"later": math.nan})
+        channel.emit([1.0])
+    raw = store.redis.hgetall(store.keys.scan("test_session", scan.number))
+    info = _strict_loads(raw[b"info"])
+    assert isinstance(info, dict)
+    assert {k: info[k] for k in NON_FINITE_STORED} == NON_FINITE_STORED
+    assert info["later"] is None
+    node_infos = [
+        _strict_loads(fields[b"info"])
+        for _, fields in store.redis.xrange(store.keys.scan_events("test_session", scan.number))
+        if fields.get(b"event") == b"NEW_NODE"
+    ]
+    assert {"offset": None}.items() <= node_infos[0].items()
+    assert node_infos[1]["gain"] == [None, 1.0]
+    updates = [_strict_loads(v) for k, v in raw.items() if k.startswith(b"node_info:")]
+    assert updates == [{"zero": None}]
 
 
 @pytest.mark.parametrize(

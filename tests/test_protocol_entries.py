@@ -86,3 +86,20 @@ def test_a_corrupt_data_entry_is_a_decoding_error_naming_it(
 ) -> None:
     with pytest.raises(DecodingError, match="corrupt data entry"):
         entries.parse_data_entry(entry_id, fields)
+
+
+def test_a_garbage_node_info_update_names_the_node_and_field():
+    fields = {b"node_info:3": b"[1,2"}
+    with pytest.raises(DecodingError, match=r"scan x: the info update of node 3 \(node_info:3\)"):
+        entries.parse_node_info(fields, 3, "scan x")
+    assert entries.parse_node_info(fields, 4, "scan x") == {}
+
+
+def test_messages_about_garbage_entries_stay_short():
+    huge = b"9" * 1_000_000 + b"x"
+    with pytest.raises(DecodingError) as new_scan:
+        entries.parse_new_scan({b"event": b"NEW_SCAN", b"scan": huge})
+    with pytest.raises(DecodingError) as new_node:
+        entries.parse_new_node({b"event": b"NEW_NODE", b"node": huge}, "scan x")
+    for error in (new_scan.value, new_node.value):
+        assert len(str(error)) < 300 and "9999..." in str(error), str(error)[:300]

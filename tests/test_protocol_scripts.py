@@ -7,13 +7,14 @@ is; these tests read the rules out of the .lua text and run the scripts on the r
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterator
 
 import pytest
 import redis
 
-from scanstream import DataStore, ScanState, Settings
+from scanstream import DataStore, DecodingError, ScanState, Settings
 from scanstream._protocol import entries, scripts
 from scanstream._protocol.keys import Keys
 from scanstream.models import NodeDescription, NodeType
@@ -289,3 +290,104 @@ def test_set_node_info_refuses_a_gone_or_ended_scan(client: redis.Redis, final: 
     client.hset(keys.scan(SESSION, NUMBER), "state", final)
     assert scripts.set_node_info(client, keys, SESSION, NUMBER, field, '{"x": 2}') == final
     assert client.hget(keys.scan(SESSION, NUMBER), field) == b'{"x": 1}'
+
+
+def _lua_function(text: str, name: str) -> str:
+    """The text of ``local function NAME(...) ... end`` (up to the first unindented ``end``)."""
+    match = re.search(rf"^local function {name}\(.*?^end$", text, re.MULTILINE | re.DOTALL)
+    assert match is not None, f"no 'local function {name}' in the script"
+    return match.group(0)
+
+
+NODE_FIELDS = [b"0", b"7", b"12", b"9999999999999999", b"10000000000000000", b"07", b"-1"]
+NODE_FIELDS += [b"+7", b" 7", b"7 ", b"7_0", b"1.5", b"1e3", b"0x10", b"abc", b"", b"\xff\x00"]
+
+
+def test_lua_node_index_is_the_python_one(client: redis.Redis) -> None:
+    # Both scripts build data keys from the node field: with the same rule as the readers, so
+    # that a garbage field names no key (it named ':data:abc', and END's lengths held "abc").
+    (function,) = {_lua_function(scripts.script_text(name), "node_index") for name in LUA_FILES}
+    probe = (
+        function
+        + "\nlocal out = {}\nfor i, v in ipairs(ARGV) do out[i] = node_index(v) or '-' end\nreturn out"
+    )
+    lua = client.eval(probe, 0, *NODE_FIELDS)
+    python = [entries.parse_node_index(raw) for raw in NODE_FIELDS]
+    assert [None if v == b"-" else int(v) for v in lua] == python
+    assert python[:4] == [0, 7, 12, 9999999999999999] and set(python[4:]) == {None}
+
+
+def test_end_scan_skips_garbage_nodes_and_seals_the_others(
+    client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys = Keys()
+    indices = _make_scan(client, keys, "PREPARED", lease=False)
+    events = keys.scan_events(SESSION, NUMBER)
+    garbage = [b"abc", b"07", b"1.5", b"\xff"]
+    for raw in garbage:
+        client.xadd(events, {"event": "NEW_NODE", "node": raw, "type": "channel", "name": "g"})
+    client.xadd(events, {"event": "NEW_NODE", "type": "lima", "name": "no index"})
+    # A node whose data key is not a stream (garbage of another type): reported, not sealed.
+    client.xadd(events, entries.new_node_fields(NodeDescription(40, 1, "channel", "wrongtype")))
+    client.set(keys.scan_data(SESSION, NUMBER, 40), "not a stream")
+    caplog.set_level(logging.ERROR, logger="scanstream._protocol.scripts")
+
+    outcome = scripts.end_scan(client, keys, SESSION, NUMBER, "DONE", "", 1.0, retention_time=0)
+
+    assert outcome == ("ok", "DONE", "")
+    end = entries.parse_end(client.xrevrange(events, count=1)[0][1], "lua:1")  # parses
+    sealed = {indices[t] for t in ("channel", "lima", "node_ref_channel")}
+    assert set(end.lengths) == sealed
+    for index in sealed:
+        assert entries.stream_length(_last(client, keys.scan_data(SESSION, NUMBER, index)))[1]
+    assert client.get(keys.scan_data(SESSION, NUMBER, 40)) == b"not a stream"
+    assert not client.exists(keys.scan(SESSION, NUMBER) + ":data:abc")
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 6, logged
+    assert all(message.startswith(f"scan {SESSION}:{NUMBER}: ") for message in logged)
+    assert any("node field 'abc' is not a node index" in m for m in logged), logged
+    assert any("node field missing" in m for m in logged), logged
+    assert any("node 40" in m and "WRONGTYPE" in m for m in logged), logged
+
+
+def test_delete_scan_builds_no_key_from_a_garbage_node(client: redis.Redis) -> None:
+    keys = Keys()
+    indices = _make_scan(client, keys, "DONE", lease=False)
+    events = keys.scan_events(SESSION, NUMBER)
+    client.xadd(events, {"event": "NEW_NODE", "node": "07", "type": "channel", "name": "g"})
+    client.xadd(events, {"event": "NEW_NODE", "type": "channel", "name": "no index"})
+    # Not a data stream of the scan, though in its slot: only the keys readers know go.
+    client.set(keys.scan(SESSION, NUMBER) + ":data:07", "kept")
+    outcome = scripts.delete_scan(
+        client, keys, SESSION, NUMBER, cutoff=None, saved=True, force=False, dry_run=False
+    )
+    assert outcome.outcome == "deleted"
+    assert client.get(keys.scan(SESSION, NUMBER) + ":data:07") == b"kept"
+    assert not client.exists(keys.scan_data(SESSION, NUMBER, indices["channel"]))
+
+
+def test_end_and_delete_of_a_scan_whose_event_stream_is_garbage(client: redis.Redis) -> None:
+    keys = Keys()
+    _make_scan(client, keys, "PREPARED", lease=False)
+    events = keys.scan_events(SESSION, NUMBER)
+    client.delete(events)
+    client.set(events, "garbage")
+    with pytest.raises(DecodingError, match=r"lua:1 cannot be ended: its event stream .* is not a"):
+        scripts.end_scan(client, keys, SESSION, NUMBER, "DONE", "", 1.0, retention_time=0)
+    assert client.hget(keys.scan(SESSION, NUMBER), "state") == b"PREPARED"  # nothing changed
+    outcome = scripts.delete_scan(
+        client, keys, SESSION, NUMBER, cutoff=None, saved=False, force=True, dry_run=False
+    )
+    assert outcome.outcome == "deleted"
+    assert not client.exists(keys.scan(SESSION, NUMBER), events)
+
+
+def test_end_of_a_scan_whose_hash_is_garbage_changes_nothing(client: redis.Redis) -> None:
+    keys = Keys()
+    _make_scan(client, keys, "PREPARED", lease=False)
+    client.delete(keys.scan(SESSION, NUMBER))
+    client.set(keys.scan(SESSION, NUMBER), "garbage")
+    before = client.xlen(keys.scan_events(SESSION, NUMBER))
+    with pytest.raises(DecodingError, match=r"its hash .* is not a hash .*scanstream delete lua"):
+        scripts.end_scan(client, keys, SESSION, NUMBER, "DONE", "", 1.0, retention_time=0)
+    assert client.xlen(keys.scan_events(SESSION, NUMBER)) == before

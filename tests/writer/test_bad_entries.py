@@ -7,9 +7,11 @@ sealed lengths (a corrupt or a missing data entry is never "saved").
 from __future__ import annotations
 
 import logging
+import time
 
 import h5py
 import numpy as np
+import pytest
 
 from scanstream import get_session_node
 from scanstream._protocol.entries import parse_saving
@@ -86,8 +88,8 @@ def test_a_corrupt_new_node_entry_fails_that_scan_once(writer, session, store, c
 def test_a_new_node_with_a_garbage_index_fails_that_scan_and_the_next_is_saved(
     writer, session, store, caplog
 ):
-    # The end script seals a stream for it and its END names the index "abc": the session
-    # listener must not fail on that END again and again, blocking every later scan.
+    # The end script skips it (its END once named the index "abc"); the scan's walk reports
+    # the entry: the scan fails once, the session listener goes on with the later scans.
     caplog.set_level(logging.CRITICAL, logger="scanstream")
     bad = session.create_scan("bad")
     bad.create_container("timer").create_channel("timer:c").emit([1.0])
@@ -229,3 +231,65 @@ def test_a_session_file_left_half_created_is_rebuilt(writer, session, store, tmp
         assert file[f"{first.number}.1/measurement/c"][()].tolist() == [1.0]
         assert file[f"{second.number}.1/measurement/c"][()].tolist() == [2.0]
     assert list(path.parent.glob("test_session.h5.damaged-*"))
+
+
+def _wrong_type(key):
+    def damage(store):
+        store.redis.delete(key(store.keys))
+        store.redis.set(key(store.keys), "garbage")
+
+    return damage
+
+
+GARBAGE = {
+    "scan hash is a string": _wrong_type(lambda k: k.scan("test_session", 1)),
+    "scan hash without number": lambda store: store.redis.hdel(
+        store.keys.scan("test_session", 1), "number"
+    ),
+    "scan hash with a garbage state": lambda store: store.redis.hset(
+        store.keys.scan("test_session", 1), "state", "WHATEVER"
+    ),
+    "scan hash with garbage info": lambda store: store.redis.hset(
+        store.keys.scan("test_session", 1), "info", "{garbage"
+    ),
+    "event stream is a string": _wrong_type(lambda k: k.scan_events("test_session", 1)),
+    "data stream is a string": _wrong_type(lambda k: k.scan_data("test_session", 1, 2)),
+    "saved set is a string": _wrong_type(lambda k: k.writer_saved("test_session")),
+}
+
+
+@pytest.mark.parametrize("damage", GARBAGE.values(), ids=GARBAGE.keys())
+def test_garbage_over_one_scan_keys_the_writer_saves_the_others(
+    damage, session, store, caplog, tmp_path
+):
+    from scanstream.writer import WriterService
+
+    caplog.set_level(logging.CRITICAL, logger="scanstream")
+    first = _good_scan(session, "damaged")
+    assert first.number == 1
+    damage(store)
+    later = [_good_scan(session, f"later{i}", (float(i),)) for i in range(2)]
+    with WriterService(["test_session"], root=tmp_path, store=store, flush_period=0.05):
+        for scan in later:
+            assert _final_verdict(store, scan.number, timeout=30).state is SavingState.SAVED
+        more = _good_scan(session, "after the writer started", (9.0,))
+        assert _final_verdict(store, more.number, timeout=30).state is SavingState.SAVED
+    with h5py.File(tmp_path / "test_session/test_session.h5", "r") as file:
+        for scan in later:
+            assert f"{scan.number}.1" in file
+
+
+def test_garbage_over_the_session_stream_is_one_clear_line(session, store, caplog, tmp_path):
+    from scanstream.writer import WriterService
+
+    _good_scan(session, "before")
+    key = store.keys.session_scans("test_session")
+    store.redis.delete(key)
+    store.redis.set(key, "garbage")
+    caplog.set_level(logging.WARNING, logger="scanstream.writer")
+    with WriterService(["test_session"], root=tmp_path, store=store, flush_period=0.05):
+        wait_for(lambda: key in caplog.text, 10, "the error naming the key")
+        time.sleep(2.5)  # two more attempts of the listener
+    lines = [r for r in caplog.records if key in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in lines]  # once per run of failures
+    assert lines[0].exc_info is None and "is not a stream" in lines[0].getMessage()

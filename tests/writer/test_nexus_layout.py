@@ -529,6 +529,7 @@ def test_metadata_attributes_and_values(entry: h5py.Group) -> None:
         "tags": ["a", "b"],
         "matrix": [[1, 2], [3, 4]],
         "mixed": [1, "two", {"three": 3}],
+        "holes": [[1, None], [None, 2.5]],  # NaN and infinities, as scan_info stores them
         "skipped": None,
         "a/b": 1,
         "holder": {"@NX_class": "NXsample_component", "@mode": "fixed", "slot": 3},
@@ -543,6 +544,8 @@ def test_metadata_attributes_and_values(entry: h5py.Group) -> None:
     assert sample["tags"].asstr()[()].tolist() == ["a", "b"]
     assert sample["matrix"][()].tolist() == [[1, 2], [3, 4]]
     assert json.loads(sample["mixed"].asstr()[()]) == [1, "two", {"three": 3}]
+    assert sample["holes"].dtype == np.float64
+    assert np.array_equal(sample["holes"][()], [[1, np.nan], [np.nan, 2.5]], equal_nan=True)
     assert "skipped" not in sample
     assert sample["a_b"][()] == 1
     assert sample["holder"].attrs["NX_class"] == "NXsample_component"

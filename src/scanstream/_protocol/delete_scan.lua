@@ -22,6 +22,14 @@
 local FINAL_STATES = {DONE = true, USER_ABORTED = true, KILLED = true, FAILED = true}
 local DATA_NODE_TYPES = {channel = true, lima = true, node_ref_channel = true}
 
+-- A node index as entries.parse_node_index() reads it: '0', or up to 16 decimal digits without
+-- a leading zero (exact as a Lua number); else nil.
+local function node_index(text)
+  if type(text) ~= 'string' or #text > 16 then return nil end
+  if text == '0' or string.match(text, '^[1-9]%d*$') then return text end
+  return nil
+end
+
 local scan, events, lease = KEYS[1], KEYS[2], KEYS[3]
 local cutoff, saved, force, dry_run = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if redis.call('EXISTS', scan) == 0 then return {'missing', '', ''} end
@@ -43,12 +51,16 @@ if ended then how = 'ended' end
 if dry_run == '1' then return {'deletable', state, how} end
 local doomed = {scan, events, lease}
 local seen = {}
-for _, entry in ipairs(redis.call('XRANGE', events, '-', '+')) do
+-- pcall: an event stream of another type (garbage) names no data stream; it goes all the same.
+local stored = redis.pcall('XRANGE', events, '-', '+')
+if stored.err then stored = {} end
+for _, entry in ipairs(stored) do
   local f = entry[2]
   local kv = {}
   for i = 1, #f, 2 do kv[f[i]] = f[i + 1] end
-  -- A NEW_NODE replayed by a client retry appears twice: name its stream once.
-  local node = kv['node']
+  -- A NEW_NODE replayed by a client retry appears twice: name its stream once. One whose node
+  -- field is garbage names no stream: no key is built from it.
+  local node = node_index(kv['node'])
   if kv['event'] == 'NEW_NODE' and DATA_NODE_TYPES[kv['type']] and node and not seen[node] then
     seen[node] = true
     table.insert(doomed, scan .. ':data:' .. node)

@@ -9,9 +9,13 @@
 -- KEYS: scan hash, events stream, lease.
 -- ARGV: state, error, time, retention (s), only_if_lease_expired (0/1), info JSON or "",
 --       acknowledged JSON or "" (data node index -> points the publisher had acknowledged).
--- Returns {outcome, state, detail}: outcome 'ok' (ended now), 'ended' (already ended in
--- state), 'alive' (lease still held), 'missing' (no such scan) or 'lost' (ended FAILED now:
--- a stream holds fewer points than were acknowledged, which detail names).
+-- Returns {outcome, state, detail, skipped}: outcome 'ok' (ended now), 'ended' (already ended
+-- in state), 'alive' (lease still held), 'missing' (no such scan), 'corrupt' (its hash or its
+-- event stream holds another type, detail says so; nothing written) or 'lost' (ended FAILED now: a stream
+-- holds fewer points than were acknowledged, which detail names); skipped lists what
+-- could not be sealed, one text each: a NEW_NODE entry whose node index is garbage (its data
+-- key cannot be named), a data key that is not a stream. The others are sealed all the same,
+-- and the END entry names only valid node indices, so that readers can parse it.
 --
 -- 'lost' is what a failover looks like when the master acknowledged points its replica never
 -- received (replication is asynchronous): without this check, END would seal the shorter
@@ -23,41 +27,82 @@
 local FINAL_STATES = {DONE = true, USER_ABORTED = true, KILLED = true, FAILED = true}
 local DATA_NODE_TYPES = {channel = true, lima = true, node_ref_channel = true}
 
+-- A node index as entries.parse_node_index() reads it: '0', or up to 16 decimal digits without
+-- a leading zero (exact as a Lua number); else nil.
+local function node_index(text)
+  if type(text) ~= 'string' or #text > 16 then return nil end
+  if text == '0' or string.match(text, '^[1-9]%d*$') then return text end
+  return nil
+end
+
+-- A point count or index: decimal digits only (as entries.parse_data_entry() reads them).
+local function count(text)
+  if type(text) ~= 'string' or #text > 15 or not string.match(text, '^%d+$') then return nil end
+  return tonumber(text)
+end
+
 local scan, events, lease = KEYS[1], KEYS[2], KEYS[3]
 local state, err, now, retention = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local acknowledged = {}
 if ARGV[7] and ARGV[7] ~= '' then acknowledged = cjson.decode(ARGV[7]) end
 if redis.call('EXISTS', scan) == 0 then return {'missing', '', ''} end
-local current = redis.call('HGET', scan, 'state')
+local current = redis.pcall('HGET', scan, 'state')
+if type(current) == 'table' and current.err then
+  return {'corrupt', '', 'its hash ' .. scan .. ' is not a hash (' .. current.err
+    .. '): nothing was changed', {}}
+end
 if current and FINAL_STATES[current] then return {'ended', current, ''} end
 if ARGV[5] == '1' and redis.call('EXISTS', lease) == 1 then
   return {'alive', current or '', ''}
 end
 local lengths = {}
 local data_keys = {}
-for _, entry in ipairs(redis.call('XRANGE', events, '-', '+')) do
+local skipped = {}
+local seen = {}  -- node indices handled
+-- pcall: garbage over the event stream (another type) must be named, not a script error.
+local stored = redis.pcall('XRANGE', events, '-', '+')
+if stored.err then
+  return {'corrupt', current or '', 'its event stream ' .. events .. ' is not a stream ('
+    .. stored.err .. '): nothing was changed', {}}
+end
+for _, entry in ipairs(stored) do
   local f = entry[2]
   local kv = {}
   for i = 1, #f, 2 do kv[f[i]] = f[i + 1] end
+  local node = node_index(kv['node'])
+  if kv['event'] == 'NEW_NODE' and DATA_NODE_TYPES[kv['type']] and node == nil then
+    -- Garbage written into the stream: a key built from it would name no stream of the scan,
+    -- and an END naming it could not be parsed. Skipped; readers report the entry too.
+    local shown = "missing"
+    if kv['node'] then
+      shown = "'" .. string.gsub(string.sub(kv['node'], 1, 40), '[^%w%p ]', '?') .. "'"
+    end
+    table.insert(skipped, 'NEW_NODE entry ' .. entry[1] .. ': node field ' .. shown
+      .. ' is not a node index')
   -- A NEW_NODE replayed by a client retry appears twice: seal each stream once.
-  if kv['event'] == 'NEW_NODE' and DATA_NODE_TYPES[kv['type']] and lengths[kv['node']] == nil then
-    local key = scan .. ':data:' .. kv['node']
+  elseif kv['event'] == 'NEW_NODE' and DATA_NODE_TYPES[kv['type']] and not seen[node] then
+    seen[node] = true
+    local key = scan .. ':data:' .. node
     local total = 0
     local seal_id = nil
     local already = false
     -- The length of a stream comes from its last entry, as entries.stream_length() reads it:
     -- a seal's 'end' field, else the ID's first part (the first point's index) plus 'n'.
-    local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
-    if #last > 0 then
+    -- pcall: a key of another type (garbage) must not stop the sealing of the others.
+    local last = redis.pcall('XREVRANGE', key, '+', '-', 'COUNT', 1)
+    local problem = last.err
+    if not problem and #last > 0 then
       local first, seq = string.match(last[1][1], '^(%d+)-(%d+)$')
-      first, seq = tonumber(first), tonumber(seq)
+      first, seq = count(first), count(seq)
       local n, sealed = nil, nil
       local lf = last[1][2]
       for i = 1, #lf, 2 do
-        if lf[i] == 'n' then n = tonumber(lf[i + 1]) end
-        if lf[i] == 'end' then sealed = tonumber(lf[i + 1]) end
+        if lf[i] == 'n' then n = count(lf[i + 1]) end
+        if lf[i] == 'end' then sealed = count(lf[i + 1]) end
       end
-      if sealed then
+      if first == nil or seq == nil then
+        problem = 'its last entry ' .. last[1][1] .. ' has an ID out of range'
+      elseif sealed then
         total = sealed
         already = true
       elseif n and n > 0 then
@@ -68,11 +113,17 @@ for _, entry in ipairs(redis.call('XRANGE', events, '-', '+')) do
         seal_id = first .. '-' .. (seq + 1)
       end
     end
-    if not already then
-      redis.call('XADD', key, seal_id or (total .. '-1'), 'end', total)
+    if not problem and not already then
+      local added = redis.pcall('XADD', key, seal_id or (total .. '-1'), 'end', total)
+      problem = type(added) == 'table' and added.err or nil
     end
-    lengths[kv['node']] = total
-    table.insert(data_keys, key)
+    if problem then
+      table.insert(skipped, 'node ' .. node .. ' (NEW_NODE entry ' .. entry[1] .. '): data key '
+        .. key .. ' not sealed: ' .. problem)
+    else
+      lengths[node] = total
+      table.insert(data_keys, key)
+    end
   end
 end
 local losses = {}
@@ -111,4 +162,4 @@ if retention > 0 then
   redis.call('PEXPIRE', events, ms)
   for _, key in ipairs(data_keys) do redis.call('PEXPIRE', key, ms) end
 end
-return {outcome, state, detail}
+return {outcome, state, detail, skipped}

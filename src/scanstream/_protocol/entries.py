@@ -18,6 +18,7 @@ Writers build entries with the ``*_fields`` functions and readers parse them wit
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,14 @@ FINAL_STATE_NAMES = frozenset(state.name for state in FINAL_STATES)
 
 #: Field of a data stream's seal entry (the final number of points).
 SEAL_FIELD = b"end"
+
+
+def brief(fields: Fields, limit: int = 40) -> Fields:
+    """``fields`` with each value cut to ``limit`` bytes: for messages about garbage entries,
+    which may hold megabytes."""
+    return {
+        k[:limit]: v[:limit] if len(v) <= limit else v[:limit] + b"..." for k, v in fields.items()
+    }
 
 
 def has_data_stream(node_type: str | bytes) -> bool:
@@ -139,10 +148,16 @@ def parse_data_entry(entry_id: bytes, fields: Fields) -> tuple[int, int, int | N
     """
     try:
         first = int(entry_id.split(b"-", 1)[0])
+        # Digits only, as end_scan.lua reads them (int() would also take ' 5', '+5', '5_0').
         sealed = fields.get(SEAL_FIELD)
         if sealed is not None:
+            if not sealed.isdigit():
+                raise ValueError(sealed)
             return first, 0, int(sealed)
-        return first, int(fields[b"n"]), None
+        npoints = fields[b"n"]
+        if not npoints.isdigit():
+            raise ValueError(npoints)
+        return first, int(npoints), None
     except (KeyError, ValueError):
         raise DecodingError(
             f"corrupt data entry {entry_id!r} (no valid ID or point count): {sorted(fields)}"
@@ -206,7 +221,23 @@ def parse_new_scan(fields: Fields) -> int | None:
     try:
         return int(fields[b"scan"])
     except (KeyError, ValueError):
-        raise DecodingError(f"corrupt NEW_SCAN entry: {fields!r}") from None
+        raise DecodingError(f"corrupt NEW_SCAN entry: {brief(fields)}") from None
+
+
+# A node index as written by new_node_fields: '0' or up to 16 digits, no sign, no leading zero.
+# Strict, so that every reader and the Lua scripts name the same data key for an entry
+# (int() would take ' 7', '+7' or '0_7' as 7 where Lua builds the key ':data:+7').
+_NODE_INDEX = re.compile(rb"0|[1-9][0-9]{0,15}")
+
+
+def parse_node_index(raw: bytes | None) -> int | None:
+    """The node index of a NEW_NODE entry's ``node`` field; None when missing or malformed.
+
+    ``end_scan.lua`` and ``delete_scan.lua`` apply the same rule (their ``node_index``).
+    """
+    if raw is None or _NODE_INDEX.fullmatch(raw) is None:
+        return None
+    return int(raw)
 
 
 def new_node_fields(desc: NodeDescription) -> dict[FieldT, EncodableT]:
@@ -230,11 +261,14 @@ def parse_new_node(fields: Fields, where: str) -> NodeDescription:
         When a field is missing or malformed; ``where`` names the scan in the message.
     """
     try:
+        index = parse_node_index(fields.get(b"node"))
+        if index is None:
+            raise ValueError(f"node field {brief(fields).get(b'node')!r} is not a node index")
         info = metadata.loads(fields[b"info"]) or {}
         if not isinstance(info, dict):
             raise ValueError(f"info is a {type(info).__name__}, not a dict")
         return NodeDescription(
-            index=int(fields[b"node"]),
+            index=index,
             parent=int(fields[b"parent"]),
             type=fields[b"type"].decode(),
             name=fields[b"name"].decode(),
@@ -275,10 +309,9 @@ def data_node_indices(events: list[tuple[bytes, Fields]]) -> list[int]:
     out: dict[int, None] = {}
     for _, fields in events:
         if fields.get(b"event") == NEW_NODE and has_data_stream(fields.get(b"type", b"")):
-            try:
-                out[int(fields[b"node"])] = None
-            except (KeyError, ValueError):
-                continue
+            index = parse_node_index(fields.get(b"node"))
+            if index is not None:
+                out[index] = None
     return list(out)
 
 
@@ -338,12 +371,16 @@ def parse_node_info(fields: Fields, index: int, where: str) -> dict[str, Any]:
     DecodingError
         The field is not a JSON object.
     """
-    raw = fields.get(node_info_field(index).encode())
+    field = node_info_field(index)
+    raw = fields.get(field.encode())
     if raw is None:
         return {}
-    value = metadata.loads(raw)
+    try:
+        value = metadata.loads(raw)
+    except DecodingError as exc:
+        raise DecodingError(f"{where}: the info update of node {index} ({field}): {exc}") from None
     if not isinstance(value, dict):
-        raise DecodingError(f"{where}: the info update of node {index} is not an object")
+        raise DecodingError(f"{where}: the info update of node {index} ({field}) is not an object")
     return value
 
 

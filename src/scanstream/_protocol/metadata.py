@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import enum
 import json
+import math
 import numbers
 import pathlib
 from collections.abc import Mapping
@@ -43,8 +44,10 @@ def json_safe(value: Any, path: str = "scan_info") -> Any:
     """Return ``value`` converted to plain JSON types, or raise :class:`EncodingError`.
 
     numpy scalars and arrays become numbers and lists, datetimes become ISO 8601 strings,
-    enums their value, paths strings. NaN and infinities are kept (Python's JSON reads
-    them back). ``path`` names the value in error messages (``scan_info['a']['b']``).
+    enums their value, paths strings. NaN and infinities become None (JSON ``null``): standard
+    JSON has no such numbers, and every JSON reader must read what is stored
+    (docs/decisions/0005-scan-info-json.md). ``path`` names the value in error messages
+    (``scan_info['a']['b']``).
     Refused: values of other types, text that is not UTF-8 (lone surrogates), non-string
     keys, and containers that contain themselves.
     """
@@ -60,17 +63,21 @@ def _json_safe(value: Any, path: str, active: set[int]) -> Any:
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):
-        return float(value)
+        return _finite_or_none(value)
     if isinstance(value, np.generic):
         if value.dtype.kind in _NUMBER_KINDS + "U":
             item = value.item()
             if isinstance(item, complex):
                 raise EncodingError(f"{path}: complex value {value!r} cannot be stored in JSON")
-            return item
+            return _finite_or_none(item) if isinstance(item, float) else item
         raise EncodingError(f"{path}: numpy value of dtype {value.dtype} cannot be stored")
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in "biufU":
             raise EncodingError(f"{path}: numpy array of dtype {value.dtype} cannot be stored")
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            flagged = value.astype(object)
+            flagged[~np.isfinite(value)] = None
+            return flagged.tolist()
         return value.tolist()
     if isinstance(value, enum.Enum):
         return _json_safe(value.value, path, active)
@@ -95,6 +102,11 @@ def _json_safe(value: Any, path: str, active: set[int]) -> Any:
         f"{path}: value {value!r} of type {type(value).__name__} cannot be stored; "
         "use numbers, strings, lists, dicts, numpy arrays or datetimes"
     )
+
+
+def _finite_or_none(value: float) -> float | None:
+    """``value``, or None for NaN and infinities (no standard JSON number is one of them)."""
+    return float(value) if math.isfinite(value) else None
 
 
 def _json_container(
@@ -133,12 +145,12 @@ def _utf8_text(text: str, path: str) -> str:
 
 
 def dumps(value: Any, path: str = "scan_info") -> str:
-    """Encode metadata as JSON text (after :func:`json_safe`)."""
-    return json.dumps(json_safe(value, path), separators=(",", ":"))
+    """Encode metadata as standard JSON text (after :func:`json_safe`: no NaN token)."""
+    return json.dumps(json_safe(value, path), separators=(",", ":"), allow_nan=False)
 
 
 def loads(text: bytes | str | None) -> Any:
-    """Decode JSON text written by :func:`dumps`."""
+    """Decode JSON text written by :func:`dumps` (or by an older version: NaN tokens read)."""
     if text is None:
         return None
     try:

@@ -22,13 +22,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Mapping
 from importlib import resources
 from typing import Any, NamedTuple, cast
 
 import redis
 
+from ..exceptions import DecodingError
 from .keys import Keys
+
+logger = logging.getLogger(__name__)
 
 #: Prepended to a script to let it run when Redis is full (maxmemory reached, noeviction).
 #: Script flags need Redis >= 7.0: older servers refuse the line with an error.
@@ -188,6 +192,9 @@ def end_scan(
         (acknowledged writes lost by a failover to a replica that lagged, or a restart) ends
         the scan FAILED instead, with outcome ``lost``. None: not checked.
 
+    A NEW_NODE entry whose node index is garbage, or a data key that is not a stream, is
+    skipped and logged (an error naming the scan and the entry); the other streams are sealed.
+
     Returns
     -------
     tuple of str
@@ -199,6 +206,9 @@ def end_scan(
     ------
     redis.exceptions.OutOfMemoryError
         Redis is full and older than 7.0 (it cannot run the script past maxmemory).
+    DecodingError
+        The scan's hash or event stream holds another type (garbage written over it):
+        nothing changed.
     """
     script_keys = _scan_keys(keys, session, number)
     args = [
@@ -211,12 +221,24 @@ def end_scan(
         "" if acknowledged is None else _acknowledged_json(acknowledged),
     ]
     try:
-        outcome, final, detail = _END_SCAN(client, script_keys, args)
+        reply = _END_SCAN(client, script_keys, args)
     except redis.exceptions.OutOfMemoryError as exc:
         try:
-            outcome, final, detail = _END_SCAN_ALLOW_OOM(client, script_keys, args)
+            reply = _END_SCAN_ALLOW_OOM(client, script_keys, args)
         except redis.exceptions.ResponseError:  # Redis < 7.0: no script flags
             raise exc from None
+    outcome, final, detail = reply[:3]
+    if outcome == b"corrupt":
+        raise DecodingError(
+            f"scan {session}:{number} cannot be ended: {detail.decode(errors='replace')}; "
+            f"garbage was written over its keys; once its publisher is gone, delete it with "
+            f"`scanstream delete {session} --scan {number} --force`"
+        )
+    skipped = cast("list[bytes]", reply[3]) if len(reply) > 3 else []
+    for text in skipped:
+        # Garbage in the scan's keys (written by hand, a foreign client): the other streams
+        # were sealed; readers report the entry too (the walk's decoding errors).
+        logger.error("scan %s:%d: %s", session, number, text.decode(errors="replace"))
     return outcome.decode(), final.decode() if final else "", detail.decode(errors="replace")
 
 

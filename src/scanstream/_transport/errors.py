@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import redis
 
-__all__ = ["is_duplicate_id", "is_out_of_memory", "restate"]
+__all__ = ["is_duplicate_id", "is_out_of_memory", "is_wrong_type", "restate"]
 
 _E = TypeVar("_E", bound=BaseException)
 
@@ -35,6 +35,15 @@ def is_out_of_memory(error: BaseException) -> bool:
     if isinstance(error, redis.exceptions.OutOfMemoryError):
         return True
     return isinstance(error, redis.exceptions.ResponseError) and "OOM" in str(error)
+
+
+def is_wrong_type(error: object) -> bool:
+    """True for a command refused because its key holds another type (garbage written over it).
+
+    Redis says "WRONGTYPE Operation against a key holding the wrong kind of value"; inside a
+    pipeline redis-py may put its "Command # n ..." text in front.
+    """
+    return isinstance(error, redis.exceptions.ResponseError) and "WRONGTYPE" in str(error)
 
 
 def restate(error: _E, message: str) -> _E:

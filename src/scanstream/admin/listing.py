@@ -22,6 +22,7 @@ import redis
 
 from .._protocol import entries
 from .._transport.connection import DataStore, stream_entries
+from .._transport.errors import is_wrong_type
 from ..exceptions import DecodingError, InvalidArgumentError
 from ..models import SavingState, SavingVerdict
 
@@ -186,7 +187,15 @@ def scan_numbers(store: DataStore, session: str) -> list[int]:
     Scans announced but expired or deleted since are included: the stream keeps their entry.
     """
     numbers: dict[int, None] = {}
-    for _, fields in stream_entries(store.redis.xrange(store.keys.session_scans(session))):
+    key = store.keys.session_scans(session)
+    try:
+        stored = stream_entries(store.redis.xrange(key))
+    except redis.exceptions.ResponseError as exc:
+        if not is_wrong_type(exc):
+            raise
+        logger.error("session %s: its scan stream %s is not a stream; no scan listed", session, key)
+        return []
+    for _, fields in stored:
         try:
             number = entries.parse_new_scan(fields)
         except DecodingError as exc:
@@ -202,6 +211,16 @@ def _float(value: bytes | None) -> float | None:
         return float(value) if value is not None else None
     except ValueError:
         return None
+
+
+def _execute(pipe: Any) -> list[Any]:
+    """The pipeline's replies; a key of the wrong type (garbage written over it) gives its
+    ResponseError in place, for the caller to report and skip: the other scans are listed."""
+    replies = pipe.execute(raise_on_error=False)
+    for reply in replies:
+        if isinstance(reply, Exception) and not is_wrong_type(reply):
+            raise reply
+    return list(replies)
 
 
 def _memory_usage(pipe: Any, key: str) -> None:
@@ -233,10 +252,18 @@ def summaries(
         pipe.xrange(keys.scan_events(session, n))
         pipe.exists(keys.scan_lease(session, n))
         pipe.pttl(keys.scan(session, n))
-    replies = pipe.execute()
+    replies = _execute(pipe)
     found: list[tuple[int, dict[bytes, bytes], list[int], bool, int]] = []
     for i, n in enumerate(numbers):
         fields, events, lease, pttl = replies[4 * i : 4 * i + 4]
+        if isinstance(fields, Exception):
+            logger.error(
+                "session %s: scan %d skipped: %s is not a hash", session, n, keys.scan(session, n)
+            )
+            continue
+        if isinstance(events, Exception):
+            logger.error("scan %s:%d: %s is not a stream", session, n, keys.scan_events(session, n))
+            events = []
         if fields:
             found.append((n, fields, entries.data_node_indices(events), bool(lease), pttl))
     pipe = store.redis.pipeline(transaction=False)
@@ -245,7 +272,7 @@ def summaries(
             _memory_usage(pipe, key)
         for index in indices:
             pipe.xrevrange(keys.scan_data(session, n, index), count=1)
-    replies = pipe.execute()
+    replies = _execute(pipe)
     out: dict[int, ScanSummary] = {}
     position = 0
     for n, fields, indices, lease, pttl in found:
@@ -261,7 +288,10 @@ def summaries(
             name=fields.get(b"name", b"").decode(errors="replace"),
             state=state,
             lease_alive=lease and not entries.is_final_state(state),
-            points=max((entries.stream_length(last)[0] for last in lasts), default=0),
+            points=max(
+                (_points(session, n, index, last) for index, last in zip(indices, lasts)),
+                default=0,
+            ),
             memory=sum(int(u) for u in usages if u is not None),
             keys=sum(1 for u in usages if u is not None),
             saved=n in saved or saving.state is SavingState.SAVED,
@@ -272,6 +302,19 @@ def summaries(
             saving_recorded=bool(fields.get(b"saving")),
         )
     return out
+
+
+def _points(session: str, number: int, index: int, last: Any) -> int:
+    """Points of one data stream from its last entry; 0 (reported) for garbage."""
+    try:
+        if isinstance(last, Exception):
+            raise DecodingError("its key is not a stream")
+        return entries.stream_length(last)[0]
+    except DecodingError as exc:
+        logger.error(
+            "scan %s:%d: data stream of node %d not counted: %s", session, number, index, exc
+        )
+        return 0
 
 
 def saved_numbers(store: DataStore, session: str) -> set[int]:

@@ -27,8 +27,11 @@ import logging
 import socket
 from typing import Any
 
+import redis
+
 from .._protocol.keys import check_session_name
 from .._transport.connection import DataStore, default_store
+from .._transport.errors import is_wrong_type
 from .._transport.server import pid_alive
 
 __all__ = [
@@ -244,8 +247,16 @@ def saved_scans(
         ``session`` is not a valid session name.
     """
     store = store or default_store(redis_url)
-    numbers = set()
-    for member in store.redis.smembers(store.keys.writer_saved(check_session_name(session))):
+    numbers: set[int] = set()
+    key = store.keys.writer_saved(check_session_name(session))
+    try:
+        members = store.redis.smembers(key)
+    except redis.exceptions.ResponseError as exc:
+        if not is_wrong_type(exc):
+            raise
+        report_saved_set(key)
+        return numbers
+    for member in members:
         try:
             numbers.add(int(member))
         except (TypeError, ValueError):
@@ -254,8 +265,29 @@ def saved_scans(
 
 
 def is_saved(session: str, number: int, *, store: DataStore) -> bool:
-    """True when a writer recorded scan ``number`` of ``session`` as completely saved."""
-    return bool(store.redis.sismember(store.keys.writer_saved(session), str(number)))
+    """True when a writer recorded scan ``number`` of ``session`` as completely saved.
+
+    False, with an error logged, when the saved set is not a set (garbage written over it):
+    the scan is then written again rather than taken as saved.
+    """
+    key = store.keys.writer_saved(session)
+    try:
+        return bool(store.redis.sismember(key, str(number)))
+    except redis.exceptions.ResponseError as exc:
+        if not is_wrong_type(exc):
+            raise
+        report_saved_set(key)
+        return False
+
+
+def report_saved_set(key: str) -> None:
+    """Log that the saved set ``key`` holds garbage (another type), and what to do."""
+    logger.error(
+        "%s, the set of the scans writers saved, is not a set (garbage written over it): the "
+        "scans are written and given their verdict, but not recorded in it; delete the key "
+        "(a writer started then writes again the scans still in Redis)",
+        key,
+    )
 
 
 def _text(value: bytes | str) -> str:

@@ -2,7 +2,8 @@
 
 It reads through the subscriber API only (never writes): the scan's identity and state, its
 start and end, every data node with dtype, shape, unit and number of points, the image
-references of detectors, and the saving verdict (file and entries).
+references of detectors, the saving verdict (file and entries), and the entries of the scan's
+event stream skipped as corrupt (each named with what is wrong).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any, cast
 
 from .._transport.connection import DataStore
 from .._transport.shared_server import resolve_url
-from ..exceptions import ScanNotFoundError, SessionNotFoundError
+from ..exceptions import DecodingError, ScanNotFoundError, SessionNotFoundError
 from ..subscribe.data_nodes import ChannelNode, LimaNode, ScanRefNode
+from ..subscribe.nodes import DataNode
 from ..subscribe.tree import ScanNode, get_session_node
 
 
@@ -57,10 +59,16 @@ def _find_scan(store: DataStore, session: str, number: int | None) -> ScanNode:
 
 def describe_scan(scan: ScanNode) -> dict[str, Any]:
     """A plain-data description of ``scan`` (what ``--json`` prints)."""
-    info = dict(scan.info)
+    nodes = [_describe_or_report(node) for node in scan.load_nodes()]
+    # Garbage in the scan's event stream: its entry is named, the rest is shown all the same.
+    corrupt = {entry: str(exc) for entry, exc in scan.corrupt_entries.items()}
+    try:
+        info = dict(scan.info)
+    except DecodingError as exc:  # garbage over the scan_info: named as the entries are
+        info = {}
+        corrupt[scan.key] = str(exc)
     end = scan.scan_end
     saving = scan.saving
-    nodes = [_describe_node(node) for node in scan.load_nodes()]
     return {
         "session": scan.session_name,
         "number": scan.number,
@@ -73,6 +81,7 @@ def describe_scan(scan: ScanNode) -> dict[str, Any]:
         "end_time": info.get("end_time"),
         "npoints": info.get("npoints"),
         "nodes": [n for n in nodes if n is not None],
+        "corrupt_entries": corrupt,
         "saving": {
             "state": saving.state.value,
             "file": saving.file,
@@ -81,6 +90,15 @@ def describe_scan(scan: ScanNode) -> dict[str, Any]:
             "reason": saving.reason,
         },
     }
+
+
+def _describe_or_report(node: DataNode) -> dict[str, Any] | None:
+    """The node's description; for one whose data is unreadable (garbage in Redis), what is
+    wrong, so that the other nodes are shown."""
+    try:
+        return _describe_node(node)
+    except DecodingError as exc:
+        return {"kind": "corrupt", "name": node.name, "error": str(exc)}
 
 
 def _describe_node(node: object) -> dict[str, Any] | None:
@@ -146,8 +164,13 @@ def format_description(d: dict[str, Any]) -> str:
                 f"    {n['name']:<{width}}  {n['points']:>8} images  {n['dtype']:<8} "
                 f"{'x'.join(map(str, n['shape']))}  in {files}"
             )
+        elif n["kind"] == "corrupt":
+            lines.append(f"    {n['name']:<{width}}  unreadable: {n['error']}")
         else:
             lines.append(f"    {n['name']:<{width}}  {n['points']:>8} scans referenced")
+    if d["corrupt_entries"]:
+        lines.append("  corrupt entries (skipped):")
+        lines += [f"    {entry}: {text}" for entry, text in d["corrupt_entries"].items()]
     return "\n".join(lines)
 
 

@@ -7,17 +7,21 @@ XREVRANGE away.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import operator
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import redis
 
 from .._protocol import codecs
 from .._protocol.entries import DataEntry, Fields, data_entry_id, stream_length
 from .._transport.connection import stream_entries
+from .._transport.errors import is_wrong_type
 from ..exceptions import (
+    DecodingError,
     ImageNotSavedError,
     IndexNoMoreThereError,
     IndexNotYetThereError,
@@ -87,9 +91,22 @@ class StreamNode(ScanMemberNode):
         """The ``data`` of a NEW_DATA event carrying ``decoded`` (see :meth:`decode`)."""
         return decoded
 
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Redis reads of the node's stream: a key of another type gives a DecodingError."""
+        try:
+            yield
+        except redis.exceptions.ResponseError as exc:
+            if not is_wrong_type(exc):
+                raise
+            raise DecodingError(
+                f"{self.db_name}: its data key {self.key} is not a stream"
+            ) from None
+
     def _length(self) -> tuple[int, bool]:
         """(number of points stored, sealed)."""
-        last = stream_entries(self.store.redis.xrevrange(self.key, count=1))
+        with self._reading():
+            last = stream_entries(self.store.redis.xrevrange(self.key, count=1))
         if not last and not self.store.redis.exists(self.scan.key):
             raise IndexNoMoreThereError(f"{self.db_name}: the scan expired from Redis")
         return stream_length(last)
@@ -117,7 +134,8 @@ class StreamNode(ScanMemberNode):
         pipe = self.store.redis.pipeline(transaction=False)
         pipe.xrevrange(self.key, max=data_entry_id(start), min="-", count=1)
         pipe.xrange(self.key, min="(" + data_entry_id(start), max=data_entry_id(stop - 1))
-        before, after = pipe.execute()
+        with self._reading():
+            before, after = pipe.execute()
         parsed = [DataEntry.from_raw(entry_id, fields) for entry_id, fields in before + after]
         found = [entry for entry in parsed if entry.sealed_length is None]
         if not found or found[0].first_index > start:

@@ -13,12 +13,15 @@ import threading
 import time
 from typing import Any
 
+import redis
+
 from .._protocol import entries, metadata
 from .._protocol.keys import check_session_name
 from .._protocol.scripts import end_scan
 from .._transport.connection import DataStore, default_store, stream_entries
+from .._transport.errors import is_wrong_type
 from ..exceptions import DecodingError, ScanNotFoundError
-from ..models import FINAL_STATES, NodeType, SavingVerdict, ScanEnd, ScanState
+from ..models import FINAL_STATES, NodeType, SavingState, SavingVerdict, ScanEnd, ScanState
 from .data_nodes import ChannelNode, LimaNode, ScanRefNode
 from .info import NodeInfo
 from .nodes import ContainerNode, DataNode, ScanMemberNode
@@ -59,12 +62,24 @@ def get_session_node(
     return SessionNode(store or default_store(redis_url), name)
 
 
-def _scan_hashes(store: DataStore, keys: list[str]) -> list[entries.Fields]:
-    """HGETALL of each scan hash, in one round trip ({} for a missing one)."""
+def _scan_hashes(store: DataStore, keys: list[str]) -> list[entries.Fields | DecodingError]:
+    """HGETALL of each scan hash, in one round trip ({} for a missing one).
+
+    A key that is not a hash (garbage written over it) gives a DecodingError in its place:
+    the other scans read all the same.
+    """
     pipe = store.redis.pipeline(transaction=False)
     for key in keys:
         pipe.hgetall(key)
-    return list(pipe.execute())
+    out: list[entries.Fields | DecodingError] = []
+    for reply in pipe.execute(raise_on_error=False):
+        if is_wrong_type(reply):
+            out.append(DecodingError(f"not a scan hash ({reply})"))
+        elif isinstance(reply, Exception):
+            raise reply  # NOPERM, a failover...: not about this scan
+        else:
+            out.append(reply)
+    return out
 
 
 class SessionNode(DataNode):
@@ -105,11 +120,21 @@ class SessionNode(DataNode):
         """
         self.store.require_session(self.name)
         numbers: set[int] = set()
-        for _, fields in stream_entries(self.store.redis.xrange(self.events_key)):
-            number = entries.parse_new_scan(fields)
+        for entry_id, fields in stream_entries(self.store.redis.xrange(self.events_key)):
+            try:
+                number = entries.parse_new_scan(fields)
+            except DecodingError as exc:  # garbage: the scans of the other entries are fine
+                logger.error("session %s: stream entry %s skipped: %s", self.name, entry_id, exc)
+                continue
             if number is not None:
                 numbers.add(number)
-        return [scan for scan in self._load_scans(sorted(numbers)) if scan is not None]
+        scans: list[DataNode] = []
+        for scan in self._load_scans(sorted(numbers)):
+            if isinstance(scan, DecodingError):
+                logger.error("session %s: scan skipped: %s", self.name, scan)
+            elif scan is not None:
+                scans.append(scan)
+        return scans
 
     def get_scan(self, number: int) -> ScanNode:
         """The scan numbered ``number``.
@@ -118,17 +143,28 @@ class SessionNode(DataNode):
         ------
         ScanNotFoundError
             No such scan (never created, or expired).
+        DecodingError
+            Its scan hash is corrupt (garbage written into Redis).
         """
         scan = self._load_scans([number])[0]
         if scan is None:
             raise ScanNotFoundError(
                 f"no scan number {number} in session {self.name!r}: never created or expired"
             )
+        if isinstance(scan, DecodingError):
+            raise scan
         return scan
 
-    def _load_scans(self, numbers: list[int]) -> list[ScanNode | None]:
-        hashes = _scan_hashes(self.store, [self.store.keys.scan(self.name, n) for n in numbers])
-        return [ScanNode(self, fields) if fields else None for fields in hashes]
+    def _load_scans(self, numbers: list[int]) -> list[ScanNode | DecodingError | None]:
+        """The scans numbered ``numbers``: None for a missing one, the error for a corrupt one."""
+        keys = [self.store.keys.scan(self.name, n) for n in numbers]
+        out: list[ScanNode | DecodingError | None] = []
+        for key, fields in zip(keys, _scan_hashes(self.store, keys), strict=True):
+            try:
+                out.append(ScanNode(self, fields) if fields else None)
+            except DecodingError as exc:
+                out.append(DecodingError(f"{key}: {exc}"))
+        return out
 
 
 class ScanNode(DataNode):
@@ -145,10 +181,20 @@ class ScanNode(DataNode):
         error text).
     """
 
-    def __init__(self, session: SessionNode, fields: entries.Fields) -> None:
-        self.number = int(fields[b"number"])
-        self.scan_name = fields[b"name"].decode()
-        self.type = fields[b"node_type"].decode()
+    def __init__(self, session: SessionNode, fields: entries.Fields | DecodingError) -> None:
+        """Raises DecodingError for a corrupt scan hash (``fields`` may be that error)."""
+        if isinstance(fields, DecodingError):
+            raise fields
+        try:
+            self.number = int(fields[b"number"])
+            self.scan_name = fields[b"name"].decode()
+            self.type = fields[b"node_type"].decode()
+            self._state_of(fields)
+        except (KeyError, ValueError) as exc:
+            shown = {k: v for k, v in sorted(entries.brief(fields).items()) if k != b"info"}
+            raise DecodingError(
+                f"corrupt scan hash ({type(exc).__name__}: {exc}): {shown}"
+            ) from None
         name = f"{self.number}_{self.scan_name}"
         super().__init__(session.store, name, f"{session.name}:{name}", session)
         self.session_name = session.name
@@ -158,6 +204,7 @@ class ScanNode(DataNode):
         self.lease_key = keys.scan_lease(session.name, self.number)
         self._fields = fields
         self._nodes: dict[int, ScanMemberNode] = {}
+        self._corrupt: dict[str, DecodingError] = {}  # event stream entry ID -> its error
         self._lock = threading.Lock()
         self.scan_end: ScanEnd | None = None
 
@@ -178,22 +225,42 @@ class ScanNode(DataNode):
 
     @staticmethod
     def _state_of(fields: entries.Fields) -> ScanState:
-        return ScanState[fields[b"state"].decode()]
+        raw = fields[b"state"]
+        try:
+            return ScanState[raw.decode()]
+        except (KeyError, ValueError):
+            raise ValueError(f"state {raw[:40]!r} is not a scan state") from None
 
     @property
     def info(self) -> NodeInfo:
-        """The scan_info (re-read from Redis until the scan has ended; ``get_all()`` re-reads)."""
+        """The scan_info (re-read from Redis until the scan has ended; ``get_all()`` re-reads).
+
+        Raises
+        ------
+        DecodingError
+            The stored scan_info is not a JSON object (garbage in Redis).
+        """
         return NodeInfo(self._info_of(self._reload()), self._fresh_info)
 
-    @staticmethod
-    def _info_of(fields: entries.Fields) -> dict[str, Any]:
-        info = metadata.loads(fields[b"info"])
+    def _info_of(self, fields: entries.Fields) -> dict[str, Any]:
+        try:
+            info = metadata.loads(fields.get(b"info", b"{}"))
+        except DecodingError as exc:
+            raise DecodingError(
+                f"scan {self.db_name}: its scan_info is unreadable: {exc}"
+            ) from None
         return info if isinstance(info, dict) else {}
 
     def _fresh_fields(self) -> entries.Fields:
         fields = _scan_hashes(self.store, [self.key])[0]
+        if isinstance(fields, DecodingError):
+            raise DecodingError(f"scan {self.db_name}: {self.key}: {fields}")
         if not fields:
             raise ScanNotFoundError(f"scan {self.db_name} is gone from Redis (expired or deleted)")
+        try:
+            self._state_of(fields)
+        except (KeyError, ValueError) as exc:
+            raise DecodingError(f"scan {self.db_name}: its hash is corrupt ({exc})") from None
         self._fields = fields
         return fields
 
@@ -222,14 +289,19 @@ class ScanNode(DataNode):
     def saving(self) -> SavingVerdict:
         """The saving verdict the writer that owns the scan recorded (WAITING: none yet).
 
-        Read from Redis at each access (it changes after the scan has ended).
+        Read from Redis at each access (it changes after the scan has ended). A scan hash
+        that became garbage reads as FAILED with the reason, as a malformed verdict does
+        (:func:`~scanstream._protocol.entries.parse_saving`): never as saved.
 
         Raises
         ------
         ScanNotFoundError
             The scan expired or was deleted.
         """
-        return entries.parse_saving(self._fresh_fields())
+        try:
+            return entries.parse_saving(self._fresh_fields())
+        except DecodingError as exc:
+            return SavingVerdict(SavingState.FAILED, reason=str(exc))
 
     @property
     def lost(self) -> str | None:
@@ -298,16 +370,49 @@ class ScanNode(DataNode):
         return [n for n in self.load_nodes() if n.parent is self]
 
     def load_nodes(self) -> list[DataNode]:
-        """All nodes of the scan as stored now, parents before children."""
-        for _, fields in stream_entries(self.store.redis.xrange(self.events_key)):
-            if fields.get(b"event") == entries.NEW_NODE:
-                self.node_from_entry(fields)
-        return list(self._nodes.values())
+        """All nodes of the scan as stored now, parents before children.
 
-    def known_nodes(self) -> list[DataNode]:
-        """The nodes of the scan read so far (no Redis call), parents before children."""
+        A corrupt NEW_NODE entry (garbage written into Redis) is skipped with the nodes below
+        it, as walks skip it: it is logged once and kept in :attr:`corrupt_entries`, and the
+        other nodes are returned. An event stream that is not a stream is recorded there too,
+        under its key name.
+        """
+        try:
+            stored = stream_entries(self.store.redis.xrange(self.events_key))
+        except redis.exceptions.ResponseError as exc:
+            if not is_wrong_type(exc):
+                raise
+            # Garbage over the whole event stream: recorded under the key's name.
+            error = DecodingError(f"scan {self.db_name}: {self.events_key} is not a stream")
+            self.record_corrupt_entry(self.events_key.encode(), error)
+            stored = []
+        for entry_id, fields in stored:
+            if fields.get(b"event") == entries.NEW_NODE:
+                try:
+                    self.node_from_entry(fields)
+                except DecodingError as exc:
+                    self.record_corrupt_entry(entry_id, exc)
         with self._lock:
             return list(self._nodes.values())
+
+    @property
+    def corrupt_entries(self) -> dict[str, DecodingError]:
+        """The entries of the scan's event stream skipped as corrupt so far: ID (or the key's
+        name, when it is not a stream) -> the error.
+
+        Filled by :meth:`load_nodes` and by walks of the scan.
+        """
+        with self._lock:
+            return dict(self._corrupt)
+
+    def record_corrupt_entry(self, entry_id: bytes, exc: DecodingError) -> None:
+        """Record an entry of the scan's event stream that is skipped as corrupt (logged once)."""
+        key = entry_id.decode()
+        with self._lock:
+            if key in self._corrupt:
+                return
+            self._corrupt[key] = exc
+        logger.error("%s; event stream entry %s skipped", exc, key)
 
     def node_from_entry(self, fields: entries.Fields) -> ScanMemberNode:
         """Return the node described by a NEW_NODE entry (one object per node index).
@@ -317,10 +422,7 @@ class ScanNode(DataNode):
         DecodingError
             A corrupt entry, or one whose parent is unknown.
         """
-        try:
-            index = int(fields[b"node"])
-        except (KeyError, ValueError):
-            index = None  # parse_new_node raises the error naming the entry
+        index = entries.parse_node_index(fields.get(b"node"))  # None: parse_new_node raises
         with self._lock:
             # Known already (a walk's END, load_nodes after a walk): its entry was parsed once;
             # a replayed entry of the same index changes nothing. Saves parsing its metadata
@@ -337,7 +439,14 @@ class ScanNode(DataNode):
                     raise DecodingError(
                         f"scan {self.db_name}: node {desc.name!r} has an unknown parent"
                     )
-                node = NODE_CLASSES.get(desc.type, ContainerNode)(self, parent, desc)
+                try:
+                    node = NODE_CLASSES.get(desc.type, ContainerNode)(self, parent, desc)
+                except (KeyError, ValueError, TypeError) as exc:
+                    # Garbage info (no dtype, a shape that is not one): this node only.
+                    raise DecodingError(
+                        f"scan {self.db_name}: {desc.type} node {desc.name[:80]!r} has unusable "
+                        f"info ({type(exc).__name__}: {str(exc)[:200]})"
+                    ) from None
                 self._nodes[desc.index] = node
         return node
 

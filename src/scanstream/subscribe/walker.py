@@ -27,6 +27,7 @@ import redis
 from .._protocol import entries
 from .._transport.cluster import group_by_slot
 from .._transport.connection import StreamEntries, stream_entries
+from .._transport.errors import is_wrong_type
 from ..exceptions import (
     DecodingError,
     IndexNoMoreThereError,
@@ -181,6 +182,8 @@ class Walker:
         #: stops following such a node and goes on with the others (see _on_data).
         self.errors: dict[str, DecodingError] = {}
         self._finished = False
+        # Events of scans ended by a read that met a key of the wrong type (_drop_wrong_types).
+        self._dropped_events: list[Event] = []
         self._lease_period = min(1.0, self.store.settings.lease_time / 4)
         self._next_lease_check = 0.0
         if self._session is not None:
@@ -280,13 +283,42 @@ class Walker:
     def _xread(
         self, streams: dict[KeyT, StreamIdT], block: float | None
     ) -> list[tuple[bytes, StreamEntries]]:
-        reply = self.redis.xread(
-            streams,
-            count=_READ_COUNT,
-            block=None if block is None else max(1, int(block * 1000)),
-        )
+        try:
+            reply = self.redis.xread(
+                streams,
+                count=_READ_COUNT,
+                block=None if block is None else max(1, int(block * 1000)),
+            )
+        except redis.exceptions.ResponseError as exc:
+            if not is_wrong_type(exc):
+                raise
+            self._drop_wrong_types(list(streams))
+            return []  # the next read goes on with the other streams
         # RESP2 (the client's protocol): a list of [key, entries] pairs, [] when nothing came.
         return [(key, stream_entries(raw)) for key, raw in cast("list[list[Any]]", reply or [])]
+
+    def _drop_wrong_types(self, keys: list[KeyT]) -> None:
+        """Stop following the keys that are not streams (garbage written over them), each
+        reported: one XREAD fails as a whole for one such key, the others must go on."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.type(key)
+        for key, kind in zip(keys, pipe.execute(), strict=True):
+            if kind in (b"stream", b"none"):
+                continue
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            error = DecodingError(f"{name} is not a stream but a {kind.decode()}")
+            data = self._data.get(name.encode())
+            scan = self._scans.get(name.encode())
+            if data is not None:
+                self._drop_data(data, error)
+            elif scan is not None:
+                # Its events cannot be read: end it FAILED for this walk, as for a corrupt END.
+                self._record_scan_error(scan, error)
+                end = ScanEnd(ScanState.FAILED, str(error), time.time(), {})
+                self._on_end(scan, end, self._dropped_events)
+            else:  # the session's own stream: nothing to walk
+                raise error
 
     # -- main loop --------------------------------------------------------------------
     def _run(self) -> Generator[Event, None, None]:
@@ -303,7 +335,8 @@ class Walker:
                 if self._timeout is not None:
                     block = max(0.0, min(block, self._timeout - (time.monotonic() - last_event)))
             reply = self._read(block)
-            events = self._process(reply) if reply or pending else []
+            events, self._dropped_events = self._dropped_events, []
+            events += self._process(reply) if reply or pending else []
             events += self._check_leases(force=not reply)
             for event in events:
                 if self._nodes_only and event.type is not EventType.NEW_NODE:
@@ -370,7 +403,7 @@ class Walker:
                 self._on_session_event(fields, events, entry_id)
             except DecodingError as exc:
                 # One garbage entry must not end every later walk of the session at it.
-                logger.error("session stream entry %s skipped: %s", entry_id, exc)
+                logger.error("session stream entry %s skipped: %s", entry_id.decode(), exc)
             if len(self._scans) > followed:
                 break
         return events
@@ -453,7 +486,7 @@ class Walker:
         if skipped is None:
             logger.error("%s", exc)
         else:
-            logger.error("%s; event stream entry %s skipped", exc, skipped.decode())
+            follow.scan.record_corrupt_entry(skipped, exc)  # logs it, once per entry
         self.errors[follow.scan.db_name] = exc
         follow.errors[follow.scan.db_name] = str(exc)
 
@@ -493,14 +526,18 @@ class Walker:
             self._read_data(follow, stream, events)
         except DecodingError as exc:
             # A corrupt entry: its node's data cannot be trusted past it (even the index of
-            # the next point is unknown), but the other nodes are fine. Report it (log,
-            # ``Walker.errors``, END_SCAN's description) and stop reading this node only.
-            node = follow.node
-            logger.error("%s: %s; this node is no longer followed by the walk", node.db_name, exc)
-            self.errors[node.db_name] = exc
-            follow.scan.errors[node.db_name] = str(exc)
-            follow.sealed = True
-            self._data.pop(node.key.encode(), None)
+            # the next point is unknown), but the other nodes are fine.
+            self._drop_data(follow, exc)
+
+    def _drop_data(self, follow: _DataFollow, exc: DecodingError) -> None:
+        """Report corrupt data of a node (log, ``Walker.errors``, END_SCAN's description) and
+        stop reading that node only."""
+        node = follow.node
+        logger.error("%s: %s; this node is no longer followed by the walk", node.db_name, exc)
+        self.errors[node.db_name] = exc
+        follow.scan.errors[node.db_name] = str(exc)
+        follow.sealed = True
+        self._data.pop(node.key.encode(), None)
 
     def _read_data(self, follow: _DataFollow, stream: StreamEntries, events: list[Event]) -> None:
         # The per-entry path of a live walk: a reader of 100 channels at 1 kHz meets 25 k
@@ -574,19 +611,24 @@ class Walker:
         )
 
     def _nodes_at_end(self, follow: _ScanFollow) -> list[DataNode]:
-        """The scan's nodes for END_SCAN's lengths; a corrupt NEW_NODE entry is recorded in
-        the scan's errors, not raised: it must not end a session walk at that scan's END."""
-        try:
-            return follow.scan.load_nodes()
-        except DecodingError as exc:
-            self._record_scan_error(follow, exc)
-            return follow.scan.known_nodes()
+        """The scan's nodes for END_SCAN's lengths; the corrupt NEW_NODE entries load_nodes
+        skipped are recorded in the scan's errors (they must not end a session walk there)."""
+        nodes = follow.scan.load_nodes()
+        for entry_id, exc in follow.scan.corrupt_entries.items():
+            self._record_scan_error(follow, exc, entry_id.encode())
+        return nodes
 
     def _on_end(self, follow: _ScanFollow, end: ScanEnd, events: list[Event]) -> None:
         scan = follow.scan
         for key, data in list(follow.data.items()):
             if not data.sealed:
-                rest = stream_entries(self.redis.xrange(key, min=b"(" + data.last_id, max=b"+"))
+                try:
+                    rest = stream_entries(self.redis.xrange(key, min=b"(" + data.last_id, max=b"+"))
+                except redis.exceptions.ResponseError as exc:
+                    if not is_wrong_type(exc):
+                        raise
+                    self._drop_data(data, DecodingError(f"{key.decode()} is not a stream"))
+                    continue
                 self._on_data(data, rest, events)
         scan.scan_end = end
         # END_SCAN belongs to the scan node: a walk on a master or channel does not yield it.
@@ -649,6 +691,11 @@ class Walker:
                     {},
                 )
                 self._on_end(follow, end, events)
+            except DecodingError as exc:
+                # Garbage over its hash: the scan cannot be followed; end it FAILED for this
+                # walk (nothing is recorded in Redis), as for a corrupt END entry.
+                self._record_scan_error(follow, exc)
+                self._on_end(follow, ScanEnd(ScanState.FAILED, str(exc), time.time(), {}), events)
             except redis.exceptions.NoPermissionError:
                 # Read-only user: cannot record KILLED, so end the scan for this walk only.
                 end = ScanEnd(

@@ -16,9 +16,18 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+import redis
+
 from .._protocol.entries import saving_fields
 from .._transport.connection import DataStore
-from ..admin.registry import OWNER_FIELD, STATUS_FIELD, is_dead_local_process, is_saved
+from .._transport.errors import is_wrong_type
+from ..admin.registry import (
+    OWNER_FIELD,
+    STATUS_FIELD,
+    is_dead_local_process,
+    is_saved,
+    report_saved_set,
+)
 from ..models import SavingVerdict
 
 __all__ = ["EPOCH_FIELD", "WriterRegistry", "is_dead_local_process", "new_owner_id"]
@@ -160,5 +169,15 @@ class WriterRegistry:
         return is_saved(session, number, store=self.store)
 
     def mark_saved(self, session: str, number: int) -> None:
-        """Record scan ``number`` of ``session`` as saved: a restarted writer skips it."""
-        self.store.redis.sadd(self.store.keys.writer_saved(session), str(number))
+        """Record scan ``number`` of ``session`` as saved: a restarted writer skips it.
+
+        A saved set of another type (garbage) is reported (logged), not raised: the scan's
+        verdict, in its hash, says it is saved all the same.
+        """
+        key = self.store.keys.writer_saved(session)
+        try:
+            self.store.redis.sadd(key, str(number))
+        except redis.exceptions.ResponseError as exc:
+            if not is_wrong_type(exc):
+                raise
+            report_saved_set(key)

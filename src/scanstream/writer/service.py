@@ -32,7 +32,8 @@ import redis
 
 from .._protocol.keys import check_session_name
 from .._transport.connection import DataStore, default_store
-from ..exceptions import ScanstreamError
+from ..admin.registry import saved_scans
+from ..exceptions import DecodingError, ScanstreamError
 from ..models import SCAN_NODE_TYPES
 from ..subscribe.events import EventType, StopHandler
 from ..subscribe.tree import ScanNode, get_session_node
@@ -359,6 +360,9 @@ class WriterService:
                 stop=claim,
                 what=f"session {session.name}: listener",
                 restart_on=(Exception,),
+                # Garbage over the session's own stream: one clear line until it is fixed,
+                # not a traceback every second.
+                wait_on=(DecodingError,),
             )
             if not claim.stopped:  # the walk ended by itself: nothing more will come
                 return
@@ -383,8 +387,7 @@ class WriterService:
         reset does not reuse the numbers of saved scans (entries that are taken anyway are
         written under another number, see :meth:`SessionFiles.choose_number`).
         """
-        saved = self.registry.store.redis.smembers(self.store.keys.writer_saved(session.name))
-        known = [int(n) for n in saved if n.isdigit()]
+        known = list(saved_scans(session.name, store=self.registry.store))
         default_file = self.policy.scan_file({}, session.name)
         try:
             known.append(self.session_files.highest_number(default_file))

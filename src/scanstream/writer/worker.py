@@ -14,6 +14,11 @@ read) it checks that the claim of the service that started it still holds the se
 the same token. A frozen or killed service stops renewing its claim; once it lapses (or is
 taken over), the worker stops before its next HDF5 call and closes its file, which releases
 the file's lock for the new owner. SIGTERM stops it the same way.
+
+A service killed outright (SIGKILL) is noticed sooner, at the same checks: the read end of the
+worker's stdout closes with it. The worker then stops the same way (its file closed, valid up
+to the last batch written, never reported saved: the next writer writes the scan again from
+Redis), logs one line saying so, and exits.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import json
 import logging
 import logging.handlers
 import os
+import select
 import signal
 import sys
 import threading
@@ -54,8 +60,50 @@ _RETRIED: tuple[type[Exception], ...] = (*UNREACHABLE, FileBusyError)
 FENCE_PERIOD = 0.25
 
 
+class _Reports:
+    """The JSON lines to the service, on stdout; :attr:`gone` once nobody reads them."""
+
+    def __init__(self) -> None:
+        self.gone = False
+
+    def unread(self) -> bool:
+        """True once the service's end of the pipe is closed (the service is gone)."""
+        if not self.gone:
+            try:
+                poller = select.poll()
+                # POLLERR on the write end of a pipe whose read end is closed everywhere.
+                poller.register(sys.stdout.fileno(), 0)
+                if any(mask & select.POLLERR for _, mask in poller.poll(0)):
+                    self._lost()
+            except (OSError, ValueError):  # not a pipe, or closed: nothing to tell
+                pass
+        return self.gone
+
+    def say(self, **message: Any) -> None:
+        """Send one message (nothing once the service is gone)."""
+        if self.gone:
+            return
+        try:
+            sys.stdout.write(json.dumps(message) + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            self._lost()
+
+    def _lost(self) -> None:
+        self.gone = True
+        # What is still buffered would fail again in the interpreter's last flush, with a
+        # traceback: the rest goes to /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+_REPORTS = _Reports()
+
+
 class _Fence(StopHandler):
-    """Stopped by SIGTERM, or once the service's claim no longer holds the session."""
+    """Stopped by SIGTERM, once the service's claim no longer holds the session, or once the
+    service is gone (nobody reads the reports)."""
 
     def __init__(
         self,
@@ -79,18 +127,16 @@ class _Fence(StopHandler):
         now = time.monotonic()
         if now - self._checked >= FENCE_PERIOD:
             try:
-                self._held = self._registry.holds(self._session, self._token)
+                # A killed service is seen here at once; its claim would lapse only later.
+                self._held = not _REPORTS.unread() and self._registry.holds(
+                    self._session, self._token
+                )
             except redis.RedisError:
                 # Not known to hold it: stop (the claim cannot be renewed either, and will
                 # lapse); the service starts the scan again once Redis is back.
                 self._held = False
             self._checked = now
         return not self._held
-
-
-def _say(**message: Any) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
 
 
 def _result_message(result: WriteResult) -> dict[str, Any]:
@@ -126,6 +172,7 @@ def _write_one(assignment: dict[str, Any], terminated: threading.Event) -> bool:
     fence = _Fence(checker, session, config.token, terminated)
     files = OpenFiles(config.flush_period)
     reusable = False
+    writer: ScanWriter | None = None
     try:
         scan = get_session_node(session, store=store).get_scan(number)
         writer = ScanWriter(
@@ -136,23 +183,36 @@ def _write_one(assignment: dict[str, Any], terminated: threading.Event) -> bool:
             compression=config.compression,
             layout=config.layout,
             policy=WritePolicy.create(config.root, config.allowed, config.umask),
-            on_start=lambda result, entry: _say(started=str(result.path), entry=entry),
+            on_start=lambda result, entry: _REPORTS.say(started=str(result.path), entry=entry),
         )
         result = writer.run(fence)
         files.close()
         stopped = fence.stopped
-        _say(result=_result_message(result), stopped=stopped)
+        _REPORTS.say(result=_result_message(result), stopped=stopped)
         reusable = not stopped and not files.unclosed
     except _RETRIED as exc:
         # Redis unreachable, or the file still locked by a writer that lost the session
         # (frozen): the service tries again.
-        _say(error=f"{type(exc).__name__}: {exc}", retry=True)
+        _REPORTS.say(error=f"{type(exc).__name__}: {exc}", retry=True)
     except Exception as exc:
         logger.debug("scan %s:%s", session, number, exc_info=True)
-        _say(error=f"{type(exc).__name__}: {exc}", retry=False)
+        _REPORTS.say(error=f"{type(exc).__name__}: {exc}", retry=False)
     finally:
         files.close()
         store.close()
+    if _REPORTS.gone:
+        done = writer is not None and writer.result.complete
+        written = writer.result.scan_file if writer is not None else None
+        logger.warning(
+            "the writer service that started this worker is gone (nobody reads its reports): "
+            "scan %s:%s %s%s, not marked saved (the next writer writes it again from Redis); "
+            "exiting",
+            session,
+            number,
+            "written to its end" if done else "stopped before its end",
+            f", its file {str(written)!r} closed" if written else "",
+        )
+        reusable = False
     if files.unclosed:  # HDF5 would crash at exit on a file it could not flush
         logging.shutdown()
         os._exit(2)

@@ -18,7 +18,8 @@ key ``"child@name"``                    attribute ``name`` of the member ``child
 ``bool``, ``int``, ``float``, numpy     scalar or array dataset of the numpy dtype
 scalars and arrays
 list/tuple of ``str``                   1-D variable-length string dataset
-list/tuple of numbers (rectangular)     numeric array dataset
+list/tuple of numbers (rectangular)     numeric array dataset (``None`` items: NaN, as
+                                        scan_info stores NaN and infinities as null)
 any other list (mixed, ragged, dicts,   JSON text in a scalar string dataset
 empty)
 anything else (datetime, objects)       ``str(value)`` (``isoformat()`` for datetimes)
@@ -363,9 +364,11 @@ def to_hdf5_value(value: Any) -> np.ndarray:
     if isinstance(value, (list, tuple)):
         if value and all(isinstance(v, str) for v in value):
             return np.array(list(value), dtype=STR_DTYPE)
-        if value and _all_numbers(value):
+        if value and _all_numbers(value, nulls=True):
             try:
-                arr = np.asarray(value)
+                # A None among numbers is a NaN or an infinity, which scan_info stores as JSON
+                # null (decision 0005): written as NaN, the list stays a numeric dataset.
+                arr = np.asarray(value) if _all_numbers(value) else np.array(value, dtype=float)
             except ValueError:  # ragged nested lists
                 arr = np.asarray(None)
             if arr.dtype.kind in "biufc":
@@ -377,13 +380,13 @@ def to_hdf5_value(value: Any) -> np.ndarray:
     return np.array(str(value), dtype=STR_DTYPE)
 
 
-def _all_numbers(seq: Sequence[Any]) -> bool:
-    """True when ``seq`` (possibly nested lists) holds only numbers."""
+def _all_numbers(seq: Sequence[Any], nulls: bool = False) -> bool:
+    """True when ``seq`` (possibly nested lists) holds only numbers (or None, with ``nulls``)."""
     for item in seq:
         if isinstance(item, (list, tuple)):
-            if not _all_numbers(item):
+            if not _all_numbers(item, nulls):
                 return False
-        elif not _is_number(item):
+        elif not (_is_number(item) or (nulls and item is None)):
             return False
     return True
 
