@@ -1,14 +1,21 @@
-"""Usage errors found after parsing (a directory that cannot be written, a missing argument):
-reported as argparse reports its own, with the subcommand's usage and exit code 2."""
+"""Usage errors: the argparse types that check a value while parsing (a session name, a scan
+number), and the errors found after parsing (a directory that cannot be written, a missing
+argument), reported as argparse reports its own, with the subcommand's usage and exit code 2.
+
+Both come before any connection to Redis: a wrong command line never waits for a server.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
-from ..exceptions import ScanstreamError
+from .._protocol.keys import check_session_name
+from ..exceptions import InvalidArgumentError, ScanstreamError
 
 # The base of subcommand actions that add behaviour to argparse's (lazy loading, scanstream's
 # messages for scan types): argparse has no public one.
@@ -17,11 +24,55 @@ if TYPE_CHECKING:
 else:
     SubParsers = argparse._SubParsersAction  # noqa: SLF001
 
-__all__ = ["SubParsers", "UsageError", "writable_directory"]
+__all__ = [
+    "SubParsers",
+    "UsageError",
+    "argument_type",
+    "scan_number",
+    "session_name",
+    "writable_directory",
+]
+
+_T = TypeVar("_T")
 
 
 class UsageError(ScanstreamError, ValueError):
     """A command-line argument is wrong; the message names it and what to give instead."""
+
+
+def argument_type(check: Callable[[str], _T]) -> Callable[[str], _T]:
+    """An argparse ``type=`` made of a library check that raises :class:`InvalidArgumentError`.
+
+    argparse reports the check's message as it is, after ``argument OPTION:`` (exit code 2);
+    it would report a ValueError as ``invalid <function name> value``, which says nothing.
+    """
+
+    @functools.wraps(check)
+    def parse(text: str) -> _T:
+        try:
+            return check(text)
+        except InvalidArgumentError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+#: The ``type=`` of every session argument: the project's rule for session names, at parsing.
+session_name = argument_type(check_session_name)
+
+
+def scan_number(text: str) -> int:
+    """The ``type=`` of a scan number: an integer >= 1 (scans are numbered from 1)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a scan number: give an integer >= 1 (`scanstream ls SESSION` "
+            "lists the stored scans)"
+        )
+    return value
 
 
 def writable_directory(text: str, option: str = "--root") -> Path:

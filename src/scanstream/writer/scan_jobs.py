@@ -25,6 +25,7 @@ from pathlib import Path
 import redis
 
 from .._transport.connection import DataStore
+from ..admin.wording import counted
 from ..exceptions import ScanNotFoundError
 from ..models import SavingState, SavingVerdict
 from ..subscribe.lost import record_if_lost_by_number
@@ -240,11 +241,11 @@ class ScanJobs:
                 session.saved += 1
             points = sum(result.points.values())
             logger.info(
-                "saved %s (%s): %d points in %s entries %s of %s (%.2f s)",
+                "saved %s (%s): %s in %s %s of %s (%.2f s)",
                 scan.db_name,
                 result.state,
-                points,
-                len(result.entries),
+                counted(points, "point"),
+                counted(len(result.entries), "entry", "entries"),
                 ", ".join(result.entries),
                 result.path,
                 time.monotonic() - started,
