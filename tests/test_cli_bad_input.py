@@ -8,14 +8,20 @@ would fail with exit code 1 (unreachable) instead of 2.
 
 from __future__ import annotations
 
+import logging
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from scanstream import DataStore
+from scanstream._transport.server import EmbeddedServer
 from scanstream.admin import counted
 from scanstream.cli import main
+from scanstream.cli.logs import configure_logging
 from scanstream.exceptions import InvalidTransitionError
 from scanstream.models import ScanState
 
@@ -259,3 +265,56 @@ def test_ls_and_delete_count_in_words(redis_url: str, capsys: pytest.CaptureFixt
     assert " 1 point   float64" in capsys.readouterr().out
     assert main([*url, "delete", "s1", "--force"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].startswith("1 scan deleted, 0 kept, ")
+
+
+# ------------------------------------------------------------------ tracebacks in the log
+
+
+def _log_a_failure() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("scanstream.test").exception("could not end it")
+
+
+def test_a_logged_exception_is_one_line_on_stderr_unless_debug(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "writer.log"
+    configure_logging(0, log_file=log)
+    _log_a_failure()
+    err = capsys.readouterr().err
+    assert err.endswith("scanstream.test: could not end it (ValueError: boom)\n"), err
+    assert "Traceback" not in err
+    assert "Traceback (most recent call last)" in log.read_text()  # the file keeps it whole
+    configure_logging(2)
+    _log_a_failure()
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_a_server_that_goes_down_during_a_scan_gives_no_traceback(
+    server_binary: Path, tmp_path: Path, free_tcp_port: int
+) -> None:
+    server = EmbeddedServer(tmp_path / "redis", port=free_tcp_port)
+    server.start(timeout=10)
+    env = {**os.environ, "SCANSTREAM_MAX_UNREACHABLE_TIME": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scanstream", "--redis-url", server.url, "scan"]
+        + ["--session", "down", "-q", "timescan", "0.05", "diode"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        time.sleep(1.5)  # points are flowing
+        server.stop()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait(timeout=5)
+        server.stop()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err and "Traceback" not in out, err
+    assert "scanstream scan: error: scan down:1_timescan failed: Redis at" in err
+    assert "unreachable" in err.splitlines()[-1]
