@@ -318,3 +318,29 @@ def test_a_server_that_goes_down_during_a_scan_gives_no_traceback(
     assert "Traceback" not in err and "Traceback" not in out, err
     assert "scanstream scan: error: scan down:1_timescan failed: Redis at" in err
     assert "unreachable" in err.splitlines()[-1]
+
+
+# ------------------------------------------------------------------ malformed URLs
+
+
+@pytest.mark.parametrize(
+    "url, problem",
+    [
+        ("redis://127.0.0.1:notaport", "is malformed: Port could not be cast to integer"),
+        ("redis://127.0.0.1:99999", "is malformed: Port out of range 0-65535"),
+        ("redis://[::1", "is malformed: Invalid IPv6 URL"),
+        ("rediss://:secret@:1/0", "names no host"),  # redis-py would take localhost
+        ("redis://127.0.0.1:1/abc", "names database 'abc', which is not a number"),  # or db 0
+    ],
+)
+def test_a_malformed_url_is_one_usage_line_without_traceback(
+    url: str, problem: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--redis-url", url, "ls"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert f"(from --redis-url) {problem}" in err
+    assert "write redis://[USER:PASSWORD@]HOST[:PORT][/DB]" in err and "secret" not in err
+    monkeypatch.setenv("SCANSTREAM_REDIS_URL", url)
+    assert main(["show", "s1"]) == 2
+    assert f"(from $SCANSTREAM_REDIS_URL) {problem}" in capsys.readouterr().err

@@ -28,7 +28,7 @@ from .. import __version__
 from .._transport import shared_server
 from .._transport.urls import mask_url
 from ..exceptions import ScanstreamError
-from .errors import describe_failure, url_origin, url_scheme_problem
+from .errors import describe_failure, url_origin, url_problem
 from .logs import configure_logging
 from .usage import SubParsers, UsageError
 
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     -------
     int
         The exit code: 0 on success, 1 on a scanstream or connection error (one line on
-        stderr), 2 on a usage error (a Redis URL without a scheme included), 130 on Ctrl-C;
+        stderr), 2 on a usage error (a Redis URL that names no server included), 130 on Ctrl-C;
         a subcommand may give its own meaning to 1.
     """
     parser = build_parser()
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     url, origin = url_origin(args)
-    problem = url_scheme_problem(url, origin)
+    problem = url_problem(url, origin)
     if problem is not None:
         print(f"scanstream: error: {problem}", file=sys.stderr)
         return 2
