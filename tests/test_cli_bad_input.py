@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -344,3 +345,36 @@ def test_a_malformed_url_is_one_usage_line_without_traceback(
     monkeypatch.setenv("SCANSTREAM_REDIS_URL", url)
     assert main(["show", "s1"]) == 2
     assert f"(from $SCANSTREAM_REDIS_URL) {problem}" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ Ctrl-C
+
+
+def test_ctrl_c_during_the_demo_says_how_to_save_what_is_left(
+    redis_url: str, tmp_path: Path
+) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scanstream", "--redis-url", redis_url, "demo"]
+        + ["--root", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 30
+        line = ""
+        while "running the example scans" not in line:
+            assert time.monotonic() < deadline and proc.poll() is None, "the demo did not start"
+            line = proc.stdout.readline()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait(timeout=5)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert (
+        "Ctrl-C: the demo stopped; its scans not saved yet stay in Redis (`scanstream ls demo`): "
+        f"`scanstream writer demo --root {tmp_path}` saves them"
+    ) in err

@@ -46,7 +46,7 @@ def configure_demo(parser: argparse.ArgumentParser) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Run the demo; exit code 0 when every scan was saved."""
+    """Run the demo; exit code 0 when every scan was saved, 130 on Ctrl-C."""
     root = writable_directory(args.root).resolve()
     url, origin = url_origin(args)
     url = resolve_url(url)
@@ -92,6 +92,15 @@ def run_demo(args: argparse.Namespace) -> int:
             )
             return 1
         return 0
+    except KeyboardInterrupt:
+        # The scans already published stay in Redis, with their retention time: say how to
+        # save those the stopped writer had not saved yet.
+        print(
+            f"\nCtrl-C: the demo stopped; its scans not saved yet stay in Redis (`scanstream ls "
+            f"{args.session}`): `scanstream writer {args.session} --root {root}` saves them",
+            file=sys.stderr,
+        )
+        return 130
     finally:
         if writer is not None:
             writer.terminate()
