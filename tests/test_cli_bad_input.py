@@ -378,3 +378,26 @@ def test_ctrl_c_during_the_demo_says_how_to_save_what_is_left(
         "Ctrl-C: the demo stopped; its scans not saved yet stay in Redis (`scanstream ls demo`): "
         f"`scanstream writer demo --root {tmp_path}` saves them"
     ) in err
+
+
+def test_delete_scan_repeated_keeps_every_number(
+    redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = ["--redis-url", redis_url]
+    scan = [*url, "scan", "--session", "s1", "--time-scale", "0", "--no-saving", "-q"]
+    for _ in range(3):
+        assert main([*scan, "ct", "0.1", "diode"]) == 0
+    capsys.readouterr()
+    argv = [*url, "delete", "s1", "--force", "--dry-run", "--scan", "1", "--scan", "3"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[1] for line in out[:-1]] == ["1_ct", "3_ct"], out
+
+
+def test_writer_refuses_a_file_as_allowed_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    line = _usage_error(["writer", "s1", "--root", str(tmp_path), "--allow", str(a_file)], capsys)
+    assert f"--allow {str(a_file)!r} is not a directory" in line

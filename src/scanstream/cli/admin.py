@@ -59,8 +59,9 @@ def configure_delete(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         type=scan_number,
         nargs="+",
+        action="extend",  # --scan 1 --scan 2 is both, as --scan 1 2 (not the last only)
         dest="numbers",
-        help="only these scan numbers (default: every stored scan)",
+        help="only these scan numbers, repeatable (default: every stored scan)",
     )
     parser.add_argument(
         "--force",

@@ -138,6 +138,12 @@ def run_writer(args: argparse.Namespace) -> int:
             "thread of this process instead: give one of them"
         )
     root = writable_directory(args.root)
+    for allowed in args.allow:
+        if os.path.exists(allowed) and not os.path.isdir(allowed):
+            raise UsageError(
+                f"--allow {allowed!r} is not a directory; give the directories where scan_info "
+                "'filename' may point"
+            )
     level = LEVELS[args.log_level] if args.log_level else None
     if level is None:  # the service logs each scan it saves: show it
         level = logging.DEBUG if args.verbose >= 2 else logging.INFO
