@@ -401,3 +401,21 @@ def test_writer_refuses_a_file_as_allowed_directory(
     a_file.write_text("")
     line = _usage_error(["writer", "s1", "--root", str(tmp_path), "--allow", str(a_file)], capsys)
     assert f"--allow {str(a_file)!r} is not a directory" in line
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (b"def f(:\n", "cannot be compiled as Python: invalid syntax (line 1)"),
+        (b"\x7fELF\x00\x00binary", "cannot be compiled as Python: source code"),
+    ],
+)
+def test_legacy_with_a_file_that_is_not_python_is_one_line(
+    content: bytes, problem: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = tmp_path / "script.py"
+    script.write_bytes(content)
+    assert main(["legacy", str(script)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert f"scanstream legacy: {str(script)!r} {problem}" in err
