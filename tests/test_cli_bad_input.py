@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from scanstream import DataStore
+from scanstream import DataStore, get_session_node
 from scanstream._transport.server import EmbeddedServer
 from scanstream.admin import counted
 from scanstream.cli import main
@@ -419,3 +419,32 @@ def test_legacy_with_a_file_that_is_not_python_is_one_line(
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
     assert f"scanstream legacy: {str(script)!r} {problem}" in err
+
+
+def test_a_scan_whose_output_reader_goes_away_still_ends_done(redis_url: str) -> None:
+    """`scanstream scan ... | head -2`: the rows stop, not the scan (it ended FAILED)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scanstream", "--redis-url", redis_url, "scan", "--session"]
+        + ["piped", "--save-timeout", "0", "--no-writer-warning"]
+        + ["ascan", "roby", "0", "1", "30", "0.02", "diode"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        header, first = proc.stdout.readline(), proc.stdout.readline()
+        assert "roby[mm]" in header and first.split()[:2] == ["0", "0"]
+        proc.stdout.close()  # as head does after its lines
+        err = proc.stderr.read()
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait(timeout=5)
+        if proc.stderr is not None:
+            proc.stderr.close()
+    assert proc.returncode == 3, err  # DONE, and not saved: no writer follows the session
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    with DataStore(redis_url) as store:
+        scan = get_session_node("piped", store=store).get_scan(1)
+        assert scan.state is ScanState.DONE and scan.info["npoints"] == 31

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import re
 import signal
 import sys
@@ -28,7 +27,7 @@ from .. import __version__
 from .._transport import shared_server
 from .._transport.urls import mask_url
 from ..exceptions import ScanstreamError
-from .errors import describe_failure, url_origin, url_problem
+from .errors import describe_failure, discard_stdout, url_origin, url_problem
 from .logs import configure_logging
 from .usage import SubParsers, UsageError
 
@@ -239,6 +238,6 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (`scanstream ls | head`): stop quietly, as other tools do,
         # and keep the interpreter's final flush of stdout from raising again.
         if args.standalone:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            discard_stdout()
         return 128 + signal.SIGPIPE
     return code

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import urllib.parse
 
 import redis
@@ -18,6 +19,7 @@ __all__ = [
     "SCHEMES",
     "describe_failure",
     "describe_server",
+    "discard_stdout",
     "url_origin",
     "url_problem",
     "url_scheme_problem",
@@ -118,3 +120,16 @@ def describe_server(url: str, origin: str) -> str:
     if origin.startswith(("--", "$")):
         return f"Redis server: {mask_url(url)} (from {origin})"
     return f"Redis server: {mask_url(url)} ({origin})"
+
+
+def discard_stdout() -> None:
+    """Send what is still printed on stdout to /dev/null: its reader went away (``| head``).
+
+    At the file descriptor, so that no later print, nor the interpreter's final flush of
+    stdout, raises BrokenPipeError again. Not for an stdout without one (tests capture it).
+    """
+    try:
+        fileno = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    os.dup2(os.open(os.devnull, os.O_WRONLY), fileno)

@@ -45,7 +45,7 @@ from ..sim.beamline import Beamline, UnknownDeviceError, default_beamline
 from ..sim.control import ScanResult, scan_result_of
 from ..sim.devices import MotorLimitError
 from ..sim.saving import SavingConfig
-from .errors import describe_failure, describe_server, url_origin
+from .errors import describe_failure, describe_server, discard_stdout, url_origin
 from .scan_args import (
     DATA_ROOT_ENV,
     DEFAULT_SESSION,
@@ -116,8 +116,15 @@ class _ScanDisplay:
 
     def values(self, master: str, index: int, row: Row) -> None:  # on_values callback
         self.last = row
-        if self.table is not None:
+        if self.table is None:
+            return
+        try:
             self.table(master, index, row)
+        except BrokenPipeError:
+            # The reader of the rows went away (`scanstream scan ... | head`): the scan goes
+            # on, unseen, rather than ending FAILED because of its display.
+            self.table = None
+            discard_stdout()
 
     def point(self, master: str, done: int) -> None:  # on_point callback
         if self.progress is None:
