@@ -21,7 +21,7 @@ import pytest
 from scanstream import DataStore, get_session_node
 from scanstream._transport.server import EmbeddedServer
 from scanstream.admin import counted
-from scanstream.cli import main
+from scanstream.cli import build_parser, main
 from scanstream.cli.logs import configure_logging
 from scanstream.exceptions import InvalidTransitionError
 from scanstream.models import ScanState
@@ -448,3 +448,10 @@ def test_a_scan_whose_output_reader_goes_away_still_ends_done(redis_url: str) ->
     with DataStore(redis_url) as store:
         scan = get_session_node("piped", store=store).get_scan(1)
         assert scan.state is ScanState.DONE and scan.info["npoints"] == 31
+
+
+def test_negative_scan_arguments_with_an_exponent_are_numbers() -> None:
+    args = build_parser().parse_args(
+        ["scan", "ascan", "roby", "-1e-1", "-2.5E-2", "3", "0.1", "diode"]
+    )
+    assert args.args == ["roby", -0.1, -0.025, 3, 0.1, "diode"]

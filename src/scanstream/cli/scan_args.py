@@ -14,6 +14,7 @@ import argparse
 import functools
 import inspect
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -218,6 +219,10 @@ class _ScanArgument(argparse.Action):
         setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), *given])
 
 
+#: A negative number as a scan argument may be written: ``-2``, ``-.5``, ``-1e-3``, ``-1.5E2``.
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
 class _ScanTypes(SubParsers):
     """The scan-type subcommands, with scanstream's messages for an unknown or short one.
 
@@ -409,7 +414,9 @@ def configure_scan(parser: argparse.ArgumentParser) -> None:
             usage=f"%(prog)s [OPTIONS] {usage(scan_type)[len(scan_type) + 1 :]}",
         )
         # nargs="?": a missing argument is reported by _ScanTypes, in the scanstream words.
-        # Negative numbers ("-.1") stay arguments, as no option here looks like a number.
+        # Negative numbers ("-.1") stay arguments, as no option here looks like a number;
+        # argparse's pattern of one misses exponents ("-1e-3" was taken for an option).
+        sub._negative_number_matcher = _NEGATIVE_NUMBER  # noqa: SLF001
         for name, kind in spec:
             sub.add_argument(
                 "args",
