@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import sys
 
@@ -45,11 +46,11 @@ def run_legacy(args: argparse.Namespace) -> int:
 def _compile_problem(path: str) -> str | None:
     """Why ``path`` cannot run as a Python script (unreadable, not Python), or None.
 
-    Compiled here first: runpy would report it with a traceback through its own frames.
+    Parsed here first: runpy would report it with a traceback through its own frames.
     """
     try:
         with open(path, "rb") as file:
-            compile(file.read(), path, "exec")
+            ast.parse(file.read(), path)  # parsed only: the script runs through runpy
     except OSError as exc:
         return f"cannot be read ({exc.strerror}); check its permissions"
     except (SyntaxError, ValueError) as exc:  # ValueError: null bytes, on some Pythons
