@@ -187,6 +187,21 @@ def test_a_scan_saved_by_the_real_writer_exits_0(
     assert len(saved) == 1 and " in 1 entry 1.1 of " in saved[0], saved
 
 
+def test_a_scan_the_writer_refuses_says_why_naming_the_error_once(
+    redis_url: str,
+    writer: WriterService,
+    tmp_path_factory: pytest.TempPathFactory,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    elsewhere = tmp_path_factory.mktemp("elsewhere")  # not under the writer's root
+    assert scan(redis_url, "--root", str(elsewhere), "--save-timeout", "8") == EXIT_NOT_SAVED
+    verdict = last(capsys.readouterr().out)
+    # The worker process reports "WriterError: ..."; it was named twice on the way back.
+    assert verdict.startswith("NOT SAVED: WriterError: scan_info['filename']"), verdict
+    assert "outside the directories this writer may write" in verdict
+    assert "WriterError: WriterError" not in verdict
+
+
 def test_the_exit_codes_are_in_the_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["scan", "loopscan", "--help"]) == 0
     out = capsys.readouterr().out

@@ -40,8 +40,15 @@ def run_show(args: argparse.Namespace) -> int:
     with DataStore(resolve_url(args.redis_url)) as store:
         try:
             scan = _find_scan(store, args.session, args.number)
-        except (SessionNotFoundError, ScanNotFoundError) as exc:
-            print(f"scanstream show: {exc}", file=sys.stderr)
+        except SessionNotFoundError as exc:  # the message lists the known sessions
+            print(f"scanstream show: error: {exc}", file=sys.stderr)
+            return 1
+        except ScanNotFoundError as exc:
+            print(
+                f"scanstream show: error: {exc}; `scanstream ls {args.session}` lists its "
+                "stored scans",
+                file=sys.stderr,
+            )
             return 1
         description = describe_scan(scan)
     if args.json:

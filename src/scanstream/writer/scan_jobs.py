@@ -144,7 +144,7 @@ class ScanJobs:
             self.done(session, scan)
             raise
         except Exception as exc:  # a malformed scan: that scan fails, the session goes on
-            self._failed(session, scan, claim, f"{type(exc).__name__}: {exc}")
+            self._failed(session, scan, claim, _error_text(exc))
             self.done(session, scan)
             return
         if lost is not None:  # recorded lost: nothing to write, its data is gone
@@ -252,7 +252,7 @@ class ScanJobs:
             )
         except Exception as exc:
             if not claim.stopped:
-                self._failed(session, scan, claim, f"{type(exc).__name__}: {exc}")
+                self._failed(session, scan, claim, _error_text(exc))
         finally:
             self.done(session, scan)
 
@@ -340,3 +340,11 @@ class ScanJobs:
         """``scan`` is no longer written here."""
         with self._lock:
             session.running.discard(scan.name)
+
+
+def _error_text(exc: Exception) -> str:
+    """``TypeName: message`` of a scan's failure, the type named once: the error a worker
+    process reports comes as that text already, raised again here as a WriterError."""
+    text = str(exc)
+    name = type(exc).__name__
+    return text if text.startswith(f"{name}: ") else f"{name}: {text}"
