@@ -53,7 +53,9 @@ def _usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 # ------------------------------------------------------------------ durations
 
 
-@pytest.mark.parametrize("value", ["-5", "-0.5", "abc", "nan", "inf", "5 parsecs", "9" * 400])
+@pytest.mark.parametrize(
+    "value", ["-5", "-0.5", "-1h", "-.5m", "abc", "nan", "inf", "5 parsecs", "9" * 400]
+)
 def test_a_bad_duration_is_a_usage_error_naming_the_option_and_the_accepted_form(
     value: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

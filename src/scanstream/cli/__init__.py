@@ -29,7 +29,7 @@ from .._transport.urls import mask_url
 from ..exceptions import ScanstreamError
 from .errors import describe_failure, discard_stdout, url_origin, url_problem
 from .logs import configure_logging
-from .usage import SubParsers, UsageError
+from .usage import SubParsers, UsageError, accept_negative_values
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main", "redis_url"]
 
@@ -133,6 +133,7 @@ def _configure(sub: argparse.ArgumentParser) -> None:
         return
     configure, run = command.load()
     configure(sub)
+    accept_negative_values(sub)  # `delete --older-than -1h`: refused as a duration
     # The common options are accepted after the subcommand too
     # (`scanstream writer SESSION --redis-url URL`); SUPPRESS keeps the global ones when absent.
     sub.add_argument(

@@ -14,7 +14,6 @@ import argparse
 import functools
 import inspect
 import math
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,7 +23,7 @@ from ..sim.beamline import Beamline, UnknownDeviceError, default_beamline
 from ..sim.control import ScanResult
 from ..sim.scans import a2scan, amesh, ascan, ct, d2scan, dscan, loopscan, timescan
 from .scan_display import exit_codes_text
-from .usage import SubParsers, session_name
+from .usage import SubParsers, accept_negative_values, session_name
 
 __all__ = [
     "SCAN_FUNCTIONS",
@@ -219,10 +218,6 @@ class _ScanArgument(argparse.Action):
         setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), *given])
 
 
-#: A negative number as a scan argument may be written: ``-2``, ``-.5``, ``-1e-3``, ``-1.5E2``.
-_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
-
-
 class _ScanTypes(SubParsers):
     """The scan-type subcommands, with scanstream's messages for an unknown or short one.
 
@@ -414,9 +409,8 @@ def configure_scan(parser: argparse.ArgumentParser) -> None:
             usage=f"%(prog)s [OPTIONS] {usage(scan_type)[len(scan_type) + 1 :]}",
         )
         # nargs="?": a missing argument is reported by _ScanTypes, in the scanstream words.
-        # Negative numbers ("-.1") stay arguments, as no option here looks like a number;
-        # argparse's pattern of one misses exponents ("-1e-3" was taken for an option).
-        sub._negative_number_matcher = _NEGATIVE_NUMBER  # noqa: SLF001
+        # Negative numbers ("-.1", "-1e-3") stay arguments.
+        accept_negative_values(sub)
         for name, kind in spec:
             sub.add_argument(
                 "args",

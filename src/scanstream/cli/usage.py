@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -27,6 +28,7 @@ else:
 __all__ = [
     "SubParsers",
     "UsageError",
+    "accept_negative_values",
     "argument_type",
     "scan_number",
     "session_name",
@@ -38,6 +40,18 @@ _T = TypeVar("_T")
 
 class UsageError(ScanstreamError, ValueError):
     """A command-line argument is wrong; the message names it and what to give instead."""
+
+
+#: A word such as ``-5``, ``-.5``, ``-1e-3`` or ``-1h``: a value, as no option of scanstream
+#: starts with a digit. argparse takes a word for an option unless it is a plain negative
+#: number (``-1e-3`` or ``-1h`` gave "expected one argument" or "missing START").
+_NEGATIVE_VALUE = re.compile(r"^-\.?\d")
+
+
+def accept_negative_values(parser: argparse.ArgumentParser) -> None:
+    """Make ``parser`` take every word of :data:`_NEGATIVE_VALUE` for a value, so that its
+    ``type=`` check says what is wrong with it (a negative duration, a negative START)."""
+    parser._negative_number_matcher = _NEGATIVE_VALUE  # noqa: SLF001 (no public way)
 
 
 def argument_type(check: Callable[[str], _T]) -> Callable[[str], _T]:
