@@ -457,3 +457,20 @@ def test_negative_scan_arguments_with_an_exponent_are_numbers() -> None:
         ["scan", "ascan", "roby", "-1e-1", "-2.5E-2", "3", "0.1", "diode"]
     )
     assert args.args == ["roby", -0.1, -0.025, 3, 0.1, "diode"]
+
+
+@pytest.mark.parametrize(
+    "argv, points",
+    [
+        (["ascan", "roby", "0", "1", "1000000000000", "0.1", "diode"], "1,000,000,000,001"),
+        (["amesh", "robx", "0", "1", "100000", "roby", "0", "1", "100000", "0.1", "diode"], None),
+    ],
+)
+def test_a_step_scan_too_big_to_compute_is_a_usage_error(
+    argv: list[str], points: str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It failed with MemoryError ("Unable to allocate 7.28 TiB"), after connecting."""
+    line = _usage_error(["scan", *argv], capsys)
+    assert "is more than the 10,000,000 a step scan may have" in line
+    assert "give fewer INTERVALS, or use loopscan or timescan" in line
+    assert points is None or f"{points} points" in line

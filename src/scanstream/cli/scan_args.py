@@ -171,10 +171,29 @@ def parse_scan_arguments(scan_type: str, words: Sequence[Any], beamline: Beamlin
     except ScanArgumentError as exc:
         raise ScanArgumentError(f"{scan_type}: {exc}; usage: {usage(scan_type)}") from None
     counters = [_convert("counter", "COUNTER", word, beamline) for word in words[len(spec) :]]
-    problem = _arity_error(scan_type, words, list(beamline.counters))
+    problem = _arity_error(scan_type, words, list(beamline.counters)) or _size_error(spec, args)
     if problem is not None:
         raise ScanArgumentError(f"{scan_type}: {problem}; usage: {usage(scan_type)}")
     return args + counters
+
+
+#: The most points of a step scan: the simulator computes every position before it starts
+#: (8 bytes per motor and point); more would fail on memory after the scan was announced.
+MAX_STEP_POINTS = 10_000_000
+
+
+def _size_error(spec: Sequence[tuple[str, str]], args: Sequence[Any]) -> str | None:
+    """Why a step scan has too many points (INTERVALS + 1 per motor axis), or None."""
+    points = 1
+    for (name, _), value in zip(spec, args):
+        if name.startswith("INTERVALS"):
+            points *= int(value) + 1
+    if points <= MAX_STEP_POINTS:
+        return None
+    return (
+        f"{points:,} points is more than the {MAX_STEP_POINTS:,} a step scan may have (its "
+        "positions are computed in advance); give fewer INTERVALS, or use loopscan or timescan"
+    )
 
 
 # --- the parser --------------------------------------------------------------------------------
