@@ -123,6 +123,16 @@ def test_every_session_is_watched_and_the_verdict_shown(
     assert verdict.endswith(f"{tmp_path}/saved/saved.h5::1.1")
 
 
+def test_a_session_named_twice_is_watched_once(redis_url: str) -> None:
+    proc = _watch(redis_url, "twice", "twice", "--timeout", "2")
+    _wait_line(proc, "watching twice (Ctrl-C to stop)")
+    _scan(redis_url, "twice", "--time-scale", "0", "loopscan", "3", "0.1", "diode")
+    out, err = _finish(proc)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    lines = out.splitlines()
+    assert sum(line.endswith("twice:1_loopscan ended    DONE  3 points") for line in lines) == 1
+
+
 def test_ctrl_c_ends_watch_cleanly(redis_url: str) -> None:
     proc = _watch(redis_url, "idle")
     _wait_line(proc, "watching idle")

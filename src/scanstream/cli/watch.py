@@ -207,6 +207,9 @@ class _Watcher:
     def run(self, sessions: list[str], timeout: float | None) -> int:
         """Print events until ``timeout`` seconds pass without one; return the exit code."""
         every = not sessions
+        # A session named twice gets one walker: two would show each event twice (and the
+        # second copy of its points found the rows already taken: IndexError).
+        sessions = list(dict.fromkeys(sessions))
         known = set(self.store.sessions())
         for session in sessions or sorted(known):
             if session not in known:
