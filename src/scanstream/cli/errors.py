@@ -81,7 +81,7 @@ def url_problem(url: str | None, origin: str) -> str | None:
     return None
 
 
-_URL_FORM = "write redis://[USER:PASSWORD@]HOST[:PORT][/DB], PORT 1 to 65535 and DB a number"
+_URL_FORM = "write redis://[USER:PASSWORD@]HOST[:PORT][/DB], PORT up to 65535 and DB a number"
 
 
 def describe_failure(exc: BaseException, url: str | None, origin: str) -> str | None:
