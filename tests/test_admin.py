@@ -131,7 +131,7 @@ def test_ls_command(
     assert main(["--redis-url", redis_url, "ls"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0].startswith("session test_session: 1 scan(s), ")
+    assert lines[0].startswith("session test_session: 1 scan, ")
     assert lines[1].split() == [
         "#",
         "name",
@@ -146,7 +146,7 @@ def test_ls_command(
     row = lines[2].split()
     # In the writers' saved set, no verdict recorded (a writer without verdicts): "saved".
     assert row[:4] == ["1", "loopscan", "DONE", "7"] and row[-1] == "saved"
-    assert lines[-1].startswith("total: 1 session(s), 1 scan(s), ")
+    assert lines[-1].startswith("total: 1 session, 1 scan, ")
     assert "policy noeviction" in lines[-1]
 
     assert main(["--redis-url", redis_url, "ls", "missing"]) == 1
@@ -240,7 +240,7 @@ def test_delete_command(
         ("kept test_session:1_kept: not saved by a writer (use --force to delete it anyway)"),
         out[-1],
     ]
-    assert out[-1].startswith("1 scan(s) would delete, 1 kept, ")
+    assert out[-1].startswith("1 scan would be deleted, 1 kept, ")
     # A scan named with --scan but kept makes the exit code 1, for scripts.
     assert main([*url, "delete", "test_session", "--scan", "1", "2"]) == 1
     out = capsys.readouterr().out
@@ -327,7 +327,7 @@ def test_delete_command_frees_a_full_server(
         ]
         assert _scan_keys_left(store, "full", 1) == []
         assert len(_scan_keys_left(store, "full", 2)) == 3
-        assert out[3].startswith("1 scan(s) deleted, 2 kept, ") and out[3].endswith("MiB freed")
+        assert out[3].startswith("1 scan deleted, 2 kept, ") and out[3].endswith("MiB freed")
         store.redis.config_set("maxmemory", "0")
         running.end()
         assert [d.number for d in delete_scans(store, "full", force=True).deleted] == [2, 3]

@@ -189,9 +189,9 @@ def test_writer_refuses_a_number_of_workers_below_one_or_with_in_process(
 ) -> None:
     argv = ["writer", "s1", "--root", str(tmp_path), "--workers"]
     for value, message in (
-        ("0", "--workers 0: a writer writes at least 1 scan at once"),
-        ("-2", "--workers -2: a writer writes at least 1 scan at once"),
-        ("two", "--workers 'two' is not an integer"),
+        ("0", "argument --workers: 0 is too few: a writer writes at least 1 scan at once"),
+        ("-2", "argument --workers: -2 is too few: a writer writes at least 1 scan at once"),
+        ("two", "argument --workers: 'two' is not an integer"),
     ):
         assert main([*argv, value]) == 2
         err = capsys.readouterr().err

@@ -3,6 +3,7 @@ at the end, and the exit code (EXIT_CODES), with and without a real writer."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -171,11 +172,34 @@ def test_no_verdict_in_time_exits_save_timeout(
 
 
 def test_a_scan_saved_by_the_real_writer_exits_0(
-    redis_url: str, writer: WriterService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    redis_url: str,
+    writer: WriterService,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="scanstream.writer.scan_jobs")
     assert scan(redis_url, "--require-writer", "--save-timeout", "8") == 0
     out = capsys.readouterr().out
     assert last(out) == f"saved in {tmp_path / SESSION / SESSION}.h5::1.1"
+    # The writer's line for it counts in words: one entry, not "1 entries".
+    saved = [r.getMessage() for r in caplog.records if r.getMessage().startswith("saved ")]
+    assert len(saved) == 1 and " in 1 entry 1.1 of " in saved[0], saved
+
+
+def test_a_scan_the_writer_refuses_says_why_naming_the_error_once(
+    redis_url: str,
+    writer: WriterService,
+    tmp_path_factory: pytest.TempPathFactory,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    elsewhere = tmp_path_factory.mktemp("elsewhere")  # not under the writer's root
+    assert scan(redis_url, "--root", str(elsewhere), "--save-timeout", "8") == EXIT_NOT_SAVED
+    verdict = last(capsys.readouterr().out)
+    # The worker process reports "WriterError: ..."; it was named twice on the way back.
+    assert verdict.startswith("NOT SAVED: WriterError: scan_info['filename']"), verdict
+    assert "outside the directories this writer may write" in verdict
+    assert "WriterError: WriterError" not in verdict
 
 
 def test_the_exit_codes_are_in_the_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -69,7 +69,9 @@ def test_show_of_an_unknown_scan_says_so(
 ) -> None:
     _publish(session)
     assert main(["show", session.name, "99", "--redis-url", redis_url]) == 1
-    assert "no scan number 99" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("scanstream show: error: no scan number 99") and "Traceback" not in err
+    assert err.rstrip().endswith(f"`scanstream ls {session.name}` lists its stored scans")
     assert main(["show", "never_used", "--redis-url", redis_url]) == 1
     assert "never_used" in capsys.readouterr().err
 

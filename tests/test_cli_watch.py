@@ -110,17 +110,27 @@ def test_every_session_is_watched_and_the_verdict_shown(
 ) -> None:
     _scan(redis_url, "other", "--time-scale", "0", "ct", "0.1", "diode")  # a known session
     proc = _watch(redis_url, "--timeout", "2")
-    _wait_line(proc, "watching 1 session(s): other")
+    _wait_line(proc, "watching 1 session: other")
     time.sleep(0.3)
     _scan(redis_url, "saved", "--time-scale", "0", "ct", "0.1", "diode")
     out, err = _finish(proc)
     assert proc.returncode == 0, err
     lines = out.splitlines()
     assert "new session saved: following it" in lines  # seen from its first scan on
-    assert any(line.endswith("saved:1_ct started  ct 0.1  (1 points)") for line in lines)
-    assert any(line.endswith("saved:1_ct ended    DONE  1 points") for line in lines)
+    assert any(line.endswith("saved:1_ct started  ct 0.1  (1 point)") for line in lines)
+    assert any(line.endswith("saved:1_ct ended    DONE  1 point") for line in lines)
     verdict = next(line for line in lines if "saved:1_ct saved in " in line)
     assert verdict.endswith(f"{tmp_path}/saved/saved.h5::1.1")
+
+
+def test_a_session_named_twice_is_watched_once(redis_url: str) -> None:
+    proc = _watch(redis_url, "twice", "twice", "--timeout", "2")
+    _wait_line(proc, "watching twice (Ctrl-C to stop)")
+    _scan(redis_url, "twice", "--time-scale", "0", "loopscan", "3", "0.1", "diode")
+    out, err = _finish(proc)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    lines = out.splitlines()
+    assert sum(line.endswith("twice:1_loopscan ended    DONE  3 points") for line in lines) == 1
 
 
 def test_ctrl_c_ends_watch_cleanly(redis_url: str) -> None:

@@ -74,11 +74,13 @@ def test_a_killed_publisher_scan_ends_killed_with_its_points(redis_url, store):
 def test_state_transitions_are_checked(session):
     scan = session.create_scan("s")
     scan.prepared()
-    with pytest.raises(InvalidTransitionError, match="PREPARED to PREPARED") as info:
+    with pytest.raises(InvalidTransitionError, match="the scan is already PREPARED") as info:
         scan.prepared()
     assert info.value.from_state is ScanState.PREPARED and info.value.to_state is ScanState.PREPARED
     scan.end(ScanState.DONE)
-    with pytest.raises(InvalidTransitionError, match="DONE to FAILED"):
+    with pytest.raises(
+        InvalidTransitionError, match="the scan has already ended DONE: it cannot end FAILED"
+    ):
         scan.end(ScanState.FAILED)
     with pytest.raises(ValueError, match="end state must be"):
         session.create_scan("t").end(ScanState.PREPARED)
@@ -93,7 +95,7 @@ def test_end_after_being_declared_killed_is_refused(session, store):
     scan_node = get_session_node(session.name, store=store).get_scan(scan.number)
     scan_node.check_lease()  # what a walk does; reading .state alone never writes
     assert scan_node.state is ScanState.KILLED  # the reader declared it
-    with pytest.raises(InvalidTransitionError, match="KILLED to DONE"):
+    with pytest.raises(InvalidTransitionError, match="already ended KILLED: it cannot end DONE"):
         scan.end()
     assert scan_node.load_nodes()[1].get(0, -1).tolist() == [1.0]
 

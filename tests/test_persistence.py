@@ -138,7 +138,7 @@ def test_server_stop_refuses_while_clients_or_unsaved_scans_depend_on_it(
     try:
         assert main(["server", "stop"]) == 1
         err = capsys.readouterr().err
-        assert "refusing to stop" in err and "1 client(s) connected (subscriber@" in err
+        assert "refusing to stop" in err and "1 client connected (subscriber@" in err
         assert "--force" in err
     finally:
         listener.close()
@@ -149,7 +149,7 @@ def test_server_stop_refuses_while_clients_or_unsaved_scans_depend_on_it(
         store.redis.hset(store.keys.scan("busy", first), mapping=saving_fields(done))
     assert main(["server", "stop"]) == 1
     err = capsys.readouterr().err
-    assert f"1 scan(s) not saved yet: busy:{second}_s (DONE, WAITING)" in err
+    assert f"1 scan not saved yet: busy:{second}_s (DONE, WAITING)" in err
     assert "client" not in err.split("refusing to stop the embedded server:")[1].split(".")[0]
     assert "persisted" in err
     assert server_status()["pid"] == pid  # still running

@@ -111,7 +111,7 @@ def test_state_only_reads_and_check_lease_records_killed(session, store) -> None
     assert node.check_lease() is ScanState.KILLED
     assert store.redis.hget(node.key, "state") == b"KILLED"
     assert node.state is ScanState.KILLED
-    with pytest.raises(InvalidTransitionError, match="KILLED to DONE"):
+    with pytest.raises(InvalidTransitionError, match="already ended KILLED: it cannot end DONE"):
         scan.end()
 
 

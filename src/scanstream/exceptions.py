@@ -62,10 +62,21 @@ class InvalidTransitionError(ScanstreamError, RuntimeError):
     def __init__(self, from_state: Any, to_state: Any, detail: str = "") -> None:
         self.from_state = from_state
         self.to_state = to_state
-        message = f"cannot go from scan state {from_state.name} to {to_state.name}"
+        message = _transition_text(from_state, to_state)
         if detail:
             message += f": {detail}"
         super().__init__(message)
+
+
+def _transition_text(from_state: Any, to_state: Any) -> str:
+    """The refused state change in words: a change to the same state, or after the end, reads
+    as what it is (``the scan is already DONE``), not as ``from DONE to DONE``."""
+    if from_state == to_state:
+        return f"the scan is already {from_state.name}"
+    if getattr(from_state, "is_final", False):
+        what = "end" if getattr(to_state, "is_final", False) else "go back to"
+        return f"the scan has already ended {from_state.name}: it cannot {what} {to_state.name}"
+    return f"cannot go from scan state {from_state.name} to {to_state.name}"
 
 
 class ScanEndedError(ScanstreamError, RuntimeError):

@@ -215,7 +215,7 @@ def test_ct_prints_each_counter_with_its_rate(
     value, rate = diode.split("=")[1].split(" (")
     assert float(rate.removesuffix("/s)")) == pytest.approx(float(value) / 0.1, rel=1e-4)
     assert any(line.strip().startswith("diode2 =") for line in lines)
-    assert "values:1_ct DONE 1 points" in lines  # the summary is on stdout
+    assert "values:1_ct DONE 1 point" in lines  # the summary is on stdout
     assert "1/1 points" in err  # the progress on stderr
 
 

@@ -33,7 +33,7 @@ def test_listening_beyond_this_machine_without_a_token_is_refused(redis_url: str
 
 def test_a_port_or_a_session_name_that_is_not_one_is_a_usage_error(redis_url: str) -> None:
     done = run_web(redis_url, "--port", "70000")
-    assert done.returncode == 2 and "--port 70000 is not a TCP port" in done.stderr
+    assert done.returncode == 2 and "argument --port: 70000 is not a TCP port" in done.stderr
     done = run_web(redis_url, "bad/name")
     assert done.returncode == 2 and "invalid session name 'bad/name'" in done.stderr
 

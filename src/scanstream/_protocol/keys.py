@@ -40,7 +40,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 
 def check_session_name(name: object) -> str:
     """Return ``name`` if it is a valid session name, else raise :class:`InvalidArgumentError`."""
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise InvalidArgumentError(
             f"invalid session name {name!r}: use 1 to 128 characters among letters, digits, "
             "'_', '.' and '-', not starting with '.' or '-'"

@@ -13,12 +13,14 @@ from .listing import (
     parse_duration,
     server_memory,
 )
+from .wording import counted
 
 __all__ = [
     "Decision",
     "DeletionReport",
     "ScanSummary",
     "SessionSummary",
+    "counted",
     "delete_scans",
     "format_age",
     "list_scans",

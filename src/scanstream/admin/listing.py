@@ -13,6 +13,7 @@ per scan), and the data keys of a scan from the NEW_NODE entries of its event st
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from .._transport.connection import DataStore, stream_entries
 from .._transport.errors import is_wrong_type
 from ..exceptions import DecodingError, InvalidArgumentError
 from ..models import SavingState, SavingVerdict
+from .wording import counted
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,13 @@ _DURATION_UNITS = {
 }
 
 
+#: What :func:`parse_duration` accepts, in words (its error messages end with it).
+DURATION_FORM = (
+    "give a number of seconds >= 0, or a number followed by s, m, h, d or w "
+    "(for example 90s, 15m, 2h, 7d)"
+)
+
+
 def parse_duration(text: str) -> float:
     """Return a duration in seconds: ``"90"``, ``"90s"``, ``"15m"``, ``"2h"``, ``"7d"``, ``"1w"``.
 
@@ -50,13 +59,14 @@ def parse_duration(text: str) -> float:
         If the text is not a non-negative number followed by an optional unit.
     """
     match = _DURATION_RE.match(text) if isinstance(text, str) else None
-    if match is None:
-        raise InvalidArgumentError(
-            f"invalid duration {text!r}: use a number of seconds or a number followed by "
-            "s, m, h, d or w (for example 90s, 15m, 2h, 7d)"
-        )
-    unit = match.group(2).lower() if match.group(2) else None
-    return float(match.group(1)) * _DURATION_UNITS[unit]
+    value = math.inf
+    if match is not None:
+        unit = match.group(2).lower() if match.group(2) else None
+        value = float(match.group(1)) * _DURATION_UNITS[unit]
+    # Hundreds of digits match the pattern, and float() makes them inf: no duration either.
+    if not math.isfinite(value):
+        raise InvalidArgumentError(f"invalid duration {text!r}: {DURATION_FORM}")
+    return value
 
 
 def format_age(seconds: float) -> str:
@@ -441,13 +451,14 @@ class ServerDependents:
         """One sentence per cause: how many clients, which scans (with their saving verdict)."""
         parts = []
         if self.clients:
-            parts.append(f"{self.clients} client(s) connected ({', '.join(self.client_names)})")
+            names = ", ".join(self.client_names)
+            parts.append(f"{counted(self.clients, 'client')} connected ({names})")
         if self.unsaved:
             scans = ", ".join(
                 f"{s.session}:{s.number}_{s.name} ({s.status}, {s.saving.state.value})"
                 for s in self.unsaved
             )
-            parts.append(f"{len(self.unsaved)} scan(s) not saved yet: {scans}")
+            parts.append(f"{counted(len(self.unsaved), 'scan')} not saved yet: {scans}")
         return "; ".join(parts) or "no client connected and every stored scan saved"
 
 

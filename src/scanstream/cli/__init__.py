@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import re
 import signal
 import sys
@@ -28,9 +27,9 @@ from .. import __version__
 from .._transport import shared_server
 from .._transport.urls import mask_url
 from ..exceptions import ScanstreamError
-from .errors import describe_failure, url_origin, url_scheme_problem
+from .errors import describe_failure, discard_stdout, url_origin, url_problem
 from .logs import configure_logging
-from .usage import SubParsers, UsageError
+from .usage import SubParsers, UsageError, accept_negative_values
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main", "redis_url"]
 
@@ -134,6 +133,7 @@ def _configure(sub: argparse.ArgumentParser) -> None:
         return
     configure, run = command.load()
     configure(sub)
+    accept_negative_values(sub)  # `delete --older-than -1h`: refused as a duration
     # The common options are accepted after the subcommand too
     # (`scanstream writer SESSION --redis-url URL`); SUPPRESS keeps the global ones when absent.
     sub.add_argument(
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     -------
     int
         The exit code: 0 on success, 1 on a scanstream or connection error (one line on
-        stderr), 2 on a usage error (a Redis URL without a scheme included), 130 on Ctrl-C;
+        stderr), 2 on a usage error (a Redis URL that names no server included), 130 on Ctrl-C;
         a subcommand may give its own meaning to 1.
     """
     parser = build_parser()
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     url, origin = url_origin(args)
-    problem = url_scheme_problem(url, origin)
+    problem = url_problem(url, origin)
     if problem is not None:
         print(f"scanstream: error: {problem}", file=sys.stderr)
         return 2
@@ -239,6 +239,6 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (`scanstream ls | head`): stop quietly, as other tools do,
         # and keep the interpreter's final flush of stdout from raising again.
         if args.standalone:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            discard_stdout()
         return 128 + signal.SIGPIPE
     return code

@@ -21,13 +21,19 @@ from ..admin.listing import (
     parse_duration,
     server_memory,
 )
+from ..admin.wording import counted
 from ..models import SavingState
+from .usage import argument_type, scan_number, session_name
 
 
 def configure_ls(parser: argparse.ArgumentParser) -> None:
     """Add the arguments of ``scanstream ls``."""
     parser.add_argument(
-        "session", nargs="?", default=None, help="only this session (default: every session)"
+        "session",
+        nargs="?",
+        type=session_name,
+        default=None,
+        help="only this session (default: every session)",
     )
 
 
@@ -40,21 +46,22 @@ def run_ls(args: argparse.Namespace) -> int:
 
 def configure_delete(parser: argparse.ArgumentParser) -> None:
     """Add the arguments of ``scanstream delete``."""
-    parser.add_argument("session", help="the session whose scans to delete")
+    parser.add_argument("session", type=session_name, help="the session whose scans to delete")
     parser.add_argument(
         "--older-than",
         metavar="DURATION",
-        type=parse_duration,
+        type=argument_type(parse_duration),
         default=None,
         help="only scans ended longer ago than this (90s, 15m, 2h, 7d; default: any age)",
     )
     parser.add_argument(
         "--scan",
         metavar="N",
-        type=int,
+        type=scan_number,
         nargs="+",
+        action="extend",  # --scan 1 --scan 2 is both, as --scan 1 2 (not the last only)
         dest="numbers",
-        help="only these scan numbers (default: every stored scan)",
+        help="only these scan numbers, repeatable (default: every stored scan)",
     )
     parser.add_argument(
         "--force",
@@ -131,7 +138,8 @@ def format_listing(sessions: Sequence[SessionSummary], memory: dict[str, Any] | 
     header = ("#", "name", "state", "points", "memory", "ended", "expires in", "saving")
     for summary in sessions:
         lines.append(
-            f"session {summary.name}: {len(summary.scans)} scan(s), {format_bytes(summary.memory)}"
+            f"session {summary.name}: {counted(len(summary.scans), 'scan')}, "
+            f"{format_bytes(summary.memory)}"
         )
         rows = [header] + [
             (
@@ -158,7 +166,7 @@ def format_listing(sessions: Sequence[SessionSummary], memory: dict[str, Any] | 
             )
     nscans = sum(len(s.scans) for s in sessions)
     total = (
-        f"total: {len(sessions)} session(s), {nscans} scan(s), "
+        f"total: {counted(len(sessions), 'session')}, {counted(nscans, 'scan')}, "
         f"{format_bytes(sum(s.memory for s in sessions))}"
     )
     if memory and memory.get("used_memory") is not None:
@@ -182,8 +190,10 @@ def format_report(report: DeletionReport) -> str:
     for d in report.kept:
         name = f"_{d.scan.name}" if d.scan else ""
         lines.append(f"kept {report.session}:{d.number}{name}: {d.reason}")
+    done = "would be deleted" if report.dry_run else "deleted"
+    freed = "would be freed" if report.dry_run else "freed"
     lines.append(
-        f"{len(report.deleted)} scan(s) {verb}, {len(report.kept)} kept, "
-        f"{format_bytes(report.freed)} {'to free' if report.dry_run else 'freed'}"
+        f"{counted(len(report.deleted), 'scan', none=True)} {done}, {len(report.kept)} kept, "
+        f"{format_bytes(report.freed)} {freed}"
     )
     return "\n".join(lines)

@@ -17,6 +17,7 @@ from pathlib import Path
 from .._transport.connection import DataStore
 from .._transport.shared_server import resolve_url
 from ..admin.registry import saved_scans, writer_status
+from ..admin.wording import counted
 from ..exceptions import ScanstreamError
 from ..publish import create_session
 from ..sim import SavingConfig
@@ -24,7 +25,7 @@ from ..sim.catalogue import run_catalogue
 from ..subscribe.tree import ScanNode, get_session_node
 from ..writer import nexus, scan_file_path
 from .errors import describe_server, url_origin
-from .usage import writable_directory
+from .usage import session_name, writable_directory
 
 #: Seconds to wait for the writer to start, and then for the files once the scans have run.
 START_TIMEOUT = 30.0
@@ -39,11 +40,13 @@ def configure_demo(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="base directory of the data files (default: ./scanstream_demo)",
     )
-    parser.add_argument("--session", default="demo", help="session name (default: demo)")
+    parser.add_argument(
+        "--session", type=session_name, default="demo", help="session name (default: demo)"
+    )
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Run the demo; exit code 0 when every scan was saved."""
+    """Run the demo; exit code 0 when every scan was saved, 130 on Ctrl-C."""
     root = writable_directory(args.root).resolve()
     url, origin = url_origin(args)
     url = resolve_url(url)
@@ -68,7 +71,8 @@ def run_demo(args: argparse.Namespace) -> int:
             session,
             saving,
             on_result=lambda name, r: print(
-                f"  {r.db_name:<28} {r.state.name:<13} {sum(r.acquired.values()):>5} points",
+                f"  {r.db_name:<28} {r.state.name:<13} "
+                f"{counted(sum(r.acquired.values()), 'point'):>11}",
                 flush=True,
             ),
         )
@@ -88,6 +92,15 @@ def run_demo(args: argparse.Namespace) -> int:
             )
             return 1
         return 0
+    except KeyboardInterrupt:
+        # The scans already published stay in Redis, with their retention time: say how to
+        # save those the stopped writer had not saved yet.
+        print(
+            f"\nCtrl-C: the demo stopped; its scans not saved yet stay in Redis (`scanstream ls "
+            f"{args.session}`): `scanstream writer {args.session} --root {root}` saves them",
+            file=sys.stderr,
+        )
+        return 130
     finally:
         if writer is not None:
             writer.terminate()
@@ -176,8 +189,7 @@ def _describe_entry(path: Path, number: int) -> str:
     parts = []
     for entry in entries:
         reason = entry.end_reason or "?"
-        points = f"{max(entry.points.values())} points" if entry.points else "no data"
-        parts.append(
-            f"{entry.name:<5} {entry.title:<36} {reason:<13} {len(entry.points)} channels, {points}"
-        )
+        points = counted(max(entry.points.values()), "point") if entry.points else "no data"
+        channels = counted(len(entry.points), "channel")
+        parts.append(f"{entry.name:<5} {entry.title:<36} {reason:<13} {channels}, {points}")
     return "\n  ".join(parts) if parts else f"{number}: no entry in the file"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+import urllib.parse
 
 import redis
 
@@ -13,7 +15,15 @@ from .._transport.shared_server import ENV_URL
 from .._transport.urls import mask_url
 from ..exceptions import RedisUnreachableError
 
-__all__ = ["SCHEMES", "describe_failure", "describe_server", "url_origin", "url_scheme_problem"]
+__all__ = [
+    "SCHEMES",
+    "describe_failure",
+    "describe_server",
+    "discard_stdout",
+    "url_origin",
+    "url_problem",
+    "url_scheme_problem",
+]
 
 #: The URL schemes scanstream accepts: redis-py's, and the cluster ones (docs/cluster.md).
 SCHEMES = ("redis://", "rediss://", "unix://", *(f"{name}://" for name in CLUSTER_SCHEMES))
@@ -41,6 +51,37 @@ def url_scheme_problem(url: str | None, origin: str) -> str | None:
         f"{masked}, rediss://... for TLS, unix:///path/to/redis.sock, or "
         "redis+cluster://host:port[,host:port...] for a Redis Cluster"
     )
+
+
+def url_problem(url: str | None, origin: str) -> str | None:
+    """The message for a URL that cannot name a server: its scheme (:func:`url_scheme_problem`),
+    or, for ``redis://`` and ``rediss://``, a port that is not one, no host, a database that is
+    not a number. None for a URL worth trying (or the embedded server's).
+
+    redis-py raises a bare ValueError for the port (a traceback), and takes a missing host for
+    localhost:6379 and a database that is no number for 0: it would use another server.
+    """
+    problem = url_scheme_problem(url, origin)
+    if problem is not None or url is None or not url.startswith(("redis://", "rediss://")):
+        return problem
+    shown = mask_url(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (the property raises ValueError for a port that is not one)
+    except ValueError as exc:
+        return f"the Redis URL {shown!r} (from {origin}) is malformed: {exc}; {_URL_FORM}"
+    if not parts.hostname:
+        return f"the Redis URL {shown!r} (from {origin}) names no host; {_URL_FORM}"
+    database = parts.path.strip("/")
+    if database and not database.isdigit():
+        return (
+            f"the Redis URL {shown!r} (from {origin}) names database {database!r}, which is "
+            f"not a number; {_URL_FORM}"
+        )
+    return None
+
+
+_URL_FORM = "write redis://[USER:PASSWORD@]HOST[:PORT][/DB], PORT up to 65535 and DB a number"
 
 
 def describe_failure(exc: BaseException, url: str | None, origin: str) -> str | None:
@@ -79,3 +120,16 @@ def describe_server(url: str, origin: str) -> str:
     if origin.startswith(("--", "$")):
         return f"Redis server: {mask_url(url)} (from {origin})"
     return f"Redis server: {mask_url(url)} ({origin})"
+
+
+def discard_stdout() -> None:
+    """Send what is still printed on stdout to /dev/null: its reader went away (``| head``).
+
+    At the file descriptor, so that no later print, nor the interpreter's final flush of
+    stdout, raises BrokenPipeError again. Not for an stdout without one (tests capture it).
+    """
+    try:
+        fileno = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    os.dup2(os.open(os.devnull, os.O_WRONLY), fileno)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import sys
 
@@ -18,12 +19,16 @@ def configure_legacy(parser: argparse.ArgumentParser) -> None:
 
 
 def run_legacy(args: argparse.Namespace) -> int:
-    """Run the script; 2 when it cannot be run (no file, a real BLISS installed).
+    """Run the script; 2 when it cannot be run (no file, not Python, a real BLISS installed).
 
     The script's own errors propagate (a traceback, exit code 1), as with ``python SCRIPT``.
     """
     if not os.path.isfile(args.script):
         print(f"scanstream legacy: no script {args.script!r}", file=sys.stderr)
+        return 2
+    problem = _compile_problem(args.script)
+    if problem is not None:
+        print(f"scanstream legacy: {args.script!r} {problem}", file=sys.stderr)
         return 2
     try:
         install()
@@ -36,3 +41,21 @@ def run_legacy(args: argparse.Namespace) -> int:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     return 0
+
+
+def _compile_problem(path: str) -> str | None:
+    """Why ``path`` cannot run as a Python script (unreadable, not Python), or None.
+
+    Parsed here first: runpy would report it with a traceback through its own frames.
+    """
+    try:
+        with open(path, "rb") as file:
+            ast.parse(file.read(), path)  # parsed only: the script runs through runpy
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror}); check its permissions"
+    except (SyntaxError, ValueError) as exc:  # ValueError: null bytes, on some Pythons
+        line = getattr(exc, "lineno", None)
+        where = f" (line {line})" if line else ""
+        text = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+        return f"cannot be compiled as Python: {text}{where}; fix it, or give a Python script"
+    return None

@@ -22,6 +22,28 @@ class _StderrHandler(logging.StreamHandler[TextIO]):
         super().emit(record)
 
 
+class _OneLineFormatter(logging.Formatter):
+    """:data:`FORMAT`, with a record's exception as one line (``TypeName: message``) appended
+    instead of its traceback: a terminal gets no Python traceback unless debug records are
+    wanted (``-vv``, ``--log-level debug``); a log file keeps them whole."""
+
+    def __init__(self) -> None:
+        super().__init__(FORMAT)
+        self.tracebacks = False
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self.tracebacks or not record.exc_info or record.exc_info[1] is None:
+            return super().format(record)
+        exc = record.exc_info[1]
+        # A copy: the record is shared with the other handlers (the file keeps the traceback).
+        line = logging.makeLogRecord(
+            {**record.__dict__, "exc_info": None, "exc_text": None, "stack_info": None}
+        )
+        line.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
+        line.args = None
+        return super().format(line)
+
+
 class _FileHandler(logging.handlers.WatchedFileHandler):
     """A log file, reopened when logrotate moves it away (``WatchedFileHandler``)."""
 
@@ -37,7 +59,8 @@ def configure_logging(
     Parameters
     ----------
     verbosity : int
-        0: warnings and errors; 1: also info; 2 or more: also debug.
+        0: warnings and errors; 1: also info; 2 or more: also debug. A record's exception
+        is one line on stderr, its traceback only at the debug level (always in the file).
     level : int, optional
         A :mod:`logging` level that replaces the one of ``verbosity``.
     log_file : path, optional
@@ -57,8 +80,10 @@ def configure_logging(
     handler = next((h for h in logger.handlers if isinstance(h, _StderrHandler)), None)
     if handler is None:
         handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter(FORMAT))
+        handler.setFormatter(_OneLineFormatter())
         logger.addHandler(handler)
+    if isinstance(handler.formatter, _OneLineFormatter):
+        handler.formatter.tracebacks = level <= logging.DEBUG
     for old in [h for h in logger.handlers if isinstance(h, _FileHandler)]:
         logger.removeHandler(old)
         old.close()

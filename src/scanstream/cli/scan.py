@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
+import os
 import signal
 import sys
 import threading
@@ -34,18 +35,23 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
+from .._protocol.keys import check_session_name
 from .._transport.shared_server import resolve_url
-from ..exceptions import NoWriterError
+from ..admin.wording import counted
+from ..exceptions import InvalidArgumentError, NoWriterError
 from ..models import ScanState
 from ..publish import PublishingSession, ScanPublisher, create_session
 from ..sim.beamline import Beamline, UnknownDeviceError, default_beamline
 from ..sim.control import ScanResult, scan_result_of
 from ..sim.devices import MotorLimitError
 from ..sim.saving import SavingConfig
-from .errors import describe_failure, describe_server, url_origin
+from .errors import describe_failure, describe_server, discard_stdout, url_origin
 from .scan_args import (
+    DATA_ROOT_ENV,
+    DEFAULT_SESSION,
     SCAN_FUNCTIONS,
     SCAN_TYPES,
+    SESSION_ENV,
     ScanArgumentError,
     configure_scan,
     parse_scan_arguments,
@@ -62,6 +68,7 @@ from .scan_display import (
     ct_lines,
     report_saving,
 )
+from .usage import UsageError, writable_directory
 
 __all__ = [
     "EXIT_CODES",
@@ -109,8 +116,15 @@ class _ScanDisplay:
 
     def values(self, master: str, index: int, row: Row) -> None:  # on_values callback
         self.last = row
-        if self.table is not None:
+        if self.table is None:
+            return
+        try:
             self.table(master, index, row)
+        except BrokenPipeError:
+            # The reader of the rows went away (`scanstream scan ... | head`): the scan goes
+            # on, unseen, rather than ending FAILED because of its display.
+            self.table = None
+            discard_stdout()
 
     def point(self, master: str, done: int) -> None:  # on_point callback
         if self.progress is None:
@@ -201,17 +215,76 @@ def _usage_error(parser: argparse.ArgumentParser, message: str) -> int:
     return 2
 
 
-def _scan_options(args: argparse.Namespace, beamline: Beamline) -> dict[str, Any]:
+def _session(args: argparse.Namespace) -> str:
+    """``--session``, else ``$SCANSTREAM_SESSION`` (checked here: argparse checked the option).
+
+    Raises
+    ------
+    UsageError
+        The variable holds no valid session name.
+    """
+    if args.session:
+        return str(args.session)
+    name = os.environ.get(SESSION_ENV) or DEFAULT_SESSION
+    try:
+        return check_session_name(name)
+    except InvalidArgumentError as exc:
+        raise UsageError(f"${SESSION_ENV}: {exc}; or give --session") from None
+
+
+def _saving_config(args: argparse.Namespace) -> SavingConfig | None:
+    """The saving of ``--root`` (else ``$SCANSTREAM_DATA_ROOT``), its data directory made now.
+
+    Checked before anything is published: a root the scan could not write would otherwise
+    fail the scan after it started (or its Lima frames), with an OSError of some path below.
+
+    Raises
+    ------
+    UsageError
+        The root, or the data directory below it, is not a directory this user may write;
+        the session, ``--sample`` or ``--dataset`` cannot be a directory name.
+    """
+    root, option = args.root, "--root"
+    if not root:
+        root, option = os.environ.get(DATA_ROOT_ENV), f"${DATA_ROOT_ENV}"
+    if not root:
+        return None
+    try:
+        saving = SavingConfig(
+            root, args.session, args.sample, args.dataset, enabled=not args.no_saving
+        )
+    except InvalidArgumentError as exc:
+        raise UsageError(f"{exc} (--sample and --dataset are directory names)") from None
+    if not saving.enabled:  # nothing is written: nothing to check
+        return saving
+    writable_directory(root, option)
+    directory = saving.dataset_directory
+    try:
+        saving.prepare()
+    except OSError as exc:
+        raise UsageError(
+            f"cannot make the data directory {str(directory)!r} under {option} {root!r} "
+            f"({exc.strerror}): remove what is in the way, or give another {option}"
+        ) from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UsageError(
+            f"the data directory {str(directory)!r} under {option} {root!r} is not writable by "
+            f"this user: change its permissions, or give another {option}"
+        )
+    return saving
+
+
+def _scan_options(
+    args: argparse.Namespace, beamline: Beamline, saving: SavingConfig | None
+) -> dict[str, Any]:
     """The keyword options of the scan function, from the command line."""
     options: dict[str, Any] = {
         "sleep": max(0.0, args.time_scale),
         "positioners": beamline.positioners,
         "max_duration": args.max_duration,
     }
-    if args.root:
-        options["saving"] = SavingConfig(
-            args.root, args.session, args.sample, args.dataset, enabled=not args.no_saving
-        )
+    if saving is not None:
+        options["saving"] = saving
     elif args.no_saving:
         options["scan_info"] = {"save": False}
     if args.type == "timescan":
@@ -239,7 +312,9 @@ def run_scan(args: argparse.Namespace) -> int:
         return _usage_error(args.scan_parser, f"no scan type; known: {', '.join(SCAN_TYPES)}")
     try:
         positional = parse_scan_arguments(args.type, args.args, beamline)
-    except (ScanArgumentError, UnknownDeviceError) as exc:
+        args.session = _session(args)
+        saving = _saving_config(args)
+    except (ScanArgumentError, UnknownDeviceError, UsageError) as exc:
         return _usage_error(args.scan_parser, str(exc))
     given, origin = url_origin(args)
     url = resolve_url(given)
@@ -258,7 +333,9 @@ def run_scan(args: argparse.Namespace) -> int:
     # Until the command ends: a late second Ctrl-C is no traceback.
     with ctrl_c.installed(keep=getattr(args, "standalone", False)):
         try:
-            return _run(args, session, positional, display, ctrl_c, beamline)
+            return _run(
+                args, session, positional, display, ctrl_c, _scan_options(args, beamline, saving)
+            )
         except _Failed as failed:  # a connection, password or permission failure of the scan
             line = describe_failure(failed.__cause__ or failed, given, origin)
             print(f"scanstream scan: error: {line}", file=sys.stderr)
@@ -275,7 +352,7 @@ def _run(
     positional: list[Any],
     display: _ScanDisplay,
     ctrl_c: _CtrlC,
-    beamline: Beamline,
+    options: dict[str, Any],
 ) -> int:
     """Run the scan, print its end and saving verdict; return the exit code."""
     result: ScanResult | None = None
@@ -287,7 +364,7 @@ def _run(
             on_point=display.point,
             on_values=display.values,
             stop_event=ctrl_c.stop,
-            **_scan_options(args, beamline),
+            **options,
         )
     except KeyboardInterrupt as exc:  # the third Ctrl-C
         result = scan_result_of(exc)
@@ -308,7 +385,7 @@ def _run(
         ctrl_c.scan_running = False
         display.close(result, interrupted=ctrl_c.count > 0)
         session.close()
-    print(f"{result.db_name} {result.state.name} {result.npoints} points")
+    print(f"{result.db_name} {result.state.name} {counted(result.npoints, 'point')}")
     if ctrl_c.count:
         return 130
     stopped_as_asked = args.max_duration is not None and result.state is ScanState.USER_ABORTED

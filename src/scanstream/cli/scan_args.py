@@ -14,16 +14,16 @@ import argparse
 import functools
 import inspect
 import math
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..admin.wording import counted
 from ..exceptions import ScanstreamError
 from ..sim.beamline import Beamline, UnknownDeviceError, default_beamline
 from ..sim.control import ScanResult
 from ..sim.scans import a2scan, amesh, ascan, ct, d2scan, dscan, loopscan, timescan
 from .scan_display import exit_codes_text
-from .usage import SubParsers
+from .usage import SubParsers, accept_negative_values, session_name
 
 __all__ = [
     "SCAN_FUNCTIONS",
@@ -34,6 +34,11 @@ __all__ = [
     "parse_scan_arguments",
     "usage",
 ]
+
+#: The environment variables of the defaults of ``--session`` and ``--root``.
+SESSION_ENV = "SCANSTREAM_SESSION"
+DATA_ROOT_ENV = "SCANSTREAM_DATA_ROOT"
+DEFAULT_SESSION = "test_session"
 
 #: Positional arguments of each scan type, before the counters: (name, kind), kind being
 #: ``count`` (an integer >= 1), ``time`` (seconds > 0), ``float`` or ``motor``.
@@ -126,7 +131,7 @@ def _arity_error(scan_type: str, words: Sequence[Any], counters: Sequence[str]) 
     spec = SCAN_TYPES[scan_type]
     if len(words) < len(spec):
         missing = " ".join(name for name, _ in spec[len(words) :])
-        return f"missing {missing} (got {len(words)} argument(s))"
+        return f"missing {missing} (got {counted(len(words), 'argument')})"
     if len(words) == len(spec):
         return f"no counter given; counters: {', '.join(counters)}"
     motors = [str(w) for (_, kind), w in zip(spec, words) if kind == "motor"]
@@ -166,10 +171,29 @@ def parse_scan_arguments(scan_type: str, words: Sequence[Any], beamline: Beamlin
     except ScanArgumentError as exc:
         raise ScanArgumentError(f"{scan_type}: {exc}; usage: {usage(scan_type)}") from None
     counters = [_convert("counter", "COUNTER", word, beamline) for word in words[len(spec) :]]
-    problem = _arity_error(scan_type, words, list(beamline.counters))
+    problem = _arity_error(scan_type, words, list(beamline.counters)) or _size_error(spec, args)
     if problem is not None:
         raise ScanArgumentError(f"{scan_type}: {problem}; usage: {usage(scan_type)}")
     return args + counters
+
+
+#: The most points of a step scan: the simulator computes every position before it starts
+#: (8 bytes per motor and point); more would fail on memory after the scan was announced.
+MAX_STEP_POINTS = 10_000_000
+
+
+def _size_error(spec: Sequence[tuple[str, str]], args: Sequence[Any]) -> str | None:
+    """Why a step scan has too many points (INTERVALS + 1 per motor axis), or None."""
+    points = 1
+    for (name, _), value in zip(spec, args):
+        if name.startswith("INTERVALS"):
+            points *= int(value) + 1
+    if points <= MAX_STEP_POINTS:
+        return None
+    return (
+        f"{points:,} points is more than the {MAX_STEP_POINTS:,} a step scan may have (its "
+        "positions are computed in advance); give fewer INTERVALS, or use loopscan or timescan"
+    )
 
 
 # --- the parser --------------------------------------------------------------------------------
@@ -279,16 +303,18 @@ def add_scan_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     def default(value: Any) -> Any:
         return argparse.SUPPRESS if suppress else value
 
-    session = os.environ.get("SCANSTREAM_SESSION", "test_session")
+    # Both default to None, not to the environment: the command then names the variable a
+    # wrong value came from (scan_environment), which argparse would call --session or --root.
     parser.add_argument(
         "--session",
-        default=default(session),
-        help="session name (default: $SCANSTREAM_SESSION or test_session)",
+        type=session_name,
+        default=default(None),
+        help=f"session name (default: ${SESSION_ENV} or {DEFAULT_SESSION})",
     )
     parser.add_argument(
         "--root",
-        default=default(os.environ.get("SCANSTREAM_DATA_ROOT")),
-        help="base directory of the data (default: $SCANSTREAM_DATA_ROOT); "
+        default=default(None),
+        help=f"base directory of the data (default: ${DATA_ROOT_ENV}); "
         "without it scans name no file (a writer puts them under its "
         "own --root) and Lima frames are not written",
     )
@@ -402,7 +428,8 @@ def configure_scan(parser: argparse.ArgumentParser) -> None:
             usage=f"%(prog)s [OPTIONS] {usage(scan_type)[len(scan_type) + 1 :]}",
         )
         # nargs="?": a missing argument is reported by _ScanTypes, in the scanstream words.
-        # Negative numbers ("-.1") stay arguments, as no option here looks like a number.
+        # Negative numbers ("-.1", "-1e-3") stay arguments.
+        accept_negative_values(sub)
         for name, kind in spec:
             sub.add_argument(
                 "args",

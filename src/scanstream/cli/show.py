@@ -16,17 +16,23 @@ from typing import Any, cast
 
 from .._transport.connection import DataStore
 from .._transport.shared_server import resolve_url
+from ..admin.wording import noun
 from ..exceptions import DecodingError, ScanNotFoundError, SessionNotFoundError
 from ..subscribe.data_nodes import ChannelNode, LimaNode, ScanRefNode
 from ..subscribe.nodes import DataNode
 from ..subscribe.tree import ScanNode, get_session_node
+from .usage import scan_number, session_name
 
 
 def configure_show(parser: argparse.ArgumentParser) -> None:
     """Add the arguments of ``scanstream show``."""
-    parser.add_argument("session", help="the session of the scan")
+    parser.add_argument("session", type=session_name, help="the session of the scan")
     parser.add_argument(
-        "number", nargs="?", type=int, default=None, help="scan number (default: the latest)"
+        "number",
+        nargs="?",
+        type=scan_number,
+        default=None,
+        help="scan number (default: the latest)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
 
@@ -36,8 +42,15 @@ def run_show(args: argparse.Namespace) -> int:
     with DataStore(resolve_url(args.redis_url)) as store:
         try:
             scan = _find_scan(store, args.session, args.number)
-        except (SessionNotFoundError, ScanNotFoundError) as exc:
-            print(f"scanstream show: {exc}", file=sys.stderr)
+        except SessionNotFoundError as exc:  # the message lists the known sessions
+            print(f"scanstream show: error: {exc}", file=sys.stderr)
+            return 1
+        except ScanNotFoundError as exc:
+            print(
+                f"scanstream show: error: {exc}; `scanstream ls {args.session}` lists its "
+                "stored scans",
+                file=sys.stderr,
+            )
             return 1
         description = describe_scan(scan)
     if args.json:
@@ -156,18 +169,22 @@ def format_description(d: dict[str, Any]) -> str:
             )
             unit = f" [{n['unit']}]" if n["unit"] else ""
             lines.append(
-                f"    {n['name']:<{width}}  {n['points']:>8} points  {n['dtype']:<8} {shape}{unit}"
+                f"    {n['name']:<{width}}  {n['points']:>8} {noun(n['points'], 'point'):<6}  "
+                f"{n['dtype']:<8} {shape}{unit}"
             )
         elif n["kind"] == "lima":
             files = ", ".join(n["image_files"]) or "(not saved)"
             lines.append(
-                f"    {n['name']:<{width}}  {n['points']:>8} images  {n['dtype']:<8} "
+                f"    {n['name']:<{width}}  {n['points']:>8} {noun(n['points'], 'image'):<6}  "
+                f"{n['dtype']:<8} "
                 f"{'x'.join(map(str, n['shape']))}  in {files}"
             )
         elif n["kind"] == "corrupt":
             lines.append(f"    {n['name']:<{width}}  unreadable: {n['error']}")
         else:
-            lines.append(f"    {n['name']:<{width}}  {n['points']:>8} scans referenced")
+            lines.append(
+                f"    {n['name']:<{width}}  {n['points']:>8} {noun(n['points'], 'scan')} referenced"
+            )
     if d["corrupt_entries"]:
         lines.append("  corrupt entries (skipped):")
         lines += [f"    {entry}: {text}" for entry, text in d["corrupt_entries"].items()]

@@ -30,6 +30,7 @@ import numpy as np
 from .._transport.connection import DataStore
 from .._transport.shared_server import resolve_url
 from ..admin.registry import writer_status
+from ..admin.wording import counted
 from ..models import SavingState, SavingVerdict
 from ..subscribe.data_nodes import ChannelNode
 from ..subscribe.events import Event, EventType, StopHandler
@@ -37,6 +38,7 @@ from ..subscribe.nodes import DataNode
 from ..subscribe.tree import ScanNode, get_session_node
 from .errors import describe_server, url_origin
 from .scan_display import PointTable, Row, short_name
+from .usage import session_name
 
 __all__ = ["configure_watch", "run_watch"]
 
@@ -51,6 +53,7 @@ def configure_watch(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "sessions",
         nargs="*",
+        type=session_name,
         metavar="SESSION",
         help="sessions to follow (default: every session, also those created later)",
     )
@@ -204,6 +207,9 @@ class _Watcher:
     def run(self, sessions: list[str], timeout: float | None) -> int:
         """Print events until ``timeout`` seconds pass without one; return the exit code."""
         every = not sessions
+        # A session named twice gets one walker: two would show each event twice (and the
+        # second copy of its points found the rows already taken: IndexError).
+        sessions = list(dict.fromkeys(sessions))
         known = set(self.store.sessions())
         for session in sessions or sorted(known):
             if session not in known:
@@ -211,7 +217,8 @@ class _Watcher:
             self.follow(session)
         if every:
             self.say(
-                f"watching {len(known)} session(s): {', '.join(sorted(known)) or 'none yet'}; "
+                f"watching {counted(len(known), 'session')}: "
+                f"{', '.join(sorted(known)) or 'none yet'}; "
                 "new sessions are followed when they appear (Ctrl-C to stop)"
             )
         else:
@@ -284,7 +291,7 @@ class _Watcher:
     def started(self, node: ScanNode) -> None:
         info = node.info
         npoints = info.get("npoints")
-        size = f"{npoints} points" if npoints else "unbounded"
+        size = counted(npoints, "point") if npoints else "unbounded"
         self.say(f"{self._stamp(node)} started  {info.get('title', node.name)}  ({size})")
         table = (
             PointTable(
@@ -323,7 +330,7 @@ class _Watcher:
         lengths = end.get("lengths") or {}
         points = max(lengths.values(), default=0) if lengths else 0
         self.say(
-            f"{self._stamp(node)} ended    {name}  {points} points"
+            f"{self._stamp(node)} ended    {name}  {counted(points, 'point')}"
             + (f"  ({error})" if error else "")
         )
         if scan is not None and scan.last:

@@ -9,16 +9,16 @@ server to whoever reaches the port.
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import os
 import socket
 import sys
 
-from .._protocol.keys import check_session_name
 from .._transport.connection import DataStore
 from .._transport.shared_server import resolve_url
 from .._transport.urls import mask_url
-from ..exceptions import InvalidArgumentError
+from .usage import session_name
 
 #: Host names a loopback-bound view accepts in requests.
 LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
@@ -30,7 +30,11 @@ TOKEN_ENV = "SCANSTREAM_WEB_TOKEN"
 def configure_web(parser: argparse.ArgumentParser) -> None:
     """Add the arguments of ``scanstream web``."""
     parser.add_argument(
-        "sessions", nargs="*", metavar="SESSION", help="sessions to show (default: all)"
+        "sessions",
+        nargs="*",
+        type=session_name,
+        metavar="SESSION",
+        help="sessions to show (default: all)",
     )
     parser.add_argument(
         "--host",
@@ -39,7 +43,7 @@ def configure_web(parser: argparse.ArgumentParser) -> None:
         "any other address needs --token)",
     )
     parser.add_argument(
-        "--port", type=int, default=8000, help="TCP port (default 8000; 0: a free one)"
+        "--port", type=_port, default=8000, help="TCP port (default 8000; 0: a free one)"
     )
     parser.add_argument(
         "--token",
@@ -47,6 +51,28 @@ def configure_web(parser: argparse.ArgumentParser) -> None:
         help=f"secret every request must carry (default ${TOKEN_ENV}); "
         "the printed URL carries it once, the browser then keeps it in a cookie",
     )
+
+
+def _port(text: str) -> int:
+    """The ``type=`` of ``--port``: a TCP port number, 0 to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a TCP port (0 to 65535); give 8000, or 0 for a free one"
+        )
+    return port
+
+
+def _listen_hint(exc: OSError, host: str) -> str:
+    """What to do when binding failed: the port is taken or privileged, or the host is wrong."""
+    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        return f"--host {host!r} is no address of this machine; give one of its addresses"
+    if exc.errno == errno.EACCES:
+        return "ports below 1024 need privileges: choose a --port of 1024 or more, or 0"
+    return "choose another --port, or 0 for a free one"
 
 
 def is_loopback(host: str) -> bool:
@@ -71,15 +97,6 @@ def run_web(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    for name in args.sessions:
-        try:
-            check_session_name(name)
-        except InvalidArgumentError as exc:
-            print(f"scanstream web: {exc}", file=sys.stderr)
-            return 2
-    if not 0 <= args.port <= 65535:
-        print(f"scanstream web: --port {args.port} is not a TCP port (0 to 65535)", file=sys.stderr)
-        return 2
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -92,7 +109,7 @@ def run_web(args: argparse.Namespace) -> int:
         sock.close()
         print(
             f"scanstream web: cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
-            "(choose another --port, or 0 for a free one)",
+            f"({_listen_hint(exc, args.host)})",
             file=sys.stderr,
         )
         return 1

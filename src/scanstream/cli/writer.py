@@ -18,19 +18,22 @@ from typing import Any
 from .._transport.connection import DataStore, default_store
 from .._transport.shared_server import resolve_url
 from ..admin.registry import writer_status
+from ..admin.wording import counted
 from ..writer.isolation import DEFAULT_WORKERS
 from ..writer.service import WriterService
 from ..writer.worker import WORKER_LOG_FILE_ENV, WORKER_LOG_LEVEL_ENV
 from .errors import describe_server, url_origin
 from .logs import LEVELS, configure_logging
-from .usage import UsageError, writable_directory
+from .usage import UsageError, session_name, writable_directory
 
 logger = logging.getLogger(__name__)
 
 
 def configure_writer(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``scanstream writer``."""
-    parser.add_argument("sessions", nargs="*", metavar="SESSION", help="sessions to write")
+    parser.add_argument(
+        "sessions", nargs="*", type=session_name, metavar="SESSION", help="sessions to write"
+    )
     parser.add_argument(
         "--root",
         default=".",
@@ -135,6 +138,12 @@ def run_writer(args: argparse.Namespace) -> int:
             "thread of this process instead: give one of them"
         )
     root = writable_directory(args.root)
+    for allowed in args.allow:
+        if os.path.exists(allowed) and not os.path.isdir(allowed):
+            raise UsageError(
+                f"--allow {allowed!r} is not a directory; give the directories where scan_info "
+                "'filename' may point"
+            )
     level = LEVELS[args.log_level] if args.log_level else None
     if level is None:  # the service logs each scan it saves: show it
         level = logging.DEBUG if args.verbose >= 2 else logging.INFO
@@ -187,10 +196,10 @@ def _workers(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--workers {text!r} is not an integer") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give 1 or more") from None
     if value < 1:
         raise argparse.ArgumentTypeError(
-            f"--workers {value}: a writer writes at least 1 scan at once; give 1 or more"
+            f"{value} is too few: a writer writes at least 1 scan at once; give 1 or more"
         )
     return value
 
@@ -199,9 +208,11 @@ def _octal(text: str) -> int:
     try:
         value = int(text, 8)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--umask {text!r} is not an octal number") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an octal number; give one between 000 and 777, e.g. 022"
+        ) from None
     if not 0 <= value <= 0o777:
-        raise argparse.ArgumentTypeError(f"--umask {text!r} is not between 000 and 777")
+        raise argparse.ArgumentTypeError(f"{text!r} is not between 000 and 777; give e.g. 022")
     return value
 
 
@@ -238,7 +249,7 @@ def _print_pool(session: str, status: dict[str, Any]) -> None:
     """The writers of a pool: their load, the scans of ``session`` each one holds, refusals."""
     members = status["members"]
     print(
-        f"{session}: pool of {len(members)} writer{'s' if len(members) > 1 else ''}, root "
+        f"{session}: pool of {counted(len(members), 'writer')}, root "
         f"{status['root']}; scans saved {status['saved']}, failed {status['failed']}"
     )
     for member in members:

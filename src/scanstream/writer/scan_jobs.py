@@ -25,6 +25,7 @@ from pathlib import Path
 import redis
 
 from .._transport.connection import DataStore
+from ..admin.wording import counted
 from ..exceptions import ScanNotFoundError
 from ..models import SavingState, SavingVerdict
 from ..subscribe.lost import record_if_lost_by_number
@@ -143,7 +144,7 @@ class ScanJobs:
             self.done(session, scan)
             raise
         except Exception as exc:  # a malformed scan: that scan fails, the session goes on
-            self._failed(session, scan, claim, f"{type(exc).__name__}: {exc}")
+            self._failed(session, scan, claim, _error_text(exc))
             self.done(session, scan)
             return
         if lost is not None:  # recorded lost: nothing to write, its data is gone
@@ -240,18 +241,18 @@ class ScanJobs:
                 session.saved += 1
             points = sum(result.points.values())
             logger.info(
-                "saved %s (%s): %d points in %s entries %s of %s (%.2f s)",
+                "saved %s (%s): %s in %s %s of %s (%.2f s)",
                 scan.db_name,
                 result.state,
-                points,
-                len(result.entries),
+                counted(points, "point"),
+                counted(len(result.entries), "entry", "entries"),
                 ", ".join(result.entries),
                 result.path,
                 time.monotonic() - started,
             )
         except Exception as exc:
             if not claim.stopped:
-                self._failed(session, scan, claim, f"{type(exc).__name__}: {exc}")
+                self._failed(session, scan, claim, _error_text(exc))
         finally:
             self.done(session, scan)
 
@@ -339,3 +340,11 @@ class ScanJobs:
         """``scan`` is no longer written here."""
         with self._lock:
             session.running.discard(scan.name)
+
+
+def _error_text(exc: Exception) -> str:
+    """``TypeName: message`` of a scan's failure, the type named once: the error a worker
+    process reports comes as that text already, raised again here as a WriterError."""
+    text = str(exc)
+    name = type(exc).__name__
+    return text if text.startswith(f"{name}: ") else f"{name}: {text}"
