@@ -77,9 +77,9 @@ def escaped(file: str, dset: str) -> tuple[str, str]:
     return file.replace("%", "%%"), dset.replace("%", "%%")
 
 
-def read_blocks(vds: h5py.Dataset) -> list[Block]:
-    """The mapping of an existing virtual dataset, as blocks along axis 0."""
-    dcpl = vds.id.get_create_plist()
+def read_blocks(dcpl: h5py.h5p.PropDCID) -> list[Block]:
+    """The mapping of an existing virtual dataset (its creation property list), as blocks
+    along axis 0."""
     blocks = []
     for i in range(dcpl.get_virtual_count()):
         (v0, *_), (v1, *_) = dcpl.get_virtual_vspace(i).get_select_bounds()
@@ -134,14 +134,22 @@ class VdsMapping:
         self.dtype = np.dtype(dtype)
         self._fill = np.array([fill], dtype=self.dtype)
         self.blocks: list[Block] = list(blocks)
+        #: The VDS of the file this mapping describes (open), and its address (see keep).
+        self.vds: h5py.Dataset | None = None
+        self.address: tuple[int, int] | None = None
         self._closed = self._empty_dcpl()
         self._in_closed = 0  # blocks[:_in_closed] are in _closed
         self._add_closed(self.blocks[:-1])
+        # Whether the last replace left the block before it as it was: new frames then
+        # started a block of their own (a batch of whole detector files), and likely will
+        # again, so the last block goes into _closed too and create() copies nothing.
+        self._last_kept = False
 
     @classmethod
-    def of_dataset(cls, vds: h5py.Dataset, fill: Any) -> VdsMapping:
-        """The mapping of a virtual dataset of a file (read once, O(blocks))."""
-        return cls(merge(read_blocks(vds)), vds.shape[0], vds.shape[1:], vds.dtype, fill)
+    def of_dataset(cls, vds: h5py.Dataset, dcpl: h5py.h5p.PropDCID, fill: Any) -> VdsMapping:
+        """The mapping of a virtual dataset of a file, ``dcpl`` its creation property list
+        (read once, O(blocks))."""
+        return cls(merge(read_blocks(dcpl)), vds.shape[0], vds.shape[1:], vds.dtype, fill)
 
     def replace(self, first: int, new: Sequence[Block]) -> bool:
         """Map the frames from ``first`` on that ``new`` covers to ``new``; the others stay.
@@ -162,8 +170,11 @@ class VdsMapping:
         self.nframes = max(self.nframes, stop)
         if new_tail == old_tail:
             return False
-        if j + _common_prefix(old_tail, new_tail) < self._in_closed:
-            # A block already in the dcpl changed (frames mapped again): start it again.
+        same = j + _common_prefix(old_tail, new_tail)
+        self._last_kept = same >= len(blocks)
+        if same < self._in_closed:
+            # A block already in the dcpl changed (the last one grew, or frames mapped
+            # again): start it again.
             self._closed = self._empty_dcpl()
             self._in_closed = 0
         self.blocks = blocks[:j] + new_tail
@@ -171,11 +182,16 @@ class VdsMapping:
         return True
 
     def create(self, group: h5py.Group, name: str) -> h5py.Dataset:
-        """Create ``group[name]``, a virtual dataset of this mapping (copied in C, O(blocks))."""
-        dcpl = self._closed.copy()
+        """Create ``group[name]``, a virtual dataset of this mapping (O(blocks), in C)."""
         shape = (self.nframes, *self.frame_shape)
-        if self.blocks:
-            _set_virtual(dcpl, h5py.h5s.create_simple(shape), self.blocks[-1], self.frame_shape)
+        if self._last_kept:
+            self._add_closed(self.blocks[self._in_closed :])
+            dcpl = self._closed
+        else:
+            dcpl = self._closed.copy()
+            if self.blocks:
+                vspace = h5py.h5s.create_simple(shape)
+                _set_virtual(dcpl, vspace, self.blocks[-1], self.frame_shape)
         tid = h5py.h5t.py_create(self.dtype, logical=True)
         space = h5py.h5s.create_simple(shape)
         return h5py.Dataset(h5py.h5d.create(group.id, name.encode(), tid, space, dcpl=dcpl))
@@ -209,32 +225,45 @@ def _set_virtual(
 
 
 # --------------------------------------------------------------- mappings of open files
-# (file number, dataset path) -> (object address, mapping). The address tells whether the
-# dataset in the file is still the one the mapping was made for.
-_mappings: OrderedDict[tuple[int, str], tuple[int, VdsMapping]] = OrderedDict()
+# (file number, dataset path) -> the mapping of the VDS there, with the VDS kept open: HDF5
+# decodes a VDS's whole mapping when it opens it (32 ms for 10 000 blocks), unless it is
+# open already. Only the VDS in place is kept open, never one that was replaced (its space
+# is freed when it is closed, as before), and closing the file closes it (h5py closes every
+# object of a file it closes).
+_mappings: OrderedDict[tuple[int, str], VdsMapping] = OrderedDict()
 
 
-def _key(vds: h5py.Dataset) -> tuple[tuple[int, str], int]:
-    return (vds.id.fileno, vds.name or ""), h5py.h5o.get_info(vds.id).addr
+def _address(group: h5py.Group, name: str) -> tuple[int, int]:
+    # H5Gget_objinfo: the object's address without opening it (H5Oget_info of a VDS takes
+    # as long as decoding its mapping).
+    fileno, objno = h5py.h5g.get_objinfo(group.id, name.encode()).objno
+    return int(fileno), int(objno)
 
 
-def mapping_of(vds: h5py.Dataset, fill: Any) -> VdsMapping:
-    """The mapping of ``vds``: the one kept since it was created here, else read from it.
+def _key(group: h5py.Group, name: str) -> tuple[int, str]:
+    return group.id.fileno, f"{group.name.rstrip('/')}/{name}"
+
+
+def take(group: h5py.Group, name: str) -> VdsMapping | None:
+    """The mapping kept for the VDS ``group[name]`` if that is still the dataset it was
+    made for, else None (read it with :meth:`VdsMapping.of_dataset`).
 
     The mapping is taken out of the kept ones: give it back with :func:`keep` once the
-    VDS made from it is in the file (a failure in between leaves none, never a wrong one).
+    file holds the VDS it describes (a failure in between leaves none, never a wrong one).
     """
-    key, addr = _key(vds)
-    kept = _mappings.pop(key, None)
-    if kept is not None and kept[0] == addr and kept[1].nframes == vds.shape[0]:
-        return kept[1]
-    return VdsMapping.of_dataset(vds, fill)
+    mapping = _mappings.pop(_key(group, name), None)
+    if mapping is None or mapping.vds is None or not mapping.vds.id.valid:
+        return None
+    if name not in group or _address(group, name) != mapping.address:
+        return None
+    return mapping
 
 
-def keep(vds: h5py.Dataset, mapping: VdsMapping) -> None:
-    """Remember ``mapping`` as that of ``vds`` (just created from it) for the next call."""
-    key, addr = _key(vds)
-    _mappings[key] = (addr, mapping)
+def keep(group: h5py.Group, name: str, mapping: VdsMapping, vds: h5py.Dataset) -> None:
+    """Remember ``mapping`` as that of ``vds``, the VDS now at ``group[name]``."""
+    mapping.vds, mapping.address = vds, _address(group, name)
+    key = _key(group, name)
+    _mappings[key] = mapping
     _mappings.move_to_end(key)
     while len(_mappings) > MAPPINGS_KEPT:
         _mappings.popitem(last=False)
