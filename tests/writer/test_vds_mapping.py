@@ -277,3 +277,19 @@ def test_a_vds_replaced_by_other_code_in_the_open_file_is_read_from_the_file(
         )
         frames = group["cam"][:, 0, 0]
     assert list(frames) == list(range(20, 30))
+
+
+def test_closing_the_file_closes_the_vds_kept_open(tmp_path: Path) -> None:
+    """The mapping keeps the VDS in place open; h5py's close closes it, so the file can be
+    created again (HDF5 refuses to truncate a file still open) and is mapped afresh."""
+    refs = _detector_files(tmp_path / "det", 10, 5)
+    master = tmp_path / "m.h5"
+    for _ in range(2):
+        with nexus.open_nexus_file(master, "w") as f:
+            vds = nexus.require_image_vds(
+                f.create_group("measurement"), "cam", refs, dtype="u2", frame_shape=FRAME
+            )
+            assert vds is not None and vds.id.valid
+        assert not vds.id.valid
+    _assert_same(master, master)
+    assert _state(master)[1] == (10, *FRAME)

@@ -96,10 +96,13 @@ def require_image_vds(
 
     Call it again as frames arrive, with all references (``first_index=0``) or with the new
     ones only (``first_index`` = index of the first of them): the mapping already in the file
-    is kept for the frames before ``first_index`` (and after the new ones), so a call costs
-    O(number of mapped blocks + new references), not O(all frames). The virtual dataset is
-    deleted and recreated when its mapping changes (it is metadata only: HDF5 cannot add a
-    mapping to an existing one); the same call twice leaves it untouched. Do not flush the
+    is kept for the frames before ``first_index`` (and after the new ones). The mapping is
+    kept in memory between calls (:mod:`.vds_mapping`), so Python's part of a call is
+    O(new references + blocks they change); HDF5's is O(mapped blocks), in C. The virtual
+    dataset is deleted and recreated when its mapping changes (it is metadata only: HDF5
+    cannot add a mapping to an existing one); the same call twice leaves it untouched.
+    The VDS in place stays open in this process until the file is closed (h5py's
+    ``File.close`` closes it; close files explicitly). Do not flush the
     file during the call: the writer calls it inside a batch (docs/nexus_layout.md,
     "Reading a file while it is written"), so readers see the old or the new one.
 

@@ -5,10 +5,12 @@ creates it again whenever frames arrive (docs/nexus_layout.md). Building the cre
 property list (dcpl) from every block in Python at each batch made the rebuild cost
 O(blocks) in Python: with frames in files of 100, 100 k references/s make 1000 new blocks
 a second. A :class:`VdsMapping` holds a dcpl of every block but the last (the one new
-frames may still extend): a rebuild copies it in C and adds the last block, so Python
+frames may still extend): a rebuild copies it in C and adds the last block (or, when
+batches end at block boundaries, adds the last block to it and copies nothing), so Python
 touches only the blocks that change. One mapping is kept per image VDS of an open file
-(:func:`mapping_of`), checked against the dataset in the file before each use; a writer
-started again, or another file, reads the mapping from the file.
+(:func:`take`, :func:`keep`), with that VDS open, checked against the file before each
+use; a writer started again, another process's writes or another file: the mapping is
+read from the file.
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ def _common_prefix(a: Sequence[Block], b: Sequence[Block]) -> int:
 
 
 class VdsMapping:
-    """The blocks of one image VDS, and a dcpl holding all of them but the last.
+    """The blocks of one image VDS, and a dcpl holding all of them but (usually) the last.
 
     Parameters
     ----------
