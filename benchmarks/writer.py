@@ -11,8 +11,9 @@
 - (3b) END_SCAN -> entry complete: a scan published as fast as possible, then the time from
   ``end()`` returning (END is in Redis) until its number is in ``saved_scans``. Baseline:
   raw h5py appends of the same arrays (same batches) into a new file, with close.
-- (3c) image references into the virtual dataset: a lima node whose frames are all in one
-  real HDF5 file, ``refs_per_s`` references per second in 10 ms ticks; the figure is the
+- (3c) image references into the virtual dataset: a lima node whose frames are in one
+  real HDF5 file or in files of 100 frames, ``refs_per_s`` references per second
+  (:data:`IMAGES_RATE` in the figures) in 10 ms ticks; the figure is the
   rate at which the entry is complete (references / (saved - start)) and END -> saved.
   Baseline: raw h5py building the same virtual dataset once, plus the reference table.
 """
@@ -533,14 +534,19 @@ def run(url: str, quick: bool) -> list[Figure]:
     return figures
 
 
+#: References per second of (3c): what a fast 2D detector saving frames makes.
+IMAGES_RATE = 100_000.0
+
+
 def _images_figure(url: str, quick: bool, per_file: int | None) -> Figure:
-    res = images(url, 10_000.0, 0.5 if quick else 10.0, 1 if quick else 3, per_file)
+    res = images(url, IMAGES_RATE, 0.5 if quick else 10.0, 1 if quick else 3, per_file)
     where = "one file" if per_file is None else f"files of {per_file}"
     fig = Figure(
-        f"3c image references into the VDS, {res['frames']} frames ({where}) at 10k/s",
+        f"3c image references into the VDS, {res['frames']} frames ({where})"
+        f" at {IMAGES_RATE / 1000:.0f}k/s",
         Stat.of(res["rates"], "refs/s"),
         Stat.of(res["base_rates"], "refs/s"),
-        ">= 10k refs/s",
+        f">= {IMAGES_RATE / 1000:.0f}k refs/s",
         extra={
             "end_to_saved_ms": Stat.of(
                 np.array(res["end_to_saved_s"]) * 1000, "ms", higher_is_better=False
@@ -550,5 +556,12 @@ def _images_figure(url: str, quick: bool, per_file: int | None) -> Figure:
             "frames_per_file": per_file,
         },
     )
-    fig.met = fig.value.p99 >= 0.95 * 10_000 and res["frames_in_vds"] == res["frames"]
+    # The rate counts from the first reference to the entry saved: a writer that keeps up
+    # is below the publication rate by END -> saved only (5 % of 10 s leaves it 0.5 s; of
+    # the 0.5 s of a quick run, 25 ms: not judged).
+    fig.met = (
+        None
+        if quick
+        else fig.value.p99 >= 0.95 * IMAGES_RATE and res["frames_in_vds"] == res["frames"]
+    )
     return fig

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from scanstream import EncodingError, ImageReference
+from scanstream import DecodingError, EncodingError, ImageReference
 from scanstream._protocol.codecs import ImageRefCodec, NumericCodec
 from scanstream._protocol.metadata import check_scan_info, dumps, iso_time, json_safe, loads
 
@@ -223,6 +223,37 @@ def test_image_references():
         codec.batch([("only", "three", 1)])
     with pytest.raises(EncodingError, match="negative"):
         codec.batch([("/f", "/d", -1, "HDF5")])
+
+
+def test_image_references_decode_as_image_references_of_every_entry():
+    codec = ImageRefCodec("lima")
+    batches = [
+        [(f"/d/f_{k:04d}.h5", "/entry_0000/measurement/data", i, "HDF5") for i in range(3)]
+        for k in range(3)
+    ]
+    entries = [codec.encode(codec.batch(b)) for b in batches]
+    entries.insert(1, codec.encode(2))  # a NOSAVING entry carries no references
+    refs = codec.decode(entries)
+    assert refs == [ImageReference(*r) for b in batches for r in b]
+    assert all(type(r) is ImageReference for r in refs)
+    assert refs[4].index_in_file == 1 and refs[4].file_path == "/d/f_0001.h5"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'[["/f", "/d", 1]]',  # three fields
+        b'[["/f", "/d", 1, "HDF5", "x"]]',  # five
+        b"[5]",  # not a sequence
+        b'[["/f", "/d", 1, "HDF5"]',  # not JSON
+    ],
+)
+def test_corrupt_image_reference_entries_are_decoding_errors(payload):
+    codec = ImageRefCodec("lima")
+    good = codec.encode(codec.batch([("/f", "/d", 0, "HDF5")]))
+    with pytest.raises(DecodingError, match="lima node 'lima': corrupt reference entry"):
+        codec.decode([good, {b"n": b"1", b"r": payload}])
+    assert codec.decode([good]) == [ImageReference("/f", "/d", 0, "HDF5")]
 
 
 # ------------------------------------------------------------- the scalar fast path of emit

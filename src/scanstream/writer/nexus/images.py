@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
 import h5py
 import numpy as np
+import numpy.typing as npt
 
 from ...exceptions import NexusLayoutError
 from ...models import is_hdf5_format  # the one rule, shared with read_image (F16)
+from . import vds_mapping
 from .channels import channel_dataset_name, fill_value_for
 from .layout import CHANNEL_ATTR, link_placed, place_channel
+from .vds_mapping import Block, VdsMapping, escaped
 
 __all__ = [
     "ImageReference",
@@ -61,53 +65,6 @@ def references_dataset_name(dataset_name: str) -> str:
     return f"{dataset_name}_references"
 
 
-@dataclass(frozen=True)
-class _Block:
-    """Frames ``[v0, v1)`` of the VDS = frames ``[s0, s0 + v1 - v0)`` of one source dataset."""
-
-    v0: int
-    v1: int
-    file: str  # as stored in the VDS: "." (same file), relative or absolute, '%' escaped
-    dset: str
-    s0: int
-
-    def clip(self, start: int, stop: int) -> _Block | None:
-        a, b = max(self.v0, start), min(self.v1, stop)
-        if a >= b:
-            return None
-        return _Block(a, b, self.file, self.dset, self.s0 + a - self.v0)
-
-    def continues(self, other: _Block) -> bool:
-        """True when ``other`` directly follows this block in both the VDS and the source."""
-        return (
-            (other.file, other.dset) == (self.file, self.dset)
-            and other.v0 == self.v1
-            and other.s0 == self.s0 + self.v1 - self.v0
-        )
-
-
-def _merge(blocks: Iterable[_Block]) -> list[_Block]:
-    merged: list[_Block] = []
-    for block in blocks:
-        if merged and merged[-1].continues(block):
-            last = merged[-1]
-            merged[-1] = _Block(last.v0, block.v1, last.file, last.dset, last.s0)
-        else:
-            merged.append(block)
-    return merged
-
-
-def _vds_escape(name: str) -> str:
-    # HDF5 parses VDS source names as printf-like patterns ("%b" = block number).
-    return name.replace("%", "%%")
-
-
-@functools.lru_cache(maxsize=1024)
-def _escaped(file: str, dset: str) -> tuple[str, str]:
-    """Both names of a VDS source escaped (cached: a detector file holds many frames)."""
-    return _vds_escape(file), _vds_escape(dset)
-
-
 def stored_path(file_path: str, master_dir: str, master_file: str) -> str:
     """Path of a detector file as the master file stores it (unescaped).
 
@@ -139,10 +96,13 @@ def require_image_vds(
 
     Call it again as frames arrive, with all references (``first_index=0``) or with the new
     ones only (``first_index`` = index of the first of them): the mapping already in the file
-    is kept for the frames before ``first_index`` (and after the new ones), so a call costs
-    O(number of mapped blocks + new references), not O(all frames). The virtual dataset is
-    deleted and recreated when its mapping changes (it is metadata only: HDF5 cannot add a
-    mapping to an existing one); the same call twice leaves it untouched. Do not flush the
+    is kept for the frames before ``first_index`` (and after the new ones). The mapping is
+    kept in memory between calls (:mod:`.vds_mapping`), so Python's part of a call is
+    O(new references + blocks they change); HDF5's is O(mapped blocks), in C. The virtual
+    dataset is deleted and recreated when its mapping changes (it is metadata only: HDF5
+    cannot add a mapping to an existing one); the same call twice leaves it untouched.
+    The VDS in place stays open in this process until the file is closed (h5py's
+    ``File.close`` closes it; close files explicitly). Do not flush the
     file during the call: the writer calls it inside a batch (docs/nexus_layout.md,
     "Reading a file while it is written"), so readers see the old or the new one.
 
@@ -189,26 +149,16 @@ def require_image_vds(
     master_file = os.path.abspath(group.file.filename)
     master_dir = os.path.abspath(os.fspath(file_dir)) if file_dir else os.path.dirname(master_file)
     first = int(first_index)
-    rows: list[tuple[str, str, int, str]] = []
-    # A detector file holds many frames: its stored path is worked out once per call (it
-    # was a third of the writer's time at 100 k references/s in files of 100 frames).
-    stored: dict[Any, str] = {}
-    for ref in references:
-        if len(ref) != 4:
-            raise NexusLayoutError(
-                f"image reference {ref!r} of {name!r} is not (file_path, path_in_file,"
-                " index_in_file, format); pass one 4-tuple per frame"
-            )
-        file_path, path_in_file, index, file_format = ref
-        path = stored.get(file_path)
-        if path is None:
-            path = stored[file_path] = stored_path(file_path, master_dir, master_file)
-        rows.append((path, str(path_in_file), int(index), str(file_format)))
+    rows = _Rows.of(
+        name,
+        references,
+        functools.partial(stored_path, master_dir=master_dir, master_file=master_file),
+    )
 
     table_name = references_dataset_name(dsname)
     table_is_new = table_name not in group
     _write_reference_table(group, table_name, first, rows)
-    bad = sorted({r[3] for r in rows if not is_hdf5_format(r[3])})
+    bad = sorted(f for f in rows.formats.texts if not is_hdf5_format(f))
     if bad:
         if table_is_new:
             logger.warning(
@@ -220,131 +170,171 @@ def require_image_vds(
             )
         return None
 
-    existing = group.get(dsname)
-    old_blocks: list[_Block] = []
-    current = 0
-    if existing is not None:
-        where = f"{existing.name} in {group.file.filename!r}"
-        if not isinstance(existing, h5py.Dataset) or not existing.is_virtual:
-            raise NexusLayoutError(
-                f"{where} exists and is not a virtual dataset; cannot map the frames of"
-                f" {name!r} there: delete it or write the scan to another entry"
-            )
-        if existing.dtype != dt or existing.shape[1:] != fshape:
-            raise NexusLayoutError(
-                f"{where} is {existing.dtype} {existing.shape}; frames of {name!r} are {dt}"
-                f" {fshape}: pass the dtype and frame_shape the dataset was created with"
-            )
-        current = existing.shape[0]
-        old_blocks = _read_blocks(existing)
+    mapping = vds_mapping.take(group, dsname) or _read_mapping(group, dsname, name, dt, fshape)
+    where = f"{group.name}/{dsname} in {group.file.filename!r}"
+    if mapping.dtype != dt or mapping.frame_shape != fshape:
+        raise NexusLayoutError(
+            f"{where} is {mapping.dtype} {(mapping.nframes, *mapping.frame_shape)}; frames of"
+            f" {name!r} are {dt} {fshape}: pass the dtype and frame_shape the dataset was"
+            " created with"
+        )
+    current = mapping.nframes
     if first < 0 or first > current:
         raise NexusLayoutError(
-            f"cannot map frames of {name!r} from index {first}: {group.name}/{dsname} has"
-            f" {current} frames and a gap would read as fill values; pass first_index <="
-            f" {current}"
+            f"cannot map frames of {name!r} from index {first}: {where} has {current} frames"
+            f" and a gap would read as fill values; pass first_index <= {current}"
         )
-    stop = first + len(rows)
-    new_blocks = _merge(
-        _Block(first + i, first + i + 1, file, dset, r[2])
-        for i, r in enumerate(rows)
-        for file, dset in [_escaped(r[0], r[1])]
-    )
-    blocks = _merge(
-        [b for b in (blk.clip(0, first) for blk in old_blocks) if b]
-        + new_blocks
-        + [b for b in (blk.clip(stop, 1 << 62) for blk in old_blocks) if b]
-    )
-    nframes = max(current, stop)
-    if existing is not None and nframes == current and blocks == _merge(old_blocks):
+    existing = mapping.vds
+    if not mapping.replace(first, rows.blocks(first)) and existing is not None:
+        vds_mapping.keep(group, dsname, mapping, existing)
         return existing
     # Built under a temporary name with its attributes, then swapped in: the name never
     # points to a dataset without attributes, and is absent only between two link operations.
     tmp = f"{dsname}_building"
     if tmp in group:
         del group[tmp]
-    vds = _create_vds(group, tmp, blocks, (nframes, *fshape), dt, fill_value_for(dt))
+    vds = mapping.create(group, tmp)
     vds.attrs[identity] = name
     vds.attrs["interpretation"] = "image"
     if existing is not None:
         del group[dsname]
-    group.move(tmp, dsname)
-    vds = group[dsname]
+    group.move(tmp, dsname)  # vds, open, follows (HDF5 renames open objects)
+    # The replaced VDS is freed once closed: the mapping no longer holds it open.
+    vds_mapping.keep(group, dsname, mapping, vds)
     if placement is not None:
         link_placed(measurement, placement, vds)
-    logger.debug("%s: %d frames in %d virtual sources", vds.name, nframes, len(blocks))
+    logger.debug(
+        "%s: %d frames in %d virtual sources", vds.name, mapping.nframes, len(mapping.blocks)
+    )
     return vds
 
 
-def _create_vds(
-    group: h5py.Group,
-    name: str,
-    blocks: Sequence[_Block],
-    shape: tuple[int, ...],
-    dtype: np.dtype,
-    fill: Any,
-) -> h5py.Dataset:
-    """A virtual dataset of ``shape`` mapping each block, made with h5py's low-level calls.
-
-    What ``VirtualLayout`` and ``VirtualSource`` do, without their copies and selection
-    objects per block: with frames in files of 100, 100 k references/s make 1000 new blocks
-    a second, and the mapping is rebuilt at every batch.
-    """
-    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-    dcpl.set_fill_value(np.array([fill], dtype=dtype))
-    frame = tuple(shape[1:])
-    origin = (0,) * len(frame)
-    vspace = h5py.h5s.create_simple(shape)
-    for blk in blocks:
-        count = blk.v1 - blk.v0
-        vspace.select_hyperslab((blk.v0, *origin), (count, *frame))
-        source = h5py.h5s.create_simple((blk.s0 + count, *frame))
-        source.select_hyperslab((blk.s0, *origin), (count, *frame))
-        # set_virtual copies both selections: one vspace serves every block.
-        dcpl.set_virtual(vspace, os.fsencode(blk.file), blk.dset.encode("utf-8"), source)
-    tid = h5py.h5t.py_create(dtype, logical=True)
-    space = h5py.h5s.create_simple(shape)
-    return h5py.Dataset(h5py.h5d.create(group.id, name.encode(), tid, space, dcpl=dcpl))
+def _read_mapping(
+    group: h5py.Group, dsname: str, name: str, dtype: np.dtype[Any], frame_shape: tuple[int, ...]
+) -> VdsMapping:
+    """The mapping of ``group[dsname]`` read from the file (an empty one when absent)."""
+    fill = fill_value_for(dtype)
+    existing = group.get(dsname)
+    if existing is None:
+        return VdsMapping([], 0, frame_shape, dtype, fill)
+    dcpl = existing.id.get_create_plist() if isinstance(existing, h5py.Dataset) else None
+    if dcpl is None or dcpl.get_layout() != h5py.h5d.VIRTUAL:
+        raise NexusLayoutError(
+            f"{existing.name} in {group.file.filename!r} exists and is not a virtual dataset;"
+            f" cannot map the frames of {name!r} there: delete it or write the scan to"
+            " another entry"
+        )
+    mapping = VdsMapping.of_dataset(existing, dcpl, fill)
+    mapping.vds = existing
+    return mapping
 
 
-def _read_blocks(vds: h5py.Dataset) -> list[_Block]:
-    """The mapping of an existing virtual dataset, as blocks along axis 0."""
-    dcpl = vds.id.get_create_plist()
-    blocks = []
-    for i in range(dcpl.get_virtual_count()):
-        (v0, *_), (v1, *_) = dcpl.get_virtual_vspace(i).get_select_bounds()
-        (s0, *_), _ = dcpl.get_virtual_srcspace(i).get_select_bounds()
-        # Names come back as stored, i.e. still '%'-escaped.
-        file, dset = dcpl.get_virtual_filename(i), dcpl.get_virtual_dsetname(i)
-        blocks.append(_Block(int(v0), int(v1) + 1, file, dset, int(s0)))
-    blocks.sort(key=lambda b: b.v0)
-    return blocks
+_FIELDS = tuple(operator.itemgetter(k) for k in range(4))
 
 
-def _write_reference_table(
-    group: h5py.Group,
-    name: str,
-    first: int,
-    rows: Sequence[tuple[str, str, int, str]],
-) -> None:
-    cells = [[f, p, str(i), fmt] for f, p, i, fmt in rows]
-    # Paths and formats repeat from frame to frame: each distinct one is encoded once.
-    known: dict[str, bytes] = {}
+@dataclass(frozen=True)
+class _Column:
+    """A column of references: its distinct texts, and each row's number among them."""
 
-    def encode(text: str) -> bytes:
-        got = known.get(text)
-        if got is None:
-            got = known[text] = text.encode()
-        return got
+    texts: list[str]
+    codes: npt.NDArray[np.intp]
 
-    encoded = [[encode(f), encode(p), i.encode(), encode(fmt)] for f, p, i, fmt in cells]
-    longest = max(len(c) for row in encoded for c in row) if encoded else 1
+    @classmethod
+    def of(cls, values: Sequence[Any], text: Callable[[Any], str]) -> _Column:
+        # Paths and formats repeat from frame to frame: each distinct one is converted once,
+        # and the rows get its number without a Python loop over them.
+        number: dict[Any, int] = {}
+        texts: dict[str, int] = {}
+        for value in dict.fromkeys(values):
+            number[value] = texts.setdefault(text(value), len(texts))
+        codes = np.fromiter(map(number.__getitem__, values), dtype=np.intp, count=len(values))
+        return cls(list(texts), codes)
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """Frame references as columns: stored file path, path in file, index, format."""
+
+    files: _Column
+    dsets: _Column
+    indices: npt.NDArray[np.int64]
+    formats: _Column
+
+    @classmethod
+    def of(
+        cls, name: str, references: Sequence[Sequence[Any]], stored: Callable[[Any], str]
+    ) -> _Rows:
+        refs = references if isinstance(references, list) else list(references)
+        try:
+            well_formed = all(n == 4 for n in set(map(len, refs)))
+        except TypeError:
+            well_formed = False
+        if not well_formed:
+            ref = next(r for r in refs if not isinstance(r, Sized) or len(r) != 4)
+            raise NexusLayoutError(
+                f"image reference {ref!r} of {name!r} is not (file_path, path_in_file,"
+                " index_in_file, format); pass one 4-tuple per frame"
+            )
+        # One list per field: zip(*refs) was twice as slow (an iterator per reference).
+        files, dsets, indices, formats = (list(map(field, refs)) for field in _FIELDS)
+        return cls(
+            _Column.of(files, stored),
+            _Column.of(dsets, str),
+            np.fromiter(map(int, indices), dtype=np.int64, count=len(indices)),
+            _Column.of(formats, str),
+        )
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def blocks(self, first: int) -> list[Block]:
+        """The rows as VDS blocks from frame ``first`` on: one per run of consecutive frames
+        of one source dataset (HDF5 slows down above ~1000 sources)."""
+        n = len(self)
+        if not n:
+            return []
+        source = self.files.codes * len(self.dsets.texts) + self.dsets.codes
+        idx = self.indices
+        starts = np.flatnonzero((source[1:] != source[:-1]) | (idx[1:] != idx[:-1] + 1)) + 1
+        bounds = [0, *starts.tolist(), n]
+        blocks = []
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            file, dset = escaped(
+                self.files.texts[self.files.codes[a]], self.dsets.texts[self.dsets.codes[a]]
+            )
+            blocks.append(Block(first + a, first + b, file, dset, int(idx[a])))
+        return blocks
+
+    def cells(self, dtype: np.dtype[Any]) -> npt.NDArray[Any]:
+        """The (n, 4) cells of a reference table of ``dtype`` (fixed-length or object)."""
+        out = np.empty((len(self), 4), dtype=dtype)
+        if dtype.kind == "S":
+            for j, column in ((0, self.files), (1, self.dsets), (3, self.formats)):
+                out[:, j] = np.array([t.encode() for t in column.texts], dtype=dtype)[column.codes]
+            out[:, 2] = self.indices.astype(dtype)
+        else:  # a table of an earlier version (variable-length strings)
+            for j, column in ((0, self.files), (1, self.dsets), (3, self.formats)):
+                out[:, j] = np.array(column.texts, dtype=object)[column.codes]
+            out[:, 2] = [str(i) for i in self.indices.tolist()]
+        return out
+
+    def longest_cell(self) -> bytes:
+        """The longest cell, encoded."""
+        cells = [t.encode() for c in (self.files, self.dsets, self.formats) for t in c.texts]
+        if len(self):
+            cells += [b"%d" % self.indices.min(), b"%d" % self.indices.max()]
+        return max(cells, key=len, default=b"")
+
+
+def _write_reference_table(group: h5py.Group, name: str, first: int, rows: _Rows) -> None:
+    longest = rows.longest_cell()
     table = group.get(name)
     if table is None:
         # Uncompressed: a chunk being filled is rewritten in place, so a reader that opened
         # the file before a flush reads the rows it expects; a compressed chunk moves when it
         # grows and that reader follows a stale address (an error, or cells of another
         # chunk). The cells fit the paths instead of PATH_MAX, a few hundred bytes per frame.
-        cell = _cell_bytes(longest)
+        cell = _cell_bytes(max(1, len(longest)))
         table = group.create_dataset(
             name,
             shape=(0, 4),
@@ -363,21 +353,18 @@ def _write_reference_table(
             f"cannot write references into {table.name!r} from index {first}: it has"
             f" {table.shape[0]} rows; pass first_index <= {table.shape[0]}"
         )
-    if not rows:
+    if not len(rows):
         return
     stop = first + len(rows)
     if table.dtype.kind == "S":
-        if longest > REFERENCE_CELL_BYTES:
-            too_long = next(c for row in encoded for c in row if len(c) == longest)
+        if len(longest) > REFERENCE_CELL_BYTES:
             raise NexusLayoutError(
-                f"image reference {too_long[:80]!r}... is longer than the"
+                f"image reference {longest[:80]!r}... is longer than the"
                 f" {REFERENCE_CELL_BYTES} bytes of a cell of {table.name!r}; use shorter paths"
             )
-        if longest > table.dtype.itemsize:
-            table = _widen(group, name, table, _cell_bytes(longest))
-        data = np.array(encoded, dtype=table.dtype)
-    else:  # a table of an earlier version (variable-length strings): kept as it is
-        data = np.array(cells, dtype=object)
+        if len(longest) > table.dtype.itemsize:
+            table = _widen(group, name, table, _cell_bytes(len(longest)))
+    data = rows.cells(table.dtype)
     if stop > table.shape[0]:
         table.resize(stop, axis=0)
     table[first:stop] = data
