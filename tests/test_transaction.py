@@ -12,6 +12,7 @@ import os
 import select
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -484,3 +485,60 @@ def test_a_server_killed_mid_send_and_restarted_gets_the_transaction_once(
         assert client.xlen("k:{s}") == 5
     finally:
         client.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_tls_server_gets_the_same_entries(
+    redis70_binary: Path, tmp_path: Path, free_tcp_port: int
+) -> None:
+    # Over TLS the connections are redis-py's own (no sendmsg): they write the packed
+    # buffers one by one, large values from their own memory. (The bundled server has no
+    # TLS; Debian's Redis 7.0 has.)
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem"),
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    server = subprocess.Popen(
+        [str(redis70_binary), "--port", "0", "--tls-port", str(free_tcp_port)]
+        + ["--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)]
+        + [
+            "--tls-cert-file",
+            str(tmp_path / "cert.pem"),
+            "--tls-key-file",
+            str(tmp_path / "key.pem"),
+        ]
+        + ["--tls-ca-cert-file", str(tmp_path / "cert.pem"), "--tls-auth-clients", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"rediss://127.0.0.1:{free_tcp_port}?ssl_ca_certs={tmp_path / 'cert.pem'}"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                store = DataStore(settings=Settings(redis_url=url, max_unreachable_time=2.0))
+                break
+            except redis.exceptions.ConnectionError:
+                assert time.monotonic() < deadline, "the TLS server did not start"
+                time.sleep(0.1)
+        try:
+            assert not store.scatter_writes
+            sender = Sender(store, "lease", "tls")
+            small, large = _Queue("tls:{s}:small", sender), _Queue("tls:{s}:large", sender)
+            for queue, point in ((small, b"a"), (large, b"x" * 20_000)):
+                sender.add(queue)
+                queue.put(point)
+                queue.put(point)
+            assert sender.send(raise_errors=True)
+            assert store.redis.xrange(small.key) == [(b"0-1", {b"n": b"2", b"d": b"aa"})]
+            assert store.redis.xrange(large.key) == [(b"0-1", {b"n": b"2", b"d": b"x" * 40_000})]
+        finally:
+            store.close()
+    finally:
+        server.terminate()
+        server.wait(10)
