@@ -90,7 +90,7 @@ class CommandHeads:
         return bulk
 
 
-def pack_command(*args: str | bytes | int) -> bytes:
+def _pack_command(*args: str | bytes | int) -> bytes:
     """A command of small arguments as one RESP array (for the rare commands of a send)."""
     return b"*%d\r\n" % len(args) + b"".join(_bulk(_encoded(a)) for a in args)
 
@@ -172,11 +172,11 @@ class PackedTransaction:
         self._commands.append(f"XADD {key} {entry_id}")
 
     def exists(self, key: str) -> None:
-        self._small.append(pack_command("EXISTS", key))
+        self._small.append(_pack_command("EXISTS", key))
         self._commands.append(f"EXISTS {key}")
 
     def hexists(self, key: str, field: str) -> None:
-        self._small.append(pack_command("HEXISTS", key, field))
+        self._small.append(_pack_command("HEXISTS", key, field))
         self._commands.append(f"HEXISTS {key} {field}")
 
     def execute(self) -> list[Any]:
