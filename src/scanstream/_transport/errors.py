@@ -2,8 +2,9 @@
 
 redis-py maps a few error prefixes to classes (``OOM`` to ``OutOfMemoryError``...), but most
 refusals arrive as a plain ``ResponseError`` whose message is all there is to go by, and an
-error inside MULTI/EXEC may be reported with redis-py's "Command # n (...) of pipeline caused
-error" text in front of the server's. The tests of this module (``tests/test_sender.py``) make
+error refused when queued in MULTI/EXEC is reported with a "Command # n (...) of pipeline
+caused error" (redis-py's pipeline) or "... of the transaction caused error" (the publisher's,
+:mod:`.transaction`) text in front of the server's. The tests of this module (``tests/test_sender.py``) make
 a real server produce each message, so that a server that rewords one fails a test.
 """
 

@@ -13,6 +13,9 @@ knows nothing of scans or node trees. A queue that gets points while it had none
 (:meth:`Sender.ready`): a send touches only those queues, so its cost follows the channels
 with data, not the channels of the scan.
 
+The transaction is packed and parsed by :mod:`scanstream._transport.transaction` (redis-py's
+pipeline on a cluster; decision 0009).
+
 Faults (docs/performance.md, "Connection faults"): network errors are retried by redis-py's
 ``Retry`` of the connection pool; a send that still fails keeps its points queued and is tried
 again, until Redis has been unreachable for ``Settings.max_unreachable_time``, when the scan
@@ -35,11 +38,10 @@ from redis.backoff import AbstractBackoff, ExponentialBackoff
 from .._protocol.entries import LOST_FIELD, DataEntry, data_entry_id
 from .._transport.connection import stream_entries
 from .._transport.errors import is_duplicate_id, is_out_of_memory, restate
+from .._transport.transaction import CommandHeads, new_transaction
 from ..exceptions import DecodingError, RedisFullError, RedisUnreachableError, ScanLostError
 
 if TYPE_CHECKING:
-    from redis.typing import EncodableT, FieldT
-
     from .._transport.connection import DataStore
 
 logger = logging.getLogger(__name__)
@@ -176,6 +178,7 @@ class Sender:
         self._unreachable_since: float | None = None
         self._last_entries = 0  # entries of the last send: the pause after it
         self._renew_if_present = store.redis.register_script(_RENEW_IF_PRESENT)
+        self._heads = CommandHeads()  # the RESP heads of this scan's XADDs, built once
 
     def __repr__(self) -> str:
         return f"<Sender {self.name!r}{' stopped' if self.stopped else ''}>"
@@ -322,7 +325,7 @@ class Sender:
             self._last_entries = 0
             return
         taken = list(by_queue.items())
-        pipe = self.store.redis.pipeline(transaction=True)
+        transaction = new_transaction(self.store.redis, self._heads)
         sent: list[tuple[DataQueue, int]] = []
         written: list[tuple[str, str, int]] = []
         created: list[str] = []
@@ -338,21 +341,14 @@ class Sender:
                     # server that lost the scan gets no stream without expiry.
                     if first == 0 and self.scan_key is not None:
                         created.append(queue.key)
-                    # Our fields hold bytes and Scattered values, which the connection's
-                    # packer writes; redis-py's annotation does not know the latter.
-                    pipe.xadd(
-                        queue.key,
-                        cast("dict[FieldT, EncodableT]", fields),
-                        id=entry_id,
-                        nomkstream=first != 0,
-                    )
+                    transaction.xadd(queue.key, fields, entry_id, nomkstream=first != 0)
                     written.append((queue.key, entry_id, npoints))
                     first += npoints
                 sent.append((queue, first))
             if created:  # rare (once per data node): is the scan still there?
-                pipe.exists(cast(str, self.scan_key))
-                pipe.hexists(cast(str, self.scan_key), LOST_FIELD)  # or only its record
-            results = pipe.execute(raise_on_error=False)
+                transaction.exists(cast(str, self.scan_key))
+                transaction.hexists(cast(str, self.scan_key), LOST_FIELD)  # or only its record
+            results = transaction.execute()
             recorded_lost, scan_exists = (results.pop(), results.pop()) if created else (0, 1)
             if scan_exists == 0 or recorded_lost:
                 self._unmake(created)
@@ -389,7 +385,8 @@ class Sender:
             if not isinstance(result, Exception):
                 continue
             if is_duplicate_id(result):
-                # redis-py retried a transaction whose reply was lost: it was applied.
+                # A transaction resent after its reply was lost (the connection's retry
+                # policy): it was applied.
                 if self._holds(key, entry_id, npoints):
                     logger.info(
                         "scan %s: entry %s of %s was already stored (replay)",
