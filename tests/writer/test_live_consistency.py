@@ -99,6 +99,11 @@ def fail(kind, detail):
     found.append((kind, str(detail)[:300]))
 
 
+def result():
+    return json.dumps({"counts": {**counts, "recovery_s": sorted(recovery)},
+                       "failures": failures, "quiet_failures": quiet_failures, "torn": torn})
+
+
 def note(table, kind, detail):
     entry = table.setdefault(kind, [0, detail])
     entry[0] += 1
@@ -243,9 +248,11 @@ while time.monotonic() < deadline and not os.path.exists(stop_file):
         note(failures, kind, detail)
         if quiet:
             note(quiet_failures, kind, detail)
-counts["recovery_s"] = sorted(recovery)
-print(json.dumps({"counts": counts, "failures": failures, "quiet_failures": quiet_failures,
-                  "torn": torn}))
+    # What this run found so far, kept for the supervisor if libhdf5 crashes this process.
+    with open(progress_file + ".tmp", "w") as out:
+        out.write(result())
+    os.replace(progress_file + ".tmp", progress_file + ".run")
+print(result())
 """
 
 
@@ -288,7 +295,9 @@ class _SupervisedReader(threading.Thread):
         self.errors: list[str] = []
 
     def run(self) -> None:
+        run_file = Path(f"{self.args[3]}.run")  # what a run found so far
         for _ in range(MAX_READER_RUNS):
+            run_file.unlink(missing_ok=True)
             proc = _reader(*self.args)
             finished = self._wait(proc)
             out, err = proc.communicate()
@@ -302,6 +311,10 @@ class _SupervisedReader(threading.Thread):
                 return
             if proc.returncode < 0:  # killed by a signal inside libhdf5: start another
                 self.crashes.append(f"signal {-proc.returncode}: {err[-300:]}")
+                # Its snapshots count, and what they found: the publisher stops once the
+                # quiet snapshots of every run together reach QUIET.
+                if run_file.exists():
+                    self.results.append(json.loads(run_file.read_text()))
                 continue
             self.errors.append(err)
             return
