@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import ast
-import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import redis
+from list_queue import ListQueue
 from redis.backoff import AbstractBackoff, ConstantBackoff, NoBackoff
 from redis.retry import Retry
 
@@ -20,42 +20,6 @@ from scanstream import DataStore, RedisFullError, ScanEndedError, Settings, crea
 from scanstream._transport.errors import is_duplicate_id, is_out_of_memory, restate
 from scanstream._transport.server import EmbeddedServer
 from scanstream.publish.sender import _FAILED_SEND_BACKOFF, _MAX_COUNTED_FAILURES, Sender
-
-
-class _ListQueue:
-    """The smallest :class:`DataQueue`: a list of byte strings, one point each."""
-
-    def __init__(self, key: str, sender: Sender) -> None:
-        self.key = key
-        self.sender = sender
-        self.sent = 0
-        self.emitted = 0
-        self.pending: list[bytes] = []
-        self.given_back = threading.Event()
-
-    def put(self, point: bytes) -> None:
-        if not self.pending:
-            self.sender.ready(self)
-        self.pending.append(point)
-        self.emitted += 1
-
-    def take(self) -> list[bytes]:
-        out, self.pending = self.pending, []
-        return out
-
-    def give_back(self, batches: list[bytes]) -> None:
-        if not self.pending:
-            self.sender.ready(self)
-        self.pending[:0] = batches
-        self.given_back.set()
-
-    def drop(self) -> int:
-        dropped, self.pending = self.emitted - self.sent, []
-        self.emitted = self.sent
-        return dropped
-
-    def encode(self, batches: list[bytes]) -> list[tuple[Mapping[bytes, Any], int]]:
-        return [({b"n": b"%d" % len(batches), b"d": b"".join(batches)}, len(batches))]
 
 
 @pytest.fixture
@@ -72,7 +36,7 @@ def private_server(
 
 def test_the_sender_sends_any_queue_with_point_index_ids(store: DataStore) -> None:
     sender = Sender(store, "lease-of-nothing", "plain")
-    queue = _ListQueue("plain:data", sender)
+    queue = ListQueue("plain:data", sender)
     sender.add(queue)
     for point in (b"a", b"b", b"c"):
         queue.put(point)
@@ -86,7 +50,7 @@ def test_the_sender_sends_any_queue_with_point_index_ids(store: DataStore) -> No
 
 def test_another_entry_at_the_same_id_is_an_error_not_a_replay(store: DataStore) -> None:
     sender = Sender(store, "lease-of-nothing", "twice")
-    queue = _ListQueue("twice:data", sender)
+    queue = ListQueue("twice:data", sender)
     sender.add(queue)
     store.redis.xadd(queue.key, {b"n": b"2", b"d": b"xy"}, id="0-1")  # another publisher's
     queue.put(b"a")
@@ -106,7 +70,7 @@ def test_stop_interrupts_the_pause_after_a_failed_send(private_server: EmbeddedS
     store = DataStore(settings=settings)
     try:
         sender = Sender(store, "lease", "paused", backoff=ConstantBackoff(60.0))
-        queue = _ListQueue("paused:data", sender)
+        queue = ListQueue("paused:data", sender)
         sender.add(queue)
         sender.start()
         private_server.stop()
@@ -152,7 +116,7 @@ def test_the_sender_survives_thousands_of_failed_sends(private_server: EmbeddedS
     backoff = _RecordingBackoff()
     sender = Sender(store, "lease", "failing", backoff=backoff)
     try:
-        queue = _ListQueue("failing:data", sender)
+        queue = ListQueue("failing:data", sender)
         sender.add(queue)
         sender.start()
         private_server.stop()
@@ -301,7 +265,7 @@ def test_publish_modules_import_downward_only() -> None:
 
 def test_a_queue_announced_twice_is_sent_once_in_order(store: DataStore) -> None:
     sender = Sender(store, "lease-of-nothing", "twice-ready")
-    queue = _ListQueue("twice-ready:data", sender)
+    queue = ListQueue("twice-ready:data", sender)
     sender.add(queue)
     queue.put(b"a")
     sender.ready(queue)  # as if it had been taken and filled again meanwhile

@@ -15,13 +15,14 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import redis
+from list_queue import ListQueue
 from redis.backoff import NoBackoff
 from redis.connection import Encoder, PythonRespSerializer
 from redis.retry import Retry
@@ -333,44 +334,12 @@ def test_a_lost_reply_is_resent_and_seen_as_duplicates(relay: _Relay) -> None:
         client.close()
 
 
-class _Queue:
-    """A data queue of one-byte points (the sender's DataQueue protocol)."""
-
-    def __init__(self, key: str, sender: Sender) -> None:
-        self.key, self.sender = key, sender
-        self.sent = self.emitted = 0
-        self.pending: list[bytes] = []
-
-    def put(self, point: bytes) -> None:
-        if not self.pending:
-            self.sender.ready(self)
-        self.pending.append(point)
-        self.emitted += 1
-
-    def take(self) -> list[bytes]:
-        out, self.pending = self.pending, []
-        return out
-
-    def give_back(self, batches: list[bytes]) -> None:
-        if not self.pending:
-            self.sender.ready(self)
-        self.pending[:0] = batches
-
-    def drop(self) -> int:
-        dropped, self.pending = self.emitted - self.sent, []
-        self.emitted = self.sent
-        return dropped
-
-    def encode(self, batches: list[bytes]) -> list[tuple[Mapping[bytes, Any], int]]:
-        return [({b"n": b"%d" % len(batches), b"d": b"".join(batches)}, len(batches))]
-
-
 @pytest.mark.timeout(30)
 def test_the_sender_counts_a_send_whose_reply_was_lost_once(relay: _Relay) -> None:
     store = DataStore(settings=Settings(redis_url=f"redis://127.0.0.1:{relay.port}"))
     try:
         sender = Sender(store, "lease", "relayed")
-        queues = [_Queue(f"relayed:{{s}}:{i}", sender) for i in range(3)]
+        queues = [ListQueue(f"relayed:{{s}}:{i}", sender) for i in range(3)]
         for queue in queues:
             sender.add(queue)
             queue.put(b"a")
@@ -529,7 +498,7 @@ def test_a_tls_server_gets_the_same_entries(
         try:
             assert not store.scatter_writes
             sender = Sender(store, "lease", "tls")
-            small, large = _Queue("tls:{s}:small", sender), _Queue("tls:{s}:large", sender)
+            small, large = ListQueue("tls:{s}:small", sender), ListQueue("tls:{s}:large", sender)
             for queue, point in ((small, b"a"), (large, b"x" * 20_000)):
                 sender.add(queue)
                 queue.put(point)
