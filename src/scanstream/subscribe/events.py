@@ -18,6 +18,11 @@ class EventType(enum.IntEnum):
     END_SCAN = 3
     PREPARED_SCAN = 4
 
+    # Printed as BLISS's (a plain Enum there): "EventType.NEW_NODE", not IntEnum's "1" of
+    # Python >= 3.11. Subscribers log events with print(event_type, ...).
+    __str__ = enum.Enum.__str__
+    __format__ = enum.Enum.__format__
+
 
 class EventData(NamedTuple):
     """Payload of an event.

@@ -14,6 +14,8 @@ under ``gevent.monkey.patch_all()``.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import logging
 import sys
 import threading
@@ -274,7 +276,14 @@ class ScansWatcher:
     ) -> None:
         fullname = node.fullname
         if isinstance(node, LimaNode):
-            self._call(observer.on_lima_ref_received, scan_db_name, fullname, 2, node, data)
+            self._call(
+                observer.on_lima_ref_received,
+                scan_db_name=scan_db_name,
+                channel_name=fullname,
+                source_node=node,
+                dim=2,
+                event_data=data,
+            )
             return
         if node.type != NodeType.CHANNEL:
             return
@@ -282,27 +291,58 @@ class ScansWatcher:
         if dim == 0:
             self._call(
                 observer.on_scalar_data_received,
-                scan_db_name,
-                fullname,
-                data.first_index,
-                data.data,
+                scan_db_name=scan_db_name,
+                channel_name=fullname,
+                index=data.first_index,
+                data_bunch=data.data,
             )
         else:
             self._call(
                 observer.on_ndim_data_received,
-                scan_db_name,
-                fullname,
-                dim,
-                data.first_index,
-                data.data,
+                scan_db_name=scan_db_name,
+                channel_name=fullname,
+                dim=dim,
+                index=data.first_index,
+                data_bunch=data.data,
             )
 
     @staticmethod
-    def _call(method: Callable[..., None], *args: Any) -> None:
+    def _call(method: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        # The data callbacks get keyword arguments, as BLISS passed them: observers (and
+        # BLISS's tests) read them by name, and may order their parameters differently. An
+        # observer whose parameters have other names gets them by position, in the order
+        # of ScansObserver's signature (the order of ``kwargs`` here).
         try:
-            method(*args)
+            if kwargs and not _takes_keywords(method, tuple(kwargs)):
+                args, kwargs = args + tuple(kwargs.values()), {}
+            method(*args, **kwargs)
         except Exception:
-            _report(method.__name__)
+            _report(getattr(method, "__name__", repr(method)))
+
+
+@functools.lru_cache(maxsize=256)
+def _keywords_of(function: Any, names: tuple[str, ...]) -> bool:
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):  # no signature to read: call it as BLISS did
+        return True
+    params = list(signature.parameters.values())
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return True
+    accepted = {
+        p.name
+        for p in params
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+    return set(names) <= accepted
+
+
+def _takes_keywords(method: Callable[..., None], names: tuple[str, ...]) -> bool:
+    """True when ``method`` accepts these keyword arguments (BLISS's parameter names)."""
+    function = getattr(method, "__func__", None)  # a plain method: cache by its function
+    if function is None:
+        return _keywords_of.__wrapped__(method, names)
+    return _keywords_of(function, names)
 
 
 class _ScanDescription(NamedTuple):
