@@ -29,6 +29,7 @@ for _root in ("bliss.data", "blissdata.data"):
             f"{_root}.nodes.node_ref_channel": f"{_HERE}.nodes_node_ref_channel",
             f"{_root}.events": f"{_HERE}.events",
             f"{_root}.scan": f"{_HERE}.scan",
+            f"{_root}.lima_image": f"{_HERE}.lima_image",
         }
     )
 # What BLISS's own bliss/data/scan.py imports besides the data nodes.

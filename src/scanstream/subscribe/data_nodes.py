@@ -28,7 +28,7 @@ from ..exceptions import (
     IndexWontBeThereError,
 )
 from ..models import ImageReference, NodeDescription, NodeType, SavingMode
-from .images import read_image
+from .images import Frame, read_image
 from .nodes import DataNode, ScanMemberNode
 
 if TYPE_CHECKING:
@@ -282,6 +282,9 @@ class LimaNode(StreamNode):
         self.shape = tuple(desc.info["shape"])
         self.saving_mode: str = desc.info.get("saving_mode", SavingMode.MANUAL.value)
         self.codec = codecs.ImageRefCodec(desc.name, saved=self.saving_mode != SavingMode.NOSAVING)
+        #: BLISS's flag (Flint sets it): views made by :meth:`get` then give the last image
+        #: from :meth:`LimaDataView.get_last_live_image`; otherwise it returns an empty Frame.
+        self.from_stream = False
 
     def get(self, from_index: int | None = None, to_index: int | None = None) -> LimaDataView:
         """A view on images ``from_index`` to ``to_index`` inclusive (BLISS convention).
@@ -289,11 +292,14 @@ class LimaNode(StreamNode):
         ``get(i)`` is a view of the one image ``i``; ``get(i, -1)`` from ``i`` to the last
         image (its length follows acquisition); ``get()`` every image.
         """
+        stream = self.from_stream
         if from_index is None:
-            return LimaDataView(self, 0, None)
+            return LimaDataView(self, 0, None, from_stream=stream)
         if to_index is None:
-            return LimaDataView(self, from_index, from_index)
-        return LimaDataView(self, from_index, None if to_index < 0 else to_index)
+            return LimaDataView(self, from_index, from_index, from_stream=stream)
+        return LimaDataView(
+            self, from_index, None if to_index < 0 else to_index, from_stream=stream
+        )
 
     def get_as_array(self, from_index: int | None = None, to_index: int | None = None) -> Any:
         """The images of :meth:`get` read from their files (one image: a 2D array)."""
@@ -341,23 +347,116 @@ class LimaNode(StreamNode):
 
 
 class LimaDataView:
-    """Images of a lima node between two indices; its length follows acquisition when open-ended."""
+    """Images of a lima node between two indices; its length follows acquisition when open-ended.
 
-    def __init__(self, node: LimaNode, from_index: int, to_index: int | None) -> None:
+    Image numbers given to its methods (``get_image(i)``, ``image_reference(i)``...) count
+    from the view's first image; negative ones from its last. BLISS's counted from the
+    acquisition's first image: the same for views from 0 (``get(0, -1)``, ``get()``).
+    The progress attributes are the acquisition's, as BLISS's (``last_image_ready``...).
+    """
+
+    def __init__(
+        self, node: LimaNode, from_index: int, to_index: int | None, *, from_stream: bool = False
+    ) -> None:
         self.node = node
         self.from_index = from_index
-        self.to_index = to_index
+        self._to_index = to_index
+        self.from_stream = from_stream
 
     def __repr__(self) -> str:
-        return f"<LimaDataView {self.node.db_name!r} [{self.from_index}:{self.to_index}] len={len(self)}>"
+        return f"<LimaDataView {self.node.db_name!r} [{self.from_index}:{self._to_index}] len={len(self)}>"
 
     def _bounds(self) -> tuple[int, int]:
         length = len(self.node)
         start = self.from_index + length if self.from_index < 0 else self.from_index
         stop = (
-            length if self.to_index is None or self.to_index < 0 else min(length, self.to_index + 1)
+            length
+            if self._to_index is None or self._to_index < 0
+            else min(length, self._to_index + 1)
         )
         return start, max(start, stop)
+
+    # -- BLISS's progress attributes (acquisition status) -------------------------------
+    @property
+    def to_index(self) -> int:
+        """Number of the view's last image published so far (BLISS: -1 before any)."""
+        start, stop = self._bounds()
+        return stop - 1 if stop > start else min(start, len(self.node)) - 1
+
+    @property
+    def last_index(self) -> int:
+        """``to_index + 1`` (BLISS's name: one past the last image of the view)."""
+        return self.to_index + 1
+
+    @property
+    def last_image_ready(self) -> int:
+        """Number of the acquisition's last image published so far, -1 before any.
+
+        A reference is published once its image is in its file: ready, acquired and saved
+        are the same image here (``last_image_saved`` is -1 for a detector not saving).
+        """
+        return len(self.node) - 1
+
+    @property
+    def last_image_acquired(self) -> int:
+        """As :attr:`last_image_ready`."""
+        return self.last_image_ready
+
+    @property
+    def last_image_saved(self) -> int:
+        """As :attr:`last_image_ready`; -1 for a detector that saves nothing (NOSAVING)."""
+        if self.node.saving_mode == SavingMode.NOSAVING:
+            return -1
+        return self.last_image_ready
+
+    @property
+    def first_ref_data(self) -> dict[str, Any]:
+        """The detector's description (BLISS: its saving settings): the lima node's info."""
+        return dict(self.node.info)
+
+    @property
+    def all_ref_data(self) -> list[dict[str, Any]]:
+        """``[first_ref_data]`` (one acquisition per node)."""
+        return [self.first_ref_data]
+
+    def update(self) -> None:
+        """BLISS re-read the status here; every attribute of this view is read when asked."""
+
+    def is_video_frame_have_meaning(self) -> bool:
+        """True: the image :meth:`get_last_live_image` gives carries its true number.
+
+        False for a detector saving nothing (NOSAVING): no image can be read.
+        """
+        return self.node.saving_mode != SavingMode.NOSAVING
+
+    def get_last_live_image(self) -> Frame:
+        """The last image with its number (BLISS read the detector's live buffer).
+
+        scanstream has no detector server: the image is read from its file. As BLISS, an
+        empty ``Frame(None, None, None)`` unless the node's ``from_stream`` was set, and
+        when there is no image (none yet, or NOSAVING).
+        """
+        if not self.from_stream or not self.is_video_frame_have_meaning():
+            return Frame(None, None, None)
+        last = self.last_image_ready
+        if last < 0:
+            return Frame(None, None, None)
+        return Frame(read_image(self.node.image_references(last, last + 1)[0]), last, "file")
+
+    def get_last_image(self) -> Frame:
+        """The acquisition's last image with its number, ``Frame(data, frame_number, "file")``.
+
+        Raises
+        ------
+        IndexNotYetThereError
+            No image yet (an IndexError, as BLISS's).
+        ImageNotSavedError
+            The detector does not save images (NOSAVING).
+        """
+        last = self.last_image_ready
+        if last < 0:
+            raise IndexNotYetThereError(f"{self.node.db_name}: no image has been taken yet")
+        return Frame(read_image(self.node.image_references(last, last + 1)[0]), last, "file")
 
     def __len__(self) -> int:
         start, stop = self._bounds()
@@ -377,7 +476,41 @@ class LimaDataView:
         start, stop = self._bounds()
         return self.node.image_references(start, stop)
 
-    def image_reference(self, index: int) -> ImageReference:
+    def image_references(
+        self, image_nbs: Sequence[int], saved: bool = False
+    ) -> list[ImageReference]:
+        """References of images ``image_nbs`` of the view (BLISS's ``saved`` is accepted).
+
+        Raises
+        ------
+        IndexNotYetThereError, IndexWontBeThereError
+            One of them is not published (yet).
+        ImageNotSavedError
+            The detector does not save images (NOSAVING).
+        """
+        return [self.image_reference(i) for i in image_nbs]
+
+    def iter_image_references(
+        self, image_nbs: Sequence[int] | None = None, saved: bool = False
+    ) -> Iterator[ImageReference]:
+        """References of images ``image_nbs`` (default: all) up to the first not published yet.
+
+        Raises
+        ------
+        ImageNotSavedError
+            The detector does not save images (NOSAVING).
+        """
+        if image_nbs is None:
+            yield from self.all_image_references(saved)
+            return
+        for i in image_nbs:
+            try:
+                ref = self.image_reference(i)
+            except (IndexNotYetThereError, IndexWontBeThereError):
+                return
+            yield ref
+
+    def image_reference(self, index: int, saved: bool = False) -> ImageReference:
         """Reference of image ``index`` of the view (negative counts from the end)."""
         start, stop = self._bounds()
         i = index + (stop - start) if index < 0 else index
@@ -406,10 +539,6 @@ class LimaDataView:
         if len(images) == 1:
             return images[0]
         return np.asarray(images)
-
-    def get_last_image(self) -> np.ndarray:
-        """The last image of the view."""
-        return self.get_image(-1)
 
 
 class ScanRefNode(StreamNode):

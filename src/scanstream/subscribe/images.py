@@ -7,6 +7,8 @@ an image should not pay.
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import numpy as np
 
 from ..exceptions import DecodingError
@@ -49,3 +51,30 @@ def read_image(ref: ImageReference) -> np.ndarray:
         raise DecodingError(
             f"cannot read image {ref.index_in_file} of {ref.file_path}:{ref.path_in_file}: {exc}"
         ) from None
+
+
+class Frame(NamedTuple):
+    """An image with its number, as BLISS's ``LimaDataView.get_last_image()`` returned it.
+
+    Attributes
+    ----------
+    data : numpy.ndarray or None
+        The image (None: no image).
+    frame_number : int or None
+        Its index in the acquisition (0 is the first).
+    source : str or None
+        Where it was read: ``"file"`` (scanstream reads no detector server).
+    """
+
+    data: Any
+    frame_number: int | None
+    source: str | None
+
+    def __bool__(self) -> bool:
+        # BLISS's frames are false when they hold no image (clients test ``if not frame``).
+        return self.data is not None
+
+    def __iter__(self) -> Any:
+        # BLISS's frames unpack as (data, frame_number), its previous 2-tuple.
+        yield self.data
+        yield self.frame_number
