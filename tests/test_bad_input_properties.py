@@ -60,6 +60,9 @@ _ADDED_BY_SCANSTREAM = {
     "end_timestamp",
     "state",
     "error",
+    "user_name",  # the publisher's user, when not given
+    "node_name",  # BLISS's keys a subscriber adds when absent (the db_name, start time text)
+    "start_time_str",
 }
 
 

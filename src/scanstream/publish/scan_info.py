@@ -76,6 +76,12 @@ def _derive(
             devices.setdefault(key, {"channels": []})
             if entry is not None and key not in entry["devices"]:
                 entry["devices"].append(key)
+            parent = by_index.get(n.parent)
+            if parent is not None and parent.type == _CONTAINER:
+                # A container triggers those below it (BLISS clients tell masters by it).
+                triggered = devices[device_key(parent)].setdefault("triggered_devices", [])
+                if key not in triggered:
+                    triggered.append(key)
             continue
         if n.type not in (_CHANNEL, _LIMA):
             continue

@@ -24,6 +24,7 @@ that already hold saved scans.
 
 from __future__ import annotations
 
+import getpass
 import logging
 import time
 import weakref
@@ -107,6 +108,14 @@ def create_session(
     )
 
 
+def _user_name() -> str | None:
+    """The login name of this process's user, or None where there is none (no passwd entry)."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError, ImportError):
+        return None
+
+
 class PublishingSession:
     """A session: allocates scan numbers and announces scans. Use :func:`create_session`.
 
@@ -155,7 +164,8 @@ class PublishingSession:
         """Create and announce a new scan numbered ``N`` (its db_name is ``session:N_name``).
 
         ``scan_info`` gets ``scan_nb``, ``session_name``, ``name``, ``start_time`` (ISO 8601)
-        and ``start_timestamp``; ``title`` defaults to ``name``. ``N`` is above every number
+        and ``start_timestamp``; ``title`` defaults to ``name``, ``user_name`` to the user
+        running the publisher. ``N`` is above every number
         the session's counter gave and above the numbering floor its writer recorded.
 
         Parameters
@@ -205,6 +215,9 @@ class PublishingSession:
         )
         keys = self.store.keys
         info.setdefault("title", name)
+        user = _user_name()
+        if user is not None:
+            info.setdefault("user_name", user)  # BLISS's scans name their user; clients print it
         for _ in range(_MAX_TAKEN_NUMBERS):
             number = int(
                 self._next_number(

@@ -36,6 +36,7 @@ from .control import (
     Control,
     ScanResult,
     attach_scan_result,
+    current_group,
     notify_scan_created,
     sigint_deferred,
     time_scale,
@@ -155,6 +156,9 @@ def run_chain(
         check_duration("max_duration", max_duration)
 
     info = build_scan_info(masters, name, motors, saving, scan_info, plots, channel_info)
+    group = current_group()
+    if group is not None:
+        info.setdefault("group", group)  # as BLISS's sequences mark their scans
     scan = session.create_scan(name, info, node_type=node_type)
     notify_scan_created(scan)
     if on_start is not None:

@@ -29,6 +29,7 @@ __all__ = [
     "ScanResult",
     "attach_scan_result",
     "notify_scan_created",
+    "current_group",
     "scan_created_hook",
     "scan_result_of",
     "time_scale",
@@ -115,19 +116,33 @@ _group_hooks = threading.local()
 
 
 @contextlib.contextmanager
-def scan_created_hook(hook: Callable[[ScanPublisher], None]) -> Iterator[None]:
-    """Within the block, call ``hook(scan)`` for each scan :func:`run_chain` creates in this thread."""
+def scan_created_hook(
+    hook: Callable[[ScanPublisher], None], group: str | None = None
+) -> Iterator[None]:
+    """Within the block, call ``hook(scan)`` for each scan :func:`run_chain` creates in this thread.
+
+    ``group`` is the db_name of the group being filled: :func:`current_group` gives it.
+    """
     stack = _group_hooks.__dict__.setdefault("stack", [])
-    stack.append(hook)
+    stack.append((hook, group))
     try:
         yield
     finally:
         stack.pop()
 
 
+def current_group() -> str | None:
+    """db_name of the innermost scan group being filled in this thread, or None.
+
+    Scans created in it carry it as ``scan_info["group"]``, as BLISS's sequences set it.
+    """
+    stack = getattr(_group_hooks, "stack", ())
+    return stack[-1][1] if stack else None
+
+
 def notify_scan_created(scan: ScanPublisher) -> None:
     """Tell the innermost scan group being filled in this thread that ``scan`` was created."""
-    for hook in list(getattr(_group_hooks, "stack", ()))[-1:]:
+    for hook, _ in list(getattr(_group_hooks, "stack", ()))[-1:]:
         hook(scan)
 
 

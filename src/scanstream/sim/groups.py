@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..publish import PublishingSession, ScanPublisher
-from .control import ScanResult, notify_scan_created, scan_created_hook
+from .control import ScanResult, current_group, notify_scan_created, scan_created_hook
 from .saving import SavingConfig
 
 __all__ = ["GroupResult", "group", "parallel", "sequence"]
@@ -69,6 +69,9 @@ class _Group:
     """The publishers of a group scan."""
 
     def __init__(self, session: PublishingSession, name: str, info: dict[str, Any]) -> None:
+        group = current_group()
+        if group is not None:  # a group inside a sequence names it, as the sequence's scans
+            info = {**info, "group": group}
         self.scan = session.create_scan(name, info, node_type="scan_group")
         notify_scan_created(self.scan)  # a group inside a sequence is referenced too
         master = self.scan.create_container("GroupingMaster")
@@ -140,7 +143,7 @@ def sequence(
     group_ = _Group(session, name, _group_info(title, "sequence", len(steps), saving, scan_info))
     results: list[Any] = []
     # The scan's context ends it DONE, or USER_ABORTED (Ctrl-C) / FAILED, and re-raises.
-    with group_.scan, scan_created_hook(group_.add):
+    with group_.scan, scan_created_hook(group_.add, group_.scan.db_name):
         for step in steps:
             results.append(step())
     return group_.result(results)

@@ -139,6 +139,14 @@ def _devices(m: TopMaster) -> dict[str, dict[str, Any]]:
                 entry["type"] = "mca"
         else:
             out[c.name] = {"channels": [c.fullname], "type": "lima"}
+    # What each master triggers, as BLISS's scan_info tells it (clients tell masters from
+    # the rest by it): the motor master its timer, the timer the counters' controllers.
+    timer = m.timer if m.motors else m.name
+    if m.motors:
+        out[m.name]["triggered_devices"] = [timer]
+    slaves = [key for key in out if key not in (m.name, timer)]
+    if slaves:
+        out[timer]["triggered_devices"] = slaves
     return out
 
 
@@ -161,6 +169,10 @@ def _chain_and_devices(
             unique = key if key not in devices else f"{m.name}:{key}"
             renamed[key] = unique
             devices[unique] = device
+        for unique in renamed.values():
+            triggered = devices[unique].get("triggered_devices")
+            if triggered is not None:
+                devices[unique]["triggered_devices"] = [renamed.get(n, n) for n in triggered]
         entry["devices"] = [renamed.get(name, name) for name in entry["devices"]]
         chain[m.name] = entry
     return chain, devices

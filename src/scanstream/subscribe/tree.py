@@ -8,6 +8,8 @@ scans a scan-reference channel points to.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import logging
 import threading
 import time
@@ -167,6 +169,23 @@ class SessionNode(DataNode):
         return out
 
 
+def with_bliss_keys(info: dict[str, Any], db_name: str) -> dict[str, Any]:
+    """``info`` with the keys BLISS's scans always had and clients read, when absent.
+
+    ``node_name`` (the scan's db_name: ScansWatcher clients match ``scan_info["node_name"]``
+    to the ``scan_db_name`` of the callbacks) and ``start_time_str`` (BLISS's
+    ``"%a %b %d %H:%M:%S %Y"`` of ``start_timestamp``, local time: scan headers print it).
+    """
+    info.setdefault("node_name", db_name)
+    stamp = info.get("start_timestamp")
+    if "start_time_str" not in info and isinstance(stamp, (int, float)):
+        with contextlib.suppress(OverflowError, OSError, ValueError):
+            info["start_time_str"] = datetime.datetime.fromtimestamp(stamp).strftime(
+                "%a %b %d %H:%M:%S %Y"
+            )
+    return info
+
+
 class ScanNode(DataNode):
     """A scan (``type`` is ``scan`` or ``scan_group``); ``info`` is its scan_info.
 
@@ -249,7 +268,9 @@ class ScanNode(DataNode):
             raise DecodingError(
                 f"scan {self.db_name}: its scan_info is unreadable: {exc}"
             ) from None
-        return info if isinstance(info, dict) else {}
+        if not isinstance(info, dict):
+            return {}
+        return with_bliss_keys(info, self.db_name)
 
     def _fresh_fields(self) -> entries.Fields:
         fields = _scan_hashes(self.store, [self.key])[0]
