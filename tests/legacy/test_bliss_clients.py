@@ -234,3 +234,44 @@ def test_a_flint_like_script_reads_frames_through_bliss_names(redis_url, session
     done = _run([str(script), session.name], redis_url, tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["lima:image 2 file (4, 2) True", "quiet:image not saved"]
+
+
+NODE_FUNCTIONS = textwrap.dedent(
+    """
+    import sys
+    from bliss.data import node
+    from bliss.data.node import datanode_factory, get_last_saved_scan, get_last_scan_filename
+
+    print([s.name for s in node.sessions_list()])
+    session = datanode_factory(sys.argv[1], node_type="session", state="exists",
+                               on_not_state="instantiate")
+    print(get_last_saved_scan(session).name, get_last_scan_filename(session))
+    print(datanode_factory("nothing_yet", node_type="session").name)
+    print(datanode_factory("1_saved:timer", parent=session).db_name)
+    it = node.get_node(sys.argv[1] + ":1_saved").iterator  # deprecated in BLISS, still used
+    for event in it.walk_events(wait=False):
+        if event.type == event.type.END_SCAN:
+            print(event.type, event.node.name)
+        elif event.type == event.type.NEW_DATA:
+            print(event.type, event.node.name, event.data.data.tolist())
+    """
+)
+
+
+def test_bliss_node_functions_of_beamline_scripts(redis_url, session, tmp_path):
+    with session.create_scan("saved", {"save": True, "filename": "/data/f.h5"}) as scan:
+        scan.create_container("timer").create_channel("timer:t").emit([1.0, 2.0])
+    with session.create_scan("quick", {"save": False}) as scan:
+        scan.create_container("timer").create_channel("timer:t").emit(1.0)
+    script = tmp_path / "nodes.py"
+    script.write_text(NODE_FUNCTIONS)
+    done = _run([str(script), session.name], redis_url, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "['test_session']",
+        "1_saved /data/f.h5",
+        "nothing_yet",
+        "test_session:1_saved:timer",
+        "EventType.NEW_DATA timer:t [1.0, 2.0]",
+        "EventType.END_SCAN 1_saved",
+    ]

@@ -71,6 +71,11 @@ class DataNode:
         """The scan this node belongs to (the node itself for a scan; None for a session)."""
         return None
 
+    @property
+    def iterator(self) -> DataNode:
+        """The node itself (BLISS's deprecated ``node.iterator``, still in beamline scripts)."""
+        return self
+
     def children(self) -> list[DataNode]:
         """Direct children as stored now."""
         return []
