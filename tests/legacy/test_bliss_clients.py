@@ -19,6 +19,7 @@ import pytest
 from scanstream import (
     EventType,
     ImageReference,
+    IndexNotYetThereError,
     IndexWontBeThereError,
     ScansObserver,
     ScansWatcher,
@@ -275,3 +276,21 @@ def test_bliss_node_functions_of_beamline_scripts(redis_url, session, tmp_path):
         "EventType.NEW_DATA timer:t [1.0, 2.0]",
         "EventType.END_SCAN 1_saved",
     ]
+
+
+def test_last_point_of_a_channel_without_points_is_not_there_yet(store, session):
+    # BLISS's documented walk_events example prints node.get(-1) at each NEW_NODE (BLISS
+    # gave None): the channel has no point yet there.
+    with session.create_scan("s") as scan:
+        channel = scan.create_container("timer").create_channel("timer:t")
+        scan.prepared()
+        node = get_session_node(session.name, store=store).get_scan(scan.number).load_nodes()[-1]
+        with pytest.raises(IndexNotYetThereError, match="index -1, but only 0 points"):
+            node.get(-1)
+        channel.emit([1.0, 2.0])
+        scan.flush()  # the points are sent by a background sender
+        assert node.get(-1) == 2.0 and node.get(-2) == 1.0
+        with pytest.raises(IndexNotYetThereError):
+            node.get(-3)
+    with pytest.raises(IndexWontBeThereError):
+        node.get(-3)

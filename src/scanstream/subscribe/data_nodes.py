@@ -153,6 +153,12 @@ class StreamNode(ScanMemberNode):
         """[start, stop) for the BLISS-style inclusive ``get(from_index, to_index)``."""
         length = len(self) if from_index < 0 or (to_index is not None and to_index < 0) else 0
         if from_index < 0:
+            if from_index + length < 0:  # get(-1) of a channel without points (yet)
+                cls = IndexWontBeThereError if self.sealed else IndexNotYetThereError
+                raise cls(
+                    f"{self.db_name}: asked for index {from_index}, but only {length} points "
+                    + ("were published" if cls is IndexWontBeThereError else "are there yet")
+                )
             from_index += length
         if to_index is None:
             stop = from_index + 1
