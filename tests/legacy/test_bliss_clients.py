@@ -150,7 +150,9 @@ def test_simulated_scans_name_triggered_devices_and_their_group(store, session, 
 def test_lima_view_has_bliss_progress_and_frames(store, session, tmp_path):
     frames, refs = _frames(tmp_path)
     with session.create_scan("lima", {"save": False}) as scan:
-        lima = scan.create_container("timer").create_lima("lima:image", "uint16", (4, 2))
+        lima = scan.create_container("timer").create_lima(
+            "lima:image", "uint16", (4, 2), info={"saving_frame_per_file": 3}
+        )
         quiet = scan.create_container("t2").create_lima(
             "quiet:image", "uint16", (4, 2), saving_mode="NOSAVING"
         )
@@ -184,6 +186,7 @@ def test_lima_view_has_bliss_progress_and_frames(store, session, tmp_path):
     assert list(view.iter_image_references()) == refs
     assert view.image_reference(1, saved=True) == refs[1]
     assert view.first_ref_data["shape"] == [4, 2] and view.all_ref_data == [view.first_ref_data]
+    assert node.images_per_file == 3 and quiet_node.images_per_file is None
     quiet_view = quiet_node.get(0, -1)
     assert (quiet_view.last_image_ready, quiet_view.last_image_saved) == (1, -1)
     assert quiet_view.is_video_frame_have_meaning() is False

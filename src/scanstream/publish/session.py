@@ -165,8 +165,8 @@ class PublishingSession:
 
         ``scan_info`` gets ``scan_nb``, ``session_name``, ``name``, ``start_time`` (ISO 8601)
         and ``start_timestamp``; ``title`` defaults to ``name``, ``user_name`` to the user
-        running the publisher. ``N`` is above every number
-        the session's counter gave and above the numbering floor its writer recorded.
+        running the publisher. ``N`` is above every number the session's counter gave and
+        above the numbering floor its writer recorded.
 
         Parameters
         ----------

@@ -307,6 +307,12 @@ class LimaNode(StreamNode):
             self, from_index, None if to_index < 0 else to_index, from_stream=stream
         )
 
+    @property
+    def images_per_file(self) -> int | None:
+        """``saving_frame_per_file`` of the detector's description (BLISS's name), or None."""
+        value = self.info.get("saving_frame_per_file")  # with the publisher's later updates
+        return value if isinstance(value, int) else None
+
     def get_as_array(self, from_index: int | None = None, to_index: int | None = None) -> Any:
         """The images of :meth:`get` read from their files (one image: a 2D array)."""
         return self.get(from_index, to_index).as_array()
