@@ -25,6 +25,8 @@ from scanstream import (
     ScansWatcher,
     get_session_node,
 )
+from scanstream._protocol.entries import saving_fields
+from scanstream.models import SavingState, SavingVerdict
 from scanstream.sim import SavingConfig
 from scanstream.sim.catalogue import run_catalogue
 from scanstream.subscribe.images import Frame
@@ -297,3 +299,27 @@ def test_last_point_of_a_channel_without_points_is_not_there_yet(store, session)
             node.get(-3)
     with pytest.raises(IndexWontBeThereError):
         node.get(-3)
+
+
+def test_watcher_scan_info_always_names_a_filename(store, session):
+    # BLISS's scan display formats scan_info["filename"] in every header: a scan saved in the
+    # writer's default file (no filename published) names the file the writer recorded.
+    observer = KeywordOnly()
+    watcher = ScansWatcher(session.name, store=store)
+    watcher.set_observer(observer)
+    with watcher.watch():
+        assert watcher.wait_ready(2)
+        with session.create_scan("default_file", warn_no_writer=False) as scan:
+            scan.create_container("timer").create_channel("timer:t").emit(1.0)
+            scan.prepared()
+            node = get_session_node(session.name, store=store).get_scan(scan.number)
+            verdict = SavingVerdict(SavingState.WRITING, file="/data/default.h5")
+            store.redis.hset(node.key, mapping=saving_fields(verdict))
+        with session.create_scan("given", {"filename": "/data/given.h5"}, warn_no_writer=False):
+            pass
+        assert watcher.wait_no_more_running_scans(5)
+    first, second = (f"{session.name}:{n}" for n in ("1_default_file", "2_given"))
+    assert observer.created[first]["filename"] == ""  # nothing recorded yet
+    assert observer.finished[first]["filename"] == "/data/default.h5"
+    assert observer.created[second]["filename"] == "/data/given.h5"
+    assert "filename" not in node.info  # the node's own scan_info is left as published

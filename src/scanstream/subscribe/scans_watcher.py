@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..exceptions import ScanstreamError
 from ..models import NodeType, ScanState
 from .data_nodes import LimaNode
 from .events import Event, EventData, EventType, StopHandler
@@ -240,11 +241,11 @@ class ScansWatcher:
             if event_type == EventType.NEW_NODE:
                 self._running_scans.add(scan_db_name)
                 self._no_scans_event.clear()
-                self._call(observer.on_scan_created, scan_db_name, scan.info.get_all())
+                self._call(observer.on_scan_created, scan_db_name, _scan_info(scan))
             elif scan_db_name not in self._running_scans:
                 return
             elif event_type == EventType.PREPARED_SCAN:
-                self._call(observer.on_scan_started, scan_db_name, scan.info.get_all())
+                self._call(observer.on_scan_started, scan_db_name, _scan_info(scan))
             elif event_type == EventType.END_SCAN:
                 self._finish(observer, scan_db_name, scan, data)
             return
@@ -260,7 +261,7 @@ class ScansWatcher:
     ) -> None:
         try:
             try:
-                scan_info = scan.info.get_all()
+                scan_info = _scan_info(scan)
             except Exception:  # expired: report its end with what was known
                 scan_info = dict(scan.info)
             if data.data is ScanState.EXPIRED:
@@ -343,6 +344,22 @@ def _takes_keywords(method: Callable[..., None], names: tuple[str, ...]) -> bool
     if function is None:
         return _keywords_of.__wrapped__(method, names)
     return _keywords_of(function, names)
+
+
+def _scan_info(scan: Any) -> dict[str, Any]:
+    """The scan_info of ``scan`` read now, with the ``filename`` every BLISS scan had.
+
+    A scan published with saving on but no filename (the writer picks its default file)
+    names the file the writer recorded, ``""`` until it did: BLISS's observers format it
+    (the scan display's header) and would fail on its absence.
+    """
+    info: dict[str, Any] = scan.info.get_all()
+    if "filename" not in info:
+        try:
+            info["filename"] = scan.saving.file or ""
+        except ScanstreamError:  # expired meanwhile: no file known
+            info["filename"] = ""
+    return info
 
 
 class _ScanDescription(NamedTuple):
