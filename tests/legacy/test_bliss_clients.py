@@ -189,6 +189,9 @@ def test_lima_view_has_bliss_progress_and_frames(store, session, tmp_path):
     assert view.image_reference(1, saved=True) == refs[1]
     assert view.first_ref_data["shape"] == [4, 2] and view.all_ref_data == [view.first_ref_data]
     assert node.images_per_file == 3 and quiet_node.images_per_file is None
+    assert view.saving_frame_per_file == 3 and quiet_node.get(0, -1).saving_mode == "NOSAVING"
+    with pytest.raises(AttributeError, match="no 'server_url'"):
+        view.server_url  # noqa: B018 (a detector server scanstream has not)
     quiet_view = quiet_node.get(0, -1)
     assert (quiet_view.last_image_ready, quiet_view.last_image_saved) == (1, -1)
     assert quiet_view.is_video_frame_have_meaning() is False

@@ -378,6 +378,16 @@ class LimaDataView:
     def __repr__(self) -> str:
         return f"<LimaDataView {self.node.db_name!r} [{self.from_index}:{self._to_index}] len={len(self)}>"
 
+    def __getattr__(self, name: str) -> Any:
+        # BLISS's views answered the detector's settings as attributes (view.saving_mode,
+        # view.acq_trigger_mode...): the keys of the lima node's info.
+        if name.startswith("_") or name == "node":
+            raise AttributeError(name)
+        info = self.node.info
+        if name in info:
+            return info[name]
+        raise AttributeError(f"{type(self).__name__} {self.node.db_name!r} has no {name!r}")
+
     def _bounds(self) -> tuple[int, int]:
         length = len(self.node)
         start = self.from_index + length if self.from_index < 0 else self.from_index
