@@ -489,7 +489,11 @@ class ScanPublisher:
                 lambda: sum(self._tree.acknowledged().values()),
                 lambda: not (sender.stopped or sender.fatal),
             )
-            self._watch.start()
+            # Its thread starts when the first check is due, from the sender's thread after
+            # a send (the checks are skipped while no point is stored): a scan that ends
+            # within a period starts no thread for it.
+            watch = self._watch
+            sender.call_after(watch.period, lambda: watch.start(at_once=True))
 
     def _ensure_announced(self) -> None:
         """Announce the scan again if its NEW_SCAN entry is gone from the session stream.

@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import redis
@@ -197,6 +197,7 @@ class Sender:
         self._last_entries = 0  # entries of the last send: the pause after it
         self._renew_if_present = store.redis.register_script(_RENEW_IF_PRESENT)
         self._heads = CommandHeads()  # the RESP heads of this scan's XADDs, built once
+        self._later: tuple[float, Callable[[], None]] | None = None  # see call_after
 
     def __repr__(self) -> str:
         return f"<Sender {self.name!r}{' stopped' if self.stopped else ''}>"
@@ -217,6 +218,15 @@ class Sender:
     def drop(self) -> int:
         """Forget every queued point; return how many there were."""
         return sum(q.drop() for q in self._queues)
+
+    def call_after(self, delay: float, action: Callable[[], None]) -> None:
+        """Have the background thread call ``action`` once, after its first successful send
+        at least ``delay`` seconds from now (never if the sender stops before).
+
+        For work that matters only once the scan has run a while and stored points: a scan
+        that ends sooner never pays for it (the announcement watch's thread).
+        """
+        self._later = (time.monotonic() + delay, action)
 
     # -- thread -------------------------------------------------------------------------
     def start(self) -> None:
@@ -259,6 +269,10 @@ class Sender:
                 break
             last_send = time.monotonic()
             ok = self.send(raise_errors=False)
+            later = self._later
+            if later is not None and ok and last_send >= later[0]:
+                self._later = None
+                later[1]()
             if ok and time.monotonic() >= next_renewal:
                 ok = self._renew_lease(lease_ms)
                 if ok:
