@@ -531,6 +531,10 @@ class ScanPublisher:
         if self._sender.error is not None:
             raise self._sender.error
         self._sender.send(raise_errors=True, nodes=True)
+        # The background thread may have found the scan lost (and dropped the points) while
+        # this call waited for the send lock: then there was nothing left to send here.
+        if self._sender.fatal and self._sender.error is not None:
+            raise self._sender.error
 
     def end(
         self,
