@@ -73,10 +73,20 @@ def test_a_new_stream_is_not_left_behind_on_a_flushed_server(
 def test_nodes_and_prepared_are_not_written_into_a_lost_scan(
     session: PublishingSession, store: DataStore
 ) -> None:
+    # Nodes made before prepared() are written with PREPARED (decision 0015): the loss is
+    # found there, and nothing is written.
     scan = session.create_scan("lost_tree", {})
     store.redis.flushall()
+    scan.create_container("timer").create_channel("c")
+    with pytest.raises(ScanLostError, match="it was not marked PREPARED"):
+        scan.prepared()
+    assert store.redis.keys("*") == []
+    # A node made after prepared() is written before it is handed out.
+    late = session.create_scan("lost_late_node", {})
+    late.prepared()
+    store.redis.flushall()
     with pytest.raises(ScanLostError, match="no node 'timer' was created"):
-        scan.create_container("timer")
+        late.create_container("timer")
     assert store.redis.keys("*") == []
     other = session.create_scan("lost_prepared", {})
     store.redis.delete(store.keys.scan(session.name, other.number))
@@ -91,6 +101,7 @@ def test_an_idle_scan_learns_it_is_lost_from_its_lease(
     # The store's lease is 2 s: renewed every 0.67 s, and never re-created without its scan.
     scan = session.create_scan("idle", {})
     scan.create_container("timer").create_channel("c", "float64")
+    scan.flush()  # its NEW_NODE entries written: nothing left to send
     store.redis.flushall()
     deadline = time.monotonic() + 10
     while True:

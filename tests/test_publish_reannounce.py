@@ -235,3 +235,14 @@ def test_an_idle_running_scan_is_not_checked(
     assert len(checks) == 2
     scan.end()
     assert len(checks) == 3
+
+
+def test_a_scan_shorter_than_a_period_starts_no_check_thread(session: PublishingSession) -> None:
+    scan = session.create_scan("short", {})
+    channel = scan.create_container("timer").create_channel("x")
+    scan.prepared()
+    channel.emit(1.0)
+    scan.flush()
+    name = f"scanstream-announce-{scan.db_name}"
+    assert name not in [t.name for t in threading.enumerate()]  # due after CHECK_PERIOD only
+    scan.end()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any, NamedTuple, cast
 
@@ -119,17 +119,23 @@ def prepare_scan(
     number: int,
     hash_fields: Mapping[Any, object],
     entry_fields: Mapping[Any, object],
+    new_nodes: Sequence[Mapping[Any, object]] = (),
 ) -> bool:
     """Update a scan's hash and append its PREPARED entry in one step; False if it is gone.
+
+    ``new_nodes``: the fields of NEW_NODE entries appended first, in order (the nodes created
+    before ``prepared()`` whose entries were not written yet).
 
     Nothing is written when the scan hash does not exist (a server that lost the scan): keys
     written then would have no expiry.
     """
     pairs = [_text(part) for item in hash_fields.items() for part in item]
-    entry = [_text(part) for item in entry_fields.items() for part in item]
-    return bool(
-        _PREPARE_SCAN(client, _scan_keys(keys, session, number), [str(len(pairs)), *pairs, *entry])
-    )
+    args = [str(len(pairs)), *pairs, str(len(new_nodes))]
+    for fields in new_nodes:
+        node = [_text(part) for item in fields.items() for part in item]
+        args += [str(len(node)), *node]
+    args += [_text(part) for item in entry_fields.items() for part in item]
+    return bool(_PREPARE_SCAN(client, _scan_keys(keys, session, number), args))
 
 
 def set_node_info(

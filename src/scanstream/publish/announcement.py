@@ -11,7 +11,9 @@ The check runs in a thread of its own, not in the sender's: during a failover of
 master it waits as any command does (redis-py's retries, the outage budget), and the data,
 usually on another master, must go on flowing meanwhile; ``emit`` never waits on it. It is
 skipped while the scan stored no new point since the last check: an idle scan costs nothing,
-and a scan that sends costs one ``XRANGE`` of one ID per period.
+and a scan that sends costs one ``XRANGE`` of one ID per period. The scan starts the thread
+only when the first check is due (from its sender's thread, after a send): a scan that ends
+within a period starts none.
 """
 
 from __future__ import annotations
@@ -63,13 +65,20 @@ class AnnouncementWatch:
         self._running = running
         self._period = CHECK_PERIOD if period is None else period
         self._checked = progress()  # what was just checked (at prepared())
+        self._at_once = False
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"scanstream-announce-{name}", daemon=True
         )
 
-    def start(self) -> None:
-        """Start the checks."""
+    @property
+    def period(self) -> float:
+        """Seconds between two checks."""
+        return self._period
+
+    def start(self, *, at_once: bool = False) -> None:
+        """Start the checks; the first one after a period, or at once with ``at_once``."""
+        self._at_once = at_once
         self._thread.start()
 
     def stop(self) -> None:
@@ -80,7 +89,9 @@ class AnnouncementWatch:
 
     def _run(self) -> None:
         checked = self._checked
-        while not self._stop.wait(self._period) and self._running():
+        pause = 0.0 if self._at_once else self._period
+        while not self._stop.wait(pause) and self._running():
+            pause = self._period
             progress = self._progress()
             if progress == checked:
                 continue

@@ -85,8 +85,11 @@ _CREATION_KEYS = frozenset({"dtype", "shape", "unit", "saving_mode"})
 class _NodeTree:
     """The nodes of one scan: numbered in creation order, names unique under a parent.
 
-    Each node is announced by a NEW_NODE entry before it is handed out, so that a reader
-    knows every node before its first data.
+    Every NEW_NODE entry precedes PREPARED and the node's first data, so that a reader knows
+    every node before its data. The nodes created before ``prepared()`` are written with
+    PREPARED, in one script call (``prepare_scan.lua``), or by the sender in the transaction
+    of the first data sent before it (:meth:`take_unwritten`); a node created after it is
+    written before it is handed out (decision 0015).
     """
 
     def __init__(self, scan: ScanPublisher, sender: Sender) -> None:
@@ -100,6 +103,10 @@ class _NodeTree:
         self.descriptions: list[NodeDescription] = []  # for complete_scan_info
         self._updates: dict[int, dict[str, Any]] = {}  # node index -> info keys added
         self.data_nodes: list[_DataPublisher] = []
+        # NEW_NODE fields of the nodes made before prepared() and not written yet, in order.
+        self._unwritten: list[dict[Any, Any]] = []
+        #: True while some NEW_NODE entries are not written (read by the sender, unlocked).
+        self.pending = False
 
     def add(
         self,
@@ -135,11 +142,12 @@ class _NodeTree:
                 raise NodeExistsError(f"{parent_db_name} already has a child named {name!r}")
             index = self._count + 1
             desc = NodeDescription(index, parent_index, node_type, name, node_info)
+            fields = new_node_fields(desc)
+            if scan.state is ScanState.CREATED:  # written with PREPARED or the first data
+                self._unwritten.append(fields)
+                self.pending = True
             # NOMKSTREAM: on a server that lost the scan, create no stream without expiry.
-            if (
-                scan.store.redis.xadd(self.events_key, new_node_fields(desc), nomkstream=True)
-                is None
-            ):
+            elif scan.store.redis.xadd(self.events_key, fields, nomkstream=True) is None:
                 raise scan.lost(f"no node {name!r} was created")
             self._names.add((parent_index, name))
             self._count = index
@@ -149,6 +157,59 @@ class _NodeTree:
             if isinstance(node, _DataPublisher):
                 self.data_nodes.append(node)
             return node
+
+    def take_unwritten(self) -> list[tuple[str, dict[bytes, bytes]]]:
+        """The NEW_NODE entries not written yet, as ``(events key, fields)``; forgotten here.
+
+        For the sender, which writes them at the head of its transaction (it holds its send
+        lock: :meth:`ScanPublisher.prepared` takes it too, so the two never both write them).
+        """
+        with self._lock:
+            unwritten, self._unwritten, self.pending = self._unwritten, [], False
+        key = self.events_key
+        return [
+            (key, {str(k).encode(): str(v).encode() for k, v in fields.items()})
+            for fields in unwritten
+        ]
+
+    def give_back_unwritten(self, entries: list[tuple[str, dict[bytes, bytes]]]) -> None:
+        """Entries of :meth:`take_unwritten` whose transaction failed: written later."""
+        if not entries:
+            return
+        with self._lock:
+            self._unwritten[:0] = [
+                {k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries
+            ]
+            self.pending = True
+
+    def prepare(
+        self,
+        hash_fields: Mapping[Any, object],
+        entry: Mapping[Any, object],
+        written: Callable[[], None],
+    ) -> bool:
+        """Write the unwritten NEW_NODE entries and PREPARED (``prepare_scan``); False if lost.
+
+        Called with the sender's send lock held: no send writes NEW_NODE entries meanwhile.
+        ``written`` (which makes the scan PREPARED) is called under the tree's lock, so that
+        a node created concurrently is either in this call or written by itself.
+        """
+        scan = self.scan
+        store = scan.store
+        with self._lock:
+            done = prepare_scan(
+                store.redis,
+                store.keys,
+                scan.session_name,
+                scan.number,
+                hash_fields,
+                entry,
+                self._unwritten,
+            )
+            if done:
+                self._unwritten, self.pending = [], False
+                written()
+            return done
 
     def acknowledged(self) -> dict[int, int]:
         """Data node index -> points Redis acknowledged, for the end-of-scan check."""
@@ -330,6 +391,7 @@ class ScanPublisher:
         lease_key = keys.scan_lease(session.name, number)
         self._sender = Sender(self.store, lease_key, self.db_name, scan_key=self._key)
         self._tree = _NodeTree(self, self._sender)
+        self._sender.nodes = self._tree  # NEW_NODE entries go before the first data
         self._sender.start()
 
     @property
@@ -411,12 +473,13 @@ class ScanPublisher:
         self._info = complete_scan_info(self._info, self._tree.descriptions)
         hash_fields = prepared_hash_fields(metadata.dumps(self._info))
         entry = state_entry_fields(PREPARED, time.time())
-        store = self.store
-        if not prepare_scan(
-            store.redis, store.keys, self.session_name, self.number, hash_fields, entry
-        ):
-            raise self.lost("it was not marked PREPARED")
-        self._state = ScanState.PREPARED
+        with self._sender.send_lock:  # no send writes the unwritten NEW_NODE entries meanwhile
+
+            def written() -> None:
+                self._state = ScanState.PREPARED
+
+            if not self._tree.prepare(hash_fields, entry, written):
+                raise self.lost("it was not marked PREPARED")
         self._ensure_announced()
         if self._announced is not None:
             sender = self._sender
@@ -426,7 +489,11 @@ class ScanPublisher:
                 lambda: sum(self._tree.acknowledged().values()),
                 lambda: not (sender.stopped or sender.fatal),
             )
-            self._watch.start()
+            # Its thread starts when the first check is due, from the sender's thread after
+            # a send (the checks are skipped while no point is stored): a scan that ends
+            # within a period starts no thread for it.
+            watch = self._watch
+            sender.call_after(watch.period, lambda: watch.start(at_once=True))
 
     def _ensure_announced(self) -> None:
         """Announce the scan again if its NEW_SCAN entry is gone from the session stream.
@@ -449,6 +516,9 @@ class ScanPublisher:
     def flush(self) -> None:
         """Send every queued point now and wait until Redis has them.
 
+        Nodes created before :meth:`prepared` are written with it (or with the first data
+        sent); ``flush`` writes them now, for readers that look for them before.
+
         Raises
         ------
         redis.exceptions.ConnectionError
@@ -460,7 +530,11 @@ class ScanPublisher:
         """
         if self._sender.error is not None:
             raise self._sender.error
-        self._sender.send(raise_errors=True)
+        self._sender.send(raise_errors=True, nodes=True)
+        # The background thread may have found the scan lost (and dropped the points) while
+        # this call waited for the send lock: then there was nothing left to send here.
+        if self._sender.fatal and self._sender.error is not None:
+            raise self._sender.error
 
     def end(
         self,
@@ -564,7 +638,9 @@ class ScanPublisher:
         if self._sender.fatal:  # already dropped, and said so by the error emit raised
             return error
         try:
-            self._sender.send(raise_errors=True)
+            self._sender.send(
+                raise_errors=True, nodes=True
+            )  # and the nodes of a scan never prepared
         except redis.exceptions.ResponseError as exc:
             if state is ScanState.DONE:
                 raise

@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import redis
@@ -114,6 +114,21 @@ class DataQueue(Protocol):
         """Encode taken batches as ``(fields, npoints)`` entries, in order."""
 
 
+class NodeEntries(Protocol):
+    """The NEW_NODE entries a sender writes at the head of its next transaction.
+
+    ``pending`` is True while there are some (read without a lock on every send).
+    """
+
+    pending: bool
+
+    def take_unwritten(self) -> list[tuple[str, dict[bytes, bytes]]]:
+        """Remove and return the entries, as ``(events key, fields)``."""
+
+    def give_back_unwritten(self, entries: list[tuple[str, dict[bytes, bytes]]]) -> None:
+        """Entries taken for a transaction that was not applied: written by a later one."""
+
+
 class Sender:
     """Sends the queued points of a scan's data nodes; renews the scan's lease meanwhile.
 
@@ -171,7 +186,10 @@ class Sender:
         # Queues that got points since the sender last took from them. A deque: its append
         # and popleft are atomic, so the emitting threads need no lock of the sender's.
         self._ready: deque[DataQueue] = deque()
-        self._send_lock = threading.Lock()  # one send at a time (background thread, flush, end)
+        # One send at a time (background thread, flush, end); held by prepared() too.
+        self.send_lock = self._send_lock = threading.Lock()
+        #: NEW_NODE entries written before the data of a send (the scan's node tree), if any.
+        self.nodes: NodeEntries | None = None
         self._stop = threading.Event()  # interrupts every pause of the background thread
         self._thread: threading.Thread | None = None
         self._backoff = backoff or _FAILED_SEND_BACKOFF
@@ -179,6 +197,7 @@ class Sender:
         self._last_entries = 0  # entries of the last send: the pause after it
         self._renew_if_present = store.redis.register_script(_RENEW_IF_PRESENT)
         self._heads = CommandHeads()  # the RESP heads of this scan's XADDs, built once
+        self._later: tuple[float, Callable[[], None]] | None = None  # see call_after
 
     def __repr__(self) -> str:
         return f"<Sender {self.name!r}{' stopped' if self.stopped else ''}>"
@@ -199,6 +218,15 @@ class Sender:
     def drop(self) -> int:
         """Forget every queued point; return how many there were."""
         return sum(q.drop() for q in self._queues)
+
+    def call_after(self, delay: float, action: Callable[[], None]) -> None:
+        """Have the background thread call ``action`` once, after its first successful send
+        at least ``delay`` seconds from now (never if the sender stops before).
+
+        For work that matters only once the scan has run a while and stored points: a scan
+        that ends sooner never pays for it (the announcement watch's thread).
+        """
+        self._later = (time.monotonic() + delay, action)
 
     # -- thread -------------------------------------------------------------------------
     def start(self) -> None:
@@ -241,6 +269,10 @@ class Sender:
                 break
             last_send = time.monotonic()
             ok = self.send(raise_errors=False)
+            later = self._later
+            if later is not None and ok and last_send >= later[0]:
+                self._later = None
+                later[1]()
             if ok and time.monotonic() >= next_renewal:
                 ok = self._renew_lease(lease_ms)
                 if ok:
@@ -278,8 +310,11 @@ class Sender:
         if not self.send(raise_errors=False) and self.error is not None:
             raise self.error
 
-    def send(self, *, raise_errors: bool) -> bool:
+    def send(self, *, raise_errors: bool, nodes: bool = False) -> bool:
         """Send all queued points. True if done; False (or raise) if Redis refused or failed.
+
+        The unwritten NEW_NODE entries (:attr:`nodes`) go ahead of the points, and with
+        ``nodes`` even when no point is queued (the end of a scan never prepared).
 
         A network error (after redis-py's retries) keeps the points queued; once Redis has
         been unreachable for ``max_unreachable_time`` the scan fails. A refusal by Redis (it
@@ -287,7 +322,7 @@ class Sender:
         """
         with self._send_lock:
             try:
-                self._send_pending()
+                self._send_pending(nodes)
             except _TRANSIENT as exc:
                 fatal = self._unreachable(exc)
                 if raise_errors:
@@ -309,7 +344,7 @@ class Sender:
             self.refusing = self.stopped
         return True
 
-    def _send_pending(self) -> None:
+    def _send_pending(self, with_nodes: bool = False) -> None:
         """Send all queued batches in one transaction (caller holds the send lock)."""
         # Only the queues that said they got points. A queue taken and filled again during
         # this loop is listed twice: its later batches follow its earlier ones in the same
@@ -321,7 +356,15 @@ class Sender:
             batches = queue.take()
             if batches:
                 by_queue.setdefault(queue, []).extend(batches)
-        if not by_queue:
+        nodes = self.nodes
+        # NEW_NODE entries of nodes made before prepared() (rare: data or end() came first):
+        # ahead of the data, in the same transaction.
+        announced = (
+            nodes.take_unwritten()
+            if nodes is not None and nodes.pending and (by_queue or with_nodes)
+            else []
+        )
+        if not by_queue and not announced:
             self._last_entries = 0
             return
         taken = list(by_queue.items())
@@ -329,7 +372,11 @@ class Sender:
         sent: list[tuple[DataQueue, int]] = []
         written: list[tuple[str, str, int]] = []
         created: list[str] = []
+        applied = False
         try:
+            for events_key, node_fields in announced:
+                # NOMKSTREAM: a server that lost the scan gets no event stream without expiry.
+                transaction.xadd(events_key, node_fields, "*", nomkstream=True)
             for queue, batches in taken:
                 first = queue.sent
                 for fields, npoints in queue.encode(batches):
@@ -349,14 +396,22 @@ class Sender:
                 transaction.exists(cast(str, self.scan_key))
                 transaction.hexists(cast(str, self.scan_key), LOST_FIELD)  # or only its record
             results = transaction.execute()
+            applied = True
             recorded_lost, scan_exists = (results.pop(), results.pop()) if created else (0, 1)
             if scan_exists == 0 or recorded_lost:
                 self._unmake(created)
                 raise self.lost_error("its data could not be stored")
-            self._check_results(written, results)
+            for reply in results[: len(announced)]:
+                if reply is None:  # NOMKSTREAM on a missing event stream: the scan is gone
+                    raise self.lost_error("its nodes could not be announced")
+                if isinstance(reply, Exception):
+                    raise reply
+            self._check_results(written, results[len(announced) :])
         except BaseException:
             for queue, batches in taken:
                 queue.give_back(batches)
+            if not applied and nodes is not None:  # else written: not to be written twice
+                nodes.give_back_unwritten(announced)
             raise
         for queue, total in sent:
             queue.sent = total
