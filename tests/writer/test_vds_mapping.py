@@ -293,3 +293,122 @@ def test_closing_the_file_closes_the_vds_kept_open(tmp_path: Path) -> None:
         assert not vds.id.valid
     _assert_same(master, master)
     assert _state(master)[1] == (10, *FRAME)
+
+
+# -- rebuilds spaced by their duration (require_image_vds(..., rebuild_interval=...)) ----------
+def test_a_rebuild_waits_the_interval_or_a_multiple_of_the_last_rebuild() -> None:
+    mapping = VdsMapping([], 0, FRAME, np.dtype("u2"), np.uint16(0))
+    assert mapping.wait(0.0, 0.2) <= 0  # never built: due at once
+    mapping.built(10.0, 10.5)  # a rebuild of 0.5 s: the next one 4 x 0.5 s after it ended
+    assert mapping.wait(11.0, 0.2) == pytest.approx(10.5 + vds_mapping.REBUILD_FACTOR * 0.5 - 11)
+    assert mapping.wait(10.5 + vds_mapping.REBUILD_FACTOR * 0.5, 0.2) <= 0
+    mapping.built(20.0, 20.001)  # a short one: the interval given
+    assert mapping.wait(20.1, 0.2) == pytest.approx(0.101)
+    assert mapping.wait(20.201, 0.2) <= 0
+
+
+def test_frames_mapped_between_rebuilds_are_in_the_table_and_the_vds_at_the_end(
+    tmp_path: Path,
+) -> None:
+    """With a long interval the VDS keeps the frames of its last rebuild (present, with its
+    attributes, reading what the table says for them), the table has every frame, and
+    complete_image_vds makes the file of one call with every reference."""
+    refs = _detector_files(tmp_path / "det", 500, 10)
+    master = tmp_path / "m.h5"
+    with nexus.open_nexus_file(master, "w") as f:
+        group = f.create_group("measurement")
+        first = 0
+        for size in [37, 10, 55, 3, 100, 95, 200]:
+            vds = nexus.require_image_vds(
+                group,
+                "cam",
+                refs[first : first + size],
+                dtype="u2",
+                frame_shape=FRAME,
+                first_index=first,
+                rebuild_interval=3600.0,
+            )
+            first += size
+            assert vds is not None and group["cam"].id == vds.id
+            assert dict(vds.attrs) == {"long_name": "cam", "interpretation": "image"}
+            assert vds.shape[0] == 37  # created with its first frames, not rebuilt since
+            assert group["cam_references"].shape[0] == first
+            np.testing.assert_array_equal(vds[:, 0, 0], np.arange(37))
+        assert nexus.complete_image_vds(group, "cam", rebuild_interval=3600.0) is not None
+        assert group["cam"].shape[0] == 37  # not due
+        assert nexus.complete_image_vds(group, "cam") is None
+        assert group["cam"].shape[0] == 500
+        assert nexus.complete_image_vds(group, "cam") is None  # nothing left: untouched
+        assert "cam_building" not in group
+    _map(tmp_path / "one_call.h5", [(0, refs)])
+    _assert_same(master, tmp_path / "one_call.h5")
+
+
+@pytest.mark.parametrize("per_file", [1, 100])
+def test_batches_with_rebuilds_spaced_make_the_mapping_of_one_call(
+    tmp_path: Path, per_file: int
+) -> None:
+    """Rebuilds due now and then (interval 0: due unless the last one was very recent; an
+    hour: not due), frames mapped again over ones not yet in the VDS; the VDS in place after
+    each batch is a state of the mapping (each frame reads what the table said for it)."""
+    refs = _detector_files(tmp_path / "det", 1000, per_file)
+    rng = random.Random(per_file)
+    batches = _batches(refs, [rng.randint(1, 60) for _ in range(60)])
+    x = batches[4][0]
+    batches.insert(5, (x - 3, refs[700:723]))  # frames of elsewhere over frames just mapped
+    value = {r: k for k, r in enumerate(refs)}  # frame k holds the value k
+    master = tmp_path / "batches.h5"
+    mapped: list[tuple[str, str, int, str]] = []  # what the table says
+    in_vds: list[tuple[str, str, int, str]] = []  # what the VDS says: the last rebuild's
+    rebuilt = 0
+    with nexus.open_nexus_file(master, "w") as f:
+        group = f.create_group("measurement")
+        for first, part in batches:
+            before = group["cam"].id if "cam" in group else None
+            vds = nexus.require_image_vds(
+                group,
+                "cam",
+                part,
+                dtype="u2",
+                frame_shape=FRAME,
+                first_index=first,
+                rebuild_interval=rng.choice([0.0, 3600.0]),
+            )
+            mapped[first : first + len(part)] = part
+            assert vds is not None and dict(vds.attrs)["interpretation"] == "image"
+            if vds.id != before:
+                rebuilt += 1
+                in_vds = list(mapped)
+            assert [tuple(r) for r in group["cam_references"].asstr()[()]] == [
+                (os.path.relpath(p, tmp_path), d, str(i), fmt) for p, d, i, fmt in mapped
+            ]
+            np.testing.assert_array_equal(vds[:, 0, 0], [value[r] for r in in_vds])
+        assert nexus.complete_image_vds(group, "cam") is None
+    assert 1 < rebuilt < len(batches)  # some rebuilt, some left for later
+    _map(tmp_path / "one_call.h5", [(0, mapped)])
+    _assert_same(master, tmp_path / "one_call.h5")
+
+
+def test_a_mapping_ahead_of_its_vds_is_kept_beyond_the_bound(tmp_path: Path) -> None:
+    """The mappings kept are bounded, but not by dropping frames the file lacks."""
+    refs = _detector_files(tmp_path / "det", 6, 3)
+    with nexus.open_nexus_file(tmp_path / "m.h5", "w") as f:
+        ahead = f.create_group("ahead")
+        nexus.require_image_vds(ahead, "cam", refs[:3], dtype="u2", frame_shape=FRAME)
+        nexus.require_image_vds(
+            ahead,
+            "cam",
+            refs[3:],
+            dtype="u2",
+            frame_shape=FRAME,
+            first_index=3,
+            rebuild_interval=3600.0,
+        )
+        for k in range(vds_mapping.MAPPINGS_KEPT + 5):
+            group = f.create_group(f"e{k}")
+            nexus.require_image_vds(group, "cam", refs, dtype="u2", frame_shape=FRAME)
+        assert len(vds_mapping._mappings) <= vds_mapping.MAPPINGS_KEPT
+        assert ahead["cam"].shape[0] == 3
+        assert nexus.complete_image_vds(ahead, "cam") is None
+        assert ahead["cam"].shape[0] == 6
+        np.testing.assert_array_equal(ahead["cam"][:, 0, 0], np.arange(6))

@@ -51,6 +51,7 @@ class LiveBatches:
     _written: dict[int, int]  # data node index -> points in its dataset
     _plot_groups: dict[str, list[frozenset[int]]]  # entry name -> NXdata members
     _guarded: Callable[..., None]  # metadata: a warning on failure, never an error
+    _images_wait: float | None  # seconds until an image VDS lacking frames is due, or None
 
     def _hold(self, index: int, first: int, values: Any) -> None:
         self._held.setdefault(index, []).append((first, values))
@@ -66,6 +67,8 @@ class LiveBatches:
             targets = self._targets()
         for index in list(self._held):
             self._write_held(index, targets.get(index))
+        # Image VDS left behind by earlier batches, though no frames came in this one.
+        self._complete_images(self.files.flush_period)
         for entry in self._entries.values():
             if entry.name in self._grids:
                 nexus.grow_live_grids(entry)  # the mesh rows completed in this batch
@@ -74,9 +77,24 @@ class LiveBatches:
         )
 
     def _write_all_held(self) -> None:
+        """Every held point (the end of the scan), and every image VDS up to date."""
         for index in list(self._held):
             self._write_held(index, None)
         self._held_bytes = 0
+        self._complete_images(None)
+
+    def _complete_images(self, interval: float | None) -> float | None:
+        """Rebuild the image VDS that lack frames (with ``interval``: those due); the
+        seconds until the next one is due, None when all are complete."""
+        waits = [
+            nexus.complete_image_vds(
+                self._entry_of[index]["measurement"], node.name, rebuild_interval=interval
+            )
+            for index, node in self._data_nodes.items()
+            if isinstance(node, LimaNode) and index in self._written
+        ]
+        self._images_wait = min((w for w in waits if w is not None), default=None)
+        return self._images_wait
 
     def _available(self, index: int) -> int:
         chunks = self._held.get(index)
@@ -133,6 +151,10 @@ class LiveBatches:
                 dtype=node.dtype,
                 frame_shape=node.shape,
                 first_index=first,
+                # Rebuilt at most once per flush period (readers see flushes only) and
+                # spaced by its duration: the mapping of a scan of many detector files is
+                # re-encoded at every rebuild (docs/performance.md). Complete at the end.
+                rebuild_interval=self.files.flush_period,
             )
             end = first + len(values)
         if index not in self._written:

@@ -125,6 +125,7 @@ class ScanWriter(LiveBatches, EndOfScan):
         self._held: dict[int, list[tuple[int, Any]]] = {}
         self._held_bytes = 0
         self._written: dict[int, int] = {}  # data node index -> points in its dataset
+        self._images_wait: float | None = None
         self._plot_groups: dict[str, list[frozenset[int]]] = {}  # entry name -> NXdata members
         self._subscans: list[ScanNode] = []
         self._device_groups: dict[int, h5py.Group] = {}  # data node index -> its device group
@@ -208,6 +209,7 @@ class ScanWriter(LiveBatches, EndOfScan):
                         self.files.flush_if_due(self._file)
                         batch.close()
                         batch_start = None
+                        self._complete_images_while_idle(events)
             if self.result.complete:
                 self._check_lengths()
         except OSError as exc:
@@ -219,6 +221,17 @@ class ScanWriter(LiveBatches, EndOfScan):
         if self.result.complete and not self._stopped():
             self._guarded("default plot of the session file", self._link_default)
         return self.result
+
+    def _complete_images_while_idle(self, events: ReadAhead) -> None:
+        """Rebuild the image VDS left behind by the last batches (live_batch.py) when their
+        rebuild is due before the next event: a scan that pauses leaves none behind."""
+        assert self._file is not None
+        while self._images_wait is not None and not events.ready(max(self._images_wait, 1e-3)):
+            if self._stopped():
+                return
+            with self.files.batch(self._file):
+                self._complete_images(self.files.flush_period)
+                self.files.mark_dirty(self._file)
 
     def _stopped(self) -> bool:
         return self._stop is not None and self._stop.stopped

@@ -74,7 +74,13 @@ from .channels import (
 )
 from .compression import COMPRESSIONS, DEFAULT_COMPRESSION, compression_options
 from .grids import LIVE_GRID_ATTR, grow_live_grids
-from .images import ImageReference, is_hdf5_format, references_dataset_name, require_image_vds
+from .images import (
+    ImageReference,
+    complete_image_vds,
+    is_hdf5_format,
+    references_dataset_name,
+    require_image_vds,
+)
 from .layout import (
     LAYOUT_ATTR,
     LAYOUTS,
@@ -112,6 +118,7 @@ __all__ = [
     "channel_datasets",
     "channel_path",
     "channel_paths",
+    "complete_image_vds",
     "compression_options",
     "default_plot_name",
     "entry_layout",

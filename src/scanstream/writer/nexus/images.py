@@ -13,6 +13,7 @@ import functools
 import logging
 import operator
 import os
+import time
 from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
@@ -25,11 +26,12 @@ from ...exceptions import NexusLayoutError
 from ...models import is_hdf5_format  # the one rule, shared with read_image (F16)
 from . import vds_mapping
 from .channels import channel_dataset_name, fill_value_for
-from .layout import CHANNEL_ATTR, link_placed, place_channel
+from .layout import CHANNEL_ATTR, Placement, link_placed, place_channel
 from .vds_mapping import Block, VdsMapping, escaped
 
 __all__ = [
     "ImageReference",
+    "complete_image_vds",
     "is_hdf5_format",
     "references_dataset_name",
     "require_image_vds",
@@ -91,6 +93,7 @@ def require_image_vds(
     frame_shape: Sequence[int],
     file_dir: str | os.PathLike[str] | None = None,
     first_index: int = 0,
+    rebuild_interval: float | None = None,
 ) -> h5py.Dataset | None:
     """Map detector frames into the virtual dataset ``group[name]`` (nframes, *frame_shape).
 
@@ -122,14 +125,25 @@ def require_image_vds(
         Detector files below it are stored with relative paths (HDF5 looks them up relative
         to the master file), others with absolute paths.
     first_index : int
-        Frame index of ``references[0]``; must be <= the current number of frames.
+        Frame index of ``references[0]``; must be <= the current number of frames (those
+        mapped, also those not yet in the VDS).
+    rebuild_interval : float, optional
+        None (default): the VDS holds the new frames when the call returns. A number of
+        seconds: the VDS may be left as it is (the new frames mapped in memory, the table
+        written) when its last rebuild ended less than ``rebuild_interval`` seconds ago, or
+        less than :data:`~.vds_mapping.REBUILD_FACTOR` times that rebuild's duration, so
+        that rebuilding a large mapping takes a bounded share of the time. A VDS is always
+        created with its first frames. Bring it up to date with
+        :func:`complete_image_vds` (or a call without ``rebuild_interval``) before the file
+        is closed: otherwise it lacks the frames of the last calls.
 
     Returns
     -------
     h5py.Dataset or None
         The virtual dataset, fill value :func:`fill_value_for` (what readers get for frames
-        whose file is missing or not yet written). None when a reference is not in an HDF5
-        format (EDF, CBF...): then only the table is written (warning logged once).
+        whose file is missing or not yet written); with ``rebuild_interval``, maybe without
+        the new frames yet. None when a reference is not in an HDF5 format (EDF, CBF...):
+        then only the table is written (warning logged once).
 
     Notes
     -----
@@ -185,9 +199,72 @@ def require_image_vds(
             f" and a gap would read as fill values; pass first_index <= {current}"
         )
     existing = mapping.vds
-    if not mapping.replace(first, rows.blocks(first)) and existing is not None:
+    mapping.replace(first, rows.blocks(first))
+    if existing is not None and (
+        not mapping.pending
+        or (rebuild_interval is not None and mapping.wait(time.monotonic(), rebuild_interval) > 0)
+    ):
         vds_mapping.keep(group, dsname, mapping, existing)
         return existing
+    return _build(measurement, placement, group, dsname, identity, name, mapping)
+
+
+def complete_image_vds(
+    group: h5py.Group, name: str, *, rebuild_interval: float | None = None
+) -> float | None:
+    """Bring the image VDS of channel ``name`` in ``group`` up to date: rebuild it when
+    :func:`require_image_vds` (with ``rebuild_interval``) mapped frames it lacks.
+
+    Parameters
+    ----------
+    group : h5py.Group
+        The group given to :func:`require_image_vds` (usually ``measurement``).
+    name : str
+        Full channel name.
+    rebuild_interval : float, optional
+        None (default): rebuild now. Else only if the rebuild is due (as in
+        :func:`require_image_vds`).
+
+    Returns
+    -------
+    float or None
+        None when the VDS holds every frame mapped (or there is none); else the seconds
+        until its rebuild is due (call again then).
+    """
+    measurement = group
+    placement = place_channel(group, name, 2)
+    if placement is None:
+        dsname, identity = channel_dataset_name(name), "long_name"
+    else:
+        group, dsname, identity = placement.device, placement.member, CHANNEL_ATTR
+    mapping = vds_mapping.take(group, dsname)
+    if mapping is None:
+        return None
+    assert mapping.vds is not None  # take() checks it
+    if mapping.pending and rebuild_interval is not None:
+        wait = mapping.wait(time.monotonic(), rebuild_interval)
+        if wait > 0:
+            vds_mapping.keep(group, dsname, mapping, mapping.vds)
+            return wait
+    if not mapping.pending:
+        vds_mapping.keep(group, dsname, mapping, mapping.vds)
+        return None
+    _build(measurement, placement, group, dsname, identity, name, mapping)
+    return None
+
+
+def _build(
+    measurement: h5py.Group,
+    placement: Placement | None,
+    group: h5py.Group,
+    dsname: str,
+    identity: str,
+    name: str,
+    mapping: VdsMapping,
+) -> h5py.Dataset:
+    """Create ``group[dsname]`` from ``mapping``, in place of the VDS there if any."""
+    start = time.monotonic()
+    existing = mapping.vds
     # Built under a temporary name with its attributes, then swapped in: the name never
     # points to a dataset without attributes, and is absent only between two link operations.
     tmp = f"{dsname}_building"
@@ -203,6 +280,7 @@ def require_image_vds(
     vds_mapping.keep(group, dsname, mapping, vds)
     if placement is not None:
         link_placed(measurement, placement, vds)
+    mapping.built(start, time.monotonic())
     logger.debug(
         "%s: %d frames in %d virtual sources", vds.name, mapping.nframes, len(mapping.blocks)
     )

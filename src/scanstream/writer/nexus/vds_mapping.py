@@ -11,12 +11,21 @@ touches only the blocks that change. One mapping is kept per image VDS of an ope
 (:func:`take`, :func:`keep`), with that VDS open, checked against the file before each
 use; a writer started again, another process's writes or another file: the mapping is
 read from the file.
+
+Even in C, creating the VDS encodes its whole mapping (7-20 us per block), so a rebuild at
+every batch costs O(blocks^2) over a scan of many detector files. A caller may therefore
+let the mapping run ahead of the file (:meth:`VdsMapping.wait`): the rebuilds are spaced by
+at least :data:`REBUILD_FACTOR` times the duration of the last one, so they take at most
+about 1 / (1 + REBUILD_FACTOR) of the writer, and the VDS is brought up to date at the end
+(:func:`~.images.complete_image_vds`).
 """
 
 from __future__ import annotations
 
 import bisect
 import functools
+import logging
+import math
 import os
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -26,10 +35,16 @@ from typing import Any
 import h5py
 import numpy as np
 
+logger = logging.getLogger(__name__)
+
 #: Image datasets whose mapping is kept (the least recently used one is dropped beyond).
 MAPPINGS_KEPT = 64
 #: Past any frame index: the end of a clip that keeps a block's tail.
 _END = 1 << 62
+#: A VDS whose rebuilds may be spaced (:meth:`VdsMapping.wait`) is rebuilt again only after
+#: this many times the duration of its last rebuild: 4 bounds rebuilding to about a fifth of
+#: the writer (docs/performance.md, "the VDS rebuilt less often").
+REBUILD_FACTOR = 4.0
 
 
 @dataclass(frozen=True)
@@ -146,6 +161,22 @@ class VdsMapping:
         # started a block of their own (a batch of whole detector files), and likely will
         # again, so the last block goes into _closed too and create() copies nothing.
         self._last_kept = False
+        #: True when the blocks changed since the VDS in the file was built from them.
+        self.pending = False
+        #: When the last build of the VDS ended (time.monotonic()) and how long it took.
+        self.built_at = -math.inf
+        self.build_seconds = 0.0
+
+    def wait(self, now: float, interval: float) -> float:
+        """Seconds from ``now`` (time.monotonic()) until a VDS whose rebuilds are spaced by
+        ``interval`` seconds (at least) is due for one (<= 0: due): ``interval`` and
+        :data:`REBUILD_FACTOR` times the last build's duration after it ended."""
+        return self.built_at + max(interval, REBUILD_FACTOR * self.build_seconds) - now
+
+    def built(self, start: float, end: float) -> None:
+        """Note that the VDS in the file was built from the blocks, from ``start`` to ``end``."""
+        self.pending = False
+        self.built_at, self.build_seconds = end, end - start
 
     @classmethod
     def of_dataset(cls, vds: h5py.Dataset, dcpl: h5py.h5p.PropDCID, fill: Any) -> VdsMapping:
@@ -172,6 +203,7 @@ class VdsMapping:
         self.nframes = max(self.nframes, stop)
         if new_tail == old_tail:
             return False
+        self.pending = True
         same = j + _common_prefix(old_tail, new_tail)
         self._last_kept = same >= len(blocks)
         if same < self._in_closed:
@@ -254,18 +286,39 @@ def take(group: h5py.Group, name: str) -> VdsMapping | None:
     file holds the VDS it describes (a failure in between leaves none, never a wrong one).
     """
     mapping = _mappings.pop(_key(group, name), None)
-    if mapping is None or mapping.vds is None or not mapping.vds.id.valid:
+    if mapping is None:
         return None
-    if name not in group or _address(group, name) != mapping.address:
+    if (
+        mapping.vds is None
+        or not mapping.vds.id.valid
+        or name not in group
+        or _address(group, name) != mapping.address
+    ):
+        if mapping.pending:
+            logger.warning(
+                "%s/%s changed in the file before the frames mapped since its last rebuild"
+                " were in it: it is read from the file without them (the reference table"
+                " has them)",
+                group.name,
+                name,
+            )
         return None
     return mapping
 
 
 def keep(group: h5py.Group, name: str, mapping: VdsMapping, vds: h5py.Dataset) -> None:
-    """Remember ``mapping`` as that of ``vds``, the VDS now at ``group[name]``."""
+    """Remember ``mapping`` as that of ``vds``, the VDS now at ``group[name]`` (built from
+    it, or older when ``mapping.pending``)."""
     mapping.vds, mapping.address = vds, _address(group, name)
     key = _key(group, name)
     _mappings[key] = mapping
     _mappings.move_to_end(key)
-    while len(_mappings) > MAPPINGS_KEPT:
-        _mappings.popitem(last=False)
+    excess = len(_mappings) - MAPPINGS_KEPT
+    for old in list(_mappings):
+        if excess <= 0:
+            break
+        kept = _mappings[old]
+        # A pending mapping holds frames the file's VDS lacks: dropped only with its file.
+        if old != key and (not kept.pending or kept.vds is None or not kept.vds.id.valid):
+            del _mappings[old]
+            excess -= 1
