@@ -313,6 +313,32 @@ def test_a_full_disk_fails_that_scan_only(writer, session, store, tmp_path, tiny
         assert file[f"{small.number}.1/measurement/c"][()].tolist() == [5.0]
 
 
+def test_a_full_disk_when_the_session_file_is_created_gives_a_clear_reason(
+    writer, session, store, tiny_disk
+):
+    """No room for a new session file: FAILED with the file, the cause and what to do (not
+    HDF5's page of C detail), and no temporary file left beside it."""
+    with open(tiny_disk / "filler", "wb") as filler:
+        with pytest.raises(OSError):
+            while True:
+                filler.write(b"\0" * 65536)
+                filler.flush()
+    with session.create_scan("full", {"filename": str(tiny_disk / "full.h5")}) as scan:
+        scan.create_container("timer").create_channel("timer:c").emit([1.0])
+    wait_for(
+        lambda: (writer_status("test_session", store=store) or {}).get("errors"),
+        15,
+        "the scan to fail",
+    )
+    verdict = get_session_node("test_session", store=store).get_scan(scan.number).saving
+    assert verdict.state is SavingState.FAILED
+    reason = verdict.reason or ""
+    assert f"cannot create the session file {str(tiny_disk / 'full.h5')!r}" in reason, reason
+    assert "no space left on the device; free some space" in reason, reason
+    assert "\n" not in reason and "sub-write" not in reason, reason
+    assert not list(tiny_disk.glob(".full.h5.new-*"))
+
+
 def test_a_read_only_file_system_fails_that_scan_with_a_clear_reason(
     writer, session, store, tmp_path, tiny_disk
 ):
