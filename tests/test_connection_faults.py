@@ -58,9 +58,9 @@ def _store(url: str, **settings: Any) -> DataStore:
 class _Collector(threading.Thread):
     """Walks a session in a thread; keeps the points of each channel in arrival order."""
 
-    def __init__(self, url: str, session: str) -> None:
+    def __init__(self, url: str, session: str, **settings: Any) -> None:
         super().__init__(daemon=True)
-        self.store = _store(url)
+        self.store = _store(url, **settings)
         self.walker = get_session_node(session, store=self.store).walk_on_new_events(timeout=20)
         self.points: dict[str, list[np.ndarray]] = {}
         self.firsts: dict[str, list[int]] = {}
@@ -90,12 +90,14 @@ class _Collector(threading.Thread):
         assert self.error is None, self.error
 
 
-def _publish_with_fault(url: str, fault: Any, npoints: int = 3000, nch: int = 4) -> _Collector:
+def _publish_with_fault(
+    url: str, fault: Any, npoints: int = 3000, nch: int = 4, **settings: Any
+) -> _Collector:
     """Publish ``npoints`` step points on ``nch`` channels; call ``fault()`` midway."""
-    store = _store(url)
+    store = _store(url, **settings)
     try:
         session = create_session("faults", store=store)
-        collector = _Collector(url, "faults")
+        collector = _Collector(url, "faults", **settings)
         collector.start()
         with session.create_scan("s") as scan:
             top = scan.create_container("timer")
@@ -154,6 +156,59 @@ def test_sigstop_sigcont_of_the_server(server: EmbeddedServer) -> None:
         os.kill(pid, signal.SIGCONT)
 
     _publish_with_fault(server.url, freeze)
+
+
+_PUBLISHER = """
+import sys, time
+from scanstream import DataStore, Settings, create_session
+store = DataStore(settings=Settings(redis_url=sys.argv[1], lease_time=3.0))
+with create_session("faults", store=store).create_scan("s") as scan:
+    channel = scan.create_container("timer").create_channel("c")
+    scan.prepared()
+    print("started", flush=True)
+    for i in range(700):  # 7 s
+        channel.emit(float(i))
+        time.sleep(0.01)
+"""
+
+
+def test_a_server_frozen_past_the_lease_kills_no_running_scan(server: EmbeddedServer) -> None:
+    """Every lease expires while the server is frozen; at SIGCONT a reader that had seen the
+    lease alive must leave the publisher time to renew it (the publisher, here, is held
+    0.8 s more, as a busy one sending its backlog first is), not end the running scan KILLED:
+    its publisher then failed on the sealed streams ("already holds another entry")."""
+    import subprocess
+    import sys
+
+    pid = server.pid
+    assert pid is not None
+    store = _store(server.url)
+    create_session("faults", store=store)
+    store.close()
+    collector = _Collector(server.url, "faults", lease_time=3.0)
+    collector.start()
+    publisher = subprocess.Popen(
+        [sys.executable, "-c", _PUBLISHER, server.url], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert publisher.stdout is not None and publisher.stdout.readline() == "started\n"
+        time.sleep(1.0)
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(3.5)  # past the 3 s lease
+        os.kill(publisher.pid, signal.SIGSTOP)
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.8)  # the old reader looked within 0.75 s (a quarter of the lease)
+        os.kill(publisher.pid, signal.SIGCONT)
+        assert publisher.wait(timeout=30) == 0
+        collector.finish()
+        assert collector.end.data == ScanState.DONE, collector.end
+        assert np.array_equal(collector.values("c"), np.arange(700.0))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        if publisher.poll() is None:
+            os.kill(publisher.pid, signal.SIGCONT)
+            publisher.kill()
+        publisher.communicate(timeout=10)
 
 
 def test_replayed_send_is_neither_lost_nor_duplicated(server: EmbeddedServer) -> None:

@@ -293,3 +293,41 @@ def test_garbage_over_the_session_stream_is_one_clear_line(session, store, caplo
     lines = [r for r in caplog.records if key in r.getMessage()]
     assert len(lines) == 1, [r.getMessage() for r in lines]  # once per run of failures
     assert lines[0].exc_info is None and "is not a stream" in lines[0].getMessage()
+
+
+@pytest.mark.parametrize("kind", ["string", "list"])
+def test_garbage_over_the_writer_claim_is_replaced(kind, session, store, caplog, tmp_path, capsys):
+    """The session's writer claim (its health key) of another type holds no claim: left
+    there it kept every writer from the session forever (a WRONGTYPE warning a second) and
+    made `scanstream writer --status` and `scanstream scan` fail with a traceback."""
+    from scanstream.cli import main
+    from scanstream.publish.saving import writer_of
+    from scanstream.writer import WriterService
+
+    key = store.keys.writer_health("test_session")
+
+    def damage() -> None:
+        store.redis.delete(key)
+        if kind == "string":
+            store.redis.set(key, "garbage")
+        else:
+            store.redis.rpush(key, "garbage")
+
+    damage()
+    caplog.set_level(logging.WARNING, logger="scanstream")
+    assert writer_status("test_session", store=store) is None
+    assert writer_of(store, "test_session") is None
+    assert main(["--redis-url", store.url, "writer", "--status", "test_session"]) == 1
+    assert "test_session: no writer" in capsys.readouterr().out
+    first = _good_scan(session, "before")
+    with WriterService(["test_session"], root=tmp_path, store=store, flush_period=0.05):
+        assert _final_verdict(store, first.number, timeout=30).state is SavingState.SAVED
+        damage()  # again, under the running writer
+        wait_for(lambda: store.redis.type(key) == b"hash", 10, "the claim to be taken back")
+        later = _good_scan(session, "after")
+        assert _final_verdict(store, later.number, timeout=30).state is SavingState.SAVED
+        assert writer_status("test_session", store=store)["writing"]
+    replaced = [r for r in caplog.records if "replaced by the claim" in r.getMessage()]
+    assert len(replaced) == 2, caplog.text
+    assert all(key in r.getMessage() and f"was a {kind}" in r.getMessage() for r in replaced)
+    assert not [r for r in caplog.records if r.exc_info], caplog.text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import h5py
 
 from scanstream.cli import main
@@ -27,3 +29,47 @@ def test_demo_writes_every_catalogue_scan_and_summarizes_them(redis_url, store, 
         assert file["18.1/end_reason"].asstr()[()] == "KILLED"
     assert "4.2   test" in out and "(not saved: saving off)" in out
     assert writer_status("demo", store=store) is None  # the demo's writer process has stopped
+
+
+def test_ctrl_c_while_the_demo_writer_starts_leaves_no_writer_running(redis_url, tmp_path):
+    """SIGINT to `scanstream demo` while it waits for its writer to start: the writer process
+    it started must not run on, orphaned (the demo had no handle on it yet)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "scanstream", "--redis-url", redis_url, "demo"]
+        + ["--root", str(tmp_path), "--session", "demo_ctrl_c"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    writers: list[int] = []
+    try:
+        assert demo.stdout is not None
+        for line in demo.stdout:  # bounded: the demo prints this within seconds
+            if line.startswith("starting a writer"):
+                break
+        children = Path(f"/proc/{demo.pid}/task/{demo.pid}/children")
+        deadline = time.monotonic() + 10
+        while not children.read_text().split():
+            assert time.monotonic() < deadline, "the demo started no writer process"
+            time.sleep(0.01)
+        writers += [int(pid) for pid in children.read_text().split()]
+        demo.send_signal(signal.SIGINT)
+        out, _ = demo.communicate(timeout=30)
+        assert demo.returncode == 130, out
+        assert "Traceback" not in out, out
+        for pid in writers:
+            assert not Path(f"/proc/{pid}").exists(), f"writer {pid} still runs"
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.communicate(timeout=10)
+        for pid in writers:  # an orphan the test found
+            if Path(f"/proc/{pid}").exists():
+                os.kill(pid, signal.SIGKILL)

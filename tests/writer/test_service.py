@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from scanstream import create_session, get_session_node
+from scanstream.models import SavingState
 from scanstream.sim import SavingConfig
 from scanstream.sim.catalogue import run_catalogue
 from scanstream.writer import WriterService, saved_scans, writer_status
@@ -310,6 +311,59 @@ def test_a_full_disk_fails_that_scan_only(writer, session, store, tmp_path, tiny
     assert big.number not in saved_scans("test_session", store=store)
     with h5py.File(tmp_path / "data/test_session/test_session.h5", "r") as file:
         assert file[f"{small.number}.1/measurement/c"][()].tolist() == [5.0]
+
+
+def test_a_full_disk_when_the_session_file_is_created_gives_a_clear_reason(
+    writer, session, store, tiny_disk
+):
+    """No room for a new session file: FAILED with the file, the cause and what to do (not
+    HDF5's page of C detail), and no temporary file left beside it."""
+    with open(tiny_disk / "filler", "wb") as filler:
+        with pytest.raises(OSError):
+            while True:
+                filler.write(b"\0" * 65536)
+                filler.flush()
+    with session.create_scan("full", {"filename": str(tiny_disk / "full.h5")}) as scan:
+        scan.create_container("timer").create_channel("timer:c").emit([1.0])
+    wait_for(
+        lambda: (writer_status("test_session", store=store) or {}).get("errors"),
+        15,
+        "the scan to fail",
+    )
+    verdict = get_session_node("test_session", store=store).get_scan(scan.number).saving
+    assert verdict.state is SavingState.FAILED
+    reason = verdict.reason or ""
+    assert f"cannot create the session file {str(tiny_disk / 'full.h5')!r}" in reason, reason
+    assert "no space left on the device; free some space" in reason, reason
+    assert "\n" not in reason and "sub-write" not in reason, reason
+    assert not list(tiny_disk.glob(".full.h5.new-*"))
+
+
+def test_a_read_only_file_system_fails_that_scan_with_a_clear_reason(
+    writer, session, store, tmp_path, tiny_disk
+):
+    """An output directory that cannot be written (here a file system remounted read-only,
+    which root cannot bypass as it does permissions): FAILED with the lock file's path, the
+    cause and what to do, not a bare OSError."""
+    done = subprocess.run(
+        ["mount", "-o", "remount,ro", str(tiny_disk)], capture_output=True, timeout=10
+    )
+    assert done.returncode == 0, done.stderr
+    try:
+        with session.create_scan("ro", {"filename": str(tiny_disk / "ro.h5")}) as scan:
+            scan.create_container("timer").create_channel("timer:c").emit([1.0])
+        wait_for(
+            lambda: (writer_status("test_session", store=store) or {}).get("errors"),
+            15,
+            "the scan to fail",
+        )
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(tiny_disk)], timeout=10, check=False)
+    verdict = get_session_node("test_session", store=store).get_scan(scan.number).saving
+    assert verdict.state is SavingState.FAILED
+    reason = verdict.reason or ""
+    assert "cannot create the lock file" in reason and str(tiny_disk / ".ro.h5.lock") in reason
+    assert "Read-only file system" in reason and "make" in reason and "writable" in reason
 
 
 def test_scan_info_metadata_instrument_and_default_plot(writer, session, store, tmp_path):

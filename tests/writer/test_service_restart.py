@@ -222,3 +222,29 @@ def test_a_session_file_is_created_whole_or_not_at_all(tmp_path):
     with SessionFiles().open(tmp_path / "u" / "s.h5") as file:
         assert file.attrs["creator"] == "scanstream"
     assert sorted(p.name for p in stale.parent.iterdir()) == [".s.h5.lock", "s.h5", "s_scans"]
+
+
+def test_a_scan_saved_in_its_hash_is_not_written_again(redis_url, store, session, tmp_path):
+    """A writer SIGKILLed between the verdict SAVED (the scan hash) and the saved set (the
+    session's set, another hash slot) left a SAVED scan out of the set: the next writer must
+    not delete and write again the file users were told is complete."""
+    with session.create_scan("loop", {"npoints": 50}) as scan:
+        scan.create_container("timer").create_channel("timer:c").emit(np.arange(50.0))
+    with writer_process(redis_url, tmp_path) as first:
+        wait_saved(store, "test_session", {scan.number}, timeout=30)
+        first.kill()
+        first.wait(timeout=10)
+    scan_node = get_session_node("test_session", store=store).get_scan(scan.number)
+    verdict = scan_node.saving
+    scan_file = tmp_path / "test_session/test_session_scans/scan0001.h5"
+    inode = scan_file.stat().st_ino
+    # The state the kill leaves: SAVED in the hash, absent from the saved set.
+    store.redis.srem(store.keys.writer_saved("test_session"), str(scan.number))
+    with writer_process(redis_url, tmp_path) as second:
+        wait_saved(store, "test_session", {scan.number}, timeout=30)
+        second.send_signal(signal.SIGTERM)
+        out, _ = second.communicate(timeout=15)
+    assert "SAVED by an earlier writer" in out, out
+    assert scan_file.stat().st_ino == inode  # not deleted and written again
+    assert scan_node.saving == verdict  # nor marked WRITING, then SAVED by the second writer
+    assert_file_matches_redis(scan_node, tmp_path).close()

@@ -117,13 +117,19 @@ def writer_status(
     store = store or default_store(redis_url)
     session = check_session_name(session)
     # bytes, never str: the client is created without decode_responses.
-    owner_raw, raw = store.redis.hmget(
-        store.keys.writer_health(session), [OWNER_FIELD, STATUS_FIELD]
-    )
+    key = store.keys.writer_health(session)
+    try:
+        owner_raw, raw = store.redis.hmget(key, [OWNER_FIELD, STATUS_FIELD])
+    except redis.exceptions.ResponseError as exc:
+        if not is_wrong_type(exc):
+            raise
+        # Garbage written over the claim: no writer can be named (one replaces it within 1 s).
+        logger.warning("%s, the writer claim of session %s, is not a hash (garbage)", key, session)
+        owner_raw = raw = None
     owner = _text(owner_raw) if owner_raw is not None else None
     members = pool_members(session, store=store)
-    if raw and owner != POOL_OWNER:
-        single: dict[str, Any] = json.loads(raw)
+    single = _single_status(key, raw) if raw and owner != POOL_OWNER else None
+    if single is not None:
         single["errors"] = [{**e, "writer": single["owner"]} for e in single.get("errors", [])]
         status = dict(single)
         status.update(
@@ -136,6 +142,18 @@ def writer_status(
     if not members:
         return None
     return _pool_status(members, pool_settings(session, store=store))
+
+
+def _single_status(key: str, raw: bytes | str) -> dict[str, Any] | None:
+    """The status JSON of a single writer's claim, or None (logged) when it is garbage."""
+    try:
+        single = json.loads(raw)
+    except ValueError:
+        single = None
+    if not isinstance(single, dict) or "owner" not in single:
+        logger.warning("%s: the writer status is not a JSON object (garbage): %.80r", key, raw)
+        return None
+    return single
 
 
 def _pool_status(members: list[dict[str, Any]], settings: dict[str, Any] | None) -> dict[str, Any]:

@@ -135,11 +135,16 @@ def _start_writer(url: str, session: str, root: Path, store: DataStore) -> subpr
             stderr=subprocess.STDOUT,
         )
     deadline = time.monotonic() + START_TIMEOUT
-    while (writer_status(session, store=store) or {}).get("pid") != writer.pid:
-        if writer.poll() is not None or time.monotonic() > deadline:
-            writer.kill()
-            raise ScanstreamError(f"the writer process did not start; see its log {log}")
-        time.sleep(0.1)
+    try:
+        while (writer_status(session, store=store) or {}).get("pid") != writer.pid:
+            if writer.poll() is not None or time.monotonic() > deadline:
+                raise ScanstreamError(f"the writer process did not start; see its log {log}")
+            time.sleep(0.1)
+    except BaseException:
+        # Ctrl-C too: the caller has no handle on it yet, so it would run on, orphaned.
+        writer.kill()
+        writer.wait(timeout=5)
+        raise
     return writer
 
 

@@ -14,8 +14,11 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any, cast
 
+import redis
+
 from .._protocol.entries import SAVING_FIELDS, Fields, parse_saving, parse_writer_health
 from .._protocol.metadata import iso_time
+from .._transport.errors import is_wrong_type
 from ..exceptions import InvalidArgumentError, NoWriterError, NoWriterWarning
 from ..models import SavingState, SavingVerdict
 
@@ -36,8 +39,19 @@ def saving_off(info: dict[str, Any]) -> bool:
 
 
 def writer_of(store: DataStore, session: str) -> dict[str, Any] | None:
-    """The status of the live writer that owns ``session``, or None when no writer does."""
-    fields = cast("Fields", store.redis.hgetall(store.keys.writer_health(session)))
+    """The status of the live writer that owns ``session``, or None when no writer does.
+
+    A health key of another type (garbage written over it) names no writer, as a malformed
+    hash does; a writer following the session replaces it within a second.
+    """
+    key = store.keys.writer_health(session)
+    try:
+        fields = cast("Fields", store.redis.hgetall(key))
+    except redis.exceptions.ResponseError as exc:
+        if not is_wrong_type(exc):
+            raise
+        logger.warning("%s, the writer claim of session %s, is not a hash (garbage)", key, session)
+        return None
     return parse_writer_health(fields)
 
 

@@ -51,6 +51,11 @@ logger = logging.getLogger(__name__)
 #: How many recent scan numbers a session walk remembers to skip replayed NEW_SCAN entries.
 _ANNOUNCED_KEPT = 1024
 
+#: A lease this walk saw alive, then gone, ends its scan KILLED only once it stayed gone for
+#: this fraction of ``lease_time`` (the publisher renews it every third of ``lease_time``):
+#: see _check_leases.
+LEASE_GRACE = 0.5
+
 # Longest single blocking read: bounds the reaction time to a stop request.
 _BLOCK_SLICE = 0.1
 # On a cluster, longest blocking read of one slot while other slots are followed (see _read).
@@ -121,6 +126,9 @@ class _ScanFollow:
     errors: dict[str, str] = field(default_factory=dict)  # node db_name -> DecodingError text
     ended: bool = False
     existing_until: tuple[int, int] | None = None  # last entry at walk start (exclude_existing)
+    # Lease watch (_check_leases): seen alive by this walk; when it was first seen gone since.
+    lease_seen: bool = False
+    lease_gone_since: float | None = None
 
 
 class Walker:
@@ -185,6 +193,7 @@ class Walker:
         # Events of scans ended by a read that met a key of the wrong type (_drop_wrong_types).
         self._dropped_events: list[Event] = []
         self._lease_period = min(1.0, self.store.settings.lease_time / 4)
+        self._lease_grace = LEASE_GRACE * self.store.settings.lease_time
         self._next_lease_check = 0.0
         if self._session is not None:
             if not wait:
@@ -673,7 +682,18 @@ class Walker:
         events: list[Event] = []
         for follow, alive in zip(follows, pipe.execute()):
             if alive:
+                follow.lease_seen, follow.lease_gone_since = True, None
                 continue
+            if follow.lease_seen:
+                # Gone after this walk saw it alive: wait LEASE_GRACE of lease periods before
+                # ending the scan. A server paused past the lease (SIGSTOP, a stalled disk)
+                # expires every lease at once when it resumes, and a live publisher renews
+                # its lease at its first command after the pause; a reader checking first
+                # killed running scans (their publishers then failed on the sealed streams).
+                if follow.lease_gone_since is None:
+                    follow.lease_gone_since = now
+                if now - follow.lease_gone_since < self._lease_grace:
+                    continue
             try:
                 if follow.scan.check_lease().is_final:
                     continue  # END is in the scan's event stream: the next read yields it

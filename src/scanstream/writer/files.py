@@ -71,7 +71,15 @@ class FileLock:
 
     def __init__(self, path: Path, *, timeout: float = 0.0) -> None:
         self.path = lock_path(path)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise WriterError(
+                f"cannot create the lock file {str(self.path)!r} of {path.name!r}: "
+                f"{exc.strerror or exc}; make {str(path.parent)!r} writable (or free space on "
+                "its disk) and restart the writer, or choose another place (scan_info "
+                "'filename' or --root); the scan stays in Redis"
+            ) from exc
         deadline = time.monotonic() + timeout
         while True:
             try:

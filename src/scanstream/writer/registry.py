@@ -10,6 +10,7 @@ claim lapse when its writer stops renewing it (killed, frozen, cut off from Redi
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import uuid
@@ -32,14 +33,24 @@ from ..models import SavingVerdict
 
 __all__ = ["EPOCH_FIELD", "WriterRegistry", "is_dead_local_process", "new_owner_id"]
 
+logger = logging.getLogger(__name__)
+
 #: Field of the health hash holding the fencing token of the current period of ownership.
 EPOCH_FIELD = "epoch"
 
 # Take or renew the claim unless another writer holds it. Returns {0, other writer's id}, or
-# {1, fencing token}: the token given when the claim is new, the one recorded when renewed.
+# {1, fencing token, type}: the token given when the claim is new, the one recorded when
+# renewed, and the type of a key of another type found there (garbage, deleted: it holds no
+# claim, and left there it would keep every writer from the session forever), else ''.
 # KEYS[1] health hash; ARGV: owner field, status field, owner id, status JSON, TTL (ms),
 # epoch field, new token.
 _CLAIM = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+local replaced = ''
+if kind ~= 'hash' and kind ~= 'none' then
+  redis.call('DEL', KEYS[1])
+  replaced = kind
+end
 local owner = redis.call('HGET', KEYS[1], ARGV[1])
 if owner and owner ~= ARGV[3] then return {0, owner} end
 local token = redis.call('HGET', KEYS[1], ARGV[6])
@@ -49,7 +60,7 @@ if not owner or not token then
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3], ARGV[2], ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return {1, token}
+return {1, token, replaced}
 """
 # Record fields in a scan hash only if it still exists (never a key without expiry).
 _RECORD = """
@@ -113,7 +124,7 @@ class WriterRegistry:
         redis.RedisError
             Redis cannot be reached (after redis-py's retries).
         """
-        held, value = self._claim(
+        held, value, *replaced = self._claim(
             keys=[self.store.keys.writer_health(session)],
             args=[
                 OWNER_FIELD,
@@ -126,6 +137,14 @@ class WriterRegistry:
             ],
         )
         text = bytes(value).decode()
+        if replaced and replaced[0]:
+            logger.error(
+                "%s, the writer claim of session %s, was a %s (garbage written over it), not "
+                "a hash: replaced by the claim of this writer",
+                self.store.keys.writer_health(session),
+                session,
+                bytes(replaced[0]).decode(),
+            )
         if int(held):
             self.tokens[session] = text
             return None
@@ -139,9 +158,15 @@ class WriterRegistry:
         """
         if token is None:
             return False
-        owner, epoch = self.store.redis.hmget(
-            self.store.keys.writer_health(session), [OWNER_FIELD, EPOCH_FIELD]
-        )
+        try:
+            owner, epoch = self.store.redis.hmget(
+                self.store.keys.writer_health(session), [OWNER_FIELD, EPOCH_FIELD]
+            )
+        except redis.exceptions.ResponseError as exc:
+            if not is_wrong_type(exc):
+                raise
+            return False  # garbage over the claim: held by nobody until renewed (claim())
+
         return owner == self.owner.encode() and epoch == token.encode()
 
     def record_verdict(self, session: str, number: int, verdict: SavingVerdict) -> bool:

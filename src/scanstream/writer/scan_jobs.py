@@ -151,6 +151,14 @@ class ScanJobs:
             self._failed(session, scan, claim, lost)
             self.done(session, scan)
             return
+        try:
+            final = finished and self._verdict_final(session, scan)
+        except UNREACHABLE:
+            self.done(session, scan)
+            raise
+        if final:
+            self.done(session, scan)
+            return
         if info.get("save") is False:
             logger.info("scan %s: not saved (scan_info save=False)", scan.db_name)
             verdict = SavingVerdict(
@@ -161,6 +169,28 @@ class ScanJobs:
             self.done(session, scan)
             return
         self._spawn(self._write_scan, f"scan-{scan.db_name}", session, scan, claim, finished)
+
+    def _verdict_final(self, session: SessionState, scan: ScanNode) -> bool:
+        """True when ``scan``'s hash holds a SAVED or NOT_SAVED verdict (then put in the
+        saved set, where a writer killed between the two records left it out).
+
+        The verdict is recorded first and the saved set after (another hash slot on a
+        cluster: not one script); a scan found SAVED in its hash is never written again,
+        since writing again deletes the file users were told is complete.
+        """
+        try:
+            state = scan.saving.state
+        except ScanNotFoundError:
+            return False
+        if state not in (SavingState.SAVED, SavingState.NOT_SAVED):
+            return False
+        logger.info(
+            "scan %s: %s by an earlier writer; recorded in the saved set",
+            scan.db_name,
+            state.value,
+        )
+        self.registry.mark_saved(session.name, scan.number)
+        return True
 
     def _record(
         self, session: SessionState, scan: ScanNode, claim: AnyClaim, verdict: SavingVerdict

@@ -20,6 +20,7 @@ left. See docs/decisions/0011-crash-safe-files.md.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -192,11 +193,21 @@ class SessionFiles:
         for stale in path.parent.glob(f".{path.name}.new-*"):
             stale.unlink(missing_ok=True)
         building = path.with_name(f".{path.name}.new-{os.getpid()}")
-        with nexus.open_nexus_file(building, "w") as file:
-            _root_attrs(file, path)
-            self._rebuild(file, path)
-        sync_to_disk(building)
-        os.replace(building, path)
+        try:
+            with nexus.open_nexus_file(building, "w") as file:
+                _root_attrs(file, path)
+                self._rebuild(file, path)
+            sync_to_disk(building)
+            os.replace(building, path)
+        except OSError as exc:  # HDF5's own text is a page of C detail: say what and why
+            building.unlink(missing_ok=True)
+            full = exc.errno == errno.ENOSPC or "No space left" in str(exc)
+            why = "no space left on the device" if full else (exc.strerror or str(exc))
+            raise WriterError(
+                f"cannot create the session file {str(path)!r}: {why}; "
+                f"{'free some space' if full else 'fix the directory'} and restart the "
+                "writer (the scan stays in Redis)"
+            ) from exc
 
     def _rebuild(self, file: h5py.File, path: Path) -> None:
         """Link every entry of every readable scan file (partial ones are written again)."""
