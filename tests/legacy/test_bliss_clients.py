@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import textwrap
+import time
 
 import h5py
 import numpy as np
@@ -316,6 +317,11 @@ def test_watcher_scan_info_always_names_a_filename(store, session):
             scan.create_container("timer").create_channel("timer:t").emit(1.0)
             scan.prepared()
             node = get_session_node(session.name, store=store).get_scan(scan.number)
+            # The watcher reads scan_info in its own thread: record the verdict only once
+            # on_scan_created has been called, or it may already see the file.
+            deadline = time.monotonic() + 5
+            while node.db_name not in observer.created and time.monotonic() < deadline:
+                time.sleep(0.01)
             verdict = SavingVerdict(SavingState.WRITING, file="/data/default.h5")
             store.redis.hset(node.key, mapping=saving_fields(verdict))
         with session.create_scan("given", {"filename": "/data/given.h5"}, warn_no_writer=False):
