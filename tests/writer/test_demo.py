@@ -60,6 +60,13 @@ def test_ctrl_c_while_the_demo_writer_starts_leaves_no_writer_running(redis_url,
             assert time.monotonic() < deadline, "the demo started no writer process"
             time.sleep(0.01)
         writers += [int(pid) for pid in children.read_text().split()]
+        # Signal once the writer runs its own program (Popen has returned in the demo): a
+        # signal between fork and exec would interrupt Popen itself, which no code can see.
+        for pid in writers:
+            while b"writer" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                assert time.monotonic() < deadline, f"process {pid} did not start the writer"
+                time.sleep(0.01)
+        time.sleep(0.2)  # the writer takes seconds to register: the demo still waits for it
         demo.send_signal(signal.SIGINT)
         out, _ = demo.communicate(timeout=30)
         assert demo.returncode == 130, out
