@@ -98,6 +98,46 @@ def test_a_scan_failed_on_a_full_disk_is_saved_once_space_is_freed(
             assert file[f"{scan.number}.1/measurement/c"][()].tolist() == list(np.arange(50.0))
 
 
+def test_a_scan_failed_on_a_read_only_file_system_is_saved_once_writable(
+    store, session, tmp_path, tiny_disk
+):
+    """EROFS (which root cannot bypass, unlike permissions) on the lock file: FAILED, then
+    SAVED by the running writer once the file system is writable again."""
+    ro = subprocess.run(
+        ["mount", "-o", "remount,ro", str(tiny_disk)], capture_output=True, timeout=10
+    )
+    assert ro.returncode == 0, ro.stderr
+    try:
+        with owning_writer(
+            store, tmp_path / "data", flush_period=0.05, allow=[tmp_path], retry_delays=(0.5,)
+        ):
+            with session.create_scan("ro", {"filename": str(tiny_disk / "ro.h5")}) as scan:
+                scan.create_container("timer").create_channel("timer:c").emit([1.0, 2.0])
+            wait_for(
+                lambda: _verdict(store, scan.number).retried,
+                15,
+                "the scan to fail on the read-only file system, to be retried",
+            )
+            reason = _verdict(store, scan.number).reason or ""
+            assert "cannot create the lock file" in reason and "Read-only" in reason, reason
+            rw = subprocess.run(
+                ["mount", "-o", "remount,rw,size=64m", str(tiny_disk)],
+                capture_output=True,
+                timeout=10,
+            )
+            assert rw.returncode == 0, rw.stderr
+            wait_for(
+                lambda: scan.number in saved_scans("test_session", store=store),
+                10,
+                "the running writer to save the scan once the file system is writable",
+            )
+            node = get_session_node("test_session", store=store).get_scan(scan.number)
+            with assert_file_matches_redis(node, tmp_path / "data") as file:
+                assert file[f"{scan.number}.1/measurement/c"][()].tolist() == [1.0, 2.0]
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(tiny_disk)], timeout=10, check=False)
+
+
 def test_a_scan_whose_data_expires_before_a_retry_stays_failed_saying_so(
     redis_url, tmp_path, tiny_disk
 ):
