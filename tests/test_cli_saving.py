@@ -226,3 +226,31 @@ def test_the_console_command_prints_the_verdict_and_exits_not_saved(redis_url: s
     assert "WARNING: no writer follows session" in done.stderr
     assert "Traceback" not in done.stderr and "NoWriterWarning" not in done.stderr
     assert redis.Redis.from_url(redis_url).exists(f"scanstream:scan:{{{SESSION}:1}}")
+
+
+@pytest.mark.parametrize(
+    ("reason", "hint"),
+    [
+        (
+            "WriterError: no space left on device; the running writer tries again in 10 s "
+            "(at 10:00:10, retry 1), and at once on its restart",
+            f"see `scanstream ls {SESSION}` for its verdict",
+        ),
+        (
+            "entry '1.1' already holds another scan",
+            f"fix the cause, then restart the writer of session {SESSION} to save it",
+        ),
+    ],
+)
+def test_a_failure_seen_while_a_writer_runs_does_not_ask_to_start_one(
+    redis_url: str,
+    stand_in_writer: None,
+    capsys: pytest.CaptureFixture[str],
+    reason: str,
+    hint: str,
+) -> None:
+    with Judge(redis_url, SavingVerdict(SavingState.FAILED, reason=reason)):
+        assert scan(redis_url, "--require-writer", "--save-timeout", "20") == EXIT_NOT_SAVED
+    out = last(capsys.readouterr().out)
+    assert out.startswith(f"NOT SAVED: {reason}; data kept in Redis until "), out
+    assert out.endswith(hint) and f"run `scanstream writer {SESSION}`" not in out, out

@@ -115,13 +115,20 @@ class SavingState(str, enum.Enum):
     WAITING = "WAITING"  #: no writer has taken the scan (yet)
     WRITING = "WRITING"  #: a writer is writing it (file and entries known)
     SAVED = "SAVED"  #: every point is in the file, checked against the sealed lengths
-    FAILED = "FAILED"  #: the writer could not save it; ``reason`` says why
+    #: the writer could not save it; ``reason`` says why, and when a failure of the
+    #: environment (disk full) is tried again (:attr:`SavingVerdict.retried`), then SAVED
+    FAILED = "FAILED"
     NOT_SAVED = "NOT_SAVED"  #: not saved by design (saving off in scan_info)
 
     @property
     def is_final(self) -> bool:
         """True for SAVED, FAILED and NOT_SAVED."""
         return self in (SavingState.SAVED, SavingState.FAILED, SavingState.NOT_SAVED)
+
+
+#: In the reason of a FAILED verdict: the running writer tries the scan again
+#: (:mod:`scanstream.writer.retry`).
+RETRY_NOTE = "the running writer tries again"
 
 
 @dataclass(frozen=True)
@@ -153,6 +160,11 @@ class SavingVerdict:
     reason: str | None = None
     writer: str | None = None
     time: float | None = None
+
+    @property
+    def retried(self) -> bool:
+        """True for a FAILED scan that the running writer tries again (``reason`` says when)."""
+        return self.state is SavingState.FAILED and RETRY_NOTE in (self.reason or "")
 
     def __str__(self) -> str:
         if self.state is SavingState.SAVED:

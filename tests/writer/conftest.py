@@ -142,3 +142,27 @@ def assert_file_matches_redis(scan: ScanNode, root: Path) -> h5py.File:
             assert dset.shape[1:] == node.shape, node.name
             assert np.array_equal(dset[()], points, equal_nan=dset.dtype.kind == "f"), node.name
     return file
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 1 MiB file system (tmpfs), or a skip where mounting is not allowed."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        timeout=10,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        # Room first, so that a writer still holding a file there can flush and close it.
+        for command in (
+            ["mount", "-o", "remount,size=64m", str(mount_point)],
+            ["umount", "-l", str(mount_point)],
+        ):
+            subprocess.run(command, capture_output=True, timeout=10, check=False)

@@ -268,30 +268,6 @@ def test_a_file_written_by_another_program_is_not_touched(writer, session, store
     assert scan.number not in saved_scans("test_session", store=store)
 
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 1 MiB file system (tmpfs), or a skip where mounting is not allowed."""
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        timeout=10,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield mount_point
-    finally:
-        # Room first, so that a writer still holding a file there can flush and close it.
-        for command in (
-            ["mount", "-o", "remount,size=64m", str(mount_point)],
-            ["umount", "-l", str(mount_point)],
-        ):
-            subprocess.run(command, capture_output=True, timeout=10, check=False)
-
-
 def test_a_full_disk_fails_that_scan_only(writer, session, store, tmp_path, tiny_disk):
     with session.create_scan("big", {"filename": str(tiny_disk / "big.h5")}) as big:
         big.create_container("timer").create_channel("timer:c").emit(np.zeros(400_000))

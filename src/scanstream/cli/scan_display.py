@@ -225,6 +225,10 @@ def report_saving(scan: ScanPublisher | None, session: str, timeout: float) -> i
         print(f"not saved, by design: {verdict.reason or 'saving is off'}")
         return 0
     if verdict.state is SavingState.FAILED:
+        if verdict.retried:  # the reason says when; SAVED then, or FAILED for good
+            hint = f"see `scanstream ls {session}` for its verdict"
+        elif scan.writer_follows():  # a running writer tries the scan again at its start only
+            hint = f"fix the cause, then restart the writer of session {session} to save it"
         print(f"NOT SAVED: {verdict.reason or 'the writer failed'}; {_kept(scan)}; {hint}")
         return EXIT_NOT_SAVED
     print(

@@ -36,6 +36,7 @@ import h5py
 
 from ..exceptions import WriterError
 from .nexus import open_nexus_file
+from .retry import WriterEnvironmentError
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +78,8 @@ class FileLock:
             raise WriterError(
                 f"cannot create the lock file {str(self.path)!r} of {path.name!r}: "
                 f"{exc.strerror or exc}; make {str(path.parent)!r} writable (or free space on "
-                "its disk) and restart the writer, or choose another place (scan_info "
-                "'filename' or --root); the scan stays in Redis"
+                "its disk), or choose another place (scan_info 'filename' or --root); the "
+                "scan stays in Redis"
             ) from exc
         deadline = time.monotonic() + timeout
         while True:
@@ -155,9 +156,9 @@ class OpenFiles:
         path = path.resolve()
         with self._lock:
             if path in self._unclosed:
-                raise WriterError(
+                raise WriterEnvironmentError(
                     f"{str(path)!r} could not be flushed (no space left on the device?); "
-                    "scans writing into it wait until space is freed and the writer restarted"
+                    "scans writing into it wait until space is freed"
                 )
             entry = self._files.get(path)
             if entry is None:
@@ -200,7 +201,7 @@ class OpenFiles:
         free = stats.f_bavail * stats.f_frsize
         self._space[directory] = (now, free - nbytes)
         if free < nbytes + SPACE_MARGIN:
-            raise WriterError(
+            raise WriterEnvironmentError(
                 f"no space left on device for {file.filename!r}: {free >> 20} MiB free, "
                 f"{(nbytes + SPACE_MARGIN) >> 20} MiB needed (data and a "
                 f"{SPACE_MARGIN >> 20} MiB margin); free some space, the scan stays in Redis"
@@ -400,7 +401,7 @@ def _create_whole(path: Path) -> None:
 
 def _open(path: Path) -> h5py.File:
     if not path.exists() and not os.access(path.parent, os.W_OK):
-        raise WriterError(
+        raise WriterEnvironmentError(
             f"cannot create {str(path)!r}: directory {str(path.parent)!r} is not writable; "
             "fix its permissions or choose another place (scan_info 'filename' or --root)"
         )

@@ -28,6 +28,7 @@ from typing import Any
 
 from ..exceptions import InvalidArgumentError, WriterError
 from ..subscribe.events import StopHandler
+from .retry import WriterEnvironmentError
 from .scan_result import WriteResult
 from .zygote import ForkedWorker, Zygote
 
@@ -257,6 +258,8 @@ class WorkerProcesses:
             raise _RetryError(report.get("error", "Redis unreachable"))
         if stop.stopped:
             return WriteResult(Path(""))  # stopped before it reported: incomplete
+        if report.get("environment"):
+            raise WriterEnvironmentError(report.get("error") or "the disk refused the file")
         raise WriterError(report.get("error") or f"the writing process exited with code {code}")
 
     def _crashed(self, db_name: str, signum: int) -> WriteResult:

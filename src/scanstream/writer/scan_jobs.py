@@ -6,7 +6,9 @@ once are written at once; finished scans caught up after a (re)start share
 :class:`~scanstream.writer.scan_writer.ScanWriter`, in a worker process
 (:mod:`scanstream.writer.isolation`) or in the thread itself, again and again while Redis is
 unreachable, the file is held by another writer or the worker crashed (a replay is
-idempotent); its verdict (WRITING, SAVED, FAILED, NOT_SAVED) goes into the scan hash only
+idempotent), and after a failure of its environment (disk full, not writable:
+:mod:`scanstream.writer.retry`) again after a pause, FAILED meanwhile with the reason saying
+when; its verdict (WRITING, SAVED, FAILED, NOT_SAVED) goes into the scan hash only
 while the claim it is written under, of the session or of the scan (pool mode), holds. In a
 pool, a scan this writer failed while another member may still try it is left WAITING (with
 the reason), so that the verdict turns final only with the last attempt.
@@ -17,9 +19,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import redis
@@ -27,17 +30,24 @@ import redis
 from .._transport.connection import DataStore
 from ..admin.wording import counted
 from ..exceptions import ScanNotFoundError
-from ..models import SavingState, SavingVerdict
+from ..models import RETRY_NOTE, SavingState, SavingVerdict
 from ..subscribe.lost import record_if_lost_by_number
 from ..subscribe.tree import ScanNode
 from .files import FileBusyError, OpenFiles
 from .isolation import RETRY_ERRORS, WorkerConfig, WorkerProcesses
 from .paths import WritePolicy
 from .registry import WriterRegistry
+from .retry import (
+    RETRY_DELAYS,
+    WriterEnvironmentError,
+    error_name,
+    is_environment_failure,
+    retry_delay,
+)
 from .scan_claims import ScanClaim
 from .scan_result import WriteResult
 from .scan_writer import ScanWriter
-from .session_claims import AnyClaim, SessionState
+from .session_claims import AnyClaim, SessionClaim, SessionState
 from .session_file import SessionFiles
 from .supervise import UNREACHABLE, supervise
 
@@ -47,6 +57,8 @@ logger = logging.getLogger(__name__)
 
 #: Finished scans caught up at once after a (re)start; running scans always get a thread.
 CATCH_UP_WORKERS = 4
+#: Seconds before an ended scan's expiry from Redis when its last retry starts.
+_EXPIRY_MARGIN = 5.0
 
 
 class ScanJobs:
@@ -77,6 +89,10 @@ class ScanJobs:
     others_may_try : callable
         ``others_may_try(session, number)``: True when another writer of the pool may still
         take a scan this writer failed (its verdict is then WAITING, not FAILED).
+    retry_delays : sequence of float
+        Pauses (s) before the retries of a scan that failed for its environment (disk full,
+        not writable; :mod:`scanstream.writer.retry`), the last one repeated; empty: no
+        retries (the scan is FAILED until the writer's next start).
     """
 
     def __init__(
@@ -95,6 +111,7 @@ class ScanJobs:
         lock: threading.Lock,
         spawn: Callable[..., None],
         others_may_try: Callable[[str, int], bool],
+        retry_delays: Sequence[float] = RETRY_DELAYS,
     ) -> None:
         self.registry = registry
         self.store: DataStore = registry.store
@@ -111,6 +128,7 @@ class ScanJobs:
         self._lock = lock
         self._spawn = spawn
         self._others_may_try = others_may_try
+        self.retry_delays = tuple(retry_delays)
         self._catch_up_slots = threading.Semaphore(CATCH_UP_WORKERS)
 
     def start(self, session: SessionState, scan: ScanNode, claim: AnyClaim) -> None:
@@ -214,9 +232,11 @@ class ScanJobs:
         if lost is not None:
             message = f"{message}; {lost}"
         logger.error("scan %s NOT saved: %s", scan.db_name, message)
-        session.errors.append(
-            {"scan": scan.name, "number": scan.number, "error": message, "time": time.time()}
-        )
+        with self._lock:  # one entry per scan: a retried scan's last failure
+            _forget_errors(session, scan.name)
+            session.errors.append(
+                {"scan": scan.name, "number": scan.number, "error": message, "time": time.time()}
+            )
         with contextlib.suppress(Exception):
             verdict = SavingVerdict(SavingState.FAILED, reason=message)
             if isinstance(claim, ScanClaim) and self._others_may_try(session.name, scan.number):
@@ -243,13 +263,39 @@ class ScanJobs:
     def _write_scan(
         self, session: SessionState, scan: ScanNode, claim: AnyClaim, finished: bool
     ) -> None:
+        """Write ``scan``; after a failure of its environment, again after each pause of
+        ``retry_delays`` while the claim holds and the scan's data is in Redis."""
+        try:
+            failures = 0
+            while True:
+                error = self._write_once(session, scan, claim, finished)
+                if error is None or claim.stopped:
+                    return
+                failures += 1
+                pause = self._retry_pause(session, scan, claim, error, failures)
+                if pause is None:
+                    return
+                # The thread waits, not a catch-up slot nor a worker: other scans go on.
+                if claim.wait(pause):
+                    return  # stopped or lost: the next owner writes it at its start
+                if not self._still_in_redis(session, scan, claim, error):
+                    return
+                logger.info("scan %s: retry %d after %s", scan.db_name, failures, error)
+        finally:
+            self.done(session, scan)
+
+    def _write_once(
+        self, session: SessionState, scan: ScanNode, claim: AnyClaim, finished: bool
+    ) -> Exception | None:
+        """One attempt at ``scan``: its verdict, or the failure of its environment (the
+        caller retries it, its verdict not recorded yet); None when there is nothing to retry."""
         slot = self._catch_up_slots if finished else contextlib.nullcontext()
         try:
             with slot:
                 started = time.monotonic()
                 result = self._write_until_done(session, scan, claim)
             if result is None or claim.stopped:  # stopped, or the session was lost meanwhile
-                return
+                return None
             if result.problems:
                 self._failed(
                     session,
@@ -257,7 +303,7 @@ class ScanJobs:
                     claim,
                     "the file does not hold every sealed point: " + "; ".join(result.problems),
                 )
-                return
+                return None
             verdict = SavingVerdict(
                 SavingState.SAVED,
                 file=str(result.path),
@@ -265,10 +311,12 @@ class ScanJobs:
                 points=dict(result.points),
             )
             if not self._record(session, scan, claim, verdict):
-                return  # the claim lapsed meanwhile: the new owner decides
+                return None  # the claim lapsed meanwhile: the new owner decides
             self.registry.mark_saved(session.name, scan.number)
             with self._lock:  # scan threads of one session finish concurrently
                 session.saved += 1
+                # A failure retried with success is no longer a failure of this writer.
+                _forget_errors(session, scan.name)
             points = sum(result.points.values())
             logger.info(
                 "saved %s (%s): %s in %s %s of %s (%.2f s)",
@@ -281,10 +329,95 @@ class ScanJobs:
                 time.monotonic() - started,
             )
         except Exception as exc:
-            if not claim.stopped:
-                self._failed(session, scan, claim, _error_text(exc))
-        finally:
-            self.done(session, scan)
+            if claim.stopped:
+                return None
+            # Pool mode: a failed scan goes to another member or ends (decision 0014).
+            if (
+                self.retry_delays
+                and is_environment_failure(exc)
+                and isinstance(claim, SessionClaim)
+            ):
+                return exc
+            self._failed(session, scan, claim, _error_text(exc))
+        return None
+
+    def _retry_pause(
+        self,
+        session: SessionState,
+        scan: ScanNode,
+        claim: AnyClaim,
+        error: Exception,
+        failures: int,
+    ) -> float | None:
+        """Record ``scan`` FAILED, saying when it is tried again; the pause (None: not again).
+
+        An ended scan is tried once more just before its data expires from Redis, and not
+        after: then it stays FAILED, saying that its data expired before it could be saved.
+        """
+        pause = retry_delay(self.retry_delays, failures)
+        assert pause is not None  # retry_delays is not empty (see _write_once)
+        text = _error_text(error)
+        try:
+            ttl = self._expires_in(session, scan)
+        except redis.RedisError:
+            ttl = None  # not known now: the check before the retry finds out
+        if ttl is not None:
+            if ttl <= _EXPIRY_MARGIN:
+                self._failed(
+                    session,
+                    scan,
+                    claim,
+                    f"{text}; not tried again: its data expires from Redis in {ttl:.0f} s, "
+                    "so this scan is lost (it cannot be saved any more)",
+                )
+                return None
+            pause = min(pause, ttl - _EXPIRY_MARGIN)
+        when = time.strftime("%H:%M:%S", time.localtime(time.time() + pause))
+        self._failed(
+            session,
+            scan,
+            claim,
+            f"{text}; {RETRY_NOTE} in {pause:.3g} s (at {when}, retry "
+            f"{failures}), and at once on its restart",
+        )
+        return pause
+
+    def _expires_in(self, session: SessionState, scan: ScanNode) -> float | None:
+        """Seconds until an ended ``scan`` expires from Redis; None while it runs or keeps.
+
+        Raises
+        ------
+        redis.RedisError
+            Redis cannot be read.
+        """
+        store = self.registry.store
+        key = store.keys.scan(session.name, scan.number)
+        try:
+            if not scan.state.is_final:
+                return None  # a running scan's keys are kept by its publisher's lease
+        except ScanNotFoundError:
+            return 0.0
+        ttl = store.redis.pttl(key)
+        if ttl == -2:
+            return 0.0
+        return None if ttl < 0 else ttl / 1000
+
+    def _still_in_redis(
+        self, session: SessionState, scan: ScanNode, claim: AnyClaim, error: Exception
+    ) -> bool:
+        """True when ``scan`` is still in Redis, to be tried again; else record it lost."""
+        store = self.registry.store
+        try:
+            if store.redis.exists(store.keys.scan(session.name, scan.number)):
+                return True
+        except redis.RedisError:
+            return True  # the attempt waits for Redis (_write_until_done)
+        message = (
+            f"{_error_text(error)}; its data expired from Redis before a retry could save "
+            "it: this scan is lost"
+        )
+        self._failed(session, scan, claim, message)  # logged and in --status (no hash left)
+        return False
 
     def _write_until_done(
         self, session: SessionState, scan: ScanNode, claim: AnyClaim
@@ -372,9 +505,18 @@ class ScanJobs:
             session.running.discard(scan.name)
 
 
+def _forget_errors(session: SessionState, name: str) -> None:
+    """Drop the errors recorded for scan ``name`` (called under the service's lock)."""
+    kept = [e for e in session.errors if e["scan"] != name]
+    session.errors.clear()
+    session.errors.extend(kept)
+
+
 def _error_text(exc: Exception) -> str:
     """``TypeName: message`` of a scan's failure, the type named once: the error a worker
     process reports comes as that text already, raised again here as a WriterError."""
     text = str(exc)
-    name = type(exc).__name__
+    name = error_name(exc)
+    if isinstance(exc, WriterEnvironmentError) and re.match(r"[A-Z]\w*Error: ", text):
+        return text  # a worker's report, raised again as retryable: its own type kept
     return text if text.startswith(f"{name}: ") else f"{name}: {text}"

@@ -33,7 +33,7 @@ import redis
 from .._protocol.keys import check_session_name
 from .._transport.connection import DataStore, default_store
 from ..admin.registry import saved_scans
-from ..exceptions import DecodingError, ScanstreamError
+from ..exceptions import DecodingError, InvalidArgumentError, ScanstreamError
 from ..models import SCAN_NODE_TYPES
 from ..subscribe.events import EventType, StopHandler
 from ..subscribe.tree import ScanNode, get_session_node
@@ -44,6 +44,7 @@ from .paths import WritePolicy
 from .pool import WriterPool
 from .pool_host import ServicePoolHost
 from .registry import WriterRegistry, new_owner_id
+from .retry import RETRY_DELAYS
 from .scan_jobs import CATCH_UP_WORKERS, ScanJobs
 from .session_claims import (
     HEALTH_TTL,
@@ -115,11 +116,18 @@ class WriterService:
         scans wait for a free worker. About one core each: more than the host's free cores
         only share them (docs/deployment.md, "How many writers"). Not used without
         ``isolate`` (every scan in a thread of its own).
+    retry_delays : sequence of float
+        Pauses (s) before the retries of a scan that failed for its environment (disk full,
+        directory not writable), while the writer runs and the scan's data is in Redis; the
+        last pause repeats. Default :data:`~scanstream.writer.retry.RETRY_DELAYS` (10, 30,
+        60 s, then every 300 s); empty: such a scan stays FAILED until the next start. Not
+        in pool mode (a failed scan goes to another member). See docs/reliability.md.
 
     Raises
     ------
     InvalidArgumentError
-        A session name is not valid, or ``workers`` is less than 1.
+        A session name is not valid, ``workers`` is less than 1, or a retry delay is not
+        a number of seconds > 0.
     ScanstreamError
         No session is given.
 
@@ -152,6 +160,7 @@ class WriterService:
         umask: int | None = None,
         isolate: bool = True,
         workers: int = DEFAULT_WORKERS,
+        retry_delays: Sequence[float] = RETRY_DELAYS,
     ) -> None:
         nexus.compression_options(compression, 0)  # an unknown name fails here, not per scan
         if layout not in nexus.LAYOUTS:
@@ -163,6 +172,11 @@ class WriterService:
         self.sessions = [check_session_name(s) for s in dict.fromkeys(sessions)]
         if not self.sessions:
             raise ScanstreamError("give at least one session to write")
+        if any(not (isinstance(d, (int, float)) and d > 0) for d in retry_delays):
+            raise InvalidArgumentError(
+                f"retry_delays must be seconds > 0, got {list(retry_delays)!r}; give e.g. "
+                "(10, 30, 60, 300), or () for no retries"
+            )
         self.root = Path(root).expanduser().resolve()
         self.policy = WritePolicy.create(self.root, allow, umask)
         self.session_files = SessionFiles()
@@ -193,6 +207,7 @@ class WriterService:
             lock=self._lock,
             spawn=self._spawn,
             others_may_try=self._others_may_try,
+            retry_delays=retry_delays,
         )
         self._ownership = SessionOwnership(
             self.registry,

@@ -205,8 +205,8 @@ class SessionFiles:
             why = "no space left on the device" if full else (exc.strerror or str(exc))
             raise WriterError(
                 f"cannot create the session file {str(path)!r}: {why}; "
-                f"{'free some space' if full else 'fix the directory'} and restart the "
-                "writer (the scan stays in Redis)"
+                f"{'free some space' if full else 'fix the directory'} (the scan stays in "
+                "Redis)"
             ) from exc
 
     def _rebuild(self, file: h5py.File, path: Path) -> None:

@@ -6,7 +6,8 @@ assignments on stdin, one JSON line each (scan and settings; not in argv, so tha
 password shows in ``ps``), and writes one scan at a time with a
 :class:`~scanstream.writer.scan_writer.ScanWriter`. It reports on stdout, one JSON line per
 message: ``{"started": file, "entry": name}`` once the scan's file is chosen, then
-``{"result": ...}`` or ``{"error": text, "retry": bool}``; then it waits for the next
+``{"result": ...}`` or ``{"error": text, "retry": bool, "environment": bool}`` (a
+failure the service retries later, :mod:`scanstream.writer.retry`); then it waits for the next
 assignment (the service keeps a few workers warm), or exits at EOF.
 
 The worker fences itself: before each event (at most every :data:`FENCE_PERIOD` s, a Redis
@@ -44,6 +45,7 @@ from .files import FileBusyError, OpenFiles
 from .isolation import WorkerConfig
 from .paths import WritePolicy
 from .registry import WriterRegistry
+from .retry import error_name, is_environment_failure
 from .scan_claims import ClaimFence, ScanClaims
 from .scan_result import WriteResult
 from .scan_writer import ScanWriter
@@ -196,7 +198,12 @@ def _write_one(assignment: dict[str, Any], terminated: threading.Event) -> bool:
         _REPORTS.say(error=f"{type(exc).__name__}: {exc}", retry=True)
     except Exception as exc:
         logger.debug("scan %s:%s", session, number, exc_info=True)
-        _REPORTS.say(error=f"{type(exc).__name__}: {exc}", retry=False)
+        # Whether a later attempt may succeed is known here only, where the OSError is.
+        _REPORTS.say(
+            error=f"{error_name(exc)}: {exc}",
+            retry=False,
+            environment=is_environment_failure(exc),
+        )
     finally:
         files.close()
         store.close()
