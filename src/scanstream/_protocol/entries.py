@@ -84,6 +84,36 @@ def data_entry_id(first_index: int) -> str:
     return f"{first_index}-1"
 
 
+#: The value of a scan's lease key: a string always written with an expiry (PX).
+LEASE_VALUE = b"1"
+
+
+def lease_problem(pttl: int, value: object) -> str | None:
+    """Why a scan's lease key is not a lease; None if it is one (or if it is absent).
+
+    ``pttl`` is the key's PTTL reply (-2 absent, -1 no expiry) and ``value`` its GET reply,
+    or the exception GET gave (another type). Garbage there (an operator's ``SET``, a hash)
+    without an expiry would keep a dead publisher's scan running for ever, so readers count
+    it as an expired lease; ``end_scan.lua`` applies the same rule.
+    """
+    if pttl == -2 or value is None:  # None: it expired between the PTTL and the GET
+        return None
+    if isinstance(value, Exception):
+        return f"it is not a string ({value})"
+    if value != LEASE_VALUE:
+        return f"its value is {brief_value(value)}, not {LEASE_VALUE.decode()}"
+    if pttl < 0:
+        return "it has no expiry"
+    return None
+
+
+def brief_value(value: object, limit: int = 40) -> str:
+    """``value`` (bytes or None) shown for a log line, cut to ``limit`` bytes."""
+    if not isinstance(value, bytes):
+        return repr(value)
+    return repr(value[:limit]) + ("..." if len(value) > limit else "")
+
+
 def first_index_of(entry_id: bytes) -> int:
     """Index of the first point of the data entry with this ID (the inverse of :func:`data_entry_id`)."""
     return int(entry_id.split(b"-", 1)[0])
