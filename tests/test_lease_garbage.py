@@ -1,4 +1,4 @@
-"""Garbage over a scan's lease key: a dead publisher's scan still ends, a live one goes on."""
+"""Garbage over a scan's lease key or in its data stream, written by another process."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+import redis
 
 from scanstream import EventType, ScanState, get_session_node
 
@@ -119,3 +120,19 @@ def test_a_live_publisher_replaces_garbage_over_its_lease(session, store, caplog
     np.testing.assert_array_equal(data, np.arange(float(i)))
     replaced = [m for m in _lease_messages(caplog, scan_node.lease_key) if "was not a lease" in m]
     assert len(replaced) == 1, caplog.text  # the publisher said it, once
+
+
+def test_an_entry_written_into_a_scans_stream_by_another_process_is_named(session, store):
+    scan = session.create_scan("s")
+    channel = scan.create_container("t").create_channel("c")
+    scan.prepared()
+    channel.emit(0.0)
+    scan.flush()
+    store.redis.xadd(channel.key, {"garbage": "1"}, id="99999999999-1")
+    channel.emit(1.0)
+    with pytest.raises(redis.exceptions.ResponseError) as raised:
+        scan.flush()
+    message = str(raised.value)
+    assert "99999999999-1" in message
+    assert "another process wrote into this scan's stream" in message
+    assert "manual write" in message

@@ -479,10 +479,21 @@ class Sender:
                     )
                     continue
                 raise redis.exceptions.ResponseError(
-                    f"scan {self.name}: {key} already holds another entry at {entry_id}: "
-                    "was the scan published by two processes?"
+                    f"scan {self.name}: {key} holds an entry this publisher did not write "
+                    f"({self._foreign_entry(key, entry_id)}): another process wrote into "
+                    "this scan's stream (a second publisher, or a manual write)"
                 )
             raise result
+
+    def _foreign_entry(self, key: str, entry_id: str) -> str:
+        """Names the entry in the way of ``entry_id``: the one there, else the stream's last."""
+        there = stream_entries(self.store.redis.xrange(key, min=entry_id, max=entry_id))
+        if there:
+            return f"entry {there[0][0].decode()}, the ID of its next entry"
+        last = stream_entries(self.store.redis.xrevrange(key, count=1))
+        if last:
+            return f"entry {last[0][0].decode()}, ahead of its next entry {entry_id}"
+        return f"an entry ahead of its next entry {entry_id}"
 
     def _holds(self, key: str, entry_id: str, npoints: int) -> bool:
         """True when the stream has, at ``entry_id``, a data entry of ``npoints`` points."""
