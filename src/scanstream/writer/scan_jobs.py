@@ -26,7 +26,7 @@ import redis
 
 from .._transport.connection import DataStore
 from ..admin.wording import counted
-from ..exceptions import ScanNotFoundError
+from ..exceptions import ScanNotFoundError, ServerResetError
 from ..models import SavingState, SavingVerdict
 from ..subscribe.lost import record_if_lost_by_number
 from ..subscribe.tree import ScanNode
@@ -213,6 +213,8 @@ class ScanJobs:
         lost = self._record_if_lost(session, scan)
         if lost is not None:
             message = f"{message}; {lost}"
+        if _data_gone(message) and not message.startswith(_GONE):
+            message = f"{_GONE}: {message}"
         logger.error("scan %s NOT saved: %s", scan.db_name, message)
         session.errors.append(
             {"scan": scan.name, "number": scan.number, "error": message, "time": time.time()}
@@ -236,9 +238,28 @@ class ScanJobs:
             if store.redis.exists(store.keys.scan(session.name, scan.number)):
                 return None
             return record_if_lost_by_number(store, session.name, scan.number)
-        except redis.exceptions.RedisError as exc:
+        except (redis.exceptions.RedisError, ServerResetError) as exc:
             logger.warning("scan %s: not checked for a loss: %s", scan.db_name, exc)
             return None
+
+    def _gone(self, session: SessionState, scan: ScanNode) -> str | None:
+        """Why ``scan``, whose write stopped with its claim, can no longer be saved by anyone:
+        its data left Redis (a server reset stops the claim as well, and the walk of the next
+        claim does not find the scan). None while its keys are there, or when it was saved."""
+        store = self.registry.store
+        try:
+            if store.redis.exists(store.keys.scan(session.name, scan.number)):
+                return None
+            if self.registry.is_saved(session.name, scan.number):
+                return None
+        except ServerResetError as exc:
+            return f"{_GONE}: {_error_text(exc)}"
+        except redis.exceptions.RedisError:
+            return None  # unknown: the next claim finds the scan if it is there
+        return (
+            f"{_GONE} (its keys are gone: the server restarted empty or was flushed, or the "
+            "scan was deleted)"
+        )
 
     def _write_scan(
         self, session: SessionState, scan: ScanNode, claim: AnyClaim, finished: bool
@@ -249,6 +270,9 @@ class ScanJobs:
                 started = time.monotonic()
                 result = self._write_until_done(session, scan, claim)
             if result is None or claim.stopped:  # stopped, or the session was lost meanwhile
+                gone = self._gone(session, scan)
+                if gone is not None:  # a server reset lapses the claim too: count the scan
+                    self._failed(session, scan, claim, gone)
                 return
             if result.problems:
                 self._failed(
@@ -281,8 +305,11 @@ class ScanJobs:
                 time.monotonic() - started,
             )
         except Exception as exc:
-            if not claim.stopped:
-                self._failed(session, scan, claim, _error_text(exc))
+            text = _error_text(exc)
+            # A server reset also lapses the session's claim; the scan must be counted all the
+            # same: no writer can save it now, and the new claim's walk will not see it.
+            if not claim.stopped or _data_gone(text):
+                self._failed(session, scan, claim, text)
         finally:
             self.done(session, scan)
 
@@ -370,6 +397,16 @@ class ScanJobs:
         """``scan`` is no longer written here."""
         with self._lock:
             session.running.discard(scan.name)
+
+
+#: The start of the error of a scan whose data the server lost before it was saved.
+_GONE = "its data was gone from Redis before it was saved"
+
+
+def _data_gone(text: str) -> bool:
+    """True for a failure text saying the server lost the scan's data (a worker process reports
+    its error as text: the type name is what is left of it)."""
+    return f"{ServerResetError.__name__}: " in text
 
 
 def _error_text(exc: Exception) -> str:
