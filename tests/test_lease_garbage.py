@@ -136,3 +136,15 @@ def test_an_entry_written_into_a_scans_stream_by_another_process_is_named(sessio
     assert "99999999999-1" in message
     assert "another process wrote into this scan's stream" in message
     assert "manual write" in message
+
+
+@pytest.mark.parametrize("kind", [None, *GARBAGE])
+def test_readers_and_the_end_script_judge_a_lease_key_alike(session, store, kind):
+    scan = session.create_scan("s")
+    scan_node = get_session_node(session.name, store=store).get_scan(scan.number)
+    scan._sender.stop()  # no renewal from here on: it would replace the garbage
+    if kind is not None:
+        GARBAGE[kind](store.redis, scan_node.lease_key)
+    assert scan_node.lease_alive() is (kind is None)
+    # check_lease has no grace: the END script must agree with the reader's judgement.
+    assert scan_node.check_lease() is (ScanState.CREATED if kind is None else ScanState.KILLED)

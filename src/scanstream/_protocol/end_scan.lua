@@ -52,7 +52,7 @@ if type(current) == 'table' and current.err then
     .. '): nothing was changed', {}}
 end
 if current and FINAL_STATES[current] then return {'ended', current, ''} end
--- A lease is the string '1' with an expiry (entries.lease_problem): garbage over the key
+-- A lease is the string '1' with an expiry (entries.lease_status): garbage over the key
 -- (another type or value, no expiry) counts as expired, or a dead publisher's scan would run
 -- for ever. GET by pcall: another type is an error reply, not a script error.
 local function lease_held()

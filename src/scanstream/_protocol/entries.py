@@ -88,23 +88,28 @@ def data_entry_id(first_index: int) -> str:
 LEASE_VALUE = b"1"
 
 
-def lease_problem(pttl: int, value: object) -> str | None:
-    """Why a scan's lease key is not a lease; None if it is one (or if it is absent).
+def lease_status(kind: bytes | str, pttl: int, value: bytes | None) -> tuple[bool, str | None]:
+    """Judge a scan's lease key: ``(alive, problem)``; ``problem`` says why it is garbage.
 
-    ``pttl`` is the key's PTTL reply (-2 absent, -1 no expiry) and ``value`` its GET reply,
-    or the exception GET gave (another type). Garbage there (an operator's ``SET``, a hash)
-    without an expiry would keep a dead publisher's scan running for ever, so readers count
-    it as an expired lease; ``end_scan.lua`` applies the same rule.
+    ``kind``, ``pttl`` and ``value`` are the key's TYPE, PTTL and MGET replies, read in this
+    order (none of them fails on another type, so a pipeline of them needs no error handling
+    that would bypass the connection's retries). Garbage there (an operator's ``SET``, a
+    hash), which has no expiry, would keep a dead publisher's scan running for ever, so
+    readers count it as an expired lease; ``end_scan.lua`` applies the same rule. Absent:
+    ``(False, None)``.
     """
-    if pttl == -2 or value is None:  # None: it expired between the PTTL and the GET
-        return None
-    if isinstance(value, Exception):
-        return f"it is not a string ({value})"
+    kind = kind.decode(errors="replace") if isinstance(kind, bytes) else kind
+    if kind == "none" or pttl == -2:
+        return False, None
+    if kind != "string":
+        return False, f"it is a {kind}, not a string"
+    if value is None:  # expired or deleted after the TYPE
+        return False, None
     if value != LEASE_VALUE:
-        return f"its value is {brief_value(value)}, not {LEASE_VALUE.decode()}"
+        return False, f"its value is {brief_value(value)}, not {LEASE_VALUE.decode()}"
     if pttl < 0:
-        return "it has no expiry"
-    return None
+        return False, "it has no expiry"
+    return True, None
 
 
 def brief_value(value: object, limit: int = 40) -> str:

@@ -70,7 +70,7 @@ _TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 # scan on a server that lost it. A hash with a 'lost' field (entries.LOST_FIELD) is the record
 # a reader made of the scan once gone (subscribe/lost.py), not the scan. SET replaces garbage
 # over the lease key whatever its type; what was there is returned, to be logged (readers
-# count garbage as an expired lease: entries.lease_problem).
+# count garbage as an expired lease: entries.lease_status).
 # KEYS: scan hash, lease. ARGV: lease time (ms).
 # Returns 0 (no scan), 1 (renewed) or the text of the garbage replaced.
 _RENEW_IF_PRESENT = """

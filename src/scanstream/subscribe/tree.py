@@ -373,14 +373,12 @@ class ScanNode(DataNode):
 
     def lease_alive(self) -> bool:
         """True if the publisher's lease key holds a lease (a garbage value there: False)."""
-        pipe = self.store.redis.pipeline(transaction=False)
+        pipe: Any = self.store.redis.pipeline(transaction=False)  # execute_command is untyped
+        pipe.type(self.lease_key)
         pipe.pttl(self.lease_key)
-        pipe.get(self.lease_key)
-        pttl, value = pipe.execute(raise_on_error=False)
-        for reply in (pttl, value):
-            if isinstance(reply, Exception) and not is_wrong_type(reply):
-                raise reply
-        return pttl != -2 and entries.lease_problem(pttl, value) is None
+        pipe.execute_command("MGET", self.lease_key)  # .mget is blocked on a cluster
+        kind, pttl, (value,) = pipe.execute()
+        return entries.lease_status(kind, pttl, value)[0]
 
     def declare_killed_if_lease_expired(self) -> bool:
         """End the scan as KILLED if its publisher's lease has expired. True if it did.

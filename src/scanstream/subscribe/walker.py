@@ -677,19 +677,17 @@ class Walker:
             return []
         self._next_lease_check = now + self._lease_period
         follows = list(self._scans.values())
-        pipe = self.redis.pipeline(transaction=False)
+        pipe: Any = self.redis.pipeline(transaction=False)  # Any: execute_command is untyped
         for follow in follows:
+            pipe.type(follow.scan.lease_key)
             pipe.pttl(follow.scan.lease_key)
-            pipe.get(follow.scan.lease_key)
-        replies = pipe.execute(raise_on_error=False)
+            pipe.execute_command("MGET", follow.scan.lease_key)  # .mget is blocked on a cluster
+        replies = pipe.execute()
         events: list[Event] = []
         for i, follow in enumerate(follows):
-            pttl, value = replies[2 * i : 2 * i + 2]
-            for reply in (pttl, value):
-                if isinstance(reply, Exception) and not is_wrong_type(reply):
-                    raise reply
-            problem = entries.lease_problem(pttl, value)
-            if problem is None and pttl != -2:
+            kind, pttl, (value,) = replies[3 * i : 3 * i + 3]
+            alive, problem = entries.lease_status(kind, pttl, value)
+            if alive:
                 follow.lease_seen, follow.lease_gone_since = True, None
                 continue
             if problem is not None and not follow.lease_garbage_logged:
