@@ -60,7 +60,7 @@ def _make_scan(client: redis.Redis, keys: Keys, state: str, *, lease: bool) -> d
     """A scan written by hand with one node of every type; returns {type: node index}."""
     client.hset(keys.scan(SESSION, NUMBER), mapping={"state": state, "name": "s"})
     if lease:
-        client.set(keys.scan_lease(SESSION, NUMBER), "1")
+        client.set(keys.scan_lease(SESSION, NUMBER), "1", px=60_000)
     indices = {}
     for index, node_type in enumerate(t.value for t in NodeType):
         desc = NodeDescription(index=index + 2, parent=1, type=node_type, name=node_type)

@@ -54,7 +54,10 @@ def test_another_entry_at_the_same_id_is_an_error_not_a_replay(store: DataStore)
     sender.add(queue)
     store.redis.xadd(queue.key, {b"n": b"2", b"d": b"xy"}, id="0-1")  # another publisher's
     queue.put(b"a")
-    with pytest.raises(redis.exceptions.ResponseError, match="already holds another entry at 0-1"):
+    with pytest.raises(
+        redis.exceptions.ResponseError,
+        match=r"did not write \(entry 0-1, the ID of its next entry\): another process",
+    ):
         sender.send(raise_errors=True)
     assert queue.pending == [b"a"] and queue.sent == 0  # kept queued
     assert isinstance(sender.error, redis.exceptions.ResponseError) and sender.refusing

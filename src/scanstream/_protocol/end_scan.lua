@@ -52,7 +52,14 @@ if type(current) == 'table' and current.err then
     .. '): nothing was changed', {}}
 end
 if current and FINAL_STATES[current] then return {'ended', current, ''} end
-if ARGV[5] == '1' and redis.call('EXISTS', lease) == 1 then
+-- A lease is the string '1' with an expiry (entries.lease_status): garbage over the key
+-- (another type or value, no expiry) counts as expired, or a dead publisher's scan would run
+-- for ever. GET by pcall: another type is an error reply, not a script error.
+local function lease_held()
+  local ttl = redis.call('PTTL', lease)
+  return ttl >= 0 and redis.pcall('GET', lease) == '1'
+end
+if ARGV[5] == '1' and lease_held() then
   return {'alive', current or '', ''}
 end
 local lengths = {}

@@ -84,6 +84,41 @@ def data_entry_id(first_index: int) -> str:
     return f"{first_index}-1"
 
 
+#: The value of a scan's lease key: a string always written with an expiry (PX).
+LEASE_VALUE = b"1"
+
+
+def lease_status(kind: bytes | str, pttl: int, value: bytes | None) -> tuple[bool, str | None]:
+    """Judge a scan's lease key: ``(alive, problem)``; ``problem`` says why it is garbage.
+
+    ``kind``, ``pttl`` and ``value`` are the key's TYPE, PTTL and MGET replies, read in this
+    order (none of them fails on another type, so a pipeline of them needs no error handling
+    that would bypass the connection's retries). Garbage there (an operator's ``SET``, a
+    hash), which has no expiry, would keep a dead publisher's scan running for ever, so
+    readers count it as an expired lease; ``end_scan.lua`` applies the same rule. Absent:
+    ``(False, None)``.
+    """
+    kind = kind.decode(errors="replace") if isinstance(kind, bytes) else kind
+    if kind == "none" or pttl == -2:
+        return False, None
+    if kind != "string":
+        return False, f"it is a {kind}, not a string"
+    if value is None:  # expired or deleted after the TYPE
+        return False, None
+    if value != LEASE_VALUE:
+        return False, f"its value is {brief_value(value)}, not {LEASE_VALUE.decode()}"
+    if pttl < 0:
+        return False, "it has no expiry"
+    return True, None
+
+
+def brief_value(value: object, limit: int = 40) -> str:
+    """``value`` (bytes or None) shown for a log line, cut to ``limit`` bytes."""
+    if not isinstance(value, bytes):
+        return repr(value)
+    return repr(value[:limit]) + ("..." if len(value) > limit else "")
+
+
 def first_index_of(entry_id: bytes) -> int:
     """Index of the first point of the data entry with this ID (the inverse of :func:`data_entry_id`)."""
     return int(entry_id.split(b"-", 1)[0])

@@ -68,15 +68,29 @@ _TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 # Renew the lease only while the scan exists: a plain SET would create a lease without its
 # scan on a server that lost it. A hash with a 'lost' field (entries.LOST_FIELD) is the record
-# a reader made of the scan once gone (subscribe/lost.py), not the scan.
+# a reader made of the scan once gone (subscribe/lost.py), not the scan. SET replaces garbage
+# over the lease key whatever its type; what was there is returned, to be logged (readers
+# count garbage as an expired lease: entries.lease_status).
 # KEYS: scan hash, lease. ARGV: lease time (ms).
+# Returns 0 (no scan), 1 (renewed) or the text of the garbage replaced.
 _RENEW_IF_PRESENT = """
 if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'lost') == 1 then
   return 0
 end
+local kind = redis.call('TYPE', KEYS[2])['ok']
+local ttl = redis.call('PTTL', KEYS[2])
+local old = false
+if kind == 'string' then old = redis.call('GET', KEYS[2]) end
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
-return 1
+if kind == 'none' or (old == '1' and ttl >= 0) then return 1 end
+if kind ~= 'string' then return 'it was a ' .. kind end
+if old ~= '1' then return 'its value was ' .. string.sub(old, 1, 40) end
+return 'it had no expiry'
 """
+
+
+def _as_text(raw: bytes | str) -> str:
+    return raw.decode(errors="replace") if isinstance(raw, bytes) else raw
 
 
 class DataQueue(Protocol):
@@ -196,6 +210,7 @@ class Sender:
         self._unreachable_since: float | None = None
         self._last_entries = 0  # entries of the last send: the pause after it
         self._renew_if_present = store.redis.register_script(_RENEW_IF_PRESENT)
+        self._lease_garbage_logged = False
         self._heads = CommandHeads()  # the RESP heads of this scan's XADDs, built once
         self._later: tuple[float, Callable[[], None]] | None = None  # see call_after
 
@@ -290,9 +305,22 @@ class Sender:
         try:
             if self.scan_key is None:
                 self.store.redis.set(self.lease_key, b"1", px=lease_ms)
-            elif not self._renew_if_present(keys=[self.scan_key, self.lease_key], args=[lease_ms]):
-                self.lose(self.lost_error("its lease could not be renewed"))
-                return False
+            else:
+                reply = self._renew_if_present(
+                    keys=[self.scan_key, self.lease_key], args=[lease_ms]
+                )
+                if reply == 0:
+                    self.lose(self.lost_error("its lease could not be renewed"))
+                    return False
+                if reply != 1 and not self._lease_garbage_logged:
+                    self._lease_garbage_logged = True  # once: a loop rewriting it would flood
+                    logger.error(
+                        "scan %s: its lease key %s was not a lease (%s): replaced by the "
+                        "lease; readers count such garbage as an expired lease",
+                        self.name,
+                        self.lease_key,
+                        _as_text(reply),
+                    )
         except _TRANSIENT as exc:
             self._unreachable(exc)
             return False
@@ -451,10 +479,21 @@ class Sender:
                     )
                     continue
                 raise redis.exceptions.ResponseError(
-                    f"scan {self.name}: {key} already holds another entry at {entry_id}: "
-                    "was the scan published by two processes?"
+                    f"scan {self.name}: {key} holds an entry this publisher did not write "
+                    f"({self._foreign_entry(key, entry_id)}): another process wrote into "
+                    "this scan's stream (a second publisher, or a manual write)"
                 )
             raise result
+
+    def _foreign_entry(self, key: str, entry_id: str) -> str:
+        """Names the entry in the way of ``entry_id``: the one there, else the stream's last."""
+        there = stream_entries(self.store.redis.xrange(key, min=entry_id, max=entry_id))
+        if there:
+            return f"entry {there[0][0].decode()}, the ID of its next entry"
+        last = stream_entries(self.store.redis.xrevrange(key, count=1))
+        if last:
+            return f"entry {last[0][0].decode()}, ahead of its next entry {entry_id}"
+        return f"an entry ahead of its next entry {entry_id}"
 
     def _holds(self, key: str, entry_id: str, npoints: int) -> bool:
         """True when the stream has, at ``entry_id``, a data entry of ``npoints`` points."""

@@ -353,7 +353,10 @@ class ScanNode(DataNode):
 
         A running scan whose publisher stopped renewing its lease (process killed or frozen
         for longer than ``lease_time``) will never end by itself: this records its end, as
-        walks do for the scans they follow.
+        walks do for the scans they follow. A lease key that is not a lease (garbage written
+        over it: another type, another value, no expiry) counts as expired, with no grace:
+        walks wait half a lease time first, as a live publisher replaces it at its next
+        renewal.
 
         Raises
         ------
@@ -363,10 +366,19 @@ class ScanNode(DataNode):
             The scan expired or was deleted.
         """
         state = self.state
-        if not state.is_final and not self.store.redis.exists(self.lease_key):
+        if not state.is_final and not self.lease_alive():
             self.declare_killed_if_lease_expired()
             state = self.state
         return state
+
+    def lease_alive(self) -> bool:
+        """True if the publisher's lease key holds a lease (a garbage value there: False)."""
+        pipe: Any = self.store.redis.pipeline(transaction=False)  # execute_command is untyped
+        pipe.type(self.lease_key)
+        pipe.pttl(self.lease_key)
+        pipe.execute_command("MGET", self.lease_key)  # .mget is blocked on a cluster
+        kind, pttl, (value,) = pipe.execute()
+        return entries.lease_status(kind, pttl, value)[0]
 
     def declare_killed_if_lease_expired(self) -> bool:
         """End the scan as KILLED if its publisher's lease has expired. True if it did.

@@ -129,6 +129,7 @@ class _ScanFollow:
     # Lease watch (_check_leases): seen alive by this walk; when it was first seen gone since.
     lease_seen: bool = False
     lease_gone_since: float | None = None
+    lease_garbage_logged: bool = False
 
 
 class Walker:
@@ -676,20 +677,36 @@ class Walker:
             return []
         self._next_lease_check = now + self._lease_period
         follows = list(self._scans.values())
-        pipe = self.redis.pipeline(transaction=False)
+        pipe: Any = self.redis.pipeline(transaction=False)  # Any: execute_command is untyped
         for follow in follows:
-            pipe.exists(follow.scan.lease_key)
+            pipe.type(follow.scan.lease_key)
+            pipe.pttl(follow.scan.lease_key)
+            pipe.execute_command("MGET", follow.scan.lease_key)  # .mget is blocked on a cluster
+        replies = pipe.execute()
         events: list[Event] = []
-        for follow, alive in zip(follows, pipe.execute()):
+        for i, follow in enumerate(follows):
+            kind, pttl, (value,) = replies[3 * i : 3 * i + 3]
+            alive, problem = entries.lease_status(kind, pttl, value)
             if alive:
                 follow.lease_seen, follow.lease_gone_since = True, None
                 continue
-            if follow.lease_seen:
+            if problem is not None and not follow.lease_garbage_logged:
+                follow.lease_garbage_logged = True
+                logger.error(
+                    "scan %s: its lease key %s is not a lease (%s): counted as an expired "
+                    "lease (a live publisher overwrites it at its next renewal)",
+                    follow.scan.db_name,
+                    follow.scan.lease_key,
+                    problem,
+                )
+            if follow.lease_seen or problem is not None:
                 # Gone after this walk saw it alive: wait LEASE_GRACE of lease periods before
                 # ending the scan. A server paused past the lease (SIGSTOP, a stalled disk)
                 # expires every lease at once when it resumes, and a live publisher renews
                 # its lease at its first command after the pause; a reader checking first
                 # killed running scans (their publishers then failed on the sealed streams).
+                # Garbage over the lease always waits: a live publisher replaces it within a
+                # third of a lease time, and when it was written is unknown.
                 if follow.lease_gone_since is None:
                     follow.lease_gone_since = now
                 if now - follow.lease_gone_since < self._lease_grace:

@@ -29,7 +29,7 @@ import redis
 
 from .._transport.connection import DataStore
 from ..admin.wording import counted
-from ..exceptions import ScanNotFoundError
+from ..exceptions import ScanNotFoundError, ServerResetError
 from ..models import RETRY_NOTE, SavingState, SavingVerdict
 from ..subscribe.lost import record_if_lost_by_number
 from ..subscribe.tree import ScanNode
@@ -231,6 +231,8 @@ class ScanJobs:
         lost = self._record_if_lost(session, scan)
         if lost is not None:
             message = f"{message}; {lost}"
+        if _data_gone(message) and not message.startswith(_GONE):
+            message = f"{_GONE}: {message}"
         logger.error("scan %s NOT saved: %s", scan.db_name, message)
         with self._lock:  # one entry per scan: a retried scan's last failure
             _forget_errors(session, scan.name)
@@ -256,9 +258,28 @@ class ScanJobs:
             if store.redis.exists(store.keys.scan(session.name, scan.number)):
                 return None
             return record_if_lost_by_number(store, session.name, scan.number)
-        except redis.exceptions.RedisError as exc:
+        except (redis.exceptions.RedisError, ServerResetError) as exc:
             logger.warning("scan %s: not checked for a loss: %s", scan.db_name, exc)
             return None
+
+    def _gone(self, session: SessionState, scan: ScanNode) -> str | None:
+        """Why ``scan``, whose write stopped with its claim, can no longer be saved by anyone:
+        its data left Redis (a server reset stops the claim as well, and the walk of the next
+        claim does not find the scan). None while its keys are there, or when it was saved."""
+        store = self.registry.store
+        try:
+            if store.redis.exists(store.keys.scan(session.name, scan.number)):
+                return None
+            if self.registry.is_saved(session.name, scan.number):
+                return None
+        except ServerResetError as exc:
+            return f"{_GONE}: {_error_text(exc)}"
+        except redis.exceptions.RedisError:
+            return None  # unknown: the next claim finds the scan if it is there
+        return (
+            f"{_GONE} (its keys are gone: the server restarted empty or was flushed, or the "
+            "scan was deleted)"
+        )
 
     def _write_scan(
         self, session: SessionState, scan: ScanNode, claim: AnyClaim, finished: bool
@@ -295,6 +316,9 @@ class ScanJobs:
                 started = time.monotonic()
                 result = self._write_until_done(session, scan, claim)
             if result is None or claim.stopped:  # stopped, or the session was lost meanwhile
+                gone = self._gone(session, scan)
+                if gone is not None:  # a server reset lapses the claim too: count the scan
+                    self._failed(session, scan, claim, gone)
                 return None
             if result.problems:
                 self._failed(
@@ -329,7 +353,12 @@ class ScanJobs:
                 time.monotonic() - started,
             )
         except Exception as exc:
+            text = _error_text(exc)
             if claim.stopped:
+                # A server reset also lapses the session's claim; the scan must be counted all
+                # the same: no writer can save it now, and the new claim's walk will not see it.
+                if _data_gone(text):
+                    self._failed(session, scan, claim, text)
                 return None
             # Pool mode: a failed scan goes to another member or ends (decision 0014).
             if (
@@ -338,7 +367,7 @@ class ScanJobs:
                 and isinstance(claim, SessionClaim)
             ):
                 return exc
-            self._failed(session, scan, claim, _error_text(exc))
+            self._failed(session, scan, claim, text)
         return None
 
     def _retry_pause(
@@ -510,6 +539,16 @@ def _forget_errors(session: SessionState, name: str) -> None:
     kept = [e for e in session.errors if e["scan"] != name]
     session.errors.clear()
     session.errors.extend(kept)
+
+
+#: The start of the error of a scan whose data the server lost before it was saved.
+_GONE = "its data was gone from Redis before it was saved"
+
+
+def _data_gone(text: str) -> bool:
+    """True for a failure text saying the server lost the scan's data (a worker process reports
+    its error as text: the type name is what is left of it)."""
+    return f"{ServerResetError.__name__}: " in text
 
 
 def _error_text(exc: Exception) -> str:

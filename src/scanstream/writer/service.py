@@ -33,7 +33,7 @@ import redis
 from .._protocol.keys import check_session_name
 from .._transport.connection import DataStore, default_store
 from ..admin.registry import saved_scans
-from ..exceptions import DecodingError, InvalidArgumentError, ScanstreamError
+from ..exceptions import DecodingError, InvalidArgumentError, ScanstreamError, ServerResetError
 from ..models import SCAN_NODE_TYPES
 from ..subscribe.events import EventType, StopHandler
 from ..subscribe.tree import ScanNode, get_session_node
@@ -340,7 +340,8 @@ class WriterService:
         if self.pool is not None:  # after the files are closed: others take the scans over
             self.pool.release()
         for name in self.sessions:
-            with contextlib.suppress(redis.RedisError):
+            # A reset server (ServerResetError) holds no claim to release: stopping must not fail.
+            with contextlib.suppress(redis.RedisError, ServerResetError):
                 self.registry.release(name)
 
     def wait(self, timeout: float | None = None) -> bool:
