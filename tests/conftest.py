@@ -11,6 +11,8 @@
   end, so tests never touch the real one or its persisted data.
 - ``persistent_server`` (function): a private server on a free port that persists to a data
   directory (as the shared one does), for tests that stop, kill and restart it.
+- ``private_server`` (function): the same without persistence (a restart empties it), for
+  tests that kill, freeze or reset it.
 """
 
 from __future__ import annotations
@@ -191,6 +193,33 @@ def private_runtime_dir(
         stop_server()
 
 
+@contextlib.contextmanager
+def _started(server: EmbeddedServer) -> Iterator[EmbeddedServer]:
+    """Start ``server``; at the end resume it (a frozen one ignores SIGTERM) and stop it."""
+    server.start(timeout=10)
+    try:
+        yield server
+    finally:
+        pid = server.pid
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        server.stop()
+
+
+@pytest.fixture
+def private_server(
+    server_binary: Path, tmp_path: Path, free_tcp_port: int
+) -> Iterator[EmbeddedServer]:
+    """A private server on a free port, without persistence (a restart empties it).
+
+    The test may kill, freeze (SIGSTOP) and ``start()`` it again; it is resumed and stopped at
+    the end.
+    """
+    with _started(EmbeddedServer(tmp_path / "redis", port=free_tcp_port)) as server:
+        yield server
+
+
 @pytest.fixture
 def persistent_server(
     server_binary: Path, tmp_path: Path, free_tcp_port: int
@@ -200,16 +229,9 @@ def persistent_server(
     The test may stop, kill (SIGKILL, SIGSTOP) and ``start()`` it again on the same port and
     data; it is resumed and stopped at the end.
     """
-    server = EmbeddedServer(tmp_path / "redis", port=free_tcp_port, data_dir=tmp_path / "data")
-    server.start(timeout=10)
-    try:
+    data = tmp_path / "data"
+    with _started(EmbeddedServer(tmp_path / "redis", port=free_tcp_port, data_dir=data)) as server:
         yield server
-    finally:
-        pid = server.pid
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)  # a frozen server would not stop on SIGTERM
-        server.stop()
 
 
 @pytest.fixture(autouse=True)

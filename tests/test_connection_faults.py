@@ -11,7 +11,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,19 +34,9 @@ from scanstream._transport.server import EmbeddedServer
 
 
 @pytest.fixture
-def server(server_binary: Path, tmp_path: Path, free_tcp_port: int) -> Iterator[EmbeddedServer]:
+def server(private_server: EmbeddedServer) -> EmbeddedServer:
     """A private server for one test (tests here kill, pause and freeze it)."""
-    srv = EmbeddedServer(tmp_path / "redis", port=free_tcp_port)
-    srv.start(timeout=10)
-    try:
-        yield srv
-    finally:
-        if srv.pid is not None:
-            try:
-                os.kill(srv.pid, signal.SIGCONT)  # a frozen server would not stop on SIGTERM
-            except ProcessLookupError:
-                pass
-        srv.stop()
+    return private_server
 
 
 def _store(url: str, **settings: Any) -> DataStore:

@@ -5,32 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 
 import numpy as np
 import pytest
 import redis
+from leased_publisher import start_leased_publisher
 
 from scanstream import EventType, ScanState, get_session_node
-
-PUBLISHER = textwrap.dedent(
-    """
-    import sys, time
-    from scanstream import DataStore, Settings, create_session
-    store = DataStore(settings=Settings(redis_url=sys.argv[1], lease_time=1.0))
-    scan = create_session("test_session", store=store).create_scan("timescan", {"npoints": 0})
-    channel = scan.create_container("timer").create_channel("diode")
-    scan.prepared()
-    channel.emit([float(i) for i in range(10)])
-    scan.flush()
-    print(scan.number, flush=True)
-    time.sleep(60)
-    """
-)
 
 # What an operator may leave over a lease key, none with an expiry (DEL first: another type).
 GARBAGE = {
@@ -48,11 +31,8 @@ def _lease_messages(caplog: pytest.LogCaptureFixture, key: str) -> list[str]:
 @pytest.mark.parametrize("kind", list(GARBAGE))
 def test_garbage_over_a_dead_publishers_lease_ends_its_scan_killed(redis_url, store, caplog, kind):
     caplog.set_level(logging.ERROR, logger="scanstream")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", PUBLISHER, redis_url], stdout=subprocess.PIPE, text=True
-    )
+    proc, number = start_leased_publisher(redis_url)
     try:
-        number = int(proc.stdout.readline())
         scan_node = get_session_node("test_session", store=store).get_scan(number)
         walk = scan_node.walk_events(timeout=5)
         first = next(walk)

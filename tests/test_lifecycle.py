@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 
 import h5py
 import numpy as np
 import pytest
+from leased_publisher import start_leased_publisher
 
 from scanstream import (
     EncodingError,
@@ -27,28 +25,10 @@ from scanstream import (
     get_session_node,
 )
 
-PUBLISHER = textwrap.dedent(
-    """
-    import sys, time
-    from scanstream import DataStore, Settings, create_session
-    store = DataStore(settings=Settings(redis_url=sys.argv[1], lease_time=1.0))
-    scan = create_session("test_session", store=store).create_scan("timescan", {"npoints": 0})
-    channel = scan.create_container("timer").create_channel("diode")
-    scan.prepared()
-    channel.emit([float(i) for i in range(10)])
-    scan.flush()
-    print(scan.number, flush=True)
-    time.sleep(60)
-    """
-)
-
 
 def test_a_killed_publisher_scan_ends_killed_with_its_points(redis_url, store):
-    proc = subprocess.Popen(
-        [sys.executable, "-c", PUBLISHER, redis_url], stdout=subprocess.PIPE, text=True
-    )
+    proc, number = start_leased_publisher(redis_url)
     try:
-        number = int(proc.stdout.readline())
         scan_node = get_session_node("test_session", store=store).get_scan(number)
         walk = scan_node.walk_events(timeout=10)
         first = next(walk)

@@ -7,7 +7,6 @@ real server process frozen (SIGSTOP) or killed during a send.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import signal
@@ -167,17 +166,9 @@ def test_a_refusal_at_queue_time_aborts_the_transaction_and_raises_it(store: Dat
 
 
 @pytest.fixture
-def server(server_binary: Path, tmp_path: Path, free_tcp_port: int) -> Iterator[EmbeddedServer]:
+def server(private_server: EmbeddedServer) -> EmbeddedServer:
     """A private server for one test (tests here freeze and kill it)."""
-    srv = EmbeddedServer(tmp_path / "redis", port=free_tcp_port)
-    srv.start(timeout=10)
-    try:
-        yield srv
-    finally:
-        if srv.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(srv.pid, signal.SIGCONT)  # a frozen server would not stop on SIGTERM
-        srv.stop()
+    return private_server
 
 
 def test_a_full_server_is_recognised_at_queue_time_or_at_exec(

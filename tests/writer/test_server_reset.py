@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +19,9 @@ from .conftest import owning_writer, wait_for
 
 
 @pytest.fixture
-def server(server_binary: Path, tmp_path: Path, free_tcp_port: int) -> Iterator[EmbeddedServer]:
+def server(private_server: EmbeddedServer) -> EmbeddedServer:
     """A private server without persistence (a restart empties it)."""
-    srv = EmbeddedServer(tmp_path / "redis", port=free_tcp_port)
-    srv.start(timeout=10)
-    try:
-        yield srv
-    finally:
-        srv.stop()
+    return private_server
 
 
 def _status(url: str) -> dict[str, Any]:

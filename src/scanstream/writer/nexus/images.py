@@ -155,11 +155,7 @@ def require_image_vds(
     dt = np.dtype(dtype)
     fshape = tuple(int(n) for n in frame_shape)
     measurement = group
-    placement = place_channel(group, name, 2)
-    if placement is None:
-        dsname, identity = channel_dataset_name(name), "long_name"
-    else:
-        group, dsname, identity = placement.device, placement.member, CHANNEL_ATTR
+    placement, group, dsname, identity = _image_dataset_place(group, name)
     master_file = os.path.abspath(group.file.filename)
     master_dir = os.path.abspath(os.fspath(file_dir)) if file_dir else os.path.dirname(master_file)
     first = int(first_index)
@@ -232,11 +228,7 @@ def complete_image_vds(
         until its rebuild is due (call again then).
     """
     measurement = group
-    placement = place_channel(group, name, 2)
-    if placement is None:
-        dsname, identity = channel_dataset_name(name), "long_name"
-    else:
-        group, dsname, identity = placement.device, placement.member, CHANNEL_ATTR
+    placement, group, dsname, identity = _image_dataset_place(group, name)
     mapping = vds_mapping.take(group, dsname)
     if mapping is None:
         return None
@@ -474,3 +466,14 @@ def _widen(group: h5py.Group, name: str, table: h5py.Dataset, cell: int) -> h5py
     del group[name]
     group.move(tmp, name)
     return group[name]
+
+
+def _image_dataset_place(
+    group: h5py.Group, name: str
+) -> tuple[Placement | None, h5py.Group, str, str]:
+    """Where image channel ``name``'s VDS goes: the layout's placement (None: ``group``
+    itself), the group, the dataset's name and its identity attribute."""
+    placement = place_channel(group, name, 2)
+    if placement is None:
+        return None, group, channel_dataset_name(name), "long_name"
+    return placement, placement.device, placement.member, CHANNEL_ATTR
