@@ -2,7 +2,7 @@
 ``delete``, run against the local cluster (see test_core_on_cluster.py for how)."""
 
 from test_admin import *  # noqa: F403
-from writer.conftest import writer  # noqa: F401
+from writer.conftest import tiny_disk, writer  # noqa: F401
 from writer.test_service import *  # noqa: F403
 
 # Two tests look at the server with a plain client of the single-server URL (CLIENT KILL of
