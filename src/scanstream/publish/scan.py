@@ -103,8 +103,9 @@ class _NodeTree:
         self.descriptions: list[NodeDescription] = []  # for complete_scan_info
         self._updates: dict[int, dict[str, Any]] = {}  # node index -> info keys added
         self.data_nodes: list[_DataPublisher] = []
-        # NEW_NODE fields of the nodes made before prepared() and not written yet, in order.
-        self._unwritten: list[dict[Any, Any]] = []
+        # NEW_NODE fields of the nodes made before prepared() and not written yet, in order,
+        # encoded as the sender's transaction takes them (prepare_scan takes bytes too).
+        self._unwritten: list[dict[bytes, bytes]] = []
         #: True while some NEW_NODE entries are not written (read by the sender, unlocked).
         self.pending = False
 
@@ -144,7 +145,9 @@ class _NodeTree:
             desc = NodeDescription(index, parent_index, node_type, name, node_info)
             fields = new_node_fields(desc)
             if scan.state is ScanState.CREATED:  # written with PREPARED or the first data
-                self._unwritten.append(fields)
+                self._unwritten.append(
+                    {str(k).encode(): str(v).encode() for k, v in fields.items()}
+                )
                 self.pending = True
             # NOMKSTREAM: on a server that lost the scan, create no stream without expiry.
             elif scan.store.redis.xadd(self.events_key, fields, nomkstream=True) is None:
@@ -166,20 +169,14 @@ class _NodeTree:
         """
         with self._lock:
             unwritten, self._unwritten, self.pending = self._unwritten, [], False
-        key = self.events_key
-        return [
-            (key, {str(k).encode(): str(v).encode() for k, v in fields.items()})
-            for fields in unwritten
-        ]
+        return [(self.events_key, fields) for fields in unwritten]
 
     def give_back_unwritten(self, entries: list[tuple[str, dict[bytes, bytes]]]) -> None:
         """Entries of :meth:`take_unwritten` whose transaction failed: written later."""
         if not entries:
             return
         with self._lock:
-            self._unwritten[:0] = [
-                {k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries
-            ]
+            self._unwritten[:0] = [fields for _, fields in entries]
             self.pending = True
 
     def prepare(

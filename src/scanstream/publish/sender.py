@@ -201,7 +201,7 @@ class Sender:
         # and popleft are atomic, so the emitting threads need no lock of the sender's.
         self._ready: deque[DataQueue] = deque()
         # One send at a time (background thread, flush, end); held by prepared() too.
-        self.send_lock = self._send_lock = threading.Lock()
+        self.send_lock = threading.Lock()
         #: NEW_NODE entries written before the data of a send (the scan's node tree), if any.
         self.nodes: NodeEntries | None = None
         self._stop = threading.Event()  # interrupts every pause of the background thread
@@ -348,7 +348,7 @@ class Sender:
         been unreachable for ``max_unreachable_time`` the scan fails. A refusal by Redis (it
         is full) keeps them queued too, and makes every emit raise until a send succeeds.
         """
-        with self._send_lock:
+        with self.send_lock:
             try:
                 self._send_pending(nodes)
             except _TRANSIENT as exc:
