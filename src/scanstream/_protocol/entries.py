@@ -112,6 +112,18 @@ def lease_status(kind: bytes | str, pttl: int, value: bytes | None) -> tuple[boo
     return True, None
 
 
+#: Replies per lease key of :func:`queue_lease_reads`, in the order :func:`lease_status` takes.
+LEASE_READS = 3
+
+
+def queue_lease_reads(pipe: Any, lease_key: str) -> None:
+    """Queue on ``pipe`` (a redis-py pipeline) the reads :func:`lease_status` judges a lease
+    key by: TYPE, PTTL, MGET (a list of one value; ``.mget`` is refused in a cluster pipeline)."""
+    pipe.type(lease_key)
+    pipe.pttl(lease_key)
+    pipe.execute_command("MGET", lease_key)
+
+
 def brief_value(value: object, limit: int = 40) -> str:
     """``value`` (bytes or None) shown for a log line, cut to ``limit`` bytes."""
     if not isinstance(value, bytes):

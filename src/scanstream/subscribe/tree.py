@@ -374,9 +374,7 @@ class ScanNode(DataNode):
     def lease_alive(self) -> bool:
         """True if the publisher's lease key holds a lease (a garbage value there: False)."""
         pipe: Any = self.store.redis.pipeline(transaction=False)  # execute_command is untyped
-        pipe.type(self.lease_key)
-        pipe.pttl(self.lease_key)
-        pipe.execute_command("MGET", self.lease_key)  # .mget is blocked on a cluster
+        entries.queue_lease_reads(pipe, self.lease_key)
         kind, pttl, (value,) = pipe.execute()
         return entries.lease_status(kind, pttl, value)[0]
 

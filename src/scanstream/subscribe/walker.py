@@ -679,13 +679,12 @@ class Walker:
         follows = list(self._scans.values())
         pipe: Any = self.redis.pipeline(transaction=False)  # Any: execute_command is untyped
         for follow in follows:
-            pipe.type(follow.scan.lease_key)
-            pipe.pttl(follow.scan.lease_key)
-            pipe.execute_command("MGET", follow.scan.lease_key)  # .mget is blocked on a cluster
+            entries.queue_lease_reads(pipe, follow.scan.lease_key)
         replies = pipe.execute()
         events: list[Event] = []
+        n = entries.LEASE_READS
         for i, follow in enumerate(follows):
-            kind, pttl, (value,) = replies[3 * i : 3 * i + 3]
+            kind, pttl, (value,) = replies[n * i : n * i + n]
             alive, problem = entries.lease_status(kind, pttl, value)
             if alive:
                 follow.lease_seen, follow.lease_gone_since = True, None
