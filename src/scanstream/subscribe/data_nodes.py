@@ -463,7 +463,11 @@ class LimaDataView:
         last = self.last_image_ready
         if last < 0:
             return Frame(None, None, None)
-        return Frame(read_image(self.node.image_references(last, last + 1)[0]), last, "file")
+        return self._frame(last)
+
+    def _frame(self, index: int) -> Frame:
+        """Image ``index`` of the acquisition, read from its file, with its number."""
+        return Frame(read_image(self.node.image_references(index, index + 1)[0]), index, "file")
 
     def get_last_image(self) -> Frame:
         """The acquisition's last image with its number, ``Frame(data, frame_number, "file")``.
@@ -478,7 +482,7 @@ class LimaDataView:
         last = self.last_image_ready
         if last < 0:
             raise IndexNotYetThereError(f"{self.node.db_name}: no image has been taken yet")
-        return Frame(read_image(self.node.image_references(last, last + 1)[0]), last, "file")
+        return self._frame(last)
 
     def __len__(self) -> int:
         start, stop = self._bounds()
