@@ -263,3 +263,48 @@ def test_a_page_opened_before_the_scan_has_channels_shows_them_when_they_come(
     page.locator("#curve-points").filter(has_text="3 points").wait_for()
     scan.end()
     page.locator("#curve-points").filter(has_text="DONE").wait_for()
+
+
+def test_channels_of_one_short_name_and_fine_axes_are_told_apart(
+    beamline: PublishingSession, start_web: Any, new_page: Any, screenshots: Any
+) -> None:
+    """A scan of two timers (each its own elapsed_time and epoch) and times 0.1 ms apart."""
+    web = start_web()
+    scan = beamline.create_scan("timescan", {"title": "two timers", "type": "timescan"})
+    channels = {}
+    for timer_name in ("timer1", "timer2"):
+        timer = scan.create_container(timer_name)
+        channels[timer_name] = timer.create_channel("elapsed_time", dtype="float64", unit="s")
+        timer.create_channel("epoch", dtype="float64", unit="s").emit(
+            [1764769860.0 + i * 1e-4 for i in range(10)]
+        )
+    diode = scan.create_container("diode_controller").create_channel("diode", dtype="float64")
+    scan.prepared()
+    for elapsed in channels.values():
+        elapsed.emit([i * 1e-4 for i in range(10)])
+    diode.emit([float(i % 3) for i in range(10)])
+    scan.end()
+    page = new_page()
+    page.goto(web.url + f"#/scan/web_session/{scan.number}")
+    page.locator("#curve-points").filter(has_text="DONE").wait_for()
+    # Each curve its own name: the short one where it is unique, the full one elsewhere.
+    names = ["diode", "timer1:elapsed_time", "timer1:epoch", "timer2:elapsed_time", "timer2:epoch"]
+    options = page.locator("#x-select option").all_inner_texts()
+    assert sorted(options) == sorted(["point index", *names])
+    x = page.eval_on_selector("#x-select", "s => s.options[s.selectedIndex].text")
+    labels = [text.strip() for text in page.locator("#y-select label").all_inner_texts()]
+    assert sorted(labels) == sorted(set(names) - {x})
+    # Each column is that channel's data: timer2's epoch, not timer1's again.
+    page.select_option("#x-select", label="timer2:epoch")
+    page.locator("#y-select label").filter(has_text="timer1:epoch").locator("input").check()
+    page.wait_for_function("() => +document.getElementById('curve').dataset.xmax > 1764769860")
+    # The tick labels the axes draw (on the canvas): as many digits as their spacing needs.
+    assert page.evaluate("tickLabels([0, 0.0001, 0.0002, null], false)") == [
+        "0.0000", "0.0001", "0.0002", "",
+    ]  # fmt: skip
+    epoch_ticks = page.evaluate("tickLabels([1764769860.1, 1764769860.2, 1764769860.3], false)")
+    assert epoch_ticks == ["1764769860.1", "1764769860.2", "1764769860.3"]
+    assert page.evaluate("tickLabels([-1e-17, 0.5, 1], false)") == ["0.0", "0.5", "1.0"]
+    fine = page.evaluate("tickLabels([1e-9, 2e-9, 3e-9], false)")
+    assert len(set(fine)) == 3 and all("e-9" in t for t in fine)
+    screenshots(page, "two-timers")

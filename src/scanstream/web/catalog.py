@@ -28,6 +28,7 @@ __all__ = [
     "WATERFALL_ROWS",
     "analyse",
     "channel",
+    "data_nodes",
     "describe_scan",
     "image_frame",
     "list_all_scans",
@@ -121,47 +122,71 @@ def list_all_scans(store: DataStore, sessions: list[str] | None) -> dict[str, An
     return {"sessions": listed, "scans": scans}
 
 
-def scalar_channels(scan: ScanNode) -> list[ChannelNode]:
-    """The 0D numeric channels of ``scan``, in publishing order."""
-    return [n for n in scan.load_nodes() if isinstance(n, ChannelNode) and n.point_shape == ()]
+def data_nodes(scan: ScanNode) -> dict[str, ChannelNode | LimaNode]:
+    """The data nodes of ``scan`` by the name the view gives them, in publishing order.
+
+    That name is the node's own, unless two data nodes of the scan share it (the plain API
+    allows one name under two containers: each timer's ``elapsed_time``); those get their
+    full name (``timer1:elapsed_time``), or their path in the scan if that collides too.
+    The page, its live feed and its routes all use these names, so each curve is its own.
+    """
+    nodes = [n for n in scan.load_nodes() if isinstance(n, ChannelNode | LimaNode)]
+    names = [n.name for n in nodes]
+    full = [n.fullname if names.count(n.name) > 1 else n.name for n in nodes]
+    prefix = scan.db_name + ":"
+    keys = [
+        n.db_name.removeprefix(prefix) if full.count(key) > 1 else key
+        for n, key in zip(nodes, full, strict=True)
+    ]
+    return dict(zip(keys, nodes, strict=True))
+
+
+def scalar_channels(scan: ScanNode) -> dict[str, ChannelNode]:
+    """The 0D numeric channels of ``scan`` by their names in the view (:func:`data_nodes`)."""
+    return {
+        key: node
+        for key, node in data_nodes(scan).items()
+        if isinstance(node, ChannelNode) and node.point_shape == ()
+    }
 
 
 def channel(scan: ScanNode, name: str) -> ChannelNode | LimaNode:
-    """The data node named ``name`` (full or short name) of ``scan``.
+    """The data node of ``scan`` named ``name`` in the view, or of that short or full name.
 
     Raises
     ------
     KeyError
         No such node.
     """
-    for node in scan.load_nodes():
-        if isinstance(node, ChannelNode | LimaNode) and name in (node.name, node.fullname):
+    nodes = data_nodes(scan)
+    if name in nodes:
+        return nodes[name]
+    for node in nodes.values():
+        if name in (node.name, node.fullname):
             return node
     raise KeyError(name)
 
 
-def _node_json(node: object) -> dict[str, Any] | None:
+def _node_json(name: str, node: ChannelNode | LimaNode) -> dict[str, Any]:
     if isinstance(node, ChannelNode):
         dim = len(node.point_shape)
         return {
-            "name": node.name,
+            "name": name,
             "kind": ("scalar", "spectrum", "image")[min(dim, 2)],
             "dtype": str(node.dtype),
             "shape": list(node.point_shape),
             "unit": node.unit,
             "points": len(node),
         }
-    if isinstance(node, LimaNode):
-        return {
-            "name": node.name,
-            "kind": "lima",
-            "dtype": str(node.dtype),
-            "shape": list(node.shape),
-            "unit": None,
-            "points": len(node),
-            "saving_mode": node.saving_mode,
-        }
-    return None
+    return {
+        "name": name,
+        "kind": "lima",
+        "dtype": str(node.dtype),
+        "shape": list(node.shape),
+        "unit": None,
+        "points": len(node),
+        "saving_mode": node.saving_mode,
+    }
 
 
 def describe_scan(store: DataStore, session: str, number: int) -> dict[str, Any]:
@@ -175,7 +200,7 @@ def describe_scan(store: DataStore, session: str, number: int) -> dict[str, Any]
     scan = get_session_node(session, store=store).get_scan(number)
     info = dict(scan.info)
     saving = scan.saving
-    nodes = [n for n in map(_node_json, scan.load_nodes()) if n is not None]
+    nodes = [_node_json(name, node) for name, node in data_nodes(scan).items()]
     mesh = None
     if info.get("npoints1") and info.get("npoints2"):
         motors = _motors(info)
@@ -376,7 +401,7 @@ def analyse(store: DataStore, session: str, number: int, x: str, ys: list[str]) 
         No such channel.
     """
     scan = _scan(store, session, number)
-    nodes = {n.name: n for n in scalar_channels(scan)}
+    nodes = scalar_channels(scan)
     wanted = [nodes[name] for name in ([x] if x != "#" else []) + ys]  # KeyError if unknown
     count = min(min((len(n) for n in wanted), default=0), MAX_ANALYSED_POINTS)
     out: dict[str, Any] = {"x": x, "count": count, "curves": {}}

@@ -64,6 +64,7 @@ class ScanFeed:
         self.scan = scan
         self.max_buckets = max_buckets
         self.nodes: list[ChannelNode] = []
+        self._names: list[str] = []
         self.decimator: Decimator | None = None
         self.state = ScanState.CREATED
         self.ended = False
@@ -74,8 +75,8 @@ class ScanFeed:
 
     @property
     def names(self) -> list[str]:
-        """Column names (the channels' names), in column order."""
-        return [n.name for n in self.nodes]
+        """Column names (the channels' names in the view, ``catalog.data_nodes``), in order."""
+        return self._names
 
     def poll(self) -> bool:
         """Read what is new; True if something changed. Blocking (Redis reads)."""
@@ -98,7 +99,8 @@ class ScanFeed:
             # The channels are announced before PREPARED; a scan ended without any has none.
             if state is ScanState.CREATED:
                 return changed
-            self.nodes = scalar_channels(self.scan)
+            channels = scalar_channels(self.scan)
+            self.nodes, self._names = list(channels.values()), list(channels)
             self.decimator = Decimator(len(self.nodes), self.max_buckets)
             changed = True
         lengths = [len(n) for n in self.nodes]

@@ -43,8 +43,35 @@ function every(ms, fn) {
 }
 
 const short = (name) => String(name).split(":").pop();
+// Display names for the channels of one scan: the short name, or the full one where two
+// channels share it (the elapsed_time and epoch of each timer of a scan with two masters).
+function labeller(names) {
+  const seen = new Map();
+  for (const n of names) seen.set(short(n), (seen.get(short(n)) || 0) + 1);
+  return (n) => seen.get(short(n)) > 1 ? String(n) : short(n);
+}
 const fmt = (v) => v === null || v === undefined || Number.isNaN(v) ? "-" :
   (Math.abs(v) >= 1e5 || (Math.abs(v) < 1e-3 && v !== 0) ? v.toExponential(4) : +v.toPrecision(6));
+// Axis tick labels with as many digits as the tick spacing needs, so that neighbouring ticks
+// never read the same (uPlot's default keeps 3 decimals: ticks 0.0001 apart all read "0";
+// fmt's 5 significant digits make epoch seconds 0.1 apart all read "1.7648e+9").
+function tickLabels(ticks, log) {
+  const values = ticks.filter((v) => v !== null && Number.isFinite(v));
+  let step = Infinity;
+  for (let i = 1; i < values.length; i++) step = Math.min(step, Math.abs(values[i] - values[i - 1]));
+  if (log || !(step > 0 && step < Infinity)) return ticks.map((v) => v === null ? "" : String(fmt(v)));
+  const largest = Math.max(...values.map(Math.abs));
+  step = +step.toPrecision(3);  // ticks 1, 2, 2.5 or 5 x 10^k apart; 0.0999999 is 0.1
+  const decimals = Math.max(0, -Math.floor(Math.log10(step)));
+  const integerDigits = largest >= 1 ? Math.floor(Math.log10(largest)) + 1 : 1;
+  const plain = decimals <= 6 && integerDigits + decimals <= 15;
+  const digits = Math.min(15, Math.max(1, Math.ceil(Math.log10(largest / step) - 1e-9)));
+  return ticks.map((v) => {
+    if (v === null) return "";
+    const w = Math.abs(v) < step * 1e-6 ? 0 : v;  // no "-0.00" for a rounding error of zero
+    return plain ? w.toFixed(decimals) : w.toExponential(digits);
+  });
+}
 const FINAL = new Set(["DONE", "USER_ABORTED", "KILLED", "FAILED"]);
 
 // ------------------------------------------------------------------------------ the scan list
@@ -159,6 +186,7 @@ const COLORS = ["#1f6feb", "#d1242f", "#1a7f37", "#8250df", "#bf8700", "#0a7ea4"
 
 function curvePanel(desc, overlays) {
   const scalars = desc.nodes.filter((n) => n.kind === "scalar").map((n) => n.name);
+  const label = labeller(scalars);
   const plot = (desc.plots || []).flatMap((p) => p.items || []).find((i) => i.kind === "curve");
   // A mesh is best read against the point index (its map shows it against both motors).
   let x = plot && scalars.includes(plot.x) ? plot.x :
@@ -170,13 +198,13 @@ function curvePanel(desc, overlays) {
   const ys = new Set(defaultY ? [defaultY] : []);
   let log = false, zoomed = false, dirty = true, uplot = null, signature = "";
   const xSelect = el("select", { id: "x-select" }, el("option", { value: "#" }, "point index"),
-    ...scalars.map((n) => el("option", { value: n }, short(n))));
+    ...scalars.map((n) => el("option", { value: n }, label(n))));
   xSelect.value = x;
   const ysBox = el("div", { class: "ys", id: "y-select" });
   const renderYs = () => ysBox.replaceChildren(...scalars.filter((n) => n !== x).map((n) => {
     const box = el("input", { type: "checkbox", value: n, checked: ys.has(n) });
     box.addEventListener("change", () => { box.checked ? ys.add(n) : ys.delete(n); dirty = true; analyse(); });
-    return el("label", {}, box, " ", short(n));
+    return el("label", {}, box, " ", label(n));
   }));
   renderYs();
   xSelect.addEventListener("change", () => { x = xSelect.value; ys.delete(x); renderYs(); dirty = true; analyse(); });
@@ -209,7 +237,7 @@ function curvePanel(desc, overlays) {
     statsTable.dataset.count = analysis.count;  // the points the numbers are of
     statsTable.replaceChildren(el("tr", {}, ...["curve", "peak", "at max", "cen", "fwhm", "com"].map((h) => el("th", {}, h))),
       ...Object.entries(analysis.curves).map(([name, c]) => el("tr", { "data-curve": name },
-        el("td", {}, short(name)), el("td", { class: "peak" }, fmt(c.peak)), el("td", {}, fmt(c.peak_value)),
+        el("td", {}, label(name)), el("td", { class: "peak" }, fmt(c.peak)), el("td", {}, fmt(c.peak_value)),
         el("td", { class: "cen" }, fmt(c.cen)), el("td", { class: "fwhm" }, fmt(c.fwhm)), el("td", { class: "com" }, fmt(c.com)))));
     dirty = true;
   }
@@ -250,7 +278,7 @@ function curvePanel(desc, overlays) {
 
   function build(data, names) {
     if (uplot) uplot.destroy();
-    const series = [{ label: x === "#" ? "point" : short(x) }, ...names.map((n, i) => ({
+    const series = [{ label: x === "#" ? "point" : label(x) }, ...names.map((n, i) => ({
       // Width 1: canvas engines draw such lines as hairlines, several times faster than
       // wider ones (what keeps a dense curve at 10+ draws per second without a GPU).
       label: n, stroke: COLORS[i % COLORS.length], width: 1, spanGaps: true,
@@ -262,10 +290,10 @@ function curvePanel(desc, overlays) {
       scales: { x: { time: false }, y: log ? { distr: 3 } : {} },
       // The y axis as wide as its longest label (epoch seconds, counts in the millions).
       // Tick labels in the page's number format (1e-4 on a log axis, not "0").
-      axes: [{}, {
+      axes: [{ values: (u, ticks) => tickLabels(ticks, false) }, {
         size: (u, values) => values && values.length ?
           Math.min(140, 16 + 7 * Math.max(...values.map((v) => String(v).length))) : 50,
-        values: (u, ticks) => ticks.map((v) => v === null ? "" : String(fmt(v))),
+        values: (u, ticks) => tickLabels(ticks, log),
       }],
       cursor: { drag: { x: true, y: false } },
       hooks: {
@@ -295,10 +323,10 @@ function curvePanel(desc, overlays) {
       if (others.length) {
         const tables = lives.map((l) => table(l, x, chosen));
         data = uPlot.join(tables);
-        names = lives.flatMap((l) => chosen.map((y) => `${short(y)} #${l.key.split(":")[1]}`));
+        names = lives.flatMap((l) => chosen.map((y) => `${label(y)} #${l.key.split(":")[1]}`));
       } else {
         data = table(main, x, chosen);
-        names = chosen.map(short);
+        names = chosen.map(label);
       }
       if (log) data = data.map((c, i) => i === 0 ? c : c.map((v) => v > 0 ? v : null));
       const sig = names.join("|") + x + log;
@@ -346,7 +374,8 @@ function paint(canvas, width, height, valueAt, lo, hi) {
 }
 
 function selector(id, names, onChange) {
-  const select = el("select", { id }, ...names.map((n) => el("option", { value: n }, short(n))));
+  const label = labeller(names);
+  const select = el("select", { id }, ...names.map((n) => el("option", { value: n }, label(n))));
   select.addEventListener("change", () => onChange(select.value));
   return select;
 }
