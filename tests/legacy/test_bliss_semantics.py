@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime
 import inspect
 import textwrap
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ from scanstream import (
     IndexWontBeThereError,
     ScansObserver,
     ScansWatcher,
+    StopHandler,
     get_session_node,
 )
 from scanstream.legacy import node as bliss_node
@@ -299,3 +302,33 @@ def test_lima_views_number_images_from_the_acquisition_first_in_bliss_mode(
     # Views from 0 are the same in both.
     assert bliss_lima.get(0, -1).image_reference(2) == own_lima.get(0, -1).image_reference(2)
     assert bliss_lima.all_image_references() == own_lima.all_image_references() == refs
+
+
+def test_watch_session_scans_and_bliss_lookups_are_in_bliss_mode(store, session):
+    # BLISS's own bliss/data/scan.py finds its session with get_or_create_node.
+    assert bliss_node.get_or_create_node(session.name, node_type="session", store=store).bliss_mode
+    assert not get_session_node(session.name, store=store).bliss_mode
+    ended: list[dict] = []
+    ready, stop = threading.Event(), StopHandler()
+    watch = threading.Thread(
+        target=bliss_scan.watch_session_scans,
+        args=(session.name, None, None, None, ended.append),
+        kwargs={"ready_event": ready, "stop_handler": stop, "store": store},
+    )
+    watch.start()
+    try:
+        assert ready.wait(5)
+        with session.create_scan("s", {"save": False}) as scan:
+            scan.create_container("timer").create_channel("timer:t").emit(1.0)
+        deadline = time.monotonic() + 5
+        while not ended and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        stop.stop()
+        watch.join(5)
+    assert not watch.is_alive() and len(ended) == 1
+    _assert_bliss_times(ended[0], ended=True)
+    assert (
+        bliss_node.sessions_list(store=store)[0].get_scan(1).info["end_time"]
+        == (ended[0]["end_time"])
+    )
