@@ -226,7 +226,9 @@ CLIENT = textwrap.dedent(
                 continue
             if not frame:
                 raise ImageFormatNotSupported("empty")
-            ref = view.image_reference(0)
+            # BLISS numbers a view's images from the acquisition's first: the last frame's
+            # reference is the one of its number, whatever the view.
+            ref = view.image_reference(frame.frame_number)
             same = (image_from_file(*ref) == frame.data).all()
             print(node.name, frame.frame_number, frame.source, frame.data.shape, same)
     """

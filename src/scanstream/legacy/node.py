@@ -1,17 +1,63 @@
-"""``bliss.data.node``: session lookup and the node base classes under their BLISS names."""
+"""``bliss.data.node``: session lookup and the node base classes under their BLISS names.
+
+The lookups are scanstream's, and the nodes they give are in BLISS mode
+(:attr:`scanstream.DataNode.bliss_mode`): scan_info times as ``datetime.datetime``, lima view
+image numbers from the acquisition's first image, as BLISS 1.x gave them.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from .._transport.connection import DataStore, default_store
 from ..exceptions import SessionNotFoundError
-from ..subscribe.lookup import get_node, get_or_create_node
+from ..subscribe import lookup, tree
 from ..subscribe.nodes import ContainerNode, DataNode
-from ..subscribe.tree import ScanNode, SessionNode, get_session_node
+from ..subscribe.tree import ScanNode, SessionNode
 
 #: BLISS's container class (masters and devices).
 DataNodeContainer = ContainerNode
+
+_Node = TypeVar("_Node", bound=DataNode)
+
+
+def _in_bliss_mode(node: _Node) -> _Node:
+    """``node`` with its session (hence every node reached from it) in BLISS mode."""
+    root: DataNode = node
+    while root.parent is not None:
+        root = root.parent
+    if isinstance(root, SessionNode):
+        root.bliss_mode = True
+    return node
+
+
+def get_session_node(
+    name: str, *, redis_url: str | None = None, store: DataStore | None = None
+) -> SessionNode:
+    """:func:`scanstream.get_session_node`, the node in BLISS mode."""
+    return _in_bliss_mode(tree.get_session_node(name, redis_url=redis_url, store=store))
+
+
+def get_node(
+    db_name: str, *, redis_url: str | None = None, store: DataStore | None = None, **kwargs: Any
+) -> DataNode | None:
+    """:func:`scanstream.get_node`, the node in BLISS mode (BLISS's other keywords, such as
+    ``state`` or ``connection``, are accepted and ignored)."""
+    node = lookup.get_node(db_name, redis_url=redis_url, store=store)
+    return None if node is None else _in_bliss_mode(node)
+
+
+def get_or_create_node(
+    name: str,
+    node_type: str | None = None,
+    *,
+    redis_url: str | None = None,
+    store: DataStore | None = None,
+    **kwargs: Any,
+) -> DataNode | None:
+    """:func:`scanstream.get_or_create_node`, the node in BLISS mode."""
+    node = lookup.get_or_create_node(name, node_type, redis_url=redis_url, store=store, **kwargs)
+    return None if node is None else _in_bliss_mode(node)
 
 
 def get_nodes(*db_names: str, **kwargs: Any) -> list[DataNode | None]:
@@ -49,7 +95,7 @@ def sessions_list(
 ) -> list[SessionNode]:
     """The session nodes of the sessions with scans in Redis (BLISS's ``sessions_list()``)."""
     store = store if store is not None else default_store(redis_url)
-    return [get_session_node(name, store=store) for name in store.sessions()]
+    return [get_session_node(name, store=store) for name in store.sessions()]  # BLISS mode
 
 
 def get_last_saved_scan(parent: DataNode) -> ScanNode | None:

@@ -362,9 +362,14 @@ class LimaDataView:
     """Images of a lima node between two indices; its length follows acquisition when open-ended.
 
     Image numbers given to its methods (``get_image(i)``, ``image_reference(i)``...) count
-    from the view's first image; negative ones from its last. BLISS's counted from the
-    acquisition's first image: the same for views from 0 (``get(0, -1)``, ``get()``).
-    The progress attributes are the acquisition's, as BLISS's (``last_image_ready``...).
+    from the view's first image; negative ones from its last; ``all_image_references()`` is
+    the view's. BLISS's counted from the acquisition's first image whatever the view, and
+    ``all_image_references()`` gave the acquisition's: so do the views of a node in
+    :attr:`~DataNode.bliss_mode` (reached through ``bliss.data.*``; negative numbers count
+    from the acquisition's last image there). Both are the same for views from 0
+    (``get(0, -1)``, ``get()``). Indexing, iteration, ``len`` and ``as_array()`` are the
+    view's in both, as BLISS's. The progress attributes are the acquisition's, as BLISS's
+    (``last_image_ready``...).
     """
 
     def __init__(
@@ -489,7 +494,8 @@ class LimaDataView:
         return stop - start
 
     def all_image_references(self, saved: bool = False) -> list[ImageReference]:
-        """References ``(file_path, path_in_file, index_in_file, file_format)`` of the view.
+        """References ``(file_path, path_in_file, index_in_file, file_format)`` of the view
+        (in :attr:`~DataNode.bliss_mode`: of every image of the acquisition, as BLISS).
 
         ``saved`` is BLISS's argument; references are published once the image is in its
         file, so every reference is of a saved image.
@@ -499,13 +505,16 @@ class LimaDataView:
         ImageNotSavedError
             The detector does not save images (NOSAVING).
         """
+        if self.node.bliss_mode:
+            return self.node.image_references(0, len(self.node))
         start, stop = self._bounds()
         return self.node.image_references(start, stop)
 
     def image_references(
         self, image_nbs: Sequence[int], saved: bool = False
     ) -> list[ImageReference]:
-        """References of images ``image_nbs`` of the view (BLISS's ``saved`` is accepted).
+        """References of images ``image_nbs`` (see :meth:`image_reference`; BLISS's ``saved``
+        is accepted).
 
         Raises
         ------
@@ -537,7 +546,24 @@ class LimaDataView:
             yield ref
 
     def image_reference(self, index: int, saved: bool = False) -> ImageReference:
-        """Reference of image ``index`` of the view (negative counts from the end)."""
+        """Reference of image ``index`` of the view (negative counts from the end).
+
+        In :attr:`~DataNode.bliss_mode`, ``index`` is the image's number in the acquisition,
+        as BLISS's (negative: from the acquisition's last image).
+
+        Raises
+        ------
+        IndexNotYetThereError, IndexWontBeThereError
+            No such image (yet).
+        ImageNotSavedError
+            The detector does not save images (NOSAVING).
+        """
+        if self.node.bliss_mode:
+            return self._acquisition_reference(index)
+        return self._view_reference(index)
+
+    def _view_reference(self, index: int) -> ImageReference:
+        """Reference of image ``index`` counted from the view's first (negative: its last)."""
         start, stop = self._bounds()
         i = index + (stop - start) if index < 0 else index
         if not 0 <= i < stop - start:
@@ -545,19 +571,34 @@ class LimaDataView:
             raise cls(f"{self.node.db_name}: no image {index} in a view of {stop - start} images")
         return self.node.image_references(start + i, start + i + 1)[0]
 
+    def _acquisition_reference(self, index: int) -> ImageReference:
+        """Reference of image ``index`` of the acquisition (negative: from its last)."""
+        length = len(self.node)
+        i = index + length if index < 0 else index
+        if not 0 <= i < length:
+            sealed = self.node.sealed
+            cls = IndexWontBeThereError if sealed else IndexNotYetThereError
+            raise cls(
+                f"{self.node.db_name}: no image {index}: the acquisition has "
+                + (f"{length} images" if sealed else f"only {length} images yet")
+            )
+        return self.node.image_references(i, i + 1)[0]
+
     def get_image(self, index: int) -> np.ndarray:
-        """Read image ``index`` (negative counts from the end) from its detector file."""
+        """Read image ``index`` (as :meth:`image_reference` numbers it) from its detector file."""
         return read_image(self.image_reference(index))
 
     def __getitem__(self, index: int | slice) -> np.ndarray:
-        """Image ``index`` (negative counts from the end), or a stack of images for a slice."""
+        """Image ``index`` of the view (negative counts from the end), or a stack for a slice."""
         if isinstance(index, slice):
-            return np.asarray([self.get_image(i) for i in range(*index.indices(len(self)))])
-        return self.get_image(index)
+            return np.asarray(
+                [read_image(self._view_reference(i)) for i in range(*index.indices(len(self)))]
+            )
+        return read_image(self._view_reference(index))
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for i in range(len(self)):
-            yield self.get_image(i)
+            yield read_image(self._view_reference(i))
 
     def as_array(self) -> np.ndarray:
         """The images of the view as one array (a single image: its 2D array, as BLISS)."""

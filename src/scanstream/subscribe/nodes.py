@@ -72,6 +72,23 @@ class DataNode:
         return None
 
     @property
+    def node_type(self) -> str:
+        """The node kind, as :attr:`type` (BLISS's nodes had both; the Nexus writer reads this one)."""
+        return self.type
+
+    @property
+    def bliss_mode(self) -> bool:
+        """True for nodes reached through BLISS 1.x's module names (:mod:`scanstream.legacy`).
+
+        Such nodes give what BLISS gave where scanstream's own API differs: the scan_info
+        times ``start_time`` and ``end_time`` as ``datetime.datetime`` (local time, no
+        timezone) instead of ISO 8601 strings, and lima views numbering images from the
+        acquisition's first (``get(5).get_image(0)`` is image 0). Set on a session node, it
+        holds for every node reached from it.
+        """
+        return self.parent.bliss_mode if self.parent is not None else False
+
+    @property
     def iterator(self) -> DataNode:
         """The node itself (BLISS's deprecated ``node.iterator``, still in beamline scripts)."""
         return self
@@ -82,27 +99,31 @@ class DataNode:
 
     def walk(
         self,
+        filter: NodeFilter = None,  # BLISS's deprecated name of include_filter
         include_filter: NodeFilter = None,
         exclude_children: NodeFilter = None,
-        *,
-        filter: NodeFilter = None,  # BLISS name of include_filter
         exclude_existing_children: NodeFilter = None,
         wait: bool = True,
-        timeout: float | None = None,
         stop_handler: StopHandler | None = None,
-        started_event: Any = None,
+        active_streams: Any = None,
+        excluded_stream_names: Any = None,
         first_index: int | None = 0,
+        started_event: Any = None,
+        *,
+        timeout: float | None = None,
     ) -> Iterator[DataNode]:
         """Yield the nodes below this one (as NEW_NODE events would), live.
 
-        See :meth:`walk_events` for the arguments. With ``wait=False`` it returns once the
-        stored nodes have been yielded.
+        The arguments are BLISS's, in its positional order; see :meth:`walk_events`. With
+        ``wait=False`` it returns once the stored nodes have been yielded.
         """
         for event in self._walker(
+            filter,
             include_filter,
             exclude_children,
-            filter,
             exclude_existing_children,
+            active_streams,
+            excluded_stream_names,
             first_index=first_index,
             from_next=False,
             wait=wait,
@@ -115,27 +136,28 @@ class DataNode:
 
     def walk_from_last(
         self,
+        filter: NodeFilter = None,  # BLISS's deprecated name of include_filter
         include_filter: NodeFilter = None,
         exclude_children: NodeFilter = None,
-        *,
-        filter: NodeFilter = None,  # BLISS name of include_filter
         exclude_existing_children: NodeFilter = None,
         wait: bool = True,
         include_last: bool = True,
-        timeout: float | None = None,
         stop_handler: StopHandler | None = None,
         started_event: Any = None,
+        *,
+        timeout: float | None = None,
     ) -> Iterator[DataNode]:
         """Like :meth:`walk`, starting from the last child (``include_last``) or from now.
 
         On a session, ``include_last=True`` yields the latest scan first, then every scan
-        created after it; ``include_last=False`` only the scans created from now on.
+        created after it; ``include_last=False`` only the scans created from now on. The
+        arguments are BLISS's, in its positional order.
         """
         start_id = self._last_child_start() if include_last else None
         for event in self._walker(
+            filter,
             include_filter,
             exclude_children,
-            filter,
             exclude_existing_children,
             first_index=0,
             from_next=not include_last or start_id is None,
@@ -154,17 +176,19 @@ class DataNode:
 
     def walk_events(
         self,
+        filter: NodeFilter = None,  # BLISS's deprecated name of include_filter
         include_filter: NodeFilter = None,
         exclude_children: NodeFilter = None,
-        *,
-        filter: NodeFilter = None,  # BLISS name of include_filter
         exclude_existing_children: NodeFilter = None,
-        first_index: int | None = 0,
-        from_next: bool = False,
         wait: bool = True,
-        timeout: float | None = None,
+        first_index: int | None = 0,
+        active_streams: Any = None,
+        excluded_stream_names: Any = None,
         stop_handler: StopHandler | None = None,
         started_event: Any = None,
+        *,
+        from_next: bool = False,
+        timeout: float | None = None,
     ) -> Iterator[Event]:
         """Yield ``(event_type, node, event_data)`` for everything below this node.
 
@@ -173,36 +197,46 @@ class DataNode:
         end; a walk on a session goes on until stopped. END_SCAN is yielded by walks on a
         scan or a session only (it belongs to the scan node, as in BLISS).
 
+        The arguments up to ``started_event`` are BLISS's, in its positional order (its first
+        one is the deprecated ``filter``); give the others by keyword.
+
         Parameters
         ----------
+        filter : str, sequence of str or callable, optional
+            BLISS's deprecated name of ``include_filter`` (give one of them): ``walk_events("scan")``
+            filters as ``walk_events(include_filter="scan")``.
         include_filter : str, sequence of str or callable, optional
             Which nodes to yield events of: a node type (``"scan"``, ``"channel"``...), a
             sequence of types, or ``f(node) -> bool``. Data streams of nodes that are not
-            included are not read at all. ``filter`` is its BLISS alias (give one of them).
+            included are not read at all.
         exclude_children : str, sequence of str or callable, optional
             Nodes whose children are not walked (nor read). Excluded scans still yield
             their PREPARED_SCAN and END_SCAN.
         exclude_existing_children : str, sequence of str or callable, optional
             The same, for the nodes that existed when the walk started (default:
             ``exclude_children``, as in BLISS).
+        wait : bool
+            False: return once the stored history is exhausted instead of waiting.
         first_index : int or None
             Start of the walk as an epoch time in milliseconds (0: from the beginning;
             None: from now, as ``from_next``). The name is BLISS's; it is not a point index.
-        from_next : bool
-            Start from now: only scans (or nodes) created after this call.
-        wait : bool
-            False: return once the stored history is exhausted instead of waiting.
-        timeout : float, optional
-            Return when no event came for ``timeout`` seconds.
+        active_streams, excluded_stream_names : None
+            BLISS's stream-reader state: scanstream's walks keep none, so only None (or an
+            empty container) is accepted.
         stop_handler : StopHandler, optional
             Stops the walk from another thread.
         started_event : threading.Event or gevent.event.Event, optional
             Set once the walk's start position is fixed: anything published after it is seen.
+        from_next : bool
+            Start from now: only scans (or nodes) created after this call.
+        timeout : float, optional
+            Return when no event came for ``timeout`` seconds.
 
         Raises
         ------
         InvalidArgumentError
-            Both ``filter`` and ``include_filter`` given.
+            Both ``filter`` and ``include_filter`` given; ``active_streams`` or
+            ``excluded_stream_names`` given.
         IndexNoMoreThereError
             Data of a scan being walked expired during the walk (a session walk instead
             ends that scan with ``ScanState.EXPIRED``).
@@ -212,10 +246,12 @@ class DataNode:
             Redis cannot be reached (not wrapped).
         """
         return self._walker(
+            filter,
             include_filter,
             exclude_children,
-            filter,
             exclude_existing_children,
+            active_streams,
+            excluded_stream_names,
             first_index=first_index,
             from_next=from_next,
             wait=wait,
@@ -226,43 +262,63 @@ class DataNode:
 
     def walk_on_new_events(
         self,
+        filter: NodeFilter = None,  # BLISS's deprecated name of include_filter
         include_filter: NodeFilter = None,
         exclude_children: NodeFilter = None,
-        *,
-        filter: NodeFilter = None,  # BLISS name of include_filter
         exclude_existing_children: NodeFilter = None,
-        first_index: int | None = 0,
-        from_next: bool = True,
         wait: bool = True,
-        timeout: float | None = None,
+        first_index: int | None = 0,
+        active_streams: Any = None,
+        excluded_stream_names: Any = None,
         stop_handler: StopHandler | None = None,
         started_event: Any = None,
+        *,
+        from_next: bool = True,
+        timeout: float | None = None,
     ) -> Iterator[Event]:
-        """Like :meth:`walk_events`, starting from now (``from_next=True``) by default."""
+        """Like :meth:`walk_events`, starting from now (``from_next=True``) by default.
+
+        BLISS took keywords only here; positional arguments are in :meth:`walk_events`'s order.
+        """
         return self.walk_events(
+            filter,
             include_filter,
             exclude_children,
-            filter=filter,
-            exclude_existing_children=exclude_existing_children,
-            first_index=first_index,
+            exclude_existing_children,
+            wait,
+            first_index,
+            active_streams,
+            excluded_stream_names,
+            stop_handler,
+            started_event,
             from_next=from_next,
-            wait=wait,
             timeout=timeout,
-            stop_handler=stop_handler,
-            started_event=started_event,
         )
 
     def _walker(
         self,
+        filter: NodeFilter,
         include_filter: NodeFilter,
         exclude_children: NodeFilter,
-        filter: NodeFilter,
         exclude_existing_children: NodeFilter,
+        active_streams: Any = None,
+        excluded_stream_names: Any = None,
         *,
         first_index: int | None,
         from_next: bool,
         **kwargs: Any,
     ) -> Walker:
+        for name, value in (
+            ("active_streams", active_streams),
+            ("excluded_stream_names", excluded_stream_names),
+        ):
+            # BLISS's walk_from_last handed its stream reader's state to walk(); scanstream's
+            # walks keep no such state, so a value given there cannot be honoured.
+            if value is not None and (not hasattr(value, "__len__") or len(value)):
+                raise InvalidArgumentError(
+                    f"{name}={value!r}: scanstream's walks keep no stream-reader state; "
+                    f"leave {name} out (or None)"
+                )
         if filter is not None:
             if include_filter is not None:
                 raise InvalidArgumentError(

@@ -104,6 +104,9 @@ class ScansWatcher:
         The handler :meth:`stop` uses (one is made when not given).
     ready_event : threading.Event or gevent.event.Event, optional
         The event :meth:`wait_ready` waits for (one is made when not given).
+    bliss_mode : bool
+        Hand over nodes and scan_info as BLISS 1.x did (:attr:`DataNode.bliss_mode`:
+        ``start_time`` / ``end_time`` as datetimes); the default of ``bliss.data.scan``'s.
     """
 
     def __init__(
@@ -114,8 +117,10 @@ class ScansWatcher:
         store: Any = None,
         stop_handler: Any = None,
         ready_event: Any = None,
+        bliss_mode: bool = False,
     ) -> None:
         self._session_name = session_name
+        self._bliss_mode = bliss_mode
         self._redis_url = redis_url
         self._store = store
         self._exclude_existing_scans = False
@@ -207,6 +212,7 @@ class ScansWatcher:
             session = get_session_node(
                 self._session_name, redis_url=self._redis_url, store=self._store
             )
+            session.bliss_mode = self._bliss_mode
             # As in BLISS, only the scans created from now on are reported (their NEW_NODE
             # is what registers them); exclude_existing_scans only spares the reading.
             exclude = (_SCAN, _SCAN_GROUP) if self._exclude_existing_scans else None
@@ -491,6 +497,7 @@ def watch_session_scans(
     *,
     redis_url: str | None = None,
     store: Any = None,
+    bliss_mode: bool = False,
 ) -> None:
     """Call the callbacks for every scan of the session until stopped (BLISS's API). Blocking.
 
@@ -508,6 +515,8 @@ def watch_session_scans(
         Also report scan groups.
     exclude_existing_scans : bool, optional
         Skip the scans that exist at start (BLISS's default, False, when None).
+    bliss_mode : bool
+        As :class:`ScansWatcher`'s (``bliss.data.scan``'s default).
     """
     watcher = ScansWatcher(
         session_name,
@@ -515,6 +524,7 @@ def watch_session_scans(
         store=store,
         stop_handler=stop_handler,
         ready_event=ready_event,
+        bliss_mode=bliss_mode,
     )
     watcher.set_exclude_existing_scans(bool(exclude_existing_scans))
     watcher.set_watch_scan_group(watch_scan_group)

@@ -13,7 +13,7 @@ import datetime
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, TypeGuard
 
 import redis
 
@@ -92,10 +92,20 @@ class SessionNode(DataNode):
 
     type = NodeType.SESSION.value
 
-    def __init__(self, store: DataStore, name: str) -> None:
+    def __init__(self, store: DataStore, name: str, *, bliss_mode: bool = False) -> None:
         super().__init__(store, name, name, None)
         self.session_name = name
         self.events_key = store.keys.session_scans(name)
+        self._bliss_mode = bliss_mode
+
+    @property
+    def bliss_mode(self) -> bool:
+        """See :attr:`DataNode.bliss_mode`; set by :mod:`scanstream.legacy`'s lookups."""
+        return self._bliss_mode
+
+    @bliss_mode.setter
+    def bliss_mode(self, value: bool) -> None:
+        self._bliss_mode = bool(value)
 
     @property
     def info(self) -> NodeInfo:
@@ -177,12 +187,55 @@ def with_bliss_keys(info: dict[str, Any], db_name: str) -> dict[str, Any]:
     ``"%a %b %d %H:%M:%S %Y"`` of ``start_timestamp``, local time: scan headers print it).
     """
     info.setdefault("node_name", db_name)
-    stamp = info.get("start_timestamp")
-    if "start_time_str" not in info and isinstance(stamp, (int, float)):
+    _add_time_str(info, "start")
+    return info
+
+
+def _add_time_str(info: dict[str, Any], name: str) -> None:
+    """``<name>_time_str`` from ``<name>_timestamp`` (BLISS's text of it), when absent."""
+    stamp = info.get(f"{name}_timestamp")
+    if f"{name}_time_str" not in info and _is_number(stamp):
         with contextlib.suppress(OverflowError, OSError, ValueError):
-            info["start_time_str"] = datetime.datetime.fromtimestamp(stamp).strftime(
+            info[f"{name}_time_str"] = datetime.datetime.fromtimestamp(stamp).strftime(
                 "%a %b %d %H:%M:%S %Y"
             )
+
+
+def _is_number(value: Any) -> TypeGuard[float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+#: The scan_info keys BLISS stored as ``datetime.datetime``, and the epoch key of each.
+BLISS_DATETIME_KEYS = {"start_time": "start_timestamp", "end_time": "end_timestamp"}
+
+
+def with_bliss_datetimes(info: dict[str, Any]) -> dict[str, Any]:
+    """``info`` with ``start_time`` / ``end_time`` as BLISS had them: naive local datetimes.
+
+    BLISS stored ``datetime.datetime.fromtimestamp(t)`` (local time, no ``tzinfo``); scanstream
+    stores ISO 8601 text with its UTC offset (JSON has no datetime). The text is read back
+    into that local time; text that is not ISO 8601 falls back to the epoch key, else stays.
+    Absent keys stay absent (``end_time`` until the scan ends). ``end_time_str``, which
+    BLISS's scans had beside ``end_time``, is added when absent.
+    """
+    if "end_time" in info:
+        _add_time_str(info, "end")
+    for key, stamp_key in BLISS_DATETIME_KEYS.items():
+        value = info.get(key)
+        if value is None or isinstance(value, datetime.datetime):
+            continue
+        when: datetime.datetime | None = None
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                when = datetime.datetime.fromisoformat(value)
+                if when.tzinfo is not None:  # to local time, then naive, as BLISS's
+                    when = when.astimezone().replace(tzinfo=None)
+        stamp = info.get(stamp_key)
+        if when is None and _is_number(stamp):
+            with contextlib.suppress(OverflowError, OSError, ValueError):
+                when = datetime.datetime.fromtimestamp(stamp)
+        if when is not None:
+            info[key] = when
     return info
 
 
@@ -270,7 +323,8 @@ class ScanNode(DataNode):
             ) from None
         if not isinstance(info, dict):
             return {}
-        return with_bliss_keys(info, self.db_name)
+        info = with_bliss_keys(info, self.db_name)
+        return with_bliss_datetimes(info) if self.bliss_mode else info
 
     def _fresh_fields(self) -> entries.Fields:
         fields = _scan_hashes(self.store, [self.key])[0]
@@ -491,7 +545,9 @@ class ScanNode(DataNode):
         for session, number in refs:
             node = sessions.get(session)
             if node is None:
-                node = sessions[session] = SessionNode(self.store, session)
+                node = sessions[session] = SessionNode(
+                    self.store, session, bliss_mode=self.bliss_mode
+                )
             try:
                 out.append(node.get_scan(number))
             except ScanNotFoundError:
