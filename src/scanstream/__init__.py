@@ -78,9 +78,10 @@ from .publish import (
     ScanRefPublisher,
     create_session,
 )
-from .subscribe.data_nodes import ChannelNode, LimaDataView, LimaNode, ScanRefNode
+from .subscribe.data_nodes import ChannelNode, LimaNode, ScanRefNode
 from .subscribe.events import Event, EventData, EventType, StopHandler
 from .subscribe.images import read_image
+from .subscribe.lima_view import LimaDataView
 from .subscribe.lookup import get_data_from_nodes, get_node, get_or_create_node
 from .subscribe.nodes import ContainerNode, DataNode
 from .subscribe.scans_watcher import (

@@ -5,9 +5,10 @@ one direction only: ``events`` <- ``walker`` <- ``nodes`` <- ``data_nodes`` <- `
 (``images`` stands alone). The walker knows the node classes by their ``type`` only.
 """
 
-from .data_nodes import ChannelNode, LimaDataView, LimaNode, ScanRefNode, StreamNode
+from .data_nodes import ChannelNode, LimaNode, ScanRefNode, StreamNode
 from .events import Event, EventData, EventType, StopHandler
 from .images import read_image
+from .lima_view import LimaDataView
 from .nodes import ContainerNode, DataNode, ScanMemberNode
 from .tree import ScanNode, SessionNode, get_session_node
 
