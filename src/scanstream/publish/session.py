@@ -2,7 +2,8 @@
 
 A scan is announced in two steps: its keys first (hash, event stream, lease: one slot, one
 script that refuses a number still taken), then a NEW_SCAN entry in the session's stream, so that a reader never finds a
-NEW_SCAN whose scan is not there yet.
+NEW_SCAN whose scan is not there yet. On a single server the script makes both steps, in that
+order (decision 0016): one round trip less.
 
 On a cluster the two steps are in two slots, often on two masters, and replication is
 asynchronous: a failover of the session's master to a replica that had not received the
@@ -10,7 +11,8 @@ entry yet (or a restart of a server without persistence) loses the NEW_SCAN whil
 goes on; no session walk, writer or listing would find it. So the publisher checks that its
 entry is still there when the scan is prepared, every 1.5 s while it stores points
 (:mod:`.announcement`) and when it ends, and announces the scan again when it is gone (:meth:`PublishingSession.ensure_announced`). A walk that saw both
-entries reports the scan once (walks skip a scan number they were already given).
+entries reports the scan once (walks skip a scan number they were already given). On a single
+server the prepare and end scripts make the checks of ``prepared()`` and ``end()``.
 
 Before that, the session reads whether a writer follows it (:mod:`.saving`): by default a scan
 that no writer will save starts with a :class:`~scanstream.exceptions.NoWriterWarning`;
@@ -334,7 +336,8 @@ class PublishingSession:
         """Check that the NEW_SCAN entry ``entry_id`` of ``scan`` is in the session's stream.
 
         Called by the scan's publisher at ``prepared()``, periodically while it stores points
-        (:mod:`.announcement`), and at ``end()``.
+        (:mod:`.announcement`), and at ``end()`` (on a single server, at ``prepared()`` and
+        ``end()`` only when their script did not find the entry).
 
         When it is gone (a failover to a replica that had not received it, a restart without
         persistence, an XDEL) while the scan is still in Redis, the scan is announced again,
