@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 
@@ -66,9 +67,16 @@ def test_watcher_reports_every_scan_created_after_it_started(store, session, tmp
             SavingConfig(tmp_path, session.name),
             names=["lima_loopscan", "mca_ascan", "sequence"],
         )
+        scans = [r for r in results if r.scan_info.get("type") != "sequence"]
+        # The watcher may still be reading the last scans, and "no running scan" holds too
+        # between two scans it has read: wait for every END_SCAN before stopping it.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(
+            ("finished", r.db_name) in observer.calls for r in scans
+        ):
+            time.sleep(0.02)
         assert watcher.wait_no_more_running_scans(10)
     assert watcher.wait_terminated(2)
-    scans = [r for r in results if r.scan_info.get("type") != "sequence"]
     created = [db for what, db in observer.calls if what == "created"]
     assert created == [r.db_name for r in scans]  # no group (watch_scan_group False), no old scan
     for r in scans:

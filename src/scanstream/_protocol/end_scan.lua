@@ -6,11 +6,20 @@
 -- seals. The data stream keys are derived from the NEW_NODE entries; they share the scan's
 -- hash tag, hence its cluster slot.
 --
--- KEYS: scan hash, events stream, lease.
+-- On a single server (never on a cluster: another slot) the session's stream may be given as
+-- KEYS[4] and the ID of the scan's NEW_SCAN entry as ARGV[8]: a scan whose entry is gone is
+-- then not ended ('unannounced', nothing written), so that its publisher announces it again
+-- before END (publish/session.py, ensure_announced) and calls again without the check; the
+-- check costs no round trip of its own.
+--
+-- KEYS: scan hash, events stream, lease; optionally the session's stream (a single server).
 -- ARGV: state, error, time, retention (s), only_if_lease_expired (0/1), info JSON or "",
---       acknowledged JSON or "" (data node index -> points the publisher had acknowledged).
+--       acknowledged JSON or "" (data node index -> points the publisher had acknowledged),
+--       and with KEYS[4] the ID of the scan's NEW_SCAN entry.
 -- Returns {outcome, state, detail, skipped}: outcome 'ok' (ended now), 'ended' (already ended
--- in state), 'alive' (lease still held), 'missing' (no such scan), 'corrupt' (its hash or its
+-- in state), 'alive' (lease still held), 'missing' (no such scan), 'unannounced' (KEYS[4]
+-- given and the NEW_SCAN entry is not there, or the stream cannot be read: nothing
+-- written), 'corrupt' (its hash or its
 -- event stream holds another type, detail says so; nothing written) or 'lost' (ended FAILED now: a stream
 -- holds fewer points than were acknowledged, which detail names); skipped lists what
 -- could not be sealed, one text each: a NEW_NODE entry whose node index is garbage (its data
@@ -46,6 +55,13 @@ local state, err, now, retention = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local acknowledged = {}
 if ARGV[7] and ARGV[7] ~= '' then acknowledged = cjson.decode(ARGV[7]) end
 if redis.call('EXISTS', scan) == 0 then return {'missing', '', ''} end
+if KEYS[4] then
+  -- pcall: a session stream of another type (garbage) is the caller's to report.
+  local there = redis.pcall('XRANGE', KEYS[4], ARGV[8], ARGV[8])
+  if type(there) ~= 'table' or there.err or #there == 0 then
+    return {'unannounced', '', ''}
+  end
+end
 local current = redis.pcall('HGET', scan, 'state')
 if type(current) == 'table' and current.err then
   return {'corrupt', '', 'its hash ' .. scan .. ' is not a hash (' .. current.err

@@ -86,6 +86,10 @@ def _scan_keys(keys: Keys, session: str, number: int) -> list[str]:
     ]
 
 
+def _pairs(fields: Mapping[Any, object]) -> list[str]:
+    return [_text(part) for item in fields.items() for part in item]
+
+
 def create_scan(
     client: redis.Redis,
     keys: Keys,
@@ -94,18 +98,31 @@ def create_scan(
     hash_fields: Mapping[Any, object],
     created_fields: Mapping[Any, object],
     lease_ms: int,
-) -> bool:
+    new_scan_fields: Mapping[Any, object] | None = None,
+) -> bool | bytes:
     """Write a new scan's hash, CREATED entry and lease in one step; False if ``number`` is taken.
 
     Taken: a scan of that number is still in Redis (its hash or its event stream), which only
     happens when the session's counter went back (a failover that lost its latest
     increments, a restore). Nothing is written then; the caller takes the next number. A
     replay of the same call (same name and start time) counts as created.
+
+    ``new_scan_fields`` (a single server only: the session's stream is in another cluster
+    slot): the scan's NEW_SCAN entry, appended to the session's stream in the same step, after
+    the scan's keys. Its ID is returned then; True means created without it (not given, a
+    replay, or refused by the stream: the caller writes it).
     """
-    pairs = [_text(part) for item in hash_fields.items() for part in item]
-    entry = [_text(part) for item in created_fields.items() for part in item]
-    args = [str(int(lease_ms)), str(len(pairs)), *pairs, *entry]
-    return bool(_CREATE_SCAN(client, _scan_keys(keys, session, number), args))
+    script_keys = _scan_keys(keys, session, number)
+    pairs = _pairs(hash_fields)
+    entry = _pairs(created_fields)
+    args = [str(int(lease_ms)), str(len(pairs)), *pairs, str(len(entry)), *entry]
+    if new_scan_fields is not None:
+        script_keys.append(keys.session_scans(session))
+        args += _pairs(new_scan_fields)
+    reply: Any = _CREATE_SCAN(client, script_keys, args)
+    if isinstance(reply, bytes):
+        return reply
+    return bool(reply)
 
 
 def _text(value: object) -> str:
@@ -120,22 +137,37 @@ def prepare_scan(
     hash_fields: Mapping[Any, object],
     entry_fields: Mapping[Any, object],
     new_nodes: Sequence[Mapping[Any, object]] = (),
-) -> bool:
-    """Update a scan's hash and append its PREPARED entry in one step; False if it is gone.
+    new_scan_id: bytes | None = None,
+) -> int:
+    """Update a scan's hash and append its PREPARED entry in one step; 0 if it is gone.
 
     ``new_nodes``: the fields of NEW_NODE entries appended first, in order (the nodes created
     before ``prepared()`` whose entries were not written yet).
 
     Nothing is written when the scan hash does not exist (a server that lost the scan): keys
     written then would have no expiry.
+
+    ``new_scan_id`` (a single server only: the session's stream is in another cluster slot):
+    the ID of the scan's NEW_SCAN entry, whose presence the script checks too.
+
+    Returns
+    -------
+    int
+        0 (nothing written), 1 (written; the NEW_SCAN entry not checked, or not found), 2
+        (written, and the NEW_SCAN entry ``new_scan_id`` is in the session's stream).
     """
-    pairs = [_text(part) for item in hash_fields.items() for part in item]
+    script_keys = _scan_keys(keys, session, number)
+    pairs = _pairs(hash_fields)
     args = [str(len(pairs)), *pairs, str(len(new_nodes))]
     for fields in new_nodes:
-        node = [_text(part) for item in fields.items() for part in item]
+        node = _pairs(fields)
         args += [str(len(node)), *node]
-    args += [_text(part) for item in entry_fields.items() for part in item]
-    return bool(_PREPARE_SCAN(client, _scan_keys(keys, session, number), args))
+    args += _pairs(entry_fields)
+    if new_scan_id is not None:
+        script_keys.append(keys.session_scans(session))
+        args.append(_text(new_scan_id))
+    reply: Any = _PREPARE_SCAN(client, script_keys, args)
+    return int(reply)
 
 
 def set_node_info(
@@ -170,6 +202,7 @@ def end_scan(
     only_if_lease_expired: bool = False,
     info_json: str = "",
     acknowledged: Mapping[int, int] | None = None,
+    new_scan_id: bytes | None = None,
 ) -> tuple[str, str, str]:
     """End a scan in one atomic step. Returns ``(outcome, state, detail)``.
 
@@ -197,6 +230,11 @@ def end_scan(
         Data node index -> points Redis acknowledged to the publisher. A stream holding fewer
         (acknowledged writes lost by a failover to a replica that lagged, or a restart) ends
         the scan FAILED instead, with outcome ``lost``. None: not checked.
+    new_scan_id : bytes, optional
+        A single server only (the session's stream is in another cluster slot): the ID of
+        the scan's NEW_SCAN entry. When it is not in the session's stream (or the stream
+        cannot be read) nothing is written and the outcome is ``unannounced``: the caller
+        announces the scan again and calls without it.
 
     A NEW_NODE entry whose node index is garbage, or a data key that is not a stream, is
     skipped and logged (an error naming the scan and the entry); the other streams are sealed.
@@ -205,7 +243,8 @@ def end_scan(
     -------
     tuple of str
         ``outcome`` is ``ok`` (ended now), ``ended`` (already ended; ``state`` is the final
-        state), ``alive`` (lease still held), ``missing`` (no such scan) or ``lost`` (ended
+        state), ``alive`` (lease still held), ``missing`` (no such scan), ``unannounced``
+        (see ``new_scan_id``) or ``lost`` (ended
         FAILED now, ``detail`` names the streams short of points; also in the END error).
 
     Raises
@@ -226,6 +265,9 @@ def end_scan(
         info_json,
         "" if acknowledged is None else _acknowledged_json(acknowledged),
     ]
+    if new_scan_id is not None:
+        script_keys.append(keys.session_scans(session))
+        args.append(_text(new_scan_id))
     try:
         reply = _END_SCAN(client, script_keys, args)
     except redis.exceptions.OutOfMemoryError as exc:

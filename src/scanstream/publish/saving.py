@@ -27,7 +27,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["check_retention", "no_writer_message", "read_verdict", "saving_off", "writer_of"]
+__all__ = [
+    "check_retention",
+    "no_writer_message",
+    "read_verdict",
+    "saving_off",
+    "writer_in",
+    "writer_of",
+]
 
 #: Reason of the verdict of a scan whose scan_info turns saving off.
 SAVING_OFF_REASON = "saving is off in scan_info (save=False)"
@@ -44,15 +51,29 @@ def writer_of(store: DataStore, session: str) -> dict[str, Any] | None:
     A health key of another type (garbage written over it) names no writer, as a malformed
     hash does; a writer following the session replaces it within a second.
     """
-    key = store.keys.writer_health(session)
     try:
-        fields = cast("Fields", store.redis.hgetall(key))
+        reply: object = store.redis.hgetall(store.keys.writer_health(session))
     except redis.exceptions.ResponseError as exc:
-        if not is_wrong_type(exc):
-            raise
+        reply = exc
+    return writer_in(store, session, reply)
+
+
+def writer_in(store: DataStore, session: str, reply: object) -> dict[str, Any] | None:
+    """:func:`writer_of` from the reply of the HGETALL of the health key (read by the caller,
+    for example in a pipeline); a reply that is an error other than WRONGTYPE is raised."""
+    if isinstance(reply, redis.exceptions.ResponseError):
+        if not is_wrong_type(reply):
+            raise reply
+        key = store.keys.writer_health(session)
         logger.warning("%s, the writer claim of session %s, is not a hash (garbage)", key, session)
         return None
-    return parse_writer_health(fields)
+    if isinstance(reply, Exception):
+        raise reply
+    return parse_writer_health(cast("Fields", reply))
+
+
+#: The writer's status is not known yet: :func:`check_writer` reads it.
+UNREAD: Any = object()
 
 
 def check_retention(value: float) -> float:
@@ -91,9 +112,12 @@ def check_writer(
     require: bool,
     warn: bool,
     stacklevel: int,
+    status: dict[str, Any] | None = UNREAD,
 ) -> tuple[dict[str, Any] | None, str | None]:
     """Before a scan is created: the status of the writer that follows ``session``, and the
     warning text when none does (None for scans whose saving is off).
+
+    ``status``: the writer's status when the caller read it already (:func:`writer_in`).
 
     Raises
     ------
@@ -102,7 +126,8 @@ def check_writer(
     """
     if saving_off(info):
         return None, None
-    status = writer_of(store, session)
+    if status is UNREAD:
+        status = writer_of(store, session)
     if status is not None:
         return status, None
     message = no_writer_message(session, store.settings.retention_time, time.time())

@@ -184,8 +184,12 @@ class _NodeTree:
         hash_fields: Mapping[Any, object],
         entry: Mapping[Any, object],
         written: Callable[[], None],
-    ) -> bool:
-        """Write the unwritten NEW_NODE entries and PREPARED (``prepare_scan``); False if lost.
+        new_scan_id: bytes | None = None,
+    ) -> int:
+        """Write the unwritten NEW_NODE entries and PREPARED (``prepare_scan``); 0 if lost.
+
+        2 when the script also found the NEW_SCAN entry ``new_scan_id`` (a single server),
+        else 1.
 
         Called with the sender's send lock held: no send writes NEW_NODE entries meanwhile.
         ``written`` (which makes the scan PREPARED) is called under the tree's lock, so that
@@ -202,6 +206,7 @@ class _NodeTree:
                 hash_fields,
                 entry,
                 self._unwritten,
+                new_scan_id,
             )
             if done:
                 self._unwritten, self.pending = [], False
@@ -475,9 +480,12 @@ class ScanPublisher:
             def written() -> None:
                 self._state = ScanState.PREPARED
 
-            if not self._tree.prepare(hash_fields, entry, written):
+            # On a single server the script checks the NEW_SCAN entry too (2: it is there).
+            done = self._tree.prepare(hash_fields, entry, written, self._new_scan_id())
+            if not done:
                 raise self.lost("it was not marked PREPARED")
-        self._ensure_announced()
+        if done != 2:
+            self._ensure_announced()
         if self._announced is not None:
             sender = self._sender
             self._watch = AnnouncementWatch(
@@ -491,6 +499,11 @@ class ScanPublisher:
             # within a period starts no thread for it.
             watch = self._watch
             sender.call_after(watch.period, lambda: watch.start(at_once=True))
+
+    def _new_scan_id(self) -> bytes | None:
+        """The NEW_SCAN entry's ID for the scripts to check, on a single server only (on a
+        cluster the session's stream is in another slot: :meth:`_ensure_announced` checks)."""
+        return None if self.store.is_cluster else self._announced
 
     def _ensure_announced(self) -> None:
         """Announce the scan again if its NEW_SCAN entry is gone from the session stream.
@@ -575,8 +588,11 @@ class ScanPublisher:
         if self._watch is not None:
             self._watch.stop()
         error = self._send_the_rest(state, error)
-        # Before END: a walk that finds the scan only now gets its events up to END_SCAN.
-        self._ensure_announced()
+        # Before END: a walk that finds the scan only now gets its events up to END_SCAN. On
+        # a single server the end script checks it (outcome "unannounced": nothing written).
+        new_scan_id = self._new_scan_id()
+        if new_scan_id is None:
+            self._ensure_announced()
         lost = self._sender.error if isinstance(self._sender.error, ScanLostError) else None
         if lost is not None:  # part of its data is gone (a stream was deleted): not DONE
             state, error = ScanState.FAILED, f"{error}; {lost}" if error else str(lost)
@@ -587,19 +603,25 @@ class ScanPublisher:
             self._info["error"] = error
         self._info = complete_scan_info(self._info, self._tree.descriptions)
         session, info = self.session_name, metadata.dumps(self._info)
-        outcome, final, detail = end_scan(
-            self.store.redis,
-            self.store.keys,
-            session,
-            self.number,
-            state.name,
-            error or "",
-            now,
-            retention_time=self.store.settings.retention_time,
-            info_json=info,
-            # Points Redis acknowledged and lost since (a failover, a restart) end it FAILED.
-            acknowledged=self._tree.acknowledged(),
-        )
+        outcome, final, detail = "unannounced", "", ""
+        while outcome == "unannounced":
+            outcome, final, detail = end_scan(
+                self.store.redis,
+                self.store.keys,
+                session,
+                self.number,
+                state.name,
+                error or "",
+                now,
+                retention_time=self.store.settings.retention_time,
+                info_json=info,
+                # Points Redis acknowledged and lost since (a failover, a restart) end it FAILED.
+                acknowledged=self._tree.acknowledged(),
+                new_scan_id=new_scan_id,
+            )
+            if outcome == "unannounced":  # gone (or unreadable): announce again, then end
+                self._ensure_announced()
+                new_scan_id = None
         if outcome == "lost":  # ended FAILED by the script, the loss in its error
             self._state = ScanState.FAILED
             raise lost or ScanLostError(

@@ -2,7 +2,8 @@
 
 A scan is announced in two steps: its keys first (hash, event stream, lease: one slot, one
 script that refuses a number still taken), then a NEW_SCAN entry in the session's stream, so that a reader never finds a
-NEW_SCAN whose scan is not there yet.
+NEW_SCAN whose scan is not there yet. On a single server the script makes both steps, in that
+order (decision 0016): one round trip less.
 
 On a cluster the two steps are in two slots, often on two masters, and replication is
 asynchronous: a failover of the session's master to a replica that had not received the
@@ -10,7 +11,8 @@ entry yet (or a restart of a server without persistence) loses the NEW_SCAN whil
 goes on; no session walk, writer or listing would find it. So the publisher checks that its
 entry is still there when the scan is prepared, every 1.5 s while it stores points
 (:mod:`.announcement`) and when it ends, and announces the scan again when it is gone (:meth:`PublishingSession.ensure_announced`). A walk that saw both
-entries reports the scan once (walks skip a scan number they were already given).
+entries reports the scan once (walks skip a scan number they were already given). On a single
+server the prepare and end scripts make the checks of ``prepared()`` and ``end()``.
 
 Before that, the session reads whether a writer follows it (:mod:`.saving`): by default a scan
 that no writer will save starts with a :class:`~scanstream.exceptions.NoWriterWarning`;
@@ -41,7 +43,7 @@ from .._protocol.scripts import create_scan
 from .._transport.connection import DataStore, default_store
 from ..exceptions import InvalidArgumentError, ScanstreamError
 from ..models import SCAN_NODE_TYPES, ScanState
-from .saving import check_retention, check_writer, saving_off
+from .saving import UNREAD, check_retention, check_writer, saving_off, writer_in
 from .scan import ScanPublisher
 
 __all__ = ["PublishingSession", "create_session"]
@@ -205,13 +207,21 @@ class PublishingSession:
         if saving_off(info) and info.get("filename") is None:
             info["filename"] = ""  # as BLISS: a scan not saved names the empty file
         check_retention(self.store.settings.retention_time)
+        require = self.require_writer if require_writer is None else require_writer
+        status: dict[str, Any] | None = UNREAD
+        number: int | None = None
+        if not require and not saving_off(info) and not self.store.is_cluster:
+            # The writer's status and the scan's number in one round trip. Not when a
+            # scan without a writer is refused: it would take a number for nothing.
+            status, number = self._writer_and_number()
         writer, no_writer = check_writer(
             self.store,
             self.name,
             info,
-            require=self.require_writer if require_writer is None else require_writer,
+            require=require,
             warn=self.warn_no_writer if warn_no_writer is None else warn_no_writer,
             stacklevel=2,
+            status=status,
         )
         keys = self.store.keys
         info.setdefault("title", name)
@@ -219,11 +229,12 @@ class PublishingSession:
         if user is not None:
             info.setdefault("user_name", user)  # BLISS's scans name their user; clients print it
         for _ in range(_MAX_TAKEN_NUMBERS):
-            number = int(
-                self._next_number(
-                    keys=[keys.session_counter(self.name), keys.session_number_floor(self.name)]
+            if number is None:
+                number = int(
+                    self._next_number(
+                        keys=[keys.session_counter(self.name), keys.session_number_floor(self.name)]
+                    )
                 )
-            )
             now = time.time()
             info.update(
                 scan_nb=number,
@@ -236,13 +247,14 @@ class PublishingSession:
             announced = self._announce(number, name, node_type, info, now)
             if announced is not None:
                 break
+            taken, number = number, None
             # The counter went back (a failover lost its latest increments, a restore): the
             # scan of that number is still there. Never write into it: take the next one.
             logger.warning(
                 "session %s: scan number %d is taken by a scan still in %s (the session "
                 "counter went back: a failover or a restore?); taking the next one",
                 self.name,
-                number,
+                taken,
                 self.store.display_url,
             )
         else:
@@ -265,10 +277,34 @@ class PublishingSession:
         self._scans.add(scan)
         return scan
 
+    def _writer_and_number(self) -> tuple[dict[str, Any] | None, int | None]:
+        """The writer's status (:func:`.saving.writer_in`) and the next scan number, read in
+        one pipeline (two slots, so not one script); the number is None when the server did
+        not have the number script yet (it was not run: the caller runs it)."""
+        keys = self.store.keys
+        pipe = self.store.redis.pipeline(transaction=False)
+        pipe.hgetall(keys.writer_health(self.name))
+        pipe.evalsha(
+            self._next_number.sha,
+            2,
+            keys.session_counter(self.name),
+            keys.session_number_floor(self.name),
+        )
+        health, number = pipe.execute(raise_on_error=False)
+        status = writer_in(self.store, self.name, health)
+        if isinstance(number, redis.exceptions.NoScriptError):
+            return status, None
+        if isinstance(number, Exception):
+            raise number
+        return status, int(number)
+
     def _announce(
         self, number: int, name: str, node_type: str, info: dict[str, Any], now: float
     ) -> bytes | None:
         """Write the scan's keys, then its NEW_SCAN entry (a reader finds the keys first).
+
+        On a single server both are written by the one script; on a cluster the session's
+        stream is in another slot, and the entry is written after the script.
 
         The ID of the NEW_SCAN entry; None, with nothing written, when the number is taken
         (:func:`create_scan`).
@@ -278,6 +314,7 @@ class PublishingSession:
         hash_fields = scan_hash_fields(
             self.name, number, name, node_type, metadata.dumps(info), now
         )
+        fields = new_scan_fields(number, name, node_type, store.settings.retention_time)
         created = create_scan(
             store.redis,
             keys,
@@ -286,10 +323,12 @@ class PublishingSession:
             hash_fields,
             state_entry_fields(CREATED, now),
             lease_ms,
+            None if store.is_cluster else fields,
         )
         if not created:
             return None
-        fields = new_scan_fields(number, name, node_type, store.settings.retention_time)
+        if isinstance(created, bytes):  # announced by the script
+            return created
         entry_id = store.redis.xadd(keys.session_scans(self.name), fields)
         return _as_bytes(entry_id)
 
@@ -297,7 +336,8 @@ class PublishingSession:
         """Check that the NEW_SCAN entry ``entry_id`` of ``scan`` is in the session's stream.
 
         Called by the scan's publisher at ``prepared()``, periodically while it stores points
-        (:mod:`.announcement`), and at ``end()``.
+        (:mod:`.announcement`), and at ``end()`` (on a single server, at ``prepared()`` and
+        ``end()`` only when their script did not find the entry).
 
         When it is gone (a failover to a replica that had not received it, a restart without
         persistence, an XDEL) while the scan is still in Redis, the scan is announced again,
