@@ -199,6 +199,23 @@ def default_retry(
 _COMMAND_PACKER = ScatterPacker(6000, cast(Any, Encoder)("utf-8", "strict", False).encode)
 
 
+def _driver_info_option() -> dict[str, Any]:
+    """redis-py 8's driver metadata, its version resolved once for every connection.
+
+    Left to itself, redis-py 8 looks its version up in the package metadata at each new
+    connection (0.5 ms of CPU: a tenth of the setup of a short scan's connections); 7.x
+    resolved it once already and has no ``driver_info`` option.
+    """
+    try:
+        from redis.driver_info import DriverInfo
+    except ImportError:  # redis-py 7.x
+        return {}
+    return {"driver_info": DriverInfo(lib_version=redis.__version__)}
+
+
+_DRIVER_INFO = _driver_info_option()
+
+
 def _refuse_reply_options(url: str, options: dict[str, Any]) -> None:
     """Raise InvalidArgumentError if the URL's query string changes the form of replies.
 
@@ -355,6 +372,7 @@ class DataStore:
                 # TLS sockets have no sendmsg: redis-py's writes, with the same identity check.
                 connection_class=vectored or IdentityCheckingSSLConnection,
                 server_identity=self.identity,  # passed by the pool to each connection
+                **_DRIVER_INFO,
             )
             _refuse_reply_options(self.display_url, self.redis.connection_pool.connection_kwargs)
         self._protocol_checked = False
