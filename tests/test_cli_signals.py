@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from scanstream import DataStore
+from scanstream import DataStore, get_session_node
+from scanstream.models import ScanState
 from scanstream.writer import writer_status
 
 
@@ -95,3 +96,63 @@ def test_ctrl_c_of_a_writer_stops_its_workers_without_traceback(
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert "stopping on SIGINT" in err
     _wait(lambda: not _group_alive(writer.pid), "the worker processes to end", timeout=10)
+
+
+def _read_until(proc: subprocess.Popen[str], text: str, timeout: float = 30.0) -> str:
+    """Read the stdout of ``proc`` up to a line holding ``text``; return what was read."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while text not in seen:
+        assert time.monotonic() < deadline and proc.poll() is None, seen
+        seen += proc.stdout.readline()
+    return seen
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_terminated_demo_stops_its_writer(
+    signum: int, redis_url: str, tmp_path: Path, spawn: Callable[..., subprocess.Popen[str]]
+) -> None:
+    """`kill PID` of the demo: its writer process used to run on, orphaned, for ever."""
+    demo = spawn(_command(redis_url, "demo", "--root", str(tmp_path)))
+    _read_until(demo, "running the example scans")
+    with DataStore(redis_url) as store:
+        status = writer_status("demo", store=store)
+        assert status is not None
+        writer_pid = int(status["pid"])
+        demo.send_signal(signum)  # the demo alone, not its process group
+        _, err = demo.communicate(timeout=60)
+        assert demo.returncode == 128 + signum, err
+        assert "Traceback" not in err, err
+        name = signal.Signals(signum).name
+        assert f"{name}: the demo stopped; its scans not saved yet stay in Redis" in err
+        _wait(lambda: not _group_alive(demo.pid), "the writer and its workers", timeout=20)
+        with pytest.raises(ProcessLookupError):
+            os.kill(writer_pid, 0)
+        # The scan running at the signal was ended (USER_ABORTED), not left to its lease.
+        for scan in get_session_node("demo", store=store).children():
+            assert scan.state is not ScanState.PREPARED, scan.name  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_terminated_scan_ends_user_aborted(
+    signum: int, redis_url: str, spawn: Callable[..., subprocess.Popen[str]]
+) -> None:
+    """`kill PID` of `scanstream scan`: the scan stayed open until its lease declared it
+    KILLED, and the command printed nothing."""
+    scan = spawn(
+        _command(redis_url, "scan", "--session", "term", "--no-saving")
+        + ["ascan", "roby", "0", "1", "100", "0.05", "diode"]
+    )
+    _read_until(scan, "roby[mm]")
+    scan.send_signal(signum)
+    out, err = scan.communicate(timeout=30)
+    assert scan.returncode == 128 + signum, err
+    assert "Traceback" not in err, err
+    name = signal.Signals(signum).name
+    assert f"{name}: stopping the scan at the end of this point" in err
+    assert f"USER_ABORTED ({name})" in err
+    assert "term:1_ascan USER_ABORTED" in out
+    with DataStore(redis_url) as store:
+        node = get_session_node("term", store=store).get_scan(1)
+        assert node.state is ScanState.USER_ABORTED

@@ -9,6 +9,7 @@ until the writer has saved every scan, and prints where the files are with one l
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ from ..sim.catalogue import run_catalogue
 from ..subscribe.tree import ScanNode, get_session_node
 from ..writer import nexus, scan_file_path
 from .errors import describe_server, url_origin
+from .signals import Terminated, interrupt_exit_code, interrupt_name
 from .usage import session_name, writable_directory
 
 #: Seconds to wait for the writer to start, and then for the files once the scans have run.
@@ -46,7 +48,10 @@ def configure_demo(parser: argparse.ArgumentParser) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Run the demo; exit code 0 when every scan was saved, 130 on Ctrl-C."""
+    """Run the demo; exit code 0 when every scan was saved, 130 on Ctrl-C (143 on SIGTERM).
+
+    Stopped by a signal, it stops the writer process it started (never left running).
+    """
     root = writable_directory(args.root).resolve()
     url, origin = url_origin(args)
     url = resolve_url(url)
@@ -92,15 +97,16 @@ def run_demo(args: argparse.Namespace) -> int:
             )
             return 1
         return 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or SIGHUP (signals.Terminated)
         # The scans already published stay in Redis, with their retention time: say how to
         # save those the stopped writer had not saved yet.
+        signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
         print(
-            f"\nCtrl-C: the demo stopped; its scans not saved yet stay in Redis (`scanstream ls "
+            f"\n{interrupt_name(signum)}: the demo stopped; its scans not saved yet stay in Redis (`scanstream ls "
             f"{args.session}`): `scanstream writer {args.session} --root {root}` saves them",
             file=sys.stderr,
         )
-        return 130
+        return interrupt_exit_code(exc)
     finally:
         if writer is not None:
             writer.terminate()
