@@ -115,7 +115,7 @@ def test_a_terminated_demo_stops_its_writer(
 ) -> None:
     """`kill PID` of the demo: its writer process used to run on, orphaned, for ever."""
     demo = spawn(_command(redis_url, "demo", "--root", str(tmp_path)))
-    _read_until(demo, "running the example scans")
+    _read_until(demo, "demo:1_")  # a scan ended, the next one runs
     with DataStore(redis_url) as store:
         status = writer_status("demo", store=store)
         assert status is not None

@@ -9,6 +9,7 @@ until the writer has saved every scan, and prints where the files are with one l
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 
 from .._transport.connection import DataStore
-from .._transport.shared_server import resolve_url
+from .._transport.shared_server import ENV_URL, resolve_url
 from ..admin.registry import saved_scans, writer_status
 from ..admin.wording import counted
 from ..exceptions import ScanstreamError
@@ -124,21 +125,15 @@ def _start_writer(url: str, session: str, root: Path, store: DataStore) -> subpr
         f"starting a writer for session {session!r} (files under {root}, log in {log})", flush=True
     )
     root.mkdir(parents=True, exist_ok=True)
+    # The URL goes in the environment, not in argv: any user of the host reads the command
+    # lines of its processes (`ps`), and the URL may hold a password.
+    env = {**os.environ, ENV_URL: url}
     with open(log, "ab") as out:
         writer = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "scanstream",
-                "--redis-url",
-                url,
-                "writer",
-                session,
-                "--root",
-                str(root),
-            ],
+            [sys.executable, "-m", "scanstream", "writer", session, "--root", str(root)],
             stdout=out,
             stderr=subprocess.STDOUT,
+            env=env,
         )
     deadline = time.monotonic() + START_TIMEOUT
     try:
