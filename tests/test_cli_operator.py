@@ -61,3 +61,22 @@ def test_the_demo_gives_its_writer_no_password_on_the_command_line(
             demo.communicate(timeout=10)
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_a_failing_legacy_script_shows_its_own_traceback(tmp_path: Path) -> None:
+    """As `python SCRIPT` shows it: the frames of scanstream and runpy that ran the script
+    read as a defect of scanstream."""
+    script = tmp_path / "subscriber.py"
+    script.write_text("def f():\n    raise RuntimeError('boom')\n\nf()\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "scanstream", "legacy", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    err = done.stderr
+    assert err.startswith("Traceback (most recent call last):\n"), err
+    assert f'File "{script}", line 4, in <module>' in err and "line 2, in f" in err, err
+    assert err.rstrip().endswith("RuntimeError: boom"), err
+    assert "runpy" not in err and "scanstream" not in err.replace(str(tmp_path), ""), err
