@@ -3,6 +3,9 @@ command lines, messages that can be read."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -43,6 +46,7 @@ def test_the_demo_gives_its_writer_no_password_on_the_command_line(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,  # its writer too is killed at the end, whatever happens
         )
         with DataStore(url) as store:
             while (status := writer_status("demo", store=store)) is None:
@@ -57,7 +61,8 @@ def test_the_demo_gives_its_writer_no_password_on_the_command_line(
         assert "sekret" not in (tmp_path / "data" / "writer.log").read_text()
     finally:
         if demo is not None:
-            demo.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(demo.pid, signal.SIGKILL)
             demo.communicate(timeout=10)
         server.terminate()
         server.wait(timeout=10)

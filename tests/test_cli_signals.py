@@ -52,11 +52,11 @@ def spawn() -> Iterator[Callable[..., subprocess.Popen[str]]]:
 
     yield start
     for proc in started:
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        # The whole group, even once the command has ended: what it started may run on.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         proc.communicate(timeout=10)
 
 
