@@ -9,11 +9,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from scanstream import DataStore
+from scanstream import DataStore, get_session_node
+from scanstream.models import ScanState
 from scanstream.writer import writer_status
 
 
@@ -85,3 +87,70 @@ def test_a_failing_legacy_script_shows_its_own_traceback(tmp_path: Path) -> None
     assert f'File "{script}", line 4, in <module>' in err and "line 2, in f" in err, err
     assert err.rstrip().endswith("RuntimeError: boom"), err
     assert "runpy" not in err and "scanstream" not in err.replace(str(tmp_path), ""), err
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MiB file system (tmpfs), or a skip where mounting is not allowed."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        timeout=10,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, timeout=10)
+
+
+def _fill(directory: Path) -> None:
+    """Fill the file system of ``directory`` to the last byte."""
+    with open(directory / "filler", "wb") as filler:
+        try:
+            while True:
+                filler.write(b"\0" * 65536)
+                filler.flush()
+        except OSError:
+            pass
+
+
+@pytest.mark.parametrize("when", ["before the scan", "during the scan"])
+def test_lima_frames_on_a_full_disk_fail_the_scan_in_one_line(
+    when: str, redis_url: str, small_disk: Path
+) -> None:
+    """The simulated Lima detector on a full disk: a multi-line HDF5 error, then the
+    process crashed at exit (SIGSEGV, exit code 139) on the file HDF5 could not flush."""
+    argv = [sys.executable, "-m", "scanstream", "--redis-url", redis_url, "scan"]
+    argv += ["--session", "lima", "--root", str(small_disk), "--no-writer-warning"]
+    argv += ["--save-timeout", "0"]
+    if when == "before the scan":  # 2000 frames, 100 per file: the 3rd file does not fit
+        argv += ["-q", "--time-scale", "0", "loopscan", "2000", "0.01", "lima_simulator"]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        out, err, code = done.stdout, done.stderr, done.returncode
+        assert "no space left on device for " in err and "MiB needed" in err, err
+    else:  # the disk fills once the scan writes its first file
+        argv += ["loopscan", "200", "0.05", "lima_simulator"]
+        scan = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert scan.stdout is not None
+            while scan.stdout.readline().strip() != "0":  # the row of the first point
+                assert scan.poll() is None
+            _fill(small_disk)
+            out, err = scan.communicate(timeout=60)
+        finally:
+            scan.kill()
+            scan.communicate(timeout=10)
+        code = scan.returncode
+        assert "cannot write frame " in err and "No space left on device" in err, err
+    assert code == 1, err
+    assert "Traceback" not in err and "RuntimeError" not in err, err
+    line = [line for line in err.splitlines() if "error:" in line]
+    assert len(line) == 1 and "detector 'lima_simulator'" in line[0], err
+    assert "free some space, or save elsewhere (scanstream scan --root)" in line[0]
+    with DataStore(redis_url) as store:
+        assert get_session_node("lima", store=store).get_scan(1).state is ScanState.FAILED

@@ -45,6 +45,7 @@ from ..publish import PublishingSession, ScanPublisher, create_session
 from ..sim.beamline import Beamline, UnknownDeviceError, default_beamline
 from ..sim.control import ScanResult, scan_result_of
 from ..sim.devices import MotorLimitError
+from ..sim.lima import unclosed_files
 from ..sim.saving import SavingConfig
 from .errors import describe_failure, describe_server, discard_stdout, url_origin
 from .scan_args import (
@@ -360,13 +361,32 @@ def run_scan(args: argparse.Namespace) -> int:
     # Until the command ends: a late second Ctrl-C is no traceback.
     with ctrl_c.installed(keep=getattr(args, "standalone", False)):
         try:
-            return _run(
+            code = _run(
                 args, session, positional, display, ctrl_c, _scan_options(args, beamline, saving)
             )
         except _Failed as failed:  # a connection, password or permission failure of the scan
             line = describe_failure(failed.__cause__ or failed, given, origin)
             print(f"scanstream scan: error: {line}", file=sys.stderr)
-            return 1
+            code = 1
+    if getattr(args, "standalone", False):
+        _exit_if_files_unclosed(code)
+    return code
+
+
+def _exit_if_files_unclosed(code: int) -> None:
+    """End the process at once with ``code`` if HDF5 could not close a Lima frame file (its
+    disk full): HDF5 closes it again at the interpreter's exit, and crashes (SIGSEGV)."""
+    unclosed = unclosed_files()
+    if not unclosed:
+        return
+    print(
+        f"scanstream scan: HDF5 could not close {', '.join(unclosed)}: ending at once (HDF5 "
+        "would crash on it at exit)",
+        file=sys.stderr,
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 class _Failed(Exception):
