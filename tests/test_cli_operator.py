@@ -154,3 +154,26 @@ def test_lima_frames_on_a_full_disk_fail_the_scan_in_one_line(
     assert "free some space, or save elsewhere (scanstream scan --root)" in line[0]
     with DataStore(redis_url) as store:
         assert get_session_node("lima", store=store).get_scan(1).state is ScanState.FAILED
+
+
+def test_the_demo_on_a_full_disk_says_why_each_scan_was_not_saved(
+    redis_url: str, small_disk: Path
+) -> None:
+    """It listed each scan's entry as "?  0 points" and pointed at the status of its writer,
+    which it had stopped."""
+    done = subprocess.run(
+        [sys.executable, "-m", "scanstream", "--redis-url", redis_url, "demo"]
+        + ["--root", str(small_disk)],
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    entries = [line for line in done.stdout.splitlines() if "NOT SAVED: " in line]
+    assert len(entries) == 19, done.stdout  # every scan but the one whose saving is off
+    assert all("no space left on device" in line for line in entries), entries
+    assert " 0 points" not in done.stdout and " ?  " not in done.stdout, done.stdout
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith("NOT saved: scans [1, 2, "), last
+    assert last.endswith(f"`scanstream writer demo --root {small_disk}` saves them"), last

@@ -21,6 +21,7 @@ from .._transport.shared_server import ENV_URL, resolve_url
 from ..admin.registry import saved_scans, writer_status
 from ..admin.wording import counted
 from ..exceptions import ScanstreamError
+from ..models import SavingState
 from ..publish import create_session
 from ..sim import SavingConfig
 from ..sim.catalogue import run_catalogue
@@ -91,9 +92,11 @@ def run_demo(args: argparse.Namespace) -> int:
         missing = _wait_saved(store, args.session, numbers)
         _summary(store, args.session, sorted(numbers), root)
         if missing:
+            # The demo's writer stops with it: its --status would say nothing more.
             print(
-                f"NOT saved: scans {sorted(missing)}; see `scanstream writer --status "
-                f"{args.session}`",
+                f"NOT saved: scans {sorted(missing)} (why: above); they stay in Redis "
+                f"(`scanstream ls {args.session}`): once the cause is fixed, `scanstream writer "
+                f"{args.session} --root {root}` saves them",
                 file=sys.stderr,
             )
             return 1
@@ -179,6 +182,13 @@ def _summary(store: DataStore, session: str, numbers: list[int], root: Path) -> 
             )
             continue
         path = scan_file_path(info, session, root)
+        verdict = scan.saving
+        if verdict.state is not SavingState.SAVED:
+            # Its entry, if any, would read as "?, 0 points": say why it is not there.
+            reason = verdict.reason or verdict.state.value
+            line = f"{number:<5} {info.get('title', scan.name):<36} NOT SAVED: {reason}"
+            files.setdefault(path, []).append(line)
+            continue
         files.setdefault(path, []).append(_describe_entry(path, number))
     for path, lines in files.items():
         print(f"\n{path}")
