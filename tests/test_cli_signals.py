@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from scanstream import DataStore, get_session_node
-from scanstream.models import ScanState
+from scanstream.models import SavingState, ScanState
 from scanstream.writer import writer_status
 
 
@@ -156,3 +156,39 @@ def test_a_terminated_scan_ends_user_aborted(
     with DataStore(redis_url) as store:
         node = get_session_node("term", store=store).get_scan(1)
         assert node.state is ScanState.USER_ABORTED
+
+
+def test_ctrl_c_of_a_writer_during_a_scan_then_a_restart_saves_it_whole(
+    redis_url: str, tmp_path: Path, spawn: Callable[..., subprocess.Popen[str]]
+) -> None:
+    """The worker writing the scan gets the Ctrl-C too: it stops as on SIGTERM, and the
+    restarted writer completes the scan, every point in the file."""
+    root = tmp_path / "data"
+    writer = spawn(_command(redis_url, "writer", "mid", "--root", str(root)))
+    with DataStore(redis_url) as store:
+        _wait(lambda: writer_status("mid", store=store) is not None, "the writer")
+        scan = spawn(
+            _command(redis_url, "scan", "--session", "mid", "-q", "--save-timeout", "60")
+            + ["loopscan", "100", "0.05", "diode"]
+        )
+
+        def writing() -> bool:
+            try:
+                node = get_session_node("mid", store=store).get_scan(1)
+            except Exception:  # not created yet
+                return False
+            return node.saving.state is SavingState.WRITING and node.state is ScanState.PREPARED
+
+        _wait(writing, "the writing of the scan")
+        os.killpg(writer.pid, signal.SIGINT)
+        _, err = writer.communicate(timeout=30)
+        assert writer.returncode == 0 and "Traceback" not in err, err
+        _wait(lambda: not _group_alive(writer.pid), "the worker processes to end", timeout=10)
+        again = spawn(_command(redis_url, "writer", "mid", "--root", str(root)))
+        out, scan_err = scan.communicate(timeout=60)
+        assert scan.returncode == 0, out + scan_err
+        verdict = get_session_node("mid", store=store).get_scan(1).saving
+        assert verdict.points and set(verdict.points.values()) == {100}, verdict
+        os.killpg(again.pid, signal.SIGINT)
+        _, err = again.communicate(timeout=30)
+        assert "Traceback" not in err, err
