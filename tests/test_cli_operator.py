@@ -177,3 +177,15 @@ def test_the_demo_on_a_full_disk_says_why_each_scan_was_not_saved(
     last = done.stderr.splitlines()[-1]
     assert last.startswith("NOT saved: scans [1, 2, "), last
     assert last.endswith(f"`scanstream writer demo --root {small_disk}` saves them"), last
+
+
+def test_the_header_of_a_scan_saved_nowhere_says_so(
+    redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--root DIR --no-saving` gives an empty filename: the header read "...+00:00  s1"."""
+    from scanstream.cli import main
+
+    argv = ["--redis-url", redis_url, "scan", "--session", "s1", "--root", str(tmp_path)]
+    assert main([*argv, "--no-saving", "-q", "--time-scale", "0", "ct", "0.1", "diode"]) == 0
+    header = capsys.readouterr().err.splitlines()[0]
+    assert header.endswith(" (no filename) s1 user = " + header.rsplit(" = ", 1)[1]), header

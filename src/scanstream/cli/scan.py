@@ -110,7 +110,7 @@ class _ScanDisplay:
             print(f"WARNING: {scan.no_writer}", file=sys.stderr)
         print(
             f"Scan {scan.number} {info.get('start_time', '')} "
-            f"{info.get('filename', '(no filename)')} {self.session} user = {_user()}\n"
+            f"{info.get('filename') or '(no filename)'} {self.session} user = {_user()}\n"
             f"{info['title']}",
             file=sys.stderr,
         )
