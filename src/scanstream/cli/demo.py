@@ -84,12 +84,14 @@ def run_demo(args: argparse.Namespace) -> int:
             ),
         )
         first = min(r.number for r in results)  # the run's scans, sub-scans of sequences too
-        numbers = {
-            s.number
+        scans = [
+            s
             for s in get_session_node(args.session, store=store).children()
             if isinstance(s, ScanNode) and s.number >= first
-        }
-        missing = _wait_saved(store, args.session, numbers)
+        ]
+        numbers = {s.number for s in scans}
+        off = {s.number for s in scans if s.info.get("save") is False}
+        missing = _wait_saved(store, args.session, numbers, off)
         _summary(store, args.session, sorted(numbers), root)
         if missing:
             # The demo's writer stops with it: its --status would say nothing more.
@@ -152,8 +154,12 @@ def _start_writer(url: str, session: str, root: Path, store: DataStore) -> subpr
     return writer
 
 
-def _wait_saved(store: DataStore, session: str, numbers: set[int]) -> set[int]:
-    """Wait until every scan is saved or reported failed; return those not saved."""
+def _wait_saved(store: DataStore, session: str, numbers: set[int], off: set[int]) -> set[int]:
+    """Wait until every scan is saved or reported failed; return those not saved.
+
+    The scans of ``off`` (saving off by design) count as done, not as saved: "20/20 scans
+    saved" read false beside the scan listed as not saved.
+    """
     deadline = time.monotonic() + SAVE_TIMEOUT
     shown = -1
     while True:
@@ -164,7 +170,10 @@ def _wait_saved(store: DataStore, session: str, numbers: set[int]) -> set[int]:
         if len(saved) != shown and (sys.stdout.isatty() or finished):
             shown = len(saved)
             end = "\n" if finished else ""
-            print(f"\rwriter: {len(saved)}/{len(numbers)} scans saved", end=end, flush=True)
+            line = f"writer: {len(saved - off)}/{len(numbers - off)} scans saved"
+            if off:
+                line += f" ({counted(len(off), 'scan')} with saving off)"
+            print(f"\r{line}", end=end, flush=True)
         if finished:
             return numbers - saved
         time.sleep(0.1)
