@@ -189,3 +189,29 @@ def test_the_header_of_a_scan_saved_nowhere_says_so(
     assert main([*argv, "--no-saving", "-q", "--time-scale", "0", "ct", "0.1", "diode"]) == 0
     header = capsys.readouterr().err.splitlines()[0]
     assert header.endswith(" (no filename) s1 user = " + header.rsplit(" = ", 1)[1]), header
+
+
+def test_server_stop_names_the_clients_of_its_socket_readably(
+    private_runtime_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every client of the unix socket has the address `[/path/redis.sock:0]:0`: the refusal
+    listed `?@[/tmp/scanstream-0/redis.sock:0]:0` once per process."""
+    import redis
+
+    from scanstream._transport.shared_server import ensure_server
+
+    url = ensure_server()
+    clients = [redis.Redis.from_url(url, socket_timeout=5) for _ in range(3)]
+    try:
+        for client in clients:
+            client.ping()
+        clients[0].client_setname("subscriber")
+        from scanstream.cli import main
+
+        assert main(["server", "stop"]) == 1
+        err = capsys.readouterr().err
+        assert "3 clients connected (2 x ?@unix socket, subscriber@unix socket)" in err, err
+        assert "sock:0]" not in err, err
+    finally:
+        for client in clients:
+            client.close()
