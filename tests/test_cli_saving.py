@@ -182,9 +182,11 @@ def test_a_scan_saved_by_the_real_writer_exits_0(
     assert scan(redis_url, "--require-writer", "--save-timeout", "8") == 0
     out = capsys.readouterr().out
     assert last(out) == f"saved in {tmp_path / SESSION / SESSION}.h5::1.1"
-    # The writer's line for it counts in words: one entry, not "1 entries".
+    # The writer's line for it counts in words: one entry, not "1 entries"; and the points of
+    # the scan (3), not those of its channels added up (9, as the scan display never shows).
     saved = [r.getMessage() for r in caplog.records if r.getMessage().startswith("saved ")]
     assert len(saved) == 1 and " in 1 entry 1.1 of " in saved[0], saved
+    assert "(DONE): 3 points in 1 entry" in saved[0], saved
 
 
 def test_a_scan_the_writer_refuses_says_why_naming_the_error_once(

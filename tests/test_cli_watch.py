@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import signal
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from scanstream import DataStore, get_session_node
+from scanstream._transport.connection import clear_default_stores
+from scanstream._transport.server import EmbeddedServer
 from scanstream.cli import main
 from scanstream.writer import WriterService
 
@@ -176,3 +179,41 @@ def test_the_refreshed_values_line_is_erased_before_any_other_line(redis_url: st
     visible = [line.rsplit("\r\x1b[K", 1)[-1] for line in text.split("\n")]
     assert not [line for line in visible if " pt: " in line], text  # each one erased in time
     assert any(line.endswith("tty:1_loopscan ended    DONE  8 points") for line in visible)
+
+
+@pytest.mark.parametrize("outage", [0.0, 2.0], ids=["reset", "outage beyond the budget"])
+def test_watch_goes_on_through_a_server_restart(
+    outage: float, private_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    """It ended with exit code 1 ("reconnect to go on") when the server came back without
+    its data, or after the outage budget: a monitor outlives its server's restarts."""
+    url = private_server.url
+    env = {**os.environ, "SCANSTREAM_MAX_UNREACHABLE_TIME": "1"}
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "scanstream", "--redis-url", url, "watch", "w1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert watch.stdout is not None
+        _wait_line(watch, "watching w1")
+        _scan(url, "w1", "--time-scale", "0", "loopscan", "2", "0.01", "diode")
+        _wait_line(watch, "w1:1_loopscan ended    DONE")
+        private_server.stop()
+        time.sleep(outage)
+        private_server.start(timeout=10)  # empty: no persistence
+        _wait_line(watch, "watching w1")  # a new watch of the session
+        clear_default_stores()  # this process's stores rightly refuse the reset server
+        _scan(url, "w1", "--time-scale", "0", "loopscan", "3", "0.01", "diode")
+        _wait_line(watch, "_loopscan ended    DONE  3 points")
+        watch.send_signal(signal.SIGINT)
+        _, err = watch.communicate(timeout=20)
+    finally:
+        watch.kill()
+        watch.communicate(timeout=5)  # closes the pipes too
+    assert watch.returncode == 130, err
+    assert "Traceback" not in err, err
+    lost = [line for line in err.splitlines() if line.startswith("scanstream watch: ")]
+    assert len(lost) == 1 and lost[0].endswith("watching again (Ctrl-C to stop)"), err

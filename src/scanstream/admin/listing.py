@@ -12,6 +12,7 @@ per scan), and the data keys of a scan from the NEW_NODE entries of its event st
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import re
@@ -451,7 +452,11 @@ class ServerDependents:
         """One sentence per cause: how many clients, which scans (with their saving verdict)."""
         parts = []
         if self.clients:
-            names = ", ".join(self.client_names)
+            # Grouped: six processes on the socket read as six copies of "?@unix socket".
+            counts = collections.Counter(self.client_names)
+            names = ", ".join(
+                name if n == 1 else f"{n} x {name}" for name, n in sorted(counts.items())
+            )
             parts.append(f"{counted(self.clients, 'client')} connected ({names})")
         if self.unsaved:
             scans = ", ".join(
@@ -460,6 +465,13 @@ class ServerDependents:
             )
             parts.append(f"{counted(len(self.unsaved), 'scan')} not saved yet: {scans}")
         return "; ".join(parts) or "no client connected and every stored scan saved"
+
+
+def _client_address(client: dict[str, Any]) -> str:
+    """A client's address as a reader can use it: ``host:port``, or ``unix socket`` for the
+    ``[/path/redis.sock:0]:0`` the server gives every client of its socket alike."""
+    addr = str(client.get("addr") or client.get("laddr") or "?")
+    return "unix socket" if addr.startswith(("[/", "/")) else addr
 
 
 def server_dependents(store: DataStore) -> ServerDependents:
@@ -483,7 +495,7 @@ def server_dependents(store: DataStore) -> ServerDependents:
         for c in clients
         if str(c.get("id")) != str(own) and "S" not in str(c.get("flags", ""))  # not a replica
     ]
-    names = [f"{c.get('name') or '?'}@{c.get('addr') or c.get('laddr') or '?'}" for c in others]
+    names = [f"{c.get('name') or '?'}@{_client_address(c)}" for c in others]
     unsaved = [
         scan for summary in list_sessions(store) for scan in summary.scans if not scan.saving_final
     ]

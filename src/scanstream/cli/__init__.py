@@ -13,6 +13,7 @@ user's embedded server).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import re
 import signal
@@ -29,6 +30,7 @@ from .._transport.urls import mask_url
 from ..exceptions import ScanstreamError
 from .errors import describe_failure, discard_stdout, url_origin, url_problem
 from .logs import configure_logging
+from .signals import interrupt_exit_code, terminating_as_interrupt
 from .usage import SubParsers, UsageError, accept_negative_values
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main", "redis_url"]
@@ -47,6 +49,9 @@ class Command:
     module: str
     configure: str = ""
     run: str = ""
+    #: The command handles SIGTERM and SIGHUP itself, or leaves them to the script it runs;
+    #: otherwise they stop it as Ctrl-C does (:mod:`scanstream.cli.signals`).
+    own_signals: bool = False
 
     def load(self) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[..., int]]:
         """Import the module; return its (configure, run) functions."""
@@ -68,6 +73,7 @@ COMMANDS: tuple[Command, ...] = (
         "writer",
         "write every scan of some sessions into HDF5/NeXus files, live (Ctrl-C stops)",
         "writer",
+        own_signals=True,  # WriterService.run's: a stop on SIGINT and SIGTERM
     ),
     Command(
         "demo",
@@ -79,7 +85,12 @@ COMMANDS: tuple[Command, ...] = (
         "follow sessions live: scans starting and ending, last values, a row per point",
         "watch",
     ),
-    Command("web", "serve a live view of the sessions' scans in the browser (read-only)", "web"),
+    Command(
+        "web",
+        "serve a live view of the sessions' scans in the browser (read-only)",
+        "web",
+        own_signals=True,  # uvicorn's: a stop on SIGINT and SIGTERM
+    ),
     Command(
         "ls",
         "list sessions and their stored scans (state, points, memory, saving verdict)",
@@ -100,6 +111,7 @@ COMMANDS: tuple[Command, ...] = (
         "legacy",
         "run a BLISS 1.x subscriber script with its bliss.* imports resolved to scanstream",
         "legacy",
+        own_signals=True,
     ),
     Command("completion", "print a shell completion script (bash or zsh)", "completion"),
 )
@@ -202,8 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     -------
     int
         The exit code: 0 on success, 1 on a scanstream or connection error (one line on
-        stderr), 2 on a usage error (a Redis URL that names no server included), 130 on Ctrl-C;
-        a subcommand may give its own meaning to 1.
+        stderr), 2 on a usage error (a Redis URL that names no server included), 130 on Ctrl-C,
+        143 on SIGTERM and 129 on SIGHUP (which stop a command as Ctrl-C does); a subcommand may
+        give its own meaning to 1.
     """
     parser = build_parser()
     try:
@@ -220,8 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     if problem is not None:
         print(f"scanstream: error: {problem}", file=sys.stderr)
         return 2
+    spec: Command = args.command_spec
+    signals = contextlib.nullcontext() if spec.own_signals else terminating_as_interrupt()
     try:
-        code: int = args.run(args)
+        with signals:
+            code: int = args.run(args)
     except UsageError as exc:  # found after parsing: reported as argparse reports its own
         args.command_parser.print_usage(sys.stderr)
         print(f"{args.command_parser.prog}: error: {exc}", file=sys.stderr)
@@ -233,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         # The messages of scanstream name URLs masked already; a redis-py error may quote one.
         print(f"scanstream: error: {_mask_urls(line or str(exc))}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as exc:  # SIGTERM and SIGHUP too (signals.Terminated)
+        return interrupt_exit_code(exc)
     except BrokenPipeError:
         # The reader went away (`scanstream ls | head`): stop quietly, as other tools do,
         # and keep the interpreter's final flush of stdout from raising again.

@@ -9,22 +9,26 @@ until the writer has saved every scan, and prints where the files are with one l
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from .._transport.connection import DataStore
-from .._transport.shared_server import resolve_url
+from .._transport.shared_server import ENV_URL, resolve_url
 from ..admin.registry import saved_scans, writer_status
 from ..admin.wording import counted
 from ..exceptions import ScanstreamError
+from ..models import SavingState
 from ..publish import create_session
 from ..sim import SavingConfig
 from ..sim.catalogue import run_catalogue
 from ..subscribe.tree import ScanNode, get_session_node
 from ..writer import nexus, scan_file_path
 from .errors import describe_server, url_origin
+from .signals import Terminated, interrupt_exit_code, interrupt_name
 from .usage import session_name, writable_directory
 
 #: Seconds to wait for the writer to start, and then for the files once the scans have run.
@@ -46,7 +50,10 @@ def configure_demo(parser: argparse.ArgumentParser) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """Run the demo; exit code 0 when every scan was saved, 130 on Ctrl-C."""
+    """Run the demo; exit code 0 when every scan was saved, 130 on Ctrl-C (143 on SIGTERM).
+
+    Stopped by a signal, it stops the writer process it started (never left running).
+    """
     root = writable_directory(args.root).resolve()
     url, origin = url_origin(args)
     url = resolve_url(url)
@@ -77,30 +84,35 @@ def run_demo(args: argparse.Namespace) -> int:
             ),
         )
         first = min(r.number for r in results)  # the run's scans, sub-scans of sequences too
-        numbers = {
-            s.number
+        scans = [
+            s
             for s in get_session_node(args.session, store=store).children()
             if isinstance(s, ScanNode) and s.number >= first
-        }
-        missing = _wait_saved(store, args.session, numbers)
+        ]
+        numbers = {s.number for s in scans}
+        off = {s.number for s in scans if s.info.get("save") is False}
+        missing = _wait_saved(store, args.session, numbers, off)
         _summary(store, args.session, sorted(numbers), root)
         if missing:
+            # The demo's writer stops with it: its --status would say nothing more.
             print(
-                f"NOT saved: scans {sorted(missing)}; see `scanstream writer --status "
-                f"{args.session}`",
+                f"NOT saved: scans {sorted(missing)} (why: above); they stay in Redis "
+                f"(`scanstream ls {args.session}`): once the cause is fixed, `scanstream writer "
+                f"{args.session} --root {root}` saves them",
                 file=sys.stderr,
             )
             return 1
         return 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or SIGHUP (signals.Terminated)
         # The scans already published stay in Redis, with their retention time: say how to
         # save those the stopped writer had not saved yet.
+        signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
         print(
-            f"\nCtrl-C: the demo stopped; its scans not saved yet stay in Redis (`scanstream ls "
+            f"\n{interrupt_name(signum)}: the demo stopped; its scans not saved yet stay in Redis (`scanstream ls "
             f"{args.session}`): `scanstream writer {args.session} --root {root}` saves them",
             file=sys.stderr,
         )
-        return 130
+        return interrupt_exit_code(exc)
     finally:
         if writer is not None:
             writer.terminate()
@@ -118,21 +130,15 @@ def _start_writer(url: str, session: str, root: Path, store: DataStore) -> subpr
         f"starting a writer for session {session!r} (files under {root}, log in {log})", flush=True
     )
     root.mkdir(parents=True, exist_ok=True)
+    # The URL goes in the environment, not in argv: any user of the host reads the command
+    # lines of its processes (`ps`), and the URL may hold a password.
+    env = {**os.environ, ENV_URL: url}
     with open(log, "ab") as out:
         writer = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "scanstream",
-                "--redis-url",
-                url,
-                "writer",
-                session,
-                "--root",
-                str(root),
-            ],
+            [sys.executable, "-m", "scanstream", "writer", session, "--root", str(root)],
             stdout=out,
             stderr=subprocess.STDOUT,
+            env=env,
         )
     deadline = time.monotonic() + START_TIMEOUT
     try:
@@ -148,8 +154,12 @@ def _start_writer(url: str, session: str, root: Path, store: DataStore) -> subpr
     return writer
 
 
-def _wait_saved(store: DataStore, session: str, numbers: set[int]) -> set[int]:
-    """Wait until every scan is saved or reported failed; return those not saved."""
+def _wait_saved(store: DataStore, session: str, numbers: set[int], off: set[int]) -> set[int]:
+    """Wait until every scan is saved or reported failed; return those not saved.
+
+    The scans of ``off`` (saving off by design) count as done, not as saved: "20/20 scans
+    saved" read false beside the scan listed as not saved.
+    """
     deadline = time.monotonic() + SAVE_TIMEOUT
     shown = -1
     while True:
@@ -160,7 +170,10 @@ def _wait_saved(store: DataStore, session: str, numbers: set[int]) -> set[int]:
         if len(saved) != shown and (sys.stdout.isatty() or finished):
             shown = len(saved)
             end = "\n" if finished else ""
-            print(f"\rwriter: {len(saved)}/{len(numbers)} scans saved", end=end, flush=True)
+            line = f"writer: {len(saved - off)}/{len(numbers - off)} scans saved"
+            if off:
+                line += f" ({counted(len(off), 'scan')} with saving off)"
+            print(f"\r{line}", end=end, flush=True)
         if finished:
             return numbers - saved
         time.sleep(0.1)
@@ -178,6 +191,13 @@ def _summary(store: DataStore, session: str, numbers: list[int], root: Path) -> 
             )
             continue
         path = scan_file_path(info, session, root)
+        verdict = scan.saving
+        if verdict.state is not SavingState.SAVED:
+            # Its entry, if any, would read as "?, 0 points": say why it is not there.
+            reason = verdict.reason or verdict.state.value
+            line = f"{number:<5} {info.get('title', scan.name):<36} NOT SAVED: {reason}"
+            files.setdefault(path, []).append(line)
+            continue
         files.setdefault(path, []).append(_describe_entry(path, number))
     for path, lines in files.items():
         print(f"\n{path}")

@@ -6,7 +6,11 @@ import argparse
 import ast
 import os
 import sys
+import traceback
 
+import redis
+
+from ..exceptions import ScanstreamError
 from ..legacy import LegacyImportError, install, run_script
 
 
@@ -21,7 +25,8 @@ def configure_legacy(parser: argparse.ArgumentParser) -> None:
 def run_legacy(args: argparse.Namespace) -> int:
     """Run the script; 2 when it cannot be run (no file, not Python, a real BLISS installed).
 
-    The script's own errors propagate (a traceback, exit code 1), as with ``python SCRIPT``.
+    The script's own errors end it as with ``python SCRIPT``: their traceback from the
+    script's frames on, exit code 1.
     """
     if not os.path.isfile(args.script):
         print(f"scanstream legacy: no script {args.script!r}", file=sys.stderr)
@@ -40,7 +45,22 @@ def run_legacy(args: argparse.Namespace) -> int:
     except SystemExit as exc:  # the script's own exit code
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
+    except (ScanstreamError, redis.RedisError):
+        raise  # one line from scanstream.cli.main: an unreachable server, a missing session
+    except Exception as exc:
+        _print_script_traceback(exc, args.script)
+        return 1
     return 0
+
+
+def _print_script_traceback(exc: BaseException, script: str) -> None:
+    """The traceback ``python SCRIPT`` prints: from the script's first frame on, without
+    those of scanstream and runpy that ran it (a user reads them as a scanstream defect)."""
+    path = os.path.abspath(script)
+    tb = exc.__traceback__
+    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) != path:
+        tb = tb.tb_next
+    traceback.print_exception(type(exc), exc, tb or exc.__traceback__)
 
 
 def _compile_problem(path: str) -> str | None:

@@ -11,6 +11,7 @@ table row per point on stdout (until points come too fast to read: then the prog
 only), ``ct`` prints each counter's value and rate, and the summary line goes to stdout.
 Ctrl-C stops the scan at the end of the current point: it ends USER_ABORTED with the points
 acquired (exit code 130); a second Ctrl-C only says it is stopping, a third abandons it.
+SIGTERM and SIGHUP do the same (exit codes 143 and 129).
 
 A scan starts with a warning when no writer follows its session (``--require-writer``
 refuses to start it, ``--no-writer-warning`` silences the warning). At its end the command
@@ -44,6 +45,7 @@ from ..publish import PublishingSession, ScanPublisher, create_session
 from ..sim.beamline import Beamline, UnknownDeviceError, default_beamline
 from ..sim.control import ScanResult, scan_result_of
 from ..sim.devices import MotorLimitError
+from ..sim.lima import unclosed_files
 from ..sim.saving import SavingConfig
 from .errors import describe_failure, describe_server, discard_stdout, url_origin
 from .scan_args import (
@@ -68,6 +70,7 @@ from .scan_display import (
     ct_lines,
     report_saving,
 )
+from .signals import STOP_SIGNALS, Terminated, interrupt_name
 from .usage import UsageError, writable_directory
 
 __all__ = [
@@ -107,7 +110,7 @@ class _ScanDisplay:
             print(f"WARNING: {scan.no_writer}", file=sys.stderr)
         print(
             f"Scan {scan.number} {info.get('start_time', '')} "
-            f"{info.get('filename', '(no filename)')} {self.session} user = {_user()}\n"
+            f"{info.get('filename') or '(no filename)'} {self.session} user = {_user()}\n"
             f"{info['title']}",
             file=sys.stderr,
         )
@@ -134,11 +137,11 @@ class _ScanDisplay:
         else:
             self.progress(master, done)
 
-    def close(self, result: ScanResult | None, interrupted: bool = False) -> None:
+    def close(self, result: ScanResult | None, interrupted_by: str | None = None) -> None:
         if self.progress is not None:
             # Stopped by Ctrl-C through the stop event: say so, not "stop_event set".
-            stopped = interrupted and result is not None and result.state is ScanState.USER_ABORTED
-            self.progress.close(result, "Ctrl-C" if stopped else None)
+            aborted = result is not None and result.state is ScanState.USER_ABORTED
+            self.progress.close(result, interrupted_by if aborted else None)
         if self.ct and self.last and result is not None:
             count_time = float(result.scan_info.get("count_time") or 0.0)
             for line in ct_lines(self.last, count_time):  # ct scans no motor
@@ -146,7 +149,8 @@ class _ScanDisplay:
 
 
 class _CtrlC:
-    """SIGINT during ``scanstream scan``.
+    """SIGINT (Ctrl-C) during ``scanstream scan``; SIGTERM and SIGHUP (``kill``, a service
+    manager, a closed terminal) the same way, with their own name and exit code.
 
     While the scan runs, the first sets ``stop`` (the scan ends USER_ABORTED at the end of
     its current point, published whole), the second only says so, the third raises
@@ -155,47 +159,70 @@ class _CtrlC:
 
     A stop request rather than an exception at an arbitrary place: a second Ctrl-C arriving
     while the scan is ending (its detectors closing, ``end()`` retrying through an outage)
-    must not cut that short and leave the scan for the lease to declare KILLED.
+    must not cut that short and leave the scan for the lease to declare KILLED. Python's
+    default for SIGTERM did worse: the process ended at once, the scan open until then.
     """
 
     def __init__(self) -> None:
         self.stop = threading.Event()
         self.count = 0
         self.scan_running = True
+        self.signum = int(signal.SIGINT)  # the first signal received
+
+    @property
+    def name(self) -> str:
+        """How the messages name the first signal: ``Ctrl-C``, ``SIGTERM``."""
+        return interrupt_name(self.signum)
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the first signal: 130 for Ctrl-C, 143 for SIGTERM."""
+        return 128 + self.signum
+
+    def _interrupt(self) -> KeyboardInterrupt:
+        return KeyboardInterrupt() if self.signum == signal.SIGINT else Terminated(self.signum)
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         self.count += 1
+        if self.count == 1:
+            self.signum = signum
         if not self.scan_running:
             if self.count == 1:
-                raise KeyboardInterrupt
+                raise self._interrupt()
         elif self.count == 1:
             self.stop.set()
             print(
-                "\nCtrl-C: stopping the scan at the end of this point (it ends USER_ABORTED)",
+                f"\n{self.name}: stopping the scan at the end of this point (it ends USER_ABORTED)",
                 file=sys.stderr,
             )
         elif self.count == 2:
-            print("Ctrl-C: already stopping; once more abandons the scan", file=sys.stderr)
+            print(
+                f"{interrupt_name(signum)}: already stopping; once more abandons the scan",
+                file=sys.stderr,
+            )
         else:
-            raise KeyboardInterrupt
+            raise self._interrupt()
 
     @contextlib.contextmanager
     def installed(self, keep: bool = False) -> Iterator[None]:
-        """Handle SIGINT within the block (main thread only: elsewhere Python cannot).
+        """Handle SIGINT, SIGTERM and SIGHUP within the block (main thread only: elsewhere
+        Python cannot).
 
         ``keep``: the process ends after the block (the ``scanstream`` program); once a
-        Ctrl-C came, SIGINT is then ignored, so that another one during the interpreter's
+        signal came, they are then ignored, so that another one during the interpreter's
         exit (which restores the default disposition of the handlers Python installed, but
         not of an ignored signal) does not kill the process after its clean end.
         """
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = signal.signal(signal.SIGINT, self)
+        signals = (signal.SIGINT, *STOP_SIGNALS)
+        previous = {signum: signal.signal(signum, self) for signum in signals}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, signal.SIG_IGN if keep and self.count else previous)
+            for signum, action in previous.items():
+                signal.signal(signum, signal.SIG_IGN if keep and self.count else action)
 
 
 def _print_listing(beamline: Beamline) -> None:
@@ -302,7 +329,8 @@ def run_scan(args: argparse.Namespace) -> int:
         saving off by design; 1 a scan that ended otherwise, or a device or limit error;
         2 bad arguments (most are refused while parsing); 3 not saved (no writer, the
         writer failed; or not started with ``--require-writer``); 4 no saving verdict
-        within ``--save-timeout``; 130 Ctrl-C (the scan ends USER_ABORTED).
+        within ``--save-timeout``; 130 Ctrl-C (the scan ends USER_ABORTED); 143 SIGTERM and
+        129 SIGHUP (the same).
     """
     beamline = default_beamline(args.seed)
     if args.list:
@@ -333,13 +361,32 @@ def run_scan(args: argparse.Namespace) -> int:
     # Until the command ends: a late second Ctrl-C is no traceback.
     with ctrl_c.installed(keep=getattr(args, "standalone", False)):
         try:
-            return _run(
+            code = _run(
                 args, session, positional, display, ctrl_c, _scan_options(args, beamline, saving)
             )
         except _Failed as failed:  # a connection, password or permission failure of the scan
             line = describe_failure(failed.__cause__ or failed, given, origin)
             print(f"scanstream scan: error: {line}", file=sys.stderr)
-            return 1
+            code = 1
+    if getattr(args, "standalone", False):
+        _exit_if_files_unclosed(code)
+    return code
+
+
+def _exit_if_files_unclosed(code: int) -> None:
+    """End the process at once with ``code`` if HDF5 could not close a Lima frame file (its
+    disk full): HDF5 closes it again at the interpreter's exit, and crashes (SIGSEGV)."""
+    unclosed = unclosed_files()
+    if not unclosed:
+        return
+    print(
+        f"scanstream scan: HDF5 could not close {', '.join(unclosed)}: ending at once (HDF5 "
+        "would crash on it at exit)",
+        file=sys.stderr,
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 class _Failed(Exception):
@@ -366,9 +413,9 @@ def _run(
             stop_event=ctrl_c.stop,
             **options,
         )
-    except KeyboardInterrupt as exc:  # the third Ctrl-C
+    except KeyboardInterrupt as exc:  # the third Ctrl-C (or SIGTERM)
         result = scan_result_of(exc)
-        return 130
+        return ctrl_c.exit_code
     except NoWriterError as exc:
         print(f"scanstream scan: error: {exc}", file=sys.stderr)
         return EXIT_NOT_SAVED
@@ -383,11 +430,11 @@ def _run(
         return 1
     finally:
         ctrl_c.scan_running = False
-        display.close(result, interrupted=ctrl_c.count > 0)
+        display.close(result, ctrl_c.name if ctrl_c.count else None)
         session.close()
     print(f"{result.db_name} {result.state.name} {counted(result.npoints, 'point')}")
     if ctrl_c.count:
-        return 130
+        return ctrl_c.exit_code
     stopped_as_asked = args.max_duration is not None and result.state is ScanState.USER_ABORTED
     saving = report_saving(display.scan, args.session, args.save_timeout)
     if result.state is not ScanState.DONE and not stopped_as_asked:

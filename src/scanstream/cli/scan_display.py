@@ -51,6 +51,7 @@ EXIT_CODES = {
     EXIT_SAVE_TIMEOUT: "no saving verdict within --save-timeout (the writer may still save "
     "the scan: see `scanstream ls`)",
     130: "Ctrl-C: the scan ended USER_ABORTED",
+    143: "SIGTERM (129: SIGHUP): the scan ended USER_ABORTED, as on Ctrl-C",
 }
 
 

@@ -10,7 +10,8 @@ One walker thread per session reads Redis (only 0D channels' data streams: image
 spectra are not read); they hand their events to the main thread through a queue, which is
 the only one to print, so lines of several sessions and scans never garble each other.
 Ctrl-C stops the walkers and ends the command (exit code 130); ``--timeout`` ends it after
-that many seconds without any event (exit code 0).
+that many seconds without any event (exit code 0). A server lost while the watch runs (longer
+than the outage budget, or back without its data) is said in one line and watched again.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .._transport.connection import DataStore
 from .._transport.shared_server import resolve_url
 from ..admin.registry import writer_status
 from ..admin.wording import counted
+from ..exceptions import RedisUnreachableError, ServerResetError
 from ..models import SavingState, SavingVerdict
 from ..subscribe.data_nodes import ChannelNode
 from ..subscribe.events import Event, EventType, StopHandler
@@ -38,6 +40,7 @@ from ..subscribe.nodes import DataNode
 from ..subscribe.tree import ScanNode, get_session_node
 from .errors import describe_server, url_origin
 from .scan_display import PointTable, Row, short_name
+from .signals import interrupt_exit_code
 from .usage import session_name
 
 __all__ = ["configure_watch", "run_watch"]
@@ -45,6 +48,8 @@ __all__ = ["configure_watch", "run_watch"]
 #: Seconds between refreshes of the values line on a terminal, and elsewhere.
 TTY_REFRESH = 0.1
 PIPE_REFRESH = 2.0
+#: Seconds between a lost server and the next watch of it.
+RESUME_DELAY = 1.0
 _FINAL = (SavingState.SAVED, SavingState.FAILED, SavingState.NOT_SAVED)
 
 
@@ -87,19 +92,31 @@ def _positive(text: str) -> float:
 
 
 def run_watch(args: argparse.Namespace) -> int:
-    """Follow the sessions until Ctrl-C (exit code 130) or ``--timeout`` (exit code 0)."""
+    """Follow the sessions until Ctrl-C (exit code 130) or ``--timeout`` (exit code 0).
+
+    A server that goes away while the watch runs (for longer than the outage budget), or
+    comes back without its data, is said in one line, then followed again, as a new watch
+    would; one that cannot be reached at the start fails the command (exit code 1).
+    """
     url, origin = url_origin(args)
     url = resolve_url(url)
-    with DataStore(url) as store:
-        print(describe_server(url, origin), file=sys.stderr)
-        watcher = _Watcher(store, rows=not args.no_rows, save_wait=args.save_wait)
-        try:
-            return watcher.run(args.sessions, args.timeout)
-        except KeyboardInterrupt:
-            watcher.clear_line()
-            return 130
-        finally:
-            watcher.stop()
+    print(describe_server(url, origin), file=sys.stderr)
+    while True:
+        with DataStore(url) as store:
+            watcher = _Watcher(store, rows=not args.no_rows, save_wait=args.save_wait)
+            try:
+                return watcher.run(args.sessions, args.timeout)
+            except KeyboardInterrupt as exc:  # SIGTERM too (signals.Terminated)
+                watcher.clear_line()
+                return interrupt_exit_code(exc)
+            except (RedisUnreachableError, ServerResetError) as exc:
+                if not watcher.watching:
+                    raise
+                # A monitor outlives its server's restarts: the writer does too.
+                watcher.say(f"scanstream watch: {exc}; watching again (Ctrl-C to stop)", sys.stderr)
+            finally:
+                watcher.stop()
+        time.sleep(RESUME_DELAY)
 
 
 def _master_of(node: DataNode) -> str:
@@ -169,6 +186,7 @@ class _Watcher:
         self.line_shown = False
         self.last_refresh = 0.0
         self.last_table: str | None = None
+        self.watching = False  # the sessions were found and their walkers started
 
     # --- threads -----------------------------------------------------------------------------
 
@@ -223,6 +241,7 @@ class _Watcher:
             )
         else:
             self.say(f"watching {', '.join(sessions)} (Ctrl-C to stop)")
+        self.watching = True
         idle_since = time.monotonic()
         next_poll = 0.0
         while True:

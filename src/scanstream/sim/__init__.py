@@ -26,7 +26,7 @@ from .devices import (
     PointContext,
 )
 from .groups import GroupResult, group, parallel, sequence
-from .lima import LimaAcquisition, LimaDetector, LimaFileExistsError
+from .lima import LimaAcquisition, LimaDetector, LimaFileExistsError, LimaSavingError
 from .masters import Device, TopMaster
 from .saving import SavingConfig
 from .scans import a2scan, amesh, anscan, ascan, ct, d2scan, dnscan, dscan, loopscan, timescan
@@ -44,6 +44,7 @@ __all__ = [
     "LimaAcquisition",
     "LimaDetector",
     "LimaFileExistsError",
+    "LimaSavingError",
     "Mca",
     "Motor",
     "MotorLimitError",

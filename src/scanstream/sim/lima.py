@@ -25,6 +25,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +38,45 @@ from ..exceptions import InvalidArgumentError, ScanstreamError
 from ..models import ImageReference, SavingMode
 from .devices import seeded_rng
 
-__all__ = ["LimaAcquisition", "LimaDetector", "LimaFileExistsError"]
+__all__ = [
+    "LimaAcquisition",
+    "LimaDetector",
+    "LimaFileExistsError",
+    "LimaSavingError",
+    "unclosed_files",
+]
 
 logger = logging.getLogger(__name__)
 
 
 class LimaFileExistsError(ScanstreamError, FileExistsError):
     """A frame file to create already exists (Lima's overwrite policy ABORT)."""
+
+
+class LimaSavingError(ScanstreamError, OSError):
+    """A frame file cannot be written: its disk is full (or too full for the file), or it
+    refuses the write."""
+
+
+#: Frame files HDF5 could not close (a flush failed: disk full). HDF5 closes them again at
+#: the interpreter's exit and crashes the process there (SIGSEGV): a program that ends after
+#: a scan checks :func:`unclosed_files` and ends with ``os._exit``, as the writer does.
+_UNCLOSED: list[str] = []
+_ABANDONED: list[tuple[h5py.File, h5py.Dataset | None]] = []
+
+#: Free space a new frame file leaves on its disk, beyond its frames (its metadata, others').
+SPACE_MARGIN = 1 << 20
+
+
+def unclosed_files() -> list[str]:
+    """The frame files of this process HDF5 could not close (see :class:`LimaSavingError`)."""
+    return list(_UNCLOSED)
+
+
+def _reason(exc: BaseException) -> str:
+    """The OS's words in an HDF5 error (``No space left on device``), else the error's text."""
+    match = re.search(r"error message = '([^']+)'", str(exc))
+    return match.group(1) if match else str(exc).splitlines()[0]
 
 
 class LimaDetector:
@@ -267,10 +301,17 @@ class LimaAcquisition:
             self._open(index)
         assert self._file is not None and self._dataset is not None
         position = self._in_file
-        self._dataset[position] = frame
-        self._in_file += 1
-        self._file.flush()  # on disk before its reference is published
         path = self.files[-1]
+        try:
+            self._dataset[position] = frame
+            self._in_file += 1
+            self._file.flush()  # on disk before its reference is published
+        except (OSError, RuntimeError) as exc:  # h5py raises either for a failed write
+            self._abandon_file()
+            raise LimaSavingError(
+                f"detector {self.detector.name!r}: cannot write frame {index} into {path}: "
+                f"{_reason(exc)}; free some space, or save elsewhere (scanstream scan --root)"
+            ) from None
         if self._in_file == self._dataset.shape[0]:
             self._close_file()
         return ImageReference(path, self.detector.path_in_file, position, "HDF5")
@@ -297,13 +338,40 @@ class LimaAcquisition:
             raise LimaFileExistsError(
                 f"detector {det.name!r}: {path} exists already (overwrite policy ABORT)"
             )
+        # Its frames are allocated at creation but written later: a disk too full for them
+        # would fail a frame's flush in the middle of the scan, and leave a file HDF5
+        # cannot close. Refused now instead, before the file exists.
+        needed = nframes * math.prod(det.shape) * det.dtype.itemsize + SPACE_MARGIN
+        free = shutil.disk_usage(self.directory).free
+        if free < needed:
+            raise LimaSavingError(
+                f"detector {det.name!r}: no space left on device for {path}: "
+                f"{free / 2**20:.1f} MiB free, {needed / 2**20:.1f} MiB needed; free some "
+                "space, or save elsewhere (scanstream scan --root)"
+            )
         self._file, self._dataset = _create_file(path, det.name, det.dtype, (nframes,) + det.shape)
         self._in_file = 0
         self.files.append(str(path))
 
     def _close_file(self) -> None:
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()
+            except (OSError, RuntimeError) as exc:
+                self._abandon_file()
+                raise LimaSavingError(
+                    f"detector {self.detector.name!r}: cannot close {self.files[-1]}: "
+                    f"{_reason(exc)}; free some space, or save elsewhere"
+                ) from None
+        self._file, self._dataset = None, None
+
+    def _abandon_file(self) -> None:
+        """Give up a file whose write failed. HDF5 can neither flush nor close it now: its
+        objects are kept alive (their deallocation would fail too, with a traceback each)
+        and the file noted in :func:`unclosed_files`."""
+        if self._file is not None:
+            _UNCLOSED.append(self.files[-1])
+            _ABANDONED.append((self._file, self._dataset))
         self._file, self._dataset = None, None
 
 

@@ -14,7 +14,9 @@ The worker fences itself: before each event (at most every :data:`FENCE_PERIOD` 
 read) it checks that the claim of the service that started it still holds the session with
 the same token. A frozen or killed service stops renewing its claim; once it lapses (or is
 taken over), the worker stops before its next HDF5 call and closes its file, which releases
-the file's lock for the new owner. SIGTERM stops it the same way.
+the file's lock for the new owner. SIGTERM stops it the same way, and so does SIGINT: a
+terminal's Ctrl-C signals the whole process group, the workers with their service, which then
+stops them anyway.
 
 A service killed outright (SIGKILL) is noticed sooner, at the same checks: the read end of the
 worker's stdout closes with it. The worker then stops the same way (its file closed, valid up
@@ -259,7 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     """Write the scans assigned on stdin, one at a time, until EOF or an unusable state."""
     _configure_logging()
     terminated = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: terminated.set())
+    # SIGINT too: Ctrl-C at the terminal of `scanstream writer` reaches every process of its
+    # group; as KeyboardInterrupt it printed a traceback per worker, cut an HDF5 call short.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: terminated.set())
     # Assignments come on stdin, one JSON line each, once the imports are done: the service
     # keeps such workers warm, so a scan's writing starts without the import time.
     for line in sys.stdin:

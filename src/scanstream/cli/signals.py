@@ -1,0 +1,78 @@
+"""SIGTERM and SIGHUP handled as Ctrl-C is: a command stopped by ``kill PID``, a service
+manager, ``timeout`` or a closed terminal cleans up as on Ctrl-C, then exits 128 + the signal.
+
+Python's default for these signals ends the process at once, without ``finally`` blocks:
+``scanstream demo`` left its writer process running for ever (orphaned), and a scan left
+open until its lease declared it KILLED. :class:`Terminated` is a KeyboardInterrupt, so that
+every place that handles Ctrl-C (the library's scan context manager ends the scan
+USER_ABORTED, the commands' clean-ups) handles these signals too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+__all__ = [
+    "STOP_SIGNALS",
+    "Terminated",
+    "interrupt_exit_code",
+    "interrupt_name",
+    "terminating_as_interrupt",
+]
+
+#: The signals that stop a command as Ctrl-C does (SIGINT is Python's KeyboardInterrupt).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP received: raised in the main thread where Ctrl-C would raise
+    KeyboardInterrupt.
+
+    Parameters
+    ----------
+    signum : int
+        The signal received.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def interrupt_name(signum: int) -> str:
+    """``"Ctrl-C"`` for SIGINT, else the signal's name (``"SIGTERM"``)."""
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+def interrupt_exit_code(exc: BaseException) -> int:
+    """The exit code of a command stopped by ``exc``: 128 + its signal (130 for Ctrl-C)."""
+    return 128 + (exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
+
+
+@contextlib.contextmanager
+def terminating_as_interrupt() -> Iterator[None]:
+    """Within the block, the first SIGTERM or SIGHUP raises :class:`Terminated`; later ones are
+    ignored, so that the clean-up they started (a writer process stopped) is not cut short.
+
+    Only in the main thread (elsewhere Python cannot handle signals): there, nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if not came:
+            came.append(signum)
+            raise Terminated(signum)
+
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, action in previous.items():
+            signal.signal(signum, action)
