@@ -139,7 +139,8 @@ class ScanSummary:
     @property
     def safe_to_drop(self) -> bool:
         """True when deleting the scan from Redis loses nothing: saved, or not saved by design."""
-        if self.saving_recorded:
+        # NOT_SAVED unrecorded: the scan_info turned saving off, no writer needed to say so.
+        if self.saving_recorded or self.saving.state is SavingState.NOT_SAVED:
             return self.saving.state in (SavingState.SAVED, SavingState.NOT_SAVED)
         return self.saved
 
