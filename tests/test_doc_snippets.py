@@ -1,4 +1,4 @@
-"""The Python snippets of README.md and docs/web.md, taken from the documents and run as written.
+"""The Python snippets of README.md, docs/web.md and docs/nexus_layout.md, taken from the documents and run as written.
 
 Each snippet runs in a process of its own with ``$SCANSTREAM_REDIS_URL`` set to the test server,
 as a user runs it; the test fails if the text of the document no longer works.
@@ -13,6 +13,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from scanstream.cli import main
 
@@ -98,3 +100,40 @@ def test_web_analysis_snippet(redis_url: str) -> None:
         r"com=[-\d.e]+\)\n",
         done.stdout,
     ), done.stdout
+
+
+def test_readme_writing_files_and_the_live_reading_snippet(
+    redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # README "Writing files": a writer in one terminal, a scan in the other, the file where
+    # the README says; then docs/nexus_layout.md's way to read it (silx's retry helper).
+    root = tmp_path / "data"
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "scanstream", "writer", "test_session", "--root", str(root)],
+        env=_env(redis_url),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        argv = ["--redis-url", redis_url, "scan", "--time-scale", "0", "--save-timeout", "20"]
+        deadline = time.monotonic() + 30
+        while True:  # a scan that starts before the writer follows is not saved: wait
+            if main(["--redis-url", redis_url, "writer", "--status", "test_session"]) == 0:
+                break
+            assert time.monotonic() < deadline and writer.poll() is None, "no writer"
+            time.sleep(0.2)
+        capsys.readouterr()
+        assert main([*argv, "ascan", "roby", "0", "1", "10", "0.1", "diode"]) == 0
+        path = root / "test_session" / "test_session.h5"
+        assert f"saved in {path}::1.1" in capsys.readouterr().out
+    finally:
+        writer.terminate()
+        _, err = writer.communicate(timeout=60)
+    assert writer.returncode == 0, err
+    (snippet,) = [b for b in _python_blocks("docs/nexus_layout.md") if "h5py_utils" in b]
+    script = f"import hdf5plugin\n{snippet}\nprint(len(read_diode({str(path)!r})))\n"
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stdout) == (0, "11\n"), done.stderr
