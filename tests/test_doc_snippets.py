@@ -137,3 +137,19 @@ def test_readme_writing_files_and_the_live_reading_snippet(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
     )
     assert (done.returncode, done.stdout) == (0, "11\n"), done.stderr
+
+
+def test_the_acl_rules_the_docs_print_are_those_tested() -> None:
+    # tests/test_cli_habits.py and tests/test_access.py run these users; the documents show
+    # them to administrators, who copy them: the two must not drift apart.
+    from test_access import READER_ACL
+    from test_cli_habits import _ACL
+
+    deployment = (ROOT / "docs" / "deployment.md").read_text(encoding="utf-8")
+    for user in ("publisher", "writer", "reader"):
+        line = re.search(rf"^user {user} +on +>\S+ +(.*)$", deployment, flags=re.M)
+        assert line, user
+        assert line.group(1).split() == _ACL[user].split(), user
+    access = (ROOT / "docs" / "access.md").read_text(encoding="utf-8")
+    line = re.search(r"^ACL SETUSER reader on >\S+ (.*)$", access, flags=re.M)
+    assert line and line.group(1).split() == READER_ACL[2:]
