@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -416,3 +417,34 @@ def test_delete_keeps_scans_whose_saving_is_not_done(
     out = capsys.readouterr().out
     assert "deleted test_session:3_writing: ended DONE, not saved (forced; saving WRITING)" in out
     assert list_scans(store, "test_session").scans == []
+
+
+def test_a_scan_with_saving_off_is_final_with_no_writer(
+    store: DataStore, session, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `scanstream scan --no-saving` says "not saved, by design" at once; ls, show, delete and
+    # `server stop` must agree without a writer having run (README, docs/server.md).
+    scan = session.create_scan("off", {"npoints": 2, "save": False})
+    channel = scan.create_container("timer").create_channel("diode")
+    scan.prepared()
+    channel.emit([1.0, 2.0])
+    scan.end()
+    _publish(session, "none", 2)
+    assert scan.wait_saved(0).state is SavingState.NOT_SAVED
+
+    summary = {s.name: s for s in list_scans(store, "test_session").scans}
+    assert summary["off"].saving.state is SavingState.NOT_SAVED
+    assert summary["off"].saving_final and summary["off"].safe_to_drop
+    assert not summary["none"].saving_final  # saving on, no writer: WAITING still
+    node = get_session_node("test_session", store=store).get_scan(1)
+    assert node.saving.state is SavingState.NOT_SAVED
+    assert main(["--redis-url", redis_url, "show", "test_session", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["saving"]["state"] == "NOT_SAVED"
+    assert main(["--redis-url", redis_url, "ls", "test_session"]) == 0
+    rows = {line.split()[1]: line for line in capsys.readouterr().out.splitlines()[2:-1]}
+    assert "NOT_SAVED" in rows["off"] and rows["none"].endswith("WAITING")
+    report = delete_scans(store, "test_session")
+    assert [(d.number, d.reason) for d in report.deleted] == [
+        (1, "ended DONE, not saved by design")
+    ]
+    assert [d.number for d in report.kept] == [2]

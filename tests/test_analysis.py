@@ -32,6 +32,18 @@ def test_a_gaussian_peak() -> None:
     assert stats.peak_value == pytest.approx(105.0, rel=1e-3)
 
 
+@pytest.mark.parametrize(
+    "y",
+    [[0.0, 0.0, 10.0, 0.0, 0.0], [10.0, 8.0, 6.0, 4.0, 2.0], [0.0, 2.0, 4.0, 6.0, 10.0]],
+    ids=["two crossings", "cut left", "cut right"],
+)
+def test_every_number_is_a_plain_float(y: list[float]) -> None:
+    # As docs/web.md shows it: CurveStats(peak=..., fwhm=...), not np.float64(...).
+    stats = curve_stats(np.arange(5.0), np.array(y))
+    assert [type(value) for value in stats] == [float] * 5, repr(stats)
+    assert "np." not in repr(stats)
+
+
 def test_order_duplicates_and_non_finite_points_do_not_matter() -> None:
     x = np.linspace(0, 1, 101)
     y = _gauss(x, 0.4, 0.1)

@@ -149,13 +149,15 @@ def _half_maximum(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float]:
     if right_below.size:
         j = int(right_below[0])
         right = _crossing(xs[j - 1], ys[j - 1], xs[j], ys[j], level)
+    # The crossings are numpy scalars: float() so that CurveStats holds plain floats, as its
+    # repr and JSON (the web view) show them.
     if left is not None and right is not None:
-        return (left + right) / 2, right - left
+        return float((left + right) / 2), float(right - left)
     position = float(xs[top])
     half = left if left is not None else right
     if half is None:  # never below the level on either side: cannot happen unless flat
         return position, float(xs[-1] - xs[0])
-    return position, 2 * abs(position - half)
+    return position, float(2 * abs(position - half))
 
 
 def cen(x: ArrayLike, y: ArrayLike) -> float:

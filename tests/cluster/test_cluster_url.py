@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 
 import pytest
+import redis
 
 from scanstream import DataStore, InvalidArgumentError, RedisUnreachableError, Settings
 from scanstream._transport.cluster import cluster_seeds, is_cluster_url
 from scanstream._transport.connection import default_retry
 from scanstream._transport.urls import mask_url
 from scanstream._transport.vectored import VectoredConnection
+from scanstream.cli import main
 
 from .cluster_nodes import LocalCluster
 
@@ -75,6 +77,19 @@ def test_unreachable_seeds_are_reported_in_seconds_with_the_masked_url(free_tcp_
         DataStore(settings=Settings(redis_url=url, max_unreachable_time=1.0))
     assert time.monotonic() - started < 5
     assert f"127.0.0.1:{free_tcp_port}" in str(info.value) and "s3cret" not in str(info.value)
+
+
+def test_a_refused_password_fails_at_once_as_on_one_server(
+    redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = redis_url.replace("redis+cluster://", "redis+cluster://nobody:s3cret@")
+    started = time.monotonic()
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        DataStore(settings=Settings(redis_url=url, max_unreachable_time=10.0))
+    assert time.monotonic() - started < 3  # not retried for the outage budget
+    assert main(["--redis-url", url, "ls"]) == 1
+    err = capsys.readouterr().err
+    assert "refused the user name or password of the URL" in err and "s3cret" not in err
 
 
 def test_node_connections_write_vectored_and_check_the_identity(

@@ -468,14 +468,35 @@ def saving_fields(verdict: SavingVerdict) -> dict[FieldT, EncodableT]:
     }
 
 
+#: Reason of the verdict of a scan whose scan_info turns saving off (``save=False``).
+SAVING_OFF_REASON = "saving is off in scan_info (save=False)"
+
+
+def _saving_off(fields: Fields) -> bool:
+    """True when the hash's scan_info (field ``info``) turns saving off (``save=False``)."""
+    info = fields.get(b"info")
+    if not info or b'"save"' not in info:  # most scans: no JSON decoding
+        return False
+    try:
+        decoded = metadata.loads(info)
+    except DecodingError:
+        return False
+    return isinstance(decoded, dict) and decoded.get("save") is False
+
+
 def parse_saving(fields: Fields) -> SavingVerdict:
     """The saving verdict held by a scan hash; WAITING when no writer has recorded one.
 
+    A scan whose scan_info turns saving off (``save=False``) and that no writer has judged
+    reads as NOT_SAVED (given the hash's ``info`` field), as the publisher reports it: no
+    writer needs to run for ``ls``, ``delete`` or ``server stop`` to know it is final.
     A malformed verdict (a garbage value in Redis) reads as FAILED with a reason that says so,
     never as SAVED.
     """
     raw = fields.get(b"saving")
     if not raw:
+        if _saving_off(fields):
+            return SavingVerdict(SavingState.NOT_SAVED, reason=SAVING_OFF_REASON)
         return SavingVerdict(SavingState.WAITING)
     try:
         entries = metadata.loads(fields.get(b"saving_entries") or b"[]") or []

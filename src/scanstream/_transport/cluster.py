@@ -169,6 +169,10 @@ class _Budget:
             except AuthenticationError:
                 raise
             except (*_TRANSIENT, RedisClusterException) as exc:
+                # A refused password at the first contact comes wrapped in "cannot be
+                # connected": never an outage to wait out, the same error as on one server.
+                if isinstance(exc.__cause__, AuthenticationError):
+                    raise exc.__cause__ from None
                 if isinstance(exc, RedisClusterException) and not isinstance(exc, _TRANSIENT):
                     if not str(exc).startswith(_NO_NODE_REACHED):
                         raise

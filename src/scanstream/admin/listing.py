@@ -108,9 +108,10 @@ class ScanSummary:
         Seconds before Redis deletes it (retention time), None if it does not expire.
     saving : SavingVerdict
         The saving verdict recorded in the scan hash by the writer that owns the scan
-        (:func:`scanstream._protocol.entries.parse_saving`); WAITING when none was recorded.
+        (:func:`scanstream._protocol.entries.parse_saving`); when none was recorded, WAITING,
+        or NOT_SAVED for a scan whose scan_info turns saving off.
     saving_recorded : bool
-        True if a writer recorded a verdict (False: ``saving`` is WAITING by default).
+        True if a writer recorded a verdict (False: ``saving`` is WAITING or NOT_SAVED).
     """
 
     session: str
@@ -140,7 +141,8 @@ class ScanSummary:
     @property
     def safe_to_drop(self) -> bool:
         """True when deleting the scan from Redis loses nothing: saved, or not saved by design."""
-        if self.saving_recorded:
+        # NOT_SAVED unrecorded: the scan_info turned saving off, no writer needed to say so.
+        if self.saving_recorded or self.saving.state is SavingState.NOT_SAVED:
             return self.saving.state in (SavingState.SAVED, SavingState.NOT_SAVED)
         return self.saved
 

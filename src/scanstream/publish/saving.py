@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
-from .._protocol.entries import SAVING_FIELDS, Fields, parse_saving, parse_writer_health
+from .._protocol.entries import (
+    SAVING_FIELDS,
+    SAVING_OFF_REASON,
+    Fields,
+    parse_saving,
+    parse_writer_health,
+)
 from .._protocol.metadata import iso_time
 from .._transport.errors import is_wrong_type
 from ..exceptions import InvalidArgumentError, NoWriterError, NoWriterWarning
@@ -35,9 +41,6 @@ __all__ = [
     "writer_in",
     "writer_of",
 ]
-
-#: Reason of the verdict of a scan whose scan_info turns saving off.
-SAVING_OFF_REASON = "saving is off in scan_info (save=False)"
 
 
 def saving_off(info: dict[str, Any]) -> bool:

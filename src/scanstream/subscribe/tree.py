@@ -362,7 +362,8 @@ class ScanNode(DataNode):
 
     @property
     def saving(self) -> SavingVerdict:
-        """The saving verdict the writer that owns the scan recorded (WAITING: none yet).
+        """The saving verdict the writer that owns the scan recorded (WAITING: none yet;
+        NOT_SAVED from the start for a scan whose scan_info turns saving off).
 
         Read from Redis at each access (it changes after the scan has ended). A scan hash
         that became garbage reads as FAILED with the reason, as a malformed verdict does

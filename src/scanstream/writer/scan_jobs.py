@@ -169,14 +169,8 @@ class ScanJobs:
             self._failed(session, scan, claim, lost)
             self.done(session, scan)
             return
-        try:
-            final = finished and self._verdict_final(session, scan)
-        except UNREACHABLE:
-            self.done(session, scan)
-            raise
-        if final:
-            self.done(session, scan)
-            return
+        # Before the verdict check: a scan with saving off reads as NOT_SAVED without any
+        # recorded verdict (entries.parse_saving), and its writer records one all the same.
         if info.get("save") is False:
             logger.info("scan %s: not saved (scan_info save=False)", scan.db_name)
             verdict = SavingVerdict(
@@ -184,6 +178,14 @@ class ScanJobs:
             )
             if self._record(session, scan, claim, verdict):
                 self.registry.mark_saved(session.name, scan.number)
+            self.done(session, scan)
+            return
+        try:
+            final = finished and self._verdict_final(session, scan)
+        except UNREACHABLE:
+            self.done(session, scan)
+            raise
+        if final:
             self.done(session, scan)
             return
         self._spawn(self._write_scan, f"scan-{scan.db_name}", session, scan, claim, finished)
