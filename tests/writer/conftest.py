@@ -15,6 +15,7 @@ import h5py
 import hdf5plugin  # noqa: F401  (files are compressed with its filters; the writer may run in a worker)
 import numpy as np
 import pytest
+from small_fs import small_tmpfs
 
 from scanstream import DataStore
 from scanstream.subscribe.tree import ScanNode
@@ -147,22 +148,5 @@ def assert_file_matches_redis(scan: ScanNode, root: Path) -> h5py.File:
 @pytest.fixture
 def tiny_disk(tmp_path):
     """A 1 MiB file system (tmpfs), or a skip where mounting is not allowed."""
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        timeout=10,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "tiny", "1m") as mount_point:
         yield mount_point
-    finally:
-        # Room first, so that a writer still holding a file there can flush and close it.
-        for command in (
-            ["mount", "-o", "remount,size=64m", str(mount_point)],
-            ["umount", "-l", str(mount_point)],
-        ):
-            subprocess.run(command, capture_output=True, timeout=10, check=False)
