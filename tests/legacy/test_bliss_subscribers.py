@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import ast
 import os
-import selectors
 import subprocess
 import sys
 import textwrap
+
+from child_output import readline
 
 from scanstream import get_session_node
 from scanstream.sim import SavingConfig
@@ -118,15 +119,6 @@ NEXUS_LIKE_WRITER = textwrap.dedent(
 )
 
 
-def _first_line(child: subprocess.Popen[str], timeout: float) -> str:
-    assert child.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(child.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout):
-            return ""
-    return child.stdout.readline().strip()
-
-
 def test_a_nexus_writer_shaped_subscriber_gets_every_point_and_image(
     redis_url, store, session, tmp_path
 ):
@@ -142,7 +134,7 @@ def test_a_nexus_writer_shaped_subscriber_gets_every_point_and_image(
         env=env,
     )
     try:
-        assert _first_line(child, 30) == "READY"
+        assert readline(child, 30) == "READY"
         results = run_catalogue(session, SavingConfig(tmp_path, session.name), names=names)
         out, err = child.communicate(timeout=60)
     finally:

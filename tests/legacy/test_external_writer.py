@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import selectors
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from child_output import readline
 
 from scanstream import LimaNode, ScanRefNode, get_session_node
 from scanstream.sim import SavingConfig
@@ -22,16 +22,6 @@ pytest.importorskip("gevent")
 
 HERE = Path(__file__).resolve().parent
 SRC = str(HERE.parents[1] / "src")
-
-
-def _readline(child: subprocess.Popen[str], timeout: float) -> str:
-    """The child's next stdout line, or "" if none comes within ``timeout``."""
-    assert child.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(child.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout):
-            return ""
-    return child.stdout.readline().strip()
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
@@ -64,7 +54,7 @@ def test_bliss_style_writer_under_gevent_writes_the_catalogue_exactly(
         env=env,
     )
     try:
-        line = _readline(child, 30)
+        line = readline(child, 30)
         assert line == "ready", child.stderr.read() if child.stderr and child.poll() else line
         results = run_catalogue(session, SavingConfig(tmp_path / "data", session.name))
         with session.create_scan("stop_marker"):
