@@ -166,6 +166,17 @@ def test_a_server_restarted_with_its_data_loses_nothing_and_logs_no_error(
         assert not [r for r in records if r.levelno >= logging.ERROR or r.exc_info], [
             r.getMessage() for r in records
         ]
+        # The store says once that the server does not answer, and once that it is back,
+        # whatever the number of commands retried meanwhile (sends, lease renewals).
+        store_lines = [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "scanstream._transport.connection" and r.levelno >= logging.WARNING
+        ]
+        where = f"Redis at redis://127.0.0.1:{persistent_server.port}"
+        assert len(store_lines) == 2, store_lines
+        assert store_lines[0].startswith(f"{where} does not answer"), store_lines
+        assert store_lines[1].startswith(f"{where} answers again after"), store_lines
     finally:
         store.close()
 
