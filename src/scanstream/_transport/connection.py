@@ -330,11 +330,14 @@ class _NetworkRetry(Retry):
         started = time.monotonic()
 
         notice = self.notice
+        failed = False
 
         def fail_within_budget(error: Exception, *rest: Any) -> None:
+            nonlocal failed
             fail(error, *rest)  # redis-py's own clean-up (it disconnects)
             if isinstance(error, (redis.exceptions.AuthenticationError, RedisUnreachableError)):
                 raise error  # refused, or an inner retry (connecting) already spent the budget
+            failed = True
             if notice is not None:
                 notice.failing(started, error)
             elapsed = time.monotonic() - started
@@ -346,7 +349,9 @@ class _NetworkRetry(Retry):
                 ) from error
 
         result = super().call_with_retry(do, fail_within_budget, *args, **kwargs)
-        if notice is not None and notice.down_since is not None:
+        # Only a command that failed and then got its reply tells that the server is back
+        # (some calls of redis-py's own retry loops complete without a round trip).
+        if failed and notice is not None and notice.down_since is not None:
             notice.answered()
         return result
 
