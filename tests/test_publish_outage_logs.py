@@ -236,3 +236,36 @@ def test_a_send_that_may_have_been_applied_is_resent_as_it_was(
         assert np.array_equal(node.get(0, -1), np.arange(15.0))
     finally:
         store.close()
+
+
+def test_a_writer_under_a_reset_server_says_so_once_not_every_second(
+    private_server: EmbeddedServer, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The writer's heartbeat renews its claim every second: on a reset server each renewal
+    raised ServerResetError, logged with its traceback every second, for ever."""
+    from scanstream.writer import WriterService
+
+    caplog.set_level(logging.INFO, logger="scanstream")
+    store = _store(private_server.url, max_unreachable_time=10.0)
+    try:
+        create_session("wreset", store=store, warn_no_writer=False)
+        with WriterService(["wreset"], root=tmp_path, store=store, isolate=False):
+            time.sleep(1.5)  # the claim taken
+            _kill(private_server)
+            private_server.start(timeout=10)  # empty
+            time.sleep(5.0)  # five heartbeats
+        lines = [
+            r
+            for r in caplog.records
+            if r.name == "scanstream.writer.session_claims"
+            and "claim not renewed" in r.getMessage()
+        ]
+        assert len(lines) == 1, [r.getMessage() for r in lines]
+        assert not lines[0].exc_info and "restart this writer" in lines[0].getMessage()
+        assert not [
+            r
+            for r in caplog.records
+            if r.name.startswith("scanstream.writer") and r.exc_info is not None
+        ], "a traceback for an expected reset"
+    finally:
+        store.close()
