@@ -269,3 +269,36 @@ def test_a_writer_under_a_reset_server_says_so_once_not_every_second(
         ], "a traceback for an expected reset"
     finally:
         store.close()
+
+
+def test_a_server_frozen_past_the_budget_fails_the_scan_once(
+    private_server: EmbeddedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGSTOP: each attempt waits for the socket timeout (10 s, the budget here), then the
+    scan fails, at once and not after a second budget, with one ERROR and no traceback."""
+    caplog.set_level(logging.INFO, logger="scanstream")
+    store = _store(private_server.url, max_unreachable_time=10.0)
+    pid = private_server.pid
+    assert pid is not None
+    try:
+        scan = create_session("frozen", store=store, warn_no_writer=False).create_scan("s")
+        channel = scan.create_container("timer").create_channel("c")
+        scan.prepared()
+        channel.emit(np.arange(10.0))
+        scan.flush()
+        frozen = time.monotonic()
+        os.kill(pid, signal.SIGSTOP)
+        error, when = _emit_until_refused(channel, 40)
+        assert isinstance(error, RedisUnreachableError)
+        assert when - frozen < 10.0 + 3.0, f"emit raised {when - frozen:.1f} s after the freeze"
+        assert scan.db_name in str(error) and "queued points were dropped" in str(error)
+        records = _records(caplog)
+        assert not [r for r in records if r.exc_info], "a traceback for an expected outage"
+        errors = [r for r in records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and scan.db_name in errors[0].getMessage(), [
+            r.getMessage() for r in records
+        ]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        scan._sender.stop()
+        store.close()
