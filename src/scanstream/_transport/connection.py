@@ -168,7 +168,9 @@ FIRST_CONTACT_TIME = 5.0
 
 
 def default_retry(
-    max_unreachable_time: float = DEFAULT_MAX_UNREACHABLE_TIME, url: str | None = None
+    max_unreachable_time: float = DEFAULT_MAX_UNREACHABLE_TIME,
+    url: str | None = None,
+    notice: OutageNotice | None = None,
 ) -> Retry:
     """The redis-py retry policy used when :class:`Settings` gives none: the outage budget.
 
@@ -182,12 +184,56 @@ def default_retry(
     A retried write may have been applied before its reply was lost: the publisher makes its
     writes idempotent (data entry IDs are point indices, and a replayed entry is recognised
     as a duplicate), and readers ignore replayed lifecycle entries.
+
+    ``notice`` (one per store) logs an outage once, when a command has been retried for
+    :data:`OUTAGE_NOTICE_TIME`, and its end.
     """
     return _NetworkRetry(
         ExponentialWithJitterBackoff(base=0.01, cap=1.0),
         budget=max_unreachable_time,
         url=url,
+        notice=notice,
     )
+
+
+#: Seconds a command is retried before its store logs that Redis does not answer: a dropped
+#: connection re-established at once is not an outage worth a line.
+OUTAGE_NOTICE_TIME = 1.0
+
+
+class OutageNotice:
+    """Logs an outage of one store's server once, however many commands and threads retry
+    through it, and its end (a WARNING each): an operator gets two lines, not one per
+    command or per attempt."""
+
+    def __init__(self, where: str, budget: float) -> None:
+        self.where = where
+        self.budget = budget
+        self.down_since: float | None = None  # read unlocked on every command's success
+        self._lock = threading.Lock()
+
+    def failing(self, started: float, error: BaseException) -> None:
+        """A command started at ``started`` failed an attempt with ``error``."""
+        if self.down_since is not None or time.monotonic() - started < OUTAGE_NOTICE_TIME:
+            return
+        with self._lock:
+            if self.down_since is not None:
+                return
+            self.down_since = started
+        logger.warning(
+            "%s does not answer (%s); retrying for up to %g s (%s)",
+            self.where,
+            error,
+            self.budget,
+            ENV_MAX_UNREACHABLE_TIME,
+        )
+
+    def answered(self) -> None:
+        """A command got its reply."""
+        with self._lock:
+            since, self.down_since = self.down_since, None
+        if since is not None:
+            logger.warning("%s answers again after %.1f s", self.where, time.monotonic() - since)
 
 
 # redis-py packs commands with hiredis when it is installed, which copies every large data
@@ -254,7 +300,14 @@ class _NetworkRetry(Retry):
     it holds no state but its settings; each call keeps its own start time.
     """
 
-    def __init__(self, backoff: Any, *, budget: float, url: str | None = None) -> None:
+    def __init__(
+        self,
+        backoff: Any,
+        *,
+        budget: float,
+        url: str | None = None,
+        notice: OutageNotice | None = None,
+    ) -> None:
         super().__init__(
             backoff,
             retries=-1,
@@ -262,16 +315,31 @@ class _NetworkRetry(Retry):
         )
         self.budget = budget
         self.where = f"Redis at {mask_url(url)}" if url else "Redis"
+        self.notice = notice
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _NetworkRetry:
+        # redis-py deep-copies the policy into each connection: they must share the notice
+        # (the backoff is stateless).
+        copy = _NetworkRetry(self._backoff, budget=self.budget, notice=self.notice)
+        copy.where = self.where
+        return copy
 
     def call_with_retry(
         self, do: Callable[[], T], fail: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> T:
         started = time.monotonic()
 
+        notice = self.notice
+        failed = False
+
         def fail_within_budget(error: Exception, *rest: Any) -> None:
+            nonlocal failed
             fail(error, *rest)  # redis-py's own clean-up (it disconnects)
             if isinstance(error, (redis.exceptions.AuthenticationError, RedisUnreachableError)):
                 raise error  # refused, or an inner retry (connecting) already spent the budget
+            failed = True
+            if notice is not None:
+                notice.failing(started, error)
             elapsed = time.monotonic() - started
             if elapsed >= self.budget:
                 raise RedisUnreachableError(
@@ -280,7 +348,12 @@ class _NetworkRetry(Retry):
                     f"that the server runs, or raise {ENV_MAX_UNREACHABLE_TIME}"
                 ) from error
 
-        return super().call_with_retry(do, fail_within_budget, *args, **kwargs)
+        result = super().call_with_retry(do, fail_within_budget, *args, **kwargs)
+        # Only a command that failed and then got its reply tells that the server is back
+        # (some calls of redis-py's own retry loops complete without a round trip).
+        if failed and notice is not None and notice.down_since is not None:
+            notice.answered()
+        return result
 
 
 #: Entries of a stream as XRANGE and XREVRANGE return them here: ``(ID, fields)`` pairs.
@@ -366,7 +439,10 @@ class DataStore:
                 # Blocking reads are sliced to <= 1 s, so this only fires on a dead or frozen
                 # server; kept near the outage budget so that a frozen one is given up in time.
                 socket_timeout=max(10.0, min(30.0, budget)),
-                retry=self.settings.retry or default_retry(budget, self.url),
+                retry=self.settings.retry
+                or default_retry(
+                    budget, self.url, OutageNotice(f"Redis at {self.display_url}", budget)
+                ),
                 health_check_interval=30,
                 command_packer=_COMMAND_PACKER,
                 # TLS sockets have no sendmsg: redis-py's writes, with the same identity check.

@@ -24,6 +24,8 @@ from collections.abc import Callable
 
 import redis
 
+from ..exceptions import ServerResetError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["CHECK_PERIOD", "AnnouncementWatch"]
@@ -100,6 +102,9 @@ class AnnouncementWatch:
             except redis.exceptions.RedisError as exc:  # unreachable: try again next period
                 logger.info("scan %s: NEW_SCAN entry not checked: %s", self.name, exc)
                 continue
+            except ServerResetError as exc:  # the scan is lost: its sender says so, once
+                logger.debug("scan %s: NEW_SCAN entry not checked: %s", self.name, exc)
+                return
             except Exception:  # best effort: the scan goes on; end() checks again
                 logger.exception("scan %s: NEW_SCAN entry not checked", self.name)
                 continue

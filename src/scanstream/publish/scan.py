@@ -51,8 +51,11 @@ from ..exceptions import (
     InvalidArgumentError,
     InvalidTransitionError,
     NodeExistsError,
+    RedisUnreachableError,
     ScanEndedError,
     ScanLostError,
+    ScanstreamError,
+    ServerResetError,
 )
 from ..models import NodeDescription, SavingMode, SavingVerdict, ScanState
 from .announcement import AnnouncementWatch
@@ -439,7 +442,12 @@ class ScanPublisher:
         error = "".join(traceback.format_exception_only(exc_type, exc)).strip()
         try:
             self.end(state, error=error)
-        except Exception:  # the original exception matters more; this one is logged
+        except (ScanstreamError, redis.exceptions.ConnectionError) as end_error:
+            # Expected after an outage or a reset (the message says what became of the scan):
+            # one line, no traceback; the original exception matters more and propagates.
+            if end_error is not exc:
+                logger.error("could not end scan %s as %s: %s", self.db_name, state.name, end_error)
+        except Exception:  # unexpected: the original exception matters more; this one is logged
             logger.exception("could not end scan %s as %s", self.db_name, state.name)
 
     # -- tree -------------------------------------------------------------------------
@@ -588,6 +596,13 @@ class ScanPublisher:
         if self._watch is not None:
             self._watch.stop()
         error = self._send_the_rest(state, error)
+        unreachable = self._sender.error if self._sender.fatal else None
+        if isinstance(unreachable, RedisUnreachableError):
+            # Redis did not answer for the whole budget just now: waiting for it as long
+            # again would only delay the error. Nothing is recorded: the lease expires and
+            # readers end the scan KILLED, with the points stored before (the error says so).
+            self._state = ScanState.FAILED
+            raise unreachable
         # Before END: a walk that finds the scan only now gets its events up to END_SCAN. On
         # a single server the end script checks it (outcome "unannounced": nothing written).
         new_scan_id = self._new_scan_id()
@@ -605,7 +620,8 @@ class ScanPublisher:
         session, info = self.session_name, metadata.dumps(self._info)
         outcome, final, detail = "unannounced", "", ""
         while outcome == "unannounced":
-            outcome, final, detail = end_scan(
+            outcome, final, detail = self._end_script(
+                state,
                 self.store.redis,
                 self.store.keys,
                 session,
@@ -631,6 +647,30 @@ class ScanPublisher:
         self._state = self._end_outcome(state, outcome, final)
         if lost is not None:
             raise lost
+
+    def _end_script(self, state: ScanState, *args: Any, **kwargs: Any) -> tuple[str, str, str]:
+        """``end_scan(*args, **kwargs)`` ending ``state``, its transport failures restated
+        for this scan.
+
+        The store's own errors name only the server: the user of ``end()`` is told which scan
+        did not end, and what becomes of it.
+        """
+        try:
+            return end_scan(*args, **kwargs)
+        except ServerResetError as exc:  # the store refuses the server for good
+            lost = self._sender.error
+            if not isinstance(lost, ScanLostError):
+                lost = self._sender.reset_error(exc)
+                self._sender.lose(lost)
+            self._state = ScanState.FAILED
+            raise lost from exc
+        except RedisUnreachableError as exc:
+            error = RedisUnreachableError(
+                f"scan {self.db_name} could not be ended {state.name}: {exc}. It stays running "
+                "in Redis with the points stored before the outage; readers end it KILLED "
+                "once its lease expires"
+            )
+            raise error from exc
 
     def _check_end(
         self, state: ScanState | str, info_update: Mapping[str, Any] | None
@@ -660,6 +700,10 @@ class ScanPublisher:
             self._sender.send(
                 raise_errors=True, nodes=True
             )  # and the nodes of a scan never prepared
+        except (RedisUnreachableError, ScanLostError):
+            if not self._sender.fatal:
+                raise
+            return error  # the scan failed meanwhile: end() says how
         except redis.exceptions.ResponseError as exc:
             if state is ScanState.DONE:
                 raise

@@ -39,7 +39,13 @@ from .._protocol.entries import LOST_FIELD, DataEntry, data_entry_id
 from .._transport.connection import stream_entries
 from .._transport.errors import is_duplicate_id, is_out_of_memory, restate
 from .._transport.transaction import CommandHeads, new_transaction
-from ..exceptions import DecodingError, RedisFullError, RedisUnreachableError, ScanLostError
+from ..exceptions import (
+    DecodingError,
+    RedisFullError,
+    RedisUnreachableError,
+    ScanLostError,
+    ServerResetError,
+)
 
 if TYPE_CHECKING:
     from .._transport.connection import DataStore
@@ -208,6 +214,11 @@ class Sender:
         self._thread: threading.Thread | None = None
         self._backoff = backoff or _FAILED_SEND_BACKOFF
         self._unreachable_since: float | None = None
+        # The batches of a transaction that failed on a network error: it may have been
+        # applied (its reply lost), so the next send resends exactly these entries, alone,
+        # before any new point (a resend with more points under the same first ID would be
+        # taken for another process's entry). None when the last send was answered.
+        self._unconfirmed: list[tuple[DataQueue, list[Any]]] | None = None
         self._last_entries = 0  # entries of the last send: the pause after it
         self._renew_if_present = store.redis.register_script(_RENEW_IF_PRESENT)
         self._lease_garbage_logged = False
@@ -232,6 +243,7 @@ class Sender:
 
     def drop(self) -> int:
         """Forget every queued point; return how many there were."""
+        self._unconfirmed = None  # counted by the queues (emitted - sent)
         return sum(q.drop() for q in self._queues)
 
     def call_after(self, delay: float, action: Callable[[], None]) -> None:
@@ -302,6 +314,7 @@ class Sender:
             stop.wait(self._backoff.compute(failures))
 
     def _renew_lease(self, lease_ms: int) -> bool:
+        started = time.monotonic()
         try:
             if self.scan_key is None:
                 self.store.redis.set(self.lease_key, b"1", px=lease_ms)
@@ -322,7 +335,10 @@ class Sender:
                         _as_text(reply),
                     )
         except _TRANSIENT as exc:
-            self._unreachable(exc)
+            self._unreachable(exc, started)
+            return False
+        except ServerResetError as exc:
+            self.lose(self.reset_error(exc))
             return False
         except Exception as exc:  # reported to the emitting thread
             self._refused(exc)
@@ -349,12 +365,19 @@ class Sender:
         is full) keeps them queued too, and makes every emit raise until a send succeeds.
         """
         with self.send_lock:
+            started = time.monotonic()
             try:
                 self._send_pending(nodes)
             except _TRANSIENT as exc:
-                fatal = self._unreachable(exc)
+                fatal = self._unreachable(exc, started)
                 if raise_errors:
                     raise (fatal or exc) from None
+                return False
+            except ServerResetError as exc:
+                lost = self.reset_error(exc)
+                self.lose(lost)
+                if raise_errors:
+                    raise lost from exc
                 return False
             except ScanLostError as exc:
                 self.lose(exc)
@@ -366,7 +389,8 @@ class Sender:
                 if raise_errors:
                     raise error from None
                 return False
-        self._unreachable_since = None
+        if self._unreachable_since is not None:
+            self._back(time.monotonic() - self._unreachable_since)
         if not self.fatal and self.error is not None:
             self.error = None
             self.refusing = self.stopped
@@ -379,11 +403,15 @@ class Sender:
         # entries. A bounded loop, however fast the emits.
         ready = self._ready
         by_queue: dict[DataQueue, list[Any]] = {}
-        for _ in range(len(ready)):
-            queue = ready.popleft()
-            batches = queue.take()
-            if batches:
-                by_queue.setdefault(queue, []).extend(batches)
+        unconfirmed, self._unconfirmed = self._unconfirmed, None
+        if unconfirmed is not None:  # the same entries again, alone (see __init__)
+            by_queue.update(unconfirmed)
+        else:
+            for _ in range(len(ready)):
+                queue = ready.popleft()
+                batches = queue.take()
+                if batches:
+                    by_queue.setdefault(queue, []).extend(batches)
         nodes = self.nodes
         # NEW_NODE entries of nodes made before prepared() (rare: data or end() came first):
         # ahead of the data, in the same transaction.
@@ -435,15 +463,20 @@ class Sender:
                 if isinstance(reply, Exception):
                     raise reply
             self._check_results(written, results[len(announced) :])
-        except BaseException:
-            for queue, batches in taken:
-                queue.give_back(batches)
+        except BaseException as exc:
+            if not applied and isinstance(exc, _TRANSIENT):
+                self._unconfirmed = taken  # perhaps applied: resent as they are
+            else:
+                for queue, batches in taken:
+                    queue.give_back(batches)
             if not applied and nodes is not None:  # else written: not to be written twice
                 nodes.give_back_unwritten(announced)
             raise
         for queue, total in sent:
             queue.sent = total
         self._last_entries = len(written)
+        if unconfirmed is not None:  # resent and answered: now the points queued since
+            self._send_pending(with_nodes)
 
     def _unmake(self, keys: list[str]) -> None:
         """Delete the data streams just created for a scan that is gone (they have no expiry)."""
@@ -507,26 +540,73 @@ class Sender:
         return entry.sealed_length is None and entry.npoints == npoints
 
     # -- faults -------------------------------------------------------------------------
-    def _unreachable(self, exc: BaseException) -> BaseException | None:
-        """Record a network failure; fail the scan past max_unreachable_time (return the error)."""
+    def _unreachable(self, exc: BaseException, started: float) -> BaseException | None:
+        """Record a network failure of an attempt made at ``started``; fail the scan once Redis
+        has been unreachable for longer than max_unreachable_time (return the error).
+
+        The outage is timed from the start of its first failed attempt: redis-py's Retry has
+        already spent up to the budget inside that attempt, so timing it from the failure
+        would let a publisher ride out twice the budget. One warning per outage, none when
+        the first failure already ends the scan (the error says it all).
+        """
         now = time.monotonic()
-        if self._unreachable_since is None:
-            self._unreachable_since = now
-            logger.warning("scan %s: Redis unreachable (%s); points stay queued", self.name, exc)
+        first = self._unreachable_since is None
+        if first:
+            self._unreachable_since = started
+        since = cast(float, self._unreachable_since)
         limit = self.store.settings.max_unreachable_time
-        if now - self._unreachable_since <= limit:
+        cause = exc.__cause__ if isinstance(exc, RedisUnreachableError) and exc.__cause__ else exc
+        if now - since <= limit:
+            if first:
+                logger.warning(
+                    "scan %s: Redis at %s does not answer (%s); its %d queued points are kept "
+                    "and sent when it answers again; the scan fails if it stays unreachable "
+                    "for more than %g s (SCANSTREAM_MAX_UNREACHABLE_TIME)",
+                    self.name,
+                    self.store.display_url,
+                    cause,
+                    self.queued,
+                    limit,
+                )
             return None
         dropped = self.drop()
         error = RedisUnreachableError(
             f"scan {self.name} failed: Redis at {self.store.display_url} unreachable for "
-            f"{now - self._unreachable_since:.1f} s, longer than max_unreachable_time = {limit} s "
-            f"(SCANSTREAM_MAX_UNREACHABLE_TIME); {dropped} queued points were dropped. Last error: {exc}"
+            f"{now - since:.1f} s, longer than max_unreachable_time = {limit:g} s "
+            f"(SCANSTREAM_MAX_UNREACHABLE_TIME); {dropped} queued points were dropped, the "
+            f"points stored before are kept (readers end the scan KILLED when its lease "
+            f"expires). Last error: {cause}"
         )
         error.__cause__ = exc
         logger.error("%s", error)
         self.fatal = True
         self._set_error(error)
         self.drop()  # points an emit queued before it saw the refusal
+        return error
+
+    def _back(self, outage: float) -> None:
+        """A send succeeded after a network outage: say so, once."""
+        self._unreachable_since = None
+        if not self.fatal:
+            logger.warning(
+                "scan %s: Redis at %s answers again after %.1f s; no queued point was "
+                "dropped (%d still queued)",
+                self.name,
+                self.store.display_url,
+                outage,
+                self.queued,
+            )
+
+    def reset_error(self, exc: ServerResetError) -> ScanLostError:
+        """The error of a scan whose server lost or rolled back its data (``exc``)."""
+        error = ScanLostError(
+            f"scan {self.name} is lost: the server at {self.store.display_url} lost or rolled "
+            "back its data while the scan ran (restarted without persistence, restored from "
+            "an older snapshot, or flushed), and what the scan had stored there with it. "
+            "Publish the next scans through a new DataStore (or restart this program): this "
+            "one refuses the reset server"
+        )
+        error.__cause__ = exc
         return error
 
     def lose(self, error: ScanLostError) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import redis
 
 from ..admin.registry import writer_status
+from ..exceptions import ServerResetError
 from ..subscribe.events import StopHandler
 from .registry import WriterRegistry, is_dead_local_process
 from .scan_claims import ScanClaim
@@ -41,6 +42,8 @@ HEALTH_TTL = 5.0
 _MAX_ERRORS = 20
 #: How often a session listener looks whether its session is owned (s).
 _OWNED_POLL = 0.05
+# Seconds between two log lines of a server reset seen by the heartbeat (each second).
+_RESET_LOG_PERIOD = 60.0
 
 
 class SessionClaim(StopHandler):
@@ -117,6 +120,7 @@ class SessionOwnership:
         self.status = status
         self._lock = lock
         self._stop = stop
+        self._resets: dict[str, tuple[float | None, int]] = {}  # session -> (logged, repeats)
 
     def next_claim(self, session: SessionState) -> SessionClaim | None:
         """The claim of the next period of ownership, once the writes of the last one ended."""
@@ -135,10 +139,36 @@ class SessionOwnership:
             for session in self.sessions.values():
                 try:
                     self._renew(session)
+                except ServerResetError as exc:  # for good: said once a minute, not a second
+                    self._reset_seen(session.name, exc)
                 except Exception:  # a dead heartbeat would let every claim lapse
                     logger.exception("session %s: claim not renewed", session.name)
             if self._stop.wait(HEARTBEAT_PERIOD):
                 return
+
+    def _reset_seen(self, name: str, exc: ServerResetError) -> None:
+        """Log that the server of ``name`` was reset: once, then a count once a minute."""
+        now = time.monotonic()
+        last, repeats = self._resets.get(name, (None, 0))
+        if last is not None and now - last < _RESET_LOG_PERIOD:
+            self._resets[name] = (last, repeats + 1)
+            return
+        self._resets[name] = (now, 0)
+        if last is None:
+            logger.error(
+                "session %s: claim not renewed: %s; restart this writer to follow the "
+                "server's new database",
+                name,
+                exc,
+            )
+        else:
+            logger.error(
+                "session %s: claim not renewed, the server was reset (again %d times in "
+                "%.0f s); restart this writer",
+                name,
+                repeats + 1,
+                now - last,
+            )
 
     def _renew(self, session: SessionState) -> None:
         """Take or renew the claim on ``session``, or learn that another writer holds it."""

@@ -15,6 +15,7 @@ from typing import TypeVar
 import redis
 from redis.backoff import AbstractBackoff, ConstantBackoff
 
+from ..exceptions import ServerResetError
 from ..subscribe.events import StopHandler
 
 __all__ = ["RETRY_PERIOD", "UNREACHABLE", "supervise"]
@@ -27,6 +28,8 @@ T = TypeVar("T")
 RETRY_PERIOD = 1.0
 #: Errors meaning "Redis cannot be reached": logged as a warning, without a traceback.
 UNREACHABLE: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
+#: Failures in a row of a reset server (ServerResetError, once a second) between two lines.
+_RESET_LOG_EVERY = 60
 
 
 def supervise(
@@ -77,6 +80,16 @@ def supervise(
                     logger.warning("%s: %s; trying again every %.1f s", what, exc, pause)
                 else:
                     logger.debug("%s: still waiting: %s", what, exc)
+            elif isinstance(exc, ServerResetError):  # for good: no traceback, no flood
+                if failures == 1 or failures % _RESET_LOG_EVERY == 0:
+                    logger.error(
+                        "%s: %s (failed %d times in a row; trying again every %.1f s); "
+                        "restart the writer to follow the server's new database",
+                        what,
+                        exc,
+                        failures,
+                        pause,
+                    )
             elif isinstance(exc, UNREACHABLE):
                 logger.warning(
                     "%s: Redis unreachable (%s); starting again in %.1f s", what, exc, pause
