@@ -255,9 +255,18 @@ def test_restate_keeps_the_class_and_attributes_without_calling_the_constructor(
 
 
 def test_publish_modules_import_downward_only() -> None:
-    """session -> scan -> announcement, saving, scan_info -> channels -> sender at run time;
+    """session -> scan -> nodes, announcement, saving, scan_info -> channels -> sender at run time;
     back-references are type-only."""
-    order = ["session", "scan", "announcement", "saving", "scan_info", "channels", "sender"]
+    order = [
+        "session",
+        "scan",
+        "nodes",
+        "announcement",
+        "saving",
+        "scan_info",
+        "channels",
+        "sender",
+    ]
     folder = Path(scanstream.publish.__file__).parent
     for position, name in enumerate(order):
         tree = ast.parse((folder / f"{name}.py").read_text())
