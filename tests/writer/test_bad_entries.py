@@ -331,3 +331,27 @@ def test_garbage_over_the_writer_claim_is_replaced(kind, session, store, caplog,
     assert len(replaced) == 2, caplog.text
     assert all(key in r.getMessage() and f"was a {kind}" in r.getMessage() for r in replaced)
     assert not [r for r in caplog.records if r.exc_info], caplog.text
+
+
+@pytest.mark.parametrize("field", ["number", "state", "name", "node_type"])
+def test_a_scan_whose_hash_is_corrupt_is_failed_with_the_reason(field, session, store, tmp_path):
+    """Garbage over one identity field of a scan's hash: the walk skips the scan (no reader
+    can follow it); its verdict stayed WAITING ("waiting for a writer") while a writer ran,
+    so a publisher waiting for it timed out instead of hearing why (found by soak.chaos)."""
+    from scanstream.writer import WriterService
+
+    saved_before = _good_scan(session, "saved before")
+    with WriterService(["test_session"], root=tmp_path, store=store, flush_period=0.05):
+        wait_saved_ignoring_errors(store, {saved_before.number})
+    damaged = _good_scan(session, "damaged")
+    later = _good_scan(session, "later", (4.0,))
+    key = store.keys.scan("test_session", damaged.number)
+    store.redis.hset(key, field, b"\xff\x00junk")
+    # A scan SAVED before its hash was damaged keeps its verdict: its file is whole.
+    store.redis.hset(store.keys.scan("test_session", saved_before.number), field, b"\xff")
+    with WriterService(["test_session"], root=tmp_path, store=store, flush_period=0.05):
+        verdict = _final_verdict(store, damaged.number)
+        assert _final_verdict(store, later.number).state is SavingState.SAVED
+    assert verdict.state is SavingState.FAILED, verdict
+    assert key in (verdict.reason or "") and "corrupt scan hash" in (verdict.reason or "")
+    assert _verdict(store, saved_before.number).state is SavingState.SAVED
