@@ -355,3 +355,38 @@ def test_a_scan_whose_hash_is_corrupt_is_failed_with_the_reason(field, session, 
     assert verdict.state is SavingState.FAILED, verdict
     assert key in (verdict.reason or "") and "corrupt scan hash" in (verdict.reason or "")
     assert _verdict(store, saved_before.number).state is SavingState.SAVED
+
+
+def test_a_data_stream_overwritten_while_its_scan_runs_is_not_called_a_failover(
+    writer, session, store, caplog
+):
+    """Found by soak.chaos: a data stream replaced by a string mid-scan failed the scan with
+    the corrupt key named, then "N points were acknowledged by Redis and 0 are left in it
+    (lost by a failover or a restart)", a wrong cause for the operator to chase."""
+    from scanstream.exceptions import ScanstreamError
+
+    caplog.set_level(logging.CRITICAL, logger="scanstream")
+    scan = session.create_scan("overwritten")
+    channel = scan.create_container("timer").create_channel("timer:c", "float64")
+    other = scan.create_container("timer2").create_channel("timer2:d", "float64")
+    channel.emit(np.arange(10.0))
+    other.emit(np.arange(10.0))
+    key = _channel_key_named(store, scan.number, "timer:c")
+    wait_for(lambda: store.redis.xlen(key) > 0, 5, "the first points in Redis")
+    store.redis.delete(key)
+    store.redis.set(key, b"\xff garbage")
+    with pytest.raises(ScanstreamError):
+        scan.end()  # the publisher's acknowledged points are not there: ScanLostError
+    verdict = _final_verdict(store, scan.number)
+    assert verdict.state is SavingState.FAILED, verdict
+    reason = verdict.reason or ""
+    assert key in reason and "is not a stream" in reason, reason
+    assert "failover" not in reason, reason
+    good = _good_scan(session, "good")
+    wait_saved_ignoring_errors(store, {good.number})
+
+
+def _channel_key_named(store, number: int, name: str) -> str:
+    scan = get_session_node("test_session", store=store).get_scan(number)
+    wait_for(lambda: any(n.name == name for n in scan.load_nodes()), 5, f"channel {name}")
+    return str(next(n.key for n in scan.load_nodes() if n.name == name))

@@ -251,6 +251,10 @@ class ScanWriter(LiveBatches, EndOfScan):
         for name, error in self._end.get("decoding_errors", {}).items():
             problems.append(f"{name}: corrupt data entry in Redis ({error})")
         for name, acknowledged in self._end.get("lost", {}).items():
+            if name in self._end.get("decoding_errors", {}):
+                # Its stream was damaged (garbage, another type): said above, and the cause
+                # of the shortfall, which is no failover.
+                continue
             # Sealed shorter than the publisher was told was stored: the file cannot be whole.
             problems.append(
                 f"{name}: {acknowledged} points were acknowledged by Redis and "
