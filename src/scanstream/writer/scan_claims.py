@@ -33,6 +33,7 @@ from typing import Any
 import redis
 
 from .._transport.connection import DataStore
+from ..exceptions import ServerResetError
 from ..subscribe.events import StopHandler
 
 __all__ = [
@@ -267,7 +268,7 @@ class ScanClaim(StopHandler):
     def _check(self) -> bool:
         try:
             return self.claims.holds(self.session, self.number, self.token)
-        except redis.RedisError:
+        except (redis.RedisError, ServerResetError):
             return False  # not known to hold it: nothing more is written until it is
 
 
