@@ -390,3 +390,35 @@ def _channel_key_named(store, number: int, name: str) -> str:
     scan = get_session_node("test_session", store=store).get_scan(number)
     wait_for(lambda: any(n.name == name for n in scan.load_nodes()), 5, f"channel {name}")
     return str(next(n.key for n in scan.load_nodes() if n.name == name))
+
+
+def test_a_sequence_is_saved_when_one_of_its_sub_scans_is_corrupt(session, store, tmp_path):
+    """Found by soak.chaos: garbage over a sub-scan's hash failed the sequence referencing it
+    too ("GroupingMaster:scans: corrupt data entry ... corrupt scan hash" of the sub-scan),
+    where a sub-scan gone is skipped: the damage must cost that scan only."""
+    from scanstream.writer import WriterService
+
+    group = session.create_scan(
+        "seq", {"type": "sequence", "is-scan-sequence": True}, node_type="scan_group"
+    )
+    refs = group.create_container("GroupingMaster").create_scan_ref_channel("scans")
+    group.prepared()
+    subs = []
+    for i in range(2):
+        sub = session.create_scan(f"sub{i}")
+        refs.emit((sub.session_name, int(sub.number)))
+        sub.create_container("timer").create_channel("timer:c").emit([float(i)])
+        sub.end()
+        subs.append(sub)
+    group.end()
+    bad_key = store.keys.scan("test_session", subs[1].number)
+    store.redis.hset(bad_key, "state", b"\xff junk")
+    with WriterService(["test_session"], root=tmp_path, store=store, flush_period=0.05):
+        verdict = _final_verdict(store, group.number)
+        assert _final_verdict(store, subs[0].number).state is SavingState.SAVED
+        assert _final_verdict(store, subs[1].number).state is SavingState.FAILED
+    assert verdict.state is SavingState.SAVED, verdict
+    with h5py.File(tmp_path / "test_session/test_session.h5", "r") as file:
+        links = file[f"{group.number}.1/scans"]
+        assert f"{subs[0].number}.1" in links
+        assert f"{subs[1].number}.1" not in links
