@@ -24,6 +24,7 @@ writer that notices.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
@@ -35,6 +36,8 @@ import redis
 from .._transport.connection import DataStore
 from ..exceptions import ServerResetError
 from ..subscribe.events import StopHandler
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "CLAIMED",
@@ -52,19 +55,33 @@ FENCE_PERIOD = 0.25
 
 # KEYS[1] claim hash, KEYS[2] saved set, KEYS[3] the set of the writers that failed the scan.
 # ARGV: owner, TTL (ms), new token, scan number.
-# Returns {'done'} (saved, or failed by this writer), {'held', owner}, or {'claimed', token}.
+# Returns {'done', '', replaced} (saved, or failed by this writer), {'held', owner, replaced},
+# or {'claimed', token, replaced}. Garbage (another type) over the claim or the failed-by set
+# is no claim and no failure: deleted, and named in ``replaced`` (the writer logs it); a saved
+# set of another type tells nothing (the writer reports it when it marks a scan saved). Before,
+# WRONGTYPE refused every claim of the scan: it was never written, an error 20 times a second.
 _CLAIM = """
-if redis.call('SISMEMBER', KEYS[2], ARGV[4]) == 1 then return {'done'} end
-if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return {'done'} end
+local replaced = ''
+for i = 1, 3, 2 do
+  local kind = redis.call('TYPE', KEYS[i])['ok']
+  if kind ~= 'none' and kind ~= (i == 1 and 'hash' or 'set') then
+    redis.call('DEL', KEYS[i])
+    replaced = replaced .. KEYS[i] .. ' (a ' .. kind .. ') '
+  end
+end
+if redis.call('TYPE', KEYS[2])['ok'] == 'set' and redis.call('SISMEMBER', KEYS[2], ARGV[4]) == 1 then
+  return {'done', '', replaced}
+end
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return {'done', '', replaced} end
 local owner = redis.call('HGET', KEYS[1], 'owner')
-if owner and owner ~= ARGV[1] then return {'held', owner} end
+if owner and owner ~= ARGV[1] then return {'held', owner, replaced} end
 local token = redis.call('HGET', KEYS[1], 'token')
 if not owner or not token then
   token = ARGV[3]
   redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'token', token)
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return {'claimed', token}
+return {'claimed', token, replaced}
 """
 # Renew only the claim of that period (owner and token): ARGV owner, token, TTL (ms).
 _RENEW = """
@@ -130,6 +147,13 @@ class ScanClaims:
             args=[self.owner, int(ttl * 1000), uuid.uuid4().hex, int(number)],
         )
         outcome = _text(reply[0])
+        if len(reply) > 2 and reply[2]:
+            logger.error(
+                "scan %s:%s: garbage over its pool keys deleted (no claim, no failure): %s",
+                session,
+                number,
+                _text(reply[2]).strip(),
+            )
         return outcome, _text(reply[1]) if len(reply) > 1 else ""
 
     def renew(self, session: str, number: int, token: str, ttl: float) -> bool:
