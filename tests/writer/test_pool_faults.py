@@ -11,6 +11,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from scanstream import DataStore, get_session_node
 from scanstream._protocol.entries import parse_saving
@@ -219,3 +220,25 @@ def test_garbage_over_a_scan_claim_or_failed_set_does_not_block_the_scan(
     assert keys.scan_claim("test_session", 1) in replaced[0] and "a list" in replaced[0]
     for scan in [*scans, later]:
         assert _verdict(store, scan.number).state is SavingState.SAVED
+
+
+@pytest.mark.parametrize("kind", ["junk bytes", "list"])
+def test_garbage_over_the_pool_settings_is_replaced(kind, redis_url, store, session, tmp_path):
+    """Found by soak.chaos: junk bytes over the pool's settings record made every pool writer
+    exit at its start with a traceback (json.loads), and a list there with WRONGTYPE."""
+    key = store.keys.writer_pool_settings("test_session")
+    if kind == "list":
+        store.redis.rpush(key, "garbage")
+    else:
+        store.redis.set(key, b"\xa9\x00 junk")
+    with pool_writer(redis_url, tmp_path / "data") as proc:
+        with session.create_scan("s") as scan:
+            scan.create_container("timer").create_channel("timer:c").emit([1.0])
+        wait_for(lambda: 1 in saved_scans("test_session", store=store), 30, "the scan saved")
+        assert proc.poll() is None  # still running
+        settings = pool_settings("test_session", store=store)
+        assert settings is not None and settings["settings"]["root"]
+    output = proc.output  # type: ignore[attr-defined]
+    assert "Traceback" not in output, output
+    lines = [line for line in output.splitlines() if "settings record" in line]
+    assert len(lines) == 1 and key in lines[0] and "garbage" in lines[0], lines

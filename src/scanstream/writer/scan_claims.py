@@ -107,6 +107,16 @@ redis.call('DEL', KEYS[1])
 return 1
 """
 
+# Delete KEYS[1] if it still holds the garbage seen (ARGV[1]), or any value of another type
+# than a string: never a record another member has set meanwhile.
+_DROP_GARBAGE = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'none' or (kind == 'string' and redis.call('GET', KEYS[1]) ~= ARGV[1]) then
+  return 0
+end
+return redis.call('DEL', KEYS[1])
+"""
+
 
 class ScanClaims:
     """The scan claims and member records of one writer, ``owner``, in Redis.
@@ -126,6 +136,7 @@ class ScanClaims:
         self._renew = store.redis.register_script(_RENEW)
         self._release = store.redis.register_script(_RELEASE)
         self._failed = store.redis.register_script(_FAILED)
+        self._drop_garbage = store.redis.register_script(_DROP_GARBAGE)
 
     def claim(self, session: str, number: int, ttl: float) -> tuple[str, str]:
         """Take (or renew) the claim on scan ``number`` of ``session`` for ``ttl`` seconds.
@@ -227,15 +238,30 @@ class ScanClaims:
         key = self.store.keys.writer_pool_settings(session)
         ms = int(ttl * 1000)
         mine = {"settings": settings, "writer": self.owner}
-        for _ in range(2):  # SET NX, then GET: a record expiring in between is set again
+        for _ in range(3):  # SET NX, then GET: a record expiring (or garbage) is set again
             if self.store.redis.set(key, json.dumps(mine), nx=True, px=ms):
                 return mine
-            raw = self.store.redis.get(key)
-            if raw is not None:
-                record: dict[str, Any] = json.loads(raw)
+            raw = None
+            try:
+                raw = self.store.redis.get(key)
+                record = json.loads(raw) if raw is not None else None
+                if record is not None and not isinstance(record.get("settings"), dict):
+                    raise ValueError("no settings")
+            except (redis.ResponseError, ValueError, AttributeError) as exc:
+                # Garbage over the record (junk bytes, another type) made every pool writer
+                # fail at its start with a traceback: it holds no settings; replaced.
+                logger.error(
+                    "session %s: the pool's settings record %s is garbage (%s): replaced",
+                    session,
+                    key,
+                    exc,
+                )
+                self._drop_garbage(keys=[key], args=[raw if isinstance(raw, bytes) else b""])
+                continue
+            if record is not None:
                 if record.get("settings") == settings:
                     self.store.redis.pexpire(key, ms)
-                return record
+                return dict(record)
         return mine
 
     def forget_settings(self, session: str) -> None:
