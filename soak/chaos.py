@@ -363,6 +363,8 @@ def judge(
         if why is not None:
             unreadable[str(path.relative_to(work / "data"))] = why
     problems += [f"unreadable file {k}: {v}" for k, v in unreadable.items()]
+    if not counts:
+        problems.append("no scan in Redis at the end: the publisher published none")
     return {
         "scans": sum(counts.values()),
         "verdicts": dict(counts),

@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from scanstream import DataStore, ScanState, Settings, create_session
+from scanstream import DataStore, ScanState, ServerResetError, Settings, create_session
 
 from . import workload
 
@@ -196,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                     session, args.session, p, args.root, args.point_time, partial(sub_ended, subs)
                 )
             except Exception as exc:
-                if not args.keep_going:
-                    raise
+                if not args.keep_going or isinstance(exc, ServerResetError):
+                    raise  # a reset server is refused for good: a new process goes on
                 # The chaos run damages keys under the publisher: its scan fails, not the run.
                 error = {"session": args.session, "index": p.index, "kind": p.kind}
                 manifest.write(json.dumps(error | {"error": f"{type(exc).__name__}: {exc}"}))
