@@ -422,3 +422,19 @@ def test_a_sequence_is_saved_when_one_of_its_sub_scans_is_corrupt(session, store
         links = file[f"{group.number}.1/scans"]
         assert f"{subs[0].number}.1" in links
         assert f"{subs[1].number}.1" not in links
+
+
+def test_an_ended_scan_whose_event_stream_is_gone_is_failed(session, store, tmp_path):
+    """Found by soak.chaos: an ended scan, not yet saved, whose event stream was deleted kept
+    the verdict WRITING for good, with no line in the log: its walk waited for an END."""
+    from scanstream.writer import WriterService
+
+    gone = _good_scan(session, "gone")
+    later = _good_scan(session, "later", (5.0,))
+    key = store.keys.scan_events("test_session", gone.number)
+    store.redis.delete(key)
+    with WriterService(["test_session"], root=tmp_path, store=store, flush_period=0.05):
+        verdict = _final_verdict(store, gone.number)
+        assert _final_verdict(store, later.number).state is SavingState.SAVED
+    assert verdict.state is SavingState.FAILED, verdict
+    assert key in (verdict.reason or "") and "is gone" in (verdict.reason or ""), verdict

@@ -157,6 +157,7 @@ class ScanWriter(LiveBatches, EndOfScan):
             EventType.END_SCAN: self.on_end,
         }
         self._stop = stop_handler
+        self._check_event_stream()
         master = self.result.path
         self._number = self.session_files.choose_number(
             master, self.scan.number, self.scan_id, strict=self.strict_names
@@ -232,6 +233,23 @@ class ScanWriter(LiveBatches, EndOfScan):
             with self.files.batch(self._file):
                 self._complete_images(self.files.flush_period)
                 self.files.mark_dirty(self._file)
+
+    def _check_event_stream(self) -> None:
+        """Refuse an ended scan whose event stream is gone, naming the key, before any file.
+
+        Its walk waited for an END that never comes (the stream deleted outside scanstream,
+        its hash left): the verdict stayed WRITING for good, with no line in the log.
+        """
+        scan = self.scan
+        if not scan.state.is_final:
+            return  # a running scan's stream may not exist yet; its lease check ends it
+        kind = scan.store.redis.type(scan.events_key)
+        if kind == b"none":
+            raise WriterError(
+                f"scan {scan.db_name} ended {scan.state.name} but its event stream "
+                f"{scan.events_key} is gone (deleted outside scanstream): it cannot be "
+                "written; what remains of it is kept in Redis"
+            )
 
     def _stopped(self) -> bool:
         return self._stop is not None and self._stop.stopped
