@@ -242,3 +242,25 @@ def test_garbage_over_the_pool_settings_is_replaced(kind, redis_url, store, sess
     assert "Traceback" not in output, output
     lines = [line for line in output.splitlines() if "settings record" in line]
     assert len(lines) == 1 and key in lines[0] and "garbage" in lines[0], lines
+
+
+@pytest.mark.parametrize("kind", ["string", "list"])
+def test_garbage_over_the_pool_set_is_replaced(kind, redis_url, store, session, tmp_path):
+    """Found by soak.chaos: the pool's member set of another type made every pool writer exit
+    at its start with a traceback (SADD: WRONGTYPE), restarted writers too: no scan of the
+    session was written any more."""
+    key = store.keys.writer_pool("test_session")
+    if kind == "list":
+        store.redis.rpush(key, "garbage")
+    else:
+        store.redis.set(key, b"\xa9 junk")
+    with pool_writer(redis_url, tmp_path / "data") as proc:
+        with session.create_scan("s") as scan:
+            scan.create_container("timer").create_channel("timer:c").emit([1.0])
+        wait_for(lambda: 1 in saved_scans("test_session", store=store), 30, "the scan saved")
+        assert proc.poll() is None  # still running
+        assert store.redis.type(key) == b"set"
+    output = proc.output  # type: ignore[attr-defined]
+    assert "Traceback" not in output, output
+    lines = [line for line in output.splitlines() if "is not a set" in line]
+    assert len(lines) == 1 and key in lines[0], lines

@@ -34,6 +34,7 @@ from typing import Any
 import redis
 
 from .._transport.connection import DataStore
+from .._transport.errors import is_wrong_type
 from ..exceptions import ServerResetError
 from ..subscribe.events import StopHandler
 
@@ -223,7 +224,19 @@ class ScanClaims:
     def publish(self, session: str, status: Mapping[str, Any], ttl: float) -> None:
         """Publish this writer's member record of ``session`` (expires after ``ttl`` s)."""
         keys = self.store.keys
-        self.store.redis.sadd(keys.writer_pool(session), self.owner)
+        pool = keys.writer_pool(session)
+        try:
+            self.store.redis.sadd(pool, self.owner)
+        except redis.ResponseError as exc:
+            if not is_wrong_type(exc):
+                raise
+            # Garbage over the pool's set made every pool writer exit at its start (a crash
+            # loop) and no scan was written: it lists no member; replaced by a set.
+            logger.error("session %s: the pool's set %s is not a set: replaced", session, pool)
+            # (Another member replacing it meanwhile loses its entry until its next
+            # publication, a second later: members publish every second.)
+            self.store.redis.delete(pool)
+            self.store.redis.sadd(pool, self.owner)
         self.store.redis.set(
             keys.writer_member(session, self.owner), json.dumps(status), px=int(ttl * 1000)
         )
