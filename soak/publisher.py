@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from scanstream import DataStore, ScanState, Settings, create_session
+from scanstream import DataStore, ScanState, ServerResetError, Settings, create_session
 
 from . import workload
 
@@ -145,6 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--kinds", default=",".join(workload.KINDS), help="comma-separated kinds of scans"
     )
+    parser.add_argument("--first-index", type=int, default=0, help="plan index of the first scan")
+    parser.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="a scan that fails (garbage over its keys, the server away) is recorded as an "
+        "error and the next one is published, instead of ending the process",
+    )
     args = parser.parse_args(argv)
     stop = False
 
@@ -180,13 +187,25 @@ def main(argv: list[str] | None = None) -> int:
             subs.append(number)
             record(sub, number, state)
 
-        index = 0
+        index = args.first_index
         while not stop and time.time() < args.until:
             p = workload.plan(args.session_index, index, kinds)
             subs: list[int] = []
-            number, state = publish_scan(
-                session, args.session, p, args.root, args.point_time, partial(sub_ended, subs)
-            )
+            try:
+                number, state = publish_scan(
+                    session, args.session, p, args.root, args.point_time, partial(sub_ended, subs)
+                )
+            except Exception as exc:
+                if not args.keep_going or isinstance(exc, ServerResetError):
+                    raise  # a reset server is refused for good: a new process goes on
+                # The chaos run damages keys under the publisher: its scan fails, not the run.
+                error = {"session": args.session, "index": p.index, "kind": p.kind}
+                manifest.write(json.dumps(error | {"error": f"{type(exc).__name__}: {exc}"}))
+                manifest.write("\n")
+                manifest.flush()
+                index += 1
+                time.sleep(0.2)
+                continue
             record(p, number, state, **({"subs": subs} if p.kind == "sequence" else {}))
             index += 1
         manifest.write(

@@ -66,6 +66,34 @@ def test_short_soak_passes_every_check(server_binary: Path, tmp_path: Path) -> N
     assert "OK" in proc.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("mode", [["--persistence", "on"], ["--pool", "--persistence", "off"]])
+def test_short_chaos_run_passes(server_binary: Path, tmp_path: Path, mode: list[str]) -> None:
+    """``python -m soak.chaos`` for 25 s: kills, freezes, a server restart, garbage writes.
+
+    Every scan SAVED holds exactly what was published, every undamaged scan is SAVED, a
+    damaged one SAVED (exact) or FAILED with a reason; no traceback in the writers' logs.
+    """
+    env = dict(os.environ)
+    env.pop("SCANSTREAM_REDIS_URL", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "soak.chaos", "--duration", "25", "--seed", "7", *mode]
+        + ["--keep", str(tmp_path / "chaos")],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 0 and report["problems"] == [], report["problems"]
+    assert report["scans"] >= 10 and report["damages"] >= 1, report
+    assert report["verdicts"].get("SAVED", 0) >= 5, report["verdicts"]
+    assert not any(report["writers_died_alone"].values()), report["writers_died_alone"]
+
+
 def test_plan_is_deterministic_and_mixed() -> None:
     plans = [workload.plan(k, i) for k in range(4) for i in range(36)]
     assert {p.kind for p in plans} == set(workload.KINDS)

@@ -331,3 +331,110 @@ def test_garbage_over_the_writer_claim_is_replaced(kind, session, store, caplog,
     assert len(replaced) == 2, caplog.text
     assert all(key in r.getMessage() and f"was a {kind}" in r.getMessage() for r in replaced)
     assert not [r for r in caplog.records if r.exc_info], caplog.text
+
+
+@pytest.mark.parametrize("field", ["number", "state", "name", "node_type"])
+def test_a_scan_whose_hash_is_corrupt_is_failed_with_the_reason(field, session, store, tmp_path):
+    """Garbage over one identity field of a scan's hash: the walk skips the scan (no reader
+    can follow it); its verdict stayed WAITING ("waiting for a writer") while a writer ran,
+    so a publisher waiting for it timed out instead of hearing why (found by soak.chaos)."""
+    from scanstream.writer import WriterService
+
+    saved_before = _good_scan(session, "saved before")
+    with WriterService(["test_session"], root=tmp_path, store=store, flush_period=0.05):
+        wait_saved_ignoring_errors(store, {saved_before.number})
+    damaged = _good_scan(session, "damaged")
+    later = _good_scan(session, "later", (4.0,))
+    key = store.keys.scan("test_session", damaged.number)
+    store.redis.hset(key, field, b"\xff\x00junk")
+    # A scan SAVED before its hash was damaged keeps its verdict: its file is whole.
+    store.redis.hset(store.keys.scan("test_session", saved_before.number), field, b"\xff")
+    with WriterService(["test_session"], root=tmp_path, store=store, flush_period=0.05):
+        verdict = _final_verdict(store, damaged.number)
+        assert _final_verdict(store, later.number).state is SavingState.SAVED
+    assert verdict.state is SavingState.FAILED, verdict
+    assert key in (verdict.reason or "") and "corrupt scan hash" in (verdict.reason or "")
+    assert _verdict(store, saved_before.number).state is SavingState.SAVED
+
+
+def test_a_data_stream_overwritten_while_its_scan_runs_is_not_called_a_failover(
+    writer, session, store, caplog
+):
+    """Found by soak.chaos: a data stream replaced by a string mid-scan failed the scan with
+    the corrupt key named, then "N points were acknowledged by Redis and 0 are left in it
+    (lost by a failover or a restart)", a wrong cause for the operator to chase."""
+    from scanstream.exceptions import ScanstreamError
+
+    caplog.set_level(logging.CRITICAL, logger="scanstream")
+    scan = session.create_scan("overwritten")
+    channel = scan.create_container("timer").create_channel("timer:c", "float64")
+    other = scan.create_container("timer2").create_channel("timer2:d", "float64")
+    channel.emit(np.arange(10.0))
+    other.emit(np.arange(10.0))
+    key = _channel_key_named(store, scan.number, "timer:c")
+    wait_for(lambda: store.redis.xlen(key) > 0, 5, "the first points in Redis")
+    store.redis.delete(key)
+    store.redis.set(key, b"\xff garbage")
+    with pytest.raises(ScanstreamError):
+        scan.end()  # the publisher's acknowledged points are not there: ScanLostError
+    verdict = _final_verdict(store, scan.number)
+    assert verdict.state is SavingState.FAILED, verdict
+    reason = verdict.reason or ""
+    assert key in reason and "is not a stream" in reason, reason
+    assert "failover" not in reason, reason
+    good = _good_scan(session, "good")
+    wait_saved_ignoring_errors(store, {good.number})
+
+
+def _channel_key_named(store, number: int, name: str) -> str:
+    scan = get_session_node("test_session", store=store).get_scan(number)
+    wait_for(lambda: any(n.name == name for n in scan.load_nodes()), 5, f"channel {name}")
+    return str(next(n.key for n in scan.load_nodes() if n.name == name))
+
+
+def test_a_sequence_is_saved_when_one_of_its_sub_scans_is_corrupt(session, store, tmp_path):
+    """Found by soak.chaos: garbage over a sub-scan's hash failed the sequence referencing it
+    too ("GroupingMaster:scans: corrupt data entry ... corrupt scan hash" of the sub-scan),
+    where a sub-scan gone is skipped: the damage must cost that scan only."""
+    from scanstream.writer import WriterService
+
+    group = session.create_scan(
+        "seq", {"type": "sequence", "is-scan-sequence": True}, node_type="scan_group"
+    )
+    refs = group.create_container("GroupingMaster").create_scan_ref_channel("scans")
+    group.prepared()
+    subs = []
+    for i in range(2):
+        sub = session.create_scan(f"sub{i}")
+        refs.emit((sub.session_name, int(sub.number)))
+        sub.create_container("timer").create_channel("timer:c").emit([float(i)])
+        sub.end()
+        subs.append(sub)
+    group.end()
+    bad_key = store.keys.scan("test_session", subs[1].number)
+    store.redis.hset(bad_key, "state", b"\xff junk")
+    with WriterService(["test_session"], root=tmp_path, store=store, flush_period=0.05):
+        verdict = _final_verdict(store, group.number)
+        assert _final_verdict(store, subs[0].number).state is SavingState.SAVED
+        assert _final_verdict(store, subs[1].number).state is SavingState.FAILED
+    assert verdict.state is SavingState.SAVED, verdict
+    with h5py.File(tmp_path / "test_session/test_session.h5", "r") as file:
+        links = file[f"{group.number}.1/scans"]
+        assert f"{subs[0].number}.1" in links
+        assert f"{subs[1].number}.1" not in links
+
+
+def test_an_ended_scan_whose_event_stream_is_gone_is_failed(session, store, tmp_path):
+    """Found by soak.chaos: an ended scan, not yet saved, whose event stream was deleted kept
+    the verdict WRITING for good, with no line in the log: its walk waited for an END."""
+    from scanstream.writer import WriterService
+
+    gone = _good_scan(session, "gone")
+    later = _good_scan(session, "later", (5.0,))
+    key = store.keys.scan_events("test_session", gone.number)
+    store.redis.delete(key)
+    with WriterService(["test_session"], root=tmp_path, store=store, flush_period=0.05):
+        verdict = _final_verdict(store, gone.number)
+        assert _final_verdict(store, later.number).state is SavingState.SAVED
+    assert verdict.state is SavingState.FAILED, verdict
+    assert key in (verdict.reason or "") and "is gone" in (verdict.reason or ""), verdict

@@ -11,6 +11,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from scanstream import DataStore, get_session_node
 from scanstream._protocol.entries import parse_saving
@@ -189,3 +190,77 @@ def test_a_member_with_another_root_takes_no_scan_and_status_shows_it(
     for number in numbers:
         with assert_file_matches_redis(node.get_scan(number), first_root):
             pass
+
+
+def test_garbage_over_a_scan_claim_or_failed_set_does_not_block_the_scan(
+    redis_url, store, session, tmp_path
+):
+    """Found by soak.chaos: a pool scan's claim key (or its failed-by set) of another type made
+    the claim script fail with WRONGTYPE at every try, 20 error lines a second, and the scan
+    was never written. Garbage there holds no claim and records no failure."""
+    keys = store.keys
+    store.redis.rpush(keys.scan_claim("test_session", 1), "garbage")  # scan 1's, before it runs
+    store.redis.set(keys.scan_failed_by("test_session", 2), b"\xff")
+    with pool_writer(redis_url, tmp_path / "data") as proc:
+        scans = []
+        for i in range(2):
+            with session.create_scan(f"s{i}") as scan:
+                scan.create_container("timer").create_channel("timer:c").emit([1.0, float(i)])
+            scans.append(scan)
+        assert [s.number for s in scans] == [1, 2]
+        wait_for(lambda: {1, 2} <= saved_scans("test_session", store=store), 30, "both scans saved")
+        store.redis.set(keys.scan_claim("test_session", 3), "garbage")  # under the running pool
+        with session.create_scan("s2") as later:
+            later.create_container("timer").create_channel("timer:c").emit([3.0])
+        wait_for(lambda: 3 in saved_scans("test_session", store=store), 30, "the later scan")
+    output = proc.output  # type: ignore[attr-defined]
+    assert "Traceback" not in output and "WRONGTYPE" not in output, output
+    replaced = [line for line in output.splitlines() if "garbage over its pool keys" in line]
+    assert len(replaced) == 3, replaced  # one line per garbage write, naming the key and type
+    assert keys.scan_claim("test_session", 1) in replaced[0] and "a list" in replaced[0]
+    for scan in [*scans, later]:
+        assert _verdict(store, scan.number).state is SavingState.SAVED
+
+
+@pytest.mark.parametrize("kind", ["junk bytes", "list"])
+def test_garbage_over_the_pool_settings_is_replaced(kind, redis_url, store, session, tmp_path):
+    """Found by soak.chaos: junk bytes over the pool's settings record made every pool writer
+    exit at its start with a traceback (json.loads), and a list there with WRONGTYPE."""
+    key = store.keys.writer_pool_settings("test_session")
+    if kind == "list":
+        store.redis.rpush(key, "garbage")
+    else:
+        store.redis.set(key, b"\xa9\x00 junk")
+    with pool_writer(redis_url, tmp_path / "data") as proc:
+        with session.create_scan("s") as scan:
+            scan.create_container("timer").create_channel("timer:c").emit([1.0])
+        wait_for(lambda: 1 in saved_scans("test_session", store=store), 30, "the scan saved")
+        assert proc.poll() is None  # still running
+        settings = pool_settings("test_session", store=store)
+        assert settings is not None and settings["settings"]["root"]
+    output = proc.output  # type: ignore[attr-defined]
+    assert "Traceback" not in output, output
+    lines = [line for line in output.splitlines() if "settings record" in line]
+    assert len(lines) == 1 and key in lines[0] and "garbage" in lines[0], lines
+
+
+@pytest.mark.parametrize("kind", ["string", "list"])
+def test_garbage_over_the_pool_set_is_replaced(kind, redis_url, store, session, tmp_path):
+    """Found by soak.chaos: the pool's member set of another type made every pool writer exit
+    at its start with a traceback (SADD: WRONGTYPE), restarted writers too: no scan of the
+    session was written any more."""
+    key = store.keys.writer_pool("test_session")
+    if kind == "list":
+        store.redis.rpush(key, "garbage")
+    else:
+        store.redis.set(key, b"\xa9 junk")
+    with pool_writer(redis_url, tmp_path / "data") as proc:
+        with session.create_scan("s") as scan:
+            scan.create_container("timer").create_channel("timer:c").emit([1.0])
+        wait_for(lambda: 1 in saved_scans("test_session", store=store), 30, "the scan saved")
+        assert proc.poll() is None  # still running
+        assert store.redis.type(key) == b"set"
+    output = proc.output  # type: ignore[attr-defined]
+    assert "Traceback" not in output, output
+    lines = [line for line in output.splitlines() if "is not a set" in line]
+    assert len(lines) == 1 and key in lines[0], lines

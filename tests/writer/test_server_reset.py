@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -82,3 +83,31 @@ def _check_errors(status: dict[str, Any]) -> None:
     (error,) = status["errors"]
     assert error["scan"] == "1_s" and error["number"] == 1
     assert "its data was gone from Redis before it was saved" in error["error"]
+
+
+@pytest.mark.parametrize("pool", [False, True])
+def test_a_fence_over_a_reset_server_stops_instead_of_raising(
+    server: EmbeddedServer, pool: bool
+) -> None:
+    """Found by soak.chaos: a worker's fence (its claim check, asked by the read-ahead thread
+    too) let the ServerResetError of a server restarted empty escape ("Exception in thread
+    scanstream-read-...", a traceback in the writer's log) instead of stopping the scan."""
+    from scanstream.writer.registry import WriterRegistry
+    from scanstream.writer.scan_claims import ClaimFence, ScanClaims
+    from scanstream.writer.worker import _Fence
+
+    with DataStore(settings=Settings(redis_url=server.url)) as store:
+        create_session("test_session", store=store).close()  # the server's identity, seen
+        checker: WriterRegistry | ClaimFence = WriterRegistry(store, "me")
+        if pool:
+            checker = ClaimFence(ScanClaims(store, "me"), 1)
+        fence = _Fence(checker, "test_session", "token", threading.Event())
+        assert fence.stopped  # nobody holds the session: stopped, the plain way
+        fence = _Fence(checker, "test_session", "token", threading.Event())
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGKILL)
+        server.stop()  # reaps it
+        server.start(timeout=10)  # an empty database: the store refuses it from now on
+        with pytest.raises(ServerResetError):
+            store.redis.ping()
+        assert fence.stopped  # not a ServerResetError

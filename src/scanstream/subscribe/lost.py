@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import redis
 
@@ -40,7 +41,7 @@ from ..models import SavingState, SavingVerdict, ScanState
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["record_if_lost", "record_if_lost_by_number"]
+__all__ = ["record_corrupt", "record_if_lost", "record_if_lost_by_number"]
 
 # NEW_SCAN entries read back from the end of the session stream to find a scan's (a writer
 # whose scan vanished while it wrote it: the entry is among the latest).
@@ -127,6 +128,61 @@ def record_if_lost(
         return error
     logger.error("%s; recorded as ended FAILED", error)
     return error
+
+
+# The verdict fields (ARGV) into a scan hash (KEYS[1]) whose verdict is not final, in one step
+# (a script: a writer recording SAVED meanwhile is never overwritten; one key: cluster-safe).
+_RECORD_UNLESS_FINAL = """
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then return 0 end
+local saving = redis.call('HGET', KEYS[1], 'saving')
+if saving == 'SAVED' or saving == 'FAILED' or saving == 'NOT_SAVED' then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+
+def record_corrupt(
+    store: DataStore, session: str, fields: entries.Fields, error: DecodingError
+) -> str | None:
+    """Record FAILED, with ``error``, as the verdict of a scan whose hash is corrupt.
+
+    A walk skips an announced scan whose hash fields cannot be read (garbage over its number,
+    name, type or state): no reader can follow it, so no writer will ever save it. Its verdict
+    used to stay WAITING ("waiting for a writer") for good while writers ran, and a publisher
+    waiting for the verdict timed out instead of hearing why. Only a hash whose verdict is
+    not final is changed (a scan SAVED before the damage stays SAVED: its file is whole), and
+    nothing else in it.
+
+    Returns
+    -------
+    str or None
+        The reason recorded, or None when nothing was (``fields`` is no NEW_SCAN entry, the
+        key is not a hash, its verdict is final, or the server refused: logged).
+    """
+    try:
+        number = entries.parse_new_scan(fields)
+    except DecodingError:
+        return None
+    if number is None:
+        return None
+    key = store.keys.scan(session, number)
+    reason = (
+        f"{error}; no reader can follow this scan, so no writer can save it: repair its "
+        f"hash {key} or delete the scan"
+    )
+    verdict = entries.saving_fields(
+        SavingVerdict(SavingState.FAILED, reason=reason, time=time.time())
+    )
+
+    args: list[Any] = []
+    for name, value in verdict.items():
+        args.extend((name, value))
+    try:
+        done = store.redis.register_script(_RECORD_UNLESS_FINAL)(keys=[key], args=args)
+    except redis.exceptions.ResponseError as exc:  # NOPERM, READONLY, OOM
+        logger.warning("%s: verdict FAILED not recorded in Redis: %s", key, exc)
+        return None
+    return reason if done else None
 
 
 def record_if_lost_by_number(store: DataStore, session: str, number: int) -> str | None:

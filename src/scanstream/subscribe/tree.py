@@ -555,4 +555,14 @@ class ScanNode(DataNode):
                 logger.warning(
                     "%s: referenced scan %s:%d is gone", where or self.db_name, session, number
                 )
+            except DecodingError as exc:
+                # Garbage over the sub-scan's hash: that scan fails (its walk says why); the
+                # scan referencing it is not failed with it, as for a sub-scan gone.
+                logger.error(
+                    "%s: referenced scan %s:%d skipped: %s",
+                    where or self.db_name,
+                    session,
+                    number,
+                    exc,
+                )
         return out

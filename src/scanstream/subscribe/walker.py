@@ -36,7 +36,7 @@ from ..exceptions import (
 )
 from ..models import NodeType, ScanEnd, ScanState
 from .events import Event, EventData, EventType, StopHandler
-from .lost import record_if_lost
+from .lost import record_corrupt, record_if_lost
 
 if TYPE_CHECKING:
     # Type-only: the node modules import this one (nodes -> walker), never the reverse.
@@ -414,6 +414,8 @@ class Walker:
             except DecodingError as exc:
                 # One garbage entry must not end every later walk of the session at it.
                 logger.error("session stream entry %s skipped: %s", entry_id.decode(), exc)
+                if self._session is not None:  # its verdict says why, not "waiting"
+                    record_corrupt(self.store, self._session.name, fields, exc)
             if len(self._scans) > followed:
                 break
         return events

@@ -24,6 +24,7 @@ writer that notices.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
@@ -33,7 +34,11 @@ from typing import Any
 import redis
 
 from .._transport.connection import DataStore
+from .._transport.errors import is_wrong_type
+from ..exceptions import ServerResetError
 from ..subscribe.events import StopHandler
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "CLAIMED",
@@ -51,19 +56,33 @@ FENCE_PERIOD = 0.25
 
 # KEYS[1] claim hash, KEYS[2] saved set, KEYS[3] the set of the writers that failed the scan.
 # ARGV: owner, TTL (ms), new token, scan number.
-# Returns {'done'} (saved, or failed by this writer), {'held', owner}, or {'claimed', token}.
+# Returns {'done', '', replaced} (saved, or failed by this writer), {'held', owner, replaced},
+# or {'claimed', token, replaced}. Garbage (another type) over the claim or the failed-by set
+# is no claim and no failure: deleted, and named in ``replaced`` (the writer logs it); a saved
+# set of another type tells nothing (the writer reports it when it marks a scan saved). Before,
+# WRONGTYPE refused every claim of the scan: it was never written, an error 20 times a second.
 _CLAIM = """
-if redis.call('SISMEMBER', KEYS[2], ARGV[4]) == 1 then return {'done'} end
-if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return {'done'} end
+local replaced = ''
+for i = 1, 3, 2 do
+  local kind = redis.call('TYPE', KEYS[i])['ok']
+  if kind ~= 'none' and kind ~= (i == 1 and 'hash' or 'set') then
+    redis.call('DEL', KEYS[i])
+    replaced = replaced .. KEYS[i] .. ' (a ' .. kind .. ') '
+  end
+end
+if redis.call('TYPE', KEYS[2])['ok'] == 'set' and redis.call('SISMEMBER', KEYS[2], ARGV[4]) == 1 then
+  return {'done', '', replaced}
+end
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return {'done', '', replaced} end
 local owner = redis.call('HGET', KEYS[1], 'owner')
-if owner and owner ~= ARGV[1] then return {'held', owner} end
+if owner and owner ~= ARGV[1] then return {'held', owner, replaced} end
 local token = redis.call('HGET', KEYS[1], 'token')
 if not owner or not token then
   token = ARGV[3]
   redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'token', token)
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return {'claimed', token}
+return {'claimed', token, replaced}
 """
 # Renew only the claim of that period (owner and token): ARGV owner, token, TTL (ms).
 _RENEW = """
@@ -89,6 +108,16 @@ redis.call('DEL', KEYS[1])
 return 1
 """
 
+# Delete KEYS[1] if it still holds the garbage seen (ARGV[1]), or any value of another type
+# than a string: never a record another member has set meanwhile.
+_DROP_GARBAGE = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'none' or (kind == 'string' and redis.call('GET', KEYS[1]) ~= ARGV[1]) then
+  return 0
+end
+return redis.call('DEL', KEYS[1])
+"""
+
 
 class ScanClaims:
     """The scan claims and member records of one writer, ``owner``, in Redis.
@@ -108,6 +137,7 @@ class ScanClaims:
         self._renew = store.redis.register_script(_RENEW)
         self._release = store.redis.register_script(_RELEASE)
         self._failed = store.redis.register_script(_FAILED)
+        self._drop_garbage = store.redis.register_script(_DROP_GARBAGE)
 
     def claim(self, session: str, number: int, ttl: float) -> tuple[str, str]:
         """Take (or renew) the claim on scan ``number`` of ``session`` for ``ttl`` seconds.
@@ -129,6 +159,13 @@ class ScanClaims:
             args=[self.owner, int(ttl * 1000), uuid.uuid4().hex, int(number)],
         )
         outcome = _text(reply[0])
+        if len(reply) > 2 and reply[2]:
+            logger.error(
+                "scan %s:%s: garbage over its pool keys deleted (no claim, no failure): %s",
+                session,
+                number,
+                _text(reply[2]).strip(),
+            )
         return outcome, _text(reply[1]) if len(reply) > 1 else ""
 
     def renew(self, session: str, number: int, token: str, ttl: float) -> bool:
@@ -187,7 +224,19 @@ class ScanClaims:
     def publish(self, session: str, status: Mapping[str, Any], ttl: float) -> None:
         """Publish this writer's member record of ``session`` (expires after ``ttl`` s)."""
         keys = self.store.keys
-        self.store.redis.sadd(keys.writer_pool(session), self.owner)
+        pool = keys.writer_pool(session)
+        try:
+            self.store.redis.sadd(pool, self.owner)
+        except redis.ResponseError as exc:
+            if not is_wrong_type(exc):
+                raise
+            # Garbage over the pool's set made every pool writer exit at its start (a crash
+            # loop) and no scan was written: it lists no member; replaced by a set.
+            logger.error("session %s: the pool's set %s is not a set: replaced", session, pool)
+            # (Another member replacing it meanwhile loses its entry until its next
+            # publication, a second later: members publish every second.)
+            self.store.redis.delete(pool)
+            self.store.redis.sadd(pool, self.owner)
         self.store.redis.set(
             keys.writer_member(session, self.owner), json.dumps(status), px=int(ttl * 1000)
         )
@@ -202,15 +251,30 @@ class ScanClaims:
         key = self.store.keys.writer_pool_settings(session)
         ms = int(ttl * 1000)
         mine = {"settings": settings, "writer": self.owner}
-        for _ in range(2):  # SET NX, then GET: a record expiring in between is set again
+        for _ in range(3):  # SET NX, then GET: a record expiring (or garbage) is set again
             if self.store.redis.set(key, json.dumps(mine), nx=True, px=ms):
                 return mine
-            raw = self.store.redis.get(key)
-            if raw is not None:
-                record: dict[str, Any] = json.loads(raw)
+            raw = None
+            try:
+                raw = self.store.redis.get(key)
+                record = json.loads(raw) if raw is not None else None
+                if record is not None and not isinstance(record.get("settings"), dict):
+                    raise ValueError("no settings")
+            except (redis.ResponseError, ValueError, AttributeError) as exc:
+                # Garbage over the record (junk bytes, another type) made every pool writer
+                # fail at its start with a traceback: it holds no settings; replaced.
+                logger.error(
+                    "session %s: the pool's settings record %s is garbage (%s): replaced",
+                    session,
+                    key,
+                    exc,
+                )
+                self._drop_garbage(keys=[key], args=[raw if isinstance(raw, bytes) else b""])
+                continue
+            if record is not None:
                 if record.get("settings") == settings:
                     self.store.redis.pexpire(key, ms)
-                return record
+                return dict(record)
         return mine
 
     def forget_settings(self, session: str) -> None:
@@ -267,7 +331,7 @@ class ScanClaim(StopHandler):
     def _check(self) -> bool:
         try:
             return self.claims.holds(self.session, self.number, self.token)
-        except redis.RedisError:
+        except (redis.RedisError, ServerResetError):
             return False  # not known to hold it: nothing more is written until it is
 
 

@@ -41,6 +41,7 @@ from typing import Any
 import redis
 
 from .._transport.connection import DataStore, Settings
+from ..exceptions import ServerResetError
 from ..subscribe.events import StopHandler
 from ..subscribe.tree import get_session_node
 from .files import FileBusyError, OpenFiles
@@ -135,9 +136,11 @@ class _Fence(StopHandler):
                 self._held = not _REPORTS.unread() and self._registry.holds(
                     self._session, self._token
                 )
-            except redis.RedisError:
+            except (redis.RedisError, ServerResetError):
                 # Not known to hold it: stop (the claim cannot be renewed either, and will
-                # lapse); the service starts the scan again once Redis is back.
+                # lapse); the service starts the scan again once Redis is back. A reset
+                # server is refused at each command: raised here, it escaped the read-ahead
+                # thread (which asks this too) as a traceback.
                 self._held = False
             self._checked = now
         return not self._held
