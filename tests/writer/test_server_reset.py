@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 
 from scanstream import DataStore, ServerResetError, Settings, create_session
 from scanstream._transport.server import EmbeddedServer
-from scanstream.writer import writer_status
+from scanstream.writer import saved_scans, writer_status
 
 from .conftest import owning_writer, wait_for
 
@@ -111,3 +113,67 @@ def test_a_fence_over_a_reset_server_stops_instead_of_raising(
         with pytest.raises(ServerResetError):
             store.redis.ping()
         assert fence.stopped  # not a ServerResetError
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("pool", [False, True])
+def test_the_writer_command_follows_a_server_restarted_empty(
+    server: EmbeddedServer, tmp_path: Path, pool: bool
+) -> None:
+    """``scanstream writer``: the scans published after the reset are saved, no restart needed.
+
+    A store refuses a reset server for good, so a writer left as it was would save nothing
+    more (each member of a pool logging some 20 errors a second).
+    """
+    root = tmp_path / "data"
+    command = [sys.executable, "-m", "scanstream", "--redis-url", server.url, "writer"]
+    command += ["test_session", "--root", str(root), *(["--pool"] if pool else [])]
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    output = ""
+    try:
+        with DataStore(settings=Settings(redis_url=server.url)) as before:
+            wait_for(lambda: writer_status("test_session", store=before), 20, "the writer")
+            _publish_one(before)
+            wait_for(lambda: 1 in saved_scans("test_session", store=before), 20, "scan 1 saved")
+        time.sleep(1.5)  # the writer reads the server's identity once a second: it knows it now
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGKILL)
+        server.stop()
+        server.start(timeout=10)  # the same port, nothing on disk: an empty database
+        with DataStore(settings=Settings(redis_url=server.url)) as after:
+            wait_for(lambda: writer_status("test_session", store=after), 30, "the writer again")
+            number = _publish_one(after)  # 1 again, or above (once the new service follows)
+            wait_for(
+                lambda: number in saved_scans("test_session", store=after), 30, "the new scan saved"
+            )
+        assert proc.poll() is None, "the writer exited"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            output = proc.communicate(timeout=30)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output = proc.communicate(timeout=10)[0]
+        print(output)
+    assert proc.returncode == 0, output
+    assert "starting again on the server's new database" in output
+    assert "Traceback" not in output
+
+
+def _publish_one(store: DataStore) -> int:
+    """One short scan of ``test_session`` published through ``store``; its number."""
+    session = create_session("test_session", store=store)
+    try:
+        with session.create_scan("s", {}) as scan:
+            channel = scan.create_container("timer").create_channel("x")
+            scan.prepared()
+            channel.emit(np.arange(5.0))
+        return scan.number
+    finally:
+        session.close()

@@ -67,6 +67,9 @@ class ServerIdentity:
         self.server_id: bytes | None = None
         #: The highest epoch seen (0: none yet).
         self.epoch = 0
+        #: The message of the first reset seen (None: none). A store refuses a reset server
+        #: for good; a long-running client (the writer) reads this to start again.
+        self.reset: str | None = None
 
     def seen(self) -> tuple[bytes | None, int]:
         """What this store knows now: ``(id, highest epoch)``; take it before sending a read.
@@ -109,21 +112,24 @@ class ServerIdentity:
             # An id never changes once set; a missing one is a reset only if it was known when
             # the request left (a read sent before the database was initialized finds none).
             if server_id is None and known_id is not None:
-                raise ServerResetError(self._message("its identity key is gone"))
+                raise self._reset("its identity key is gone")
             if server_id is not None and self.server_id not in (None, server_id):
-                raise ServerResetError(
-                    self._message(
-                        f"its identity changed from {self.server_id.decode(errors='replace')}"
-                        f" to {server_id.decode(errors='replace')}"
-                    )
+                raise self._reset(
+                    f"its identity changed from {self.server_id.decode(errors='replace')}"
+                    f" to {server_id.decode(errors='replace')}"
                 )
             if now < known_epoch:
-                raise ServerResetError(
-                    self._message(f"its epoch went back from {known_epoch} to {now}")
-                )
+                raise self._reset(f"its epoch went back from {known_epoch} to {now}")
             if self.server_id is None and server_id is not None:
                 self.server_id = server_id
             self.epoch = max(self.epoch, now)
+
+    def _reset(self, detail: str) -> ServerResetError:
+        """The error to raise for a reset (``_lock`` held); the first one is remembered."""
+        message = self._message(detail)
+        if self.reset is None:
+            self.reset = message
+        return ServerResetError(message)
 
     def _message(self, detail: str) -> str:
         return (

@@ -15,10 +15,11 @@ import os
 import time
 from typing import Any
 
-from .._transport.connection import DataStore, default_store
+from .._transport.connection import DataStore, clear_default_stores, default_store
 from .._transport.shared_server import resolve_url
 from ..admin.registry import writer_status
 from ..admin.wording import counted
+from ..exceptions import ServerResetError
 from ..writer.isolation import DEFAULT_WORKERS
 from ..writer.service import WriterService
 from ..writer.worker import WORKER_LOG_FILE_ENV, WORKER_LOG_LEVEL_ENV
@@ -27,6 +28,9 @@ from .logs import LEVELS, configure_logging
 from .usage import UsageError, session_name, writable_directory
 
 logger = logging.getLogger(__name__)
+
+#: Seconds between a service stopped by a server reset and the new one.
+_RESET_PAUSE = 1.0
 
 
 def configure_writer(parser: argparse.ArgumentParser) -> None:
@@ -160,23 +164,38 @@ def run_writer(args: argparse.Namespace) -> int:
     logger.info(describe_server(url, origin))
     store = default_store(url)
     _hint_sessions(store, args.sessions)
-    service = WriterService(
-        args.sessions,
-        root=root,
-        store=store,
-        catch_up=not args.only_new,
-        strict_names=args.strict_names,
-        compression=args.compression,
-        layout="legacy" if args.legacy_names else "esrf",
-        allow=args.allow,
-        umask=args.umask,
-        isolate=not args.in_process,
-        pool=args.pool,
-        workers=args.workers or DEFAULT_WORKERS,
-    )
-    code = service.run()
-    service.exit_if_files_unflushed()  # HDF5 would crash at interpreter exit on them
-    return code
+    while True:
+        service = WriterService(
+            args.sessions,
+            root=root,
+            store=store,
+            catch_up=not args.only_new,
+            strict_names=args.strict_names,
+            compression=args.compression,
+            layout="legacy" if args.legacy_names else "esrf",
+            allow=args.allow,
+            umask=args.umask,
+            isolate=not args.in_process,
+            pool=args.pool,
+            workers=args.workers or DEFAULT_WORKERS,
+        )
+        try:
+            code = service.run()
+        except ServerResetError:
+            if service.server_reset is None:
+                raise
+            code = 0  # reset while it started: as below
+        service.exit_if_files_unflushed()  # HDF5 would crash at interpreter exit on them
+        if service.server_reset is None or code != 0:
+            return code
+        # The server lost its data (restarted without persistence, flushed): the store
+        # refuses it for good, so a writer left running would save nothing more. Its scans
+        # in flight went with the data; the next ones are saved by a new service on a new
+        # store (entry numbers go on above those in the files, decision 0011).
+        logger.warning("starting again on the server's new database in %.0f s", _RESET_PAUSE)
+        time.sleep(_RESET_PAUSE)
+        clear_default_stores()  # the cached store is the one that refuses the server
+        store = default_store(url)
 
 
 def _hint_sessions(store: DataStore, sessions: list[str]) -> None:

@@ -38,6 +38,7 @@ import redis
 
 from .._transport.connection import DataStore
 from ..admin.registry import POOL_OWNER, pool_members
+from ..exceptions import ServerResetError
 from ..models import SCAN_NODE_TYPES
 from ..subscribe.events import EventType, StopHandler
 from ..subscribe.tree import ScanNode, get_session_node
@@ -181,7 +182,7 @@ class WriterPool:
         for (session, number), _claim in held.items():
             try:
                 self.claims.release(session, number)
-            except redis.RedisError as exc:  # it lapses with its TTL
+            except (redis.RedisError, ServerResetError) as exc:  # it lapses with its TTL
                 logger.warning("scan %s:%s: claim not released: %s", session, number, exc)
         for session in self.sessions:
             try:
@@ -189,8 +190,8 @@ class WriterPool:
                 if not pool_members(session, store=self.host.store):  # the last one leaves
                     self.registry.release(session)
                     self.claims.forget_settings(session)
-            except redis.RedisError:
-                pass  # the records expire with their TTL
+            except (redis.RedisError, ServerResetError):
+                pass  # the records expire with their TTL (a reset server holds none)
 
     @property
     def load(self) -> int:

@@ -63,6 +63,8 @@ logger = logging.getLogger(__name__)
 _SCAN_TYPES = tuple(sorted(SCAN_NODE_TYPES))
 #: How often run() looks whether a signal came (s).
 _SIGNAL_POLL = 0.1
+#: Seconds between two reads of the server's identity (see _watch_server_identity).
+_IDENTITY_PERIOD = 1.0
 
 
 class WriterService:
@@ -248,7 +250,8 @@ class WriterService:
 
     # -- life cycle ---------------------------------------------------------------------------
     def run(self) -> int:
-        """Write until SIGINT or SIGTERM (or :meth:`stop`), then stop and clean up.
+        """Write until SIGINT or SIGTERM (or :meth:`stop`, or the server found reset:
+        :attr:`server_reset`), then stop and clean up.
 
         The life cycle of a writer process: installs the signal handlers (when called from
         the main thread; they are restored on return), starts, waits, and stops in any case,
@@ -273,10 +276,15 @@ class WriterService:
                 previous[sig] = signal.signal(sig, on_signal)
         try:
             self.start()
-            while not received and not self.wait(_SIGNAL_POLL):
+            while not received and not self.wait(_SIGNAL_POLL) and self.server_reset is None:
                 pass
         finally:
-            why = f"on {received[0]}" if received else "on request"
+            if received:
+                why = f"on {received[0]}"
+            elif self.server_reset is not None:
+                why = f"as the server was reset ({self.server_reset})"
+            else:
+                why = "on request"
             logger.info(
                 "stopping %s: %s; scans being written are completed at the next start",
                 why,
@@ -310,6 +318,7 @@ class WriterService:
         self.policy.apply_umask()
         if self.isolate:
             self.workers.warm()
+        self._spawn(self._watch_server_identity, "identity")
         if self.pool is not None:
             self.pool.start(self._spawn)
         else:
@@ -344,6 +353,17 @@ class WriterService:
             with contextlib.suppress(redis.RedisError, ServerResetError):
                 self.registry.release(name)
 
+    @property
+    def server_reset(self) -> str | None:
+        """Why the server was found reset (lost or rolled back its data), or None.
+
+        The service's store then refuses the server for good (``ServerResetError``): its
+        scans in flight are lost with the server's data, and nothing more is saved through
+        it. :meth:`run` returns then; ``scanstream writer`` starts a new service on a new
+        store, which follows the server's new database.
+        """
+        return self.store.identity.reset
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until :meth:`stop` is called (from another thread or a signal handler).
 
@@ -356,6 +376,21 @@ class WriterService:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _watch_server_identity(self) -> None:
+        """Read the server's identity every second, until a reset is seen or the service stops.
+
+        Connections check it only when they connect: a writer that started before the
+        server had an identity, or a server flushed without a restart, would otherwise go
+        unnoticed, and the writer would go on with the state of the former database.
+        """
+        while not self._stop.wait(_IDENTITY_PERIOD):
+            try:
+                self.store.check_server_identity()
+            except ServerResetError:
+                return  # remembered in store.identity.reset: see server_reset
+            except redis.RedisError:
+                continue  # an outage: each command rides it out or fails on its own
 
     def _spawn(self, target: Callable[..., None], name: str, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, name=f"writer-{name}", daemon=True)
