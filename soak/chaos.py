@@ -46,7 +46,7 @@ from scanstream._protocol import entries
 from scanstream._transport.server import EmbeddedServer
 from scanstream.models import SavingState
 
-from . import chaos_damage, chaos_verify, workload
+from . import chaos_damage, chaos_verify, killloop, workload
 from .killloop import _env, _free_port
 
 SESSION = "chaos"
@@ -359,7 +359,7 @@ def judge(
     for path in sorted((work / "data").rglob("*.h5")):
         if "lima" in path.relative_to(work / "data").parts:
             continue
-        why = chaos_verify.readable(path)
+        why = killloop.readable(path)
         if why is not None:
             unreadable[str(path.relative_to(work / "data"))] = why
     problems += [f"unreadable file {k}: {v}" for k, v in unreadable.items()]

@@ -101,18 +101,3 @@ def check_saved(
 
 def detector_name(p: workload.ScanPlan) -> str | None:
     return workload.detector(p).fullname if p.has_lima() else None
-
-
-def readable(path: Path) -> str | None:
-    """None when every dataset of the HDF5 file ``path`` opens and reads; else why not."""
-    try:
-        with h5py.File(path, "r", locking=False) as file:
-
-            def visit(name: str, obj: Any) -> None:
-                if isinstance(obj, h5py.Dataset) and obj.size and not obj.is_virtual:
-                    obj[(0,) * obj.ndim] if obj.ndim else obj[()]
-
-            file.visititems(visit)
-    except Exception as exc:  # any failure is the finding
-        return f"{type(exc).__name__}: {exc}"
-    return None
