@@ -109,6 +109,7 @@ def test_plan_is_deterministic_and_mixed() -> None:
 
 
 def test_file_check_catches_a_value_that_differs(session, store, tmp_path: Path) -> None:
+    from scanstream.admin import delete_scans
     from scanstream.writer import WriterService, saved_scans
 
     name = session.name
@@ -136,6 +137,13 @@ def test_file_check_catches_a_value_that_differs(session, store, tmp_path: Path)
         f[f"{records[0]['number']}.1/measurement/diode"][3] += 1.0
     problems = verify.check_file(store, name, records, tmp_path)
     assert problems and "diode: file differs from Redis" in problems[0]
+    # Expired from Redis before the check: checked against the published plan alone.
+    delete_scans(store, name)  # every scan is saved: all go
+    problems = verify.check_file(store, name, records, tmp_path)
+    assert len(problems) == 1 and "diode: file differs from the published values" in problems[0]
+    with h5py.File(tmp_path / records[0]["file"], "r+") as f:
+        f[f"{records[0]['number']}.1/measurement/diode"][3] -= 1.0
+    assert verify.check_file(store, name, records, tmp_path) == []
 
 
 def test_file_check_of_two_top_masters_and_sequences(session, store, tmp_path: Path) -> None:
