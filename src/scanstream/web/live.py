@@ -63,8 +63,8 @@ class ScanFeed:
     def __init__(self, scan: ScanNode, max_buckets: int = MAX_BUCKETS) -> None:
         self.scan = scan
         self.max_buckets = max_buckets
-        self.nodes: list[ChannelNode] = []
-        self._names: list[str] = []
+        #: The 0D channels by their names in the view (``catalog.scalar_channels``).
+        self.channels: dict[str, ChannelNode] = {}
         self.decimator: Decimator | None = None
         self.state = ScanState.CREATED
         self.ended = False
@@ -76,7 +76,7 @@ class ScanFeed:
     @property
     def names(self) -> list[str]:
         """Column names (the channels' names in the view, ``catalog.data_nodes``), in order."""
-        return self._names
+        return list(self.channels)
 
     def poll(self) -> bool:
         """Read what is new; True if something changed. Blocking (Redis reads)."""
@@ -99,11 +99,10 @@ class ScanFeed:
             # The channels are announced before PREPARED; a scan ended without any has none.
             if state is ScanState.CREATED:
                 return changed
-            channels = scalar_channels(self.scan)
-            self.nodes, self._names = list(channels.values()), list(channels)
-            self.decimator = Decimator(len(self.nodes), self.max_buckets)
+            self.channels = scalar_channels(self.scan)
+            self.decimator = Decimator(len(self.channels), self.max_buckets)
             changed = True
-        lengths = [len(n) for n in self.nodes]
+        lengths = [len(n) for n in self.channels.values()]
         have = self.decimator.count
         # Rows are aligned: only points every channel has (a channel that ended shorter is
         # not waited for once the scan is over).
@@ -111,7 +110,7 @@ class ScanFeed:
         upto = min(upto, have + READ_CHUNK)
         if upto > have:
             columns = []
-            for node, length in zip(self.nodes, lengths):
+            for node, length in zip(self.channels.values(), lengths):
                 end = min(upto, length)
                 column = np.full(upto - have, np.nan)
                 if end > have:
