@@ -111,27 +111,17 @@ def _writer_argv(url: str, root: Path, pool: bool) -> list[str]:
 
 
 def _publisher_argv(url: str, data: Path, manifest: Path, first: int, point_time: float) -> list:
-    return [
-        sys.executable,
-        "-m",
-        "soak.publisher",
+    return killloop.publisher_argv(
         url,
         SESSION,
-        "0",
-        str(data),
-        str(manifest),
-        "--until",
-        str(time.time() + 24 * 3600),
-        "--point-time",
-        str(point_time),
-        "--retention",
-        "7200",
-        "--kinds",
-        ",".join(workload.KILL_KINDS),
+        data,
+        manifest,
+        workload.KILL_KINDS,
+        point_time,
         "--first-index",
         str(first),
         "--keep-going",
-    ]
+    )
 
 
 def _manifest(path: Path) -> list[dict[str, Any]]:

@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,38 @@ def readable(path: Path) -> str | None:
     return "; ".join(problems) or None
 
 
+def publisher_argv(
+    url: str,
+    session: str,
+    data: Path,
+    manifest: Path,
+    kinds: Sequence[str],
+    point_time: float,
+    *extra: str,
+) -> list[str]:
+    """The command of a publisher into ``session`` (session index 0) that runs until it is
+    killed (a day at most)."""
+    return [
+        sys.executable,
+        "-m",
+        "soak.publisher",
+        url,
+        session,
+        "0",
+        str(data),
+        str(manifest),
+        "--until",
+        str(time.time() + 24 * 3600),
+        "--point-time",
+        str(point_time),
+        "--retention",
+        "7200",
+        "--kinds",
+        ",".join(kinds),
+        *extra,
+    ]
+
+
 def run(
     url: str,
     root: Path,
@@ -194,24 +227,7 @@ def run(
     manifest = root / "manifest.jsonl"
     publisher_log = open(logs / "publisher.log", "wb")
     publisher = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "soak.publisher",
-            url,
-            SESSION,
-            "0",
-            str(data),
-            str(manifest),
-            "--until",
-            str(time.time() + 24 * 3600),
-            "--point-time",
-            str(point_time),
-            "--retention",
-            "7200",
-            "--kinds",
-            ",".join(kinds),
-        ],
+        publisher_argv(url, SESSION, data, manifest, kinds, point_time),
         stdout=publisher_log,
         stderr=subprocess.STDOUT,
         env=_env(),
