@@ -177,8 +177,11 @@ def run(
                 next_index = _next_index(manifest, next_index + 1)
                 publisher.start(_publisher_argv(url, data, manifest, next_index, point_time))
             action = rng.choices(list(ACTIONS), weights=list(ACTIONS.values()))[0]
-            if not resets and time.monotonic() - started > duration / 2:
+            elapsed = time.monotonic() - started
+            if not resets and elapsed > duration / 2:
                 action = "restart_server"  # at least one per run
+            elif not any("number" in d for d in damages) and elapsed > duration / 4:
+                action = "garbage"  # at least one damaged scan per run, early enough to judge
             actions[action] += 1
             if action == "kill_writer":
                 w = rng.choice(writers)
@@ -215,10 +218,15 @@ def run(
                 with contextlib.suppress(Exception):  # the server may be restarting
                     damages.append(chaos_damage.damage_session(store, SESSION, rng))
             else:
-                with contextlib.suppress(Exception):  # the server may be restarting
+                try:
                     done = chaos_damage.damage(store, SESSION, rng)
-                    if done is not None:
-                        damages.append(done)
+                except Exception as exc:  # the server may be restarting: try again later
+                    actions[f"garbage not done: {type(exc).__name__}"] += 1
+                    continue
+                if done is None:  # no scan (or no data key) yet
+                    actions["garbage not done: nothing to damage"] += 1
+                else:
+                    damages.append(done)
         publisher.signal(signal.SIGCONT)
         publisher.signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):

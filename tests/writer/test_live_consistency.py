@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -71,11 +72,12 @@ SCAN_INFO = {
 
 # The reader, run as its own process (a reader never shares the writer's HDF5 library).
 READER = r"""
-import gc, json, math, os, re, sys, time
+import faulthandler, gc, json, math, os, re, signal, sys, time
 import h5py, hdf5plugin, numpy as np  # hdf5plugin: the bitshuffle-lz4 data
 import silx.io
 from silx.io.nxdata import get_default
 
+faulthandler.register(signal.SIGUSR1)  # the supervisor asks where a reader hangs
 path, session_path, stop_file = sys.argv[1], sys.argv[2], sys.argv[3]
 limit = float(sys.argv[4])
 progress_file = sys.argv[5]
@@ -302,10 +304,17 @@ class _SupervisedReader(threading.Thread):
             finished = self._wait(proc)
             out, err = proc.communicate()
             if not finished:
-                self.errors.append(
-                    f"reader still running {STOP_GRACE} s after the stop: {err[-300:]}"
-                )
-                return
+                # Hung inside a read of the file: libhdf5 following torn metadata, the same
+                # hazard as its crashes (no SWMR). Hung anywhere else: a defect of the test.
+                if "in snapshot" not in err:
+                    self.errors.append(f"reader hung outside a snapshot: {err[-600:]}")
+                    return
+                self.crashes.append(f"hung in libhdf5: {err[-600:]}")
+                if run_file.exists():
+                    self.results.append(json.loads(run_file.read_text()))
+                if self.args[2].exists():
+                    return
+                continue
             if proc.returncode == 0:
                 self.results.append(json.loads(out))
                 return
@@ -329,6 +338,8 @@ class _SupervisedReader(threading.Thread):
             if stop.exists():
                 deadline = min(deadline, time.monotonic() + STOP_GRACE)
             if time.monotonic() > deadline:
+                proc.send_signal(signal.SIGUSR1)  # its Python stack, on its stderr
+                time.sleep(1.0)
                 proc.kill()
                 proc.wait(timeout=10)
                 return False
