@@ -438,3 +438,32 @@ def test_an_ended_scan_whose_event_stream_is_gone_is_failed(session, store, tmp_
         assert _final_verdict(store, later.number).state is SavingState.SAVED
     assert verdict.state is SavingState.FAILED, verdict
     assert key in (verdict.reason or "") and "is gone" in (verdict.reason or ""), verdict
+
+
+def test_a_running_scan_whose_event_stream_is_deleted_is_never_saved_empty(
+    writer, session, store, caplog
+):
+    """Found by soak.chaos: the event stream of a running scan deleted, END (from its
+    publisher, or from a writer declaring it KILLED) made the stream again with no NEW_NODE
+    entry, and the scan was SAVED with 0 points: its data was in Redis, named by nothing."""
+    from scanstream.exceptions import DecodingError
+
+    caplog.set_level(logging.CRITICAL, logger="scanstream")
+    scan = session.create_scan("events deleted")
+    channel = scan.create_container("timer").create_channel("timer:c", "float64")
+    scan.prepared()
+    channel.emit(np.arange(10.0))
+    key = store.keys.scan_events("test_session", scan.number)
+    data_key = _channel_key_named(store, scan.number, "timer:c")
+    wait_for(lambda: store.redis.xlen(data_key) > 0, 5, "the first points in Redis")
+    store.redis.delete(key)
+    with pytest.raises(DecodingError, match="is gone") as error:
+        scan.end()
+    assert key in str(error.value) and "scanstream delete" in str(error.value)
+    assert not store.redis.exists(key), "END made the event stream again"
+    verdict = _final_verdict(store, scan.number, timeout=30)
+    assert verdict.state is SavingState.FAILED, verdict
+    assert key in (verdict.reason or "") and "is gone" in (verdict.reason or ""), verdict
+    assert store.redis.xlen(data_key) > 0, "the data left in Redis must be kept"
+    good = _good_scan(session, "good")
+    wait_saved_ignoring_errors(store, {good.number})

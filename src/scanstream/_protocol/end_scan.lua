@@ -19,8 +19,8 @@
 -- Returns {outcome, state, detail, skipped}: outcome 'ok' (ended now), 'ended' (already ended
 -- in state), 'alive' (lease still held), 'missing' (no such scan), 'unannounced' (KEYS[4]
 -- given and the NEW_SCAN entry is not there, or the stream cannot be read: nothing
--- written), 'corrupt' (its hash or its
--- event stream holds another type, detail says so; nothing written) or 'lost' (ended FAILED now: a stream
+-- written), 'corrupt' (its hash or its event stream holds another type, or the event stream
+-- is gone; detail says so; nothing written) or 'lost' (ended FAILED now: a stream
 -- holds fewer points than were acknowledged, which detail names); skipped lists what
 -- could not be sealed, one text each: a NEW_NODE entry whose node index is garbage (its data
 -- key cannot be named), a data key that is not a stream. The others are sealed all the same,
@@ -82,6 +82,14 @@ local lengths = {}
 local data_keys = {}
 local skipped = {}
 local seen = {}  -- node indices handled
+-- create_scan.lua writes the stream's first entry and nothing expires it before END: a
+-- stream that is gone was deleted outside scanstream, with the NEW_NODE entries that name the
+-- data streams. END would create it again holding no node, and readers would see a complete
+-- scan without data: refuse, as for garbage over it.
+if redis.call('EXISTS', events) == 0 then
+  return {'corrupt', current or '', 'its event stream ' .. events .. ' is gone (deleted '
+    .. 'outside scanstream, with the entries naming its data): nothing was changed', {}}
+end
 -- pcall: garbage over the event stream (another type) must be named, not a script error.
 local stored = redis.pcall('XRANGE', events, '-', '+')
 if stored.err then

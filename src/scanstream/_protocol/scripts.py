@@ -252,8 +252,8 @@ def end_scan(
     redis.exceptions.OutOfMemoryError
         Redis is full and older than 7.0 (it cannot run the script past maxmemory).
     DecodingError
-        The scan's hash or event stream holds another type (garbage written over it):
-        nothing changed.
+        The scan's hash or event stream holds another type (garbage written over it), or its
+        event stream is gone (deleted outside scanstream): nothing changed.
     """
     script_keys = _scan_keys(keys, session, number)
     args = [
@@ -279,7 +279,7 @@ def end_scan(
     if outcome == b"corrupt":
         raise DecodingError(
             f"scan {session}:{number} cannot be ended: {detail.decode(errors='replace')}; "
-            f"garbage was written over its keys; once its publisher is gone, delete it with "
+            f"its keys were damaged outside scanstream; once its publisher is gone, delete it with "
             f"`scanstream delete {session} --scan {number} --force`"
         )
     skipped = cast("list[bytes]", reply[3]) if len(reply) > 3 else []
