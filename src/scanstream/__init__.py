@@ -32,7 +32,8 @@ The package root never imports the writer (nor h5py): ``WriterService``, ``saved
 ``writer_status`` are still reachable from here, loaded on first use.
 """
 
-from ._transport.connection import DataStore, Settings
+from ._transport.connection import DataStore
+from ._transport.settings import Settings
 from .analysis import CurveStats, cen, com, curve_stats, fwhm, peak
 from .exceptions import (
     DecodingError,

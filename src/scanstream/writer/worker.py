@@ -40,7 +40,8 @@ from typing import Any
 
 import redis
 
-from .._transport.connection import DataStore, Settings
+from .._transport.connection import DataStore
+from .._transport.settings import Settings
 from ..exceptions import ServerResetError
 from ..subscribe.events import StopHandler
 from ..subscribe.tree import get_session_node
