@@ -11,6 +11,7 @@ import contextlib
 import logging
 import operator
 from collections.abc import Iterator, Sequence
+from types import EllipsisType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -202,11 +203,22 @@ class ChannelNode(StreamNode):
         ``to_index=None`` gives the single point ``from_index``; ``to_index=-1`` goes to the
         last point. Negative ``from_index`` counts from the end; None is the first point.
 
+        In :attr:`~DataNode.bliss_mode` a range is BLISS's: it ends at the last point there
+        is (``get(0, 99)`` of 3 points gives 3, of none an empty array) and a negative
+        ``from_index`` starts it at the first point; single points are as above.
+
         Raises
         ------
         IndexNotYetThereError, IndexWontBeThereError, IndexNoMoreThereError
             Not published yet, past the end of an ended channel, expired.
         """
+        if to_index is not None and self.bliss_mode:
+            # BLISS: "The last index is ALWAYS allowed to be higher than the available data"
+            # (clients ask for a scan's npoints and get what there is).
+            length = len(self)
+            stop = length if to_index < 0 else min(to_index + 1, length)
+            start = min(max(from_index or 0, 0), stop)
+            return self._read(start, stop)
         start, stop = self._resolve(0 if from_index is None else from_index, to_index)
         data = self._read(start, stop)
         return data[0] if to_index is None else data
@@ -226,9 +238,12 @@ class ChannelNode(StreamNode):
         points: np.ndarray = self.decode(entries)[start - base : stop - base]
         return points
 
-    def __getitem__(self, key: int | slice) -> Any:
-        """``node[i]`` (negative allowed) or ``node[a:b:c]``, numpy semantics (slices clamp)."""
+    def __getitem__(self, key: int | slice | EllipsisType) -> Any:
+        """``node[i]`` (negative allowed), ``node[a:b:c]`` (numpy semantics: slices clamp) or
+        ``node[...]`` (every point)."""
         length = len(self)
+        if key is Ellipsis:  # node[...]: every point, as BLISS
+            return self._read(0, length)
         if isinstance(key, slice):
             start, stop, step = key.indices(length)
             if step == 1:
@@ -312,6 +327,16 @@ class LimaNode(StreamNode):
         """``saving_frame_per_file`` of the detector's description (BLISS's name), or None."""
         value = self.info.get("saving_frame_per_file")  # with the publisher's later updates
         return value if isinstance(value, int) else None
+
+    @property
+    def first_ref_data(self) -> dict[str, Any]:
+        """The detector's description (BLISS: its saving settings): the node's info."""
+        return dict(self.info)
+
+    @property
+    def all_ref_data(self) -> list[dict[str, Any]]:
+        """``[first_ref_data]`` (BLISS: one per acquisition; one acquisition per node here)."""
+        return [self.first_ref_data]
 
     def get_as_array(self, from_index: int | None = None, to_index: int | None = None) -> Any:
         """The images of :meth:`get` read from their files (one image: a 2D array)."""
