@@ -173,6 +173,15 @@ class LimaDataView:
         start, stop = self._bounds()
         return self.node.image_references(start, stop)
 
+    def get_filenames(self) -> list[ImageReference]:
+        """:meth:`all_image_references` (BLISS's deprecated name, in clients older than 1.4)."""
+        return self.all_image_references()
+
+    def _get_filenames(self, ref_data: Any, *image_nbs: int) -> list[ImageReference]:
+        """:meth:`image_references` of ``image_nbs`` (BLISS's deprecated private name;
+        ``ref_data``, the detector description BLISS passed, is not needed)."""
+        return self.image_references(list(image_nbs))
+
     def image_references(
         self, image_nbs: Sequence[int], saved: bool = False
     ) -> list[ImageReference]:
