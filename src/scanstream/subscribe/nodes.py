@@ -11,6 +11,7 @@ live (through :class:`~.walker.Walker`, below this module in the layers).
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -169,6 +170,27 @@ class DataNode:
             start_id=start_id,
         ):
             yield event.node
+
+    def _get_last_child(
+        self,
+        filter: NodeFilter = None,  # BLISS's deprecated name of include_filter
+        include_filter: NodeFilter = None,
+        exclude_children: NodeFilter = None,
+        exclude_existing_children: NodeFilter = None,
+    ) -> tuple[DataNode | None, dict[str, Any], set[str]]:
+        """BLISS's helper of :meth:`walk_from_last`: ``(node, {}, set())``, ``node`` the last
+        one a walk from the last child yields now (None if none).
+
+        On a session: the latest scan's, with ``include_filter="scan"`` the latest scan; on
+        another node, the last node a walk on it yields now. The
+        two other items were BLISS's stream-reader state; they are empty here.
+        """
+        walk = self.walk_from_last if self._last_child_start() is not None else self.walk
+        nodes = walk(
+            filter, include_filter, exclude_children, exclude_existing_children, wait=False
+        )
+        last = collections.deque(nodes, maxlen=1)
+        return (last[0] if last else None), {}, set()
 
     def _last_child_start(self) -> bytes | None:
         """Stream position just before this node's last child (None: replay everything)."""
