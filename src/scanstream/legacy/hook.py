@@ -27,6 +27,7 @@ for _root in ("bliss.data", "blissdata.data"):
             f"{_root}.nodes.lima": f"{_HERE}.nodes_lima",
             f"{_root}.nodes.scan": f"{_HERE}.nodes_scan",
             f"{_root}.nodes.node_ref_channel": f"{_HERE}.nodes_node_ref_channel",
+            f"{_root}.nodes.scan_group": f"{_HERE}.nodes_scan_group",
             f"{_root}.events": f"{_HERE}.events",
             f"{_root}.scan": f"{_HERE}.scan",
             f"{_root}.lima_image": f"{_HERE}.lima_image",
