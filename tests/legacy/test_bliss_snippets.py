@@ -622,3 +622,108 @@ def test_watch_session_scans_callbacks_of_mca_and_lima(bliss, session, tmp_path)
     assert ("1d", "axis", keys) in calls
     assert ("2d", "timer", keys) in calls
     assert ("0d", "axis", ["data", "scan_info"]) in calls
+
+
+# ------------------------------------------------------------------ BLISS's publishing tests
+
+
+def test_data_iterator_event_and_walk_from_last_on_a_scan(bliss, session, tmp_path):
+    # tests/scans/test_publishing.py (test_data_iterator_event)
+    from bliss.data.node import get_node
+
+    def iterate_channel_events(scan_db_name, channels):
+        for e, n, data in get_node(scan_db_name).walk_events():  # noqa: B007
+            if e == e.NEW_DATA:
+                if n.type == "channel":
+                    channels[n.name] = n.get(0, -1)
+
+    (result,) = _catalogue(session, tmp_path, "dscan")
+    channels_data = {}
+    iterate_channel_events(result.db_name, channels_data)
+    assert set(channels_data) == {n.name for n in result_nodes(result) if n.type == "channel"}
+    x = get_node(result.db_name)
+    last = list(x.walk_from_last(include_filter="channel", wait=False))
+    assert [n.name for n in last] == [list(channels_data)[-1]]
+    for n in last:
+        assert all(n.get(0, -1) == channels_data[n.name])
+
+
+def test_children_timing_walker(bliss, session):
+    # tests/scans/test_publishing.py (test_children_timing: walker)
+    from bliss.data.node import get_node
+
+    scan = session.create_scan("loopscan", {"npoints": 30, "save": False})
+    checked = []
+
+    def walker(db_name):
+        scan_node = get_node(db_name)
+        for event_type, node, event_data in scan_node.walk_events():  # noqa: B007
+            if event_type != event_type.NEW_NODE:
+                continue
+            parent = node.parent
+            if parent is not None and parent.type == "scan":
+                children = list(parent.children())
+                if len(children) == 0:
+                    raise RuntimeError(node.db_name)
+                checked.append(node.db_name)
+
+    g = _start(walker, scan.db_name)
+    with scan:
+        timer = scan.create_container("timer")
+        diode = timer.create_container("diode2").create_channel("diode2:diode2")
+        scan.prepared()
+        diode.emit(numpy.arange(30.0))
+    g.join(TIMEOUT)
+    assert not g.is_alive() and checked == [scan.db_name + ":timer"]
+
+
+def test_lima_events_carry_the_references(bliss, session, tmp_path):
+    # tests/scans/test_publishing.py (test_corrupt_lima_data_channel_node, first part)
+    from bliss.data.node import get_node
+
+    (result,) = _catalogue(session, tmp_path, "lima_loopscan")
+    s_node = get_node(result.db_name)
+    npoints = result.scan_info["npoints"]
+    images = []
+    for ev in s_node.walk_events(wait=False, include_filter="lima"):
+        if ev.type == ev.type.NEW_DATA:
+            images.extend(ev.data.data)
+    assert len(images) == npoints
+    filename, path_in_file, index, file_format = images[-1]
+    assert file_format == "HDF5" and index == (npoints - 1) % 2
+
+
+def test_watch_a_lima_scan_from_the_next_one(bliss, session, tmp_path):
+    # tests/scans/test_publishing.py (test_lima_data_view: watch_scan)
+    from bliss.data.node import get_or_create_node
+
+    npoints = 5
+    session_node = get_or_create_node(session.name, node_type="session")
+    found = []
+    listening = threading.Event()
+
+    def watch_scan():
+        for scan_node in session_node.walk_from_last(
+            include_filter="scan", include_last=False, started_event=listening
+        ):
+            for event_type, node, data in scan_node.walk_events(  # noqa: B007
+                include_filter="lima"
+            ):
+                if event_type == event_type.NEW_DATA:
+                    view = node.get(from_index=0, to_index=-1)
+                    if len(view) == npoints:
+                        found.append(view)
+                        return
+
+    _catalogue(session, tmp_path, "ct")  # before the watch: not the one it gets
+    watch_task = _start(watch_scan)
+    # BLISS's test started the scan right after spawning the greenlet (BLISS ignored
+    # started_event with include_last=False; scanstream sets it once listening).
+    assert listening.wait(5)
+    (result,) = _catalogue(session, tmp_path, "lima_loopscan")
+    watch_task.join(TIMEOUT)
+    assert not watch_task.is_alive()
+    (view,) = found
+    img0 = next(iter(view))
+    assert view.node.scan.db_name == result.db_name
+    assert numpy.allclose(next(iter(view)), img0) and img0.shape == (64, 80)
