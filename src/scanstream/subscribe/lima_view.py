@@ -6,6 +6,7 @@ What ``LimaNode.get(from_index, to_index)`` returns, as BLISS's ``LimaDataView``
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -260,13 +261,16 @@ class LimaDataView:
         """Read image ``index`` (as :meth:`image_reference` numbers it) from its detector file."""
         return read_image(self.image_reference(index))
 
-    def __getitem__(self, index: int | slice) -> np.ndarray:
-        """Image ``index`` of the view (negative counts from the end), or a stack for a slice."""
+    def __getitem__(self, index: int | slice | Sequence[int]) -> np.ndarray:
+        """Image ``index`` of the view (negative counts from the end), or a stack for a slice
+        or a list of indices (``view[[0, 2]]``, as BLISS)."""
         if isinstance(index, slice):
             return np.asarray(
                 [read_image(self._view_reference(i)) for i in range(*index.indices(len(self)))]
             )
-        return read_image(self._view_reference(index))
+        if isinstance(index, (list, np.ndarray)):
+            return np.asarray([read_image(self._view_reference(int(i))) for i in index])
+        return read_image(self._view_reference(operator.index(index)))
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for i in range(len(self)):
