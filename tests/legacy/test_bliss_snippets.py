@@ -727,3 +727,70 @@ def test_watch_a_lima_scan_from_the_next_one(bliss, session, tmp_path):
     img0 = next(iter(view))
     assert view.node.scan.db_name == result.db_name
     assert numpy.allclose(next(iter(view)), img0) and img0.shape == (64, 80)
+
+
+def test_sequence_custom_channels(bliss, session):
+    # tests/scans/test_sequence.py (test_sequence_custom_channel), doc/docs/scan_group.md
+    # ("Channels attached to sequences"); the sequence published as BLISS's Sequence does
+    from bliss.data.node import get_node
+
+    with session.create_scan(
+        "sequence_of_scans", {"something": "else"}, node_type="scan_group"
+    ) as g:
+        grouping = g.create_container("GroupingMaster")
+        refs = grouping.create_scan_ref_channel("scans")
+        custom = grouping.create_container("custom_channels").create_channel("mychannel")
+        g.prepared()
+        custom.emit([1.1, 2.2, 3.3])
+        for _ in range(2):
+            with session.create_scan("loopscan", {"save": False, "group": g.db_name}) as sub:
+                sub.create_container("timer").create_channel("timer:epoch").emit([1.0])
+            refs.emit([sub])
+        custom.emit([4.4])
+
+    class seq:  # what the test reads of BLISS's Sequence object
+        node = get_node(g.db_name)
+
+    nodes = [node.db_name for node in seq.node.walk(wait=False)]
+    assert seq.node.db_name + ":GroupingMaster:custom_channels" in nodes
+    assert seq.node.db_name + ":GroupingMaster:custom_channels:mychannel" in nodes
+    assert all(
+        get_node(seq.node.db_name + ":GroupingMaster:custom_channels:mychannel").get(0, -1)
+        == [1.1, 2.2, 3.3, 4.4]
+    )
+    n = get_node(seq.node.db_name + ":GroupingMaster:scans")
+    grouped_scans = n.get(0, -1)
+    assert len(grouped_scans) == 2
+    assert seq.node.info["something"] == "else"
+
+
+def test_last_saved_scan_by_a_callable_filter(bliss, session, tmp_path):
+    # bliss/data/node.py (get_last_saved_scan's include_filter, a callable)
+    from bliss.data.node import get_session_node
+
+    saved, _ = _catalogue(session, tmp_path, "ct", "saving_off")
+
+    def include_filter(node):
+        return node.type == "scan" and node.info.get("save")
+
+    session_node = get_session_node(session.name)
+    found = list(
+        session_node.walk(
+            include_filter=include_filter, exclude_children=("scan", "scan_group"), wait=False
+        )
+    )
+    assert [n.db_name for n in found] == [saved.db_name]
+
+
+def test_lima_view_indexing_by_a_list(bliss, session, tmp_path):
+    # bliss/data/nodes/lima.py (LimaDataView.__getitem__ of a list, of a slice, as_array)
+    from bliss.data.node import get_node
+
+    (result,) = _catalogue(session, tmp_path, "lima_loopscan")
+    lima_node = next(get_node(result.db_name).walk(include_filter="lima", wait=False))
+    view = lima_node.get(1, -1)
+    stack = view[[0, 2]]
+    assert stack.shape == (2, 64, 80)
+    numpy.testing.assert_array_equal(stack[1], view[2])
+    numpy.testing.assert_array_equal(view[1:3], numpy.asarray(list(view))[1:3])
+    assert lima_node.get(3).as_array().shape == (64, 80)  # one image: the image
