@@ -6,7 +6,6 @@ What ``LimaNode.get(from_index, to_index)`` returns, as BLISS's ``LimaDataView``
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -261,7 +260,7 @@ class LimaDataView:
         """Read image ``index`` (as :meth:`image_reference` numbers it) from its detector file."""
         return read_image(self.image_reference(index))
 
-    def __getitem__(self, index: int | slice | Sequence[int]) -> np.ndarray:
+    def __getitem__(self, index: int | slice | list[int] | np.ndarray) -> np.ndarray:
         """Image ``index`` of the view (negative counts from the end), or a stack for a slice
         or a list of indices (``view[[0, 2]]``, as BLISS)."""
         if isinstance(index, slice):
@@ -270,7 +269,7 @@ class LimaDataView:
             )
         if isinstance(index, (list, np.ndarray)):
             return np.asarray([read_image(self._view_reference(int(i))) for i in index])
-        return read_image(self._view_reference(operator.index(index)))
+        return read_image(self._view_reference(index))
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for i in range(len(self)):
