@@ -37,6 +37,8 @@ for _root in ("bliss.data", "blissdata.data"):
 for _name in ("counter", "axis", "utils"):
     ALIASES[f"bliss.common.{_name}"] = f"{_HERE}.common"
 ALIASES["bliss.config.streaming"] = f"{_HERE}.streaming"
+# Only ScanState, which subscribers compare scan_info["state"] to.
+ALIASES["bliss.scanning.scan"] = f"{_HERE}.scanning"
 ALIASES["blissdata.streaming"] = f"{_HERE}.streaming"
 
 #: Legacy packages that exist only to hold the modules above.
