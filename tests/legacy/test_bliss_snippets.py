@@ -18,7 +18,6 @@ from collections import Counter
 import numpy
 import pytest
 
-from scanstream import ScanState
 from scanstream.legacy import hook
 from scanstream.sim import SavingConfig
 from scanstream.sim.catalogue import run_catalogue
@@ -542,8 +541,12 @@ def test_killed_and_aborted_scans(bliss, session, tmp_path):
         assert len(channel) == npoints
         # a range up to the planned number of points gives the points there are
         assert len(channel.get(0, scan_node.info["npoints"] - 1)) == npoints
-    assert get_node(scan.db_name).info.get_all()["state"] == ScanState.USER_ABORTED.name
-    assert get_node(killed.db_name).info.get_all()["state"] == ScanState.KILLED.name
+    # tests/scans/test_exception.py: s.node.info["state"] == ScanState.KILLED
+    from bliss.scanning.scan import ScanState
+
+    assert get_node(scan.db_name).info["state"] == ScanState.USER_ABORTED
+    assert get_node(killed.db_name).info["state"] == ScanState.KILLED
+    assert get_node(killed.db_name).info.get_all()["state"] == 6  # BLISS's value
 
 
 def test_get_data_of_a_scan(bliss, session, tmp_path):
@@ -668,6 +671,7 @@ def test_children_timing_walker(bliss, session):
                 checked.append(node.db_name)
 
     g = _start(walker, scan.db_name)
+    assert get_node(scan.db_name).info["state"] == 0  # a running scan's state (BLISS's IDLE)
     with scan:
         timer = scan.create_container("timer")
         diode = timer.create_container("diode2").create_channel("diode2:diode2")
