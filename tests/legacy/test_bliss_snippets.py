@@ -574,6 +574,7 @@ def test_watch_session_scans_callbacks_of_mca_and_lima(bliss, session, tmp_path)
     from bliss.data.scan import watch_session_scans
 
     calls = []
+    zerod = {}
     ready_event = threading.Event()
     stop_handler = DataStreamReaderStopHandler()
 
@@ -589,6 +590,10 @@ def test_watch_session_scans_callbacks_of_mca_and_lima(bliss, session, tmp_path)
             assert data["data"].ndim == 2 and data["channel_data_node"].type == "channel"
         if dim == "2d":
             assert data["channel_data_node"].type == "lima" and data["index"] >= 0
+        if dim == "0d":  # every point so far of the scan's scalar channels
+            zerod[data["scan_info"]["node_name"]] = {
+                k: numpy.array(v) for k, v in data["data"].items()
+            }
 
     def scan_end_callback(scan_info):
         calls.append(("end", scan_info["node_name"]))
@@ -625,6 +630,17 @@ def test_watch_session_scans_callbacks_of_mca_and_lima(bliss, session, tmp_path)
     assert ("1d", "axis", keys) in calls
     assert ("2d", "timer", keys) in calls
     assert ("0d", "axis", ["data", "scan_info"]) in calls
+    from bliss.data.node import get_node
+
+    for result in (mca, lima):
+        scalars = {
+            n.fullname: n.get(0, -1)
+            for n in get_node(result.db_name).walk(include_filter="channel", wait=False)
+            if n.shape == ()
+        }
+        assert sorted(zerod[result.db_name]) == sorted(scalars)
+        for name, values in scalars.items():
+            numpy.testing.assert_array_equal(zerod[result.db_name][name], values)
 
 
 # ------------------------------------------------------------------ BLISS's publishing tests
@@ -798,3 +814,34 @@ def test_lima_view_indexing_by_a_list(bliss, session, tmp_path):
     numpy.testing.assert_array_equal(stack[1], view[2])
     numpy.testing.assert_array_equal(view[1:3], numpy.asarray(list(view))[1:3])
     assert lima_node.get(3).as_array().shape == (64, 80)  # one image: the image
+
+
+def test_scan_writer_event_loop_on_a_sequence(bliss, session, tmp_path):
+    # nexus_writer_service/subscribers/base_subscriber.py (_listen_event_loop, _process_event)
+    # and scan_writer_base.py (_fetch_new_redis_refdata from event_data, is_scan_group)
+    from bliss.config.streaming import DataStreamReaderStopHandler
+    from bliss.data.node import datanode_factory
+
+    (group, *subs) = _catalogue(session, tmp_path, "sequence")
+    node = datanode_factory(
+        group.db_name, node_type="scan_group", state="exists", on_not_state="instantiate"
+    )
+    started_event = threading.Event()
+    new_nodes, references, ended = [], [], []
+    for event_type, datanode, event_data in node.walk_events(
+        stop_handler=DataStreamReaderStopHandler(), started_event=started_event
+    ):
+        if event_type == event_type.END_SCAN:
+            if node.type in ["scan", "scan_group"]:
+                ended.append(datanode.db_name)
+                break
+        elif event_type == event_type.NEW_NODE:
+            new_nodes.append((datanode.type, datanode.fullname))
+        elif event_type == event_type.NEW_DATA and datanode.type == "node_ref_channel":
+            for refnode in event_data.data:
+                if refnode.info.get("save"):
+                    references.append(refnode.info["scan_nb"])
+    assert started_event.is_set() and node.type == "scan_group"
+    assert ended == [group.db_name]
+    assert ("node_ref_channel", "GroupingMaster:scans") in new_nodes
+    assert references == [s.scan_info["scan_nb"] for s in subs]
