@@ -92,6 +92,11 @@ class StreamNode(ScanMemberNode):
         """The ``data`` of a NEW_DATA event carrying ``decoded`` (see :meth:`decode`)."""
         return decoded
 
+    def event_description(self, last: int) -> dict[str, Any]:
+        """The ``description`` of a NEW_DATA event whose last point is ``last``: a copy of
+        :attr:`description` (a consumer that edits it cannot change the next one's)."""
+        return dict(self.description)
+
     @contextlib.contextmanager
     def _reading(self) -> Iterator[None]:
         """Redis reads of the node's stream: a key of another type gives a DecodingError."""
@@ -337,6 +342,48 @@ class LimaNode(StreamNode):
     def all_ref_data(self) -> list[dict[str, Any]]:
         """``[first_ref_data]`` (BLISS: one per acquisition; one acquisition per node here)."""
         return [self.first_ref_data]
+
+    @property
+    def ref_data(self) -> list[dict[str, Any]]:
+        """:attr:`all_ref_data` (its name in BLISS before 1.5)."""
+        return self.all_ref_data
+
+    def acquisition_status(self, last: int) -> dict[str, Any]:
+        """BLISS's status of a Lima acquisition whose last image is ``last`` (-1: none).
+
+        A reference is published once its image is in its file, so acquired, ready and
+        saved are the same image (saved is -1 for a detector not saving); there is no
+        detector server (``server_url`` empty, ``lima_acq_nb`` and ``buffer_max_number`` -1).
+        """
+        saved = -1 if self.saving_mode == SavingMode.NOSAVING else last
+        return {
+            "server_url": "",
+            "lima_acq_nb": -1,
+            "buffer_max_number": -1,
+            "last_image_acquired": last,
+            "last_image_ready": last,
+            "last_counter_ready": last,
+            "last_image_saved": saved,
+        }
+
+    def event_description(self, last: int) -> dict[str, Any]:
+        """The node's description; in :attr:`~DataNode.bliss_mode` with BLISS's acquisition
+        status keys too (:meth:`acquisition_status`: BLISS's lima events described so)."""
+        description = dict(self.description)
+        if self.bliss_mode:
+            description.update(self.acquisition_status(last))
+        return description
+
+    def get_file_references(self) -> list[str]:
+        """The files of the images published so far, each once, in order (BLISS before 1.5).
+
+        Raises
+        ------
+        ImageNotSavedError
+            The detector does not save images (NOSAVING).
+        """
+        files = (ref.file_path for ref in self.all_image_references())
+        return list(dict.fromkeys(files))
 
     def get_as_array(self, from_index: int | None = None, to_index: int | None = None) -> Any:
         """The images of :meth:`get` read from their files (one image: a 2D array)."""

@@ -109,6 +109,17 @@ class LimaDataView:
         """``[first_ref_data]`` (one acquisition per node)."""
         return [self.first_ref_data]
 
+    @property
+    def ref_data(self) -> list[dict[str, Any]]:
+        """:attr:`all_ref_data` (its name in BLISS before 1.5)."""
+        return self.all_ref_data
+
+    @property
+    def ref_status(self) -> dict[str, Any]:
+        """BLISS's acquisition status (``last_image_ready``, ``last_image_saved``...; see
+        :meth:`LimaNode.acquisition_status`), deprecated there for ``status_event.status``."""
+        return self.node.acquisition_status(self.last_image_ready)
+
     def update(self) -> None:
         """BLISS re-read the status here; every attribute of this view is read when asked."""
 
