@@ -845,3 +845,29 @@ def test_scan_writer_event_loop_on_a_sequence(bliss, session, tmp_path):
     assert ended == [group.db_name]
     assert ("node_ref_channel", "GroupingMaster:scans") in new_nodes
     assert references == [s.scan_info["scan_nb"] for s in subs]
+
+
+def test_lima_acquisition_status_of_older_clients(bliss, session, tmp_path):
+    # bliss/data/nodes/lima.py of BLISS 1.2 (early 2020): node.ref_data, view.ref_status,
+    # view.ref_data, node.get_file_references(); and the status BLISS described lima events
+    # with (decode_raw_events: description = ev.status, in 1.2 as in 1.8)
+    from bliss.data.node import get_node
+
+    (result,) = _catalogue(session, tmp_path, "lima_loopscan")
+    scan_node = get_node(result.db_name)
+    statuses = []
+    for event_type, _node, event_data in scan_node.walk_events(include_filter="lima", wait=False):
+        if event_type == event_type.NEW_DATA:
+            statuses.append(event_data.description["last_image_ready"])
+            assert event_data.first_index + len(event_data.data) - 1 == statuses[-1]
+    assert statuses[-1] == 4
+    node = next(scan_node.walk(include_filter="lima", wait=False))
+    view = node.get(0, -1)
+    assert view.ref_status["last_image_saved"] == 4 and view.ref_status["last_image_ready"] == 4
+    assert (
+        view.ref_data[0]["saving_frame_per_file"] == 2 == node.ref_data[0]["saving_frame_per_file"]
+    )
+    files = node.get_file_references()
+    assert (
+        files == sorted(glob.glob(node.ref_data[0]["saving_directory"] + "/*")) and len(files) == 3
+    )
