@@ -27,6 +27,7 @@ for _root in ("bliss.data", "blissdata.data"):
             f"{_root}.nodes.lima": f"{_HERE}.nodes_lima",
             f"{_root}.nodes.scan": f"{_HERE}.nodes_scan",
             f"{_root}.nodes.node_ref_channel": f"{_HERE}.nodes_node_ref_channel",
+            f"{_root}.nodes.scan_group": f"{_HERE}.nodes_scan_group",
             f"{_root}.events": f"{_HERE}.events",
             f"{_root}.scan": f"{_HERE}.scan",
             f"{_root}.lima_image": f"{_HERE}.lima_image",
@@ -36,6 +37,8 @@ for _root in ("bliss.data", "blissdata.data"):
 for _name in ("counter", "axis", "utils"):
     ALIASES[f"bliss.common.{_name}"] = f"{_HERE}.common"
 ALIASES["bliss.config.streaming"] = f"{_HERE}.streaming"
+# Only ScanState, which subscribers compare scan_info["state"] to.
+ALIASES["bliss.scanning.scan"] = f"{_HERE}.scanning"
 ALIASES["blissdata.streaming"] = f"{_HERE}.streaming"
 
 #: Legacy packages that exist only to hold the modules above.

@@ -31,6 +31,17 @@ def _in_bliss_mode(node: _Node) -> _Node:
     return node
 
 
+class DataNodeIterator:
+    """BLISS's deprecated iterator of a node (``DataNodeIterator(node).walk(...)``): every
+    attribute is the node's, as BLISS's proxy (``iterator.node`` is the node)."""
+
+    def __init__(self, node: DataNode) -> None:
+        self.node = node
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.node, name)
+
+
 def get_session_node(
     name: str, *, redis_url: str | None = None, store: DataStore | None = None
 ) -> SessionNode:
@@ -128,6 +139,7 @@ def get_last_scan_filename(parent: DataNode) -> str | None:
 
 __all__ = [
     "DataNode",
+    "DataNodeIterator",
     "DataNodeContainer",
     "datanode_factory",
     "get_last_saved_scan",

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import operator
 from collections.abc import Iterator, Sequence
+from types import EllipsisType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -90,6 +91,11 @@ class StreamNode(ScanMemberNode):
     def event_data(self, decoded: Any) -> Any:
         """The ``data`` of a NEW_DATA event carrying ``decoded`` (see :meth:`decode`)."""
         return decoded
+
+    def event_description(self, last: int) -> dict[str, Any]:
+        """The ``description`` of a NEW_DATA event whose last point is ``last``: a copy of
+        :attr:`description` (a consumer that edits it cannot change the next one's)."""
+        return dict(self.description)
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[None]:
@@ -202,11 +208,22 @@ class ChannelNode(StreamNode):
         ``to_index=None`` gives the single point ``from_index``; ``to_index=-1`` goes to the
         last point. Negative ``from_index`` counts from the end; None is the first point.
 
+        In :attr:`~DataNode.bliss_mode` a range is BLISS's: it ends at the last point there
+        is (``get(0, 99)`` of 3 points gives 3, of none an empty array) and a negative
+        ``from_index`` starts it at the first point; single points are as above.
+
         Raises
         ------
         IndexNotYetThereError, IndexWontBeThereError, IndexNoMoreThereError
             Not published yet, past the end of an ended channel, expired.
         """
+        if to_index is not None and self.bliss_mode:
+            # BLISS: "The last index is ALWAYS allowed to be higher than the available data"
+            # (clients ask for a scan's npoints and get what there is).
+            length = len(self)
+            stop = length if to_index < 0 else min(to_index + 1, length)
+            start = min(max(from_index or 0, 0), stop)
+            return self._read(start, stop)
         start, stop = self._resolve(0 if from_index is None else from_index, to_index)
         data = self._read(start, stop)
         return data[0] if to_index is None else data
@@ -226,9 +243,12 @@ class ChannelNode(StreamNode):
         points: np.ndarray = self.decode(entries)[start - base : stop - base]
         return points
 
-    def __getitem__(self, key: int | slice) -> Any:
-        """``node[i]`` (negative allowed) or ``node[a:b:c]``, numpy semantics (slices clamp)."""
+    def __getitem__(self, key: int | slice | EllipsisType) -> Any:
+        """``node[i]`` (negative allowed), ``node[a:b:c]`` (numpy semantics: slices clamp) or
+        ``node[...]`` (every point)."""
         length = len(self)
+        if key is Ellipsis:  # node[...]: every point, as BLISS
+            return self._read(0, length)
         if isinstance(key, slice):
             start, stop, step = key.indices(length)
             if step == 1:
@@ -312,6 +332,58 @@ class LimaNode(StreamNode):
         """``saving_frame_per_file`` of the detector's description (BLISS's name), or None."""
         value = self.info.get("saving_frame_per_file")  # with the publisher's later updates
         return value if isinstance(value, int) else None
+
+    @property
+    def first_ref_data(self) -> dict[str, Any]:
+        """The detector's description (BLISS: its saving settings): the node's info."""
+        return dict(self.info)
+
+    @property
+    def all_ref_data(self) -> list[dict[str, Any]]:
+        """``[first_ref_data]`` (BLISS: one per acquisition; one acquisition per node here)."""
+        return [self.first_ref_data]
+
+    @property
+    def ref_data(self) -> list[dict[str, Any]]:
+        """:attr:`all_ref_data` (its name in BLISS before 1.5)."""
+        return self.all_ref_data
+
+    def acquisition_status(self, last: int) -> dict[str, Any]:
+        """BLISS's status of a Lima acquisition whose last image is ``last`` (-1: none).
+
+        A reference is published once its image is in its file, so acquired, ready and
+        saved are the same image (saved is -1 for a detector not saving); there is no
+        detector server (``server_url`` empty, ``lima_acq_nb`` and ``buffer_max_number`` -1).
+        """
+        saved = -1 if self.saving_mode == SavingMode.NOSAVING else last
+        return {
+            "server_url": "",
+            "lima_acq_nb": -1,
+            "buffer_max_number": -1,
+            "last_image_acquired": last,
+            "last_image_ready": last,
+            "last_counter_ready": last,
+            "last_image_saved": saved,
+        }
+
+    def event_description(self, last: int) -> dict[str, Any]:
+        """The node's description; in :attr:`~DataNode.bliss_mode` with BLISS's acquisition
+        status keys too (:meth:`acquisition_status`: BLISS's lima events described so)."""
+        description = dict(self.description)
+        if self.bliss_mode:
+            description.update(self.acquisition_status(last))
+        return description
+
+    def get_file_references(self) -> list[str]:
+        """The files of the images published so far, each once, in order (BLISS before 1.5).
+
+        Raises
+        ------
+        ImageNotSavedError
+            The detector does not save images (NOSAVING).
+        """
+        files = (ref.file_path for ref in self.all_image_references())
+        return list(dict.fromkeys(files))
 
     def get_as_array(self, from_index: int | None = None, to_index: int | None = None) -> Any:
         """The images of :meth:`get` read from their files (one image: a 2D array)."""

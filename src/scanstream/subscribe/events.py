@@ -39,7 +39,8 @@ class EventData(NamedTuple):
         END_SCAN: the final :class:`~scanstream.ScanState`. Otherwise None.
     description : dict or None
         NEW_DATA: the node description (dtype, shape, unit...), a new dict per event (its
-        values, such as the ``shape`` list, are shared: do not change them). END_SCAN: ``state``,
+        values, such as the ``shape`` list, are shared: do not change them); a lima node's in
+        BLISS mode has BLISS's acquisition status keys too (``last_image_ready``...). END_SCAN: ``state``,
         ``error`` (text or None), ``end_time`` (epoch), ``lengths`` (final length per
         data node db_name); when some data could not be read, ``decoding_errors`` (db_name ->
         error text); when acknowledged points are gone from Redis (a failover to a lagging

@@ -109,6 +109,17 @@ class LimaDataView:
         """``[first_ref_data]`` (one acquisition per node)."""
         return [self.first_ref_data]
 
+    @property
+    def ref_data(self) -> list[dict[str, Any]]:
+        """:attr:`all_ref_data` (its name in BLISS before 1.5)."""
+        return self.all_ref_data
+
+    @property
+    def ref_status(self) -> dict[str, Any]:
+        """BLISS's acquisition status (``last_image_ready``, ``last_image_saved``...; see
+        :meth:`LimaNode.acquisition_status`), deprecated there for ``status_event.status``."""
+        return self.node.acquisition_status(self.last_image_ready)
+
     def update(self) -> None:
         """BLISS re-read the status here; every attribute of this view is read when asked."""
 
@@ -172,6 +183,15 @@ class LimaDataView:
             return self.node.image_references(0, len(self.node))
         start, stop = self._bounds()
         return self.node.image_references(start, stop)
+
+    def get_filenames(self) -> list[ImageReference]:
+        """:meth:`all_image_references` (BLISS's deprecated name, in clients older than 1.4)."""
+        return self.all_image_references()
+
+    def _get_filenames(self, ref_data: Any, *image_nbs: int) -> list[ImageReference]:
+        """:meth:`image_references` of ``image_nbs`` (BLISS's deprecated private name;
+        ``ref_data``, the detector description BLISS passed, is not needed)."""
+        return self.image_references(list(image_nbs))
 
     def image_references(
         self, image_nbs: Sequence[int], saved: bool = False
@@ -251,12 +271,15 @@ class LimaDataView:
         """Read image ``index`` (as :meth:`image_reference` numbers it) from its detector file."""
         return read_image(self.image_reference(index))
 
-    def __getitem__(self, index: int | slice) -> np.ndarray:
-        """Image ``index`` of the view (negative counts from the end), or a stack for a slice."""
+    def __getitem__(self, index: int | slice | list[int] | np.ndarray) -> np.ndarray:
+        """Image ``index`` of the view (negative counts from the end), or a stack for a slice
+        or a list of indices (``view[[0, 2]]``, as BLISS)."""
         if isinstance(index, slice):
             return np.asarray(
                 [read_image(self._view_reference(i)) for i in range(*index.indices(len(self)))]
             )
+        if isinstance(index, (list, np.ndarray)):
+            return np.asarray([read_image(self._view_reference(int(i))) for i in index])
         return read_image(self._view_reference(index))
 
     def __iter__(self) -> Iterator[np.ndarray]:

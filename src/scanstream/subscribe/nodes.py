@@ -11,6 +11,8 @@ live (through :class:`~.walker.Walker`, below this module in the layers).
 
 from __future__ import annotations
 
+import collections
+import itertools
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -150,10 +152,26 @@ class DataNode:
         """Like :meth:`walk`, starting from the last child (``include_last``) or from now.
 
         On a session, ``include_last=True`` yields the latest scan first, then every scan
-        created after it; ``include_last=False`` only the scans created from now on. The
+        created after it; ``include_last=False`` only the scans created from now on. On a
+        node of a scan, the last node stored now (``include_last``), then the new ones. The
         arguments are BLISS's, in its positional order.
         """
         start_id = self._last_child_start() if include_last else None
+        if include_last and start_id is None and self.scan is not None:
+            # A node of a scan (BLISS walked it from its last child): the last node stored
+            # now, then the new ones. The nodes of a scan come in their stored order, so the
+            # second walk yields the same ones first.
+            args = (filter, include_filter, exclude_children, exclude_existing_children)
+            skip = max(len(list(self.walk(*args, wait=False))) - 1, 0)
+            walk = self.walk(
+                *args,
+                wait=wait,
+                stop_handler=stop_handler,
+                started_event=started_event,
+                timeout=timeout,
+            )
+            yield from itertools.islice(walk, skip, None)
+            return
         for event in self._walker(
             filter,
             include_filter,
@@ -169,6 +187,26 @@ class DataNode:
             start_id=start_id,
         ):
             yield event.node
+
+    def _get_last_child(
+        self,
+        filter: NodeFilter = None,  # BLISS's deprecated name of include_filter
+        include_filter: NodeFilter = None,
+        exclude_children: NodeFilter = None,
+        exclude_existing_children: NodeFilter = None,
+    ) -> tuple[DataNode | None, dict[str, Any], set[str]]:
+        """BLISS's helper of :meth:`walk_from_last`: ``(node, {}, set())``, ``node`` the last
+        one :meth:`walk_from_last` yields now (None if none).
+
+        On a session with ``include_filter="scan"``: the latest scan; on a node of a scan, the
+        last node a walk on it yields now. The two other items were BLISS's stream-reader
+        state; they are empty here.
+        """
+        nodes = self.walk_from_last(
+            filter, include_filter, exclude_children, exclude_existing_children, wait=False
+        )
+        last = collections.deque(nodes, maxlen=1)
+        return (last[0] if last else None), {}, set()
 
     def _last_child_start(self) -> bytes | None:
         """Stream position just before this node's last child (None: replay everything)."""

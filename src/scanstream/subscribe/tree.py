@@ -239,6 +239,21 @@ def with_bliss_datetimes(info: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
+def with_bliss_state(info: dict[str, Any], stored: bytes | None) -> dict[str, Any]:
+    """``info`` with ``state`` as BLISS had it: a :class:`~scanstream.ScanState` (an
+    ``IntEnum``), at every stage of the scan.
+
+    BLISS's scans kept their state there from the start, as its own ``ScanState`` (an
+    ``IntEnum`` whose DONE, USER_ABORTED and KILLED are 4, 5 and 6, as scanstream's), and
+    clients compare it so (``info["state"] == ScanState.KILLED``); scanstream's scan_info
+    has the state's name, at the end. ``stored`` is the scan's state field in Redis.
+    """
+    text = stored.decode(errors="replace") if stored else info.get("state")
+    if isinstance(text, str) and text in ScanState.__members__:
+        info["state"] = ScanState[text]
+    return info
+
+
 class ScanNode(DataNode):
     """A scan (``type`` is ``scan`` or ``scan_group``); ``info`` is its scan_info.
 
@@ -324,7 +339,9 @@ class ScanNode(DataNode):
         if not isinstance(info, dict):
             return {}
         info = with_bliss_keys(info, self.db_name)
-        return with_bliss_datetimes(info) if self.bliss_mode else info
+        if not self.bliss_mode:
+            return info
+        return with_bliss_state(with_bliss_datetimes(info), fields.get(b"state"))
 
     def _fresh_fields(self) -> entries.Fields:
         fields = _scan_hashes(self.store, [self.key])[0]

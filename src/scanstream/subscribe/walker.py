@@ -612,8 +612,7 @@ class Walker:
                 self._data_event(follow, batch[:good], ends[:good], first, events)
             raise
         count = follow.next_index - first
-        # A copy per event: a consumer that edits its description cannot change the next one's.
-        description = dict(node.description)
+        description = node.event_description(first + count - 1)
         events.append(
             Event(
                 EventType.NEW_DATA,
