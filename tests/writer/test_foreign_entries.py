@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import redis
 
+from scanstream._protocol import entries
 from scanstream._protocol.entries import parse_saving
 from scanstream.models import SavingState
 from scanstream.writer import nexus
@@ -31,8 +32,12 @@ def _verdict(store, number):
 
 @pytest.mark.parametrize(
     "fields",
-    [{"data": b"\x00" * 64, "n": "1"}, {"n": "10", "d": np.arange(10.0).tobytes()}],
-    ids=["not-points", "points-shaped"],
+    [
+        {"data": b"\x00" * 64, "n": "1"},
+        {"n": "10", "d": np.arange(10.0).tobytes()},
+        {b"\n\x1a": b"\xd6 junk"},
+    ],
+    ids=["not-points", "points-shaped", "no-count"],
 )
 def test_a_foreign_entry_far_ahead_is_named_and_the_points_kept(
     fields, writer, session, store, caplog, tmp_path
@@ -48,12 +53,16 @@ def test_a_foreign_entry_far_ahead_is_named_and_the_points_kept(
     # Redis refuses the publisher's next entry, below the foreign one.
     with pytest.raises(redis.exceptions.ResponseError, match="did not write"):
         scan.end()
+    # The publisher stopped renewing its lease: the writer ends the scan KILLED, then judges.
     wait_for(lambda: _verdict(store, scan.number).state.is_final, 15, "a verdict")
     verdict = _verdict(store, scan.number)
     reason = verdict.reason or ""
     assert verdict.state is SavingState.FAILED, verdict
     assert f"garbage entry {foreign} in {key}" in reason, reason
     assert "gone" not in reason, reason
+    # Sealed at the published points, not at the foreign entry's ID (some 1.8e12 points).
+    assert "sealed in Redis" not in reason, reason
+    assert entries.stream_length(store.redis.xrevrange(key, count=1)) == (10, True)
     good = _good_scan(session, "good")
     wait_saved_ignoring_errors(store, {good.number})
     # The 10 points published before the entry are in the file, exactly.

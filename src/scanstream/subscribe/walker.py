@@ -561,10 +561,13 @@ class Walker:
         for entry_id, fields in stream:
             try:
                 first, npoints, sealed_length = entries.parse_data_entry(entry_id, fields)
-            except DecodingError:  # a corrupt header: deliver the points before it first
+            except DecodingError as exc:  # a corrupt header: deliver the points before it first
                 if batch:
                     self._data_event(follow, batch, ends, first_of_batch, events)
-                raise
+                if entries.is_data_entry_id(entry_id):
+                    raise
+                # No count, and an ID no publisher gives (XADD * by another process).
+                raise self._garbage_entry(follow, entry_id, fields, str(exc)) from None
             if sealed_length is not None:
                 follow.last_id = entry_id
                 follow.sealed = True
@@ -613,8 +616,15 @@ class Walker:
                 why = f"its fields are not points of the node ({exc})"
         if why is None:
             return None
+        return self._garbage_entry(follow, entry_id, fields, why)
+
+    @staticmethod
+    def _garbage_entry(
+        follow: _DataFollow, entry_id: bytes, fields: entries.Fields, why: str
+    ) -> DecodingError:
+        """The error naming entry ``entry_id``, which no publisher wrote, and ``why``."""
         return DecodingError(
-            f"garbage entry {entry_id.decode(errors='replace')} in {node.key} "
+            f"garbage entry {entry_id.decode(errors='replace')} in {follow.node.key} "
             f"where point {follow.next_index} was due ({why}; fields "
             f"{sorted(entries.brief(fields, 16))}): another process wrote into the stream; "
             f"the node is not read past it"
