@@ -567,7 +567,8 @@ class Walker:
                 if entries.is_data_entry_id(entry_id):
                     raise
                 # No count, and an ID no publisher gives (XADD * by another process).
-                raise self._garbage_entry(follow, entry_id, fields, str(exc)) from None
+                why = "it has no valid point count and its ID is not <index>-1"
+                raise self._garbage_entry(follow, entry_id, fields, why) from exc
             if sealed_length is not None:
                 follow.last_id = entry_id
                 follow.sealed = True
