@@ -95,3 +95,15 @@ def test_status_of_a_pool_whose_only_records_are_garbage_exits_1(store, capsys, 
     assert "Traceback" not in out + err and "Error" not in err, (out, err)
     assert f"unreadable record at {member}: not JSON" in out, out
     assert f"unreadable record at {settings}: it is a list" in out, out
+
+
+def test_status_of_a_single_writer_whose_status_lacks_fields(store, capsys, redis_url):
+    """A claim whose status JSON names an owner but not the rest: "no writer", no KeyError."""
+    store.redis.hset(
+        store.keys.writer_health("test_session"),
+        mapping={"owner": OTHER, "status": json.dumps({"owner": OTHER})},
+    )
+    assert writer_status("test_session", store=store) is None
+    assert main(["--redis-url", redis_url, "writer", "--status", "test_session"]) == 1
+    out, err = capsys.readouterr()
+    assert "no writer" in out and "Traceback" not in out + err and "Error" not in err, (out, err)

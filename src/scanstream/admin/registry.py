@@ -169,6 +169,10 @@ def _single_status(key: str, raw: bytes | str) -> dict[str, Any] | None:
     if not isinstance(single, dict) or "owner" not in single:
         logger.warning("%s: the writer status is not a JSON object (garbage): %.80r", key, raw)
         return None
+    problem = _member_problem(single)  # the same fields as a pool member's
+    if problem is not None:
+        logger.warning("%s: the writer status is garbage: %s", key, problem)
+        return None
     return single
 
 
