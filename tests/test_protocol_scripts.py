@@ -391,3 +391,54 @@ def test_end_of_a_scan_whose_hash_is_garbage_changes_nothing(client: redis.Redis
     with pytest.raises(DecodingError, match=r"its hash .* is not a hash .*scanstream delete lua"):
         scripts.end_scan(client, keys, SESSION, NUMBER, "DONE", "", 1.0, retention_time=0)
     assert client.xlen(keys.scan_events(SESSION, NUMBER)) == before
+
+
+def test_end_scan_seals_at_the_last_data_entry_before_foreign_ones(client: redis.Redis) -> None:
+    """Entries another process added with ``XADD *`` (IDs far ahead, valid counts): found by
+    soak.chaos, the stream was sealed at the foreign entry's ID plus its count (some 1.8e12
+    points), so the writer also reported "37 points in the file, 1796319879976 sealed"."""
+    keys = Keys()
+    indices = _make_scan(client, keys, "PREPARED", lease=False)
+    key = keys.scan_data(SESSION, NUMBER, indices["channel"])
+    (published, _) = entries.stream_length(_last(client, key))
+    # Two in the same millisecond: the second one's ID is <time>-1, as a data entry's.
+    foreign = [client.xadd(key, {"n": "1", "data": b"\0" * 8}) for _ in range(2)]
+    assert not entries.is_data_entry_id(foreign[0])
+
+    outcome = scripts.end_scan(client, keys, SESSION, NUMBER, "DONE", "", 1.0, retention_time=0)
+
+    assert outcome == ("ok", "DONE", "")
+    assert entries.stream_length(_last(client, key)) == (published, True)
+    end = entries.parse_end(client.xrevrange(keys.scan_events(SESSION, NUMBER), count=1)[0][1], "")
+    assert end.lengths[indices["channel"]] == published
+    # The other streams (no foreign entry) are sealed as before.
+    lima = keys.scan_data(SESSION, NUMBER, indices["lima"])
+    assert entries.stream_length(_last(client, lima)) == (end.lengths[indices["lima"]], True)
+
+
+def test_end_scan_seals_a_stream_with_points_gone_in_the_middle_at_what_follows(
+    client: redis.Redis,
+) -> None:
+    """A data entry gone between two others (a restore, an XDEL): the stream's end is that of
+    the entries that follow each other from its start, so that the acknowledged points
+    tell the loss (before, the seal counted the points after the hole too)."""
+    keys = Keys()
+    indices = _make_scan(client, keys, "PREPARED", lease=False)
+    key = keys.scan_data(SESSION, NUMBER, indices["channel"])
+    (end_before, _) = entries.stream_length(_last(client, key))
+    client.xadd(key, {"n": "4", "d": b"x"}, id=entries.data_entry_id(end_before))
+    client.xadd(key, {"n": "2", "d": b"x"}, id=entries.data_entry_id(end_before + 4))
+    client.xdel(key, entries.data_entry_id(end_before))
+    outcome = scripts.end_scan(
+        client,
+        keys,
+        SESSION,
+        NUMBER,
+        "DONE",
+        "",
+        1.0,
+        retention_time=0,
+        acknowledged={indices["channel"]: end_before + 6},
+    )
+    assert outcome[0] == "lost", outcome
+    assert entries.stream_length(_last(client, key)) == (end_before, True)

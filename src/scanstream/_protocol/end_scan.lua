@@ -50,6 +50,42 @@ local function count(text)
   return tonumber(text)
 end
 
+-- The 'n' (points) and 'end' (seal) counts of an entry's fields, each nil when not valid.
+local function entry_counts(fields)
+  local n, sealed = nil, nil
+  for i = 1, #fields, 2 do
+    if fields[i] == 'n' then n = count(fields[i + 1]) end
+    if fields[i] == 'end' then sealed = count(fields[i + 1]) end
+  end
+  return n, sealed
+end
+
+-- The index after the points of a data entry (ID <index>-1, a valid 'n'); nil for another.
+local function data_end(entry)
+  local first, seq = string.match(entry[1], '^(%d+)-(%d+)$')
+  local n = entry_counts(entry[2])
+  if seq ~= '1' or count(first) == nil or n == nil then return nil end
+  return count(first) + n
+end
+
+-- The end of the newest data entry of `recent` (XREVRANGE entries, newest first) that
+-- follows the data entry before it, or is the oldest there; 0 when there is none.
+local function chained_end(recent)
+  if type(recent) ~= 'table' or recent.err then return 0 end
+  local ends, firsts = {}, {}
+  for _, e in ipairs(recent) do
+    local stop = data_end(e)
+    if stop then
+      table.insert(ends, stop)
+      table.insert(firsts, count(string.match(e[1], '^(%d+)-')))
+    end
+  end
+  for i = 1, #ends do
+    if ends[i + 1] == nil or ends[i + 1] == firsts[i] then return ends[i] end
+  end
+  return 0
+end
+
 local scan, events, lease = KEYS[1], KEYS[2], KEYS[3]
 local state, err, now, retention = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local acknowledged = {}
@@ -119,29 +155,33 @@ for _, entry in ipairs(stored) do
     local already = false
     -- The length of a stream comes from its last entry, as entries.stream_length() reads it:
     -- a seal's 'end' field, else the ID's first part (the first point's index) plus 'n'.
+    -- Unless that entry is not the publisher's (below). The entry before it tells: the
+    -- publisher's entries follow each other, each starting where the one before ends.
     -- pcall: a key of another type (garbage) must not stop the sealing of the others.
-    local last = redis.pcall('XREVRANGE', key, '+', '-', 'COUNT', 1)
+    local last = redis.pcall('XREVRANGE', key, '+', '-', 'COUNT', 2)
     local problem = last.err
     if not problem and #last > 0 then
       local first, seq = string.match(last[1][1], '^(%d+)-(%d+)$')
       first, seq = count(first), count(seq)
-      local n, sealed = nil, nil
-      local lf = last[1][2]
-      for i = 1, #lf, 2 do
-        if lf[i] == 'n' then n = count(lf[i + 1]) end
-        if lf[i] == 'end' then sealed = count(lf[i + 1]) end
-      end
+      local n, sealed = entry_counts(last[1][2])
       if first == nil or seq == nil then
         problem = 'its last entry ' .. last[1][1] .. ' has an ID out of range'
       elseif sealed then
         total = sealed
         already = true
-      elseif n and n > 0 then
+      elseif seq == 1 and n and n > 0 and (#last < 2 or data_end(last[2]) == first) then
         total = first + n
-      else
+      elseif seq == 1 and not (n and n > 0) then
         -- A corrupt last entry (no valid count): seal just after it; readers report it.
         total = first
         seal_id = first .. '-' .. (seq + 1)
+      else
+        -- An entry another process added (XADD *: an ID far ahead, not <index>-1, or one that
+        -- does not follow the entry before it): its count is no length. The length is that
+        -- of the publisher's last entry (among the last few); the seal goes after the
+        -- foreign one. Readers name the entry.
+        seal_id = first .. '-' .. (seq + 1)
+        total = chained_end(redis.pcall('XREVRANGE', key, '+', '-', 'COUNT', 64))
       end
     end
     if not problem and not already then

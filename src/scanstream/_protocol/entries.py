@@ -131,6 +131,13 @@ def brief_value(value: object, limit: int = 40) -> str:
     return repr(value[:limit]) + ("..." if len(value) > limit else "")
 
 
+def is_data_entry_id(entry_id: bytes) -> bool:
+    """True when ``entry_id`` has the form of a data entry's ID (:func:`data_entry_id`):
+    ``<index>-1``. An entry added with ``XADD key * ...`` (sequence 0, usually) has not."""
+    first, _, seq = entry_id.partition(b"-")
+    return seq == b"1" and first.isdigit()
+
+
 def first_index_of(entry_id: bytes) -> int:
     """Index of the first point of the data entry with this ID (the inverse of :func:`data_entry_id`)."""
     return int(entry_id.split(b"-", 1)[0])

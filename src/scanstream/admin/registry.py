@@ -103,6 +103,10 @@ def writer_status(
           when its settings differ from the pool's, first set by writer ``id``) and
           ``blocked`` (the id of the single writer that holds the session, or None). For a
           single writer, its own status comes first, then any pool writer waiting behind it.
+        - ``unreadable``: the records of the pool that are garbage (another type, not JSON,
+          without the fields of a member), each ``{"key": key, "reason": what is wrong}``:
+          left out of ``members`` (a live writer replaces its record within a period).
+          With only such records, a pool's ``started`` and ``heartbeat`` are None.
 
         A single writer's status also has ``pid`` and ``host`` at the top; a pool's are in
         ``members``.
@@ -127,7 +131,15 @@ def writer_status(
         logger.warning("%s, the writer claim of session %s, is not a hash (garbage)", key, session)
         owner_raw = raw = None
     owner = _text(owner_raw) if owner_raw is not None else None
-    members = pool_members(session, store=store)
+    try:
+        members, unreadable = _read_members(session, store)
+    except redis.exceptions.ResponseError as exc:
+        if not is_wrong_type(exc):
+            raise
+        # Garbage over the pool's set: its members are unknown until a writer replaces it.
+        pool_key = store.keys.writer_pool(session)
+        kind = _text(store.redis.type(pool_key))
+        members, unreadable = [], [{"key": pool_key, "reason": f"it is a {kind}, not a set"}]
     single = _single_status(key, raw) if raw and owner != POOL_OWNER else None
     if single is not None:
         single["errors"] = [{**e, "writer": single["owner"]} for e in single.get("errors", [])]
@@ -137,11 +149,15 @@ def writer_status(
             dead=owner is not None and is_dead_local_process(owner),
             mismatch=[],
             members=[single, *members],
+            unreadable=unreadable,
         )
         return status
-    if not members:
+    if not members and not unreadable:
         return None
-    return _pool_status(members, pool_settings(session, store=store))
+    settings, problem = _read_settings(session, store)
+    if problem is not None:
+        unreadable.append({"key": store.keys.writer_pool_settings(session), "reason": problem})
+    return _pool_status(members, settings, unreadable)
 
 
 def _single_status(key: str, raw: bytes | str) -> dict[str, Any] | None:
@@ -153,12 +169,19 @@ def _single_status(key: str, raw: bytes | str) -> dict[str, Any] | None:
     if not isinstance(single, dict) or "owner" not in single:
         logger.warning("%s: the writer status is not a JSON object (garbage): %.80r", key, raw)
         return None
+    problem = _member_problem(single)  # the same fields as a pool member's
+    if problem is not None:
+        logger.warning("%s: the writer status is garbage: %s", key, problem)
+        return None
     return single
 
 
-def _pool_status(members: list[dict[str, Any]], settings: dict[str, Any] | None) -> dict[str, Any]:
+def _pool_status(
+    members: list[dict[str, Any]], settings: dict[str, Any] | None, unreadable: list[dict[str, str]]
+) -> dict[str, Any]:
     """What :func:`writer_status` returns for a pool, from its members' records."""
-    root = (settings or {}).get("settings", {}).get("root", members[0].get("root"))
+    first_root = members[0]["root"] if members else None
+    root = (settings or {}).get("settings", {}).get("root", first_root)
     errors = sorted(
         ({**e, "writer": m["owner"]} for m in members for e in m.get("errors", [])),
         key=lambda e: float(e.get("time", 0.0)),
@@ -167,8 +190,8 @@ def _pool_status(members: list[dict[str, Any]], settings: dict[str, Any] | None)
         "pool": True,
         "owner": POOL_OWNER,
         "root": root,
-        "started": min(float(m.get("started", 0.0)) for m in members),
-        "heartbeat": max(float(m.get("heartbeat", 0.0)) for m in members),
+        "started": min((float(m["started"]) for m in members), default=None),
+        "heartbeat": max((float(m["heartbeat"]) for m in members), default=None),
         "writing": any(
             m.get("writing") and not m.get("refusing") and not m.get("blocked") for m in members
         ),
@@ -180,6 +203,7 @@ def _pool_status(members: list[dict[str, Any]], settings: dict[str, Any] | None)
         "dead": False,
         "mismatch": [m["owner"] for m in members if m.get("refusing")],
         "members": members,
+        "unreadable": unreadable,
     }
 
 
@@ -206,18 +230,119 @@ def pool_members(session: str, *, store: DataStore) -> list[dict[str, Any]]:
     redis.RedisError
         Redis cannot be reached (after redis-py's retries).
     """
+    return _read_members(session, store)[0]
+
+
+def _read_members(
+    session: str, store: DataStore
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """The readable member records of the pool of ``session`` (see :func:`pool_members`), and
+    ``{"key", "reason"}`` of each one that is garbage (another type, not JSON, not a member's
+    fields): left in place, its writer replaces it at its next publication (within a period).
+
+    Raises
+    ------
+    redis.RedisError
+        Redis cannot be reached, or the pool's set is not a set (garbage: the writers
+        replace it; :func:`writer_status` reports it).
+    """
     keys = store.keys
-    members = []
+    members: list[dict[str, Any]] = []
+    unreadable: list[dict[str, str]] = []
     for raw in sorted(store.redis.smembers(keys.writer_pool(session))):
         owner = _text(raw)
-        record = store.redis.get(keys.writer_member(session, owner))
-        if record is None or is_dead_local_process(owner):
-            store.redis.delete(keys.writer_member(session, owner))
+        key = keys.writer_member(session, owner)
+        record, problem = _read_json(store, key)
+        if (record is None and problem is None) or is_dead_local_process(owner):
+            store.redis.delete(key)
             store.redis.srem(keys.writer_pool(session), owner)
             continue
-        status: dict[str, Any] = json.loads(record)
-        members.append(status)
-    return members
+        problem = problem or _member_problem(record)
+        if problem is not None:
+            unreadable.append({"key": key, "reason": problem})
+            continue
+        members.append(record)
+    return members, unreadable
+
+
+def _read_json(store: DataStore, key: str) -> tuple[Any, str | None]:
+    """``(value, None)`` of the JSON string at ``key``; ``(None, None)`` when absent;
+    ``(None, why)`` when it is garbage (another type, not JSON)."""
+    try:
+        raw = store.redis.get(key)
+    except redis.exceptions.ResponseError as exc:
+        if not is_wrong_type(exc):
+            raise
+        return None, f"it is a {_text(store.redis.type(key))}, not a string of JSON"
+    if raw is None:
+        return None, None
+    try:
+        return json.loads(raw), None
+    except ValueError:  # UnicodeDecodeError included
+        return None, f"not JSON: {raw[:40]!r}{'...' if len(raw) > 40 else ''}"
+
+
+#: The fields of a member record that ``scanstream writer --status`` shows, and their types.
+_MEMBER_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "owner": str,
+    "pid": int,
+    "host": str,
+    "root": str,
+    "started": (int, float),
+    "heartbeat": (int, float),
+    "saved": int,
+    "failed": int,
+    "errors": list,
+}
+#: The fields of each of its errors.
+_ERROR_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "scan": str,
+    "error": str,
+    "time": (int, float),
+}
+
+
+def _member_problem(record: Any) -> str | None:
+    """Why ``record`` (decoded JSON) is not a member record, or None when it is one."""
+    if not isinstance(record, dict):
+        return f"not a JSON object but a {type(record).__name__}"
+    problem = _fields_problem(record, _MEMBER_FIELDS)
+    if problem is not None:
+        return problem
+    for error in record["errors"]:
+        if not isinstance(error, dict) or _fields_problem(error, _ERROR_FIELDS) is not None:
+            return f"an entry of its field errors is not an error: {error!r:.60}"
+    for name in ("held", "running"):
+        value = record.get(name, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return f"its field {name} is not a list of scan names: {value!r:.60}"
+    refusing = record.get("refusing")
+    if refusing is not None and not (
+        isinstance(refusing, dict)
+        and isinstance(refusing.get("writer"), str)
+        and isinstance(refusing.get("differences"), dict)
+        and all(isinstance(v, list) and len(v) == 2 for v in refusing["differences"].values())
+    ):
+        return f"its field refusing is not a refusal: {refusing!r:.60}"
+    if not isinstance(record.get("load", 0), int):
+        return f"its field load is not a number: {record['load']!r:.60}"
+    return None
+
+
+def _fields_problem(record: dict[str, Any], fields: dict[str, Any]) -> str | None:
+    missing = sorted(name for name in fields if name not in record)
+    if missing:
+        return f"no field {', '.join(missing)}"
+    for name, kind in fields.items():
+        if not isinstance(record[name], kind):
+            return f"its field {name} is {record[name]!r:.60}, not a {_kind_name(kind)}"
+    return None
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    if isinstance(kind, tuple):
+        return "number"
+    return {"str": "string", "int": "integer"}.get(kind.__name__, kind.__name__)
 
 
 def pool_settings(session: str, *, store: DataStore) -> dict[str, Any] | None:
@@ -225,17 +350,24 @@ def pool_settings(session: str, *, store: DataStore) -> dict[str, Any] | None:
 
     Set by the first writer of the pool (``writer``), renewed by every member whose settings
     are these (:data:`scanstream.writer.pool.SHARED_SETTINGS`); it expires with the pool.
+    None too when the record is garbage (its members replace it at their next publication).
 
     Raises
     ------
     redis.RedisError
         Redis cannot be reached (after redis-py's retries).
     """
-    raw = store.redis.get(store.keys.writer_pool_settings(session))
-    if raw is None:
-        return None
-    record: dict[str, Any] = json.loads(raw)
-    return record
+    return _read_settings(session, store)[0]
+
+
+def _read_settings(session: str, store: DataStore) -> tuple[dict[str, Any] | None, str | None]:
+    """:func:`pool_settings`, and why the record is garbage when it is (it is then None)."""
+    record, problem = _read_json(store, store.keys.writer_pool_settings(session))
+    if record is None:
+        return None, problem
+    if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
+        return None, f"not a JSON object with the field settings: {record!r:.60}"
+    return record, None
 
 
 def is_dead_local_process(owner: str) -> bool:

@@ -252,6 +252,7 @@ def _print_status(store: DataStore, sessions: list[str]) -> int:
             continue
         if status["pool"]:
             _print_pool(session, status)
+            _print_unreadable(status)
             if status["mismatch"] or not status["writing"]:
                 code = 1
             continue
@@ -261,7 +262,15 @@ def _print_status(store: DataStore, sessions: list[str]) -> int:
         _print_errors(status["errors"])
         for member in status["members"][1:]:  # pool writers waiting behind this one
             print(f"  pool writer {member['owner']} waits: the session has a single writer")
+        _print_unreadable(status)
     return code
+
+
+def _print_unreadable(status: dict[str, Any]) -> None:
+    """The pool's records that are garbage: named, never a traceback (a live writer replaces
+    its own within a period; the exit status is that of the members that can be read)."""
+    for record in status.get("unreadable", []):
+        print(f"  unreadable record at {record['key']}: {record['reason']}")
 
 
 def _print_pool(session: str, status: dict[str, Any]) -> None:

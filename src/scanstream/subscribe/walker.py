@@ -561,17 +561,28 @@ class Walker:
         for entry_id, fields in stream:
             try:
                 first, npoints, sealed_length = entries.parse_data_entry(entry_id, fields)
-            except DecodingError:  # a corrupt header: deliver the points before it first
+            except DecodingError as exc:  # a corrupt header: deliver the points before it first
                 if batch:
                     self._data_event(follow, batch, ends, first_of_batch, events)
-                raise
+                if entries.is_data_entry_id(entry_id):
+                    raise
+                # No count, and an ID no publisher gives (XADD * by another process).
+                why = "it has no valid point count and its ID is not <index>-1"
+                raise self._garbage_entry(follow, entry_id, fields, why) from exc
             if sealed_length is not None:
                 follow.last_id = entry_id
                 follow.sealed = True
                 self._data.pop(follow.node.key.encode(), None)
                 break
             if first != follow.next_index:
-                # Never hand out data at a shifted offset: a gap is an error, not a hole.
+                # Never hand out data at a shifted offset: a gap is an error, not a hole. But
+                # an entry no publisher wrote (XADD * by hand: an ID far ahead) is garbage,
+                # not a sign that points are gone: name it (the points before it are kept).
+                if batch:
+                    self._data_event(follow, batch, ends, first_of_batch, events)
+                foreign = self._foreign_entry(follow, entry_id, fields, first)
+                if foreign is not None:
+                    raise foreign
                 raise IndexNoMoreThereError(
                     f"{follow.node.db_name}: points {follow.next_index} to {first - 1} are gone from Redis"
                 )
@@ -586,6 +597,39 @@ class Walker:
             batch_bytes += size
         if batch:
             self._data_event(follow, batch, ends, first_of_batch, events)
+
+    def _foreign_entry(
+        self, follow: _DataFollow, entry_id: bytes, fields: entries.Fields, first: int
+    ) -> DecodingError | None:
+        """The error naming entry ``entry_id``, met where point ``follow.next_index`` was due,
+        when no publisher wrote it (its ID is not a data entry's, or its fields do not decode
+        as the node's points); None for a data entry (points are gone before it)."""
+        node = follow.node
+        why = None
+        if not entries.is_data_entry_id(entry_id):
+            why = "its ID is not <index>-1, as the publisher writes them"
+        elif first < follow.next_index:
+            why = f"it starts at point {first}, inside the points already read"
+        else:
+            try:
+                node.decode([fields])
+            except DecodingError as exc:
+                why = f"its fields are not points of the node ({exc})"
+        if why is None:
+            return None
+        return self._garbage_entry(follow, entry_id, fields, why)
+
+    @staticmethod
+    def _garbage_entry(
+        follow: _DataFollow, entry_id: bytes, fields: entries.Fields, why: str
+    ) -> DecodingError:
+        """The error naming entry ``entry_id``, which no publisher wrote, and ``why``."""
+        return DecodingError(
+            f"garbage entry {entry_id.decode(errors='replace')} in {follow.node.key} "
+            f"where point {follow.next_index} was due ({why}; fields "
+            f"{sorted(entries.brief(fields, 16))}): another process wrote into the stream; "
+            f"the node is not read past it"
+        )
 
     def _data_event(
         self,

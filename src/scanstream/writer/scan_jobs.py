@@ -162,7 +162,16 @@ class ScanJobs:
             self.done(session, scan)
             raise
         except Exception as exc:  # a malformed scan: that scan fails, the session goes on
-            self._failed(session, scan, claim, _error_text(exc))
+            # Unless a writer saved it before garbage was written over its hash (and over the
+            # saved set, or it would not be read again): its file is complete, and its SAVED
+            # verdict must stay (writing it again would delete that file).
+            try:
+                saved = self._verdict_final(session, scan)
+            except UNREACHABLE:
+                self.done(session, scan)
+                raise
+            if not saved:
+                self._failed(session, scan, claim, _error_text(exc))
             self.done(session, scan)
             return
         if lost is not None:  # recorded lost: nothing to write, its data is gone

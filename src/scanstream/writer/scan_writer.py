@@ -277,7 +277,7 @@ class ScanWriter(LiveBatches, EndOfScan):
             problems.append(
                 f"{name}: {acknowledged} points were acknowledged by Redis and "
                 f"{self._end.get('lengths', {}).get(name, 0)} are left in it (lost by a "
-                "failover or a restart)"
+                "failover or a restart, or deleted by another process)"
             )
         lengths: Mapping[str, int] = self._end.get("lengths", {})
         for index, node in self._data_nodes.items():
