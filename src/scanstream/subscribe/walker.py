@@ -36,6 +36,7 @@ from ..exceptions import (
 )
 from ..models import NodeType, ScanEnd, ScanState
 from .events import Event, EventData, EventType, StopHandler
+from .leases import LeaseState, LeaseWatch
 from .lost import record_corrupt, record_if_lost
 
 if TYPE_CHECKING:
@@ -50,11 +51,6 @@ logger = logging.getLogger(__name__)
 
 #: How many recent scan numbers a session walk remembers to skip replayed NEW_SCAN entries.
 _ANNOUNCED_KEPT = 1024
-
-#: A lease this walk saw alive, then gone, ends its scan KILLED only once it stayed gone for
-#: this fraction of ``lease_time`` (the publisher renews it every third of ``lease_time``):
-#: see _check_leases.
-LEASE_GRACE = 0.5
 
 # Longest single blocking read: bounds the reaction time to a stop request.
 _BLOCK_SLICE = 0.1
@@ -126,10 +122,7 @@ class _ScanFollow:
     errors: dict[str, str] = field(default_factory=dict)  # node db_name -> DecodingError text
     ended: bool = False
     existing_until: tuple[int, int] | None = None  # last entry at walk start (exclude_existing)
-    # Lease watch (_check_leases): seen alive by this walk; when it was first seen gone since.
-    lease_seen: bool = False
-    lease_gone_since: float | None = None
-    lease_garbage_logged: bool = False
+    lease: LeaseState = field(default_factory=LeaseState)  # what the lease watch saw
 
 
 class Walker:
@@ -193,9 +186,7 @@ class Walker:
         self._finished = False
         # Events of scans ended by a read that met a key of the wrong type (_drop_wrong_types).
         self._dropped_events: list[Event] = []
-        self._lease_period = min(1.0, self.store.settings.lease_time / 4)
-        self._lease_grace = LEASE_GRACE * self.store.settings.lease_time
-        self._next_lease_check = 0.0
+        self._leases = LeaseWatch(self.redis, self.store.settings.lease_time)
         if self._session is not None:
             if not wait:
                 self.store.require_session(self._session.name)
@@ -716,71 +707,22 @@ class Walker:
 
     # -- crashed publishers -----------------------------------------------------------
     def _check_leases(self, force: bool) -> list[Event]:
-        """Declare KILLED the followed scans whose publisher's lease expired."""
-        now = time.monotonic()
-        if not self._scans or (not force and now < self._next_lease_check):
+        """End the followed scans whose publisher's lease expired (see :mod:`.leases`)."""
+        if not self._scans or not self._leases.due(force):
             return []
-        self._next_lease_check = now + self._lease_period
-        follows = list(self._scans.values())
-        pipe: Any = self.redis.pipeline(transaction=False)  # Any: execute_command is untyped
-        for follow in follows:
-            entries.queue_lease_reads(pipe, follow.scan.lease_key)
-        replies = pipe.execute()
+        follows = {follow.scan.db_name: follow for follow in self._scans.values()}
         events: list[Event] = []
-        n = entries.LEASE_READS
-        for i, follow in enumerate(follows):
-            kind, pttl, (value,) = replies[n * i : n * i + n]
-            alive, problem = entries.lease_status(kind, pttl, value)
-            if alive:
-                follow.lease_seen, follow.lease_gone_since = True, None
-                continue
-            if problem is not None and not follow.lease_garbage_logged:
-                follow.lease_garbage_logged = True
-                logger.error(
-                    "scan %s: its lease key %s is not a lease (%s): counted as an expired "
-                    "lease (a live publisher overwrites it at its next renewal)",
-                    follow.scan.db_name,
-                    follow.scan.lease_key,
-                    problem,
-                )
-            if follow.lease_seen or problem is not None:
-                # Gone after this walk saw it alive: wait LEASE_GRACE of lease periods before
-                # ending the scan. A server paused past the lease (SIGSTOP, a stalled disk)
-                # expires every lease at once when it resumes, and a live publisher renews
-                # its lease at its first command after the pause; a reader checking first
-                # killed running scans (their publishers then failed on the sealed streams).
-                # Garbage over the lease always waits: a live publisher replaces it within a
-                # third of a lease time, and when it was written is unknown.
-                if follow.lease_gone_since is None:
-                    follow.lease_gone_since = now
-                if now - follow.lease_gone_since < self._lease_grace:
-                    continue
-            try:
-                if follow.scan.check_lease().is_final:
-                    continue  # END is in the scan's event stream: the next read yields it
-            except ScanNotFoundError:
+        for outcome in self._leases.check([(f.scan, f.lease) for f in follows.values()]):
+            follow = follows[outcome.scan.db_name]
+            if outcome.expired:
                 if self._session_key is None:
                     raise IndexNoMoreThereError(
                         f"scan {follow.scan.db_name} expired during the walk"
                     ) from None
                 # Never silence: the session walk ends the scan for its consumer, EXPIRED.
                 logger.warning("scan %s expired during the walk", follow.scan.db_name)
-                end = ScanEnd(
-                    ScanState.EXPIRED,
-                    f"scan {follow.scan.db_name} expired or was deleted from Redis before it ended",
-                    time.time(),
-                    {},
-                )
-                self._on_end(follow, end, events)
-            except DecodingError as exc:
-                # Garbage over its hash: the scan cannot be followed; end it FAILED for this
-                # walk (nothing is recorded in Redis), as for a corrupt END entry.
-                self._record_scan_error(follow, exc)
-                self._on_end(follow, ScanEnd(ScanState.FAILED, str(exc), time.time(), {}), events)
-            except redis.exceptions.NoPermissionError:
-                # Read-only user: cannot record KILLED, so end the scan for this walk only.
-                end = ScanEnd(
-                    ScanState.KILLED, "the publisher stopped renewing its lease", time.time(), {}
-                )
-                self._on_end(follow, end, events)
+            if outcome.error is not None:
+                self._record_scan_error(follow, outcome.error)
+            if outcome.end is not None:
+                self._on_end(follow, outcome.end, events)
         return events
