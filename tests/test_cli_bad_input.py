@@ -23,7 +23,7 @@ from scanstream._transport.server import EmbeddedServer
 from scanstream.admin import counted
 from scanstream.cli import build_parser, main
 from scanstream.cli.logs import configure_logging
-from scanstream.exceptions import InvalidTransitionError
+from scanstream.exceptions import InvalidTransitionError, ScanstreamError
 from scanstream.models import ScanState
 
 #: Nothing listens there: reaching it fails (exit code 1), after SCANSTREAM_MAX_UNREACHABLE_TIME.
@@ -292,6 +292,15 @@ def test_a_logged_exception_is_one_line_on_stderr_unless_debug(
     assert "Traceback (most recent call last)" in capsys.readouterr().err
 
 
+def _has_points(store: DataStore, session: str) -> bool:
+    """Whether a channel of the session's first scan holds a point."""
+    try:
+        scan = get_session_node(session, store=store).get_scan(1)
+        return any(len(node) for node in scan.load_nodes() if node.type == "channel")
+    except ScanstreamError:  # no scan or no channel yet
+        return False
+
+
 def test_a_server_that_goes_down_during_a_scan_gives_no_traceback(
     server_binary: Path, tmp_path: Path, free_tcp_port: int
 ) -> None:
@@ -307,7 +316,11 @@ def test_a_server_that_goes_down_during_a_scan_gives_no_traceback(
         env=env,
     )
     try:
-        time.sleep(1.5)  # points are flowing
+        with DataStore(server.url) as store:  # until points are flowing
+            deadline = time.monotonic() + 20
+            while not _has_points(store, "down"):
+                assert time.monotonic() < deadline and proc.poll() is None, "no point published"
+                time.sleep(0.05)
         server.stop()
         out, err = proc.communicate(timeout=60)
     finally:

@@ -13,6 +13,10 @@ import numpy as np
 from scanstream import create_session
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+#: ``--timeout`` of the examples: they end after this many seconds without an event, which
+#: each test waits once its scans ended. It must cover the wait between their "listening"
+#: line and the first scan (0.3 s, then the scan's creation), as in tests/test_cli_watch.py.
+IDLE = "2"
 
 
 def _start(script: str, redis_url: str, *args: str) -> subprocess.Popen[str]:
@@ -71,7 +75,7 @@ def _publish(store) -> None:
 
 def test_listen_session_prints_each_scan_with_its_counts(redis_url, store):
     returncode, out = _run_beside_a_scan(
-        "listen_session.py", redis_url, store, "listening", "--timeout", "3"
+        "listen_session.py", redis_url, store, "listening", "--timeout", IDLE
     )
     assert returncode == 0, out
     assert "scan started: 1_ascan  ascan roby 0 1 4 0.1" in out
@@ -89,7 +93,7 @@ def test_external_saving_example_writes_the_scan(redis_url, store, tmp_path):
         "--output",
         str(output),
         "--timeout",
-        "3",
+        IDLE,
     )
     assert returncode == 0, out
     assert "saved 1_ascan (DONE)" in out
@@ -139,7 +143,7 @@ def test_example_lines_are_whole_when_scans_run_at_once(redis_url):
     """Worker threads and the session loop print at the same time: no line is mixed."""
     import threading
 
-    proc = _start("listen_session.py", redis_url, "--timeout", "3")
+    proc = _start("listen_session.py", redis_url, "--timeout", IDLE)
     try:
         _wait_listening(proc, "listening")
         time.sleep(0.3)

@@ -243,14 +243,17 @@ def test_a_writer_under_a_reset_server_says_so_once_not_every_second(
 ) -> None:
     """The writer's heartbeat renews its claim every second: on a reset server each renewal
     raised ServerResetError, logged with its traceback every second, for ever."""
-    from scanstream.writer import WriterService
+    from scanstream.writer import WriterService, writer_status
 
     caplog.set_level(logging.INFO, logger="scanstream")
     store = _store(private_server.url, max_unreachable_time=10.0)
     try:
         create_session("wreset", store=store, warn_no_writer=False)
         with WriterService(["wreset"], root=tmp_path, store=store, isolate=False):
-            time.sleep(1.5)  # the claim taken
+            deadline = time.monotonic() + 10
+            while not (writer_status("wreset", store=store) or {}).get("writing"):
+                assert time.monotonic() < deadline, "the writer did not claim the session"
+                time.sleep(0.02)
             _kill(private_server)
             private_server.start(timeout=10)  # empty
             time.sleep(5.0)  # five heartbeats

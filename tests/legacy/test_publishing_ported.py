@@ -89,6 +89,12 @@ _PARAMS = [
 ]
 
 
+#: The timeout of the walks that end only by it (a session's): the scan has ended before the
+#: walk is read, so every event is stored already and comes at once; the walk then returns
+#: after this long without any, and _count checks that none came after END_SCAN.
+_IDLE = 0.3
+
+
 def _events(store, session, where, before, wait, include_filter):
     if where == "session" or not before:
         scan, channels = (None, None)
@@ -96,7 +102,7 @@ def _events(store, session, where, before, wait, include_filter):
             session_node = get_session_node(session.name, store=store)
             started = threading.Event()
             walk = session_node.walk_events(
-                include_filter=include_filter, started_event=started, timeout=1
+                include_filter=include_filter, started_event=started, timeout=_IDLE
             )
             assert started.is_set()
             scan, channels = _create(session)
@@ -105,7 +111,7 @@ def _events(store, session, where, before, wait, include_filter):
         scan, channels = _create(session)
         _run(scan, channels)
         root = _walk_root(store, session, scan, where)
-        return _count(root.walk_events(include_filter=include_filter, wait=wait, timeout=1))
+        return _count(root.walk_events(include_filter=include_filter, wait=wait, timeout=_IDLE))
     # A node below the scan exists only once created: walk it before the scan runs.
     scan, channels = _create(session)
     scan.flush()
