@@ -128,3 +128,36 @@ def test_a_script_that_is_no_python_is_an_error_of_legacy(tmp_path: Path) -> Non
     code, err = _run(DOWN, "legacy", str(script))
     assert code == 2, err
     _assert_one_error("legacy", err, "cannot be compiled as Python")
+
+
+def test_legacy_without_a_script_names_only_the_script(tmp_path: Path) -> None:
+    """argparse said "the following arguments are required: SCRIPT.py, ARGS": ARGS is not."""
+    code, err = _run(DOWN, "legacy")
+    assert code == 2, err
+    _assert_one_error("legacy", err, "give the script to run")
+    assert "ARGS" not in _error_lines(err)[0].split("give the script")[0], err
+
+
+def test_an_unopenable_log_file_says_what_to_give(tmp_path: Path) -> None:
+    log = tmp_path / "no" / "such" / "writer.log"
+    code, err = _run(DOWN, "writer", "s1", "--root", str(tmp_path), "--log-file", str(log))
+    assert code == 2, err
+    _assert_one_error("writer", err, f"--log-file {str(log)!r} cannot be opened", "give a file")
+
+
+def test_ctrl_c_while_the_command_starts_is_no_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Parsing imports the subcommand's module (h5py and the writer for ``demo``: the first
+    half second of the command): a Ctrl-C then printed the traceback of the imports."""
+    import importlib
+
+    from scanstream import cli
+
+    def interrupted(name: str) -> object:
+        raise KeyboardInterrupt  # as a Ctrl-C arriving during the import
+
+    monkeypatch.setattr(importlib, "import_module", interrupted)
+    assert cli.main(["demo", "--root", "x"]) == 130
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == "", captured

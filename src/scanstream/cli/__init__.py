@@ -220,11 +220,14 @@ def main(argv: list[str] | None = None) -> int:
         does); a subcommand may give its own meaning to 1 (docs/configuration.md, "Errors and
         exit codes").
     """
-    parser = build_parser()
     try:
+        parser = build_parser()
+        # Parsing imports the subcommand's module (h5py, the writer...): a second or so.
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help or a usage error: return its code, so main() stays callable
         return exc.code if isinstance(exc.code, int) else 2
+    except KeyboardInterrupt:  # Ctrl-C while the command starts: no traceback of the imports
+        return 128 + signal.SIGINT
     args.standalone = argv is None  # the `scanstream` program: the process ends with main()
     configure_logging(args.verbose)
     if args.command is None:
