@@ -301,3 +301,25 @@ def test_watch_says_at_once_that_the_server_is_gone_and_when_it_is_back(
     assert down[0].endswith("scanstream watch retries until it answers (Ctrl-C to stop)"), text
     assert len([line for line in lines if "answers again after" in line]) == 1, text
     assert not [line for line in lines if "error:" in line], text
+
+
+def test_ctrl_c_of_a_watch_whose_server_is_gone_ends_it_at_once(
+    private_server: EmbeddedServer,
+) -> None:
+    """Each walker, blocked in a read retried against the server gone, was joined for 5 s:
+    a watch of three sessions took 15 s to end on Ctrl-C."""
+    watch = _watch(private_server.url, "c1", "c2", "c3")
+    try:
+        _wait_line(watch, "watching c1, c2, c3")
+        private_server.stop()
+        time.sleep(2.0)  # every walker is retrying
+        started = time.monotonic()
+        watch.send_signal(signal.SIGINT)
+        _, err = watch.communicate(timeout=30)
+        took = time.monotonic() - started
+    finally:
+        watch.kill()
+        watch.communicate(timeout=5)
+    assert watch.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert took < 3.0, f"{took:.1f} s to end"

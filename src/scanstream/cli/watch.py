@@ -113,6 +113,9 @@ def run_watch(args: argparse.Namespace) -> int:
             try:
                 return watcher.run(args.sessions, args.timeout)
             except KeyboardInterrupt as exc:  # SIGTERM too (signals.Terminated)
+                # Walkers blocked on a server that went away would each wait out the outage
+                # budget before they stop (then their join's 5 s): they give up now.
+                store.stop_riding_out()
                 watcher.clear_line()
                 return interrupt_exit_code(exc)
             except (RedisUnreachableError, ServerResetError) as exc:
