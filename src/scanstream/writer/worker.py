@@ -177,6 +177,11 @@ def _write_one(assignment: dict[str, Any], terminated: threading.Event) -> bool:
     if config.scan_fence:  # pool mode: the claim is the scan's
         checker = ClaimFence(ScanClaims(store, config.owner), number)
     fence = _Fence(checker, session, config.token, terminated)
+    if store.outage_notice is not None:  # the line says what becomes of the scan
+        store.outage_notice.consequence = (
+            f"the writing of scan {session}:{number} waits for it for up to "
+            f"{store.settings.max_unreachable_time:g} s, then the writer starts it again"
+        )
     _STORES.append(store)
     files = OpenFiles(config.flush_period)
     reusable = False
