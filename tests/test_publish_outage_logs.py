@@ -352,3 +352,27 @@ def test_a_stopping_program_rides_out_an_outage_for_the_grace_only(
         assert store.redis.get("k") is None  # a dropped connection is still made again
     finally:
         store.close()
+
+
+def test_a_server_back_between_two_commands_is_said_back(
+    private_server: EmbeddedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only a command that had retried said the server back: one that found it back at its
+    first attempt (the last one had given up) left the store taking it for down, without the
+    line, until the next outage (a writer then kept its claims at its stop)."""
+    caplog.set_level(logging.WARNING, logger="scanstream")
+    store = _store(private_server.url, max_unreachable_time=1.5)
+    try:
+        store.redis.set("k", b"v")
+        _kill(private_server)
+        with pytest.raises(RedisUnreachableError):
+            store.redis.get("k")
+        assert store.outage_notice is not None and store.outage_notice.down_since is not None
+        private_server.start(timeout=10)
+        # A connection made again is no reply yet; the command's reply is.
+        store.redis.ping()
+        assert store.outage_notice.down_since is None
+    finally:
+        store.close()
+    lines = _store_lines(caplog)
+    assert len(lines) == 2 and lines[1].startswith(f"Redis at {private_server.url} answers again")

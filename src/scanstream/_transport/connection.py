@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import secrets
+import socket
 import threading
 import time
 import weakref
@@ -402,9 +403,16 @@ class _NetworkRetry(Retry):
                 ) from error
 
         result = super().call_with_retry(do, fail_within_budget, *args, **kwargs)
-        # Only a command that failed and then got its reply tells that the server is back
-        # (some calls of redis-py's own retry loops complete without a round trip).
-        if failed and notice is not None and notice.down_since is not None:
+        # A reply tells that the server is back, also to a command that did not have to retry
+        # (the server came back between two commands: the line that it answers again was
+        # missed, and the store took it for down until the next outage). A connection made
+        # is no reply: redis-py connects through this policy too, and a frozen server still
+        # accepts connections.
+        if (
+            notice is not None
+            and notice.down_since is not None
+            and (failed or not isinstance(result, socket.socket))
+        ):
             notice.answered()
         return result
 
