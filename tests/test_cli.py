@@ -52,7 +52,7 @@ def test_server_error_is_reported(
 ) -> None:
     monkeypatch.setenv("SCANSTREAM_REDIS_SERVER", str(private_runtime_dir / "no-such-server"))
     assert main(["server", "start"]) == 1
-    assert "scanstream: error: SCANSTREAM_REDIS_SERVER=" in capsys.readouterr().err
+    assert "scanstream server: error: SCANSTREAM_REDIS_SERVER=" in capsys.readouterr().err
 
 
 def test_usage(capsys: pytest.CaptureFixture[str]) -> None:

@@ -430,7 +430,7 @@ def test_legacy_with_a_file_that_is_not_python_is_one_line(
     assert main(["legacy", str(script)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    assert f"scanstream legacy: {str(script)!r} {problem}" in err
+    assert f"scanstream legacy: error: {str(script)!r} {problem}" in err
 
 
 def test_a_scan_whose_output_reader_goes_away_still_ends_done(redis_url: str) -> None:

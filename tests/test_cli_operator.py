@@ -164,7 +164,7 @@ def test_the_demo_on_a_full_disk_says_why_each_scan_was_not_saved(
     assert all("no space left on device" in line for line in entries), entries
     assert " 0 points" not in done.stdout and " ?  " not in done.stdout, done.stdout
     last = done.stderr.splitlines()[-1]
-    assert last.startswith("NOT saved: scans [1, 2, "), last
+    assert last.startswith("scanstream demo: error: NOT saved: scans [1, 2, "), last
     assert last.endswith(f"`scanstream writer demo --root {small_disk}` saves them"), last
 
 

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -217,3 +218,108 @@ def test_watch_goes_on_through_a_server_restart(
     assert "Traceback" not in err, err
     lost = [line for line in err.splitlines() if line.startswith("scanstream watch: ")]
     assert len(lost) == 1 and lost[0].endswith("watching again (Ctrl-C to stop)"), err
+
+
+class _Lines:
+    """The lines of a stream of a child process, read by a thread, with the time each came."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.lines: list[tuple[float, str]] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.lines.append((time.monotonic(), line.rstrip("\n")))
+
+    def wait_for(self, text: str, timeout: float) -> float:
+        """The time the first line holding ``text`` came; fails after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for when, line in list(self.lines):
+                if text in line:
+                    return when
+            assert time.monotonic() < deadline, f"no {text!r} line in {self.text()}"
+            time.sleep(0.05)
+
+    def text(self) -> str:
+        return "\n".join(line for _, line in self.lines)
+
+    def close(self, stream: IO[str]) -> None:
+        """Once the child has ended: read to the end, close the stream."""
+        self._thread.join(timeout=10)
+        stream.close()
+
+
+@pytest.mark.parametrize("budget", ["30", "1"], ids=["within the budget", "past the budget"])
+def test_watch_says_at_once_that_the_server_is_gone_and_when_it_is_back(
+    budget: str, persistent_server: EmbeddedServer
+) -> None:
+    """It said nothing for the outage budget (30 s); past it, its new watch failed at once
+    on the server still gone (exit code 1): a monitor retries for as long as it runs."""
+    url = persistent_server.url
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "scanstream", "--redis-url", url, "watch", "w2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "SCANSTREAM_MAX_UNREACHABLE_TIME": budget},
+    )
+    assert watch.stderr is not None
+    err = _Lines(watch.stderr)
+    try:
+        _wait_line(watch, "watching w2")
+        persistent_server.stop()  # with its data: it comes back as it was
+        gone = time.monotonic()
+        said = err.wait_for("does not answer", timeout=10) - gone
+        assert said < 2.5, err.text()
+        time.sleep(8.0)  # longer than the budget, and than a new watch's first contact (5 s)
+        assert watch.poll() is None, err.text()
+        persistent_server.start(timeout=10)
+        back = time.monotonic()
+        assert err.wait_for("answers again after", timeout=35) - back < 3.0, err.text()
+        if budget == "1":
+            err.wait_for("watching again (Ctrl-C to stop)", timeout=10)
+        # Watched on: a scan run now is shown.
+        _scan(url, "w2", "--time-scale", "0", "loopscan", "2", "0.01", "diode")
+        _wait_line(watch, "w2:1_loopscan ended    DONE  2 points")
+        watch.send_signal(signal.SIGINT)
+        watch.wait(timeout=20)
+    finally:
+        watch.kill()
+        watch.wait(timeout=5)
+        assert watch.stdout is not None and watch.stderr is not None
+        watch.stdout.close()
+        err.close(watch.stderr)
+    assert watch.returncode == 130, err.text()
+    text = err.text()
+    assert "Traceback" not in text, text
+    lines = text.splitlines()
+    down = [line for line in lines if "does not answer" in line]
+    assert len(down) == 1, text  # once, however many commands and walks retried
+    assert f"Redis at {url} does not answer" in down[0], text
+    assert down[0].endswith("scanstream watch retries until it answers (Ctrl-C to stop)"), text
+    assert len([line for line in lines if "answers again after" in line]) == 1, text
+    assert not [line for line in lines if "error:" in line], text
+
+
+def test_ctrl_c_of_a_watch_whose_server_is_gone_ends_it_at_once(
+    private_server: EmbeddedServer,
+) -> None:
+    """Each walker, blocked in a read retried against the server gone, was joined for 5 s:
+    a watch of three sessions took 15 s to end on Ctrl-C."""
+    watch = _watch(private_server.url, "c1", "c2", "c3")
+    try:
+        _wait_line(watch, "watching c1, c2, c3")
+        private_server.stop()
+        time.sleep(2.0)  # every walker is retrying
+        started = time.monotonic()
+        watch.send_signal(signal.SIGINT)
+        _, err = watch.communicate(timeout=30)
+        took = time.monotonic() - started
+    finally:
+        watch.kill()
+        watch.communicate(timeout=5)
+    assert watch.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert took < 3.0, f"{took:.1f} s to end"

@@ -305,3 +305,77 @@ def test_a_server_frozen_past_the_budget_fails_the_scan_once(
         os.kill(pid, signal.SIGCONT)
         scan._sender.stop()
         store.close()
+
+
+def _store_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "scanstream._transport.connection"]
+
+
+def test_an_outage_ridden_out_for_ever_is_recalled_at_the_reminder_interval(
+    private_server: EmbeddedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A program that retries for as long as it runs (a writer) says the outage at its start,
+    then every ``reminder`` seconds, with what it does (``consequence``)."""
+    caplog.set_level(logging.WARNING, logger="scanstream")
+    store = _store(private_server.url, max_unreachable_time=4.5)
+    try:
+        assert store.outage_notice is not None
+        store.outage_notice.consequence = "this program retries for ever"
+        store.outage_notice.reminder = 0.5
+        _kill(private_server)
+        with pytest.raises(RedisUnreachableError):
+            store.redis.get("k")
+    finally:
+        store.close()
+    lines = _store_lines(caplog)
+    where = f"Redis at {private_server.url}"
+    assert lines[0].startswith(f"{where} does not answer ("), lines
+    assert lines[0].endswith("; this program retries for ever"), lines
+    reminders = lines[1:]
+    # At the attempts (1 s apart at most) past each interval: 2 to 4, not one per attempt.
+    assert 2 <= len(reminders) <= 4, lines
+    assert all(r.startswith(f"{where} still does not answer after ") for r in reminders), lines
+
+
+def test_a_stopping_program_rides_out_an_outage_for_the_grace_only(
+    private_server: EmbeddedServer,
+) -> None:
+    """A command blocked on a server that went away waited out the whole budget (30 s) even
+    once its program was stopping: ``stop_riding_out`` ends it within the grace."""
+    store = _store(private_server.url)  # the budget of 30 s
+    try:
+        store.redis.set("k", b"v")
+        _kill(private_server)
+        started = time.monotonic()
+        store.stop_riding_out(0.5)
+        with pytest.raises(RedisUnreachableError, match="this program is stopping"):
+            store.redis.get("k")
+        assert time.monotonic() - started < 2.0
+        private_server.start(timeout=10)
+        assert store.redis.get("k") is None  # a dropped connection is still made again
+    finally:
+        store.close()
+
+
+def test_a_server_back_between_two_commands_is_said_back(
+    private_server: EmbeddedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only a command that had retried said the server back: one that found it back at its
+    first attempt (the last one had given up) left the store taking it for down, without the
+    line, until the next outage (a writer then kept its claims at its stop)."""
+    caplog.set_level(logging.WARNING, logger="scanstream")
+    store = _store(private_server.url, max_unreachable_time=1.5)
+    try:
+        store.redis.set("k", b"v")
+        _kill(private_server)
+        with pytest.raises(RedisUnreachableError):
+            store.redis.get("k")
+        assert store.outage_notice is not None and store.outage_notice.down_since is not None
+        private_server.start(timeout=10)
+        # A connection made again is no reply yet; the command's reply is.
+        store.redis.ping()
+        assert store.outage_notice.down_since is None
+    finally:
+        store.close()
+    lines = _store_lines(caplog)
+    assert len(lines) == 2 and lines[1].startswith(f"Redis at {private_server.url} answers again")

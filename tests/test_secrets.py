@@ -150,7 +150,7 @@ def test_no_error_message_repr_or_log_shows_a_password(
         assert main(["--redis-url", url, "ls"]) == 1
         err = capsys.readouterr().err
         last = err.splitlines()[-1]  # after log lines of the scan that failed above
-        assert last.startswith("scanstream: error: ") and "unreachable" in last
+        assert last.startswith("scanstream ls: error: ") and "unreachable" in last
         seen.append(err)
     # A wrong password is refused at once, and not shown either.
     secret_server.start(timeout=10)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import secrets
+import socket
 import threading
 import time
 import weakref
@@ -72,6 +73,9 @@ def default_retry(
     )
 
 
+#: Seconds a command of a stopping program rides out an outage (DataStore.stop_riding_out).
+STOPPING_GRACE = 0.5
+
 #: Seconds a command is retried before its store logs that Redis does not answer: a dropped
 #: connection re-established at once is not an outage worth a line.
 OUTAGE_NOTICE_TIME = 1.0
@@ -80,28 +84,72 @@ OUTAGE_NOTICE_TIME = 1.0
 class OutageNotice:
     """Logs an outage of one store's server once, however many commands and threads retry
     through it, and its end (a WARNING each): an operator gets two lines, not one per
-    command or per attempt."""
+    command or per attempt; and, with :attr:`reminder`, a line at that interval while it
+    lasts.
+
+    The store's commands share it (:attr:`DataStore.outage_notice`): a program that rides
+    out outages its own way (a writer or a watch retrying for as long as it runs) says so
+    through :attr:`consequence`, and a program that is stopping shortens the outages its
+    commands ride out with :attr:`grace` (:meth:`DataStore.stop_riding_out`).
+
+    Parameters
+    ----------
+    where : str
+        ``Redis at URL``, the password masked.
+    budget : float
+        The store's outage budget (s).
+    """
 
     def __init__(self, where: str, budget: float) -> None:
         self.where = where
         self.budget = budget
+        #: What the program does while the server does not answer, said in the outage's
+        #: lines; None: "retrying for up to BUDGET s (SCANSTREAM_MAX_UNREACHABLE_TIME)".
+        self.consequence: str | None = None
+        #: Seconds between two lines saying that the server still does not answer (None:
+        #: no such line; a program that retries for ever sets one).
+        self.reminder: float | None = None
+        #: Seconds a command rides out an outage at most, when shorter than the budget
+        #: (:meth:`DataStore.stop_riding_out`). Set without a lock: from a signal handler too.
+        self.grace: float | None = None
         self.down_since: float | None = None  # read unlocked on every command's success
+        self._said = 0.0  # time.monotonic() of the last line of the outage
         self._lock = threading.Lock()
+
+    def _doing(self) -> str:
+        if self.consequence is not None:
+            return self.consequence
+        return f"retrying for up to {self.budget:g} s ({ENV_MAX_UNREACHABLE_TIME})"
 
     def failing(self, started: float, error: BaseException) -> None:
         """A command started at ``started`` failed an attempt with ``error``."""
-        if self.down_since is not None or time.monotonic() - started < OUTAGE_NOTICE_TIME:
+        now = time.monotonic()
+        if self.down_since is not None:
+            self._remind(now, error)
+            return
+        if now - started < OUTAGE_NOTICE_TIME:
             return
         with self._lock:
             if self.down_since is not None:
                 return
             self.down_since = started
+            self._said = now
+        logger.warning("%s does not answer (%s); %s", self.where, error, self._doing())
+
+    def _remind(self, now: float, error: BaseException) -> None:
+        if self.reminder is None or now - self._said < self.reminder:
+            return
+        with self._lock:
+            since = self.down_since
+            if since is None or now - self._said < self.reminder:
+                return
+            self._said = now
         logger.warning(
-            "%s does not answer (%s); retrying for up to %g s (%s)",
+            "%s still does not answer after %.0f s (%s); %s",
             self.where,
+            now - since,
             error,
-            self.budget,
-            ENV_MAX_UNREACHABLE_TIME,
+            self._doing(),
         )
 
     def answered(self) -> None:
@@ -217,6 +265,12 @@ class _NetworkRetry(Retry):
             if notice is not None:
                 notice.failing(started, error)
             elapsed = time.monotonic() - started
+            grace = notice.grace if notice is not None else None
+            if grace is not None and elapsed >= grace:
+                raise RedisUnreachableError(
+                    f"{self.where} unreachable ({error}); not retried further: this program "
+                    "is stopping"
+                ) from error
             if elapsed >= self.budget:
                 raise RedisUnreachableError(
                     f"{self.where} unreachable for {elapsed:.1f} s, longer than "
@@ -225,9 +279,16 @@ class _NetworkRetry(Retry):
                 ) from error
 
         result = super().call_with_retry(do, fail_within_budget, *args, **kwargs)
-        # Only a command that failed and then got its reply tells that the server is back
-        # (some calls of redis-py's own retry loops complete without a round trip).
-        if failed and notice is not None and notice.down_since is not None:
+        # A reply tells that the server is back, also to a command that did not have to retry
+        # (the server came back between two commands: the line that it answers again was
+        # missed, and the store took it for down until the next outage). A connection made
+        # is no reply: redis-py connects through this policy too, and a frozen server still
+        # accepts connections.
+        if (
+            notice is not None
+            and notice.down_since is not None
+            and (failed or not isinstance(result, socket.socket))
+        ):
             notice.answered()
         return result
 
@@ -300,6 +361,9 @@ class DataStore:
         self.identity = ServerIdentity(self.keys, self.display_url)
         #: True when the server is a Redis Cluster (a ``redis+cluster://`` URL).
         self.is_cluster = is_cluster_url(self.url)
+        #: What this store says of its server's outages, shared by its connections
+        #: (:class:`OutageNotice`); None with a ``settings.retry`` of your own, or a cluster.
+        self.outage_notice: OutageNotice | None = None
         if self.is_cluster:
             self.redis = self._cluster_client()
             self.scatter_writes = _cluster_scatters(self.url)
@@ -309,16 +373,15 @@ class DataStore:
             #: then send batches without joining them (resp.Scattered); over TLS they join.
             self.scatter_writes = vectored is not None
             budget = self.settings.max_unreachable_time
+            if self.settings.retry is None:
+                self.outage_notice = OutageNotice(f"Redis at {self.display_url}", budget)
             self.redis = redis.Redis.from_url(
                 self.url,
                 socket_connect_timeout=10,
                 # Blocking reads are sliced to <= 1 s, so this only fires on a dead or frozen
                 # server; kept near the outage budget so that a frozen one is given up in time.
                 socket_timeout=max(10.0, min(30.0, budget)),
-                retry=self.settings.retry
-                or default_retry(
-                    budget, self.url, OutageNotice(f"Redis at {self.display_url}", budget)
-                ),
+                retry=self.settings.retry or default_retry(budget, self.url, self.outage_notice),
                 health_check_interval=30,
                 command_packer=_COMMAND_PACKER,
                 # TLS sockets have no sendmsg: redis-py's writes, with the same identity check.
@@ -403,6 +466,19 @@ class DataStore:
     def close(self) -> None:
         """Close the connection pool."""
         self._finalizer()
+
+    def stop_riding_out(self, grace: float = STOPPING_GRACE) -> None:
+        """From now on, a command rides out an outage for ``grace`` seconds at most, not the
+        whole budget, then raises :class:`~scanstream.RedisUnreachableError`.
+
+        For a program that is stopping (SIGTERM, Ctrl-C): its threads, blocked in commands
+        retried against a server that went away, end within about ``grace`` seconds instead
+        of the budget, while a connection merely dropped (the server up) is still made
+        again. For good; without effect with a ``settings.retry`` of your own, or on a
+        cluster. Safe to call from a signal handler (it takes no lock).
+        """
+        if self.outage_notice is not None:
+            self.outage_notice.grace = grace
 
     def check_protocol(self, *, initialize: bool = False) -> None:
         """Check the protocol version key; with ``initialize``, set it when absent.

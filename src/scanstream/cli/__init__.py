@@ -28,7 +28,7 @@ from .. import __version__
 from .._transport import shared_server
 from .._transport.urls import mask_url
 from ..exceptions import ScanstreamError
-from .errors import describe_failure, discard_stdout, url_origin, url_problem
+from .errors import describe_failure, discard_stdout, print_error, url_origin, url_problem
 from .logs import configure_logging
 from .signals import interrupt_exit_code, terminating_as_interrupt
 from .usage import SubParsers, UsageError, accept_negative_values
@@ -213,16 +213,21 @@ def main(argv: list[str] | None = None) -> int:
     Returns
     -------
     int
-        The exit code: 0 on success, 1 on a scanstream or connection error (one line on
-        stderr), 2 on a usage error (a Redis URL that names no server included), 130 on Ctrl-C,
-        143 on SIGTERM and 129 on SIGHUP (which stop a command as Ctrl-C does); a subcommand may
-        give its own meaning to 1.
+        The exit code: 0 on success, 1 on a scanstream or connection error, 2 on a usage error
+        (a Redis URL that names no server included), each said in one line on stderr,
+        ``scanstream COMMAND: error: MESSAGE`` (:func:`~scanstream.cli.errors.error_line`);
+        130 on Ctrl-C, 143 on SIGTERM and 129 on SIGHUP (which stop a command as Ctrl-C
+        does); a subcommand may give its own meaning to 1 (docs/configuration.md, "Errors and
+        exit codes").
     """
-    parser = build_parser()
     try:
+        parser = build_parser()
+        # Parsing imports the subcommand's module (h5py, the writer...): a second or so.
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help or a usage error: return its code, so main() stays callable
         return exc.code if isinstance(exc.code, int) else 2
+    except KeyboardInterrupt:  # Ctrl-C while the command starts: no traceback of the imports
+        return 128 + signal.SIGINT
     args.standalone = argv is None  # the `scanstream` program: the process ends with main()
     configure_logging(args.verbose)
     if args.command is None:
@@ -231,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     url, origin = url_origin(args)
     problem = url_problem(url, origin)
     if problem is not None:
-        print(f"scanstream: error: {problem}", file=sys.stderr)
+        print_error(args.command, problem)
         return 2
     spec: Command = args.command_spec
     signals = contextlib.nullcontext() if spec.own_signals else terminating_as_interrupt()
@@ -247,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         if line is None and not isinstance(exc, ScanstreamError):
             raise  # a Redis error that is not about reaching it: a defect, with its traceback
         # The messages of scanstream name URLs masked already; a redis-py error may quote one.
-        print(f"scanstream: error: {_mask_urls(line or str(exc))}", file=sys.stderr)
+        print_error(args.command, _mask_urls(line or str(exc)))
         return 1
     except KeyboardInterrupt as exc:  # SIGTERM and SIGHUP too (signals.Terminated)
         return interrupt_exit_code(exc)

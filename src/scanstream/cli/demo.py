@@ -27,7 +27,7 @@ from ..sim import SavingConfig
 from ..sim.catalogue import run_catalogue
 from ..subscribe.tree import ScanNode, get_session_node
 from ..writer import nexus, scan_file_path
-from .errors import describe_server, url_origin
+from .errors import describe_server, print_error, url_origin
 from .signals import Terminated, interrupt_exit_code, interrupt_name
 from .usage import session_name, writable_directory
 
@@ -95,11 +95,11 @@ def run_demo(args: argparse.Namespace) -> int:
         _summary(store, args.session, sorted(numbers), root)
         if missing:
             # The demo's writer stops with it: its --status would say nothing more.
-            print(
+            print_error(
+                "demo",
                 f"NOT saved: scans {sorted(missing)} (why: above); they stay in Redis "
                 f"(`scanstream ls {args.session}`): once the cause is fixed, `scanstream writer "
                 f"{args.session} --root {root}` saves them",
-                file=sys.stderr,
             )
             return 1
         return 0

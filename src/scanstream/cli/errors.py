@@ -1,5 +1,7 @@
-"""One line for each way a command can fail to reach Redis: the URL (masked), where it came
-from (``--redis-url`` or ``$SCANSTREAM_REDIS_URL``) and what to do, never a traceback."""
+"""The error lines of every command, in one form: ``scanstream COMMAND: error: MESSAGE``
+(:func:`error_line`, docs/configuration.md "Errors and exit codes"), and one line for each way
+a command can fail to reach Redis: the URL (masked), where it came from (``--redis-url`` or
+``$SCANSTREAM_REDIS_URL``) and what to do, never a traceback."""
 
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ __all__ = [
     "describe_failure",
     "describe_server",
     "discard_stdout",
+    "error_line",
+    "print_error",
     "url_origin",
     "url_problem",
     "url_scheme_problem",
@@ -27,6 +31,28 @@ __all__ = [
 
 #: The URL schemes scanstream accepts: redis-py's, and the cluster ones (docs/cluster.md).
 SCHEMES = ("redis://", "rediss://", "unix://", *(f"{name}://" for name in CLUSTER_SCHEMES))
+
+
+def error_line(command: str | None, message: str) -> str:
+    """``scanstream COMMAND: error: MESSAGE``: the form of every error line of every command.
+
+    The form argparse gives its usage errors (``PROG: error: MESSAGE``), so that a script
+    or a person finds every error of ``scanstream COMMAND`` the same way, whoever found it.
+
+    Parameters
+    ----------
+    command : str or None
+        The subcommand (``"ls"``); None before one is known (``scanstream: error: ...``).
+    message : str
+        What is wrong and what to do, on one line.
+    """
+    prog = f"scanstream {command}" if command else "scanstream"
+    return f"{prog}: error: {message}"
+
+
+def print_error(command: str | None, message: str) -> None:
+    """Print :func:`error_line` on stderr."""
+    print(error_line(command, message), file=sys.stderr)
 
 
 def url_origin(args: argparse.Namespace) -> tuple[str | None, str]:

@@ -5,18 +5,20 @@ from __future__ import annotations
 import argparse
 import ast
 import os
-import sys
 import traceback
 
 import redis
 
 from ..exceptions import ScanstreamError
 from ..legacy import LegacyImportError, install, run_script
+from .errors import print_error
+from .usage import UsageError
 
 
 def configure_legacy(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``scanstream legacy``."""
-    parser.add_argument("script", metavar="SCRIPT.py", help="the script to run")
+    # Optional for argparse, required below: argparse named the optional ARGS as missing too.
+    parser.add_argument("script", metavar="SCRIPT.py", nargs="?", help="the script to run")
     parser.add_argument(
         "args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments of the script"
     )
@@ -28,17 +30,19 @@ def run_legacy(args: argparse.Namespace) -> int:
     The script's own errors end it as with ``python SCRIPT``: their traceback from the
     script's frames on, exit code 1.
     """
+    if args.script is None:
+        raise UsageError("give the script to run: scanstream legacy SCRIPT.py [ARGS...]")
     if not os.path.isfile(args.script):
-        print(f"scanstream legacy: no script {args.script!r}", file=sys.stderr)
+        print_error("legacy", f"no script {args.script!r}; give the path of a Python script")
         return 2
     problem = _compile_problem(args.script)
     if problem is not None:
-        print(f"scanstream legacy: {args.script!r} {problem}", file=sys.stderr)
+        print_error("legacy", f"{args.script!r} {problem}")
         return 2
     try:
         install()
     except LegacyImportError as exc:
-        print(f"scanstream legacy: {exc}", file=sys.stderr)
+        print_error("legacy", str(exc))
         return 2
     try:
         run_script(args.script, args.args, redis_url=getattr(args, "redis_url", None))

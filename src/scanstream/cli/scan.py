@@ -47,7 +47,7 @@ from ..sim.control import ScanResult, scan_result_of
 from ..sim.devices import MotorLimitError
 from ..sim.lima import unclosed_files
 from ..sim.saving import SavingConfig
-from .errors import describe_failure, describe_server, discard_stdout, url_origin
+from .errors import describe_failure, describe_server, discard_stdout, print_error, url_origin
 from .scan_args import (
     DATA_ROOT_ENV,
     DEFAULT_SESSION,
@@ -366,7 +366,7 @@ def run_scan(args: argparse.Namespace) -> int:
             )
         except _Failed as failed:  # a connection, password or permission failure of the scan
             line = describe_failure(failed.__cause__ or failed, given, origin)
-            print(f"scanstream scan: error: {line}", file=sys.stderr)
+            print_error("scan", line or str(failed.__cause__ or failed))
             code = 1
     if getattr(args, "standalone", False):
         _exit_if_files_unclosed(code)
@@ -379,6 +379,7 @@ def _exit_if_files_unclosed(code: int) -> None:
     unclosed = unclosed_files()
     if not unclosed:
         return
+    # Not a second error line: the scan's error, above, said why the file is unclosed.
     print(
         f"scanstream scan: HDF5 could not close {', '.join(unclosed)}: ending at once (HDF5 "
         "would crash on it at exit)",
@@ -417,16 +418,16 @@ def _run(
         result = scan_result_of(exc)
         return ctrl_c.exit_code
     except NoWriterError as exc:
-        print(f"scanstream scan: error: {exc}", file=sys.stderr)
+        print_error("scan", str(exc))
         return EXIT_NOT_SAVED
     except MotorLimitError as exc:
-        print(f"scanstream scan: error: {exc}", file=sys.stderr)
+        print_error("scan", str(exc))
         return 1
     except Exception as exc:
         result = scan_result_of(exc)
         if describe_failure(exc, None, "") is not None:
             raise _Failed() from exc
-        print(f"scanstream scan: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print_error("scan", f"{type(exc).__name__}: {exc}")
         return 1
     finally:
         ctrl_c.scan_running = False

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,6 +11,7 @@ from .._transport import shared_server
 from .._transport.connection import DataStore
 from .._transport.urls import mask_url
 from ..admin.listing import server_dependents
+from .errors import print_error
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +65,9 @@ def _stop_server(*, force: bool) -> int:
             dependents = server_dependents(store)
         if dependents.any:
             persisted = status["persistence"] != "off"
-            print(
-                f"scanstream: refusing to stop the embedded server: {dependents.describe()}. "
+            print_error(
+                "server",
+                f"refusing to stop the embedded server: {dependents.describe()}. "
                 + (
                     "Its data is persisted and comes back at the next start, but "
                     if persisted
@@ -75,7 +76,6 @@ def _stop_server(*, force: bool) -> int:
                 )
                 + "running scans and their clients would fail. Stop them or let the writers "
                 "finish, or use `scanstream server stop --force`",
-                file=sys.stderr,
             )
             return 1
     print("stopped" if shared_server.stop_server() else "no embedded server was running")

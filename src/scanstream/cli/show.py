@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import sys
 from typing import Any, cast
 
 from .._transport.connection import DataStore
@@ -21,6 +20,7 @@ from ..exceptions import DecodingError, ScanNotFoundError, SessionNotFoundError
 from ..subscribe.data_nodes import ChannelNode, LimaNode, ScanRefNode
 from ..subscribe.nodes import DataNode
 from ..subscribe.tree import ScanNode, get_session_node
+from .errors import print_error
 from .usage import scan_number, session_name
 
 
@@ -43,14 +43,10 @@ def run_show(args: argparse.Namespace) -> int:
         try:
             scan = _find_scan(store, args.session, args.number)
         except SessionNotFoundError as exc:  # the message lists the known sessions
-            print(f"scanstream show: error: {exc}", file=sys.stderr)
+            print_error("show", str(exc))
             return 1
         except ScanNotFoundError as exc:
-            print(
-                f"scanstream show: error: {exc}; `scanstream ls {args.session}` lists its "
-                "stored scans",
-                file=sys.stderr,
-            )
+            print_error("show", f"{exc}; `scanstream ls {args.session}` lists its stored scans")
             return 1
         description = describe_scan(scan)
     if args.json:

@@ -10,8 +10,9 @@ One walker thread per session reads Redis (only 0D channels' data streams: image
 spectra are not read); they hand their events to the main thread through a queue, which is
 the only one to print, so lines of several sessions and scans never garble each other.
 Ctrl-C stops the walkers and ends the command (exit code 130); ``--timeout`` ends it after
-that many seconds without any event (exit code 0). A server lost while the watch runs (longer
-than the outage budget, or back without its data) is said in one line and watched again.
+that many seconds without any event (exit code 0). A server lost while the watch runs is
+said at once and retried until it answers, however long it takes; the sessions are then
+watched again (a server back without its data too, said in one line).
 """
 
 from __future__ import annotations
@@ -48,8 +49,10 @@ __all__ = ["configure_watch", "run_watch"]
 #: Seconds between refreshes of the values line on a terminal, and elsewhere.
 TTY_REFRESH = 0.1
 PIPE_REFRESH = 2.0
-#: Seconds between a lost server and the next watch of it.
+#: Seconds between a server found reset and the next watch of it.
 RESUME_DELAY = 1.0
+#: Seconds between two lines saying that the server still does not answer.
+OUTAGE_REMINDER = 300.0
 _FINAL = (SavingState.SAVED, SavingState.FAILED, SavingState.NOT_SAVED)
 
 
@@ -94,29 +97,74 @@ def _positive(text: str) -> float:
 def run_watch(args: argparse.Namespace) -> int:
     """Follow the sessions until Ctrl-C (exit code 130) or ``--timeout`` (exit code 0).
 
-    A server that goes away while the watch runs (for longer than the outage budget), or
-    comes back without its data, is said in one line, then followed again, as a new watch
-    would; one that cannot be reached at the start fails the command (exit code 1).
+    A server that goes away while the watch runs is said at once (the store's outage line,
+    within a second or two), retried for as long as the watch runs, and said back when it
+    answers; the sessions are then watched again. One that comes back without its data is
+    said in one line, and followed again as a new watch would. One that cannot be reached
+    at the start fails the command (exit code 1).
     """
     url, origin = url_origin(args)
     url = resolve_url(url)
     print(describe_server(url, origin), file=sys.stderr)
-    while True:
-        with DataStore(url) as store:
+    store = _open_store(url)
+    try:
+        while True:
             watcher = _Watcher(store, rows=not args.no_rows, save_wait=args.save_wait)
             try:
                 return watcher.run(args.sessions, args.timeout)
             except KeyboardInterrupt as exc:  # SIGTERM too (signals.Terminated)
+                # Walkers blocked on a server that went away would each wait out the outage
+                # budget before they stop (then their join's 5 s): they give up now.
+                store.stop_riding_out()
                 watcher.clear_line()
                 return interrupt_exit_code(exc)
             except (RedisUnreachableError, ServerResetError) as exc:
                 if not watcher.watching:
                     raise
-                # A monitor outlives its server's restarts: the writer does too.
-                watcher.say(f"scanstream watch: {exc}; watching again (Ctrl-C to stop)", sys.stderr)
+                lost: Exception = exc
             finally:
                 watcher.stop()
-        time.sleep(RESUME_DELAY)
+            watcher.clear_line()
+            # A monitor outlives its server's outages and restarts: the writer does too.
+            if isinstance(lost, RedisUnreachableError) and _back_with_its_data(store):
+                why = (
+                    "the walks of the sessions gave up during the outage: scans started "
+                    "meanwhile are not shown (`scanstream ls` lists them)"
+                )
+            else:
+                why = str(lost) if isinstance(lost, ServerResetError) else _RESET
+                store.close()  # it refuses the reset server for good
+                time.sleep(RESUME_DELAY)
+                store = _open_store(url)
+            print(f"scanstream watch: {why}; watching again (Ctrl-C to stop)", file=sys.stderr)
+    finally:
+        store.close()
+
+
+_RESET = "the server came back without its data (restarted without persistence, or flushed)"
+
+
+def _open_store(url: str) -> DataStore:
+    """The watch's store: its outage lines say that the watch retries until Ctrl-C."""
+    store = DataStore(url)
+    notice = store.outage_notice
+    if notice is not None:
+        notice.consequence = "scanstream watch retries until it answers (Ctrl-C to stop)"
+        notice.reminder = OUTAGE_REMINDER
+    return store
+
+
+def _back_with_its_data(store: DataStore) -> bool:
+    """Wait until the server answers again, for as long as it takes (Ctrl-C ends it); False
+    when it came back without its data (the store refuses it then)."""
+    while True:
+        try:
+            store.redis.ping()  # the store's outage line says when it answers again
+        except RedisUnreachableError:
+            continue  # one outage budget more: the store reminds of it at long intervals
+        except ServerResetError:
+            return False
+        return True
 
 
 def _master_of(node: DataNode) -> str:

@@ -13,11 +13,11 @@ import errno
 import ipaddress
 import os
 import socket
-import sys
 
 from .._transport.connection import DataStore
 from .._transport.shared_server import resolve_url
 from .._transport.urls import mask_url
+from .errors import print_error
 from .usage import session_name
 
 #: Host names a loopback-bound view accepts in requests.
@@ -89,12 +89,12 @@ def run_web(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C; exit 2 on a refused binding or a bad port, 1 if it cannot listen."""
     token = args.token or os.environ.get(TOKEN_ENV) or None
     if not is_loopback(args.host) and not token:
-        print(
-            f"scanstream web: refusing to listen on {args.host!r} without a token: anyone who "
+        print_error(
+            "web",
+            f"refusing to listen on {args.host!r} without a token: anyone who "
             "reaches that address could read every scan. Give --token SECRET (or "
             f"${TOKEN_ENV}), or keep the default --host 127.0.0.1 and reach it through an "
             "SSH tunnel (ssh -L 8000:127.0.0.1:8000 HOST)",
-            file=sys.stderr,
         )
         return 2
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
@@ -107,10 +107,10 @@ def run_web(args: argparse.Namespace) -> int:
         sock.listen(128)
     except OSError as exc:
         sock.close()
-        print(
-            f"scanstream web: cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
+        print_error(
+            "web",
+            f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
             f"({_listen_hint(exc, args.host)})",
-            file=sys.stderr,
         )
         return 1
     try:

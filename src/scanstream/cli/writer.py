@@ -154,7 +154,10 @@ def run_writer(args: argparse.Namespace) -> int:
     try:
         configure_logging(max(args.verbose, 1), level=level, log_file=args.log_file)
     except OSError as exc:
-        raise UsageError(f"--log-file {args.log_file!r} cannot be opened: {exc.strerror}") from None
+        raise UsageError(
+            f"--log-file {args.log_file!r} cannot be opened for appending ({exc.strerror}); "
+            "give a file in a directory that exists and this user may write"
+        ) from None
     if args.log_file:
         # The worker processes that write the scans append to the same file (they inherit
         # the environment; scanstream.writer.worker reads it).

@@ -15,12 +15,16 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m scanstream.legacy SCRIPT.py [ARGS...]", file=sys.stderr)
         return 2
     if not os.path.isfile(args[0]):
-        print(f"scanstream legacy: no script {args[0]!r}", file=sys.stderr)
+        # The form of every scanstream command's errors (scanstream.cli.errors.error_line).
+        print(
+            f"scanstream legacy: error: no script {args[0]!r}; give the path of a Python script",
+            file=sys.stderr,
+        )
         return 2
     try:
         install()
     except LegacyImportError as exc:
-        print(f"scanstream legacy: {exc}", file=sys.stderr)
+        print(f"scanstream legacy: error: {exc}", file=sys.stderr)
         return 2
     run_script(args[0], args[1:])  # the script's errors and SystemExit propagate
     return 0

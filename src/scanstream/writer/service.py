@@ -63,6 +63,8 @@ logger = logging.getLogger(__name__)
 _SCAN_TYPES = tuple(sorted(SCAN_NODE_TYPES))
 #: How often run() looks whether a signal came (s).
 _SIGNAL_POLL = 0.1
+#: Seconds between two lines saying that the server still does not answer.
+OUTAGE_REMINDER = 300.0
 #: Seconds between two reads of the server's identity (see _watch_server_identity).
 _IDENTITY_PERIOD = 1.0
 
@@ -280,6 +282,11 @@ class WriterService:
                 pass
         finally:
             if received:
+                # Its threads and workers blocked in commands retried against a server that
+                # went away would each wait out the outage budget (30 s) before they stop:
+                # the process stops within a second instead. Its claims need no release: they
+                # expire on the server, and another writer resumes the scans.
+                self.store.stop_riding_out()
                 why = f"on {received[0]}"
             elif self.server_reset is not None:
                 why = f"as the server was reset ({self.server_reset})"
@@ -315,6 +322,7 @@ class WriterService:
 
     def start(self) -> WriterService:
         """Start following the sessions (returns at once)."""
+        self._describe_outages()
         self.policy.apply_umask()
         if self.isolate:
             self.workers.warm()
@@ -332,6 +340,20 @@ class WriterService:
         )
         return self
 
+    def _describe_outages(self) -> None:
+        """Make the store's outage lines say what this writer does (unless the store's owner
+        chose the words): it retries for as long as it runs, where a command gives up after
+        the budget; a reminder every :data:`OUTAGE_REMINDER` s, one line at the end."""
+        notice = self.store.outage_notice
+        if notice is None or notice.consequence is not None:
+            return
+        notice.consequence = (
+            "the writer keeps retrying for as long as it runs; meanwhile its claims lapse on "
+            f"the server after {HEALTH_TTL:g} s and the scans it was writing wait, stored in "
+            "Redis, until it (or another writer) resumes them"
+        )
+        notice.reminder = OUTAGE_REMINDER
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop: scans being written stay unfinished in the file and are completed at restart."""
         with self._lock:  # no claim starts after this (see _hold)
@@ -348,6 +370,15 @@ class WriterService:
         self.files.close()
         if self.pool is not None:  # after the files are closed: others take the scans over
             self.pool.release()
+        notice = self.store.outage_notice
+        if notice is not None and notice.down_since is not None:
+            # Each release would ride out the outage first; the claims expire on the server.
+            logger.info(
+                "claims not released (Redis does not answer): they expire on the server "
+                "within %g s, then another writer may take the sessions",
+                HEALTH_TTL,
+            )
+            return
         for name in self.sessions:
             # A reset server (ServerResetError) holds no claim to release: stopping must not fail.
             with contextlib.suppress(redis.RedisError, ServerResetError):

@@ -26,7 +26,8 @@ T = TypeVar("T")
 
 #: Seconds between attempts by default (redis-py's own retries came first).
 RETRY_PERIOD = 1.0
-#: Errors meaning "Redis cannot be reached": logged as a warning, without a traceback.
+#: Errors meaning "Redis cannot be reached": logged at the debug level only (the store logs
+#: the outage: its OutageNotice), without a traceback.
 UNREACHABLE: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
 #: Failures in a row of a reset server (ServerResetError, once a second) between two lines.
 _RESET_LOG_EVERY = 60
@@ -53,7 +54,7 @@ def supervise(
         Names the work in the log (``"scan test_session:3"``).
     restart_on : tuple of exception types
         Errors after which the work is started over; any other error is raised. Errors of
-        :data:`UNREACHABLE` are logged as warnings, those of ``wait_on`` as below, the others
+        :data:`UNREACHABLE` are logged at the debug level, those of ``wait_on`` as below, the others
         with their traceback.
     wait_on : tuple of exception types
         Errors (among ``restart_on``) that mean "wait for something else" (a file another
@@ -91,7 +92,9 @@ def supervise(
                         pause,
                     )
             elif isinstance(exc, UNREACHABLE):
-                logger.warning(
+                # The store says the outage, once at its start and once at its end (its
+                # OutageNotice): a line here at each attempt repeated it every budget.
+                logger.debug(
                     "%s: Redis unreachable (%s); starting again in %.1f s", what, exc, pause
                 )
             else:

@@ -178,6 +178,12 @@ def _write_one(assignment: dict[str, Any], terminated: threading.Event) -> bool:
     if config.scan_fence:  # pool mode: the claim is the scan's
         checker = ClaimFence(ScanClaims(store, config.owner), number)
     fence = _Fence(checker, session, config.token, terminated)
+    if store.outage_notice is not None:  # the line says what becomes of the scan
+        store.outage_notice.consequence = (
+            f"the writing of scan {session}:{number} waits for it for up to "
+            f"{store.settings.max_unreachable_time:g} s, then the writer starts it again"
+        )
+    _STORES.append(store)
     files = OpenFiles(config.flush_period)
     reusable = False
     writer: ScanWriter | None = None
@@ -213,6 +219,7 @@ def _write_one(assignment: dict[str, Any], terminated: threading.Event) -> bool:
     finally:
         files.close()
         store.close()
+        _STORES.remove(store)
     if _REPORTS.gone:
         done = writer is not None and writer.result.complete
         written = writer.result.scan_file if writer is not None else None
@@ -261,6 +268,19 @@ def _configure_logging() -> None:
             stderr.setLevel(logging.WARNING)
 
 
+#: The store of the scan being written: a SIGTERM shortens the outages it rides out.
+_STORES: list[DataStore] = []
+
+
+def _terminate(terminated: threading.Event) -> None:
+    """SIGTERM or SIGINT: stop before the next HDF5 call. A read blocked on a server that
+    went away gives up within a second (the outage budget was 30 s, and the service kills a
+    worker that is not gone within 10 s: its file left unclosed)."""
+    for store in list(_STORES):
+        store.stop_riding_out()
+    terminated.set()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write the scans assigned on stdin, one at a time, until EOF or an unusable state."""
     _configure_logging()
@@ -268,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGINT too: Ctrl-C at the terminal of `scanstream writer` reaches every process of its
     # group; as KeyboardInterrupt it printed a traceback per worker, cut an HDF5 call short.
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: terminated.set())
+        signal.signal(signum, lambda *_: _terminate(terminated))
     # Assignments come on stdin, one JSON line each, once the imports are done: the service
     # keeps such workers warm, so a scan's writing starts without the import time.
     for line in sys.stdin:
