@@ -192,3 +192,25 @@ def test_ctrl_c_of_a_writer_during_a_scan_then_a_restart_saves_it_whole(
         os.killpg(again.pid, signal.SIGINT)
         _, err = again.communicate(timeout=30)
         assert "Traceback" not in err, err
+
+
+def test_a_signal_that_comes_during_a_finalizer_still_stops_the_command() -> None:
+    """Found by the suite: SIGTERM came while the garbage collector ran redis-py's
+    ``ConnectionPool.__del__``; Terminated raised there was printed ("Exception ignored in")
+    and dropped, and ``scanstream demo`` ran on to its end and exited 0."""
+    from scanstream.cli.signals import Terminated, terminating_as_interrupt
+
+    class SignalledWhileCollected:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            deadline = time.monotonic() + 0.2
+            while time.monotonic() < deadline:  # the handler runs here, inside __del__
+                pass
+
+    with pytest.raises(Terminated) as stopped, terminating_as_interrupt():
+        obj = SignalledWhileCollected()
+        del obj
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert stopped.value.signum == signal.SIGTERM

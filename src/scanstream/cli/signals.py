@@ -11,6 +11,7 @@ USER_ABORTED, the commands' clean-ups) handles these signals too.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -53,6 +54,19 @@ def interrupt_exit_code(exc: BaseException) -> int:
     return 128 + (exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
 
 
+#: Seconds after which a signal that came during a finalizer is delivered again.
+_REDELIVERY_DELAY = 0.02
+
+
+def _inside_finalizer(frame: FrameType | None) -> bool:
+    """True if ``frame`` runs inside an object's ``__del__`` (the garbage collector's)."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
+
+
 @contextlib.contextmanager
 def terminating_as_interrupt() -> Iterator[None]:
     """Within the block, the first SIGTERM or SIGHUP raises :class:`Terminated`; later ones are
@@ -66,9 +80,18 @@ def terminating_as_interrupt() -> Iterator[None]:
     came: list[int] = []
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        if not came:
-            came.append(signum)
-            raise Terminated(signum)
+        if came:
+            return
+        if _inside_finalizer(frame):
+            # Raised here, Terminated would end in Python's "Exception ignored in" (a
+            # finalizer's exceptions are printed and dropped) and the command would run on,
+            # as if never told to stop: the same signal again in a moment, out of it.
+            timer = threading.Timer(_REDELIVERY_DELAY, os.kill, (os.getpid(), signum))
+            timer.daemon = True
+            timer.start()
+            return
+        came.append(signum)
+        raise Terminated(signum)
 
     previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
     try:
