@@ -10,54 +10,23 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cli_processes import process_groups, scanstream_command, wait_until
 
 from scanstream import DataStore, get_session_node
 from scanstream.models import SavingState, ScanState
 from scanstream.writer import writer_status
 
 
-def _command(redis_url: str, *argv: str) -> list[str]:
-    return [sys.executable, "-m", "scanstream", "--redis-url", redis_url, *argv]
-
-
-def _wait(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def spawn() -> Iterator[Callable[..., subprocess.Popen[str]]]:
     """Start commands in process groups of their own (as a shell's jobs); kill what is left."""
-    started: list[subprocess.Popen[str]] = []
-
-    def start(argv: list[str], **kwargs: object) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-            **kwargs,  # type: ignore[call-overload]
-        )
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        # The whole group, even once the command has ended: what it started may run on.
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.communicate(timeout=10)
+    with process_groups() as start:
+        yield start
 
 
 def _group_alive(pgid: int) -> bool:
@@ -79,11 +48,11 @@ def test_ctrl_c_of_a_writer_stops_its_workers_without_traceback(
 ) -> None:
     """Ctrl-C reaches the writer's worker processes too: each used to print a
     KeyboardInterrupt traceback (it waited for its next scan on stdin)."""
-    writer = spawn(_command(redis_url, "writer", "cc", "--root", str(tmp_path)))
+    writer = spawn(scanstream_command(redis_url, "writer", "cc", "--root", str(tmp_path)))
     with DataStore(redis_url) as store:
-        _wait(lambda: writer_status("cc", store=store) is not None, "the writer")
+        wait_until(lambda: writer_status("cc", store=store) is not None, "the writer")
     scan = subprocess.run(
-        _command(redis_url, "scan", "--session", "cc", "-q", "--time-scale", "0")
+        scanstream_command(redis_url, "scan", "--session", "cc", "-q", "--time-scale", "0")
         + ["--save-timeout", "30", "loopscan", "2", "0.1", "diode"],
         capture_output=True,
         text=True,
@@ -95,7 +64,7 @@ def test_ctrl_c_of_a_writer_stops_its_workers_without_traceback(
     assert writer.returncode == 0, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert "stopping on SIGINT" in err
-    _wait(lambda: not _group_alive(writer.pid), "the worker processes to end", timeout=10)
+    wait_until(lambda: not _group_alive(writer.pid), "the worker processes to end", timeout=10)
 
 
 def _read_until(proc: subprocess.Popen[str], text: str, timeout: float = 30.0) -> str:
@@ -114,7 +83,7 @@ def test_a_terminated_demo_stops_its_writer(
     signum: int, redis_url: str, tmp_path: Path, spawn: Callable[..., subprocess.Popen[str]]
 ) -> None:
     """`kill PID` of the demo: its writer process used to run on, orphaned, for ever."""
-    demo = spawn(_command(redis_url, "demo", "--root", str(tmp_path)))
+    demo = spawn(scanstream_command(redis_url, "demo", "--root", str(tmp_path)))
     _read_until(demo, "demo:1_")  # a scan ended, the next one runs
     with DataStore(redis_url) as store:
         status = writer_status("demo", store=store)
@@ -126,7 +95,7 @@ def test_a_terminated_demo_stops_its_writer(
         assert "Traceback" not in err, err
         name = signal.Signals(signum).name
         assert f"{name}: the demo stopped; its scans not saved yet stay in Redis" in err
-        _wait(lambda: not _group_alive(demo.pid), "the writer and its workers", timeout=20)
+        wait_until(lambda: not _group_alive(demo.pid), "the writer and its workers", timeout=20)
         with pytest.raises(ProcessLookupError):
             os.kill(writer_pid, 0)
         # The scan running at the signal was ended (USER_ABORTED), not left to its lease.
@@ -141,7 +110,7 @@ def test_a_terminated_scan_ends_user_aborted(
     """`kill PID` of `scanstream scan`: the scan stayed open until its lease declared it
     KILLED, and the command printed nothing."""
     scan = spawn(
-        _command(redis_url, "scan", "--session", "term", "--no-saving")
+        scanstream_command(redis_url, "scan", "--session", "term", "--no-saving")
         + ["ascan", "roby", "0", "1", "100", "0.05", "diode"]
     )
     _read_until(scan, "roby[mm]")
@@ -164,11 +133,11 @@ def test_ctrl_c_of_a_writer_during_a_scan_then_a_restart_saves_it_whole(
     """The worker writing the scan gets the Ctrl-C too: it stops as on SIGTERM, and the
     restarted writer completes the scan, every point in the file."""
     root = tmp_path / "data"
-    writer = spawn(_command(redis_url, "writer", "mid", "--root", str(root)))
+    writer = spawn(scanstream_command(redis_url, "writer", "mid", "--root", str(root)))
     with DataStore(redis_url) as store:
-        _wait(lambda: writer_status("mid", store=store) is not None, "the writer")
+        wait_until(lambda: writer_status("mid", store=store) is not None, "the writer")
         scan = spawn(
-            _command(redis_url, "scan", "--session", "mid", "-q", "--save-timeout", "60")
+            scanstream_command(redis_url, "scan", "--session", "mid", "-q", "--save-timeout", "60")
             + ["loopscan", "100", "0.05", "diode"]
         )
 
@@ -179,12 +148,12 @@ def test_ctrl_c_of_a_writer_during_a_scan_then_a_restart_saves_it_whole(
                 return False
             return node.saving.state is SavingState.WRITING and node.state is ScanState.PREPARED
 
-        _wait(writing, "the writing of the scan")
+        wait_until(writing, "the writing of the scan")
         os.killpg(writer.pid, signal.SIGINT)
         _, err = writer.communicate(timeout=30)
         assert writer.returncode == 0 and "Traceback" not in err, err
-        _wait(lambda: not _group_alive(writer.pid), "the worker processes to end", timeout=10)
-        again = spawn(_command(redis_url, "writer", "mid", "--root", str(root)))
+        wait_until(lambda: not _group_alive(writer.pid), "the worker processes to end", timeout=10)
+        again = spawn(scanstream_command(redis_url, "writer", "mid", "--root", str(root)))
         out, scan_err = scan.communicate(timeout=60)
         assert scan.returncode == 0, out + scan_err
         verdict = get_session_node("mid", store=store).get_scan(1).saving

@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import h5py
 import pytest
+from cli_processes import process_groups, scanstream_command, wait_until
 
 from scanstream import DataStore, get_session_node
 from scanstream._transport.server import EmbeddedServer
@@ -24,41 +24,11 @@ from scanstream.models import SavingState, ScanState
 from scanstream.writer import writer_status
 
 
-def _command(url: str, *argv: str) -> list[str]:
-    return [sys.executable, "-m", "scanstream", "--redis-url", url, *argv]
-
-
-def _wait(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def spawn() -> Iterator[Callable[..., subprocess.Popen[str]]]:
-    """Start commands in process groups of their own; kill what is left at the end."""
-    started: list[subprocess.Popen[str]] = []
-
-    def start(argv: list[str], **env: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-            env={**os.environ, **env},
-        )
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.communicate(timeout=10)
+    """Start commands in process groups of their own (as a shell's jobs); kill what is left."""
+    with process_groups() as start:
+        yield start
 
 
 def _writing(store: DataStore, session: str) -> Callable[[], bool]:
@@ -81,16 +51,16 @@ def test_a_writer_stops_at_once_when_its_server_is_gone_and_its_scan_is_resumed(
 ) -> None:
     url = persistent_server.url
     root = tmp_path / "data"
-    writer = spawn(_command(url, "writer", "gone", "--root", str(root)))
+    writer = spawn(scanstream_command(url, "writer", "gone", "--root", str(root)))
     with DataStore(url) as store:
-        _wait(lambda: writer_status("gone", store=store) is not None, "the writer")
+        wait_until(lambda: writer_status("gone", store=store) is not None, "the writer")
         # The scan rides out the outage (points queued), and goes on once the server is back.
         scan = spawn(
-            _command(url, "scan", "--session", "gone", "-q", "--save-timeout", "60")
+            scanstream_command(url, "scan", "--session", "gone", "-q", "--save-timeout", "60")
             + ["loopscan", "200", "0.05", "diode"],
             SCANSTREAM_MAX_UNREACHABLE_TIME="120",
         )
-        _wait(_writing(store, "gone"), "the writing of the scan")
+        wait_until(_writing(store, "gone"), "the writing of the scan")
     persistent_server.stop()  # its data persisted: it comes back with the scan
     time.sleep(2.0)  # the writer's commands are riding out the outage
     started = time.monotonic()
@@ -112,7 +82,7 @@ def test_a_writer_stops_at_once_when_its_server_is_gone_and_its_scan_is_resumed(
     # Its claim expires on the server: a writer started once the server is back resumes the
     # scan, and saves it whole.
     persistent_server.start(timeout=10)
-    again = spawn(_command(url, "writer", "gone", "--root", str(root)))
+    again = spawn(scanstream_command(url, "writer", "gone", "--root", str(root)))
     out, scan_err = scan.communicate(timeout=90)
     assert scan.returncode == 0, out + scan_err
     with DataStore(url) as store:
@@ -131,11 +101,11 @@ def test_a_writer_says_an_outage_once_at_its_start_and_once_at_its_end(
     url = persistent_server.url
     # A budget of 1 s: the claim's renewal gave up, and said so, every 2 s.
     writer = spawn(
-        _command(url, "writer", "out", "--root", str(tmp_path)),
+        scanstream_command(url, "writer", "out", "--root", str(tmp_path)),
         SCANSTREAM_MAX_UNREACHABLE_TIME="1",
     )
     with DataStore(url) as store:
-        _wait(lambda: writer_status("out", store=store) is not None, "the writer")
+        wait_until(lambda: writer_status("out", store=store) is not None, "the writer")
     persistent_server.stop()
     time.sleep(8.0)
     persistent_server.start(timeout=10)

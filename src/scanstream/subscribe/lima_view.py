@@ -101,18 +101,15 @@ class LimaDataView:
 
     @property
     def first_ref_data(self) -> dict[str, Any]:
-        """The detector's description (BLISS: its saving settings): the lima node's info."""
-        return dict(self.node.info)
+        """The lima node's ``first_ref_data`` (BLISS's views have it too)."""
+        return self.node.first_ref_data
 
     @property
     def all_ref_data(self) -> list[dict[str, Any]]:
-        """``[first_ref_data]`` (one acquisition per node)."""
-        return [self.first_ref_data]
+        """The lima node's ``all_ref_data``; ``ref_data`` before BLISS 1.5."""
+        return self.node.all_ref_data
 
-    @property
-    def ref_data(self) -> list[dict[str, Any]]:
-        """:attr:`all_ref_data` (its name in BLISS before 1.5)."""
-        return self.all_ref_data
+    ref_data = all_ref_data
 
     @property
     def ref_status(self) -> dict[str, Any]:
