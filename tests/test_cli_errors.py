@@ -90,9 +90,10 @@ def test_the_writer_and_the_demo_on_an_unreachable_server(tmp_path: Path) -> Non
     [
         (["ls", "nosuch"], ["no session named 'nosuch'"]),
         (["show", "nosuch"], ["no session named 'nosuch'"]),
+        (["show", "nosuch", "3"], ["no session named 'nosuch'"]),
         (["delete", "nosuch"], ["no session named 'nosuch'"]),
     ],
-    ids=["ls", "show", "delete"],
+    ids=["ls", "show", "show scan", "delete"],
 )
 def test_a_missing_session_is_one_error_line_of_the_command(
     argv: list[str], words: list[str], redis_url: str

@@ -57,6 +57,9 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def _find_scan(store: DataStore, session: str, number: int | None) -> ScanNode:
+    # As ls and delete: a session that does not exist is said so, with the known ones, not
+    # as a scan missing from it.
+    store.require_session(session)
     node = get_session_node(session, store=store)
     if number is not None:
         return node.get_scan(number)
