@@ -12,6 +12,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 
 from scanstream import get_session_node
 from scanstream.cli import main
@@ -112,7 +113,7 @@ def test_status_command_reports_the_writer_and_its_absence(redis_url, store, tmp
         assert f"test_session: DEAD: the writer process {proc.pid} of this host" in out, out
 
 
-def test_waiting_for_a_busy_file_is_logged_once_without_traceback(caplog):
+def test_waiting_for_a_busy_file_is_logged_once_without_traceback(caplog, store):
     """A file another writer holds is retried every period; the log says so once, not each time."""
     import logging
 
@@ -133,6 +134,7 @@ def test_waiting_for_a_busy_file_is_logged_once_without_traceback(caplog):
 
     result = supervise(
         attempt,
+        store=store,
         stop=StopHandler(),
         what="scan s:1",
         restart_on=(FileBusyError,),
@@ -143,6 +145,49 @@ def test_waiting_for_a_busy_file_is_logged_once_without_traceback(caplog):
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and warnings[0].exc_info is None, caplog.text
     assert "being written by another writer; trying again" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize("own_retry", [False, True], ids=["outage notice", "own retry"])
+def test_an_unreachable_server_is_a_warning_unless_the_store_says_the_outage(
+    caplog, redis_url, own_retry
+):
+    """The store's outage notice says an outage once at its start and once at its end, so
+    the attempts that fail meanwhile are debug lines; a store without a notice (a retry of
+    the user's, a cluster) says nothing, and each attempt stays a warning."""
+    import logging
+
+    import redis
+    from redis.backoff import ConstantBackoff, NoBackoff
+    from redis.retry import Retry
+
+    from scanstream import DataStore, Settings
+    from scanstream.subscribe.events import StopHandler
+    from scanstream.writer.supervise import supervise
+
+    retry = Retry(NoBackoff(), 0) if own_retry else None
+    with DataStore(settings=Settings(redis_url=redis_url, retry=retry)) as own:
+        assert (own.outage_notice is None) is own_retry
+        caplog.set_level(logging.DEBUG, logger="scanstream.writer.supervise")
+        calls = []
+
+        def attempt() -> str:
+            calls.append(1)
+            if len(calls) < 3:
+                raise redis.ConnectionError("Connection refused")
+            return "done"
+
+        result = supervise(
+            attempt,
+            store=own,
+            stop=StopHandler(),
+            what="scan s:1",
+            backoff=ConstantBackoff(0.01),
+        )
+    assert result == "done" and len(calls) == 3
+    lines = [r for r in caplog.records if "Redis unreachable" in r.getMessage()]
+    assert len(lines) == 2, caplog.text
+    level = logging.WARNING if own_retry else logging.DEBUG
+    assert all(r.levelno == level and r.exc_info is None for r in lines), caplog.text
 
 
 def test_a_scan_file_is_on_disk_before_it_is_marked_saved(session, store, tmp_path, monkeypatch):

@@ -230,6 +230,7 @@ class WriterPool:
     def _follow(self, session: str) -> None:
         supervise(
             functools.partial(self._walk, session),
+            store=self.host.store,
             stop=self.stop_handler,
             what=f"session {session}: pool listener",
             restart_on=(Exception,),

@@ -508,6 +508,7 @@ class ScanJobs:
         # it finds its claim lapsed, and closes the file.
         result = supervise(
             attempt,
+            store=self.store,
             stop=claim,
             what=f"scan {scan.db_name}",
             restart_on=(*UNREACHABLE, FileBusyError, *RETRY_ERRORS),

@@ -439,6 +439,7 @@ class WriterService:
                 return
             supervise(
                 functools.partial(self._walk_session, session, claim),
+                store=self.store,
                 stop=claim,
                 what=f"session {session.name}: listener",
                 restart_on=(Exception,),

@@ -25,7 +25,7 @@ from ..exceptions import ServerResetError
 from ..subscribe.events import StopHandler
 from .registry import WriterRegistry, is_dead_local_process
 from .scan_claims import ScanClaim
-from .supervise import UNREACHABLE
+from .supervise import said_by_store
 
 __all__ = [
     "HEALTH_TTL",
@@ -192,11 +192,8 @@ class SessionOwnership:
                     session.other = other
                 return
         except redis.RedisError as exc:
-            # Not renewed: the claim stops by itself HEALTH_TTL after the last renewal. An
-            # outage is said by the store, once at its start and once at its end (its
-            # OutageNotice): a line here at each renewal repeated it every budget, for ever.
-            outage = isinstance(exc, UNREACHABLE) and self.registry.store.outage_notice
-            log = logger.debug if outage else logger.warning
+            # Not renewed: the claim stops by itself HEALTH_TTL after the last renewal.
+            log = logger.debug if said_by_store(exc, self.registry.store) else logger.warning
             log("session %s: cannot renew the claim: %s", session.name, exc)
             return
         if other is None:

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import redis
 from redis.backoff import AbstractBackoff, ConstantBackoff
 
 from ..exceptions import ServerResetError
 from ..subscribe.events import StopHandler
+
+if TYPE_CHECKING:
+    from .._transport.connection import DataStore
 
 __all__ = ["RETRY_PERIOD", "UNREACHABLE", "supervise"]
 
@@ -26,16 +29,25 @@ T = TypeVar("T")
 
 #: Seconds between attempts by default (redis-py's own retries came first).
 RETRY_PERIOD = 1.0
-#: Errors meaning "Redis cannot be reached": logged at the debug level only (the store logs
-#: the outage: its OutageNotice), without a traceback.
+#: Errors meaning "Redis cannot be reached": logged without a traceback (see
+#: :func:`said_by_store`).
 UNREACHABLE: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
 #: Failures in a row of a reset server (ServerResetError, once a second) between two lines.
 _RESET_LOG_EVERY = 60
 
 
+def said_by_store(exc: BaseException, store: DataStore) -> bool:
+    """True when ``exc`` is an outage that ``store`` logs itself, once at its start and once
+    at its end (its :class:`~scanstream._transport.connection.OutageNotice`): a line for it
+    at each attempt would repeat the outage every budget, for ever. Without a notice (a
+    ``settings.retry`` of the user's, a cluster), nothing else says it."""
+    return isinstance(exc, UNREACHABLE) and store.outage_notice is not None
+
+
 def supervise(
     attempt: Callable[[], T],
     *,
+    store: DataStore,
     stop: StopHandler,
     what: str,
     restart_on: tuple[type[Exception], ...] = UNREACHABLE,
@@ -48,13 +60,16 @@ def supervise(
     ----------
     attempt : callable
         The work; it must be safe to call again after it failed half way.
+    store : DataStore
+        The store the work talks to (its outages are logged by it: :func:`said_by_store`).
     stop : StopHandler
         Once stopped, no new attempt is made and the pause between two ends at once.
     what : str
         Names the work in the log (``"scan test_session:3"``).
     restart_on : tuple of exception types
         Errors after which the work is started over; any other error is raised. Errors of
-        :data:`UNREACHABLE` are logged at the debug level, those of ``wait_on`` as below, the others
+        :data:`UNREACHABLE` are logged as warnings without a traceback (at the debug level
+        when the store says the outage itself), those of ``wait_on`` as below, the others
         with their traceback.
     wait_on : tuple of exception types
         Errors (among ``restart_on``) that mean "wait for something else" (a file another
@@ -92,11 +107,8 @@ def supervise(
                         pause,
                     )
             elif isinstance(exc, UNREACHABLE):
-                # The store says the outage, once at its start and once at its end (its
-                # OutageNotice): a line here at each attempt repeated it every budget.
-                logger.debug(
-                    "%s: Redis unreachable (%s); starting again in %.1f s", what, exc, pause
-                )
+                log = logger.debug if said_by_store(exc, store) else logger.warning
+                log("%s: Redis unreachable (%s); starting again in %.1f s", what, exc, pause)
             else:
                 logger.exception("%s failed; starting again in %.1f s", what, pause)
         stop.wait(pause)
