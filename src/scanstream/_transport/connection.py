@@ -76,6 +76,10 @@ def default_retry(
 #: Seconds a command of a stopping program rides out an outage (DataStore.stop_riding_out).
 STOPPING_GRACE = 0.5
 
+#: Seconds between two lines saying that the server still does not answer, for a program that
+#: retries for as long as it runs (a writer, a watch: :attr:`OutageNotice.reminder`).
+OUTAGE_REMINDER = 300.0
+
 #: Seconds a command is retried before its store logs that Redis does not answer: a dropped
 #: connection re-established at once is not an outage worth a line.
 OUTAGE_NOTICE_TIME = 1.0

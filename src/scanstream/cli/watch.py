@@ -29,7 +29,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from .._transport.connection import DataStore
+from .._transport.connection import OUTAGE_REMINDER, DataStore
 from .._transport.shared_server import resolve_url
 from ..admin.registry import writer_status
 from ..admin.wording import counted
@@ -51,8 +51,6 @@ TTY_REFRESH = 0.1
 PIPE_REFRESH = 2.0
 #: Seconds between a server found reset and the next watch of it.
 RESUME_DELAY = 1.0
-#: Seconds between two lines saying that the server still does not answer.
-OUTAGE_REMINDER = 300.0
 _FINAL = (SavingState.SAVED, SavingState.FAILED, SavingState.NOT_SAVED)
 
 

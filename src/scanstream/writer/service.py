@@ -31,7 +31,7 @@ from typing import Any
 import redis
 
 from .._protocol.keys import check_session_name
-from .._transport.connection import DataStore, default_store
+from .._transport.connection import OUTAGE_REMINDER, DataStore, default_store
 from ..admin.registry import saved_scans
 from ..exceptions import DecodingError, InvalidArgumentError, ScanstreamError, ServerResetError
 from ..models import SCAN_NODE_TYPES
@@ -63,8 +63,6 @@ logger = logging.getLogger(__name__)
 _SCAN_TYPES = tuple(sorted(SCAN_NODE_TYPES))
 #: How often run() looks whether a signal came (s).
 _SIGNAL_POLL = 0.1
-#: Seconds between two lines saying that the server still does not answer.
-OUTAGE_REMINDER = 300.0
 #: Seconds between two reads of the server's identity (see _watch_server_identity).
 _IDENTITY_PERIOD = 1.0
 
@@ -343,7 +341,8 @@ class WriterService:
     def _describe_outages(self) -> None:
         """Make the store's outage lines say what this writer does (unless the store's owner
         chose the words): it retries for as long as it runs, where a command gives up after
-        the budget; a reminder every :data:`OUTAGE_REMINDER` s, one line at the end."""
+        the budget; a reminder every
+        :data:`~scanstream._transport.connection.OUTAGE_REMINDER` s, one line at the end."""
         notice = self.store.outage_notice
         if notice is None or notice.consequence is not None:
             return
