@@ -340,13 +340,11 @@ class LimaNode(StreamNode):
 
     @property
     def all_ref_data(self) -> list[dict[str, Any]]:
-        """``[first_ref_data]`` (BLISS: one per acquisition; one acquisition per node here)."""
+        """``[first_ref_data]`` (BLISS: one per acquisition; one acquisition per node here);
+        ``ref_data`` before BLISS 1.5."""
         return [self.first_ref_data]
 
-    @property
-    def ref_data(self) -> list[dict[str, Any]]:
-        """:attr:`all_ref_data` (its name in BLISS before 1.5)."""
-        return self.all_ref_data
+    ref_data = all_ref_data
 
     def acquisition_status(self, last: int) -> dict[str, Any]:
         """BLISS's status of a Lima acquisition whose last image is ``last`` (-1: none).
