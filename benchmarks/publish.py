@@ -324,7 +324,7 @@ def _rusage() -> np.ndarray:
     return np.array([r.ru_utime, r.ru_stime, r.ru_nvcsw, r.ru_nivcsw], dtype=float)
 
 
-def concurrent_scans(url: str, quick: bool) -> Figure:
+def concurrent_scans(url: str, quick: bool, npts: int | None = None) -> Figure:
     """(1f) 16 scans published at once by 16 threads of one process, against one scan.
 
     Each of the 16 scans has 10 channels fed 1000-point batches; the baseline is one scan of
@@ -332,10 +332,12 @@ def concurrent_scans(url: str, quick: bool) -> Figure:
     ``DataStore`` (one connection pool), as a real publisher does, opened with the sessions
     before the timing; each scan has its own session. Throughput is points over the wall time
     until every ``end()`` returned, channel creation included; ``extra`` has the process CPU
-    of each (user + system) and its voluntary context switches.
+    of each (user + system) and its voluntary context switches. ``npts`` (points per channel,
+    default 50 000) sets how much of the cost is the fixed part of a scan.
     """
     reps = 2 if quick else 5
-    nscans, nch, npts = 16, 10, (5_000 if quick else 50_000)
+    nscans, nch = 16, 10
+    npts = npts or (5_000 if quick else 50_000)
     total = nscans * nch * npts
 
     def timed(nsessions: int, publish: Callable[[list[Any]], None]) -> tuple[float, float, float]:

@@ -134,10 +134,10 @@ def test_the_sender_survives_thousands_of_failed_sends(private_server: EmbeddedS
         wanted = 20 * _MAX_COUNTED_FAILURES  # 1280 consecutive failures, past the overflow
         deadline = time.monotonic() + 120
         while len(backoff.counts) < wanted and time.monotonic() < deadline:
-            assert sender._thread is not None and sender._thread.is_alive()
+            assert sender._loop.thread is not None and sender._loop.thread.is_alive()
             time.sleep(0.05)
         assert len(backoff.counts) >= wanted, f"only {len(backoff.counts)} failed sends in 120 s"
-        assert sender._thread is not None and sender._thread.is_alive()
+        assert sender._loop.thread is not None and sender._loop.thread.is_alive()
         assert max(backoff.counts) == _MAX_COUNTED_FAILURES
         assert backoff.counts[:3] == [1, 2, 3]  # consecutive failures are counted
         assert all(0.0 < d <= 0.2 for d in backoff.delays), max(backoff.delays)
@@ -255,8 +255,8 @@ def test_restate_keeps_the_class_and_attributes_without_calling_the_constructor(
 
 
 def test_publish_modules_import_downward_only() -> None:
-    """session -> scan -> nodes, announcement, saving, scan_info -> channels -> sender at run time;
-    back-references are type-only."""
+    """session -> scan -> nodes, announcement, saving, scan_info -> channels -> sender ->
+    send_loop at run time; back-references are type-only."""
     order = [
         "session",
         "scan",
@@ -266,6 +266,7 @@ def test_publish_modules_import_downward_only() -> None:
         "scan_info",
         "channels",
         "sender",
+        "send_loop",
     ]
     folder = Path(scanstream.publish.__file__).parent
     for position, name in enumerate(order):

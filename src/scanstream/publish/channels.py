@@ -67,8 +67,7 @@ class _PointQueue:
         # True from the first point after a take until the next take: the sender has been
         # told (Sender.ready), once.
         self._ready = False
-        self._sender = sender
-        self._wake = sender.wake
+        self._sender = sender  # told once per send that this queue has points (ready())
         self._refuse = refuse
 
     def put(self, batch: Any, npoints: int) -> None:
@@ -84,8 +83,6 @@ class _PointQueue:
             if not self._ready:
                 self._ready = True
                 self._sender.ready(self)
-        if not self._wake.is_set():
-            self._wake.set()
         if self.emitted - self.sent > _MAX_PENDING_POINTS:
             self._sender.send_from_emit()
 
@@ -157,8 +154,6 @@ class _NumericQueue(_PointQueue):
             if not self._ready:
                 self._ready = True
                 self._sender.ready(self)
-        if not self._wake.is_set():
-            self._wake.set()
         if self.emitted - self.sent > _MAX_PENDING_POINTS:
             self._sender.send_from_emit()
 
@@ -178,8 +173,6 @@ class _NumericQueue(_PointQueue):
             if not self._ready:
                 self._ready = True
                 self._sender.ready(self)
-        if not self._wake.is_set():
-            self._wake.set()
         if self.emitted - self.sent > _MAX_PENDING_POINTS:
             self._sender.send_from_emit()
 

@@ -13,6 +13,10 @@ knows nothing of scans or node trees. A queue that gets points while it had none
 (:meth:`Sender.ready`): a send touches only those queues, so its cost follows the channels
 with data, not the channels of the scan.
 
+The background work (sends as points come, lease renewals, retries) is done by a
+:class:`~scanstream.publish.send_loop.SendLoop` thread, shared by every scan of the store on
+a single server; ``flush`` and ``end`` send from the caller's thread.
+
 The transaction is packed and parsed by :mod:`scanstream._transport.transaction` (redis-py's
 pipeline on a cluster; decision 0009).
 
@@ -26,6 +30,7 @@ of the entry's first point): a duplicate ID holding the same entry counts as sen
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -46,6 +51,7 @@ from ..exceptions import (
     ScanLostError,
     ServerResetError,
 )
+from .send_loop import SendLoop
 
 if TYPE_CHECKING:
     from .._transport.connection import DataStore
@@ -161,8 +167,8 @@ class Sender:
     name : str
         What the errors and log messages name (the scan's db_name).
     backoff : redis.backoff.AbstractBackoff, optional
-        Pauses of the background thread between failed sends (``compute(failures)``);
-        :meth:`stop` interrupts them. Default: 40 ms doubling up to 0.2 s.
+        Pauses of the background work between failed sends (``compute(failures)``); they
+        do not delay :meth:`stop`. Default: 40 ms doubling up to 0.2 s.
     scan_key : str, optional
         The scan's hash. When given, the lease is renewed only while it exists, and a send
         that creates a data stream checks it in the same transaction: on a server that lost
@@ -172,7 +178,8 @@ class Sender:
     Attributes
     ----------
     wake : threading.Event
-        Set by the queues when they get points: the background thread sends them.
+        The event of the loop that serves this sender (:class:`SendLoop`), set when a queue
+        gets points while the sender had none: the loop sends them.
     error : BaseException or None
         Why points cannot be accepted now (Redis full, or unreachable for too long); None
         once a send succeeds again (except after a fatal error).
@@ -197,7 +204,8 @@ class Sender:
         self.lease_key = lease_key
         self.scan_key = scan_key
         self.name = name
-        self.wake = threading.Event()
+        self._loop = SendLoop.for_store(store, name)
+        self.wake = self._loop.wake
         self.error: BaseException | None = None
         self.refusing = False
         self.stopped = False
@@ -206,12 +214,21 @@ class Sender:
         # Queues that got points since the sender last took from them. A deque: its append
         # and popleft are atomic, so the emitting threads need no lock of the sender's.
         self._ready: deque[DataQueue] = deque()
+        # True from the first ready() after a send took the ready queues until the next
+        # one: the loop is woken once per send at most, not once per queue or point.
+        self._notified = False
         # One send at a time (background thread, flush, end); held by prepared() too.
         self.send_lock = threading.Lock()
         #: NEW_NODE entries written before the data of a send (the scan's node tree), if any.
         self.nodes: NodeEntries | None = None
-        self._stop = threading.Event()  # interrupts every pause of the background thread
-        self._thread: threading.Thread | None = None
+        # Held by the loop while it serves this sender; stop() waits for it.
+        self._serving = threading.RLock()
+        # The loop's service of this sender (see serve), touched by the loop's thread only.
+        self._next_renewal = 0.0
+        self._last_send = 0.0
+        self._failures = 0
+        self._retry_at = 0.0
+        self._sent_at = -math.inf  # when the last successful send started (any thread's)
         self._backoff = backoff or _FAILED_SEND_BACKOFF
         self._unreachable_since: float | None = None
         # The batches of a transaction that failed on a network error: it may have been
@@ -235,6 +252,9 @@ class Sender:
     def ready(self, queue: DataQueue) -> None:
         """``queue`` (added before) has points to send: the next send takes them."""
         self._ready.append(queue)
+        if not self._notified:  # reset by a send before it takes the queues
+            self._notified = True
+            self.wake.set()
 
     @property
     def queued(self) -> int:
@@ -251,67 +271,76 @@ class Sender:
         at least ``delay`` seconds from now (never if the sender stops before).
 
         For work that matters only once the scan has run a while and stored points: a scan
-        that ends sooner never pays for it (the announcement watch's thread).
+        that ends sooner never pays for it (the announcement watch's thread). A send of
+        ``flush`` counts too: it wakes the loop, which calls ``action``.
         """
         self._later = (time.monotonic() + delay, action)
 
-    # -- thread -------------------------------------------------------------------------
+    # -- background work ----------------------------------------------------------------
     def start(self) -> None:
-        """Start the background thread."""
-        self._thread = threading.Thread(
-            target=self._run, name=f"scanstream-send-{self.name}", daemon=True
-        )
-        self._thread.start()
+        """Have the loop send the points as they come and renew the lease."""
+        self._next_renewal = time.monotonic() + self.store.settings.lease_time / 3
+        self._loop.add(self)
 
     def stop(self) -> None:
-        """Refuse further points and stop the background thread (it finishes its send first).
+        """Refuse further points and end the background work (a send under way ends first).
 
         What is still queued stays queued: :meth:`send` sends it.
         """
         self.stopped = self.refusing = True
-        self._stop.set()
-        self.wake.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
+        self._loop.remove(self)
+        with self._serving:  # the loop's service of this sender, if one is under way
+            pass
 
-    def _run(self) -> None:
-        """Send queued points as soon as there are some; renew the lease meanwhile."""
-        settings = self.store.settings
-        lease_ms = int(settings.lease_time * 1000)
-        period = settings.lease_time / 3
-        next_renewal = time.monotonic() + period
-        last_send = 0.0
-        failures = 0
-        wake, stop = self.wake, self._stop
-        while not stop.is_set() and not self.fatal:
-            wake.wait(max(0.0, next_renewal - time.monotonic()))
-            # Coalesce only if entries would come faster than _ENTRY_RATE: the points emitted
-            # within this pause after the last send go together.
-            pause = min(_MAX_SEND_INTERVAL, self._last_entries / _ENTRY_RATE)
-            delay = last_send + pause - time.monotonic()
-            if delay > 0 and stop.wait(delay):
-                break
-            wake.clear()
-            if stop.is_set():
-                break
-            last_send = time.monotonic()
-            ok = self.send(raise_errors=False)
+    def serve(self) -> float:
+        """The loop's turn: send what is queued unless within the pause after the last send,
+        renew the lease when due, and return when the next turn is due (``time.monotonic()``).
+        """
+        with self._serving:
+            if self.stopped or self.fatal:
+                return math.inf
+            now = time.monotonic()
+            if now < self._retry_at:  # after a failure: its backoff
+                return self._retry_at
+            pending = bool(self._ready) or self._unconfirmed is not None
+            if pending:
+                # Coalesce only if entries would come faster than _ENTRY_RATE: the points
+                # emitted within this pause after the last send go together.
+                pause = min(_MAX_SEND_INTERVAL, self._last_entries / _ENTRY_RATE)
+                if now < self._last_send + pause:
+                    return self._last_send + pause
+                # Another thread sending for this scan (flush, end, back pressure, prepared)
+                # does not hold up the other scans of the loop: this one waits its turn.
+                if not self.send_lock.acquire(blocking=False):
+                    return now + _MAX_SEND_INTERVAL
+                try:
+                    self._last_send = now
+                    ok = self._send_holding_lock(raise_errors=False)
+                finally:
+                    self.send_lock.release()
+            else:
+                ok = True
             later = self._later
-            if later is not None and ok and last_send >= later[0]:
+            if later is not None and ok and self._sent_at >= later[0]:  # any thread's send
                 self._later = None
                 later[1]()
-            if ok and time.monotonic() >= next_renewal:
-                ok = self._renew_lease(lease_ms)
+            if ok and time.monotonic() >= self._next_renewal:
+                settings = self.store.settings
+                ok = self._renew_lease(int(settings.lease_time * 1000))
                 if ok:
-                    next_renewal = time.monotonic() + period
+                    self._next_renewal = time.monotonic() + settings.lease_time / 3
             if ok:
-                failures = 0
-                continue
-            wake.set()  # points are still queued: try again after a pause
+                self._failures = 0
+                if self._ready or self._unconfirmed is not None:  # queued during the send
+                    pause = min(_MAX_SEND_INTERVAL, self._last_entries / _ENTRY_RATE)
+                    return self._last_send + pause
+                return self._next_renewal
+            # Points are still queued (or the lease is due): try again after a pause.
             # Bounded: the pause reaches the backoff's cap long before, and 2**failures would
             # overflow a float after about 1000 failures (a server full for minutes).
-            failures = min(failures + 1, _MAX_COUNTED_FAILURES)
-            stop.wait(self._backoff.compute(failures))
+            self._failures = min(self._failures + 1, _MAX_COUNTED_FAILURES)
+            self._retry_at = time.monotonic() + self._backoff.compute(self._failures)
+            return self._retry_at
 
     def _renew_lease(self, lease_ms: int) -> bool:
         started = time.monotonic()
@@ -365,35 +394,43 @@ class Sender:
         is full) keeps them queued too, and makes every emit raise until a send succeeds.
         """
         with self.send_lock:
-            started = time.monotonic()
-            try:
-                self._send_pending(nodes)
-            except _TRANSIENT as exc:
-                fatal = self._unreachable(exc, started)
-                if raise_errors:
-                    raise (fatal or exc) from None
-                return False
-            except ServerResetError as exc:
-                lost = self.reset_error(exc)
-                self.lose(lost)
-                if raise_errors:
-                    raise lost from exc
-                return False
-            except ScanLostError as exc:
-                self.lose(exc)
-                if raise_errors:
-                    raise
-                return False
-            except Exception as exc:  # reported to the emitting thread
-                error = self._refused(exc)
-                if raise_errors:
-                    raise error from None
-                return False
+            return self._send_holding_lock(raise_errors=raise_errors, nodes=nodes)
+
+    def _send_holding_lock(self, *, raise_errors: bool, nodes: bool = False) -> bool:
+        """:meth:`send`, the send lock held by the caller."""
+        started = time.monotonic()
+        try:
+            self._send_pending(nodes)
+        except _TRANSIENT as exc:
+            fatal = self._unreachable(exc, started)
+            if raise_errors:
+                raise (fatal or exc) from None
+            return False
+        except ServerResetError as exc:
+            lost = self.reset_error(exc)
+            self.lose(lost)
+            if raise_errors:
+                raise lost from exc
+            return False
+        except ScanLostError as exc:
+            self.lose(exc)
+            if raise_errors:
+                raise
+            return False
+        except Exception as exc:  # reported to the emitting thread
+            error = self._refused(exc)
+            if raise_errors:
+                raise error from None
+            return False
         if self._unreachable_since is not None:
             self._back(time.monotonic() - self._unreachable_since)
         if not self.fatal and self.error is not None:
             self.error = None
             self.refusing = self.stopped
+        self._sent_at = started
+        later = self._later
+        if later is not None and started >= later[0] and not self.stopped:
+            self.wake.set()  # the loop calls it (this may be an emitting thread)
         return True
 
     def _send_pending(self, with_nodes: bool = False) -> None:
@@ -402,6 +439,7 @@ class Sender:
         # this loop is listed twice: its later batches follow its earlier ones in the same
         # entries. A bounded loop, however fast the emits.
         ready = self._ready
+        self._notified = False  # before the queues are taken: a later ready() wakes the loop
         by_queue: dict[DataQueue, list[Any]] = {}
         unconfirmed, self._unconfirmed = self._unconfirmed, None
         if unconfirmed is not None:  # the same entries again, alone (see __init__)
