@@ -1,0 +1,118 @@
+"""The background send loop: one thread for every scan of a store (decision 0017), on a real server."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+from list_queue import ListQueue
+
+from scanstream import DataStore, create_session
+from scanstream.publish import send_loop
+from scanstream.publish.sender import Sender
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.01)
+
+
+def _send_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("scanstream-send")]
+
+
+def test_concurrent_scans_of_one_store_are_sent_by_one_thread(store: DataStore) -> None:
+    scans = [create_session(f"loop{i}", store=store).create_scan("s") for i in range(4)]
+    channels = [scan.create_container("timer").create_channel("x") for scan in scans]
+    for scan in scans:
+        scan.prepared()
+    try:
+        for i, channel in enumerate(channels):
+            channel.emit(np.arange(10.0) + i)
+        keys = [store.keys.scan_data(f"loop{i}", scans[i].number, 2) for i in range(4)]
+        # No flush: the background loop sends every scan's points.
+        _wait_until(
+            lambda: all(store.redis.xlen(k) == 1 for k in keys), 10, "every scan's points sent"
+        )
+        assert [t.name for t in _send_threads()] == ["scanstream-send"]
+        loops = {id(scan._sender._loop) for scan in scans}
+        assert len(loops) == 1
+        for i, key in enumerate(keys):  # each scan's own points, in its own stream
+            ((_, fields),) = store.redis.xrange(key)
+            assert np.array_equal(np.frombuffer(fields[b"d"], "<f8"), np.arange(10.0) + i)
+    finally:
+        for scan in scans:
+            scan.end()
+
+
+def test_a_scan_held_by_another_thread_does_not_hold_up_the_others(store: DataStore) -> None:
+    held = create_session("held", store=store).create_scan("s")
+    free = create_session("free", store=store).create_scan("s")
+    held_channel = held.create_container("timer").create_channel("x")
+    free_channel = free.create_container("timer").create_channel("x")
+    held.prepared()
+    free.prepared()
+    free_key = store.keys.scan_data("free", free.number, 2)
+    held_key = store.keys.scan_data("held", held.number, 2)
+    try:
+        # As a flush stuck in a long send would: the held scan's send lock is taken.
+        with held._sender.send_lock:
+            held_channel.emit(1.0)
+            time.sleep(0.05)  # the loop meets the held scan with points to send
+            free_channel.emit(2.0)
+            _wait_until(lambda: store.redis.xlen(free_key) == 1, 10, "the free scan sent")
+            assert store.redis.xlen(held_key) == 0
+        _wait_until(lambda: store.redis.xlen(held_key) == 1, 10, "the held scan sent once free")
+    finally:
+        held.end()
+        free.end()
+
+
+def test_the_loop_is_woken_once_per_send_not_per_point(store: DataStore) -> None:
+    sender = Sender(store, "lease-of-nothing", "woken")
+    first, second = ListQueue("woken:a", sender), ListQueue("woken:b", sender)
+    sender.add(first)
+    sender.add(second)
+    sender.wake.clear()
+    first.put(b"1")
+    assert sender.wake.is_set()
+    sender.wake.clear()
+    second.put(b"2")  # a second queue before the send: the loop knows already
+    assert not sender.wake.is_set()
+    assert sender.send(raise_errors=True)
+    assert first.sent == second.sent == 1
+    first.put(b"3")  # the first point after a send wakes it again
+    assert sender.wake.is_set()
+
+
+def test_the_thread_outlives_its_last_scan_briefly_and_comes_back(store: DataStore) -> None:
+    scan = create_session("linger", store=store).create_scan("s")
+    scan.create_container("timer").create_channel("x").emit(1.0)
+    scan.end()
+    # One scan after another: the thread waits for the next scan a while...
+    assert _send_threads()
+    # ... then ends, and the next scan starts a new one that sends its points.
+    _wait_until(lambda: not _send_threads(), send_loop._LINGER + 5, "the idle thread ended")
+    again = create_session("linger", store=store).create_scan("s")
+    channel = again.create_container("timer").create_channel("x")
+    again.prepared()
+    channel.emit(2.0)
+    key = store.keys.scan_data("linger", again.number, 2)
+    _wait_until(lambda: store.redis.xlen(key) == 1, 10, "the new scan's point sent")
+    again.end()
+
+
+def test_a_stopped_sender_is_never_served_again(store: DataStore) -> None:
+    sender = Sender(store, "lease-of-nothing", "stopped")
+    queue = ListQueue("stopped:data", sender)
+    sender.add(queue)
+    sender.start()
+    sender.stop()
+    queue.put(b"late")  # (emits refuse after stop; the list queue does not)
+    time.sleep(0.1)
+    assert store.redis.xlen("stopped:data") == 0
+    assert sender.serve() == float("inf")
