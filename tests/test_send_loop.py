@@ -9,7 +9,8 @@ from collections.abc import Callable
 import numpy as np
 from list_queue import ListQueue
 
-from scanstream import DataStore, create_session
+from scanstream import DataStore, RedisUnreachableError, Settings, create_session
+from scanstream._transport.server import EmbeddedServer
 from scanstream.publish import send_loop
 from scanstream.publish.sender import Sender
 
@@ -116,3 +117,36 @@ def test_a_stopped_sender_is_never_served_again(store: DataStore) -> None:
     time.sleep(0.1)
     assert store.redis.xlen("stopped:data") == 0
     assert sender.serve() == float("inf")
+
+
+def test_concurrent_scans_fail_together_when_the_server_is_gone(
+    private_server: EmbeddedServer,
+) -> None:
+    # The loop sends for one scan at a time and each send rides out the outage budget: the
+    # scans after the first must not each wait a budget more before they fail.
+    budget = 2.0
+    store = DataStore(
+        settings=Settings(
+            redis_url=private_server.url, max_unreachable_time=budget, lease_time=600.0
+        )
+    )
+    try:
+        scans = [create_session(f"gone{i}", store=store).create_scan("s") for i in range(4)]
+        channels = [scan.create_container("timer").create_channel("x") for scan in scans]
+        for scan in scans:
+            scan.prepared()
+        private_server.stop()
+        started = time.monotonic()
+        for channel in channels:
+            channel.emit(1.0)
+        senders = [scan._sender for scan in scans]
+        _wait_until(lambda: all(s.fatal for s in senders), 6 * budget, "every scan failed")
+        took = time.monotonic() - started
+        # Each alone would take one budget (and its retries' pause); one after another, 4.
+        assert took < 2.5 * budget, f"the 4 scans failed after {took:.1f} s"
+        for sender in senders:
+            assert isinstance(sender.error, RedisUnreachableError)
+            assert "longer than max_unreachable_time" in str(sender.error)
+            assert sender.queued == 0  # dropped, and said so in the error
+    finally:
+        store.close()

@@ -84,6 +84,10 @@ class SendLoop:
         self._lock = threading.Lock()
         self._served: list[Served] = []
         self._thread: threading.Thread | None = None
+        #: When a sender of the loop found the server unreachable, and the error; None once
+        #: a send succeeds. The other senders count their outage from then
+        #: (``Sender._joins_outage``).
+        self.outage: tuple[float, BaseException] | None = None
 
     @classmethod
     def for_store(cls, store: DataStore, name: str) -> SendLoop:

@@ -231,6 +231,7 @@ class Sender:
         self._sent_at = -math.inf  # when the last successful send started (any thread's)
         self._backoff = backoff or _FAILED_SEND_BACKOFF
         self._unreachable_since: float | None = None
+        self._last_unreachable: BaseException | None = None  # the error of that outage
         # The batches of a transaction that failed on a network error: it may have been
         # applied (its reply lost), so the next send resends exactly these entries, alone,
         # before any new point (a resend with more points under the same first ID would be
@@ -292,6 +293,21 @@ class Sender:
         with self._serving:  # the loop's service of this sender, if one is under way
             pass
 
+    def _joins_outage(self) -> bool:
+        """Count an outage another scan of the loop met as this scan's, from its start.
+
+        The loop sends for one scan at a time, and a send rides out the outage budget: the
+        16th scan would otherwise only start riding it out when the 15 before it had failed.
+        Every scan of a single server shares its fate, so a scan that has points to send when
+        another has found the server gone is unreachable since then too; once that is longer
+        than ``max_unreachable_time`` it fails at once, as the others did (True).
+        """
+        outage = self._loop.outage
+        if outage is None or self._unreachable_since is not None:
+            return False
+        since, error = outage
+        return self._unreachable(error, since) is not None
+
     def serve(self) -> float:
         """The loop's turn: send what is queued unless within the pause after the last send,
         renew the lease when due, and return when the next turn is due (``time.monotonic()``).
@@ -314,6 +330,8 @@ class Sender:
                 if not self.send_lock.acquire(blocking=False):
                     return now + _MAX_SEND_INTERVAL
                 try:
+                    if self._joins_outage():
+                        return math.inf
                     self._last_send = now
                     ok = self._send_holding_lock(raise_errors=False)
                 finally:
@@ -325,6 +343,8 @@ class Sender:
                 self._later = None
                 later[1]()
             if ok and time.monotonic() >= self._next_renewal:
+                if self._joins_outage():
+                    return math.inf
                 settings = self.store.settings
                 ok = self._renew_lease(int(settings.lease_time * 1000))
                 if ok:
@@ -335,6 +355,8 @@ class Sender:
                     pause = min(_MAX_SEND_INTERVAL, self._last_entries / _ENTRY_RATE)
                     return self._last_send + pause
                 return self._next_renewal
+            if self._unreachable_since is not None and self._last_unreachable is not None:
+                self._loop.outage = (self._unreachable_since, self._last_unreachable)
             # Points are still queued (or the lease is due): try again after a pause.
             # Bounded: the pause reaches the backoff's cap long before, and 2**failures would
             # overflow a float after about 1000 failures (a server full for minutes).
@@ -588,6 +610,7 @@ class Sender:
         the first failure already ends the scan (the error says it all).
         """
         now = time.monotonic()
+        self._last_unreachable = exc
         first = self._unreachable_since is None
         if first:
             self._unreachable_since = started
@@ -625,6 +648,7 @@ class Sender:
     def _back(self, outage: float) -> None:
         """A send succeeded after a network outage: say so, once."""
         self._unreachable_since = None
+        self._loop.outage = None  # the server answers: the other scans need not wait for it
         if not self.fatal:
             logger.warning(
                 "scan %s: Redis at %s answers again after %.1f s; no queued point was "
