@@ -232,6 +232,7 @@ class Sender:
         self._backoff = backoff or _FAILED_SEND_BACKOFF
         self._unreachable_since: float | None = None
         self._last_unreachable: BaseException | None = None  # the error of that outage
+        self._unreachable_at = -math.inf  # when it was met last
         # The batches of a transaction that failed on a network error: it may have been
         # applied (its reply lost), so the next send resends exactly these entries, alone,
         # before any new point (a resend with more points under the same first ID would be
@@ -355,8 +356,9 @@ class Sender:
                     pause = min(_MAX_SEND_INTERVAL, self._last_entries / _ENTRY_RATE)
                     return self._last_send + pause
                 return self._next_renewal
-            if self._unreachable_since is not None and self._last_unreachable is not None:
-                self._loop.outage = (self._unreachable_since, self._last_unreachable)
+            if self._unreachable_at >= now and self._unreachable_since is not None:
+                # This turn failed for want of the server (not a refusal, which is an answer).
+                self._loop.outage = (self._unreachable_since, cast(Any, self._last_unreachable))
             # Points are still queued (or the lease is due): try again after a pause.
             # Bounded: the pause reaches the backoff's cap long before, and 2**failures would
             # overflow a float after about 1000 failures (a server full for minutes).
@@ -610,7 +612,7 @@ class Sender:
         the first failure already ends the scan (the error says it all).
         """
         now = time.monotonic()
-        self._last_unreachable = exc
+        self._last_unreachable, self._unreachable_at = exc, now
         first = self._unreachable_since is None
         if first:
             self._unreachable_since = started
@@ -687,6 +689,8 @@ class Sender:
         """Redis refused the data: keep it queued, make emit raise a clear error until a send works."""
         queued = self.queued
         error: BaseException
+        if isinstance(exc, redis.exceptions.RedisError):
+            self._loop.outage = None  # the server answered: the other scans need not wait
         if is_out_of_memory(exc):
             error = RedisFullError(
                 f"scan {self.name}: Redis is full (maxmemory reached, no eviction) and refuses "
