@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 
@@ -22,10 +21,6 @@ def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> Non
         time.sleep(0.01)
 
 
-def _send_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("scanstream-send")]
-
-
 def test_concurrent_scans_of_one_store_are_sent_by_one_thread(store: DataStore) -> None:
     scans = [create_session(f"loop{i}", store=store).create_scan("s") for i in range(4)]
     channels = [scan.create_container("timer").create_channel("x") for scan in scans]
@@ -39,9 +34,9 @@ def test_concurrent_scans_of_one_store_are_sent_by_one_thread(store: DataStore) 
         _wait_until(
             lambda: all(store.redis.xlen(k) == 1 for k in keys), 10, "every scan's points sent"
         )
-        assert [t.name for t in _send_threads()] == ["scanstream-send"]
-        loops = {id(scan._sender._loop) for scan in scans}
-        assert len(loops) == 1
+        (loop,) = {scan._sender._loop for scan in scans}  # one loop, one thread
+        assert loop.thread is not None and loop.thread.is_alive()
+        assert loop.thread.name == "scanstream-send"
         for i, key in enumerate(keys):  # each scan's own points, in its own stream
             ((_, fields),) = store.redis.xrange(key)
             assert np.array_equal(np.frombuffer(fields[b"d"], "<f8"), np.arange(10.0) + i)
@@ -93,11 +88,15 @@ def test_the_loop_is_woken_once_per_send_not_per_point(store: DataStore) -> None
 def test_the_thread_outlives_its_last_scan_briefly_and_comes_back(store: DataStore) -> None:
     scan = create_session("linger", store=store).create_scan("s")
     scan.create_container("timer").create_channel("x").emit(1.0)
+    loop = scan._sender._loop
     scan.end()
     # One scan after another: the thread waits for the next scan a while...
-    assert _send_threads()
+    first = loop.thread
+    assert first is not None and first.is_alive()
     # ... then ends, and the next scan starts a new one that sends its points.
-    _wait_until(lambda: not _send_threads(), send_loop._LINGER + 5, "the idle thread ended")
+    _wait_until(lambda: loop.thread is None, send_loop._LINGER + 5, "the idle thread ended")
+    first.join(5)
+    assert not first.is_alive()
     again = create_session("linger", store=store).create_scan("s")
     channel = again.create_container("timer").create_channel("x")
     again.prepared()
