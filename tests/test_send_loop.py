@@ -6,7 +6,10 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import pytest
 from list_queue import ListQueue
+from redis.backoff import ConstantBackoff
+from redis.retry import Retry
 
 from scanstream import DataStore, RedisUnreachableError, Settings, create_session
 from scanstream._transport.server import EmbeddedServer
@@ -149,3 +152,102 @@ def test_concurrent_scans_fail_together_when_the_server_is_gone(
             assert sender.queued == 0  # dropped, and said so in the error
     finally:
         store.close()
+
+
+def test_a_scan_after_an_outage_is_not_failed_for_it(persistent_server: EmbeddedServer) -> None:
+    # The outage that failed an earlier scan of the loop is over once the server answers:
+    # a later scan of the same store publishes as usual.
+    store = DataStore(settings=Settings(redis_url=persistent_server.url, max_unreachable_time=1.0))
+    try:
+        first = create_session("before", store=store).create_scan("s")
+        channel = first.create_container("timer").create_channel("x")
+        first.prepared()
+        channel.emit(1.0)
+        first.flush()
+        persistent_server.stop()
+        channel.emit(2.0)
+        _wait_until(lambda: first._sender.fatal, 20, "the scan failed in the outage")
+        persistent_server.start(timeout=10)
+        later = create_session("after", store=store).create_scan("s")
+        later_channel = later.create_container("timer").create_channel("x")
+        later.prepared()
+        later_channel.emit(np.arange(5.0))
+        later.flush()
+        later_channel.emit(np.arange(5.0, 10.0))  # sent by the loop
+        key = store.keys.scan_data("after", later.number, 2)
+        _wait_until(lambda: store.redis.xlen(key) == 2, 10, "the later scan's points sent")
+        assert not later._sender.fatal and later._sender.error is None
+        later.end()
+    finally:
+        store.close()
+
+
+def test_a_lease_renewed_after_a_blip_ends_the_scans_outage(
+    persistent_server: EmbeddedServer,
+) -> None:
+    # An idle scan rides out a short outage through its lease renewals (a retry policy of
+    # its own, 3 tries): the renewal that works again must end that outage, or the next
+    # blip, much later, would be timed from the first and fail the scan at once.
+    store = DataStore(
+        settings=Settings(
+            redis_url=persistent_server.url,
+            max_unreachable_time=3.0,
+            lease_time=1.5,
+            retry=Retry(ConstantBackoff(0.05), 3),
+        )
+    )
+    try:
+        idle = create_session("idle", store=store).create_scan("s")
+        idle.create_container("timer").create_channel("x")
+        idle.prepared()
+        sender = idle._sender
+        persistent_server.stop()
+        _wait_until(lambda: sender._unreachable_since is not None, 10, "a renewal failed")
+        persistent_server.start(timeout=10)
+        _wait_until(lambda: sender._unreachable_since is None, 10, "the outage ended")
+        assert not sender.fatal and sender._loop.outage is None
+        idle.end()
+    finally:
+        store.close()
+
+
+def test_a_wake_up_flag_left_set_by_a_race_is_reset_by_the_next_turn(store: DataStore) -> None:
+    # A queue that told the sender while a send was taking its points leaves the flag set
+    # with nothing queued; the loop's next turn resets it, so the next point wakes the loop.
+    sender = Sender(store, "lease-of-nothing", "raced")
+    queue = ListQueue("raced:data", sender)
+    sender.add(queue)
+    sender._notified = True  # the state such a race leaves
+    sender.serve()
+    sender.wake.clear()
+    queue.put(b"1")
+    assert sender.wake.is_set()
+
+
+class _Failing:
+    def serve(self) -> float:
+        raise RuntimeError("a turn that fails")
+
+
+class _Counting:
+    def __init__(self) -> None:
+        self.turns = 0
+
+    def serve(self) -> float:
+        self.turns += 1
+        return time.monotonic() + 0.01
+
+
+def test_a_turn_that_raises_does_not_stop_the_loop(caplog: pytest.LogCaptureFixture) -> None:
+    loop = send_loop.SendLoop("scanstream-send-test")
+    failing, counting = _Failing(), _Counting()
+    loop.add(failing)
+    loop.add(counting)
+    try:
+        _wait_until(lambda: counting.turns > 20, 10, "the other sender served on")
+        assert loop.thread is not None and loop.thread.is_alive()
+        assert "a turn of" in caplog.text and "a turn that fails" in caplog.text
+    finally:
+        loop.remove(failing)
+        loop.remove(counting)
+    _wait_until(lambda: loop.thread is None, send_loop._LINGER + 5, "the loop ended")

@@ -16,6 +16,7 @@ that could be done meanwhile.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -27,9 +28,13 @@ if TYPE_CHECKING:
 
 __all__ = ["SendLoop", "Served"]
 
+logger = logging.getLogger(__name__)
+
 # Longest wait of a loop between two looks at its scans (their lease renewals are due every
 # lease_time / 3, seconds at least; a wake-up comes with the first new point after a send).
 _IDLE_WAIT = 1.0
+# Pause before a sender whose turn raised is served again.
+_FAULT_PAUSE = 0.2
 # How long the thread outlives its last scan: a program publishing one scan after another
 # starts one thread, not one per scan.
 _LINGER = 1.0
@@ -39,7 +44,8 @@ _shared_lock = threading.Lock()
 
 
 def _forget_after_fork() -> None:
-    """A forked child has none of its parent's threads: its stores get loops of their own."""
+    """A forked child has none of its parent's threads: the scans it creates get loops of
+    their own (scans inherited from the parent are not served in the child)."""
     global _shared_lock
     _shared_lock = threading.Lock()
     _shared.clear()
@@ -53,7 +59,7 @@ class Served(Protocol):
 
     def serve(self) -> float:
         """Do the work that is due (a send, a lease renewal); return when more is due
-        (``time.monotonic()``), or ``math.inf`` for never (the sender stopped).
+        (``time.monotonic()``), or ``math.inf`` for never (the sender stopped or failed).
 
         A sender with points waiting for the end of its pause says when it ends, and does not
         set :attr:`SendLoop.wake` again before it has sent them: the wake-ups of a loop come
@@ -75,7 +81,9 @@ class SendLoop:
     Attributes
     ----------
     wake : threading.Event
-        Set when a sender has something to send (by its queues): the loop looks at once.
+        Set when a sender that had nothing to send gets points, when a sender is added or
+        removed, and when an action of a sender is due (``Sender.call_after``): the loop
+        looks at its senders at once.
     """
 
     def __init__(self, name: str) -> None:
@@ -84,10 +92,11 @@ class SendLoop:
         self._lock = threading.Lock()
         self._served: list[Served] = []
         self._thread: threading.Thread | None = None
-        #: When a sender of the loop found the server unreachable, and the error; None once
-        #: a send succeeds. The other senders count their outage from then
-        #: (``Sender._joins_outage``).
-        self.outage: tuple[float, BaseException] | None = None
+        #: A sender's outage, as ``(since, last failure, error)`` (``time.monotonic()``):
+        #: set by a turn of a sender that failed for want of the server, None again once
+        #: the server answers one of them (or the record is a round old). The other senders
+        #: count their outage from ``since`` (``Sender._joins_outage``).
+        self.outage: tuple[float, float, BaseException] | None = None
 
     @classmethod
     def for_store(cls, store: DataStore, name: str) -> SendLoop:
@@ -106,7 +115,8 @@ class SendLoop:
 
     @property
     def thread(self) -> threading.Thread | None:
-        """The loop's thread while it serves a sender, else None."""
+        """The loop's thread while it runs (serving senders, or a second after the last),
+        else None."""
         return self._thread
 
     def add(self, served: Served) -> None:
@@ -148,7 +158,11 @@ class SendLoop:
                 continue
             due = now + _IDLE_WAIT
             for sender in served:
-                due = min(due, sender.serve())
+                try:
+                    due = min(due, sender.serve())
+                except Exception:  # one scan's fault must not stop the others' sends and leases
+                    logger.exception("the send loop %s: a turn of %r failed", self.name, sender)
+                    due = min(due, time.monotonic() + _FAULT_PAUSE)
             wait = due - time.monotonic()
             if wait > 0:
                 wake.wait(wait)

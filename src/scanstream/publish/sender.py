@@ -71,6 +71,10 @@ _ENTRY_RATE = 25_000.0
 # longer pause whenever the last send carried several points per entry was tried: no
 # measurable gain in bulk throughput, and a 1 kHz scan delayed once stayed coalesced.)
 _MAX_SEND_INTERVAL = 0.004
+# Seconds after a scan of a send loop found the server gone during which another scan of the
+# loop, due to talk to it, joins that outage instead of riding it out anew (about a round of
+# the loop: the scans after the failed one are served at once).
+OUTAGE_FRESH = 1.0
 # Pauses between attempts while a send fails (redis-py's Retry has already backed off within
 # each attempt): 40 ms doubling up to 0.2 s. Stateless, so one instance serves every sender.
 _FAILED_SEND_BACKOFF = ExponentialBackoff(cap=0.2, base=0.02)
@@ -295,19 +299,29 @@ class Sender:
             pass
 
     def _joins_outage(self) -> bool:
-        """Count an outage another scan of the loop met as this scan's, from its start.
+        """Count an outage another scan of the loop has just met as this scan's, from its start.
 
         The loop sends for one scan at a time, and a send rides out the outage budget: the
         16th scan would otherwise only start riding it out when the 15 before it had failed.
-        Every scan of a single server shares its fate, so a scan that has points to send when
-        another has found the server gone is unreachable since then too; once that is longer
-        than ``max_unreachable_time`` it fails at once, as the others did (True).
+        Every scan of a single server shares its fate, so a scan due to talk to the server
+        within a round of another's failure (:data:`OUTAGE_FRESH`) is unreachable since that
+        outage began too; once that is longer than ``max_unreachable_time`` it fails at
+        once, as the others did (True). An older record is forgotten: the scan tries itself.
         """
         outage = self._loop.outage
         if outage is None or self._unreachable_since is not None:
             return False
-        since, error = outage
+        since, failed_at, error = outage
+        if time.monotonic() - failed_at > OUTAGE_FRESH:
+            self._loop.outage = None
+            return False
         return self._unreachable(error, since) is not None
+
+    def _answered(self) -> None:
+        """The server answered this scan (a send or a lease renewal): no outage any more."""
+        self._loop.outage = None
+        if self._unreachable_since is not None:
+            self._back(time.monotonic() - self._unreachable_since)
 
     def serve(self) -> float:
         """The loop's turn: send what is queued unless within the pause after the last send,
@@ -319,26 +333,29 @@ class Sender:
             now = time.monotonic()
             if now < self._retry_at:  # after a failure: its backoff
                 return self._retry_at
-            pending = bool(self._ready) or self._unconfirmed is not None
-            if pending:
+            ok = True
+            again: float | None = None  # when the queued points want a turn, if they wait
+            if self._ready or self._unconfirmed is not None:
                 # Coalesce only if entries would come faster than _ENTRY_RATE: the points
                 # emitted within this pause after the last send go together.
-                pause = min(_MAX_SEND_INTERVAL, self._last_entries / _ENTRY_RATE)
-                if now < self._last_send + pause:
-                    return self._last_send + pause
-                # Another thread sending for this scan (flush, end, back pressure, prepared)
-                # does not hold up the other scans of the loop: this one waits its turn.
-                if not self.send_lock.acquire(blocking=False):
-                    return now + _MAX_SEND_INTERVAL
-                try:
-                    if self._joins_outage():
-                        return math.inf
-                    self._last_send = now
-                    ok = self._send_holding_lock(raise_errors=False)
-                finally:
-                    self.send_lock.release()
-            else:
-                ok = True
+                pause_end = self._last_send + min(
+                    _MAX_SEND_INTERVAL, self._last_entries / _ENTRY_RATE
+                )
+                if now < pause_end:
+                    again = pause_end
+                elif not self.send_lock.acquire(blocking=False):
+                    # Another thread sends for this scan (flush, end, back pressure,
+                    # prepared): the other scans of the loop are not held up by it, and this
+                    # one comes back soon (its lease is still renewed below).
+                    again = now + _MAX_SEND_INTERVAL
+                else:
+                    try:
+                        if self._joins_outage():
+                            return math.inf
+                        self._last_send = now
+                        ok = self._send_holding_lock(raise_errors=False)
+                    finally:
+                        self.send_lock.release()
             later = self._later
             if later is not None and ok and self._sent_at >= later[0]:  # any thread's send
                 self._later = None
@@ -349,16 +366,28 @@ class Sender:
                 settings = self.store.settings
                 ok = self._renew_lease(int(settings.lease_time * 1000))
                 if ok:
+                    self._answered()
                     self._next_renewal = time.monotonic() + settings.lease_time / 3
             if ok:
                 self._failures = 0
-                if self._ready or self._unconfirmed is not None:  # queued during the send
-                    pause = min(_MAX_SEND_INTERVAL, self._last_entries / _ENTRY_RATE)
-                    return self._last_send + pause
-                return self._next_renewal
+                if again is None:
+                    # Reset before the queues are looked at, as ready() appends before it
+                    # looks at the flag: a queue that told the sender during a send that took
+                    # its points left the flag set with nothing queued, and its next point
+                    # would have woken nobody.
+                    self._notified = False
+                    if self._ready or self._unconfirmed is not None:  # queued meanwhile
+                        again = self._last_send + min(
+                            _MAX_SEND_INTERVAL, self._last_entries / _ENTRY_RATE
+                        )
+                return self._next_renewal if again is None else min(again, self._next_renewal)
             if self._unreachable_at >= now and self._unreachable_since is not None:
                 # This turn failed for want of the server (not a refusal, which is an answer).
-                self._loop.outage = (self._unreachable_since, cast(Any, self._last_unreachable))
+                self._loop.outage = (
+                    self._unreachable_since,
+                    self._unreachable_at,
+                    cast(Any, self._last_unreachable),
+                )
             # Points are still queued (or the lease is due): try again after a pause.
             # Bounded: the pause reaches the backoff's cap long before, and 2**failures would
             # overflow a float after about 1000 failures (a server full for minutes).
@@ -448,6 +477,8 @@ class Sender:
             return False
         if self._unreachable_since is not None:
             self._back(time.monotonic() - self._unreachable_since)
+        elif self._loop.outage is not None and self._last_entries:
+            self._loop.outage = None  # this send reached the server
         if not self.fatal and self.error is not None:
             self.error = None
             self.refusing = self.stopped
