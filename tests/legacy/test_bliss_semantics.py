@@ -184,6 +184,13 @@ def test_scan_info_times_are_datetimes_through_bliss_names_only(store, session):
             channel = bliss_node.get_node(db_name, store=store)
             assert channel is not None and channel.bliss_mode
             _assert_bliss_times(channel.scan.info, ended=False)
+            # A watcher reads a new scan's info when it meets the scan (as BLISS's does): one
+            # that meets it only after its end sees the end times too. Running until both
+            # met it, the info they got is that of a running scan.
+            deadline = time.monotonic() + 10
+            while not all(o.created for o in observers.values()):
+                assert time.monotonic() < deadline, "a watcher did not report the new scan"
+                time.sleep(0.01)
         assert watchers["bliss"].wait_no_more_running_scans(5)
         assert watchers["own"].wait_no_more_running_scans(5)
     _assert_bliss_times(channel.scan.info.get_all(), ended=True)
