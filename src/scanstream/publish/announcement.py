@@ -12,7 +12,7 @@ master it waits as any command does (redis-py's retries, the outage budget), and
 usually on another master, must go on flowing meanwhile; ``emit`` never waits on it. It is
 skipped while the scan stored no new point since the last check: an idle scan costs nothing,
 and a scan that sends costs one ``XRANGE`` of one ID per period. The scan starts the thread
-only when the first check is due (from its sender's thread, after a send): a scan that ends
+only when the first check is due (from the send loop, after a send): a scan that ends
 within a period starts none.
 """
 

@@ -10,9 +10,9 @@ A scan is published as::
         diode.emit(1.5)                                       # one point, or a batch
     print(scan.wait_saved(10))                                # "saved in FILE::ENTRY", ...
 
-``emit`` never waits on Redis: points are queued and a background thread per scan sends
-whatever has accumulated as one entry per channel, in one MULTI/EXEC, as soon as the
-previous send is done (and at most every few milliseconds). Latency stays bounded; batching
+``emit`` never waits on Redis: points are queued and a background send loop (one thread
+for every scan of a store on a single server) sends a scan's accumulated points as one entry
+per channel, in one MULTI/EXEC, as soon as its previous send is done (and at most every few milliseconds). Latency stays bounded; batching
 grows by itself with the rate. Sessions are in :mod:`.session`, the node tree in
 :mod:`.nodes`, the data publishers in :mod:`.channels`, the sender in :mod:`.sender`, the
 writer presence and saving verdict in :mod:`.saving`.
@@ -217,7 +217,7 @@ class ScanPublisher:
                 lambda: sum(self._tree.acknowledged().values()),
                 lambda: not (sender.stopped or sender.fatal),
             )
-            # Its thread starts when the first check is due, from the sender's thread after
+            # Its thread starts when the first check is due, from the send loop after
             # a send (the checks are skipped while no point is stored): a scan that ends
             # within a period starts no thread for it.
             watch = self._watch
@@ -264,7 +264,7 @@ class ScanPublisher:
         if self._sender.error is not None:
             raise self._sender.error
         self._sender.send(raise_errors=True, nodes=True)
-        # The background thread may have found the scan lost (and dropped the points) while
+        # The send loop may have found the scan lost (and dropped the points) while
         # this call waited for the send lock: then there was nothing left to send here.
         if self._sender.fatal and self._sender.error is not None:
             raise self._sender.error

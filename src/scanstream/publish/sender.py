@@ -221,7 +221,7 @@ class Sender:
         # True from the first ready() after a send took the ready queues until the next
         # one: the loop is woken once per send at most, not once per queue or point.
         self._notified = False
-        # One send at a time (background thread, flush, end); held by prepared() too.
+        # One send at a time (the send loop, flush, end); held by prepared() too.
         self.send_lock = threading.Lock()
         #: NEW_NODE entries written before the data of a send (the scan's node tree), if any.
         self.nodes: NodeEntries | None = None
@@ -273,7 +273,7 @@ class Sender:
         return sum(q.drop() for q in self._queues)
 
     def call_after(self, delay: float, action: Callable[[], None]) -> None:
-        """Have the background thread call ``action`` once, after its first successful send
+        """Have the send loop call ``action`` once, after its first successful send
         at least ``delay`` seconds from now (never if the sender stops before).
 
         For work that matters only once the scan has run a while and stored points: a scan
