@@ -9,9 +9,9 @@ more than most bends do.
 - **channels** (1 ... 10 000): one scan of N channels, 1000 points each (one emit of 1000
   points per channel): the time to create the channels, to publish (until Redis holds every
   point), to ``end()`` (seals every stream) and for a subscriber to walk the ended scan.
-- **concurrent scans** (1, 4, 16, 64) in one process, one thread each: 10 channels of
-  1000-point batches per scan (50 000 points each), the same points per scan; wall time and
-  process CPU.
+- **concurrent scans** (1, 4, 16, 64) in one process, one thread each, one store: 10
+  channels of 1000-point batches per scan (50 000 points each), the same points per scan;
+  wall time and process CPU.
 - **subscribers** (1, 4, 16, 64 processes): live latency of 10 channels at 1 kHz
   (step scan), median and p99 over every point received, and each subscriber's CPU.
 - **scan length** (10^3 ... 10^7 points, 10^8 with ``--full``): one channel of float64 in
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from scanstream import EventType, create_session, get_session_node
+from scanstream import DataStore, EventType, create_session, get_session_node
 
 from . import latency
 from .harness import flush, in_threads, open_store
@@ -48,14 +48,17 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 
 def _publish_scan(
-    url: str, nch: int, npts: int, batch: int = 1000
+    url: str, nch: int, npts: int, batch: int = 1000, store: DataStore | None = None
 ) -> tuple[dict[str, float], str, int]:
     """One scan of ``nch`` float64 channels of ``npts`` points in ``batch``-point emits.
 
     Returns the seconds of each phase (create, publish until flushed, end) and the
-    session name and scan number to read it back.
+    session name and scan number to read it back. Through ``store`` if given (left open),
+    else through a store of its own.
     """
-    store = open_store(url)
+    own = store is None
+    if store is None:
+        store = open_store(url)
     try:
         name = f"curve{next(_counter)}"
         session = create_session(name, store=store)
@@ -76,7 +79,8 @@ def _publish_scan(
         t3 = time.perf_counter()
         return {"create_s": t1 - t0, "publish_s": t2 - t1, "end_s": t3 - t2}, name, scan.number
     finally:
-        store.close()
+        if own:
+            store.close()
 
 
 def _walk_scan(url: str, session: str, number: int) -> tuple[float, int]:
@@ -133,12 +137,20 @@ def channels(url: str, sizes: tuple[int, ...], reps: int, npts: int = 1000) -> l
 def concurrent_scans(
     url: str, sizes: tuple[int, ...], reps: int, npts: int = 50_000, nch: int = 10
 ) -> list[dict[str, Any]]:
-    """Cost against scans published at once by threads of one process (``nch`` x ``npts`` each)."""
+    """Cost against scans published at once by threads of one process (``nch`` x ``npts`` each).
+
+    The threads share one ``DataStore``, opened before the timing, as the threads of a
+    publishing process do (and figure 1f).
+    """
     rows = []
     for nscans in sizes:
 
         def one(nscans: int = nscans) -> dict[str, float]:
-            wall, cpu = in_threads(lambda: _publish_scan(url, nch, npts), nscans)
+            store = open_store(url)
+            try:
+                wall, cpu = in_threads(lambda: _publish_scan(url, nch, npts, store=store), nscans)
+            finally:
+                store.close()
             total = nscans * nch * npts
             return {"wall_s": wall, "cpu_s": cpu, "mpoints_per_s": total / wall / 1e6}
 
