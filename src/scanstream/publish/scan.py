@@ -12,10 +12,10 @@ A scan is published as::
 
 ``emit`` never waits on Redis: points are queued and a background send loop (one thread
 for every scan of a store on a single server) sends a scan's accumulated points as one entry
-per channel, in one MULTI/EXEC, as soon as its previous send is done (and at most every few milliseconds). Latency stays bounded; batching
-grows by itself with the rate. Sessions are in :mod:`.session`, the node tree in
-:mod:`.nodes`, the data publishers in :mod:`.channels`, the sender in :mod:`.sender`, the
-writer presence and saving verdict in :mod:`.saving`.
+per channel, in one MULTI/EXEC, as soon as its previous send is done (and at most every few
+milliseconds). Latency stays bounded; batching grows by itself with the rate. Sessions are
+in :mod:`.session`, the node tree in :mod:`.nodes`, the data publishers in :mod:`.channels`,
+the sender in :mod:`.sender`, the writer presence and saving verdict in :mod:`.saving`.
 
 A scan that disappears from Redis while it runs (a flushed server, one restarted without its
 data) stops its publisher with :class:`~scanstream.exceptions.ScanLostError`: no key of a

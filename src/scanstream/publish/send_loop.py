@@ -93,7 +93,8 @@ class SendLoop:
         self._served: list[Served] = []
         self._thread: threading.Thread | None = None
         #: A sender's outage, as ``(since, last failure, error)`` (``time.monotonic()``):
-        #: set by a turn of a sender that failed for want of the server, None again once
+        #: set by a send or lease renewal of a sender that failed for want of the server
+        #: (from any thread: the loop's, a flush, an end), None again once
         #: the server answers one of them (or the record is a round old). The other senders
         #: count their outage from ``since`` (``Sender._joins_outage``).
         self.outage: tuple[float, float, BaseException] | None = None

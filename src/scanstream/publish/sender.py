@@ -74,7 +74,7 @@ _MAX_SEND_INTERVAL = 0.004
 # Seconds after a scan of a send loop found the server gone during which another scan of the
 # loop, due to talk to it, joins that outage instead of riding it out anew (about a round of
 # the loop: the scans after the failed one are served at once).
-OUTAGE_FRESH = 1.0
+_OUTAGE_FRESH = 1.0
 # Pauses between attempts while a send fails (redis-py's Retry has already backed off within
 # each attempt): 40 ms doubling up to 0.2 s. Stateless, so one instance serves every sender.
 _FAILED_SEND_BACKOFF = ExponentialBackoff(cap=0.2, base=0.02)
@@ -235,8 +235,6 @@ class Sender:
         self._sent_at = -math.inf  # when the last successful send started (any thread's)
         self._backoff = backoff or _FAILED_SEND_BACKOFF
         self._unreachable_since: float | None = None
-        self._last_unreachable: BaseException | None = None  # the error of that outage
-        self._unreachable_at = -math.inf  # when it was met last
         # The batches of a transaction that failed on a network error: it may have been
         # applied (its reply lost), so the next send resends exactly these entries, alone,
         # before any new point (a resend with more points under the same first ID would be
@@ -304,7 +302,7 @@ class Sender:
         The loop sends for one scan at a time, and a send rides out the outage budget: the
         16th scan would otherwise only start riding it out when the 15 before it had failed.
         Every scan of a single server shares its fate, so a scan due to talk to the server
-        within a round of another's failure (:data:`OUTAGE_FRESH`) is unreachable since that
+        within a round of another's failure (``_OUTAGE_FRESH``) is unreachable since that
         outage began too; once that is longer than ``max_unreachable_time`` it fails at
         once, as the others did (True). An older record is forgotten: the scan tries itself.
         """
@@ -312,16 +310,22 @@ class Sender:
         if outage is None or self._unreachable_since is not None:
             return False
         since, failed_at, error = outage
-        if time.monotonic() - failed_at > OUTAGE_FRESH:
+        if time.monotonic() - failed_at > _OUTAGE_FRESH:
             self._loop.outage = None
             return False
-        return self._unreachable(error, since) is not None
+        return self._unreachable(error, since, met=False) is not None
 
     def _answered(self) -> None:
         """The server answered this scan (a send or a lease renewal): no outage any more."""
-        self._loop.outage = None
         if self._unreachable_since is not None:
             self._back(time.monotonic() - self._unreachable_since)
+        else:
+            self._loop.outage = None
+
+    def _pause_end(self) -> float:
+        """When the pause after the last send ends: the points emitted until then go together,
+        so that entries come no faster than ``_ENTRY_RATE``."""
+        return self._last_send + min(_MAX_SEND_INTERVAL, self._last_entries / _ENTRY_RATE)
 
     def serve(self) -> float:
         """The loop's turn: send what is queued unless within the pause after the last send,
@@ -336,11 +340,7 @@ class Sender:
             ok = True
             again: float | None = None  # when the queued points want a turn, if they wait
             if self._ready or self._unconfirmed is not None:
-                # Coalesce only if entries would come faster than _ENTRY_RATE: the points
-                # emitted within this pause after the last send go together.
-                pause_end = self._last_send + min(
-                    _MAX_SEND_INTERVAL, self._last_entries / _ENTRY_RATE
-                )
+                pause_end = self._pause_end()
                 if now < pause_end:
                     again = pause_end
                 elif not self.send_lock.acquire(blocking=False):
@@ -377,17 +377,8 @@ class Sender:
                     # would have woken nobody.
                     self._notified = False
                     if self._ready or self._unconfirmed is not None:  # queued meanwhile
-                        again = self._last_send + min(
-                            _MAX_SEND_INTERVAL, self._last_entries / _ENTRY_RATE
-                        )
+                        again = self._pause_end()
                 return self._next_renewal if again is None else min(again, self._next_renewal)
-            if self._unreachable_at >= now and self._unreachable_since is not None:
-                # This turn failed for want of the server (not a refusal, which is an answer).
-                self._loop.outage = (
-                    self._unreachable_since,
-                    self._unreachable_at,
-                    cast(Any, self._last_unreachable),
-                )
             # Points are still queued (or the lease is due): try again after a pause.
             # Bounded: the pause reaches the backoff's cap long before, and 2**failures would
             # overflow a float after about 1000 failures (a server full for minutes).
@@ -475,10 +466,8 @@ class Sender:
             if raise_errors:
                 raise error from None
             return False
-        if self._unreachable_since is not None:
-            self._back(time.monotonic() - self._unreachable_since)
-        elif self._loop.outage is not None and self._last_entries:
-            self._loop.outage = None  # this send reached the server
+        if self._unreachable_since is not None or self._last_entries:  # the server answered
+            self._answered()
         if not self.fatal and self.error is not None:
             self.error = None
             self.refusing = self.stopped
@@ -633,9 +622,14 @@ class Sender:
         return entry.sealed_length is None and entry.npoints == npoints
 
     # -- faults -------------------------------------------------------------------------
-    def _unreachable(self, exc: BaseException, started: float) -> BaseException | None:
+    def _unreachable(
+        self, exc: BaseException, started: float, *, met: bool = True
+    ) -> BaseException | None:
         """Record a network failure of an attempt made at ``started``; fail the scan once Redis
         has been unreachable for longer than max_unreachable_time (return the error).
+
+        The outage goes on the loop for the other scans (``SendLoop.outage``) when this
+        scan ``met`` it, not when it only joins another's (:meth:`_joins_outage`).
 
         The outage is timed from the start of its first failed attempt: redis-py's Retry has
         already spent up to the budget inside that attempt, so timing it from the failure
@@ -643,11 +637,12 @@ class Sender:
         the first failure already ends the scan (the error says it all).
         """
         now = time.monotonic()
-        self._last_unreachable, self._unreachable_at = exc, now
         first = self._unreachable_since is None
         if first:
             self._unreachable_since = started
         since = cast(float, self._unreachable_since)
+        if met:
+            self._loop.outage = (since, now, exc)
         limit = self.store.settings.max_unreachable_time
         cause = exc.__cause__ if isinstance(exc, RedisUnreachableError) and exc.__cause__ else exc
         if now - since <= limit:
