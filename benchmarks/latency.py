@@ -8,8 +8,10 @@ receives, ``arrival - publication``. The publisher emits one point per channel p
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -52,51 +54,71 @@ def _subscriber(url: str, session: str, ready: Any, results: Any) -> None:
     store.close()
 
 
+@contextlib.contextmanager
+def _processes(target: Callable[..., None], args: tuple[Any, ...], count: int) -> Iterator[Any]:
+    """Start ``count`` processes of ``target(*args, ready, results)`` and wait until each set
+    its ``ready``; yield the shared ``results`` queue; join them at the end (kill a late one)."""
+    ctx = mp.get_context("spawn")
+    readies, results = [ctx.Event() for _ in range(count)], ctx.Queue()
+    procs = [
+        ctx.Process(target=target, args=(*args, ready, results), daemon=True) for ready in readies
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        for ready in readies:
+            if not ready.wait(30):
+                raise RuntimeError(f"a {target.__name__} process did not start")
+        yield results
+    finally:
+        for proc in procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+
+
+class _Ticks:
+    """``npts`` ticks at ``rate_hz`` (sleeping, never spinning: it would steal a core from the
+    subscribers); :attr:`late` counts those started more than a period after they were due."""
+
+    def __init__(self, npts: int, rate_hz: float) -> None:
+        self.npts, self.period, self.late = npts, 1.0 / rate_hz, 0
+
+    def __iter__(self) -> Iterator[int]:
+        start = time.perf_counter()
+        for i in range(self.npts):
+            due = start + i * self.period
+            wait = due - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            if time.perf_counter() - due > self.period:
+                self.late += 1
+            yield i
+
+
 def measure(url: str, nch: int, rate_hz: float, seconds: float, nsub: int) -> dict[str, Any]:
     """One run: ``nsub`` subscriber processes, ``nch`` channels at ``rate_hz`` for ``seconds``."""
     flush(url)
-    ctx = mp.get_context("spawn")
     session_name = f"lat{nch}x{nsub}"
     store = open_store(url)
     session = create_session(session_name, store=store)
-    readies = [ctx.Event() for _ in range(nsub)]
-    results = ctx.Queue()
-    procs = [
-        ctx.Process(target=_subscriber, args=(url, session_name, r, results), daemon=True)
-        for r in readies
-    ]
-    for p in procs:
-        p.start()
+    npts = int(rate_hz * seconds)
+    ticks = _Ticks(npts, rate_hz)
     try:
-        for r in readies:
-            if not r.wait(30):
-                raise RuntimeError("a subscriber process did not start")
-        npts = int(rate_hz * seconds)
-        with session.create_scan("latency") as scan:
-            top = scan.create_container("timer")
-            channels = [top.create_channel(f"c{i}", dtype="float64") for i in range(nch)]
-            scan.prepared()
-            period = 1.0 / rate_hz
-            start = time.perf_counter()
-            late = 0
-            for i in range(npts):
-                due = start + i * period
-                wait = due - time.perf_counter()
-                if wait > 0:  # no spinning: it would steal a core from the subscribers
-                    time.sleep(wait)
-                if time.perf_counter() - due > period:
-                    late += 1
-                stamp = time.time()
-                for ch in channels:
-                    ch.emit(stamp)
-            achieved = npts / (time.perf_counter() - start)
-        outs = [results.get(timeout=60) for _ in procs]
+        with _processes(_subscriber, (url, session_name), nsub) as results:
+            with session.create_scan("latency") as scan:
+                top = scan.create_container("timer")
+                channels = [top.create_channel(f"c{i}", dtype="float64") for i in range(nch)]
+                scan.prepared()
+                start = time.perf_counter()
+                for _ in ticks:
+                    stamp = time.time()
+                    for ch in channels:
+                        ch.emit(stamp)
+                achieved = npts / (time.perf_counter() - start)
+            outs = [results.get(timeout=60) for _ in range(nsub)]
     finally:
-        for p in procs:
-            p.join(10)
-            if p.is_alive():
-                p.kill()
-                p.join(5)
         store.close()
     lat = np.concatenate([o["latencies"] for o in outs]) * 1000.0
     expected = nch * npts
@@ -104,7 +126,7 @@ def measure(url: str, nch: int, rate_hz: float, seconds: float, nsub: int) -> di
         "channels": nch,
         "rate_hz": rate_hz,
         "achieved_rate_hz": achieved,
-        "late_ticks": late,
+        "late_ticks": ticks.late,
         "subscribers": nsub,
         "seconds": seconds,
         "median_ms": float(np.median(lat)),
@@ -160,53 +182,28 @@ def measure_raw(
     import redis
 
     flush(url)
-    ctx = mp.get_context("spawn")
     keys = [f"rawlat:{{x}}:data:{i}" for i in range(nch)]
     npts = int(rate_hz * seconds)
-    readies, results = [ctx.Event() for _ in range(nsub)], ctx.Queue()
-    procs = [
-        ctx.Process(
-            target=_raw_subscriber, args=(url, keys, nch * npts, ready, results), daemon=True
-        )
-        for ready in readies
-    ]
-    for proc in procs:
-        proc.start()
+    ticks = _Ticks(npts, rate_hz)
     client = redis.Redis.from_url(url)
     try:
-        for ready in readies:
-            if not ready.wait(30):
-                raise RuntimeError("a raw subscriber process did not start")
-        time.sleep(0.2)  # into its first XREAD
-        period = 1.0 / rate_hz
-        start = time.perf_counter()
-        late = 0
-        for i in range(npts):
-            due = start + i * period
-            wait = due - time.perf_counter()
-            if wait > 0:
-                time.sleep(wait)
-            if time.perf_counter() - due > period:
-                late += 1
-            stamp = np.float64(time.time()).tobytes()
-            pipe = client.pipeline(transaction=False)
-            for key in keys:
-                pipe.xadd(key, {b"n": b"1", b"d": stamp}, id=f"{i}-1")
-            pipe.execute()
-        outs = [results.get(timeout=60) for _ in procs]
+        with _processes(_raw_subscriber, (url, keys, nch * npts), nsub) as results:
+            time.sleep(0.2)  # into their first XREAD
+            for i in ticks:
+                stamp = np.float64(time.time()).tobytes()
+                pipe = client.pipeline(transaction=False)
+                for key in keys:
+                    pipe.xadd(key, {b"n": b"1", b"d": stamp}, id=f"{i}-1")
+                pipe.execute()
+            outs = [results.get(timeout=60) for _ in range(nsub)]
     finally:
-        for proc in procs:
-            proc.join(10)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(5)
         client.close()
     lat = np.concatenate([o["latencies"] for o in outs]) * 1000.0
     return {
         "received": min(o["received"] for o in outs),
         "expected": nch * npts,
         "all_points_received": all(o["received"] == nch * npts for o in outs),
-        "late_ticks": late,
+        "late_ticks": ticks.late,
         "subscriber_cpu_s": max(o["cpu_s"] for o in outs),
         "_latencies_ms": lat,
     }
