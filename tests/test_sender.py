@@ -256,7 +256,7 @@ def test_restate_keeps_the_class_and_attributes_without_calling_the_constructor(
 
 def test_publish_modules_import_downward_only() -> None:
     """session -> scan -> nodes, announcement, saving, scan_info -> channels -> sender ->
-    send_loop at run time; back-references are type-only."""
+    send_loop, send_transaction at run time; back-references are type-only."""
     order = [
         "session",
         "scan",
@@ -267,6 +267,7 @@ def test_publish_modules_import_downward_only() -> None:
         "channels",
         "sender",
         "send_loop",
+        "send_transaction",
     ]
     folder = Path(scanstream.publish.__file__).parent
     for position, name in enumerate(order):

@@ -3,7 +3,7 @@
 ``emit`` validates its argument with the node's codec and puts the batch in the node's
 queue; the scan's :class:`~scanstream.publish.sender.Sender` takes it from there. The queues
 (one class per kind of node) hold the points not yet acknowledged by Redis and know how their
-batches become entries (:class:`~scanstream.publish.sender.DataQueue`).
+batches become entries (:class:`~scanstream.publish.send_transaction.DataQueue`).
 """
 
 from __future__ import annotations

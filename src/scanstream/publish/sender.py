@@ -7,7 +7,8 @@ until ``E / _ENTRY_RATE`` seconds have passed (at most ``_MAX_SEND_INTERVAL``). 
 emitted after a pause goes out at once; a fast scan gets bigger entries instead of more of
 them (readers pay per entry, not per point). See docs/performance.md.
 
-The sender sees the data nodes only through :class:`DataQueue`: it takes their queued batches,
+The sender sees the data nodes only through
+:class:`~scanstream.publish.send_transaction.DataQueue`: it takes their queued batches,
 has them encoded, gives them back when a send fails and drops them when the scan fails. It
 knows nothing of scans or node trees. A queue that gets points while it had none says so
 (:meth:`Sender.ready`): a send touches only those queues, so its cost follows the channels
@@ -17,14 +18,13 @@ The background work (sends as points come, lease renewals, retries) is done by a
 :class:`~scanstream.publish.send_loop.SendLoop` thread, shared by every scan of the store on
 a single server; ``flush`` and ``end`` send from the caller's thread.
 
-The transaction is packed and parsed by :mod:`scanstream._transport.transaction` (redis-py's
-pipeline on a cluster; decision 0009).
+What one send writes, and how its replies are read, is :mod:`.send_transaction`.
 
 Faults (docs/performance.md, "Connection faults"): network errors are retried by redis-py's
 ``Retry`` of the connection pool; a send that still fails keeps its points queued and is tried
 again, until Redis has been unreachable for ``Settings.max_unreachable_time``, when the scan
-fails. A replayed transaction whose reply was lost is recognised by its entry IDs (the index
-of the entry's first point): a duplicate ID holding the same entry counts as sent.
+fails. The entries of a transaction whose reply was lost are resent alone, as they were: a
+duplicate ID holding the same entry counts as sent (:mod:`.send_transaction`).
 """
 
 from __future__ import annotations
@@ -34,31 +34,29 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 from redis.backoff import AbstractBackoff, ExponentialBackoff
 
-from .._protocol.entries import LOST_FIELD, DataEntry, data_entry_id
-from .._transport.connection import stream_entries
-from .._transport.errors import is_duplicate_id, is_out_of_memory, restate
-from .._transport.transaction import CommandHeads, new_transaction
+from .._transport.errors import is_out_of_memory, restate
+from .._transport.transaction import CommandHeads
 from ..exceptions import (
-    DecodingError,
     RedisFullError,
     RedisUnreachableError,
     ScanLostError,
     ServerResetError,
 )
 from .send_loop import SendLoop
+from .send_transaction import DataQueue, NodeEntries, SendTransaction
 
 if TYPE_CHECKING:
     from .._transport.connection import DataStore
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DataQueue", "Sender"]
+__all__ = ["Sender"]
 
 # Entries per second the background sender makes at most. Readers pay per entry (reply
 # parsing, a few microseconds each): at 100 channels x 1 kHz, sending every millisecond
@@ -107,56 +105,6 @@ return 'it had no expiry'
 
 def _as_text(raw: bytes | str) -> str:
     return raw.decode(errors="replace") if isinstance(raw, bytes) else raw
-
-
-class DataQueue(Protocol):
-    """What the sender needs of a data node: its stream key and its queue of points.
-
-    ``emitted`` counts the points accepted so far, ``sent`` those Redis acknowledged; the
-    sender advances ``sent`` after each successful send. The data entry of the points from
-    ``sent`` on gets the ID ``data_entry_id(sent)``.
-
-    A queue calls :meth:`Sender.ready` when it gets points (or batches back) while it was
-    empty, that is: at least once between its last :meth:`take` and its next one. The sender
-    takes only from the queues that did.
-    """
-
-    sent: int
-
-    @property
-    def key(self) -> str:
-        """The node's data stream."""
-
-    @property
-    def emitted(self) -> int:
-        """Points accepted so far."""
-
-    def take(self) -> list[Any]:
-        """Remove and return the queued batches (in order)."""
-
-    def give_back(self, batches: list[Any]) -> None:
-        """Put batches taken by :meth:`take` back in front of the queue (a send failed)."""
-
-    def drop(self) -> int:
-        """Forget the queued points (the scan failed); return how many there were."""
-
-    def encode(self, batches: list[Any]) -> list[tuple[Mapping[bytes, Any], int]]:
-        """Encode taken batches as ``(fields, npoints)`` entries, in order."""
-
-
-class NodeEntries(Protocol):
-    """The NEW_NODE entries a sender writes at the head of its next transaction.
-
-    ``pending`` is True while there are some (read without a lock on every send).
-    """
-
-    pending: bool
-
-    def take_unwritten(self) -> list[tuple[str, dict[bytes, bytes]]]:
-        """Remove and return the entries, as ``(events key, fields)``."""
-
-    def give_back_unwritten(self, entries: list[tuple[str, dict[bytes, bytes]]]) -> None:
-        """Entries taken for a transaction that was not applied: written by a later one."""
 
 
 class Sender:
@@ -506,66 +454,31 @@ class Sender:
             self._last_entries = 0
             return
         taken = list(by_queue.items())
-        transaction = new_transaction(self.store.redis, self._heads)
-        sent: list[tuple[DataQueue, int]] = []
-        written: list[tuple[str, str, int]] = []
-        created: list[str] = []
-        applied = False
+        send = SendTransaction(
+            self.store, self._heads, self.name, self.scan_key, self.lost_error, announced, taken
+        )
         try:
-            for events_key, node_fields in announced:
-                # NOMKSTREAM: a server that lost the scan gets no event stream without expiry.
-                transaction.xadd(events_key, node_fields, "*", nomkstream=True)
-            for queue, batches in taken:
-                first = queue.sent
-                for fields, npoints in queue.encode(batches):
-                    # The entry ID is the index of the entry's first point: any range is
-                    # addressable with XRANGE/XREVRANGE, and a duplicate or a write after the
-                    # seal is refused by Redis (IDs must grow).
-                    entry_id = data_entry_id(first)
-                    # Only a stream's first entry may create it (NOMKSTREAM otherwise): a
-                    # server that lost the scan gets no stream without expiry.
-                    if first == 0 and self.scan_key is not None:
-                        created.append(queue.key)
-                    transaction.xadd(queue.key, fields, entry_id, nomkstream=first != 0)
-                    written.append((queue.key, entry_id, npoints))
-                    first += npoints
-                sent.append((queue, first))
-            if created:  # rare (once per data node): is the scan still there?
-                transaction.exists(cast(str, self.scan_key))
-                transaction.hexists(cast(str, self.scan_key), LOST_FIELD)  # or only its record
-            results = transaction.execute()
-            applied = True
-            recorded_lost, scan_exists = (results.pop(), results.pop()) if created else (0, 1)
-            if scan_exists == 0 or recorded_lost:
-                self._unmake(created)
-                raise self.lost_error("its data could not be stored")
-            for reply in results[: len(announced)]:
-                if reply is None:  # NOMKSTREAM on a missing event stream: the scan is gone
-                    raise self.lost_error("its nodes could not be announced")
-                if isinstance(reply, Exception):
-                    raise reply
-            self._check_results(written, results[len(announced) :])
+            send.execute()
         except BaseException as exc:
-            if not applied and isinstance(exc, _TRANSIENT):
+            if isinstance(exc, _TRANSIENT):
                 self._unconfirmed = taken  # perhaps applied: resent as they are
             else:
                 for queue, batches in taken:
                     queue.give_back(batches)
-            if not applied and nodes is not None:  # else written: not to be written twice
+            if nodes is not None:  # not applied: written by a later transaction
                 nodes.give_back_unwritten(announced)
             raise
-        for queue, total in sent:
+        try:
+            send.check()
+        except BaseException:
+            for queue, batches in taken:  # resent: a replay of a stored entry counts as sent
+                queue.give_back(batches)
+            raise
+        for queue, total in send.sent:
             queue.sent = total
-        self._last_entries = len(written)
+        self._last_entries = send.entries
         if unconfirmed is not None:  # resent and answered: now the points queued since
             self._send_pending(with_nodes)
-
-    def _unmake(self, keys: list[str]) -> None:
-        """Delete the data streams just created for a scan that is gone (they have no expiry)."""
-        try:
-            self.store.redis.delete(*keys)
-        except redis.exceptions.RedisError as exc:
-            logger.error("scan %s: could not delete %s: %s", self.name, keys, exc)
 
     def lost_error(self, what: str) -> ScanLostError:
         """The error of a scan gone from Redis while it runs, saying what could not be done."""
@@ -574,52 +487,6 @@ class Sender:
             f"at {self.store.display_url} was flushed, restarted without its data or restored from an "
             "older snapshot, or the scan was deleted; the points it had stored are lost"
         )
-
-    def _check_results(self, written: list[tuple[str, str, int]], results: list[Any]) -> None:
-        """Accept replayed entries (duplicate IDs holding the same entry); raise other errors."""
-        for (key, entry_id, npoints), result in zip(written, results):
-            if result is None:  # NOMKSTREAM on a missing stream: the scan's keys are gone
-                raise self.lost_error(f"its data could not be stored ({key} is gone)")
-            if not isinstance(result, Exception):
-                continue
-            if is_duplicate_id(result):
-                # A transaction resent after its reply was lost (the connection's retry
-                # policy): it was applied.
-                if self._holds(key, entry_id, npoints):
-                    logger.info(
-                        "scan %s: entry %s of %s was already stored (replay)",
-                        self.name,
-                        entry_id,
-                        key,
-                    )
-                    continue
-                raise redis.exceptions.ResponseError(
-                    f"scan {self.name}: {key} holds an entry this publisher did not write "
-                    f"({self._foreign_entry(key, entry_id)}): another process wrote into "
-                    "this scan's stream (a second publisher, or a manual write)"
-                )
-            raise result
-
-    def _foreign_entry(self, key: str, entry_id: str) -> str:
-        """Names the entry in the way of ``entry_id``: the one there, else the stream's last."""
-        there = stream_entries(self.store.redis.xrange(key, min=entry_id, max=entry_id))
-        if there:
-            return f"entry {there[0][0].decode()}, the ID of its next entry"
-        last = stream_entries(self.store.redis.xrevrange(key, count=1))
-        if last:
-            return f"entry {last[0][0].decode()}, ahead of its next entry {entry_id}"
-        return f"an entry ahead of its next entry {entry_id}"
-
-    def _holds(self, key: str, entry_id: str, npoints: int) -> bool:
-        """True when the stream has, at ``entry_id``, a data entry of ``npoints`` points."""
-        there = stream_entries(self.store.redis.xrange(key, min=entry_id, max=entry_id))
-        if not there:
-            return False
-        try:
-            entry = DataEntry.from_raw(*there[0])
-        except DecodingError:
-            return False
-        return entry.sealed_length is None and entry.npoints == npoints
 
     # -- faults -------------------------------------------------------------------------
     def _unreachable(
