@@ -183,12 +183,27 @@ def test_published_scan_info_and_node_info_are_standard_json(session, store):
         ({"plots": "curve"}, "scan_info['plots']"),
         ({"raw": b"\xff\xfe"}, "not UTF-8"),
         ({"c": 1 + 2j}, "scan_info['c']"),
+        ({"a": [1, {"b": (0, object())}]}, "scan_info['a'][1]['b'][1]: value <object"),
+        ({"a": {"x": "\ud800"}}, "scan_info['a']['x']: text '\\ud800' is not valid Unicode"),
+        ({"a": {"k\ud800": 1}}, "scan_info['a'] key: text 'k\\ud800' is not valid Unicode"),
+        ({"a": {3: 1, "3": 2}}, "scan_info['a']: keys '3' and '3' would both be stored"),
+        ({"d": [np.complex64(1j)]}, "scan_info['d'][0]: complex value"),
+        ({"e": {"f": np.array(["x"], dtype=object)}}, "scan_info['e']['f']: numpy array"),
     ],
 )
 def test_malformed_scan_info_names_the_key(info, message):
     with pytest.raises(EncodingError) as exc:
         check_scan_info(info)
     assert message in str(exc.value)
+
+
+def test_scan_info_that_contains_itself_is_refused_naming_where():
+    loop: dict = {"a": [0]}
+    loop["a"].append(loop)
+    with pytest.raises(EncodingError, match=r"scan_info\['a'\]\[1\]: the value contains itself"):
+        check_scan_info(loop)
+    twice = [1.5]  # the same list in two places is a tree, not a loop
+    assert check_scan_info({"x": twice, "y": {"z": twice}}) == {"x": [1.5], "y": {"z": [1.5]}}
 
 
 def test_scan_info_must_be_a_mapping():

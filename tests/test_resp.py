@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from redis.connection import Encoder, PythonRespSerializer
+from redis.exceptions import DataError
 
 from scanstream import DataStore, Settings, create_session, get_session_node
 from scanstream._transport.server import EmbeddedServer
@@ -34,19 +35,36 @@ def test_scattered_value_packs_like_the_joined_value() -> None:
     big = b"x" * 10_000  # above the cutoff: sent as its own chunk by both packers
     args = ("XADD", "k:{a}", "5-1", b"n", b"1008", b"d", None, b"big", big)
     expected = PythonRespSerializer(6000, _ENCODE).pack(*(whole if a is None else a for a in args))
-    packed = ScatterPacker(6000, _ENCODE).pack(
-        *(Scattered(parts) if a is None else a for a in args)
-    )
+    packed = ScatterPacker(6000).pack(*(Scattered(parts) if a is None else a for a in args))
     assert _joined(packed) == _joined(expected)
     # The parts go out as they are, never copied into a joined buffer.
     assert sum(isinstance(c, memoryview) and c.obj is p for c in packed for p in parts) == 4
 
 
-def test_commands_without_scattered_values_pack_as_redis_py_does() -> None:
-    args = ("SET", "key", b"v" * 7000)
-    assert _joined(ScatterPacker(6000, _ENCODE).pack(*args)) == _joined(
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("SET", "key", b"v" * 7000),  # above the cutoff: its own chunk
+        ("EVALSHA", "f" * 40, 2, "scan:{a}", b"lease", 500, -3, 2**70, 1.5, float("nan")),
+        ("HSET", "h", "clé", "текст", b"\xff\x00", bytearray(b"ba"), memoryview(b"mv")),
+        ("CONFIG GET", "maxmemory"),  # a command name of two words is split
+        (b"CLIENT SETNAME", b"n"),
+        tuple(["XADD", "s", "*"] + [f"f{i}" for i in range(3000)]),  # many small values
+    ],
+)
+def test_commands_without_scattered_values_pack_as_redis_py_does(args: tuple) -> None:
+    assert _joined(ScatterPacker(6000).pack(*args)) == _joined(
         PythonRespSerializer(6000, _ENCODE).pack(*args)
     )
+
+
+@pytest.mark.parametrize("bad", [True, None, object(), 1 + 2j])
+def test_arguments_redis_py_refuses_are_refused_as_it_does(bad: object) -> None:
+    with pytest.raises(DataError) as ours:
+        ScatterPacker(6000).pack("SET", "key", bad)
+    with pytest.raises(DataError) as theirs:
+        PythonRespSerializer(6000, _ENCODE).pack("SET", "key", bad)
+    assert str(ours.value) == str(theirs.value)
 
 
 @pytest.mark.timeout(30)

@@ -8,11 +8,13 @@ Nothing is pickled: any language that reads JSON and raw bytes can read the stre
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 import numpy as np
@@ -100,6 +102,40 @@ def check_shape(shape: Sequence[int] | int, name: str, what: str = "channel") ->
     return out
 
 
+@functools.cache
+def _scalar_rules(dt: np.dtype[Any]) -> Mapping[type, tuple[Any, Any] | None]:
+    """:meth:`NumericCodec.scalar_rules` of a 0D channel of dtype ``dt`` (read-only)."""
+    rules: dict[type, tuple[Any, Any] | None] = {}
+    sources: list[tuple[type, np.dtype[Any]]] = [
+        (float, np.dtype(np.float64)),
+        (int, np.dtype(np.int64)),
+        (bool, np.dtype(np.bool_)),
+    ]
+    sources += [(t, np.dtype(t)) for t in _SCALAR_TYPES]
+    for kind, src in sources:
+        both_int = src.kind in "iu" and dt.kind in "iu"
+        if not (both_int or np.can_cast(src, dt, casting="same_kind")):
+            continue  # refused: batch() says why
+        if dt.kind in "iu" and (kind is int or not np.can_cast(src, dt, casting="safe")):
+            info = np.iinfo(dt)
+            rules[kind] = (int(info.min), int(info.max))
+        elif kind is int:
+            # Python ints convert through a double: exact up to 2**53 (and a float16 channel
+            # holds less). Larger ones go through batch() (int64, one rounding).
+            if dt.kind in "fc":
+                exact = min(2**53, int(np.finfo(dt).max))
+                rules[kind] = (-exact, exact)
+        elif np.can_cast(src, dt, casting="safe"):
+            rules[kind] = None
+        elif dt.kind == "f" and src.kind in "iuf":
+            # A narrowing to a float (float64 into float32): rounding, as batch() does,
+            # unless the value overflows (numpy warns then: batch() does that, at emit).
+            top = float(np.finfo(dt).max)
+            rules[kind] = (-top, top)
+        # Anything else (complex128 into complex64, ...) goes through batch().
+    return MappingProxyType(rules)
+
+
 class NumericCodec:
     """Validates, encodes and decodes batches of points of one numeric channel."""
 
@@ -139,7 +175,7 @@ class NumericCodec:
                 )
         return np.ascontiguousarray(arr, dtype=self.dtype)
 
-    def scalar_rules(self) -> dict[type, tuple[Any, Any] | None]:
+    def scalar_rules(self) -> Mapping[type, tuple[Any, Any] | None]:
         """Which scalars a 0D channel may queue as they are, without :meth:`batch`.
 
         A step scan emits one scalar per call; :meth:`batch` costs microseconds per call. The
@@ -153,40 +189,10 @@ class NumericCodec:
           message or converts it the way it does.
 
         Types :meth:`batch` refuses (floats into an integer channel, ...) are absent: they
-        take the validating path and its error. Empty for channels that are not 0D.
+        take the validating path and its error. Empty for channels that are not 0D. The
+        table of a dtype is made once (tens of microseconds: part of a scan's fixed cost).
         """
-        if self.shape != ():
-            return {}
-        dt = self.dtype
-        rules: dict[type, tuple[Any, Any] | None] = {}
-        sources: list[tuple[type, np.dtype[Any]]] = [
-            (float, np.dtype(np.float64)),
-            (int, np.dtype(np.int64)),
-            (bool, np.dtype(np.bool_)),
-        ]
-        sources += [(t, np.dtype(t)) for t in _SCALAR_TYPES]
-        for kind, src in sources:
-            both_int = src.kind in "iu" and dt.kind in "iu"
-            if not (both_int or np.can_cast(src, dt, casting="same_kind")):
-                continue  # refused: batch() says why
-            if dt.kind in "iu" and (kind is int or not np.can_cast(src, dt, casting="safe")):
-                info = np.iinfo(dt)
-                rules[kind] = (int(info.min), int(info.max))
-            elif kind is int:
-                # Python ints convert through a double: exact up to 2**53 (and a float16 channel
-                # holds less). Larger ones go through batch() (int64, one rounding).
-                if dt.kind in "fc":
-                    exact = min(2**53, int(np.finfo(dt).max))
-                    rules[kind] = (-exact, exact)
-            elif np.can_cast(src, dt, casting="safe"):
-                rules[kind] = None
-            elif dt.kind == "f" and src.kind in "iuf":
-                # A narrowing to a float (float64 into float32): rounding, as batch() does,
-                # unless the value overflows (numpy warns then: batch() does that, at emit).
-                top = float(np.finfo(dt).max)
-                rules[kind] = (-top, top)
-            # Anything else (complex128 into complex64, ...) goes through batch().
-        return rules
+        return _scalar_rules(self.dtype) if self.shape == () else MappingProxyType({})
 
     def batch(self, data: Any) -> np.ndarray | list[np.ndarray]:
         """Return ``data`` as a batch of points, or raise :class:`EncodingError`.

@@ -295,14 +295,15 @@ def parse_node_index(raw: bytes | None) -> int | None:
 
 
 def new_node_fields(desc: NodeDescription) -> dict[FieldT, EncodableT]:
-    """Fields of a scan's NEW_NODE entry."""
+    """Fields of a scan's NEW_NODE entry; ``desc.info`` as :func:`metadata.check_scan_info`
+    returned it."""
     return {
         "event": NEW_NODE.decode(),
         "node": desc.index,
         "parent": desc.parent,
         "type": desc.type,
         "name": desc.name,
-        "info": metadata.dumps(desc.info),
+        "info": metadata.dumps_checked(desc.info, f"info of node {desc.name!r}"),
     }
 
 

@@ -55,7 +55,9 @@ class LuaScript:
         self.text = text
         self.sha = hashlib.sha1(text.encode("utf-8")).hexdigest()
 
-    def __call__(self, client: redis.Redis, keys: list[str], args: list[str]) -> list[bytes]:
+    def __call__(
+        self, client: redis.Redis, keys: list[str], args: Sequence[str | bytes]
+    ) -> list[bytes]:
         """Run the script; returns its reply (a list of bytes for the scripts of this module)."""
         try:
             reply = client.evalsha(self.sha, len(keys), *keys, *args)
@@ -86,8 +88,14 @@ def _scan_keys(keys: Keys, session: str, number: int) -> list[str]:
     ]
 
 
-def _pairs(fields: Mapping[Any, object]) -> list[str]:
-    return [_text(part) for item in fields.items() for part in item]
+def _pairs(fields: Mapping[Any, object]) -> list[bytes]:
+    """The keys and values of ``fields`` as script arguments: bytes as they are, other values
+    as their text (encoded here: the packer then takes them as they are)."""
+    return [
+        part if isinstance(part, bytes) else str(part).encode()
+        for item in fields.items()
+        for part in item
+    ]
 
 
 def create_scan(
@@ -115,7 +123,7 @@ def create_scan(
     script_keys = _scan_keys(keys, session, number)
     pairs = _pairs(hash_fields)
     entry = _pairs(created_fields)
-    args = [str(int(lease_ms)), str(len(pairs)), *pairs, str(len(entry)), *entry]
+    args: list[str | bytes] = [str(int(lease_ms)), str(len(pairs)), *pairs, str(len(entry)), *entry]
     if new_scan_fields is not None:
         script_keys.append(keys.session_scans(session))
         args += _pairs(new_scan_fields)
@@ -158,7 +166,7 @@ def prepare_scan(
     """
     script_keys = _scan_keys(keys, session, number)
     pairs = _pairs(hash_fields)
-    args = [str(len(pairs)), *pairs, str(len(new_nodes))]
+    args: list[str | bytes] = [str(len(pairs)), *pairs, str(len(new_nodes))]
     for fields in new_nodes:
         node = _pairs(fields)
         args += [str(len(node)), *node]

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 import redis
-from redis._parsers import Encoder
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
@@ -168,9 +167,8 @@ class OutageNotice:
 # payload into one string holding the GIL: a publisher loses a quarter of its throughput
 # (docs/performance.md). Its pure-Python packer sends large values as separate buffers, and
 # ours sends the parts of a Scattered value without joining them; the reply parser stays
-# hiredis'. Stateless, so one instance serves every connection. (redis-py's Encoder is untyped:
-# called through Any, so that mypy's strict and default modes both accept it.)
-_COMMAND_PACKER = ScatterPacker(6000, cast(Any, Encoder)("utf-8", "strict", False).encode)
+# hiredis'. Stateless, so one instance serves every connection.
+_COMMAND_PACKER = ScatterPacker(6000)
 
 
 def _driver_info_option() -> dict[str, Any]:

@@ -196,7 +196,7 @@ class ScanPublisher:
         check_filename({**self._info, **update})
         self._info.update(update)
         self._info = complete_scan_info(self._info, self._tree.descriptions)
-        hash_fields = prepared_hash_fields(metadata.dumps(self._info))
+        hash_fields = prepared_hash_fields(metadata.dumps_checked(self._info))
         entry = state_entry_fields(PREPARED, time.time())
         with self._sender.send_lock:  # no send writes the unwritten NEW_NODE entries meanwhile
 
@@ -332,7 +332,7 @@ class ScanPublisher:
         if error is not None:
             self._info["error"] = error
         self._info = complete_scan_info(self._info, self._tree.descriptions)
-        session, info = self.session_name, metadata.dumps(self._info)
+        session, info = self.session_name, metadata.dumps_checked(self._info)
         outcome, final, detail = "unannounced", "", ""
         while outcome == "unannounced":
             outcome, final, detail = self._end_script(
