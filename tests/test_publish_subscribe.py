@@ -332,9 +332,9 @@ def test_walk_yields_nodes_and_children_match(session, store):
 
 
 def test_a_large_backlog_comes_in_events_of_bounded_size(session, store, monkeypatch):
-    from scanstream.subscribe import walker
+    from scanstream.subscribe import follows
 
-    monkeypatch.setattr(walker, "_MAX_EVENT_BYTES", 100_000)
+    monkeypatch.setattr(follows, "_MAX_EVENT_BYTES", 100_000)
     with session.create_scan("s") as scan:
         ch = scan.create_container("t").create_channel("c", "float64")
         for k in range(10):  # one entry of 40 kB per flush

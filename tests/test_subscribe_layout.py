@@ -25,7 +25,18 @@ from scanstream.subscribe.nodes import DataNode
 SUBSCRIBE = Path(__file__).resolve().parents[1] / "src" / "scanstream" / "subscribe"
 
 # Each module may import (at run time) only the modules before it in this order.
-ORDER = ["events", "info", "lost", "leases", "walker", "nodes", "lima_view", "data_nodes", "tree"]
+ORDER = [
+    "events",
+    "info",
+    "lost",
+    "leases",
+    "follows",
+    "walker",
+    "nodes",
+    "lima_view",
+    "data_nodes",
+    "tree",
+]
 
 
 def _runtime_imports(path: Path) -> tuple[set[str], list[str]]:

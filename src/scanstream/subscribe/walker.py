@@ -19,7 +19,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, cast
 
 import redis
@@ -36,7 +35,8 @@ from ..exceptions import (
 )
 from ..models import NodeType, ScanEnd, ScanState
 from .events import Event, EventData, EventType, StopHandler
-from .leases import LeaseState, LeaseWatch
+from .follows import DataFollow, ScanFollow, read_data
+from .leases import LeaseWatch
 from .lost import record_corrupt, record_if_lost
 
 if TYPE_CHECKING:
@@ -58,10 +58,6 @@ _BLOCK_SLICE = 0.1
 _CLUSTER_POLL = 0.05
 # Entries per stream per XREAD: bounds the memory of one batch.
 _READ_COUNT = 1000
-# Largest data of one NEW_DATA event (more is delivered in several events). Larger arrays
-# are mapped fresh from the system and handed back when freed (the C allocator's limit is
-# 32 MiB), so each costs page faults on every touch: several times the copy itself.
-_MAX_EVENT_BYTES = 16 << 20
 
 
 #: What ``include_filter`` and ``exclude_children`` accept: a node type, several, or a test.
@@ -97,32 +93,6 @@ class _Settable(Protocol):
 def _parse_id(entry_id: bytes) -> tuple[int, int]:
     ms, _, seq = entry_id.partition(b"-")
     return int(ms), int(seq or 0)
-
-
-@dataclass
-class _DataFollow:
-    node: StreamNode
-    scan: _ScanFollow
-    last_id: bytes = b"0-0"
-    next_index: int = 0
-    sealed: bool = False
-
-
-@dataclass
-class _ScanFollow:
-    scan: ScanNode
-    lifecycle_only: bool  # children excluded: only PREPARED / END matter
-    subtree_root: int  # node index whose subtree is walked (0: the whole scan)
-    last_id: bytes = b"0-0"
-    inside: set[int] = field(default_factory=set)  # node indices in the walked subtree
-    closed: set[int] = field(default_factory=set)  # nodes whose children are excluded
-    seen: set[int] = field(default_factory=set)  # NEW_NODE entries handled (replays skipped)
-    prepared: bool = False
-    data: dict[bytes, _DataFollow] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)  # node db_name -> DecodingError text
-    ended: bool = False
-    existing_until: tuple[int, int] | None = None  # last entry at walk start (exclude_existing)
-    lease: LeaseState = field(default_factory=LeaseState)  # what the lease watch saw
 
 
 class Walker:
@@ -174,8 +144,8 @@ class Walker:
         self._session_last = b"0-0"  # the last session entry read (maybe still pending)
         # Session entries read but not handled yet (one new scan is handled per read).
         self._session_pending: deque[tuple[bytes, entries.Fields]] = deque()
-        self._scans: dict[bytes, _ScanFollow] = {}
-        self._data: dict[bytes, _DataFollow] = {}
+        self._scans: dict[bytes, ScanFollow] = {}
+        self._data: dict[bytes, DataFollow] = {}
         # Scan numbers of the latest NEW_SCAN entries, to skip one written twice by a client
         # retry (the copy follows the original closely): bounded, a session may run for years.
         self._announced: set[int] = set()
@@ -237,12 +207,12 @@ class Walker:
     # -- subscriptions ----------------------------------------------------------------
     def _follow_scan(
         self, scan: ScanNode, *, lifecycle_only: bool, subtree_root: int
-    ) -> _ScanFollow:
-        follow = _ScanFollow(scan, lifecycle_only, subtree_root)
+    ) -> ScanFollow:
+        follow = ScanFollow(scan, lifecycle_only, subtree_root)
         self._scans[scan.events_key.encode()] = follow
         return follow
 
-    def _unfollow_scan(self, follow: _ScanFollow) -> None:
+    def _unfollow_scan(self, follow: ScanFollow) -> None:
         follow.ended = True
         self._scans.pop(follow.scan.events_key.encode(), None)
         for key in follow.data:
@@ -367,7 +337,7 @@ class Walker:
             else:
                 session_streams.append(stream)
         events: list[Event] = []
-        ends: list[tuple[_ScanFollow, entries.Fields]] = []
+        ends: list[tuple[ScanFollow, entries.Fields]] = []
         for key, stream in scan_streams:
             follow_scan = self._scans.get(key)
             for entry_id, fields in stream:
@@ -450,7 +420,7 @@ class Walker:
 
     def _on_scan_event(
         self,
-        follow: _ScanFollow,
+        follow: ScanFollow,
         fields: entries.Fields,
         events: list[Event],
         entry_id: bytes = b"0-0",
@@ -482,7 +452,7 @@ class Walker:
             self._on_end(follow, end, events)
 
     def _record_scan_error(
-        self, follow: _ScanFollow, exc: DecodingError, skipped: bytes | None = None
+        self, follow: ScanFollow, exc: DecodingError, skipped: bytes | None = None
     ) -> None:
         """Report a corrupt entry of a scan's event stream (log, ``Walker.errors``,
         END_SCAN's description); ``skipped``: the ID of the entry the walk then skips."""
@@ -495,7 +465,7 @@ class Walker:
 
     def _on_new_node(
         self,
-        follow: _ScanFollow,
+        follow: ScanFollow,
         fields: entries.Fields,
         events: list[Event],
         entry_id: bytes = b"0-0",
@@ -520,19 +490,21 @@ class Walker:
             follow.closed.add(index)
         if _has_stream(node) and included and not self._nodes_only:
             key = node.key.encode()
-            data = _DataFollow(node, follow)
+            data = DataFollow(node, follow)
             follow.data[key] = data
             self._data[key] = data
 
-    def _on_data(self, follow: _DataFollow, stream: StreamEntries, events: list[Event]) -> None:
+    def _on_data(self, follow: DataFollow, stream: StreamEntries, events: list[Event]) -> None:
         try:
-            self._read_data(follow, stream, events)
+            read_data(follow, stream, events)
+            if follow.sealed:  # read to its seal: nothing more to read there
+                self._data.pop(follow.node.key.encode(), None)
         except DecodingError as exc:
             # A corrupt entry: its node's data cannot be trusted past it (even the index of
             # the next point is unknown), but the other nodes are fine.
             self._drop_data(follow, exc)
 
-    def _drop_data(self, follow: _DataFollow, exc: DecodingError) -> None:
+    def _drop_data(self, follow: DataFollow, exc: DecodingError) -> None:
         """Report corrupt data of a node (log, ``Walker.errors``, END_SCAN's description) and
         stop reading that node only."""
         node = follow.node
@@ -542,121 +514,7 @@ class Walker:
         follow.sealed = True
         self._data.pop(node.key.encode(), None)
 
-    def _read_data(self, follow: _DataFollow, stream: StreamEntries, events: list[Event]) -> None:
-        # The per-entry path of a live walk: a reader of 100 channels at 1 kHz meets 25 k
-        # entries/s, so no object per entry beyond what the reply already holds.
-        batch: list[entries.Fields] = []
-        ends: list[int] = []  # index after each entry of the batch
-        batch_bytes = 0
-        first_of_batch = follow.next_index
-        for entry_id, fields in stream:
-            try:
-                first, npoints, sealed_length = entries.parse_data_entry(entry_id, fields)
-            except DecodingError as exc:  # a corrupt header: deliver the points before it first
-                if batch:
-                    self._data_event(follow, batch, ends, first_of_batch, events)
-                if entries.is_data_entry_id(entry_id):
-                    raise
-                # No count, and an ID no publisher gives (XADD * by another process).
-                why = "it has no valid point count and its ID is not <index>-1"
-                raise self._garbage_entry(follow, entry_id, fields, why) from exc
-            if sealed_length is not None:
-                follow.last_id = entry_id
-                follow.sealed = True
-                self._data.pop(follow.node.key.encode(), None)
-                break
-            if first != follow.next_index:
-                # Never hand out data at a shifted offset: a gap is an error, not a hole. But
-                # an entry no publisher wrote (XADD * by hand: an ID far ahead) is garbage,
-                # not a sign that points are gone: name it (the points before it are kept).
-                if batch:
-                    self._data_event(follow, batch, ends, first_of_batch, events)
-                foreign = self._foreign_entry(follow, entry_id, fields, first)
-                if foreign is not None:
-                    raise foreign
-                raise IndexNoMoreThereError(
-                    f"{follow.node.db_name}: points {follow.next_index} to {first - 1} are gone from Redis"
-                )
-            size = len(fields.get(b"d", b""))
-            if batch and batch_bytes + size > _MAX_EVENT_BYTES:
-                self._data_event(follow, batch, ends, first_of_batch, events)
-                batch, ends, batch_bytes, first_of_batch = [], [], 0, first
-            follow.last_id = entry_id
-            follow.next_index = first + npoints
-            batch.append(fields)
-            ends.append(follow.next_index)
-            batch_bytes += size
-        if batch:
-            self._data_event(follow, batch, ends, first_of_batch, events)
-
-    def _foreign_entry(
-        self, follow: _DataFollow, entry_id: bytes, fields: entries.Fields, first: int
-    ) -> DecodingError | None:
-        """The error naming entry ``entry_id``, met where point ``follow.next_index`` was due,
-        when no publisher wrote it (its ID is not a data entry's, or its fields do not decode
-        as the node's points); None for a data entry (points are gone before it)."""
-        node = follow.node
-        why = None
-        if not entries.is_data_entry_id(entry_id):
-            why = "its ID is not <index>-1, as the publisher writes them"
-        elif first < follow.next_index:
-            why = f"it starts at point {first}, inside the points already read"
-        else:
-            try:
-                node.decode([fields])
-            except DecodingError as exc:
-                why = f"its fields are not points of the node ({exc})"
-        if why is None:
-            return None
-        return self._garbage_entry(follow, entry_id, fields, why)
-
-    @staticmethod
-    def _garbage_entry(
-        follow: _DataFollow, entry_id: bytes, fields: entries.Fields, why: str
-    ) -> DecodingError:
-        """The error naming entry ``entry_id``, which no publisher wrote, and ``why``."""
-        return DecodingError(
-            f"garbage entry {entry_id.decode(errors='replace')} in {follow.node.key} "
-            f"where point {follow.next_index} was due ({why}; fields "
-            f"{sorted(entries.brief(fields, 16))}): another process wrote into the stream; "
-            f"the node is not read past it"
-        )
-
-    def _data_event(
-        self,
-        follow: _DataFollow,
-        batch: list[entries.Fields],
-        ends: list[int],
-        first: int,
-        events: list[Event],
-    ) -> None:
-        node = follow.node
-        try:
-            data = node.decode(batch)
-        except DecodingError:
-            # Deliver the entries before the corrupt one, then report it.
-            good = 0
-            while good < len(batch):
-                try:
-                    node.decode(batch[good : good + 1])
-                except DecodingError:
-                    break
-                good += 1
-            if good:
-                follow.next_index = ends[good - 1]
-                self._data_event(follow, batch[:good], ends[:good], first, events)
-            raise
-        count = follow.next_index - first
-        description = node.event_description(first + count - 1)
-        events.append(
-            Event(
-                EventType.NEW_DATA,
-                node,
-                EventData(first, node.event_data(data), description, count),
-            )
-        )
-
-    def _nodes_at_end(self, follow: _ScanFollow) -> list[DataNode]:
+    def _nodes_at_end(self, follow: ScanFollow) -> list[DataNode]:
         """The scan's nodes for END_SCAN's lengths; the corrupt NEW_NODE entries load_nodes
         skipped are recorded in the scan's errors (they must not end a session walk there)."""
         nodes = follow.scan.load_nodes()
@@ -664,7 +522,7 @@ class Walker:
             self._record_scan_error(follow, exc, entry_id.encode())
         return nodes
 
-    def _on_end(self, follow: _ScanFollow, end: ScanEnd, events: list[Event]) -> None:
+    def _on_end(self, follow: ScanFollow, end: ScanEnd, events: list[Event]) -> None:
         scan = follow.scan
         for key, data in list(follow.data.items()):
             if not data.sealed:

@@ -17,7 +17,7 @@ from typing import Any
 from ..subscribe.events import StopHandler
 
 #: Events read ahead of the one being written. Each NEW_DATA event holds at most 16 MiB
-#: (walker._MAX_EVENT_BYTES), which bounds the memory held ahead.
+#: (subscribe.follows._MAX_EVENT_BYTES), which bounds the memory held ahead.
 DEPTH = 2
 #: How often waiting threads look whether they should stop (s).
 _POLL = 0.1
