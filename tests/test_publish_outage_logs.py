@@ -171,7 +171,7 @@ def test_a_server_restarted_with_its_data_loses_nothing_and_logs_no_error(
         store_lines = [
             r.getMessage()
             for r in caplog.records
-            if r.name == "scanstream._transport.connection" and r.levelno >= logging.WARNING
+            if r.name == "scanstream._transport.retry" and r.levelno >= logging.WARNING
         ]
         where = f"Redis at redis://127.0.0.1:{persistent_server.port}"
         assert len(store_lines) == 2, store_lines
@@ -308,7 +308,7 @@ def test_a_server_frozen_past_the_budget_fails_the_scan_once(
 
 
 def _store_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "scanstream._transport.connection"]
+    return [r.getMessage() for r in caplog.records if r.name == "scanstream._transport.retry"]
 
 
 def test_an_outage_ridden_out_for_ever_is_recalled_at_the_reminder_interval(

@@ -53,9 +53,17 @@ def test_scattered_value_packs_like_the_joined_value() -> None:
     ],
 )
 def test_commands_without_scattered_values_pack_as_redis_py_does(args: tuple) -> None:
-    assert _joined(ScatterPacker(6000).pack(*args)) == _joined(
-        PythonRespSerializer(6000, _ENCODE).pack(*args)
+    # The same bytes, or the same refusal (redis-py 7.2 refuses a bytearray, 8.x takes it).
+    assert _packed_or_refused(ScatterPacker(6000), args) == _packed_or_refused(
+        PythonRespSerializer(6000, _ENCODE), args
     )
+
+
+def _packed_or_refused(packer: PythonRespSerializer, args: tuple) -> bytes | str:
+    try:
+        return _joined(packer.pack(*args))
+    except DataError as exc:
+        return f"refused: {exc}"
 
 
 @pytest.mark.parametrize("bad", [True, None, object(), 1 + 2j])

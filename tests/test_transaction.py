@@ -27,8 +27,9 @@ from redis.connection import Encoder, PythonRespSerializer
 from redis.retry import Retry
 
 from scanstream import DataStore, Settings
-from scanstream._transport.connection import _COMMAND_PACKER, default_retry
+from scanstream._transport.connection import _COMMAND_PACKER
 from scanstream._transport.errors import is_duplicate_id, is_out_of_memory
+from scanstream._transport.retry import default_retry
 from scanstream._transport.server import EmbeddedServer
 from scanstream._transport.transaction import (
     _EXEC,

@@ -13,12 +13,8 @@ import redis
 from redis.retry import Retry
 
 from scanstream import DataStore, RedisUnreachableError, Settings, create_session
-from scanstream._transport.connection import (
-    DEFAULT_STORES,
-    clear_default_stores,
-    default_retry,
-    default_store,
-)
+from scanstream._transport.connection import DEFAULT_STORES, clear_default_stores, default_store
+from scanstream._transport.retry import default_retry
 
 # ----------------------------------------------------------------------------- settings
 

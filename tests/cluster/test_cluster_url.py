@@ -9,7 +9,7 @@ import redis
 
 from scanstream import DataStore, InvalidArgumentError, RedisUnreachableError, Settings
 from scanstream._transport.cluster import cluster_seeds, is_cluster_url
-from scanstream._transport.connection import default_retry
+from scanstream._transport.retry import default_retry
 from scanstream._transport.urls import mask_url
 from scanstream._transport.vectored import VectoredConnection
 from scanstream.cli import main

@@ -90,13 +90,13 @@ class Settings:
         The outage budget, in seconds (``SCANSTREAM_MAX_UNREACHABLE_TIME``, default 30): how
         long Redis may be unreachable before scanstream gives up. Every command of the store
         (the subscriber API, the writer, ``end()``, ``scanstream ls``...) is retried that long
-        (:func:`default_retry`), then raises :class:`~scanstream.RedisUnreachableError`
+        (:func:`~scanstream._transport.retry.default_retry`), then raises :class:`~scanstream.RedisUnreachableError`
         naming the URL; a publisher keeps queuing points that long, then its scan fails
         (``emit`` raises it, naming the scan, and the queued points are dropped instead of
         buffered without bound).
     retry : redis.retry.Retry or None
         redis-py retry policy of the connection pool, applied to every command on
-        ``ConnectionError`` and ``TimeoutError``. None: :func:`default_retry` with
+        ``ConnectionError`` and ``TimeoutError``. None: :func:`~scanstream._transport.retry.default_retry` with
         ``max_unreachable_time`` (exponential backoff with jitter, 10 ms to 1 s, for as
         long as the budget). A Retry given here replaces that policy, budget included. Not with
         a cluster (refused: its client retries by its own rules, within the budget).

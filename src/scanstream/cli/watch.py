@@ -29,7 +29,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from .._transport.connection import OUTAGE_REMINDER, DataStore
+from .._transport.connection import DataStore
+from .._transport.retry import OUTAGE_REMINDER
 from .._transport.shared_server import resolve_url
 from ..admin.registry import writer_status
 from ..admin.wording import counted

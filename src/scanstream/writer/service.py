@@ -31,7 +31,8 @@ from typing import Any
 import redis
 
 from .._protocol.keys import check_session_name
-from .._transport.connection import OUTAGE_REMINDER, DataStore, default_store
+from .._transport.connection import DataStore, default_store
+from .._transport.retry import OUTAGE_REMINDER
 from ..admin.registry import saved_scans
 from ..exceptions import DecodingError, InvalidArgumentError, ScanstreamError, ServerResetError
 from ..models import SCAN_NODE_TYPES
@@ -342,7 +343,7 @@ class WriterService:
         """Make the store's outage lines say what this writer does (unless the store's owner
         chose the words): it retries for as long as it runs, where a command gives up after
         the budget; a reminder every
-        :data:`~scanstream._transport.connection.OUTAGE_REMINDER` s, one line at the end."""
+        :data:`~scanstream._transport.retry.OUTAGE_REMINDER` s, one line at the end."""
         notice = self.store.outage_notice
         if notice is None or notice.consequence is not None:
             return

@@ -38,7 +38,7 @@ _RESET_LOG_EVERY = 60
 
 def said_by_store(exc: BaseException, store: DataStore) -> bool:
     """True when ``exc`` is an outage that ``store`` logs itself, once at its start and once
-    at its end (its :class:`~scanstream._transport.connection.OutageNotice`): a line for it
+    at its end (its :class:`~scanstream._transport.retry.OutageNotice`): a line for it
     at each attempt would repeat the outage every budget, for ever. Without a notice (a
     ``settings.retry`` of the user's, a cluster), nothing else says it."""
     return isinstance(exc, UNREACHABLE) and store.outage_notice is not None
