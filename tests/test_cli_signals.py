@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -183,3 +184,53 @@ def test_a_signal_that_comes_during_a_finalizer_still_stops_the_command() -> Non
         while time.monotonic() < deadline:
             time.sleep(0.01)
     assert stopped.value.signum == signal.SIGTERM
+
+
+# A program that ends a scan while its server is frozen, and gets SIGTERM meanwhile.
+_END_DURING_SIGTERM = """
+import os, signal, sys, threading, time
+from scanstream import DataStore, create_session
+from scanstream.cli.signals import Terminated, terminating_as_interrupt
+
+url, server_pid = sys.argv[1], int(sys.argv[2])
+with DataStore(url) as store:
+    scan = create_session("sig", store=store).create_scan("s")
+    channel = scan.create_container("t").create_channel("c")
+    scan.prepared()
+    channel.emit(list(range(10)))
+    scan.flush()
+    os.kill(server_pid, signal.SIGSTOP)
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    threading.Timer(1.0, os.kill, (server_pid, signal.SIGCONT)).start()
+    with terminating_as_interrupt():
+        try:
+            scan.end()
+            print("ended", scan.state.name, flush=True)
+            time.sleep(5)  # the signal, delivered again once end() returned, comes here
+            print("no signal", flush=True)
+        except Terminated:
+            print("terminated after", scan.state.name, flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_stop_signal_during_a_scan_end_comes_once_the_scan_has_ended(
+    private_server,
+) -> None:
+    """SIGTERM used to cut a scan's end() short: the scan stayed open until its lease."""
+    pid = private_server.pid
+    assert pid is not None
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", _END_DURING_SIGTERM, private_server.url, str(pid)],
+            capture_output=True,
+            text=True,
+            timeout=40,
+        )
+    finally:
+        os.kill(pid, signal.SIGCONT)  # whatever happened to the program
+    assert out.stdout.split("\n")[:2] == ["ended DONE", "terminated after DONE"], (
+        out.stdout + out.stderr
+    )
+    with DataStore(private_server.url) as store:
+        assert get_session_node("sig", store=store).get_scan(1).state is ScanState.DONE

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from types import FrameType
@@ -67,6 +68,19 @@ def _inside_finalizer(frame: FrameType | None) -> bool:
     return False
 
 
+def _ending_a_scan(frame: FrameType | None) -> bool:
+    """True if ``frame`` runs inside ``ScanPublisher.end`` (a scan being ended)."""
+    scan_module = sys.modules.get("scanstream.publish.scan")
+    if scan_module is None:  # not loaded: no scan of this process is ending
+        return False
+    end_code = scan_module.ScanPublisher.end.__code__
+    while frame is not None:
+        if frame.f_code is end_code:
+            return True
+        frame = frame.f_back
+    return False
+
+
 @contextlib.contextmanager
 def terminating_as_interrupt() -> Iterator[None]:
     """Within the block, the first SIGTERM or SIGHUP raises :class:`Terminated`; later ones are
@@ -82,10 +96,13 @@ def terminating_as_interrupt() -> Iterator[None]:
     def handler(signum: int, frame: FrameType | None) -> None:
         if came:
             return
-        if _inside_finalizer(frame):
-            # Raised here, Terminated would end in Python's "Exception ignored in" (a
-            # finalizer's exceptions are printed and dropped) and the command would run on,
-            # as if never told to stop: the same signal again in a moment, out of it.
+        if _inside_finalizer(frame) or _ending_a_scan(frame):
+            # Raised in a finalizer, Terminated would end in Python's "Exception ignored in"
+            # (a finalizer's exceptions are printed and dropped) and the command would run on,
+            # as if never told to stop. Raised in a scan's end(), it would cut the end short:
+            # the scan, about to end, would stay open until its lease declared it KILLED. The
+            # same signal again in a moment, out of it (an end riding out an outage delays it
+            # by that outage, at most the outage budget).
             timer = threading.Timer(_REDELIVERY_DELAY, os.kill, (os.getpid(), signum))
             timer.daemon = True
             timer.start()

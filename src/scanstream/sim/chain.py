@@ -159,14 +159,14 @@ def run_chain(
     group = current_group()
     if group is not None:
         info.setdefault("group", group)  # as BLISS's sequences mark their scans
-    scan = session.create_scan(name, info, node_type=node_type)
-    notify_scan_created(scan)
-    if on_start is not None:
-        on_start(scan)
     ctl = Control(stop_event, kill_event, max_duration, scale, on_point, on_values)
     runs: list[_MasterRun] = []
     outcome = _Outcome()
-    try:
+    scan = session.create_scan(name, info, node_type=node_type)
+    try:  # from here on the scan is ended, whatever happens (see finally)
+        notify_scan_created(scan)
+        if on_start is not None:
+            on_start(scan)
         directory = saving.scan_directory(scan.number) if saving is not None else None
         runs.extend(_create_nodes(scan, m, directory) for m in masters)
         scan.prepared()
@@ -179,10 +179,17 @@ def run_chain(
     else:
         outcome = _stopped(runs, ctl)
     finally:
-        files = _close_detectors(scan, runs)
-        _device_metadata(runs, prepared=False)
         # end() replaces top-level keys: give the start positions again with the end ones.
-        _end(scan, outcome, {**info["positioners"], **positioners_end(motors)})
+        files: list[str] = []
+        positions = dict(info["positioners"])
+        try:
+            files = _close_detectors(scan, runs)
+            _device_metadata(runs, prepared=False)
+            positions.update(positioners_end(motors))
+        finally:
+            # Ended whatever the clean-up above met (a Ctrl-C or SIGTERM there included): left
+            # open, the scan would run on in Redis until its lease declared it KILLED.
+            _end(scan, outcome, positions)
     result = ScanResult(
         scan.number,
         scan.name,
