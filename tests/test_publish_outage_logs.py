@@ -332,9 +332,14 @@ def test_an_outage_ridden_out_for_ever_is_recalled_at_the_reminder_interval(
     assert lines[0].startswith(f"{where} does not answer ("), lines
     assert lines[0].endswith("; this program retries for ever"), lines
     reminders = lines[1:]
-    # At the attempts (1 s apart at most) past each interval: 2 to 4, not one per attempt.
-    assert 2 <= len(reminders) <= 4, lines
+    # At the attempts (1 s apart at most) past each interval: at least 2 in the 3.5 s after the
+    # first line, and never two within one interval (not one per attempt). The count itself
+    # follows the jittered attempts and the machine's load.
+    assert len(reminders) >= 2, lines
     assert all(r.startswith(f"{where} still does not answer after ") for r in reminders), lines
+    said_at = [r.created for r in caplog.records if r.name == "scanstream._transport.retry"]
+    gaps = [later - earlier for earlier, later in zip(said_at, said_at[1:])]
+    assert min(gaps) >= 0.5 - 0.01, (gaps, lines)
 
 
 def test_a_stopping_program_rides_out_an_outage_for_the_grace_only(
