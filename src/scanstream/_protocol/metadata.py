@@ -70,17 +70,16 @@ def _place_text(place: _Place) -> str:
 
 def _json_safe(value: Any, path: _Place, active: set[int]) -> Any:
     """:func:`json_safe`, with ``active`` the ids of the containers being converted."""
-    kind = type(value)  # the plain types first, without the isinstance chain
+    # The plain types first, without the isinstance chain (bool cannot be subclassed).
+    kind = type(value)
     if kind is str:
-        return value if value.isascii() else _utf8_text(value, path)
+        return _utf8_text(value, path)
     if kind is float:
         return _finite_or_none(value)
     if kind is int or value is None or kind is bool:
         return value
     if kind is dict or kind is list or kind is tuple:
         return _container(value, path, active)
-    if isinstance(value, bool):
-        return value
     if isinstance(value, str):
         return _utf8_text(value, path)
     if isinstance(value, int):
@@ -158,7 +157,7 @@ def _json_container(
     out = {}
     for key, item in value.items():
         if type(key) is str:
-            text = key if key.isascii() else _utf8_text(key, path, " key")
+            text = _utf8_text(key, path, " key")
         elif isinstance(key, (bool, np.bool_)) or not isinstance(key, (str, int, np.integer)):
             raise EncodingError(
                 f"{_place_text(path)}: key {key!r} of type {type(key).__name__} is not "
@@ -177,6 +176,8 @@ def _json_container(
 
 def _utf8_text(text: str, path: _Place, what: str = "") -> str:
     """``text``, or :class:`EncodingError` when it cannot be stored as UTF-8."""
+    if text.isascii():  # most metadata: no encoding to try
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:

@@ -59,23 +59,13 @@ def interrupt_exit_code(exc: BaseException) -> int:
 _REDELIVERY_DELAY = 0.02
 
 
-def _inside_finalizer(frame: FrameType | None) -> bool:
-    """True if ``frame`` runs inside an object's ``__del__`` (the garbage collector's)."""
+def _must_not_be_cut(frame: FrameType | None) -> bool:
+    """True if ``frame`` runs inside an object's ``__del__`` (the garbage collector's) or
+    inside ``ScanPublisher.end`` (a scan being ended)."""
+    scan_module = sys.modules.get("scanstream.publish.scan")  # not loaded: no scan is ending
+    end_code = scan_module.ScanPublisher.end.__code__ if scan_module is not None else None
     while frame is not None:
-        if frame.f_code.co_name == "__del__":
-            return True
-        frame = frame.f_back
-    return False
-
-
-def _ending_a_scan(frame: FrameType | None) -> bool:
-    """True if ``frame`` runs inside ``ScanPublisher.end`` (a scan being ended)."""
-    scan_module = sys.modules.get("scanstream.publish.scan")
-    if scan_module is None:  # not loaded: no scan of this process is ending
-        return False
-    end_code = scan_module.ScanPublisher.end.__code__
-    while frame is not None:
-        if frame.f_code is end_code:
+        if frame.f_code.co_name == "__del__" or frame.f_code is end_code:
             return True
         frame = frame.f_back
     return False
@@ -96,7 +86,7 @@ def terminating_as_interrupt() -> Iterator[None]:
     def handler(signum: int, frame: FrameType | None) -> None:
         if came:
             return
-        if _inside_finalizer(frame) or _ending_a_scan(frame):
+        if _must_not_be_cut(frame):
             # Raised in a finalizer, Terminated would end in Python's "Exception ignored in"
             # (a finalizer's exceptions are printed and dropped) and the command would run on,
             # as if never told to stop. Raised in a scan's end(), it would cut the end short:
